@@ -1,0 +1,14 @@
+export type {
+  Logger,
+  CaptureSide,
+  CaptureBatch,
+  SnapshotChunk,
+  ApplySide,
+  AppliedPosition,
+  ReplicaState,
+  Unit
+} from './types.ts'
+export { silentLogger } from './types.ts'
+export { SqliteCapture, type SqliteCaptureOptions } from './sqlite/capture.ts'
+export { SqliteApply, type SqliteApplyOptions } from './sqlite/apply.ts'
+export { readTables, openDatabase } from './sqlite/common.ts'

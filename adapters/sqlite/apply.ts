@@ -1,0 +1,338 @@
+/**
+ * SQLite apply: builds a replica file by applying log units in order.
+ *
+ * Each unit, with the replica's new applied position, is written in one synchronous better-sqlite3
+ * transaction (no await inside), so a crash leaves either all of a unit or none of it.
+ *
+ * Rows are written with INSERT OR REPLACE. That mirrors what the origin did when a REPLACE conflict deleted
+ * a row without firing its delete trigger, and it makes a unit converge whatever the order of its rows.
+ *
+ * What it does not do: run the origin's triggers. They are kept in the replica's metadata and not created,
+ * because the rows they would write arrive through the log anyway; promotion creates them. Foreign keys are
+ * not enforced while applying for the same reason (the origin enforced them).
+ */
+import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
+import type { AppliedPosition, ApplySide, Logger, ReplicaState, Unit } from '../types.ts'
+import { silentLogger } from '../types.ts'
+import { OWN_PREFIX, openDatabase, quote, sqliteError, type DB } from './common.ts'
+import type Database from 'better-sqlite3'
+
+const META = `${OWN_PREFIX}replica`
+
+export interface SqliteApplyOptions {
+  path: string
+  logger?: Logger
+  /** Dataset id this replica must belong to; checked against the log header. */
+  dataset?: string
+}
+
+interface Prepared {
+  def: TableDef
+  upsert: Database.Statement
+  remove: Database.Statement
+}
+
+interface Meta {
+  dataset: string | null
+  log: Uint8Array | null
+  epoch: number
+  length: number
+  treeHash: Uint8Array | null
+  state: ReplicaState
+  tables: TableDef[]
+  objects: SchemaObject[]
+}
+
+function bind(v: Value): unknown {
+  if (v instanceof Uint8Array && !Buffer.isBuffer(v)) return Buffer.from(v.buffer, v.byteOffset, v.byteLength)
+  return v
+}
+
+function sameBytes(a: Uint8Array | null, b: Uint8Array | null): boolean {
+  if (a === null || b === null) return a === b
+  return Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0
+}
+
+export class SqliteApply implements ApplySide {
+  readonly engine = 'sqlite' as const
+  private readonly path: string
+  private readonly log: Logger
+  private readonly expectDataset: string | null
+  private db: DB | null = null
+  private meta!: Meta
+  private prepared = new Map<number, Prepared>()
+  private skippedObjects: string[] = []
+
+  constructor(opts: SqliteApplyOptions) {
+    this.path = opts.path
+    this.log = opts.logger ?? silentLogger
+    this.expectDataset = opts.dataset ?? null
+  }
+
+  private get conn(): DB {
+    if (this.db === null) throw MeshError.CLOSED('the SQLite replica is not open')
+    return this.db
+  }
+
+  async open(): Promise<void> {
+    if (this.db !== null) return
+    const db = openDatabase(this.path, { mustExist: false })
+    this.db = db
+    try {
+      db.defaultSafeIntegers(true)
+      db.pragma('journal_mode = WAL')
+      // NORMAL is enough: a power cut may lose the last applied units, never half of one, and the log
+      // still holds them, so they are applied again.
+      db.pragma('synchronous = NORMAL')
+      db.pragma('foreign_keys = OFF')
+      const own = db.prepare(`SELECT count(*) FROM sqlite_schema WHERE name = ?`).pluck().get(META) as bigint
+      if (own === 0n) {
+        const user = db
+          .prepare(`SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`)
+          .pluck()
+          .get() as bigint
+        if (user > 0n) {
+          throw MeshError.BAD_REPLICA(`${this.path} already holds tables that branchmesh did not make`, {
+            context: { path: this.path }
+          })
+        }
+        db.exec(`CREATE TABLE ${META} (k TEXT PRIMARY KEY, v) WITHOUT ROWID`)
+      }
+      this.meta = this.loadMeta()
+      if (this.expectDataset && this.meta.dataset && this.meta.dataset !== this.expectDataset) {
+        throw MeshError.LOG_MISMATCH(`${this.path} is a replica of dataset ${this.meta.dataset}, not ${this.expectDataset}`)
+      }
+    } catch (err) {
+      db.close()
+      this.db = null
+      throw sqliteError(err, this.path, 'cannot open replica')
+    }
+  }
+
+  private loadMeta(): Meta {
+    const rows = this.conn.prepare(`SELECT k, v FROM ${META}`).all() as Array<{ k: string; v: unknown }>
+    const m = new Map(rows.map((r) => [r.k, r.v]))
+    const json = (k: string, d: unknown) => (m.has(k) ? JSON.parse(m.get(k) as string) : d)
+    return {
+      dataset: (m.get('dataset') as string | undefined) ?? null,
+      log: m.has('log') ? new Uint8Array(m.get('log') as Buffer) : null,
+      epoch: Number((m.get('epoch') as bigint | undefined) ?? 0n),
+      length: Number((m.get('length') as bigint | undefined) ?? 0n),
+      treeHash: m.has('tree_hash') && m.get('tree_hash') !== null ? new Uint8Array(m.get('tree_hash') as Buffer) : null,
+      state: ((m.get('state') as string | undefined) ?? 'empty') as ReplicaState,
+      tables: json('tables', []),
+      objects: json('objects', [])
+    }
+  }
+
+  private saveMeta(): void {
+    const put = this.conn.prepare(`INSERT OR REPLACE INTO ${META} (k, v) VALUES (?, ?)`)
+    const m = this.meta
+    put.run('dataset', m.dataset)
+    put.run('log', m.log ? Buffer.from(m.log) : null)
+    put.run('epoch', BigInt(m.epoch))
+    put.run('length', BigInt(m.length))
+    put.run('tree_hash', m.treeHash ? Buffer.from(m.treeHash) : null)
+    put.run('state', m.state)
+    put.run('tables', JSON.stringify(m.tables))
+    put.run('objects', JSON.stringify(m.objects))
+  }
+
+  position(): AppliedPosition | null {
+    const m = this.meta
+    if (m.log === null) return null
+    return { log: m.log, epoch: m.epoch, length: m.length, treeHash: m.treeHash }
+  }
+
+  state(): ReplicaState {
+    return this.meta.state
+  }
+
+  /** The dataset this replica belongs to, once the log header has been applied. */
+  dataset(): string | null {
+    return this.meta.dataset
+  }
+
+  /** Schema objects (views, indexes) the replica could not create, with the reason. */
+  skipped(): string[] {
+    return [...this.skippedObjects]
+  }
+
+  async apply(unit: Unit, position: AppliedPosition): Promise<void> {
+    const m = this.meta
+    const end = unit.start + unit.entries.length
+    if (position.length !== end) throw MeshError.BAD_LOG(`unit [${unit.start}, ${end}) given position ${position.length}`)
+    if (m.log !== null && !sameBytes(m.log, position.log)) {
+      throw MeshError.LOG_MISMATCH(`the replica follows log ${Buffer.from(m.log).toString('hex').slice(0, 16)}…, not this one`, {
+        context: { path: this.path }
+      })
+    }
+    if (m.log !== null && end <= m.length) return
+    if (unit.start !== m.length) {
+      throw MeshError.LOG_MISMATCH(`the replica is at ${m.length} but the next unit starts at ${unit.start}`, {
+        context: { path: this.path, applied: m.length, start: unit.start }
+      })
+    }
+    const before = { ...m }
+    try {
+      this.conn.transaction(() => {
+        for (const entry of unit.entries) this.applyEntry(entry, position)
+        m.log = position.log
+        m.epoch = position.epoch
+        m.length = position.length
+        m.treeHash = position.treeHash
+        this.saveMeta()
+      })()
+    } catch (err) {
+      // The transaction rolled back: put the in-memory view back as well.
+      this.meta = before
+      this.prepared.clear()
+      throw sqliteError(err, this.path, 'cannot apply to replica')
+    }
+  }
+
+  private applyEntry(entry: Entry, position: AppliedPosition): void {
+    const m = this.meta
+    switch (entry.kind) {
+      case 'header': {
+        if (entry.engine !== 'sqlite') {
+          throw MeshError.BAD_LOG(`log of a ${entry.engine} dataset cannot be applied to a SQLite replica`)
+        }
+        const want = m.dataset ?? this.expectDataset
+        if (want !== null && want !== entry.dataset) {
+          throw MeshError.LOG_MISMATCH(`the log is of dataset ${entry.dataset}, the replica of ${want}`)
+        }
+        m.dataset = entry.dataset
+        if (entry.epoch !== position.epoch) throw MeshError.BAD_LOG(`header epoch ${entry.epoch} but position epoch ${position.epoch}`)
+        return
+      }
+      case 'schema':
+        this.applySchema(entry)
+        return
+      case 'snapshot':
+        if (entry.first) {
+          for (const t of m.tables) this.conn.exec(`DELETE FROM ${quote(t.name)}`)
+          m.state = 'seeding'
+        }
+        this.applyChanges(entry.changes)
+        if (entry.last) m.state = 'settling'
+        return
+      case 'transaction':
+        this.applyChanges(entry.changes)
+        if (m.state === 'settling') m.state = 'ready'
+        return
+      case 'checkpoint':
+      case 'fence':
+        // Recorded by the node; nothing to change in the data.
+        return
+    }
+  }
+
+  private applyChanges(changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>): void {
+    for (const ch of changes) {
+      const p = this.statements(ch.table)
+      const width = p.def.columns.length + (p.def.key.length === 0 ? 1 : 0)
+      const kwidth = p.def.key.length === 0 ? 1 : p.def.key.length
+      for (const key of ch.deletes) {
+        if (key.length !== kwidth) throw MeshError.BAD_LOG(`delete key of ${key.length} values for ${p.def.name}`)
+        p.remove.run(...key.map(bind))
+      }
+      for (const row of ch.upserts) {
+        if (row.length !== width) throw MeshError.BAD_LOG(`row of ${row.length} values for ${p.def.name} (${width} columns)`)
+        p.upsert.run(...row.map(bind))
+      }
+    }
+  }
+
+  private statements(id: number): Prepared {
+    const have = this.prepared.get(id)
+    if (have) return have
+    const def = this.meta.tables.find((t) => t.id === id)
+    if (def === undefined) throw MeshError.BAD_LOG(`change for table id ${id}, which no schema entry defined`)
+    const db = this.conn
+    const t = quote(def.name)
+    const cols = def.columns.map((c) => quote(c.name))
+    let upsert: Database.Statement
+    let remove: Database.Statement
+    if (def.key.length === 0) {
+      const rowid = this.rowidAlias(def.name)
+      upsert = db.prepare(`INSERT OR REPLACE INTO ${t} (${[rowid, ...cols].join(', ')}) VALUES (${[rowid, ...cols].map(() => '?').join(', ')})`)
+      remove = db.prepare(`DELETE FROM ${t} WHERE ${rowid} = ?`)
+    } else {
+      upsert = db.prepare(`INSERT OR REPLACE INTO ${t} (${cols.join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`)
+      remove = db.prepare(`DELETE FROM ${t} WHERE ${def.key.map((i) => `${quote(def.columns[i].name)} IS ?`).join(' AND ')}`)
+    }
+    const p = { def, upsert, remove }
+    this.prepared.set(id, p)
+    return p
+  }
+
+  private rowidAlias(table: string): string {
+    const names = new Set(
+      (this.conn.prepare(`PRAGMA main.table_xinfo(${quote(table)})`).all() as Array<{ name: string }>).map((c) => c.name.toLowerCase())
+    )
+    const alias = ['rowid', '_rowid_', 'oid'].find((n) => !names.has(n))
+    if (alias === undefined) throw MeshError.BAD_LOG(`table ${table} has no addressable rowid`)
+    return alias
+  }
+
+  private applySchema(entry: SchemaEntry): void {
+    const db = this.conn
+    const m = this.meta
+    const current = new Map(m.tables.map((t) => [t.id, t]))
+    const next = new Map(entry.tables.map((t) => [t.id, t]))
+    const reset = new Set(entry.reset)
+    const exists = (type: string, name: string) =>
+      (db.prepare('SELECT count(*) FROM sqlite_schema WHERE type = ? AND name = ?').pluck().get(type, name) as bigint) > 0n
+    const recreate = new Set<number>()
+    for (const t of entry.tables) {
+      const old = current.get(t.id)
+      if (old === undefined || reset.has(t.id)) recreate.add(t.id)
+      else if (old.sql !== t.sql || old.name !== t.name) {
+        throw MeshError.BAD_LOG(`table ${t.name} changed definition without being resent`)
+      }
+    }
+    // Drops first, so renames and swaps of table names cannot collide.
+    for (const old of m.tables) {
+      if (!next.has(old.id) || recreate.has(old.id)) db.exec(`DROP TABLE IF EXISTS ${quote(old.name)}`)
+    }
+    for (const id of recreate) {
+      const t = next.get(id)!
+      if (t.name.startsWith(OWN_PREFIX) || t.name.startsWith('sqlite_')) throw MeshError.BAD_LOG(`table name ${t.name} is reserved`)
+      db.exec(`DROP TABLE IF EXISTS ${quote(t.name)}`)
+      db.exec(t.sql)
+    }
+    // Indexes and views: keep what is unchanged and still there, drop the rest, create what is missing.
+    const wanted = new Map(entry.objects.filter((o) => o.type !== 'trigger').map((o) => [o.type + ':' + o.name, o]))
+    for (const o of m.objects) {
+      if (o.type === 'trigger') continue
+      const w = wanted.get(o.type + ':' + o.name)
+      if (w === undefined || w.sql !== o.sql) db.exec(`DROP ${o.type === 'index' ? 'INDEX' : 'VIEW'} IF EXISTS ${quote(o.name)}`)
+    }
+    this.skippedObjects = []
+    for (const o of wanted.values()) {
+      if (exists(o.type, o.name)) continue
+      // A savepoint, so that one object the replica cannot create does not undo the unit.
+      db.exec('SAVEPOINT mesh_object')
+      try {
+        db.exec(o.sql)
+        db.exec('RELEASE mesh_object')
+      } catch (err) {
+        db.exec('ROLLBACK TO mesh_object')
+        db.exec('RELEASE mesh_object')
+        this.skippedObjects.push(`${o.type} ${o.name}: ${(err as Error).message}`)
+        this.log.warn('replica cannot create a schema object; it is skipped', { object: o.name, error: (err as Error).message })
+      }
+    }
+    m.tables = entry.tables
+    m.objects = entry.objects
+    this.prepared.clear()
+  }
+
+  async close(): Promise<void> {
+    if (this.db === null) return
+    this.db.close()
+    this.db = null
+    this.prepared.clear()
+  }
+}

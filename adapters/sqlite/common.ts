@@ -1,0 +1,180 @@
+/**
+ * What the SQLite capture and apply sides share: opening a database with clear errors, quoting, and reading
+ * a table's definition.
+ */
+import Database from 'better-sqlite3'
+import fs from 'node:fs'
+import { MeshError, type ColumnDef, type SchemaObject, type TableDef } from '../../protocol/index.ts'
+
+export type DB = Database.Database
+
+/** Prefix of every object branchmesh creates in a database; user objects with it are never captured. */
+export const OWN_PREFIX = '_mesh_'
+
+export function quote(name: string): string {
+  return '"' + name.replaceAll('"', '""') + '"'
+}
+
+/** Turns a better-sqlite3 / SQLite error into a MeshError that says what to do. */
+export function sqliteError(err: unknown, path: string, doing: string): MeshError {
+  if (err instanceof MeshError) return err
+  const code = (err as { code?: string })?.code ?? ''
+  const text = err instanceof Error ? err.message : String(err)
+  const context = { path, sqliteCode: code }
+  const msg = `${doing} ${path}: ${text}`
+  if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || code.startsWith('SQLITE_CORRUPT_')) {
+    return MeshError.NOT_SQLITE(msg, { context, cause: err })
+  }
+  if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) {
+    return MeshError.DATABASE_LOCKED(msg, { context, cause: err })
+  }
+  if (code === 'SQLITE_FULL' || (err as NodeJS.ErrnoException)?.code === 'ENOSPC') {
+    return MeshError.DISK_FULL(msg, { context, cause: err })
+  }
+  if (code.startsWith('SQLITE_READONLY')) return MeshError.READ_ONLY(msg, { context, cause: err })
+  if (code.startsWith('SQLITE_CANTOPEN')) {
+    return MeshError.NOT_FOUND(msg, {
+      context,
+      cause: err,
+      hint: 'Check that the file and its folder exist and that this user may read and write them.'
+    })
+  }
+  if (code.startsWith('SQLITE_IOERR')) return MeshError.IO_ERROR(msg, { context, cause: err })
+  return MeshError.DATABASE_ERROR(msg, { context, cause: err })
+}
+
+export interface OpenOptions {
+  /** The file must exist already (an origin); a replica may be created. */
+  mustExist: boolean
+  busyTimeoutMs?: number
+}
+
+/** Opens a SQLite file and proves it is one (better-sqlite3 only finds out at the first query). */
+export function openDatabase(path: string, opts: OpenOptions): DB {
+  if (opts.mustExist) {
+    let st: fs.Stats
+    try {
+      st = fs.statSync(path)
+    } catch (err) {
+      throw MeshError.NOT_FOUND(`no database at ${path}`, { context: { path }, cause: err })
+    }
+    if (!st.isFile()) throw MeshError.NOT_SQLITE(`${path} is not a file`, { context: { path } })
+  }
+  let db: DB
+  try {
+    db = new Database(path, { fileMustExist: opts.mustExist, timeout: opts.busyTimeoutMs ?? 5000 })
+  } catch (err) {
+    throw sqliteError(err, path, 'cannot open')
+  }
+  try {
+    db.prepare('SELECT count(*) FROM sqlite_schema').get()
+  } catch (err) {
+    db.close()
+    throw sqliteError(err, path, 'cannot read')
+  }
+  return db
+}
+
+/** A user table as capture and apply see it. */
+export interface TableInfo {
+  name: string
+  sql: string
+  /** Columns that travel in rows (not generated, not hidden). */
+  columns: ColumnDef[]
+  /** Indexes into `columns` of the key, in key order; empty for rowid identity. */
+  key: number[]
+  withoutRowid: boolean
+  /**
+   * For rowid tables, a name that addresses the rowid (one of rowid, _rowid_, oid not shadowed by a column);
+   * null for WITHOUT ROWID tables. Tables with no declared key use it as their identity.
+   */
+  rowidName: string | null
+}
+
+export interface UncapturableTable {
+  table: string
+  reason: string
+}
+
+/** Reads the user tables of the main schema; returns those that can be captured and those that cannot. */
+export function readTables(db: DB): { tables: TableInfo[]; skipped: UncapturableTable[] } {
+  const list = db.prepare('PRAGMA main.table_list').all() as Array<{ name: string; type: string; wr: number }>
+  const sqlOf = new Map(
+    (db.prepare("SELECT name, sql FROM main.sqlite_schema WHERE type = 'table'").all() as Array<{ name: string; sql: string }>).map(
+      (r) => [r.name, r.sql]
+    )
+  )
+  const virtuals = list.filter((t) => t.type === 'virtual').map((t) => t.name)
+  const tables: TableInfo[] = []
+  const skipped: UncapturableTable[] = []
+  for (const t of list) {
+    if (t.name.startsWith('sqlite_') || t.name.startsWith(OWN_PREFIX)) continue
+    if (t.type === 'view') continue
+    if (t.type === 'virtual') {
+      skipped.push({ table: t.name, reason: 'virtual table (for example FTS or R*Tree): triggers cannot be created on it' })
+      continue
+    }
+    if (t.type === 'shadow') {
+      const owner = virtuals.find((v) => t.name.startsWith(v + '_')) ?? 'a virtual table'
+      skipped.push({ table: t.name, reason: `shadow table of ${owner}, which is not captured` })
+      continue
+    }
+    const xinfo = db.prepare(`PRAGMA main.table_xinfo(${quote(t.name)})`).all() as Array<{
+      name: string
+      type: string
+      notnull: number
+      pk: number
+      hidden: number
+    }>
+    const visible = xinfo.filter((c) => c.hidden === 0)
+    const columns = visible.map((c) => ({ name: c.name, type: c.type, notNull: c.notnull === 1 }))
+    const pk = visible
+      .map((c, i) => ({ i, pk: c.pk }))
+      .filter((c) => c.pk > 0)
+      .sort((a, b) => a.pk - b.pk)
+      .map((c) => c.i)
+    if (xinfo.some((c) => c.pk > 0 && c.hidden !== 0)) {
+      skipped.push({ table: t.name, reason: 'its primary key includes a generated column' })
+      continue
+    }
+    let rowidName: string | null = null
+    if (t.wr !== 1) {
+      const names = new Set(xinfo.map((c) => c.name.toLowerCase()))
+      rowidName = ['rowid', '_rowid_', 'oid'].find((n) => !names.has(n)) ?? null
+      if (rowidName === null && pk.length === 0) {
+        skipped.push({
+          table: t.name,
+          reason: 'it has no primary key and columns named rowid, _rowid_ and oid hide the row id'
+        })
+        continue
+      }
+    }
+    tables.push({
+      name: t.name,
+      sql: sqlOf.get(t.name) ?? '',
+      columns,
+      key: pk,
+      withoutRowid: t.wr === 1,
+      rowidName
+    })
+  }
+  tables.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+  return { tables, skipped }
+}
+
+/** Indexes, views and triggers of the user tables (not branchmesh's own). */
+export function readObjects(db: DB, tableNames: Set<string>): SchemaObject[] {
+  const rows = db
+    .prepare(
+      "SELECT type, name, tbl_name AS tbl, sql FROM main.sqlite_schema WHERE type IN ('index', 'view', 'trigger') AND sql IS NOT NULL ORDER BY type, name"
+    )
+    .all() as Array<{ type: 'index' | 'view' | 'trigger'; name: string; tbl: string; sql: string }>
+  return rows
+    .filter((r) => !r.name.startsWith(OWN_PREFIX))
+    .filter((r) => r.type === 'view' || tableNames.has(r.tbl))
+    .map((r) => ({ type: r.type, name: r.name, table: r.tbl, sql: r.sql }))
+}
+
+export function toTableDef(id: number, t: TableInfo): TableDef {
+  return { id, name: t.name, sql: t.sql, columns: t.columns, key: t.key }
+}

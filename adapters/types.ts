@@ -1,0 +1,114 @@
+/**
+ * The two sides every engine adapter implements. The node drives them; an adapter never touches the log, the
+ * network or the configuration, and never prints: it takes typed options and a logger.
+ */
+import type { Engine, Entry, SchemaEntry, TableChanges } from '../protocol/index.ts'
+
+export interface Logger {
+  debug(msg: string, fields?: Record<string, unknown>): void
+  info(msg: string, fields?: Record<string, unknown>): void
+  warn(msg: string, fields?: Record<string, unknown>): void
+  error(msg: string, fields?: Record<string, unknown>): void
+}
+
+export const silentLogger: Logger = {
+  debug() {},
+  info() {},
+  warn() {},
+  error() {}
+}
+
+/** One step of captured changes: everything committed between the previous read and this one. */
+export interface CaptureBatch {
+  /** Present when the schema changed since the last batch (or this is the first batch after open). */
+  schema: SchemaEntry | null
+  changes: TableChanges[]
+  /** Origin wall-clock time of the state read, ms since the epoch. */
+  time: number
+  /** Rows (upserts + deletes) in `changes`, for progress and metrics. */
+  rows: number
+  /** Opaque capture position this batch reaches; pass it to ack() once the log holds the batch durably. */
+  source: Uint8Array
+}
+
+/** A piece of the initial snapshot of the existing data. */
+export interface SnapshotChunk {
+  changes: TableChanges[]
+  rows: number
+}
+
+/**
+ * The capture side: reads the committed changes of a source database, in commit order, as a stream of
+ * batches, each a state the source database really had.
+ *
+ * Contract:
+ * - read() never changes what it would return until ack(): reading twice without ack() returns a batch
+ *   covering at least the same changes (reads are idempotent; nothing is forgotten before ack).
+ * - ack(source) may forget every change up to `source`. The node calls it only after the log append that
+ *   holds the batch is flushed to disk. Acknowledging the same or an older source again is a no-op.
+ * - resume(source) is called once after open() with the source of the last batch the log holds (null when
+ *   the log holds none); it acknowledges it, so that a crash between append and ack duplicates nothing.
+ * - Failures are MeshError: DATABASE_LOCKED and DISK_FULL are retryable; NOT_SQLITE, NOT_FOUND,
+ *   CANNOT_CAPTURE and CORRUPT_CHANGE say what to do in their hint.
+ */
+export interface CaptureSide {
+  readonly engine: Engine
+  /** Installs whatever capture needs (triggers, slot) and checks the source. Idempotent. */
+  open(): Promise<void>
+  resume(source: Uint8Array | null): Promise<void>
+  /** The full current schema (tables and other objects). */
+  schema(): Promise<SchemaEntry>
+  /**
+   * The existing data, in chunks. The changes made while it runs are captured too and arrive in later
+   * batches, so the snapshot need not be one consistent read: the replica is consistent again after the first
+   * batch that follows the snapshot.
+   */
+  snapshot(opts?: { chunkRows?: number }): AsyncIterable<SnapshotChunk>
+  /** The changes committed since the last acknowledged position, or null when there are none. */
+  read(): Promise<CaptureBatch | null>
+  ack(source: Uint8Array): Promise<void>
+  /** Resolves when new changes may have been committed, or after `ms`. */
+  wait(ms: number): Promise<void>
+  /** Tables that exist but are not captured, with the reason for each. */
+  skipped(): Array<{ table: string; reason: string }>
+  close(): Promise<void>
+}
+
+/** Where a replica stands in a log: enough to detect a gap or a fork, not just a counter. */
+export interface AppliedPosition {
+  /** The log's hypercore key. */
+  log: Uint8Array
+  epoch: number
+  /** Log length applied (the index of the next block to apply). */
+  length: number
+  /** The log's merkle tree hash at `length`, when the caller knows it. */
+  treeHash: Uint8Array | null
+}
+
+export type ReplicaState = 'empty' | 'seeding' | 'settling' | 'ready'
+
+/** One unit of the log: the entries of blocks [start, start + entries.length). */
+export interface Unit {
+  start: number
+  entries: Entry[]
+}
+
+/**
+ * The apply side: builds a replica database by applying the log's units in order.
+ *
+ * Contract:
+ * - apply(unit, position) applies every entry of one unit and records `position` in one database
+ *   transaction: after a crash the replica holds either all of the unit and the new position, or none of it.
+ * - A unit that ends at or before the recorded length is skipped (applying is idempotent by position); a
+ *   unit that does not start at the recorded length (a gap) or comes from another log than the recorded one
+ *   throws MeshError.LOG_MISMATCH.
+ * - Entries the side cannot apply throw MeshError.BAD_LOG and leave the replica as it was.
+ */
+export interface ApplySide {
+  readonly engine: Engine
+  open(): Promise<void>
+  position(): AppliedPosition | null
+  state(): ReplicaState
+  apply(unit: Unit, position: AppliedPosition): Promise<void>
+  close(): Promise<void>
+}

@@ -1,0 +1,143 @@
+/**
+ * The capture loop of a dataset this site is the origin of: source database -> log.
+ *
+ * Order of every step: read a batch, append it to the log as one unit, flush the log to disk, and only then
+ * acknowledge the batch at the source. A crash before the acknowledge leaves the batch at the source; the
+ * restart finds its position at the log's tail and acknowledges it (CaptureSide.resume), so nothing is lost
+ * and nothing is captured twice.
+ */
+import { EventEmitter } from 'node:events'
+import { MeshError, packSnapshot, packTransaction, type HeaderEntry } from '../protocol/index.ts'
+import type { CaptureSide, Logger } from '../adapters/index.ts'
+import { silentLogger } from '../adapters/index.ts'
+import type { DatasetLog } from './log.ts'
+
+export interface CaptureLoopOptions {
+  capture: CaptureSide
+  log: DatasetLog
+  /** Written as block 0 when the log is empty. */
+  header: Omit<HeaderEntry, 'kind'>
+  logger?: Logger
+  /** Longest wait between two looks at the source when it is idle. */
+  pollMs?: number
+  /** Target size of a block. */
+  blockBytes?: number
+  /** Rows per snapshot chunk. */
+  snapshotRows?: number
+}
+
+export interface CaptureStats {
+  units: number
+  rows: number
+  lastUnitAt: number | null
+  lastError: MeshError | null
+  snapshotRows: number
+}
+
+export class CaptureLoop extends EventEmitter {
+  readonly stats: CaptureStats = { units: 0, rows: 0, lastUnitAt: null, lastError: null, snapshotRows: 0 }
+  private readonly opts: CaptureLoopOptions
+  private readonly logger: Logger
+  private running = false
+  private loop: Promise<void> | null = null
+
+  constructor(opts: CaptureLoopOptions) {
+    super()
+    this.opts = opts
+    this.logger = opts.logger ?? silentLogger
+  }
+
+  /** Prepares the source and the log (header, initial snapshot), then captures in the background. */
+  async start(): Promise<void> {
+    await this.prepare()
+    this.running = true
+    this.loop = this.run()
+  }
+
+  /** Everything start() does before the loop: exposed so tools can capture once without a loop. */
+  async prepare(): Promise<void> {
+    const { capture, log } = this.opts
+    await capture.open()
+    if (log.length === 0) {
+      await log.appendUnit([{ kind: 'header', ...this.opts.header }])
+    } else {
+      const h = await log.header()
+      if (h && h.dataset !== this.opts.header.dataset) {
+        throw MeshError.LOG_MISMATCH(`the log belongs to dataset ${h.dataset}, not ${this.opts.header.dataset}`)
+      }
+    }
+    const state = await log.captureState()
+    if (!state.snapshotDone) await this.snapshot()
+    await capture.resume(state.source)
+  }
+
+  private async snapshot(): Promise<void> {
+    const { capture, log } = this.opts
+    const started = Date.now()
+    await log.appendUnit([await capture.schema()])
+    let first = true
+    let rows = 0
+    for await (const chunk of capture.snapshot({ chunkRows: this.opts.snapshotRows })) {
+      await log.appendUnit(packSnapshot(chunk.changes, { first, last: false }, this.opts.blockBytes))
+      first = false
+      rows += chunk.rows
+      this.stats.snapshotRows = rows
+      this.emit('snapshot-progress', { rows })
+    }
+    await log.appendUnit(packSnapshot([], { first, last: true }, this.opts.blockBytes))
+    this.logger.info('initial snapshot written to the log', { rows, ms: Date.now() - started })
+  }
+
+  /** Captures what is committed now. Returns the number of rows captured (0: nothing new). */
+  async step(): Promise<number> {
+    const { capture, log } = this.opts
+    const batch = await capture.read()
+    if (batch === null) return 0
+    const length = await log.appendUnit(packTransaction(batch, this.opts.blockBytes))
+    await capture.ack(batch.source)
+    this.stats.units++
+    this.stats.rows += batch.rows
+    this.stats.lastUnitAt = batch.time
+    this.emit('unit', { length, rows: batch.rows, time: batch.time })
+    return batch.rows
+  }
+
+  private async run(): Promise<void> {
+    const pollMs = this.opts.pollMs ?? 50
+    let backoff = 100
+    while (this.running) {
+      try {
+        const rows = await this.step()
+        if (this.stats.lastError) {
+          this.logger.info('capture recovered', { code: this.stats.lastError.code })
+          this.stats.lastError = null
+        }
+        backoff = 100
+        if (rows === 0 && this.running) await this.opts.capture.wait(pollMs)
+      } catch (err) {
+        const e = MeshError.wrap(err, MeshError.IO_ERROR)
+        this.stats.lastError = e
+        this.emit('capture-error', e)
+        if (!e.retryable) {
+          this.logger.error('capture stopped', { code: e.code, error: e.message, hint: e.hint })
+          this.running = false
+          return
+        }
+        this.logger.warn('capture failed, retrying', { code: e.code, error: e.message, retryInMs: backoff })
+        await new Promise((resolve) => setTimeout(resolve, backoff))
+        backoff = Math.min(backoff * 2, 10_000)
+      }
+    }
+  }
+
+  get active(): boolean {
+    return this.running
+  }
+
+  /** Stops after the current step; the source keeps whatever was not acknowledged. */
+  async stop(): Promise<void> {
+    this.running = false
+    await this.loop
+    this.loop = null
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * A dataset's log: a hypercore in the site's corestore, one encoded entry per block.
+ *
+ * Durability. hypercore 11 keeps its data in RocksDB and returns from append() once the write batch is in
+ * RocksDB's write-ahead log, which is written but not fsynced: a killed process loses nothing, a power cut
+ * could. flush() fsyncs those write-ahead log files, and the capture loop acknowledges a batch at the
+ * source only after it, so a power cut cannot lose a change that the source has already forgotten.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import type Corestore from 'corestore'
+import type Hypercore from 'hypercore'
+import { MeshError, decodeEntry, encodeEntry, type Entry, type HeaderEntry, UnitAssembler } from '../protocol/index.ts'
+import type { Unit } from '../adapters/index.ts'
+
+export function logName(dataset: string, epoch: number): string {
+  return `dataset/${dataset}/epoch/${epoch}`
+}
+
+function ioError(err: unknown, doing: string): MeshError {
+  if (err instanceof MeshError) return err
+  const code = (err as NodeJS.ErrnoException)?.code ?? (err as { cause?: NodeJS.ErrnoException })?.cause?.code
+  const text = err instanceof Error ? err.message : String(err)
+  if (code === 'ENOSPC' || /no space left/i.test(text)) {
+    return MeshError.DISK_FULL(`${doing}: ${text}`, { cause: err })
+  }
+  return MeshError.IO_ERROR(`${doing}: ${text}`, { cause: err })
+}
+
+/** fsyncs the RocksDB write-ahead log files of a corestore kept at `storeDir`. */
+export async function syncStore(store: Corestore, storeDir: string): Promise<void> {
+  const dbDir = path.join(storeDir, 'db')
+  let names: string[]
+  try {
+    await store.storage.rocks.currentWalFile()
+    names = (await fs.promises.readdir(dbDir)).filter((n) => /^\d+\.log$/.test(n))
+  } catch (err) {
+    throw ioError(err, 'cannot find the log store files')
+  }
+  for (const n of names) {
+    let fh: fs.promises.FileHandle | null = null
+    try {
+      fh = await fs.promises.open(path.join(dbDir, n), 'r')
+      await fh.sync()
+    } catch (err) {
+      // A write-ahead log file that RocksDB retired between readdir and open needs no sync.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(err, 'cannot flush the log to disk')
+    } finally {
+      await fh?.close()
+    }
+  }
+}
+
+export class DatasetLog {
+  readonly core: Hypercore
+  private readonly store: Corestore
+  private readonly storeDir: string
+
+  private constructor(store: Corestore, storeDir: string, core: Hypercore) {
+    this.store = store
+    this.storeDir = storeDir
+    this.core = core
+  }
+
+  /** The writable log of a dataset this site is the origin of. */
+  static async writable(store: Corestore, storeDir: string, dataset: string, epoch: number): Promise<DatasetLog> {
+    const core = store.get({ name: logName(dataset, epoch) })
+    try {
+      await core.ready()
+    } catch (err) {
+      throw ioError(err, 'cannot open the log')
+    }
+    return new DatasetLog(store, storeDir, core)
+  }
+
+  /** Another site's log, by key. */
+  static async byKey(store: Corestore, storeDir: string, key: Uint8Array): Promise<DatasetLog> {
+    const core = store.get({ key })
+    try {
+      await core.ready()
+    } catch (err) {
+      throw ioError(err, 'cannot open the log')
+    }
+    return new DatasetLog(store, storeDir, core)
+  }
+
+  get key(): Uint8Array {
+    return this.core.key
+  }
+
+  get length(): number {
+    return this.core.length
+  }
+
+  /** Appends one unit atomically (one hypercore batch) and makes it durable. */
+  async appendUnit(entries: Entry[]): Promise<number> {
+    if (entries.length === 0) return this.core.length
+    const blocks = entries.map(encodeEntry)
+    try {
+      const { length } = await this.core.append(blocks)
+      await syncStore(this.store, this.storeDir)
+      return length
+    } catch (err) {
+      throw ioError(err, 'cannot append to the log')
+    }
+  }
+
+  /** Reads and decodes one block; waits for it to arrive unless `wait` is false (then null if absent). */
+  async entry(index: number, opts: { wait?: boolean; timeout?: number } = {}): Promise<Entry | null> {
+    let block: Buffer | null
+    try {
+      block = await this.core.get(index, { wait: opts.wait ?? true, timeout: opts.timeout ?? 0 })
+    } catch (err) {
+      throw MeshError.wrap(err, MeshError.IO_ERROR, `cannot read block ${index} of the log`)
+    }
+    if (block === null) return null
+    try {
+      return decodeEntry(block)
+    } catch (err) {
+      const e = err as MeshError
+      e.context.block = index
+      throw e
+    }
+  }
+
+  async header(opts: { wait?: boolean } = {}): Promise<HeaderEntry | null> {
+    if (this.core.length === 0 && opts.wait === false) return null
+    const e = await this.entry(0, opts)
+    if (e === null) return null
+    if (e.kind !== 'header') throw MeshError.BAD_LOG('block 0 of the log is not a header')
+    return e
+  }
+
+  /**
+   * The unit that starts at `start`, or null if its blocks are not all here yet (with wait false) or the
+   * log ends inside it.
+   */
+  async unit(start: number, opts: { wait?: boolean } = {}): Promise<Unit | null> {
+    const asm = new UnitAssembler()
+    for (let i = start; ; i++) {
+      if (i >= this.core.length && opts.wait === false) return null
+      const e = await this.entry(i, opts)
+      if (e === null) return null
+      const done = asm.push(e)
+      if (done) return { start, entries: done }
+    }
+  }
+
+  /**
+   * What the capture side needs after a restart, read from the tail: the source position of the last
+   * transaction unit, and whether the initial snapshot is complete. Walks back over whole units only.
+   */
+  async captureState(): Promise<{ source: Uint8Array | null; snapshotDone: boolean }> {
+    for (let i = this.core.length - 1; i >= 1; i--) {
+      const e = await this.entry(i, { wait: false })
+      if (e === null) break
+      if (e.kind === 'transaction' && !e.more) return { source: e.source, snapshotDone: true }
+      if (e.kind === 'snapshot') return { source: null, snapshotDone: e.last }
+      if (e.kind === 'checkpoint' || e.kind === 'fence') continue
+      // A schema or header on its own: the snapshot that follows it never finished.
+      return { source: null, snapshotDone: false }
+    }
+    return { source: null, snapshotDone: false }
+  }
+
+  async treeHash(length: number): Promise<Uint8Array> {
+    return this.core.treeHash(length)
+  }
+
+  async close(): Promise<void> {
+    await this.core.close()
+  }
+}

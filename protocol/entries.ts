@@ -1,0 +1,545 @@
+/**
+ * Log entries: one entry per hypercore block.
+ *
+ * Wire layout of every entry (format version 1):
+ *
+ *   uint   version      FORMAT_VERSION; checked first, anything else is refused
+ *   uint   kind         see Kind
+ *   uint   flags        per-kind bits; an unknown bit is refused
+ *   ...    body         per kind
+ *   4 B    checksum     first 4 bytes of BLAKE2b-128 over everything before it
+ *
+ * The checksum is not the log's security (hypercore signs every block and verifies it on replication); it
+ * makes a block damaged at rest fail loudly here instead of decoding into a different, valid-looking entry.
+ *
+ * Units. A log is read in units: a unit is a run of blocks where every block but the last has the MORE flag.
+ * A unit is applied all-or-nothing, so a large transaction can span many blocks and still never be seen
+ * half-applied. Header, checkpoint and fence entries are always units of their own.
+ */
+import c from 'compact-encoding'
+import type { State } from 'compact-encoding'
+import sodium from 'sodium-native'
+import { MeshError } from './errors.ts'
+import { value, type Value } from './values.ts'
+
+export const FORMAT_VERSION = 1
+
+export const Kind = {
+  header: 0,
+  schema: 1,
+  transaction: 2,
+  snapshot: 3,
+  checkpoint: 4,
+  fence: 5
+} as const
+export type KindName = keyof typeof Kind
+
+const KIND_NAMES: KindName[] = ['header', 'schema', 'transaction', 'snapshot', 'checkpoint', 'fence']
+
+// Flag bits. MORE has the same bit in every kind that can span blocks.
+const F_MORE = 1
+const F_HEADER_PARENT = 1
+const F_SNAPSHOT_FIRST = 2
+const F_SNAPSHOT_LAST = 4
+const F_TX_SOURCE = 2
+
+const ALLOWED_FLAGS: Record<KindName, number> = {
+  header: F_HEADER_PARENT,
+  schema: F_MORE,
+  transaction: F_MORE | F_TX_SOURCE,
+  snapshot: F_MORE | F_SNAPSHOT_FIRST | F_SNAPSHOT_LAST,
+  checkpoint: 0,
+  fence: 0
+}
+
+const CHECKSUM_BYTES = 4
+
+export type Engine = 'sqlite' | 'postgres'
+
+/** Block 0 of every log. */
+export interface HeaderEntry {
+  kind: 'header'
+  /** Stable dataset id (survives failovers). */
+  dataset: string
+  /** Human name of the dataset. */
+  name: string
+  engine: string
+  epoch: number
+  /** The site that writes this log. */
+  site: string
+  /** Milliseconds since the epoch when the log was started. */
+  createdAt: number
+  /** The log (and its length) this one continues from, for epochs after the first. */
+  parent: { key: Uint8Array; length: number } | null
+}
+
+export interface ColumnDef {
+  name: string
+  /** Declared type, as the engine spells it. */
+  type: string
+  notNull: boolean
+}
+
+export interface TableDef {
+  /** Id used by change entries; stable for the life of the table at the origin. */
+  id: number
+  name: string
+  /** The engine's own definition (CREATE TABLE ...), used to create the table at a replica. */
+  sql: string
+  /** The columns whose values travel in rows, in order (generated columns are not among them). */
+  columns: ColumnDef[]
+  /**
+   * Indexes into `columns` that identify a row. Empty means the engine's row id is the identity
+   * (SQLite rowid tables with no declared key): every row then starts with the rowid.
+   */
+  key: number[]
+}
+
+export interface SchemaObject {
+  type: 'index' | 'view' | 'trigger'
+  name: string
+  table: string
+  sql: string
+}
+
+/** The complete schema at a point in the log. */
+export interface SchemaEntry {
+  kind: 'schema'
+  more: boolean
+  tables: TableDef[]
+  objects: SchemaObject[]
+  /** Tables whose content a replica must drop; this unit resends them in full. */
+  reset: number[]
+}
+
+/** The changes of one table within a unit. Rows and keys are laid out as the table's TableDef says. */
+export interface TableChanges {
+  table: number
+  /** Full rows to insert or replace. */
+  upserts: Value[][]
+  /** Keys of rows to delete. */
+  deletes: Value[][]
+}
+
+export interface TransactionEntry {
+  kind: 'transaction'
+  more: boolean
+  /** Origin wall-clock time of the captured state, ms since the epoch. */
+  time: number
+  changes: TableChanges[]
+  /**
+   * The capture position this unit brings the log up to, opaque to everything but the adapter that
+   * wrote it; set on the last block of a unit. After a crash the capture side resumes from here.
+   */
+  source: Uint8Array | null
+}
+
+export interface SnapshotEntry {
+  kind: 'snapshot'
+  more: boolean
+  /** The first chunk: a replica empties every table before applying it. */
+  first: boolean
+  /** The last chunk. The replica is consistent again after the next transaction unit. */
+  last: boolean
+  changes: TableChanges[]
+}
+
+export interface CheckpointEntry {
+  kind: 'checkpoint'
+  /** The log length whose state the digest describes. */
+  length: number
+  digest: Uint8Array
+  rows: number
+}
+
+export interface FenceEntry {
+  kind: 'fence'
+  /** The epoch that supersedes this log. */
+  epoch: number
+  /** The log of that epoch. */
+  log: Uint8Array
+  /** Where the new epoch branched off this log. */
+  length: number
+}
+
+export type Entry = HeaderEntry | SchemaEntry | TransactionEntry | SnapshotEntry | CheckpointEntry | FenceEntry
+
+// --- helpers -------------------------------------------------------------------------------------------------
+
+/** An array encoder that refuses a length the remaining bytes cannot hold, before allocating anything. */
+function array<T>(enc: { preencode(s: State, v: T): void; encode(s: State, v: T): void; decode(s: State): T }) {
+  return {
+    preencode(state: State, arr: T[]): void {
+      c.uint.preencode(state, arr.length)
+      for (const v of arr) enc.preencode(state, v)
+    },
+    encode(state: State, arr: T[]): void {
+      c.uint.encode(state, arr.length)
+      for (const v of arr) enc.encode(state, v)
+    },
+    decode(state: State): T[] {
+      const n = c.uint.decode(state)
+      if (n > state.end - state.start) throw new RangeError('array length exceeds block')
+      const out: T[] = new Array(n)
+      for (let i = 0; i < n; i++) out[i] = enc.decode(state)
+      return out
+    }
+  }
+}
+
+const row = array(value)
+const rows = array(row)
+const uints = array(c.uint)
+
+const columnDef = {
+  preencode(s: State, col: ColumnDef) {
+    c.string.preencode(s, col.name)
+    c.string.preencode(s, col.type)
+    c.bool.preencode(s, col.notNull)
+  },
+  encode(s: State, col: ColumnDef) {
+    c.string.encode(s, col.name)
+    c.string.encode(s, col.type)
+    c.bool.encode(s, col.notNull)
+  },
+  decode(s: State): ColumnDef {
+    return { name: c.string.decode(s), type: c.string.decode(s), notNull: c.bool.decode(s) }
+  }
+}
+const columns = array(columnDef)
+
+const tableDef = {
+  preencode(s: State, t: TableDef) {
+    c.uint.preencode(s, t.id)
+    c.string.preencode(s, t.name)
+    c.string.preencode(s, t.sql)
+    columns.preencode(s, t.columns)
+    uints.preencode(s, t.key)
+  },
+  encode(s: State, t: TableDef) {
+    c.uint.encode(s, t.id)
+    c.string.encode(s, t.name)
+    c.string.encode(s, t.sql)
+    columns.encode(s, t.columns)
+    uints.encode(s, t.key)
+  },
+  decode(s: State): TableDef {
+    const t: TableDef = {
+      id: c.uint.decode(s),
+      name: c.string.decode(s),
+      sql: c.string.decode(s),
+      columns: columns.decode(s),
+      key: uints.decode(s)
+    }
+    for (const k of t.key) if (k >= t.columns.length) throw new RangeError('key column out of range')
+    return t
+  }
+}
+const tableDefs = array(tableDef)
+
+const OBJECT_TYPES = ['index', 'view', 'trigger'] as const
+const schemaObject = {
+  preencode(s: State, o: SchemaObject) {
+    s.end++
+    c.string.preencode(s, o.name)
+    c.string.preencode(s, o.table)
+    c.string.preencode(s, o.sql)
+  },
+  encode(s: State, o: SchemaObject) {
+    const t = OBJECT_TYPES.indexOf(o.type)
+    if (t < 0) throw new RangeError(`unknown schema object type ${o.type}`)
+    c.uint8.encode(s, t)
+    c.string.encode(s, o.name)
+    c.string.encode(s, o.table)
+    c.string.encode(s, o.sql)
+  },
+  decode(s: State): SchemaObject {
+    const type = OBJECT_TYPES[c.uint8.decode(s)]
+    if (type === undefined) throw new RangeError('unknown schema object type')
+    return { type, name: c.string.decode(s), table: c.string.decode(s), sql: c.string.decode(s) }
+  }
+}
+const schemaObjects = array(schemaObject)
+
+const tableChanges = {
+  preencode(s: State, t: TableChanges) {
+    c.uint.preencode(s, t.table)
+    rows.preencode(s, t.upserts)
+    rows.preencode(s, t.deletes)
+  },
+  encode(s: State, t: TableChanges) {
+    c.uint.encode(s, t.table)
+    rows.encode(s, t.upserts)
+    rows.encode(s, t.deletes)
+  },
+  decode(s: State): TableChanges {
+    return { table: c.uint.decode(s), upserts: rows.decode(s), deletes: rows.decode(s) }
+  }
+}
+const changeList = array(tableChanges)
+
+// --- per-kind bodies ---------------------------------------------------------------------------------------------
+
+interface Body<E extends Entry> {
+  flags(e: E): number
+  preencode(s: State, e: E): void
+  encode(s: State, e: E): void
+  decode(s: State, flags: number): E
+}
+
+const header: Body<HeaderEntry> = {
+  flags: (e) => (e.parent ? F_HEADER_PARENT : 0),
+  preencode(s, e) {
+    c.string.preencode(s, e.dataset)
+    c.string.preencode(s, e.name)
+    c.string.preencode(s, e.engine)
+    c.uint.preencode(s, e.epoch)
+    c.string.preencode(s, e.site)
+    c.uint.preencode(s, e.createdAt)
+    if (e.parent) {
+      c.fixed32.preencode(s, e.parent.key)
+      c.uint.preencode(s, e.parent.length)
+    }
+  },
+  encode(s, e) {
+    c.string.encode(s, e.dataset)
+    c.string.encode(s, e.name)
+    c.string.encode(s, e.engine)
+    c.uint.encode(s, e.epoch)
+    c.string.encode(s, e.site)
+    c.uint.encode(s, e.createdAt)
+    if (e.parent) {
+      c.fixed32.encode(s, e.parent.key)
+      c.uint.encode(s, e.parent.length)
+    }
+  },
+  decode(s, flags) {
+    const e: HeaderEntry = {
+      kind: 'header',
+      dataset: c.string.decode(s),
+      name: c.string.decode(s),
+      engine: c.string.decode(s),
+      epoch: c.uint.decode(s),
+      site: c.string.decode(s),
+      createdAt: c.uint.decode(s),
+      parent: null
+    }
+    if (flags & F_HEADER_PARENT) {
+      e.parent = { key: new Uint8Array(c.fixed32.decode(s)), length: c.uint.decode(s) }
+    }
+    return e
+  }
+}
+
+const schema: Body<SchemaEntry> = {
+  flags: (e) => (e.more ? F_MORE : 0),
+  preencode(s, e) {
+    tableDefs.preencode(s, e.tables)
+    schemaObjects.preencode(s, e.objects)
+    uints.preencode(s, e.reset)
+  },
+  encode(s, e) {
+    tableDefs.encode(s, e.tables)
+    schemaObjects.encode(s, e.objects)
+    uints.encode(s, e.reset)
+  },
+  decode(s, flags) {
+    return {
+      kind: 'schema',
+      more: (flags & F_MORE) !== 0,
+      tables: tableDefs.decode(s),
+      objects: schemaObjects.decode(s),
+      reset: uints.decode(s)
+    }
+  }
+}
+
+const transaction: Body<TransactionEntry> = {
+  flags: (e) => (e.more ? F_MORE : 0) | (e.source ? F_TX_SOURCE : 0),
+  preencode(s, e) {
+    c.uint.preencode(s, e.time)
+    changeList.preencode(s, e.changes)
+    if (e.source) c.uint8array.preencode(s, e.source)
+  },
+  encode(s, e) {
+    c.uint.encode(s, e.time)
+    changeList.encode(s, e.changes)
+    if (e.source) c.uint8array.encode(s, e.source)
+  },
+  decode(s, flags) {
+    return {
+      kind: 'transaction',
+      more: (flags & F_MORE) !== 0,
+      time: c.uint.decode(s),
+      changes: changeList.decode(s),
+      source: flags & F_TX_SOURCE ? new Uint8Array(c.uint8array.decode(s)) : null
+    }
+  }
+}
+
+const snapshot: Body<SnapshotEntry> = {
+  flags: (e) => (e.more ? F_MORE : 0) | (e.first ? F_SNAPSHOT_FIRST : 0) | (e.last ? F_SNAPSHOT_LAST : 0),
+  preencode(s, e) {
+    changeList.preencode(s, e.changes)
+  },
+  encode(s, e) {
+    changeList.encode(s, e.changes)
+  },
+  decode(s, flags) {
+    return {
+      kind: 'snapshot',
+      more: (flags & F_MORE) !== 0,
+      first: (flags & F_SNAPSHOT_FIRST) !== 0,
+      last: (flags & F_SNAPSHOT_LAST) !== 0,
+      changes: changeList.decode(s)
+    }
+  }
+}
+
+const checkpoint: Body<CheckpointEntry> = {
+  flags: () => 0,
+  preencode(s, e) {
+    c.uint.preencode(s, e.length)
+    c.fixed32.preencode(s, e.digest)
+    c.uint.preencode(s, e.rows)
+  },
+  encode(s, e) {
+    c.uint.encode(s, e.length)
+    c.fixed32.encode(s, e.digest)
+    c.uint.encode(s, e.rows)
+  },
+  decode(s) {
+    return {
+      kind: 'checkpoint',
+      length: c.uint.decode(s),
+      digest: new Uint8Array(c.fixed32.decode(s)),
+      rows: c.uint.decode(s)
+    }
+  }
+}
+
+const fence: Body<FenceEntry> = {
+  flags: () => 0,
+  preencode(s, e) {
+    c.uint.preencode(s, e.epoch)
+    c.fixed32.preencode(s, e.log)
+    c.uint.preencode(s, e.length)
+  },
+  encode(s, e) {
+    c.uint.encode(s, e.epoch)
+    c.fixed32.encode(s, e.log)
+    c.uint.encode(s, e.length)
+  },
+  decode(s) {
+    return { kind: 'fence', epoch: c.uint.decode(s), log: new Uint8Array(c.fixed32.decode(s)), length: c.uint.decode(s) }
+  }
+}
+
+const BODIES: { [K in KindName]: Body<Extract<Entry, { kind: K }>> } = {
+  header,
+  schema,
+  transaction,
+  snapshot,
+  checkpoint,
+  fence
+}
+
+function checksum(bytes: Uint8Array, start: number, end: number): Uint8Array {
+  const out = Buffer.alloc(16)
+  sodium.crypto_generichash(out, Buffer.from(bytes.buffer, bytes.byteOffset + start, end - start))
+  return out.subarray(0, CHECKSUM_BYTES)
+}
+
+// --- public ----------------------------------------------------------------------------------------------------
+
+/** Encodes an entry into one block. Throws MeshError.BAD_ENTRY for an entry that cannot be encoded. */
+export function encodeEntry(entry: Entry): Uint8Array {
+  const body = BODIES[entry.kind] as Body<Entry> | undefined
+  if (body === undefined) throw MeshError.UNKNOWN_KIND(`cannot encode entry kind ${String(entry.kind)}`)
+  try {
+    const flags = body.flags(entry)
+    const state = c.state()
+    c.uint.preencode(state, FORMAT_VERSION)
+    c.uint.preencode(state, Kind[entry.kind])
+    c.uint.preencode(state, flags)
+    body.preencode(state, entry)
+    const size = state.end
+    state.end += CHECKSUM_BYTES
+    state.buffer = Buffer.allocUnsafe(state.end)
+    c.uint.encode(state, FORMAT_VERSION)
+    c.uint.encode(state, Kind[entry.kind])
+    c.uint.encode(state, flags)
+    body.encode(state, entry)
+    if (state.start !== size) throw new RangeError('encoder size mismatch')
+    state.buffer.set(checksum(state.buffer, 0, size), size)
+    return state.buffer
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
+  }
+}
+
+/**
+ * Decodes one block. Returns a well-formed entry or throws a MeshError (BAD_ENTRY, UNKNOWN_VERSION,
+ * UNKNOWN_KIND, UNKNOWN_FLAGS); it never throws anything else and never returns a partly read entry.
+ */
+export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean } = {}): Entry {
+  if (!(block instanceof Uint8Array)) throw MeshError.BAD_ENTRY('a block must be bytes')
+  if (block.byteLength < 3 + CHECKSUM_BYTES) {
+    throw MeshError.BAD_ENTRY(`block of ${block.byteLength} bytes is too short to be an entry`)
+  }
+  const end = block.byteLength - CHECKSUM_BYTES
+  const state = c.state(0, end, block)
+  let version: number
+  try {
+    version = c.uint.decode(state)
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'unreadable version')
+  }
+  if (version !== FORMAT_VERSION) {
+    // The version is read before the checksum so a newer format is reported as such, not as damage.
+    throw MeshError.UNKNOWN_VERSION(`entry format version ${version}; this software reads version ${FORMAT_VERSION}`, {
+      context: { version }
+    })
+  }
+  if (opts.verifyChecksum !== false) {
+    const want = checksum(block, 0, end)
+    for (let i = 0; i < CHECKSUM_BYTES; i++) {
+      if (block[end + i] !== want[i]) throw MeshError.BAD_ENTRY('checksum mismatch: the block is damaged')
+    }
+  }
+  let kindNo: number
+  let flags: number
+  try {
+    kindNo = c.uint.decode(state)
+    flags = c.uint.decode(state)
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'unreadable entry prefix')
+  }
+  const kind = KIND_NAMES[kindNo]
+  if (kind === undefined) throw MeshError.UNKNOWN_KIND(`entry kind ${kindNo} is unknown`, { context: { kind: kindNo } })
+  const unknown = flags & ~ALLOWED_FLAGS[kind]
+  if (unknown !== 0) {
+    throw MeshError.UNKNOWN_FLAGS(`${kind} entry has unknown flag bits 0x${unknown.toString(16)}`, { context: { flags } })
+  }
+  let entry: Entry
+  try {
+    entry = BODIES[kind].decode(state, flags)
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, `truncated or corrupt ${kind} entry`)
+  }
+  if (state.start !== end) {
+    throw MeshError.BAD_ENTRY(`${end - state.start} unread bytes after a ${kind} entry`)
+  }
+  return entry
+}
+
+/** Whether the unit that contains this entry continues in the next block. */
+export function continues(entry: Entry): boolean {
+  return 'more' in entry && entry.more
+}
+
+/** Recomputes the checksum of a block in place (for tests that corrupt the body but not the checksum). */
+export function resealBlock(block: Uint8Array): void {
+  const end = block.byteLength - CHECKSUM_BYTES
+  block.set(checksum(block, 0, end), end)
+}

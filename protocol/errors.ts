@@ -1,0 +1,117 @@
+/**
+ * The one error type of branchmesh. Every failure a user or a caller can act on is a MeshError with a stable
+ * `code` (tests and scripts match on it, never on the message), a `hint` that says what to do, and whether
+ * retrying the same operation later can help.
+ *
+ * Create them through the static factories (`MeshError.BAD_ENTRY('...')`), so that each code has one place
+ * that decides its default hint and retryability.
+ */
+
+export interface MeshErrorOptions {
+  /** What the user should do about it, in words. */
+  hint?: string
+  /** Whether retrying the same operation later can succeed (a lock, a full disk, an absent peer). */
+  retryable?: boolean
+  /** Structured facts for logs and --json output (paths, tables, positions). Never secrets. */
+  context?: Record<string, unknown>
+  cause?: unknown
+}
+
+type Factory = (message: string, opts?: MeshErrorOptions) => MeshError
+
+function factory(code: string, defaults: { hint?: string; retryable?: boolean }): Factory {
+  return (message, opts = {}) =>
+    new MeshError(code, message, {
+      hint: opts.hint ?? defaults.hint,
+      retryable: opts.retryable ?? defaults.retryable ?? false,
+      context: opts.context,
+      cause: opts.cause
+    })
+}
+
+export class MeshError extends Error {
+  readonly code: string
+  readonly hint: string | undefined
+  readonly retryable: boolean
+  readonly context: Record<string, unknown>
+
+  constructor(code: string, message: string, opts: MeshErrorOptions = {}) {
+    super(`${code}: ${message}`, opts.cause === undefined ? undefined : { cause: opts.cause })
+    this.name = 'MeshError'
+    this.code = code
+    this.hint = opts.hint
+    this.retryable = opts.retryable ?? false
+    this.context = opts.context ?? {}
+  }
+
+  /** Keeps a MeshError as it is; wraps anything else as `code` with the original as the cause. */
+  static wrap(err: unknown, make: Factory, message?: string, opts: MeshErrorOptions = {}): MeshError {
+    if (err instanceof MeshError) return err
+    const text = err instanceof Error ? err.message : String(err)
+    return make(message === undefined ? text : `${message}: ${text}`, { ...opts, cause: err })
+  }
+
+  // --- log format ---------------------------------------------------------------------------------------
+  /** Bytes that are not a well-formed log entry: truncated, corrupt, or trailing garbage. */
+  static BAD_ENTRY = factory('BAD_ENTRY', {
+    hint: 'The log block is damaged. The node refuses to apply it; run `mesh status` to see which site holds a good copy.'
+  })
+  /** A log entry written by a newer format version than this software reads. */
+  static UNKNOWN_VERSION = factory('UNKNOWN_VERSION', {
+    hint: 'This log was written by a newer branchmesh. Upgrade this site (see UPGRADE.md).'
+  })
+  /** An entry kind this software does not know. */
+  static UNKNOWN_KIND = factory('UNKNOWN_KIND', {
+    hint: 'This log was written by a newer branchmesh. Upgrade this site (see UPGRADE.md).'
+  })
+  /** Flag bits this software does not know: refusing is safer than ignoring what they might mean. */
+  static UNKNOWN_FLAGS = factory('UNKNOWN_FLAGS', {
+    hint: 'This log was written by a newer branchmesh. Upgrade this site (see UPGRADE.md).'
+  })
+
+  // --- databases ------------------------------------------------------------------------------------------
+  static NOT_FOUND = factory('NOT_FOUND', { hint: 'Check the path; it must name an existing file.' })
+  static NOT_SQLITE = factory('NOT_SQLITE', {
+    hint: 'The file is not a SQLite database (or is encrypted or damaged). Point --sqlite at the database file itself.'
+  })
+  static DATABASE_LOCKED = factory('DATABASE_LOCKED', {
+    hint: 'Another program holds a lock on the database. It is retried; if it persists, check for a program that opened it in exclusive mode.',
+    retryable: true
+  })
+  static READ_ONLY = factory('READ_ONLY', {
+    hint: 'The database or its folder is not writable by this user. Fix the file permissions.'
+  })
+  /** A table whose changes cannot be captured; the message says why. */
+  static CANNOT_CAPTURE = factory('CANNOT_CAPTURE', {
+    hint: 'The table is left out of the mesh. Give it a regular (non-virtual) definition, or exclude it in the configuration.'
+  })
+  /** branchmesh's own change-tracking tables in the origin database are not as branchmesh made them. */
+  static CORRUPT_CHANGE = factory('CORRUPT_CHANGE', {
+    hint: 'A branchmesh change table in the database was altered by hand. Restart the node: it reinstalls capture and resends the affected tables in full.'
+  })
+  static DISK_FULL = factory('DISK_FULL', {
+    hint: 'Free space on the disk holding the data directory or the database. Nothing was lost: capture resumes where it stopped.',
+    retryable: true
+  })
+  static IO_ERROR = factory('IO_ERROR', { retryable: true })
+  /** A database error with no more specific code. */
+  static DATABASE_ERROR = factory('DATABASE_ERROR', {})
+
+  // --- logs and replicas -------------------------------------------------------------------------------------
+  /** The replica's applied position does not belong to the log being applied (another log, or a fork). */
+  static LOG_MISMATCH = factory('LOG_MISMATCH', {
+    hint: 'This replica was built from a different log. Rebuild it from the log (remove the replica file and restart).'
+  })
+  /** A log whose entries break the rules (no header first, a change for an unknown table...). */
+  static BAD_LOG = factory('BAD_LOG', {
+    hint: 'The log does not follow the format. Report it; the replica is left at its last good position.'
+  })
+  static BAD_REPLICA = factory('BAD_REPLICA', {
+    hint: 'The replica database is not one branchmesh made. Point the replica at a new file.'
+  })
+  static CLOSED = factory('CLOSED', {})
+
+  // --- configuration and usage ----------------------------------------------------------------------------------
+  static BAD_CONFIG = factory('BAD_CONFIG', {})
+  static USAGE = factory('USAGE', {})
+}

@@ -1,0 +1,126 @@
+/**
+ * Packing changes into blocks, and reading blocks back as units.
+ *
+ * Hypercore replicates a few thousand blocks a second whatever their size, so many row changes go into each
+ * block; a unit larger than one block spans several, all but the last flagged MORE, and is applied
+ * all-or-nothing. Packing does no I/O.
+ */
+import c from 'compact-encoding'
+import { MeshError } from './errors.ts'
+import type { Entry, SchemaEntry, SnapshotEntry, TableChanges, TransactionEntry } from './entries.ts'
+import { value, type Value } from './values.ts'
+
+/** Target size of a block's row data. Rows larger than this get a block of their own. */
+export const DEFAULT_BLOCK_BYTES = 256 * 1024
+
+function rowBytes(row: Value[]): number {
+  const s = c.state()
+  c.uint.preencode(s, row.length)
+  for (const v of row) value.preencode(s, v)
+  return s.end
+}
+
+/** Splits table changes into pieces of about maxBytes each, keeping row order within a table. */
+export function splitChanges(changes: TableChanges[], maxBytes = DEFAULT_BLOCK_BYTES): TableChanges[][] {
+  const pieces: TableChanges[][] = []
+  let piece: TableChanges[] = []
+  let size = 0
+  const flush = () => {
+    if (piece.length > 0) pieces.push(piece)
+    piece = []
+    size = 0
+  }
+  for (const ch of changes) {
+    let cur: TableChanges | null = null
+    const take = (kind: 'deletes' | 'upserts', row: Value[]) => {
+      const n = rowBytes(row)
+      if (size > 0 && size + n > maxBytes) {
+        flush()
+        cur = null
+      }
+      if (cur === null) {
+        cur = { table: ch.table, upserts: [], deletes: [] }
+        piece.push(cur)
+        size += 8
+      }
+      cur[kind].push(row)
+      size += n
+    }
+    // Deletes before upserts: with REPLACE semantics either order converges, this one is the natural read.
+    for (const k of ch.deletes) take('deletes', k)
+    for (const r of ch.upserts) take('upserts', r)
+    if (ch.deletes.length === 0 && ch.upserts.length === 0 && cur === null) {
+      piece.push({ table: ch.table, upserts: [], deletes: [] })
+    }
+  }
+  flush()
+  return pieces
+}
+
+/** The entries of one captured batch: an optional schema entry, then transaction entries; one unit. */
+export function packTransaction(
+  batch: { schema: SchemaEntry | null; changes: TableChanges[]; time: number; source: Uint8Array | null },
+  maxBytes = DEFAULT_BLOCK_BYTES
+): Entry[] {
+  const out: Entry[] = []
+  if (batch.schema) out.push({ ...batch.schema, more: true })
+  const pieces = splitChanges(batch.changes, maxBytes)
+  if (pieces.length === 0) pieces.push([])
+  pieces.forEach((changes, i) => {
+    const last = i === pieces.length - 1
+    const tx: TransactionEntry = {
+      kind: 'transaction',
+      more: !last,
+      time: batch.time,
+      changes,
+      source: last ? batch.source : null
+    }
+    out.push(tx)
+  })
+  return out
+}
+
+/** The entries of one snapshot chunk; each is a unit of its own. */
+export function packSnapshot(
+  changes: TableChanges[],
+  flags: { first: boolean; last: boolean },
+  maxBytes = DEFAULT_BLOCK_BYTES
+): SnapshotEntry[] {
+  const pieces = splitChanges(changes, maxBytes)
+  if (pieces.length === 0) pieces.push([])
+  return pieces.map((p, i) => ({
+    kind: 'snapshot',
+    more: false,
+    first: flags.first && i === 0,
+    last: flags.last && i === pieces.length - 1,
+    changes: p
+  }))
+}
+
+/**
+ * Collects entries into units. push() returns a complete unit (its entries) when `entry` ends one, else null.
+ * A header, checkpoint or fence inside an open unit means the log breaks the rules.
+ */
+export class UnitAssembler {
+  private open: Entry[] = []
+
+  get pending(): number {
+    return this.open.length
+  }
+
+  push(entry: Entry): Entry[] | null {
+    const spanning = entry.kind === 'schema' || entry.kind === 'transaction' || entry.kind === 'snapshot'
+    if (!spanning && this.open.length > 0) {
+      throw MeshError.BAD_LOG(`a ${entry.kind} entry inside an unfinished unit`)
+    }
+    this.open.push(entry)
+    if (spanning && entry.more) return null
+    const unit = this.open
+    this.open = []
+    return unit
+  }
+
+  reset(): void {
+    this.open = []
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * Column values in the log. A value keeps its storage class exactly:
+ *
+ *   null        NULL
+ *   bigint      INTEGER (64-bit, all of it; never a JS number, which would round past 2^53)
+ *   number      REAL (IEEE 754 double, bit for bit: -0.0 stays -0.0)
+ *   string      TEXT (UTF-8)
+ *   Uint8Array  BLOB (any bytes, zeros included)
+ *
+ * The encoding is a tag byte then the payload. Small integers take a varint; the rest take 8 bytes.
+ * This module does not interpret engine types (a PostgreSQL numeric travels as TEXT with its column's
+ * declared type in the schema entry).
+ */
+import c from 'compact-encoding'
+import type { State } from 'compact-encoding'
+
+export type Value = null | bigint | number | string | Uint8Array
+
+const TAG_NULL = 0
+const TAG_INT = 1 // zig-zag varint, |v| <= 2^53 - 1
+const TAG_INT64 = 2 // zig-zag fixed 8 bytes
+const TAG_REAL = 3
+const TAG_TEXT = 4
+const TAG_BLOB = 5
+
+const SAFE = BigInt(Number.MAX_SAFE_INTEGER)
+const INT64_MIN = -(2n ** 63n)
+const INT64_MAX = 2n ** 63n - 1n
+
+function isSmall(v: bigint): boolean {
+  return v <= SAFE && v >= -SAFE
+}
+
+export const value = {
+  preencode(state: State, v: Value): void {
+    state.end++
+    if (v === null) return
+    switch (typeof v) {
+      case 'bigint':
+        if (isSmall(v)) c.int.preencode(state, Number(v))
+        else state.end += 8
+        return
+      case 'number':
+        state.end += 8
+        return
+      case 'string':
+        c.string.preencode(state, v)
+        return
+      default:
+        c.uint8array.preencode(state, v)
+    }
+  },
+  encode(state: State, v: Value): void {
+    const buf = state.buffer as Uint8Array
+    if (v === null) {
+      buf[state.start++] = TAG_NULL
+      return
+    }
+    switch (typeof v) {
+      case 'bigint':
+        if (v < INT64_MIN || v > INT64_MAX) throw new RangeError('integer outside 64 bits')
+        if (isSmall(v)) {
+          buf[state.start++] = TAG_INT
+          c.int.encode(state, Number(v))
+        } else {
+          buf[state.start++] = TAG_INT64
+          c.bigint64.encode(state, v)
+        }
+        return
+      case 'number':
+        buf[state.start++] = TAG_REAL
+        c.float64.encode(state, v)
+        return
+      case 'string':
+        buf[state.start++] = TAG_TEXT
+        c.string.encode(state, v)
+        return
+      default:
+        buf[state.start++] = TAG_BLOB
+        c.uint8array.encode(state, v)
+    }
+  },
+  decode(state: State): Value {
+    if (state.start >= state.end) throw new RangeError('Out of bounds')
+    const tag = (state.buffer as Uint8Array)[state.start++]
+    switch (tag) {
+      case TAG_NULL:
+        return null
+      case TAG_INT:
+        return BigInt(c.int.decode(state))
+      case TAG_INT64:
+        return c.bigint64.decode(state)
+      case TAG_REAL:
+        return c.float64.decode(state)
+      case TAG_TEXT:
+        return c.string.decode(state)
+      case TAG_BLOB:
+        // A copy, so a decoded value never pins (or aliases) the whole block buffer.
+        return new Uint8Array(c.uint8array.decode(state))
+      default:
+        throw new RangeError(`unknown value tag ${tag}`)
+    }
+  }
+}
+
+/** Two values are the same value: same storage class and same bits. */
+export function sameValue(a: Value, b: Value): boolean {
+  if (a === null || b === null) return a === b
+  if (typeof a !== typeof b) return false
+  if (typeof a === 'number') return Object.is(a, b)
+  if (a instanceof Uint8Array) {
+    const bb = b as Uint8Array
+    if (a.byteLength !== bb.byteLength) return false
+    for (let i = 0; i < a.byteLength; i++) if (a[i] !== bb[i]) return false
+    return true
+  }
+  return a === b
+}
