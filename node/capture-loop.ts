@@ -40,6 +40,7 @@ export class CaptureLoop extends EventEmitter {
   private readonly logger: Logger
   private running = false
   private loop: Promise<void> | null = null
+  private queue: Promise<unknown> = Promise.resolve()
 
   constructor(opts: CaptureLoopOptions) {
     super()
@@ -88,8 +89,17 @@ export class CaptureLoop extends EventEmitter {
     this.logger.info('initial snapshot written to the log', { rows, ms: Date.now() - started })
   }
 
-  /** Captures what is committed now. Returns the number of rows captured (0: nothing new). */
-  async step(): Promise<number> {
+  /**
+   * Captures what is committed now. Returns the number of rows captured (0: nothing new). Calls are
+   * serialized with the loop's own, so a caller may use it to catch up at once.
+   */
+  step(): Promise<number> {
+    const next = this.queue.then(() => this.stepNow())
+    this.queue = next.catch(() => {})
+    return next
+  }
+
+  private async stepNow(): Promise<number> {
     const { capture, log } = this.opts
     const batch = await capture.read()
     if (batch === null) return 0

@@ -541,7 +541,9 @@ export class SqliteCapture implements CaptureSide {
       this.writeTx(() => {
         for (const t of pos.tables) {
           if (!this.tables.has(t.id)) continue
-          db.prepare(`DELETE FROM ${quote(changeTable(t.id))} WHERE seq <= ?`).run(BigInt(t.seq))
+          // The newest row stays: an empty table would hand out seq 1 again, below the marks in the log.
+          const d = quote(changeTable(t.id))
+          db.prepare(`DELETE FROM ${d} WHERE seq <= ? AND seq < (SELECT max(seq) FROM ${d})`).run(BigInt(t.seq))
           if (t.reset > 0) db.prepare(`UPDATE ${OWN_PREFIX}tables SET reset = 0 WHERE id = ? AND reset = ?`).run(BigInt(t.id), BigInt(t.reset))
         }
       })

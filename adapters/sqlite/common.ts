@@ -98,7 +98,7 @@ export interface UncapturableTable {
 
 /** Reads the user tables of the main schema; returns those that can be captured and those that cannot. */
 export function readTables(db: DB): { tables: TableInfo[]; skipped: UncapturableTable[] } {
-  const list = db.prepare('PRAGMA main.table_list').all() as Array<{ name: string; type: string; wr: number }>
+  const list = db.prepare('PRAGMA main.table_list').safeIntegers(false).all() as Array<{ name: string; type: string; wr: number }>
   const sqlOf = new Map(
     (db.prepare("SELECT name, sql FROM main.sqlite_schema WHERE type = 'table'").all() as Array<{ name: string; sql: string }>).map(
       (r) => [r.name, r.sql]
@@ -119,7 +119,7 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
       skipped.push({ table: t.name, reason: `shadow table of ${owner}, which is not captured` })
       continue
     }
-    const xinfo = db.prepare(`PRAGMA main.table_xinfo(${quote(t.name)})`).all() as Array<{
+    const xinfo = db.prepare(`PRAGMA main.table_xinfo(${quote(t.name)})`).safeIntegers(false).all() as Array<{
       name: string
       type: string
       notnull: number
