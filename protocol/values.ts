@@ -17,13 +17,14 @@ import type { State } from 'compact-encoding'
 export type Value = null | bigint | number | string | Uint8Array
 
 const TAG_NULL = 0
-const TAG_INT = 1 // zig-zag varint, |v| <= 2^53 - 1
+const TAG_INT = 1 // zig-zag varint, |v| < 2^52
 const TAG_INT64 = 2 // zig-zag fixed 8 bytes
 const TAG_REAL = 3
 const TAG_TEXT = 4
 const TAG_BLOB = 5
 
-const SAFE = BigInt(Number.MAX_SAFE_INTEGER)
+// compact-encoding's zig-zag int holds -2^52 .. 2^52 - 1.
+const SAFE = 2n ** 52n - 1n
 const INT64_MIN = -(2n ** 63n)
 const INT64_MAX = 2n ** 63n - 1n
 
