@@ -1,0 +1,31 @@
+/**
+ * The capturing process of the crash tests: SQLite file -> the dataset's log in a corestore.
+ * Usage: node --import tsx test/helpers/capture-proc.ts ORIGIN_FILE STORE_DIR
+ * Prints "ready" once capturing. On SIGTERM it captures what is committed, closes, prints "stopped".
+ */
+import Corestore from 'corestore'
+import { SqliteCapture } from '../../adapters/index.ts'
+import { CaptureLoop, DatasetLog } from '../../node/index.ts'
+
+const [file, storeDir] = process.argv.slice(2)
+const store = new Corestore(storeDir)
+const log = await DatasetLog.writable(store, storeDir, 'ds1', 0)
+const side = new SqliteCapture({ path: file, ackIntervalMs: 20 })
+const loop = new CaptureLoop({
+  capture: side,
+  log,
+  header: { dataset: 'ds1', name: 'shop', engine: 'sqlite', epoch: 0, site: 'a', createdAt: Date.now(), parent: null },
+  pollMs: 2,
+  snapshotRows: 500,
+  blockBytes: 16 * 1024
+})
+process.on('SIGTERM', async () => {
+  await loop.stop()
+  while ((await loop.step()) > 0);
+  await side.close()
+  await store.close()
+  process.stdout.write('stopped\n')
+  process.exit(0)
+})
+await loop.start()
+process.stdout.write('ready\n')
