@@ -24,6 +24,12 @@ export interface CaptureLoopOptions {
   blockBytes?: number
   /** Rows per snapshot chunk. */
   snapshotRows?: number
+  /**
+   * Opens the log again after it failed with DISK_FULL or IO_ERROR. RocksDB (under hypercore) refuses every
+   * write after a failed write-ahead-log append until it is reopened, so without this a full disk that is
+   * cleared later would still stop capture.
+   */
+  reopenLog?: () => Promise<DatasetLog>
 }
 
 export interface CaptureStats {
@@ -135,6 +141,13 @@ export class CaptureLoop extends EventEmitter {
         }
         this.logger.warn('capture failed, retrying', { code: e.code, error: e.message, retryInMs: backoff })
         await new Promise((resolve) => setTimeout(resolve, backoff))
+        if ((e.code === 'DISK_FULL' || e.code === 'IO_ERROR') && this.opts.reopenLog && this.running) {
+          try {
+            this.opts.log = await this.opts.reopenLog()
+          } catch (err) {
+            this.logger.warn('cannot reopen the log yet', { error: (err as Error).message })
+          }
+        }
         backoff = Math.min(backoff * 2, 10_000)
       }
     }

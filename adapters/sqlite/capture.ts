@@ -154,6 +154,10 @@ export class SqliteCapture implements CaptureSide {
   private schemaVersion = -1
   private dataVersion = -1
   private schemaPending = true
+  /** Bumped whenever the schema changes, so an acknowledged batch clears only the schema it carried. */
+  private schemaGen = 0
+  /** The last batch read and not yet acknowledged. */
+  private unacked: { source: Uint8Array; schemaGen: number } | null = null
   private acked: SourcePos | null = null
   private ackedApplied: SourcePos | null = null
   private lastAckWrite = 0
@@ -339,6 +343,7 @@ export class SqliteCapture implements CaptureSide {
     })
     this.schemaVersion = Number(db.pragma('schema_version', { simple: true }))
     this.schemaPending = true
+    this.schemaGen++
   }
 
   private changeTableArity(id: number): number {
@@ -375,12 +380,7 @@ export class SqliteCapture implements CaptureSide {
 
   async resume(source: Uint8Array | null): Promise<void> {
     if (source === null) return
-    const pos = decodeSqliteSource(source)
-    for (const t of pos.tables) {
-      const cap = this.tables.get(t.id)
-      if (cap && t.seq > cap.mark) cap.mark = t.seq
-    }
-    this.acked = pos
+    this.acknowledge(source)
     this.flushAck(true)
   }
 
@@ -450,7 +450,7 @@ export class SqliteCapture implements CaptureSide {
     } catch (err) {
       throw sqliteError(err, this.path, 'cannot read')
     }
-    const pending = [...this.tables.values()].some((t) => t.reset > 0)
+    const pending = this.unacked !== null || [...this.tables.values()].some((t) => t.reset > 0)
     if (dv === this.dataVersion && !this.schemaPending && !pending) {
       this.flushAck(false)
       return null
@@ -502,16 +502,12 @@ export class SqliteCapture implements CaptureSide {
       pos.tables.push({ id: t.id, seq: to, reset: t.reset > 0 ? t.reset : t.ackReset })
     }
     if (!any && !this.schemaPending) return null
-    // Marks move only in memory; the change rows stay until ack(), so a failed append loses nothing.
-    for (const t of this.tables.values()) {
-      const p = pos.tables.find((x) => x.id === t.id)!
-      t.mark = p.seq
-      t.reset = 0
-      t.ackReset = 0
-    }
+    // Nothing moves here: marks, resets and the pending schema move only in ack(), so a batch whose append
+    // failed is read again, whole, by the next read().
     const schema = this.schemaPending || reset.length > 0 ? this.schemaEntry(reset) : null
-    this.schemaPending = false
-    return { schema, changes, time: Date.now(), rows, source: c.encode(sourceEnc, pos) }
+    const source = c.encode(sourceEnc, pos)
+    this.unacked = { source, schemaGen: schema ? this.schemaGen : -1 }
+    return { schema, changes, time: Date.now(), rows, source }
   }
 
   private validKey(t: Captured, key: Value[]): boolean {
@@ -525,9 +521,26 @@ export class SqliteCapture implements CaptureSide {
   }
 
   async ack(source: Uint8Array): Promise<void> {
-    const pos = decodeSqliteSource(source)
-    this.acked = pos
+    this.acknowledge(source)
     this.flushAck(false)
+  }
+
+  /** Moves marks, resets and the pending schema past a batch the log now holds durably. */
+  private acknowledge(source: Uint8Array): void {
+    const pos = decodeSqliteSource(source)
+    for (const t of pos.tables) {
+      const cap = this.tables.get(t.id)
+      if (cap === undefined) continue
+      if (t.seq > cap.mark) cap.mark = t.seq
+      if (t.reset > 0 && cap.reset === t.reset) cap.reset = 0
+      if (t.reset > 0 && cap.ackReset === t.reset) cap.ackReset = 0
+    }
+    const u = this.unacked
+    if (u !== null && Buffer.compare(Buffer.from(u.source), Buffer.from(source)) === 0) {
+      if (u.schemaGen === this.schemaGen) this.schemaPending = false
+      this.unacked = null
+    }
+    this.acked = pos
   }
 
   /** Deletes acknowledged change rows and clears acknowledged resets, at most every ackIntervalMs. */
