@@ -1,0 +1,143 @@
+/**
+ * Benchmarks, run on demand (`npm run bench`, or `npm run bench -- --json` for one summary line).
+ * Anchor: raw SQLite on this machine (WAL, synchronous=FULL). Every figure is printed with its ratio to the
+ * anchor; nothing here is asserted.
+ */
+import Database from 'better-sqlite3'
+import path from 'node:path'
+import { SqliteCapture } from '../adapters/index.ts'
+import { tmpDir } from '../test/helpers/db.ts'
+import { startPipeline } from '../test/helpers/pipeline.ts'
+
+const json = process.argv.includes('--json')
+const say = (s: string) => {
+  if (!json) process.stdout.write(s + '\n')
+}
+
+function fresh(dir: string, name: string): Database.Database {
+  const db = new Database(path.join(dir, name))
+  db.pragma('journal_mode = WAL')
+  db.pragma('synchronous = FULL')
+  db.exec('CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, amount REAL, note TEXT)')
+  return db
+}
+
+function bulk(db: Database.Database, rows: number): number {
+  const ins = db.prepare('INSERT INTO orders (customer, amount, note) VALUES (?, ?, ?)')
+  const t0 = process.hrtime.bigint()
+  db.transaction(() => {
+    for (let i = 0; i < rows; i++) ins.run('customer ' + (i % 5000), i * 0.25, 'x'.repeat(40))
+  })()
+  return rows / (Number(process.hrtime.bigint() - t0) / 1e9)
+}
+
+function single(db: Database.Database, n: number): number {
+  const ins = db.prepare('INSERT INTO orders (customer, amount, note) VALUES (?, ?, ?)')
+  const t0 = process.hrtime.bigint()
+  for (let i = 0; i < n; i++) ins.run('c', i, 'one row')
+  return n / (Number(process.hrtime.bigint() - t0) / 1e9)
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.floor(s.length / 2)]
+}
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]
+}
+
+async function withTriggers(file: string): Promise<void> {
+  const cap = new SqliteCapture({ path: file })
+  await cap.open()
+  await cap.close()
+}
+
+const { dir, cleanup } = tmpDir('mesh-bench-')
+try {
+  const ROWS = 100_000
+  const ONE = 1_000
+  const runs = 3
+  const raw: number[] = []
+  const trig: number[] = []
+  const raw1: number[] = []
+  const trig1: number[] = []
+  for (let r = 0; r < runs; r++) {
+    const a = fresh(dir, `raw${r}.db`)
+    raw.push(bulk(a, ROWS))
+    raw1.push(single(a, ONE))
+    a.close()
+    const b = fresh(dir, `trig${r}.db`)
+    b.close()
+    await withTriggers(path.join(dir, `trig${r}.db`))
+    const b2 = new Database(path.join(dir, `trig${r}.db`))
+    b2.pragma('synchronous = FULL')
+    trig.push(bulk(b2, ROWS))
+    trig1.push(single(b2, ONE))
+    b2.close()
+  }
+  const rawBulk = median(raw)
+  const trigBulk = median(trig)
+  say(`SQLite capture overhead (anchor: raw SQLite, WAL, synchronous=FULL, median of ${runs})`)
+  say(`  bulk insert, ${ROWS} rows in one transaction: raw ${Math.round(rawBulk)} rows/s, with capture ${Math.round(trigBulk)} rows/s, overhead ${(rawBulk / trigBulk).toFixed(2)}x (aim <= 1.3x)`)
+  say(`  one row per transaction: raw ${Math.round(median(raw1))} tx/s, with capture ${Math.round(median(trig1))} tx/s, overhead ${(median(raw1) / median(trig1)).toFixed(2)}x (aim ~1.0x)`)
+
+  // End to end: bulk writes through capture -> log -> replication -> apply.
+  const e2eDir = path.join(dir, 'e2e')
+  const origin = fresh(dir, 'e2e-origin.db')
+  const p = await startPipeline(dir, path.join(dir, 'e2e-origin.db'), { pollMs: 1 })
+  const E2E = 200_000
+  const t0 = process.hrtime.bigint()
+  bulk(origin, E2E)
+  await p.settle()
+  const e2eSecs = Number(process.hrtime.bigint() - t0) / 1e9
+  const e2e = E2E / e2eSecs
+  say(`end to end, ${E2E} rows in one transaction, commit -> applied at the replica: ${Math.round(e2e)} rows/s (${(rawBulk / e2e).toFixed(2)}x slower than raw insert; aim >= 150000 rows/s)`)
+
+  // Trickle: one small transaction every 10 ms, commit -> applied latency.
+  const reader = new Database(path.join(dir, 'replica.db'), { readonly: true })
+  const maxId = reader.prepare('SELECT coalesce(max(id), 0) FROM orders').pluck()
+  const sent = new Map<number, bigint>()
+  const lat: number[] = []
+  p.apply.on('applied', () => {
+    const now = process.hrtime.bigint()
+    const top = Number(maxId.get())
+    for (const [id, at] of sent) {
+      if (id <= top) {
+        lat.push(Number(now - at) / 1e6)
+        sent.delete(id)
+      }
+    }
+  })
+  const ins = origin.prepare('INSERT INTO orders (customer, amount, note) VALUES (?, ?, ?)')
+  const TRICKLE = 300
+  for (let i = 0; i < TRICKLE; i++) {
+    const at = process.hrtime.bigint()
+    const { lastInsertRowid } = ins.run('t', i, 'trickle')
+    sent.set(Number(lastInsertRowid), at)
+    await new Promise((r) => setTimeout(r, 10))
+  }
+  await p.settle()
+  await new Promise((r) => setTimeout(r, 100))
+  say(`trickle, ${TRICKLE} one-row transactions 10 ms apart, commit -> applied: p50 ${median(lat).toFixed(1)} ms, p99 ${pct(lat, 99).toFixed(1)} ms (${lat.length} measured)`)
+  reader.close()
+  await p.close()
+  origin.close()
+  void e2eDir
+  if (json) {
+    process.stdout.write(
+      JSON.stringify({
+        rawBulkRowsPerSec: Math.round(rawBulk),
+        captureBulkRowsPerSec: Math.round(trigBulk),
+        captureOverheadBulk: +(rawBulk / trigBulk).toFixed(3),
+        captureOverheadSingle: +(median(raw1) / median(trig1)).toFixed(3),
+        endToEndRowsPerSec: Math.round(e2e),
+        trickleP50Ms: +median(lat).toFixed(2),
+        trickleP99Ms: +pct(lat, 99).toFixed(2)
+      }) + '\n'
+    )
+  }
+} finally {
+  cleanup()
+}
