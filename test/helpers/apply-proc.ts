@@ -1,0 +1,20 @@
+/**
+ * The applying process of the crash tests: a dataset's log -> a SQLite replica, until caught up.
+ * Usage: node --import tsx test/helpers/apply-proc.ts STORE_DIR REPLICA_FILE
+ * Prints "applied N" after each unit, "caught-up N" at the end.
+ */
+import Corestore from 'corestore'
+import { SqliteApply } from '../../adapters/index.ts'
+import { ApplyLoop, DatasetLog } from '../../node/index.ts'
+
+const [storeDir, replica] = process.argv.slice(2)
+const store = new Corestore(storeDir)
+const log = await DatasetLog.writable(store, storeDir, 'ds1', 0)
+const side = new SqliteApply({ path: replica })
+const loop = new ApplyLoop({ log, apply: side })
+loop.on('applied', ({ length }) => process.stdout.write(`applied ${length}\n`))
+await side.open()
+await loop.catchUp()
+process.stdout.write(`caught-up ${side.position()?.length}\n`)
+await side.close()
+await store.close()

@@ -1,0 +1,50 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import path from 'node:path'
+import Database from 'better-sqlite3'
+import { dump, openWal, tmpDir } from './helpers/db.ts'
+import { startTs } from './helpers/proc.ts'
+import { Workload, checkInvariants, prng, setup } from './helpers/workload.ts'
+
+test('SIGKILL of the applying process mid-apply: the replica resumes and ends equal, each unit once', async (t) => {
+  const { dir, cleanup } = tmpDir()
+  t.after(cleanup)
+  const file = path.join(dir, 'origin.db')
+  const storeDir = path.join(dir, 'store')
+  const replicaFile = path.join(dir, 'replica.db')
+  const db = openWal(file)
+  setup(db)
+  const w = new Workload(db, 5)
+  // Many small units: capture runs while the workload writes.
+  const cap = startTs('test/helpers/capture-proc.ts', [file, storeDir])
+  await cap.waitLine(/^ready/)
+  for (let i = 0; i < 2500; i++) {
+    w.transaction(10)
+    await new Promise((r) => setTimeout(r, 1))
+  }
+  cap.proc.kill('SIGTERM')
+  await cap.waitLine(/^stopped/)
+  await cap.exited
+  db.close()
+
+  const rand = prng(77)
+  let kills = 0
+  for (let round = 0; round < 8; round++) {
+    const ap = startTs('test/helpers/apply-proc.ts', [storeDir, replicaFile])
+    const first = await ap.waitLine(/^(applied|caught-up)/, 60_000)
+    if (first.startsWith('caught-up')) break
+    await new Promise((r) => setTimeout(r, rand() * 40))
+    const { signal } = await ap.kill('SIGKILL')
+    if (signal === 'SIGKILL') kills++
+    // Whatever moment it died at, the replica is a state the origin had.
+    const r = new Database(replicaFile, { readonly: true })
+    const inv = checkInvariants(r)
+    r.close()
+    assert.equal(inv.events, inv.maxSerial, `round ${round}: events ${inv.events}, serial ${inv.maxSerial}`)
+  }
+  const last = startTs('test/helpers/apply-proc.ts', [storeDir, replicaFile])
+  await last.waitLine(/^caught-up/, 60_000)
+  await last.exited
+  assert.ok(kills >= 4, `${kills} kills landed mid-apply`)
+  assert.deepEqual(dump(replicaFile), dump(file))
+})
