@@ -7,6 +7,7 @@ import c from 'compact-encoding'
 import { MeshError, decodeEntry, encodeEntry, packTransaction, UnitAssembler, type Entry, type Value } from '../protocol/index.ts'
 import { resealBlock } from '../protocol/entries.ts'
 import { samples, toJSON } from './fixtures/entries.ts'
+import { prng } from './helpers/workload.ts'
 
 const fixtures = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures')
 
@@ -65,18 +66,6 @@ test('truncated blocks, trailing bytes and damaged bytes are BAD_ENTRY', () => {
   expectCode(() => decodeEntry(flipped), 'BAD_ENTRY')
   expectCode(() => decodeEntry('nope' as unknown as Uint8Array), 'BAD_ENTRY')
 })
-
-// A small deterministic PRNG, so a failure can be replayed from its seed.
-function prng(seed: number) {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 function mutate(rand: () => number, block: Buffer): Buffer {
   const b = Buffer.from(block)
