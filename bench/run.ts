@@ -84,7 +84,6 @@ try {
   say(`  one row per transaction: raw ${Math.round(median(raw1))} tx/s, with capture ${Math.round(median(trig1))} tx/s, overhead ${(median(raw1) / median(trig1)).toFixed(2)}x (aim ~1.0x)`)
 
   // End to end: bulk writes through capture -> log -> replication -> apply.
-  const e2eDir = path.join(dir, 'e2e')
   const origin = fresh(dir, 'e2e-origin.db')
   const p = await startPipeline(dir, path.join(dir, 'e2e-origin.db'), { pollMs: 1 })
   const E2E = 200_000
@@ -124,7 +123,6 @@ try {
   reader.close()
   await p.close()
   origin.close()
-  void e2eDir
   if (json) {
     process.stdout.write(
       JSON.stringify({

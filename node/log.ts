@@ -28,11 +28,10 @@ function ioError(err: unknown, doing: string): MeshError {
 }
 
 /** fsyncs the RocksDB write-ahead log files of a corestore kept at `storeDir`. */
-export async function syncStore(store: Corestore, storeDir: string): Promise<void> {
+export async function syncStore(storeDir: string): Promise<void> {
   const dbDir = path.join(storeDir, 'db')
   let names: string[]
   try {
-    await store.storage.rocks.currentWalFile()
     names = (await fs.promises.readdir(dbDir)).filter((n) => /^\d+\.log$/.test(n))
   } catch (err) {
     throw ioError(err, 'cannot find the log store files')
@@ -53,11 +52,9 @@ export async function syncStore(store: Corestore, storeDir: string): Promise<voi
 
 export class DatasetLog {
   readonly core: Hypercore
-  private readonly store: Corestore
   private readonly storeDir: string
 
-  private constructor(store: Corestore, storeDir: string, core: Hypercore) {
-    this.store = store
+  private constructor(storeDir: string, core: Hypercore) {
     this.storeDir = storeDir
     this.core = core
   }
@@ -70,7 +67,7 @@ export class DatasetLog {
     } catch (err) {
       throw ioError(err, 'cannot open the log')
     }
-    return new DatasetLog(store, storeDir, core)
+    return new DatasetLog(storeDir, core)
   }
 
   /** Another site's log, by key. */
@@ -81,7 +78,7 @@ export class DatasetLog {
     } catch (err) {
       throw ioError(err, 'cannot open the log')
     }
-    return new DatasetLog(store, storeDir, core)
+    return new DatasetLog(storeDir, core)
   }
 
   get key(): Uint8Array {
@@ -98,7 +95,7 @@ export class DatasetLog {
     const blocks = entries.map(encodeEntry)
     try {
       const { length } = await this.core.append(blocks)
-      await syncStore(this.store, this.storeDir)
+      await syncStore(this.storeDir)
       return length
     } catch (err) {
       throw ioError(err, 'cannot append to the log')

@@ -59,7 +59,7 @@ test('unknown versions, kinds and flags are refused with their own codes', () =>
 test('truncated blocks, trailing bytes and damaged bytes are BAD_ENTRY', () => {
   const block = Buffer.from(encodeEntry(samples.transaction))
   for (let n = 0; n < block.length; n++) {
-    expectCode(() => decodeEntry(block.subarray(0, n)), n === 0 ? 'BAD_ENTRY' : 'BAD_ENTRY')
+    expectCode(() => decodeEntry(block.subarray(0, n)), 'BAD_ENTRY')
   }
   const flipped = Buffer.from(block)
   flipped[20] ^= 0x10

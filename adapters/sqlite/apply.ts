@@ -282,8 +282,8 @@ export class SqliteApply implements ApplySide {
     const current = new Map(m.tables.map((t) => [t.id, t]))
     const next = new Map(entry.tables.map((t) => [t.id, t]))
     const reset = new Set(entry.reset)
-    const exists = (type: string, name: string) =>
-      (db.prepare('SELECT count(*) FROM sqlite_schema WHERE type = ? AND name = ?').pluck().get(type, name) as bigint) > 0n
+    const count = db.prepare('SELECT count(*) FROM sqlite_schema WHERE type = ? AND name = ?').pluck()
+    const exists = (type: string, name: string) => (count.get(type, name) as bigint) > 0n
     const recreate = new Set<number>()
     for (const t of entry.tables) {
       const old = current.get(t.id)
