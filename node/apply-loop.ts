@@ -14,6 +14,12 @@ export interface ApplyLoopOptions {
   log: DatasetLog
   apply: ApplySide
   logger?: Logger
+  /**
+   * Called when a block fails to decode in this site's copy of the log. It may drop the local copy and fetch
+   * the block again (hypercore verifies what arrives against the writer's signature); true means try again.
+   * Each block is repaired at most once: a block that is still bad came that way from its writer.
+   */
+  repair?: (block: number) => Promise<boolean>
 }
 
 export interface ApplyStats {
@@ -30,6 +36,8 @@ export class ApplyLoop extends EventEmitter {
   private readonly log: DatasetLog
   private readonly apply: ApplySide
   private readonly logger: Logger
+  private readonly repair: ApplyLoopOptions['repair']
+  private readonly repaired = new Set<number>()
   private running = false
   private loop: Promise<void> | null = null
   private wake: (() => void) | null = null
@@ -40,6 +48,7 @@ export class ApplyLoop extends EventEmitter {
     this.log = opts.log
     this.apply = opts.apply
     this.logger = opts.logger ?? silentLogger
+    this.repair = opts.repair
   }
 
   async start(): Promise<void> {
@@ -71,7 +80,9 @@ export class ApplyLoop extends EventEmitter {
       this.stats.units++
       this.stats.applied = length
       this.stats.lastAppliedAt = Date.now()
-      this.emit('applied', { length })
+      let time: number | null = null
+      for (const e of unit.entries) if (e.kind === 'transaction') time = Math.max(time ?? 0, e.time)
+      this.emit('applied', { length, time })
     }
   }
 
@@ -87,6 +98,11 @@ export class ApplyLoop extends EventEmitter {
         const e = MeshError.wrap(err, MeshError.IO_ERROR)
         this.stats.lastError = e
         this.emit('apply-error', e)
+        const block = e.context.block
+        if (e.code === 'BAD_ENTRY' && typeof block === 'number' && this.repair && !this.repaired.has(block)) {
+          this.repaired.add(block)
+          if (await this.repair(block)) continue
+        }
         if (!e.retryable) {
           this.stats.stopped = true
           this.running = false

@@ -1,3 +1,32 @@
 export { DatasetLog, logName, syncStore } from './log.ts'
 export { CaptureLoop, type CaptureLoopOptions, type CaptureStats } from './capture-loop.ts'
 export { ApplyLoop, type ApplyLoopOptions, type ApplyStats } from './apply-loop.ts'
+export { MeshNode, askNode, meshTopic, statusFromDisk, type MeshNodeOptions, type NetworkOptions, type OwnDataset, type Refusal } from './node.ts'
+export { redeemJoinCode, type RedeemOptions } from './join.ts'
+export {
+  buildStatus,
+  duration,
+  DEFAULT_THRESHOLDS,
+  VERDICT_EXIT,
+  type SiteStatus,
+  type StatusThresholds,
+  type Verdict,
+  type DatasetStatus,
+  type HolderStatus,
+  type MemberStatus
+} from './status.ts'
+export {
+  sitePaths,
+  createSiteKey,
+  readSiteKey,
+  readMeshState,
+  writeMeshState,
+  createInvite,
+  readInvites,
+  readReports,
+  writeFileAtomic,
+  type SitePaths,
+  type MeshState,
+  type Invite
+} from './state.ts'
+export { checkSource, createDataDir } from './site.ts'

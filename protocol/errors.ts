@@ -111,6 +111,37 @@ export class MeshError extends Error {
   })
   static CLOSED = factory('CLOSED', {})
 
+  // --- the mesh ------------------------------------------------------------------------------------------------
+  /** A peer speaks another version of the control protocol. */
+  static PROTOCOL_VERSION = factory('PROTOCOL_VERSION', {
+    hint: 'Run the same branchmesh version at every site (see UPGRADE.md); the sites refuse to exchange data until then.'
+  })
+  /** A connection from a key that is not a member of the mesh. */
+  static NOT_MEMBER = factory('NOT_MEMBER', {
+    hint: 'Only sites that joined with a join code are let in. Run `mesh invite` at a member site and `mesh join CODE` at the new one.'
+  })
+  static BAD_JOIN_CODE = factory('BAD_JOIN_CODE', {
+    hint: 'Ask a member site for a new code: `mesh invite --dir DIR` prints one as its last line.'
+  })
+  static JOIN_CODE_EXPIRED = factory('JOIN_CODE_EXPIRED', {
+    hint: 'Ask a member site for a new code: `mesh invite --dir DIR` prints one as its last line.'
+  })
+  /** No member answered: the inviting site is off, or the DHT cannot be reached. */
+  static UNREACHABLE = factory('UNREACHABLE', {
+    hint: 'Start the node at the inviting site (`mesh start`) and check that both sites use the same --bootstrap (none for the public DHT).',
+    retryable: true
+  })
+  /** Another node already runs on this data directory. */
+  static NODE_RUNNING = factory('NODE_RUNNING', {
+    hint: 'Only one node may run per data directory. Stop the other one first, or use a different --dir.'
+  })
+  static NOT_INITIALIZED = factory('NOT_INITIALIZED', {
+    hint: 'Run `mesh init` (first site) or `mesh join CODE` (other sites) with this --dir first, or pass the right --dir.'
+  })
+  static ALREADY_INITIALIZED = factory('ALREADY_INITIALIZED', {
+    hint: 'This data directory already belongs to a site. Use another --dir, or `mesh start` to run it.'
+  })
+
   // --- configuration and usage ----------------------------------------------------------------------------------
   static BAD_CONFIG = factory('BAD_CONFIG', {})
   static USAGE = factory('USAGE', {})

@@ -21,3 +21,33 @@ export {
   continues
 } from './entries.ts'
 export { DEFAULT_BLOCK_BYTES, splitChanges, packTransaction, packSnapshot, UnitAssembler } from './units.ts'
+export {
+  CONTROL_PROTOCOL,
+  CONTROL_VERSION,
+  JOIN_PROTOCOL,
+  ControlMessage,
+  JoinMessage,
+  type Hello,
+  type MemberInfo,
+  type DatasetInfo,
+  type Holding,
+  type Report,
+  type SignedReport,
+  type Redeem,
+  type Welcome,
+  type Refuse,
+  type JoinCode,
+  helloEncoding,
+  membersMessage,
+  datasetsMessage,
+  reportMessage,
+  signReport,
+  openReport,
+  verifyReport,
+  redeemMessage,
+  welcomeMessage,
+  refuseMessage,
+  joinHelloEncoding,
+  encodeJoinCode,
+  decodeJoinCode
+} from './control.ts'

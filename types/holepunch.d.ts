@@ -50,6 +50,7 @@ declare module 'hypercore' {
     info(opts?: { storage?: boolean }): Promise<{ length: number; contiguousLength: number; byteLength: number }>
     replicate(isInitiatorOrStream: boolean | Duplex, opts?: Record<string, unknown>): Duplex
     session(opts?: Record<string, unknown>): Hypercore
+    clear(start: number, end?: number): Promise<void>
   }
 }
 
@@ -116,6 +117,7 @@ declare module 'hyperdht' {
     fullyBootstrapped(): Promise<void>
     destroy(opts?: { force?: boolean }): Promise<void>
     address(): { host: string; port: number }
+    connect(remotePublicKey: Uint8Array, opts?: { keyPair?: KeyPair }): import('node:stream').Duplex & { remotePublicKey: Buffer }
   }
 }
 

@@ -1,0 +1,197 @@
+/**
+ * What a site keeps in its data directory besides the configuration (which tools/ owns):
+ *
+ *   site.key       the node's key seed (0600): its identity on every connection and the key its reports are signed with
+ *   mesh.json      the mesh id, the members, the datasets known and their logs
+ *   invites.json   pending join invites (0600: each holds the seed a join code carries)
+ *   reports.json   the last report heard from every site, for `mesh status` when the node is not running
+ *   store/         the corestore holding every log
+ *   replicas/      the replica databases of other sites' datasets
+ *   node.sock      the running node's local socket
+ *
+ * Every file is replaced atomically (write to a temporary file, fsync, rename), so a crash leaves the old or
+ * the new version, never half of one.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import DHT, { type KeyPair } from 'hyperdht'
+import crypto from 'hypercore-crypto'
+import { MeshError, openReport, type DatasetInfo, type MemberInfo, type SignedReport } from '../protocol/index.ts'
+
+export interface SitePaths {
+  dir: string
+  key: string
+  mesh: string
+  invites: string
+  reports: string
+  store: string
+  replicas: string
+  socket: string
+}
+
+export function sitePaths(dir: string): SitePaths {
+  return {
+    dir,
+    key: path.join(dir, 'site.key'),
+    mesh: path.join(dir, 'mesh.json'),
+    invites: path.join(dir, 'invites.json'),
+    reports: path.join(dir, 'reports.json'),
+    store: path.join(dir, 'store'),
+    replicas: path.join(dir, 'replicas'),
+    socket: path.join(dir, 'node.sock')
+  }
+}
+
+export interface MeshState {
+  meshId: Uint8Array
+  members: MemberInfo[]
+  datasets: DatasetInfo[]
+}
+
+export interface Invite {
+  /** Public key of the one-time key pair the joiner connects with. */
+  key: Uint8Array
+  seed: Uint8Array
+  expiresAt: number
+  createdAt: number
+}
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
+const unhex = (s: string) => Buffer.from(s, 'hex')
+
+/** Writes a file atomically with the given mode. */
+export function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): void {
+  const tmp = `${file}.${process.pid}.tmp`
+  try {
+    const fd = fs.openSync(tmp, 'w', mode)
+    try {
+      fs.writeFileSync(fd, data)
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+    fs.chmodSync(tmp, mode)
+    fs.renameSync(tmp, file)
+  } catch (err) {
+    fs.rmSync(tmp, { force: true })
+    const e = err as NodeJS.ErrnoException
+    if (e.code === 'ENOSPC') throw MeshError.DISK_FULL(`cannot write ${file}: ${e.message}`, { cause: err })
+    if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') throw MeshError.READ_ONLY(`cannot write ${file}: ${e.message}`, { cause: err })
+    throw MeshError.IO_ERROR(`cannot write ${file}: ${e.message}`, { cause: err })
+  }
+}
+
+function readJson(file: string): unknown | null {
+  let text: string
+  try {
+    text = fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw MeshError.IO_ERROR(`cannot read ${file}: ${(err as Error).message}`, { cause: err })
+  }
+  try {
+    return JSON.parse(text)
+  } catch (err) {
+    throw MeshError.BAD_CONFIG(`${file} is damaged: ${(err as Error).message}`, {
+      hint: 'The file is not valid JSON. Restore it from another copy of this data directory, or join the mesh again with a new --dir.',
+      cause: err
+    })
+  }
+}
+
+// --- the site's key ------------------------------------------------------------------------------------------
+
+export function createSiteKey(paths: SitePaths): KeyPair {
+  const seed = crypto.randomBytes(32)
+  writeFileAtomic(paths.key, seed.toString('hex') + '\n', 0o600)
+  return DHT.keyPair(seed)
+}
+
+export function readSiteKey(paths: SitePaths): KeyPair {
+  let text: string
+  try {
+    text = fs.readFileSync(paths.key, 'utf8').trim()
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw MeshError.NOT_INITIALIZED(`${paths.dir} holds no site (no site.key)`)
+    }
+    throw MeshError.IO_ERROR(`cannot read ${paths.key}: ${(err as Error).message}`, { cause: err })
+  }
+  if (!/^[0-9a-f]{64}$/.test(text)) {
+    throw MeshError.BAD_CONFIG(`${paths.key} is damaged`, { hint: 'The site key cannot be recovered from this file; restore it from a backup of the data directory.' })
+  }
+  const mode = fs.statSync(paths.key).mode & 0o777
+  if (mode & 0o077) fs.chmodSync(paths.key, 0o600)
+  return DHT.keyPair(unhex(text))
+}
+
+// --- mesh.json ---------------------------------------------------------------------------------------------------
+
+export function readMeshState(paths: SitePaths): MeshState {
+  const j = readJson(paths.mesh) as null | {
+    meshId: string
+    members: Array<{ key: string; site: string; addedAt: number }>
+    datasets: Array<Omit<DatasetInfo, 'origin' | 'log'> & { origin: string; log: string }>
+  }
+  if (j === null) throw MeshError.NOT_INITIALIZED(`${paths.dir} holds no site (no mesh.json)`)
+  return {
+    meshId: unhex(j.meshId),
+    members: j.members.map((m) => ({ key: unhex(m.key), site: m.site, addedAt: m.addedAt })),
+    datasets: j.datasets.map((d) => ({ ...d, origin: unhex(d.origin), log: unhex(d.log) }))
+  }
+}
+
+export function writeMeshState(paths: SitePaths, s: MeshState): void {
+  const j = {
+    meshId: hex(s.meshId),
+    members: s.members.map((m) => ({ key: hex(m.key), site: m.site, addedAt: m.addedAt })),
+    datasets: s.datasets.map((d) => ({ ...d, origin: hex(d.origin), log: hex(d.log) }))
+  }
+  writeFileAtomic(paths.mesh, JSON.stringify(j, null, 2) + '\n')
+}
+
+// --- invites.json ----------------------------------------------------------------------------------------------
+
+export function readInvites(paths: SitePaths): Invite[] {
+  const j = readJson(paths.invites) as null | Array<{ seed: string; expiresAt: number; createdAt: number }>
+  if (j === null) return []
+  return j.map((i) => {
+    const seed = unhex(i.seed)
+    return { key: DHT.keyPair(seed).publicKey, seed, expiresAt: i.expiresAt, createdAt: i.createdAt }
+  })
+}
+
+export function writeInvites(paths: SitePaths, invites: Invite[]): void {
+  const j = invites.map((i) => ({ seed: hex(i.seed), expiresAt: i.expiresAt, createdAt: i.createdAt }))
+  writeFileAtomic(paths.invites, JSON.stringify(j, null, 2) + '\n', 0o600)
+}
+
+/** Makes a one-time invite valid for `ttlSeconds`; expired ones are dropped on the way. */
+export function createInvite(paths: SitePaths, ttlSeconds: number, now = Date.now()): Invite {
+  const seed = crypto.randomBytes(32)
+  const invite: Invite = { key: DHT.keyPair(seed).publicKey, seed, expiresAt: Math.floor(now / 1000) + ttlSeconds, createdAt: now }
+  const live = readInvites(paths).filter((i) => i.expiresAt * 1000 > now)
+  writeInvites(paths, [...live, invite])
+  return invite
+}
+
+// --- reports.json ------------------------------------------------------------------------------------------------
+
+export function readReports(paths: SitePaths): SignedReport[] {
+  const j = readJson(paths.reports) as null | Array<{ body: string; signature: string }>
+  if (j === null) return []
+  const out: SignedReport[] = []
+  for (const r of j) {
+    try {
+      out.push(openReport(unhex(r.body), unhex(r.signature)))
+    } catch {
+      // A report this version cannot read (written by a newer one) is left out of status, not fatal.
+    }
+  }
+  return out
+}
+
+export function writeReports(paths: SitePaths, reports: SignedReport[]): void {
+  const j = reports.map((r) => ({ body: hex(r.body), signature: hex(r.signature) }))
+  writeFileAtomic(paths.reports, JSON.stringify(j) + '\n')
+}

@@ -1,0 +1,239 @@
+/**
+ * `mesh status` as data: built from the mesh state and the last report of every site, by the running node or,
+ * when it is not running, from what it saved on disk. A pure function of its input, so it is the same
+ * wherever it is computed.
+ *
+ * Lag in seconds is the origin commit time of the newest write minus that of the newest write the holder
+ * has applied: how much of the origin's recent work a holder lacks. It does not include how long ago the
+ * newest write was made; a holder that is silent shows as silent, separately.
+ */
+import type { DatasetInfo, MemberInfo, Report } from '../protocol/index.ts'
+import type { MeshState } from './state.ts'
+
+export type Verdict = 'OK' | 'WARN' | 'CRIT'
+
+export interface StatusThresholds {
+  /** A holder behind its origin by this many seconds of writes is a warning / critical. */
+  lagWarnSeconds: number
+  lagCritSeconds: number
+  /** A member not heard from for this long is a warning / critical. Sites switched off at night are normal. */
+  silentWarnSeconds: number
+  silentCritSeconds: number
+}
+
+export const DEFAULT_THRESHOLDS: StatusThresholds = {
+  lagWarnSeconds: 3600,
+  lagCritSeconds: 24 * 3600,
+  silentWarnSeconds: 16 * 3600,
+  silentCritSeconds: 24 * 3600
+}
+
+export interface HolderStatus {
+  site: string
+  key: string
+  role: 'origin' | 'replica'
+  /** Blocks held without a gap / applied; null when this site never reported the dataset. */
+  downloaded: number | null
+  applied: number | null
+  lagEntries: number | null
+  lagBytes: number | null
+  lagSeconds: number | null
+  /** When this site's report was written (its own clock), ms; null if never heard from. */
+  lastContact: number | null
+  error: string | null
+  errorMessage: string | null
+  damagedBlocks: number
+}
+
+export interface DatasetStatus {
+  id: string
+  name: string
+  engine: string
+  originSite: string
+  origin: string
+  epoch: number
+  log: string
+  length: number
+  bytes: number
+  /** Origin commit time of the newest write, ms; null if none known. */
+  lastWriteAt: number | null
+  /** Sites other than the origin that hold the newest write. */
+  heldBy: number
+  holders: HolderStatus[]
+}
+
+export interface MemberStatus {
+  site: string
+  key: string
+  self: boolean
+  connected: boolean
+  lastContact: number | null
+  software: string | null
+}
+
+export interface SiteStatus {
+  site: string
+  key: string
+  running: boolean
+  generatedAt: number
+  verdict: Verdict
+  reasons: Array<{ level: Verdict; text: string }>
+  members: MemberStatus[]
+  datasets: DatasetStatus[]
+  refused: Array<{ key: string; reason: string; at: number }>
+}
+
+export interface StatusInput {
+  self: Uint8Array
+  site: string
+  state: MeshState
+  reports: Report[]
+  connected: Set<string>
+  running: boolean
+  refused: Array<{ key: string; reason: string; at: number }>
+  now: number
+  thresholds: StatusThresholds
+}
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
+
+/** "26 hours", "3 minutes", "40 seconds". */
+export function duration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds))
+  const unit = (n: number, w: string) => `${n} ${w}${n === 1 ? '' : 's'}`
+  if (s < 120) return unit(s, 'second')
+  if (s < 2 * 3600) return unit(Math.round(s / 60), 'minute')
+  if (s < 3 * 86400) return unit(Math.round(s / 3600), 'hour')
+  return unit(Math.round(s / 86400), 'day')
+}
+
+export function buildStatus(input: StatusInput): SiteStatus {
+  const { state, now, thresholds: t } = input
+  const selfHex = hex(input.self)
+  const byKey = new Map(input.reports.map((r) => [hex(r.site), r]))
+  const reasons: SiteStatus['reasons'] = []
+  const add = (level: Verdict, text: string) => reasons.push({ level, text })
+
+  const nameOf = (key: string) => state.members.find((m) => hex(m.key) === key)?.site ?? key.slice(0, 12)
+
+  if (!input.running) add('CRIT', `the node at ${input.site} is not running: nothing is captured or received here (start it with \`mesh start\`)`)
+
+  const members: MemberStatus[] = state.members.map((m: MemberInfo) => {
+    const k = hex(m.key)
+    const r = byKey.get(k)
+    return {
+      site: m.site,
+      key: k,
+      self: k === selfHex,
+      connected: input.connected.has(k),
+      lastContact: k === selfHex && input.running ? now : (r?.at ?? null),
+      software: r?.software ?? null
+    }
+  })
+  for (const m of members) {
+    if (m.self || m.connected) continue
+    if (m.lastContact === null) {
+      const added = state.members.find((x) => hex(x.key) === m.key)?.addedAt ?? now
+      const since = (now - added) / 1000
+      if (since >= t.silentWarnSeconds) add(since >= t.silentCritSeconds ? 'CRIT' : 'WARN', `${m.site} has never been heard from (a member for ${duration(since)})`)
+      continue
+    }
+    const silent = (now - m.lastContact) / 1000
+    if (silent >= t.silentCritSeconds) add('CRIT', `${m.site} has not been heard from for ${duration(silent)}`)
+    else if (silent >= t.silentWarnSeconds) add('WARN', `${m.site} has not been heard from for ${duration(silent)}`)
+  }
+
+  const datasets: DatasetStatus[] = state.datasets.map((d: DatasetInfo) => {
+    const originKey = hex(d.origin)
+    const logKey = hex(d.log)
+    const holdingOf = (k: string) => byKey.get(k)?.holdings.find((h) => h.dataset === d.id && hex(h.log) === logKey) ?? null
+    const oh = holdingOf(originKey)
+    // The origin's own report is the truth about its log; if it is not known, the longest copy anyone holds.
+    let length = oh?.length ?? 0
+    let bytes = oh?.byteLength ?? 0
+    let lastWriteAt = oh?.lastWriteAt || null
+    if (!oh) {
+      for (const m of state.members) {
+        const h = holdingOf(hex(m.key))
+        if (h && h.length > length) {
+          length = h.length
+          bytes = h.byteLength
+        }
+        if (h && h.lastWriteAt > (lastWriteAt ?? 0)) lastWriteAt = h.lastWriteAt
+      }
+    }
+    const holders: HolderStatus[] = state.members.map((m) => {
+      const k = hex(m.key)
+      const h = holdingOf(k)
+      const role = k === originKey ? 'origin' : 'replica'
+      if (!h) {
+        return { site: m.site, key: k, role, downloaded: null, applied: null, lagEntries: null, lagBytes: null, lagSeconds: null, lastContact: byKey.get(k)?.at ?? null, error: null, errorMessage: null, damagedBlocks: 0 }
+      }
+      const behind = h.applied < length
+      const appliedAt = h.appliedWriteAt || d.createdAt
+      return {
+        site: m.site,
+        key: k,
+        role,
+        downloaded: h.downloaded,
+        applied: h.applied,
+        lagEntries: Math.max(0, length - h.applied),
+        lagBytes: Math.max(0, bytes - h.appliedBytes),
+        lagSeconds: behind ? Math.max(0, ((lastWriteAt ?? appliedAt) - appliedAt) / 1000) : 0,
+        lastContact: k === selfHex && input.running ? now : (byKey.get(k)?.at ?? null),
+        error: h.error || null,
+        errorMessage: h.errorMessage || null,
+        damagedBlocks: h.damaged
+      }
+    })
+    const heldBy = holders.filter((h) => h.role === 'replica' && h.downloaded !== null && h.downloaded >= length && length > 0).length
+
+    for (const h of holders) {
+      if (h.error) {
+        const what = h.role === 'origin' ? `capture of ${d.name} at ${h.site}` : `${h.site}'s copy of ${d.name}`
+        add(h.role === 'origin' && h.error === 'DATABASE_LOCKED' ? 'WARN' : 'CRIT', `${what} is failing: ${h.errorMessage ?? h.error}`)
+      }
+      if (h.damagedBlocks > 0) {
+        add('WARN', `${h.site}'s copy of the ${d.name} log had ${h.damagedBlocks} damaged block${h.damagedBlocks === 1 ? '' : 's'} on disk (rejected and fetched again: check that disk)`)
+      }
+      if (h.role !== 'replica') continue
+      if (h.applied === null) {
+        if (length > 0 && (now - d.createdAt) / 1000 >= t.lagWarnSeconds) add('WARN', `${h.site} holds no copy of ${d.name} yet`)
+        continue
+      }
+      if (h.lagSeconds !== null && h.lagSeconds >= t.lagCritSeconds) add('CRIT', `${h.site}'s copy of ${d.name} is ${duration(h.lagSeconds)} behind`)
+      else if (h.lagSeconds !== null && h.lagSeconds >= t.lagWarnSeconds) add('WARN', `${h.site}'s copy of ${d.name} is ${duration(h.lagSeconds)} behind`)
+    }
+    if (state.members.length < 2) add('WARN', `${d.name} has no other site to protect it yet: invite one with \`mesh invite\``)
+
+    return {
+      id: d.id,
+      name: d.name,
+      engine: d.engine,
+      originSite: nameOf(originKey),
+      origin: originKey,
+      epoch: d.epoch,
+      log: logKey,
+      length,
+      bytes,
+      lastWriteAt,
+      heldBy,
+      holders
+    }
+  })
+
+  const verdict: Verdict = reasons.some((r) => r.level === 'CRIT') ? 'CRIT' : reasons.some((r) => r.level === 'WARN') ? 'WARN' : 'OK'
+  return {
+    site: input.site,
+    key: selfHex,
+    running: input.running,
+    generatedAt: now,
+    verdict,
+    reasons,
+    members,
+    datasets,
+    refused: input.refused
+  }
+}
+
+export const VERDICT_EXIT: Record<Verdict, number> = { OK: 0, WARN: 1, CRIT: 2 }

@@ -1,0 +1,463 @@
+/**
+ * The control channel between two sites (protomux protocol `branchmesh/1`) and the join channel a new site uses
+ * to redeem a join code (`branchmesh-join/1`).
+ *
+ * Every message starts with its version. The hello (the channel's handshake) decodes leniently: a peer of
+ * another protocol version still yields `{ version }` so that the node can say what is wrong, instead of the
+ * channel failing without a word. The other messages are only sent after both hellos matched, so they decode
+ * strictly and an unknown version is an error. The message list only grows: a retired message keeps its slot.
+ *
+ * No I/O here: signing a report takes the key as an argument and the node decides what to trust.
+ */
+import c from 'compact-encoding'
+import crypto from 'hypercore-crypto'
+import { MeshError } from './errors.ts'
+
+type State = { start: number; end: number; buffer: Uint8Array | null }
+
+export const CONTROL_PROTOCOL = 'branchmesh/1'
+export const JOIN_PROTOCOL = 'branchmesh-join/1'
+/** The control protocol version this software speaks. */
+export const CONTROL_VERSION = 1
+
+/** Message slots on the control channel, in the order they are added to the protomux channel. */
+export const ControlMessage = { members: 0, datasets: 1, report: 2 } as const
+/** Message slots on the join channel. */
+export const JoinMessage = { redeem: 0, welcome: 1, refuse: 2 } as const
+
+export interface Hello {
+  version: number
+  /** Null when the peer speaks another version (the rest of its hello is not read). */
+  meshId: Uint8Array | null
+  site: string
+  software: string
+}
+
+/** A site that belongs to the mesh: its node's public key (the Noise identity on every connection). */
+export interface MemberInfo {
+  key: Uint8Array
+  site: string
+  addedAt: number
+}
+
+/** A dataset the mesh protects and the log that carries its current epoch. */
+export interface DatasetInfo {
+  /** Stable across failovers. */
+  id: string
+  name: string
+  engine: string
+  /** Public key of the origin site. */
+  origin: Uint8Array
+  originSite: string
+  epoch: number
+  /** Key of the epoch's log (a hypercore key). */
+  log: Uint8Array
+  createdAt: number
+}
+
+/** How far one site holds and has applied one dataset. */
+export interface Holding {
+  dataset: string
+  log: Uint8Array
+  epoch: number
+  /** Log length this site knows of (for the origin: its own length). */
+  length: number
+  byteLength: number
+  /** Blocks held from the start without a gap. */
+  downloaded: number
+  /** Blocks applied into the replica (for the origin: equal to length). */
+  applied: number
+  /** Log bytes up to `applied`. */
+  appliedBytes: number
+  /** Origin commit time of the newest write in the log, as far as this site knows; 0 if none. */
+  lastWriteAt: number
+  /** Origin commit time of the newest write applied here; 0 if none. */
+  appliedWriteAt: number
+  /** Error code that stopped or delays this holding, '' if none. */
+  error: string
+  errorMessage: string
+  /** Damaged blocks found in this site's copy of the log (rejected and fetched again). */
+  damaged: number
+}
+
+/** What one site says about itself; signed by the site's key so that any member can relay it. */
+export interface Report {
+  site: Uint8Array
+  siteName: string
+  /** The site's clock when it wrote the report, ms. Newer replaces older. */
+  at: number
+  holdings: Holding[]
+  /** Keys of the sites it is connected to now. */
+  peers: Uint8Array[]
+  software: string
+}
+
+export interface SignedReport {
+  report: Report
+  /** The encoded report the signature covers. */
+  body: Uint8Array
+  signature: Uint8Array
+}
+
+export interface Redeem {
+  version: number
+  site: string
+  /** The joining site's own node key; the invite key is only used for this one connection. */
+  key: Uint8Array
+}
+
+export interface Welcome {
+  version: number
+  meshId: Uint8Array
+  members: MemberInfo[]
+  datasets: DatasetInfo[]
+}
+
+export interface Refuse {
+  version: number
+  code: string
+  reason: string
+}
+
+function checkVersion(v: number, what: string): void {
+  if (v !== CONTROL_VERSION) {
+    throw MeshError.PROTOCOL_VERSION(`${what} of protocol version ${v}; this site speaks ${CONTROL_VERSION}`)
+  }
+}
+
+function struct<T>(enc: { preencode(s: State, v: T): void; encode(s: State, v: T): void; decode(s: State): T }) {
+  return enc
+}
+
+export const helloEncoding = struct<Hello>({
+  preencode(s, m) {
+    c.uint.preencode(s, m.version)
+    c.fixed32.preencode(s, m.meshId!)
+    c.string.preencode(s, m.site)
+    c.string.preencode(s, m.software)
+  },
+  encode(s, m) {
+    c.uint.encode(s, m.version)
+    c.fixed32.encode(s, m.meshId!)
+    c.string.encode(s, m.site)
+    c.string.encode(s, m.software)
+  },
+  decode(s) {
+    const version = c.uint.decode(s)
+    if (version !== CONTROL_VERSION) return { version, meshId: null, site: '', software: '' }
+    return { version, meshId: c.fixed32.decode(s), site: c.string.decode(s), software: c.string.decode(s) }
+  }
+})
+
+const memberEncoding = struct<MemberInfo>({
+  preencode(s, m) {
+    c.fixed32.preencode(s, m.key)
+    c.string.preencode(s, m.site)
+    c.uint.preencode(s, m.addedAt)
+  },
+  encode(s, m) {
+    c.fixed32.encode(s, m.key)
+    c.string.encode(s, m.site)
+    c.uint.encode(s, m.addedAt)
+  },
+  decode(s) {
+    return { key: c.fixed32.decode(s), site: c.string.decode(s), addedAt: c.uint.decode(s) }
+  }
+})
+
+const datasetEncoding = struct<DatasetInfo>({
+  preencode(s, d) {
+    c.string.preencode(s, d.id)
+    c.string.preencode(s, d.name)
+    c.string.preencode(s, d.engine)
+    c.fixed32.preencode(s, d.origin)
+    c.string.preencode(s, d.originSite)
+    c.uint.preencode(s, d.epoch)
+    c.fixed32.preencode(s, d.log)
+    c.uint.preencode(s, d.createdAt)
+  },
+  encode(s, d) {
+    c.string.encode(s, d.id)
+    c.string.encode(s, d.name)
+    c.string.encode(s, d.engine)
+    c.fixed32.encode(s, d.origin)
+    c.string.encode(s, d.originSite)
+    c.uint.encode(s, d.epoch)
+    c.fixed32.encode(s, d.log)
+    c.uint.encode(s, d.createdAt)
+  },
+  decode(s) {
+    return {
+      id: c.string.decode(s),
+      name: c.string.decode(s),
+      engine: c.string.decode(s),
+      origin: c.fixed32.decode(s),
+      originSite: c.string.decode(s),
+      epoch: c.uint.decode(s),
+      log: c.fixed32.decode(s),
+      createdAt: c.uint.decode(s)
+    }
+  }
+})
+
+const holdingEncoding = struct<Holding>({
+  preencode(s, h) {
+    c.string.preencode(s, h.dataset)
+    c.fixed32.preencode(s, h.log)
+    for (const n of [h.epoch, h.length, h.byteLength, h.downloaded, h.applied, h.appliedBytes, h.lastWriteAt, h.appliedWriteAt]) {
+      c.uint.preencode(s, n)
+    }
+    c.string.preencode(s, h.error)
+    c.string.preencode(s, h.errorMessage)
+    c.uint.preencode(s, h.damaged)
+  },
+  encode(s, h) {
+    c.string.encode(s, h.dataset)
+    c.fixed32.encode(s, h.log)
+    for (const n of [h.epoch, h.length, h.byteLength, h.downloaded, h.applied, h.appliedBytes, h.lastWriteAt, h.appliedWriteAt]) {
+      c.uint.encode(s, n)
+    }
+    c.string.encode(s, h.error)
+    c.string.encode(s, h.errorMessage)
+    c.uint.encode(s, h.damaged)
+  },
+  decode(s) {
+    return {
+      dataset: c.string.decode(s),
+      log: c.fixed32.decode(s),
+      epoch: c.uint.decode(s),
+      length: c.uint.decode(s),
+      byteLength: c.uint.decode(s),
+      downloaded: c.uint.decode(s),
+      applied: c.uint.decode(s),
+      appliedBytes: c.uint.decode(s),
+      lastWriteAt: c.uint.decode(s),
+      appliedWriteAt: c.uint.decode(s),
+      error: c.string.decode(s),
+      errorMessage: c.string.decode(s),
+      damaged: c.uint.decode(s)
+    }
+  }
+})
+
+const members = c.array(memberEncoding)
+const datasets = c.array(datasetEncoding)
+const holdings = c.array(holdingEncoding)
+const keys = c.array(c.fixed32)
+
+const reportEncoding = struct<Report>({
+  preencode(s, r) {
+    c.fixed32.preencode(s, r.site)
+    c.string.preencode(s, r.siteName)
+    c.uint.preencode(s, r.at)
+    holdings.preencode(s, r.holdings)
+    keys.preencode(s, r.peers)
+    c.string.preencode(s, r.software)
+  },
+  encode(s, r) {
+    c.fixed32.encode(s, r.site)
+    c.string.encode(s, r.siteName)
+    c.uint.encode(s, r.at)
+    holdings.encode(s, r.holdings)
+    keys.encode(s, r.peers)
+    c.string.encode(s, r.software)
+  },
+  decode(s) {
+    return {
+      site: c.fixed32.decode(s),
+      siteName: c.string.decode(s),
+      at: c.uint.decode(s),
+      holdings: holdings.decode(s),
+      peers: keys.decode(s),
+      software: c.string.decode(s)
+    }
+  }
+})
+
+/** `{ version, list }` messages. */
+function listMessage<T>(list: { preencode(s: State, v: T[]): void; encode(s: State, v: T[]): void; decode(s: State): T[] }, what: string) {
+  return struct<T[]>({
+    preencode(s, v) {
+      c.uint.preencode(s, CONTROL_VERSION)
+      list.preencode(s, v)
+    },
+    encode(s, v) {
+      c.uint.encode(s, CONTROL_VERSION)
+      list.encode(s, v)
+    },
+    decode(s) {
+      checkVersion(c.uint.decode(s), what)
+      return list.decode(s)
+    }
+  })
+}
+
+export const membersMessage = listMessage(members, 'a members message')
+export const datasetsMessage = listMessage(datasets, 'a datasets message')
+
+export const reportMessage = struct<SignedReport>({
+  preencode(s, m) {
+    c.uint.preencode(s, CONTROL_VERSION)
+    c.buffer.preencode(s, m.body)
+    c.fixed64.preencode(s, m.signature)
+  },
+  encode(s, m) {
+    c.uint.encode(s, CONTROL_VERSION)
+    c.buffer.encode(s, m.body)
+    c.fixed64.encode(s, m.signature)
+  },
+  decode(s) {
+    checkVersion(c.uint.decode(s), 'a report')
+    const body = c.buffer.decode(s)
+    const signature = c.fixed64.decode(s)
+    if (body === null) throw MeshError.BAD_ENTRY('a report without a body')
+    return { report: c.decode(reportEncoding, body), body, signature }
+  }
+})
+
+/** Encodes and signs a report with the site's secret key. */
+export function signReport(report: Report, secretKey: Uint8Array): SignedReport {
+  const body = c.encode(reportEncoding, report)
+  return { report, body, signature: crypto.sign(body, secretKey) }
+}
+
+/** Decodes a stored report (body and signature as signReport made them). */
+export function openReport(body: Uint8Array, signature: Uint8Array): SignedReport {
+  return { report: c.decode(reportEncoding, body), body, signature }
+}
+
+/** True when the signature is the reporting site's own (its key is in the report). */
+export function verifyReport(m: SignedReport): boolean {
+  return crypto.verify(m.body, m.signature, m.report.site)
+}
+
+export const redeemMessage = struct<Redeem>({
+  preencode(s, m) {
+    c.uint.preencode(s, m.version)
+    c.string.preencode(s, m.site)
+    c.fixed32.preencode(s, m.key)
+  },
+  encode(s, m) {
+    c.uint.encode(s, m.version)
+    c.string.encode(s, m.site)
+    c.fixed32.encode(s, m.key)
+  },
+  decode(s) {
+    const version = c.uint.decode(s)
+    checkVersion(version, 'a join request')
+    return { version, site: c.string.decode(s), key: c.fixed32.decode(s) }
+  }
+})
+
+export const welcomeMessage = struct<Welcome>({
+  preencode(s, m) {
+    c.uint.preencode(s, m.version)
+    c.fixed32.preencode(s, m.meshId)
+    members.preencode(s, m.members)
+    datasets.preencode(s, m.datasets)
+  },
+  encode(s, m) {
+    c.uint.encode(s, m.version)
+    c.fixed32.encode(s, m.meshId)
+    members.encode(s, m.members)
+    datasets.encode(s, m.datasets)
+  },
+  decode(s) {
+    const version = c.uint.decode(s)
+    checkVersion(version, 'a welcome')
+    return { version, meshId: c.fixed32.decode(s), members: members.decode(s), datasets: datasets.decode(s) }
+  }
+})
+
+export const refuseMessage = struct<Refuse>({
+  preencode(s, m) {
+    c.uint.preencode(s, m.version)
+    c.string.preencode(s, m.code)
+    c.string.preencode(s, m.reason)
+  },
+  encode(s, m) {
+    c.uint.encode(s, m.version)
+    c.string.encode(s, m.code)
+    c.string.encode(s, m.reason)
+  },
+  decode(s) {
+    const version = c.uint.decode(s)
+    return version === CONTROL_VERSION
+      ? { version, code: c.string.decode(s), reason: c.string.decode(s) }
+      : { version, code: 'PROTOCOL_VERSION', reason: `the member speaks protocol version ${version}` }
+  }
+})
+
+export const joinHelloEncoding = struct<{ version: number }>({
+  preencode(s, m) {
+    c.uint.preencode(s, m.version)
+  },
+  encode(s, m) {
+    c.uint.encode(s, m.version)
+  },
+  decode(s) {
+    return { version: c.uint.decode(s) }
+  }
+})
+
+// --- join codes ------------------------------------------------------------------------------------------------
+
+/** What a join code carries. The invite seed is a secret: whoever holds the code may join until it expires. */
+export interface JoinCode {
+  meshId: Uint8Array
+  /** Node key of the site that made the invite; the joiner connects to it. */
+  inviter: Uint8Array
+  /** Seed of the one-time key pair the joiner connects with. */
+  seed: Uint8Array
+  /** Seconds since the epoch. */
+  expiresAt: number
+}
+
+const JOIN_CODE_PREFIX = 'bm1-'
+
+const joinCodeEncoding = struct<JoinCode>({
+  preencode(s, j) {
+    c.uint.preencode(s, CONTROL_VERSION)
+    c.fixed32.preencode(s, j.meshId)
+    c.fixed32.preencode(s, j.inviter)
+    c.fixed32.preencode(s, j.seed)
+    c.uint.preencode(s, j.expiresAt)
+  },
+  encode(s, j) {
+    c.uint.encode(s, CONTROL_VERSION)
+    c.fixed32.encode(s, j.meshId)
+    c.fixed32.encode(s, j.inviter)
+    c.fixed32.encode(s, j.seed)
+    c.uint.encode(s, j.expiresAt)
+  },
+  decode(s) {
+    checkVersion(c.uint.decode(s), 'a join code')
+    return { meshId: c.fixed32.decode(s), inviter: c.fixed32.decode(s), seed: c.fixed32.decode(s), expiresAt: c.uint.decode(s) }
+  }
+})
+
+/** `bm1-` + base64url(body + 4-byte checksum): one word, safe to paste into a terminal or a chat. */
+export function encodeJoinCode(j: JoinCode): string {
+  const body = c.encode(joinCodeEncoding, j)
+  const sum = crypto.hash(body).subarray(0, 4)
+  return JOIN_CODE_PREFIX + Buffer.concat([body, sum]).toString('base64url')
+}
+
+export function decodeJoinCode(code: string): JoinCode {
+  const text = code.trim()
+  const bad = (why: string) =>
+    MeshError.BAD_JOIN_CODE(`this is not a branchmesh join code (${why})`, {
+      hint: 'Copy the whole last line that `mesh invite` printed at a member site; it starts with bm1-.'
+    })
+  if (!text.startsWith(JOIN_CODE_PREFIX)) throw bad('it does not start with bm1-')
+  const raw = Buffer.from(text.slice(JOIN_CODE_PREFIX.length), 'base64url')
+  if (raw.length < 8) throw bad('it is too short')
+  const body = raw.subarray(0, raw.length - 4)
+  if (!crypto.hash(body).subarray(0, 4).equals(raw.subarray(raw.length - 4))) throw bad('its checksum does not match: part of it is missing or mistyped')
+  try {
+    return c.decode(joinCodeEncoding, body)
+  } catch (err) {
+    if (err instanceof MeshError) throw err
+    throw bad('it is damaged')
+  }
+}

@@ -1,0 +1,56 @@
+/** What every command shares: flag parsing (node:util parseArgs), the data directory, printing errors. */
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { MeshError } from '../../protocol/index.ts'
+
+export interface Command {
+  usage: string
+  summary: string
+  run(args: string[]): Promise<number>
+}
+
+export const EXIT_USAGE = 64
+export const EXIT_ERROR = 1
+
+/** The flags every command takes. */
+export const COMMON_OPTIONS = {
+  dir: { type: 'string' },
+  bootstrap: { type: 'string' },
+  help: { type: 'boolean', short: 'h' }
+} as const
+
+export function parse<T extends NonNullable<ParseArgsConfig['options']>>(
+  command: string,
+  args: string[],
+  options: T,
+  allowPositionals = false
+) {
+  try {
+    return parseArgs({ args, options: { ...COMMON_OPTIONS, ...options }, allowPositionals, strict: true })
+  } catch (err) {
+    throw MeshError.USAGE((err as Error).message.replace(/\. To specify a positional argument.*$/s, ''), { hint: `Try: mesh help ${command}` })
+  }
+}
+
+/** Prints an error the way every command does: what happened, then what to do. Returns the exit code. */
+export function printError(err: unknown): number {
+  if (err instanceof MeshError) {
+    process.stderr.write(`mesh: ${err.message}\n`)
+    if (err.hint) process.stderr.write(`${err.code === 'USAGE' && err.hint.startsWith('Try:') ? '' : 'What to do: '}${err.hint}\n`)
+    return err.code === 'USAGE' ? EXIT_USAGE : EXIT_ERROR
+  }
+  process.stderr.write(`mesh: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`)
+  return EXIT_ERROR
+}
+
+export function out(line = ''): void {
+  process.stdout.write(line + '\n')
+}
+
+/** Parses "24h", "30m", "7d", "90s" into seconds. */
+export function parseDuration(text: string, flag: string): number {
+  const m = /^(\d+)\s*(s|m|h|d)?$/.exec(text.trim())
+  if (!m) throw MeshError.USAGE(`${flag} "${text}" is not a duration`, { hint: 'Give a number with s, m, h or d, e.g. 24h or 7d.' })
+  const n = Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 's']
+  if (n <= 0) throw MeshError.USAGE(`${flag} must be longer than 0`)
+  return n
+}

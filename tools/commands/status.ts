@@ -1,0 +1,90 @@
+import { MeshError } from '../../protocol/index.ts'
+import { askNode, duration, statusFromDisk, VERDICT_EXIT, type SiteStatus } from '../../node/index.ts'
+import { readConfig, resolveDir } from '../config.ts'
+import { out, parse, printError, type Command } from './common.ts'
+
+export const usage = `mesh status --dir DIR [--json]
+
+Says whether every location is protected: per dataset its origin, epoch, log length and last write; per
+site holding it, how far it has downloaded and applied, and its lag in entries, bytes and seconds; the
+members connected now; and a verdict with its reasons.
+Exit code: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN (status could not be read), as monitoring plugins expect.
+Works whether or not the node is running (when it is not, the verdict is CRIT and the figures are the last ones
+it saved).
+  --json   the same as one JSON object (see README.md, "mesh status --json")`
+
+export const EXIT_UNKNOWN = 3
+
+function ago(ms: number | null, now: number): string {
+  return ms === null ? 'never' : `${duration((now - ms) / 1000)} ago`
+}
+
+function bytes(n: number | null): string {
+  if (n === null) return '-'
+  if (n < 1024) return `${n} B`
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`
+  return `${(n / 1024 / 1024).toFixed(1)} MB`
+}
+
+export function formatStatus(s: SiteStatus): string {
+  const now = s.generatedAt
+  const lines: string[] = []
+  const connected = s.members.filter((m) => m.connected).length
+  lines.push(`${s.verdict}: ${s.site} (node ${s.running ? 'running' : 'NOT running'}; ${s.members.length} members, ${connected} connected now)`)
+  for (const r of s.reasons) lines.push(`  ${r.level}: ${r.text}`)
+  lines.push('')
+  lines.push('Datasets')
+  if (s.datasets.length === 0) lines.push('  (none yet)')
+  for (const d of s.datasets) {
+    const others = d.holders.filter((h) => h.role === 'replica').length
+    lines.push(
+      `  ${d.name}  origin ${d.originSite}, epoch ${d.epoch}: ${d.length} entries, ${bytes(d.bytes)}, last write ${ago(d.lastWriteAt, now)}; latest write held by ${d.heldBy} of ${others} other site${others === 1 ? '' : 's'}`
+    )
+    for (const h of d.holders) {
+      const pos = h.applied === null ? 'holds nothing yet' : `downloaded ${h.downloaded}, applied ${h.applied}`
+      const lag = h.applied === null ? '' : `  lag ${h.lagEntries} entries, ${bytes(h.lagBytes)}, ${duration(h.lagSeconds ?? 0)}`
+      const err = h.error ? `  ERROR ${h.error}` : ''
+      const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
+      lines.push(`    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`)
+    }
+  }
+  lines.push('')
+  lines.push('Members')
+  for (const m of s.members) {
+    const state = m.self ? 'this site' : m.connected ? 'connected' : `last heard ${ago(m.lastContact, now)}`
+    lines.push(`  ${m.site.padEnd(16)} ${state}${m.software ? `  (${m.software})` : ''}`)
+  }
+  if (s.refused.length > 0) {
+    lines.push('')
+    lines.push('Refused connections (recent)')
+    for (const r of s.refused.slice(-5)) lines.push(`  ${r.key.slice(0, 12)}  ${r.reason}  ${ago(r.at, now)}`)
+  }
+  return lines.join('\n')
+}
+
+export async function readStatus(dir: string): Promise<SiteStatus> {
+  const cfg = readConfig(dir)
+  const res = (await askNode(dir, 'status')) as { status?: SiteStatus; error?: { code: string; message: string } } | null
+  if (res?.status) return res.status
+  if (res?.error) throw new MeshError(res.error.code, res.error.message)
+  return statusFromDisk(dir, cfg.site, cfg.status)
+}
+
+export const command: Command = {
+  usage,
+  summary: 'is every location protected? (exit 0 OK, 1 WARN, 2 CRIT)',
+  async run(args) {
+    const { values } = parse('status', args, { json: { type: 'boolean' } })
+    let s: SiteStatus
+    try {
+      s = await readStatus(resolveDir(values.dir))
+    } catch (err) {
+      if (values.json && err instanceof MeshError) {
+        out(JSON.stringify({ verdict: 'UNKNOWN', error: { code: err.code, message: err.message, hint: err.hint ?? null } }))
+      } else printError(err)
+      return EXIT_UNKNOWN
+    }
+    out(values.json ? JSON.stringify(s, null, 2) : formatStatus(s))
+    return VERDICT_EXIT[s.verdict]
+  }
+}

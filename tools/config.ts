@@ -1,0 +1,181 @@
+/**
+ * Configuration, read only here (tools/). Precedence for every setting: command-line flag, then the data
+ * directory's config.json, then the environment, then the default. Misspelled keys in config.json are
+ * rejected with the nearest known key as a hint.
+ */
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { MeshError } from '../protocol/index.ts'
+import { DEFAULT_THRESHOLDS, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
+
+export const CONFIG_FILE = 'config.json'
+
+export interface SiteConfig {
+  site: string
+  datasets: OwnDataset[]
+  /** HOST:PORT list of DHT bootstrap nodes; null for the public DHT. */
+  bootstrap: string[] | null
+  status: StatusThresholds
+  logLevel: string
+}
+
+const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel'] as const
+const DATASET_KEYS = ['id', 'name', 'engine', 'path'] as const
+const STATUS_KEYS = Object.keys(DEFAULT_THRESHOLDS)
+const LOG_LEVELS = ['debug', 'info', 'warn', 'error']
+
+/** The per-user default data directory. */
+export function defaultDir(): string {
+  if (process.platform === 'win32') return path.join(process.env.APPDATA ?? path.join(os.homedir(), 'AppData', 'Roaming'), 'branchmesh')
+  if (process.platform === 'darwin') return path.join(os.homedir(), 'Library', 'Application Support', 'branchmesh')
+  return path.join(process.env.XDG_DATA_HOME ?? path.join(os.homedir(), '.local', 'share'), 'branchmesh')
+}
+
+/** --dir, else MESH_DIR, else the per-user folder. */
+export function resolveDir(flag: string | undefined): string {
+  return path.resolve(flag ?? process.env.MESH_DIR ?? defaultDir())
+}
+
+function nearest(word: string, known: readonly string[]): string | null {
+  let best: string | null = null
+  let bestD = Infinity
+  for (const k of known) {
+    const d = editDistance(word.toLowerCase(), k.toLowerCase())
+    if (d < bestD) {
+      bestD = d
+      best = k
+    }
+  }
+  return bestD <= Math.max(2, Math.floor(word.length / 3)) ? best : null
+}
+
+function editDistance(a: string, b: string): number {
+  const dp = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array(b.length).fill(0)])
+  for (let j = 1; j <= b.length; j++) dp[0][j] = j
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      dp[i][j] = Math.min(dp[i - 1][j] + 1, dp[i][j - 1] + 1, dp[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+  }
+  return dp[a.length][b.length]
+}
+
+function checkKeys(obj: Record<string, unknown>, known: readonly string[], where: string, file: string): void {
+  for (const k of Object.keys(obj)) {
+    if (known.includes(k)) continue
+    const near = nearest(k, known)
+    throw MeshError.BAD_CONFIG(`${file}: unknown key "${k}" in ${where}`, {
+      hint: near ? `Did you mean "${near}"?` : `Known keys: ${known.join(', ')}.`
+    })
+  }
+}
+
+export const SITE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
+
+export function checkSiteName(name: string, what = 'site name'): string {
+  if (!SITE_NAME.test(name)) {
+    throw MeshError.USAGE(`"${name}" is not a valid ${what}`, { hint: 'Use letters, digits, dots, dashes and underscores (up to 63), starting with a letter or digit, e.g. shop-north.' })
+  }
+  return name
+}
+
+/** Parses "HOST:PORT[,HOST:PORT...]". */
+export function parseBootstrap(text: string, source: string): string[] {
+  const list = text.split(',').map((s) => s.trim()).filter(Boolean)
+  if (list.length === 0) throw MeshError.USAGE(`${source} is empty`, { hint: 'Give HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:49737, or leave it out for the public DHT.' })
+  for (const b of list) {
+    const m = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(b)
+    if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
+      throw MeshError.USAGE(`${source}: "${b}" is not HOST:PORT`, { hint: 'Give HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:49737.' })
+    }
+  }
+  return list
+}
+
+export function configPath(dir: string): string {
+  return path.join(dir, CONFIG_FILE)
+}
+
+export function readConfig(dir: string): SiteConfig {
+  const file = configPath(dir)
+  let text: string
+  try {
+    text = fs.readFileSync(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (!fs.existsSync(dir)) throw MeshError.NOT_INITIALIZED(`the data directory ${dir} does not exist`)
+      throw MeshError.NOT_INITIALIZED(`${dir} is not a branchmesh data directory (no ${CONFIG_FILE})`)
+    }
+    throw MeshError.IO_ERROR(`cannot read ${file}: ${(err as Error).message}`, { retryable: false })
+  }
+  let j: Record<string, unknown>
+  try {
+    j = JSON.parse(text)
+  } catch (err) {
+    throw MeshError.BAD_CONFIG(`${file} is not valid JSON: ${(err as Error).message}`, { hint: 'Fix the syntax (a missing comma or quote?).' })
+  }
+  if (typeof j !== 'object' || j === null || Array.isArray(j)) throw MeshError.BAD_CONFIG(`${file} must hold a JSON object`)
+  checkKeys(j, TOP_KEYS, 'the top level', file)
+  if (typeof j.site !== 'string') throw MeshError.BAD_CONFIG(`${file}: "site" must be a string`)
+  checkSiteName(j.site)
+  if (!Array.isArray(j.datasets)) throw MeshError.BAD_CONFIG(`${file}: "datasets" must be a list`)
+  const datasets: OwnDataset[] = j.datasets.map((d: Record<string, unknown>, i: number) => {
+    if (typeof d !== 'object' || d === null) throw MeshError.BAD_CONFIG(`${file}: datasets[${i}] must be an object`)
+    checkKeys(d, DATASET_KEYS, `datasets[${i}]`, file)
+    if (d.engine !== 'sqlite') throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].engine "${d.engine}" is not supported`, { hint: 'Use "sqlite".' })
+    for (const k of ['id', 'name', 'path']) {
+      if (typeof d[k] !== 'string' || d[k] === '') throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].${k} must be a non-empty string`)
+    }
+    return { id: d.id as string, name: d.name as string, engine: 'sqlite', path: path.resolve(dir, d.path as string) }
+  })
+  let bootstrap: string[] | null = null
+  if (j.bootstrap !== undefined && j.bootstrap !== null) {
+    if (!Array.isArray(j.bootstrap) || j.bootstrap.some((b) => typeof b !== 'string')) {
+      throw MeshError.BAD_CONFIG(`${file}: "bootstrap" must be a list of "HOST:PORT" strings, or null for the public DHT`)
+    }
+    bootstrap = parseBootstrap(j.bootstrap.join(','), `${file}: bootstrap`)
+  }
+  const status = { ...DEFAULT_THRESHOLDS }
+  if (j.status !== undefined) {
+    if (typeof j.status !== 'object' || j.status === null) throw MeshError.BAD_CONFIG(`${file}: "status" must be an object`)
+    checkKeys(j.status as Record<string, unknown>, STATUS_KEYS, '"status"', file)
+    for (const [k, v] of Object.entries(j.status as Record<string, unknown>)) {
+      if (typeof v !== 'number' || !(v > 0)) throw MeshError.BAD_CONFIG(`${file}: status.${k} must be a positive number of seconds`)
+      ;(status as Record<string, number>)[k] = v
+    }
+  }
+  const logLevel = j.logLevel === undefined ? 'info' : String(j.logLevel)
+  if (!LOG_LEVELS.includes(logLevel)) throw MeshError.BAD_CONFIG(`${file}: "logLevel" must be one of ${LOG_LEVELS.join(', ')}`)
+  return { site: j.site, datasets, bootstrap, status, logLevel }
+}
+
+export function writeConfig(dir: string, cfg: SiteConfig, write: (file: string, text: string) => void): void {
+  const j: Record<string, unknown> = {
+    site: cfg.site,
+    datasets: cfg.datasets,
+    bootstrap: cfg.bootstrap,
+    status: cfg.status,
+    logLevel: cfg.logLevel
+  }
+  write(configPath(dir), JSON.stringify(j, null, 2) + '\n')
+}
+
+/** Flag, then config file, then MESH_BOOTSTRAP, then the public DHT (null). */
+export function resolveBootstrap(flag: string | undefined, fromFile: string[] | null): string[] | null {
+  if (flag !== undefined) return parseBootstrap(flag, '--bootstrap')
+  if (fromFile) return fromFile
+  if (process.env.MESH_BOOTSTRAP) return parseBootstrap(process.env.MESH_BOOTSTRAP, 'MESH_BOOTSTRAP')
+  return null
+}
+
+/** What the node's DHT needs. A bootstrap list on loopback means a test network on this machine. */
+export function networkOptions(bootstrap: string[] | null): NetworkOptions {
+  if (bootstrap === null) return {}
+  const nodes = bootstrap.map((b) => {
+    const i = b.lastIndexOf(':')
+    return { host: b.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(b.slice(i + 1)) }
+  })
+  const loopback = nodes.every((n) => n.host === 'localhost' || n.host.startsWith('127.') || n.host === '::1')
+  return loopback ? { bootstrap: nodes.map((n) => ({ ...n, host: n.host === 'localhost' ? '127.0.0.1' : n.host })), host: '127.0.0.1', firewalled: false } : { bootstrap: nodes }
+}
