@@ -1,0 +1,171 @@
+/**
+ * Sites for mesh tests: each a data directory set up with the real `mesh` commands and a node running as its
+ * own OS process (`mesh start`), on a local DHT test network on loopback.
+ */
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import createTestnet, { type Testnet } from 'hyperdht/testnet'
+import { askNode, statusFromDisk, DEFAULT_THRESHOLDS, type SiteStatus } from '../../node/index.ts'
+import { dump, openWal } from './db.ts'
+import { ROOT, type Child } from './proc.ts'
+import { setup } from './workload.ts'
+
+export const MESH = path.join(ROOT, 'tools', 'mesh.js')
+
+export interface RunResult {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+/** Runs one `mesh` command to completion. */
+export function mesh(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [MESH, ...args], { cwd: ROOT, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    p.stdout.on('data', (d) => (stdout += d))
+    p.stderr.on('data', (d) => (stderr += d))
+    const t = setTimeout(() => {
+      p.kill('SIGKILL')
+      reject(new Error(`mesh ${args.join(' ')} did not finish in time; stdout:\n${stdout}\nstderr:\n${stderr}`))
+    }, opts.timeoutMs ?? 90_000)
+    p.on('exit', (code) => {
+      clearTimeout(t)
+      resolve({ code, stdout, stderr })
+    })
+  })
+}
+
+export async function startTestnet(): Promise<{ testnet: Testnet; bootstrap: string }> {
+  const testnet = await createTestnet(3, { host: '127.0.0.1' })
+  return { testnet, bootstrap: testnet.bootstrap.map((b) => `${b.host}:${b.port}`).join(',') }
+}
+
+export async function waitUntil(what: string, fn: () => boolean | Promise<boolean>, timeoutMs = 60_000, every = 200): Promise<void> {
+  const end = Date.now() + timeoutMs
+  let last: unknown = null
+  for (;;) {
+    try {
+      if (await fn()) return
+      last = null
+    } catch (err) {
+      last = err
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}${last ? `: ${(last as Error).message}` : ''}`)
+    await new Promise((r) => setTimeout(r, every))
+  }
+}
+
+function startNode(dir: string): Child {
+  const proc = spawn(process.execPath, [MESH, 'start', '--dir', dir, '--log-json'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  const lines: string[] = []
+  const waiters: Array<{ re: RegExp; resolve: (l: string) => void }> = []
+  let buf = ''
+  const onData = (d: Buffer) => {
+    buf += d.toString()
+    let i: number
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i)
+      buf = buf.slice(i + 1)
+      lines.push(line)
+      for (const w of [...waiters]) if (w.re.test(line)) (waiters.splice(waiters.indexOf(w), 1), w.resolve(line))
+    }
+  }
+  proc.stdout.on('data', onData)
+  proc.stderr.on('data', onData)
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })))
+  return {
+    proc,
+    lines,
+    exited,
+    waitLine(re, timeoutMs = 60_000) {
+      const have = lines.find((l) => re.test(l))
+      if (have !== undefined) return Promise.resolve(have)
+      return new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`timed out waiting for ${re} from the node in ${dir}; got:\n${lines.join('\n')}`)), timeoutMs)
+        waiters.push({ re, resolve: (l) => (clearTimeout(t), resolve(l)) })
+        void exited.then(() => setTimeout(() => reject(new Error(`the node in ${dir} exited before ${re}; got:\n${lines.join('\n')}`)), 50))
+      })
+    },
+    async kill(signal = 'SIGTERM') {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal)
+      return exited
+    }
+  }
+}
+
+export class TestSite {
+  readonly name: string
+  readonly dir: string
+  readonly db: string
+  readonly bootstrap: string
+  node: Child | null = null
+
+  constructor(root: string, name: string, bootstrap: string) {
+    this.name = name
+    this.dir = path.join(root, name)
+    this.db = path.join(root, `${name}.db`)
+    this.bootstrap = bootstrap
+    const db = openWal(this.db)
+    setup(db)
+    db.close()
+  }
+
+  async init(): Promise<void> {
+    const r = await mesh(['init', '--dir', this.dir, '--site', this.name, '--sqlite', this.db, '--bootstrap', this.bootstrap])
+    if (r.code !== 0) throw new Error(`mesh init failed: ${r.stderr}`)
+  }
+
+  async invite(extra: string[] = []): Promise<string> {
+    const r = await mesh(['invite', '--dir', this.dir, ...extra])
+    if (r.code !== 0) throw new Error(`mesh invite failed: ${r.stderr}`)
+    return r.stdout.trim().split('\n').pop()!
+  }
+
+  async join(code: string): Promise<void> {
+    const r = await mesh(['join', code, '--dir', this.dir, '--site', this.name, '--sqlite', this.db, '--bootstrap', this.bootstrap])
+    if (r.code !== 0) throw new Error(`mesh join failed: ${r.stderr}`)
+  }
+
+  async start(): Promise<void> {
+    this.node = startNode(this.dir)
+    await this.node.waitLine(/"msg":"ready"/)
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    await this.node?.kill(signal)
+    this.node = null
+  }
+
+  async status(): Promise<SiteStatus> {
+    const res = (await askNode(this.dir, 'status')) as { status: SiteStatus } | null
+    return res?.status ?? statusFromDisk(this.dir, this.name, DEFAULT_THRESHOLDS)
+  }
+
+  /** This site's replica of `origin`'s dataset, or null while there is none. */
+  replicaOf(origin: TestSite): string | null {
+    const dir = path.join(this.dir, 'replicas')
+    if (!fs.existsSync(dir)) return null
+    const f = fs.readdirSync(dir).find((n) => n.startsWith(`${origin.name}-`) && n.endsWith('.db'))
+    return f ? path.join(dir, f) : null
+  }
+
+  /** True when this site's replica of `origin` holds exactly origin's rows now. */
+  holdsExactly(origin: TestSite): boolean {
+    const r = this.replicaOf(origin)
+    if (r === null) return false
+    return JSON.stringify(dump(r)) === JSON.stringify(dump(origin.db))
+  }
+}
+
+/** Waits until every site's replica of every other site equals that origin, row by row. */
+export async function converged(sites: TestSite[], origins: TestSite[] = sites, timeoutMs = 90_000): Promise<void> {
+  for (const o of origins) {
+    for (const s of sites) {
+      if (s === o) continue
+      await waitUntil(`${s.name} holds exactly ${o.name}'s rows`, () => s.holdsExactly(o), timeoutMs, 300)
+    }
+  }
+}

@@ -1,0 +1,76 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { tmpDir, openWal } from './helpers/db.ts'
+import { converged, mesh, startTestnet, TestSite, waitUntil } from './helpers/mesh.ts'
+import { Workload } from './helpers/workload.ts'
+
+/** Writes `n` random multi-table transactions at a site's database, from this (non-node) process. */
+function write(site: TestSite, seed: number, n: number): void {
+  const db = openWal(site.db)
+  const w = new Workload(db, seed)
+  for (let i = 0; i < n; i++) w.transaction(8)
+  db.close()
+}
+
+test('three sites, each a separate process on a local DHT: every replica equals its origin; a SIGKILLed site and a site that was off catch up, even from a holder while the origin is off', async (t) => {
+  const { dir, cleanup } = tmpDir('mesh-3-')
+  const { testnet, bootstrap } = await startTestnet()
+  const a = new TestSite(dir, 'shop-a', bootstrap)
+  const b = new TestSite(dir, 'shop-b', bootstrap)
+  const c = new TestSite(dir, 'shop-c', bootstrap)
+  t.after(async () => {
+    for (const s of [a, b, c]) await s.stop('SIGKILL')
+    await testnet.destroy()
+    cleanup()
+  })
+  // Data that exists before the mesh does arrives through the initial snapshot.
+  write(a, 1, 40)
+  write(b, 2, 40)
+  write(c, 3, 40)
+
+  await a.init()
+  await a.start()
+  await b.join(await a.invite())
+  await c.join(await a.invite())
+  await b.start()
+  await c.start()
+
+  write(a, 11, 60)
+  write(b, 12, 60)
+  write(c, 13, 60)
+  await converged([a, b, c])
+
+  const s = await a.status()
+  assert.equal(s.verdict, 'OK', JSON.stringify(s.reasons))
+  assert.equal(s.members.filter((m) => m.connected).length, 2)
+  for (const d of s.datasets) {
+    assert.equal(d.heldBy, 2, `${d.name} held by both other sites`)
+    for (const h of d.holders) assert.equal(h.lagEntries, 0)
+  }
+  const cli = await mesh(['status', '--dir', a.dir, '--json'])
+  assert.equal(cli.code, 0)
+  assert.equal(JSON.parse(cli.stdout).verdict, 'OK')
+
+  // SIGKILL B; everyone keeps writing (B's own database too, while its node is dead); B restarts and catches up.
+  await b.stop('SIGKILL')
+  write(a, 21, 50)
+  write(b, 22, 50)
+  write(c, 23, 50)
+  await waitUntil('C holds A\'s new rows while B is dead', () => c.holdsExactly(a))
+  await b.start()
+  await converged([a, b, c])
+
+  // C is off while A writes; B gets it; then A goes off too; C comes back and gets A's rows from B.
+  await c.stop()
+  write(a, 31, 80)
+  await waitUntil('B holds A\'s rows', () => b.holdsExactly(a))
+  await a.stop()
+  await c.start()
+  await waitUntil('C holds A\'s rows, fetched from B while A is off', () => c.holdsExactly(a))
+  const sc = await c.status()
+  const ds = sc.datasets.find((d) => d.originSite === 'shop-a')!
+  assert.equal(ds.holders.find((h) => h.site === 'shop-c')!.lagEntries, 0)
+  assert.equal(sc.members.find((m) => m.site === 'shop-a')!.connected, false)
+  await a.start()
+  await converged([a, b, c])
+})
