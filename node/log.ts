@@ -109,7 +109,7 @@ export class DatasetLog {
       block = await this.core.get(index, { wait: opts.wait ?? true, timeout: opts.timeout ?? 0 })
     } catch (err) {
       // The store's own checksums (RocksDB) caught damage on disk: the block is as bad as one that fails ours.
-      if (/corrupt|checksum/i.test((err as Error).message)) {
+      if (/corrupt|checksum|crc mismatch/i.test((err as Error).message)) {
         throw MeshError.BAD_ENTRY(`block ${index} of the log is damaged on disk: ${(err as Error).message}`, { context: { block: index }, cause: err })
       }
       throw MeshError.wrap(err, MeshError.IO_ERROR, `cannot read block ${index} of the log`)

@@ -191,7 +191,7 @@ export class MeshNode extends EventEmitter {
       await this.store.ready()
     } catch (err) {
       await this.store.close().catch(() => {})
-      if (/could not be locked|lock/i.test((err as Error).message)) {
+      if (/could not be locked|resource temporarily unavailable/i.test((err as Error).message)) {
         throw MeshError.NODE_RUNNING(`another node is already running on ${this.paths.dir}`, { context: { dir: this.paths.dir } })
       }
       throw MeshError.wrap(err, MeshError.IO_ERROR, 'cannot open the log store')
@@ -678,12 +678,26 @@ export class MeshNode extends EventEmitter {
     })
     try {
       await r.log.core.clear(block, block + 1)
-      const again = await r.log.core.get(block, { wait: true, timeout: 120_000 })
-      return again !== null
     } catch (err) {
-      this.logger.error('cannot fetch the damaged block again', { dataset: r.info.name, block, error: (err as Error).message })
+      this.logger.error('cannot drop the damaged block', { dataset: r.info.name, block, error: (err as Error).message })
       return false
     }
+    // Wait for a peer that holds it for as long as the node runs; apply cannot pass this block anyway.
+    while (!this.closing) {
+      try {
+        const again = await r.log.core.get(block, { wait: true, timeout: 5000 })
+        if (again !== null) {
+          this.logger.info('damaged block fetched again and verified', { dataset: r.info.name, block })
+          return true
+        }
+      } catch (err) {
+        if (!/timeout|timed out/i.test((err as Error).message)) {
+          this.logger.error('cannot fetch the damaged block again', { dataset: r.info.name, block, error: (err as Error).message })
+          return false
+        }
+      }
+    }
+    return false
   }
 
   // --- joining -----------------------------------------------------------------------------------------------
