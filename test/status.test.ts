@@ -1,0 +1,83 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import crypto from 'hypercore-crypto'
+import { buildStatus, DEFAULT_THRESHOLDS, VERDICT_EXIT } from '../node/index.ts'
+import type { Holding, Report } from '../protocol/index.ts'
+
+// buildStatus is a pure function of the mesh state, the reports and the clock: the clock is the seam here, so
+// "26 hours of silence" needs no 26-hour test. The reports have the shape real nodes send (see mesh.test.ts).
+const HOUR = 3600_000
+const now = Date.UTC(2026, 10, 21, 12)
+const a = crypto.keyPair().publicKey
+const b = crypto.keyPair().publicKey
+const log = crypto.randomBytes(32)
+
+function holding(over: Partial<Holding>): Holding {
+  return { dataset: 'd1', log, epoch: 0, length: 100, byteLength: 10_000, downloaded: 100, applied: 100, appliedBytes: 10_000, lastWriteAt: now - HOUR, appliedWriteAt: now - HOUR, error: '', errorMessage: '', damaged: 0, ...over }
+}
+
+function status(bReport: Partial<Report> & { holdings: Holding[] }, thresholds = DEFAULT_THRESHOLDS) {
+  const reports: Report[] = [
+    { site: a, siteName: 'shop-a', at: now, holdings: [holding({})], peers: [], software: 't' },
+    { site: b, siteName: 'shop-b', at: now, peers: [], software: 't', ...bReport }
+  ]
+  return buildStatus({
+    self: a,
+    site: 'shop-a',
+    state: {
+      meshId: crypto.randomBytes(32),
+      members: [
+        { key: a, site: 'shop-a', addedAt: now - 1000 * HOUR },
+        { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
+      ],
+      datasets: [{ id: 'd1', name: 'till', engine: 'sqlite', origin: a, originSite: 'shop-a', epoch: 0, log, createdAt: now - 1000 * HOUR }]
+    },
+    reports,
+    connected: new Set(),
+    running: true,
+    refused: [],
+    now,
+    thresholds
+  })
+}
+
+test('status: a caught-up mesh is OK, exit 0', () => {
+  const s = status({ holdings: [holding({})] })
+  assert.equal(s.verdict, 'OK')
+  assert.equal(VERDICT_EXIT[s.verdict], 0)
+  assert.equal(s.datasets[0].heldBy, 1)
+  assert.equal(s.datasets[0].holders[1].lagEntries, 0)
+})
+
+test('status: a site silent for 26 hours is CRIT and says so in words; 17 hours is WARN', () => {
+  const crit = status({ at: now - 26 * HOUR, holdings: [holding({})] })
+  assert.equal(crit.verdict, 'CRIT')
+  assert.equal(VERDICT_EXIT[crit.verdict], 2)
+  assert.ok(crit.reasons.some((r) => r.level === 'CRIT' && r.text === 'shop-b has not been heard from for 26 hours'), JSON.stringify(crit.reasons))
+  const warn = status({ at: now - 17 * HOUR, holdings: [holding({})] })
+  assert.equal(warn.verdict, 'WARN')
+  assert.equal(VERDICT_EXIT[warn.verdict], 1)
+})
+
+test('status: lag in entries, bytes and seconds, with configurable thresholds', () => {
+  const h = holding({ applied: 40, appliedBytes: 4000, downloaded: 60, appliedWriteAt: now - 3 * HOUR })
+  const s = status({ holdings: [h] })
+  const holder = s.datasets[0].holders.find((x) => x.site === 'shop-b')!
+  assert.equal(holder.lagEntries, 60)
+  assert.equal(holder.lagBytes, 6000)
+  assert.equal(holder.lagSeconds, 2 * 3600)
+  assert.equal(s.verdict, 'WARN')
+  assert.equal(s.datasets[0].heldBy, 0, 'the latest write is not held by shop-b')
+  const strict = status({ holdings: [h] }, { ...DEFAULT_THRESHOLDS, lagCritSeconds: 3600 })
+  assert.equal(strict.verdict, 'CRIT')
+  assert.ok(strict.reasons.some((r) => /shop-b's copy of till is 2 hours behind/.test(r.text)))
+})
+
+test('status: a stopped replica, a damaged block and a node that is not running are reported', () => {
+  const stopped = status({ holdings: [holding({ applied: 50, error: 'BAD_ENTRY', errorMessage: 'BAD_ENTRY: block 50 is damaged', damaged: 1 })] })
+  assert.equal(stopped.verdict, 'CRIT')
+  assert.ok(stopped.reasons.some((r) => r.level === 'WARN' && /damaged block/.test(r.text)))
+  const off = buildStatus({ self: a, site: 'shop-a', state: { meshId: crypto.randomBytes(32), members: [{ key: a, site: 'shop-a', addedAt: now }], datasets: [] }, reports: [], connected: new Set(), running: false, refused: [], now, thresholds: DEFAULT_THRESHOLDS })
+  assert.equal(off.verdict, 'CRIT')
+  assert.match(off.reasons[0].text, /not running/)
+})
