@@ -139,6 +139,7 @@ interface Replica {
   damaged: number
   appliedWriteAt: number
   lastWriteAt: number
+  appliedBytes: number
 }
 
 export interface Refusal {
@@ -359,7 +360,10 @@ export class MeshNode extends EventEmitter {
     peer.members.send(this.state.members)
     peer.datasets.send(this.state.datasets)
     this.buildReport()
-    for (const r of this.reports.values()) peer.report.send(r)
+      .then(() => {
+        for (const r of this.reports.values()) peer.report.send(r)
+      })
+      .catch((err) => this.logger.warn('cannot build a report', { error: (err as Error).message }))
     this.emit('peer', peer.site)
   }
 
@@ -474,6 +478,21 @@ export class MeshNode extends EventEmitter {
 
   private async holdings(): Promise<Holding[]> {
     const out: Holding[] = []
+    // Reports carry unsigned integers: a figure that is not one (a clock before 1970, a tree read that
+    // failed) is sent as 0 rather than failing the report.
+    const u = (n: number) => (Number.isSafeInteger(n) && n > 0 ? n : Number.isFinite(n) && n > 0 ? Math.floor(n) : 0)
+    const clean = (h: Holding): Holding => ({
+      ...h,
+      epoch: u(h.epoch),
+      length: u(h.length),
+      byteLength: u(h.byteLength),
+      downloaded: u(h.downloaded),
+      applied: u(h.applied),
+      appliedBytes: u(h.appliedBytes),
+      lastWriteAt: u(h.lastWriteAt),
+      appliedWriteAt: u(h.appliedWriteAt),
+      damaged: u(h.damaged)
+    })
     for (const o of this.origins.values()) {
       const core = o.log.core
       const err = o.error ?? o.loop.stats.lastError
@@ -496,12 +515,17 @@ export class MeshNode extends EventEmitter {
     for (const r of this.replicas.values()) {
       const core = r.log.core
       const applied = r.loop.stats.applied
-      let appliedBytes = 0
-      try {
-        appliedBytes = applied === 0 ? 0 : await MerkleTree.byteOffset((core as unknown as { state: unknown }).state, 2 * applied)
-      } catch {
-        appliedBytes = 0
+      // hypercore keeps no byte offset per block; the merkle tree gives it, when its nodes are all here.
+      let appliedBytes = applied >= core.length ? core.byteLength : r.appliedBytes
+      if (applied > 0 && applied < core.length) {
+        try {
+          const off = await MerkleTree.byteOffset((core as unknown as { state: unknown }).state, 2 * applied)
+          if (Number.isSafeInteger(off) && off >= 0) appliedBytes = off
+        } catch {
+          // Keep the last figure known.
+        }
       }
+      r.appliedBytes = appliedBytes
       const err = r.loop.stats.lastError
       out.push({
         dataset: r.info.id,
@@ -519,8 +543,17 @@ export class MeshNode extends EventEmitter {
         damaged: r.damaged
       })
     }
-    return out
+    return out.map((h) => {
+      const c = clean(h)
+      const odd = Object.keys(c).filter((k) => (c as unknown as Record<string, unknown>)[k] !== (h as unknown as Record<string, unknown>)[k])
+      if (odd.length > 0 && !this.warnedOdd) {
+        this.warnedOdd = true
+        this.logger.warn('a report figure was not an unsigned integer; sent as 0', { dataset: h.dataset, fields: odd.map((k) => `${k}=${String((h as unknown as Record<string, unknown>)[k])}`) })
+      }
+      return c
+    })
   }
+  private warnedOdd = false
 
   private async buildReport(): Promise<SignedReport> {
     const report = signReport(
@@ -627,7 +660,7 @@ export class MeshNode extends EventEmitter {
     const log = await DatasetLog.byKey(this.store, this.paths.store, info.log)
     log.core.download({ start: 0, end: -1 })
     const side = new SqliteApply({ path: this.replicaPath(info), dataset: info.id, logger: this.logger })
-    const replica: Replica = { info, log, side, loop: null as unknown as ApplyLoop, damaged: 0, appliedWriteAt: 0, lastWriteAt: 0 }
+    const replica: Replica = { info, log, side, loop: null as unknown as ApplyLoop, damaged: 0, appliedWriteAt: 0, lastWriteAt: 0, appliedBytes: 0 }
     replica.loop = new ApplyLoop({
       log,
       apply: side,

@@ -40,6 +40,11 @@ test('three sites, each a separate process on a local DHT: every replica equals 
   write(c, 13, 60)
   await converged([a, b, c])
 
+  // Reports travel a moment behind the data: wait until A's view has heard that everyone applied everything.
+  await waitUntil('A\'s status shows every copy caught up', async () => {
+    const s = await a.status()
+    return s.datasets.length === 3 && s.datasets.every((d) => d.holders.every((h) => h.lagEntries === 0))
+  }, 30_000)
   const s = await a.status()
   assert.equal(s.verdict, 'OK', JSON.stringify(s.reasons))
   assert.equal(s.members.filter((m) => m.connected).length, 2)
@@ -73,4 +78,8 @@ test('three sites, each a separate process on a local DHT: every replica equals 
   assert.equal(sc.members.find((m) => m.site === 'shop-a')!.connected, false)
   await a.start()
   await converged([a, b, c])
+  for (const s of [a, b, c]) {
+    const bad = s.node!.lines.filter((l) => /internal error|not an unsigned integer|"level":50/.test(l))
+    assert.deepEqual(bad, [], `${s.name} logged errors`)
+  }
 })

@@ -165,7 +165,14 @@ export async function converged(sites: TestSite[], origins: TestSite[] = sites, 
   for (const o of origins) {
     for (const s of sites) {
       if (s === o) continue
-      await waitUntil(`${s.name} holds exactly ${o.name}'s rows`, () => s.holdsExactly(o), timeoutMs, 300)
+      try {
+        await waitUntil(`${s.name} holds exactly ${o.name}'s rows`, () => s.holdsExactly(o), timeoutMs, 300)
+      } catch (err) {
+        // Say where it stuck: the waiting site's view and the last lines of every node's log.
+        const view = await s.status().catch((e) => `status unavailable: ${(e as Error).message}`)
+        const logs = sites.map((x) => `--- ${x.name}\n${(x.node?.lines ?? []).slice(-15).join('\n')}`).join('\n')
+        throw new Error(`${(err as Error).message}\nstatus at ${s.name}: ${JSON.stringify(view)}\n${logs}`)
+      }
     }
   }
 }

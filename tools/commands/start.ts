@@ -40,6 +40,8 @@ export const command: Command = {
       logger.info('stopping', { signal })
       stopping = node.close()
     }
+    // A bug in a background task must be loud, not silent; the node keeps serving the rest.
+    process.on('unhandledRejection', (err) => logger.error('internal error (please report it)', { error: (err as Error)?.stack ?? String(err) }))
     process.on('SIGINT', () => stop('SIGINT'))
     process.on('SIGTERM', () => stop('SIGTERM'))
     try {
