@@ -23,6 +23,11 @@ test('membership and bad input: strangers and other protocol versions get nothin
   await b.join(used)
   await b.start()
   await waitUntil('B holds A\'s rows', () => b.holdsExactly(a))
+  // Keys and secrets are files only this user can read.
+  for (const f of ['site.key', 'invites.json', 'node.sock', 'node.log']) {
+    assert.equal(fs.statSync(path.join(a.dir, f)).mode & 0o777, 0o600, `${f} is mode 0600`)
+  }
+  assert.equal(fs.statSync(path.join(b.dir, 'site.key')).mode & 0o777, 0o600)
   const state = readMeshState(sitePaths(a.dir))
   const meshId = Buffer.from(state.meshId).toString('hex')
   const logKey = Buffer.from(state.datasets.find((d) => d.originSite === 'shop-a')!.log).toString('hex')
