@@ -1,0 +1,356 @@
+/**
+ * The simulated shop of `mesh demo`: a small point-of-sale application writing its own SQLite database
+ * (customers, orders, order_lines) a few times a second, and the row-by-row comparison the demo ends with.
+ *
+ * The shop knows nothing of branchmesh: it opens its file with its own connection, in WAL mode, and writes
+ * ordinary transactions (inserts, updates, deletes). The node, another process, captures them.
+ *
+ * The comparison does not use the adapters' code on purpose: it checks their work. It reads only user tables
+ * (not `sqlite_*`, not branchmesh's own `_mesh_*` tables, which differ between an origin and its replica by
+ * design) and compares each value with its storage class and exact bits (64-bit integers, REAL bits, text,
+ * BLOB bytes, NULL), in primary key order.
+ */
+import Database from 'better-sqlite3'
+
+const SCHEMA = `
+CREATE TABLE customers (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL,
+  city TEXT,
+  loyalty_points INTEGER NOT NULL DEFAULT 0,
+  joined_at TEXT NOT NULL
+);
+CREATE TABLE orders (
+  id INTEGER PRIMARY KEY,
+  customer_id INTEGER REFERENCES customers(id),
+  placed_at TEXT NOT NULL,
+  status TEXT NOT NULL,
+  total_cents INTEGER NOT NULL DEFAULT 0,
+  note TEXT
+);
+CREATE TABLE order_lines (
+  id INTEGER PRIMARY KEY,
+  order_id INTEGER NOT NULL REFERENCES orders(id),
+  product TEXT NOT NULL,
+  qty INTEGER NOT NULL,
+  price_cents INTEGER NOT NULL,
+  weight_kg REAL
+);
+CREATE INDEX order_lines_by_order ON order_lines(order_id);
+`
+
+const FIRST = ['Ana', 'Bjørn', 'Chloé', 'Dmitri', 'Émile', 'Fatima', 'Grace', 'Hiro', 'Ines', 'José', 'Kofi', 'Lena', 'Mei', 'Noor', 'Olga', 'Pedro']
+const LAST = ['Silva', 'Müller', 'Nakamura', 'Okafor', "O'Brien", 'Kowalski', 'Dubois', 'Rossi', 'Haddad', 'Larsen', 'Chen', 'García']
+const CITIES = ['Porto', 'Zürich', 'Kraków', 'Lyon', 'Osaka', 'Accra', null]
+const PRODUCTS: Array<[string, number, number | null]> = [
+  ['Espresso beans 1 kg', 1899, 1.0],
+  ['Green tea 250 g', 799, 0.25],
+  ['Ceramic mug', 1250, 0.35],
+  ['Gift card', 2500, null],
+  ['Croissant', 240, 0.07],
+  ['Oat milk 1 l', 329, 1.03],
+  ['French press', 3490, 0.8],
+  ['Dark chocolate 70 %', 450, 0.1]
+]
+const NOTES = [null, null, null, 'gift wrap please', 'deliver after 5 pm', 'paid in cash', '🎂 birthday']
+
+/** A small deterministic PRNG (mulberry32), so each shop's day looks different but plausible. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+export interface ShopCounts {
+  customers: number
+  orders: number
+  lines: number
+}
+
+export interface ShopStats {
+  transactions: number
+  inserts: number
+  updates: number
+  deletes: number
+  /** Transactions given up because the database stayed locked (tried again at the next tick). */
+  busy: number
+}
+
+/** One shop's application and its database file. */
+export class Shop {
+  readonly file: string
+  readonly stats: ShopStats = { transactions: 0, inserts: 0, updates: 0, deletes: 0, busy: 0 }
+  private db: Database.Database
+  private rand: () => number
+  private timer: NodeJS.Timeout | null = null
+  private clock = Date.UTC(2025, 2, 1, 9, 0, 0)
+  /** The first error a timed write hit other than a lock (a full disk, say): the demo reports it and fails. */
+  error: Error | null = null
+
+  /** Creates the database file with its tables (WAL mode, as branchmesh recommends) and opens it. */
+  constructor(file: string, seed: number) {
+    this.file = file
+    this.rand = prng(seed)
+    // A short busy timeout: this runs in the demo's process, whose event loop a long wait would freeze.
+    this.db = new Database(file, { timeout: 2000 })
+    this.db.pragma('journal_mode = WAL')
+    const have = this.db.prepare("SELECT count(*) FROM sqlite_schema WHERE name = 'orders'").pluck().get() as number
+    if (have === 0) this.db.exec(SCHEMA)
+  }
+
+  private pick<T>(list: readonly T[]): T {
+    return list[Math.floor(this.rand() * list.length)]
+  }
+
+  private now(): string {
+    this.clock += Math.floor(this.rand() * 90_000)
+    return new Date(this.clock).toISOString()
+  }
+
+  private someId(table: 'customers' | 'orders', where = ''): number | null {
+    const row = this.db.prepare(`SELECT id FROM ${table} ${where} ORDER BY random() LIMIT 1`).pluck().get() as number | undefined
+    return row ?? null
+  }
+
+  private addCustomer(): number {
+    this.stats.inserts++
+    const name = `${this.pick(FIRST)} ${this.pick(LAST)}`
+    return Number(
+      this.db.prepare('INSERT INTO customers (name, city, joined_at) VALUES (?, ?, ?)').run(name, this.pick(CITIES), this.now()).lastInsertRowid
+    )
+  }
+
+  private addOrder(): void {
+    const customer = this.rand() < 0.8 ? this.someId('customers') : null
+    const id = Number(
+      this.db
+        .prepare("INSERT INTO orders (customer_id, placed_at, status, note) VALUES (?, ?, 'open', ?)")
+        .run(customer, this.now(), this.pick(NOTES)).lastInsertRowid
+    )
+    this.stats.inserts++
+    let total = 0
+    const lines = 1 + Math.floor(this.rand() * 4)
+    const insertLine = this.db.prepare('INSERT INTO order_lines (order_id, product, qty, price_cents, weight_kg) VALUES (?, ?, ?, ?, ?)')
+    for (let i = 0; i < lines; i++) {
+      const [product, price, weight] = this.pick(PRODUCTS)
+      const qty = 1 + Math.floor(this.rand() * 3)
+      insertLine.run(id, product, qty, price, weight === null ? null : weight * qty)
+      total += qty * price
+      this.stats.inserts++
+    }
+    this.db.prepare('UPDATE orders SET total_cents = ? WHERE id = ?').run(total, id)
+    this.stats.updates++
+    if (customer !== null) {
+      this.db.prepare('UPDATE customers SET loyalty_points = loyalty_points + ? WHERE id = ?').run(Math.floor(total / 100), customer)
+      this.stats.updates++
+    }
+  }
+
+  private advanceOrder(): void {
+    const id = this.someId('orders', "WHERE status IN ('open', 'paid')")
+    if (id === null) return this.addOrder()
+    this.db.prepare("UPDATE orders SET status = CASE status WHEN 'open' THEN 'paid' ELSE 'shipped' END WHERE id = ?").run(id)
+    this.stats.updates++
+  }
+
+  private cancelOrder(): void {
+    const id = this.someId('orders', "WHERE status = 'open'")
+    if (id === null) return this.addOrder()
+    this.stats.deletes += this.db.prepare('DELETE FROM order_lines WHERE order_id = ?').run(id).changes
+    this.stats.deletes += this.db.prepare('DELETE FROM orders WHERE id = ?').run(id).changes
+  }
+
+  private editLine(): void {
+    const line = this.db.prepare('SELECT id, order_id FROM order_lines ORDER BY random() LIMIT 1').get() as { id: number; order_id: number } | undefined
+    if (!line) return this.addOrder()
+    if (this.rand() < 0.5) {
+      this.db.prepare('UPDATE order_lines SET qty = qty + 1, weight_kg = weight_kg * 1.5 WHERE id = ?').run(line.id)
+      this.stats.updates++
+    } else {
+      this.stats.deletes += this.db.prepare('DELETE FROM order_lines WHERE id = ?').run(line.id).changes
+    }
+    this.db
+      .prepare('UPDATE orders SET total_cents = (SELECT coalesce(sum(qty * price_cents), 0) FROM order_lines WHERE order_id = ?) WHERE id = ?')
+      .run(line.order_id, line.order_id)
+    this.stats.updates++
+  }
+
+  private moveCustomer(): void {
+    const id = this.someId('customers')
+    if (id === null) return void this.addCustomer()
+    this.db.prepare('UPDATE customers SET city = ? WHERE id = ?').run(this.pick(CITIES), id)
+    this.stats.updates++
+  }
+
+  /**
+   * One piece of business, in one transaction: mostly new orders, some payments, edits and cancellations.
+   * BEGIN IMMEDIATE: each transaction reads before it writes, and a deferred transaction that another
+   * connection (the node, acknowledging captured changes) writes under would fail with SQLITE_BUSY at once,
+   * without waiting; an immediate one waits for the lock (up to the busy timeout) instead.
+   */
+  step(): void {
+    this.db.transaction(() => {
+      const r = this.rand()
+      if (r < 0.4) this.addOrder()
+      else if (r < 0.65) this.advanceOrder()
+      else if (r < 0.75) this.cancelOrder()
+      else if (r < 0.85) this.editLine()
+      else if (r < 0.93) this.addCustomer()
+      else this.moveCustomer()
+    }).immediate()
+    this.stats.transactions++
+  }
+
+  /** The shop's history before branchmesh was installed. */
+  seed(customers: number, orders: number): void {
+    this.db.transaction(() => {
+      for (let i = 0; i < customers; i++) this.addCustomer()
+      for (let i = 0; i < orders; i++) this.addOrder()
+    })()
+  }
+
+  /** Trades every `everyMs` until stop(). */
+  open(everyMs: number): void {
+    if (this.timer) return
+    this.timer = setInterval(() => {
+      try {
+        this.step()
+      } catch (err) {
+        // The database stayed locked for the whole busy timeout: a real till would try again, so does this one.
+        if (String((err as { code?: unknown }).code ?? '').startsWith('SQLITE_BUSY')) this.stats.busy++
+        else this.error ??= err as Error
+      }
+    }, everyMs)
+  }
+
+  get trading(): boolean {
+    return this.timer !== null
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer)
+    this.timer = null
+  }
+
+  counts(): ShopCounts {
+    const n = (t: string) => this.db.prepare(`SELECT count(*) FROM ${t}`).pluck().get() as number
+    return { customers: n('customers'), orders: n('orders'), lines: n('order_lines') }
+  }
+
+  close(): void {
+    this.stop()
+    if (this.db.open) this.db.close()
+  }
+}
+
+export interface Comparison {
+  equal: boolean
+  tables: number
+  rows: number
+  /** The first difference found, in words; null when equal. */
+  difference: string | null
+}
+
+function tag(v: unknown): string {
+  if (v === null) return 'NULL'
+  if (typeof v === 'bigint') return 'INTEGER ' + v.toString()
+  if (typeof v === 'number') {
+    const b = Buffer.alloc(8)
+    b.writeDoubleBE(v)
+    return 'REAL ' + b.toString('hex') + ` (${v})`
+  }
+  if (typeof v === 'string') return 'TEXT ' + JSON.stringify(v)
+  if (v instanceof Uint8Array) return 'BLOB ' + Buffer.from(v).toString('hex')
+  return 'UNKNOWN ' + String(v)
+}
+
+function userTables(db: Database.Database): string[] {
+  return (
+    db.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").pluck().all() as string[]
+  ).filter((n) => !n.startsWith('sqlite_') && !n.startsWith('_mesh_'))
+}
+
+const q = (name: string) => '"' + name.replaceAll('"', '""') + '"'
+
+/** The ORDER BY of a table: its declared primary key, else its rowid. */
+function keyOrder(db: Database.Database, table: string): string {
+  const cols = db.prepare(`PRAGMA table_info(${q(table)})`).all() as Array<{ name: string; pk: number | bigint }>
+  const pk = cols.filter((c) => Number(c.pk) > 0).sort((a, b) => Number(a.pk) - Number(b.pk))
+  return pk.length > 0 ? pk.map((c) => q(c.name)).join(', ') : 'rowid'
+}
+
+/** Compares every user table of an origin database with a replica of it, row by row and value by value. */
+export function compareDatabases(originFile: string, replicaFile: string): Comparison {
+  const a = new Database(originFile, { readonly: true, fileMustExist: true, timeout: 10_000 })
+  let b: Database.Database
+  try {
+    b = new Database(replicaFile, { readonly: true, fileMustExist: true, timeout: 10_000 })
+  } catch (err) {
+    a.close()
+    return { equal: false, tables: 0, rows: 0, difference: `the copy cannot be opened: ${(err as Error).message}` }
+  }
+  a.defaultSafeIntegers(true)
+  b.defaultSafeIntegers(true)
+  try {
+    const ta = userTables(a)
+    const tb = userTables(b)
+    if (ta.join('\n') !== tb.join('\n')) {
+      return { equal: false, tables: ta.length, rows: 0, difference: `tables differ: origin has [${ta.join(', ')}], copy has [${tb.join(', ')}]` }
+    }
+    let rows = 0
+    // One read transaction on each side, so each side is read as one consistent state.
+    a.exec('BEGIN')
+    b.exec('BEGIN')
+    try {
+      for (const t of ta) {
+        const read = (db: Database.Database) => {
+          const stmt = db.prepare(`SELECT * FROM ${q(t)} ORDER BY ${keyOrder(db, t)}`).raw(true)
+          return { columns: stmt.columns().map((c) => c.name), rows: stmt.all() as unknown[][] }
+        }
+        const ra = read(a)
+        const rb = read(b)
+        if (ra.columns.join(',') !== rb.columns.join(',')) {
+          return { equal: false, tables: ta.length, rows, difference: `${t}: columns differ (${ra.columns.join(', ')} / ${rb.columns.join(', ')})` }
+        }
+        const n = Math.max(ra.rows.length, rb.rows.length)
+        for (let i = 0; i < n; i++) {
+          const x = ra.rows[i]
+          const y = rb.rows[i]
+          if (!x || !y) {
+            return {
+              equal: false,
+              tables: ta.length,
+              rows,
+              difference: `${t}: the origin has ${ra.rows.length} rows, the copy ${rb.rows.length}`
+            }
+          }
+          for (let c = 0; c < x.length; c++) {
+            const vx = tag(x[c])
+            const vy = tag(y[c])
+            if (vx !== vy) {
+              return {
+                equal: false,
+                tables: ta.length,
+                rows,
+                difference: `${t}, row ${i + 1} (key ${tag(x[0])}), column ${ra.columns[c]}: origin ${vx}, copy ${vy}`
+              }
+            }
+          }
+        }
+        rows += ra.rows.length
+      }
+    } finally {
+      a.exec('COMMIT')
+      b.exec('COMMIT')
+    }
+    return { equal: true, tables: ta.length, rows, difference: null }
+  } finally {
+    a.close()
+    b.close()
+  }
+}
