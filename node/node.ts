@@ -515,14 +515,15 @@ export class MeshNode extends EventEmitter {
     for (const r of this.replicas.values()) {
       const core = r.log.core
       const applied = r.loop.stats.applied
-      // hypercore keeps no byte offset per block; the merkle tree gives it, when its nodes are all here.
-      let appliedBytes = applied >= core.length ? core.byteLength : r.appliedBytes
+      // hypercore keeps no byte offset per block; its merkle tree gives one, but in 11.37.1 it returns NaN for
+      // any position past the tree's first root. Then the figure is an estimate in proportion to blocks.
+      let appliedBytes = applied >= core.length ? core.byteLength : Math.floor((core.byteLength * applied) / Math.max(1, core.length))
       if (applied > 0 && applied < core.length) {
         try {
           const off = await MerkleTree.byteOffset((core as unknown as { state: unknown }).state, 2 * applied)
           if (Number.isSafeInteger(off) && off >= 0) appliedBytes = off
         } catch {
-          // Keep the last figure known.
+          // Keep the estimate.
         }
       }
       r.appliedBytes = appliedBytes
