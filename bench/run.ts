@@ -1,13 +1,15 @@
 /**
  * Benchmarks, run on demand (`npm run bench`, or `npm run bench -- --json` for one summary line).
  * Anchor: raw SQLite on this machine (WAL, synchronous=FULL). Every figure is printed with its ratio to the
- * anchor; nothing here is asserted.
+ * anchor; nothing here is asserted. The mesh benchmark (three sites over hyperswarm) is in bench/mesh.ts and
+ * runs last.
  */
 import Database from 'better-sqlite3'
 import path from 'node:path'
 import { SqliteCapture } from '../adapters/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { startPipeline } from '../test/helpers/pipeline.ts'
+import { meshBench } from './mesh.ts'
 
 const json = process.argv.includes('--json')
 const say = (s: string) => {
@@ -123,6 +125,9 @@ try {
   reader.close()
   await p.close()
   origin.close()
+
+  // Three sites over hyperswarm (bench/mesh.ts).
+  const mesh = await meshBench({ say })
   if (json) {
     process.stdout.write(
       JSON.stringify({
@@ -132,7 +137,8 @@ try {
         captureOverheadSingle: +(median(raw1) / median(trig1)).toFixed(3),
         endToEndRowsPerSec: Math.round(e2e),
         trickleP50Ms: +median(lat).toFixed(2),
-        trickleP99Ms: +pct(lat, 99).toFixed(2)
+        trickleP99Ms: +pct(lat, 99).toFixed(2),
+        ...mesh
       }) + '\n'
     )
   }
