@@ -3,25 +3,13 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { readMeshState, sitePaths } from '../node/index.ts'
-import { tmpDir } from './helpers/db.ts'
-import { mesh, startTestnet, TestSite, waitUntil } from './helpers/mesh.ts'
+import { mesh, startMesh, waitUntil } from './helpers/mesh.ts'
 import { startTs } from './helpers/proc.ts'
 
 test('membership and bad input: strangers and other protocol versions get nothing; bad join codes, wrong dirs, a second node, an unreachable bootstrap fail clearly and change nothing', async (t) => {
-  const { dir, cleanup } = tmpDir('mesh-members-')
-  const { testnet, bootstrap } = await startTestnet()
-  const a = new TestSite(dir, 'shop-a', bootstrap)
-  const b = new TestSite(dir, 'shop-b', bootstrap)
-  t.after(async () => {
-    for (const s of [a, b]) await s.stop('SIGKILL')
-    await testnet.destroy()
-    cleanup()
-  })
-  await a.init()
-  await a.start()
-  const used = await a.invite()
-  await b.join(used)
-  await b.start()
+  const { dir, bootstrap, sites, codes } = await startMesh(t, ['shop-a', 'shop-b'])
+  const [a, b] = sites
+  const used = codes[0]
   await waitUntil('B holds A\'s rows', () => b.holdsExactly(a))
   // Keys and secrets are files only this user can read.
   for (const f of ['site.key', 'invites.json', 'node.sock', 'node.log']) {

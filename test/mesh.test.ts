@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { tmpDir, openWal } from './helpers/db.ts'
-import { converged, mesh, startTestnet, TestSite, waitUntil } from './helpers/mesh.ts'
+import { openWal } from './helpers/db.ts'
+import { converged, mesh, startMesh, TestSite, waitUntil } from './helpers/mesh.ts'
 import { Workload } from './helpers/workload.ts'
 
 /** Writes `n` random multi-table transactions at a site's database, from this (non-node) process. */
@@ -13,27 +13,9 @@ function write(site: TestSite, seed: number, n: number): void {
 }
 
 test('three sites, each a separate process on a local DHT: every replica equals its origin; a SIGKILLed site and a site that was off catch up, even from a holder while the origin is off', async (t) => {
-  const { dir, cleanup } = tmpDir('mesh-3-')
-  const { testnet, bootstrap } = await startTestnet()
-  const a = new TestSite(dir, 'shop-a', bootstrap)
-  const b = new TestSite(dir, 'shop-b', bootstrap)
-  const c = new TestSite(dir, 'shop-c', bootstrap)
-  t.after(async () => {
-    for (const s of [a, b, c]) await s.stop('SIGKILL')
-    await testnet.destroy()
-    cleanup()
-  })
   // Data that exists before the mesh does arrives through the initial snapshot.
-  write(a, 1, 40)
-  write(b, 2, 40)
-  write(c, 3, 40)
-
-  await a.init()
-  await a.start()
-  await b.join(await a.invite())
-  await c.join(await a.invite())
-  await b.start()
-  await c.start()
+  const { sites } = await startMesh(t, ['shop-a', 'shop-b', 'shop-c'], (s) => s.forEach((site, i) => write(site, i + 1, 40)))
+  const [a, b, c] = sites
 
   write(a, 11, 60)
   write(b, 12, 60)

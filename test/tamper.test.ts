@@ -4,8 +4,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import Corestore from 'corestore'
 import Database from 'better-sqlite3'
-import { tmpDir, openWal } from './helpers/db.ts'
-import { startTestnet, TestSite, waitUntil } from './helpers/mesh.ts'
+import { openWal } from './helpers/db.ts'
+import { startMesh, waitUntil } from './helpers/mesh.ts'
 
 const MARK = 'TAMPERMARK-'
 
@@ -32,19 +32,8 @@ function replicaHasFlipped(file: string): boolean {
 }
 
 test('bytes flipped in a replicated log on disk at a holder: rejected, reported in status, never applied, then fetched again from the origin', async (t) => {
-  const { dir, cleanup } = tmpDir('mesh-tamper-')
-  const { testnet, bootstrap } = await startTestnet()
-  const a = new TestSite(dir, 'shop-a', bootstrap)
-  const b = new TestSite(dir, 'shop-b', bootstrap)
-  t.after(async () => {
-    for (const s of [a, b]) await s.stop('SIGKILL')
-    await testnet.destroy()
-    cleanup()
-  })
-  await a.init()
-  await a.start()
-  await b.join(await a.invite())
-  await b.start()
+  const { sites } = await startMesh(t, ['shop-a', 'shop-b'])
+  const [a, b] = sites
 
   // One transaction big enough for a block of several KB (RocksDB keeps those in a blob file).
   const db = openWal(a.db)

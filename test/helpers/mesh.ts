@@ -2,13 +2,13 @@
  * Sites for mesh tests: each a data directory set up with the real `mesh` commands and a node running as its
  * own OS process (`mesh start`), on a local DHT test network on loopback.
  */
-import { spawn } from 'node:child_process'
+import { spawn } from "node:child_process"
 import fs from 'node:fs'
 import path from 'node:path'
 import createTestnet, { type Testnet } from 'hyperdht/testnet'
 import { askNode, statusFromDisk, DEFAULT_THRESHOLDS, type SiteStatus } from '../../node/index.ts'
-import { dump, openWal } from './db.ts'
-import { ROOT, type Child } from './proc.ts'
+import { dump, openWal, tmpDir } from './db.ts'
+import { ROOT, startNodeProcess, type Child } from './proc.ts'
 import { setup } from './workload.ts'
 
 export const MESH = path.join(ROOT, 'tools', 'mesh.js')
@@ -59,41 +59,7 @@ export async function waitUntil(what: string, fn: () => boolean | Promise<boolea
 }
 
 function startNode(dir: string): Child {
-  const proc = spawn(process.execPath, [MESH, 'start', '--dir', dir, '--log-json'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
-  const lines: string[] = []
-  const waiters: Array<{ re: RegExp; resolve: (l: string) => void }> = []
-  let buf = ''
-  const onData = (d: Buffer) => {
-    buf += d.toString()
-    let i: number
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i)
-      buf = buf.slice(i + 1)
-      lines.push(line)
-      for (const w of [...waiters]) if (w.re.test(line)) (waiters.splice(waiters.indexOf(w), 1), w.resolve(line))
-    }
-  }
-  proc.stdout.on('data', onData)
-  proc.stderr.on('data', onData)
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })))
-  return {
-    proc,
-    lines,
-    exited,
-    waitLine(re, timeoutMs = 60_000) {
-      const have = lines.find((l) => re.test(l))
-      if (have !== undefined) return Promise.resolve(have)
-      return new Promise((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`timed out waiting for ${re} from the node in ${dir}; got:\n${lines.join('\n')}`)), timeoutMs)
-        waiters.push({ re, resolve: (l) => (clearTimeout(t), resolve(l)) })
-        void exited.then(() => setTimeout(() => reject(new Error(`the node in ${dir} exited before ${re}; got:\n${lines.join('\n')}`)), 50))
-      })
-    },
-    async kill(signal = 'SIGTERM') {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal)
-      return exited
-    }
-  }
+  return startNodeProcess([MESH, 'start', '--dir', dir, '--log-json'], `the node in ${dir}`)
 }
 
 export class TestSite {
@@ -131,7 +97,7 @@ export class TestSite {
 
   async start(): Promise<void> {
     this.node = startNode(this.dir)
-    await this.node.waitLine(/"msg":"ready"/)
+    await this.node.waitLine(/"msg":"ready"/, 60_000)
   }
 
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
@@ -175,4 +141,43 @@ export async function converged(sites: TestSite[], origins: TestSite[] = sites, 
       }
     }
   }
+}
+
+export interface TestMesh {
+  dir: string
+  bootstrap: string
+  sites: TestSite[]
+  /** The join code each site after the first used. */
+  codes: string[]
+}
+
+/**
+ * A mesh of running sites for one test: the first site inits, each other joins with a fresh code, all start.
+ * `before` runs once the databases exist and before any `mesh` command (to write rows that predate the mesh).
+ * Everything is stopped and removed when the test ends.
+ */
+export async function startMesh(
+  t: { after(fn: () => Promise<void>): void },
+  names: string[],
+  before?: (sites: TestSite[]) => void
+): Promise<TestMesh> {
+  const { dir, cleanup } = tmpDir(`mesh-${names.length}-`)
+  const { testnet, bootstrap } = await startTestnet()
+  const sites = names.map((n) => new TestSite(dir, n, bootstrap))
+  t.after(async () => {
+    for (const s of sites) await s.stop('SIGKILL')
+    await testnet.destroy()
+    cleanup()
+  })
+  before?.(sites)
+  const [first, ...rest] = sites
+  await first.init()
+  await first.start()
+  const codes: string[] = []
+  for (const s of rest) {
+    codes.push(await first.invite())
+    await s.join(codes[codes.length - 1])
+  }
+  for (const s of rest) await s.start()
+  return { dir, bootstrap, sites, codes }
 }

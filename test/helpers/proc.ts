@@ -14,7 +14,13 @@ export interface Child {
 }
 
 export function startTs(script: string, args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Child {
-  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, script), ...args], {
+  return startNodeProcess(['--import', 'tsx', path.join(ROOT, script), ...args], script, opts)
+}
+
+/** Starts `node ARGV...`; `label` names it in timeout messages. */
+export function startNodeProcess(argv: string[], label: string, opts: { env?: NodeJS.ProcessEnv } = {}): Child {
+  const script = label
+  const proc = spawn(process.execPath, argv, {
     cwd: ROOT,
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe']
