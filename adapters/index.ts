@@ -11,4 +11,4 @@ export type {
 export { silentLogger } from './types.ts'
 export { SqliteCapture, type SqliteCaptureOptions } from './sqlite/capture.ts'
 export { SqliteApply, type SqliteApplyOptions } from './sqlite/apply.ts'
-export { readTables, openDatabase } from './sqlite/common.ts'
+export { readTables, openDatabase, valueTag } from './sqlite/common.ts'

@@ -186,7 +186,7 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
     const members: MemberInfo[] = names.map((site, i) => ({ key: keys[i].publicKey, site, addedAt: Date.now() }))
     testnet = await createTestnet(3, { host: '127.0.0.1' })
     const network = { bootstrap: testnet.bootstrap, host: '127.0.0.1', firewalled: false }
-    for (const [i, name] of names.entries()) {
+    for (const name of names) {
       const siteDir = path.join(dir, name)
       writeMeshState(sitePaths(siteDir), { meshId, members, datasets: [] })
       // Each site's own database, with some rows already there (they go into its log as the snapshot).

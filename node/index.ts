@@ -30,3 +30,4 @@ export {
   type Invite
 } from './state.ts'
 export { checkSource, createDataDir } from './site.ts'
+export { valueTag } from '../adapters/index.ts'

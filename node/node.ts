@@ -50,7 +50,7 @@ import {
 import { SqliteApply, SqliteCapture, silentLogger, type Logger } from '../adapters/index.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
-import { DatasetLog, logName } from './log.ts'
+import { DatasetLog } from './log.ts'
 import {
   readInvites,
   readMeshState,
@@ -113,7 +113,6 @@ interface Peer {
   key: Buffer
   site: string
   software: string
-  connectedAt: number
   channel: Channel
   members: Message<MemberInfo[]>
   datasets: Message<DatasetInfo[]>
@@ -127,7 +126,6 @@ interface Origin {
   log: DatasetLog
   side: SqliteCapture
   loop: CaptureLoop
-  started: boolean
   error: MeshError | null
 }
 
@@ -138,8 +136,6 @@ interface Replica {
   loop: ApplyLoop
   damaged: number
   appliedWriteAt: number
-  lastWriteAt: number
-  appliedBytes: number
 }
 
 export interface Refusal {
@@ -303,7 +299,6 @@ export class MeshNode extends EventEmitter {
     const noise = conn as unknown as { userData: unknown; keepAlive: number; setKeepAlive(ms: number): void }
     if (noise.keepAlive === 0) noise.setKeepAlive(5000)
     noise.userData = mux
-    const k = hex(key)
     const channel = mux.createChannel({
       protocol: CONTROL_PROTOCOL,
       unique: true,
@@ -317,7 +312,6 @@ export class MeshNode extends EventEmitter {
       key,
       site: this.memberName(key),
       software: '',
-      connectedAt: Date.now(),
       channel,
       members: channel.addMessage({ encoding: membersMessage, onmessage: (m: MemberInfo[]) => this.onMembers(peer, m) }),
       datasets: channel.addMessage({ encoding: datasetsMessage, onmessage: (m: DatasetInfo[]) => this.onDatasets(peer, m) }),
@@ -478,21 +472,6 @@ export class MeshNode extends EventEmitter {
 
   private async holdings(): Promise<Holding[]> {
     const out: Holding[] = []
-    // Reports carry unsigned integers: a figure that is not one (a clock before 1970, a tree read that
-    // failed) is sent as 0 rather than failing the report.
-    const u = (n: number) => (Number.isSafeInteger(n) && n > 0 ? n : Number.isFinite(n) && n > 0 ? Math.floor(n) : 0)
-    const clean = (h: Holding): Holding => ({
-      ...h,
-      epoch: u(h.epoch),
-      length: u(h.length),
-      byteLength: u(h.byteLength),
-      downloaded: u(h.downloaded),
-      applied: u(h.applied),
-      appliedBytes: u(h.appliedBytes),
-      lastWriteAt: u(h.lastWriteAt),
-      appliedWriteAt: u(h.appliedWriteAt),
-      damaged: u(h.damaged)
-    })
     for (const o of this.origins.values()) {
       const core = o.log.core
       const err = o.error ?? o.loop.stats.lastError
@@ -526,7 +505,6 @@ export class MeshNode extends EventEmitter {
           // Keep the estimate.
         }
       }
-      r.appliedBytes = appliedBytes
       const err = r.loop.stats.lastError
       out.push({
         dataset: r.info.id,
@@ -537,24 +515,22 @@ export class MeshNode extends EventEmitter {
         downloaded: core.contiguousLength,
         applied,
         appliedBytes,
-        lastWriteAt: r.lastWriteAt,
+        // The newest write as far as this site knows: what the origin last reported, or what it applied.
+        lastWriteAt: Math.max(r.appliedWriteAt, this.originReported(r.info)?.lastWriteAt ?? 0),
         appliedWriteAt: r.appliedWriteAt,
         error: err?.code ?? '',
         errorMessage: err?.message ?? '',
         damaged: r.damaged
       })
     }
-    return out.map((h) => {
-      const c = clean(h)
-      const odd = Object.keys(c).filter((k) => (c as unknown as Record<string, unknown>)[k] !== (h as unknown as Record<string, unknown>)[k])
-      if (odd.length > 0 && !this.warnedOdd) {
-        this.warnedOdd = true
-        this.logger.warn('a report figure was not an unsigned integer; sent as 0', { dataset: h.dataset, fields: odd.map((k) => `${k}=${String((h as unknown as Record<string, unknown>)[k])}`) })
-      }
-      return c
-    })
+    return out
   }
-  private warnedOdd = false
+
+  /** The origin's own report of a dataset's log, if one has reached this site. */
+  private originReported(info: DatasetInfo): Holding | null {
+    const r = this.reports.get(hex(info.origin))
+    return r?.report.holdings.find((h) => h.dataset === info.id && Buffer.from(h.log).equals(info.log)) ?? null
+  }
 
   private async buildReport(): Promise<SignedReport> {
     const report = signReport(
@@ -621,7 +597,7 @@ export class MeshNode extends EventEmitter {
         return o.log
       }
     })
-    const origin: Origin = { info, own, log, side, loop, started: false, error: null }
+    const origin: Origin = { info, own, log, side, loop, error: null }
     this.origins.set(own.id, origin)
     loop.on('unit', () => this.markDirty())
     loop.on('capture-error', () => this.markDirty())
@@ -634,7 +610,6 @@ export class MeshNode extends EventEmitter {
     if (this.closing) return
     try {
       await o.loop.start()
-      o.started = true
       o.error = null
       this.logger.info('capturing', { dataset: o.info.name, path: o.own.path })
     } catch (err) {
@@ -660,8 +635,9 @@ export class MeshNode extends EventEmitter {
     if (this.replicas.has(info.id) || this.closing) return
     const log = await DatasetLog.byKey(this.store, this.paths.store, info.log)
     log.core.download({ start: 0, end: -1 })
-    const side = new SqliteApply({ path: this.replicaPath(info), dataset: info.id, logger: this.logger })
-    const replica: Replica = { info, log, side, loop: null as unknown as ApplyLoop, damaged: 0, appliedWriteAt: 0, lastWriteAt: 0, appliedBytes: 0 }
+    const file = this.replicaPath(info)
+    const side = new SqliteApply({ path: file, dataset: info.id, logger: this.logger })
+    const replica: Replica = { info, log, side, loop: null as unknown as ApplyLoop, damaged: 0, appliedWriteAt: 0 }
     replica.loop = new ApplyLoop({
       log,
       apply: side,
@@ -674,28 +650,11 @@ export class MeshNode extends EventEmitter {
       this.emit('applied', { dataset: info.id, length: e.length })
     })
     replica.loop.on('apply-error', () => this.markDirty())
-    log.core.on('append', () => {
-      this.markDirty()
-      void this.readLastWrite(replica)
-    })
+    log.core.on('append', () => this.markDirty())
     log.core.on('download', () => this.markDirty())
     this.replicas.set(info.id, replica)
     await replica.loop.start()
-    void this.readLastWrite(replica)
-    this.logger.info('holding a replica', { dataset: info.name, origin: info.originSite, path: this.replicaPath(info) })
-  }
-
-  /** The origin commit time of the log's newest write, for lag in seconds (read once the block is here). */
-  private async readLastWrite(r: Replica): Promise<void> {
-    const last = r.log.length - 1
-    if (last < 1) return
-    try {
-      const e = await r.log.entry(last, { wait: true, timeout: 30_000 })
-      if (e?.kind === 'transaction') r.lastWriteAt = Math.max(r.lastWriteAt, e.time)
-      else if (e?.kind === 'snapshot' && r.lastWriteAt === 0) r.lastWriteAt = r.info.createdAt
-    } catch {
-      // A damaged or missing block: the apply loop reports it when it gets there.
-    }
+    this.logger.info('holding a replica', { dataset: info.name, origin: info.originSite, path: file })
   }
 
   /**
@@ -785,10 +744,8 @@ export class MeshNode extends EventEmitter {
 
   private async listenLocal(): Promise<void> {
     const sock = this.paths.socket
-    if (fs.existsSync(sock)) {
-      // Left by a node that was killed: the store lock above proved no node runs here now.
-      fs.rmSync(sock, { force: true })
-    }
+    // A socket file left by a node that was killed: the store lock above proved no node runs here now.
+    fs.rmSync(sock, { force: true })
     const server = net.createServer((c) => {
       let buf = ''
       c.on('error', () => {})
@@ -835,11 +792,6 @@ export class MeshNode extends EventEmitter {
     } catch (err) {
       this.logger.error('cannot save the mesh state', { error: (err as Error).message })
     }
-  }
-
-  /** Waits until every replica has applied everything its log holds locally now. */
-  async settled(): Promise<void> {
-    for (const r of this.replicas.values()) await r.loop.waitFor(r.log.length)
   }
 
   async close(): Promise<void> {
@@ -907,7 +859,6 @@ export async function askNode(dir: string, cmd: string, timeoutMs = 5000): Promi
   })
 }
 
-export { logName }
 
 /** `mesh status` when no node runs on `dir`: the last reports it saved, and the verdict that it is not running. */
 export function statusFromDisk(dir: string, site: string, thresholds: StatusThresholds, now = Date.now()): SiteStatus {

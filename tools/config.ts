@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { MeshError } from '../protocol/index.ts'
-import { DEFAULT_THRESHOLDS, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
+import { DEFAULT_THRESHOLDS, writeFileAtomic, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
 
 export const CONFIG_FILE = 'config.json'
 
@@ -150,15 +150,9 @@ export function readConfig(dir: string): SiteConfig {
   return { site: j.site, datasets, bootstrap, status, logLevel }
 }
 
-export function writeConfig(dir: string, cfg: SiteConfig, write: (file: string, text: string) => void): void {
-  const j: Record<string, unknown> = {
-    site: cfg.site,
-    datasets: cfg.datasets,
-    bootstrap: cfg.bootstrap,
-    status: cfg.status,
-    logLevel: cfg.logLevel
-  }
-  write(configPath(dir), JSON.stringify(j, null, 2) + '\n')
+export function writeConfig(dir: string, cfg: SiteConfig): void {
+  const j = { site: cfg.site, datasets: cfg.datasets, bootstrap: cfg.bootstrap, status: cfg.status, logLevel: cfg.logLevel }
+  writeFileAtomic(configPath(dir), JSON.stringify(j, null, 2) + '\n')
 }
 
 /** Flag, then config file, then MESH_BOOTSTRAP, then the public DHT (null). */

@@ -11,6 +11,7 @@
  * BLOB bytes, NULL), in primary key order.
  */
 import Database from 'better-sqlite3'
+import { valueTag } from '../node/index.ts'
 
 const SCHEMA = `
 CREATE TABLE customers (
@@ -256,19 +257,6 @@ export interface Comparison {
   difference: string | null
 }
 
-function tag(v: unknown): string {
-  if (v === null) return 'NULL'
-  if (typeof v === 'bigint') return 'INTEGER ' + v.toString()
-  if (typeof v === 'number') {
-    const b = Buffer.alloc(8)
-    b.writeDoubleBE(v)
-    return 'REAL ' + b.toString('hex') + ` (${v})`
-  }
-  if (typeof v === 'string') return 'TEXT ' + JSON.stringify(v)
-  if (v instanceof Uint8Array) return 'BLOB ' + Buffer.from(v).toString('hex')
-  return 'UNKNOWN ' + String(v)
-}
-
 function userTables(db: Database.Database): string[] {
   return (
     db.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").pluck().all() as string[]
@@ -330,14 +318,14 @@ export function compareDatabases(originFile: string, replicaFile: string): Compa
             }
           }
           for (let c = 0; c < x.length; c++) {
-            const vx = tag(x[c])
-            const vy = tag(y[c])
+            const vx = valueTag(x[c])
+            const vy = valueTag(y[c])
             if (vx !== vy) {
               return {
                 equal: false,
                 tables: ta.length,
                 rows,
-                difference: `${t}, row ${i + 1} (key ${tag(x[0])}), column ${ra.columns[c]}: origin ${vx}, copy ${vy}`
+                difference: `${t}, row ${i + 1} (key ${valueTag(x[0])}), column ${ra.columns[c]}: origin ${vx}, copy ${vy}`
               }
             }
           }

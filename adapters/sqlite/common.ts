@@ -178,3 +178,20 @@ export function readObjects(db: DB, tableNames: Set<string>): SchemaObject[] {
 export function toTableDef(id: number, t: TableInfo): TableDef {
   return { id, name: t.name, sql: t.sql, columns: t.columns, key: t.key }
 }
+
+/**
+ * A value as text that keeps its SQLite storage class and exact bits (a REAL's 8 bytes, an INTEGER read as
+ * bigint): two values are the same to SQLite exactly when their tags are equal. Used to compare databases.
+ */
+export function valueTag(v: unknown): string {
+  if (v === null) return 'NULL'
+  if (typeof v === 'bigint') return 'INTEGER ' + v.toString()
+  if (typeof v === 'number') {
+    const b = Buffer.alloc(8)
+    b.writeDoubleBE(v)
+    return 'REAL ' + b.toString('hex') + ` (${v})`
+  }
+  if (typeof v === 'string') return 'TEXT ' + JSON.stringify(v)
+  if (v instanceof Uint8Array) return 'BLOB ' + Buffer.from(v).toString('hex')
+  throw new Error('unexpected value ' + String(v))
+}

@@ -3,24 +3,11 @@ import Database from 'better-sqlite3'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { readTables } from '../../adapters/index.ts'
+import { readTables, valueTag } from '../../adapters/index.ts'
 
 export function tmpDir(prefix = 'mesh-test-'): { dir: string; cleanup: () => void } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
   return { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) }
-}
-
-export function tag(v: unknown): string {
-  if (v === null) return 'N'
-  if (typeof v === 'bigint') return 'I:' + v.toString()
-  if (typeof v === 'number') {
-    const b = Buffer.alloc(8)
-    b.writeDoubleBE(v)
-    return 'R:' + b.toString('hex')
-  }
-  if (typeof v === 'string') return 'T:' + JSON.stringify(v)
-  if (v instanceof Uint8Array) return 'B:' + Buffer.from(v).toString('hex')
-  throw new Error('unexpected value ' + String(v))
 }
 
 /** Every user table: its definition and its rows, each value tagged with its storage class, in key order. */
@@ -35,7 +22,7 @@ export function dump(file: string): Record<string, { sql: string; rows: string[]
       const keyless = t.key.length === 0
       const select = keyless ? [t.rowidName!, ...cols] : cols
       const rows = db.prepare(`SELECT ${select.join(', ')} FROM "${t.name.replaceAll('"', '""')}"`).raw(true).all() as unknown[][]
-      const lines = rows.map((r) => r.map(tag).join('|')).sort()
+      const lines = rows.map((r) => r.map(valueTag).join('|')).sort()
       out[t.name] = { sql: t.sql, rows: lines }
     }
     return out

@@ -1,8 +1,8 @@
 import path from 'node:path'
 import crypto from 'hypercore-crypto'
 import { MeshError } from '../../protocol/index.ts'
-import { checkSource, createDataDir, createSiteKey, sitePaths, writeFileAtomic, writeMeshState, DEFAULT_THRESHOLDS } from '../../node/index.ts'
-import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE } from '../config.ts'
+import { checkSource, createDataDir, createSiteKey, sitePaths, writeMeshState, DEFAULT_THRESHOLDS } from '../../node/index.ts'
+import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE, type SiteConfig } from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
 export const usage = `mesh init --dir DIR --site NAME --sqlite PATH [--dataset NAME] [--bootstrap HOST:PORT[,...]]
@@ -14,35 +14,47 @@ Starts a new mesh with this site as its first member, protecting the SQLite data
   --bootstrap      DHT bootstrap nodes for a private network (default: the public DHT; also MESH_BOOTSTRAP)
   --dir DIR        data directory (default: MESH_DIR, then a per-user folder)`
 
-export function datasetName(flag: string | undefined, file: string): string {
+function datasetName(flag: string | undefined, file: string): string {
   const name = flag ?? path.basename(file).replace(/\.(sqlite3?|db3?)$/i, '')
   return checkSiteName(name, 'dataset name')
 }
 
-export function newDatasetId(): string {
-  return crypto.randomBytes(8).toString('hex')
+/** The flags `init` and `join` share. */
+export const SITE_OPTIONS = { site: { type: 'string' }, sqlite: { type: 'string' }, dataset: { type: 'string' } } as const
+
+/**
+ * Checks what `init` and `join` share (site name, database, dataset name, bootstrap) and returns the new site's
+ * configuration; nothing is written yet.
+ */
+export function newSite(values: { dir?: string; site?: string; sqlite?: string; dataset?: string; bootstrap?: string }, example: string) {
+  if (!values.site) throw MeshError.USAGE('--site NAME is required', { hint: example })
+  if (!values.sqlite) throw MeshError.USAGE('--sqlite PATH is required', { hint: example })
+  const dir = resolveDir(values.dir)
+  const file = path.resolve(values.sqlite)
+  const config: SiteConfig = {
+    site: checkSiteName(values.site),
+    datasets: [{ id: crypto.randomBytes(8).toString('hex'), name: datasetName(values.dataset, file), engine: 'sqlite', path: file }],
+    bootstrap: resolveBootstrap(values.bootstrap, null),
+    status: DEFAULT_THRESHOLDS,
+    logLevel: 'info'
+  }
+  checkSource('sqlite', file)
+  return { dir, config }
 }
 
 export const command: Command = {
   usage,
   summary: 'start a new mesh with this site as its first member',
   async run(args) {
-    const { values } = parse('init', args, { site: { type: 'string' }, sqlite: { type: 'string' }, dataset: { type: 'string' } })
-    if (!values.site) throw MeshError.USAGE('--site NAME is required', { hint: 'Try: mesh init --dir DIR --site shop-north --sqlite /path/to/shop.db' })
-    if (!values.sqlite) throw MeshError.USAGE('--sqlite PATH is required', { hint: 'Try: mesh init --dir DIR --site shop-north --sqlite /path/to/shop.db' })
-    const dir = resolveDir(values.dir)
-    const site = checkSiteName(values.site)
-    const file = path.resolve(values.sqlite)
-    const name = datasetName(values.dataset, file)
-    const bootstrap = resolveBootstrap(values.bootstrap, null)
-    checkSource('sqlite', file)
+    const { values } = parse('init', args, SITE_OPTIONS)
+    const { dir, config } = newSite(values, 'Try: mesh init --dir DIR --site shop-north --sqlite /path/to/shop.db')
+    const { site, datasets } = config
+    const { path: file, name } = datasets[0]
     await createDataDir(dir, CONFIG_FILE, async () => {
       const paths = sitePaths(dir)
       const keyPair = createSiteKey(paths)
       writeMeshState(paths, { meshId: crypto.randomBytes(32), members: [{ key: keyPair.publicKey, site, addedAt: Date.now() }], datasets: [] })
-      writeConfig(dir, { site, datasets: [{ id: newDatasetId(), name, engine: 'sqlite', path: file }], bootstrap, status: DEFAULT_THRESHOLDS, logLevel: 'info' }, (f, t) =>
-        writeFileAtomic(f, t)
-      )
+      writeConfig(dir, config)
     })
     out(`Created a new mesh with ${site} as its first member, in ${dir}.`)
     out(`It protects ${file} as dataset "${name}".`)

@@ -1,9 +1,8 @@
-import path from 'node:path'
 import { MeshError, decodeJoinCode } from '../../protocol/index.ts'
-import { checkSource, createDataDir, createSiteKey, redeemJoinCode, sitePaths, writeFileAtomic, writeMeshState, DEFAULT_THRESHOLDS } from '../../node/index.ts'
-import { checkSiteName, networkOptions, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE } from '../config.ts'
+import { createDataDir, createSiteKey, redeemJoinCode, sitePaths, writeMeshState } from '../../node/index.ts'
+import { networkOptions, writeConfig, CONFIG_FILE } from '../config.ts'
 import { out, parse, parseDuration, type Command } from './common.ts'
-import { datasetName, newDatasetId } from './init.ts'
+import { newSite, SITE_OPTIONS } from './init.ts'
 
 export const usage = `mesh join CODE --dir DIR --site NAME --sqlite PATH [--dataset NAME] [--bootstrap HOST:PORT[,...]] [--timeout 60s]
 
@@ -15,31 +14,22 @@ export const command: Command = {
   usage,
   summary: 'join a mesh with a join code',
   async run(args) {
-    const { values, positionals } = parse('join', args, { site: { type: 'string' }, sqlite: { type: 'string' }, dataset: { type: 'string' }, timeout: { type: 'string' } }, true)
+    const { values, positionals } = parse('join', args, { ...SITE_OPTIONS, timeout: { type: 'string' } }, true)
     const example = 'Try: mesh join bm1-... --dir DIR --site shop-south --sqlite /path/to/shop.db'
     if (positionals.length !== 1) throw MeshError.USAGE(positionals.length === 0 ? 'the join code is missing' : 'give exactly one join code', { hint: example })
-    if (!values.site) throw MeshError.USAGE('--site NAME is required', { hint: example })
-    if (!values.sqlite) throw MeshError.USAGE('--sqlite PATH is required', { hint: example })
     const code = decodeJoinCode(positionals[0])
-    if (code.expiresAt * 1000 <= Date.now()) {
-      throw MeshError.JOIN_CODE_EXPIRED(`the join code expired at ${new Date(code.expiresAt * 1000).toISOString()}`)
-    }
-    const dir = resolveDir(values.dir)
-    const site = checkSiteName(values.site)
-    const file = path.resolve(values.sqlite)
-    const name = datasetName(values.dataset, file)
-    const bootstrap = resolveBootstrap(values.bootstrap, null)
+    const { dir, config } = newSite(values, example)
+    const { site, bootstrap, datasets } = config
+    const { path: file, name } = datasets[0]
     const timeoutMs = parseDuration(values.timeout ?? '60s', '--timeout') * 1000
-    checkSource('sqlite', file)
     const welcome = await createDataDir(dir, CONFIG_FILE, async () => {
       const paths = sitePaths(dir)
       const keyPair = createSiteKey(paths)
       out(`Looking for the inviting site${bootstrap ? ` via ${bootstrap.join(',')}` : ' on the public DHT'}...`)
+      // An expired code is refused here, before any network work, and the directory is removed again.
       const w = await redeemJoinCode({ code, site, keyPair, network: networkOptions(bootstrap), timeoutMs })
       writeMeshState(paths, { meshId: w.meshId, members: w.members, datasets: w.datasets })
-      writeConfig(dir, { site, datasets: [{ id: newDatasetId(), name, engine: 'sqlite', path: file }], bootstrap, status: DEFAULT_THRESHOLDS, logLevel: 'info' }, (f, t) =>
-        writeFileAtomic(f, t)
-      )
+      writeConfig(dir, config)
       return w
     })
     out(`Joined the mesh as ${site}: ${welcome.members.length} members, ${welcome.datasets.length} datasets to hold.`)

@@ -31,14 +31,16 @@ export const command: Command = {
       logger,
       thresholds: cfg.status
     })
-    let stopping: Promise<void> | null = null
+    let stopping = false
+    let onSignal!: (signal: string) => void
+    const signalled = new Promise<string>((resolve) => (onSignal = resolve))
     const stop = (signal: string) => {
       if (stopping) {
         logger.warn('second signal: exiting now', { signal })
         process.exit(130)
       }
-      logger.info('stopping', { signal })
-      stopping = node.close()
+      stopping = true
+      onSignal(signal)
     }
     // A bug in a background task must be loud, not silent; the node keeps serving the rest.
     process.on('unhandledRejection', (err) => logger.error('internal error (please report it)', { error: (err as Error)?.stack ?? String(err) }))
@@ -59,15 +61,9 @@ export const command: Command = {
       }
     })
     logger.info('ready', { site: cfg.site, status: `mesh status --dir ${dir}` })
-    await new Promise<void>((resolve) => {
-      const t = setInterval(() => {
-        if (stopping) {
-          clearInterval(t)
-          resolve()
-        }
-      }, 100)
-    })
-    await stopping
+    // A signal during start() is acted on as soon as start() is done.
+    logger.info('stopping', { signal: await signalled })
+    await node.close()
     logger.flush()
     return 0
   }
