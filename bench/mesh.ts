@@ -188,7 +188,7 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
     const network = { bootstrap: testnet.bootstrap, host: '127.0.0.1', firewalled: false }
     for (const name of names) {
       const siteDir = path.join(dir, name)
-      writeMeshState(sitePaths(siteDir), { meshId, members, datasets: [] })
+      writeMeshState(sitePaths(siteDir), { meshId, members, datasets: [], local: [] })
       // Each site's own database, with some rows already there (they go into its log as the snapshot).
       const db = path.join(dir, `${name}.db`)
       const app = openApp(db)

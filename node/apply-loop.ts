@@ -1,6 +1,10 @@
 /**
  * The apply loop of a replica: log -> replica database, one unit at a time, in log order.
  *
+ * A dataset's history is a chain of logs, one per epoch: each later log starts with a header naming the log
+ * and length it continues from. The loop is given that chain as segments and walks it: it applies a log up to
+ * the point where the next epoch branched off, then the next log from its header on.
+ *
  * The loop never skips: a block that fails to decode (damaged, or from a newer format) stops this replica
  * at the unit before it, with the error kept for `mesh status`; it does not guess past it.
  */
@@ -10,8 +14,18 @@ import type { ApplySide, Logger } from '../adapters/index.ts'
 import { silentLogger } from '../adapters/index.ts'
 import type { DatasetLog } from './log.ts'
 
-export interface ApplyLoopOptions {
+/** One epoch's log in a dataset's chain: applied up to `end` (where the next epoch branched), or to its tip. */
+export interface Segment {
   log: DatasetLog
+  epoch: number
+  /** null for the newest epoch's log, which is followed as it grows. */
+  end: number | null
+}
+
+const sameKey = (a: Uint8Array, b: Uint8Array) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0
+
+export interface ApplyLoopOptions {
+  segments: Segment[]
   apply: ApplySide
   logger?: Logger
   /**
@@ -19,7 +33,7 @@ export interface ApplyLoopOptions {
    * the block again (hypercore verifies what arrives against the writer's signature); true means try again.
    * Each block is repaired at most once: a block that is still bad came that way from its writer.
    */
-  repair?: (block: number) => Promise<boolean>
+  repair?: (block: number, log: DatasetLog) => Promise<boolean>
 }
 
 export interface ApplyStats {
@@ -33,19 +47,23 @@ export interface ApplyStats {
 
 export class ApplyLoop extends EventEmitter {
   readonly stats: ApplyStats = { applied: 0, units: 0, lastAppliedAt: null, lastError: null, stopped: false }
-  private readonly log: DatasetLog
+  private readonly segments: Segment[]
   private readonly apply: ApplySide
   private readonly logger: Logger
   private readonly repair: ApplyLoopOptions['repair']
   private readonly repaired = new Set<number>()
   private running = false
+  /** The log the loop reads from now (the repair of a damaged block needs to know which). */
+  private current: DatasetLog
   private loop: Promise<void> | null = null
   private wake: (() => void) | null = null
   private readonly onAppend = () => this.wake?.()
 
   constructor(opts: ApplyLoopOptions) {
     super()
-    this.log = opts.log
+    if (opts.segments.length === 0) throw new Error('an apply loop needs at least one log')
+    this.segments = opts.segments
+    this.current = opts.segments[0].log
     this.apply = opts.apply
     this.logger = opts.logger ?? silentLogger
     this.repair = opts.repair
@@ -53,36 +71,76 @@ export class ApplyLoop extends EventEmitter {
 
   async start(): Promise<void> {
     await this.apply.open()
-    this.stats.applied = this.apply.position()?.length ?? 0
+    this.stats.applied = this.appliedOnHead()
     this.running = true
-    this.log.core.on('append', this.onAppend)
+    for (const s of this.segments) s.log.core.on('append', this.onAppend)
     this.loop = this.run()
+  }
+
+  /** The newest epoch's log, the one the dataset's origin writes now. */
+  get head(): DatasetLog {
+    return this.segments[this.segments.length - 1].log
+  }
+
+  /** Blocks of the head log applied (0 while the replica is still on an earlier epoch's log). */
+  appliedOnHead(): number {
+    const pos = this.apply.position()
+    return pos !== null && sameKey(pos.log, this.head.key) ? pos.length : 0
+  }
+
+  /**
+   * Where the replica stands in the chain: the segment it is on and the next block to apply there. Throws
+   * LOG_MISMATCH when it stands on no segment, or past the point where the next epoch branched off: it then
+   * holds changes the chain does not, and must be rebuilt.
+   */
+  where(): { index: number; next: number } {
+    const pos = this.apply.position()
+    if (pos === null) return { index: 0, next: 0 }
+    const index = this.segments.findIndex((s) => sameKey(s.log.key, pos.log))
+    if (index < 0) throw MeshError.LOG_MISMATCH('the replica holds a log that is not in this dataset’s history', { context: { applied: pos.length } })
+    const end = this.segments[index].end
+    if (end !== null && pos.length > end) {
+      throw MeshError.LOG_MISMATCH(`the replica applied ${pos.length} blocks of a log the next epoch branched off at ${end}`, {
+        context: { applied: pos.length, end }
+      })
+    }
+    return { index, next: pos.length }
   }
 
   /** Applies every complete unit that is here now. Returns how many units it applied. */
   async catchUp(): Promise<number> {
     let n = 0
-    let epoch = this.apply.position()?.epoch ?? null
     for (;;) {
-      const next = this.apply.position()?.length ?? 0
-      if (next >= this.log.length) return n
-      const unit = await this.log.unit(next, { wait: true })
+      let { index, next } = this.where()
+      let seg = this.segments[index]
+      if (seg.end !== null && next === seg.end) {
+        // The end of this epoch: go on with the next epoch's log, from its header.
+        if (index + 1 >= this.segments.length) return n
+        index++
+        seg = this.segments[index]
+        next = 0
+      }
+      this.current = seg.log
+      const stop = seg.end ?? seg.log.length
+      if (next >= Math.min(stop, seg.log.length)) return n
+      const unit = await seg.log.unit(next, { wait: true })
       if (unit === null) return n
-      if (epoch === null) {
+      const length = unit.start + unit.entries.length
+      if (seg.end !== null && length > seg.end) throw MeshError.BAD_LOG(`a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`)
+      if (next === 0) {
         const header = unit.entries[0]
         if (header.kind !== 'header') throw MeshError.BAD_LOG('the log does not start with a header')
-        epoch = header.epoch
+        if (header.epoch !== seg.epoch) throw MeshError.BAD_LOG(`the log of epoch ${seg.epoch} has a header for epoch ${header.epoch}`)
       }
-      const length = unit.start + unit.entries.length
-      const treeHash = await this.log.treeHash(length)
-      await this.apply.apply(unit, { log: this.log.key, epoch, length, treeHash })
+      const treeHash = await seg.log.treeHash(length)
+      await this.apply.apply(unit, { log: seg.log.key, epoch: seg.epoch, length, treeHash })
       n++
       this.stats.units++
-      this.stats.applied = length
+      this.stats.applied = this.appliedOnHead()
       this.stats.lastAppliedAt = Date.now()
       let time: number | null = null
       for (const e of unit.entries) if (e.kind === 'transaction') time = Math.max(time ?? 0, e.time)
-      this.emit('applied', { length, time })
+      this.emit('applied', { length: this.stats.applied, epoch: seg.epoch, time })
     }
   }
 
@@ -101,7 +159,7 @@ export class ApplyLoop extends EventEmitter {
         const block = e.context.block
         if (e.code === 'BAD_ENTRY' && typeof block === 'number' && this.repair && !this.repaired.has(block)) {
           this.repaired.add(block)
-          if (await this.repair(block)) continue
+          if (await this.repair(block, this.current)) continue
         }
         if (!e.retryable) {
           this.stats.stopped = true
@@ -147,7 +205,7 @@ export class ApplyLoop extends EventEmitter {
 
   async stop(): Promise<void> {
     this.running = false
-    this.log.core.off('append', this.onAppend)
+    for (const s of this.segments) s.log.core.off('append', this.onAppend)
     this.wake?.()
     await this.loop
     this.loop = null

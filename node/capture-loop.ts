@@ -65,6 +65,7 @@ export class CaptureLoop extends EventEmitter {
   async prepare(): Promise<void> {
     const { capture, log } = this.opts
     await capture.open()
+    let continues = this.opts.header.parent !== null
     if (log.length === 0) {
       await log.appendUnit([{ kind: 'header', ...this.opts.header }])
     } else {
@@ -72,9 +73,12 @@ export class CaptureLoop extends EventEmitter {
       if (h && h.dataset !== this.opts.header.dataset) {
         throw MeshError.LOG_MISMATCH(`the log belongs to dataset ${h.dataset}, not ${this.opts.header.dataset}`)
       }
+      continues = h?.parent != null
     }
     const state = await log.captureState()
-    if (!state.snapshotDone) await this.snapshot()
+    // A later epoch's log continues from its parent's state, which the promoted database already holds: it
+    // starts with no snapshot, whatever the size of the database.
+    if (!state.snapshotDone && !continues) await this.snapshot()
     await capture.resume(state.source)
   }
 

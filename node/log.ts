@@ -70,6 +70,17 @@ export class DatasetLog {
     return new DatasetLog(storeDir, core)
   }
 
+  /** A log this site writes, by the corestore name it was created under. */
+  static async named(store: Corestore, storeDir: string, name: string): Promise<DatasetLog> {
+    const core = store.get({ name })
+    try {
+      await core.ready()
+    } catch (err) {
+      throw ioError(err, 'cannot open the log')
+    }
+    return new DatasetLog(storeDir, core)
+  }
+
   /** Another site's log, by key. */
   static async byKey(store: Corestore, storeDir: string, key: Uint8Array): Promise<DatasetLog> {
     const core = store.get({ key })

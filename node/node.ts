@@ -47,22 +47,27 @@ import {
   type Redeem,
   type SignedReport
 } from '../protocol/index.ts'
-import { SqliteApply, SqliteCapture, silentLogger, type Logger } from '../adapters/index.ts'
+import { SqliteApply, SqliteCapture, backupDatabase, databaseRole, replaceContents, silentLogger, type Logger } from '../adapters/index.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
-import { DatasetLog } from './log.ts'
+import { branchPoint, onChain, resolveChain, supersedes, type ChainSegment } from './chain.ts'
+import { writeDivergence } from './divergence.ts'
+import { DatasetLog, logName } from './log.ts'
 import {
   readInvites,
   readMeshState,
   readReports,
   readSiteKey,
   sitePaths,
+  withoutReviewed,
   writeInvites,
   writeMeshState,
   writeReports,
   type Invite,
+  type LocalDataset,
   type MeshState,
-  type SitePaths
+  type SitePaths,
+  type WrittenLog
 } from './state.ts'
 import { buildStatus, type SiteStatus, type StatusThresholds, DEFAULT_THRESHOLDS } from './status.ts'
 
@@ -106,6 +111,7 @@ export function meshTopic(meshId: Uint8Array): Buffer {
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
+const sameKey = (a: Uint8Array, b: Uint8Array) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0
 const short = (b: Uint8Array) => hex(b).slice(0, 12)
 
 interface Peer {
@@ -122,7 +128,7 @@ interface Peer {
 
 interface Origin {
   info: DatasetInfo
-  own: OwnDataset
+  path: string
   log: DatasetLog
   side: SqliteCapture
   loop: CaptureLoop
@@ -130,12 +136,29 @@ interface Origin {
 }
 
 interface Replica {
+  /** The newest epoch, whose log this replica follows. */
   info: DatasetInfo
+  path: string
+  chain: ChainSegment[]
+  /** The newest epoch's log. */
   log: DatasetLog
   side: SqliteApply
   loop: ApplyLoop
   damaged: number
   appliedWriteAt: number
+}
+
+/** What `mesh promote` did. */
+export interface PromoteResult {
+  dataset: string
+  id: string
+  epoch: number
+  /** The database the application should use from now on. */
+  path: string
+  previousOrigin: string
+  /** The length of the previous epoch's log the new epoch continues from. */
+  branch: number
+  forced: boolean
 }
 
 export interface Refusal {
@@ -165,6 +188,11 @@ export class MeshNode extends EventEmitter {
   private reportTimer: NodeJS.Timeout | null = null
   private lastRefusalLog = new Map<string, number>()
   private invites: Invite[] = []
+  /** Every log of every dataset chain this node has open, by key. */
+  private readonly logs = new Map<string, DatasetLog>()
+  private readonly queues = new Map<string, Promise<unknown>>()
+  /** Why a dataset could not be followed, for status. */
+  private readonly settleErrors = new Map<string, MeshError>()
 
   constructor(opts: MeshNodeOptions) {
     super()
@@ -196,11 +224,42 @@ export class MeshNode extends EventEmitter {
     await this.listenLocal()
     fs.mkdirSync(this.paths.replicas, { recursive: true })
 
-    for (const own of this.opts.datasets) await this.openOrigin(own)
-    for (const info of this.state.datasets) {
-      if (!this.origins.has(info.id)) await this.openReplica(info)
+    // The datasets this site created: their database is the configured file, and epoch 0 is theirs.
+    for (const own of this.opts.datasets) {
+      let local = this.state.local.find((l) => l.dataset === own.id)
+      if (!local) {
+        local = { dataset: own.id, path: own.path, written: [], divergences: [] }
+        this.state.local.push(local)
+      }
+      local.path = own.path
+      if (!local.written.some((w) => w.epoch === 0)) {
+        const w: WrittenLog = { epoch: 0, key: new Uint8Array(32), name: logName(own.id, 0), parent: null }
+        const log = await DatasetLog.named(this.store, this.paths.store, w.name)
+        w.key = log.key
+        await log.close()
+        local.written.unshift(w)
+      }
+      if (!this.state.datasets.some((d) => d.id === own.id)) {
+        this.state.datasets.push({
+          id: own.id,
+          name: own.name,
+          engine: own.engine,
+          origin: this.key,
+          originSite: this.opts.site,
+          epoch: 0,
+          log: local.written[0].key,
+          createdAt: Date.now()
+        })
+      }
     }
     this.saveState()
+    // Capture starts before the network: what was written while the node was off is in the log first.
+    for (const info of this.state.datasets) {
+      if (this.key.equals(Buffer.from(info.origin))) await this.enqueue(info.id, () => this.settle(info.id))
+    }
+    for (const info of this.state.datasets) {
+      if (!this.key.equals(Buffer.from(info.origin))) this.settleLater(info.id)
+    }
 
     const net = this.opts.network
     this.dht = new DHT({
@@ -395,26 +454,34 @@ export class MeshNode extends EventEmitter {
     }
   }
 
+  /**
+   * Datasets as a peer knows them. A dataset not known here is followed; a newer epoch of a known one (see
+   * chain.ts, supersedes) replaces it everywhere: this site follows it, or is fenced if it was the origin.
+   */
   private onDatasets(from: Peer, list: DatasetInfo[]): void {
     let changed = false
     for (const d of list) {
-      const have = this.state.datasets.find((x) => x.id === d.id)
-      if (!have) {
-        if (!this.isMember(d.origin)) {
-          this.logger.warn('ignored a dataset whose origin is not a member', { dataset: d.name, from: from.site })
-          continue
-        }
-        const info: DatasetInfo = { ...d, origin: Buffer.from(d.origin), log: Buffer.from(d.log) }
-        this.state.datasets.push(info)
-        changed = true
-        this.logger.info('new dataset', { dataset: d.name, origin: d.originSite, from: from.site })
-        if (!this.origins.has(d.id)) {
-          this.openReplica(info).catch((err) => this.logger.error('cannot open a replica', { dataset: d.name, error: (err as Error).message }))
-        }
-      } else if (have.epoch === d.epoch && !Buffer.from(have.log).equals(d.log)) {
-        this.logger.error('two logs claim the same dataset epoch; keeping the one known first', { dataset: d.name, epoch: d.epoch, from: from.site })
+      if (!this.isMember(d.origin)) {
+        this.logger.warn('ignored a dataset whose origin is not a member', { dataset: d.name, from: from.site })
+        continue
       }
-      // A higher epoch (failover) is handled by the promotion milestone; until then the first log known stays.
+      const have = this.state.datasets.find((x) => x.id === d.id)
+      if (have && !supersedes(d, have)) continue
+      const info: DatasetInfo = { ...d, origin: Buffer.from(d.origin), log: Buffer.from(d.log) }
+      if (have) {
+        this.state.datasets = this.state.datasets.map((x) => (x.id === d.id ? info : x))
+        this.logger.info(have.epoch === d.epoch ? 'two promotions of the same epoch: following the one with the lower log key' : 'new epoch', {
+          dataset: d.name,
+          epoch: d.epoch,
+          origin: d.originSite,
+          from: from.site
+        })
+      } else {
+        this.state.datasets.push(info)
+        this.logger.info('new dataset', { dataset: d.name, origin: d.originSite, from: from.site })
+      }
+      changed = true
+      this.settleLater(d.id)
     }
     if (changed) {
       this.saveState()
@@ -491,6 +558,11 @@ export class MeshNode extends EventEmitter {
         damaged: 0
       })
     }
+    for (const [id, e] of this.settleErrors) {
+      const info = this.state.datasets.find((d) => d.id === id)
+      if (!info || this.replicas.has(id) || this.origins.has(id)) continue
+      out.push({ dataset: id, log: info.log, epoch: info.epoch, length: 0, byteLength: 0, downloaded: 0, applied: 0, appliedBytes: 0, lastWriteAt: 0, appliedWriteAt: 0, error: e.code, errorMessage: e.message, damaged: 0 })
+    }
     for (const r of this.replicas.values()) {
       const core = r.log.core
       const applied = r.loop.stats.applied
@@ -555,7 +627,7 @@ export class MeshNode extends EventEmitter {
     return buildStatus({
       self: this.key,
       site: this.opts.site,
-      state: this.state,
+      state: withoutReviewed(this.state),
       reports: [...this.reports.values()].map((r) => r.report),
       connected: new Set([...this.peers.values()].filter((p) => p.ready).map((p) => hex(p.key))),
       running: true,
@@ -566,52 +638,160 @@ export class MeshNode extends EventEmitter {
   }
 
   // --- datasets ----------------------------------------------------------------------------------------------
+  //
+  // Every dataset has one local database here: the configured file for a dataset this site created, a file
+  // under replicas/ for the others. Its role follows the newest epoch: the origin captures it into the log
+  // it writes; every other site applies the chain of logs into it. settle() brings the role in line with the
+  // newest epoch; it runs in a per-dataset queue, so a promotion, a fence and a new epoch never interleave.
 
-  private async openOrigin(own: OwnDataset): Promise<void> {
-    const log = await DatasetLog.writable(this.store, this.paths.store, own.id, 0)
-    let info = this.state.datasets.find((d) => d.id === own.id)
-    if (!info) {
-      info = {
-        id: own.id,
-        name: own.name,
-        engine: own.engine,
-        origin: this.key,
-        originSite: this.opts.site,
-        epoch: 0,
-        log: log.key,
-        createdAt: Date.now()
-      }
-      this.state.datasets.push(info)
+  /** Runs `fn` after everything queued before it for the same dataset. */
+  private enqueue<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.queues.get(id) ?? Promise.resolve()
+    const next = prev.then(() => {
+      if (this.closing) throw MeshError.CLOSED('the node is stopping')
+      return fn()
+    })
+    this.queues.set(id, next.catch(() => {}))
+    return next
+  }
+
+  /** settle() in the background; a failure is logged (and shown in status), never thrown. */
+  private settleLater(id: string): void {
+    this.enqueue(id, () => this.settle(id)).catch((err) => {
+      const e = MeshError.wrap(err, MeshError.IO_ERROR)
+      if (e.code === 'CLOSED' || this.closing) return
+      this.settleErrors.set(id, e)
+      this.markDirty()
+      this.logger.error('cannot follow the dataset', { dataset: this.datasetName(id), code: e.code, error: e.message, hint: e.hint })
+    })
+  }
+
+  private datasetName(id: string): string {
+    return this.state.datasets.find((d) => d.id === id)?.name ?? id
+  }
+
+  private localOf(info: DatasetInfo): LocalDataset {
+    let l = this.state.local.find((x) => x.dataset === info.id)
+    if (!l) {
+      l = { dataset: info.id, path: this.replicaPath(info), written: [], divergences: [] }
+      this.state.local.push(l)
+      this.saveState()
     }
-    const side = new SqliteCapture({ path: own.path, logger: this.logger })
+    return l
+  }
+
+  /** Opens a log of the dataset chain once and keeps downloading all of it, so this site can serve it. */
+  private async openLog(key: Uint8Array): Promise<DatasetLog> {
+    const k = hex(key)
+    const have = this.logs.get(k)
+    if (have) return have
+    const log = await DatasetLog.byKey(this.store, this.paths.store, key)
+    const again = this.logs.get(k)
+    if (again) {
+      await log.close().catch(() => {})
+      return again
+    }
+    this.logs.set(k, log)
+    log.core.download({ start: 0, end: -1 })
+    log.core.on('append', () => this.markDirty())
+    log.core.on('download', () => this.markDirty())
+    return log
+  }
+
+  private async openWritten(w: WrittenLog): Promise<DatasetLog> {
+    const k = hex(w.key)
+    const have = this.logs.get(k)
+    if (have) return have
+    const log = await DatasetLog.named(this.store, this.paths.store, w.name)
+    if (!log.core.key.equals(Buffer.from(w.key))) {
+      throw MeshError.BAD_LOG(`the log store no longer holds the log this site wrote for epoch ${w.epoch}`, {
+        hint: 'The store was replaced or damaged. Restore the data directory from a backup.'
+      })
+    }
+    this.logs.set(k, log)
+    log.core.download({ start: 0, end: -1 })
+    return log
+  }
+
+  /** Brings this site's role for a dataset in line with its newest epoch. */
+  private async settle(id: string): Promise<void> {
+    const head = this.state.datasets.find((d) => d.id === id)
+    if (!head) return
+    const local = this.localOf(head)
+    const origin = this.origins.get(id)
+    const replica = this.replicas.get(id)
+    if (head.origin.length && this.key.equals(Buffer.from(head.origin))) {
+      if (origin && sameKey(origin.log.key, head.log)) return
+      const w = local.written.find((x) => sameKey(x.key, head.log))
+      if (!w) {
+        throw MeshError.BAD_LOG(`the mesh names this site the origin of ${head.name} (epoch ${head.epoch}), but it holds no such log`, {
+          hint: 'Restore this data directory from a backup, or promote another site.'
+        })
+      }
+      if (replica) await this.closeReplica(replica)
+      await this.openOrigin(head, local, w)
+      this.settleErrors.delete(id)
+      return
+    }
+    if (origin) {
+      await this.fence(origin, head, local)
+      this.settleErrors.delete(id)
+      return
+    }
+    if (replica && sameKey(replica.info.log, head.log)) return
+    if (replica) await this.closeReplica(replica)
+    const w = local.written[local.written.length - 1]
+    if (w && databaseRole(local.path) === 'origin') {
+      // This site was the origin and stopped before its fence was done: capture what is left, then fence.
+      const own: DatasetInfo = { ...head, origin: this.key, originSite: this.opts.site, epoch: w.epoch, log: w.key }
+      const o = await this.openOrigin(own, local, w)
+      await this.fence(o, head, local)
+    } else {
+      await this.follow(head, local, false)
+    }
+    this.settleErrors.delete(id)
+  }
+
+  private async openOrigin(info: DatasetInfo, local: LocalDataset, w: WrittenLog): Promise<Origin> {
+    const log = await this.openWritten(w)
+    const side = new SqliteCapture({ path: local.path, logger: this.logger })
     const loop = new CaptureLoop({
       capture: side,
       log,
-      header: { dataset: own.id, name: own.name, engine: own.engine, epoch: 0, site: this.opts.site, createdAt: info.createdAt, parent: null },
+      header: {
+        dataset: info.id,
+        name: info.name,
+        engine: info.engine,
+        epoch: w.epoch,
+        site: this.opts.site,
+        createdAt: w.epoch === 0 ? info.createdAt : Date.now(),
+        parent: w.parent ? { key: w.parent.key, length: w.parent.length } : null
+      },
       logger: this.logger,
       pollMs: this.opts.pollMs ?? 50,
       reopenLog: async () => {
-        const o = this.origins.get(own.id)!
+        const o = this.origins.get(info.id)!
         await o.log.close().catch(() => {})
-        o.log = await DatasetLog.writable(this.store, this.paths.store, own.id, 0)
+        this.logs.delete(hex(w.key))
+        o.log = await this.openWritten(w)
         return o.log
       }
     })
-    const origin: Origin = { info, own, log, side, loop, error: null }
-    this.origins.set(own.id, origin)
+    const origin: Origin = { info, path: local.path, log, side, loop, error: null }
+    this.origins.set(info.id, origin)
     loop.on('unit', () => this.markDirty())
     loop.on('capture-error', () => this.markDirty())
-    log.core.download({ start: 0, end: -1 })
     await this.startCapture(origin, 500)
+    return origin
   }
 
   /** Starts capture; a retryable failure (a locked database, a full disk) is retried in the background. */
   private async startCapture(o: Origin, backoff: number): Promise<void> {
-    if (this.closing) return
+    if (this.closing || this.origins.get(o.info.id) !== o) return
     try {
       await o.loop.start()
       o.error = null
-      this.logger.info('capturing', { dataset: o.info.name, path: o.own.path })
+      this.logger.info('capturing', { dataset: o.info.name, epoch: o.info.epoch, path: o.path })
     } catch (err) {
       const e = MeshError.wrap(err, MeshError.IO_ERROR)
       o.error = e
@@ -626,35 +806,241 @@ export class MeshNode extends EventEmitter {
     }
   }
 
+  /** Where a replica of a dataset is kept here; fixed when it is first opened (see LocalDataset.path). */
   replicaPath(info: DatasetInfo): string {
     const safe = (s: string) => s.replace(/[^A-Za-z0-9._-]+/g, '_')
     return path.join(this.paths.replicas, `${safe(info.originSite)}-${safe(info.name)}-${info.id.slice(0, 8)}.db`)
   }
 
-  private async openReplica(info: DatasetInfo): Promise<void> {
-    if (this.replicas.has(info.id) || this.closing) return
-    const log = await DatasetLog.byKey(this.store, this.paths.store, info.log)
-    log.core.download({ start: 0, end: -1 })
-    const file = this.replicaPath(info)
-    const side = new SqliteApply({ path: file, dataset: info.id, logger: this.logger })
-    const replica: Replica = { info, log, side, loop: null as unknown as ApplyLoop, damaged: 0, appliedWriteAt: 0 }
+  /**
+   * Applies the dataset's chain of logs into the local database. A database that holds changes the chain
+   * does not (it applied past a branch point, or it was the origin: `rebuild`) is first rebuilt, in place, to
+   * the state where the newest epoch began.
+   */
+  private async follow(head: DatasetInfo, local: LocalDataset, rebuild: boolean): Promise<void> {
+    const chain = await resolveChain(head, (k) => this.openLog(k))
+    const side = new SqliteApply({ path: local.path, dataset: head.id, logger: this.logger })
+    if (!rebuild) {
+      await side.open()
+      const pos = side.position()
+      if (!onChain(chain, pos)) {
+        await side.close()
+        this.logger.warn('this copy applied changes that the newest epoch does not hold; rebuilding it', {
+          dataset: head.name,
+          epoch: head.epoch,
+          applied: pos?.length
+        })
+        rebuild = true
+      }
+    }
+    if (rebuild) {
+      await this.rebuild(head, chain, local.path)
+      await side.open()
+    }
+    const replica: Replica = { info: head, path: local.path, chain, log: chain[chain.length - 1].log, side, loop: null as unknown as ApplyLoop, damaged: 0, appliedWriteAt: 0 }
     replica.loop = new ApplyLoop({
-      log,
+      segments: chain,
       apply: side,
       logger: this.logger,
-      repair: (block) => this.repairBlock(replica, block)
+      repair: (block, log) => this.repairBlock(replica, log, block)
     })
     replica.loop.on('applied', (e: { length: number; time: number | null }) => {
       if (e.time) replica.appliedWriteAt = Math.max(replica.appliedWriteAt, e.time)
       this.markDirty()
-      this.emit('applied', { dataset: info.id, length: e.length })
+      this.emit('applied', { dataset: head.id, length: e.length })
     })
     replica.loop.on('apply-error', () => this.markDirty())
-    log.core.on('append', () => this.markDirty())
-    log.core.on('download', () => this.markDirty())
-    this.replicas.set(info.id, replica)
+    this.replicas.set(head.id, replica)
     await replica.loop.start()
-    this.logger.info('holding a replica', { dataset: info.name, origin: info.originSite, path: file })
+    this.markDirty()
+    this.logger.info('holding a replica', { dataset: head.name, origin: head.originSite, epoch: head.epoch, path: local.path })
+  }
+
+  private async closeReplica(r: Replica): Promise<void> {
+    if (this.replicas.get(r.info.id) === r) this.replicas.delete(r.info.id)
+    await r.loop.stop().catch(() => {})
+    await r.side.close().catch(() => {})
+  }
+
+  /**
+   * Rebuilds `file` to the state where the newest epoch began: replays every earlier epoch's log, up to its
+   * branch point, into a new file, then swaps the contents in one transaction.
+   */
+  private async rebuild(head: DatasetInfo, chain: ChainSegment[], file: string): Promise<void> {
+    const sealed = chain.slice(0, -1)
+    const last = sealed[sealed.length - 1]
+    const tmp = `${file}.rebuild`
+    const rmTmp = () => {
+      for (const f of [tmp, `${tmp}-wal`, `${tmp}-shm`]) fs.rmSync(f, { force: true })
+    }
+    rmTmp()
+    const started = Date.now()
+    const side = new SqliteApply({ path: tmp, dataset: head.id, logger: this.logger })
+    try {
+      const loop = new ApplyLoop({ segments: sealed.length > 0 ? sealed : chain.slice(0, 1), apply: side, logger: this.logger })
+      await side.open()
+      const total = sealed.reduce((n, s) => n + (s.end ?? 0), 0)
+      let lastLog = 0
+      while (last !== undefined && !this.closing) {
+        await loop.catchUp()
+        const pos = side.position()
+        if (pos !== null && sameKey(pos.log, last.log.key) && pos.length === last.end) break
+        if (Date.now() - lastLog > 5000) {
+          lastLog = Date.now()
+          this.logger.info('rebuilding: waiting for blocks of an earlier epoch from peers', { dataset: head.name, total })
+        }
+        await new Promise((r) => setTimeout(r, 200))
+      }
+      if (this.closing) throw MeshError.CLOSED('the node is stopping')
+      await side.close()
+      replaceContents(file, tmp)
+      this.logger.info('rebuilt to the state where the newest epoch began', { dataset: head.name, epoch: head.epoch, blocks: total, ms: Date.now() - started })
+    } finally {
+      await side.close().catch(() => {})
+      rmTmp()
+    }
+  }
+
+  /**
+   * A newer epoch exists and this site is still capturing: stop, keep what this site wrote past the branch
+   * point (divergence folder), rebuild the database to where the newest epoch began, and follow it.
+   */
+  private async fence(o: Origin, head: DatasetInfo, local: LocalDataset): Promise<void> {
+    const name = o.info.name
+    this.logger.warn('a newer epoch of this dataset took over elsewhere: this site stops taking its writes', {
+      dataset: name,
+      epoch: o.info.epoch,
+      newEpoch: head.epoch,
+      newOrigin: head.originSite
+    })
+    await o.loop.stop()
+    let uncaptured = false
+    try {
+      // The last committed changes go into this site's log too, so the divergence has every one of them.
+      while ((await o.loop.step()) > 0) {}
+    } catch (err) {
+      uncaptured = true
+      this.logger.error('could not capture the last changes; they are kept in the copy of the database taken before rebuilding', {
+        dataset: name,
+        error: (err as Error).message
+      })
+    }
+    this.origins.delete(o.info.id)
+    this.markDirty()
+    const chain = await resolveChain(head, (k) => this.openLog(k))
+    const bp = branchPoint(chain, o.log.key)
+    const from = bp?.end ?? 1
+    let to = o.log.length
+    const tail = to > 1 ? await o.log.entry(to - 1, { wait: false }) : null
+    if (tail?.kind === 'fence') to--
+    else await o.log.appendUnit([{ kind: 'fence', epoch: head.epoch, log: head.log, length: from }])
+    await o.side.close()
+    if (to > from || uncaptured) {
+      const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')
+      const safe = name.replace(/[^A-Za-z0-9._-]+/g, '_')
+      const dir = path.join(this.paths.dir, 'divergence', `${safe}-epoch${o.info.epoch}-${stamp}`)
+      const changes = await writeDivergence({
+        log: o.log,
+        from,
+        to,
+        dir,
+        dataset: { id: head.id, name },
+        site: this.opts.site,
+        epoch: o.info.epoch,
+        fencedBy: { epoch: head.epoch, site: head.originSite, log: head.log }
+      })
+      await backupDatabase(local.path, path.join(dir, 'before.db'))
+      local.divergences.push({ epoch: o.info.epoch, fencedBy: head.epoch, dir, changes, at: Date.now() })
+      this.saveState()
+      this.logger.warn('fenced: the changes this site made after the new epoch began are kept, not applied', {
+        dataset: name,
+        changes,
+        divergence: dir,
+        hint: `Review ${path.join(dir, 'changes.sql')} and re-enter what is needed at ${head.originSite}; then delete the folder.`
+      })
+    } else {
+      this.logger.info('fenced: this site made no changes after the new epoch began', { dataset: name })
+    }
+    await this.follow(head, local, true)
+  }
+
+  /**
+   * `mesh promote`: this site's replica becomes the live database and the start of the dataset's next epoch.
+   * Nothing is copied: the replica file is adopted as it is, and the new log starts where it stands.
+   */
+  async promote(dataset: string, force: boolean): Promise<PromoteResult> {
+    const head = this.state.datasets.find((d) => d.name === dataset || d.id === dataset)
+    if (!head) {
+      const known = this.state.datasets.map((d) => d.name)
+      throw MeshError.UNKNOWN_DATASET(`no dataset named ${dataset} in this mesh${known.length ? ` (it has ${known.join(', ')})` : ''}`)
+    }
+    return this.enqueue(head.id, () => this.promoteNow(head.id, force))
+  }
+
+  private async promoteNow(id: string, force: boolean): Promise<PromoteResult> {
+    const head = this.state.datasets.find((d) => d.id === id)!
+    if (this.origins.has(id) || this.key.equals(Buffer.from(head.origin))) {
+      throw MeshError.ALREADY_ORIGIN(`${this.opts.site} is already the origin of ${head.name} (epoch ${head.epoch})`)
+    }
+    const r = this.replicas.get(id)
+    if (!r) {
+      throw MeshError.REPLICA_NOT_READY(`${this.opts.site} does not hold a copy of ${head.name} yet`, {
+        hint: 'Wait until `mesh status` shows this site holding the dataset, then run the command again.'
+      })
+    }
+    const originPeer = this.peers.get(hex(head.origin))
+    if (!force && originPeer?.ready) {
+      const reported = this.reports.get(hex(head.origin))?.report.holdings.find((h) => h.dataset === id && sameKey(h.log, head.log))
+      if (reported && reported.error === '') {
+        throw MeshError.ORIGIN_HEALTHY(`${head.originSite}, the origin of ${head.name}, is connected and capturing`)
+      }
+    }
+    // What this site holds of the log is applied in moments: give it that time before judging.
+    const until = Date.now() + 10_000
+    while (r.loop.stats.applied < r.log.core.contiguousLength && !r.loop.stats.stopped && Date.now() < until) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    const applied = r.loop.stats.applied
+    let best = { length: r.log.core.contiguousLength, site: this.opts.site }
+    for (const p of this.peers.values()) {
+      if (!p.ready) continue
+      const h = this.reports.get(hex(p.key))?.report.holdings.find((x) => x.dataset === id && sameKey(x.log, head.log))
+      if (h && h.downloaded > best.length) best = { length: h.downloaded, site: p.site }
+    }
+    if (!force && applied < best.length) {
+      throw MeshError.REPLICA_BEHIND(
+        `${this.opts.site} applied ${applied} of the ${best.length} entries of ${head.name} that ${best.site === this.opts.site ? 'it holds' : `${best.site} holds`}`,
+        { context: { applied, held: best.length, by: best.site } }
+      )
+    }
+    if (!force && r.side.state() !== 'ready') {
+      throw MeshError.REPLICA_NOT_READY(`${this.opts.site}'s copy of ${head.name} is still in its initial copy (${r.side.state()})`)
+    }
+    await r.loop.stop()
+    const pos = r.side.position()
+    if (pos === null) {
+      await r.loop.start()
+      throw MeshError.REPLICA_NOT_READY(`${this.opts.site} has applied nothing of ${head.name} yet`, {
+        hint: 'Wait until `mesh status` shows this site holding the dataset, then run the command again.'
+      })
+    }
+    await this.closeReplica(r)
+    const epoch = head.epoch + 1
+    const name = `${logName(id, epoch)}/${Date.now()}`
+    const log = await DatasetLog.named(this.store, this.paths.store, name)
+    await log.close()
+    const local = this.localOf(head)
+    const w: WrittenLog = { epoch, key: log.key, name, parent: { key: pos.log, length: pos.length } }
+    local.written.push(w)
+    const info: DatasetInfo = { ...head, origin: this.key, originSite: this.opts.site, epoch, log: log.key }
+    this.state.datasets = this.state.datasets.map((d) => (d.id === id ? info : d))
+    this.saveState()
+    await this.openOrigin(info, local, w)
+    this.broadcast((p) => p.datasets.send(this.state.datasets))
+    this.markDirty()
+    const parentSite = r.info.originSite
+    this.logger.warn('promoted: this site is now the origin', { dataset: head.name, epoch, from: parentSite, branch: pos.length, path: local.path })
+    return { dataset: head.name, id, epoch, path: local.path, previousOrigin: parentSite, branch: pos.length, forced: force }
   }
 
   /**
@@ -662,7 +1048,7 @@ export class MeshNode extends EventEmitter {
    * it again. hypercore verifies every block it receives against the origin's signed merkle tree, so what
    * comes back is the origin's block or nothing. Returns false when the block is damaged at the origin too.
    */
-  private async repairBlock(r: Replica, block: number): Promise<boolean> {
+  private async repairBlock(r: Replica, log: DatasetLog, block: number): Promise<boolean> {
     r.damaged++
     this.markDirty()
     this.logger.error('damaged block in this site’s copy of a log; rejected, fetching it again from peers', {
@@ -670,7 +1056,7 @@ export class MeshNode extends EventEmitter {
       block
     })
     try {
-      await r.log.core.clear(block, block + 1)
+      await log.core.clear(block, block + 1)
     } catch (err) {
       this.logger.error('cannot drop the damaged block', { dataset: r.info.name, block, error: (err as Error).message })
       return false
@@ -678,7 +1064,7 @@ export class MeshNode extends EventEmitter {
     // Wait for a peer that holds it for as long as the node runs; apply cannot pass this block anyway.
     while (!this.closing) {
       try {
-        const again = await r.log.core.get(block, { wait: true, timeout: 5000 })
+        const again = await log.core.get(block, { wait: true, timeout: 5000 })
         if (again !== null) {
           this.logger.info('damaged block fetched again and verified', { dataset: r.info.name, block })
           return true
@@ -757,7 +1143,10 @@ export class MeshNode extends EventEmitter {
         buf = ''
         this.handleLocal(line)
           .then((res) => c.end(JSON.stringify(res) + '\n'))
-          .catch((err) => c.end(JSON.stringify({ error: { code: (err as MeshError).code ?? 'IO_ERROR', message: (err as Error).message } }) + '\n'))
+          .catch((err) => {
+            const e = MeshError.wrap(err, MeshError.IO_ERROR)
+            c.end(JSON.stringify({ error: { code: e.code, message: e.message, hint: e.hint ?? null, context: e.context } }) + '\n')
+          })
       })
     })
     await new Promise<void>((resolve, reject) => {
@@ -778,8 +1167,9 @@ export class MeshNode extends EventEmitter {
   }
 
   private async handleLocal(line: string): Promise<unknown> {
-    const req = JSON.parse(line) as { cmd: string }
+    const req = JSON.parse(line) as { cmd: string; dataset?: string; force?: boolean }
     if (req.cmd === 'status') return { status: await this.status() }
+    if (req.cmd === 'promote') return { promoted: await this.promote(String(req.dataset ?? ''), req.force === true) }
     if (req.cmd === 'ping') return { ok: true, site: this.opts.site }
     throw MeshError.USAGE(`unknown local request ${req.cmd}`)
   }
@@ -800,6 +1190,8 @@ export class MeshNode extends EventEmitter {
     for (const t of this.timers) clearTimeout(t)
     if (this.reportTimer) clearTimeout(this.reportTimer)
     if (this.saveTimer) clearTimeout(this.saveTimer)
+    // Let a promotion or a fence under way finish its step; each is safe to resume at the next start.
+    await Promise.race([Promise.all(this.queues.values()), new Promise((r) => setTimeout(r, 10_000))])
     for (const o of this.origins.values()) {
       await o.loop.stop().catch(() => {})
       await o.side.close().catch(() => {})
@@ -830,7 +1222,7 @@ function nodesKnown(dht: DHT): boolean {
 }
 
 /** Whether a node runs on `dir`: asks its local socket. */
-export async function askNode(dir: string, cmd: string, timeoutMs = 5000): Promise<unknown | null> {
+export async function askNode(dir: string, cmd: string | Record<string, unknown>, timeoutMs = 5000): Promise<unknown | null> {
   const sock = sitePaths(dir).socket
   if (!fs.existsSync(sock)) return null
   return new Promise((resolve, reject) => {
@@ -840,7 +1232,7 @@ export async function askNode(dir: string, cmd: string, timeoutMs = 5000): Promi
       c.destroy()
       reject(MeshError.IO_ERROR(`the node on ${dir} did not answer within ${timeoutMs} ms`, { hint: 'It may be overloaded or hung; check its log, or restart it.' }))
     }, timeoutMs)
-    c.on('connect', () => c.write(JSON.stringify({ cmd }) + '\n'))
+    c.on('connect', () => c.write(JSON.stringify(typeof cmd === 'string' ? { cmd } : cmd) + '\n'))
     c.on('data', (d) => (buf += d.toString()))
     c.on('end', () => {
       clearTimeout(timer)
@@ -869,7 +1261,7 @@ export function statusFromDisk(dir: string, site: string, thresholds: StatusThre
   return buildStatus({
     self: keyPair.publicKey,
     site,
-    state,
+    state: withoutReviewed(state),
     reports: reports.map((r) => r.report),
     connected: new Set(),
     running: false,

@@ -45,7 +45,41 @@ export function sitePaths(dir: string): SitePaths {
 export interface MeshState {
   meshId: Uint8Array
   members: MemberInfo[]
+  /** Every dataset of the mesh, as its newest epoch (the one every site follows). */
   datasets: DatasetInfo[]
+  /** This site's own record of each dataset it holds. */
+  local: LocalDataset[]
+}
+
+/** A log this site wrote: one per epoch it was a dataset's origin of. */
+export interface WrittenLog {
+  epoch: number
+  key: Uint8Array
+  /** The corestore name it was created under (the writable key pair derives from it). */
+  name: string
+  /** The log and length it continues from (null for epoch 0). */
+  parent: { key: Uint8Array; length: number } | null
+}
+
+/** Changes this site made as origin that a newer epoch does not hold, kept when the site was fenced. */
+export interface Divergence {
+  /** The epoch this site wrote them in. */
+  epoch: number
+  /** The epoch that superseded it. */
+  fencedBy: number
+  /** Folder holding changes.jsonl, changes.sql and the database as it was (before.db). */
+  dir: string
+  /** Row changes (upserts and deletes) in the folder. */
+  changes: number
+  at: number
+}
+
+export interface LocalDataset {
+  dataset: string
+  /** This site's database of the dataset: the live one while it is the origin, its replica otherwise. */
+  path: string
+  written: WrittenLog[]
+  divergences: Divergence[]
 }
 
 export interface Invite {
@@ -132,20 +166,34 @@ export function readMeshState(paths: SitePaths): MeshState {
     meshId: string
     members: Array<{ key: string; site: string; addedAt: number }>
     datasets: Array<Omit<DatasetInfo, 'origin' | 'log'> & { origin: string; log: string }>
+    local?: Array<Omit<LocalDataset, 'written'> & { written: Array<{ epoch: number; key: string; name: string; parent: { key: string; length: number } | null }> }>
   }
   if (j === null) throw MeshError.NOT_INITIALIZED(`${paths.dir} holds no site (no mesh.json)`)
   return {
     meshId: unhex(j.meshId),
     members: j.members.map((m) => ({ key: unhex(m.key), site: m.site, addedAt: m.addedAt })),
-    datasets: j.datasets.map((d) => ({ ...d, origin: unhex(d.origin), log: unhex(d.log) }))
+    datasets: j.datasets.map((d) => ({ ...d, origin: unhex(d.origin), log: unhex(d.log) })),
+    local: (j.local ?? []).map((l) => ({
+      ...l,
+      written: l.written.map((w) => ({ ...w, key: unhex(w.key), parent: w.parent ? { key: unhex(w.parent.key), length: w.parent.length } : null }))
+    }))
   }
+}
+
+/** The state with the divergence folders a person has since deleted left out (they were reviewed). */
+export function withoutReviewed(s: MeshState): MeshState {
+  return { ...s, local: s.local.map((l) => ({ ...l, divergences: l.divergences.filter((d) => fs.existsSync(d.dir)) })) }
 }
 
 export function writeMeshState(paths: SitePaths, s: MeshState): void {
   const j = {
     meshId: hex(s.meshId),
     members: s.members.map((m) => ({ key: hex(m.key), site: m.site, addedAt: m.addedAt })),
-    datasets: s.datasets.map((d) => ({ ...d, origin: hex(d.origin), log: hex(d.log) }))
+    datasets: s.datasets.map((d) => ({ ...d, origin: hex(d.origin), log: hex(d.log) })),
+    local: s.local.map((l) => ({
+      ...l,
+      written: l.written.map((w) => ({ ...w, key: hex(w.key), parent: w.parent ? { key: hex(w.parent.key), length: w.parent.length } : null }))
+    }))
   }
   writeFileAtomic(paths.mesh, JSON.stringify(j, null, 2) + '\n')
 }

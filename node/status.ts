@@ -60,6 +60,8 @@ export interface DatasetStatus {
   /** Sites other than the origin that hold the newest write. */
   heldBy: number
   holders: HolderStatus[]
+  /** Changes this site made as origin that a newer epoch superseded, kept in a folder for review. */
+  divergences: Array<{ epoch: number; fencedBy: number; dir: string; changes: number; at: number }>
 }
 
 export interface MemberStatus {
@@ -205,6 +207,14 @@ export function buildStatus(input: StatusInput): SiteStatus {
       else if (h.lagSeconds !== null && h.lagSeconds >= t.lagWarnSeconds) add('WARN', `${h.site}'s copy of ${d.name} is ${duration(h.lagSeconds)} behind`)
     }
     if (state.members.length < 2) add('WARN', `${d.name} has no other site to protect it yet: invite one with \`mesh invite\``)
+    const divergences = (state.local.find((l) => l.dataset === d.id)?.divergences ?? []).map((x) => ({ ...x }))
+    for (const x of divergences) {
+      if (x.changes === 0) continue
+      add(
+        'WARN',
+        `${x.changes} change${x.changes === 1 ? '' : 's'} made here to ${d.name} in epoch ${x.epoch}, after epoch ${x.fencedBy} took over, are not in the live data: review ${x.dir}, re-enter what is needed at ${nameOf(originKey)}, then delete that folder`
+      )
+    }
 
     return {
       id: d.id,
@@ -218,7 +228,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
       bytes,
       lastWriteAt,
       heldBy,
-      holders
+      holders,
+      divergences
     }
   })
 

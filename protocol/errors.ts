@@ -142,6 +142,30 @@ export class MeshError extends Error {
     hint: 'This data directory already belongs to a site. Use another --dir, or `mesh start` to run it.'
   })
 
+  // --- failover ------------------------------------------------------------------------------------------------
+  static NOT_RUNNING = factory('NOT_RUNNING', {
+    hint: 'Start the node first (`mesh start --dir DIR`), then run the command again.'
+  })
+  static UNKNOWN_DATASET = factory('UNKNOWN_DATASET', {
+    hint: 'Run `mesh status` to see the datasets of the mesh, and give one of their names.'
+  })
+  /** Promotion asked at the site that already takes the dataset's writes. */
+  static ALREADY_ORIGIN = factory('ALREADY_ORIGIN', {
+    hint: 'Nothing to do: this site already takes the writes of this dataset. Run `mesh promote` at the site that should take them.'
+  })
+  /** Promotion refused: the current origin is connected and capturing. */
+  static ORIGIN_HEALTHY = factory('ORIGIN_HEALTHY', {
+    hint: 'Promote only when the origin is lost. To move the origin here on purpose (a planned switch), stop the writes at the origin, wait for `mesh status` to show this site caught up, and run the command again with --force.'
+  })
+  /** Promotion refused: another reachable site holds more of the log than this replica applied. */
+  static REPLICA_BEHIND = factory('REPLICA_BEHIND', {
+    hint: 'Wait for this site to catch up (`mesh status` shows how far behind it is), then run the command again; or add --force to promote with what this site holds (what it lacks stays in the old log, kept as the old origin’s divergence).'
+  })
+  /** Promotion refused: the replica is in the middle of its initial copy and is not a state the origin had. */
+  static REPLICA_NOT_READY = factory('REPLICA_NOT_READY', {
+    hint: 'Wait until its initial copy is complete (`mesh status`), or add --force to promote a partial copy.'
+  })
+
   // --- configuration and usage ----------------------------------------------------------------------------------
   static BAD_CONFIG = factory('BAD_CONFIG', {})
   static USAGE = factory('USAGE', {})

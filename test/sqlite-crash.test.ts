@@ -60,7 +60,7 @@ test('SIGKILL of the capturing process at 20 random moments, with another proces
     const store = new Corestore(storeDir)
     const log = await DatasetLog.writable(store, storeDir, 'ds1', 0)
     const side = new SqliteApply({ path: replicaFile })
-    const loop = new ApplyLoop({ log, apply: side })
+    const loop = new ApplyLoop({ segments: [{ log, epoch: 0, end: null }], apply: side })
     await side.open()
     await loop.catchUp()
     assert.equal(side.position()?.length, log.length)

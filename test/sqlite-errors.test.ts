@@ -110,7 +110,7 @@ test('a damaged change row or a dropped capture trigger never makes the replica 
   await loop.prepare()
   while ((await loop.step()) > 0);
   const replica = new SqliteApply({ path: path.join(dir, 'replica.db') })
-  const apply = new ApplyLoop({ log, apply: replica })
+  const apply = new ApplyLoop({ segments: [{ log, epoch: 0, end: null }], apply: replica })
   await replica.open()
   t.after(() => replica.close())
 
@@ -183,7 +183,7 @@ test('a full disk under the log stops capture without losing anything; it resume
   const fs2 = mountTmpfs(rdir, '4m')
   mounts.push(fs2)
   const replica = new SqliteApply({ path: path.join(rdir, 'replica.db') })
-  const apply = new ApplyLoop({ log, apply: replica })
+  const apply = new ApplyLoop({ segments: [{ log, epoch: 0, end: null }], apply: replica })
   await replica.open()
   await rejectsWith(apply.catchUp(), "DISK_FULL")
   const stuck = replica.position()?.length ?? 0

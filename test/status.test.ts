@@ -30,7 +30,8 @@ function status(bReport: Partial<Report> & { holdings: Holding[] }, thresholds =
         { key: a, site: 'shop-a', addedAt: now - 1000 * HOUR },
         { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
       ],
-      datasets: [{ id: 'd1', name: 'till', engine: 'sqlite', origin: a, originSite: 'shop-a', epoch: 0, log, createdAt: now - 1000 * HOUR }]
+      datasets: [{ id: 'd1', name: 'till', engine: 'sqlite', origin: a, originSite: 'shop-a', epoch: 0, log, createdAt: now - 1000 * HOUR }],
+      local: []
     },
     reports,
     connected: new Set(),
@@ -77,7 +78,7 @@ test('status: a stopped replica, a damaged block and a node that is not running 
   const stopped = status({ holdings: [holding({ applied: 50, error: 'BAD_ENTRY', errorMessage: 'BAD_ENTRY: block 50 is damaged', damaged: 1 })] })
   assert.equal(stopped.verdict, 'CRIT')
   assert.ok(stopped.reasons.some((r) => r.level === 'WARN' && /damaged block/.test(r.text)))
-  const off = buildStatus({ self: a, site: 'shop-a', state: { meshId: crypto.randomBytes(32), members: [{ key: a, site: 'shop-a', addedAt: now }], datasets: [] }, reports: [], connected: new Set(), running: false, refused: [], now, thresholds: DEFAULT_THRESHOLDS })
+  const off = buildStatus({ self: a, site: 'shop-a', state: { meshId: crypto.randomBytes(32), members: [{ key: a, site: 'shop-a', addedAt: now }], datasets: [], local: [] }, reports: [], connected: new Set(), running: false, refused: [], now, thresholds: DEFAULT_THRESHOLDS })
   assert.equal(off.verdict, 'CRIT')
   assert.match(off.reasons[0].text, /not running/)
 })

@@ -14,6 +14,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   join: () => import('./commands/join.ts'),
   start: () => import('./commands/start.ts'),
   status: () => import('./commands/status.ts'),
+  promote: () => import('./commands/promote.ts'),
   demo: () => import('./commands/demo.ts')
 }
 

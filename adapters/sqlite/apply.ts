@@ -163,12 +163,18 @@ export class SqliteApply implements ApplySide {
     const end = unit.start + unit.entries.length
     if (position.length !== end) throw MeshError.BAD_LOG(`unit [${unit.start}, ${end}) given position ${position.length}`)
     if (m.log !== null && !sameBytes(m.log, position.log)) {
-      throw MeshError.LOG_MISMATCH(`the replica follows log ${Buffer.from(m.log).toString('hex').slice(0, 16)}…, not this one`, {
-        context: { path: this.path }
-      })
-    }
-    if (m.log !== null && end <= m.length) return
-    if (unit.start !== m.length) {
+      // The next epoch's log: its header must continue from exactly where this replica stands.
+      const h = unit.entries[0]
+      const continues =
+        unit.start === 0 && h.kind === 'header' && h.parent !== null && sameBytes(h.parent.key, m.log) && h.parent.length === m.length
+      if (!continues) {
+        throw MeshError.LOG_MISMATCH(`the replica follows log ${Buffer.from(m.log).toString('hex').slice(0, 16)}… at ${m.length}, and this log does not continue from there`, {
+          context: { path: this.path, applied: m.length }
+        })
+      }
+    } else if (m.log !== null && end <= m.length) {
+      return
+    } else if (unit.start !== m.length) {
       throw MeshError.LOG_MISMATCH(`the replica is at ${m.length} but the next unit starts at ${unit.start}`, {
         context: { path: this.path, applied: m.length, start: unit.start }
       })

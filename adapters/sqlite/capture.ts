@@ -201,12 +201,47 @@ export class SqliteCapture implements CaptureSide {
           throw MeshError.UNKNOWN_VERSION(`capture layout ${layout} in ${this.path} is newer than this software (${CAPTURE_LAYOUT})`)
         }
       })
-      this.syncSchema(true)
+      this.writeTx(() => this.syncSchema(true, this.adoptReplica()))
     } catch (err) {
       db.close()
       this.db = null
       throw sqliteError(err, this.path, 'cannot prepare capture in')
     }
+  }
+
+  /**
+   * A promoted replica: its tables already hold the state the previous log ended at, so they keep the table
+   * ids of that log and are not resent (promotion copies nothing). The origin's own triggers, which a
+   * replica keeps only in its metadata, are created now. Runs in the transaction that installs capture, so a
+   * crash leaves either a replica or an origin, never half of each.
+   */
+  private adoptReplica(): Map<string, number> {
+    const db = this.conn
+    const adopted = new Map<string, number>()
+    const meta = `${OWN_PREFIX}replica`
+    const has = db.prepare(`SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?`).pluck().get(meta) as bigint
+    if (has === 0n) return adopted
+    const rows = new Map(
+      (db.prepare(`SELECT k, v FROM ${meta} WHERE k IN ('tables', 'objects')`).all() as Array<{ k: string; v: string }>).map((r) => [r.k, r.v])
+    )
+    const tables = JSON.parse(rows.get('tables') ?? '[]') as Array<{ id: number; name: string; sql: string }>
+    const objects = JSON.parse(rows.get('objects') ?? '[]') as SchemaObject[]
+    const existing = new Map(readTables(db).tables.map((t) => [t.name, t]))
+    let max = 0
+    for (const t of tables) {
+      if (existing.get(t.name)?.sql === t.sql) adopted.set(t.name, t.id)
+      max = Math.max(max, t.id)
+    }
+    const next = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'next_table'`).pluck().get() as bigint | undefined
+    db.prepare(`INSERT OR REPLACE INTO ${OWN_PREFIX}meta (k, v) VALUES ('next_table', ?)`).run(BigInt(Math.max(max + 1, Number(next ?? 1n))))
+    for (const o of objects) {
+      if (o.type !== 'trigger') continue
+      const exists = db.prepare(`SELECT count(*) FROM main.sqlite_schema WHERE name = ?`).pluck().get(o.name) as bigint
+      if (exists === 0n) db.exec(o.sql)
+    }
+    db.exec(`DROP TABLE ${meta}`)
+    this.log.info('promoted replica adopted as the live database; nothing copied', { path: this.path, tables: adopted.size })
+    return adopted
   }
 
   /** Runs fn in a write transaction that takes the write lock up front (BEGIN IMMEDIATE). */
@@ -224,7 +259,7 @@ export class SqliteCapture implements CaptureSide {
    * definition changed, or whose triggers went missing is marked for a full resend (reset), in the same
    * transaction that installs its triggers, so a crash cannot lose the resend.
    */
-  private syncSchema(force: boolean): void {
+  private syncSchema(force: boolean, adopted: Map<string, number> = new Map()): void {
     const db = this.conn
     const sv = Number(db.pragma('schema_version', { simple: true }))
     if (!force && sv === this.schemaVersion) return
@@ -283,8 +318,9 @@ export class SqliteCapture implements CaptureSide {
         let reset = row ? Number(row.reset) : 0
         let install = false
         if (row === undefined) {
-          id = nextId()
-          reset = nextReset()
+          const kept = adopted.get(t.name)
+          id = kept ?? nextId()
+          reset = kept === undefined ? nextReset() : 0
           install = true
           db.prepare(`INSERT INTO ${OWN_PREFIX}tables (id, name, sql, info, reset) VALUES (?, ?, ?, ?, ?)`).run(
             BigInt(id),

@@ -47,7 +47,7 @@ export async function startPipeline(dir: string, originFile: string, opts: { pol
   const stop = replicateStores(storeA, storeB)
   replicaLog.core.download({ start: 0, end: -1 })
   const replica = new SqliteApply({ path: path.join(dir, 'replica.db') })
-  const apply = new ApplyLoop({ log: replicaLog, apply: replica })
+  const apply = new ApplyLoop({ segments: [{ log: replicaLog, epoch: 0, end: null }], apply: replica })
   await apply.start()
   return {
     capture,

@@ -53,7 +53,7 @@ export const command: Command = {
     await createDataDir(dir, CONFIG_FILE, async () => {
       const paths = sitePaths(dir)
       const keyPair = createSiteKey(paths)
-      writeMeshState(paths, { meshId: crypto.randomBytes(32), members: [{ key: keyPair.publicKey, site, addedAt: Date.now() }], datasets: [] })
+      writeMeshState(paths, { meshId: crypto.randomBytes(32), members: [{ key: keyPair.publicKey, site, addedAt: Date.now() }], datasets: [], local: [] })
       writeConfig(dir, config)
     })
     out(`Created a new mesh with ${site} as its first member, in ${dir}.`)

@@ -28,7 +28,7 @@ export const command: Command = {
       out(`Looking for the inviting site${bootstrap ? ` via ${bootstrap.join(',')}` : ' on the public DHT'}...`)
       // An expired code is refused here, before any network work, and the directory is removed again.
       const w = await redeemJoinCode({ code, site, keyPair, network: networkOptions(bootstrap), timeoutMs })
-      writeMeshState(paths, { meshId: w.meshId, members: w.members, datasets: w.datasets })
+      writeMeshState(paths, { meshId: w.meshId, members: w.members, datasets: w.datasets, local: [] })
       writeConfig(dir, config)
       return w
     })

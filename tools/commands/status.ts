@@ -47,6 +47,9 @@ export function formatStatus(s: SiteStatus): string {
       const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
       lines.push(`    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`)
     }
+    for (const x of d.divergences) {
+      lines.push(`    divergence: ${x.changes} change(s) made here in epoch ${x.epoch}, superseded by epoch ${x.fencedBy} ${ago(x.at, now)}: ${x.dir}`)
+    }
   }
   lines.push('')
   lines.push('Members')
