@@ -34,8 +34,14 @@ test('two promotions at once on both sides of a partition: once they meet, every
   // A is lost. B and C cannot reach each other: each is promoted alone and takes writes.
   await a.stop('SIGKILL')
   await c.stop()
+  // Until A misses its heartbeats, B still counts it as a healthy origin and refuses.
   let r = await mesh(['promote', ds, '--dir', b.dir, '--json'])
-  assert.equal(r.code, 0, r.stdout + r.stderr)
+  await waitUntil('B promotes once A counts as lost', async () => {
+    if (r.code === 0) return true
+    assert.equal(JSON.parse(r.stdout).error.code, 'ORIGIN_HEALTHY', r.stdout)
+    r = await mesh(['promote', ds, '--dir', b.dir, '--json'])
+    return r.code === 0
+  }, 60_000, 1000)
   const pb = JSON.parse(r.stdout)
   tagged(bFile, 'at-b', 4)
   await waitUntil('B captured its writes', async () => {
@@ -54,8 +60,8 @@ test('two promotions at once on both sides of a partition: once they meet, every
     const d = (await c.status()).datasets.find((x) => x.name === ds)!
     return d.epoch === 1 && d.length > 2
   }, 30_000)
-  const logB = (await mesh(['status', '--dir', c.dir, '--json'])).stdout
-  const logC = JSON.parse(logB).datasets.find((x: { name: string }) => x.name === ds).log as string
+  const statusC = JSON.parse((await mesh(['status', '--dir', c.dir, '--json'])).stdout)
+  const logC = statusC.datasets.find((x: { name: string }) => x.name === ds).log as string
 
   // The partition heals.
   await b.start()
