@@ -73,7 +73,11 @@ export class ApplyLoop extends EventEmitter {
     await this.apply.open()
     this.stats.applied = this.appliedOnHead()
     this.running = true
-    for (const s of this.segments) s.log.core.on('append', this.onAppend)
+    for (const s of this.segments) {
+      s.log.core.on('append', this.onAppend)
+      s.log.core.on('download', this.onAppend)
+      s.log.core.download({ start: 0, end: -1 })
+    }
     this.loop = this.run()
   }
 
@@ -123,7 +127,9 @@ export class ApplyLoop extends EventEmitter {
       this.current = seg.log
       const stop = seg.end ?? seg.log.length
       if (next >= Math.min(stop, seg.log.length)) return n
-      const unit = await seg.log.unit(next, { wait: true })
+      // Only blocks already here: waiting inside a read would keep stop() (and a promotion) waiting on a
+      // block no reachable peer has. The loop wakes when blocks arrive.
+      const unit = await seg.log.unit(next, { wait: false })
       if (unit === null) return n
       const length = unit.start + unit.entries.length
       if (seg.end !== null && length > seg.end) throw MeshError.BAD_LOG(`a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`)
@@ -205,7 +211,10 @@ export class ApplyLoop extends EventEmitter {
 
   async stop(): Promise<void> {
     this.running = false
-    for (const s of this.segments) s.log.core.off('append', this.onAppend)
+    for (const s of this.segments) {
+      s.log.core.off('append', this.onAppend)
+      s.log.core.off('download', this.onAppend)
+    }
     this.wake?.()
     await this.loop
     this.loop = null

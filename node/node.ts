@@ -916,6 +916,9 @@ export class MeshNode extends EventEmitter {
       newEpoch: head.epoch,
       newOrigin: head.originSite
     })
+    // The newest epoch's history first (its logs' headers may have to come from peers); capture goes on
+    // meanwhile, and whatever it takes lands in the divergence.
+    const chain = await resolveChain(head, (k) => this.openLog(k))
     await o.loop.stop()
     let uncaptured = false
     try {
@@ -930,7 +933,6 @@ export class MeshNode extends EventEmitter {
     }
     this.origins.delete(o.info.id)
     this.markDirty()
-    const chain = await resolveChain(head, (k) => this.openLog(k))
     const bp = branchPoint(chain, o.log.key)
     const from = bp?.end ?? 1
     let to = o.log.length
