@@ -580,7 +580,13 @@ export class MeshNode extends EventEmitter {
           // Keep the estimate.
         }
       }
-      const err = r.loop.stats.lastError
+      let err: { code: string; message: string } | null = r.loop.stats.lastError
+      if (!err && r.side.writtenByOthers()) {
+        err = {
+          code: 'REPLICA_WRITTEN',
+          message: `another program wrote to this site's copy (${r.path}); those writes are not protected and the next changes from ${r.info.originSite} may overwrite them: point the application at the origin`
+        }
+      }
       out.push({
         dataset: r.info.id,
         log: r.log.key,
@@ -665,7 +671,9 @@ export class MeshNode extends EventEmitter {
       if (e.code === 'CLOSED' || this.closing) return
       this.settleErrors.set(id, e)
       this.markDirty()
-      this.logger.error('cannot follow the dataset', { dataset: this.datasetName(id), code: e.code, error: e.message, hint: e.hint })
+      this.logger.error('cannot follow the dataset', { dataset: this.datasetName(id), code: e.code, error: e.message, hint: e.hint, retrying: e.retryable })
+      // A locked database or a full disk passes: try again. Every step of settle() can be repeated.
+      if (e.retryable) this.timers.push(setTimeout(() => this.settleLater(id), 5000))
     })
   }
 
@@ -943,7 +951,9 @@ export class MeshNode extends EventEmitter {
     if (to > from || uncaptured) {
       const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')
       const safe = name.replace(/[^A-Za-z0-9._-]+/g, '_')
-      const dir = path.join(this.paths.dir, 'divergence', `${safe}-epoch${o.info.epoch}-${stamp}`)
+      // A fence that was interrupted before the rebuild is done again into the same folder.
+      const again = local.divergences.find((x) => x.epoch === o.info.epoch && x.fencedBy === head.epoch && fs.existsSync(x.dir))
+      const dir = again?.dir ?? path.join(this.paths.dir, 'divergence', `${safe}-epoch${o.info.epoch}-${stamp}`)
       const changes = await writeDivergence({
         log: o.log,
         from,
@@ -955,7 +965,8 @@ export class MeshNode extends EventEmitter {
         fencedBy: { epoch: head.epoch, site: head.originSite, log: head.log }
       })
       await backupDatabase(local.path, path.join(dir, 'before.db'))
-      local.divergences.push({ epoch: o.info.epoch, fencedBy: head.epoch, dir, changes, at: Date.now() })
+      if (again) Object.assign(again, { changes, at: Date.now() })
+      else local.divergences.push({ epoch: o.info.epoch, fencedBy: head.epoch, dir, changes, at: Date.now() })
       this.saveState()
       this.logger.warn('fenced: the changes this site made after the new epoch began are kept, not applied', {
         dataset: name,

@@ -97,4 +97,14 @@ test('two promotions at once on both sides of a partition: once they meet, every
   const da = sa.datasets.find((x) => x.name === ds)!
   assert.equal(da.originSite, winner.name)
   assert.equal(da.divergences.filter((x) => x.changes > 0).length, 0, 'A wrote nothing after the promotions')
+
+  // An application still pointed at the loser's database (a replica now) is not stopped, but it is reported.
+  tagged(loserFile, 'stray', 1)
+  await waitUntil('the loser reports writes to its copy', async () => {
+    const h = (await loser.status()).datasets.find((x) => x.name === ds)!.holders.find((x) => x.site === loser.name)!
+    return h.error === 'REPLICA_WRITTEN'
+  }, 30_000)
+  const sl2 = await loser.status()
+  assert.equal(sl2.verdict, 'CRIT')
+  assert.ok(sl2.reasons.some((x) => /another program wrote to this site's copy/.test(x.text)), JSON.stringify(sl2.reasons))
 })

@@ -62,6 +62,9 @@ export class SqliteApply implements ApplySide {
   private meta!: Meta
   private prepared = new Map<number, Prepared>()
   private skippedObjects: string[] = []
+  /** SQLite's data_version as this connection last saw it: it moves only when another connection commits. */
+  private dataVersion = -1
+  private written = false
 
   constructor(opts: SqliteApplyOptions) {
     this.path = opts.path
@@ -99,6 +102,7 @@ export class SqliteApply implements ApplySide {
         db.exec(`CREATE TABLE ${META} (k TEXT PRIMARY KEY, v) WITHOUT ROWID`)
       }
       this.meta = this.loadMeta()
+      this.dataVersion = Number(db.pragma('data_version', { simple: true }))
       if (this.expectDataset && this.meta.dataset && this.meta.dataset !== this.expectDataset) {
         throw MeshError.LOG_MISMATCH(`${this.path} is a replica of dataset ${this.meta.dataset}, not ${this.expectDataset}`)
       }
@@ -151,6 +155,21 @@ export class SqliteApply implements ApplySide {
   /** The dataset this replica belongs to, once the log header has been applied. */
   dataset(): string | null {
     return this.meta.dataset
+  }
+
+  /**
+   * Whether something other than this replica's own connection has written to the file since it was opened
+   * (an application pointed at the replica, say). Such writes are not captured anywhere and the next units
+   * may overwrite them, so the node reports them.
+   */
+  writtenByOthers(): boolean {
+    if (this.written || this.db === null) return this.written
+    try {
+      if (Number(this.db.pragma('data_version', { simple: true })) !== this.dataVersion) this.written = true
+    } catch {
+      // A busy or closing file: look again next time.
+    }
+    return this.written
   }
 
   /** Schema objects (views, indexes) the replica could not create, with the reason. */
