@@ -59,37 +59,29 @@ export class DatasetLog {
     this.core = core
   }
 
-  /** The writable log of a dataset this site is the origin of. */
-  static async writable(store: Corestore, storeDir: string, dataset: string, epoch: number): Promise<DatasetLog> {
-    const core = store.get({ name: logName(dataset, epoch) })
+  private static async open(store: Corestore, storeDir: string, which: { name: string } | { key: Uint8Array }): Promise<DatasetLog> {
+    const core = store.get(which)
     try {
       await core.ready()
     } catch (err) {
       throw ioError(err, 'cannot open the log')
     }
     return new DatasetLog(storeDir, core)
+  }
+
+  /** A writable log under the conventional name of (dataset, epoch): epoch 0 of a dataset this site created. */
+  static writable(store: Corestore, storeDir: string, dataset: string, epoch: number): Promise<DatasetLog> {
+    return DatasetLog.open(store, storeDir, { name: logName(dataset, epoch) })
   }
 
   /** A log this site writes, by the corestore name it was created under. */
-  static async named(store: Corestore, storeDir: string, name: string): Promise<DatasetLog> {
-    const core = store.get({ name })
-    try {
-      await core.ready()
-    } catch (err) {
-      throw ioError(err, 'cannot open the log')
-    }
-    return new DatasetLog(storeDir, core)
+  static named(store: Corestore, storeDir: string, name: string): Promise<DatasetLog> {
+    return DatasetLog.open(store, storeDir, { name })
   }
 
   /** Another site's log, by key. */
-  static async byKey(store: Corestore, storeDir: string, key: Uint8Array): Promise<DatasetLog> {
-    const core = store.get({ key })
-    try {
-      await core.ready()
-    } catch (err) {
-      throw ioError(err, 'cannot open the log')
-    }
-    return new DatasetLog(storeDir, core)
+  static byKey(store: Corestore, storeDir: string, key: Uint8Array): Promise<DatasetLog> {
+    return DatasetLog.open(store, storeDir, { key })
   }
 
   get key(): Uint8Array {
