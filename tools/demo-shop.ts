@@ -10,6 +10,7 @@
  * design) and compares each value with its storage class and exact bits (64-bit integers, REAL bits, text,
  * BLOB bytes, NULL), in primary key order.
  */
+import fs from 'node:fs'
 import Database from 'better-sqlite3'
 import { valueTag } from '../node/index.ts'
 
@@ -92,6 +93,11 @@ export class Shop {
   private clock = Date.UTC(2025, 2, 1, 9, 0, 0)
   /** The first error a timed write hit other than a lock (a full disk, say): the demo reports it and fails. */
   error: Error | null = null
+  /**
+   * While not null, every row this shop inserts, updates or deletes, as `table:id` (see track()). A row
+   * updated to the value it had counts too: SQLite's triggers, which capture uses, fire for it as well.
+   */
+  private touched: Set<string> | null = null
 
   /** Creates the database file with its tables (WAL mode, as branchmesh recommends) and opens it. */
   constructor(file: string, seed: number) {
@@ -102,10 +108,25 @@ export class Shop {
     this.db.pragma('journal_mode = WAL')
     const have = this.db.prepare("SELECT count(*) FROM sqlite_schema WHERE name = 'orders'").pluck().get() as number
     if (have === 0) this.db.exec(SCHEMA)
+    else {
+      // Another till's database (the demo's promoted copy): its day goes on from the latest time in it.
+      const latest = this.db.prepare('SELECT max(t) FROM (SELECT max(placed_at) AS t FROM orders UNION ALL SELECT max(joined_at) FROM customers)').pluck().get() as string | null
+      if (latest) this.clock = Math.max(this.clock, Date.parse(latest))
+    }
   }
 
   private pick<T>(list: readonly T[]): T {
     return list[Math.floor(this.rand() * list.length)]
+  }
+
+  private touch(table: 'customers' | 'orders' | 'order_lines', id: number | bigint): void {
+    this.touched?.add(`${table}:${id}`)
+  }
+
+  /** From now on, records the key of every row this shop writes; returns the set it fills. */
+  track(): Set<string> {
+    this.touched = new Set()
+    return this.touched
   }
 
   private now(): string {
@@ -121,9 +142,11 @@ export class Shop {
   private addCustomer(): number {
     this.stats.inserts++
     const name = `${this.pick(FIRST)} ${this.pick(LAST)}`
-    return Number(
+    const id = Number(
       this.db.prepare('INSERT INTO customers (name, city, joined_at) VALUES (?, ?, ?)').run(name, this.pick(CITIES), this.now()).lastInsertRowid
     )
+    this.touch('customers', id)
+    return id
   }
 
   private addOrder(): void {
@@ -133,6 +156,7 @@ export class Shop {
         .prepare("INSERT INTO orders (customer_id, placed_at, status, note) VALUES (?, ?, 'open', ?)")
         .run(customer, this.now(), this.pick(NOTES)).lastInsertRowid
     )
+    this.touch('orders', id)
     this.stats.inserts++
     let total = 0
     const lines = 1 + Math.floor(this.rand() * 4)
@@ -140,7 +164,7 @@ export class Shop {
     for (let i = 0; i < lines; i++) {
       const [product, price, weight] = this.pick(PRODUCTS)
       const qty = 1 + Math.floor(this.rand() * 3)
-      insertLine.run(id, product, qty, price, weight === null ? null : weight * qty)
+      this.touch('order_lines', insertLine.run(id, product, qty, price, weight === null ? null : weight * qty).lastInsertRowid)
       total += qty * price
       this.stats.inserts++
     }
@@ -148,6 +172,7 @@ export class Shop {
     this.stats.updates++
     if (customer !== null) {
       this.db.prepare('UPDATE customers SET loyalty_points = loyalty_points + ? WHERE id = ?').run(Math.floor(total / 100), customer)
+      this.touch('customers', customer)
       this.stats.updates++
     }
   }
@@ -156,19 +181,24 @@ export class Shop {
     const id = this.someId('orders', "WHERE status IN ('open', 'paid')")
     if (id === null) return this.addOrder()
     this.db.prepare("UPDATE orders SET status = CASE status WHEN 'open' THEN 'paid' ELSE 'shipped' END WHERE id = ?").run(id)
+    this.touch('orders', id)
     this.stats.updates++
   }
 
   private cancelOrder(): void {
     const id = this.someId('orders', "WHERE status = 'open'")
     if (id === null) return this.addOrder()
+    for (const line of this.db.prepare('SELECT id FROM order_lines WHERE order_id = ?').pluck().all(id) as number[]) this.touch('order_lines', line)
     this.stats.deletes += this.db.prepare('DELETE FROM order_lines WHERE order_id = ?').run(id).changes
     this.stats.deletes += this.db.prepare('DELETE FROM orders WHERE id = ?').run(id).changes
+    this.touch('orders', id)
   }
 
   private editLine(): void {
     const line = this.db.prepare('SELECT id, order_id FROM order_lines ORDER BY random() LIMIT 1').get() as { id: number; order_id: number } | undefined
     if (!line) return this.addOrder()
+    this.touch('order_lines', line.id)
+    this.touch('orders', line.order_id)
     if (this.rand() < 0.5) {
       this.db.prepare('UPDATE order_lines SET qty = qty + 1, weight_kg = weight_kg * 1.5 WHERE id = ?').run(line.id)
       this.stats.updates++
@@ -185,6 +215,7 @@ export class Shop {
     const id = this.someId('customers')
     if (id === null) return void this.addCustomer()
     this.db.prepare('UPDATE customers SET city = ? WHERE id = ?').run(this.pick(CITIES), id)
+    this.touch('customers', id)
     this.stats.updates++
   }
 
@@ -215,12 +246,14 @@ export class Shop {
     })()
   }
 
-  /** Trades every `everyMs` until stop(). */
-  open(everyMs: number): void {
+  /** Trades every `everyMs` until stop(), or until it has made `limit` more transactions. */
+  open(everyMs: number, limit = Infinity): void {
     if (this.timer) return
+    const until = this.stats.transactions + limit
     this.timer = setInterval(() => {
       try {
         this.step()
+        if (this.stats.transactions >= until) this.stop()
       } catch (err) {
         // The database stayed locked for the whole busy timeout: a real till would try again, so does this one.
         if (String((err as { code?: unknown }).code ?? '').startsWith('SQLITE_BUSY')) this.stats.busy++
@@ -340,5 +373,34 @@ export function compareDatabases(originFile: string, replicaFile: string): Compa
   } finally {
     a.close()
     b.close()
+  }
+}
+
+/**
+ * Copies a database as it is now into a new file (VACUUM INTO: one consistent state, even while another
+ * connection writes). The copy is the whole file, branchmesh's own tables and triggers included.
+ */
+export function copyDatabase(from: string, to: string): void {
+  const db = new Database(from, { readonly: true, fileMustExist: true, timeout: 10_000 })
+  try {
+    db.prepare('VACUUM INTO ?').run(to)
+  } finally {
+    db.close()
+  }
+}
+
+/**
+ * Runs an SQL script (a divergence folder's changes.sql) on a copy of `base`, written to `out`. Foreign keys
+ * are not enforced: the script lists each unit's changes table by table, not in an order that keeps every
+ * reference valid after each statement.
+ */
+export function replaySql(base: string, sqlFile: string, out: string): void {
+  copyDatabase(base, out)
+  const db = new Database(out)
+  try {
+    db.pragma('foreign_keys = OFF')
+    db.exec(fs.readFileSync(sqlFile, 'utf8'))
+  } finally {
+    db.close()
   }
 }
