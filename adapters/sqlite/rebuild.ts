@@ -18,6 +18,13 @@ export async function backupDatabase(path: string, dest: string): Promise<void> 
   const db = openDatabase(path, { mustExist: true })
   try {
     await db.backup(dest)
+    // A file to be read by a person: no -wal and -shm files appearing next to it when opened.
+    const copy = openDatabase(dest, { mustExist: true })
+    try {
+      copy.pragma('journal_mode = DELETE')
+    } finally {
+      copy.close()
+    }
   } catch (err) {
     fs.rmSync(dest, { force: true })
     throw sqliteError(err, path, 'cannot back up')
