@@ -2,7 +2,8 @@
  * Benchmarks, run on demand (`npm run bench`, or `npm run bench -- --json` for one summary line).
  * Anchor: raw SQLite on this machine (WAL, synchronous=FULL). Every figure is printed with its ratio to the
  * anchor; nothing here is asserted. The mesh benchmark (three sites over hyperswarm) is in bench/mesh.ts and
- * runs last.
+ * the failover benchmark (mesh promote to the first write captured at the new origin) in bench/promote.ts;
+ * they run last, in that order.
  */
 import Database from 'better-sqlite3'
 import path from 'node:path'
@@ -10,6 +11,7 @@ import { SqliteCapture } from '../adapters/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { startPipeline } from '../test/helpers/pipeline.ts'
 import { meshBench } from './mesh.ts'
+import { promoteBench } from './promote.ts'
 
 const json = process.argv.includes('--json')
 const say = (s: string) => {
@@ -128,6 +130,8 @@ try {
 
   // Three sites over hyperswarm (bench/mesh.ts).
   const mesh = await meshBench({ say })
+  // Failover: promote at a replica, then the first write at the new origin (bench/promote.ts).
+  const promote = await promoteBench({ say })
   if (json) {
     process.stdout.write(
       JSON.stringify({
@@ -138,7 +142,8 @@ try {
         endToEndRowsPerSec: Math.round(e2e),
         trickleP50Ms: +median(lat).toFixed(2),
         trickleP99Ms: +pct(lat, 99).toFixed(2),
-        ...mesh
+        ...mesh,
+        ...promote
       }) + '\n'
     )
   }
