@@ -193,7 +193,7 @@ export class MeshNode extends EventEmitter {
   private readonly queues = new Map<string, Promise<unknown>>()
   /** Why a dataset could not be followed, for status. */
   private readonly settleErrors = new Map<string, MeshError>()
-  /** When each peer last sent its own report over a direct connection (this site's clock). */
+  /** When a newer report of each site last arrived, directly or relayed (this site's clock). */
   private readonly heardAt = new Map<string, number>()
 
   constructor(opts: MeshNodeOptions) {
@@ -498,10 +498,11 @@ export class MeshNode extends EventEmitter {
     }
     if (Buffer.from(m.report.site).equals(this.key)) return
     const k = hex(m.report.site)
-    if (k === hex(from.key)) this.heardAt.set(k, Date.now())
     const have = this.reports.get(k)
     if (have && have.report.at >= m.report.at) return
     this.reports.set(k, m)
+    // A newer report than any before, directly or relayed: that site was alive a moment ago.
+    this.heardAt.set(k, Date.now())
     this.broadcast((p) => p.report.send(m), from)
     this.emit('report', m.report)
     this.scheduleSave()
@@ -1012,14 +1013,14 @@ export class MeshNode extends EventEmitter {
         hint: 'Wait until `mesh status` shows this site holding the dataset, then run the command again.'
       })
     }
-    // Healthy: connected, heard from within three heartbeats (a killed site keeps a connection that looks open
-    // for a while), and capturing without an error.
-    const originPeer = this.peers.get(hex(head.origin))
+    // Healthy: a new report of its own reached this site, directly or through another site, within three
+    // heartbeats (a killed site's connection looks open for a while; its reports stop at once), and it
+    // reports capturing without an error.
     const heard = this.heardAt.get(hex(head.origin)) ?? 0
-    if (!force && originPeer?.ready && Date.now() - heard < 3 * (this.opts.heartbeatMs ?? 5000)) {
+    if (!force && Date.now() - heard < 3 * (this.opts.heartbeatMs ?? 5000)) {
       const reported = this.reports.get(hex(head.origin))?.report.holdings.find((h) => h.dataset === id && sameKey(h.log, head.log))
       if (reported && reported.error === '') {
-        throw MeshError.ORIGIN_HEALTHY(`${head.originSite}, the origin of ${head.name}, is connected and capturing (heard from ${Math.round((Date.now() - heard) / 1000)} s ago)`)
+        throw MeshError.ORIGIN_HEALTHY(`${head.originSite}, the origin of ${head.name}, is reachable and capturing (its last report arrived ${Math.round((Date.now() - heard) / 1000)} s ago)`)
       }
     }
     // What this site holds of the log is applied in moments: give it that time before judging.
