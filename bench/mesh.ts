@@ -63,15 +63,15 @@ const med = (xs: number[]) => pct(xs, 50)
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a')
 const f2 = (x: number) => +x.toFixed(2)
 
-function sleep(ms: number): Promise<void> {
+export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms))
 }
 
-async function waitUntil(cond: () => boolean, timeoutMs: number, what: () => string): Promise<void> {
+export async function waitUntil(cond: () => boolean, timeoutMs: number, what: () => string, everyMs = 5): Promise<void> {
   const until = Date.now() + timeoutMs
   while (!cond()) {
-    if (Date.now() > until) throw new Error(`mesh bench: timed out after ${timeoutMs} ms waiting for ${what()}`)
-    await sleep(5)
+    if (Date.now() > until) throw new Error(`bench: timed out after ${timeoutMs} ms waiting for ${what()}`)
+    await sleep(everyMs)
   }
 }
 

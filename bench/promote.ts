@@ -47,6 +47,7 @@ import { DEFAULT_THRESHOLDS, MeshNode, createSiteKey, sitePaths, writeMeshState,
 import type { MemberInfo } from '../protocol/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { writeConfig } from '../tools/config.ts'
+import { sleep, waitUntil } from './mesh.ts'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const MESH = path.join(ROOT, 'tools', 'mesh.js')
@@ -107,18 +108,6 @@ function fillOrigin(file: string, rows: number): void {
   })()
   db.pragma('journal_mode = WAL')
   db.close()
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms))
-}
-
-async function waitUntil(cond: () => boolean, timeoutMs: number, what: () => string): Promise<void> {
-  const until = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`promote bench: timed out after ${timeoutMs} ms waiting for ${what()}`)
-    await sleep(20)
-  }
 }
 
 const nowMs = () => Number(process.hrtime.bigint()) / 1e6
@@ -219,7 +208,8 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
       () => {
         const r = b.replicas.get(dataset.id)
         return `site-b to apply site-a's log (${r ? `${r.loop.stats.applied} of ${originLength()} blocks applied, ${r.side.state()}` : 'no replica yet'}; ${b.peers.size} peers)`
-      }
+      },
+      20
     )
     const catchUpMs = nowMs() - t
     const replicaFile = b.replicas.get(dataset.id)!.path
@@ -227,7 +217,7 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
     // --- site-a is lost -------------------------------------------------------------------------------------
     await a.close()
     nodes.shift()
-    await waitUntil(() => b.peers.size === 0, 30_000, () => "site-b to see site-a's connection close")
+    await waitUntil(() => b.peers.size === 0, 30_000, () => "site-b to see site-a's connection close", 20)
     spawnSync('sync')
     await sleep(300)
     const before = fs.statSync(replicaFile)
@@ -277,7 +267,7 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
       }
     }
     // The row's block may be read back before its unit is reported (appended, not yet fsynced).
-    await waitUntil(() => units.some((u) => u.length > block), 30_000, () => `the unit holding block ${block} to be reported`)
+    await waitUntil(() => units.some((u) => u.length > block), 30_000, () => `the unit holding block ${block} to be reported`, 20)
     const t1 = units.find((u) => u.length > block)!.t
     const tAppended = appended.find((x) => x.length > block)?.t ?? NaN
     app.close()

@@ -9,20 +9,12 @@
  * at the unit before it, with the error kept for `mesh status`; it does not guess past it.
  */
 import { EventEmitter } from 'node:events'
-import { MeshError } from '../protocol/index.ts'
+import { MeshError, sameBytes } from '../protocol/index.ts'
+import { locate, type Segment } from './chain.ts'
 import type { ApplySide, Logger } from '../adapters/index.ts'
 import { silentLogger } from '../adapters/index.ts'
 import type { DatasetLog } from './log.ts'
 
-/** One epoch's log in a dataset's chain: applied up to `end` (where the next epoch branched), or to its tip. */
-export interface Segment {
-  log: DatasetLog
-  epoch: number
-  /** null for the newest epoch's log, which is followed as it grows. */
-  end: number | null
-}
-
-const sameKey = (a: Uint8Array, b: Uint8Array) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0
 
 export interface ApplyLoopOptions {
   segments: Segment[]
@@ -89,26 +81,19 @@ export class ApplyLoop extends EventEmitter {
   /** Blocks of the head log applied (0 while the replica is still on an earlier epoch's log). */
   appliedOnHead(): number {
     const pos = this.apply.position()
-    return pos !== null && sameKey(pos.log, this.head.key) ? pos.length : 0
+    return pos !== null && sameBytes(pos.log, this.head.key) ? pos.length : 0
   }
 
-  /**
-   * Where the replica stands in the chain: the segment it is on and the next block to apply there. Throws
-   * LOG_MISMATCH when it stands on no segment, or past the point where the next epoch branched off: it then
-   * holds changes the chain does not, and must be rebuilt.
-   */
+  /** Where the replica stands in the chain (see locate); LOG_MISMATCH when off it: it must be rebuilt. */
   where(): { index: number; next: number } {
     const pos = this.apply.position()
-    if (pos === null) return { index: 0, next: 0 }
-    const index = this.segments.findIndex((s) => sameKey(s.log.key, pos.log))
-    if (index < 0) throw MeshError.LOG_MISMATCH('the replica holds a log that is not in this dataset’s history', { context: { applied: pos.length } })
-    const end = this.segments[index].end
-    if (end !== null && pos.length > end) {
-      throw MeshError.LOG_MISMATCH(`the replica applied ${pos.length} blocks of a log the next epoch branched off at ${end}`, {
-        context: { applied: pos.length, end }
+    const at = locate(this.segments, pos)
+    if (at === null) {
+      throw MeshError.LOG_MISMATCH('the replica holds changes this dataset’s history does not (another log, or past the point where a newer epoch branched off)', {
+        context: { applied: pos?.length }
       })
     }
-    return { index, next: pos.length }
+    return at
   }
 
   /** Applies every complete unit that is here now. Returns how many units it applied. */

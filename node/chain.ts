@@ -7,11 +7,16 @@
  * promotions on both sides of a partition) are ordered by log key, the lower key winning. Every site sees
  * the same two keys, so every site picks the same log, with no vote and no clock.
  */
-import { MeshError, type DatasetInfo, type HeaderEntry } from '../protocol/index.ts'
-import type { Segment } from './apply-loop.ts'
+import { MeshError, sameBytes, type DatasetInfo, type HeaderEntry } from '../protocol/index.ts'
 import type { DatasetLog } from './log.ts'
 
-const sameKey = (a: Uint8Array, b: Uint8Array) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0
+/** One epoch's log in a dataset's chain: applied up to `end` (where the next epoch branched), or to its tip. */
+export interface Segment {
+  log: DatasetLog
+  epoch: number
+  /** null for the newest epoch's log, which is followed as it grows. */
+  end: number | null
+}
 
 /** True when `a` supersedes `b`: a newer epoch, or the same epoch with the lower log key. */
 export function supersedes(a: DatasetInfo, b: DatasetInfo): boolean {
@@ -50,15 +55,15 @@ export async function resolveChain(head: DatasetInfo, open: (key: Uint8Array) =>
   }
 }
 
-/** Whether a replica at (log, length) stands on the chain: on one of its logs, not past a branch point. */
-export function onChain(chain: Segment[], pos: { log: Uint8Array; length: number } | null): boolean {
-  if (pos === null) return true
-  const s = chain.find((x) => sameKey(x.log.key, pos.log))
-  return s !== undefined && (s.end === null || pos.length <= s.end)
-}
-
-/** The segment of `key` in the chain, and where the chain leaves it (null: it is the newest epoch). */
-export function branchPoint(chain: Segment[], key: Uint8Array): { index: number; end: number | null } | null {
-  const index = chain.findIndex((x) => sameKey(x.log.key, key))
-  return index < 0 ? null : { index, end: chain[index].end }
+/**
+ * Where a replica at (log, length) stands on the chain: the segment it is on and the next block to apply
+ * there. null when it stands on none of the chain's logs, or past the point where the next epoch branched
+ * off: it then holds changes the chain does not.
+ */
+export function locate(chain: Segment[], pos: { log: Uint8Array; length: number } | null): { index: number; next: number } | null {
+  if (pos === null) return { index: 0, next: 0 }
+  const index = chain.findIndex((x) => sameBytes(x.log.key, pos.log))
+  if (index < 0) return null
+  const end = chain[index].end
+  return end !== null && pos.length > end ? null : { index, next: pos.length }
 }

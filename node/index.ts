@@ -2,7 +2,7 @@ export { DatasetLog, logName, syncStore } from './log.ts'
 export { CaptureLoop, type CaptureLoopOptions, type CaptureStats } from './capture-loop.ts'
 export { ApplyLoop, type ApplyLoopOptions, type ApplyStats } from './apply-loop.ts'
 export { MeshNode, askNode, meshTopic, statusFromDisk, type MeshNodeOptions, type NetworkOptions, type OwnDataset, type PromoteResult, type Refusal } from './node.ts'
-export { resolveChain, supersedes, onChain } from './chain.ts'
+export { resolveChain, supersedes, locate, type Segment } from './chain.ts'
 export { redeemJoinCode, type RedeemOptions } from './join.ts'
 export {
   buildStatus,

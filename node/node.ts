@@ -30,6 +30,7 @@ import {
   CONTROL_VERSION,
   JOIN_PROTOCOL,
   MeshError,
+  sameBytes,
   datasetsMessage,
   helloEncoding,
   joinHelloEncoding,
@@ -50,7 +51,7 @@ import {
 import { SqliteApply, SqliteCapture, backupDatabase, databaseRole, replaceContents, silentLogger, type Logger } from '../adapters/index.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
-import { branchPoint, onChain, resolveChain, supersedes, type ChainSegment } from './chain.ts'
+import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
 import { writeDivergence } from './divergence.ts'
 import { DatasetLog, logName } from './log.ts'
 import {
@@ -111,7 +112,8 @@ export function meshTopic(meshId: Uint8Array): Buffer {
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
-const sameKey = (a: Uint8Array, b: Uint8Array) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0
+/** A name as a file name: anything but letters, digits, '.', '_' and '-' becomes '_'. */
+const fileSafe = (s: string) => s.replace(/[^A-Za-z0-9._-]+/g, '_')
 const short = (b: Uint8Array) => hex(b).slice(0, 12)
 
 interface Peer {
@@ -235,11 +237,8 @@ export class MeshNode extends EventEmitter {
       }
       local.path = own.path
       if (!local.written.some((w) => w.epoch === 0)) {
-        const w: WrittenLog = { epoch: 0, key: new Uint8Array(32), name: logName(own.id, 0), parent: null }
-        const log = await DatasetLog.named(this.store, this.paths.store, w.name)
-        w.key = log.key
-        await log.close()
-        local.written.unshift(w)
+        const name = logName(own.id, 0)
+        local.written.unshift({ epoch: 0, key: (await this.createLog(name)).key, name, parent: null })
       }
       if (!this.state.datasets.some((d) => d.id === own.id)) {
         this.state.datasets.push({
@@ -710,18 +709,23 @@ export class MeshNode extends EventEmitter {
     return log
   }
 
+  /** A new log this site will write, kept open like every other. */
+  private async createLog(name: string): Promise<DatasetLog> {
+    const log = await DatasetLog.named(this.store, this.paths.store, name)
+    this.logs.set(hex(log.key), log)
+    log.core.download({ start: 0, end: -1 })
+    return log
+  }
+
   private async openWritten(w: WrittenLog): Promise<DatasetLog> {
-    const k = hex(w.key)
-    const have = this.logs.get(k)
+    const have = this.logs.get(hex(w.key))
     if (have) return have
-    const log = await DatasetLog.named(this.store, this.paths.store, w.name)
+    const log = await this.createLog(w.name)
     if (!log.core.key.equals(Buffer.from(w.key))) {
       throw MeshError.BAD_LOG(`the log store no longer holds the log this site wrote for epoch ${w.epoch}`, {
         hint: 'The store was replaced or damaged. Restore the data directory from a backup.'
       })
     }
-    this.logs.set(k, log)
-    log.core.download({ start: 0, end: -1 })
     return log
   }
 
@@ -733,8 +737,8 @@ export class MeshNode extends EventEmitter {
     const origin = this.origins.get(id)
     const replica = this.replicas.get(id)
     if (head.origin.length && this.key.equals(Buffer.from(head.origin))) {
-      if (origin && sameKey(origin.log.key, head.log)) return
-      const w = local.written.find((x) => sameKey(x.key, head.log))
+      if (origin && sameBytes(origin.log.key, head.log)) return
+      const w = local.written.find((x) => sameBytes(x.key, head.log))
       if (!w) {
         throw MeshError.BAD_LOG(`the mesh names this site the origin of ${head.name} (epoch ${head.epoch}), but it holds no such log`, {
           hint: 'Restore this data directory from a backup, or promote another site.'
@@ -750,7 +754,7 @@ export class MeshNode extends EventEmitter {
       this.settleErrors.delete(id)
       return
     }
-    if (replica && sameKey(replica.info.log, head.log)) return
+    if (replica && sameBytes(replica.info.log, head.log)) return
     if (replica) await this.closeReplica(replica)
     const w = local.written[local.written.length - 1]
     if (w && databaseRole(local.path) === 'origin') {
@@ -820,8 +824,7 @@ export class MeshNode extends EventEmitter {
 
   /** Where a replica of a dataset is kept here; fixed when it is first opened (see LocalDataset.path). */
   replicaPath(info: DatasetInfo): string {
-    const safe = (s: string) => s.replace(/[^A-Za-z0-9._-]+/g, '_')
-    return path.join(this.paths.replicas, `${safe(info.originSite)}-${safe(info.name)}-${info.id.slice(0, 8)}.db`)
+    return path.join(this.paths.replicas, `${fileSafe(info.originSite)}-${fileSafe(info.name)}-${info.id.slice(0, 8)}.db`)
   }
 
   /**
@@ -835,7 +838,7 @@ export class MeshNode extends EventEmitter {
     if (!rebuild) {
       await side.open()
       const pos = side.position()
-      if (!onChain(chain, pos)) {
+      if (locate(chain, pos) === null) {
         await side.close()
         this.logger.warn('this copy applied changes that the newest epoch does not hold; rebuilding it', {
           dataset: head.name,
@@ -896,7 +899,7 @@ export class MeshNode extends EventEmitter {
       while (last !== undefined && !this.closing) {
         await loop.catchUp()
         const pos = side.position()
-        if (pos !== null && sameKey(pos.log, last.log.key) && pos.length === last.end) break
+        if (pos !== null && sameBytes(pos.log, last.log.key) && pos.length === last.end) break
         if (Date.now() - lastLog > 5000) {
           lastLog = Date.now()
           this.logger.info('rebuilding: waiting for blocks of an earlier epoch from peers', { dataset: head.name, total })
@@ -942,8 +945,8 @@ export class MeshNode extends EventEmitter {
     }
     this.origins.delete(o.info.id)
     this.markDirty()
-    const bp = branchPoint(chain, o.log.key)
-    const from = bp?.end ?? 1
+    // Where the newest epoch's chain leaves this site's log; all of it past the header if it is not in it.
+    const from = chain.find((x) => sameBytes(x.log.key, o.log.key))?.end ?? 1
     let to = o.log.length
     const tail = to > 1 ? await o.log.entry(to - 1, { wait: false }) : null
     if (tail?.kind === 'fence') to--
@@ -951,10 +954,9 @@ export class MeshNode extends EventEmitter {
     await o.side.close()
     if (to > from || uncaptured) {
       const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')
-      const safe = name.replace(/[^A-Za-z0-9._-]+/g, '_')
       // A fence that was interrupted before the rebuild is done again into the same folder.
       const again = local.divergences.find((x) => x.epoch === o.info.epoch && x.fencedBy === head.epoch && fs.existsSync(x.dir))
-      const dir = again?.dir ?? path.join(this.paths.dir, 'divergence', `${safe}-epoch${o.info.epoch}-${stamp}`)
+      const dir = again?.dir ?? path.join(this.paths.dir, 'divergence', `${fileSafe(name)}-epoch${o.info.epoch}-${stamp}`)
       const changes = await writeDivergence({
         log: o.log,
         from,
@@ -1018,7 +1020,7 @@ export class MeshNode extends EventEmitter {
     // reports capturing without an error.
     const heard = this.heardAt.get(hex(head.origin)) ?? 0
     if (!force && Date.now() - heard < 3 * (this.opts.heartbeatMs ?? 5000)) {
-      const reported = this.reports.get(hex(head.origin))?.report.holdings.find((h) => h.dataset === id && sameKey(h.log, head.log))
+      const reported = this.reports.get(hex(head.origin))?.report.holdings.find((h) => h.dataset === id && sameBytes(h.log, head.log))
       if (reported && reported.error === '') {
         throw MeshError.ORIGIN_HEALTHY(`${head.originSite}, the origin of ${head.name}, is reachable and capturing (its last report arrived ${Math.round((Date.now() - heard) / 1000)} s ago)`)
       }
@@ -1032,7 +1034,7 @@ export class MeshNode extends EventEmitter {
     let best = { length: r.log.core.contiguousLength, site: this.opts.site }
     for (const p of this.peers.values()) {
       if (!p.ready) continue
-      const h = this.reports.get(hex(p.key))?.report.holdings.find((x) => x.dataset === id && sameKey(x.log, head.log))
+      const h = this.reports.get(hex(p.key))?.report.holdings.find((x) => x.dataset === id && sameBytes(x.log, head.log))
       if (h && h.downloaded > best.length) best = { length: h.downloaded, site: p.site }
     }
     if (!force && applied < best.length) {
@@ -1055,8 +1057,7 @@ export class MeshNode extends EventEmitter {
     await this.closeReplica(r)
     const epoch = head.epoch + 1
     const name = `${logName(id, epoch)}/${Date.now()}`
-    const log = await DatasetLog.named(this.store, this.paths.store, name)
-    await log.close()
+    const log = await this.createLog(name)
     const local = this.localOf(head)
     const w: WrittenLog = { epoch, key: log.key, name, parent: { key: pos.log, length: pos.length } }
     local.written.push(w)

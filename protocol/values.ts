@@ -104,16 +104,16 @@ export const value = {
   }
 }
 
+/** Two byte strings (keys, hashes) hold the same bytes. */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0
+}
+
 /** Two values are the same value: same storage class and same bits. */
 export function sameValue(a: Value, b: Value): boolean {
   if (a === null || b === null) return a === b
   if (typeof a !== typeof b) return false
   if (typeof a === 'number') return Object.is(a, b)
-  if (a instanceof Uint8Array) {
-    const bb = b as Uint8Array
-    if (a.byteLength !== bb.byteLength) return false
-    for (let i = 0; i < a.byteLength; i++) if (a[i] !== bb[i]) return false
-    return true
-  }
+  if (a instanceof Uint8Array) return sameBytes(a, b as Uint8Array)
   return a === b
 }

@@ -11,7 +11,7 @@
  * because the rows they would write arrive through the log anyway; promotion creates them. Foreign keys are
  * not enforced while applying for the same reason (the origin enforced them).
  */
-import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
+import { MeshError, sameBytes as equalBytes, type Entry, type SchemaEntry, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, Logger, ReplicaState, Unit } from '../types.ts'
 import { silentLogger } from '../types.ts'
 import { OWN_PREFIX, openDatabase, quote, sqliteError, type DB } from './common.ts'
@@ -50,7 +50,7 @@ function bind(v: Value): unknown {
 
 function sameBytes(a: Uint8Array | null, b: Uint8Array | null): boolean {
   if (a === null || b === null) return a === b
-  return Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0
+  return equalBytes(a, b)
 }
 
 export class SqliteApply implements ApplySide {
