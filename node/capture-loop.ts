@@ -38,10 +38,12 @@ export interface CaptureStats {
   lastUnitAt: number | null
   lastError: MeshError | null
   snapshotRows: number
+  /** Whole copies made again because the source lost its position. */
+  resnapshots: number
 }
 
 export class CaptureLoop extends EventEmitter {
-  readonly stats: CaptureStats = { units: 0, rows: 0, lastUnitAt: null, lastError: null, snapshotRows: 0 }
+  readonly stats: CaptureStats = { units: 0, rows: 0, lastUnitAt: null, lastError: null, snapshotRows: 0, resnapshots: 0 }
   private readonly opts: CaptureLoopOptions
   private readonly logger: Logger
   private running = false
@@ -79,7 +81,20 @@ export class CaptureLoop extends EventEmitter {
     // A later epoch's log continues from its parent's state, which the promoted database already holds: it
     // starts with no snapshot, whatever the size of the database.
     if (!state.snapshotDone && !continues) await this.snapshot()
-    await capture.resume(state.source)
+    try {
+      await capture.resume(state.source)
+    } catch (err) {
+      if ((err as MeshError).code !== 'SOURCE_RESET') throw err
+      await this.resnapshot(err as MeshError)
+    }
+  }
+
+  /** The source lost its position (a dropped PostgreSQL slot): copy the whole database into the log again. */
+  private async resnapshot(err: MeshError): Promise<void> {
+    this.stats.resnapshots++
+    this.logger.warn('copying the whole database into the log again', { code: err.code, reason: err.message })
+    this.emit('resnapshot', err)
+    await this.snapshot()
   }
 
   private async snapshot(): Promise<void> {
@@ -111,7 +126,14 @@ export class CaptureLoop extends EventEmitter {
 
   private async stepNow(): Promise<number> {
     const { capture, log } = this.opts
-    const batch = await capture.read()
+    let batch
+    try {
+      batch = await capture.read()
+    } catch (err) {
+      if ((err as MeshError).code !== 'SOURCE_RESET') throw err
+      await this.resnapshot(err as MeshError)
+      return 1
+    }
     if (batch === null) return 0
     const length = await log.appendUnit(packTransaction(batch, this.opts.blockBytes))
     await capture.ack(batch.source)

@@ -96,7 +96,8 @@ export interface TableDef {
 }
 
 export interface SchemaObject {
-  type: 'index' | 'view' | 'trigger'
+  /** SQLite: index, view, trigger. PostgreSQL adds type (enums), sequence and constraint (unique, foreign key). */
+  type: 'index' | 'view' | 'trigger' | 'type' | 'sequence' | 'constraint'
   name: string
   table: string
   sql: string
@@ -237,7 +238,8 @@ const tableDef = {
 }
 const tableDefs = array(tableDef)
 
-const OBJECT_TYPES = ['index', 'view', 'trigger'] as const
+// New types are appended: an index never changes meaning.
+const OBJECT_TYPES = ['index', 'view', 'trigger', 'type', 'sequence', 'constraint'] as const
 const schemaObject = {
   preencode(s: State, o: SchemaObject) {
     s.end++

@@ -97,6 +97,37 @@ export class MeshError extends Error {
   /** A database error with no more specific code. */
   static DATABASE_ERROR = factory('DATABASE_ERROR', {})
 
+  // --- PostgreSQL ---------------------------------------------------------------------------------------------
+  /** A PostgreSQL connection URL that cannot be parsed. */
+  static BAD_URL = factory('BAD_URL', {
+    hint: 'Write it as postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.'
+  })
+  /** The PostgreSQL server does not answer (not running, wrong host or port, restarting). */
+  static PG_UNREACHABLE = factory('PG_UNREACHABLE', {
+    hint: 'Check that PostgreSQL is running and that the host and port in the URL are right. The node keeps trying.',
+    retryable: true
+  })
+  /** PostgreSQL refused the user or password. */
+  static PG_AUTH = factory('PG_AUTH', {
+    hint: 'Check the user and password in the URL (or in ~/.pgpass or PGPASSWORD), and that pg_hba.conf lets this user in from this host.'
+  })
+  /** The database named in the URL does not exist (any more). */
+  static PG_NO_DATABASE = factory('PG_NO_DATABASE', {
+    hint: 'Check the database name in the URL. If the database was dropped, restore it (mesh promote or a restore), then restart the node.'
+  })
+  /** The source lost its capture position (a PostgreSQL slot dropped behind our back): the whole database is copied again. */
+  static SOURCE_RESET = factory('SOURCE_RESET', {
+    hint: 'Nothing to do: the node copies the whole database into the log again and every replica starts over from that copy. Find out who dropped the slot, or raise max_slot_wal_keep_size.'
+  })
+  /** A schema change at the origin that a replica cannot follow without losing data. */
+  static UNSUPPORTED_DDL = factory('UNSUPPORTED_DDL', {
+    hint: 'Apply of this dataset is stopped here so the replica does not silently differ. Undo the change at the origin, or remove this replica database and restart the node to copy it again.'
+  })
+  /** A column type the mesh cannot carry to a replica. */
+  static UNSUPPORTED_TYPE = factory('UNSUPPORTED_TYPE', {
+    hint: 'Create the type (extension, domain or composite) in the replica database too, or change the column to a built-in type.'
+  })
+
   // --- logs and replicas -------------------------------------------------------------------------------------
   /** The replica's applied position does not belong to the log being applied (another log, or a fork). */
   static LOG_MISMATCH = factory('LOG_MISMATCH', {

@@ -6,7 +6,7 @@
 import Corestore from 'corestore'
 import path from 'node:path'
 import { pipeline } from 'node:stream'
-import { SqliteApply, SqliteCapture } from '../../adapters/index.ts'
+import { SqliteApply, SqliteCapture, type ApplySide, type CaptureSide } from '../../adapters/index.ts'
 import { ApplyLoop, CaptureLoop, DatasetLog } from '../../node/index.ts'
 
 export interface Pipeline {
@@ -31,14 +31,25 @@ export function replicateStores(a: Corestore, b: Corestore): () => void {
 }
 
 export async function startPipeline(dir: string, originFile: string, opts: { pollMs?: number; blockBytes?: number } = {}): Promise<Pipeline> {
+  const captureSide = new SqliteCapture({ path: originFile, ackIntervalMs: 0 })
+  const replica = new SqliteApply({ path: path.join(dir, 'replica.db') })
+  return startSidesPipeline(dir, captureSide, replica, opts) as Promise<Pipeline>
+}
+
+/** The same with any engine's capture and apply sides. */
+export async function startSidesPipeline<A extends ApplySide>(
+  dir: string,
+  captureSide: CaptureSide,
+  replica: A,
+  opts: { pollMs?: number; blockBytes?: number } = {}
+): Promise<Omit<Pipeline, 'replica'> & { replica: A }> {
   const storeA = new Corestore(path.join(dir, 'store-a'))
   const storeB = new Corestore(path.join(dir, 'store-b'))
   const originLog = await DatasetLog.writable(storeA, path.join(dir, 'store-a'), 'ds1', 0)
-  const captureSide = new SqliteCapture({ path: originFile, ackIntervalMs: 0 })
   const capture = new CaptureLoop({
     capture: captureSide,
     log: originLog,
-    header: { dataset: 'ds1', name: 'shop', engine: 'sqlite', epoch: 0, site: 'a', createdAt: Date.now(), parent: null },
+    header: { dataset: 'ds1', name: 'shop', engine: captureSide.engine, epoch: 0, site: 'a', createdAt: Date.now(), parent: null },
     pollMs: opts.pollMs ?? 5,
     blockBytes: opts.blockBytes
   })
@@ -46,7 +57,6 @@ export async function startPipeline(dir: string, originFile: string, opts: { pol
   const replicaLog = await DatasetLog.byKey(storeB, path.join(dir, 'store-b'), originLog.key)
   const stop = replicateStores(storeA, storeB)
   replicaLog.core.download({ start: 0, end: -1 })
-  const replica = new SqliteApply({ path: path.join(dir, 'replica.db') })
   const apply = new ApplyLoop({ segments: [{ log: replicaLog, epoch: 0, end: null }], apply: replica })
   await apply.start()
   return {

@@ -1,0 +1,475 @@
+/**
+ * PostgreSQL apply: builds a warm replica database by applying log units in order.
+ *
+ * Each unit and the replica's new applied position (the row of `_mesh.replica`) are written in one
+ * transaction, so a crash leaves all of a unit or none of it. Rows are written a table at a time: keys to
+ * delete in one DELETE, rows in one INSERT ... ON CONFLICT (key) DO UPDATE, each fed by unnest() over text
+ * arrays and cast to the column types, so a unit of thousands of rows costs a few statements. A unit holds
+ * each key's net change once (see capture.ts), so the order of its rows does not matter.
+ *
+ * The apply session runs with session_replication_role = replica where allowed (a superuser): the origin's
+ * triggers and foreign-key checks do not fire again for rows the origin already checked. Unique and
+ * foreign-key constraints are created DEFERRABLE INITIALLY DEFERRED, so that they hold at every commit
+ * whatever the order of a unit's rows; unique indexes that are not constraints are created as plain indexes
+ * (see README, Limits).
+ *
+ * Schema changes are migrations: a table that is new is created, one that is gone is dropped, one whose
+ * name, columns or key changed is altered in place (rename, add or drop a column, change a type). A change
+ * that cannot be told apart from losing data (a column that disappears while another appears: a rename or a
+ * drop and an add) stops apply with UNSUPPORTED_DDL, and the replica stays at its last good position.
+ */
+import { MeshError, sameBytes, type Entry, type SchemaEntry, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
+import type { AppliedPosition, ApplySide, Logger, ReplicaState, Unit } from '../types.ts'
+import { silentLogger } from '../types.ts'
+import { OWN_SCHEMA, SEQUENCES_TABLE, connect, isUnchanged, pgError, quoteIdent, quoteLiteral, redactUrl, type Client } from './common.ts'
+
+const META = `${OWN_SCHEMA}.replica`
+
+export interface PostgresApplyOptions {
+  url: string
+  dataset?: string
+  logger?: Logger
+}
+
+interface Meta {
+  dataset: string | null
+  log: Uint8Array | null
+  epoch: number
+  length: number
+  treeHash: Uint8Array | null
+  state: ReplicaState
+  tables: TableDef[]
+  objects: SchemaObject[]
+}
+
+/** A value as a text parameter (PostgreSQL rows carry text; anything else is turned into its text). */
+function text(v: Value): string | null {
+  if (v === null) return null
+  if (typeof v === 'string') return v
+  if (v instanceof Uint8Array) return '\\x' + Buffer.from(v).toString('hex')
+  return String(v)
+}
+
+/** Splits a quoted qualified name (`"a"."b"` or `a.b`) into its parts. */
+export function splitName(name: string): string[] {
+  const parts: string[] = []
+  let i = 0
+  while (i < name.length) {
+    if (name[i] === '"') {
+      let s = ''
+      i++
+      while (i < name.length) {
+        if (name[i] === '"' && name[i + 1] === '"') {
+          s += '"'
+          i += 2
+        } else if (name[i] === '"') {
+          i++
+          break
+        } else s += name[i++]
+      }
+      parts.push(s)
+    } else {
+      const j = name.indexOf('.', i)
+      parts.push(name.slice(i, j < 0 ? name.length : j))
+      i = j < 0 ? name.length : j
+    }
+    if (name[i] === '.') i++
+  }
+  return parts
+}
+
+export class PostgresApply implements ApplySide {
+  readonly engine = 'postgres' as const
+  private readonly url: string
+  private readonly log: Logger
+  private readonly expectDataset: string | null
+  private client: Client | null = null
+  private meta!: Meta
+  private skippedObjects: string[] = []
+
+  constructor(opts: PostgresApplyOptions) {
+    this.url = opts.url
+    this.log = opts.logger ?? silentLogger
+    this.expectDataset = opts.dataset ?? null
+  }
+
+  private get conn(): Client {
+    if (this.client === null) throw MeshError.CLOSED('the PostgreSQL replica is not open')
+    return this.client
+  }
+
+  async open(): Promise<void> {
+    if (this.client !== null) return
+    const client = await connect(this.url, { doing: 'cannot connect to the replica database' })
+    this.client = client
+    try {
+      await client.query('SET session_replication_role = replica').catch(() => {})
+      const own = await client.query(`SELECT to_regclass($1) IS NOT NULL AS has`, [META])
+      if (own.rows[0].has !== 't') {
+        const user = await client.query(
+          `SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'`
+        )
+        if (Number(user.rows[0].n) > 0) {
+          throw MeshError.BAD_REPLICA(`the database ${redactUrl(this.url)} already holds tables that branchmesh did not make`, {
+            hint: 'Give each replica an empty database of its own (the node creates one when it may: see "postgres" in the README).',
+            context: { url: redactUrl(this.url) }
+          })
+        }
+        await client.query(`CREATE SCHEMA IF NOT EXISTS ${OWN_SCHEMA}`)
+        await client.query(
+          `CREATE TABLE IF NOT EXISTS ${META} (dataset text PRIMARY KEY, log bytea, epoch int NOT NULL DEFAULT 0, length int8 NOT NULL DEFAULT 0,
+             tree_hash bytea, state text NOT NULL DEFAULT 'empty', tables text NOT NULL DEFAULT '[]', objects text NOT NULL DEFAULT '[]')`
+        )
+      }
+      this.meta = await this.loadMeta()
+      if (this.expectDataset && this.meta.dataset && this.meta.dataset !== this.expectDataset) {
+        throw MeshError.LOG_MISMATCH(`${redactUrl(this.url)} is a replica of dataset ${this.meta.dataset}, not ${this.expectDataset}`)
+      }
+    } catch (err) {
+      await client.end().catch(() => {})
+      this.client = null
+      throw pgError(err, this.url, 'cannot open the replica')
+    }
+  }
+
+  private async loadMeta(): Promise<Meta> {
+    const r = await this.conn.query(`SELECT dataset, log, epoch, length, tree_hash, state, tables, objects FROM ${META}`)
+    if (r.rows.length > 1) throw MeshError.BAD_REPLICA(`${redactUrl(this.url)} holds the positions of ${r.rows.length} datasets; a replica database holds one`)
+    const row = r.rows[0]
+    if (!row) return { dataset: null, log: null, epoch: 0, length: 0, treeHash: null, state: 'empty', tables: [], objects: [] }
+    const bytes = (v: string | null) => (v === null ? null : new Uint8Array(Buffer.from(v.slice(2), 'hex')))
+    return {
+      dataset: row.dataset,
+      log: bytes(row.log),
+      epoch: Number(row.epoch),
+      length: Number(row.length),
+      treeHash: bytes(row.tree_hash),
+      state: row.state as ReplicaState,
+      tables: JSON.parse(row.tables),
+      objects: JSON.parse(row.objects)
+    }
+  }
+
+  private async saveMeta(): Promise<void> {
+    const m = this.meta
+    const hexOf = (b: Uint8Array | null) => (b === null ? null : '\\x' + Buffer.from(b).toString('hex'))
+    await this.conn.query(`DELETE FROM ${META} WHERE dataset IS DISTINCT FROM $1`, [m.dataset])
+    await this.conn.query(
+      `INSERT INTO ${META} (dataset, log, epoch, length, tree_hash, state, tables, objects) VALUES ($1, $2::bytea, $3, $4, $5::bytea, $6, $7, $8)
+       ON CONFLICT (dataset) DO UPDATE SET log = EXCLUDED.log, epoch = EXCLUDED.epoch, length = EXCLUDED.length, tree_hash = EXCLUDED.tree_hash,
+         state = EXCLUDED.state, tables = EXCLUDED.tables, objects = EXCLUDED.objects`,
+      [m.dataset, hexOf(m.log), m.epoch, m.length, hexOf(m.treeHash), m.state, JSON.stringify(m.tables), JSON.stringify(m.objects)]
+    )
+  }
+
+  position(): AppliedPosition | null {
+    const m = this.meta
+    if (m.log === null) return null
+    return { log: m.log, epoch: m.epoch, length: m.length, treeHash: m.treeHash }
+  }
+
+  state(): ReplicaState {
+    return this.meta.state
+  }
+
+  dataset(): string | null {
+    return this.meta.dataset
+  }
+
+  /** Schema objects the replica could not create, with the reason. */
+  skipped(): string[] {
+    return [...this.skippedObjects]
+  }
+
+  async apply(unit: Unit, position: AppliedPosition): Promise<void> {
+    if (this.client === null) await this.open()
+    const m = this.meta
+    const end = unit.start + unit.entries.length
+    if (position.length !== end) throw MeshError.BAD_LOG(`unit [${unit.start}, ${end}) given position ${position.length}`)
+    if (m.log !== null && !sameBytes(m.log, position.log)) {
+      const h = unit.entries[0]
+      const continues = unit.start === 0 && h.kind === 'header' && h.parent !== null && sameBytes(h.parent.key, m.log) && h.parent.length === m.length
+      if (!continues) {
+        throw MeshError.LOG_MISMATCH(`the replica follows log ${Buffer.from(m.log).toString('hex').slice(0, 16)}… at ${m.length}, and this log does not continue from there`, {
+          context: { url: redactUrl(this.url), applied: m.length }
+        })
+      }
+    } else if (m.log !== null && end <= m.length) {
+      return
+    } else if (unit.start !== m.length) {
+      throw MeshError.LOG_MISMATCH(`the replica is at ${m.length} but the next unit starts at ${unit.start}`, {
+        context: { url: redactUrl(this.url), applied: m.length, start: unit.start }
+      })
+    }
+    const before: Meta = { ...m }
+    const db = this.conn
+    try {
+      await db.query('BEGIN')
+      for (const entry of unit.entries) await this.applyEntry(entry, position)
+      m.log = position.log
+      m.epoch = position.epoch
+      m.length = position.length
+      m.treeHash = position.treeHash
+      await this.saveMeta()
+      await db.query('COMMIT')
+    } catch (err) {
+      await db.query('ROLLBACK').catch(() => {})
+      this.meta = before
+      const e = pgError(err, this.url, 'cannot apply to the replica')
+      if (e.code === 'PG_UNREACHABLE') {
+        // Connect again at the next attempt.
+        await db.end().catch(() => {})
+        this.client = null
+      }
+      throw e
+    }
+  }
+
+  private async applyEntry(entry: Entry, position: AppliedPosition): Promise<void> {
+    const m = this.meta
+    switch (entry.kind) {
+      case 'header': {
+        if (entry.engine !== 'postgres') throw MeshError.BAD_LOG(`log of a ${entry.engine} dataset cannot be applied to a PostgreSQL replica`)
+        const want = m.dataset ?? this.expectDataset
+        if (want !== null && want !== entry.dataset) throw MeshError.LOG_MISMATCH(`the log is of dataset ${entry.dataset}, the replica of ${want}`)
+        m.dataset = entry.dataset
+        if (entry.epoch !== position.epoch) throw MeshError.BAD_LOG(`header epoch ${entry.epoch} but position epoch ${position.epoch}`)
+        return
+      }
+      case 'schema':
+        await this.applySchema(entry)
+        return
+      case 'snapshot':
+        if (entry.first) {
+          if (m.tables.length) await this.conn.query(`TRUNCATE ${m.tables.map((t) => t.name).join(', ')}`)
+          m.state = 'seeding'
+        }
+        await this.applyChanges(entry.changes)
+        if (entry.last) m.state = 'settling'
+        return
+      case 'transaction':
+        await this.applyChanges(entry.changes)
+        if (m.state === 'settling') m.state = 'ready'
+        return
+      case 'checkpoint':
+      case 'fence':
+        return
+    }
+  }
+
+  private table(id: number): TableDef {
+    const def = this.meta.tables.find((t) => t.id === id)
+    if (def === undefined) throw MeshError.BAD_LOG(`change for table id ${id}, which no schema entry defined`)
+    return def
+  }
+
+  private async applyChanges(changes: TableChanges[]): Promise<void> {
+    const db = this.conn
+    for (const ch of changes) {
+      if (ch.table === SEQUENCES_TABLE) {
+        for (const [name, v] of ch.upserts) await db.query('SELECT setval(to_regclass($1), $2::int8, true)', [text(name), text(v)])
+        continue
+      }
+      const def = this.table(ch.table)
+      const width = def.columns.length
+      const cols = def.columns.map((c) => quoteIdent(c.name))
+      const cast = (i: number, v = `u.v${i}`) => `${v}::${def.columns[i].type}`
+      const arrays = (rows: Value[][], idx: number[]) => idx.map((i) => rows.map((r) => text(r[i])))
+      const unnest = (idx: number[]) => `unnest(${idx.map((_, j) => `$${j + 1}::text[]`).join(', ')}) AS u(${idx.map((i) => `v${i}`).join(', ')})`
+      if (ch.deletes.length) {
+        if (def.key.length) {
+          for (const k of ch.deletes) if (k.length !== def.key.length) throw MeshError.BAD_LOG(`delete key of ${k.length} values for ${def.name}`)
+          const keyRows = ch.deletes.map((k) => {
+            const row: Value[] = new Array(width).fill(null)
+            def.key.forEach((i, j) => (row[i] = k[j]))
+            return row
+          })
+          await db.query(
+            `DELETE FROM ${def.name} WHERE (${def.key.map((i) => cols[i]).join(', ')}) IN (SELECT ${def.key.map((i) => cast(i)).join(', ')} FROM ${unnest(def.key)})`,
+            arrays(keyRows, def.key)
+          )
+        } else {
+          // No key: each deleted row is identified by all its values, one row at a time (duplicates exist).
+          for (const row of ch.deletes) {
+            if (row.length !== width) throw MeshError.BAD_LOG(`row of ${row.length} values for ${def.name} (${width} columns)`)
+            const match = def.columns.map((c, i) => `${cols[i]}::text IS NOT DISTINCT FROM ($${i + 1}::${c.type})::text`).join(' AND ')
+            const r = await db.query(`DELETE FROM ${def.name} WHERE ctid = (SELECT ctid FROM ${def.name} WHERE ${match} LIMIT 1)`, row.map(text))
+            if (r.rowCount === 0) throw MeshError.BAD_LOG(`a row of ${def.name} that the log deletes is not in the replica`, { hint: 'The replica was changed behind the mesh. Remove the replica database and restart the node to copy it again.' })
+          }
+        }
+      }
+      const full: Value[][] = []
+      for (const row of ch.upserts) {
+        if (row.length !== width) throw MeshError.BAD_LOG(`row of ${row.length} values for ${def.name} (${width} columns)`)
+        if (row.some(isUnchanged)) await this.updatePartial(def, row)
+        else full.push(row)
+      }
+      if (full.length === 0) continue
+      const all = def.columns.map((_, i) => i)
+      let sql = `INSERT INTO ${def.name} (${cols.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${all.map((i) => cast(i)).join(', ')} FROM ${unnest(all)}`
+      if (def.key.length) {
+        const rest = all.filter((i) => !def.key.includes(i))
+        sql += ` ON CONFLICT (${def.key.map((i) => cols[i]).join(', ')}) DO ${rest.length ? `UPDATE SET ${rest.map((i) => `${cols[i]} = EXCLUDED.${cols[i]}`).join(', ')}` : 'NOTHING'}`
+      }
+      await db.query(sql, arrays(full, all))
+    }
+  }
+
+  /** An update that left TOASTed values unchanged: only the values it carries are written. */
+  private async updatePartial(def: TableDef, row: Value[]): Promise<void> {
+    if (def.key.length === 0) throw MeshError.BAD_LOG(`a row of ${def.name} (no key) has values left out`)
+    const set = def.columns.map((c, i) => ({ c, i })).filter(({ i }) => !isUnchanged(row[i]) && !def.key.includes(i))
+    const params: Array<string | null> = []
+    const p = (v: Value, type: string) => {
+      params.push(text(v))
+      return `$${params.length}::${type}`
+    }
+    const assign = set.map(({ c, i }) => `${quoteIdent(c.name)} = ${p(row[i], c.type)}`)
+    const where = def.key.map((i) => `${quoteIdent(def.columns[i].name)} = ${p(row[i], def.columns[i].type)}`).join(' AND ')
+    if (assign.length === 0) return
+    const r = await this.conn.query(`UPDATE ${def.name} SET ${assign.join(', ')} WHERE ${where}`, params)
+    if (r.rowCount === 0) throw MeshError.BAD_LOG(`an update of ${def.name} names a row the replica does not hold`, { hint: 'The replica was changed behind the mesh. Remove the replica database and restart the node to copy it again.' })
+  }
+
+  private async applySchema(entry: SchemaEntry): Promise<void> {
+    const db = this.conn
+    const m = this.meta
+    const current = new Map(m.tables.map((t) => [t.id, t]))
+    const next = new Map(entry.tables.map((t) => [t.id, t]))
+    const objects = new Map(entry.objects.map((o) => [`${o.type}:${o.name}`, o]))
+    const had = new Map(m.objects.map((o) => [`${o.type}:${o.name}`, o]))
+    // Constraints and indexes that change or go are dropped first, then tables, then types.
+    for (const [k, o] of had) {
+      const w = objects.get(k)
+      if (w && w.sql === o.sql) continue
+      if (o.type === 'constraint') await db.query(`ALTER TABLE IF EXISTS ${o.table} DROP CONSTRAINT IF EXISTS ${quoteIdent(splitName(o.name).pop()!)}`)
+      if (o.type === 'index') await db.query(`DROP INDEX IF EXISTS ${o.name}`)
+    }
+    for (const old of m.tables) if (!next.has(old.id)) await db.query(`DROP TABLE IF EXISTS ${old.name} CASCADE`)
+    // Enum types and sequences before the tables that use them.
+    for (const o of entry.objects) {
+      if (o.type === 'type') await this.ensureEnum(o)
+      if (o.type === 'sequence') {
+        await this.ensureSchema(o.name)
+        await db.query(o.sql)
+      }
+    }
+    for (const t of entry.tables) {
+      const old = current.get(t.id)
+      if (old === undefined) {
+        await this.ensureSchema(t.name)
+        await db.query(`DROP TABLE IF EXISTS ${t.name} CASCADE`)
+        await db.query(t.sql)
+      } else if (JSON.stringify(old) !== JSON.stringify(t)) {
+        await this.migrate(old, t)
+      }
+    }
+    const reset = entry.reset.filter((id) => next.has(id)).map((id) => next.get(id)!.name)
+    if (reset.length) await db.query(`TRUNCATE ${reset.join(', ')}`)
+    this.skippedObjects = []
+    for (const o of entry.objects) {
+      if (o.type !== 'index' && o.type !== 'constraint') continue
+      if (had.get(`${o.type}:${o.name}`)?.sql === o.sql && (await this.objectExists(o))) continue
+      await db.query('SAVEPOINT mesh_object')
+      try {
+        await db.query(replicaSql(o))
+        await db.query('RELEASE mesh_object')
+      } catch (err) {
+        await db.query('ROLLBACK TO mesh_object')
+        await db.query('RELEASE mesh_object')
+        this.skippedObjects.push(`${o.type} ${o.name}: ${(err as Error).message}`)
+        this.log.warn('replica cannot create a schema object; it is skipped', { object: o.name, error: (err as Error).message })
+      }
+    }
+    m.tables = entry.tables
+    m.objects = entry.objects
+  }
+
+  private async objectExists(o: SchemaObject): Promise<boolean> {
+    if (o.type === 'index') return (await this.conn.query('SELECT to_regclass($1) IS NOT NULL AS has', [o.name])).rows[0].has === 't'
+    const r = await this.conn.query('SELECT 1 FROM pg_constraint WHERE conname = $1 AND conrelid = to_regclass($2)', [splitName(o.name).pop(), o.table])
+    return r.rows.length > 0
+  }
+
+  private async ensureSchema(qualified: string): Promise<void> {
+    const parts = splitName(qualified)
+    if (parts.length === 2) await this.conn.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(parts[0])}`)
+  }
+
+  private async ensureEnum(o: SchemaObject): Promise<void> {
+    const db = this.conn
+    await this.ensureSchema(o.name)
+    const has = await db.query('SELECT to_regtype($1) IS NOT NULL AS has', [o.name])
+    if (has.rows[0].has !== 't') {
+      await db.query(o.sql)
+      return
+    }
+    const labels = await db.query('SELECT e.enumlabel AS l FROM pg_enum e WHERE e.enumtypid = to_regtype($1)', [o.name])
+    const present = new Set(labels.rows.map((r) => r.l))
+    const wanted = [...o.sql.matchAll(/'((?:[^']|'')*)'/g)].map((x) => x[1].replaceAll("''", "'"))
+    for (const l of wanted) if (!present.has(l)) await db.query(`ALTER TYPE ${o.name} ADD VALUE IF NOT EXISTS ${quoteLiteral(l)}`)
+  }
+
+  /** Alters a table in place to its new definition, or refuses a change that would lose data. */
+  private async migrate(old: TableDef, t: TableDef): Promise<void> {
+    const db = this.conn
+    let name = old.name
+    if (old.name !== t.name) {
+      const [os, on] = splitName(old.name)
+      const [ns, nn] = splitName(t.name)
+      if (os !== ns) {
+        await this.ensureSchema(t.name)
+        await db.query(`ALTER TABLE ${name} SET SCHEMA ${quoteIdent(ns)}`)
+        name = `${quoteIdent(ns)}.${quoteIdent(on)}`
+      }
+      if (on !== nn) await db.query(`ALTER TABLE ${name} RENAME TO ${quoteIdent(nn)}`)
+      name = t.name
+    }
+    const before = new Map(old.columns.map((c) => [c.name, c]))
+    const after = new Map(t.columns.map((c) => [c.name, c]))
+    const gone = old.columns.filter((c) => !after.has(c.name)).map((c) => c.name)
+    const added = t.columns.filter((c) => !before.has(c.name)).map((c) => c.name)
+    if (gone.length && added.length) {
+      throw MeshError.UNSUPPORTED_DDL(
+        `${t.name}: column${gone.length > 1 ? 's' : ''} ${gone.join(', ')} left and ${added.join(', ')} appeared at the origin; a rename cannot be told apart from a drop and an add, so apply of this dataset stops here rather than lose values`,
+        { context: { table: t.name, gone, added } }
+      )
+    }
+    const keyNames = (d: TableDef) => d.key.map((i) => d.columns[i].name)
+    const keyChanged = JSON.stringify(keyNames(old)) !== JSON.stringify(keyNames(t))
+    if (keyChanged) {
+      const pk = await db.query(`SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'`, [name])
+      for (const r of pk.rows) await db.query(`ALTER TABLE ${name} DROP CONSTRAINT ${quoteIdent(r.conname)}`)
+    }
+    for (const c of gone) await db.query(`ALTER TABLE ${name} DROP COLUMN ${quoteIdent(c)}`)
+    for (const c of added) await db.query(`ALTER TABLE ${name} ADD COLUMN ${columnClause(t, c)}`)
+    for (const c of t.columns) {
+      const o = before.get(c.name)
+      if (o && o.type !== c.type) await db.query(`ALTER TABLE ${name} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type} USING ${quoteIdent(c.name)}::text::${c.type}`)
+    }
+    if (keyChanged && t.key.length) await db.query(`ALTER TABLE ${name} ADD PRIMARY KEY (${keyNames(t).map(quoteIdent).join(', ')})`)
+  }
+
+  async close(): Promise<void> {
+    const c = this.client
+    this.client = null
+    await c?.end().catch(() => {})
+  }
+}
+
+/** The column's clause in the table's CREATE TABLE (one column per line), with its default and NOT NULL. */
+function columnClause(t: TableDef, column: string): string {
+  const head = `${quoteIdent(column)} `
+  const line = t.sql.split('\n').map((l) => l.trim().replace(/,$/, '')).find((l) => l.startsWith(head))
+  if (line) return line
+  const c = t.columns.find((x) => x.name === column)!
+  return `${quoteIdent(column)} ${c.type}`
+}
+
+/** How a replica creates an index or constraint: unique ones deferred to commit (see the module comment). */
+function replicaSql(o: SchemaObject): string {
+  if (o.type === 'index') return o.sql.replace(/^CREATE UNIQUE INDEX /, 'CREATE INDEX ')
+  if (/ (UNIQUE|FOREIGN KEY) /.test(o.sql) && !/DEFERRABLE/.test(o.sql)) return `${o.sql} DEFERRABLE INITIALLY DEFERRED`
+  return o.sql
+}

@@ -1,0 +1,665 @@
+/**
+ * PostgreSQL capture through logical decoding.
+ *
+ * How it works. The origin database has a publication FOR ALL TABLES and a durable logical replication slot
+ * that uses the built-in `pgoutput` plugin (both created by `mesh init`/`mesh join --postgres URL`, or here
+ * when missing). A read peeks at the slot (pg_logical_slot_peek_binary_changes) without consuming it: whole
+ * committed transactions, in commit order, decoded here. ack() advances the slot
+ * (pg_replication_slot_advance) to the end of the last transaction the log holds, and the node calls it only
+ * after the log append is flushed, so a crash of the node loses nothing and repeats nothing. A slot advance is
+ * made durable by PostgreSQL only at its next checkpoint, so after a crash of PostgreSQL itself the slot may
+ * hand out transactions again: every transaction that ends at or before the position the log holds
+ * (resume()) or that was acknowledged is skipped.
+ *
+ * A batch is one or more whole transactions, each table's changes folded to their net effect (a row updated
+ * twice travels once; a row inserted then deleted travels as a delete). It stops before a transaction that
+ * changes the schema of a table, truncates one, or creates one, so the schema entry that describes those
+ * changes comes first in the next unit.
+ *
+ * The initial copy reads every table under the snapshot exported when the slot is created, so it is exactly
+ * the state the slot's stream continues from: nothing is doubled, even in tables without a primary key.
+ * When the slot is found dropped behind our back, a new one is created and the whole database is copied
+ * again (MeshError SOURCE_RESET tells the capture loop to do so, and why).
+ *
+ * Schema. Changes are followed by comparing shapes: each pgoutput Relation message (names and types of the
+ * columns as the following rows have them) with the table as last sent, and, when the slot is idle, the
+ * catalogs with what was last sent (new empty tables, dropped tables, indexes, columns altered with no row
+ * written since). A replica migrates its tables to the new shape (adapters/postgres/apply.ts).
+ *
+ * Tables without a primary key are given REPLICA IDENTITY FULL, so updates and deletes carry the whole old
+ * row, which identifies the row at the replica (like PostgreSQL's own logical replication).
+ */
+import { MeshError, sameBytes, type SchemaEntry, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
+import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.ts'
+import { silentLogger } from '../types.ts'
+import {
+  OWN_SCHEMA,
+  SEQUENCES_TABLE,
+  UNCHANGED,
+  cannotCarry,
+  connect,
+  isUnchanged,
+  pgError,
+  quoteIdent,
+  readObjects,
+  readSequences,
+  readTables,
+  redactUrl,
+  toTableDef,
+  type Client,
+  type PgTable
+} from './common.ts'
+import { UNCHANGED_TOAST, decodeMessage, lsnText, parseLsn, type PgMessage, type TupleValue } from './pgoutput.ts'
+
+export interface PostgresCaptureOptions {
+  url: string
+  /** Replication slot and publication; both default to `branchmesh_<dataset>`. */
+  slot: string
+  publication: string
+  logger?: Logger
+  /** Stop a batch once it holds this many row changes (whole transactions are never split). */
+  maxChanges?: number
+  /** Compare the catalogs with what was sent at most this often while idle. */
+  catalogCheckMs?: number
+}
+
+/** What stops PostgreSQL capture, listed for the user. Empty when capture can run. */
+export async function capturePrerequisites(client: Client, publication: string): Promise<string[]> {
+  const r = await client.query(`
+    SELECT current_setting('wal_level') AS wal, current_setting('max_replication_slots') AS slots,
+           current_setting('server_version_num') AS version, r.rolsuper AS su, r.rolreplication AS repl, current_user AS who,
+           EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) AS pub
+      FROM pg_roles r WHERE r.rolname = current_user`, [publication])
+  const s = r.rows[0]
+  const problems: string[] = []
+  if (Number(s.version) < 100000) problems.push(`PostgreSQL ${s.version} has no pgoutput; version 10 or newer is needed`)
+  if (s.wal !== 'logical') problems.push(`wal_level is ${s.wal}: run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL`)
+  if (Number(s.slots) < 1) problems.push('max_replication_slots is 0: set it to at least 4 in postgresql.conf and restart PostgreSQL')
+  if (s.su !== 't' && s.repl !== 't') problems.push(`the role ${s.who} may not use replication: run ALTER ROLE ${quoteIdent(s.who)} REPLICATION; as a superuser`)
+  if (s.su !== 't' && s.pub !== 't') problems.push(`only a superuser can create the publication: run CREATE PUBLICATION ${quoteIdent(publication)} FOR ALL TABLES; as a superuser`)
+  return problems
+}
+
+/** The capture position in the log: the end LSN of the last transaction a unit holds. */
+function encodeSource(lsn: bigint): Uint8Array {
+  const b = Buffer.alloc(9)
+  b[0] = 1
+  b.writeBigUInt64BE(lsn, 1)
+  return b
+}
+
+function decodeSource(src: Uint8Array): bigint {
+  const b = Buffer.from(src.buffer, src.byteOffset, src.byteLength)
+  if (b.length !== 9 || b[0] !== 1) throw MeshError.BAD_LOG('this log was not written by PostgreSQL capture (unknown source position)')
+  return b.readBigUInt64BE(1)
+}
+
+interface Known {
+  def: TableDef
+  /** Column names and type oids as pgoutput sends them; compared with each Relation message. */
+  shape: string
+  /** No primary key: rows are identified by all their values. */
+  full: boolean
+}
+
+/** One table's changes in a batch, folded to their net effect. */
+class TableFold {
+  /** Keyed tables: the last operation per key. */
+  private readonly byKey = new Map<string, { row?: Value[]; key?: Value[] }>()
+  /** Tables with no key: a multiset of inserted rows, and of pre-existing rows deleted. */
+  private readonly ins = new Map<string, { row: Value[]; n: number }>()
+  private readonly del = new Map<string, { row: Value[]; n: number }>()
+  rows = 0
+
+  constructor(readonly def: TableDef, readonly full: boolean) {}
+
+  private keyOf(row: Value[]): string {
+    return JSON.stringify(this.def.key.map((i) => row[i]))
+  }
+
+  upsert(row: Value[]): void {
+    this.rows++
+    if (this.full) {
+      bump(this.ins, row, 1)
+      return
+    }
+    const k = this.keyOf(row)
+    const prev = this.byKey.get(k)
+    if (prev?.row && row.some(isUnchanged)) row = row.map((v, i) => (isUnchanged(v) ? prev.row![i] : v))
+    this.byKey.delete(k)
+    this.byKey.set(k, { row })
+  }
+
+  /** `old` is the key (keyed tables) or the whole row (no key). */
+  delete(old: Value[]): void {
+    this.rows++
+    if (this.full) {
+      const s = JSON.stringify(old)
+      if (this.ins.has(s)) bump(this.ins, old, -1)
+      else bump(this.del, old, 1)
+      return
+    }
+    const k = JSON.stringify(old)
+    this.byKey.delete(k)
+    this.byKey.set(k, { key: old })
+  }
+
+  /** Drops every change: the table was truncated. */
+  clear(): void {
+    this.byKey.clear()
+    this.ins.clear()
+    this.del.clear()
+  }
+
+  changes(): TableChanges {
+    const upserts: Value[][] = []
+    const deletes: Value[][] = []
+    for (const op of this.byKey.values()) {
+      if (op.row) upserts.push(op.row)
+      else deletes.push(op.key!)
+    }
+    for (const { row, n } of this.ins.values()) for (let i = 0; i < n; i++) upserts.push(row)
+    for (const { row, n } of this.del.values()) for (let i = 0; i < n; i++) deletes.push(row)
+    return { table: this.def.id, upserts, deletes }
+  }
+}
+
+function bump(m: Map<string, { row: Value[]; n: number }>, row: Value[], by: number): void {
+  const s = JSON.stringify(row)
+  const e = m.get(s)
+  if (!e) m.set(s, { row, n: by })
+  else if ((e.n += by) === 0) m.delete(s)
+}
+
+const toValue = (v: TupleValue): Value => (v === UNCHANGED_TOAST ? UNCHANGED : v)
+
+export class PostgresCapture implements CaptureSide {
+  readonly engine = 'postgres' as const
+  private readonly opts: PostgresCaptureOptions
+  private readonly log: Logger
+  private client: Client | null = null
+  private readonly tables = new Map<number, Known>()
+  private objects: SchemaObject[] = []
+  private skippedTables: Array<{ table: string; reason: string; oid: number }> = []
+  /** The next batch starts with a schema entry. */
+  private schemaPending = true
+  private readonly resetPending = new Set<number>()
+  /** Transactions ending at or before this are in the log already. */
+  private acked = 0n
+  private confirmed = 0n
+  private slotMissing = false
+  private lastCatalogCheck = 0
+  private ackedSeq = new Map<string, string>()
+  private lastRead: { source: Uint8Array; schema: boolean; seq: Map<string, string> } | null = null
+  /** The open snapshot of an initial copy: its transaction and the replication connection that exported it. */
+  private snap: { tx: Client; repl: Client } | null = null
+
+  constructor(opts: PostgresCaptureOptions) {
+    this.opts = opts
+    this.log = opts.logger ?? silentLogger
+  }
+
+  private get where(): string {
+    return redactUrl(this.opts.url)
+  }
+
+  private async db(): Promise<Client> {
+    if (this.client) return this.client
+    this.client = await connect(this.opts.url, { doing: 'cannot connect to the origin database' })
+    this.client.on('error', () => {
+      this.client = null
+    })
+    return this.client
+  }
+
+  private async query(sql: string, params: unknown[] = [], doing = 'capture failed'): Promise<{ rows: any[] }> {
+    const db = await this.db()
+    try {
+      return await db.query(sql, params)
+    } catch (err) {
+      const e = pgError(err, this.opts.url, doing)
+      if (e.code === 'PG_UNREACHABLE') {
+        await db.end().catch(() => {})
+        this.client = null
+      }
+      throw e
+    }
+  }
+
+  async open(): Promise<void> {
+    const db = await this.db()
+    const problems = await capturePrerequisites(db, this.opts.publication).catch((err) => {
+      throw pgError(err, this.opts.url, 'cannot check the origin database')
+    })
+    if (problems.length) {
+      throw MeshError.CANNOT_CAPTURE(`PostgreSQL at ${this.where} does not allow logical decoding: ${problems.join('; ')}`, {
+        hint: 'Make those changes, then start the node again; or, where logical decoding cannot be allowed (a hosted server), set "capture": "triggers" for this dataset in mesh.json.',
+        context: { problems }
+      })
+    }
+    const pub = await this.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [this.opts.publication])
+    if (pub.rows.length === 0) {
+      await this.query(`CREATE PUBLICATION ${quoteIdent(this.opts.publication)} FOR ALL TABLES`, [], 'cannot create the publication')
+    }
+    await this.loadCatalog()
+    const slot = await this.query('SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1', [this.opts.slot])
+    if (slot.rows.length === 0) this.slotMissing = true
+    else {
+      if (slot.rows[0].plugin !== 'pgoutput') {
+        throw MeshError.CANNOT_CAPTURE(`the replication slot ${this.opts.slot} uses the plugin ${slot.rows[0].plugin}, not pgoutput`, {
+          hint: `Drop it (SELECT pg_drop_replication_slot('${this.opts.slot}')) or name another slot in mesh.json.`
+        })
+      }
+      this.confirmed = this.acked = parseLsn(slot.rows[0].lsn)
+    }
+    this.schemaPending = true
+  }
+
+  /** Reads the catalogs into the tables as last sent; gives tables with no key REPLICA IDENTITY FULL. */
+  private async loadCatalog(): Promise<boolean> {
+    const tables = await readTables(await this.db())
+    const objects = await readObjects(await this.db())
+    let changed = JSON.stringify(objects) !== JSON.stringify(this.objects)
+    this.objects = objects
+    const seen = new Set<number>()
+    const skipped: typeof this.skippedTables = []
+    for (const t of tables) {
+      const why = cannotCarry(t)
+      if (why) {
+        skipped.push({ table: t.name, reason: why, oid: t.oid })
+        if (!this.skippedTables.some((s) => s.oid === t.oid && s.reason === why)) {
+          this.log.warn(MeshError.UNSUPPORTED_TYPE(`table ${t.name} is not captured: ${why}`).message, { table: t.name })
+        }
+        continue
+      }
+      seen.add(t.oid)
+      if (t.pk.length === 0 && t.replident !== 'f') {
+        await this.query(`ALTER TABLE ${t.name} REPLICA IDENTITY FULL`, [], `cannot give ${t.name} (no primary key) REPLICA IDENTITY FULL`)
+        t.replident = 'f'
+      }
+      const known: Known = { def: toTableDef(t), shape: shapeOfTable(t), full: t.pk.length === 0 }
+      const prev = this.tables.get(t.oid)
+      if (!prev || JSON.stringify(prev.def) !== JSON.stringify(known.def)) {
+        this.tables.set(t.oid, known)
+        changed = true
+      }
+    }
+    for (const oid of [...this.tables.keys()]) {
+      if (!seen.has(oid)) {
+        this.tables.delete(oid)
+        changed = true
+      }
+    }
+    this.skippedTables = skipped
+    this.lastCatalogCheck = Date.now()
+    return changed
+  }
+
+  async resume(source: Uint8Array | null): Promise<void> {
+    if (this.slotMissing) throw this.slotGone()
+    if (source === null) return
+    const lsn = decodeSource(source)
+    if (lsn > this.acked) this.acked = lsn
+    await this.advance(lsn)
+  }
+
+  private slotGone(): MeshError {
+    return MeshError.SOURCE_RESET(
+      `the replication slot ${this.opts.slot} at ${this.where} is gone (dropped, or invalidated by max_slot_wal_keep_size): the changes since it was lost cannot be read, so the whole database is copied into the log again`,
+      { context: { slot: this.opts.slot } }
+    )
+  }
+
+  private async advance(lsn: bigint): Promise<void> {
+    if (lsn <= this.confirmed) return
+    try {
+      await this.query(
+        `SELECT pg_replication_slot_advance($1, $2::pg_lsn) FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn < $2::pg_lsn`,
+        [this.opts.slot, lsnText(lsn)],
+        'cannot acknowledge the captured changes'
+      )
+    } catch (err) {
+      if (/does not exist/.test((err as Error).message)) throw this.slotGone()
+      throw err
+    }
+    this.confirmed = lsn
+  }
+
+  async schema(): Promise<SchemaEntry> {
+    // The schema starts an initial copy: the copy reads under the snapshot of a new slot.
+    await this.beginSnapshot()
+    const tx = this.snap!.tx
+    const saved = this.client
+    this.client = tx
+    try {
+      await this.loadCatalog()
+    } finally {
+      this.client = saved
+    }
+    this.schemaPending = false
+    this.resetPending.clear()
+    return this.schemaEntry([])
+  }
+
+  private schemaEntry(reset: number[]): SchemaEntry {
+    return { kind: 'schema', more: false, tables: [...this.tables.values()].map((k) => k.def), objects: this.objects, reset }
+  }
+
+  /** (Re)creates the slot over a replication connection and opens a transaction on the snapshot it exports. */
+  private async beginSnapshot(): Promise<void> {
+    await this.endSnapshot()
+    const slot = this.opts.slot
+    await this.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [slot], 'cannot replace the replication slot')
+    const repl = await connect(this.opts.url, { replication: true, doing: 'cannot open a replication connection' })
+    let tx: Client | null = null
+    try {
+      const r = await repl.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} LOGICAL pgoutput EXPORT_SNAPSHOT`).catch((err) => {
+        throw pgError(err, this.opts.url, `cannot create the replication slot ${slot}`)
+      })
+      const { consistent_point: point, snapshot_name: name } = r.rows[0]
+      tx = await connect(this.opts.url, { doing: 'cannot connect to the origin database' })
+      await tx.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+      await tx.query(`SET TRANSACTION SNAPSHOT '${name}'`)
+      this.snap = { tx, repl }
+      this.confirmed = this.acked = parseLsn(point)
+      this.slotMissing = false
+      this.log.info('replication slot created; copying the database under its snapshot', { slot, at: point })
+    } catch (err) {
+      await tx?.end().catch(() => {})
+      await repl.end().catch(() => {})
+      throw pgError(err, this.opts.url, 'cannot start the initial copy')
+    }
+  }
+
+  private async endSnapshot(): Promise<void> {
+    if (!this.snap) return
+    const { tx, repl } = this.snap
+    this.snap = null
+    await tx.query('COMMIT').catch(() => {})
+    await tx.end().catch(() => {})
+    await repl.end().catch(() => {})
+  }
+
+  async *snapshot(opts: { chunkRows?: number } = {}): AsyncIterable<SnapshotChunk> {
+    if (!this.snap) await this.schema()
+    const tx = this.snap!.tx
+    const chunkRows = opts.chunkRows ?? 5000
+    try {
+      for (const { def } of this.tables.values()) {
+        const cols = def.columns.map((c) => quoteIdent(c.name)).join(', ')
+        await tx.query(`DECLARE mesh_copy NO SCROLL CURSOR FOR SELECT ${cols} FROM ONLY ${def.name}`)
+        for (;;) {
+          const r = await tx.query({ text: `FETCH ${chunkRows} FROM mesh_copy`, rowMode: 'array' })
+          if (r.rows.length === 0) break
+          yield { changes: [{ table: def.id, upserts: r.rows as Value[][], deletes: [] }], rows: r.rows.length }
+        }
+        await tx.query('CLOSE mesh_copy')
+      }
+      const seq = await readSequences(tx)
+      this.ackedSeq = new Map(seq.map(([n, v]) => [n as string, v as string]))
+      if (seq.length) yield { changes: [{ table: SEQUENCES_TABLE, upserts: seq, deletes: [] }], rows: 0 }
+    } catch (err) {
+      throw pgError(err, this.opts.url, 'the initial copy failed')
+    } finally {
+      await this.endSnapshot()
+    }
+  }
+
+  async read(): Promise<CaptureBatch | null> {
+    if (this.slotMissing) throw this.slotGone()
+    let rows: Array<{ data: Buffer }>
+    try {
+      const r = await this.query(
+        `SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, 'proto_version', '1', 'publication_names', $3)`,
+        [this.opts.slot, this.opts.maxChanges ?? 20_000, this.opts.publication],
+        'cannot read the replication slot'
+      )
+      rows = r.rows.map((x) => ({ data: Buffer.from(x.data.slice(2), 'hex') }))
+    } catch (err) {
+      const e = err as MeshError
+      if (/replication slot .* does not exist|can no longer get changes from replication slot|has been invalidated/i.test(e.message)) {
+        this.slotMissing = true
+        throw this.slotGone()
+      }
+      throw err
+    }
+    const batch = await this.fold(rows)
+    if (batch === null) return this.idle()
+    return batch
+  }
+
+  /** Nothing to read: look for schema changes no row has shown yet, and for sequences that moved. */
+  private async idle(): Promise<CaptureBatch | null> {
+    let schema = this.schemaPending
+    if (Date.now() - this.lastCatalogCheck >= (this.opts.catalogCheckMs ?? 1000)) {
+      if (await this.loadCatalog()) schema = true
+      const seq = await this.sequenceChanges()
+      if (schema || seq.upserts.length) {
+        return this.finish({ schema, changes: seq.upserts.length ? [seq] : [], rows: 0, end: this.acked, time: Date.now(), seq })
+      }
+    } else if (schema) {
+      return this.finish({ schema, changes: [], rows: 0, end: this.acked, time: Date.now(), seq: null })
+    }
+    return null
+  }
+
+  private async sequenceChanges(): Promise<TableChanges & { values: Map<string, string> }> {
+    const seq = await readSequences(await this.db())
+    const values = new Map(seq.map(([n, v]) => [n as string, v as string]))
+    const upserts = seq.filter(([n, v]) => this.ackedSeq.get(n as string) !== v)
+    return { table: SEQUENCES_TABLE, upserts, deletes: [], values }
+  }
+
+  private finish(b: { schema: boolean; changes: TableChanges[]; rows: number; end: bigint; time: number; seq: { values: Map<string, string> } | null }): CaptureBatch {
+    const source = encodeSource(b.end)
+    const reset = [...this.resetPending]
+    this.lastRead = { source, schema: b.schema, seq: b.seq?.values ?? this.ackedSeq }
+    return { schema: b.schema ? this.schemaEntry(reset) : null, changes: b.changes, rows: b.rows, time: b.time, source }
+  }
+
+  /** Folds the decoded messages into one batch of whole transactions; null when none is new. */
+  private async fold(rows: Array<{ data: Buffer }>): Promise<CaptureBatch | null> {
+    const folds = new Map<number, TableFold>()
+    const foldOf = (k: Known) => {
+      let f = folds.get(k.def.id)
+      if (!f) folds.set(k.def.id, (f = new TableFold(k.def, k.full)))
+      return f
+    }
+    let txs = 0
+    let end = this.acked
+    let time = Date.now()
+    let total = 0
+    // The current transaction's changes, folded into the batch at its commit.
+    let pending: Array<(f: (k: Known) => TableFold) => void> = []
+    let truncated: number[] = []
+    let stop = false
+    for (let i = 0; i < rows.length && !stop; i++) {
+      let m: PgMessage
+      try {
+        m = decodeMessage(rows[i].data)
+      } catch (err) {
+        throw MeshError.DATABASE_ERROR(`cannot decode a pgoutput message: ${(err as Error).message}`, { cause: err })
+      }
+      switch (m.tag) {
+        case 'begin':
+          pending = []
+          truncated = []
+          break
+        case 'relation': {
+          if (m.namespace === OWN_SCHEMA || this.skippedTables.some((s) => s.oid === m.oid)) break
+          const known = this.tables.get(m.oid)
+          if (known && known.shape === shapeOfRelation(m)) break
+          if (txs > 0) {
+            stop = true // the schema entry for this table goes first in the next unit
+            break
+          }
+          await this.learnRelation(m)
+          break
+        }
+        case 'insert':
+        case 'update':
+        case 'delete': {
+          const k = this.tables.get(m.oid)
+          if (!k) break // our own tables, or a table that cannot be carried
+          pending.push((f) => applyChange(f(k), k, m))
+          break
+        }
+        case 'truncate': {
+          const ours = m.oids.filter((o) => this.tables.has(o))
+          if (ours.length === 0) break
+          if (txs > 0) {
+            stop = true
+            break
+          }
+          truncated.push(...ours)
+          // What this transaction did to those tables before the truncate is gone with it.
+          pending.push(() => {
+            for (const o of ours) folds.get(o)?.clear()
+          })
+          break
+        }
+        case 'commit':
+          if (m.endLsn <= this.acked) break // in the log already (a slot that went back after a crash)
+          for (const p of pending) p(foldOf)
+          pending = []
+          if (truncated.length) {
+            for (const o of truncated) this.resetPending.add(o)
+            this.schemaPending = true
+          }
+          txs++
+          end = m.endLsn
+          time = m.time
+          total = 0
+          for (const f of folds.values()) total += f.rows
+          if (total >= (this.opts.maxChanges ?? 20_000)) stop = true
+          break
+        default:
+          break
+      }
+    }
+    if (txs === 0) return null
+    const changes = [...folds.values()].map((f) => f.changes()).filter((c) => c.upserts.length || c.deletes.length)
+    const seq = await this.sequenceChanges()
+    if (seq.upserts.length) changes.push(seq)
+    const schema = this.schemaPending
+    return this.finish({ schema, changes, rows: total, end, time, seq })
+  }
+
+  /** A table whose rows now have a shape not sent yet: its definition as the rows have it goes out first. */
+  private async learnRelation(m: Extract<PgMessage, { tag: 'relation' }>): Promise<void> {
+    const tables = await readTables(await this.db())
+    const t = tables.find((x) => x.oid === m.oid)
+    const shape = shapeOfRelation(m)
+    let known: Known
+    if (t && shapeOfTable(t) === shape) {
+      known = { def: toTableDef(t), shape, full: t.pk.length === 0 }
+    } else {
+      // The catalogs have moved on already (a later ALTER): describe the table as these rows have it.
+      const types = await this.query(
+        `SELECT format_type(t, m) AS type FROM unnest($1::oid[], $2::int[]) WITH ORDINALITY AS u(t, m, i) ORDER BY i`,
+        [m.columns.map((c) => c.typeOid), m.columns.map((c) => c.typmod)]
+      )
+      const name = `${quoteIdent(m.namespace)}.${quoteIdent(m.name)}`
+      const full = m.identity === 'f' || !m.columns.some((c) => c.key)
+      const pg: PgTable = {
+        oid: m.oid,
+        name,
+        replident: m.identity,
+        all: m.columns.map((c, i) => ({
+          name: c.name,
+          type: types.rows[i].type,
+          typeOid: c.typeOid,
+          typmod: c.typmod,
+          kind: 'b',
+          typeSchema: '',
+          notNull: !full && c.key,
+          default: null,
+          identity: '',
+          generated: ''
+        })),
+        pk: full ? [] : m.columns.filter((c) => c.key).map((c) => c.name)
+      }
+      known = { def: toTableDef(pg), shape, full }
+    }
+    this.tables.set(m.oid, known)
+    this.objects = await readObjects(await this.db())
+    this.schemaPending = true
+  }
+
+  async ack(source: Uint8Array): Promise<void> {
+    const lsn = decodeSource(source)
+    if (lsn > this.acked) this.acked = lsn
+    if (this.lastRead && sameBytes(this.lastRead.source, source)) {
+      if (this.lastRead.schema) {
+        this.schemaPending = false
+        this.resetPending.clear()
+      }
+      this.ackedSeq = this.lastRead.seq
+      this.lastRead = null
+    }
+    await this.advance(lsn)
+  }
+
+  async wait(ms: number): Promise<void> {
+    await new Promise((resolve) => setTimeout(resolve, ms))
+  }
+
+  skipped(): Array<{ table: string; reason: string }> {
+    return this.skippedTables.map(({ table, reason }) => ({ table, reason }))
+  }
+
+  /** How much WAL the slot keeps on the origin's disk, and the server's limit. */
+  async walRetention(): Promise<{ retainedBytes: number; limitBytes: number | null; status: string }> {
+    const r = await this.query(
+      `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8::text AS retained, wal_status AS status,
+              pg_size_bytes(current_setting('max_slot_wal_keep_size') || CASE WHEN current_setting('max_slot_wal_keep_size') ~ '^-?[0-9]+$' THEN 'MB' ELSE '' END)::text AS lim
+         FROM pg_replication_slots WHERE slot_name = $1`,
+      [this.opts.slot]
+    )
+    if (r.rows.length === 0) return { retainedBytes: 0, limitBytes: null, status: 'lost' }
+    const lim = Number(r.rows[0].lim)
+    return { retainedBytes: Number(r.rows[0].retained ?? 0), limitBytes: lim < 0 ? null : lim, status: r.rows[0].status ?? 'lost' }
+  }
+
+  async close(): Promise<void> {
+    await this.endSnapshot()
+    const c = this.client
+    this.client = null
+    await c?.end().catch(() => {})
+  }
+}
+
+function shapeOfRelation(m: Extract<PgMessage, { tag: 'relation' }>): string {
+  return JSON.stringify([`${quoteIdent(m.namespace)}.${quoteIdent(m.name)}`, m.columns.map((c) => [c.name, c.typeOid, c.typmod])])
+}
+
+function shapeOfTable(t: PgTable): string {
+  return JSON.stringify([t.name, t.all.filter((c) => c.generated === '').map((c) => [c.name, c.typeOid, c.typmod])])
+}
+
+function applyChange(f: TableFold, k: Known, m: PgMessage): void {
+  const keyOf = (row: Value[]) => k.def.key.map((i) => row[i])
+  if (m.tag === 'insert') {
+    f.upsert(m.row.map(toValue))
+    return
+  }
+  if (m.tag === 'delete') {
+    const old = m.old.map(toValue)
+    f.delete(k.full ? old : keyOf(old))
+    return
+  }
+  if (m.tag !== 'update') return
+  let row = m.row.map(toValue)
+  if (m.old) {
+    const old = m.old.map(toValue)
+    if (k.full) {
+      row = row.map((v, i) => (isUnchanged(v) ? old[i] : v))
+      f.delete(old)
+      f.upsert(row)
+      return
+    }
+    const oldKey = keyOf(old)
+    if (JSON.stringify(oldKey) !== JSON.stringify(keyOf(row))) f.delete(oldKey)
+  }
+  f.upsert(row)
+}

@@ -1,0 +1,262 @@
+/**
+ * What the PostgreSQL capture and apply sides share: connecting with clear errors, the session settings that
+ * make every value's text form exact and the same on both sides, quoting, and reading the schema from the
+ * catalogs.
+ *
+ * Values. Every column value travels as the text its type's output function prints (what pgoutput sends, and
+ * what a SELECT returns here, as no value is parsed into a JS type), and is turned back into its type by the
+ * type's input function at the replica. With the settings below that round trip is exact for every built-in
+ * type: integers, numeric with its scale, real and double (shortest exact form), text, bytea (hex),
+ * booleans, dates, timestamps (UTC, ISO), intervals, uuid, json (kept byte for byte) and jsonb, arrays,
+ * enums. PostgreSQL rows therefore never hold a BLOB value; a zero-length BLOB in a PostgreSQL log marks a
+ * TOASTed value that an update left unchanged (UNCHANGED below).
+ *
+ * Tables are named in the log by their quoted, schema-qualified name (`public.orders`, `"My Shop"."Orders"`)
+ * and identified by their oid at the origin.
+ */
+import pg from 'pg'
+import { MeshError, type ColumnDef, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
+
+/** branchmesh's own schema in a PostgreSQL database; it is never captured. */
+export const OWN_SCHEMA = '_mesh'
+
+/** The table id that carries sequence positions: rows [sequence name, last value]. No relation has oid 0. */
+export const SEQUENCES_TABLE = 0
+
+/** The marker of an unchanged TOASTed value in a PostgreSQL row (see the module comment). */
+export const UNCHANGED: Uint8Array = new Uint8Array(0)
+
+export function isUnchanged(v: Value): boolean {
+  return v instanceof Uint8Array && v.length === 0
+}
+
+/** Session settings under which every value's text form is exact and identical at both ends. */
+const SESSION = ['DateStyle=ISO,YMD', 'IntervalStyle=postgres', 'TimeZone=UTC', 'extra_float_digits=3', 'bytea_output=hex', 'client_encoding=UTF8']
+
+/** Every value is returned as the text PostgreSQL sent, never parsed. */
+const textTypes = { getTypeParser: () => (v: string) => v }
+
+export function quoteIdent(name: string): string {
+  return '"' + name.replaceAll('"', '""') + '"'
+}
+
+export function quoteLiteral(s: string): string {
+  return "'" + s.replaceAll("'", "''") + "'"
+}
+
+/** The URL with its password replaced, for messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url)
+    if (u.password) u.password = '***'
+    return u.toString()
+  } catch {
+    return url.replace(/:[^:@/]*@/, ':***@')
+  }
+}
+
+/** Checks that `url` is a PostgreSQL connection URL naming a database. */
+export function checkUrl(url: string): { database: string; host: string; port: number } {
+  let u: URL
+  try {
+    u = new URL(url)
+  } catch {
+    throw MeshError.BAD_URL(`not a URL: ${redactUrl(url)}`)
+  }
+  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
+    throw MeshError.BAD_URL(`${redactUrl(url)} is not a postgres:// URL`)
+  }
+  const database = decodeURIComponent(u.pathname.replace(/^\//, ''))
+  if (!database) throw MeshError.BAD_URL(`${redactUrl(url)} names no database`, { hint: 'Add the database name: postgres://USER@HOST:PORT/DATABASE.' })
+  return { database, host: u.hostname || 'localhost', port: Number(u.port || 5432) }
+}
+
+/** Turns a pg error into a MeshError that says what to do; never includes the password. */
+export function pgError(err: unknown, url: string, doing: string): MeshError {
+  if (err instanceof MeshError) return err
+  const e = err as { code?: string; message?: string; detail?: string }
+  const code = e?.code ?? ''
+  const text = e?.message ?? String(err)
+  const where = redactUrl(url)
+  const context = { url: where, pgCode: code }
+  const msg = `${doing} (${where}): ${text}`
+  if (['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ETIMEDOUT', 'ECONNRESET', 'EPIPE', 'EAI_AGAIN'].includes(code) || /Connection terminated|timeout expired/i.test(text)) {
+    return MeshError.PG_UNREACHABLE(msg, { context, cause: err })
+  }
+  if (code === '28P01' || code === '28000' || /password authentication failed|SASL|no password was provided/i.test(text)) {
+    return MeshError.PG_AUTH(msg, { context, cause: err })
+  }
+  if (code === '3D000') return MeshError.PG_NO_DATABASE(msg, { context, cause: err })
+  // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, class 08: connection exception.
+  if (code.startsWith('57P') || code.startsWith('08')) return MeshError.PG_UNREACHABLE(msg, { context, cause: err })
+  if (code === '53100') return MeshError.DISK_FULL(msg, { context, cause: err, hint: 'Free space on the disk holding the PostgreSQL data folder. Nothing was lost: the node resumes where it stopped.' })
+  if (code === '53300') return MeshError.PG_UNREACHABLE(msg, { context, cause: err, hint: 'PostgreSQL has no free connection slot (max_connections). The node keeps trying.' })
+  if (code === '40001' || code === '40P01' || code === '55P03') return MeshError.DATABASE_LOCKED(msg, { context, cause: err })
+  return MeshError.DATABASE_ERROR(msg, { context, cause: err })
+}
+
+export type Client = pg.Client
+
+/** Connects with the exact-text session settings. `replication` opens a walsender (replication) connection. */
+export async function connect(url: string, opts: { replication?: boolean; doing?: string } = {}): Promise<pg.Client> {
+  checkUrl(url)
+  const client = new pg.Client({
+    connectionString: url,
+    types: textTypes,
+    application_name: 'branchmesh',
+    options: SESSION.map((s) => `-c ${s}`).join(' '),
+    connectionTimeoutMillis: 10_000,
+    ...(opts.replication ? { replication: 'database' } : {})
+  } as pg.ClientConfig)
+  // An error on an idle connection (the server restarted) must not crash the node; the next query fails.
+  client.on('error', () => {})
+  try {
+    await client.connect()
+  } catch (err) {
+    await client.end().catch(() => {})
+    throw pgError(err, url, opts.doing ?? 'cannot connect to PostgreSQL')
+  }
+  return client
+}
+
+// --- the schema ------------------------------------------------------------------------------------------------
+
+export interface PgColumn {
+  name: string
+  type: string
+  typeOid: number
+  typmod: number
+  /** typtype of the column's type (or of its element type for arrays): b base, e enum, d domain, c composite, r range, m multirange. */
+  kind: string
+  /** The type's schema, for user types (enums...). */
+  typeSchema: string
+  notNull: boolean
+  default: string | null
+  /** '' none, 'a' always, 'd' by default. */
+  identity: string
+  /** '' none, 's' stored generated (not sent by pgoutput: computed again at the replica). */
+  generated: string
+}
+
+export interface PgTable {
+  oid: number
+  name: string
+  /** relreplident: d default (primary key), f full, n nothing, i index. */
+  replident: string
+  /** Every column, in attnum order, generated ones included. */
+  all: PgColumn[]
+  /** Names of the primary key's columns, in key order; empty when it has none. */
+  pk: string[]
+}
+
+const TABLES_SQL = `
+SELECT c.oid::int8 AS oid, format('%I.%I', n.nspname, c.relname) AS name, c.relreplident AS replident,
+  (SELECT coalesce(json_agg(json_build_object(
+      'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'typeOid', a.atttypid, 'typmod', a.atttypmod,
+      'kind', coalesce(et.typtype, t.typtype), 'typeSchema', coalesce(etn.nspname, tn.nspname), 'notNull', a.attnotnull,
+      'default', pg_get_expr(d.adbin, d.adrelid), 'identity', a.attidentity, 'generated', a.attgenerated) ORDER BY a.attnum), '[]')
+     FROM pg_attribute a
+     JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
+     LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' LEFT JOIN pg_namespace etn ON etn.oid = et.typnamespace
+     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+  (SELECT coalesce(json_agg(a.attname ORDER BY k.i), '[]')
+     FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, i)
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = c.oid AND i.indisprimary) AS pk
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+ORDER BY c.oid`
+
+// Objects a replica needs besides tables: enum types, sequences (not those an identity column owns),
+// indexes other than primary keys, unique and foreign-key constraints.
+const OBJECTS_SQL = `
+SELECT 'type' AS type, format('%I.%I', n.nspname, t.typname) AS name, '' AS tbl,
+       format('CREATE TYPE %I.%I AS ENUM (%s)', n.nspname, t.typname,
+              (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid)) AS sql
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+ WHERE t.typtype = 'e' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
+UNION ALL
+SELECT 'sequence', format('%I.%I', n.nspname, c.relname), '',
+       format('CREATE SEQUENCE IF NOT EXISTS %I.%I AS %s INCREMENT %s MINVALUE %s MAXVALUE %s START %s CACHE %s%s',
+              n.nspname, c.relname, format_type(s.seqtypid, NULL), s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache,
+              CASE WHEN s.seqcycle THEN ' CYCLE' ELSE '' END)
+  FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'i')
+UNION ALL
+SELECT 'index', format('%I.%I', n.nspname, ic.relname), format('%I.%I', n.nspname, tc.relname), pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class tc ON tc.oid = i.indrelid
+  JOIN pg_namespace n ON n.oid = tc.relnamespace
+ WHERE NOT i.indisprimary AND tc.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
+   AND n.nspname NOT LIKE 'pg\\_toast%'
+   AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('u', 'p', 'x'))
+UNION ALL
+SELECT 'constraint', format('%I.%I', n.nspname, k.conname), format('%I.%I', n.nspname, tc.relname),
+       format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s', n.nspname, tc.relname, k.conname, pg_get_constraintdef(k.oid))
+  FROM pg_constraint k JOIN pg_class tc ON tc.oid = k.conrelid JOIN pg_namespace n ON n.oid = tc.relnamespace
+ WHERE k.contype IN ('u', 'f') AND tc.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
+ORDER BY 1, 2`
+
+export async function readTables(client: pg.Client): Promise<PgTable[]> {
+  const r = await client.query(TABLES_SQL)
+  return r.rows.map((row) => ({
+    oid: Number(row.oid),
+    name: row.name,
+    replident: row.replident,
+    all: JSON.parse(row.columns) as PgColumn[],
+    pk: JSON.parse(row.pk) as string[]
+  }))
+}
+
+export async function readObjects(client: pg.Client): Promise<SchemaObject[]> {
+  const r = await client.query(OBJECTS_SQL)
+  return r.rows.map((row) => ({ type: row.type, name: row.name, table: row.tbl, sql: row.sql }))
+}
+
+/** Why a table cannot be carried, or null when it can. */
+export function cannotCarry(t: PgTable): string | null {
+  for (const c of t.all) {
+    if (c.kind === 'd') return `column ${c.name} has the domain type ${c.type}, which a replica cannot create; use the base type`
+    if (c.kind === 'c' && c.typeSchema !== 'pg_catalog') return `column ${c.name} has the composite type ${c.type}, which a replica cannot create`
+    if ((c.kind === 'r' || c.kind === 'm') && c.typeSchema !== 'pg_catalog') return `column ${c.name} has the user-defined range type ${c.type}`
+  }
+  return null
+}
+
+/**
+ * The table as the log describes it: the columns pgoutput sends (generated ones are computed again at the
+ * replica), and the primary key; a table without one has an empty key and is identified by all of its values
+ * (REPLICA IDENTITY FULL).
+ */
+export function toTableDef(t: PgTable): TableDef {
+  const sent = t.all.filter((c) => c.generated === '')
+  const columns: ColumnDef[] = sent.map((c) => ({ name: c.name, type: c.type, notNull: c.notNull }))
+  const key = t.pk.map((k) => sent.findIndex((c) => c.name === k))
+  return { id: t.oid, name: t.name, sql: createTableSql(t), columns, key }
+}
+
+/** CREATE TABLE with one column per line (a replica takes a new column's clause from its line). */
+export function createTableSql(t: PgTable): string {
+  const cols = t.all.map((c) => {
+    let s = `${quoteIdent(c.name)} ${c.type}`
+    if (c.generated === 's') return `${s} GENERATED ALWAYS AS (${c.default}) STORED`
+    if (c.identity === 'a') s += ' GENERATED ALWAYS AS IDENTITY'
+    else if (c.identity === 'd') s += ' GENERATED BY DEFAULT AS IDENTITY'
+    else if (c.default !== null) s += ` DEFAULT ${c.default}`
+    if (c.notNull) s += ' NOT NULL'
+    return s
+  })
+  if (t.pk.length) cols.push(`PRIMARY KEY (${t.pk.map(quoteIdent).join(', ')})`)
+  return `CREATE TABLE ${t.name} (\n  ${cols.join(',\n  ')}\n)`
+}
+
+/** The positions of every sequence, as rows of the SEQUENCES_TABLE. */
+export async function readSequences(client: pg.Client): Promise<Value[][]> {
+  const r = await client.query(
+    `SELECT format('%I.%I', schemaname, sequencename) AS name, last_value::text AS v FROM pg_sequences
+      WHERE last_value IS NOT NULL AND schemaname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')`
+  )
+  return r.rows.map((row) => [row.name, row.v])
+}
