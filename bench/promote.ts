@@ -180,7 +180,8 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
     datasets: [],
     bootstrap: testnet.bootstrap.map((b) => `${b.host}:${b.port}`),
     status: { ...DEFAULT_THRESHOLDS },
-    logLevel: 'info'
+    logLevel: 'info',
+    replicaPostgres: null
   })
 
   const dbA = path.join(dir, 'site-a.db')

@@ -48,7 +48,9 @@ import {
   type Redeem,
   type SignedReport
 } from '../protocol/index.ts'
-import { SqliteApply, SqliteCapture, backupDatabase, databaseRole, replaceContents, silentLogger, type Logger } from '../adapters/index.ts'
+import { SqliteApply, replaceContents, silentLogger, type ApplySide, type CaptureSide, type Logger } from '../adapters/index.ts'
+import { dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgReplicaUrl, pgSlotName, resetPgDatabase, roleOf, shown } from './engines.ts'
+import { capturePrerequisites, connect } from '../adapters/postgres/index.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
 import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
@@ -80,7 +82,8 @@ const { MerkleTree } = require('hypercore/lib/merkle-tree') as {
 export interface OwnDataset {
   id: string
   name: string
-  engine: 'sqlite'
+  engine: 'sqlite' | 'postgres'
+  /** The SQLite file, or the PostgreSQL connection URL. */
   path: string
 }
 
@@ -105,6 +108,11 @@ export interface MeshNodeOptions {
   pollMs?: number
   /** Reports are sent on every change and at least this often. */
   heartbeatMs?: number
+  /**
+   * A PostgreSQL server URL where this site keeps its replicas of PostgreSQL datasets, one database each,
+   * created by the node. Without it such a dataset's log is still held here, but not applied.
+   */
+  replicaPostgres?: string
 }
 
 export function meshTopic(meshId: Uint8Array): Buffer {
@@ -132,7 +140,7 @@ interface Origin {
   info: DatasetInfo
   path: string
   log: DatasetLog
-  side: SqliteCapture
+  side: CaptureSide
   loop: CaptureLoop
   error: MeshError | null
 }
@@ -144,7 +152,7 @@ interface Replica {
   chain: ChainSegment[]
   /** The newest epoch's log. */
   log: DatasetLog
-  side: SqliteApply
+  side: ApplySide & { writtenByOthers?(): boolean }
   loop: ApplyLoop
   damaged: number
   appliedWriteAt: number
@@ -581,7 +589,7 @@ export class MeshNode extends EventEmitter {
         }
       }
       let err: { code: string; message: string } | null = r.loop.stats.lastError
-      if (!err && r.side.writtenByOthers()) {
+      if (!err && r.side.writtenByOthers?.()) {
         err = {
           code: 'REPLICA_WRITTEN',
           message: `another program wrote to this site's copy (${r.path}); those writes are not protected and the next changes from ${r.info.originSite} may overwrite them: point the application at the origin`
@@ -757,7 +765,7 @@ export class MeshNode extends EventEmitter {
     if (replica && sameBytes(replica.info.log, head.log)) return
     if (replica) await this.closeReplica(replica)
     const w = local.written[local.written.length - 1]
-    if (w && databaseRole(local.path) === 'origin') {
+    if (w && (await roleOf(head.engine, local.path, head.id)) === 'origin') {
       // This site was the origin and stopped before its fence was done: capture what is left, then fence.
       const own: DatasetInfo = { ...head, origin: this.key, originSite: this.opts.site, epoch: w.epoch, log: w.key }
       const o = await this.openOrigin(own, local, w)
@@ -770,7 +778,7 @@ export class MeshNode extends EventEmitter {
 
   private async openOrigin(info: DatasetInfo, local: LocalDataset, w: WrittenLog): Promise<Origin> {
     const log = await this.openWritten(w)
-    const side = new SqliteCapture({ path: local.path, logger: this.logger })
+    const side = openCapture(info.engine, local.path, info.id, this.logger)
     const loop = new CaptureLoop({
       capture: side,
       log,
@@ -807,7 +815,7 @@ export class MeshNode extends EventEmitter {
     try {
       await o.loop.start()
       o.error = null
-      this.logger.info('capturing', { dataset: o.info.name, epoch: o.info.epoch, path: o.path })
+      this.logger.info('capturing', { dataset: o.info.name, epoch: o.info.epoch, path: shown(o.info.engine, o.path) })
     } catch (err) {
       const e = MeshError.wrap(err, MeshError.IO_ERROR)
       o.error = e
@@ -824,6 +832,12 @@ export class MeshNode extends EventEmitter {
 
   /** Where a replica of a dataset is kept here; fixed when it is first opened (see LocalDataset.path). */
   replicaPath(info: DatasetInfo): string {
+    if (info.engine === 'postgres') {
+      if (!this.opts.replicaPostgres) {
+        throw MeshError.NO_REPLICA_SERVER(`${info.name} is a PostgreSQL dataset and this site has no PostgreSQL server for replicas: its log is kept here, but no warm copy is built`)
+      }
+      return pgReplicaUrl(this.opts.replicaPostgres, info)
+    }
     return path.join(this.paths.replicas, `${fileSafe(info.originSite)}-${fileSafe(info.name)}-${info.id.slice(0, 8)}.db`)
   }
 
@@ -834,7 +848,13 @@ export class MeshNode extends EventEmitter {
    */
   private async follow(head: DatasetInfo, local: LocalDataset, rebuild: boolean): Promise<void> {
     const chain = await resolveChain(head, (k) => this.openLog(k))
-    const side = new SqliteApply({ path: local.path, dataset: head.id, logger: this.logger })
+    const pg = head.engine === 'postgres'
+    if (pg && this.opts.replicaPostgres && (await roleOf('postgres', local.path, head.id)) === 'none') {
+      await ensurePgDatabase(this.opts.replicaPostgres, local.path, false)
+    }
+    // A slot left by a fence that stopped half-way would keep WAL on the disk for ever.
+    if (pg) await dropPgCapture(local.path, head.id)
+    const side = openApply(head.engine, local.path, head.id, this.logger)
     if (!rebuild) {
       await side.open()
       const pos = side.position()
@@ -848,7 +868,11 @@ export class MeshNode extends EventEmitter {
         rebuild = true
       }
     }
-    if (rebuild) {
+    if (rebuild && pg) {
+      // PostgreSQL: the database is emptied of what the mesh carries and built again from the whole chain.
+      await resetPgDatabase(local.path, head.id)
+      await side.open()
+    } else if (rebuild) {
       await this.rebuild(head, chain, local.path)
       await side.open()
     }
@@ -868,7 +892,7 @@ export class MeshNode extends EventEmitter {
     this.replicas.set(head.id, replica)
     await replica.loop.start()
     this.markDirty()
-    this.logger.info('holding a replica', { dataset: head.name, origin: head.originSite, epoch: head.epoch, path: local.path })
+    this.logger.info('holding a replica', { dataset: head.name, origin: head.originSite, epoch: head.epoch, path: shown(head.engine, local.path) })
   }
 
   private async closeReplica(r: Replica): Promise<void> {
@@ -967,7 +991,7 @@ export class MeshNode extends EventEmitter {
         epoch: o.info.epoch,
         fencedBy: { epoch: head.epoch, site: head.originSite, log: head.log }
       })
-      await backupDatabase(local.path, path.join(dir, 'before.db'))
+      await keepCopy(head.engine, local.path, dir)
       if (again) Object.assign(again, { changes, at: Date.now() })
       else local.divergences.push({ epoch: o.info.epoch, fencedBy: head.epoch, dir, changes, at: Date.now() })
       this.saveState()
@@ -1046,6 +1070,7 @@ export class MeshNode extends EventEmitter {
     if (!force && r.side.state() !== 'ready') {
       throw MeshError.REPLICA_NOT_READY(`${this.opts.site}'s copy of ${head.name} is still in its initial copy (${r.side.state()})`)
     }
+    if (head.engine === 'postgres') await this.checkPgCapture(r.path, head.id)
     await r.loop.stop()
     const pos = r.side.position()
     if (pos === null) {
@@ -1068,8 +1093,24 @@ export class MeshNode extends EventEmitter {
     this.broadcast((p) => p.datasets.send(this.state.datasets))
     this.markDirty()
     const parentSite = r.info.originSite
-    this.logger.warn('promoted: this site is now the origin', { dataset: head.name, epoch, from: parentSite, branch: pos.length, path: local.path })
-    return { dataset: head.name, id, epoch, path: local.path, previousOrigin: parentSite, branch: pos.length, forced: force }
+    this.logger.warn('promoted: this site is now the origin', { dataset: head.name, epoch, from: parentSite, branch: pos.length, path: shown(head.engine, local.path) })
+    return { dataset: head.name, id, epoch, path: shown(head.engine, local.path), previousOrigin: parentSite, branch: pos.length, forced: force }
+  }
+
+  /** A PostgreSQL replica is promoted only where logical decoding can capture it: refused before anything changes. */
+  private async checkPgCapture(url: string, dataset: string): Promise<void> {
+    const client = await connect(url, { doing: 'cannot connect to the replica database' })
+    try {
+      const problems = await capturePrerequisites(client, pgSlotName(dataset))
+      if (problems.length) {
+        throw MeshError.CANNOT_CAPTURE(`the replica database cannot be captured once promoted: ${problems.join('; ')}`, {
+          hint: 'Make those changes on the PostgreSQL server that holds the replicas, then run mesh promote again. Nothing was changed.',
+          context: { problems }
+        })
+      }
+    } finally {
+      await client.end().catch(() => {})
+    }
   }
 
   /**

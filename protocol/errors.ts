@@ -119,6 +119,10 @@ export class MeshError extends Error {
   static SOURCE_RESET = factory('SOURCE_RESET', {
     hint: 'Nothing to do: the node copies the whole database into the log again and every replica starts over from that copy. Find out who dropped the slot, or raise max_slot_wal_keep_size.'
   })
+  /** A PostgreSQL dataset reached a site with no PostgreSQL server configured for replicas. */
+  static NO_REPLICA_SERVER = factory('NO_REPLICA_SERVER', {
+    hint: 'To keep a warm copy here, set "replicaPostgres" in config.json to a PostgreSQL server URL whose user may create databases (mesh join --replica-postgres URL), then restart the node.'
+  })
   /** A schema change at the origin that a replica cannot follow without losing data. */
   static UNSUPPORTED_DDL = factory('UNSUPPORTED_DDL', {
     hint: 'Apply of this dataset is stopped here so the replica does not silently differ. Undo the change at the origin, or remove this replica database and restart the node to copy it again.'

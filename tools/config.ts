@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { MeshError } from '../protocol/index.ts'
-import { DEFAULT_THRESHOLDS, writeFileAtomic, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
+import { DEFAULT_THRESHOLDS, checkUrl, writeFileAtomic, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
 
 export const CONFIG_FILE = 'config.json'
 
@@ -18,10 +18,12 @@ export interface SiteConfig {
   bootstrap: string[] | null
   status: StatusThresholds
   logLevel: string
+  /** A PostgreSQL server URL where this site keeps warm replicas of PostgreSQL datasets; null for none. */
+  replicaPostgres: string | null
 }
 
-const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel'] as const
-const DATASET_KEYS = ['id', 'name', 'engine', 'path'] as const
+const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres'] as const
+const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url'] as const
 const STATUS_KEYS = Object.keys(DEFAULT_THRESHOLDS)
 const LOG_LEVELS = ['debug', 'info', 'warn', 'error']
 
@@ -123,12 +125,33 @@ export function readConfig(dir: string): SiteConfig {
   const datasets: OwnDataset[] = j.datasets.map((d: Record<string, unknown>, i: number) => {
     if (typeof d !== 'object' || d === null) throw MeshError.BAD_CONFIG(`${file}: datasets[${i}] must be an object`)
     checkKeys(d, DATASET_KEYS, `datasets[${i}]`, file)
-    if (d.engine !== 'sqlite') throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].engine "${d.engine}" is not supported`, { hint: 'Use "sqlite".' })
-    for (const k of ['id', 'name', 'path']) {
+    if (d.engine !== 'sqlite' && d.engine !== 'postgres') {
+      throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].engine "${d.engine}" is not supported`, { hint: 'Use "sqlite" (with "path") or "postgres" (with "url").' })
+    }
+    const where = d.engine === 'sqlite' ? 'path' : 'url'
+    for (const k of ['id', 'name', where]) {
       if (typeof d[k] !== 'string' || d[k] === '') throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].${k} must be a non-empty string`)
+    }
+    if (d.engine === 'postgres') {
+      try {
+        checkUrl(d.url as string)
+      } catch (err) {
+        throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].url: ${(err as MeshError).message}`, { hint: (err as MeshError).hint })
+      }
+      return { id: d.id as string, name: d.name as string, engine: 'postgres', path: d.url as string }
     }
     return { id: d.id as string, name: d.name as string, engine: 'sqlite', path: path.resolve(dir, d.path as string) }
   })
+  let replicaPostgres: string | null = null
+  if (j.replicaPostgres !== undefined && j.replicaPostgres !== null) {
+    if (typeof j.replicaPostgres !== 'string') throw MeshError.BAD_CONFIG(`${file}: "replicaPostgres" must be a postgres:// URL string`)
+    try {
+      checkUrl(j.replicaPostgres)
+    } catch (err) {
+      throw MeshError.BAD_CONFIG(`${file}: replicaPostgres: ${(err as MeshError).message}`, { hint: (err as MeshError).hint })
+    }
+    replicaPostgres = j.replicaPostgres
+  }
   let bootstrap: string[] | null = null
   if (j.bootstrap !== undefined && j.bootstrap !== null) {
     if (!Array.isArray(j.bootstrap) || j.bootstrap.some((b) => typeof b !== 'string')) {
@@ -147,12 +170,15 @@ export function readConfig(dir: string): SiteConfig {
   }
   const logLevel = j.logLevel === undefined ? 'info' : String(j.logLevel)
   if (!LOG_LEVELS.includes(logLevel)) throw MeshError.BAD_CONFIG(`${file}: "logLevel" must be one of ${LOG_LEVELS.join(', ')}`)
-  return { site: j.site, datasets, bootstrap, status, logLevel }
+  return { site: j.site, datasets, bootstrap, status, logLevel, replicaPostgres }
 }
 
+/** Written with mode 0600: a PostgreSQL URL may hold a password. */
 export function writeConfig(dir: string, cfg: SiteConfig): void {
-  const j = { site: cfg.site, datasets: cfg.datasets, bootstrap: cfg.bootstrap, status: cfg.status, logLevel: cfg.logLevel }
-  writeFileAtomic(configPath(dir), JSON.stringify(j, null, 2) + '\n')
+  const datasets = cfg.datasets.map((d) => (d.engine === 'postgres' ? { id: d.id, name: d.name, engine: d.engine, url: d.path } : d))
+  const j: Record<string, unknown> = { site: cfg.site, datasets, bootstrap: cfg.bootstrap, status: cfg.status, logLevel: cfg.logLevel }
+  if (cfg.replicaPostgres) j.replicaPostgres = cfg.replicaPostgres
+  writeFileAtomic(configPath(dir), JSON.stringify(j, null, 2) + '\n', 0o600)
 }
 
 /** Flag, then config file, then MESH_BOOTSTRAP, then the public DHT (null). */

@@ -80,6 +80,25 @@ export async function capturePrerequisites(client: Client, publication: string):
   return problems
 }
 
+/** Each sequence that feeds an integer column (serial, identity, or a nextval() default), with the column. */
+const SEQUENCE_FEEDS_SQL = `
+SELECT DISTINCT format('%I.%I', sn.nspname, s.relname) AS seq, format('%I.%I', tn.nspname, t.relname) AS tbl, quote_ident(a.attname) AS col
+  FROM pg_depend d
+  JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+  JOIN pg_class s ON s.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass AND s.relkind = 'S'
+  JOIN pg_namespace sn ON sn.oid = s.relnamespace
+  JOIN pg_class t ON t.oid = ad.adrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+  JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+ WHERE a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+UNION
+SELECT format('%I.%I', sn.nspname, s.relname), format('%I.%I', tn.nspname, t.relname), quote_ident(a.attname)
+  FROM pg_depend d
+  JOIN pg_class s ON s.oid = d.objid AND d.classid = 'pg_class'::regclass AND s.relkind = 'S'
+  JOIN pg_namespace sn ON sn.oid = s.relnamespace
+  JOIN pg_class t ON t.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass JOIN pg_namespace tn ON tn.oid = t.relnamespace
+  JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+ WHERE d.deptype IN ('a', 'i') AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)`
+
 /** The capture position in the log: the end LSN of the last transaction a unit holds. */
 function encodeSource(lsn: bigint): Uint8Array {
   const b = Buffer.alloc(9)
@@ -241,6 +260,8 @@ export class PostgresCapture implements CaptureSide {
     if (pub.rows.length === 0) {
       await this.query(`CREATE PUBLICATION ${quoteIdent(this.opts.publication)} FOR ALL TABLES`, [], 'cannot create the publication')
     }
+    const replica = await this.query(`SELECT to_regclass('${OWN_SCHEMA}.replica') IS NOT NULL AS has`)
+    if (replica.rows[0].has === 't') await this.adoptReplica()
     await this.loadCatalog()
     const slot = await this.query('SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1', [this.opts.slot])
     if (slot.rows.length === 0) this.slotMissing = true
@@ -253,6 +274,40 @@ export class PostgresCapture implements CaptureSide {
       this.confirmed = this.acked = parseLsn(slot.rows[0].lsn)
     }
     this.schemaPending = true
+  }
+
+  /**
+   * A promoted replica becomes an origin: a slot is created (nothing is copied: the new epoch's log continues
+   * from the state the replica holds), unique indexes the replica kept as plain ones become unique again,
+   * every sequence that feeds a column is moved past the column's highest value, and the replica bookkeeping
+   * goes, in one transaction after the slot.
+   */
+  private async adoptReplica(): Promise<void> {
+    const slot = await this.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [this.opts.slot])
+    if (slot.rows.length === 0) {
+      await this.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [this.opts.slot], 'cannot create the replication slot')
+    }
+    const db = await this.db()
+    try {
+      await db.query('BEGIN')
+      const meta = await db.query(`SELECT objects FROM ${OWN_SCHEMA}.replica`)
+      const objects: SchemaObject[] = meta.rows.length ? JSON.parse(meta.rows[0].objects) : []
+      for (const o of objects) {
+        if (o.type !== 'index' || !/^CREATE UNIQUE INDEX /.test(o.sql)) continue
+        await db.query(`DROP INDEX IF EXISTS ${o.name}`)
+        await db.query(o.sql)
+      }
+      const feeds = await db.query(SEQUENCE_FEEDS_SQL)
+      for (const f of feeds.rows) {
+        await db.query(`SELECT setval('${f.seq.replaceAll("'", "''")}', greatest((SELECT last_value FROM ${f.seq}), m)) FROM (SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`)
+      }
+      await db.query(`DROP SCHEMA ${OWN_SCHEMA} CASCADE`)
+      await db.query('COMMIT')
+      this.log.info('the replica database is now the origin: capture installed', { url: this.where })
+    } catch (err) {
+      await db.query('ROLLBACK').catch(() => {})
+      throw pgError(err, this.opts.url, 'cannot turn the replica into the origin')
+    }
   }
 
   /** Reads the catalogs into the tables as last sent; gives tables with no key REPLICA IDENTITY FULL. */

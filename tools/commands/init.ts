@@ -1,45 +1,76 @@
 import path from 'node:path'
 import crypto from 'hypercore-crypto'
 import { MeshError } from '../../protocol/index.ts'
-import { checkSource, createDataDir, createSiteKey, sitePaths, writeMeshState, DEFAULT_THRESHOLDS } from '../../node/index.ts'
+import { checkReplicaServer, checkSource, checkUrl, createDataDir, createSiteKey, redactUrl, sitePaths, writeMeshState, DEFAULT_THRESHOLDS } from '../../node/index.ts'
 import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE, type SiteConfig } from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
-export const usage = `mesh init --dir DIR --site NAME --sqlite PATH [--dataset NAME] [--bootstrap HOST:PORT[,...]]
+export const usage = `mesh init --dir DIR --site NAME (--sqlite PATH | --postgres URL) [--dataset NAME] [--replica-postgres URL] [--bootstrap HOST:PORT[,...]]
 
-Starts a new mesh with this site as its first member, protecting the SQLite database at PATH.
+Starts a new mesh with this site as its first member, protecting one database.
   --site NAME      this site's name, e.g. shop-north
-  --sqlite PATH    the database the business application writes
-  --dataset NAME   the dataset's name in the mesh (default: the file's base name)
+  --sqlite PATH    the SQLite database the business application writes
+  --postgres URL   or the PostgreSQL database it writes (postgres://USER[:PASSWORD]@HOST[:PORT]/DB); needs
+                   wal_level=logical and a role with REPLICATION; creates the publication and the replication
+                   slot branchmesh_<dataset id>
+  --replica-postgres URL
+                   a PostgreSQL server where this site keeps warm copies of the other sites' PostgreSQL
+                   datasets, one database each (its user needs CREATEDB); without it their logs are kept only
+  --dataset NAME   the dataset's name in the mesh (default: the file's base name or the database name)
   --bootstrap      DHT bootstrap nodes for a private network (default: the public DHT; also MESH_BOOTSTRAP)
   --dir DIR        data directory (default: MESH_DIR, then a per-user folder)`
 
-function datasetName(flag: string | undefined, file: string): string {
-  const name = flag ?? path.basename(file).replace(/\.(sqlite3?|db3?)$/i, '')
-  return checkSiteName(name, 'dataset name')
+function datasetName(flag: string | undefined, fallback: string): string {
+  return checkSiteName(flag ?? fallback, 'dataset name')
 }
 
 /** The flags `init` and `join` share. */
-export const SITE_OPTIONS = { site: { type: 'string' }, sqlite: { type: 'string' }, dataset: { type: 'string' } } as const
+export const SITE_OPTIONS = {
+  site: { type: 'string' },
+  sqlite: { type: 'string' },
+  postgres: { type: 'string' },
+  'replica-postgres': { type: 'string' },
+  dataset: { type: 'string' }
+} as const
+
+type SiteValues = { dir?: string; site?: string; sqlite?: string; postgres?: string; 'replica-postgres'?: string; dataset?: string; bootstrap?: string }
 
 /**
  * Checks what `init` and `join` share (site name, database, dataset name, bootstrap) and returns the new site's
  * configuration; nothing is written yet.
  */
-export function newSite(values: { dir?: string; site?: string; sqlite?: string; dataset?: string; bootstrap?: string }, example: string) {
+export async function newSite(values: SiteValues, example: string) {
   if (!values.site) throw MeshError.USAGE('--site NAME is required', { hint: example })
-  if (!values.sqlite) throw MeshError.USAGE('--sqlite PATH is required', { hint: example })
+  if (!values.sqlite === !values.postgres) {
+    throw MeshError.USAGE(values.sqlite ? 'give --sqlite or --postgres, not both' : '--sqlite PATH or --postgres URL is required', { hint: example })
+  }
   const dir = resolveDir(values.dir)
-  const file = path.resolve(values.sqlite)
+  const id = crypto.randomBytes(8).toString('hex')
+  let dataset: SiteConfig['datasets'][number]
+  if (values.postgres) {
+    const { database } = checkUrl(values.postgres)
+    dataset = { id, name: datasetName(values.dataset, database), engine: 'postgres', path: values.postgres }
+  } else {
+    const file = path.resolve(values.sqlite!)
+    dataset = { id, name: datasetName(values.dataset, path.basename(file).replace(/\.(sqlite3?|db3?)$/i, '')), engine: 'sqlite', path: file }
+  }
+  const replicaPostgres = values['replica-postgres'] ?? null
   const config: SiteConfig = {
     site: checkSiteName(values.site),
-    datasets: [{ id: crypto.randomBytes(8).toString('hex'), name: datasetName(values.dataset, file), engine: 'sqlite', path: file }],
+    datasets: [dataset],
     bootstrap: resolveBootstrap(values.bootstrap, null),
     status: DEFAULT_THRESHOLDS,
-    logLevel: 'info'
+    logLevel: 'info',
+    replicaPostgres
   }
-  checkSource('sqlite', file)
-  return { dir, config }
+  if (replicaPostgres) await checkReplicaServer(replicaPostgres)
+  const warnings = await checkSource(dataset.engine, dataset.path, id)
+  return { dir, config, warnings }
+}
+
+/** How a dataset's database is named to the user (a URL without its password). */
+export function shownSource(d: SiteConfig['datasets'][number]): string {
+  return d.engine === 'postgres' ? redactUrl(d.path) : d.path
 }
 
 export const command: Command = {
@@ -47,9 +78,10 @@ export const command: Command = {
   summary: 'start a new mesh with this site as its first member',
   async run(args) {
     const { values } = parse('init', args, SITE_OPTIONS)
-    const { dir, config } = newSite(values, 'Try: mesh init --dir DIR --site shop-north --sqlite /path/to/shop.db')
+    const { dir, config, warnings } = await newSite(values, 'Try: mesh init --dir DIR --site shop-north --sqlite /path/to/shop.db')
     const { site, datasets } = config
-    const { path: file, name } = datasets[0]
+    const { name } = datasets[0]
+    const file = shownSource(datasets[0])
     await createDataDir(dir, CONFIG_FILE, async () => {
       const paths = sitePaths(dir)
       const keyPair = createSiteKey(paths)
@@ -58,6 +90,7 @@ export const command: Command = {
     })
     out(`Created a new mesh with ${site} as its first member, in ${dir}.`)
     out(`It protects ${file} as dataset "${name}".`)
+    for (const w of warnings) out(`Warning: ${w}`)
     out('')
     out('Next:')
     out(`  mesh start --dir ${dir}        run the node (keep it running)`)

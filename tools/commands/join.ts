@@ -2,12 +2,12 @@ import { MeshError, decodeJoinCode } from '../../protocol/index.ts'
 import { createDataDir, createSiteKey, redeemJoinCode, sitePaths, writeMeshState } from '../../node/index.ts'
 import { networkOptions, writeConfig, CONFIG_FILE } from '../config.ts'
 import { out, parse, parseDuration, type Command } from './common.ts'
-import { newSite, SITE_OPTIONS } from './init.ts'
+import { newSite, shownSource, SITE_OPTIONS } from './init.ts'
 
-export const usage = `mesh join CODE --dir DIR --site NAME --sqlite PATH [--dataset NAME] [--bootstrap HOST:PORT[,...]] [--timeout 60s]
+export const usage = `mesh join CODE --dir DIR --site NAME (--sqlite PATH | --postgres URL) [--dataset NAME] [--replica-postgres URL] [--bootstrap HOST:PORT[,...]] [--timeout 60s]
 
-Adds this site to a mesh with a join code from \`mesh invite\`, protecting the SQLite database at PATH.
-The inviting site's node must be running.
+Adds this site to a mesh with a join code from \`mesh invite\`, protecting one database (see mesh init for
+--sqlite, --postgres and --replica-postgres). The inviting site's node must be running.
   --timeout D   how long to look for the inviting site (default 60s)`
 
 export const command: Command = {
@@ -18,9 +18,10 @@ export const command: Command = {
     const example = 'Try: mesh join bm1-... --dir DIR --site shop-south --sqlite /path/to/shop.db'
     if (positionals.length !== 1) throw MeshError.USAGE(positionals.length === 0 ? 'the join code is missing' : 'give exactly one join code', { hint: example })
     const code = decodeJoinCode(positionals[0])
-    const { dir, config } = newSite(values, example)
+    const { dir, config, warnings } = await newSite(values, example)
     const { site, bootstrap, datasets } = config
-    const { path: file, name } = datasets[0]
+    const { name } = datasets[0]
+    const file = shownSource(datasets[0])
     const timeoutMs = parseDuration(values.timeout ?? '60s', '--timeout') * 1000
     const welcome = await createDataDir(dir, CONFIG_FILE, async () => {
       const paths = sitePaths(dir)
@@ -34,6 +35,7 @@ export const command: Command = {
     })
     out(`Joined the mesh as ${site}: ${welcome.members.length} members, ${welcome.datasets.length} datasets to hold.`)
     out(`It protects ${file} as dataset "${name}".`)
+    for (const w of warnings) out(`Warning: ${w}`)
     out('')
     out(`Next: mesh start --dir ${dir}`)
     return 0

@@ -29,7 +29,8 @@ export const command: Command = {
       network: networkOptions(bootstrap),
       software: `branchmesh/${VERSION}`,
       logger,
-      thresholds: cfg.status
+      thresholds: cfg.status,
+      replicaPostgres: cfg.replicaPostgres ?? undefined
     })
     let stopping = false
     let onSignal!: (signal: string) => void

@@ -1,0 +1,150 @@
+/**
+ * What the node does differently per engine: which capture and apply sides it opens, where a replica lives,
+ * what role a database plays, and how a copy is set aside. A dataset's `path` is a file for SQLite and a
+ * connection URL for PostgreSQL.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import {
+  MeshError,
+  type DatasetInfo
+} from '../protocol/index.ts'
+import {
+  PostgresApply,
+  PostgresCapture,
+  SqliteApply,
+  SqliteCapture,
+  backupDatabase,
+  checkUrl,
+  databaseRole,
+  redactUrl,
+  type ApplySide,
+  type CaptureSide,
+  type Logger
+} from '../adapters/index.ts'
+import { connect, quoteIdent, readObjects, readTables } from '../adapters/postgres/common.ts'
+
+export type EngineName = 'sqlite' | 'postgres'
+
+/** Replication slot and publication of a PostgreSQL dataset at its origin. */
+export function pgSlotName(dataset: string): string {
+  return `branchmesh_${dataset.replace(/[^a-z0-9_]/gi, '_').toLowerCase()}`
+}
+
+export function openCapture(engine: string, where: string, dataset: string, logger: Logger): CaptureSide {
+  if (engine === 'postgres') return new PostgresCapture({ url: where, slot: pgSlotName(dataset), publication: pgSlotName(dataset), logger })
+  return new SqliteCapture({ path: where, logger })
+}
+
+export function openApply(engine: string, where: string, dataset: string, logger: Logger): ApplySide & { writtenByOthers?(): boolean } {
+  if (engine === 'postgres') return new PostgresApply({ url: where, dataset, logger })
+  return new SqliteApply({ path: where, dataset, logger })
+}
+
+/** Where a database is, for messages and logs (a URL without its password). */
+export function shown(engine: string, where: string): string {
+  return engine === 'postgres' ? redactUrl(where) : where
+}
+
+/**
+ * The role a database plays: 'origin' (capture installed: SQLite triggers, or a PostgreSQL slot for this
+ * dataset), 'replica' (branchmesh's replica bookkeeping), 'plain' (neither), 'none' (no such database).
+ */
+export async function roleOf(engine: string, where: string, dataset: string): Promise<'origin' | 'replica' | 'plain' | 'none'> {
+  if (engine !== 'postgres') return databaseRole(where)
+  let client
+  try {
+    client = await connect(where, { doing: 'cannot look at the database' })
+  } catch (err) {
+    if ((err as MeshError).code === 'PG_NO_DATABASE') return 'none'
+    throw err
+  }
+  try {
+    const r = await client.query(
+      `SELECT to_regclass('_mesh.replica') IS NOT NULL AS replica, EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()) AS slot`,
+      [pgSlotName(dataset)]
+    )
+    if (r.rows[0].replica === 't') return 'replica'
+    return r.rows[0].slot === 't' ? 'origin' : 'plain'
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
+
+/** A replica database's URL: the site's replica server URL with a database name of its own per dataset. */
+export function pgReplicaUrl(serverUrl: string, info: DatasetInfo, suffix = ''): string {
+  checkUrl(serverUrl)
+  const u = new URL(serverUrl)
+  const safe = (s: string) => s.toLowerCase().replace(/[^a-z0-9_]+/g, '_')
+  u.pathname = '/' + `mesh_${safe(info.originSite)}_${safe(info.name)}_${info.id.slice(0, 8)}${suffix}`.slice(0, 63)
+  return u.toString()
+}
+
+/** Creates the database a replica URL names, when it does not exist; `fresh` drops an old one first. */
+export async function ensurePgDatabase(serverUrl: string, url: string, fresh: boolean): Promise<void> {
+  const name = decodeURIComponent(new URL(url).pathname.slice(1))
+  const admin = await connect(serverUrl, { doing: 'cannot connect to the PostgreSQL server for replicas (replicaPostgres)' })
+  try {
+    if (fresh) await admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`)
+    const has = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])
+    if (has.rows.length === 0) await admin.query(`CREATE DATABASE ${quoteIdent(name)}`)
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.DATABASE_ERROR, `cannot create the replica database ${name}`, {
+      hint: 'The user in replicaPostgres needs the CREATEDB privilege (ALTER ROLE ... CREATEDB), or create the database by hand.'
+    })
+  } finally {
+    await admin.end().catch(() => {})
+  }
+}
+
+/** Stops a PostgreSQL database from being captured: its slot (which holds WAL) and publication go. */
+export async function dropPgCapture(url: string, dataset: string): Promise<void> {
+  const client = await connect(url, { doing: 'cannot connect to the fenced database' })
+  try {
+    await client.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [pgSlotName(dataset)])
+    await client.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(pgSlotName(dataset))}`)
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
+
+/** Keeps a consistent copy of a SQLite database in `dir` (before.db); PostgreSQL databases are kept as they are. */
+export async function keepCopy(engine: string, where: string, dir: string): Promise<string> {
+  if (engine === 'postgres') {
+    const note = `The database itself is kept unchanged: ${redactUrl(where)}\nThis site now keeps its replica in a new database (see mesh status).\n`
+    fs.writeFileSync(path.join(dir, 'database.txt'), note)
+    return redactUrl(where)
+  }
+  const file = path.join(dir, 'before.db')
+  await backupDatabase(where, file)
+  return file
+}
+
+/**
+ * Empties a PostgreSQL database of everything the mesh carries, so that it can be built again from the
+ * chain of logs: its tables (and what depends on them), enum types and sequences, branchmesh's own schema,
+ * and its capture (publication, then slot). Used for a fenced origin, after its divergence is written, and
+ * for a replica that applied past a branch point.
+ */
+export async function resetPgDatabase(url: string, dataset: string): Promise<void> {
+  const client = await connect(url, { doing: 'cannot connect to the database to rebuild it' })
+  try {
+    const tables = await readTables(client)
+    const objects = await readObjects(client)
+    await client.query('BEGIN')
+    for (const t of tables) await client.query(`DROP TABLE IF EXISTS ${t.name} CASCADE`)
+    for (const o of objects) {
+      if (o.type === 'sequence') await client.query(`DROP SEQUENCE IF EXISTS ${o.name} CASCADE`)
+      if (o.type === 'type') await client.query(`DROP TYPE IF EXISTS ${o.name} CASCADE`)
+    }
+    await client.query(`DROP SCHEMA IF EXISTS _mesh CASCADE`)
+    await client.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(pgSlotName(dataset))}`)
+    await client.query('COMMIT')
+    await client.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [pgSlotName(dataset)])
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => {})
+    throw MeshError.wrap(err, MeshError.DATABASE_ERROR, `cannot empty ${redactUrl(url)} to rebuild it`)
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
