@@ -202,7 +202,13 @@ export class PostgresCapture implements CaptureSide {
   private skippedTables: Array<{ table: string; reason: string; oid: number }> = []
   /** The next batch starts with a schema entry. */
   private schemaPending = true
+  /** Tables (by oid) whose content the next schema entry tells replicas to drop. */
   private readonly resetPending = new Set<number>()
+  /**
+   * Table ids in the log, by oid, where they are not the oid: a promoted replica keeps the ids of the log it
+   * continues (its tables have other oids than at the old origin). Kept in _mesh.table_ids.
+   */
+  private ids = new Map<number, number>()
   /** Transactions ending at or before this are in the log already. */
   private acked = 0n
   private confirmed = 0n
@@ -262,6 +268,11 @@ export class PostgresCapture implements CaptureSide {
     }
     const replica = await this.query(`SELECT to_regclass('${OWN_SCHEMA}.replica') IS NOT NULL AS has`)
     if (replica.rows[0].has === 't') await this.adoptReplica()
+    const ids = await this.query(`SELECT to_regclass('${OWN_SCHEMA}.table_ids') IS NOT NULL AS has`)
+    if (ids.rows[0].has === 't') {
+      const r = await this.query(`SELECT oid::int8 AS oid, id FROM ${OWN_SCHEMA}.table_ids`)
+      this.ids = new Map(r.rows.map((x) => [Number(x.oid), Number(x.id)]))
+    }
     await this.loadCatalog()
     const slot = await this.query('SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1', [this.opts.slot])
     if (slot.rows.length === 0) this.slotMissing = true
@@ -297,17 +308,41 @@ export class PostgresCapture implements CaptureSide {
         await db.query(`DROP INDEX IF EXISTS ${o.name}`)
         await db.query(o.sql)
       }
+      // The log's table ids go on: a replica that follows this new epoch keeps its tables.
+      await db.query(`CREATE TABLE IF NOT EXISTS ${OWN_SCHEMA}.table_ids (oid oid PRIMARY KEY, id int8 NOT NULL UNIQUE)`)
+      const defs: TableDef[] = meta.rows.length ? JSON.parse((await db.query(`SELECT tables FROM ${OWN_SCHEMA}.replica`)).rows[0].tables) : []
+      for (const d of defs) {
+        await db.query(`INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) SELECT to_regclass($1)::oid, $2 WHERE to_regclass($1) IS NOT NULL ON CONFLICT DO NOTHING`, [d.name, d.id])
+      }
       const feeds = await db.query(SEQUENCE_FEEDS_SQL)
       for (const f of feeds.rows) {
         await db.query(`SELECT setval('${f.seq.replaceAll("'", "''")}', greatest((SELECT last_value FROM ${f.seq}), m)) FROM (SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`)
       }
-      await db.query(`DROP SCHEMA ${OWN_SCHEMA} CASCADE`)
+      await db.query(`DROP TABLE ${OWN_SCHEMA}.replica`)
       await db.query('COMMIT')
       this.log.info('the replica database is now the origin: capture installed', { url: this.where })
     } catch (err) {
       await db.query('ROLLBACK').catch(() => {})
       throw pgError(err, this.opts.url, 'cannot turn the replica into the origin')
     }
+  }
+
+  /** The table as the log describes it, with its id in the log. */
+  private async defOf(t: PgTable): Promise<TableDef> {
+    return { ...toTableDef(t), id: await this.idOf(t.oid) }
+  }
+
+  private async idOf(oid: number): Promise<number> {
+    const have = this.ids.get(oid)
+    if (have !== undefined) return have
+    if (this.ids.size === 0) return oid
+    // A new table at a promoted origin: its oid, unless an older table already goes by that id.
+    const taken = new Set(this.ids.values())
+    let id = oid
+    if (taken.has(id)) id = Math.max(...taken, ...this.ids.keys()) + 1
+    await this.query(`INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) VALUES ($1, $2) ON CONFLICT (oid) DO UPDATE SET id = EXCLUDED.id`, [oid, id])
+    this.ids.set(oid, id)
+    return id
   }
 
   /** Reads the catalogs into the tables as last sent; gives tables with no key REPLICA IDENTITY FULL. */
@@ -332,7 +367,7 @@ export class PostgresCapture implements CaptureSide {
         await this.query(`ALTER TABLE ${t.name} REPLICA IDENTITY FULL`, [], `cannot give ${t.name} (no primary key) REPLICA IDENTITY FULL`)
         t.replident = 'f'
       }
-      const known: Known = { def: toTableDef(t), shape: shapeOfTable(t), full: t.pk.length === 0 }
+      const known: Known = { def: await this.defOf(t), shape: shapeOfTable(t), full: t.pk.length === 0 }
       const prev = this.tables.get(t.oid)
       if (!prev || JSON.stringify(prev.def) !== JSON.stringify(known.def)) {
         this.tables.set(t.oid, known)
@@ -507,7 +542,7 @@ export class PostgresCapture implements CaptureSide {
 
   private finish(b: { schema: boolean; changes: TableChanges[]; rows: number; end: bigint; time: number; seq: { values: Map<string, string> } | null }): CaptureBatch {
     const source = encodeSource(b.end)
-    const reset = [...this.resetPending]
+    const reset = [...this.resetPending].map((oid) => this.tables.get(oid)?.def.id).filter((id): id is number => id !== undefined)
     this.lastRead = { source, schema: b.schema, seq: b.seq?.values ?? this.ackedSeq }
     return { schema: b.schema ? this.schemaEntry(reset) : null, changes: b.changes, rows: b.rows, time: b.time, source }
   }
@@ -569,7 +604,7 @@ export class PostgresCapture implements CaptureSide {
           truncated.push(...ours)
           // What this transaction did to those tables before the truncate is gone with it.
           pending.push(() => {
-            for (const o of ours) folds.get(o)?.clear()
+            for (const o of ours) folds.get(this.tables.get(o)!.def.id)?.clear()
           })
           break
         }
@@ -607,7 +642,7 @@ export class PostgresCapture implements CaptureSide {
     const shape = shapeOfRelation(m)
     let known: Known
     if (t && shapeOfTable(t) === shape) {
-      known = { def: toTableDef(t), shape, full: t.pk.length === 0 }
+      known = { def: await this.defOf(t), shape, full: t.pk.length === 0 }
     } else {
       // The catalogs have moved on already (a later ALTER): describe the table as these rows have it.
       const types = await this.query(
@@ -634,7 +669,7 @@ export class PostgresCapture implements CaptureSide {
         })),
         pk: full ? [] : m.columns.filter((c) => c.key).map((c) => c.name)
       }
-      known = { def: toTableDef(pg), shape, full }
+      known = { def: await this.defOf(pg), shape, full }
     }
     this.tables.set(m.oid, known)
     this.objects = await readObjects(await this.db())

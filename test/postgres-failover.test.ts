@@ -1,0 +1,86 @@
+/**
+ * Failover of a PostgreSQL dataset: the origin's node dies, its application keeps writing, another site
+ * promotes its replica database, which takes writes with sequences past every id the origin handed out and
+ * its unique indexes enforced; the old origin comes back, is fenced (its writes kept in a divergence folder,
+ * its database rebuilt) and follows the new origin.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { tmpDir } from './helpers/db.ts'
+import { mesh, startTestnet, waitUntil } from './helpers/mesh.ts'
+import { PgSite } from './helpers/pg-mesh.ts'
+import { pgDump } from './helpers/pg.ts'
+
+test('promote a PostgreSQL replica; the old origin is fenced and follows it', async (t) => {
+  const { dir, cleanup } = tmpDir('mesh-pgf-')
+  const { testnet, bootstrap } = await startTestnet()
+  const a = new PgSite(dir, 'a', bootstrap)
+  const b = new PgSite(dir, 'b', bootstrap)
+  t.after(async () => {
+    for (const s of [a, b]) await s.stop('SIGKILL')
+    for (const s of [a, b]) await s.cluster?.stop()
+    await testnet.destroy()
+    cleanup()
+  })
+  await a.create()
+  await b.create()
+  await a.cluster.query(
+    `CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+     CREATE UNIQUE INDEX orders_item ON orders (item);
+     INSERT INTO orders (item) SELECT 'item ' || g FROM generate_series(1, 200) g;`,
+    [],
+    'shop'
+  )
+  await a.init()
+  await a.start()
+  await b.join(await a.invite())
+  await b.start()
+  await waitUntil("b's replica equals a", () => b.holdsExactly(a), 90_000, 300)
+  const maxBefore = Number((await a.cluster.query('SELECT max(id) AS m FROM orders', [], 'shop'))[0].m)
+
+  // The origin's node dies; its application goes on writing, unprotected.
+  await a.stop('SIGKILL')
+  await a.cluster.query(`INSERT INTO orders (item) VALUES ('cut off 1'), ('cut off 2'); UPDATE orders SET item = 'changed while cut off' WHERE id = 1`, [], 'shop')
+
+  const id = a.datasetId()
+  const r = await mesh(['promote', id, '--dir', b.dir, '--force', '--json'])
+  assert.equal(r.code, 0, r.stderr)
+  const res = JSON.parse(r.stdout)
+  assert.equal(res.epoch, 1)
+
+  // The promoted replica takes writes: ids continue past every id the mesh carried from the old origin (the
+  // ones it handed out while cut off never left it: they are in its divergence).
+  const promoted = b.replicaUrl(a)
+  assert.equal(res.path, promoted, 'promote names the database the application must use')
+  const rows = await b.cluster.query(`INSERT INTO orders (item) VALUES ('after promotion') RETURNING id`, [], new URL(promoted).pathname.slice(1))
+  assert.ok(Number(rows[0].id) > maxBefore, `new id ${rows[0].id} is past the ids the old origin gave out before it was cut off (${maxBefore})`)
+  await assert.rejects(
+    () => b.cluster.query(`INSERT INTO orders (item) VALUES ('item 5')`, [], new URL(promoted).pathname.slice(1)),
+    /duplicate key|unique/,
+    'the unique index is enforced again at the promoted database'
+  )
+
+  // The old origin returns: it is fenced, keeps its writes aside, and follows b.
+  await a.start()
+  await waitUntil("a's database equals b's promoted one", async () => JSON.stringify(await pgDump(a.url)) === JSON.stringify(await pgDump(promoted)), 90_000, 500).catch(async (err) => {
+    const [x, y] = [await pgDump(a.url), await pgDump(promoted)]
+    throw new Error(`${err.message}\n${JSON.stringify(x).slice(0, 600)}\n${JSON.stringify(y).slice(0, 600)}\n--- a\n${a.node?.lines.slice(-20).join('\n')}\n--- b\n${b.node?.lines.slice(-10).join('\n')}`)
+  })
+  const after = await pgDump(a.url)
+  assert.ok(after['public.orders'].rows.some((x) => x.includes('after promotion')), 'the new origin’s write reached the old origin')
+  assert.ok(!after['public.orders'].rows.some((x) => x.includes('cut off')), 'the writes made while cut off are not in the live data')
+  const divRoot = path.join(a.dir, 'divergence')
+  const folders = fs.readdirSync(divRoot)
+  assert.equal(folders.length, 1)
+  const lines = fs.readFileSync(path.join(divRoot, folders[0], 'changes.jsonl'), 'utf8').trim().split('\n').slice(1).map((l) => JSON.parse(l))
+  const items = lines.filter((l) => l.op === 'upsert').map((l) => l.row.item).sort()
+  assert.deepEqual(items, ['changed while cut off', 'cut off 1', 'cut off 2'])
+  const sql = fs.readFileSync(path.join(divRoot, folders[0], 'changes.sql'), 'utf8')
+  assert.match(sql, /cut off 1/)
+
+  // Writes at the new origin keep flowing to the old one, now a replica.
+  await b.cluster.query(`INSERT INTO orders (item) VALUES ('later')`, [], new URL(promoted).pathname.slice(1))
+  await waitUntil('the later write reached a', async () => (await pgDump(a.url))['public.orders'].rows.some((x) => x.includes('later')), 60_000, 300)
+})
