@@ -12,7 +12,8 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { deleteSql, keyColumns, rowColumns, upsertSql } from '../adapters/index.ts'
+import { deleteSql, keyColumns, pgDeleteSql, pgUpsertSql, rowColumns, upsertSql } from '../adapters/index.ts'
+import { SEQUENCES_TABLE } from '../adapters/postgres/index.ts'
 import type { TableDef, Value } from '../protocol/index.ts'
 import type { DatasetLog } from './log.ts'
 
@@ -26,6 +27,10 @@ export interface DivergenceInput {
   site: string
   epoch: number
   fencedBy: { epoch: number; site: string; log: Uint8Array }
+  /** The engine, for the SQL dialect of changes.sql and the columns of keys. */
+  engine: string
+  /** What the caller kept of the database as it was, for README.txt: a file name and what it is. */
+  kept: string
 }
 
 function jsonValue(v: Value): unknown {
@@ -76,6 +81,12 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
     `-- They are not in the live data. Review them before running any of this at the new origin.`,
     ''
   )
+  const pg = d.engine === 'postgres'
+  // PostgreSQL rows and keyless deletes carry the table's columns as they are (no rowid).
+  const rowCols = (def: TableDef) => (pg ? def.columns.map((c) => c.name) : rowColumns(def))
+  const keyCols = (def: TableDef) => (pg ? (def.key.length ? def.key.map((i) => def.columns[i].name) : def.columns.map((c) => c.name)) : keyColumns(def))
+  const upsert = pg ? pgUpsertSql : upsertSql
+  const remove = pg ? pgDeleteSql : deleteSql
   let changes = 0
   for (let at = d.from; at < d.to; ) {
     const unit = await d.log.unit(at, { wait: false })
@@ -100,16 +111,16 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
       if (e.kind === 'transaction') time = e.time
       for (const ch of e.changes) {
         const def = tables.get(ch.table)
-        if (def === undefined) continue
+        if (def === undefined || (pg && ch.table === SEQUENCES_TABLE)) continue
         for (const key of ch.deletes) {
           changes++
-          json.push(JSON.stringify({ op: 'delete', block, time: time && new Date(time).toISOString(), table: def.name, key: record(keyColumns(def), key) }))
-          lines.push(deleteSql(def, key))
+          json.push(JSON.stringify({ op: 'delete', block, time: time && new Date(time).toISOString(), table: def.name, key: record(keyCols(def), key) }))
+          lines.push(remove(def, key))
         }
         for (const row of ch.upserts) {
           changes++
-          json.push(JSON.stringify({ op: 'upsert', block, time: time && new Date(time).toISOString(), table: def.name, row: record(rowColumns(def), row) }))
-          lines.push(upsertSql(def, row))
+          json.push(JSON.stringify({ op: 'upsert', block, time: time && new Date(time).toISOString(), table: def.name, row: record(rowCols(def), row) }))
+          lines.push(upsert(def, row))
         }
       }
     }
@@ -135,7 +146,7 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
       `The ${changes} row changes ${d.site} made after that point are kept here, and nowhere in the live data:`,
       '  changes.jsonl  one change per line (JSON), in the order they were made',
       '  changes.sql    the same as SQL statements',
-      `  before.db      ${d.site}'s database exactly as it was before it was rebuilt`,
+      `  ${d.kept}`,
       '',
       'Review them, re-enter what is still needed at the new origin, then delete this folder;',
       '`mesh status` warns until it is gone.',

@@ -3,6 +3,7 @@
  * what role a database plays, and how a copy is set aside. A dataset's `path` is a file for SQLite and a
  * connection URL for PostgreSQL.
  */
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import {
@@ -108,16 +109,32 @@ export async function dropPgCapture(url: string, dataset: string): Promise<void>
   }
 }
 
-/** Keeps a consistent copy of a SQLite database in `dir` (before.db); PostgreSQL databases are kept as they are. */
-export async function keepCopy(engine: string, where: string, dir: string): Promise<string> {
-  if (engine === 'postgres') {
-    const note = `The database itself is kept unchanged: ${redactUrl(where)}\nThis site now keeps its replica in a new database (see mesh status).\n`
-    fs.writeFileSync(path.join(dir, 'database.txt'), note)
-    return redactUrl(where)
+/**
+ * Keeps a copy of the database as it is, before it is rebuilt, in `dir`; returns README.txt's line for it.
+ * SQLite: before.db, a consistent backup. PostgreSQL: before.sql from pg_dump, when a pg_dump that can read
+ * the server is found (on PATH, or in `pg_config --bindir`); otherwise a note says so.
+ */
+export async function keepCopy(engine: string, where: string, dir: string, site: string): Promise<string> {
+  if (engine !== 'postgres') {
+    await backupDatabase(where, path.join(dir, 'before.db'))
+    return `before.db      ${site}'s database exactly as it was before it was rebuilt`
   }
-  const file = path.join(dir, 'before.db')
-  await backupDatabase(where, file)
-  return file
+  const file = path.join(dir, 'before.sql')
+  const tries = ['pg_dump']
+  const conf = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' })
+  if (conf.status === 0) tries.push(path.join(conf.stdout.trim(), 'pg_dump'))
+  let why = 'no pg_dump program was found on this machine'
+  for (const exe of tries) {
+    const r = spawnSync(exe, ['--no-owner', '--file', file, where], { encoding: 'utf8', timeout: 30 * 60_000 })
+    if (r.status === 0) {
+      fs.chmodSync(file, 0o600)
+      return `before.sql     ${site}'s database as it was before it was rebuilt (pg_dump; restore with psql -f)`
+    }
+    if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') continue
+    why = `pg_dump failed: ${(r.stderr || String(r.error)).trim().split('\n')[0]}`.replace(where, redactUrl(where))
+  }
+  fs.rmSync(file, { force: true })
+  return `(no copy of the database as it was: ${why}; the changes above are complete)`
 }
 
 /**

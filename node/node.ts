@@ -981,6 +981,8 @@ export class MeshNode extends EventEmitter {
       // A fence that was interrupted before the rebuild is done again into the same folder.
       const again = local.divergences.find((x) => x.epoch === o.info.epoch && x.fencedBy === head.epoch && fs.existsSync(x.dir))
       const dir = again?.dir ?? path.join(this.paths.dir, 'divergence', `${fileSafe(name)}-epoch${o.info.epoch}-${stamp}`)
+      fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+      const kept = await keepCopy(head.engine, local.path, dir, this.opts.site)
       const changes = await writeDivergence({
         log: o.log,
         from,
@@ -989,9 +991,10 @@ export class MeshNode extends EventEmitter {
         dataset: { id: head.id, name },
         site: this.opts.site,
         epoch: o.info.epoch,
-        fencedBy: { epoch: head.epoch, site: head.originSite, log: head.log }
+        fencedBy: { epoch: head.epoch, site: head.originSite, log: head.log },
+        engine: head.engine,
+        kept
       })
-      await keepCopy(head.engine, local.path, dir)
       if (again) Object.assign(again, { changes, at: Date.now() })
       else local.divergences.push({ epoch: o.info.epoch, fencedBy: head.epoch, dir, changes, at: Date.now() })
       this.saveState()

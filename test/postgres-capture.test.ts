@@ -105,7 +105,7 @@ test('tables without a primary key keep their duplicates (REPLICA IDENTITY FULL)
 })
 
 test('schema changes at the origin reach the replica: new tables, new and dropped columns, type changes, truncate, drop', async (t) => {
-  const { run, same, cluster } = await setup(
+  const { run, same, cluster, p } = await setup(
     t,
     `CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(8,2));
      INSERT INTO items SELECT g, 'item ' || g, g * 1.25 FROM generate_series(1, 50) g;`
@@ -127,6 +127,15 @@ test('schema changes at the origin reach the replica: new tables, new and droppe
   await same('a dropped table')
   await run(`ALTER TABLE items RENAME TO goods; INSERT INTO goods (id, price) VALUES (2, 3)`)
   await same('a renamed table')
+  // The catalogs are compared on every idle look here (catalogCheckMs 0): with nothing changing, nothing is
+  // written to the log.
+  const length = p.originLog.length
+  await new Promise((r) => setTimeout(r, 1500))
+  await run(`INSERT INTO goods (id, price) VALUES (3, 4)`)
+  await same('one more row')
+  const added = []
+  for (let i = length; i < p.originLog.length; i++) added.push(await p.originLog.entry(i))
+  assert.equal(p.originLog.length, length + 1, `an idle origin adds nothing, and one insert adds one block; added: ${JSON.stringify(added, (k, v) => (typeof v === 'bigint' ? String(v) : k === 'source' ? undefined : v)).slice(0, 1500)}`)
   assert.ok(cluster)
 })
 

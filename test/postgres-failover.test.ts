@@ -78,7 +78,9 @@ test('promote a PostgreSQL replica; the old origin is fenced and follows it', as
   const items = lines.filter((l) => l.op === 'upsert').map((l) => l.row.item).sort()
   assert.deepEqual(items, ['changed while cut off', 'cut off 1', 'cut off 2'])
   const sql = fs.readFileSync(path.join(divRoot, folders[0], 'changes.sql'), 'utf8')
-  assert.match(sql, /cut off 1/)
+  assert.match(sql, /INSERT INTO public\.orders .*'cut off 1'::text.* ON CONFLICT \("id"\) DO UPDATE/, 'changes.sql is PostgreSQL')
+  const before = fs.readFileSync(path.join(divRoot, folders[0], 'before.sql'), 'utf8')
+  assert.match(before, /cut off 2/, 'before.sql (pg_dump) holds the database as it was before the rebuild')
 
   // Writes at the new origin keep flowing to the old one, now a replica.
   await b.cluster.query(`INSERT INTO orders (item) VALUES ('later')`, [], new URL(promoted).pathname.slice(1))

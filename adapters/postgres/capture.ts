@@ -646,14 +646,16 @@ export class PostgresCapture implements CaptureSide {
     } else {
       // The catalogs have moved on already (a later ALTER): describe the table as these rows have it.
       const types = await this.query(
-        `SELECT format_type(t, m) AS type FROM unnest($1::oid[], $2::int[]) WITH ORDINALITY AS u(t, m, i) ORDER BY i`,
-        [m.columns.map((c) => c.typeOid), m.columns.map((c) => c.typmod)]
+        `SELECT format_type(t, m) AS type, format('%I.%I', $3::text, $4::text) AS name FROM unnest($1::oid[], $2::int[]) WITH ORDINALITY AS u(t, m, i) ORDER BY i`,
+        [m.columns.map((c) => c.typeOid), m.columns.map((c) => c.typmod), m.namespace, m.name]
       )
-      const name = `${quoteIdent(m.namespace)}.${quoteIdent(m.name)}`
+      const name = types.rows.length ? types.rows[0].name : `${quoteIdent(m.namespace)}.${quoteIdent(m.name)}`
       const full = m.identity === 'f' || !m.columns.some((c) => c.key)
       const pg: PgTable = {
         oid: m.oid,
         name,
+        nsp: m.namespace,
+        rel: m.name,
         replident: m.identity,
         all: m.columns.map((c, i) => ({
           name: c.name,
@@ -720,11 +722,11 @@ export class PostgresCapture implements CaptureSide {
 }
 
 function shapeOfRelation(m: Extract<PgMessage, { tag: 'relation' }>): string {
-  return JSON.stringify([`${quoteIdent(m.namespace)}.${quoteIdent(m.name)}`, m.columns.map((c) => [c.name, c.typeOid, c.typmod])])
+  return JSON.stringify([m.namespace, m.name, m.columns.map((c) => [c.name, c.typeOid, c.typmod])])
 }
 
 function shapeOfTable(t: PgTable): string {
-  return JSON.stringify([t.name, t.all.filter((c) => c.generated === '').map((c) => [c.name, c.typeOid, c.typmod])])
+  return JSON.stringify([t.nsp, t.rel, t.all.filter((c) => c.generated === '').map((c) => [c.name, c.typeOid, c.typmod])])
 }
 
 function applyChange(f: TableFold, k: Known, m: PgMessage): void {

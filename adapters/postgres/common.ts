@@ -140,7 +140,11 @@ export interface PgColumn {
 
 export interface PgTable {
   oid: number
+  /** Quoted and schema-qualified, as format('%I.%I') prints it. */
   name: string
+  /** The schema and the table's own name, unquoted. */
+  nsp: string
+  rel: string
   /** relreplident: d default (primary key), f full, n nothing, i index. */
   replident: string
   /** Every column, in attnum order, generated ones included. */
@@ -150,9 +154,9 @@ export interface PgTable {
 }
 
 const TABLES_SQL = `
-SELECT c.oid::int8 AS oid, format('%I.%I', n.nspname, c.relname) AS name, c.relreplident AS replident,
+SELECT c.oid::int8 AS oid, format('%I.%I', n.nspname, c.relname) AS name, n.nspname AS nsp, c.relname AS rel, c.relreplident AS replident,
   (SELECT coalesce(json_agg(json_build_object(
-      'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'typeOid', a.atttypid, 'typmod', a.atttypmod,
+      'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'typeOid', a.atttypid::int8, 'typmod', a.atttypmod,
       'kind', coalesce(et.typtype, t.typtype), 'typeSchema', coalesce(etn.nspname, tn.nspname), 'notNull', a.attnotnull,
       'default', pg_get_expr(d.adbin, d.adrelid), 'identity', a.attidentity, 'generated', a.attgenerated) ORDER BY a.attnum), '[]')
      FROM pg_attribute a
@@ -204,6 +208,8 @@ export async function readTables(client: pg.Client): Promise<PgTable[]> {
   return r.rows.map((row) => ({
     oid: Number(row.oid),
     name: row.name,
+    nsp: row.nsp,
+    rel: row.rel,
     replident: row.replident,
     all: JSON.parse(row.columns) as PgColumn[],
     pk: JSON.parse(row.pk) as string[]
@@ -259,4 +265,38 @@ export async function readSequences(client: pg.Client): Promise<Value[][]> {
       WHERE last_value IS NOT NULL AND schemaname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')`
   )
   return r.rows.map((row) => [row.name, row.v])
+}
+
+// --- SQL text of changes (divergence files) ---------------------------------------------------------------------
+
+function literal(v: Value, type: string): string {
+  if (v === null) return 'NULL'
+  const s = typeof v === 'string' ? v : v instanceof Uint8Array ? '\\x' + Buffer.from(v).toString('hex') : String(v)
+  return `${quoteLiteral(s)}::${type}`
+}
+
+/** One row change as a PostgreSQL statement: an upsert by key, a partial update, or a plain insert (no key). */
+export function pgUpsertSql(def: TableDef, row: Value[]): string {
+  const cols = def.columns.map((c) => quoteIdent(c.name))
+  if (def.key.length && row.some(isUnchanged)) {
+    const set = def.columns.map((c, i) => ({ c, i })).filter(({ i }) => !isUnchanged(row[i]) && !def.key.includes(i))
+    const where = def.key.map((i) => `${cols[i]} = ${literal(row[i], def.columns[i].type)}`).join(' AND ')
+    return `UPDATE ${def.name} SET ${set.map(({ c, i }) => `${cols[i]} = ${literal(row[i], c.type)}`).join(', ')} WHERE ${where};`
+  }
+  let sql = `INSERT INTO ${def.name} (${cols.join(', ')}) VALUES (${row.map((v, i) => literal(v, def.columns[i].type)).join(', ')})`
+  if (def.key.length) {
+    const rest = def.columns.map((_, i) => i).filter((i) => !def.key.includes(i))
+    sql += ` ON CONFLICT (${def.key.map((i) => cols[i]).join(', ')}) DO ${rest.length ? `UPDATE SET ${rest.map((i) => `${cols[i]} = EXCLUDED.${cols[i]}`).join(', ')}` : 'NOTHING'}`
+  }
+  return sql + ';'
+}
+
+/** A delete by key, or of one row with exactly these values (no key). */
+export function pgDeleteSql(def: TableDef, key: Value[]): string {
+  if (def.key.length) {
+    const where = def.key.map((i, j) => `${quoteIdent(def.columns[i].name)} = ${literal(key[j], def.columns[i].type)}`).join(' AND ')
+    return `DELETE FROM ${def.name} WHERE ${where};`
+  }
+  const match = def.columns.map((c, i) => `${quoteIdent(c.name)}::text IS NOT DISTINCT FROM (${literal(key[i], c.type)})::text`).join(' AND ')
+  return `DELETE FROM ${def.name} WHERE ctid = (SELECT ctid FROM ${def.name} WHERE ${match} LIMIT 1);`
 }

@@ -1,3 +1,3 @@
 export { PostgresCapture, capturePrerequisites, type PostgresCaptureOptions } from './capture.ts'
 export { PostgresApply, type PostgresApplyOptions } from './apply.ts'
-export { checkUrl, connect, redactUrl, pgError, quoteIdent, readTables, readObjects, OWN_SCHEMA, SEQUENCES_TABLE } from './common.ts'
+export { checkUrl, connect, redactUrl, pgError, quoteIdent, readTables, readObjects, pgUpsertSql, pgDeleteSql, OWN_SCHEMA, SEQUENCES_TABLE } from './common.ts'
