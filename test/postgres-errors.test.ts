@@ -1,0 +1,119 @@
+/**
+ * Bad input around PostgreSQL: every one a clear error with what to do, and nothing partly done. Each test
+ * starts its own throwaway cluster.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { PostgresApply, PostgresCapture } from '../adapters/index.ts'
+import { tmpDir } from './helpers/db.ts'
+import { mesh, waitUntil } from './helpers/mesh.ts'
+import { pgDump, startCluster } from './helpers/pg.ts'
+import { startSidesPipeline } from './helpers/pipeline.ts'
+
+test('mesh init refuses a bad URL, a wrong password, a missing database and a server without logical decoding, and creates nothing', async (t) => {
+  const cluster = await startCluster()
+  t.after(() => cluster.stop())
+  const plain = await startCluster({ conf: ['wal_level = replica'] })
+  t.after(() => plain.stop())
+  const { dir, cleanup } = tmpDir()
+  t.after(cleanup)
+  await cluster.createDatabase('shop')
+  await plain.createDatabase('shop')
+  // A user that must give a password (scram), ahead of the cluster's trust rule.
+  await cluster.query(`CREATE ROLE app LOGIN REPLICATION PASSWORD 'right-password'`)
+  const hba = path.join(cluster.dir, 'data', 'pg_hba.conf')
+  fs.writeFileSync(hba, `host all app 127.0.0.1/32 scram-sha-256\n${fs.readFileSync(hba, 'utf8')}`)
+  await cluster.query('SELECT pg_reload_conf()')
+
+  const init = (url: string) => mesh(['init', '--dir', path.join(dir, 'site'), '--site', 'a', '--postgres', url, '--bootstrap', '127.0.0.1:1'])
+  const cases: Array<{ url: string; code: string; hint: RegExp }> = [
+    { url: 'not a url', code: 'BAD_URL', hint: /postgres:\/\/USER/ },
+    { url: `postgres://postgres@127.0.0.1:${cluster.port}/`, code: 'BAD_URL', hint: /database name/ },
+    { url: `postgres://app:wrong-password@127.0.0.1:${cluster.port}/shop`, code: 'PG_AUTH', hint: /user and password/ },
+    { url: `postgres://postgres@127.0.0.1:${cluster.port}/nosuchdb`, code: 'PG_NO_DATABASE', hint: /database name/ },
+    { url: `postgres://postgres@127.0.0.1:${plain.port}/shop`, code: 'CANNOT_CAPTURE', hint: /Nothing was created/ },
+    { url: `postgres://postgres@127.0.0.1:1/shop`, code: 'PG_UNREACHABLE', hint: /running/ }
+  ]
+  for (const c of cases) {
+    const r = await init(c.url)
+    assert.equal(r.code, 1, `${c.url}: exit code 1\n${r.stderr}`)
+    assert.match(r.stderr, new RegExp(`mesh: ${c.code}: `), c.url)
+    assert.match(r.stderr, c.hint, c.url)
+    assert.doesNotMatch(r.stderr, /wrong-password/, 'a password is never printed')
+    assert.equal(fs.existsSync(path.join(dir, 'site')), false, `${c.code}: no data directory is left behind`)
+  }
+  const r = await init(`postgres://postgres@127.0.0.1:${plain.port}/shop`)
+  assert.match(r.stderr, /wal_level is replica: run ALTER SYSTEM SET wal_level = logical/)
+  assert.deepEqual(await plain.query(`SELECT slot_name FROM pg_replication_slots`), [], 'no slot was created')
+
+  // The right password works, and the slot and publication exist afterwards.
+  const ok = await init(`postgres://app:right-password@127.0.0.1:${cluster.port}/shop`)
+  assert.equal(ok.code, 1, 'app is no superuser: it cannot create the publication FOR ALL TABLES')
+  assert.match(ok.stderr, /only a superuser can create the publication/)
+  await cluster.query(`CREATE PUBLICATION branchmesh_x FOR ALL TABLES`, [], 'shop')
+  const good = await mesh(['init', '--dir', path.join(dir, 'site'), '--site', 'a', '--postgres', `postgres://postgres@127.0.0.1:${cluster.port}/shop`, '--bootstrap', '127.0.0.1:1'])
+  assert.equal(good.code, 0, good.stderr)
+  assert.match(good.stdout, /max_slot_wal_keep_size is unlimited/, 'init warns that an absent node may hold WAL without limit')
+  const id = JSON.parse(fs.readFileSync(path.join(dir, 'site', 'config.json'), 'utf8')).datasets[0].id
+  assert.equal((await cluster.query(`SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name = $1`, [`branchmesh_${id}`]))[0].n, '1')
+  assert.equal(fs.statSync(path.join(dir, 'site', 'config.json')).mode & 0o777, 0o600, 'config.json (it may hold a password) is 0600')
+})
+
+async function pipeline(t: import('node:test').TestContext, init: string) {
+  const cluster = await startCluster()
+  t.after(() => cluster.stop())
+  const { dir, cleanup } = tmpDir()
+  t.after(cleanup)
+  const origin = await cluster.createDatabase('origin')
+  const replicaUrl = await cluster.createDatabase('replica')
+  await cluster.query(init, [], 'origin')
+  const capture = new PostgresCapture({ url: origin, slot: 'branchmesh_e', publication: 'branchmesh_e' })
+  const replica = new PostgresApply({ url: replicaUrl, dataset: 'ds1' })
+  const p = await startSidesPipeline(dir, capture, replica, { pollMs: 5 })
+  t.after(() => p.close())
+  return { cluster, origin, replicaUrl, capture, p }
+}
+
+test('a slot dropped behind the mesh: the whole database is copied again, and the replica ends equal', async (t) => {
+  const { cluster, origin, replicaUrl, p } = await pipeline(t, `CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g`)
+  await p.settle()
+  await waitUntil('the slot is dropped', async () => {
+    const r = await cluster.query(`SELECT pg_drop_replication_slot('branchmesh_e') AS x`, [], 'origin').catch(() => null)
+    return r !== null
+  }, 10_000, 20)
+  // Changes made while no slot exists are not in any slot; the new copy has them.
+  await cluster.query(`UPDATE t SET v = 'lost by the slot' WHERE id <= 10; DELETE FROM t WHERE id > 90`, [], 'origin')
+  await waitUntil('capture copied the database again', () => p.capture.stats.resnapshots === 1, 30_000)
+  await cluster.query(`INSERT INTO t VALUES (1000, 'after')`, [], 'origin')
+  await p.settle()
+  assert.deepEqual(await pgDump(replicaUrl), await pgDump(origin))
+})
+
+test('a type the mesh cannot carry: the table is left out with the reason, the rest is protected', async (t) => {
+  const { origin, replicaUrl, capture, p, cluster } = await pipeline(
+    t,
+    `CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+     CREATE TABLE odd (id int PRIMARY KEY, n positive);
+     CREATE TABLE fine (id int PRIMARY KEY);
+     INSERT INTO fine VALUES (1); INSERT INTO odd VALUES (1, 5);`
+  )
+  await p.settle()
+  assert.deepEqual(capture.skipped(), [{ table: 'public.odd', reason: 'column n has the domain type positive, which a replica cannot create; use the base type' }])
+  const rep = await pgDump(replicaUrl)
+  assert.deepEqual(Object.keys(rep), ['public.fine'])
+  assert.deepEqual(rep['public.fine'], (await pgDump(origin))['public.fine'])
+  assert.ok(cluster)
+})
+
+test('the origin database disappears: capture stops with PG_NO_DATABASE and its hint; the replica keeps every applied change', async (t) => {
+  const { cluster, replicaUrl, p } = await pipeline(t, `CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)`)
+  await p.settle()
+  const before = await pgDump(replicaUrl)
+  await cluster.query(`DROP DATABASE origin WITH (FORCE)`)
+  await waitUntil('capture stops', () => p.capture.stats.lastError?.code === 'PG_NO_DATABASE', 30_000)
+  assert.match(p.capture.stats.lastError!.hint ?? '', /database name|restore/)
+  assert.deepEqual(await pgDump(replicaUrl), before)
+  assert.equal(before['public.t'].rows.length, 10)
+})
