@@ -165,3 +165,13 @@ export async function resetPgDatabase(url: string, dataset: string): Promise<voi
     await client.end().catch(() => {})
   }
 }
+
+/** What a PostgreSQL origin's slot keeps on the server's disk; status 'lost' when the slot is gone. */
+export async function pgWalRetention(url: string, dataset: string): Promise<{ retainedBytes: number; limitBytes: number | null; status: string }> {
+  const capture = new PostgresCapture({ url, slot: pgSlotName(dataset), publication: pgSlotName(dataset) })
+  try {
+    return await capture.walRetention()
+  } finally {
+    await capture.close()
+  }
+}

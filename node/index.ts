@@ -6,6 +6,7 @@ export { resolveChain, supersedes, locate, type Segment } from './chain.ts'
 export { redeemJoinCode, type RedeemOptions } from './join.ts'
 export {
   buildStatus,
+  addWalHealth,
   duration,
   DEFAULT_THRESHOLDS,
   VERDICT_EXIT,

@@ -19,13 +19,16 @@ export interface StatusThresholds {
   /** A member not heard from for this long is a warning / critical. Sites switched off at night are normal. */
   silentWarnSeconds: number
   silentCritSeconds: number
+  /** WAL a PostgreSQL origin's slot may keep on the database server's disk before it is a warning, in MB. */
+  walWarnMB: number
 }
 
 export const DEFAULT_THRESHOLDS: StatusThresholds = {
   lagWarnSeconds: 3600,
   lagCritSeconds: 24 * 3600,
   silentWarnSeconds: 16 * 3600,
-  silentCritSeconds: 24 * 3600
+  silentCritSeconds: 24 * 3600,
+  walWarnMB: 1024
 }
 
 export interface HolderStatus {
@@ -62,6 +65,36 @@ export interface DatasetStatus {
   holders: HolderStatus[]
   /** Changes this site made as origin that a newer epoch superseded, kept in a folder for review. */
   divergences: Array<{ epoch: number; fencedBy: number; dir: string; changes: number; at: number }>
+  /**
+   * A PostgreSQL dataset this site is the origin of: the WAL its replication slot keeps on the database
+   * server's disk (everything not yet in the log), the server's ceiling (max_slot_wal_keep_size; null when
+   * unlimited), and PostgreSQL's wal_status of the slot ('lost' when it is gone). Read from the server by
+   * `mesh status` itself, so it is there when the node is not running, which is when WAL piles up.
+   */
+  wal?: { retainedBytes: number; limitBytes: number | null; status: string }
+}
+
+/** Adds what a PostgreSQL origin's slot keeps on disk to the status, with the warnings it calls for. */
+export function addWalHealth(s: SiteStatus, id: string, wal: { retainedBytes: number; limitBytes: number | null; status: string }, t: StatusThresholds): void {
+  const d = s.datasets.find((x) => x.id === id)
+  if (!d) return
+  d.wal = wal
+  const mb = (n: number) => `${(n / 1024 / 1024).toFixed(0)} MB`
+  const add = (level: Verdict, text: string) => s.reasons.push({ level, text })
+  if (wal.status === 'lost') {
+    add('CRIT', `the replication slot of ${d.name} is gone (dropped, or over max_slot_wal_keep_size): changes made since cannot be read; the node copies the whole database into the log again when it runs`)
+  } else if (wal.status === 'unreserved') {
+    add('CRIT', `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL, past max_slot_wal_keep_size: PostgreSQL will drop what it needs at its next checkpoint. Start the node at ${s.site} now`)
+  } else if (wal.limitBytes !== null && wal.retainedBytes >= wal.limitBytes / 2) {
+    add('WARN', `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL on the database server, over half of max_slot_wal_keep_size (${mb(wal.limitBytes)}): start the node at ${s.site} (or fix what stops its capture) before the ceiling is reached`)
+  } else if (wal.retainedBytes >= t.walWarnMB * 1024 * 1024) {
+    add(
+      'WARN',
+      `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL on the database server's disk${wal.limitBytes === null ? ', with no ceiling (max_slot_wal_keep_size is unlimited)' : ''}: start the node at ${s.site} (or fix what stops its capture)${wal.limitBytes === null ? "; to cap it, ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'" : ''}`
+    )
+  } else return
+  const worst = s.reasons.some((r) => r.level === 'CRIT') ? 'CRIT' : s.reasons.some((r) => r.level === 'WARN') ? 'WARN' : 'OK'
+  s.verdict = worst
 }
 
 export interface MemberStatus {
@@ -193,7 +226,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
     for (const h of holders) {
       if (h.error) {
         const what = h.role === 'origin' ? `capture of ${d.name} at ${h.site}` : `${h.site}'s copy of ${d.name}`
-        add(h.role === 'origin' && h.error === 'DATABASE_LOCKED' ? 'WARN' : 'CRIT', `${what} is failing: ${h.errorMessage ?? h.error}`)
+        add((h.role === 'origin' && h.error === 'DATABASE_LOCKED') || h.error === 'NO_REPLICA_SERVER' ? 'WARN' : 'CRIT', `${what} is failing: ${h.errorMessage ?? h.error}`)
       }
       if (h.damagedBlocks > 0) {
         add('WARN', `${h.site}'s copy of the ${d.name} log had ${h.damagedBlocks} damaged block${h.damagedBlocks === 1 ? '' : 's'} on disk (rejected and fetched again: check that disk)`)

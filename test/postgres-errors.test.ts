@@ -8,7 +8,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { PostgresApply, PostgresCapture } from '../adapters/index.ts'
 import { tmpDir } from './helpers/db.ts'
-import { mesh, waitUntil } from './helpers/mesh.ts'
+import { MESH, mesh, waitUntil } from './helpers/mesh.ts'
+import { startNodeProcess } from './helpers/proc.ts'
 import { pgDump, startCluster } from './helpers/pg.ts'
 import { startSidesPipeline } from './helpers/pipeline.ts'
 
@@ -116,4 +117,40 @@ test('the origin database disappears: capture stops with PG_NO_DATABASE and its 
   assert.match(p.capture.stats.lastError!.hint ?? '', /database name|restore/)
   assert.deepEqual(await pgDump(replicaUrl), before)
   assert.equal(before['public.t'].rows.length, 10)
+})
+
+test('mesh status warns, with the node off, when the origin slot keeps WAL piling up on the database server', async (t) => {
+  const cluster = await startCluster()
+  t.after(() => cluster.stop())
+  const { dir, cleanup } = tmpDir()
+  t.after(cleanup)
+  const url = await cluster.createDatabase('shop')
+  const site = path.join(dir, 'site')
+  const init = await mesh(['init', '--dir', site, '--site', 'a', '--postgres', url, '--bootstrap', '127.0.0.1:1'])
+  assert.equal(init.code, 0, init.stderr)
+  // The node runs once (its dataset is in the mesh, the initial copy in the log), then the PC is switched off.
+  const node = startNodeProcess([MESH, 'start', '--dir', site, '--log-json'], 'the node')
+  await node.waitLine(/initial snapshot written/, 60_000)
+  await node.kill('SIGTERM')
+  const cfgFile = path.join(site, 'config.json')
+  const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'))
+  cfg.status.walWarnMB = 4
+  fs.writeFileSync(cfgFile, JSON.stringify(cfg))
+  const statusOf = async () => {
+    const r = await mesh(['status', '--dir', site, '--json'])
+    return { code: r.code, s: JSON.parse(r.stdout) }
+  }
+  const before = await statusOf()
+  assert.ok(!before.s.reasons.some((r: { text: string }) => /WAL/.test(r.text)))
+  await cluster.query(`CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 40000) g`, [], 'shop')
+  const after = await statusOf()
+  const d = after.s.datasets.find((x: { id: string }) => x.id === cfg.datasets[0].id)
+  assert.ok(d, `status lists the dataset: ${JSON.stringify(after.s).slice(0, 400)}`)
+  assert.ok(d.wal.retainedBytes > 4 * 1024 * 1024, `the slot keeps ${d.wal.retainedBytes} bytes`)
+  assert.equal(d.wal.limitBytes, null)
+  const reason = after.s.reasons.find((r: { text: string }) => /keeps \d+ MB of WAL/.test(r.text))
+  assert.ok(reason, JSON.stringify(after.s.reasons))
+  assert.equal(reason.level, 'WARN')
+  assert.match(reason.text, /max_slot_wal_keep_size is unlimited/)
+  assert.notEqual(after.code, 0)
 })

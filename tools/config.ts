@@ -164,7 +164,7 @@ export function readConfig(dir: string): SiteConfig {
     if (typeof j.status !== 'object' || j.status === null) throw MeshError.BAD_CONFIG(`${file}: "status" must be an object`)
     checkKeys(j.status as Record<string, unknown>, STATUS_KEYS, '"status"', file)
     for (const [k, v] of Object.entries(j.status as Record<string, unknown>)) {
-      if (typeof v !== 'number' || !(v > 0)) throw MeshError.BAD_CONFIG(`${file}: status.${k} must be a positive number of seconds`)
+      if (typeof v !== 'number' || !(v > 0)) throw MeshError.BAD_CONFIG(`${file}: status.${k} must be a positive number (${k.endsWith("MB") ? "of megabytes" : "of seconds"})`)
       ;(status as Record<string, number>)[k] = v
     }
   }

@@ -1,5 +1,6 @@
 import { MeshError } from '../../protocol/index.ts'
-import { askNode, duration, statusFromDisk, VERDICT_EXIT, type SiteStatus } from '../../node/index.ts'
+import { addWalHealth, askNode, duration, statusFromDisk, VERDICT_EXIT, type SiteStatus } from '../../node/index.ts'
+import { pgWalRetention } from '../../node/engines.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { out, parse, printError, type Command } from './common.ts'
 
@@ -47,6 +48,9 @@ export function formatStatus(s: SiteStatus): string {
       const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
       lines.push(`    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`)
     }
+    if (d.wal) {
+      lines.push(`    WAL kept by its slot on the database server: ${bytes(d.wal.retainedBytes)}${d.wal.limitBytes === null ? ' (no ceiling)' : ` of ${bytes(d.wal.limitBytes)} allowed`}, ${d.wal.status}`)
+    }
     for (const x of d.divergences) {
       lines.push(`    divergence: ${x.changes} change(s) made here in epoch ${x.epoch}, superseded by epoch ${x.fencedBy} ${ago(x.at, now)}: ${x.dir}`)
     }
@@ -68,9 +72,19 @@ export function formatStatus(s: SiteStatus): string {
 export async function readStatus(dir: string): Promise<SiteStatus> {
   const cfg = readConfig(dir)
   const res = (await askNode(dir, 'status')) as { status?: SiteStatus; error?: { code: string; message: string } } | null
-  if (res?.status) return res.status
   if (res?.error) throw new MeshError(res.error.code, res.error.message)
-  return statusFromDisk(dir, cfg.site, cfg.status)
+  const s = res?.status ?? statusFromDisk(dir, cfg.site, cfg.status)
+  // A PostgreSQL origin's slot: asked of the server here, so it is known when the node is off.
+  for (const d of cfg.datasets) {
+    if (d.engine !== 'postgres' || !s.datasets.some((x) => x.id === d.id && x.originSite === cfg.site)) continue
+    try {
+      addWalHealth(s, d.id, await pgWalRetention(d.path, d.id), cfg.status)
+    } catch (err) {
+      s.reasons.push({ level: 'WARN', text: `cannot read the replication slot of ${d.name}: ${(err as Error).message}` })
+      if (s.verdict === 'OK') s.verdict = 'WARN'
+    }
+  }
+  return s
 }
 
 export const command: Command = {
