@@ -13,6 +13,8 @@ import {
 import {
   PostgresApply,
   PostgresCapture,
+  PostgresTriggerCapture,
+  capturePrerequisites,
   SqliteApply,
   SqliteCapture,
   backupDatabase,
@@ -32,9 +34,22 @@ export function pgSlotName(dataset: string): string {
   return `branchmesh_${dataset.replace(/[^a-z0-9_]/gi, '_').toLowerCase()}`
 }
 
-export function openCapture(engine: string, where: string, dataset: string, logger: Logger): CaptureSide {
+export type CaptureMode = 'logical' | 'triggers'
+
+export function openCapture(engine: string, where: string, dataset: string, logger: Logger, mode: CaptureMode = 'logical'): CaptureSide {
+  if (engine === 'postgres' && mode === 'triggers') return new PostgresTriggerCapture({ url: where, logger })
   if (engine === 'postgres') return new PostgresCapture({ url: where, slot: pgSlotName(dataset), publication: pgSlotName(dataset), logger })
   return new SqliteCapture({ path: where, logger })
+}
+
+/** What stops logical decoding of this database (empty: it can be used). */
+export async function pgDecodingProblems(url: string, dataset: string): Promise<string[]> {
+  const client = await connect(url, { doing: 'cannot connect to the database' })
+  try {
+    return await capturePrerequisites(client, pgSlotName(dataset))
+  } finally {
+    await client.end().catch(() => {})
+  }
 }
 
 export function openApply(engine: string, where: string, dataset: string, logger: Logger): ApplySide & { writtenByOthers?(): boolean } {
@@ -62,7 +77,8 @@ export async function roleOf(engine: string, where: string, dataset: string): Pr
   }
   try {
     const r = await client.query(
-      `SELECT to_regclass('_mesh.replica') IS NOT NULL AS replica, EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()) AS slot`,
+      `SELECT to_regclass('_mesh.replica') IS NOT NULL AS replica,
+              EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()) OR to_regclass('_mesh.changes') IS NOT NULL AS slot`,
       [pgSlotName(dataset)]
     )
     if (r.rows[0].replica === 't') return 'replica'

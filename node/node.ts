@@ -49,8 +49,7 @@ import {
   type SignedReport
 } from '../protocol/index.ts'
 import { SqliteApply, replaceContents, silentLogger, type ApplySide, type CaptureSide, type Logger } from '../adapters/index.ts'
-import { dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgReplicaUrl, pgSlotName, resetPgDatabase, roleOf, shown } from './engines.ts'
-import { capturePrerequisites, connect } from '../adapters/postgres/index.ts'
+import { dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
 import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
@@ -85,6 +84,8 @@ export interface OwnDataset {
   engine: 'sqlite' | 'postgres'
   /** The SQLite file, or the PostgreSQL connection URL. */
   path: string
+  /** PostgreSQL: logical decoding (default), or triggers where logical decoding is not allowed. */
+  capture?: CaptureMode
 }
 
 export interface NetworkOptions {
@@ -778,7 +779,7 @@ export class MeshNode extends EventEmitter {
 
   private async openOrigin(info: DatasetInfo, local: LocalDataset, w: WrittenLog): Promise<Origin> {
     const log = await this.openWritten(w)
-    const side = openCapture(info.engine, local.path, info.id, this.logger)
+    const side = openCapture(info.engine, local.path, info.id, this.logger, await this.captureMode(info, local))
     const loop = new CaptureLoop({
       capture: side,
       log,
@@ -1073,7 +1074,6 @@ export class MeshNode extends EventEmitter {
     if (!force && r.side.state() !== 'ready') {
       throw MeshError.REPLICA_NOT_READY(`${this.opts.site}'s copy of ${head.name} is still in its initial copy (${r.side.state()})`)
     }
-    if (head.engine === 'postgres') await this.checkPgCapture(r.path, head.id)
     await r.loop.stop()
     const pos = r.side.position()
     if (pos === null) {
@@ -1100,20 +1100,19 @@ export class MeshNode extends EventEmitter {
     return { dataset: head.name, id, epoch, path: shown(head.engine, local.path), previousOrigin: parentSite, branch: pos.length, forced: force }
   }
 
-  /** A PostgreSQL replica is promoted only where logical decoding can capture it: refused before anything changes. */
-  private async checkPgCapture(url: string, dataset: string): Promise<void> {
-    const client = await connect(url, { doing: 'cannot connect to the replica database' })
-    try {
-      const problems = await capturePrerequisites(client, pgSlotName(dataset))
-      if (problems.length) {
-        throw MeshError.CANNOT_CAPTURE(`the replica database cannot be captured once promoted: ${problems.join('; ')}`, {
-          hint: 'Make those changes on the PostgreSQL server that holds the replicas, then run mesh promote again. Nothing was changed.',
-          context: { problems }
-        })
-      }
-    } finally {
-      await client.end().catch(() => {})
-    }
+  /**
+   * How a PostgreSQL database this site is the origin of is captured: as its configuration says for the
+   * site's own datasets; for a promoted replica, logical decoding where its server allows it, and triggers
+   * where it does not (a failover is no time to refuse).
+   */
+  private async captureMode(info: DatasetInfo, local: LocalDataset): Promise<CaptureMode> {
+    if (info.engine !== 'postgres') return 'logical'
+    const own = this.opts.datasets.find((d) => d.id === info.id)
+    if (own) return own.capture ?? 'logical'
+    const problems = await pgDecodingProblems(local.path, info.id)
+    if (problems.length === 0) return 'logical'
+    this.logger.warn('this PostgreSQL server does not allow logical decoding: capturing with triggers', { dataset: info.name, problems })
+    return 'triggers'
   }
 
   /**

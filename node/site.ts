@@ -10,7 +10,7 @@ import { pgSlotName } from './engines.ts'
  * and the replication slot (both named branchmesh_<dataset id>). Returns warnings for the user (a slot that
  * may hold WAL without limit). SQLite files are only opened for reading here.
  */
-export async function checkSource(engine: 'sqlite' | 'postgres', where: string, dataset: string): Promise<string[]> {
+export async function checkSource(engine: 'sqlite' | 'postgres', where: string, dataset: string, capture: 'logical' | 'triggers' = 'logical'): Promise<string[]> {
   if (engine === 'sqlite') {
     const db = openDatabase(where, { mustExist: true })
     db.close()
@@ -20,10 +20,15 @@ export async function checkSource(engine: 'sqlite' | 'postgres', where: string, 
   const client = await connect(where, { doing: 'cannot connect to the database to protect' })
   try {
     const name = pgSlotName(dataset)
+    if (capture === 'triggers') {
+      const v = await client.query(`SELECT current_setting('server_version_num')::int AS v`)
+      if (Number(v.rows[0].v) < 130000) throw MeshError.CANNOT_CAPTURE(`trigger capture needs PostgreSQL 13 or newer (this is ${v.rows[0].v})`)
+      return []
+    }
     const problems = await capturePrerequisites(client, name)
     if (problems.length) {
       throw MeshError.CANNOT_CAPTURE(`PostgreSQL at ${redactUrl(where)} does not allow logical decoding: ${problems.join('; ')}`, {
-        hint: 'Make those changes and run the command again. Nothing was created.',
+        hint: 'Make those changes and run the command again, or give --capture triggers where logical decoding cannot be allowed (a hosted server). Nothing was created.',
         context: { problems }
       })
     }

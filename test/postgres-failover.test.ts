@@ -13,11 +13,16 @@ import { mesh, startTestnet, waitUntil } from './helpers/mesh.ts'
 import { PgSite } from './helpers/pg-mesh.ts'
 import { pgDump } from './helpers/pg.ts'
 
-test('promote a PostgreSQL replica; the old origin is fenced and follows it', async (t) => {
+for (const noDecoding of [false, true]) {
+  const how = noDecoding ? 'on a server without logical decoding (captured with triggers once promoted)' : 'captured by logical decoding once promoted'
+  test(`promote a PostgreSQL replica ${how}; the old origin is fenced and follows it`, (t) => failover(t, noDecoding))
+}
+
+async function failover(t: import('node:test').TestContext, noDecoding: boolean) {
   const { dir, cleanup } = tmpDir('mesh-pgf-')
   const { testnet, bootstrap } = await startTestnet()
   const a = new PgSite(dir, 'a', bootstrap)
-  const b = new PgSite(dir, 'b', bootstrap)
+  const b = new PgSite(dir, 'b', bootstrap, { noDecoding })
   t.after(async () => {
     for (const s of [a, b]) await s.stop('SIGKILL')
     for (const s of [a, b]) await s.cluster?.stop()
@@ -85,4 +90,4 @@ test('promote a PostgreSQL replica; the old origin is fenced and follows it', as
   // Writes at the new origin keep flowing to the old one, now a replica.
   await b.cluster.query(`INSERT INTO orders (item) VALUES ('later')`, [], new URL(promoted).pathname.slice(1))
   await waitUntil('the later write reached a', async () => (await pgDump(a.url))['public.orders'].rows.some((x) => x.includes('later')), 60_000, 300)
-})
+}

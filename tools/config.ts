@@ -23,7 +23,7 @@ export interface SiteConfig {
 }
 
 const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres'] as const
-const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url'] as const
+const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url', 'capture'] as const
 const STATUS_KEYS = Object.keys(DEFAULT_THRESHOLDS)
 const LOG_LEVELS = ['debug', 'info', 'warn', 'error']
 
@@ -138,7 +138,10 @@ export function readConfig(dir: string): SiteConfig {
       } catch (err) {
         throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].url: ${(err as MeshError).message}`, { hint: (err as MeshError).hint })
       }
-      return { id: d.id as string, name: d.name as string, engine: 'postgres', path: d.url as string }
+      if (d.capture !== undefined && d.capture !== 'logical' && d.capture !== 'triggers') {
+        throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].capture "${d.capture}" is not a capture mode`, { hint: 'Use "logical" (the default) or "triggers".' })
+      }
+      return { id: d.id as string, name: d.name as string, engine: 'postgres', path: d.url as string, capture: (d.capture as 'logical' | 'triggers' | undefined) ?? 'logical' }
     }
     return { id: d.id as string, name: d.name as string, engine: 'sqlite', path: path.resolve(dir, d.path as string) }
   })
@@ -175,7 +178,7 @@ export function readConfig(dir: string): SiteConfig {
 
 /** Written with mode 0600: a PostgreSQL URL may hold a password. */
 export function writeConfig(dir: string, cfg: SiteConfig): void {
-  const datasets = cfg.datasets.map((d) => (d.engine === 'postgres' ? { id: d.id, name: d.name, engine: d.engine, url: d.path } : d))
+  const datasets = cfg.datasets.map((d) => (d.engine === 'postgres' ? { id: d.id, name: d.name, engine: d.engine, url: d.path, capture: d.capture ?? 'logical' } : d))
   const j: Record<string, unknown> = { site: cfg.site, datasets, bootstrap: cfg.bootstrap, status: cfg.status, logLevel: cfg.logLevel }
   if (cfg.replicaPostgres) j.replicaPostgres = cfg.replicaPostgres
   writeFileAtomic(configPath(dir), JSON.stringify(j, null, 2) + '\n', 0o600)

@@ -49,6 +49,7 @@ import {
   type Client,
   type PgTable
 } from './common.ts'
+import { TableIds, adoptReplica } from './adopt.ts'
 import { UNCHANGED_TOAST, decodeMessage, lsnText, parseLsn, type PgMessage, type TupleValue } from './pgoutput.ts'
 
 export interface PostgresCaptureOptions {
@@ -79,25 +80,6 @@ export async function capturePrerequisites(client: Client, publication: string):
   if (s.su !== 't' && s.pub !== 't') problems.push(`only a superuser can create the publication: run CREATE PUBLICATION ${quoteIdent(publication)} FOR ALL TABLES; as a superuser`)
   return problems
 }
-
-/** Each sequence that feeds an integer column (serial, identity, or a nextval() default), with the column. */
-const SEQUENCE_FEEDS_SQL = `
-SELECT DISTINCT format('%I.%I', sn.nspname, s.relname) AS seq, format('%I.%I', tn.nspname, t.relname) AS tbl, quote_ident(a.attname) AS col
-  FROM pg_depend d
-  JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
-  JOIN pg_class s ON s.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass AND s.relkind = 'S'
-  JOIN pg_namespace sn ON sn.oid = s.relnamespace
-  JOIN pg_class t ON t.oid = ad.adrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
-  JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
- WHERE a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
-UNION
-SELECT format('%I.%I', sn.nspname, s.relname), format('%I.%I', tn.nspname, t.relname), quote_ident(a.attname)
-  FROM pg_depend d
-  JOIN pg_class s ON s.oid = d.objid AND d.classid = 'pg_class'::regclass AND s.relkind = 'S'
-  JOIN pg_namespace sn ON sn.oid = s.relnamespace
-  JOIN pg_class t ON t.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass JOIN pg_namespace tn ON tn.oid = t.relnamespace
-  JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
- WHERE d.deptype IN ('a', 'i') AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)`
 
 /** The capture position in the log: the end LSN of the last transaction a unit holds. */
 function encodeSource(lsn: bigint): Uint8Array {
@@ -204,11 +186,7 @@ export class PostgresCapture implements CaptureSide {
   private schemaPending = true
   /** Tables (by oid) whose content the next schema entry tells replicas to drop. */
   private readonly resetPending = new Set<number>()
-  /**
-   * Table ids in the log, by oid, where they are not the oid: a promoted replica keeps the ids of the log it
-   * continues (its tables have other oids than at the old origin). Kept in _mesh.table_ids.
-   */
-  private ids = new Map<number, number>()
+  private readonly ids = new TableIds()
   /** Transactions ending at or before this are in the log already. */
   private acked = 0n
   private confirmed = 0n
@@ -267,12 +245,8 @@ export class PostgresCapture implements CaptureSide {
       await this.query(`CREATE PUBLICATION ${quoteIdent(this.opts.publication)} FOR ALL TABLES`, [], 'cannot create the publication')
     }
     const replica = await this.query(`SELECT to_regclass('${OWN_SCHEMA}.replica') IS NOT NULL AS has`)
-    if (replica.rows[0].has === 't') await this.adoptReplica()
-    const ids = await this.query(`SELECT to_regclass('${OWN_SCHEMA}.table_ids') IS NOT NULL AS has`)
-    if (ids.rows[0].has === 't') {
-      const r = await this.query(`SELECT oid::int8 AS oid, id FROM ${OWN_SCHEMA}.table_ids`)
-      this.ids = new Map(r.rows.map((x) => [Number(x.oid), Number(x.id)]))
-    }
+    if (replica.rows[0].has === 't') await this.adopt()
+    await this.ids.load(await this.db())
     await this.loadCatalog()
     const slot = await this.query('SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1', [this.opts.slot])
     if (slot.rows.length === 0) this.slotMissing = true
@@ -288,61 +262,25 @@ export class PostgresCapture implements CaptureSide {
   }
 
   /**
-   * A promoted replica becomes an origin: a slot is created (nothing is copied: the new epoch's log continues
-   * from the state the replica holds), unique indexes the replica kept as plain ones become unique again,
-   * every sequence that feeds a column is moved past the column's highest value, and the replica bookkeeping
-   * goes, in one transaction after the slot.
+   * A promoted replica becomes an origin: a slot is created first (nothing is copied: the new epoch's log
+   * continues from the state the replica holds), then adopt.ts does the rest in one transaction.
    */
-  private async adoptReplica(): Promise<void> {
+  private async adopt(): Promise<void> {
     const slot = await this.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [this.opts.slot])
     if (slot.rows.length === 0) {
       await this.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [this.opts.slot], 'cannot create the replication slot')
     }
-    const db = await this.db()
     try {
-      await db.query('BEGIN')
-      const meta = await db.query(`SELECT objects FROM ${OWN_SCHEMA}.replica`)
-      const objects: SchemaObject[] = meta.rows.length ? JSON.parse(meta.rows[0].objects) : []
-      for (const o of objects) {
-        if (o.type !== 'index' || !/^CREATE UNIQUE INDEX /.test(o.sql)) continue
-        await db.query(`DROP INDEX IF EXISTS ${o.name}`)
-        await db.query(o.sql)
-      }
-      // The log's table ids go on: a replica that follows this new epoch keeps its tables.
-      await db.query(`CREATE TABLE IF NOT EXISTS ${OWN_SCHEMA}.table_ids (oid oid PRIMARY KEY, id int8 NOT NULL UNIQUE)`)
-      const defs: TableDef[] = meta.rows.length ? JSON.parse((await db.query(`SELECT tables FROM ${OWN_SCHEMA}.replica`)).rows[0].tables) : []
-      for (const d of defs) {
-        await db.query(`INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) SELECT to_regclass($1)::oid, $2 WHERE to_regclass($1) IS NOT NULL ON CONFLICT DO NOTHING`, [d.name, d.id])
-      }
-      const feeds = await db.query(SEQUENCE_FEEDS_SQL)
-      for (const f of feeds.rows) {
-        await db.query(`SELECT setval('${f.seq.replaceAll("'", "''")}', greatest((SELECT last_value FROM ${f.seq}), m)) FROM (SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`)
-      }
-      await db.query(`DROP TABLE ${OWN_SCHEMA}.replica`)
-      await db.query('COMMIT')
-      this.log.info('the replica database is now the origin: capture installed', { url: this.where })
+      await adoptReplica(await this.db())
     } catch (err) {
-      await db.query('ROLLBACK').catch(() => {})
       throw pgError(err, this.opts.url, 'cannot turn the replica into the origin')
     }
+    this.log.info('the replica database is now the origin: capture installed', { url: this.where })
   }
 
   /** The table as the log describes it, with its id in the log. */
   private async defOf(t: PgTable): Promise<TableDef> {
-    return { ...toTableDef(t), id: await this.idOf(t.oid) }
-  }
-
-  private async idOf(oid: number): Promise<number> {
-    const have = this.ids.get(oid)
-    if (have !== undefined) return have
-    if (this.ids.size === 0) return oid
-    // A new table at a promoted origin: its oid, unless an older table already goes by that id.
-    const taken = new Set(this.ids.values())
-    let id = oid
-    if (taken.has(id)) id = Math.max(...taken, ...this.ids.keys()) + 1
-    await this.query(`INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) VALUES ($1, $2) ON CONFLICT (oid) DO UPDATE SET id = EXCLUDED.id`, [oid, id])
-    this.ids.set(oid, id)
-    return id
+    return { ...toTableDef(t), id: await this.ids.of(await this.db(), t.oid) }
   }
 
   /** Reads the catalogs into the tables as last sent; gives tables with no key REPLICA IDENTITY FULL. */

@@ -21,19 +21,24 @@ export class PgSite {
   url!: string
   node: Child | null = null
 
-  constructor(root: string, name: string, bootstrap: string) {
+  /** A server without logical decoding (wal_level=replica): the site captures with triggers. */
+  readonly noDecoding: boolean
+
+  constructor(root: string, name: string, bootstrap: string, opts: { noDecoding?: boolean } = {}) {
     this.name = name
     this.dir = path.join(root, name)
     this.bootstrap = bootstrap
+    this.noDecoding = opts.noDecoding ?? false
   }
 
   async create(): Promise<void> {
-    this.cluster = await startCluster()
+    this.cluster = await startCluster(this.noDecoding ? { conf: ['wal_level = replica'] } : {})
     this.url = await this.cluster.createDatabase('shop')
   }
 
   private siteArgs(): string[] {
-    return ['--dir', this.dir, '--site', this.name, '--postgres', this.url, '--replica-postgres', this.cluster.url('postgres'), '--bootstrap', this.bootstrap]
+    const capture = this.noDecoding ? ['--capture', 'triggers'] : []
+    return ['--dir', this.dir, '--site', this.name, '--postgres', this.url, ...capture, '--replica-postgres', this.cluster.url('postgres'), '--bootstrap', this.bootstrap]
   }
 
   async init(): Promise<void> {

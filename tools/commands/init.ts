@@ -13,6 +13,9 @@ Starts a new mesh with this site as its first member, protecting one database.
   --postgres URL   or the PostgreSQL database it writes (postgres://USER[:PASSWORD]@HOST[:PORT]/DB); needs
                    wal_level=logical and a role with REPLICATION; creates the publication and the replication
                    slot branchmesh_<dataset id>
+  --capture triggers
+                   with --postgres: capture with triggers instead, where logical decoding is not allowed (a
+                   hosted server); every table needs a primary key
   --replica-postgres URL
                    a PostgreSQL server where this site keeps warm copies of the other sites' PostgreSQL
                    datasets, one database each (its user needs CREATEDB); without it their logs are kept only
@@ -30,10 +33,11 @@ export const SITE_OPTIONS = {
   sqlite: { type: 'string' },
   postgres: { type: 'string' },
   'replica-postgres': { type: 'string' },
+  capture: { type: 'string' },
   dataset: { type: 'string' }
 } as const
 
-type SiteValues = { dir?: string; site?: string; sqlite?: string; postgres?: string; 'replica-postgres'?: string; dataset?: string; bootstrap?: string }
+type SiteValues = { dir?: string; site?: string; sqlite?: string; postgres?: string; 'replica-postgres'?: string; capture?: string; dataset?: string; bootstrap?: string }
 
 /**
  * Checks what `init` and `join` share (site name, database, dataset name, bootstrap) and returns the new site's
@@ -49,7 +53,9 @@ export async function newSite(values: SiteValues, example: string) {
   let dataset: SiteConfig['datasets'][number]
   if (values.postgres) {
     const { database } = checkUrl(values.postgres)
-    dataset = { id, name: datasetName(values.dataset, database), engine: 'postgres', path: values.postgres }
+    const capture = values.capture ?? 'logical'
+    if (capture !== 'logical' && capture !== 'triggers') throw MeshError.USAGE(`--capture ${capture} is not a capture mode`, { hint: 'Give --capture triggers, or leave it out for logical decoding.' })
+    dataset = { id, name: datasetName(values.dataset, database), engine: 'postgres', path: values.postgres, capture }
   } else {
     const file = path.resolve(values.sqlite!)
     dataset = { id, name: datasetName(values.dataset, path.basename(file).replace(/\.(sqlite3?|db3?)$/i, '')), engine: 'sqlite', path: file }
@@ -64,7 +70,8 @@ export async function newSite(values: SiteValues, example: string) {
     replicaPostgres
   }
   if (replicaPostgres) await checkReplicaServer(replicaPostgres)
-  const warnings = await checkSource(dataset.engine, dataset.path, id)
+  if (values.capture && !values.postgres) throw MeshError.USAGE('--capture applies to --postgres only', { hint: example })
+  const warnings = await checkSource(dataset.engine, dataset.path, id, dataset.capture)
   return { dir, config, warnings }
 }
 
