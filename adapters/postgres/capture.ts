@@ -38,9 +38,11 @@ import {
   UNCHANGED,
   cannotCarry,
   connect,
+  copyTables,
   isUnchanged,
   pgError,
   quoteIdent,
+  Session,
   readObjects,
   readSequences,
   readTables,
@@ -178,7 +180,7 @@ export class PostgresCapture implements CaptureSide {
   readonly engine = 'postgres' as const
   private readonly opts: PostgresCaptureOptions
   private readonly log: Logger
-  private client: Client | null = null
+  private readonly session: Session
   private readonly tables = new Map<number, Known>()
   private objects: SchemaObject[] = []
   private skippedTables: Array<{ table: string; reason: string; oid: number }> = []
@@ -200,33 +202,19 @@ export class PostgresCapture implements CaptureSide {
   constructor(opts: PostgresCaptureOptions) {
     this.opts = opts
     this.log = opts.logger ?? silentLogger
+    this.session = new Session(opts.url, 'cannot connect to the origin database')
   }
 
   private get where(): string {
     return redactUrl(this.opts.url)
   }
 
-  private async db(): Promise<Client> {
-    if (this.client) return this.client
-    this.client = await connect(this.opts.url, { doing: 'cannot connect to the origin database' })
-    this.client.on('error', () => {
-      this.client = null
-    })
-    return this.client
+  private db(): Promise<Client> {
+    return this.session.db()
   }
 
-  private async query(sql: string, params: unknown[] = [], doing = 'capture failed'): Promise<{ rows: any[] }> {
-    const db = await this.db()
-    try {
-      return await db.query(sql, params)
-    } catch (err) {
-      const e = pgError(err, this.opts.url, doing)
-      if (e.code === 'PG_UNREACHABLE') {
-        await db.end().catch(() => {})
-        this.client = null
-      }
-      throw e
-    }
+  private query(sql: string, params: unknown[] = [], doing = 'capture failed'): Promise<{ rows: any[] }> {
+    return this.session.run(doing, (db) => db.query(sql, params))
   }
 
   async open(): Promise<void> {
@@ -284,9 +272,9 @@ export class PostgresCapture implements CaptureSide {
   }
 
   /** Reads the catalogs into the tables as last sent; gives tables with no key REPLICA IDENTITY FULL. */
-  private async loadCatalog(): Promise<boolean> {
-    const tables = await readTables(await this.db())
-    const objects = await readObjects(await this.db())
+  private async loadCatalog(within?: Client): Promise<boolean> {
+    const tables = await readTables(within ?? (await this.db()))
+    const objects = await readObjects(within ?? (await this.db()))
     let changed = JSON.stringify(objects) !== JSON.stringify(this.objects)
     this.objects = objects
     const seen = new Set<number>()
@@ -356,14 +344,7 @@ export class PostgresCapture implements CaptureSide {
   async schema(): Promise<SchemaEntry> {
     // The schema starts an initial copy: the copy reads under the snapshot of a new slot.
     await this.beginSnapshot()
-    const tx = this.snap!.tx
-    const saved = this.client
-    this.client = tx
-    try {
-      await this.loadCatalog()
-    } finally {
-      this.client = saved
-    }
+    await this.loadCatalog(this.snap!.tx)
     this.schemaPending = false
     this.resetPending.clear()
     return this.schemaEntry([])
@@ -413,16 +394,7 @@ export class PostgresCapture implements CaptureSide {
     const tx = this.snap!.tx
     const chunkRows = opts.chunkRows ?? 5000
     try {
-      for (const { def } of this.tables.values()) {
-        const cols = def.columns.map((c) => quoteIdent(c.name)).join(', ')
-        await tx.query(`DECLARE mesh_copy NO SCROLL CURSOR FOR SELECT ${cols} FROM ONLY ${def.name}`)
-        for (;;) {
-          const r = await tx.query({ text: `FETCH ${chunkRows} FROM mesh_copy`, rowMode: 'array' })
-          if (r.rows.length === 0) break
-          yield { changes: [{ table: def.id, upserts: r.rows as Value[][], deletes: [] }], rows: r.rows.length }
-        }
-        await tx.query('CLOSE mesh_copy')
-      }
+      yield* copyTables(tx, [...this.tables.values()].map((k) => k.def), chunkRows)
       const seq = await readSequences(tx)
       this.ackedSeq = new Map(seq.map(([n, v]) => [n as string, v as string]))
       if (seq.length) yield { changes: [{ table: SEQUENCES_TABLE, upserts: seq, deletes: [] }], rows: 0 }
@@ -653,9 +625,7 @@ export class PostgresCapture implements CaptureSide {
 
   async close(): Promise<void> {
     await this.endSnapshot()
-    const c = this.client
-    this.client = null
-    await c?.end().catch(() => {})
+    await this.session.close()
   }
 }
 

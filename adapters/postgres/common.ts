@@ -15,7 +15,7 @@
  * and identified by their oid at the origin.
  */
 import pg from 'pg'
-import { MeshError, type ColumnDef, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
+import { MeshError, type ColumnDef, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
 
 /** branchmesh's own schema in a PostgreSQL database; it is never captured. */
 export const OWN_SCHEMA = '_mesh'
@@ -299,4 +299,57 @@ export function pgDeleteSql(def: TableDef, key: Value[]): string {
   }
   const match = def.columns.map((c, i) => `${quoteIdent(c.name)}::text IS NOT DISTINCT FROM (${literal(key[i], c.type)})::text`).join(' AND ')
   return `DELETE FROM ${def.name} WHERE ctid = (SELECT ctid FROM ${def.name} WHERE ${match} LIMIT 1);`
+}
+
+/**
+ * Every row of `tables` read through a cursor in chunks, inside the caller's transaction (whose snapshot
+ * decides what is read), then the sequences' positions; as snapshot chunks.
+ */
+export async function* copyTables(tx: pg.Client, tables: Iterable<TableDef>, chunkRows: number): AsyncGenerator<{ changes: TableChanges[]; rows: number }> {
+  for (const def of tables) {
+    const cols = def.columns.map((c) => quoteIdent(c.name)).join(', ')
+    await tx.query(`DECLARE mesh_copy NO SCROLL CURSOR FOR SELECT ${cols} FROM ONLY ${def.name}`)
+    for (;;) {
+      const r = await tx.query({ text: `FETCH ${chunkRows} FROM mesh_copy`, rowMode: 'array' })
+      if (r.rows.length === 0) break
+      yield { changes: [{ table: def.id, upserts: r.rows as Value[][], deletes: [] }], rows: r.rows.length }
+    }
+    await tx.query('CLOSE mesh_copy')
+  }
+}
+
+/**
+ * One connection kept open and opened again after the server went away: `run` maps errors to MeshErrors,
+ * rolls back an open transaction, and drops a connection that broke.
+ */
+export class Session {
+  private client: pg.Client | null = null
+  constructor(
+    readonly url: string,
+    private readonly doing: string
+  ) {}
+
+  async db(): Promise<pg.Client> {
+    if (this.client) return this.client
+    this.client = await connect(this.url, { doing: this.doing })
+    return this.client
+  }
+
+  async run<T>(doing: string, fn: (db: pg.Client) => Promise<T>): Promise<T> {
+    const db = await this.db()
+    try {
+      return await fn(db)
+    } catch (err) {
+      await db.query('ROLLBACK').catch(() => {})
+      const e = pgError(err, this.url, doing)
+      if (e.code === 'PG_UNREACHABLE') await this.close()
+      throw e
+    }
+  }
+
+  async close(): Promise<void> {
+    const c = this.client
+    this.client = null
+    await c?.end().catch(() => {})
+  }
 }

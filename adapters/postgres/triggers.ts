@@ -18,7 +18,7 @@ import { MeshError, sameBytes, type SchemaEntry, type SchemaObject, type TableCh
 import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.ts'
 import { silentLogger } from '../types.ts'
 import { TableIds, adoptReplica } from './adopt.ts'
-import { OWN_SCHEMA, SEQUENCES_TABLE, cannotCarry, connect, pgError, quoteIdent, quoteLiteral, readObjects, readSequences, readTables, redactUrl, toTableDef, type Client, type PgTable } from './common.ts'
+import { OWN_SCHEMA, SEQUENCES_TABLE, Session, cannotCarry, copyTables, pgError, quoteIdent, quoteLiteral, readObjects, readSequences, readTables, redactUrl, toTableDef, type Client, type PgTable } from './common.ts'
 
 export interface PostgresTriggerCaptureOptions {
   url: string
@@ -74,7 +74,7 @@ export class PostgresTriggerCapture implements CaptureSide {
   readonly engine = 'postgres' as const
   private readonly opts: PostgresTriggerCaptureOptions
   private readonly log: Logger
-  private client: Client | null = null
+  private readonly session: Session
   private tables = new Map<number, { def: TableDef; pg: PgTable }>()
   private objects: SchemaObject[] = []
   private skippedTables: Array<{ table: string; reason: string }> = []
@@ -88,27 +88,11 @@ export class PostgresTriggerCapture implements CaptureSide {
   constructor(opts: PostgresTriggerCaptureOptions) {
     this.opts = opts
     this.log = opts.logger ?? silentLogger
+    this.session = new Session(opts.url, 'cannot connect to the origin database')
   }
 
-  private async db(): Promise<Client> {
-    if (this.client) return this.client
-    this.client = await connect(this.opts.url, { doing: 'cannot connect to the origin database' })
-    return this.client
-  }
-
-  private async run<T>(doing: string, fn: (db: Client) => Promise<T>): Promise<T> {
-    const db = await this.db()
-    try {
-      return await fn(db)
-    } catch (err) {
-      await db.query('ROLLBACK').catch(() => {})
-      const e = pgError(err, this.opts.url, doing)
-      if (e.code === 'PG_UNREACHABLE') {
-        await db.end().catch(() => {})
-        this.client = null
-      }
-      throw e
-    }
+  private run<T>(doing: string, fn: (db: Client) => Promise<T>): Promise<T> {
+    return this.session.run(doing, fn)
   }
 
   async open(): Promise<void> {
@@ -185,20 +169,10 @@ export class PostgresTriggerCapture implements CaptureSide {
   }
 
   async *snapshot(opts: { chunkRows?: number } = {}): AsyncIterable<SnapshotChunk> {
-    const chunkRows = opts.chunkRows ?? 5000
-    const db = await this.db()
+    const db = await this.session.db()
     try {
       await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
-      for (const { def } of this.tables.values()) {
-        const cols = def.columns.map((c) => quoteIdent(c.name)).join(', ')
-        await db.query(`DECLARE mesh_copy NO SCROLL CURSOR FOR SELECT ${cols} FROM ONLY ${def.name}`)
-        for (;;) {
-          const r = await db.query({ text: `FETCH ${chunkRows} FROM mesh_copy`, rowMode: 'array' })
-          if (r.rows.length === 0) break
-          yield { changes: [{ table: def.id, upserts: r.rows as Value[][], deletes: [] }], rows: r.rows.length }
-        }
-        await db.query('CLOSE mesh_copy')
-      }
+      yield* copyTables(db, [...this.tables.values()].map((t) => t.def), opts.chunkRows ?? 5000)
       // Change rows of writes made before this copy stay: reading them again resends rows as they are.
       await db.query(`COMMIT`)
       const seq = await readSequences(db)
@@ -300,9 +274,7 @@ export class PostgresTriggerCapture implements CaptureSide {
   }
 
   async close(): Promise<void> {
-    const c = this.client
-    this.client = null
-    await c?.end().catch(() => {})
+    await this.session.close()
   }
 
   get where(): string {
