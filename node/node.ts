@@ -573,7 +573,9 @@ export class MeshNode extends EventEmitter {
     for (const [id, e] of this.settleErrors) {
       const info = this.state.datasets.find((d) => d.id === id)
       if (!info || this.replicas.has(id) || this.origins.has(id)) continue
-      out.push({ dataset: id, log: info.log, epoch: info.epoch, length: 0, byteLength: 0, downloaded: 0, applied: 0, appliedBytes: 0, lastWriteAt: 0, appliedWriteAt: 0, error: e.code, errorMessage: e.message, damaged: 0 })
+      // The log may still be held here (a dataset with no warm copy at this site): say how much of it.
+      const core = this.logs.get(hex(info.log))?.core
+      out.push({ dataset: id, log: info.log, epoch: info.epoch, length: core?.length ?? 0, byteLength: core?.byteLength ?? 0, downloaded: core?.contiguousLength ?? 0, applied: 0, appliedBytes: 0, lastWriteAt: 0, appliedWriteAt: 0, error: e.code, errorMessage: e.message, damaged: 0 })
     }
     for (const r of this.replicas.values()) {
       const core = r.log.core
@@ -742,6 +744,11 @@ export class MeshNode extends EventEmitter {
   private async settle(id: string): Promise<void> {
     const head = this.state.datasets.find((d) => d.id === id)
     if (!head) return
+    if (head.engine === 'postgres' && !this.opts.replicaPostgres && !this.state.local.some((l) => l.dataset === id)) {
+      // No server for a warm copy here: the logs are still held (and served), which is history kept off-site.
+      await resolveChain(head, (k) => this.openLog(k))
+      throw MeshError.NO_REPLICA_SERVER(`${head.name} is a PostgreSQL dataset and this site has no PostgreSQL server for replicas: its log is kept here, but no warm copy is built`)
+    }
     const local = this.localOf(head)
     const origin = this.origins.get(id)
     const replica = this.replicas.get(id)

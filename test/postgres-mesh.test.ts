@@ -9,7 +9,9 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { tmpDir } from './helpers/db.ts'
-import { startTestnet, waitUntil } from './helpers/mesh.ts'
+import fs from 'node:fs'
+import { dump, openWal } from './helpers/db.ts'
+import { TestSite, mesh, startTestnet, waitUntil } from './helpers/mesh.ts'
 import { PgSite } from './helpers/pg-mesh.ts'
 import { pgDump } from './helpers/pg.ts'
 
@@ -74,4 +76,62 @@ test('pgbench at a PostgreSQL origin: the replica equals the origin, also when t
   assert.equal(dump['public.pgbench_history'].rows.length, 6000, 'every pgbench transaction is in the origin')
   const replica = await pgDump(b.replicaUrl(a))
   assert.equal(replica['public.pgbench_history'].rows.length, 6000, 'and each is in the replica exactly once')
+
+  // A schema change a replica cannot follow without losing data: apply stops, and b's status says why.
+  await a.cluster.query(`ALTER TABLE pgbench_branches RENAME COLUMN filler TO note; UPDATE pgbench_branches SET bbalance = bbalance + 1`, [], 'shop')
+  await waitUntil("b's status names the unsupported change", async () => {
+    const r = await mesh(['status', '--dir', b.dir, '--json'])
+    const st = JSON.parse(r.stdout)
+    const d = st.datasets.find((x: { originSite: string }) => x.originSite === 'a')
+    const h = d?.holders.find((x: { site: string }) => x.site === 'b')
+    return r.code === 2 && h?.error === 'UNSUPPORTED_DDL' && /filler/.test(h.errorMessage) && st.reasons.some((x: { level: string; text: string }) => x.level === 'CRIT' && /rename/.test(x.text))
+  }, 60_000, 500)
+  const stopped = await pgDump(b.replicaUrl(a))
+  assert.deepEqual(stopped['public.pgbench_branches'].columns.map((c) => c.split(' ')[0]), ['bid', 'bbalance', 'filler'], 'the replica was not changed')
+})
+
+test('a mixed mesh: a SQLite site without a PostgreSQL server holds the PostgreSQL log, and a PostgreSQL site keeps a SQLite replica', async (t) => {
+  const { dir, cleanup } = tmpDir('mesh-pgmix-')
+  const { testnet, bootstrap } = await startTestnet()
+  const a = new PgSite(dir, 'a', bootstrap)
+  const c = new TestSite(dir, 'c', bootstrap)
+  t.after(async () => {
+    await a.stop('SIGKILL')
+    await c.stop('SIGKILL')
+    await a.cluster?.stop()
+    await testnet.destroy()
+    cleanup()
+  })
+  await a.create()
+  await a.cluster.query(`CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 500) g`, [], 'shop')
+  await a.init()
+  await a.start()
+  await c.join(await a.invite())
+  await c.start()
+  const db = openWal(c.db)
+  db.prepare(`INSERT INTO events (at, note) VALUES (1.5, 'from the sqlite site')`).run()
+  db.close()
+  const aReplica = () => {
+    const f = fs.readdirSync(path.join(a.dir, 'replicas')).find((n) => n.startsWith('c-') && n.endsWith('.db'))
+    return f ? path.join(a.dir, 'replicas', f) : null
+  }
+  await waitUntil("a's SQLite replica of c equals c", () => {
+    const f = aReplica()
+    return f !== null && JSON.stringify(dump(f)) === JSON.stringify(dump(c.db))
+  }, 60_000, 300)
+  await waitUntil('c holds all of a\'s log and warns that it keeps no warm copy', async () => {
+    const st = await c.status()
+    const d = st.datasets.find((x) => x.originSite === 'a')
+    const origin = d?.holders.find((h) => h.site === 'a')
+    const mine = d?.holders.find((h) => h.site === 'c')
+    return (
+      st.verdict !== 'CRIT' &&
+      mine?.error === 'NO_REPLICA_SERVER' &&
+      origin !== undefined &&
+      mine.downloaded !== null &&
+      mine.downloaded > 3 &&
+      mine.downloaded === origin.downloaded &&
+      st.reasons.some((r) => r.level === 'WARN' && /no PostgreSQL server for replicas/.test(r.text))
+    )
+  }, 60_000, 500)
 })
