@@ -136,21 +136,30 @@ export async function keepCopy(engine: string, where: string, dir: string, site:
     return `before.db      ${site}'s database exactly as it was before it was rebuilt`
   }
   const file = path.join(dir, 'before.sql')
-  const tries = ['pg_dump']
-  const conf = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' })
-  if (conf.status === 0) tries.push(path.join(conf.stdout.trim(), 'pg_dump'))
-  let why = 'no pg_dump program was found on this machine'
-  for (const exe of tries) {
+  const exe = findPgDump()
+  let why = 'no pg_dump program was found on this machine (install PostgreSQL\'s client programs to get one)'
+  if (exe) {
     const r = spawnSync(exe, ['--no-owner', '--file', file, where], { encoding: 'utf8', timeout: 30 * 60_000 })
     if (r.status === 0) {
       fs.chmodSync(file, 0o600)
       return `before.sql     ${site}'s database as it was before it was rebuilt (pg_dump; restore with psql -f)`
     }
-    if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') continue
     why = `pg_dump failed: ${(r.stderr || String(r.error)).trim().split('\n')[0]}`.replace(where, redactUrl(where))
   }
   fs.rmSync(file, { force: true })
   return `(no copy of the database as it was: ${why}; the changes above are complete)`
+}
+
+/** The pg_dump program: on PATH, or in `pg_config --bindir`; null when there is none. */
+export function findPgDump(): string | null {
+  const tries = ['pg_dump']
+  const conf = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' })
+  if (conf.status === 0) tries.push(path.join(conf.stdout.trim(), 'pg_dump'))
+  for (const exe of tries) {
+    const r = spawnSync(exe, ['--version'], { encoding: 'utf8' })
+    if (r.status === 0) return exe
+  }
+  return null
 }
 
 /**

@@ -80,7 +80,7 @@ export function pgError(err: unknown, url: string, doing: string): MeshError {
   const where = redactUrl(url)
   const context = { url: where, pgCode: code }
   const msg = `${doing} (${where}): ${text}`
-  if (['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ETIMEDOUT', 'ECONNRESET', 'EPIPE', 'EAI_AGAIN'].includes(code) || /Connection terminated|timeout expired/i.test(text)) {
+  if (['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ETIMEDOUT', 'ECONNRESET', 'EPIPE', 'EAI_AGAIN'].includes(code) || /Connection terminated|timeout expired|not queryable/i.test(text)) {
     return MeshError.PG_UNREACHABLE(msg, { context, cause: err })
   }
   if (code === '28P01' || code === '28000' || /password authentication failed|SASL|no password was provided/i.test(text)) {
@@ -331,8 +331,13 @@ export class Session {
 
   async db(): Promise<pg.Client> {
     if (this.client) return this.client
-    this.client = await connect(this.url, { doing: this.doing })
-    return this.client
+    const client = await connect(this.url, { doing: this.doing })
+    // A connection the server ended while idle (a restart, a dropped database) is replaced at the next use.
+    client.on('error', () => {
+      if (this.client === client) this.client = null
+    })
+    this.client = client
+    return client
   }
 
   async run<T>(doing: string, fn: (db: pg.Client) => Promise<T>): Promise<T> {
