@@ -31,6 +31,7 @@
  * last.
  */
 import { spawn } from 'node:child_process'
+import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
@@ -69,6 +70,7 @@ const f0 = (x: number) => (Number.isFinite(x) ? String(Math.round(x)) : 'n/a')
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a')
 const f2 = (x: number) => (Number.isFinite(x) ? +x.toFixed(2) : NaN)
 const r3 = (x: number) => (Number.isFinite(x) ? +x.toFixed(3) : -1)
+const mb = (bytes: number) => (Number.isFinite(bytes) ? (bytes / 1e6).toFixed(1) : 'n/a')
 const ratio = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : 'n/a')
 
 interface PgbenchRun {
@@ -82,7 +84,7 @@ interface PgbenchRun {
 }
 
 /** pgbench in the background (as the postgres user when root); resolves when it exits. */
-function pgbench(cluster: PgCluster, args: string[], timeoutMs: number): Promise<PgbenchRun> {
+function pgbench(cluster: PgCluster, args: string[], timeoutMs: number, onExit: () => void = () => {}): Promise<PgbenchRun> {
   return new Promise((resolve, reject) => {
     const isRoot = process.getuid?.() === 0
     const exe = path.join(cluster.bin, 'pgbench')
@@ -96,6 +98,7 @@ function pgbench(cluster: PgCluster, args: string[], timeoutMs: number): Promise
     p.on('error', reject)
     p.on('exit', (code) => {
       const endMs = nowMs()
+      onExit()
       clearTimeout(timer)
       if (code !== 0) return reject(new Error(`pgbench ${args.join(' ')} failed (${code}):\n${out}`))
       const num = (re: RegExp) => {
@@ -138,28 +141,34 @@ async function connectTo(url: string): Promise<pg.Client> {
 interface CatchUp {
   /** pgbench's exit -> the replica's state seen equal (NaN: not within the timeout). */
   ms: number
+  /** pgbench's exit -> the first poll's answer: the resolution of `ms` when the replica was equal at once. */
+  firstPollMs: number
   /** Transactions the replica lacked at pgbench's exit (the first poll). */
   behind: number
   polls: number
 }
 
 /**
- * Polls the replica until its state equals `target`, from `fromMs` (pgbench's exit). The first poll is made at
- * once, so `behind` is the backlog at the end of the run.
+ * Polls the replica until its state equals the origin's, from `fromMs` (pgbench's exit). The origin's final
+ * state and the first poll are asked at once, both on connections opened before the run, so `behind` is
+ * the backlog at the end of the run.
  */
-async function catchUp(replica: pg.Client, target: State, fromMs: number, timeoutMs: number): Promise<CatchUp> {
-  let behind = NaN
-  let polls = 0
-  const until = nowMs() + timeoutMs
-  for (;;) {
-    const s = await stateOf(replica)
-    const t = nowMs()
-    polls++
-    if (polls === 1) behind = target.history - s.history
-    if (s.key === target.key) return { ms: t - fromMs, behind, polls }
-    if (t > until) return { ms: NaN, behind, polls }
+async function catchUp(origin: pg.Client, replica: pg.Client, fromMs: number, timeoutMs: number): Promise<CatchUp> {
+  const [target, first] = await Promise.all([stateOf(origin), stateOf(replica)])
+  let t = nowMs()
+  const firstPollMs = t - fromMs
+  const behind = target.history - first.history
+  let s = first
+  let polls = 1
+  const until = t + timeoutMs
+  while (s.key !== target.key) {
+    if (t > until) return { ms: NaN, firstPollMs, behind, polls }
     await sleep(POLL_EVERY_MS)
+    s = await stateOf(replica)
+    t = nowMs()
+    polls++
   }
+  return { ms: t - fromMs, firstPollMs, behind, polls }
 }
 
 /** Equal pgDumps; else the tables that differ. */
@@ -180,6 +189,74 @@ async function untilAsync(cond: () => Promise<boolean>, timeoutMs: number, what:
   }
 }
 
+/** CPU time (ms) used so far by these processes, from /proc (Linux); NaN where it cannot be read. */
+function procCpuMs(pids: number[]): number {
+  let ms = 0
+  for (const pid of pids) {
+    try {
+      const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ')
+      ms += ((Number(f[11]) + Number(f[12])) * 1000) / 100 // utime + stime, in USER_HZ (100 on Linux)
+    } catch {
+      return NaN
+    }
+  }
+  return ms
+}
+
+/** The machine's CPU counters: busy and total, all cores (/proc/stat). */
+function machineCpu(): { busy: number; total: number } {
+  try {
+    const v = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number)
+    const total = v.reduce((a, b) => a + b, 0)
+    return { busy: total - v[3] - v[4], total }
+  } catch {
+    return { busy: NaN, total: NaN }
+  }
+}
+
+interface Cpu {
+  /** Share of all the machine's cores busy during the run (0..1). */
+  machineBusy: number
+  /** CPU ms of the replication's own processes during the run: at the origin, at the replica, and this process. */
+  originMs: number
+  replicaMs: number
+  selfMs: number
+}
+
+/** Starts counting; the returned function stops and reports. */
+function cpuWatch(originPids: number[] = [], replicaPids: number[] = []): () => Cpu {
+  const o0 = procCpuMs(originPids)
+  const r0 = procCpuMs(replicaPids)
+  const s0 = process.cpuUsage()
+  const m0 = machineCpu()
+  return () => {
+    const m1 = machineCpu()
+    const s1 = process.cpuUsage(s0)
+    return {
+      machineBusy: (m1.busy - m0.busy) / (m1.total - m0.total),
+      originMs: originPids.length ? procCpuMs(originPids) - o0 : NaN,
+      replicaMs: replicaPids.length ? procCpuMs(replicaPids) - r0 : NaN,
+      selfMs: (s1.user + s1.system) / 1000
+    }
+  }
+}
+
+const walLsn = async (c: PgCluster) => (await c.query('SELECT pg_current_wal_lsn()::text AS lsn', [], DB))[0].lsn as string
+const walSince = async (c: PgCluster, lsn: string) => Number((await c.query('SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1) AS n', [lsn], DB))[0].n)
+
+/** Runs pgbench, counting CPU from its start to its exit. */
+async function measuredRun(c: PgCluster, seconds: number, originPids: number[] = [], replicaPids: number[] = []): Promise<{ run: PgbenchRun; cpu: Cpu }> {
+  let cpu: Cpu | null = null
+  const stop = cpuWatch(originPids, replicaPids)
+  const run = await pgbench(c, pgbenchArgs(seconds), seconds * 1000 + 120_000, () => (cpu = stop()))
+  return { run, cpu: cpu! }
+}
+
+const pidsOf = async (c: pg.Client, sql: string) => (await c.query(sql)).rows.map((r) => Number(r.pid))
+/** Every client backend but the asking one: the replication's connections when only they and we are connected. */
+const OTHER_BACKENDS = `SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname IS NOT NULL`
+
 interface Scenario {
   run: PgbenchRun
   catchUp?: CatchUp
@@ -187,6 +264,9 @@ interface Scenario {
   differ?: string[]
   dumpRows?: number
   setupMs: number
+  cpu: Cpu
+  /** WAL written at the origin during the run. */
+  walBytes: number
 }
 
 interface BranchmeshDetail {
@@ -211,6 +291,12 @@ interface BranchmeshDetail {
   lastAppliedMs: number
   captureErrors: string[]
   applyErrors: string[]
+  /** Mean, while pgbench ran, of how far the slot's restart_lsn and confirmed_flush_lsn trailed the WAL's end. */
+  slotRestartLagBytes: number
+  slotConfirmedLagBytes: number
+  /** Connections counted as the capture's (origin) and the apply's (replica). */
+  captureBackends: number
+  applyBackends: number
 }
 
 function pgbenchArgs(seconds: number): string[] {
@@ -230,8 +316,9 @@ async function alone(clusters: PgCluster[], seconds: number, scale: number): Pro
     initOrigin(c, scale)
     await c.query('CHECKPOINT')
     const setupMs = nowMs() - t
-    const run = await pgbench(c, pgbenchArgs(seconds), seconds * 1000 + 120_000)
-    return { run, setupMs }
+    const lsn = await walLsn(c)
+    const { run, cpu } = await measuredRun(c, seconds)
+    return { run, setupMs, cpu, walBytes: await walSince(c, lsn) }
   } finally {
     await c.stop()
   }
@@ -244,6 +331,7 @@ async function native(clusters: PgCluster[], seconds: number, scale: number): Pr
   const sub = await startCluster({ durable: true })
   clusters.push(sub)
   let poller: pg.Client | null = null
+  let o: pg.Client | null = null
   try {
     await origin.createDatabase(DB)
     initOrigin(origin, scale)
@@ -264,30 +352,27 @@ async function native(clusters: PgCluster[], seconds: number, scale: number): Pr
       600_000,
       'the subscription to copy the 4 pgbench tables'
     )
-    const o = await connectTo(origin.url(DB))
+    o = await connectTo(origin.url(DB))
     poller = await connectTo(sub.url(DB))
     const before = await stateOf(o)
-    await o.end()
     const p = poller
     await untilAsync(async () => (await stateOf(p)).key === before.key, 120_000, 'the subscriber to equal the origin before the run')
     await origin.query('CHECKPOINT')
     await sub.query('CHECKPOINT')
     const setupMs = nowMs() - t
 
-    const run = await pgbench(origin, pgbenchArgs(seconds), seconds * 1000 + 120_000)
-    const target = await (async () => {
-      const c = await connectTo(origin.url(DB))
-      try {
-        return await stateOf(c)
-      } finally {
-        await c.end()
-      }
-    })()
-    const cu = await catchUp(poller, target, run.endMs, Math.max(300_000, seconds * 20_000))
+    // Native replication's own processes: the walsender at the origin (decodes the WAL), the apply worker.
+    const walsenders = await pidsOf(o, 'SELECT pid FROM pg_stat_replication')
+    const workers = await pidsOf(poller, 'SELECT pid FROM pg_stat_subscription WHERE pid IS NOT NULL')
+    const lsn = await walLsn(origin)
+    const { run, cpu } = await measuredRun(origin, seconds, walsenders, workers)
+    const cu = await catchUp(o, poller, run.endMs, Math.max(300_000, seconds * 20_000))
+    const walBytes = await walSince(origin, lsn)
     const cmp = await compare(origin.url(DB), sub.url(DB))
-    return { run, catchUp: cu, equal: cmp.equal, differ: cmp.differ, dumpRows: cmp.rows, setupMs }
+    return { run, catchUp: cu, equal: cmp.equal, differ: cmp.differ, dumpRows: cmp.rows, setupMs, cpu, walBytes }
   } finally {
     await poller?.end().catch(() => {})
+    await o?.end().catch(() => {})
     await sub.stop()
     await origin.stop()
   }
@@ -301,6 +386,7 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
   clusters.push(rep)
   const { dir, cleanup } = tmpDir('mesh-pgbench-')
   let poller: pg.Client | null = null
+  let o: pg.Client | null = null
   let pipe: Awaited<ReturnType<typeof startSidesPipeline<PostgresApply>>> | null = null
   try {
     await origin.createDatabase(DB)
@@ -312,10 +398,9 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     const p = (pipe = await startSidesPipeline(dir, capture, apply, { pollMs }))
     await p.settle()
     const copyMs = nowMs() - c0
-    const o = await connectTo(origin.url(DB))
+    o = await connectTo(origin.url(DB))
     poller = await connectTo(replicaUrl)
     const before = await stateOf(o)
-    await o.end()
     const pl = poller
     await untilAsync(async () => (await stateOf(pl)).key === before.key, 120_000, 'the replica to equal the origin after the initial copy')
     await origin.query('CHECKPOINT')
@@ -341,7 +426,11 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
       lastReplicatedMs: NaN,
       lastAppliedMs: NaN,
       captureErrors: [],
-      applyErrors: []
+      applyErrors: [],
+      slotRestartLagBytes: NaN,
+      slotConfirmedLagBytes: NaN,
+      captureBackends: 0,
+      applyBackends: 0
     }
     const read = capture.read.bind(capture)
     capture.read = async () => {
@@ -384,16 +473,36 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     p.replicaLog.core.on('append', () => replicated.push({ length: p.replicaLog.length, t: nowMs() }))
     const setupMs = nowMs() - t
 
-    const run = await pgbench(origin, pgbenchArgs(seconds), seconds * 1000 + 120_000)
-    const target = await (async () => {
-      const c = await connectTo(origin.url(DB))
-      try {
-        return await stateOf(c)
-      } finally {
-        await c.end()
+    // The capture's connection at the origin (peeks: decoding runs in that backend), the apply's at the replica.
+    const captureBackends = await pidsOf(o, OTHER_BACKENDS)
+    const applyBackends = await pidsOf(poller, OTHER_BACKENDS)
+    // The slot while pgbench runs: each peek decodes the WAL from restart_lsn on (and skips what is before
+    // confirmed_flush_lsn), so how far restart_lsn trails the WAL's end is what every read decodes again.
+    const sampler = await connectTo(origin.url(DB))
+    let sampling = true
+    const lags: Array<{ restart: number; confirmed: number }> = []
+    const sampled = (async () => {
+      while (sampling) {
+        const r = await sampler.query(
+          `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 AS restart, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 AS confirmed
+             FROM pg_replication_slots WHERE slot_name = 'branchmesh_bench'`
+        )
+        if (r.rows[0]) lags.push({ restart: Number(r.rows[0].restart), confirmed: Number(r.rows[0].confirmed) })
+        await sleep(250)
       }
     })()
-    const cu = await catchUp(poller, target, run.endMs, Math.max(300_000, seconds * 20_000))
+    const lsn = await walLsn(origin)
+    const { run, cpu } = await measuredRun(origin, seconds, captureBackends, applyBackends)
+    sampling = false
+    const cu = await catchUp(o, poller, run.endMs, Math.max(300_000, seconds * 20_000))
+    await sampled.catch(() => {})
+    await sampler.end().catch(() => {})
+    const walBytes = await walSince(origin, lsn)
+    const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN)
+    d.slotRestartLagBytes = mean(lags.map((x) => x.restart))
+    d.slotConfirmedLagBytes = mean(lags.map((x) => x.confirmed))
+    d.captureBackends = captureBackends.length
+    d.applyBackends = applyBackends.length
     // Let the capture loop report the unit the replica may have applied before its acknowledgement returned.
     await sleep(200)
     const withRows = units.filter((u) => u.rows > 0)
@@ -414,9 +523,10 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     await p.close()
     pipe = null
     const cmp = await compare(origin.url(DB), replicaUrl)
-    return { run, catchUp: cu, equal: cmp.equal, differ: cmp.differ, dumpRows: cmp.rows, setupMs, detail: d }
+    return { run, catchUp: cu, equal: cmp.equal, differ: cmp.differ, dumpRows: cmp.rows, setupMs, cpu, walBytes, detail: d }
   } finally {
     await poller?.end().catch(() => {})
+    await o?.end().catch(() => {})
     await pipe?.close().catch(() => {})
     await rep.stop()
     await origin.stop()
@@ -471,9 +581,12 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
     row('with branchmesh capture (+ replication, apply)', b.run, `  aim <= ${OVERHEAD_AIM}x: ${ovB <= OVERHEAD_AIM ? 'met' : 'NOT MET'}`)
     say('  overhead = TPS alone / TPS with; vs alone = TPS with / TPS alone')
     say('')
-    say(`  ${''.padEnd(44)} ${'catch-up ms'.padStart(12)} ${'vs native'.padStart(10)} ${'behind at end (tx)'.padStart(19)} ${'equal (pgDump)'.padStart(15)}`)
-    say(`  ${'native logical replication (anchor)'.padEnd(44)} ${f1(cuN).padStart(12)} ${'1.00x'.padStart(10)} ${f0(n.catchUp!.behind).padStart(19)} ${String(n.equal).padStart(15)}`)
-    say(`  ${'branchmesh'.padEnd(44)} ${f1(cuB).padStart(12)} ${ratio(cuRatio).padStart(10)} ${f0(b.catchUp!.behind).padStart(19)} ${String(b.equal).padStart(15)}  aim <= 1x native: ${cuRatio <= 1 ? 'met' : 'NOT MET'}`)
+    say(`  ${''.padEnd(44)} ${'catch-up ms'.padStart(12)} ${'vs native'.padStart(10)} ${'behind at end (tx)'.padStart(19)} ${'first poll ms'.padStart(14)} ${'polls'.padStart(6)} ${'equal (pgDump)'.padStart(15)}`)
+    const cuRow = (name: string, s: Scenario, vs: string, extra = '') =>
+      say(`  ${name.padEnd(44)} ${f1(s.catchUp!.ms).padStart(12)} ${vs.padStart(10)} ${f0(s.catchUp!.behind).padStart(19)} ${f1(s.catchUp!.firstPollMs).padStart(14)} ${String(s.catchUp!.polls).padStart(6)} ${String(s.equal).padStart(15)}${extra}`)
+    cuRow('native logical replication (anchor)', n, '1.00x')
+    cuRow('branchmesh', b, ratio(cuRatio), `  aim <= 1x native: ${cuRatio <= 1 ? 'met' : 'NOT MET'}`)
+    say(`  behind at end: transactions the replica lacked at the first poll; a replica equal at the first poll caught up in at most that poll's time (the resolution here)`)
     say(`  (the issue measured native at about ${NATIVE_CATCHUP_NOTE_MS} ms after a 15 s, 4-client run; here ${f1(cuN)} ms: ${ratio(cuN / NATIVE_CATCHUP_NOTE_MS)} that)`)
     for (const [name, s] of [['native', n], ['branchmesh', b]] as const) {
       if (!s.equal) say(`  ${name}: the replica does NOT equal the origin in: ${s.differ!.join(', ')}`)
@@ -485,9 +598,18 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
     say(`    captured while pgbench ran: ${d.rowsDuring} rows (${f0(d.rowsDuring / runS)} rows/s); after its end: ${d.rowsAfter} rows in ${d.unitsAfter} units`)
     say(`    the last unit with rows, ms after pgbench's exit: appended at the origin ${f1(d.lastAppendedMs)}, acknowledged ${f1(d.lastCapturedMs)}, replicated ${f1(d.lastReplicatedMs)}, applied ${f1(d.lastAppliedMs)}; seen equal by the poll ${f1(cuB)}`)
     say(`    apply: ${f0(applyRate)} rows/s while applying (rows / time inside apply()); initial copy of ${scale * 100_000} accounts: ${(d.copyMs / 1000).toFixed(1)} s`)
+    say(`    the slot while pgbench ran (mean of samples every 250 ms): restart_lsn ${mb(d.slotRestartLagBytes)} MB behind the WAL's end (each peek decodes from there again), confirmed_flush_lsn ${mb(d.slotConfirmedLagBytes)} MB behind`)
     if (d.captureErrors.length || d.applyErrors.length) {
       say(`    errors: capture ${d.captureErrors.length} (${d.captureErrors.slice(0, 3).join('; ')}), apply ${d.applyErrors.length} (${d.applyErrors.slice(0, 3).join('; ')})`)
     }
+    say('')
+    say(`  CPU from pgbench's start to its exit (CPU seconds; the machine has ${os.cpus().length} cores, ${(os.cpus().length * runS).toFixed(0)} CPU s in a run), and WAL written at the origin:`)
+    const cpuS = (ms: number) => (Number.isFinite(ms) ? (ms / 1000).toFixed(2) : 'n/a')
+    const busy = (c: Cpu) => `machine ${(c.machineBusy * 100).toFixed(0)}% busy`
+    const wal = (s: Scenario) => `WAL ${mb(s.walBytes)} MB (${Math.round(s.walBytes / s.run.transactions)} bytes per transaction)`
+    say(`    alone:      ${busy(a.cpu)}; ${wal(a)}`)
+    say(`    native:     ${busy(n.cpu)}; walsender at the origin (decoding) ${cpuS(n.cpu.originMs)} s, subscriber's apply worker ${cpuS(n.cpu.replicaMs)} s; ${wal(n)}`)
+    say(`    branchmesh: ${busy(b.cpu)}; capture's backend at the origin (peek: decoding) ${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`)
     if ([a, n, b].some((s) => s.run.failed > 0)) say(`  pgbench failed transactions: alone ${a.run.failed}, native ${n.run.failed}, branchmesh ${b.run.failed}`)
     say(`  set-up (not measured): alone ${(a.setupMs / 1000).toFixed(1)} s, native ${(n.setupMs / 1000).toFixed(1)} s, branchmesh ${(b.setupMs / 1000).toFixed(1)} s; this benchmark took ${totalS.toFixed(0)} s in all`)
 
@@ -505,6 +627,8 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
       pgCatchUpBranchmeshMs: f2(cuB),
       pgCatchUpVsNative: r3(cuRatio),
       pgCatchUpAimMet: cuRatio <= 1,
+      pgFirstPollNativeMs: f2(n.catchUp!.firstPollMs),
+      pgFirstPollBranchmeshMs: f2(b.catchUp!.firstPollMs),
       pgBehindAtEndNativeTx: n.catchUp!.behind,
       pgBehindAtEndBranchmeshTx: b.catchUp!.behind,
       pgEqualNative: n.equal!,
@@ -518,6 +642,15 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
       pgApplyMs: Math.round(d.applyMs),
       pgLastAppliedAfterEndMs: f2(d.lastAppliedMs),
       pgInitialCopyMs: Math.round(d.copyMs),
+      pgMachineBusyAlone: r3(a.cpu.machineBusy),
+      pgMachineBusyNative: r3(n.cpu.machineBusy),
+      pgMachineBusyBranchmesh: r3(b.cpu.machineBusy),
+      pgNativeWalsenderCpuMs: Math.round(n.cpu.originMs),
+      pgNativeApplyWorkerCpuMs: Math.round(n.cpu.replicaMs),
+      pgCaptureBackendCpuMs: Math.round(b.cpu.originMs),
+      pgBranchmeshProcessCpuMs: Math.round(b.cpu.selfMs),
+      pgApplyBackendCpuMs: Math.round(b.cpu.replicaMs),
+      pgSlotRestartLagBytes: Math.round(d.slotRestartLagBytes),
       pgBenchSeconds: Math.round(totalS)
     }
   } finally {

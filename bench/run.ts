@@ -2,8 +2,9 @@
  * Benchmarks, run on demand (`npm run bench`, or `npm run bench -- --json` for one summary line).
  * Anchor: raw SQLite on this machine (WAL, synchronous=FULL). Every figure is printed with its ratio to the
  * anchor; nothing here is asserted. The mesh benchmark (three sites over hyperswarm) is in bench/mesh.ts and
- * the failover benchmark (mesh promote to the first write captured at the new origin) in bench/promote.ts;
- * they run last, in that order.
+ * the failover benchmark (mesh promote to the first write captured at the new origin) in bench/promote.ts, and
+ * the PostgreSQL benchmark (pgbench with and without capture, catch-up against PostgreSQL's own logical
+ * replication; `--pg-seconds N` sets the pgbench run) in bench/postgres.ts; they run last, in that order.
  */
 import Database from 'better-sqlite3'
 import path from 'node:path'
@@ -11,6 +12,7 @@ import { SqliteCapture } from '../adapters/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { startPipeline } from '../test/helpers/pipeline.ts'
 import { meshBench } from './mesh.ts'
+import { pgBench } from './postgres.ts'
 import { promoteBench } from './promote.ts'
 
 const json = process.argv.includes('--json')
@@ -132,6 +134,8 @@ try {
   const mesh = await meshBench({ say })
   // Failover: promote at a replica, then the first write at the new origin (bench/promote.ts).
   const promote = await promoteBench({ say })
+  // PostgreSQL: pgbench alone, with native logical replication, with branchmesh capture (bench/postgres.ts).
+  const postgres = await pgBench({ json, say })
   if (json) {
     process.stdout.write(
       JSON.stringify({
@@ -143,7 +147,8 @@ try {
         trickleP50Ms: +median(lat).toFixed(2),
         trickleP99Ms: +pct(lat, 99).toFixed(2),
         ...mesh,
-        ...promote
+        ...promote,
+        ...postgres
       }) + '\n'
     )
   }
