@@ -80,10 +80,13 @@ async function pipeline(t: import('node:test').TestContext, init: string) {
 test('a slot dropped behind the mesh: the whole database is copied again, and the replica ends equal', async (t) => {
   const { cluster, origin, replicaUrl, p } = await pipeline(t, `CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g`)
   await p.settle()
+  // Someone ends the node's replication connection and drops the slot before it reconnects.
   await waitUntil('the slot is dropped', async () => {
-    const r = await cluster.query(`SELECT pg_drop_replication_slot('branchmesh_e') AS x`, [], 'origin').catch(() => null)
+    const r = await cluster
+      .query(`SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = 'branchmesh_e' AND active; SELECT pg_drop_replication_slot('branchmesh_e') AS x`, [], 'origin')
+      .catch(() => null)
     return r !== null
-  }, 10_000, 20)
+  }, 10_000, 5)
   // Changes made while no slot exists are not in any slot; the new copy has them.
   await cluster.query(`UPDATE t SET v = 'lost by the slot' WHERE id <= 10; DELETE FROM t WHERE id > 90`, [], 'origin')
   await waitUntil('capture copied the database again', () => p.capture.stats.resnapshots === 1, 30_000)
@@ -112,7 +115,13 @@ test('the origin database disappears: capture stops with PG_NO_DATABASE and its 
   const { cluster, replicaUrl, p } = await pipeline(t, `CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)`)
   await p.settle()
   const before = await pgDump(replicaUrl)
-  await cluster.query(`DROP DATABASE origin WITH (FORCE)`)
+  // Someone drops it: the node's replication connection has to be ended first (PostgreSQL refuses while a
+  // slot of the database is active).
+  await waitUntil('the database is dropped', async () => {
+    await cluster.query(`SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE database = 'origin' AND active`)
+    const r = await cluster.query(`DROP DATABASE origin WITH (FORCE)`).catch(() => null)
+    return r !== null
+  }, 10_000, 5)
   await waitUntil('capture stops', () => p.capture.stats.lastError?.code === 'PG_NO_DATABASE', 30_000)
   assert.match(p.capture.stats.lastError!.hint ?? '', /database name|restore/)
   assert.deepEqual(await pgDump(replicaUrl), before)

@@ -54,7 +54,9 @@ test('pgbench at a PostgreSQL origin: the replica equals the origin, also when t
   await b.join(await a.invite())
   await b.start()
   const equal = async (what: string) => {
-    await waitUntil(`${what}: b's replica equals a's database`, () => b.holdsExactly(a), 120_000, 500)
+    await waitUntil(`${what}: b's replica equals a's database`, () => b.holdsExactly(a), 120_000, 500).catch((err) => {
+      throw new Error(`${err.message}\n--- a\n${a.node?.lines.slice(-12).join('\n')}\n--- b\n${b.node?.lines.slice(-8).join('\n')}`)
+    })
   }
   await equal('after the initial copy')
   const counts = await pgDump(b.replicaUrl(a))

@@ -86,6 +86,8 @@ export class PostgresApply implements ApplySide {
   private client: Client | null = null
   private meta!: Meta
   private skippedObjects: string[] = []
+  /** The dataset whose row alone is in the position table (saveMeta deletes any other once). */
+  private savedDataset: string | null | undefined = undefined
 
   constructor(opts: PostgresApplyOptions) {
     this.url = opts.url
@@ -104,6 +106,10 @@ export class PostgresApply implements ApplySide {
     this.client = client
     try {
       await client.query('SET session_replication_role = replica').catch(() => {})
+      // A unit and its position commit together, so a server crash that loses the last commits loses their
+      // positions too, and the node applies them again from the log: no need to wait for each flush (as
+      // PostgreSQL's own subscriptions do not).
+      await client.query('SET synchronous_commit = off')
       const own = await client.query(`SELECT to_regclass($1) IS NOT NULL AS has`, [META])
       if (own.rows[0].has !== 't') {
         const user = await client.query(
@@ -154,7 +160,10 @@ export class PostgresApply implements ApplySide {
   private async saveMeta(): Promise<void> {
     const m = this.meta
     const hexOf = (b: Uint8Array | null) => (b === null ? null : '\\x' + Buffer.from(b).toString('hex'))
-    await this.conn.query(`DELETE FROM ${META} WHERE dataset IS DISTINCT FROM $1`, [m.dataset])
+    if (this.savedDataset !== m.dataset) {
+      await this.conn.query(`DELETE FROM ${META} WHERE dataset IS DISTINCT FROM $1`, [m.dataset])
+      this.savedDataset = m.dataset
+    }
     await this.conn.query(
       `INSERT INTO ${META} (dataset, log, epoch, length, tree_hash, state, tables, objects) VALUES ($1, $2::bytea, $3, $4, $5::bytea, $6, $7, $8)
        ON CONFLICT (dataset) DO UPDATE SET log = EXCLUDED.log, epoch = EXCLUDED.epoch, length = EXCLUDED.length, tree_hash = EXCLUDED.tree_hash,

@@ -3,13 +3,15 @@
  *
  * How it works. The origin database has a publication FOR ALL TABLES and a durable logical replication slot
  * that uses the built-in `pgoutput` plugin (both created by `mesh init`/`mesh join --postgres URL`, or here
- * when missing). A read peeks at the slot (pg_logical_slot_peek_binary_changes) without consuming it: whole
- * committed transactions, in commit order, decoded here. ack() advances the slot
- * (pg_replication_slot_advance) to the end of the last transaction the log holds, and the node calls it only
- * after the log append is flushed, so a crash of the node loses nothing and repeats nothing. A slot advance is
- * made durable by PostgreSQL only at its next checkpoint, so after a crash of PostgreSQL itself the slot may
- * hand out transactions again: every transaction that ends at or before the position the log holds
- * (resume()) or that was acknowledged is skipped.
+ * when missing). A replication connection streams the slot (START_REPLICATION, from the position the log
+ * holds): PostgreSQL decodes each change once, as it is written, and its messages are kept here until the log
+ * holds them. A read takes whole committed transactions from what was received, in commit order; reading
+ * again without ack() returns at least the same. ack() drops them and tells the server (a standby status
+ * update) that the slot may move past the last transaction the log holds; the node calls it only after the
+ * log append is flushed, so a crash of the node loses nothing and repeats nothing. PostgreSQL makes a slot's
+ * position durable only at its next checkpoint, so after a crash of PostgreSQL itself the slot may hand out
+ * transactions again: every transaction that ends at or before the position the log holds (resume()) or
+ * that was acknowledged is skipped.
  *
  * A batch is one or more whole transactions, each table's changes folded to their net effect (a row updated
  * twice travels once; a row inserted then deleted travels as a delete). It stops before a transaction that
@@ -42,6 +44,7 @@ import {
   isUnchanged,
   pgError,
   quoteIdent,
+  quoteLiteral,
   Session,
   readObjects,
   readSequences,
@@ -64,6 +67,8 @@ export interface PostgresCaptureOptions {
   maxChanges?: number
   /** Compare the catalogs with what was sent at most this often while idle. */
   catalogCheckMs?: number
+  /** Gather changes that trickle in for this long before a read returns them (default 20 ms). */
+  gatherMs?: number
 }
 
 /** What stops PostgreSQL capture, listed for the user. Empty when capture can run. */
@@ -95,6 +100,37 @@ function decodeSource(src: Uint8Array): bigint {
   const b = Buffer.from(src.buffer, src.byteOffset, src.byteLength)
   if (b.length !== 9 || b[0] !== 1) throw MeshError.BAD_LOG('this log was not written by PostgreSQL capture (unknown source position)')
   return b.readBigUInt64BE(1)
+}
+
+/** Messages kept from the stream before the log holds them; past this, the stream is paused. */
+const MAX_BUFFERED = 200_000
+
+// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01), for the standby status time.
+const PG_EPOCH_MS = 946_684_800_000
+
+/** The part of pg's Connection used for a replication stream (pg has no public API for it). */
+interface PgConnection {
+  on(event: 'copyData', fn: (msg: { chunk: Buffer }) => void): void
+  once(event: 'replicationStart', fn: () => void): void
+  sendCopyFromChunk(chunk: Buffer): void
+  stream: { pause(): void; resume(): void }
+}
+
+interface Stream {
+  client: Client
+  /** pgoutput messages not yet held by the log, in order. */
+  buf: Buffer[]
+  /** Relation messages of the part already held by the log, by table oid. */
+  rel: Map<number, Extract<PgMessage, { tag: 'relation' }>>
+  ended: boolean
+  error: MeshError | null
+  paused: boolean
+  /** The slot was still held by an earlier stream of this node (killed). */
+  stale?: boolean
+  /** How far the server's walsender has read the WAL, as its messages and keepalives say. */
+  sent: bigint
+  /** When the oldest message in `buf` arrived. */
+  firstAt: number
 }
 
 interface Known {
@@ -189,6 +225,8 @@ export class PostgresCapture implements CaptureSide {
   /** Tables (by oid) whose content the next schema entry tells replicas to drop. */
   private readonly resetPending = new Set<number>()
   private readonly ids = new TableIds()
+  private stream: Stream | null = null
+  private waiters: Array<() => void> = []
   /** Transactions ending at or before this are in the log already. */
   private acked = 0n
   private confirmed = 0n
@@ -357,6 +395,7 @@ export class PostgresCapture implements CaptureSide {
   /** (Re)creates the slot over a replication connection and opens a transaction on the snapshot it exports. */
   private async beginSnapshot(): Promise<void> {
     await this.endSnapshot()
+    await this.stopStream()
     const slot = this.opts.slot
     await this.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [slot], 'cannot replace the replication slot')
     const repl = await connect(this.opts.url, { replication: true, doing: 'cannot open a replication connection' })
@@ -407,25 +446,153 @@ export class PostgresCapture implements CaptureSide {
 
   async read(): Promise<CaptureBatch | null> {
     if (this.slotMissing) throw this.slotGone()
-    let rows: Array<{ data: Buffer }>
-    try {
-      const r = await this.query(
-        `SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, 'proto_version', '1', 'publication_names', $3)`,
-        [this.opts.slot, this.opts.maxChanges ?? 20_000, this.opts.publication],
-        'cannot read the replication slot'
-      )
-      rows = r.rows.map((x) => ({ data: Buffer.from(x.data.slice(2), 'hex') }))
-    } catch (err) {
-      const e = err as MeshError
+    const st = await this.streaming()
+    await this.caughtUp(st)
+    // Changes that trickle in are gathered for a few milliseconds: fewer, larger units cost the log, the
+    // network and every replica less per change, for at most that much more latency.
+    const gather = this.opts.gatherMs ?? 20
+    if (st.buf.length > 0 && st.buf.length < 5000 && Date.now() - st.firstAt < gather) {
+      await new Promise((resolve) => setTimeout(resolve, gather - (Date.now() - st.firstAt)))
+    }
+    const batch = await this.fold(st.buf.slice(0, st.buf.length))
+    if (batch === null) {
+      // Only now can a broken stream matter: everything it delivered has been read.
+      if (st.error) {
+        this.stream = null
+        await st.client.end().catch(() => {})
+        throw st.error
+      }
+      return this.idle()
+    }
+    return batch
+  }
+
+  /**
+   * The stream of the slot's changes: a replication connection running START_REPLICATION, each decoded
+   * transaction's messages kept in `buf` until the log holds them (ack). PostgreSQL decodes each change once,
+   * as it is written; a peek would decode again from the slot's restart point every time.
+   */
+  private async streaming(): Promise<Stream> {
+    if (this.stream && !this.stream.ended) return this.stream
+    if (this.stream) {
+      // Ended with nothing left to read: start again from what the log holds.
+      const old = this.stream
+      this.stream = null
+      await old.client.end().catch(() => {})
+      if (old.error && old.error.code !== 'PG_UNREACHABLE') throw old.error
+    }
+    const client = await connect(this.opts.url, { replication: true, doing: 'cannot open a replication connection' })
+    const st: Stream = { client, buf: [], rel: new Map(), ended: false, error: null, paused: false, sent: 0n, firstAt: 0 }
+    const conn = (client as unknown as { connection: PgConnection }).connection
+    const fail = (err: unknown) => {
+      if (st.ended) return
+      let e = pgError(err, this.opts.url, 'the replication stream ended')
       if (/replication slot .* does not exist|can no longer get changes from replication slot|has been invalidated/i.test(e.message)) {
         this.slotMissing = true
-        throw this.slotGone()
+        e = this.slotGone()
+      } else if (/is active for PID/i.test(e.message)) {
+        // The stream of this node's previous run (killed) is still open at the server: it goes, and the
+        // next read starts again.
+        e = MeshError.DATABASE_LOCKED(e.message, { hint: 'The replication slot is still held by an earlier connection; the node ends it and retries.', cause: err })
+        st.stale = true
+      }
+      st.error = e
+      st.ended = true
+      this.wake()
+    }
+    conn.on('copyData', (msg: { chunk: Buffer }) => {
+      const b = msg.chunk
+      if (b[0] === 0x77) {
+        // XLogData: 'w', start LSN, end LSN, send time (8 bytes each), then one pgoutput message.
+        const end = b.readBigUInt64BE(9)
+        if (end > st.sent) st.sent = end
+        // A copy: pg's parser reuses the buffer the chunk points into.
+        if (st.buf.length === 0) st.firstAt = Date.now()
+        st.buf.push(Buffer.from(b.subarray(25)))
+        if (st.buf.length > MAX_BUFFERED && !st.paused) {
+          st.paused = true
+          conn.stream.pause()
+        }
+        this.wake()
+      } else if (b[0] === 0x6b) {
+        // A keepalive: how far the walsender has read; it may ask for an answer.
+        const end = b.readBigUInt64BE(1)
+        if (end > st.sent) st.sent = end
+        if (b[17] === 1) this.feedback(st)
+        this.wake()
+      }
+    })
+    client.on('error', fail)
+    client.on('end', () => fail(new Error('Connection terminated')))
+    const started = new Promise<void>((resolve, reject) => {
+      conn.once('replicationStart', resolve)
+      client
+        .query(`START_REPLICATION SLOT ${quoteIdent(this.opts.slot)} LOGICAL ${lsnText(this.confirmed)} (proto_version '1', publication_names ${quoteLiteral(this.opts.publication)})`)
+        .then(() => fail(new Error('Connection terminated: the replication stream stopped')))
+        .catch((err) => {
+          fail(err)
+          reject(st.error)
+        })
+    })
+    try {
+      await started
+    } catch (err) {
+      await client.end().catch(() => {})
+      if (st.stale) {
+        await this.query(
+          `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = $1 AND active AND active_pid <> pg_backend_pid()`,
+          [this.opts.slot],
+          'cannot end the earlier replication connection'
+        ).catch(() => {})
       }
       throw err
     }
-    const batch = await this.fold(rows)
-    if (batch === null) return this.idle()
-    return batch
+    this.stream = st
+    return st
+  }
+
+  /**
+   * Waits (up to 2 s) until the stream has delivered everything committed before this call: the server's
+   * flushed WAL position now, against how far its walsender has read, which a keepalive it is asked for
+   * reports after every message before it. So a read returns every change committed before it began.
+   */
+  private async caughtUp(st: Stream): Promise<void> {
+    const r = await this.query('SELECT pg_current_wal_flush_lsn()::text AS lsn', [], 'cannot read the server position')
+    const target = parseLsn(r.rows[0].lsn)
+    const until = Date.now() + 2000
+    while (st.sent < target && !st.ended && Date.now() < until) {
+      this.feedback(st, true)
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 50)
+        this.waiters.push(() => {
+          clearTimeout(t)
+          resolve()
+        })
+      })
+    }
+  }
+
+  /** Tells the server how far the log holds the stream (its slot may let go of the WAL before it). */
+  private feedback(st: Stream, askReply = false): void {
+    if (st.ended) return
+    const b = Buffer.alloc(34)
+    b[0] = 0x72 // 'r': standby status update
+    b.writeBigUInt64BE(this.confirmed, 1) // written
+    b.writeBigUInt64BE(this.confirmed, 9) // flushed
+    b.writeBigUInt64BE(this.confirmed, 17) // applied
+    b.writeBigInt64BE(BigInt(Date.now() - PG_EPOCH_MS) * 1000n, 25)
+    b[33] = askReply ? 1 : 0
+    try {
+      ;(st.client as unknown as { connection: PgConnection }).connection.sendCopyFromChunk(b)
+    } catch {
+      // A connection that broke: the stream's error handler says so.
+    }
+  }
+
+  private wake(): void {
+    const w = this.waiters
+    this.waiters = []
+    for (const f of w) f()
   }
 
   /** Nothing to read: look for schema changes no row has shown yet, and for sequences that moved. */
@@ -458,7 +625,10 @@ export class PostgresCapture implements CaptureSide {
   }
 
   /** Folds the decoded messages into one batch of whole transactions; null when none is new. */
-  private async fold(rows: Array<{ data: Buffer }>): Promise<CaptureBatch | null> {
+  private async fold(rows: Buffer[]): Promise<CaptureBatch | null> {
+    // The columns each table's rows have at this point of the stream: pgoutput sends a Relation message once
+    // per session and again when a table changes, so the state at the start of the unread part is kept.
+    const rel = new Map(this.stream?.rel ?? [])
     const folds = new Map<number, TableFold>()
     const foldOf = (k: Known) => {
       let f = folds.get(k.def.id)
@@ -476,7 +646,7 @@ export class PostgresCapture implements CaptureSide {
     for (let i = 0; i < rows.length && !stop; i++) {
       let m: PgMessage
       try {
-        m = decodeMessage(rows[i].data)
+        m = decodeMessage(rows[i])
       } catch (err) {
         throw MeshError.DATABASE_ERROR(`cannot decode a pgoutput message: ${(err as Error).message}`, { cause: err })
       }
@@ -485,22 +655,23 @@ export class PostgresCapture implements CaptureSide {
           pending = []
           truncated = []
           break
-        case 'relation': {
-          if (m.namespace === OWN_SCHEMA || this.skippedTables.some((s) => s.oid === m.oid)) break
-          const known = this.tables.get(m.oid)
-          if (known && known.shape === shapeOfRelation(m)) break
-          if (txs > 0) {
-            stop = true // the schema entry for this table goes first in the next unit
-            break
-          }
-          await this.learnRelation(m)
+        case 'relation':
+          rel.set(m.oid, m)
           break
-        }
         case 'insert':
         case 'update':
         case 'delete': {
+          const r = rel.get(m.oid)
+          if (!r || r.namespace === OWN_SCHEMA || this.skippedTables.some((s) => s.oid === m.oid)) break
+          if (this.tables.get(m.oid)?.shape !== shapeOfRelation(r)) {
+            if (txs > 0) {
+              stop = true // the schema entry for this table goes first in the next unit
+              break
+            }
+            await this.learnRelation(r)
+          }
           const k = this.tables.get(m.oid)
-          if (!k) break // our own tables, or a table that cannot be carried
+          if (!k) break
           pending.push((f) => applyChange(f(k), k, m))
           break
         }
@@ -599,11 +770,41 @@ export class PostgresCapture implements CaptureSide {
       this.ackedSeq = this.lastRead.seq
       this.lastRead = null
     }
-    await this.advance(lsn)
+    if (lsn > this.confirmed) this.confirmed = lsn
+    const st = this.stream
+    if (st) {
+      // Drop every message of the transactions the log now holds; keep the tables' shapes they carried.
+      let cut = 0
+      for (let i = 0; i < st.buf.length; i++) {
+        const b = st.buf[i]
+        if (b[0] === 0x43 && b.readBigUInt64BE(10) <= lsn) cut = i + 1
+        else if (b[0] === 0x43) break
+      }
+      for (let i = 0; i < cut; i++) {
+        if (st.buf[i][0] === 0x52) {
+          const m = decodeMessage(st.buf[i])
+          if (m.tag === 'relation') st.rel.set(m.oid, m)
+        }
+      }
+      st.buf.splice(0, cut)
+      st.firstAt = Date.now()
+      if (st.paused && st.buf.length < MAX_BUFFERED / 2) {
+        st.paused = false
+        ;(st.client as unknown as { connection: PgConnection }).connection.stream.resume()
+      }
+      this.feedback(st)
+    }
   }
 
   async wait(ms: number): Promise<void> {
-    await new Promise((resolve) => setTimeout(resolve, ms))
+    if (this.stream && this.stream.buf.length > 0) return
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms)
+      this.waiters.push(() => {
+        clearTimeout(t)
+        resolve()
+      })
+    })
   }
 
   skipped(): Array<{ table: string; reason: string }> {
@@ -623,7 +824,18 @@ export class PostgresCapture implements CaptureSide {
     return { retainedBytes: Number(r.rows[0].retained ?? 0), limitBytes: lim < 0 ? null : lim, status: r.rows[0].status ?? 'lost' }
   }
 
+  private async stopStream(): Promise<void> {
+    const st = this.stream
+    this.stream = null
+    if (st) {
+      st.ended = true
+      await st.client.end().catch(() => {})
+    }
+    this.wake()
+  }
+
   async close(): Promise<void> {
+    await this.stopStream()
     await this.endSnapshot()
     await this.session.close()
   }
