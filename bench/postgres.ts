@@ -473,11 +473,12 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     p.replicaLog.core.on('append', () => replicated.push({ length: p.replicaLog.length, t: nowMs() }))
     const setupMs = nowMs() - t
 
-    // The capture's connection at the origin (peeks: decoding runs in that backend), the apply's at the replica.
-    const captureBackends = await pidsOf(o, OTHER_BACKENDS)
+    // Capture at the origin: the walsender that streams the slot (decoding runs there) and capture's SQL
+    // connection; the apply's connection at the replica.
+    const captureBackends = [...(await pidsOf(o, 'SELECT pid FROM pg_stat_replication')), ...(await pidsOf(o, OTHER_BACKENDS))]
     const applyBackends = await pidsOf(poller, OTHER_BACKENDS)
-    // The slot while pgbench runs: each peek decodes the WAL from restart_lsn on (and skips what is before
-    // confirmed_flush_lsn), so how far restart_lsn trails the WAL's end is what every read decodes again.
+    // The slot while pgbench runs: how far restart_lsn and confirmed_flush_lsn trail the WAL's end (what a
+    // restart of the stream would decode again, and what the log does not hold yet).
     const sampler = await connectTo(origin.url(DB))
     let sampling = true
     const lags: Array<{ restart: number; confirmed: number }> = []
@@ -594,11 +595,11 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
     }
     say('')
     say(`  branchmesh, where the time goes (from the end of the initial copy to caught up; ${d.units} units with rows, ${d.rows} row changes carried, net per key after folding):`)
-    say(`    capture read (peek at the slot, decode, fold): ${f0(d.readMs)} ms in ${d.reads} reads (${d.emptyReads} found nothing); log append: ${f0(d.appendMs)} ms; acknowledge (advance the slot): ${f0(d.ackMs)} ms; apply: ${f0(d.applyMs)} ms`)
+    say(`    capture read (from the stream, decode, fold; with up to 20 ms gathering): ${f0(d.readMs)} ms in ${d.reads} reads (${d.emptyReads} found nothing); log append: ${f0(d.appendMs)} ms; acknowledge (standby status update): ${f0(d.ackMs)} ms; apply: ${f0(d.applyMs)} ms`)
     say(`    captured while pgbench ran: ${d.rowsDuring} rows (${f0(d.rowsDuring / runS)} rows/s); after its end: ${d.rowsAfter} rows in ${d.unitsAfter} units`)
     say(`    the last unit with rows, ms after pgbench's exit: appended at the origin ${f1(d.lastAppendedMs)}, acknowledged ${f1(d.lastCapturedMs)}, replicated ${f1(d.lastReplicatedMs)}, applied ${f1(d.lastAppliedMs)}; seen equal by the poll ${f1(cuB)}`)
     say(`    apply: ${f0(applyRate)} rows/s while applying (rows / time inside apply()); initial copy of ${scale * 100_000} accounts: ${(d.copyMs / 1000).toFixed(1)} s`)
-    say(`    the slot while pgbench ran (mean of samples every 250 ms): restart_lsn ${mb(d.slotRestartLagBytes)} MB behind the WAL's end (each peek decodes from there again), confirmed_flush_lsn ${mb(d.slotConfirmedLagBytes)} MB behind`)
+    say(`    the slot while pgbench ran (mean of samples every 250 ms): restart_lsn ${mb(d.slotRestartLagBytes)} MB behind the WAL's end (a restarted stream decodes from there), confirmed_flush_lsn ${mb(d.slotConfirmedLagBytes)} MB behind`)
     if (d.captureErrors.length || d.applyErrors.length) {
       say(`    errors: capture ${d.captureErrors.length} (${d.captureErrors.slice(0, 3).join('; ')}), apply ${d.applyErrors.length} (${d.applyErrors.slice(0, 3).join('; ')})`)
     }
@@ -609,7 +610,7 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
     const wal = (s: Scenario) => `WAL ${mb(s.walBytes)} MB (${Math.round(s.walBytes / s.run.transactions)} bytes per transaction)`
     say(`    alone:      ${busy(a.cpu)}; ${wal(a)}`)
     say(`    native:     ${busy(n.cpu)}; walsender at the origin (decoding) ${cpuS(n.cpu.originMs)} s, subscriber's apply worker ${cpuS(n.cpu.replicaMs)} s; ${wal(n)}`)
-    say(`    branchmesh: ${busy(b.cpu)}; capture's backend at the origin (peek: decoding) ${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`)
+    say(`    branchmesh: ${busy(b.cpu)}; capture at the origin (walsender decoding + its SQL connection) ${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`)
     if ([a, n, b].some((s) => s.run.failed > 0)) say(`  pgbench failed transactions: alone ${a.run.failed}, native ${n.run.failed}, branchmesh ${b.run.failed}`)
     say(`  set-up (not measured): alone ${(a.setupMs / 1000).toFixed(1)} s, native ${(n.setupMs / 1000).toFixed(1)} s, branchmesh ${(b.setupMs / 1000).toFixed(1)} s; this benchmark took ${totalS.toFixed(0)} s in all`)
 
