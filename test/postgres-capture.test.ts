@@ -147,3 +147,27 @@ test('a column rename stops apply with UNSUPPORTED_DDL, the replica stays at its
   await assert.rejects(() => p.settle(), (err: Error & { code?: string }) => err.code === 'UNSUPPORTED_DDL' && /rename/.test(err.message))
   assert.deepEqual(await pgDump(replicaUrl), before, 'nothing of the unit was applied')
 })
+
+test('foreign keys and unique constraints: the replica has them (deferred to commit) and follows writes in any order', async (t) => {
+  const { run, same, cluster } = await setup(
+    t,
+    `CREATE TABLE parent (id int PRIMARY KEY, code text UNIQUE);
+     CREATE TABLE child (id int PRIMARY KEY, parent int NOT NULL REFERENCES parent (id) ON DELETE CASCADE, note text);
+     INSERT INTO parent VALUES (1, 'a'), (2, 'b');
+     INSERT INTO child VALUES (10, 1, 'x'), (20, 2, 'y');`
+  )
+  await same('the initial copy')
+  // Codes swapped between two rows, a parent deleted with its children, a new parent and child together.
+  await run(`BEGIN; UPDATE parent SET code = 'tmp' WHERE id = 1; UPDATE parent SET code = 'a' WHERE id = 2; UPDATE parent SET code = 'b' WHERE id = 1; COMMIT`)
+  await run(`DELETE FROM parent WHERE id = 2; BEGIN; INSERT INTO parent VALUES (3, 'c'); INSERT INTO child VALUES (30, 3, 'z'); COMMIT`)
+  await same('swaps, cascades and new rows')
+  const cons = await cluster.query(
+    `SELECT conname, contype, condeferrable AS d FROM pg_constraint WHERE conrelid IN ('parent'::regclass, 'child'::regclass) AND contype IN ('u', 'f') ORDER BY conname`,
+    [],
+    'replica'
+  )
+  assert.deepEqual(cons, [
+    { conname: 'child_parent_fkey', contype: 'f', d: 't' },
+    { conname: 'parent_code_key', contype: 'u', d: 't' }
+  ])
+})

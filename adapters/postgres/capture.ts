@@ -131,6 +131,8 @@ interface Stream {
   sent: bigint
   /** When the oldest message in `buf` arrived. */
   firstAt: number
+  /** How many messages of `buf` the last read looked at. */
+  seen: number
 }
 
 interface Known {
@@ -454,7 +456,8 @@ export class PostgresCapture implements CaptureSide {
     if (st.buf.length > 0 && st.buf.length < 5000 && Date.now() - st.firstAt < gather) {
       await new Promise((resolve) => setTimeout(resolve, gather - (Date.now() - st.firstAt)))
     }
-    const batch = await this.fold(st.buf.slice(0, st.buf.length))
+    st.seen = st.buf.length
+    const batch = await this.fold(st.buf.slice(0, st.seen))
     if (batch === null) {
       // Only now can a broken stream matter: everything it delivered has been read.
       if (st.error) {
@@ -482,7 +485,7 @@ export class PostgresCapture implements CaptureSide {
       if (old.error && old.error.code !== 'PG_UNREACHABLE') throw old.error
     }
     const client = await connect(this.opts.url, { replication: true, doing: 'cannot open a replication connection' })
-    const st: Stream = { client, buf: [], rel: new Map(), ended: false, error: null, paused: false, sent: 0n, firstAt: 0 }
+    const st: Stream = { client, buf: [], rel: new Map(), ended: false, error: null, paused: false, sent: 0n, firstAt: 0, seen: 0 }
     const conn = (client as unknown as { connection: PgConnection }).connection
     const fail = (err: unknown) => {
       if (st.ended) return
@@ -787,6 +790,7 @@ export class PostgresCapture implements CaptureSide {
         }
       }
       st.buf.splice(0, cut)
+      st.seen = Math.max(0, st.seen - cut)
       st.firstAt = Date.now()
       if (st.paused && st.buf.length < MAX_BUFFERED / 2) {
         st.paused = false
@@ -797,7 +801,8 @@ export class PostgresCapture implements CaptureSide {
   }
 
   async wait(ms: number): Promise<void> {
-    if (this.stream && this.stream.buf.length > 0) return
+    // Messages that arrived since the last read; not the ones it saw (a transaction still arriving).
+    if (this.stream && this.stream.buf.length > this.stream.seen) return
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, ms)
       this.waiters.push(() => {
