@@ -29,16 +29,26 @@ import { connect, quoteIdent, readObjects, readTables } from '../adapters/postgr
 
 export type EngineName = 'sqlite' | 'postgres'
 
-/** Replication slot and publication of a PostgreSQL dataset at its origin. */
-export function pgSlotName(dataset: string): string {
-  return `branchmesh_${dataset.replace(/[^a-z0-9_]/gi, '_').toLowerCase()}`
+/**
+ * Replication slot and publication of a PostgreSQL dataset at its origin: `branchmesh_<dataset id>`, and for
+ * a later epoch `..._e<N>` (slot names are server-wide: a promoted replica on the old origin's server must not
+ * take the old origin's name).
+ */
+export function pgSlotName(dataset: string, epoch = 0): string {
+  const base = `branchmesh_${dataset.replace(/[^a-z0-9_]/gi, '_').toLowerCase()}`
+  return epoch === 0 ? base : `${base}_e${epoch}`
+}
+
+/** Matches every slot name of the dataset (any epoch), for a LIKE. */
+function slotPattern(dataset: string): string {
+  return `${pgSlotName(dataset).replace(/_/g, '\\_')}%`
 }
 
 export type CaptureMode = 'logical' | 'triggers'
 
-export function openCapture(engine: string, where: string, dataset: string, logger: Logger, mode: CaptureMode = 'logical'): CaptureSide {
+export function openCapture(engine: string, where: string, dataset: string, logger: Logger, mode: CaptureMode = 'logical', epoch = 0): CaptureSide {
   if (engine === 'postgres' && mode === 'triggers') return new PostgresTriggerCapture({ url: where, logger })
-  if (engine === 'postgres') return new PostgresCapture({ url: where, slot: pgSlotName(dataset), publication: pgSlotName(dataset), logger })
+  if (engine === 'postgres') return new PostgresCapture({ url: where, slot: pgSlotName(dataset, epoch), publication: pgSlotName(dataset), logger })
   return new SqliteCapture({ path: where, logger })
 }
 
@@ -78,8 +88,8 @@ export async function roleOf(engine: string, where: string, dataset: string): Pr
   try {
     const r = await client.query(
       `SELECT to_regclass('_mesh.replica') IS NOT NULL AS replica,
-              EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()) OR to_regclass('_mesh.changes') IS NOT NULL AS slot`,
-      [pgSlotName(dataset)]
+              EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name LIKE $1 AND database = current_database()) OR to_regclass('_mesh.changes') IS NOT NULL AS slot`,
+      [slotPattern(dataset)]
     )
     if (r.rows[0].replica === 't') return 'replica'
     return r.rows[0].slot === 't' ? 'origin' : 'plain'
@@ -118,7 +128,7 @@ export async function ensurePgDatabase(serverUrl: string, url: string, fresh: bo
 export async function dropPgCapture(url: string, dataset: string): Promise<void> {
   const client = await connect(url, { doing: 'cannot connect to the fenced database' })
   try {
-    await client.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [pgSlotName(dataset)])
+    await dropSlots(client, dataset)
     await client.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(pgSlotName(dataset))}`)
   } finally {
     await client.end().catch(() => {})
@@ -182,7 +192,7 @@ export async function resetPgDatabase(url: string, dataset: string): Promise<voi
     await client.query(`DROP SCHEMA IF EXISTS _mesh CASCADE`)
     await client.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(pgSlotName(dataset))}`)
     await client.query('COMMIT')
-    await client.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [pgSlotName(dataset)])
+    await dropSlots(client, dataset)
   } catch (err) {
     await client.query('ROLLBACK').catch(() => {})
     throw MeshError.wrap(err, MeshError.DATABASE_ERROR, `cannot empty ${redactUrl(url)} to rebuild it`)
@@ -192,11 +202,28 @@ export async function resetPgDatabase(url: string, dataset: string): Promise<voi
 }
 
 /** What a PostgreSQL origin's slot keeps on the server's disk; status 'lost' when the slot is gone. */
-export async function pgWalRetention(url: string, dataset: string): Promise<{ retainedBytes: number; limitBytes: number | null; status: string }> {
-  const capture = new PostgresCapture({ url, slot: pgSlotName(dataset), publication: pgSlotName(dataset) })
+export async function pgWalRetention(url: string, dataset: string, epoch = 0): Promise<{ retainedBytes: number; limitBytes: number | null; status: string }> {
+  const capture = new PostgresCapture({ url, slot: pgSlotName(dataset, epoch), publication: pgSlotName(dataset) })
   try {
     return await capture.walRetention()
   } finally {
     await capture.close()
   }
+}
+
+/**
+ * Drops the dataset's replication slots in this database (any epoch), waiting (up to 10 s) for the server to
+ * let go of a stream that was just closed: an active slot cannot be dropped, and a slot left behind keeps WAL
+ * on the disk for ever. Slots of other databases on the same server are never touched.
+ */
+async function dropSlots(client: Awaited<ReturnType<typeof connect>>, dataset: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const r = await client.query('SELECT slot_name, active FROM pg_replication_slots WHERE slot_name LIKE $1 AND database = current_database()', [slotPattern(dataset)])
+    if (r.rows.length === 0) return
+    for (const s of r.rows) if (s.active !== 't') await client.query('SELECT pg_drop_replication_slot($1)', [s.slot_name]).catch(() => {})
+    if (r.rows.some((s) => s.active === 't')) await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  throw MeshError.DATABASE_ERROR(`a replication slot of this dataset is still in use; it keeps WAL until it is dropped`, {
+    hint: `Find who reads it (SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = current_database()) and drop it with pg_drop_replication_slot.`
+  })
 }

@@ -786,7 +786,7 @@ export class MeshNode extends EventEmitter {
 
   private async openOrigin(info: DatasetInfo, local: LocalDataset, w: WrittenLog): Promise<Origin> {
     const log = await this.openWritten(w)
-    const side = openCapture(info.engine, local.path, info.id, this.logger, await this.captureMode(info, local))
+    const side = openCapture(info.engine, local.path, info.id, this.logger, await this.captureMode(info, local), w.epoch)
     const loop = new CaptureLoop({
       capture: side,
       log,

@@ -171,3 +171,17 @@ test('foreign keys and unique constraints: the replica has them (deferred to com
     { conname: 'parent_code_key', contype: 'u', d: 't' }
   ])
 })
+
+test('a transaction larger than the stream buffer, writes on both sides of an ALTER in one transaction, a key change that keeps a TOASTed value', async (t) => {
+  const { run, same } = await setup(t, `CREATE TABLE big (id int PRIMARY KEY, v text); CREATE TABLE items (id int PRIMARY KEY, name text); CREATE TABLE docs (id int PRIMARY KEY, body text, n int)`)
+  await same('before')
+  // 250,000 row messages in one transaction: more than the stream keeps before it pauses.
+  await run(`INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 250000) g`)
+  await run(`INSERT INTO big VALUES (0, 'after')`)
+  await same('one transaction of 250,000 rows, then another')
+  await run(`BEGIN; INSERT INTO items VALUES (1, 'before the alter'); ALTER TABLE items ADD COLUMN price int; INSERT INTO items VALUES (2, 'after the alter', 5); COMMIT`)
+  await same('rows of two shapes in one transaction')
+  await run(`INSERT INTO docs VALUES (1, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 4000) g), 0)`)
+  await run(`UPDATE docs SET id = 2, n = 1 WHERE id = 1`)
+  await same('a primary key change that leaves the TOASTed body unchanged')
+})

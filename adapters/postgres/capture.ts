@@ -133,6 +133,8 @@ interface Stream {
   firstAt: number
   /** How many messages of `buf` the last read looked at. */
   seen: number
+  /** Commit messages in `buf`. */
+  commits: number
 }
 
 interface Known {
@@ -183,6 +185,17 @@ class TableFold {
     const k = JSON.stringify(old)
     this.byKey.delete(k)
     this.byKey.set(k, { key: old })
+  }
+
+  /** Whether `row` (this very array) is the last change of its key. */
+  holds(row: Value[]): boolean {
+    return this.byKey.get(this.keyOf(row))?.row === row
+  }
+
+  /** Puts `next` in place of `row` as its key's change; null: the key is deleted instead. */
+  replace(row: Value[], next: Value[] | null): void {
+    const k = this.keyOf(row)
+    this.byKey.set(k, next ? { row: next } : { key: this.def.key.map((i) => row[i]) })
   }
 
   /** Drops every change: the table was truncated. */
@@ -276,7 +289,7 @@ export class PostgresCapture implements CaptureSide {
     if (replica.rows[0].has === 't') await this.adopt()
     await this.ids.load(await this.db())
     await this.loadCatalog()
-    const slot = await this.query('SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1', [this.opts.slot])
+    const slot = await this.query('SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()', [this.opts.slot])
     if (slot.rows.length === 0) this.slotMissing = true
     else {
       if (slot.rows[0].plugin !== 'pgoutput') {
@@ -294,7 +307,7 @@ export class PostgresCapture implements CaptureSide {
    * continues from the state the replica holds), then adopt.ts does the rest in one transaction.
    */
   private async adopt(): Promise<void> {
-    const slot = await this.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [this.opts.slot])
+    const slot = await this.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()', [this.opts.slot])
     if (slot.rows.length === 0) {
       await this.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [this.opts.slot], 'cannot create the replication slot')
     }
@@ -354,9 +367,11 @@ export class PostgresCapture implements CaptureSide {
   async resume(source: Uint8Array | null): Promise<void> {
     if (this.slotMissing) throw this.slotGone()
     if (source === null) return
+    // The stream starts from here (START_REPLICATION skips what is before it): no call on the slot, which
+    // an earlier run's stream may still hold for a moment.
     const lsn = decodeSource(source)
     if (lsn > this.acked) this.acked = lsn
-    await this.advance(lsn)
+    if (lsn > this.confirmed) this.confirmed = lsn
   }
 
   private slotGone(): MeshError {
@@ -364,21 +379,6 @@ export class PostgresCapture implements CaptureSide {
       `the replication slot ${this.opts.slot} at ${this.where} is gone (dropped, or invalidated by max_slot_wal_keep_size): the changes since it was lost cannot be read, so the whole database is copied into the log again`,
       { context: { slot: this.opts.slot } }
     )
-  }
-
-  private async advance(lsn: bigint): Promise<void> {
-    if (lsn <= this.confirmed) return
-    try {
-      await this.query(
-        `SELECT pg_replication_slot_advance($1, $2::pg_lsn) FROM pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn < $2::pg_lsn`,
-        [this.opts.slot, lsnText(lsn)],
-        'cannot acknowledge the captured changes'
-      )
-    } catch (err) {
-      if (/does not exist/.test((err as Error).message)) throw this.slotGone()
-      throw err
-    }
-    this.confirmed = lsn
   }
 
   async schema(): Promise<SchemaEntry> {
@@ -399,7 +399,7 @@ export class PostgresCapture implements CaptureSide {
     await this.endSnapshot()
     await this.stopStream()
     const slot = this.opts.slot
-    await this.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [slot], 'cannot replace the replication slot')
+    await this.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database() AND NOT active`, [slot], 'cannot replace the replication slot')
     const repl = await connect(this.opts.url, { replication: true, doing: 'cannot open a replication connection' })
     let tx: Client | null = null
     try {
@@ -485,7 +485,7 @@ export class PostgresCapture implements CaptureSide {
       if (old.error && old.error.code !== 'PG_UNREACHABLE') throw old.error
     }
     const client = await connect(this.opts.url, { replication: true, doing: 'cannot open a replication connection' })
-    const st: Stream = { client, buf: [], rel: new Map(), ended: false, error: null, paused: false, sent: 0n, firstAt: 0, seen: 0 }
+    const st: Stream = { client, buf: [], rel: new Map(), ended: false, error: null, paused: false, sent: 0n, firstAt: 0, seen: 0, commits: 0 }
     const conn = (client as unknown as { connection: PgConnection }).connection
     const fail = (err: unknown) => {
       if (st.ended) return
@@ -511,8 +511,12 @@ export class PostgresCapture implements CaptureSide {
         if (end > st.sent) st.sent = end
         // A copy: pg's parser reuses the buffer the chunk points into.
         if (st.buf.length === 0) st.firstAt = Date.now()
-        st.buf.push(Buffer.from(b.subarray(25)))
-        if (st.buf.length > MAX_BUFFERED && !st.paused) {
+        const payload = Buffer.from(b.subarray(25))
+        st.buf.push(payload)
+        if (payload[0] === 0x43) st.commits++
+        // Paused only while a whole transaction waits here: its read and ack resume the stream. (pgoutput
+        // sends a transaction at its commit: pausing inside one would wait for ever.)
+        if (st.buf.length > MAX_BUFFERED && st.commits > 0 && !st.paused) {
           st.paused = true
           conn.stream.pause()
         }
@@ -543,7 +547,7 @@ export class PostgresCapture implements CaptureSide {
       await client.end().catch(() => {})
       if (st.stale) {
         await this.query(
-          `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = $1 AND active AND active_pid <> pg_backend_pid()`,
+          `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database() AND active AND active_pid <> pg_backend_pid()`,
           [this.opts.slot],
           'cannot end the earlier replication connection'
         ).catch(() => {})
@@ -646,6 +650,8 @@ export class PostgresCapture implements CaptureSide {
     let pending: Array<(f: (k: Known) => TableFold) => void> = []
     let truncated: number[] = []
     let stop = false
+    // Rows whose primary key changed while a TOASTed value stayed as it was: the value is read at the end.
+    const fills: Fill[] = []
     for (let i = 0; i < rows.length && !stop; i++) {
       let m: PgMessage
       try {
@@ -673,9 +679,13 @@ export class PostgresCapture implements CaptureSide {
             }
             await this.learnRelation(r)
           }
-          const k = this.tables.get(m.oid)
-          if (!k) break
-          pending.push((f) => applyChange(f(k), k, m))
+          if (!this.tables.has(m.oid)) break
+          // Mapped at the commit, onto the table's shape then: a transaction that altered the table between
+          // two writes has rows of both shapes, carried by column name (a column a row lacks is NULL).
+          pending.push((f) => {
+            const k = this.tables.get(m.oid)!
+            applyChange(f(k), k, reshape(m, r, k), fills)
+          })
           break
         }
         case 'truncate': {
@@ -712,11 +722,33 @@ export class PostgresCapture implements CaptureSide {
       }
     }
     if (txs === 0) return null
+    await this.fill(fills, folds)
     const changes = [...folds.values()].map((f) => f.changes()).filter((c) => c.upserts.length || c.deletes.length)
     const seq = await this.sequenceChanges()
     if (seq.upserts.length) changes.push(seq)
     const schema = this.schemaPending
     return this.finish({ schema, changes, rows: total, end, time, seq })
+  }
+
+  /**
+   * A row whose primary key changed while a TOASTed value stayed as it was: pgoutput sends neither the value
+   * nor the old row, and the row moves to a new key at the replica, so the value is read from the origin
+   * now. If the row is gone since, it went in a later transaction: the replica only loses the old key now
+   * and the row never appears, which is where the later delete would leave it anyway.
+   */
+  private async fill(fills: Fill[], folds: Map<number, TableFold>): Promise<void> {
+    for (const f of fills) {
+      const fold = folds.get(f.def.id)
+      if (!fold || !fold.holds(f.row)) continue
+      const cols = f.def.columns.map((c) => quoteIdent(c.name)).join(', ')
+      const where = f.def.key.map((i, j) => `${quoteIdent(f.def.columns[i].name)} = $${j + 1}::${f.def.columns[i].type}`).join(' AND ')
+      const r = await this.session.run('cannot read a moved row', (db) =>
+        db.query({ text: `SELECT ${cols} FROM ONLY ${f.def.name} WHERE ${where}`, values: f.def.key.map((i) => f.row[i]), rowMode: 'array' })
+      )
+      const now = r.rows[0] as Value[] | undefined
+      if (now) fold.replace(f.row, f.row.map((v, i) => (isUnchanged(v) ? now[i] : v)))
+      else fold.replace(f.row, null)
+    }
   }
 
   /** A table whose rows now have a shape not sent yet: its definition as the rows have it goes out first. */
@@ -784,6 +816,7 @@ export class PostgresCapture implements CaptureSide {
         else if (b[0] === 0x43) break
       }
       for (let i = 0; i < cut; i++) {
+        if (st.buf[i][0] === 0x43) st.commits--
         if (st.buf[i][0] === 0x52) {
           const m = decodeMessage(st.buf[i])
           if (m.tag === 'relation') st.rel.set(m.oid, m)
@@ -821,7 +854,7 @@ export class PostgresCapture implements CaptureSide {
     const r = await this.query(
       `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8::text AS retained, wal_status AS status,
               pg_size_bytes(current_setting('max_slot_wal_keep_size') || CASE WHEN current_setting('max_slot_wal_keep_size') ~ '^-?[0-9]+$' THEN 'MB' ELSE '' END)::text AS lim
-         FROM pg_replication_slots WHERE slot_name = $1`,
+         FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`,
       [this.opts.slot]
     )
     if (r.rows.length === 0) return { retainedBytes: 0, limitBytes: null, status: 'lost' }
@@ -854,7 +887,25 @@ function shapeOfTable(t: PgTable): string {
   return JSON.stringify([t.nsp, t.rel, t.all.filter((c) => c.generated === '').map((c) => [c.name, c.typeOid, c.typmod])])
 }
 
-function applyChange(f: TableFold, k: Known, m: PgMessage): void {
+interface Fill {
+  def: TableDef
+  row: Value[]
+}
+
+type RowMessage = Extract<PgMessage, { tag: 'insert' | 'update' | 'delete' }>
+
+/** The message with its tuples laid out as `k` says, by column name (identity when the shapes agree). */
+function reshape(m: RowMessage, r: Extract<PgMessage, { tag: 'relation' }>, k: Known): RowMessage {
+  const names = k.def.columns.map((c) => c.name)
+  if (r.columns.length === names.length && r.columns.every((c, i) => c.name === names[i])) return m
+  const at = names.map((n) => r.columns.findIndex((c) => c.name === n))
+  const map = (t: TupleValue[]) => at.map((i) => (i < 0 ? null : t[i]))
+  if (m.tag === 'insert') return { ...m, row: map(m.row) }
+  if (m.tag === 'delete') return { ...m, old: map(m.old) }
+  return { ...m, row: map(m.row), old: m.old ? map(m.old) : null }
+}
+
+function applyChange(f: TableFold, k: Known, m: PgMessage, fills: Fill[]): void {
   const keyOf = (row: Value[]) => k.def.key.map((i) => row[i])
   if (m.tag === 'insert') {
     f.upsert(m.row.map(toValue))
@@ -876,7 +927,10 @@ function applyChange(f: TableFold, k: Known, m: PgMessage): void {
       return
     }
     const oldKey = keyOf(old)
-    if (JSON.stringify(oldKey) !== JSON.stringify(keyOf(row))) f.delete(oldKey)
+    if (JSON.stringify(oldKey) !== JSON.stringify(keyOf(row))) {
+      f.delete(oldKey)
+      if (row.some(isUnchanged)) fills.push({ def: k.def, row })
+    }
   }
   f.upsert(row)
 }

@@ -76,9 +76,11 @@ export async function readStatus(dir: string): Promise<SiteStatus> {
   const s = res?.status ?? statusFromDisk(dir, cfg.site, cfg.status)
   // A PostgreSQL origin's slot: asked of the server here, so it is known when the node is off.
   for (const d of cfg.datasets) {
-    if (d.engine !== 'postgres' || !s.datasets.some((x) => x.id === d.id && x.originSite === cfg.site)) continue
+    // Trigger capture has no slot; a slot's name carries its epoch.
+    const here = s.datasets.find((x) => x.id === d.id && x.originSite === cfg.site)
+    if (d.engine !== 'postgres' || d.capture === 'triggers' || !here) continue
     try {
-      addWalHealth(s, d.id, await pgWalRetention(d.path, d.id), cfg.status)
+      addWalHealth(s, d.id, await pgWalRetention(d.path, d.id, here.epoch), cfg.status)
     } catch (err) {
       s.reasons.push({ level: 'WARN', text: `cannot read the replication slot of ${d.name}: ${(err as Error).message}` })
       if (s.verdict === 'OK') s.verdict = 'WARN'
