@@ -25,7 +25,8 @@ import {
   type CaptureSide,
   type Logger
 } from '../adapters/index.ts'
-import { connect, quoteIdent, readObjects, readTables } from '../adapters/postgres/common.ts'
+import { connect, quoteIdent } from '../adapters/postgres/common.ts'
+import { CREATE_META } from '../adapters/postgres/index.ts'
 
 export type EngineName = 'sqlite' | 'postgres'
 
@@ -173,23 +174,24 @@ export function findPgDump(): string | null {
 }
 
 /**
- * Empties a PostgreSQL database of everything the mesh carries, so that it can be built again from the
- * chain of logs: its tables (and what depends on them), enum types and sequences, branchmesh's own schema,
- * and its capture (publication, then slot). Used for a fenced origin, after its divergence is written, and
- * for a replica that applied past a branch point.
+ * Empties a PostgreSQL database of what the mesh carries, so that it can be built again from the chain of
+ * logs: the tables `carried` names (for a fenced origin, what its capture carried), or those its replica
+ * bookkeeping lists (a replica that applied past a branch point), with what depends on them (views), its
+ * capture (publication, event trigger, then slot); and marks it a replica. Tables the mesh does not carry
+ * are left as they are. One transaction, but for the slot.
  */
-export async function resetPgDatabase(url: string, dataset: string): Promise<void> {
+export async function resetPgDatabase(url: string, dataset: string, carried: string[] | null): Promise<void> {
   const client = await connect(url, { doing: 'cannot connect to the database to rebuild it' })
   try {
-    const tables = await readTables(client)
-    const objects = await readObjects(client)
     await client.query('BEGIN')
-    for (const t of tables) await client.query(`DROP TABLE IF EXISTS ${t.name} CASCADE`)
-    for (const o of objects) {
-      if (o.type === 'sequence') await client.query(`DROP SEQUENCE IF EXISTS ${o.name} CASCADE`)
-      if (o.type === 'type') await client.query(`DROP TYPE IF EXISTS ${o.name} CASCADE`)
+    let tables = carried
+    if (tables === null) {
+      const meta = await client.query(`SELECT to_regclass('_mesh.replica') IS NOT NULL AS has`)
+      tables = meta.rows[0].has === 't' ? ((await client.query('SELECT tables FROM _mesh.replica')).rows as Array<{ tables: string }>).flatMap((r) => (JSON.parse(r.tables) as Array<{ name: string }>).map((t) => t.name)) : []
     }
+    for (const t of tables) await client.query(`DROP TABLE IF EXISTS ${t} CASCADE`)
     await client.query(`DROP SCHEMA IF EXISTS _mesh CASCADE`)
+    await client.query(CREATE_META)
     await client.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(pgSlotName(dataset))}`)
     await client.query('COMMIT')
     await dropSlots(client, dataset)

@@ -854,7 +854,7 @@ export class MeshNode extends EventEmitter {
    * does not (it applied past a branch point, or it was the origin: `rebuild`) is first rebuilt, in place, to
    * the state where the newest epoch began.
    */
-  private async follow(head: DatasetInfo, local: LocalDataset, rebuild: boolean): Promise<void> {
+  private async follow(head: DatasetInfo, local: LocalDataset, rebuild: boolean, carried: string[] | null = null): Promise<void> {
     const chain = await resolveChain(head, (k) => this.openLog(k))
     const pg = head.engine === 'postgres'
     if (pg && this.opts.replicaPostgres && (await roleOf('postgres', local.path, head.id)) === 'none') {
@@ -878,7 +878,7 @@ export class MeshNode extends EventEmitter {
     }
     if (rebuild && pg) {
       // PostgreSQL: the database is emptied of what the mesh carries and built again from the whole chain.
-      await resetPgDatabase(local.path, head.id)
+      await resetPgDatabase(local.path, head.id, carried)
       await side.open()
     } else if (rebuild) {
       await this.rebuild(head, chain, local.path)
@@ -983,6 +983,8 @@ export class MeshNode extends EventEmitter {
     const tail = to > 1 ? await o.log.entry(to - 1, { wait: false }) : null
     if (tail?.kind === 'fence') to--
     else await o.log.appendUnit([{ kind: 'fence', epoch: head.epoch, log: head.log, length: from }])
+    // The tables the fenced database's capture carried: a PostgreSQL rebuild replaces those and no other.
+    const carried = (o.side as { carried?(): string[] }).carried?.() ?? null
     await o.side.close()
     if (to > from || uncaptured) {
       const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')
@@ -1015,7 +1017,7 @@ export class MeshNode extends EventEmitter {
     } else {
       this.logger.info('fenced: this site made no changes after the new epoch began', { dataset: name })
     }
-    await this.follow(head, local, true)
+    await this.follow(head, local, true, carried)
   }
 
   /**

@@ -25,6 +25,11 @@ import { OWN_SCHEMA, SEQUENCES_TABLE, connect, isUnchanged, pgError, quoteIdent,
 
 const META = `${OWN_SCHEMA}.replica`
 
+/** branchmesh's bookkeeping in a replica database: its position, and the schema it last applied. */
+export const CREATE_META = `CREATE SCHEMA IF NOT EXISTS ${OWN_SCHEMA};
+CREATE TABLE IF NOT EXISTS ${META} (dataset text PRIMARY KEY, log bytea, epoch int NOT NULL DEFAULT 0, length int8 NOT NULL DEFAULT 0,
+  tree_hash bytea, state text NOT NULL DEFAULT 'empty', tables text NOT NULL DEFAULT '[]', objects text NOT NULL DEFAULT '[]')`
+
 export interface PostgresApplyOptions {
   url: string
   dataset?: string
@@ -122,11 +127,7 @@ export class PostgresApply implements ApplySide {
             context: { url: redactUrl(this.url) }
           })
         }
-        await client.query(`CREATE SCHEMA IF NOT EXISTS ${OWN_SCHEMA}`)
-        await client.query(
-          `CREATE TABLE IF NOT EXISTS ${META} (dataset text PRIMARY KEY, log bytea, epoch int NOT NULL DEFAULT 0, length int8 NOT NULL DEFAULT 0,
-             tree_hash bytea, state text NOT NULL DEFAULT 'empty', tables text NOT NULL DEFAULT '[]', objects text NOT NULL DEFAULT '[]')`
-        )
+        await client.query(CREATE_META)
       }
       this.meta = await this.loadMeta()
       if (this.expectDataset && this.meta.dataset && this.meta.dataset !== this.expectDataset) {

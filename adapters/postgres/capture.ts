@@ -849,6 +849,11 @@ export class PostgresCapture implements CaptureSide {
     return this.skippedTables.map(({ table, reason }) => ({ table, reason }))
   }
 
+  /** The tables this capture carries (quoted, qualified names). */
+  carried(): string[] {
+    return [...this.tables.values()].map((k) => k.def.name)
+  }
+
   /** How much WAL the slot keeps on the origin's disk, and the server's limit. */
   async walRetention(): Promise<{ retainedBytes: number; limitBytes: number | null; status: string }> {
     const r = await this.query(

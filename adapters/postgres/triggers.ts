@@ -273,6 +273,11 @@ export class PostgresTriggerCapture implements CaptureSide {
     return [...this.skippedTables]
   }
 
+  /** The tables this capture carries (quoted, qualified names). */
+  carried(): string[] {
+    return [...this.tables.values()].map((t) => t.def.name)
+  }
+
   async close(): Promise<void> {
     await this.session.close()
   }
