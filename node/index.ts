@@ -31,6 +31,6 @@ export {
   type MeshState,
   type Invite
 } from './state.ts'
-export { checkSource, checkReplicaServer, createDataDir } from './site.ts'
+export { checkSource, checkReplicaServer, createDataDir, undoSource } from './site.ts'
 export { checkUrl, redactUrl } from '../adapters/index.ts'
 export { valueTag } from '../adapters/index.ts'

@@ -2,7 +2,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { MeshError } from '../protocol/index.ts'
-import { capturePrerequisites, checkUrl, connect, openDatabase, quoteIdent, redactUrl } from '../adapters/index.ts'
+import { capturePrerequisites, checkUrl, connect, ensureIdentityFull, openDatabase, quoteIdent, redactUrl } from '../adapters/index.ts'
 import { pgSlotName } from './engines.ts'
 
 /**
@@ -34,10 +34,12 @@ export async function checkSource(engine: 'sqlite' | 'postgres', where: string, 
     }
     const pub = await client.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name])
     if (pub.rows.length === 0) await client.query(`CREATE PUBLICATION ${quoteIdent(name)} FOR ALL TABLES`)
-    const slot = await client.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [name])
+    const slot = await client.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()', [name])
     if (slot.rows.length === 0) await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [name])
     const keep = await client.query(`SELECT current_setting('max_slot_wal_keep_size') AS v`)
     const warnings: string[] = []
+    const identity = await ensureIdentityFull(client)
+    if (identity) warnings.push(identity)
     if (keep.rows[0].v === '-1') {
       warnings.push(
         `max_slot_wal_keep_size is unlimited: while this site's node is off, the slot ${name} keeps every WAL file on the database server's disk. Set a ceiling (ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();); if it is ever reached, the node copies the whole database again instead of filling the disk.`
@@ -46,6 +48,24 @@ export async function checkSource(engine: 'sqlite' | 'postgres', where: string, 
     return warnings
   } catch (err) {
     throw MeshError.wrap(err, MeshError.DATABASE_ERROR, `cannot set up capture in ${redactUrl(where)}`)
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
+
+/**
+ * Undoes what checkSource created, for an init or join that failed after it: the slot (which would keep WAL
+ * for ever), the publication and the event trigger. SQLite: nothing to undo.
+ */
+export async function undoSource(engine: 'sqlite' | 'postgres', where: string, dataset: string): Promise<void> {
+  if (engine !== 'postgres') return
+  const client = await connect(where, { doing: 'cannot connect to the database to undo the set-up' })
+  try {
+    const name = pgSlotName(dataset)
+    await client.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database() AND NOT active`, [name])
+    await client.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(name)}`)
+    await client.query(`DROP EVENT TRIGGER IF EXISTS branchmesh_identity_full`).catch(() => {})
+    await client.query(`DROP FUNCTION IF EXISTS _mesh.identity_full()`).catch(() => {})
   } finally {
     await client.end().catch(() => {})
   }

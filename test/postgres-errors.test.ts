@@ -163,3 +163,29 @@ test('mesh status warns, with the node off, when the origin slot keeps WAL pilin
   assert.match(reason.text, /max_slot_wal_keep_size is unlimited/)
   assert.notEqual(after.code, 0)
 })
+
+test('a join that fails leaves no slot behind; after init, tables without a primary key keep taking updates and deletes', async (t) => {
+  const cluster = await startCluster()
+  t.after(() => cluster.stop())
+  const { dir, cleanup } = tmpDir()
+  t.after(cleanup)
+  const a = await cluster.createDatabase('a')
+  const b = await cluster.createDatabase('b')
+  await cluster.query(`CREATE TABLE log (at int, what text); INSERT INTO log VALUES (1, 'x')`, [], 'a')
+  const init = await mesh(['init', '--dir', path.join(dir, 'a'), '--site', 'a', '--postgres', a, '--bootstrap', '127.0.0.1:1'])
+  assert.equal(init.code, 0, init.stderr)
+  // The publication FOR ALL TABLES exists now: PostgreSQL refuses UPDATE and DELETE on a table without a
+  // replica identity, so the application would break without REPLICA IDENTITY FULL.
+  await cluster.query(`UPDATE log SET what = 'y'; DELETE FROM log WHERE at = 1`, [], 'a')
+  await cluster.query(`CREATE TABLE later (n int); INSERT INTO later VALUES (1); UPDATE later SET n = 2; DELETE FROM later`, [], 'a')
+
+  // The inviting node is not running: the join times out, and b's database keeps no slot and no publication.
+  const invite = await mesh(['invite', '--dir', path.join(dir, 'a')])
+  assert.equal(invite.code, 0, invite.stderr)
+  const code = invite.stdout.trim().split('\n').pop()!
+  const join = await mesh(['join', code, '--dir', path.join(dir, 'b'), '--site', 'b', '--postgres', b, '--bootstrap', '127.0.0.1:1', '--timeout', '2s'])
+  assert.notEqual(join.code, 0)
+  assert.deepEqual(await cluster.query(`SELECT slot_name FROM pg_replication_slots WHERE database = 'b'`), [])
+  assert.deepEqual(await cluster.query(`SELECT pubname FROM pg_publication`, [], 'b'), [])
+  assert.equal(fs.existsSync(path.join(dir, 'b')), false)
+})

@@ -41,6 +41,7 @@ import {
   cannotCarry,
   connect,
   copyTables,
+  ensureIdentityFull,
   isUnchanged,
   pgError,
   quoteIdent,
@@ -285,6 +286,8 @@ export class PostgresCapture implements CaptureSide {
     if (pub.rows.length === 0) {
       await this.query(`CREATE PUBLICATION ${quoteIdent(this.opts.publication)} FOR ALL TABLES`, [], 'cannot create the publication')
     }
+    const warning = await this.session.run('cannot set REPLICA IDENTITY FULL', (db) => ensureIdentityFull(db))
+    if (warning) this.log.warn(warning)
     const replica = await this.query(`SELECT to_regclass('${OWN_SCHEMA}.replica') IS NOT NULL AS has`)
     if (replica.rows[0].has === 't') await this.adopt()
     await this.ids.load(await this.db())
@@ -767,6 +770,7 @@ export class PostgresCapture implements CaptureSide {
       )
       const name = types.rows.length ? types.rows[0].name : `${quoteIdent(m.namespace)}.${quoteIdent(m.name)}`
       const full = m.identity === 'f' || !m.columns.some((c) => c.key)
+      if (m.identity === 'd' && full) await this.query(`ALTER TABLE ${name} REPLICA IDENTITY FULL`, [], `cannot give ${name} (no primary key) REPLICA IDENTITY FULL`)
       const pg: PgTable = {
         oid: m.oid,
         name,

@@ -358,3 +358,39 @@ export class Session {
     await c?.end().catch(() => {})
   }
 }
+
+/**
+ * Tables without a primary key need REPLICA IDENTITY FULL once a publication FOR ALL TABLES exists: without
+ * it PostgreSQL refuses the application's UPDATE and DELETE on them. Gives it to every such table now, and
+ * installs an event trigger (superusers only) that gives it to each new one at once; returns a warning when
+ * the trigger cannot be installed (the node then does it within a second of seeing the table).
+ */
+export async function ensureIdentityFull(client: pg.Client): Promise<string | null> {
+  const tables = await readTables(client)
+  for (const t of tables) {
+    if (t.pk.length === 0 && t.replident === 'd') await client.query(`ALTER TABLE ${t.name} REPLICA IDENTITY FULL`)
+  }
+  try {
+    await client.query(IDENTITY_TRIGGER_SQL)
+    return null
+  } catch (err) {
+    return `cannot install the event trigger that gives new tables without a primary key REPLICA IDENTITY FULL (${(err as Error).message}): until the node sees such a table, PostgreSQL refuses UPDATE and DELETE on it. Create tables with a primary key, or run mesh init as a superuser.`
+  }
+}
+
+const IDENTITY_TRIGGER_SQL = `
+CREATE SCHEMA IF NOT EXISTS ${OWN_SCHEMA};
+CREATE OR REPLACE FUNCTION ${OWN_SCHEMA}.identity_full() RETURNS event_trigger LANGUAGE plpgsql AS $f$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT c.oid::regclass AS t FROM pg_event_trigger_ddl_commands() d JOIN pg_class c ON c.oid = d.objid
+            WHERE d.classid = 'pg_class'::regclass AND c.relkind = 'r' AND c.relpersistence = 'p' AND c.relreplident = 'd'
+              AND c.relnamespace::regnamespace::text <> '${OWN_SCHEMA}'
+              AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) LOOP
+    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.t);
+  END LOOP;
+END $f$;
+DROP EVENT TRIGGER IF EXISTS branchmesh_identity_full;
+CREATE EVENT TRIGGER branchmesh_identity_full ON ddl_command_end
+  WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+  EXECUTE FUNCTION ${OWN_SCHEMA}.identity_full();`

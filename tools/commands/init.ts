@@ -1,7 +1,7 @@
 import path from 'node:path'
 import crypto from 'hypercore-crypto'
 import { MeshError } from '../../protocol/index.ts'
-import { checkReplicaServer, checkSource, checkUrl, createDataDir, createSiteKey, redactUrl, sitePaths, writeMeshState, DEFAULT_THRESHOLDS } from '../../node/index.ts'
+import { checkReplicaServer, checkSource, checkUrl, createDataDir, createSiteKey, redactUrl, sitePaths, undoSource, writeMeshState, DEFAULT_THRESHOLDS } from '../../node/index.ts'
 import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE, type SiteConfig } from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
@@ -71,8 +71,11 @@ export async function newSite(values: SiteValues, example: string) {
   }
   if (replicaPostgres) await checkReplicaServer(replicaPostgres)
   if (values.capture && !values.postgres) throw MeshError.USAGE('--capture applies to --postgres only', { hint: example })
-  const warnings = await checkSource(dataset.engine, dataset.path, id, dataset.capture)
-  return { dir, config, warnings }
+  /** Sets up capture in the database (a PostgreSQL slot...), inside the data directory's creation. */
+  const setUp = () => checkSource(dataset.engine, dataset.path, id, dataset.capture)
+  /** Undoes it when what follows fails, so that nothing is left holding WAL. */
+  const undo = () => undoSource(dataset.engine, dataset.path, id).catch(() => {})
+  return { dir, config, setUp, undo }
 }
 
 /** How a dataset's database is named to the user (a URL without its password). */
@@ -85,15 +88,22 @@ export const command: Command = {
   summary: 'start a new mesh with this site as its first member',
   async run(args) {
     const { values } = parse('init', args, SITE_OPTIONS)
-    const { dir, config, warnings } = await newSite(values, 'Try: mesh init --dir DIR --site shop-north --sqlite /path/to/shop.db')
+    const { dir, config, setUp, undo } = await newSite(values, 'Try: mesh init --dir DIR --site shop-north --sqlite /path/to/shop.db')
     const { site, datasets } = config
     const { name } = datasets[0]
     const file = shownSource(datasets[0])
-    await createDataDir(dir, CONFIG_FILE, async () => {
-      const paths = sitePaths(dir)
-      const keyPair = createSiteKey(paths)
-      writeMeshState(paths, { meshId: crypto.randomBytes(32), members: [{ key: keyPair.publicKey, site, addedAt: Date.now() }], datasets: [], local: [] })
-      writeConfig(dir, config)
+    const warnings = await createDataDir(dir, CONFIG_FILE, async () => {
+      const warnings = await setUp()
+      try {
+        const paths = sitePaths(dir)
+        const keyPair = createSiteKey(paths)
+        writeMeshState(paths, { meshId: crypto.randomBytes(32), members: [{ key: keyPair.publicKey, site, addedAt: Date.now() }], datasets: [], local: [] })
+        writeConfig(dir, config)
+      } catch (err) {
+        await undo()
+        throw err
+      }
+      return warnings
     })
     out(`Created a new mesh with ${site} as its first member, in ${dir}.`)
     out(`It protects ${file} as dataset "${name}".`)

@@ -18,20 +18,28 @@ export const command: Command = {
     const example = 'Try: mesh join bm1-... --dir DIR --site shop-south --sqlite /path/to/shop.db'
     if (positionals.length !== 1) throw MeshError.USAGE(positionals.length === 0 ? 'the join code is missing' : 'give exactly one join code', { hint: example })
     const code = decodeJoinCode(positionals[0])
-    const { dir, config, warnings } = await newSite(values, example)
+    const { dir, config, setUp, undo } = await newSite(values, example)
+    let warnings: string[] = []
     const { site, bootstrap, datasets } = config
     const { name } = datasets[0]
     const file = shownSource(datasets[0])
     const timeoutMs = parseDuration(values.timeout ?? '60s', '--timeout') * 1000
     const welcome = await createDataDir(dir, CONFIG_FILE, async () => {
-      const paths = sitePaths(dir)
-      const keyPair = createSiteKey(paths)
-      out(`Looking for the inviting site${bootstrap ? ` via ${bootstrap.join(',')}` : ' on the public DHT'}...`)
-      // An expired code is refused here, before any network work, and the directory is removed again.
-      const w = await redeemJoinCode({ code, site, keyPair, network: networkOptions(bootstrap), timeoutMs })
-      writeMeshState(paths, { meshId: w.meshId, members: w.members, datasets: w.datasets, local: [] })
-      writeConfig(dir, config)
-      return w
+      warnings = await setUp()
+      try {
+        const paths = sitePaths(dir)
+        const keyPair = createSiteKey(paths)
+        out(`Looking for the inviting site${bootstrap ? ` via ${bootstrap.join(',')}` : ' on the public DHT'}...`)
+        // An expired code is refused here, before any network work, and the directory is removed again.
+        const w = await redeemJoinCode({ code, site, keyPair, network: networkOptions(bootstrap), timeoutMs })
+        writeMeshState(paths, { meshId: w.meshId, members: w.members, datasets: w.datasets, local: [] })
+        writeConfig(dir, config)
+        return w
+      } catch (err) {
+        // Nothing may be left holding WAL at the database: the slot and publication go again.
+        await undo()
+        throw err
+      }
     })
     out(`Joined the mesh as ${site}: ${welcome.members.length} members, ${welcome.datasets.length} datasets to hold.`)
     out(`It protects ${file} as dataset "${name}".`)
