@@ -3,7 +3,7 @@
  * what role a database plays, and how a copy is set aside. A dataset's `path` is a file for SQLite and a
  * connection URL for PostgreSQL.
  */
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import {
@@ -25,7 +25,7 @@ import {
   type CaptureSide,
   type Logger
 } from '../adapters/index.ts'
-import { connect, quoteIdent } from '../adapters/postgres/common.ts'
+import { connect, quoteIdent, splitPassword } from '../adapters/postgres/common.ts'
 import { CREATE_META } from '../adapters/postgres/index.ts'
 
 export type EngineName = 'sqlite' | 'postgres'
@@ -150,12 +150,22 @@ export async function keepCopy(engine: string, where: string, dir: string, site:
   const exe = findPgDump()
   let why = 'no pg_dump program was found on this machine (install PostgreSQL\'s client programs to get one)'
   if (exe) {
-    const r = spawnSync(exe, ['--no-owner', '--file', file, where], { encoding: 'utf8', timeout: 30 * 60_000 })
-    if (r.status === 0) {
+    // Not spawnSync: the node goes on answering its peers and `mesh status` while a large database is dumped.
+    // The password goes through the environment, not the command line (which `ps` shows).
+    const { url, password } = splitPassword(where)
+    const env = { ...process.env, ...(password !== null ? { PGPASSWORD: password } : {}) }
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const p = spawn(exe, ['--no-owner', '--file', file, url], { env, stdio: ['ignore', 'ignore', 'pipe'] })
+      let stderr = ''
+      p.stderr.on('data', (d) => (stderr += d))
+      p.on('error', (err) => resolve({ code: null, stderr: String(err) }))
+      p.on('exit', (code) => resolve({ code, stderr }))
+    })
+    if (r.code === 0) {
       fs.chmodSync(file, 0o600)
       return `before.sql     ${site}'s database as it was before it was rebuilt (pg_dump; restore with psql -f)`
     }
-    why = `pg_dump failed: ${(r.stderr || String(r.error)).trim().split('\n')[0]}`.replace(where, redactUrl(where))
+    why = `pg_dump failed: ${r.stderr.trim().split('\n')[0]}`.replace(url, redactUrl(url))
   }
   fs.rmSync(file, { force: true })
   return `(no copy of the database as it was: ${why}; the changes above are complete)`

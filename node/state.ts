@@ -195,7 +195,8 @@ export function writeMeshState(paths: SitePaths, s: MeshState): void {
       written: l.written.map((w) => ({ ...w, key: hex(w.key), parent: w.parent ? { key: hex(w.parent.key), length: w.parent.length } : null }))
     }))
   }
-  writeFileAtomic(paths.mesh, JSON.stringify(j, null, 2) + '\n')
+  // 0600: local[].path may be a PostgreSQL URL with a password.
+  writeFileAtomic(paths.mesh, JSON.stringify(j, null, 2) + '\n', 0o600)
 }
 
 // --- invites.json ----------------------------------------------------------------------------------------------

@@ -127,6 +127,10 @@ test('schema changes at the origin reach the replica: new tables, new and droppe
   await same('a dropped table')
   await run(`ALTER TABLE items RENAME TO goods; INSERT INTO goods (id, price) VALUES (2, 3)`)
   await same('a renamed table')
+  await run(`ALTER TABLE goods ALTER COLUMN stock DROP NOT NULL, ALTER COLUMN stock SET DEFAULT 11; INSERT INTO goods (id, price, stock) VALUES (4, 1, NULL)`)
+  await same('NOT NULL dropped and a new default')
+  const col = await cluster.query(`SELECT is_nullable, column_default FROM information_schema.columns WHERE table_name = 'goods' AND column_name = 'stock'`, [], 'replica')
+  assert.deepEqual(col, [{ is_nullable: 'YES', column_default: '11' }], 'the replica follows the new DEFAULT (and enforces no NOT NULL)')
   // The catalogs are compared on every idle look here (catalogCheckMs 0): with nothing changing, nothing is
   // written to the log.
   const length = p.originLog.length

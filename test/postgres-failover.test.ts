@@ -77,6 +77,11 @@ async function failover(t: import('node:test').TestContext, noDecoding: boolean)
     /duplicate key|unique/,
     'the unique index is enforced again at the promoted database'
   )
+  await assert.rejects(
+    () => b.cluster.query(`INSERT INTO orders (item) VALUES (NULL)`, [], new URL(promoted).pathname.slice(1)),
+    /null value/,
+    'NOT NULL is enforced again at the promoted database'
+  )
 
   // The old origin returns: it is fenced, keeps its writes aside, and follows b.
   await a.start()

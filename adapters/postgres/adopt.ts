@@ -47,6 +47,19 @@ export async function adoptReplica(db: Client): Promise<boolean> {
     for (const d of tables) {
       await db.query(`INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) SELECT to_regclass($1)::oid, $2 WHERE to_regclass($1) IS NOT NULL ON CONFLICT DO NOTHING`, [d.name, d.id])
     }
+    // NOT NULL, which a replica does not enforce (apply.ts), as the origin had it.
+    for (const d of tables) {
+      for (const c of d.columns.filter((x) => x.notNull)) {
+        await db.query('SAVEPOINT mesh_not_null')
+        try {
+          await db.query(`ALTER TABLE ${d.name} ALTER COLUMN "${c.name.replaceAll('"', '""')}" SET NOT NULL`)
+          await db.query('RELEASE mesh_not_null')
+        } catch {
+          await db.query('ROLLBACK TO mesh_not_null')
+          await db.query('RELEASE mesh_not_null')
+        }
+      }
+    }
     const feeds = await db.query(SEQUENCE_FEEDS_SQL)
     for (const f of feeds.rows) {
       await db.query(`SELECT setval('${f.seq.replaceAll("'", "''")}', greatest((SELECT last_value FROM ${f.seq}), m)) FROM (SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`)

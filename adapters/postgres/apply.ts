@@ -370,7 +370,7 @@ export class PostgresApply implements ApplySide {
       if (old === undefined) {
         await this.ensureSchema(t.name)
         await db.query(`DROP TABLE IF EXISTS ${t.name} CASCADE`)
-        await db.query(t.sql)
+        await db.query(withoutNotNull(t.sql))
       } else if (JSON.stringify(old) !== JSON.stringify(t)) {
         await this.migrate(old, t)
       }
@@ -453,12 +453,34 @@ export class PostgresApply implements ApplySide {
       for (const r of pk.rows) await db.query(`ALTER TABLE ${name} DROP CONSTRAINT ${quoteIdent(r.conname)}`)
     }
     for (const c of gone) await db.query(`ALTER TABLE ${name} DROP COLUMN ${quoteIdent(c)}`)
-    for (const c of added) await db.query(`ALTER TABLE ${name} ADD COLUMN ${columnClause(t, c)}`)
+    for (const c of added) await db.query(`ALTER TABLE ${name} ADD COLUMN ${withoutNotNull(columnClause(t, c))}`)
     for (const c of t.columns) {
       const o = before.get(c.name)
       if (o && o.type !== c.type) await db.query(`ALTER TABLE ${name} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type} USING ${quoteIdent(c.name)}::text::${c.type}`)
     }
     if (keyChanged && t.key.length) await db.query(`ALTER TABLE ${name} ADD PRIMARY KEY (${keyNames(t).map(quoteIdent).join(', ')})`)
+    // Defaults: what a promoted replica fills in. They do not change the data, so one the replica cannot take
+    // is skipped with a warning instead of stopping apply. (NOT NULL is set at promotion: see withoutNotNull.)
+    for (const c of t.columns) {
+      const o = before.get(c.name)
+      if (!o) continue
+      const col = quoteIdent(c.name)
+      const was = defaultOf(old, c.name)
+      const now = defaultOf(t, c.name)
+      const steps: string[] = []
+      if (was !== now) steps.push(now === null ? `ALTER TABLE ${name} ALTER COLUMN ${col} DROP DEFAULT` : `ALTER TABLE ${name} ALTER COLUMN ${col} SET DEFAULT ${now}`)
+      for (const sql of steps) {
+        await db.query('SAVEPOINT mesh_constraint')
+        try {
+          await db.query(sql)
+          await db.query('RELEASE mesh_constraint')
+        } catch (err) {
+          await db.query('ROLLBACK TO mesh_constraint')
+          await db.query('RELEASE mesh_constraint')
+          this.log.warn('replica cannot follow a column constraint change; it is skipped', { table: t.name, column: c.name, error: (err as Error).message })
+        }
+      }
+    }
   }
 
   async close(): Promise<void> {
@@ -475,6 +497,26 @@ function columnClause(t: TableDef, column: string): string {
   if (line) return line
   const c = t.columns.find((x) => x.name === column)!
   return `${quoteIdent(column)} ${c.type}`
+}
+
+/**
+ * A replica does not enforce NOT NULL (primary keys aside): the origin did, and a column's NOT NULL can
+ * change in the same transaction as rows that need the change, which the rows do not show. Promotion sets
+ * them again from the last schema (adopt.ts).
+ */
+function withoutNotNull(sql: string): string {
+  return sql
+    .split('\n')
+    .map((l) => l.replace(/ NOT NULL(,?)$/, '$1'))
+    .join('\n')
+}
+
+/** A column's DEFAULT expression as its table's CREATE TABLE line gives it, or null. */
+function defaultOf(t: TableDef, column: string): string | null {
+  const head = `${quoteIdent(column)} `
+  const line = t.sql.split('\n').map((l) => l.trim().replace(/,$/, '')).find((l) => l.startsWith(head))
+  const m = line ? / DEFAULT (.*?)(?: NOT NULL)?$/.exec(line) : null
+  return m ? m[1] : null
 }
 
 /** How a replica creates an index or constraint: unique ones deferred to commit (see the module comment). */

@@ -81,7 +81,7 @@ export async function capturePrerequisites(client: Client, publication: string):
       FROM pg_roles r WHERE r.rolname = current_user`, [publication])
   const s = r.rows[0]
   const problems: string[] = []
-  if (Number(s.version) < 100000) problems.push(`PostgreSQL ${s.version} has no pgoutput; version 10 or newer is needed`)
+  if (Number(s.version) < 130000) problems.push(`PostgreSQL ${s.version} is too old: logical capture needs version 13 or newer (slot WAL limits, wal_status)`)
   if (s.wal !== 'logical') problems.push(`wal_level is ${s.wal}: run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL`)
   if (Number(s.slots) < 1) problems.push('max_replication_slots is 0: set it to at least 4 in postgresql.conf and restart PostgreSQL')
   if (s.su !== 't' && s.repl !== 't') problems.push(`the role ${s.who} may not use replication: run ALTER ROLE ${quoteIdent(s.who)} REPLICATION; as a superuser`)
@@ -278,7 +278,7 @@ export class PostgresCapture implements CaptureSide {
     })
     if (problems.length) {
       throw MeshError.CANNOT_CAPTURE(`PostgreSQL at ${this.where} does not allow logical decoding: ${problems.join('; ')}`, {
-        hint: 'Make those changes, then start the node again; or, where logical decoding cannot be allowed (a hosted server), set "capture": "triggers" for this dataset in mesh.json.',
+        hint: 'Make those changes, then start the node again; or, where logical decoding cannot be allowed (a hosted server), set "capture": "triggers" for this dataset in config.json.',
         context: { problems }
       })
     }
@@ -297,7 +297,7 @@ export class PostgresCapture implements CaptureSide {
     else {
       if (slot.rows[0].plugin !== 'pgoutput') {
         throw MeshError.CANNOT_CAPTURE(`the replication slot ${this.opts.slot} uses the plugin ${slot.rows[0].plugin}, not pgoutput`, {
-          hint: `Drop it (SELECT pg_drop_replication_slot('${this.opts.slot}')) or name another slot in mesh.json.`
+          hint: `Drop it (SELECT pg_drop_replication_slot('${this.opts.slot}')) and start the node again.`
         })
       }
       this.confirmed = this.acked = parseLsn(slot.rows[0].lsn)
@@ -328,7 +328,11 @@ export class PostgresCapture implements CaptureSide {
   }
 
   /** Reads the catalogs into the tables as last sent; gives tables with no key REPLICA IDENTITY FULL. */
-  private async loadCatalog(within?: Client): Promise<boolean> {
+  /**
+   * `sameShape`: while changes flow, only what does not change a table's shape (NOT NULL, defaults, indexes,
+   * constraints) is taken from the catalogs; a new shape comes with the stream's rows, in order.
+   */
+  private async loadCatalog(within?: Client, sameShape = false): Promise<boolean> {
     const tables = await readTables(within ?? (await this.db()))
     const objects = await readObjects(within ?? (await this.db()))
     let changed = JSON.stringify(objects) !== JSON.stringify(this.objects)
@@ -351,13 +355,14 @@ export class PostgresCapture implements CaptureSide {
       }
       const known: Known = { def: await this.defOf(t), shape: shapeOfTable(t), full: t.pk.length === 0 }
       const prev = this.tables.get(t.oid)
+      if (sameShape && prev?.shape !== known.shape) continue
       if (!prev || JSON.stringify(prev.def) !== JSON.stringify(known.def)) {
         this.tables.set(t.oid, known)
         changed = true
       }
     }
     for (const oid of [...this.tables.keys()]) {
-      if (!seen.has(oid)) {
+      if (!seen.has(oid) && !sameShape) {
         this.tables.delete(oid)
         changed = true
       }
@@ -460,6 +465,10 @@ export class PostgresCapture implements CaptureSide {
       await new Promise((resolve) => setTimeout(resolve, gather - (Date.now() - st.firstAt)))
     }
     st.seen = st.buf.length
+    // Busy for a while: constraint and default changes, which rows do not show, are looked up now and then.
+    if (st.seen > 0 && Date.now() - this.lastCatalogCheck >= 10 * (this.opts.catalogCheckMs ?? 1000)) {
+      if (await this.loadCatalog(undefined, true)) this.schemaPending = true
+    }
     const batch = await this.fold(st.buf.slice(0, st.seen))
     if (batch === null) {
       // Only now can a broken stream matter: everything it delivered has been read.

@@ -44,15 +44,30 @@ export function quoteLiteral(s: string): string {
   return "'" + s.replaceAll("'", "''") + "'"
 }
 
-/** The URL with its password replaced, for messages and logs. */
+/** The URL (or key=value connection string) with its password replaced, for messages and logs. */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url)
     if (u.password) u.password = '***'
+    for (const k of [...u.searchParams.keys()]) if (/^password$/i.test(k)) u.searchParams.set(k, '***')
     return u.toString()
   } catch {
-    return url.replace(/:[^:@/]*@/, ':***@')
+    return url.replace(/:[^:@/]*@/, ':***@').replace(/(password\s*=\s*)('[^']*'|\S+)/gi, '$1***')
   }
+}
+
+/** The URL without its password, and the password (for PGPASSWORD), so no command line shows it. */
+export function splitPassword(url: string): { url: string; password: string | null } {
+  const u = new URL(url)
+  let password: string | null = u.password ? decodeURIComponent(u.password) : null
+  u.password = ''
+  for (const k of [...u.searchParams.keys()]) {
+    if (/^password$/i.test(k)) {
+      password = u.searchParams.get(k)
+      u.searchParams.delete(k)
+    }
+  }
+  return { url: u.toString(), password }
 }
 
 /** Checks that `url` is a PostgreSQL connection URL naming a database. */
