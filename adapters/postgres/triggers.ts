@@ -91,8 +91,15 @@ export class PostgresTriggerCapture implements CaptureSide {
     this.session = new Session(opts.url, 'cannot connect to the origin database')
   }
 
-  private run<T>(doing: string, fn: (db: Client) => Promise<T>): Promise<T> {
-    return this.session.run(doing, fn)
+  private async run<T>(doing: string, fn: (db: Client) => Promise<T>): Promise<T> {
+    try {
+      return await this.session.run(doing, fn)
+    } catch (err) {
+      // A table or column dropped between reading the catalogs and reading its rows: read again.
+      const code = (err as MeshError).context?.pgCode
+      if (code === '42703' || code === '42P01') throw MeshError.IO_ERROR((err as Error).message, { cause: err })
+      throw err
+    }
   }
 
   async open(): Promise<void> {
