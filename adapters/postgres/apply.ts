@@ -18,9 +18,10 @@
  * that cannot be told apart from losing data (a column that disappears while another appears: a rename or a
  * drop and an add) stops apply with UNSUPPORTED_DDL, and the replica stays at its last good position.
  */
-import { MeshError, sameBytes, type Entry, type SchemaEntry, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
+import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, Logger, ReplicaState, Unit } from '../types.ts'
 import { silentLogger } from '../types.ts'
+import { headerFits, unitFits } from '../position.ts'
 import { OWN_SCHEMA, SEQUENCES_TABLE, connect, isUnchanged, pgError, quoteIdent, quoteLiteral, redactUrl, type Client } from './common.ts'
 
 const META = `${OWN_SCHEMA}.replica`
@@ -195,23 +196,7 @@ export class PostgresApply implements ApplySide {
   async apply(unit: Unit, position: AppliedPosition): Promise<void> {
     if (this.client === null) await this.open()
     const m = this.meta
-    const end = unit.start + unit.entries.length
-    if (position.length !== end) throw MeshError.BAD_LOG(`unit [${unit.start}, ${end}) given position ${position.length}`)
-    if (m.log !== null && !sameBytes(m.log, position.log)) {
-      const h = unit.entries[0]
-      const continues = unit.start === 0 && h.kind === 'header' && h.parent !== null && sameBytes(h.parent.key, m.log) && h.parent.length === m.length
-      if (!continues) {
-        throw MeshError.LOG_MISMATCH(`the replica follows log ${Buffer.from(m.log).toString('hex').slice(0, 16)}… at ${m.length}, and this log does not continue from there`, {
-          context: { url: redactUrl(this.url), applied: m.length }
-        })
-      }
-    } else if (m.log !== null && end <= m.length) {
-      return
-    } else if (unit.start !== m.length) {
-      throw MeshError.LOG_MISMATCH(`the replica is at ${m.length} but the next unit starts at ${unit.start}`, {
-        context: { url: redactUrl(this.url), applied: m.length, start: unit.start }
-      })
-    }
+    if (unitFits(m, unit, position, { url: redactUrl(this.url) }) === 'skip') return
     const before: Meta = { ...m }
     const db = this.conn
     try {
@@ -239,14 +224,9 @@ export class PostgresApply implements ApplySide {
   private async applyEntry(entry: Entry, position: AppliedPosition): Promise<void> {
     const m = this.meta
     switch (entry.kind) {
-      case 'header': {
-        if (entry.engine !== 'postgres') throw MeshError.BAD_LOG(`log of a ${entry.engine} dataset cannot be applied to a PostgreSQL replica`)
-        const want = m.dataset ?? this.expectDataset
-        if (want !== null && want !== entry.dataset) throw MeshError.LOG_MISMATCH(`the log is of dataset ${entry.dataset}, the replica of ${want}`)
-        m.dataset = entry.dataset
-        if (entry.epoch !== position.epoch) throw MeshError.BAD_LOG(`header epoch ${entry.epoch} but position epoch ${position.epoch}`)
+      case 'header':
+        m.dataset = headerFits(entry, 'postgres', 'PostgreSQL', m.dataset ?? this.expectDataset, position)
         return
-      }
       case 'schema':
         await this.applySchema(entry)
         return

@@ -11,9 +11,10 @@
  * because the rows they would write arrive through the log anyway; promotion creates them. Foreign keys are
  * not enforced while applying for the same reason (the origin enforced them).
  */
-import { MeshError, sameBytes as equalBytes, type Entry, type SchemaEntry, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
+import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, Logger, ReplicaState, Unit } from '../types.ts'
 import { silentLogger } from '../types.ts'
+import { headerFits, unitFits } from '../position.ts'
 import { OWN_PREFIX, openDatabase, quote, sqliteError, type DB } from './common.ts'
 import type Database from 'better-sqlite3'
 
@@ -46,11 +47,6 @@ interface Meta {
 function bind(v: Value): unknown {
   if (v instanceof Uint8Array && !Buffer.isBuffer(v)) return Buffer.from(v.buffer, v.byteOffset, v.byteLength)
   return v
-}
-
-function sameBytes(a: Uint8Array | null, b: Uint8Array | null): boolean {
-  if (a === null || b === null) return a === b
-  return equalBytes(a, b)
 }
 
 export class SqliteApply implements ApplySide {
@@ -179,25 +175,7 @@ export class SqliteApply implements ApplySide {
 
   async apply(unit: Unit, position: AppliedPosition): Promise<void> {
     const m = this.meta
-    const end = unit.start + unit.entries.length
-    if (position.length !== end) throw MeshError.BAD_LOG(`unit [${unit.start}, ${end}) given position ${position.length}`)
-    if (m.log !== null && !sameBytes(m.log, position.log)) {
-      // The next epoch's log: its header must continue from exactly where this replica stands.
-      const h = unit.entries[0]
-      const continues =
-        unit.start === 0 && h.kind === 'header' && h.parent !== null && sameBytes(h.parent.key, m.log) && h.parent.length === m.length
-      if (!continues) {
-        throw MeshError.LOG_MISMATCH(`the replica follows log ${Buffer.from(m.log).toString('hex').slice(0, 16)}… at ${m.length}, and this log does not continue from there`, {
-          context: { path: this.path, applied: m.length }
-        })
-      }
-    } else if (m.log !== null && end <= m.length) {
-      return
-    } else if (unit.start !== m.length) {
-      throw MeshError.LOG_MISMATCH(`the replica is at ${m.length} but the next unit starts at ${unit.start}`, {
-        context: { path: this.path, applied: m.length, start: unit.start }
-      })
-    }
+    if (unitFits(m, unit, position, { path: this.path }) === 'skip') return
     const before = { ...m }
     try {
       this.conn.transaction(() => {
@@ -219,18 +197,9 @@ export class SqliteApply implements ApplySide {
   private applyEntry(entry: Entry, position: AppliedPosition): void {
     const m = this.meta
     switch (entry.kind) {
-      case 'header': {
-        if (entry.engine !== 'sqlite') {
-          throw MeshError.BAD_LOG(`log of a ${entry.engine} dataset cannot be applied to a SQLite replica`)
-        }
-        const want = m.dataset ?? this.expectDataset
-        if (want !== null && want !== entry.dataset) {
-          throw MeshError.LOG_MISMATCH(`the log is of dataset ${entry.dataset}, the replica of ${want}`)
-        }
-        m.dataset = entry.dataset
-        if (entry.epoch !== position.epoch) throw MeshError.BAD_LOG(`header epoch ${entry.epoch} but position epoch ${position.epoch}`)
+      case 'header':
+        m.dataset = headerFits(entry, 'sqlite', 'SQLite', m.dataset ?? this.expectDataset, position)
         return
-      }
       case 'schema':
         this.applySchema(entry)
         return
