@@ -18,6 +18,7 @@ import {
   SqliteApply,
   SqliteCapture,
   backupDatabase,
+  finishRestoredFile,
   checkUrl,
   databaseRole,
   redactUrl,
@@ -27,6 +28,7 @@ import {
 } from '../adapters/index.ts'
 import { connect, quoteIdent, splitPassword } from '../adapters/postgres/common.ts'
 import { CREATE_META } from '../adapters/postgres/index.ts'
+import { adoptReplica } from '../adapters/postgres/adopt.ts'
 
 export type EngineName = 'sqlite' | 'postgres'
 
@@ -238,4 +240,56 @@ async function dropSlots(client: Awaited<ReturnType<typeof connect>>, dataset: s
   throw MeshError.DATABASE_ERROR(`a replication slot of this dataset is still in use; it keeps WAL until it is dropped`, {
     hint: `Find who reads it (SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = current_database()) and drop it with pg_drop_replication_slot.`
   })
+}
+
+// --- restore targets ---------------------------------------------------------------------------------------------
+
+/** Refuses a restore target that is not new: an existing file, or a PostgreSQL database that holds tables. */
+export async function checkRestoreTarget(engine: string, to: string): Promise<void> {
+  if (engine !== 'postgres') {
+    if (/^postgres(ql)?:\/\//.test(to)) throw MeshError.USAGE('this dataset is SQLite: give --to a new file path')
+    if (fs.existsSync(to)) throw MeshError.USAGE(`${to} exists already`, { hint: 'Give a new file: a restore never overwrites anything.' })
+    if (!fs.existsSync(path.dirname(path.resolve(to)))) throw MeshError.NOT_FOUND(`the folder of ${to} does not exist`)
+    return
+  }
+  checkUrl(to)
+  const client = await connect(to, { doing: 'cannot connect to the database to restore into' })
+  try {
+    const r = await client.query(
+      `SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'`
+    )
+    if (Number(r.rows[0].n) > 0) {
+      throw MeshError.USAGE(`${redactUrl(to)} already holds tables`, { hint: 'Give an empty database (createdb NAME): a restore never overwrites anything.' })
+    }
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
+
+/** The apply side a restore writes with: a SQLite restore goes to `<to>.partial` until it is complete. */
+export function openRestoreTarget(engine: string, to: string, dataset: string, logger: Logger): ApplySide {
+  if (engine === 'postgres') return new PostgresApply({ url: to, dataset, logger })
+  fs.rmSync(`${to}.partial`, { force: true })
+  for (const x of ['-wal', '-shm', '-journal']) fs.rmSync(`${to}.partial${x}`, { force: true })
+  return new SqliteApply({ path: `${to}.partial`, dataset, logger })
+}
+
+/**
+ * Makes a restored database a plain one, as the origin had it: the origin's triggers (SQLite), unique indexes,
+ * NOT NULL and sequences (PostgreSQL) are put back, and branchmesh's bookkeeping goes. SQLite: the file then
+ * takes its name, in one rename, so a restore that failed leaves no file under that name.
+ */
+export async function finishRestore(engine: string, to: string): Promise<void> {
+  if (engine === 'postgres') {
+    const client = await connect(to, { doing: 'cannot connect to the restored database' })
+    try {
+      await adoptReplica(client)
+      await client.query('DROP SCHEMA IF EXISTS _mesh CASCADE')
+    } finally {
+      await client.end().catch(() => {})
+    }
+    return
+  }
+  finishRestoredFile(`${to}.partial`, to)
 }

@@ -49,11 +49,12 @@ import {
   type SignedReport
 } from '../protocol/index.ts'
 import { SqliteApply, replaceContents, silentLogger, type ApplySide, type CaptureSide, type Logger } from '../adapters/index.ts'
-import { dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
+import { checkRestoreTarget, finishRestore, openRestoreTarget, dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
 import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
 import { writeDivergence } from './divergence.ts'
+import { History, findDataset, type RestoreResult } from './history.ts'
 import { DatasetLog, logName } from './log.ts'
 import {
   readInvites,
@@ -172,6 +173,15 @@ export interface PromoteResult {
   forced: boolean
 }
 
+/** A restore the node runs for `mesh restore`, as the command sees it. */
+export interface RestoreJob {
+  state: 'running' | 'done' | 'failed'
+  done: number
+  total: number
+  result: RestoreResult | null
+  error: { code: string; message: string; hint: string | null } | null
+}
+
 export interface Refusal {
   key: string
   reason: string
@@ -206,6 +216,12 @@ export class MeshNode extends EventEmitter {
   private readonly settleErrors = new Map<string, MeshError>()
   /** When a newer report of each site last arrived, directly or relayed (this site's clock). */
   private readonly heardAt = new Map<string, number>()
+  /** History reads over the logs this node holds (mesh log, mesh restore). */
+  readonly history = new History(
+    () => this.state.datasets,
+    (k) => this.openLog(k)
+  )
+  private readonly jobs = new Map<string, RestoreJob>()
 
   constructor(opts: MeshNodeOptions) {
     super()
@@ -721,6 +737,29 @@ export class MeshNode extends EventEmitter {
   }
 
   /** A new log this site will write, kept open like every other. */
+  /**
+   * `mesh restore` while the node runs: the node holds the log store, so it replays into the new database, as
+   * a job the command follows (`job`) for its progress. The live database and the replicas are not touched.
+   */
+  private async startRestore(dataset: string, target: { seq?: number; at?: number }, to: string): Promise<string> {
+    const head = findDataset(this.state.datasets, dataset)
+    await checkRestoreTarget(head.engine, to)
+    const id = crypto.randomBytes(8).toString('hex')
+    const job: RestoreJob = { state: 'running', done: 0, total: 0, result: null, error: null }
+    this.jobs.set(id, job)
+    this.history
+      .restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d, this.logger), finishRestore, (done, total) => Object.assign(job, { done, total }))
+      .then((r) => {
+        Object.assign(job, { state: 'done', result: r })
+        this.logger.info('restored', { dataset: r.dataset, seq: r.seq, to: shown(r.engine, r.to), ms: r.ms })
+      })
+      .catch((err) => {
+        const e = MeshError.wrap(err, MeshError.IO_ERROR)
+        Object.assign(job, { state: 'failed', error: { code: e.code, message: e.message, hint: e.hint ?? null } })
+      })
+    return id
+  }
+
   private async createLog(name: string): Promise<DatasetLog> {
     const log = await DatasetLog.named(this.store, this.paths.store, name)
     this.logs.set(hex(log.key), log)
@@ -1248,8 +1287,22 @@ export class MeshNode extends EventEmitter {
   }
 
   private async handleLocal(line: string): Promise<unknown> {
-    const req = JSON.parse(line) as { cmd: string; dataset?: string; force?: boolean }
+    const req = JSON.parse(line) as {
+      cmd: string
+      dataset?: string
+      force?: boolean
+      from?: number
+      limit?: number
+      full?: boolean
+      seq?: number
+      at?: number
+      to?: string
+      job?: string
+    }
     if (req.cmd === 'status') return { status: await this.status() }
+    if (req.cmd === 'log') return { log: await this.history.log(String(req.dataset ?? ''), { from: req.from, limit: req.limit, full: req.full }) }
+    if (req.cmd === 'restore') return { job: await this.startRestore(String(req.dataset ?? ''), { seq: req.seq, at: req.at }, String(req.to ?? '')) }
+    if (req.cmd === 'job') return { job: this.jobs.get(String(req.job)) ?? null }
     if (req.cmd === 'promote') return { promoted: await this.promote(String(req.dataset ?? ''), req.force === true) }
     if (req.cmd === 'ping') return { ok: true, site: this.opts.site }
     throw MeshError.USAGE(`unknown local request ${req.cmd}`)

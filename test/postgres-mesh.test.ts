@@ -79,6 +79,13 @@ test('pgbench at a PostgreSQL origin: the replica equals the origin, also when t
   const replica = await pgDump(b.replicaUrl(a))
   assert.equal(replica['public.pgbench_history'].rows.length, 6000, 'and each is in the replica exactly once')
 
+  // The whole history restored at b into a new, empty database equals the origin (PostgreSQL restore).
+  const restored = await b.cluster.createDatabase('restored')
+  const rr = await mesh(['restore', a.datasetId(), '--at', 'now', '--to', restored, '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
+  assert.equal(rr.code, 0, rr.stderr)
+  assert.deepEqual(await pgDump(restored), dump, 'the restored database equals the origin')
+  assert.deepEqual(await b.cluster.query(`SELECT count(*) AS n FROM pg_namespace WHERE nspname = '_mesh'`, [], 'restored'), [{ n: '0' }], 'a plain database')
+
   // A schema change a replica cannot follow without losing data: apply stops, and b's status says why.
   await a.cluster.query(`ALTER TABLE pgbench_branches RENAME COLUMN filler TO note; UPDATE pgbench_branches SET bbalance = bbalance + 1`, [], 'shop')
   await waitUntil("b's status names the unsupported change", async () => {

@@ -15,6 +15,8 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   start: () => import('./commands/start.ts'),
   status: () => import('./commands/status.ts'),
   promote: () => import('./commands/promote.ts'),
+  log: () => import('./commands/log.ts'),
+  restore: () => import('./commands/restore.ts'),
   demo: () => import('./commands/demo.ts')
 }
 

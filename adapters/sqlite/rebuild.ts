@@ -130,3 +130,26 @@ export function deleteSql(def: TableDef, key: Value[]): string {
   const where = keyColumns(def).map((c, i) => `${quote(c)} IS ${sqlLiteral(key[i])}`)
   return `DELETE FROM ${quote(def.name)} WHERE ${where.join(' AND ')};`
 }
+
+/**
+ * A restored replica file made a plain database, as the origin had it: the origin's triggers (kept aside in
+ * the replica's bookkeeping) are created and the bookkeeping goes, in one transaction; the file leaves WAL
+ * mode (one file), then takes its final name in one rename.
+ */
+export function finishRestoredFile(partial: string, final: string): void {
+  const db = openDatabase(partial, { mustExist: true })
+  try {
+    const has = db.prepare(`SELECT count(*) FROM sqlite_schema WHERE name = '_mesh_replica'`).pluck().get() as number
+    const meta = has ? (db.prepare(`SELECT v FROM _mesh_replica WHERE k = 'objects'`).pluck().get() as string | undefined) : undefined
+    db.transaction(() => {
+      for (const o of JSON.parse(meta ?? '[]') as Array<{ type: string; sql: string }>) if (o.type === 'trigger') db.exec(o.sql)
+      db.exec('DROP TABLE IF EXISTS _mesh_replica')
+    })()
+    db.pragma('journal_mode = DELETE')
+  } catch (err) {
+    throw sqliteError(err, partial, 'cannot finish the restored file')
+  } finally {
+    db.close()
+  }
+  fs.renameSync(partial, final)
+}

@@ -1,0 +1,71 @@
+import { MeshError } from '../../protocol/index.ts'
+import { askNode } from '../../node/index.ts'
+import { offlineHistory } from '../../node/history.ts'
+import { readConfig, resolveDir } from '../config.ts'
+import { out, parse, type Command } from './common.ts'
+
+export const usage = `mesh log DATASET --dir DIR [--from SEQ] [--limit N] [--show SEQ] [--json]
+
+The dataset's history, like git log: each unit of its chain of logs with its position (SEQ), epoch, time,
+kind, and the tables it touched with their row counts. SEQ counts blocks along the chain across epochs;
+mesh restore --seq takes it. Works whether the node runs or not.
+  --from SEQ   start at this position (default: the beginning)
+  --limit N    at most N units (default 50; 0 for all)
+  --show SEQ   the one unit at SEQ, with every change in full
+  --json       the same as one JSON object`
+
+interface LogResult {
+  dataset: string
+  id: string
+  engine: string
+  epoch: number
+  length: number
+  units: Array<{ seq: number; end: number; epoch: number; kind: string; time: number | null; rows: number; tables: Array<{ table: string; upserts: number; deletes: number }>; note: string; changes?: unknown[] }>
+}
+
+function count(opt: string | undefined, flag: string, dflt: number): number {
+  if (opt === undefined) return dflt
+  if (!/^\d+$/.test(opt)) throw MeshError.USAGE(`${flag} "${opt}" is not a number`, { hint: `Give a whole number, e.g. ${flag} 100.` })
+  return Number(opt)
+}
+
+export const command: Command = {
+  usage,
+  summary: "the dataset's history: positions, times, epochs, tables and rows",
+  async run(args) {
+    const { values, positionals } = parse('log', args, { from: { type: 'string' }, limit: { type: 'string' }, show: { type: 'string' }, json: { type: 'boolean' } }, true)
+    if (positionals.length !== 1) throw MeshError.USAGE('name one dataset', { hint: 'Try: mesh log DATASET --dir DIR (mesh status lists the datasets)' })
+    const dir = resolveDir(values.dir)
+    readConfig(dir)
+    const show = values.show === undefined ? null : count(values.show, '--show', 0)
+    const limit = count(values.limit, '--limit', 50)
+    const req = show !== null ? { from: show, limit: 1, full: true } : { from: count(values.from, '--from', 0), limit: limit === 0 ? undefined : limit }
+    let log: LogResult
+    const res = (await askNode(dir, { cmd: 'log', dataset: positionals[0], ...req }, 120_000)) as { log?: LogResult; error?: { code: string; message: string; hint: string | null } } | null
+    if (res?.error) throw new MeshError(res.error.code, res.error.message.replace(/^[A-Z_]+: /, ''), { hint: res.error.hint ?? undefined })
+    if (res?.log) log = res.log
+    else {
+      const off = await offlineHistory(dir)
+      try {
+        log = (await off.history.log(positionals[0], req)) as LogResult
+      } finally {
+        await off.close()
+      }
+    }
+    if (show !== null && (log.units.length === 0 || log.units[0].seq !== show)) {
+      throw MeshError.USAGE(`no unit starts at ${show}`, { hint: 'mesh log lists where units start.' })
+    }
+    if (values.json) {
+      out(JSON.stringify(log))
+      return 0
+    }
+    out(`${log.dataset} (${log.engine}, id ${log.id}): epoch ${log.epoch}, ${log.length} blocks along the chain`)
+    for (const u of log.units) {
+      const when = u.time === null ? '-'.padEnd(24) : new Date(u.time).toISOString()
+      const touched = u.tables.map((t) => `${t.table} +${t.upserts} -${t.deletes}`).join(', ')
+      out(`${String(u.seq).padStart(8)}  epoch ${u.epoch}  ${when}  ${u.kind.padEnd(11)} ${u.rows ? `${u.rows} rows: ${touched}` : u.note}`)
+      if (u.changes) out(JSON.stringify(u.changes, null, 2))
+    }
+    return 0
+  }
+}
