@@ -28,6 +28,9 @@ import {
 } from '../adapters/index.ts'
 import { connect, quoteIdent, splitPassword } from '../adapters/postgres/common.ts'
 import { CREATE_META } from '../adapters/postgres/index.ts'
+import { locate, type ChainSegment } from './chain.ts'
+import { offsets } from './history.ts'
+import { listSnapshots, snapshotPosition } from './snapshots.ts'
 import { adoptReplica } from '../adapters/postgres/adopt.ts'
 
 export type EngineName = 'sqlite' | 'postgres'
@@ -270,9 +273,33 @@ export async function checkRestoreTarget(engine: string, to: string): Promise<vo
 /** The apply side a restore writes with: a SQLite restore goes to `<to>.partial` until it is complete. */
 export function openRestoreTarget(engine: string, to: string, dataset: string, logger: Logger): ApplySide {
   if (engine === 'postgres') return new PostgresApply({ url: to, dataset, logger })
-  fs.rmSync(`${to}.partial`, { force: true })
-  for (const x of ['-wal', '-shm', '-journal']) fs.rmSync(`${to}.partial${x}`, { force: true })
   return new SqliteApply({ path: `${to}.partial`, dataset, logger })
+}
+
+/**
+ * Puts the newest snapshot at or before chain position `seq` in place as the restore's starting file
+ * (`<to>.partial`); returns the position it holds, or 0 (none: the replay starts from the beginning).
+ */
+export async function seedRestore(siteDir: string, engine: string, to: string, dataset: string, chain: ChainSegment[], seq: number, inUse?: Set<string>): Promise<number> {
+  if (engine === 'postgres') return 0
+  const partial = `${to}.partial`
+  for (const f of [partial, `${partial}-wal`, `${partial}-shm`, `${partial}-journal`]) fs.rmSync(f, { force: true })
+  const { starts } = offsets(chain)
+  for (const s of listSnapshots(siteDir, dataset).reverse()) {
+    const pos = snapshotPosition(s.file)
+    const at = pos && locate(chain, pos)
+    if (!pos || !at) continue
+    const from = starts[at.index] + at.next
+    if (from > seq) continue
+    inUse?.add(s.file)
+    try {
+      fs.copyFileSync(s.file, partial)
+    } finally {
+      inUse?.delete(s.file)
+    }
+    return from
+  }
+  return 0
 }
 
 /**

@@ -176,6 +176,8 @@ export interface RestoreResult {
   to: string
   engine: string
   ms: number
+  /** The chain position the replay started from: a snapshot's, or 0. */
+  from: number
 }
 
 /**
@@ -206,18 +208,23 @@ export class History {
     return { dataset: head.name, id: head.id, engine: head.engine, epoch: head.epoch, length: offsets(chain).length, units }
   }
 
-  /** Builds a new database at `to` as the dataset was at `target`. Nothing else is touched. */
+  /**
+   * Builds a new database at `to` as the dataset was at `target`. Nothing else is touched. `seed` may put a
+   * snapshot in place to start from (returns the chain position it holds, or 0 for none).
+   */
   async restore(
     dataset: string,
     target: { seq?: number; at?: number },
     to: string,
     openTarget: (engine: string, where: string, dataset: string) => ApplySide,
     finish: (engine: string, where: string) => Promise<void>,
-    progress?: (done: number, total: number) => void
+    progress?: (done: number, total: number) => void,
+    seed?: (head: DatasetInfo, chain: ChainSegment[], seq: number) => Promise<number>
   ): Promise<RestoreResult> {
     const started = Date.now()
     const { head, chain } = await this.chainOf(dataset)
     const point = await restorePoint(chain, target)
+    const from = seed ? await seed(head, chain, point.seq) : 0
     const side = openTarget(head.engine, to, head.id)
     try {
       await replayTo(chain, point.seq, side, { logger: this.logger, progress })
@@ -225,7 +232,7 @@ export class History {
       await side.close()
     }
     await finish(head.engine, to)
-    return { dataset: head.name, id: head.id, seq: point.seq, time: point.time, to, engine: head.engine, ms: Date.now() - started }
+    return { dataset: head.name, id: head.id, seq: point.seq, time: point.time, to, engine: head.engine, ms: Date.now() - started, from }
   }
 }
 

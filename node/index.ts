@@ -33,4 +33,5 @@ export {
 } from './state.ts'
 export { checkSource, checkReplicaServer, createDataDir, undoSource } from './site.ts'
 export { checkUrl, redactUrl } from '../adapters/index.ts'
+export { DEFAULT_SNAPSHOTS, type SnapshotPolicy } from './snapshots.ts'
 export { valueTag } from '../adapters/index.ts'

@@ -49,12 +49,13 @@ import {
   type SignedReport
 } from '../protocol/index.ts'
 import { SqliteApply, replaceContents, silentLogger, type ApplySide, type CaptureSide, type Logger } from '../adapters/index.ts'
-import { checkRestoreTarget, finishRestore, openRestoreTarget, dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
+import { checkRestoreTarget, finishRestore, openRestoreTarget, seedRestore, dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
 import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
 import { writeDivergence } from './divergence.ts'
 import { History, findDataset, type RestoreResult } from './history.ts'
+import { DEFAULT_SNAPSHOTS, listSnapshots, prune, takeSnapshot, type SnapshotPolicy } from './snapshots.ts'
 import { DatasetLog, logName } from './log.ts'
 import {
   readInvites,
@@ -110,6 +111,8 @@ export interface MeshNodeOptions {
   pollMs?: number
   /** Reports are sent on every change and at least this often. */
   heartbeatMs?: number
+  /** Generational snapshots of SQLite replicas (default: daily, kept 14 days, 8 weeks, 12 months). */
+  snapshots?: SnapshotPolicy
   /**
    * A PostgreSQL server URL where this site keeps its replicas of PostgreSQL datasets, one database each,
    * created by the node. Without it such a dataset's log is still held here, but not applied.
@@ -222,6 +225,9 @@ export class MeshNode extends EventEmitter {
     (k) => this.openLog(k)
   )
   private readonly jobs = new Map<string, RestoreJob>()
+  /** Snapshots a restore is copying now: retention leaves them. */
+  private readonly snapshotsInUse = new Set<string>()
+  private snapshotting = false
 
   constructor(opts: MeshNodeOptions) {
     super()
@@ -304,6 +310,8 @@ export class MeshNode extends EventEmitter {
     for (const m of this.state.members) if (!this.key.equals(m.key)) this.swarm.joinPeer(m.key)
 
     this.timers.push(setInterval(() => this.sendReport(), this.opts.heartbeatMs ?? 5000))
+    const snaps = this.opts.snapshots ?? DEFAULT_SNAPSHOTS
+    this.timers.push(setInterval(() => void this.snapshotReplicas(snaps), Math.min(60_000, Math.max(200, (snaps.everySeconds * 1000) / 4))))
     this.markDirty()
     this.logger.info('node started', {
       site: this.opts.site,
@@ -736,6 +744,32 @@ export class MeshNode extends EventEmitter {
     return log
   }
 
+  /**
+   * Takes a snapshot of each SQLite replica whose newest is `everySeconds` old, and prunes them by the
+   * generational policy. A snapshot is a consistent online copy; apply goes on meanwhile.
+   */
+  private async snapshotReplicas(p: SnapshotPolicy): Promise<void> {
+    if (this.snapshotting || this.closing) return
+    this.snapshotting = true
+    try {
+      for (const r of this.replicas.values()) {
+        if (r.info.engine !== 'sqlite' || r.side.state() !== 'ready' || r.side.position() === null) continue
+        const newest = listSnapshots(this.paths.dir, r.info.id).pop()
+        const now = Date.now()
+        if (newest && now - newest.at < p.everySeconds * 1000) continue
+        try {
+          const s = await takeSnapshot(this.paths.dir, r.info.id, r.path, now)
+          const gone = prune(this.paths.dir, r.info.id, now, p, this.snapshotsInUse)
+          this.logger.info('snapshot taken', { dataset: r.info.name, file: s.file, pruned: gone.length })
+        } catch (err) {
+          this.logger.warn('cannot take a snapshot', { dataset: r.info.name, error: (err as Error).message })
+        }
+      }
+    } finally {
+      this.snapshotting = false
+    }
+  }
+
   /** A new log this site will write, kept open like every other. */
   /**
    * `mesh restore` while the node runs: the node holds the log store, so it replays into the new database, as
@@ -748,7 +782,9 @@ export class MeshNode extends EventEmitter {
     const job: RestoreJob = { state: 'running', done: 0, total: 0, result: null, error: null }
     this.jobs.set(id, job)
     this.history
-      .restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d, this.logger), finishRestore, (done, total) => Object.assign(job, { done, total }))
+      .restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d, this.logger), finishRestore, (done, total) => Object.assign(job, { done, total }), (h, chain, seq) =>
+        seedRestore(this.paths.dir, h.engine, to, h.id, chain, seq, this.snapshotsInUse)
+      )
       .then((r) => {
         Object.assign(job, { state: 'done', result: r })
         this.logger.info('restored', { dataset: r.dataset, seq: r.seq, to: shown(r.engine, r.to), ms: r.ms })

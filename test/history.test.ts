@@ -76,8 +76,31 @@ test('restore ten recorded moments of a random workload, by time and by position
   assert.match(r.stderr, /before the dataset's history begins/)
   assert.equal(fs.existsSync(path.join(dir, 'early.db')), false)
 
-  // Across a promotion: a is lost, b promotes and takes writes; both sides of the branch restore at b.
+  // Generational snapshots at b (every second here; the default is daily): a later moment is restored from
+  // the newest snapshot before it, an earlier one from the start; the same day keeps one snapshot.
+  const cfgFile = path.join(b.dir, 'config.json')
+  const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'))
+  cfg.snapshots = { everySeconds: 1, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 }
+  fs.writeFileSync(cfgFile, JSON.stringify(cfg))
   await b.start()
+  const id = JSON.parse(fs.readFileSync(path.join(a.dir, 'config.json'), 'utf8')).datasets[0].id
+  const snapDir = path.join(b.dir, 'snapshots', id)
+  await waitUntil('b took a snapshot', () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => f.endsWith('.db')), 30_000)
+  for (let i = 0; i < 20; i++) work.transaction()
+  await new Promise((r2) => setTimeout(r2, 300))
+  const late = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
+  await waitUntil("b holds all of a's log", () => b.holdsExactly(a), 60_000)
+  let res = await mesh(['restore', ds, '--at', new Date(late.at).toISOString(), '--to', path.join(dir, 'late.db'), '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+  assert.equal(res.code, 0, res.stderr)
+  assert.ok(JSON.parse(res.stdout).from > 0, `replayed from a snapshot: ${res.stdout}`)
+  assert.equal(JSON.stringify(dump(path.join(dir, 'late.db'))), late.state)
+  res = await mesh(['restore', ds, '--seq', String(moments[0].seq), '--to', path.join(dir, 'early-again.db'), '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+  assert.equal(JSON.parse(res.stdout).from, 0, 'a moment before every snapshot replays from the start')
+  assert.equal(JSON.stringify(dump(path.join(dir, 'early-again.db'))), moments[0].state)
+  await new Promise((r2) => setTimeout(r2, 2500))
+  assert.ok(fs.readdirSync(snapDir).filter((f) => f.endsWith('.db')).length <= 2, 'snapshots of the same day are pruned to the newest')
+
+  // Across a promotion: a is lost, b promotes and takes writes; both sides of the branch restore at b.
   const before = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
   await a.stop('SIGKILL')
   const p = await mesh(['promote', ds, '--dir', b.dir, '--force', '--json'], { timeoutMs: 120_000 })
@@ -97,4 +120,26 @@ test('restore ten recorded moments of a random workload, by time and by position
   }
   const epochs = new Set((await logJson(b.dir, ds)).units.map((u: { epoch: number }) => u.epoch))
   assert.deepEqual([...epochs], [0, 1], 'the log walks both epochs')
+})
+
+test('generational retention keeps the newest snapshot of each of the last 14 days, 8 weeks and 12 months', async () => {
+  const { toKeep, DEFAULT_SNAPSHOTS } = await import('../node/snapshots.ts')
+  const day = 86_400_000
+  const now = Date.UTC(2026, 10, 22, 12)
+  // One snapshot every 6 hours for 500 days.
+  const snaps = Array.from({ length: 2000 }, (_, i) => ({ file: `s${i}`, at: now - i * (day / 4) }))
+  const keep = toKeep(snaps, now, DEFAULT_SNAPSHOTS)
+  const kept = snaps.filter((s) => keep.has(s.file))
+  assert.ok(keep.has('s0'), 'the newest is kept')
+  const days = new Set(kept.filter((s) => now - s.at <= 14 * day).map((s) => Math.floor(s.at / day)))
+  assert.ok(days.size >= 14, `every one of the last 14 days keeps one (${days.size})`)
+  assert.ok(kept.every((s) => now - s.at <= 12 * 31 * day), 'nothing older than a year')
+  assert.ok(kept.length <= 1 + 14 + 8 + 12, `at most 35 kept (${kept.length})`)
+  const months = new Set(kept.map((s) => new Date(s.at).getUTCFullYear() * 12 + new Date(s.at).getUTCMonth()))
+  assert.ok(months.size >= 12, `one per month for a year (${months.size})`)
+  // Of each day, the newest.
+  for (const s of kept.filter((x) => now - x.at <= 14 * day)) {
+    const sameDay = snaps.filter((x) => Math.floor(x.at / day) === Math.floor(s.at / day))
+    assert.equal(Math.max(...sameDay.map((x) => x.at)), s.at)
+  }
 })

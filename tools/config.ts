@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { MeshError } from '../protocol/index.ts'
-import { DEFAULT_THRESHOLDS, checkUrl, writeFileAtomic, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
+import { DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS, checkUrl, writeFileAtomic, type SnapshotPolicy, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
 
 export const CONFIG_FILE = 'config.json'
 
@@ -20,9 +20,12 @@ export interface SiteConfig {
   logLevel: string
   /** A PostgreSQL server URL where this site keeps warm replicas of PostgreSQL datasets; null for none. */
   replicaPostgres: string | null
+  /** Generational snapshots of replicas. */
+  snapshots: SnapshotPolicy
 }
 
-const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres'] as const
+const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres', 'snapshots'] as const
+const SNAPSHOT_KEYS = Object.keys(DEFAULT_SNAPSHOTS)
 const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url', 'capture'] as const
 const STATUS_KEYS = Object.keys(DEFAULT_THRESHOLDS)
 const LOG_LEVELS = ['debug', 'info', 'warn', 'error']
@@ -173,7 +176,18 @@ export function readConfig(dir: string): SiteConfig {
   }
   const logLevel = j.logLevel === undefined ? 'info' : String(j.logLevel)
   if (!LOG_LEVELS.includes(logLevel)) throw MeshError.BAD_CONFIG(`${file}: "logLevel" must be one of ${LOG_LEVELS.join(', ')}`)
-  return { site: j.site, datasets, bootstrap, status, logLevel, replicaPostgres }
+  const snapshots = { ...DEFAULT_SNAPSHOTS }
+  if (j.snapshots !== undefined) {
+    if (typeof j.snapshots !== 'object' || j.snapshots === null) throw MeshError.BAD_CONFIG(`${file}: "snapshots" must be an object`)
+    checkKeys(j.snapshots as Record<string, unknown>, SNAPSHOT_KEYS, '"snapshots"', file)
+    for (const [k, v] of Object.entries(j.snapshots as Record<string, unknown>)) {
+      if (typeof v !== 'number' || !(v >= 0) || (k === 'everySeconds' && !(v > 0))) {
+        throw MeshError.BAD_CONFIG(`${file}: snapshots.${k} must be a ${k === 'everySeconds' ? 'positive number of seconds' : 'count (0 or more)'}`)
+      }
+      ;(snapshots as Record<string, number>)[k] = v
+    }
+  }
+  return { site: j.site, datasets, bootstrap, status, logLevel, replicaPostgres, snapshots }
 }
 
 /** Written with mode 0600: a PostgreSQL URL may hold a password. */
@@ -181,6 +195,7 @@ export function writeConfig(dir: string, cfg: SiteConfig): void {
   const datasets = cfg.datasets.map((d) => (d.engine === 'postgres' ? { id: d.id, name: d.name, engine: d.engine, url: d.path, capture: d.capture ?? 'logical' } : d))
   const j: Record<string, unknown> = { site: cfg.site, datasets, bootstrap: cfg.bootstrap, status: cfg.status, logLevel: cfg.logLevel }
   if (cfg.replicaPostgres) j.replicaPostgres = cfg.replicaPostgres
+  if (cfg.snapshots && JSON.stringify(cfg.snapshots) !== JSON.stringify(DEFAULT_SNAPSHOTS)) j.snapshots = cfg.snapshots
   writeFileAtomic(configPath(dir), JSON.stringify(j, null, 2) + '\n', 0o600)
 }
 

@@ -1,7 +1,7 @@
 import path from 'node:path'
 import crypto from 'hypercore-crypto'
 import { MeshError } from '../../protocol/index.ts'
-import { checkReplicaServer, checkSource, checkUrl, createDataDir, createSiteKey, redactUrl, sitePaths, undoSource, writeMeshState, DEFAULT_THRESHOLDS } from '../../node/index.ts'
+import { checkReplicaServer, checkSource, checkUrl, createDataDir, createSiteKey, redactUrl, sitePaths, undoSource, writeMeshState, DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS } from '../../node/index.ts'
 import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE, type SiteConfig } from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
@@ -67,7 +67,8 @@ export async function newSite(values: SiteValues, example: string) {
     bootstrap: resolveBootstrap(values.bootstrap, null),
     status: DEFAULT_THRESHOLDS,
     logLevel: 'info',
-    replicaPostgres
+    replicaPostgres,
+    snapshots: { ...DEFAULT_SNAPSHOTS }
   }
   if (replicaPostgres) await checkReplicaServer(replicaPostgres)
   if (values.capture && !values.postgres) throw MeshError.USAGE('--capture applies to --postgres only', { hint: example })

@@ -2,7 +2,7 @@ import path from 'node:path'
 import cliProgress from 'cli-progress'
 import { MeshError } from '../../protocol/index.ts'
 import { askNode, redactUrl } from '../../node/index.ts'
-import { checkRestoreTarget, finishRestore, openRestoreTarget } from '../../node/engines.ts'
+import { checkRestoreTarget, finishRestore, openRestoreTarget, seedRestore } from '../../node/engines.ts'
 import { findDataset, offlineHistory, type RestoreResult } from '../../node/history.ts'
 import type { RestoreJob } from '../../node/node.ts'
 import { readMeshState, sitePaths } from '../../node/state.ts'
@@ -84,7 +84,9 @@ export const command: Command = {
         await checkRestoreTarget(head.engine, to)
         const off = await offlineHistory(dir)
         try {
-          result = await off.history.restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d, { debug() {}, info() {}, warn() {}, error() {} }), finishRestore, progress)
+          result = await off.history.restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d, { debug() {}, info() {}, warn() {}, error() {} }), finishRestore, progress, (h, chain, seq) =>
+            seedRestore(dir, h.engine, to, h.id, chain, seq)
+          )
         } finally {
           await off.close()
         }
@@ -97,7 +99,8 @@ export const command: Command = {
       return 0
     }
     const when = result.time === null ? '' : ` (last change committed ${new Date(result.time).toISOString()})`
-    out(`Restored ${result.dataset} as it was at position ${result.seq}${when} into ${result.engine === 'postgres' ? redactUrl(result.to) : result.to} in ${(result.ms / 1000).toFixed(1)} s.`)
+    const from = result.from > 0 ? `from the snapshot at position ${result.from}` : 'from the start of the history'
+    out(`Restored ${result.dataset} as it was at position ${result.seq}${when} into ${result.engine === 'postgres' ? redactUrl(result.to) : result.to} in ${(result.ms / 1000).toFixed(1)} s (replayed ${from}).`)
     return 0
   }
 }

@@ -30,7 +30,8 @@ export const command: Command = {
       software: `branchmesh/${VERSION}`,
       logger,
       thresholds: cfg.status,
-      replicaPostgres: cfg.replicaPostgres ?? undefined
+      replicaPostgres: cfg.replicaPostgres ?? undefined,
+      snapshots: cfg.snapshots
     })
     let stopping = false
     let onSignal!: (signal: string) => void
