@@ -14,6 +14,7 @@ import { startPipeline } from '../test/helpers/pipeline.ts'
 import { meshBench } from './mesh.ts'
 import { pgBench } from './postgres.ts'
 import { promoteBench } from './promote.ts'
+import { restoreBench } from './restore.ts'
 
 const json = process.argv.includes('--json')
 const say = (s: string) => {
@@ -134,6 +135,8 @@ try {
   const mesh = await meshBench({ say })
   // Failover: promote at a replica, then the first write at the new origin (bench/promote.ts).
   const promote = await promoteBench({ say })
+  // History: restore of 1.1M row changes from the beginning and from a snapshot (bench/restore.ts).
+  const restore = await restoreBench({ say })
   // PostgreSQL: pgbench alone, with native logical replication, with branchmesh capture (bench/postgres.ts).
   const postgres = await pgBench({ json, say })
   if (json) {
@@ -148,6 +151,7 @@ try {
         trickleP99Ms: +pct(lat, 99).toFixed(2),
         ...mesh,
         ...promote,
+        ...restore,
         ...postgres
       }) + '\n'
     )
