@@ -6,9 +6,11 @@ export type {
   ApplySide,
   AppliedPosition,
   ReplicaState,
-  Unit
+  Unit,
+  DamageAlert,
+  DamageGuard
 } from './types.ts'
-export { silentLogger } from './types.ts'
+export { silentLogger, DEFAULT_GUARD } from './types.ts'
 export { SqliteCapture, type SqliteCaptureOptions } from './sqlite/capture.ts'
 export { SqliteApply, type SqliteApplyOptions } from './sqlite/apply.ts'
 export { readTables, openDatabase, valueTag } from './sqlite/common.ts'

@@ -74,6 +74,25 @@ export interface CaptureSide {
   close(): Promise<void>
 }
 
+/**
+ * A unit that deleted or changed at least a given share of a table's rows (ransomware rewriting every row, a
+ * mass delete by mistake): the apply side measures it against the replica as it was before the unit.
+ */
+export interface DamageAlert {
+  table: string
+  /** Rows of the table the unit deleted or changed, and the rows it had before. */
+  changed: number
+  before: number
+}
+
+/** When a unit counts as mass damage: `share` of a table's rows (0..1), in tables of at least `minRows`. */
+export interface DamageGuard {
+  share: number
+  minRows: number
+}
+
+export const DEFAULT_GUARD: DamageGuard = { share: 0.5, minRows: 100 }
+
 /** Where a replica stands in a log: enough to detect a gap or a fork, not just a counter. */
 export interface AppliedPosition {
   /** The log's hypercore key. */

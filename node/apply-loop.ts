@@ -11,7 +11,7 @@
 import { EventEmitter } from 'node:events'
 import { MeshError, sameBytes } from '../protocol/index.ts'
 import { locate, type Segment } from './chain.ts'
-import type { ApplySide, Logger } from '../adapters/index.ts'
+import type { ApplySide, DamageAlert, Logger } from '../adapters/index.ts'
 import { silentLogger } from '../adapters/index.ts'
 import type { DatasetLog } from './log.ts'
 
@@ -132,6 +132,8 @@ export class ApplyLoop extends EventEmitter {
       let time: number | null = null
       for (const e of unit.entries) if (e.kind === 'transaction') time = Math.max(time ?? 0, e.time)
       this.emit('applied', { length: this.stats.applied, epoch: seg.epoch, time })
+      const alerts = (this.apply as { alerts?(): DamageAlert[] }).alerts?.() ?? []
+      if (alerts.length) this.emit('damage', { epoch: seg.epoch, start: unit.start, end: length, time, alerts })
     }
   }
 

@@ -48,13 +48,13 @@ import {
   type Redeem,
   type SignedReport
 } from '../protocol/index.ts'
-import { SqliteApply, replaceContents, silentLogger, type ApplySide, type CaptureSide, type Logger } from '../adapters/index.ts'
+import { SqliteApply, replaceContents, silentLogger, type ApplySide, type CaptureSide, type DamageAlert, type Logger } from '../adapters/index.ts'
 import { checkRestoreTarget, finishRestore, openRestoreTarget, seedRestore, dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
 import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
 import { writeDivergence } from './divergence.ts'
-import { History, findDataset, type RestoreResult } from './history.ts'
+import { History, findDataset, offsets, type RestoreResult } from './history.ts'
 import { DEFAULT_SNAPSHOTS, listSnapshots, prune, takeSnapshot, type SnapshotPolicy } from './snapshots.ts'
 import { DatasetLog, logName } from './log.ts'
 import {
@@ -972,10 +972,34 @@ export class MeshNode extends EventEmitter {
       this.emit('applied', { dataset: head.id, length: e.length })
     })
     replica.loop.on('apply-error', () => this.markDirty())
+    replica.loop.on('damage', (e: { epoch: number; start: number; end: number; time: number | null; alerts: DamageAlert[] }) => this.recordDamage(replica, local, e))
     this.replicas.set(head.id, replica)
     await replica.loop.start()
     this.markDirty()
     this.logger.info('holding a replica', { dataset: head.name, origin: head.originSite, epoch: head.epoch, path: shown(head.engine, local.path) })
+  }
+
+  /** The mass-damage guard: a unit that deleted or changed a large share of a table is kept and reported. */
+  private recordDamage(r: Replica, local: LocalDataset, e: { epoch: number; start: number; end: number; time: number | null; alerts: DamageAlert[] }): void {
+    const { starts } = offsets(r.chain)
+    const base = starts[r.chain.findIndex((s) => s.epoch === e.epoch)] ?? 0
+    const list = (local.damage ??= [])
+    for (const a of e.alerts) {
+      const rec = { seq: base + e.start, end: base + e.end, epoch: e.epoch, time: e.time, at: Date.now(), ...a }
+      list.push(rec)
+      this.logger.warn('a change deleted or rewrote a large share of a table: if it was not meant, restore the state before it', {
+        dataset: r.info.name,
+        table: a.table,
+        changed: a.changed,
+        before: a.before,
+        seq: rec.seq,
+        restore: `mesh restore ${r.info.name} --seq ${rec.seq} --to ${fileSafe(r.info.name)}-before-${rec.seq}.db --dir ${this.paths.dir}`
+      })
+    }
+    // The newest 100 are kept.
+    if (list.length > 100) list.splice(0, list.length - 100)
+    this.saveState()
+    this.markDirty()
   }
 
   private async closeReplica(r: Replica): Promise<void> {

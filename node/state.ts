@@ -80,6 +80,21 @@ export interface LocalDataset {
   path: string
   written: WrittenLog[]
   divergences: Divergence[]
+  /** Units this site's replica saw delete or change a large share of a table (the mass-damage guard). */
+  damage?: DamageRecord[]
+}
+
+export interface DamageRecord {
+  /** The unit's chain position (the state before it is `mesh restore --seq <seq>`), its end, its epoch. */
+  seq: number
+  end: number
+  epoch: number
+  /** Origin commit time of the unit, and when this site saw it. */
+  time: number | null
+  at: number
+  table: string
+  changed: number
+  before: number
 }
 
 export interface Invite {

@@ -8,7 +8,7 @@
  * newest write was made; a holder that is silent shows as silent, separately.
  */
 import type { DatasetInfo, MemberInfo, Report } from '../protocol/index.ts'
-import type { MeshState } from './state.ts'
+import type { DamageRecord, MeshState } from './state.ts'
 
 export type Verdict = 'OK' | 'WARN' | 'CRIT'
 
@@ -65,6 +65,8 @@ export interface DatasetStatus {
   holders: HolderStatus[]
   /** Changes this site made as origin that a newer epoch superseded, kept in a folder for review. */
   divergences: Array<{ epoch: number; fencedBy: number; dir: string; changes: number; at: number }>
+  /** Units this site saw delete or change a large share of a table (the mass-damage guard). */
+  damage: DamageRecord[]
   /**
    * A PostgreSQL dataset this site is the origin of: the WAL its replication slot keeps on the database
    * server's disk (everything not yet in the log), the server's ceiling (max_slot_wal_keep_size; null when
@@ -249,6 +251,17 @@ export function buildStatus(input: StatusInput): SiteStatus {
       )
     }
 
+    // The mass-damage guard: a WARN for a week, with the command that restores the state before it.
+    const damage = (state.local.find((l) => l.dataset === d.id)?.damage ?? []).map((x) => ({ ...x }))
+    for (const x of damage) {
+      if (now - x.at > 7 * 86_400_000) continue
+      const to = d.engine === 'postgres' ? 'postgres://USER@HOST/NEW_DATABASE' : `${d.name}-before-${x.seq}.db`
+      add(
+        'WARN',
+        `a change to ${d.name} at position ${x.seq}${x.time ? ` (${new Date(x.time).toISOString()})` : ''} deleted or rewrote ${x.changed} of the ${x.before} rows of ${x.table}; if that was not meant, the state before it is: mesh restore ${d.name} --seq ${x.seq} --to ${to}`
+      )
+    }
+
     return {
       id: d.id,
       name: d.name,
@@ -262,7 +275,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
       lastWriteAt,
       heldBy,
       holders,
-      divergences
+      divergences,
+      damage
     }
   })
 

@@ -143,3 +143,43 @@ test('generational retention keeps the newest snapshot of each of the last 14 da
     assert.equal(Math.max(...sameDay.map((x) => x.at)), s.at)
   }
 })
+
+test('a mass delete is flagged in mesh status and mesh log, and the restore command it gives undoes it', async (t) => {
+  const { sites, dir } = await startMesh(t, ['shop-a', 'shop-b'])
+  const [a, b] = sites
+  const db = openWal(a.db)
+  t.after(() => db.close())
+  db.exec(`CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)`)
+  const ins = db.prepare('INSERT INTO customers (id, name) VALUES (?, ?)')
+  db.transaction(() => {
+    for (let i = 1; i <= 500; i++) ins.run(i, `customer ${i}`)
+  })()
+  // Ordinary work is not flagged: a few rows changed, then many new rows added.
+  db.exec(`UPDATE customers SET name = name || ' (vip)' WHERE id <= 10`)
+  db.transaction(() => {
+    for (let i = 501; i <= 1500; i++) ins.run(i, `customer ${i}`)
+  })()
+  await waitUntil('b holds a', () => b.holdsExactly(a), 60_000)
+  const good = JSON.stringify(dump(a.db))
+  assert.equal((await b.status()).datasets.find((d) => d.name === 'shop-a')!.damage.length, 0, 'nothing flagged yet')
+  // Then everything goes, through the application.
+  db.exec(`DELETE FROM customers WHERE id > 100`)
+  await waitUntil('b holds a', () => b.holdsExactly(a), 60_000)
+  let reason = ''
+  await waitUntil('b flags the mass delete', async () => {
+    const r = await mesh(['status', '--dir', b.dir, '--json'])
+    reason = JSON.parse(r.stdout).reasons.find((x: { text: string }) => /deleted or rewrote/.test(x.text))?.text ?? ''
+    return reason !== ''
+  }, 30_000)
+  assert.match(reason, /1400 of the 1500 rows of customers/)
+  const cmd = /mesh restore (\S+) --seq (\d+) --to (\S+)/.exec(reason)!
+  const log = JSON.parse((await mesh(['log', 'shop-a', '--dir', b.dir, '--json', '--limit', '0'])).stdout)
+  const flagged = log.units.filter((u: { damage?: unknown[] }) => u.damage)
+  assert.equal(flagged.length, 1)
+  assert.equal(String(flagged[0].seq), cmd[2])
+  // The command it gives, as given (into a folder of ours), brings back the state before the delete.
+  const to = path.join(dir, cmd[3])
+  const r = await mesh(['restore', cmd[1], '--seq', cmd[2], '--to', to, '--dir', b.dir])
+  assert.equal(r.code, 0, r.stderr)
+  assert.equal(JSON.stringify(dump(to)), good)
+})

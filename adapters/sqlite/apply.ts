@@ -12,8 +12,8 @@
  * not enforced while applying for the same reason (the origin enforced them).
  */
 import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
-import type { AppliedPosition, ApplySide, Logger, ReplicaState, Unit } from '../types.ts'
-import { silentLogger } from '../types.ts'
+import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
+import { DEFAULT_GUARD, silentLogger } from '../types.ts'
 import { headerFits, unitFits } from '../position.ts'
 import { OWN_PREFIX, openDatabase, quote, sqliteError, type DB } from './common.ts'
 import type Database from 'better-sqlite3'
@@ -25,12 +25,17 @@ export interface SqliteApplyOptions {
   logger?: Logger
   /** Dataset id this replica must belong to; checked against the log header. */
   dataset?: string
+  /** Flags units that delete or change a large share of a table (see DamageAlert). */
+  guard?: DamageGuard
 }
 
 interface Prepared {
   def: TableDef
   upsert: Database.Statement
   remove: Database.Statement
+  /** Whether a row with the key of this upsert row exists. */
+  exists: Database.Statement
+  count: Database.Statement
 }
 
 interface Meta {
@@ -61,11 +66,14 @@ export class SqliteApply implements ApplySide {
   /** SQLite's data_version as this connection last saw it: it moves only when another connection commits. */
   private dataVersion = -1
   private written = false
+  private readonly guard: DamageGuard
+  private lastAlerts: DamageAlert[] = []
 
   constructor(opts: SqliteApplyOptions) {
     this.path = opts.path
     this.log = opts.logger ?? silentLogger
     this.expectDataset = opts.dataset ?? null
+    this.guard = opts.guard ?? DEFAULT_GUARD
   }
 
   private get conn(): DB {
@@ -175,6 +183,7 @@ export class SqliteApply implements ApplySide {
 
   async apply(unit: Unit, position: AppliedPosition): Promise<void> {
     const m = this.meta
+    this.lastAlerts = []
     if (unitFits(m, unit, position, { path: this.path }) === 'skip') return
     const before = { ...m }
     try {
@@ -212,7 +221,7 @@ export class SqliteApply implements ApplySide {
         if (entry.last) m.state = 'settling'
         return
       case 'transaction':
-        this.applyChanges(entry.changes)
+        this.applyChanges(entry.changes, true)
         if (m.state === 'settling') m.state = 'ready'
         return
       case 'checkpoint':
@@ -222,9 +231,27 @@ export class SqliteApply implements ApplySide {
     }
   }
 
-  private applyChanges(changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>): void {
+  /** Units that deleted or changed a large share of a table, from the last apply() (see DamageAlert). */
+  alerts(): DamageAlert[] {
+    return [...this.lastAlerts]
+  }
+
+  /** Measures a transaction's changes against the table before them, for the mass-damage guard. */
+  private measure(p: Prepared, ch: { upserts: Value[][]; deletes: Value[][] }): void {
+    const g = this.guard
+    if (ch.upserts.length + ch.deletes.length < g.minRows * g.share) return
+    const before = Number(p.count.get())
+    if (before < g.minRows) return
+    const keyOf = (row: Value[]) => (p.def.key.length === 0 ? [row[0]] : p.def.key.map((i) => row[i]))
+    let changed = ch.deletes.length
+    for (const row of ch.upserts) if (p.exists.get(...keyOf(row).map(bind)) !== undefined) changed++
+    if (changed >= g.share * before) this.lastAlerts.push({ table: p.def.name, changed: Math.min(changed, before), before })
+  }
+
+  private applyChanges(changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>, watch = false): void {
     for (const ch of changes) {
       const p = this.statements(ch.table)
+      if (watch) this.measure(p, ch)
       const width = p.def.columns.length + (p.def.key.length === 0 ? 1 : 0)
       const kwidth = p.def.key.length === 0 ? 1 : p.def.key.length
       for (const key of ch.deletes) {
@@ -256,7 +283,10 @@ export class SqliteApply implements ApplySide {
       upsert = db.prepare(`INSERT OR REPLACE INTO ${t} (${cols.join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`)
       remove = db.prepare(`DELETE FROM ${t} WHERE ${def.key.map((i) => `${quote(def.columns[i].name)} IS ?`).join(' AND ')}`)
     }
-    const p = { def, upsert, remove }
+    const where = def.key.length === 0 ? `${this.rowidAlias(def.name)} = ?` : def.key.map((i) => `${quote(def.columns[i].name)} IS ?`).join(' AND ')
+    const exists = db.prepare(`SELECT 1 FROM ${t} WHERE ${where}`).pluck()
+    const count = db.prepare(`SELECT count(*) FROM ${t}`).pluck()
+    const p = { def, upsert, remove, exists, count }
     this.prepared.set(id, p)
     return p
   }

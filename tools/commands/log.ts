@@ -1,6 +1,7 @@
 import { MeshError } from '../../protocol/index.ts'
 import { askNode } from '../../node/index.ts'
 import { offlineHistory } from '../../node/history.ts'
+import { readMeshState, sitePaths } from '../../node/state.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
@@ -20,7 +21,18 @@ interface LogResult {
   engine: string
   epoch: number
   length: number
-  units: Array<{ seq: number; end: number; epoch: number; kind: string; time: number | null; rows: number; tables: Array<{ table: string; upserts: number; deletes: number }>; note: string; changes?: unknown[] }>
+  units: Array<{
+    seq: number
+    end: number
+    epoch: number
+    kind: string
+    time: number | null
+    rows: number
+    tables: Array<{ table: string; upserts: number; deletes: number }>
+    note: string
+    changes?: unknown[]
+    damage?: Array<{ table: string; changed: number; before: number; restore: string }>
+  }>
 }
 
 function count(opt: string | undefined, flag: string, dflt: number): number {
@@ -52,6 +64,14 @@ export const command: Command = {
         await off.close()
       }
     }
+    // Units this site's mass-damage guard flagged, with the command that restores the state before them.
+    const damage = readMeshState(sitePaths(dir)).local.find((l) => l.dataset === log.id)?.damage ?? []
+    for (const u of log.units) {
+      const hits = damage.filter((x) => x.seq === u.seq)
+      if (hits.length) {
+        u.damage = hits.map((x) => ({ table: x.table, changed: x.changed, before: x.before, restore: `mesh restore ${log.dataset} --seq ${x.seq} --to ${log.dataset}-before-${x.seq}.db --dir ${dir}` }))
+      }
+    }
     if (show !== null && (log.units.length === 0 || log.units[0].seq !== show)) {
       throw MeshError.USAGE(`no unit starts at ${show}`, { hint: 'mesh log lists where units start.' })
     }
@@ -64,6 +84,7 @@ export const command: Command = {
       const when = u.time === null ? '-'.padEnd(24) : new Date(u.time).toISOString()
       const touched = u.tables.map((t) => `${t.table} +${t.upserts} -${t.deletes}`).join(', ')
       out(`${String(u.seq).padStart(8)}  epoch ${u.epoch}  ${when}  ${u.kind.padEnd(11)} ${u.rows ? `${u.rows} rows: ${touched}` : u.note}`)
+      for (const d of u.damage ?? []) out(`          MASS CHANGE: ${d.changed} of ${d.before} rows of ${d.table}; the state before it: ${d.restore}`)
       if (u.changes) out(JSON.stringify(u.changes, null, 2))
     }
     return 0
