@@ -48,7 +48,7 @@ import {
   type Redeem,
   type SignedReport
 } from '../protocol/index.ts'
-import { SqliteApply, replaceContents, silentLogger, type ApplySide, type CaptureSide, type DamageAlert, type Logger } from '../adapters/index.ts'
+import { SqliteApply, diffDatabases, replaceContents, silentLogger, type ApplySide, type CaptureSide, type DamageAlert, type Logger } from '../adapters/index.ts'
 import { checkRestoreTarget, finishRestore, openRestoreTarget, seedRestore, dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
@@ -71,6 +71,7 @@ import {
   type LocalDataset,
   type MeshState,
   type SitePaths,
+  type VerifyResult,
   type WrittenLog
 } from './state.ts'
 import { buildStatus, type SiteStatus, type StatusThresholds, DEFAULT_THRESHOLDS } from './status.ts'
@@ -979,6 +980,53 @@ export class MeshNode extends EventEmitter {
     this.logger.info('holding a replica', { dataset: head.name, origin: head.originSite, epoch: head.epoch, path: shown(head.engine, local.path) })
   }
 
+  /**
+   * `mesh verify` / `mesh repair`: this site's replica against the log. Apply pauses; the chain is replayed
+   * from its start (not from a snapshot, which may hold the same damage) up to the replica's position into a
+   * scratch file, and the two are compared row by row. A repair then puts the log's contents in place, in one
+   * transaction, and apply goes on.
+   */
+  async verify(dataset: string, repair: boolean): Promise<VerifyResult> {
+    const head = findDataset(this.state.datasets, dataset)
+    return this.enqueue(head.id, async () => {
+      const r = this.replicas.get(head.id)
+      if (!r) {
+        throw MeshError.REPLICA_NOT_READY(`${this.opts.site} holds no replica of ${head.name}${this.origins.has(head.id) ? ' (it is the origin: verify at a site that holds a copy)' : ''}`)
+      }
+      if (r.info.engine !== 'sqlite') throw MeshError.USAGE('mesh verify and mesh repair work on SQLite replicas for now')
+      await r.loop.stop()
+      const tmp = path.join(this.paths.replicas, `.verify-${r.info.id}.db`)
+      const clean = () => {
+        for (const f of [tmp, `${tmp}.partial`, `${tmp}-wal`, `${tmp}-shm`, `${tmp}.partial-wal`, `${tmp}.partial-shm`]) fs.rmSync(f, { force: true })
+      }
+      try {
+        const pos = r.side.position()
+        if (pos === null) throw MeshError.REPLICA_NOT_READY(`${this.opts.site} has applied nothing of ${head.name} yet`)
+        const { starts } = offsets(r.chain)
+        const seq = starts[r.chain.findIndex((s) => sameBytes(s.log.key, pos.log))] + pos.length
+        clean()
+        await this.history.restore(r.info.id, { seq }, tmp, (e, w, d) => openRestoreTarget(e, w, d, this.logger), async () => fs.renameSync(`${tmp}.partial`, tmp))
+        const tables = diffDatabases(r.path, tmp)
+        let repaired = false
+        if (repair && tables.length > 0) {
+          await r.side.close()
+          replaceContents(r.path, tmp)
+          await r.side.open()
+          repaired = true
+        }
+        const result: VerifyResult = { dataset: head.name, seq, at: Date.now(), ok: tables.length === 0 || repaired, tables, repaired }
+        this.localOf(head).verified = result
+        this.saveState()
+        this.markDirty()
+        if (tables.length) this.logger.warn(repaired ? 'replica repaired from the log' : 'replica differs from the log', { dataset: head.name, seq, tables: tables.map((t) => t.table) })
+        return result
+      } finally {
+        clean()
+        await r.loop.start()
+      }
+    })
+  }
+
   /** The mass-damage guard: a unit that deleted or changed a large share of a table is kept and reported. */
   private recordDamage(r: Replica, local: LocalDataset, e: { epoch: number; start: number; end: number; time: number | null; alerts: DamageAlert[] }): void {
     const { starts } = offsets(r.chain)
@@ -1363,6 +1411,7 @@ export class MeshNode extends EventEmitter {
     if (req.cmd === 'log') return { log: await this.history.log(String(req.dataset ?? ''), { from: req.from, limit: req.limit, full: req.full }) }
     if (req.cmd === 'restore') return { job: await this.startRestore(String(req.dataset ?? ''), { seq: req.seq, at: req.at }, String(req.to ?? '')) }
     if (req.cmd === 'job') return { job: this.jobs.get(String(req.job)) ?? null }
+    if (req.cmd === 'verify' || req.cmd === 'repair') return { verify: await this.verify(String(req.dataset ?? ''), req.cmd === 'repair') }
     if (req.cmd === 'promote') return { promoted: await this.promote(String(req.dataset ?? ''), req.force === true) }
     if (req.cmd === 'ping') return { ok: true, site: this.opts.site }
     throw MeshError.USAGE(`unknown local request ${req.cmd}`)

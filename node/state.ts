@@ -82,6 +82,19 @@ export interface LocalDataset {
   divergences: Divergence[]
   /** Units this site's replica saw delete or change a large share of a table (the mass-damage guard). */
   damage?: DamageRecord[]
+  /** The last `mesh verify` or `mesh repair` of this site's replica. */
+  verified?: VerifyResult
+}
+
+export interface VerifyResult {
+  dataset: string
+  /** The chain position the replica was compared at, and when. */
+  seq: number
+  at: number
+  ok: boolean
+  /** Where it parted from the log (empty when ok). */
+  tables: Array<{ table: string; missing: number; extra: number; changed: number; keys: string[] }>
+  repaired: boolean
 }
 
 export interface DamageRecord {

@@ -8,7 +8,7 @@
  * newest write was made; a holder that is silent shows as silent, separately.
  */
 import type { DatasetInfo, MemberInfo, Report } from '../protocol/index.ts'
-import type { DamageRecord, MeshState } from './state.ts'
+import type { DamageRecord, MeshState, VerifyResult } from './state.ts'
 
 export type Verdict = 'OK' | 'WARN' | 'CRIT'
 
@@ -67,6 +67,8 @@ export interface DatasetStatus {
   divergences: Array<{ epoch: number; fencedBy: number; dir: string; changes: number; at: number }>
   /** Units this site saw delete or change a large share of a table (the mass-damage guard). */
   damage: DamageRecord[]
+  /** The last `mesh verify` or `mesh repair` of this site's copy, or null. */
+  verified: VerifyResult | null
   /**
    * A PostgreSQL dataset this site is the origin of: the WAL its replication slot keeps on the database
    * server's disk (everything not yet in the log), the server's ceiling (max_slot_wal_keep_size; null when
@@ -251,6 +253,15 @@ export function buildStatus(input: StatusInput): SiteStatus {
       )
     }
 
+    // The last mesh verify of this site's replica.
+    const verified = state.local.find((l) => l.dataset === d.id)?.verified ?? null
+    if (verified && !verified.ok) {
+      add(
+        'CRIT',
+        `this site's copy of ${d.name} differs from the log at position ${verified.seq} (${verified.tables.map((x) => `${x.table}: ${x.missing} missing, ${x.extra} extra, ${x.changed} changed`).join('; ')}): run mesh repair ${d.name}`
+      )
+    }
+
     // The mass-damage guard: a WARN for a week, with the command that restores the state before it.
     const damage = (state.local.find((l) => l.dataset === d.id)?.damage ?? []).map((x) => ({ ...x }))
     for (const x of damage) {
@@ -276,7 +287,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
       heldBy,
       holders,
       divergences,
-      damage
+      damage,
+      verified
     }
   })
 

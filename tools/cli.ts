@@ -17,6 +17,8 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   promote: () => import('./commands/promote.ts'),
   log: () => import('./commands/log.ts'),
   restore: () => import('./commands/restore.ts'),
+  verify: () => import('./commands/verify.ts'),
+  repair: async () => ({ command: (await import('./commands/verify.ts')).repair }),
   demo: () => import('./commands/demo.ts')
 }
 

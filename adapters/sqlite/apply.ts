@@ -83,6 +83,8 @@ export class SqliteApply implements ApplySide {
 
   async open(): Promise<void> {
     if (this.db !== null) return
+    // Writes by others are judged from this opening on (a repair replaces what they wrote).
+    this.written = false
     const db = openDatabase(this.path, { mustExist: false })
     this.db = db
     try {

@@ -12,7 +12,7 @@
  */
 import fs from 'node:fs'
 import type { TableDef, Value } from '../../protocol/index.ts'
-import { openDatabase, quote, sqliteError } from './common.ts'
+import { openDatabase, quote, readTables, sqliteError, valueTag, type DB, type TableInfo } from './common.ts'
 
 export async function backupDatabase(path: string, dest: string): Promise<void> {
   const db = openDatabase(path, { mustExist: true })
@@ -152,4 +152,66 @@ export function finishRestoredFile(partial: string, final: string): void {
     db.close()
   }
   fs.renameSync(partial, final)
+}
+
+export interface TableDiff {
+  table: string
+  /** Rows the log has and this database lacks, rows it has that the log does not, rows that differ. */
+  missing: number
+  extra: number
+  changed: number
+  /** Up to 20 keys of such rows, as text. */
+  keys: string[]
+}
+
+/**
+ * Where database `mine` parts from `truth` (both SQLite files with the same tables): per table, the rows
+ * missing, extra and changed, compared by key (rowid for tables with no key) and value for value, with
+ * storage classes. branchmesh's own tables are left out.
+ */
+export function diffDatabases(mine: string, truth: string): TableDiff[] {
+  const a = openDatabase(mine, { mustExist: true })
+  const b = openDatabase(truth, { mustExist: true })
+  try {
+    a.defaultSafeIntegers(true)
+    b.defaultSafeIntegers(true)
+    const rowsOf = (db: DB, t: TableInfo) => {
+      const cols = t.columns.map((c) => quote(c.name))
+      const keyless = t.key.length === 0
+      const select = keyless ? [t.rowidName!, ...cols] : cols
+      const keyAt = keyless ? [0] : t.key
+      const out = new Map<string, string>()
+      for (const r of db.prepare(`SELECT ${select.join(', ')} FROM ${quote(t.name)}`).raw(true).iterate() as Iterable<unknown[]>) {
+        out.set(keyAt.map((i) => valueTag(r[i])).join(', '), r.map(valueTag).join('|'))
+      }
+      return out
+    }
+    const diffs: TableDiff[] = []
+    const theirs = readTables(b).tables
+    const ours = new Map(readTables(a).tables.map((t) => [t.name, t]))
+    for (const t of theirs) {
+      const mineT = ours.get(t.name)
+      const want = rowsOf(b, t)
+      const have = mineT ? rowsOf(a, mineT) : new Map<string, string>()
+      const d: TableDiff = { table: t.name, missing: 0, extra: 0, changed: 0, keys: [] }
+      for (const [k, v] of want) {
+        const h = have.get(k)
+        if (h === undefined) d.missing++
+        else if (h !== v) d.changed++
+        else continue
+        if (d.keys.length < 20) d.keys.push(k)
+      }
+      for (const k of have.keys()) {
+        if (want.has(k)) continue
+        d.extra++
+        if (d.keys.length < 20) d.keys.push(k)
+      }
+      if (d.missing + d.extra + d.changed > 0) diffs.push(d)
+    }
+    for (const name of ours.keys()) if (!theirs.some((t) => t.name === name)) diffs.push({ table: name, missing: 0, extra: 1, changed: 0, keys: ['(the whole table: the log has no such table)'] })
+    return diffs
+  } finally {
+    a.close()
+    b.close()
+  }
 }

@@ -1,0 +1,46 @@
+import { MeshError } from '../../protocol/index.ts'
+import { askNode } from '../../node/index.ts'
+import type { VerifyResult } from '../../node/state.ts'
+import { readConfig, resolveDir } from '../config.ts'
+import { out, parse, type Command } from './common.ts'
+
+function make(name: 'verify' | 'repair'): Command {
+  const usage =
+    name === 'verify'
+      ? `mesh verify DATASET --dir DIR [--json]
+
+Proves this site's copy of DATASET holds exactly what the log says: applying pauses, the log is replayed from
+its start to the copy's position into a scratch file, and the two are compared row by row. Names the tables
+and keys where the copy parts from the log. Exit 0 when it matches, 2 when it differs (then: mesh repair).
+SQLite copies; the node must be running.`
+      : `mesh repair DATASET --dir DIR [--json]
+
+Does what mesh verify does, and where the copy differs from the log, puts the log's contents in its place in
+one transaction; applying then goes on. Exit 0 when the copy matches the log afterwards.`
+  return {
+    usage,
+    summary: name === 'verify' ? "prove this site's copy equals the log, or name where it differs" : "rebuild this site's copy from the log where it differs",
+    async run(args) {
+      const { values, positionals } = parse(name, args, { json: { type: 'boolean' } }, true)
+      if (positionals.length !== 1) throw MeshError.USAGE('name one dataset', { hint: `Try: mesh ${name} DATASET --dir DIR` })
+      const dir = resolveDir(values.dir)
+      readConfig(dir)
+      const res = (await askNode(dir, { cmd: name, dataset: positionals[0] }, 30 * 60_000)) as { verify?: VerifyResult; error?: { code: string; message: string; hint: string | null } } | null
+      if (res === null) throw MeshError.NOT_RUNNING(`no node is running on ${dir}`, { hint: `Start it first (mesh start --dir ${dir}), then run the command again.` })
+      if (res.error) throw new MeshError(res.error.code, res.error.message.replace(/^[A-Z_]+: /, ''), { hint: res.error.hint ?? undefined })
+      const v = res.verify!
+      if (values.json) out(JSON.stringify(v))
+      else if (v.tables.length === 0) out(`${v.dataset}: this site's copy equals the log at position ${v.seq}.`)
+      else {
+        out(`${v.dataset}: this site's copy ${v.repaired ? 'differed' : 'differs'} from the log at position ${v.seq}:`)
+        for (const t of v.tables) out(`  ${t.table}: ${t.missing} missing, ${t.extra} extra, ${t.changed} changed; keys ${t.keys.join('; ')}`)
+        out(v.repaired ? 'Repaired: the copy now holds exactly what the log says.' : `Run: mesh repair ${v.dataset} --dir ${dir}`)
+      }
+      return v.ok ? 0 : 2
+    }
+  }
+}
+
+export const verify = make('verify')
+export const repair = make('repair')
+export const command = verify
