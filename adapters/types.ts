@@ -71,6 +71,11 @@ export interface CaptureSide {
   wait(ms: number): Promise<void>
   /** Tables that exist but are not captured, with the reason for each. */
   skipped(): Array<{ table: string; reason: string }>
+  /**
+   * A digest of the captured tables as they are now, when that is exactly the state the log holds (nothing
+   * captured is unacknowledged, nothing committed is uncaptured); null otherwise. For checkpoints.
+   */
+  checkpoint?(): Promise<{ digest: Uint8Array; rows: number } | null>
   close(): Promise<void>
 }
 

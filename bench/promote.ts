@@ -182,7 +182,8 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
     status: { ...DEFAULT_THRESHOLDS },
     logLevel: 'info',
     replicaPostgres: null,
-    snapshots: { ...DEFAULT_SNAPSHOTS }
+    snapshots: { ...DEFAULT_SNAPSHOTS },
+    checkpointSeconds: 600
   })
 
   const dbA = path.join(dir, 'site-a.db')

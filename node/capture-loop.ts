@@ -22,6 +22,8 @@ export interface CaptureLoopOptions {
   pollMs?: number
   /** Target size of a block. */
   blockBytes?: number
+  /** Append a checkpoint (a digest of the source's whole state) at most this often, when idle (default 10 min). */
+  checkpointMs?: number
   /** Rows per snapshot chunk. */
   snapshotRows?: number
   /**
@@ -144,6 +146,24 @@ export class CaptureLoop extends EventEmitter {
     return batch.rows
   }
 
+  private lastCheckpoint = { at: 0, length: -1 }
+
+  /**
+   * A checkpoint: when the log has grown since the last one and the interval has passed, the source's digest
+   * at exactly the log's state goes into the log, for every replica to compare with its own.
+   */
+  private async maybeCheckpoint(): Promise<void> {
+    const { capture, log } = this.opts
+    const every = this.opts.checkpointMs ?? 600_000
+    if (!capture.checkpoint || Date.now() - this.lastCheckpoint.at < every || log.length === this.lastCheckpoint.length) return
+    const d = await capture.checkpoint()
+    if (d === null) return
+    const length = log.length
+    await log.appendUnit([{ kind: 'checkpoint', length, digest: d.digest, rows: d.rows }])
+    this.lastCheckpoint = { at: Date.now(), length: log.length }
+    this.emit('checkpoint', { length, rows: d.rows })
+  }
+
   private async run(): Promise<void> {
     const pollMs = this.opts.pollMs ?? 50
     let backoff = 100
@@ -155,6 +175,7 @@ export class CaptureLoop extends EventEmitter {
           this.stats.lastError = null
         }
         backoff = 100
+        if (rows === 0 && this.running) await this.maybeCheckpoint()
         if (rows === 0 && this.running) await this.opts.capture.wait(pollMs)
       } catch (err) {
         const e = MeshError.wrap(err, MeshError.IO_ERROR)

@@ -114,6 +114,8 @@ export interface MeshNodeOptions {
   heartbeatMs?: number
   /** Generational snapshots of SQLite replicas (default: daily, kept 14 days, 8 weeks, 12 months). */
   snapshots?: SnapshotPolicy
+  /** An origin appends a checkpoint (its digest) at most this often, when idle (default 10 min). */
+  checkpointMs?: number
   /**
    * A PostgreSQL server URL where this site keeps its replicas of PostgreSQL datasets, one database each,
    * created by the node. Without it such a dataset's log is still held here, but not applied.
@@ -877,6 +879,7 @@ export class MeshNode extends EventEmitter {
       },
       logger: this.logger,
       pollMs: this.opts.pollMs ?? 50,
+      checkpointMs: this.opts.checkpointMs,
       reopenLog: async () => {
         const o = this.origins.get(info.id)!
         await o.log.close().catch(() => {})
@@ -969,6 +972,11 @@ export class MeshNode extends EventEmitter {
     })
     replica.loop.on('applied', (e: { length: number; time: number | null }) => {
       if (e.time) replica.appliedWriteAt = Math.max(replica.appliedWriteAt, e.time)
+      const c = (side as { checkpoint?(): LocalDataset['checkpoint'] | null }).checkpoint?.()
+      if (c && c.at !== local.checkpoint?.at) {
+        local.checkpoint = c
+        this.saveState()
+      }
       this.markDirty()
       this.emit('applied', { dataset: head.id, length: e.length })
     })

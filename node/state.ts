@@ -84,6 +84,8 @@ export interface LocalDataset {
   damage?: DamageRecord[]
   /** The last `mesh verify` or `mesh repair` of this site's replica. */
   verified?: VerifyResult
+  /** The last origin checkpoint this site's replica compared itself with. */
+  checkpoint?: { length: number; ok: boolean; rows: number; originRows: number; at: number }
 }
 
 export interface VerifyResult {

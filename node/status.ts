@@ -69,6 +69,8 @@ export interface DatasetStatus {
   damage: DamageRecord[]
   /** The last `mesh verify` or `mesh repair` of this site's copy, or null. */
   verified: VerifyResult | null
+  /** The last origin checkpoint this site's copy compared itself with: its log length, and whether it matched. */
+  checkpoint: { length: number; ok: boolean; rows: number; originRows: number; at: number } | null
   /**
    * A PostgreSQL dataset this site is the origin of: the WAL its replication slot keeps on the database
    * server's disk (everything not yet in the log), the server's ceiling (max_slot_wal_keep_size; null when
@@ -262,6 +264,12 @@ export function buildStatus(input: StatusInput): SiteStatus {
       )
     }
 
+    // The last origin checkpoint this site's copy compared itself with.
+    const checkpoint = state.local.find((l) => l.dataset === d.id)?.checkpoint ?? null
+    if (checkpoint && !checkpoint.ok) {
+      add('CRIT', `this site's copy of ${d.name} differs from the origin's checkpoint at position ${checkpoint.length} (${checkpoint.rows} rows here, ${checkpoint.originRows} there): mesh verify ${d.name} names where, mesh repair ${d.name} mends it`)
+    }
+
     // The mass-damage guard: a WARN for a week, with the command that restores the state before it.
     const damage = (state.local.find((l) => l.dataset === d.id)?.damage ?? []).map((x) => ({ ...x }))
     for (const x of damage) {
@@ -288,7 +296,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
       holders,
       divergences,
       damage,
-      verified
+      verified,
+      checkpoint
     }
   })
 

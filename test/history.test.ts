@@ -191,7 +191,15 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
   t.after(() => db.close())
   const work = new Workload(db, 3)
   for (let i = 0; i < 30; i++) work.transaction()
+  // The origin appends a checkpoint (a digest of its state) each second it is idle after writes.
+  await a.stop()
+  const cfgFile = path.join(a.dir, 'config.json')
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), checkpointSeconds: 1 }))
+  await a.start()
+  db.prepare(`INSERT INTO events (at, note) VALUES (1, 'after the restart')`).run()
   await waitUntil('b holds a', () => b.holdsExactly(a), 60_000)
+  const checkpointOf = async () => (await b.status()).datasets.find((d) => d.name === 'shop-a')?.checkpoint ?? null
+  await waitUntil("b's copy matches a checkpoint", async () => (await checkpointOf())?.ok === true, 30_000)
   let r = await mesh(['verify', 'shop-a', '--dir', b.dir, '--json'])
   assert.equal(r.code, 0, r.stderr)
   assert.equal(JSON.parse(r.stdout).ok, true)
@@ -201,6 +209,13 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
   copy.prepare('UPDATE accounts SET balance = balance + 1 WHERE id = 3').run()
   copy.prepare('DELETE FROM accounts WHERE id = 7').run()
   copy.close()
+  // The next checkpoint shows it, before anyone asks.
+  const seen = (await checkpointOf())!.at
+  db.prepare(`INSERT INTO events (at, note) VALUES (2, 'after the damage')`).run()
+  await waitUntil('the next checkpoint at b differs', async () => {
+    const c = await checkpointOf()
+    return c !== null && c.at !== seen && c.ok === false
+  }, 30_000)
   r = await mesh(['verify', 'shop-a', '--dir', b.dir, '--json'])
   assert.equal(r.code, 2, r.stderr)
   const v = JSON.parse(r.stdout)

@@ -22,9 +22,11 @@ export interface SiteConfig {
   replicaPostgres: string | null
   /** Generational snapshots of replicas. */
   snapshots: SnapshotPolicy
+  /** How often (at most) an origin appends a checkpoint, in seconds. */
+  checkpointSeconds: number
 }
 
-const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres', 'snapshots'] as const
+const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres', 'snapshots', 'checkpointSeconds'] as const
 const SNAPSHOT_KEYS = Object.keys(DEFAULT_SNAPSHOTS)
 const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url', 'capture'] as const
 const STATUS_KEYS = Object.keys(DEFAULT_THRESHOLDS)
@@ -187,7 +189,12 @@ export function readConfig(dir: string): SiteConfig {
       ;(snapshots as Record<string, number>)[k] = v
     }
   }
-  return { site: j.site, datasets, bootstrap, status, logLevel, replicaPostgres, snapshots }
+  let checkpointSeconds = 600
+  if (j.checkpointSeconds !== undefined) {
+    if (typeof j.checkpointSeconds !== 'number' || !(j.checkpointSeconds > 0)) throw MeshError.BAD_CONFIG(`${file}: "checkpointSeconds" must be a positive number of seconds`)
+    checkpointSeconds = j.checkpointSeconds
+  }
+  return { site: j.site, datasets, bootstrap, status, logLevel, replicaPostgres, snapshots, checkpointSeconds }
 }
 
 /** Written with mode 0600: a PostgreSQL URL may hold a password. */
@@ -196,6 +203,7 @@ export function writeConfig(dir: string, cfg: SiteConfig): void {
   const j: Record<string, unknown> = { site: cfg.site, datasets, bootstrap: cfg.bootstrap, status: cfg.status, logLevel: cfg.logLevel }
   if (cfg.replicaPostgres) j.replicaPostgres = cfg.replicaPostgres
   if (cfg.snapshots && JSON.stringify(cfg.snapshots) !== JSON.stringify(DEFAULT_SNAPSHOTS)) j.snapshots = cfg.snapshots
+  if (cfg.checkpointSeconds !== undefined && cfg.checkpointSeconds !== 600) j.checkpointSeconds = cfg.checkpointSeconds
   writeFileAtomic(configPath(dir), JSON.stringify(j, null, 2) + '\n', 0o600)
 }
 

@@ -15,7 +15,7 @@ import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableD
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { DEFAULT_GUARD, silentLogger } from '../types.ts'
 import { headerFits, unitFits } from '../position.ts'
-import { OWN_PREFIX, openDatabase, quote, sqliteError, type DB } from './common.ts'
+import { OWN_PREFIX, digestTables, openDatabase, quote, readTables, sqliteError, type DB } from './common.ts'
 import type Database from 'better-sqlite3'
 
 const META = `${OWN_PREFIX}replica`
@@ -67,6 +67,7 @@ export class SqliteApply implements ApplySide {
   private dataVersion = -1
   private written = false
   private readonly guard: DamageGuard
+  private lastCheckpoint: { length: number; ok: boolean; rows: number; originRows: number; at: number } | null = null
   private lastAlerts: DamageAlert[] = []
 
   constructor(opts: SqliteApplyOptions) {
@@ -226,11 +227,23 @@ export class SqliteApply implements ApplySide {
         this.applyChanges(entry.changes, true)
         if (m.state === 'settling') m.state = 'ready'
         return
-      case 'checkpoint':
+      case 'checkpoint': {
+        // The origin's digest at this position: this replica's own, computed in the same transaction.
+        const mine = digestTables(this.conn, readTables(this.conn).tables)
+        const ok = Buffer.from(mine.digest).equals(Buffer.from(entry.digest))
+        this.lastCheckpoint = { length: position.length - 1, ok, rows: mine.rows, originRows: entry.rows, at: Date.now() }
+        if (!ok) this.log.warn('this replica differs from the origin at a checkpoint', { length: entry.length, rows: mine.rows, originRows: entry.rows })
+        return
+      }
       case 'fence':
         // Recorded by the node; nothing to change in the data.
         return
     }
+  }
+
+  /** The last checkpoint this replica compared itself with, or null. */
+  checkpoint(): { length: number; ok: boolean; rows: number; originRows: number; at: number } | null {
+    return this.lastCheckpoint
   }
 
   /** Units that deleted or changed a large share of a table, from the last apply() (see DamageAlert). */

@@ -22,6 +22,7 @@ import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.
 import { silentLogger } from '../types.ts'
 import {
   OWN_PREFIX,
+  digestTables,
   openDatabase,
   quote,
   readObjects,
@@ -544,6 +545,23 @@ export class SqliteCapture implements CaptureSide {
     const source = c.encode(sourceEnc, pos)
     this.unacked = { source, schemaGen: schema ? this.schemaGen : -1 }
     return { schema, changes, time: Date.now(), rows, source }
+  }
+
+  async checkpoint(): Promise<{ digest: Uint8Array; rows: number } | null> {
+    if (this.unacked !== null || this.schemaPending) return null
+    const db = this.conn
+    try {
+      // One read transaction: the change tables say nothing is pending, and the digest reads that same state.
+      return db.transaction(() => {
+        for (const t of this.tables.values()) {
+          if (t.reset > 0 || Number((t.maxSeq.get() as bigint | null) ?? 0n) > t.mark) return null
+        }
+        const captured = new Set([...this.tables.values()].map((t) => t.info.name))
+        return digestTables(db, readTables(db).tables.filter((t) => captured.has(t.name)))
+      })()
+    } catch (err) {
+      throw sqliteError(err, this.path, 'cannot take a checkpoint of')
+    }
   }
 
   private validKey(t: Captured, key: Value[]): boolean {

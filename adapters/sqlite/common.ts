@@ -3,6 +3,7 @@
  * a table's definition.
  */
 import Database from 'better-sqlite3'
+import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import { MeshError, type ColumnDef, type SchemaObject, type TableDef } from '../../protocol/index.ts'
 
@@ -194,4 +195,29 @@ export function valueTag(v: unknown): string {
   if (typeof v === 'string') return 'TEXT ' + JSON.stringify(v)
   if (v instanceof Uint8Array) return 'BLOB ' + Buffer.from(v).toString('hex')
   throw new Error('unexpected value ' + String(v))
+}
+
+/**
+ * A digest of every row of `tables`, in key order (rowid order for tables with no key), each value with its
+ * storage class: two databases with the same digest hold the same rows. The origin's capture and a replica
+ * compute it the same way over the same tables (a checkpoint).
+ */
+export function digestTables(db: DB, tables: TableInfo[]): { digest: Uint8Array; rows: number } {
+  const h = createHash('sha256')
+  let rows = 0
+  for (const t of [...tables].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    const cols = t.columns.map((c) => quote(c.name))
+    const keyless = t.key.length === 0
+    const select = keyless ? [t.rowidName!, ...cols] : cols
+    const order = keyless ? [t.rowidName!] : t.key.map((i) => cols[i])
+    h.update(`table ${t.name}\n`)
+    const stmt = db.prepare(`SELECT ${select.join(', ')} FROM ${quote(t.name)} ORDER BY ${order.join(', ')}`).raw(true)
+    stmt.safeIntegers(true)
+    for (const r of stmt.iterate() as Iterable<unknown[]>) {
+      h.update(r.map(valueTag).join('|'))
+      h.update('\n')
+      rows++
+    }
+  }
+  return { digest: new Uint8Array(h.digest()), rows }
 }

@@ -68,7 +68,8 @@ export async function newSite(values: SiteValues, example: string) {
     status: DEFAULT_THRESHOLDS,
     logLevel: 'info',
     replicaPostgres,
-    snapshots: { ...DEFAULT_SNAPSHOTS }
+    snapshots: { ...DEFAULT_SNAPSHOTS },
+    checkpointSeconds: 600
   }
   if (replicaPostgres) await checkReplicaServer(replicaPostgres)
   if (values.capture && !values.postgres) throw MeshError.USAGE('--capture applies to --postgres only', { hint: example })

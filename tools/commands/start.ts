@@ -31,7 +31,8 @@ export const command: Command = {
       logger,
       thresholds: cfg.status,
       replicaPostgres: cfg.replicaPostgres ?? undefined,
-      snapshots: cfg.snapshots
+      snapshots: cfg.snapshots,
+      checkpointMs: cfg.checkpointSeconds * 1000
     })
     let stopping = false
     let onSignal!: (signal: string) => void
