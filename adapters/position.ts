@@ -2,7 +2,7 @@
  * What every apply side checks before it writes a unit, whatever the engine: that the unit continues the
  * replica from exactly where it stands, and that a log header belongs to this replica.
  */
-import { MeshError, sameBytes, type HeaderEntry } from '../protocol/index.ts'
+import { MeshError, sameBytes, type HeaderEntry, type Value } from '../protocol/index.ts'
 import type { AppliedPosition, Unit } from './types.ts'
 
 /**
@@ -36,6 +36,24 @@ export function unitFits(
     })
   }
   return 'apply'
+}
+
+/**
+ * A unit's transaction changes per table, all its blocks together: a large transaction spans blocks, and the
+ * mass-damage guard measures what the whole unit does to a table.
+ */
+export function unitChanges(unit: Unit): Map<number, { upserts: Value[][]; deletes: Value[][] }> {
+  const out = new Map<number, { upserts: Value[][]; deletes: Value[][] }>()
+  for (const e of unit.entries) {
+    if (e.kind !== 'transaction') continue
+    for (const ch of e.changes) {
+      const t = out.get(ch.table) ?? { upserts: [], deletes: [] }
+      for (const r of ch.upserts) t.upserts.push(r)
+      for (const r of ch.deletes) t.deletes.push(r)
+      out.set(ch.table, t)
+    }
+  }
+  return out
 }
 
 /** Checks a log header against the replica; returns the dataset it belongs to. */

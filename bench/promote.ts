@@ -43,7 +43,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import crypto from 'hypercore-crypto'
 import createTestnet, { type Testnet } from 'hyperdht/testnet'
 import type { Logger } from '../adapters/index.ts'
-import { DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS, MeshNode, createSiteKey, sitePaths, writeMeshState, type OwnDataset, type PromoteResult } from '../node/index.ts'
+import { DEFAULT_GUARD, DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS, MeshNode, createSiteKey, sitePaths, writeMeshState, type OwnDataset, type PromoteResult } from '../node/index.ts'
 import type { MemberInfo } from '../protocol/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { writeConfig } from '../tools/config.ts'
@@ -183,7 +183,8 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
     logLevel: 'info',
     replicaPostgres: null,
     snapshots: { ...DEFAULT_SNAPSHOTS },
-    checkpointSeconds: 600
+    checkpointSeconds: 600,
+    guard: { ...DEFAULT_GUARD }
   })
 
   const dbA = path.join(dir, 'site-a.db')

@@ -24,6 +24,7 @@ import {
   redactUrl,
   type ApplySide,
   type CaptureSide,
+  type DamageGuard,
   type Logger
 } from '../adapters/index.ts'
 import { connect, quoteIdent, splitPassword } from '../adapters/postgres/common.ts'
@@ -68,9 +69,9 @@ export async function pgDecodingProblems(url: string, dataset: string): Promise<
   }
 }
 
-export function openApply(engine: string, where: string, dataset: string, logger: Logger): ApplySide & { writtenByOthers?(): boolean } {
-  if (engine === 'postgres') return new PostgresApply({ url: where, dataset, logger })
-  return new SqliteApply({ path: where, dataset, logger })
+export function openApply(engine: string, where: string, dataset: string, logger: Logger, guard?: DamageGuard): ApplySide & { writtenByOthers?(): boolean } {
+  if (engine === 'postgres') return new PostgresApply({ url: where, dataset, logger, guard })
+  return new SqliteApply({ path: where, dataset, logger, guard })
 }
 
 /** Where a database is, for messages and logs (a URL without its password). */

@@ -34,4 +34,5 @@ export {
 export { checkSource, checkReplicaServer, createDataDir, undoSource } from './site.ts'
 export { checkUrl, redactUrl } from '../adapters/index.ts'
 export { DEFAULT_SNAPSHOTS, type SnapshotPolicy } from './snapshots.ts'
+export { DEFAULT_GUARD, type DamageGuard } from '../adapters/index.ts'
 export { valueTag } from '../adapters/index.ts'

@@ -48,7 +48,7 @@ import {
   type Redeem,
   type SignedReport
 } from '../protocol/index.ts'
-import { SqliteApply, diffDatabases, replaceContents, silentLogger, type ApplySide, type CaptureSide, type DamageAlert, type Logger } from '../adapters/index.ts'
+import { SqliteApply, diffDatabases, replaceContents, silentLogger, type ApplySide, type CaptureSide, type DamageAlert, type DamageGuard, type Logger } from '../adapters/index.ts'
 import { checkRestoreTarget, finishRestore, openRestoreTarget, seedRestore, dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
@@ -116,6 +116,8 @@ export interface MeshNodeOptions {
   snapshots?: SnapshotPolicy
   /** An origin appends a checkpoint (its digest) at most this often, when idle (default 10 min). */
   checkpointMs?: number
+  /** The mass-damage guard's thresholds (default: half of a table of 100 rows or more). */
+  guard?: DamageGuard
   /**
    * A PostgreSQL server URL where this site keeps its replicas of PostgreSQL datasets, one database each,
    * created by the node. Without it such a dataset's log is still held here, but not applied.
@@ -941,7 +943,7 @@ export class MeshNode extends EventEmitter {
     }
     // A slot left by a fence that stopped half-way would keep WAL on the disk for ever.
     if (pg) await dropPgCapture(local.path, head.id)
-    const side = openApply(head.engine, local.path, head.id, this.logger)
+    const side = openApply(head.engine, local.path, head.id, this.logger, this.opts.guard)
     if (!rebuild) {
       await side.open()
       const pos = side.position()

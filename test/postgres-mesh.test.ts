@@ -86,6 +86,14 @@ test('pgbench at a PostgreSQL origin: the replica equals the origin, also when t
   assert.deepEqual(await pgDump(restored), dump, 'the restored database equals the origin')
   assert.deepEqual(await b.cluster.query(`SELECT count(*) AS n FROM pg_namespace WHERE nspname = '_mesh'`, [], 'restored'), [{ n: '0' }], 'a plain database')
 
+  // A mass delete through the application is flagged at b, with the restore command that undoes it.
+  await a.cluster.query(`DELETE FROM pgbench_history WHERE delta <> 0 OR delta = 0`, [], 'shop')
+  await waitUntil("b flags the mass delete", async () => {
+    const r = await mesh(['status', '--dir', b.dir, '--json'])
+    const d = JSON.parse(r.stdout).datasets.find((x: { originSite: string }) => x.originSite === 'a')
+    return d?.damage?.some((x: { table: string; changed: number; before: number }) => x.table === 'public.pgbench_history' && x.changed === 6000 && x.before === 6000) === true
+  }, 60_000, 500)
+
   // A schema change a replica cannot follow without losing data: apply stops, and b's status says why.
   await a.cluster.query(`ALTER TABLE pgbench_branches RENAME COLUMN filler TO note; UPDATE pgbench_branches SET bbalance = bbalance + 1`, [], 'shop')
   await waitUntil("b's status names the unsupported change", async () => {

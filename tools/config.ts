@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { MeshError } from '../protocol/index.ts'
-import { DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS, checkUrl, writeFileAtomic, type SnapshotPolicy, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
+import { DEFAULT_GUARD, DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS, checkUrl, writeFileAtomic, type DamageGuard, type SnapshotPolicy, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
 
 export const CONFIG_FILE = 'config.json'
 
@@ -24,9 +24,11 @@ export interface SiteConfig {
   snapshots: SnapshotPolicy
   /** How often (at most) an origin appends a checkpoint, in seconds. */
   checkpointSeconds: number
+  /** The mass-damage guard: a unit that deletes or changes `share` of a table of at least `minRows` rows. */
+  guard: DamageGuard
 }
 
-const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres', 'snapshots', 'checkpointSeconds'] as const
+const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres', 'snapshots', 'checkpointSeconds', 'guard'] as const
 const SNAPSHOT_KEYS = Object.keys(DEFAULT_SNAPSHOTS)
 const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url', 'capture'] as const
 const STATUS_KEYS = Object.keys(DEFAULT_THRESHOLDS)
@@ -194,7 +196,16 @@ export function readConfig(dir: string): SiteConfig {
     if (typeof j.checkpointSeconds !== 'number' || !(j.checkpointSeconds > 0)) throw MeshError.BAD_CONFIG(`${file}: "checkpointSeconds" must be a positive number of seconds`)
     checkpointSeconds = j.checkpointSeconds
   }
-  return { site: j.site, datasets, bootstrap, status, logLevel, replicaPostgres, snapshots, checkpointSeconds }
+  const guard = { ...DEFAULT_GUARD }
+  if (j.guard !== undefined) {
+    if (typeof j.guard !== 'object' || j.guard === null) throw MeshError.BAD_CONFIG(`${file}: "guard" must be an object`)
+    checkKeys(j.guard as Record<string, unknown>, Object.keys(DEFAULT_GUARD), '"guard"', file)
+    const g = j.guard as Record<string, unknown>
+    if (g.share !== undefined && (typeof g.share !== 'number' || !(g.share > 0 && g.share <= 1))) throw MeshError.BAD_CONFIG(`${file}: guard.share must be a share between 0 and 1, e.g. 0.5`)
+    if (g.minRows !== undefined && (typeof g.minRows !== 'number' || !(g.minRows >= 1))) throw MeshError.BAD_CONFIG(`${file}: guard.minRows must be a number of rows, 1 or more`)
+    Object.assign(guard, g)
+  }
+  return { site: j.site, datasets, bootstrap, status, logLevel, replicaPostgres, snapshots, checkpointSeconds, guard }
 }
 
 /** Written with mode 0600: a PostgreSQL URL may hold a password. */
@@ -204,6 +215,7 @@ export function writeConfig(dir: string, cfg: SiteConfig): void {
   if (cfg.replicaPostgres) j.replicaPostgres = cfg.replicaPostgres
   if (cfg.snapshots && JSON.stringify(cfg.snapshots) !== JSON.stringify(DEFAULT_SNAPSHOTS)) j.snapshots = cfg.snapshots
   if (cfg.checkpointSeconds !== undefined && cfg.checkpointSeconds !== 600) j.checkpointSeconds = cfg.checkpointSeconds
+  if (cfg.guard && JSON.stringify(cfg.guard) !== JSON.stringify(DEFAULT_GUARD)) j.guard = cfg.guard
   writeFileAtomic(configPath(dir), JSON.stringify(j, null, 2) + '\n', 0o600)
 }
 

@@ -19,9 +19,9 @@
  * drop and an add) stops apply with UNSUPPORTED_DDL, and the replica stays at its last good position.
  */
 import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
-import type { AppliedPosition, ApplySide, Logger, ReplicaState, Unit } from '../types.ts'
-import { silentLogger } from '../types.ts'
-import { headerFits, unitFits } from '../position.ts'
+import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
+import { DEFAULT_GUARD, silentLogger } from '../types.ts'
+import { headerFits, unitChanges, unitFits } from '../position.ts'
 import { OWN_SCHEMA, SEQUENCES_TABLE, connect, isUnchanged, pgError, quoteIdent, quoteLiteral, redactUrl, type Client } from './common.ts'
 
 const META = `${OWN_SCHEMA}.replica`
@@ -35,6 +35,8 @@ export interface PostgresApplyOptions {
   url: string
   dataset?: string
   logger?: Logger
+  /** Flags units that delete or change a large share of a table (see DamageAlert). */
+  guard?: DamageGuard
 }
 
 interface Meta {
@@ -92,6 +94,8 @@ export class PostgresApply implements ApplySide {
   private client: Client | null = null
   private meta!: Meta
   private skippedObjects: string[] = []
+  private readonly guard: DamageGuard
+  private lastAlerts: DamageAlert[] = []
   /** The dataset whose row alone is in the position table (saveMeta deletes any other once). */
   private savedDataset: string | null | undefined = undefined
 
@@ -99,6 +103,7 @@ export class PostgresApply implements ApplySide {
     this.url = opts.url
     this.log = opts.logger ?? silentLogger
     this.expectDataset = opts.dataset ?? null
+    this.guard = opts.guard ?? DEFAULT_GUARD
   }
 
   private get conn(): Client {
@@ -195,12 +200,14 @@ export class PostgresApply implements ApplySide {
 
   async apply(unit: Unit, position: AppliedPosition): Promise<void> {
     if (this.client === null) await this.open()
+    this.lastAlerts = []
     const m = this.meta
     if (unitFits(m, unit, position, { url: redactUrl(this.url) }) === 'skip') return
     const before: Meta = { ...m }
     const db = this.conn
     try {
       await db.query('BEGIN')
+      await this.measureUnit(unit)
       for (const entry of unit.entries) await this.applyEntry(entry, position)
       m.log = position.log
       m.epoch = position.epoch
@@ -252,6 +259,33 @@ export class PostgresApply implements ApplySide {
     const def = this.meta.tables.find((t) => t.id === id)
     if (def === undefined) throw MeshError.BAD_LOG(`change for table id ${id}, which no schema entry defined`)
     return def
+  }
+
+  /** Units that deleted or changed a large share of a table, from the last apply() (see DamageAlert). */
+  alerts(): DamageAlert[] {
+    return [...this.lastAlerts]
+  }
+
+  /** The guard's measure of a whole unit, before it is applied (inside its transaction). */
+  private async measureUnit(unit: Unit): Promise<void> {
+    const db = this.conn
+    const g = this.guard
+    for (const [id, ch] of unitChanges(unit)) {
+      const def = this.meta.tables.find((t) => t.id === id)
+      if (!def || ch.upserts.length + ch.deletes.length < g.minRows * g.share) continue
+      const before = Number((await db.query(`SELECT count(*) AS n FROM ${def.name}`)).rows[0].n)
+      if (before < g.minRows) continue
+      let changed = ch.deletes.length // a table with no key: each delete is a row that exists
+      if (def.key.length) {
+        const keys = [...ch.upserts.map((r) => def.key.map((i) => r[i])), ...ch.deletes]
+        const hit = await db.query(
+          `SELECT count(*) AS n FROM ${def.name} WHERE (${def.key.map((i) => quoteIdent(def.columns[i].name)).join(', ')}) IN (SELECT ${def.key.map((i, j) => `u.k${j}::${def.columns[i].type}`).join(', ')} FROM unnest(${def.key.map((_, j) => `$${j + 1}::text[]`).join(', ')}) AS u(${def.key.map((_, j) => `k${j}`).join(', ')}))`,
+          def.key.map((_, j) => keys.map((k) => text(k[j])))
+        )
+        changed = Number(hit.rows[0].n)
+      }
+      if (changed >= g.share * before) this.lastAlerts.push({ table: def.name, changed: Math.min(changed, before), before })
+    }
   }
 
   private async applyChanges(changes: TableChanges[]): Promise<void> {

@@ -14,7 +14,7 @@
 import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { DEFAULT_GUARD, silentLogger } from '../types.ts'
-import { headerFits, unitFits } from '../position.ts'
+import { headerFits, unitChanges, unitFits } from '../position.ts'
 import { OWN_PREFIX, digestTables, openDatabase, quote, readTables, sqliteError, type DB } from './common.ts'
 import type Database from 'better-sqlite3'
 
@@ -191,6 +191,7 @@ export class SqliteApply implements ApplySide {
     const before = { ...m }
     try {
       this.conn.transaction(() => {
+        this.measureUnit(unit)
         for (const entry of unit.entries) this.applyEntry(entry, position)
         m.log = position.log
         m.epoch = position.epoch
@@ -224,7 +225,7 @@ export class SqliteApply implements ApplySide {
         if (entry.last) m.state = 'settling'
         return
       case 'transaction':
-        this.applyChanges(entry.changes, true)
+        this.applyChanges(entry.changes)
         if (m.state === 'settling') m.state = 'ready'
         return
       case 'checkpoint': {
@@ -263,10 +264,17 @@ export class SqliteApply implements ApplySide {
     if (changed >= g.share * before) this.lastAlerts.push({ table: p.def.name, changed: Math.min(changed, before), before })
   }
 
-  private applyChanges(changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>, watch = false): void {
+  /** The guard's measure of a whole unit, before it is applied (inside its transaction). */
+  private measureUnit(unit: Unit): void {
+    for (const [id, ch] of unitChanges(unit)) {
+      if (!this.meta.tables.some((t) => t.id === id)) continue // created by this very unit
+      this.measure(this.statements(id), ch)
+    }
+  }
+
+  private applyChanges(changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>): void {
     for (const ch of changes) {
       const p = this.statements(ch.table)
-      if (watch) this.measure(p, ch)
       const width = p.def.columns.length + (p.def.key.length === 0 ? 1 : 0)
       const kwidth = p.def.key.length === 0 ? 1 : p.def.key.length
       for (const key of ch.deletes) {

@@ -1,7 +1,7 @@
 import path from 'node:path'
 import crypto from 'hypercore-crypto'
 import { MeshError } from '../../protocol/index.ts'
-import { checkReplicaServer, checkSource, checkUrl, createDataDir, createSiteKey, redactUrl, sitePaths, undoSource, writeMeshState, DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS } from '../../node/index.ts'
+import { checkReplicaServer, checkSource, checkUrl, createDataDir, createSiteKey, redactUrl, sitePaths, undoSource, writeMeshState, DEFAULT_GUARD, DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS } from '../../node/index.ts'
 import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE, type SiteConfig } from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
@@ -69,7 +69,8 @@ export async function newSite(values: SiteValues, example: string) {
     logLevel: 'info',
     replicaPostgres,
     snapshots: { ...DEFAULT_SNAPSHOTS },
-    checkpointSeconds: 600
+    checkpointSeconds: 600,
+    guard: { ...DEFAULT_GUARD }
   }
   if (replicaPostgres) await checkReplicaServer(replicaPostgres)
   if (values.capture && !values.postgres) throw MeshError.USAGE('--capture applies to --postgres only', { hint: example })

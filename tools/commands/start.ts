@@ -32,7 +32,8 @@ export const command: Command = {
       thresholds: cfg.status,
       replicaPostgres: cfg.replicaPostgres ?? undefined,
       snapshots: cfg.snapshots,
-      checkpointMs: cfg.checkpointSeconds * 1000
+      checkpointMs: cfg.checkpointSeconds * 1000,
+      guard: cfg.guard
     })
     let stopping = false
     let onSignal!: (signal: string) => void
