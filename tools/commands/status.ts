@@ -48,6 +48,15 @@ export function formatStatus(s: SiteStatus): string {
       const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
       lines.push(`    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`)
     }
+    if (d.checkpoint) {
+      lines.push(`    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at position ${d.checkpoint.length} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`)
+    }
+    if (d.verified) {
+      lines.push(`    mesh verify: ${d.verified.ok ? (d.verified.repaired ? 'repaired' : 'equal to the log') : 'DIFFERS from the log'} at position ${d.verified.seq}, ${ago(d.verified.at, now)}`)
+    }
+    for (const x of d.damage ?? []) {
+      lines.push(`    mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ${ago(x.at, now)} (the state before it: mesh restore ${d.name} --seq ${x.seq} --to FILE)`)
+    }
     if (d.wal) {
       lines.push(`    WAL kept by its slot on the database server: ${bytes(d.wal.retainedBytes)}${d.wal.limitBytes === null ? ' (no ceiling)' : ` of ${bytes(d.wal.limitBytes)} allowed`}, ${d.wal.status}`)
     }
