@@ -159,7 +159,8 @@ export async function keepCopy(engine: string, where: string, dir: string, site:
     // Not spawnSync: the node goes on answering its peers and `mesh status` while a large database is dumped.
     // The password goes through the environment, not the command line (which `ps` shows).
     const { url, password } = splitPassword(where)
-    const env = { ...process.env, ...(password !== null ? { PGPASSWORD: password } : {}) }
+    // Only what pg_dump needs (the node reads no environment: configuration lives in tools/).
+    const env: Record<string, string> = { LC_ALL: 'C', ...(password !== null ? { PGPASSWORD: password } : {}) }
     const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
       const p = spawn(exe, ['--no-owner', '--file', file, url], { env, stdio: ['ignore', 'ignore', 'pipe'] })
       let stderr = ''
@@ -177,9 +178,11 @@ export async function keepCopy(engine: string, where: string, dir: string, site:
   return `(no copy of the database as it was: ${why}; the changes above are complete)`
 }
 
-/** The pg_dump program: on PATH, or in `pg_config --bindir`; null when there is none. */
+/** The pg_dump program, as an absolute path: on PATH, or in `pg_config --bindir`; null when there is none. */
 export function findPgDump(): string | null {
-  const tries = ['pg_dump']
+  const tries: string[] = []
+  const onPath = spawnSync('sh', ['-c', 'command -v pg_dump'], { encoding: 'utf8' })
+  if (onPath.status === 0 && onPath.stdout.trim()) tries.push(onPath.stdout.trim())
   const conf = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' })
   if (conf.status === 0) tries.push(path.join(conf.stdout.trim(), 'pg_dump'))
   for (const exe of tries) {
