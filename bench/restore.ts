@@ -30,8 +30,6 @@ const ROWS = 100_000
 const ROUNDS = 10
 const UNIT = 10_000
 
-const quiet = { debug() {}, info() {}, warn() {}, error() {} }
-
 export async function restoreBench(opts: { say?: (s: string) => void } = {}): Promise<RestoreBenchSummary> {
   const say = opts.say ?? (() => {})
   const { dir, cleanup } = tmpDir('mesh-restore-bench-')
@@ -72,7 +70,7 @@ export async function restoreBench(opts: { say?: (s: string) => void } = {}): Pr
     const run = async (name: string, useSnapshot: boolean) => {
       const to = path.join(dir, `${name}.db`)
       const t = Date.now()
-      const r = await history.restore('ds1', { seq: log.length }, to, (e, w, d) => openRestoreTarget(e, w, d, quiet), finishRestore, undefined, useSnapshot ? (h, chain, seq) => seedRestore(siteDir, h.engine, to, h.id, chain, seq) : undefined)
+      const r = await history.restore('ds1', { seq: log.length }, to, (e, w, d) => openRestoreTarget(e, w, d), finishRestore, undefined, useSnapshot ? (h, chain, seq) => seedRestore(siteDir, h.engine, to, h.id, chain, seq) : undefined)
       return { ms: Date.now() - t, from: r.from }
     }
     const fromStart = await run('from-start', false)

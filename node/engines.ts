@@ -275,7 +275,7 @@ export async function checkRestoreTarget(engine: string, to: string): Promise<vo
 }
 
 /** The apply side a restore writes with: a SQLite restore goes to `<to>.partial` until it is complete. */
-export function openRestoreTarget(engine: string, to: string, dataset: string, logger: Logger): ApplySide {
+export function openRestoreTarget(engine: string, to: string, dataset: string, logger?: Logger): ApplySide {
   if (engine === 'postgres') return new PostgresApply({ url: to, dataset, logger })
   return new SqliteApply({ path: `${to}.partial`, dataset, logger })
 }

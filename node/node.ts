@@ -1182,19 +1182,7 @@ export class MeshNode extends EventEmitter {
    * Nothing is copied: the replica file is adopted as it is, and the new log starts where it stands.
    */
   async promote(dataset: string, force: boolean): Promise<PromoteResult> {
-    const byId = this.state.datasets.find((d) => d.id === dataset)
-    const byName = this.state.datasets.filter((d) => d.name === dataset)
-    if (!byId && byName.length > 1) {
-      throw MeshError.UNKNOWN_DATASET(
-        `${byName.length} datasets are named ${dataset}: ${byName.map((d) => `${d.id} (origin ${d.originSite})`).join(', ')}`,
-        { hint: 'Give the id of the one to promote instead of its name (mesh status --json lists them).' }
-      )
-    }
-    const head = byId ?? byName[0]
-    if (!head) {
-      const known = this.state.datasets.map((d) => d.name)
-      throw MeshError.UNKNOWN_DATASET(`no dataset named ${dataset} in this mesh${known.length ? ` (it has ${known.join(', ')})` : ''}`)
-    }
+    const head = findDataset(this.state.datasets, dataset)
     return this.enqueue(head.id, () => this.promoteNow(head.id, force))
   }
 

@@ -8,9 +8,8 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { tmpDir } from './helpers/db.ts'
-import { mesh, startTestnet, waitUntil } from './helpers/mesh.ts'
-import { PgSite } from './helpers/pg-mesh.ts'
+import { mesh, waitUntil } from './helpers/mesh.ts'
+import { twoPgSites } from './helpers/pg-mesh.ts'
 import { pgDump } from './helpers/pg.ts'
 import { findPgDump } from '../node/engines.ts'
 
@@ -20,18 +19,7 @@ for (const noDecoding of [false, true]) {
 }
 
 async function failover(t: import('node:test').TestContext, noDecoding: boolean) {
-  const { dir, cleanup } = tmpDir('mesh-pgf-')
-  const { testnet, bootstrap } = await startTestnet()
-  const a = new PgSite(dir, 'a', bootstrap)
-  const b = new PgSite(dir, 'b', bootstrap, { noDecoding })
-  t.after(async () => {
-    for (const s of [a, b]) await s.stop('SIGKILL')
-    for (const s of [a, b]) await s.cluster?.stop()
-    await testnet.destroy()
-    cleanup()
-  })
-  await a.create()
-  await b.create()
+  const { a, b } = await twoPgSites(t, { noDecoding })
   await a.cluster.query(
     `CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, at timestamptz NOT NULL DEFAULT now());
      CREATE UNIQUE INDEX orders_item ON orders (item);

@@ -8,11 +8,10 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
-import { tmpDir } from './helpers/db.ts'
 import fs from 'node:fs'
-import { dump, openWal } from './helpers/db.ts'
+import { dump, openWal, tmpDir } from './helpers/db.ts'
 import { TestSite, mesh, startTestnet, waitUntil } from './helpers/mesh.ts'
-import { PgSite } from './helpers/pg-mesh.ts'
+import { PgSite, twoPgSites } from './helpers/pg-mesh.ts'
 import { pgDump } from './helpers/pg.ts'
 
 /** pgbench in the background; resolves with its output when it ends. */
@@ -29,24 +28,8 @@ function pgbench(site: PgSite, args: string[]): Promise<string> {
   })
 }
 
-async function twoSites(t: import('node:test').TestContext) {
-  const { dir, cleanup } = tmpDir('mesh-pg-')
-  const { testnet, bootstrap } = await startTestnet()
-  const a = new PgSite(dir, 'a', bootstrap)
-  const b = new PgSite(dir, 'b', bootstrap)
-  t.after(async () => {
-    for (const s of [a, b]) await s.stop('SIGKILL')
-    for (const s of [a, b]) await s.cluster?.stop()
-    await testnet.destroy()
-    cleanup()
-  })
-  await a.create()
-  await b.create()
-  return { a, b }
-}
-
 test('pgbench at a PostgreSQL origin: the replica equals the origin, also when the origin node is SIGKILLed mid-run', async (t) => {
-  const { a, b } = await twoSites(t)
+  const { a, b } = await twoPgSites(t)
   // The business database exists before the mesh: its rows reach the replica through the initial copy.
   a.cluster.run('pgbench', ['-i', '-s', '1', '-q', 'shop'])
   await a.init()

@@ -20,8 +20,8 @@
  */
 import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
-import { DEFAULT_GUARD, silentLogger } from '../types.ts'
 import { headerFits, unitChanges, unitFits } from '../position.ts'
+import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
 import { OWN_SCHEMA, SEQUENCES_TABLE, connect, isUnchanged, pgError, quoteIdent, quoteLiteral, redactUrl, type Client } from './common.ts'
 
 const META = `${OWN_SCHEMA}.replica`
@@ -37,17 +37,6 @@ export interface PostgresApplyOptions {
   logger?: Logger
   /** Flags units that delete or change a large share of a table (see DamageAlert). */
   guard?: DamageGuard
-}
-
-interface Meta {
-  dataset: string | null
-  log: Uint8Array | null
-  epoch: number
-  length: number
-  treeHash: Uint8Array | null
-  state: ReplicaState
-  tables: TableDef[]
-  objects: SchemaObject[]
 }
 
 /** A value as a text parameter (PostgreSQL rows carry text; anything else is turned into its text). */
@@ -86,24 +75,16 @@ export function splitName(name: string): string[] {
   return parts
 }
 
-export class PostgresApply implements ApplySide {
+export class PostgresApply extends ReplicaBase implements ApplySide {
   readonly engine = 'postgres' as const
   private readonly url: string
-  private readonly log: Logger
-  private readonly expectDataset: string | null
   private client: Client | null = null
-  private meta!: Meta
-  private skippedObjects: string[] = []
-  private readonly guard: DamageGuard
-  private lastAlerts: DamageAlert[] = []
   /** The dataset whose row alone is in the position table (saveMeta deletes any other once). */
   private savedDataset: string | null | undefined = undefined
 
   constructor(opts: PostgresApplyOptions) {
+    super(opts)
     this.url = opts.url
-    this.log = opts.logger ?? silentLogger
-    this.expectDataset = opts.dataset ?? null
-    this.guard = opts.guard ?? DEFAULT_GUARD
   }
 
   private get conn(): Client {
@@ -146,7 +127,7 @@ export class PostgresApply implements ApplySide {
     }
   }
 
-  private async loadMeta(): Promise<Meta> {
+  private async loadMeta(): Promise<ReplicaMeta> {
     const r = await this.conn.query(`SELECT dataset, log, epoch, length, tree_hash, state, tables, objects FROM ${META}`)
     if (r.rows.length > 1) throw MeshError.BAD_REPLICA(`${redactUrl(this.url)} holds the positions of ${r.rows.length} datasets; a replica database holds one`)
     const row = r.rows[0]
@@ -179,31 +160,12 @@ export class PostgresApply implements ApplySide {
     )
   }
 
-  position(): AppliedPosition | null {
-    const m = this.meta
-    if (m.log === null) return null
-    return { log: m.log, epoch: m.epoch, length: m.length, treeHash: m.treeHash }
-  }
-
-  state(): ReplicaState {
-    return this.meta.state
-  }
-
-  dataset(): string | null {
-    return this.meta.dataset
-  }
-
-  /** Schema objects the replica could not create, with the reason. */
-  skipped(): string[] {
-    return [...this.skippedObjects]
-  }
-
   async apply(unit: Unit, position: AppliedPosition): Promise<void> {
     if (this.client === null) await this.open()
     this.lastAlerts = []
     const m = this.meta
     if (unitFits(m, unit, position, { url: redactUrl(this.url) }) === 'skip') return
-    const before: Meta = { ...m }
+    const before: ReplicaMeta = { ...m }
     const db = this.conn
     try {
       await db.query('BEGIN')
@@ -259,11 +221,6 @@ export class PostgresApply implements ApplySide {
     const def = this.meta.tables.find((t) => t.id === id)
     if (def === undefined) throw MeshError.BAD_LOG(`change for table id ${id}, which no schema entry defined`)
     return def
-  }
-
-  /** Units that deleted or changed a large share of a table, from the last apply() (see DamageAlert). */
-  alerts(): DamageAlert[] {
-    return [...this.lastAlerts]
   }
 
   /** The guard's measure of a whole unit, before it is applied (inside its transaction). */

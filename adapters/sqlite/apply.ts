@@ -11,10 +11,10 @@
  * because the rows they would write arrive through the log anyway; promotion creates them. Foreign keys are
  * not enforced while applying for the same reason (the origin enforced them).
  */
-import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableDef, type Value } from '../../protocol/index.ts'
+import { MeshError, type Entry, type SchemaEntry, type TableDef, type Value } from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
-import { DEFAULT_GUARD, silentLogger } from '../types.ts'
 import { headerFits, unitChanges, unitFits } from '../position.ts'
+import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
 import { OWN_PREFIX, digestTables, openDatabase, quote, readTables, sqliteError, type DB } from './common.ts'
 import type Database from 'better-sqlite3'
 
@@ -38,43 +38,24 @@ interface Prepared {
   count: Database.Statement
 }
 
-interface Meta {
-  dataset: string | null
-  log: Uint8Array | null
-  epoch: number
-  length: number
-  treeHash: Uint8Array | null
-  state: ReplicaState
-  tables: TableDef[]
-  objects: SchemaObject[]
-}
-
 function bind(v: Value): unknown {
   if (v instanceof Uint8Array && !Buffer.isBuffer(v)) return Buffer.from(v.buffer, v.byteOffset, v.byteLength)
   return v
 }
 
-export class SqliteApply implements ApplySide {
+export class SqliteApply extends ReplicaBase implements ApplySide {
   readonly engine = 'sqlite' as const
   private readonly path: string
-  private readonly log: Logger
-  private readonly expectDataset: string | null
   private db: DB | null = null
-  private meta!: Meta
   private prepared = new Map<number, Prepared>()
-  private skippedObjects: string[] = []
   /** SQLite's data_version as this connection last saw it: it moves only when another connection commits. */
   private dataVersion = -1
   private written = false
-  private readonly guard: DamageGuard
   private lastCheckpoint: { length: number; ok: boolean; rows: number; originRows: number; at: number } | null = null
-  private lastAlerts: DamageAlert[] = []
 
   constructor(opts: SqliteApplyOptions) {
+    super(opts)
     this.path = opts.path
-    this.log = opts.logger ?? silentLogger
-    this.expectDataset = opts.dataset ?? null
-    this.guard = opts.guard ?? DEFAULT_GUARD
   }
 
   private get conn(): DB {
@@ -120,7 +101,7 @@ export class SqliteApply implements ApplySide {
     }
   }
 
-  private loadMeta(): Meta {
+  private loadMeta(): ReplicaMeta {
     const rows = this.conn.prepare(`SELECT k, v FROM ${META}`).all() as Array<{ k: string; v: unknown }>
     const m = new Map(rows.map((r) => [r.k, r.v]))
     const json = (k: string, d: unknown) => (m.has(k) ? JSON.parse(m.get(k) as string) : d)
@@ -149,21 +130,6 @@ export class SqliteApply implements ApplySide {
     put.run('objects', JSON.stringify(m.objects))
   }
 
-  position(): AppliedPosition | null {
-    const m = this.meta
-    if (m.log === null) return null
-    return { log: m.log, epoch: m.epoch, length: m.length, treeHash: m.treeHash }
-  }
-
-  state(): ReplicaState {
-    return this.meta.state
-  }
-
-  /** The dataset this replica belongs to, once the log header has been applied. */
-  dataset(): string | null {
-    return this.meta.dataset
-  }
-
   /**
    * Whether something other than this replica's own connection has written to the file since it was opened
    * (an application pointed at the replica, say). Such writes are not captured anywhere and the next units
@@ -177,11 +143,6 @@ export class SqliteApply implements ApplySide {
       // A busy or closing file: look again next time.
     }
     return this.written
-  }
-
-  /** Schema objects (views, indexes) the replica could not create, with the reason. */
-  skipped(): string[] {
-    return [...this.skippedObjects]
   }
 
   async apply(unit: Unit, position: AppliedPosition): Promise<void> {
@@ -245,11 +206,6 @@ export class SqliteApply implements ApplySide {
   /** The last checkpoint this replica compared itself with, or null. */
   checkpoint(): { length: number; ok: boolean; rows: number; originRows: number; at: number } | null {
     return this.lastCheckpoint
-  }
-
-  /** Units that deleted or changed a large share of a table, from the last apply() (see DamageAlert). */
-  alerts(): DamageAlert[] {
-    return [...this.lastAlerts]
   }
 
   /** Measures a transaction's changes against the table before them, for the mass-damage guard. */

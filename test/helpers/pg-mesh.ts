@@ -8,7 +8,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { pgReplicaUrl } from '../../node/engines.ts'
 import type { DatasetInfo } from '../../protocol/index.ts'
-import { MESH, mesh } from './mesh.ts'
+import { MESH, mesh, startTestnet } from './mesh.ts'
+import { tmpDir } from './db.ts'
 import { pgDump, startCluster, type PgCluster } from './pg.ts'
 import { startNodeProcess, type Child } from './proc.ts'
 
@@ -85,4 +86,24 @@ export class PgSite {
       return false
     }
   }
+}
+
+/**
+ * Two PostgreSQL sites, a and b, each with its own cluster, on a testnet of their own; stopped and removed when
+ * the test ends. `b.noDecoding`: b's server has no logical decoding.
+ */
+export async function twoPgSites(t: { after(fn: () => Promise<void>): void }, opts: { noDecoding?: boolean } = {}): Promise<{ a: PgSite; b: PgSite; dir: string }> {
+  const { dir, cleanup } = tmpDir('mesh-pg-')
+  const { testnet, bootstrap } = await startTestnet()
+  const a = new PgSite(dir, 'a', bootstrap)
+  const b = new PgSite(dir, 'b', bootstrap, { noDecoding: opts.noDecoding })
+  t.after(async () => {
+    for (const s of [a, b]) await s.stop('SIGKILL')
+    for (const s of [a, b]) await s.cluster?.stop()
+    await testnet.destroy()
+    cleanup()
+  })
+  await a.create()
+  await b.create()
+  return { a, b, dir }
 }

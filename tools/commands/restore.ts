@@ -84,7 +84,7 @@ export const command: Command = {
         await checkRestoreTarget(head.engine, to)
         const off = await offlineHistory(dir)
         try {
-          result = await off.history.restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d, { debug() {}, info() {}, warn() {}, error() {} }), finishRestore, progress, (h, chain, seq) =>
+          result = await off.history.restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d), finishRestore, progress, (h, chain, seq) =>
             seedRestore(dir, h.engine, to, h.id, chain, seq)
           )
         } finally {

@@ -1,0 +1,59 @@
+/**
+ * What every apply side keeps about its replica, whatever the engine: where it stands in the log, the schema
+ * it last applied, its state, the objects it could not create, and the mass-damage guard's findings.
+ */
+import type { SchemaObject, TableDef } from '../protocol/index.ts'
+import type { AppliedPosition, DamageAlert, DamageGuard, Logger, ReplicaState } from './types.ts'
+import { DEFAULT_GUARD, silentLogger } from './types.ts'
+
+export interface ReplicaMeta {
+  dataset: string | null
+  log: Uint8Array | null
+  epoch: number
+  length: number
+  treeHash: Uint8Array | null
+  state: ReplicaState
+  tables: TableDef[]
+  objects: SchemaObject[]
+}
+
+export abstract class ReplicaBase {
+  protected meta!: ReplicaMeta
+  protected readonly log: Logger
+  /** Dataset id this replica must belong to; checked against the log header. */
+  protected readonly expectDataset: string | null
+  protected readonly guard: DamageGuard
+  protected skippedObjects: string[] = []
+  protected lastAlerts: DamageAlert[] = []
+
+  constructor(opts: { logger?: Logger; dataset?: string; guard?: DamageGuard }) {
+    this.log = opts.logger ?? silentLogger
+    this.expectDataset = opts.dataset ?? null
+    this.guard = opts.guard ?? DEFAULT_GUARD
+  }
+
+  position(): AppliedPosition | null {
+    const m = this.meta
+    if (m.log === null) return null
+    return { log: m.log, epoch: m.epoch, length: m.length, treeHash: m.treeHash }
+  }
+
+  state(): ReplicaState {
+    return this.meta.state
+  }
+
+  /** The dataset this replica belongs to, once the log header has been applied. */
+  dataset(): string | null {
+    return this.meta.dataset
+  }
+
+  /** Schema objects the replica could not create, with the reason. */
+  skipped(): string[] {
+    return [...this.skippedObjects]
+  }
+
+  /** Units that deleted or changed a large share of a table, from the last apply() (see DamageAlert). */
+  alerts(): DamageAlert[] {
+    return [...this.lastAlerts]
+  }
+}
