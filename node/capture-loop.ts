@@ -147,21 +147,36 @@ export class CaptureLoop extends EventEmitter {
   }
 
   private lastCheckpoint = { at: 0, length: -1 }
+  /** Callers of checkpointNow() waiting for the next checkpoint. */
+  private asked: Array<{ resolve: (c: { length: number; rows: number }) => void; reject: (e: Error) => void }> = []
 
   /**
-   * A checkpoint: when the log has grown since the last one and the interval has passed, the source's digest
-   * at exactly the log's state goes into the log, for every replica to compare with its own.
+   * A checkpoint: when the log has grown since the last one and the interval has passed, or when one was asked
+   * for, the source's digest at exactly the log's state goes into the log, for every replica to compare with
+   * its own. Taken only while the source is idle (the capture side returns null otherwise: tried again later).
    */
   private async maybeCheckpoint(): Promise<void> {
     const { capture, log } = this.opts
     const every = this.opts.checkpointMs ?? 600_000
-    if (!capture.checkpoint || Date.now() - this.lastCheckpoint.at < every || log.length === this.lastCheckpoint.length) return
+    if (!capture.checkpoint) return
+    if (this.asked.length === 0 && (Date.now() - this.lastCheckpoint.at < every || log.length === this.lastCheckpoint.length)) return
     const d = await capture.checkpoint()
     if (d === null) return
     const length = log.length
     await log.appendUnit([{ kind: 'checkpoint', length, digest: d.digest, rows: d.rows }])
     this.lastCheckpoint = { at: Date.now(), length: log.length }
     this.emit('checkpoint', { length, rows: d.rows })
+    for (const a of this.asked.splice(0)) a.resolve({ length, rows: d.rows })
+  }
+
+  /**
+   * Asks for a checkpoint now (`mesh checkpoint`): resolves with the log position it describes (the checkpoint
+   * is the block at that position) once it is in the log, which is as soon as the source is idle.
+   */
+  checkpointNow(): Promise<{ length: number; rows: number }> {
+    if (!this.opts.capture.checkpoint) return Promise.reject(MeshError.USAGE('this capture cannot take checkpoints'))
+    if (!this.running) return Promise.reject(MeshError.NOT_RUNNING('capture is not running', { hint: 'mesh status says why.' }))
+    return new Promise((resolve, reject) => this.asked.push({ resolve, reject }))
   }
 
   private async run(): Promise<void> {
@@ -209,5 +224,6 @@ export class CaptureLoop extends EventEmitter {
     this.running = false
     await this.loop
     this.loop = null
+    for (const a of this.asked.splice(0)) a.reject(MeshError.NOT_RUNNING('capture stopped before the checkpoint was taken'))
   }
 }

@@ -29,9 +29,8 @@ import {
 } from '../adapters/index.ts'
 import { connect, quoteIdent, splitPassword } from '../adapters/postgres/common.ts'
 import { CREATE_META } from '../adapters/postgres/index.ts'
-import { locate, type ChainSegment } from './chain.ts'
-import { offsets } from './history.ts'
-import { listSnapshots, snapshotPosition } from './snapshots.ts'
+import type { ChainSegment } from './chain.ts'
+import { seedFromSnapshot } from './snapshots.ts'
 import { adoptReplica } from '../adapters/postgres/adopt.ts'
 
 export type EngineName = 'sqlite' | 'postgres'
@@ -286,24 +285,7 @@ export function openRestoreTarget(engine: string, to: string, dataset: string, l
  */
 export async function seedRestore(siteDir: string, engine: string, to: string, dataset: string, chain: ChainSegment[], seq: number, inUse?: Set<string>): Promise<number> {
   if (engine === 'postgres') return 0
-  const partial = `${to}.partial`
-  for (const f of [partial, `${partial}-wal`, `${partial}-shm`, `${partial}-journal`]) fs.rmSync(f, { force: true })
-  const { starts } = offsets(chain)
-  for (const s of listSnapshots(siteDir, dataset).reverse()) {
-    const pos = snapshotPosition(s.file)
-    const at = pos && locate(chain, pos)
-    if (!pos || !at) continue
-    const from = starts[at.index] + at.next
-    if (from > seq) continue
-    inUse?.add(s.file)
-    try {
-      fs.copyFileSync(s.file, partial)
-    } finally {
-      inUse?.delete(s.file)
-    }
-    return from
-  }
-  return 0
+  return seedFromSnapshot(siteDir, dataset, `${to}.partial`, chain, seq, inUse)
 }
 
 /**

@@ -54,8 +54,8 @@ import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
 import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
 import { writeDivergence } from './divergence.ts'
-import { History, findDataset, offsets, type RestoreResult } from './history.ts'
-import { DEFAULT_SNAPSHOTS, listSnapshots, prune, takeSnapshot, type SnapshotPolicy } from './snapshots.ts'
+import { History, findDataset, offsets, restorePoint, type RestoreResult } from './history.ts'
+import { DEFAULT_SNAPSHOTS, buildSnapshot, listSnapshots, prune, snapshotPosition, type SnapshotPolicy } from './snapshots.ts'
 import { DatasetLog, logName } from './log.ts'
 import {
   readInvites,
@@ -69,6 +69,7 @@ import {
   writeReports,
   type Invite,
   type LocalDataset,
+  type CheckpointResult,
   type MeshState,
   type SitePaths,
   type VerifyResult,
@@ -112,7 +113,7 @@ export interface MeshNodeOptions {
   pollMs?: number
   /** Reports are sent on every change and at least this often. */
   heartbeatMs?: number
-  /** Generational snapshots of SQLite replicas (default: daily, kept 14 days, 8 weeks, 12 months). */
+  /** Generational snapshots of SQLite datasets, built from their logs (default: daily, kept 14 days, 8 weeks, 12 months). */
   snapshots?: SnapshotPolicy
   /** An origin appends a checkpoint (its digest) at most this often, when idle (default 10 min). */
   checkpointMs?: number
@@ -316,7 +317,7 @@ export class MeshNode extends EventEmitter {
 
     this.timers.push(setInterval(() => this.sendReport(), this.opts.heartbeatMs ?? 5000))
     const snaps = this.opts.snapshots ?? DEFAULT_SNAPSHOTS
-    this.timers.push(setInterval(() => void this.snapshotReplicas(snaps), Math.min(60_000, Math.max(200, (snaps.everySeconds * 1000) / 4))))
+    this.timers.push(setInterval(() => void this.snapshotDatasets(snaps), Math.min(60_000, Math.max(200, (snaps.everySeconds * 1000) / 4))))
     this.markDirty()
     this.logger.info('node started', {
       site: this.opts.site,
@@ -750,24 +751,33 @@ export class MeshNode extends EventEmitter {
   }
 
   /**
-   * Takes a snapshot of each SQLite replica whose newest is `everySeconds` old, and prunes them by the
-   * generational policy. A snapshot is a consistent online copy; apply goes on meanwhile.
+   * Takes a snapshot of each SQLite dataset whose log this site holds (its own included) when the newest is
+   * `everySeconds` old and the log has grown since, and prunes them by the generational policy. A snapshot is
+   * built from the log (see snapshots.ts); capture and apply go on meanwhile.
    */
-  private async snapshotReplicas(p: SnapshotPolicy): Promise<void> {
+  private async snapshotDatasets(p: SnapshotPolicy): Promise<void> {
     if (this.snapshotting || this.closing) return
     this.snapshotting = true
     try {
-      for (const r of this.replicas.values()) {
-        if (r.info.engine !== 'sqlite' || r.side.state() !== 'ready' || r.side.position() === null) continue
-        const newest = listSnapshots(this.paths.dir, r.info.id).pop()
+      for (const head of this.state.datasets) {
+        if (head.engine !== 'sqlite' || this.closing) continue
+        const newest = listSnapshots(this.paths.dir, head.id).pop()
         const now = Date.now()
         if (newest && now - newest.at < p.everySeconds * 1000) continue
         try {
-          const s = await takeSnapshot(this.paths.dir, r.info.id, r.path, now)
-          const gone = prune(this.paths.dir, r.info.id, now, p, this.snapshotsInUse)
-          this.logger.info('snapshot taken', { dataset: r.info.name, file: s.file, pruned: gone.length })
+          const chain = await resolveChain(head, (k) => this.openLog(k))
+          const { starts, length } = offsets(chain)
+          const held = newest && snapshotPosition(newest.file)
+          const at = held && locate(chain, held)
+          if (at && starts[at.index] + at.next >= length) continue
+          const point = await restorePoint(chain, { seq: length })
+          const s = await buildSnapshot(this.paths.dir, head, chain, point.seq, { now, logger: this.logger, inUse: this.snapshotsInUse })
+          const gone = prune(this.paths.dir, head.id, now, p, this.snapshotsInUse)
+          if (s) this.logger.info('snapshot taken', { dataset: head.name, seq: point.seq, file: s.file, pruned: gone.length })
         } catch (err) {
-          this.logger.warn('cannot take a snapshot', { dataset: r.info.name, error: (err as Error).message })
+          const e = MeshError.wrap(err, MeshError.IO_ERROR)
+          if (e.code === 'REPLICA_NOT_READY' || e.code === 'USAGE') this.logger.debug('no snapshot yet', { dataset: head.name, reason: e.message })
+          else this.logger.warn('cannot take a snapshot', { dataset: head.name, error: e.message })
         }
       }
     } finally {
@@ -974,9 +984,13 @@ export class MeshNode extends EventEmitter {
     })
     replica.loop.on('applied', (e: { length: number; time: number | null }) => {
       if (e.time) replica.appliedWriteAt = Math.max(replica.appliedWriteAt, e.time)
-      const c = (side as { checkpoint?(): LocalDataset['checkpoint'] | null }).checkpoint?.()
+      const c = (side as { checkpoint?(): Omit<CheckpointResult, 'seq'> | null }).checkpoint?.()
       if (c && c.at !== local.checkpoint?.at) {
-        local.checkpoint = c
+        const pos = side.position()
+        const { starts } = offsets(replica.chain)
+        const seq = (starts[replica.chain.findIndex((s) => pos !== null && sameBytes(s.log.key, pos.log))] ?? 0) + c.length
+        local.checkpoint = { ...c, seq }
+        prove(local, seq, c.ok)
         this.saveState()
       }
       this.markDirty()
@@ -1024,8 +1038,12 @@ export class MeshNode extends EventEmitter {
           await r.side.open()
           repaired = true
         }
-        const result: VerifyResult = { dataset: head.name, seq, at: Date.now(), ok: tables.length === 0 || repaired, tables, repaired }
-        this.localOf(head).verified = result
+        const local = this.localOf(head)
+        prove(local, seq, tables.length === 0)
+        const parted = tables.length ? { lastEqual: local.proven!.equal, firstDiffers: local.proven!.differs! } : null
+        if (repaired) prove(local, seq, true)
+        const result: VerifyResult = { dataset: head.name, seq, at: Date.now(), ok: tables.length === 0 || repaired, tables, repaired, parted }
+        local.verified = result
         this.saveState()
         this.markDirty()
         if (tables.length) this.logger.warn(repaired ? 'replica repaired from the log' : 'replica differs from the log', { dataset: head.name, seq, tables: tables.map((t) => t.table) })
@@ -1035,6 +1053,33 @@ export class MeshNode extends EventEmitter {
         await r.loop.start()
       }
     })
+  }
+
+  /**
+   * `mesh checkpoint`: the origin appends its digest now (as soon as its database is idle), for every copy to
+   * compare with its own. Returns the chain position the checkpoint describes.
+   */
+  async checkpoint(dataset: string): Promise<{ dataset: string; seq: number; rows: number }> {
+    const head = findDataset(this.state.datasets, dataset)
+    const o = this.origins.get(head.id)
+    if (!o) {
+      throw MeshError.USAGE(`${this.opts.site} is not the origin of ${head.name}: ${head.originSite} is`, { hint: `Run mesh checkpoint ${head.name} at ${head.originSite}.` })
+    }
+    let timer: NodeJS.Timeout | undefined
+    const busy = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(MeshError.REPLICA_BEHIND(`${head.name}'s database did not go idle within 2 minutes, and a checkpoint is taken only then`, { hint: 'Run the command again at a quieter moment; the periodic checkpoint is taken when it is idle.' })),
+        120_000
+      )
+    })
+    try {
+      const c = await Promise.race([o.loop.checkpointNow(), busy])
+      const chain = await resolveChain(head, (k) => this.openLog(k))
+      const { starts } = offsets(chain)
+      return { dataset: head.name, seq: starts[starts.length - 1] + c.length, rows: c.rows }
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   /** The mass-damage guard: a unit that deleted or changed a large share of a table is kept and reported. */
@@ -1409,6 +1454,7 @@ export class MeshNode extends EventEmitter {
     if (req.cmd === 'log') return { log: await this.history.log(String(req.dataset ?? ''), { from: req.from, limit: req.limit, full: req.full }) }
     if (req.cmd === 'restore') return { job: await this.startRestore(String(req.dataset ?? ''), { seq: req.seq, at: req.at }, String(req.to ?? '')) }
     if (req.cmd === 'job') return { job: this.jobs.get(String(req.job)) ?? null }
+    if (req.cmd === 'checkpoint') return { checkpoint: await this.checkpoint(String(req.dataset ?? '')) }
     if (req.cmd === 'verify' || req.cmd === 'repair') return { verify: await this.verify(String(req.dataset ?? ''), req.cmd === 'repair') }
     if (req.cmd === 'promote') return { promoted: await this.promote(String(req.dataset ?? ''), req.force === true) }
     if (req.cmd === 'ping') return { ok: true, site: this.opts.site }
@@ -1510,4 +1556,13 @@ export function statusFromDisk(dir: string, site: string, thresholds: StatusThre
     now,
     thresholds
   })
+}
+
+/** Records a proof about a replica at chain position `seq`: equal to the log there, or not (see LocalDataset.proven). */
+function prove(local: LocalDataset, seq: number, equal: boolean): void {
+  const p = (local.proven ??= { equal: null, differs: null })
+  if (equal) {
+    p.equal = seq
+    p.differs = null
+  } else if (p.differs === null) p.differs = seq
 }

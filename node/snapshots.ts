@@ -1,17 +1,23 @@
 /**
- * Generational snapshots: copies of a SQLite replica taken now and then (default daily), kept by age (the
- * newest of each of the last 14 days, 8 weeks and 12 months by default), so that a restore replays the log
- * from the nearest snapshot before the moment asked for instead of from the start of the history.
+ * Generational snapshots: copies of a dataset as it stood at a point of its log, taken now and then (default
+ * daily) at every site that holds the log, kept by age (the newest of each of the last 14 days, 8 weeks and
+ * 12 months by default), so that a restore replays the log from the nearest snapshot before the moment asked
+ * for instead of from the start of the history.
  *
- * A snapshot is the replica file as SQLite's online backup copies it, consistent and with its own applied
- * position inside (the replica's bookkeeping table), so nothing else is needed to continue from it: a restore
- * copies it and applies the chain from that position on. Files: DIR/snapshots/<dataset id>/<ms>.db.
+ * A snapshot is built from the log, never copied from a live database: the newest snapshot (or an empty
+ * file) plus the units since it. So a replica changed behind the mesh's back, or a damaged origin, never
+ * passes its damage on to a restore; and an origin, or a site that keeps no warm copy, has snapshots too. The
+ * file holds its own applied position (the bookkeeping table a replica has), so a restore copies it and
+ * applies the chain from there on. Files: DIR/snapshots/<dataset id>/<ms>.db.
  *
- * PostgreSQL replicas have no snapshots yet (their restores replay from the start).
+ * PostgreSQL datasets have no snapshots yet (their restores replay from the start).
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { backupDatabase, openDatabase } from '../adapters/index.ts'
+import { openDatabase, SqliteApply, type Logger } from '../adapters/index.ts'
+import type { DatasetInfo } from '../protocol/index.ts'
+import { locate, type ChainSegment } from './chain.ts'
+import { offsets, replayTo } from './history.ts'
 
 export interface SnapshotPolicy {
   /** Take a snapshot when the newest is this old (seconds). */
@@ -43,16 +49,73 @@ export function listSnapshots(siteDir: string, dataset: string): Snapshot[] {
     .sort((a, b) => a.at - b.at)
 }
 
-/** Copies the replica file into a new snapshot (a temporary name, renamed when complete). */
-export async function takeSnapshot(siteDir: string, dataset: string, replica: string, now = Date.now()): Promise<Snapshot> {
-  const dir = snapshotDir(siteDir, dataset)
+/** The files of a SQLite database being written at `file`: the database and its journals. */
+function sqliteFiles(file: string): string[] {
+  return [file, `${file}-wal`, `${file}-shm`, `${file}-journal`]
+}
+
+/**
+ * Puts the newest snapshot at or before chain position `seq` in place as a new database at `partial`;
+ * returns the position it holds, or 0 (none: a replay starts from the beginning). A snapshot being copied is
+ * in `inUse`, so that retention leaves it.
+ */
+export async function seedFromSnapshot(siteDir: string, dataset: string, partial: string, chain: ChainSegment[], seq: number, inUse?: Set<string>): Promise<number> {
+  for (const f of sqliteFiles(partial)) fs.rmSync(f, { force: true })
+  const { starts } = offsets(chain)
+  for (const s of listSnapshots(siteDir, dataset).reverse()) {
+    const pos = snapshotPosition(s.file)
+    const at = pos && locate(chain, pos)
+    if (!pos || !at) continue
+    const from = starts[at.index] + at.next
+    if (from > seq) continue
+    inUse?.add(s.file)
+    try {
+      fs.copyFileSync(s.file, partial)
+    } finally {
+      inUse?.delete(s.file)
+    }
+    return from
+  }
+  return 0
+}
+
+/**
+ * A new snapshot of a SQLite dataset at chain position `seq` (a unit boundary), built from the log: the
+ * newest snapshot before it plus the units since, written under a temporary name and renamed when complete.
+ * Null when the newest snapshot is at `seq` already (nothing new to keep).
+ */
+export async function buildSnapshot(
+  siteDir: string,
+  head: DatasetInfo,
+  chain: ChainSegment[],
+  seq: number,
+  opts: { now?: number; logger?: Logger; inUse?: Set<string> } = {}
+): Promise<Snapshot | null> {
+  const now = opts.now ?? Date.now()
+  const dir = snapshotDir(siteDir, head.id)
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
   const file = path.join(dir, `${now}.db`)
-  const tmp = `${file}.partial`
-  fs.rmSync(tmp, { force: true })
-  await backupDatabase(replica, tmp)
-  fs.renameSync(tmp, file)
-  return { file, at: now }
+  const partial = `${file}.partial`
+  const clean = () => {
+    for (const f of sqliteFiles(partial)) fs.rmSync(f, { force: true })
+  }
+  try {
+    const from = await seedFromSnapshot(siteDir, head.id, partial, chain, seq, opts.inUse)
+    if (from === seq) {
+      clean()
+      return null
+    }
+    const side = new SqliteApply({ path: partial, dataset: head.id, logger: opts.logger })
+    try {
+      await replayTo(chain, seq, side, { logger: opts.logger })
+    } finally {
+      await side.close()
+    }
+    fs.renameSync(partial, file)
+    return { file, at: now }
+  } finally {
+    clean()
+  }
 }
 
 /**

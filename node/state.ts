@@ -84,8 +84,24 @@ export interface LocalDataset {
   damage?: DamageRecord[]
   /** The last `mesh verify` or `mesh repair` of this site's replica. */
   verified?: VerifyResult
-  /** The last origin checkpoint this site's replica compared itself with. */
-  checkpoint?: { length: number; ok: boolean; rows: number; originRows: number; at: number }
+  /** The last origin checkpoint this site's replica compared itself with (`seq`: its chain position). */
+  checkpoint?: CheckpointResult
+  /**
+   * Where this site's replica was last proven equal to the log (a matching checkpoint or verify), and the
+   * first position after that where it was seen to differ (null while it has not): the replica parted from the
+   * log between the two.
+   */
+  proven?: { equal: number | null; differs: number | null }
+}
+
+export interface CheckpointResult {
+  /** The checkpoint's block in its epoch's log, and its chain position. */
+  length: number
+  seq: number
+  ok: boolean
+  rows: number
+  originRows: number
+  at: number
 }
 
 export interface VerifyResult {
@@ -97,6 +113,11 @@ export interface VerifyResult {
   /** Where it parted from the log (empty when ok). */
   tables: Array<{ table: string; missing: number; extra: number; changed: number; keys: string[] }>
   repaired: boolean
+  /**
+   * When it differs: the last position where the copy was proven equal to the log (a checkpoint or verify;
+   * null when never) and the first where it was seen to differ. It parted from the log between the two.
+   */
+  parted: { lastEqual: number | null; firstDiffers: number } | null
 }
 
 export interface DamageRecord {

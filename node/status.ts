@@ -8,7 +8,7 @@
  * newest write was made; a holder that is silent shows as silent, separately.
  */
 import type { DatasetInfo, MemberInfo, Report } from '../protocol/index.ts'
-import type { DamageRecord, MeshState, VerifyResult } from './state.ts'
+import type { CheckpointResult, DamageRecord, MeshState, VerifyResult } from './state.ts'
 
 export type Verdict = 'OK' | 'WARN' | 'CRIT'
 
@@ -69,8 +69,10 @@ export interface DatasetStatus {
   damage: DamageRecord[]
   /** The last `mesh verify` or `mesh repair` of this site's copy, or null. */
   verified: VerifyResult | null
-  /** The last origin checkpoint this site's copy compared itself with: its log length, and whether it matched. */
-  checkpoint: { length: number; ok: boolean; rows: number; originRows: number; at: number } | null
+  /** The last origin checkpoint this site's copy compared itself with: its chain position, and whether it matched. */
+  checkpoint: CheckpointResult | null
+  /** The last position this site's copy was proven equal to the log, and the first it was seen to differ after it. */
+  proven: { equal: number | null; differs: number | null } | null
   /**
    * A PostgreSQL dataset this site is the origin of: the WAL its replication slot keeps on the database
    * server's disk (everything not yet in the log), the server's ceiling (max_slot_wal_keep_size; null when
@@ -265,9 +267,12 @@ export function buildStatus(input: StatusInput): SiteStatus {
     }
 
     // The last origin checkpoint this site's copy compared itself with.
-    const checkpoint = state.local.find((l) => l.dataset === d.id)?.checkpoint ?? null
+    const mine = state.local.find((l) => l.dataset === d.id)
+    const checkpoint = mine?.checkpoint ? { ...mine.checkpoint, seq: mine.checkpoint.seq ?? mine.checkpoint.length } : null
+    const proven = mine?.proven ?? null
     if (checkpoint && !checkpoint.ok) {
-      add('CRIT', `this site's copy of ${d.name} differs from the origin's checkpoint at position ${checkpoint.length} (${checkpoint.rows} rows here, ${checkpoint.originRows} there): mesh verify ${d.name} names where, mesh repair ${d.name} mends it`)
+      const since = proven?.differs != null ? `; first seen at position ${proven.differs}, last proven equal ${proven.equal === null ? 'never' : `at position ${proven.equal}`}` : ''
+      add('CRIT', `this site's copy of ${d.name} differs from the origin's checkpoint at position ${checkpoint.seq} (${checkpoint.rows} rows here, ${checkpoint.originRows} there${since}): mesh verify ${d.name} names where, mesh repair ${d.name} mends it`)
     }
 
     // The mass-damage guard: a WARN for a week, with the command that restores the state before it.
@@ -297,7 +302,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
       divergences,
       damage,
       verified,
-      checkpoint
+      checkpoint,
+      proven
     }
   })
 

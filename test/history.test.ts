@@ -76,16 +76,23 @@ test('restore ten recorded moments of a random workload, by time and by position
   assert.match(r.stderr, /before the dataset's history begins/)
   assert.equal(fs.existsSync(path.join(dir, 'early.db')), false)
 
-  // Generational snapshots at b (every second here; the default is daily): a later moment is restored from
-  // the newest snapshot before it, an earlier one from the start; the same day keeps one snapshot.
-  const cfgFile = path.join(b.dir, 'config.json')
-  const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'))
-  cfg.snapshots = { everySeconds: 1, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 }
-  fs.writeFileSync(cfgFile, JSON.stringify(cfg))
+  // Generational snapshots at b and at the origin a itself (every second here; the default is daily), built
+  // from the log: a later moment is restored from the newest snapshot before it, an earlier one from the
+  // start; the same day keeps one snapshot.
+  await a.stop()
+  for (const s of [a, b]) {
+    const cfgFile = path.join(s.dir, 'config.json')
+    const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'))
+    cfg.snapshots = { everySeconds: 1, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 }
+    fs.writeFileSync(cfgFile, JSON.stringify(cfg))
+  }
+  await a.start()
   await b.start()
   const id = JSON.parse(fs.readFileSync(path.join(a.dir, 'config.json'), 'utf8')).datasets[0].id
   const snapDir = path.join(b.dir, 'snapshots', id)
   await waitUntil('b took a snapshot', () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => f.endsWith('.db')), 30_000)
+  const originSnaps = path.join(a.dir, 'snapshots', id)
+  await waitUntil('the origin took a snapshot of its own dataset', () => fs.existsSync(originSnaps) && fs.readdirSync(originSnaps).some((f) => f.endsWith('.db')), 30_000)
   for (let i = 0; i < 20; i++) work.transaction()
   await new Promise((r2) => setTimeout(r2, 300))
   const late = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
@@ -94,6 +101,10 @@ test('restore ten recorded moments of a random workload, by time and by position
   assert.equal(res.code, 0, res.stderr)
   assert.ok(JSON.parse(res.stdout).from > 0, `replayed from a snapshot: ${res.stdout}`)
   assert.equal(JSON.stringify(dump(path.join(dir, 'late.db'))), late.state)
+  res = await mesh(['restore', ds, '--at', new Date(late.at).toISOString(), '--to', path.join(dir, 'late-at-origin.db'), '--dir', a.dir, '--json'], { timeoutMs: 120_000 })
+  assert.equal(res.code, 0, res.stderr)
+  assert.ok(JSON.parse(res.stdout).from > 0, `the origin replayed from its own snapshot: ${res.stdout}`)
+  assert.equal(JSON.stringify(dump(path.join(dir, 'late-at-origin.db'))), late.state)
   res = await mesh(['restore', ds, '--seq', String(moments[0].seq), '--to', path.join(dir, 'early-again.db'), '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
   assert.equal(JSON.parse(res.stdout).from, 0, 'a moment before every snapshot replays from the start')
   assert.equal(JSON.stringify(dump(path.join(dir, 'early-again.db'))), moments[0].state)
@@ -191,11 +202,18 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
   t.after(() => db.close())
   const work = new Workload(db, 3)
   for (let i = 0; i < 30; i++) work.transaction()
-  // The origin appends a checkpoint (a digest of its state) each second it is idle after writes.
+  // The origin appends a checkpoint (a digest of its state) each second it is idle after writes; b takes a
+  // snapshot each second.
   await a.stop()
-  const cfgFile = path.join(a.dir, 'config.json')
-  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), checkpointSeconds: 1 }))
+  await b.stop()
+  const set = (dir: string, extra: object) => {
+    const cfgFile = path.join(dir, 'config.json')
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), ...extra }))
+  }
+  set(a.dir, { checkpointSeconds: 1 })
+  set(b.dir, { snapshots: { everySeconds: 1, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 } })
   await a.start()
+  await b.start()
   db.prepare(`INSERT INTO events (at, note) VALUES (1, 'after the restart')`).run()
   await waitUntil('b holds a', () => b.holdsExactly(a), 60_000)
   const checkpointOf = async () => (await b.status()).datasets.find((d) => d.name === 'shop-a')?.checkpoint ?? null
@@ -203,12 +221,14 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
   let r = await mesh(['verify', 'shop-a', '--dir', b.dir, '--json'])
   assert.equal(r.code, 0, r.stderr)
   assert.equal(JSON.parse(r.stdout).ok, true)
+  const provenEqual = JSON.parse(r.stdout).seq
   // Someone changes b's copy directly: one balance altered, one account deleted.
   const file = b.replicaOf(a)!
   const copy = openWal(file)
   copy.prepare('UPDATE accounts SET balance = balance + 1 WHERE id = 3').run()
   copy.prepare('DELETE FROM accounts WHERE id = 7').run()
   copy.close()
+  const damagedAt = Date.now()
   // The next checkpoint shows it, before anyone asks.
   const seen = (await checkpointOf())!.at
   db.prepare(`INSERT INTO events (at, note) VALUES (2, 'after the damage')`).run()
@@ -216,15 +236,29 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
     const c = await checkpointOf()
     return c !== null && c.at !== seen && c.ok === false
   }, 30_000)
+  const firstDiffers = (await checkpointOf())!.seq
   r = await mesh(['verify', 'shop-a', '--dir', b.dir, '--json'])
   assert.equal(r.code, 2, r.stderr)
   const v = JSON.parse(r.stdout)
   assert.equal(v.ok, false)
+  // Where it parted: after the position the first verify proved equal, by the checkpoint that showed it.
+  assert.deepEqual(v.parted, { lastEqual: provenEqual, firstDiffers })
+  assert.ok(provenEqual < firstDiffers)
+  // A snapshot b takes now is built from the log, not copied from its damaged copy: a restore from it at b
+  // gives the origin's rows.
+  const snapDir = path.join(b.dir, 'snapshots', JSON.parse(fs.readFileSync(path.join(a.dir, 'config.json'), 'utf8')).datasets[0].id)
+  await waitUntil('b took a snapshot after the damage', () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => /^\d+\.db$/.test(f) && Number(f.slice(0, -3)) > damagedAt), 30_000)
+  const restored = path.join(path.dirname(b.dir), 'after-damage.db')
+  r = await mesh(['restore', 'shop-a', '--seq', String(v.seq), '--to', restored, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+  assert.equal(r.code, 0, r.stderr)
+  assert.ok(JSON.parse(r.stdout).from > 0, `restored from a snapshot: ${r.stdout}`)
+  assert.deepEqual(dump(restored), dump(a.db), "the restore holds the log's rows, not the damage")
   assert.deepEqual(v.tables.map((x: { table: string; missing: number; changed: number }) => [x.table, x.missing, x.changed]), [['accounts', 1, 1]])
   assert.deepEqual([...v.tables[0].keys].sort(), ['INTEGER 3', 'INTEGER 7'])
   const text = await mesh(['status', '--dir', b.dir])
   assert.match(text.stdout, /checkpoint: this copy DIFFERS from the origin's at position \d+/)
   assert.match(text.stdout, /mesh verify: DIFFERS from the log at position \d+/)
+  assert.match(text.stdout, new RegExp(`parted from the log between position ${provenEqual} .* and position ${firstDiffers}`))
   const st = await mesh(['status', '--dir', b.dir, '--json'])
   assert.ok(JSON.parse(st.stdout).reasons.some((x: { level: string; text: string }) => x.level === 'CRIT' && /differs from the log/.test(x.text)))
   r = await mesh(['repair', 'shop-a', '--dir', b.dir, '--json'])

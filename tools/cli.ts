@@ -17,6 +17,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   promote: () => import('./commands/promote.ts'),
   log: () => import('./commands/log.ts'),
   restore: () => import('./commands/restore.ts'),
+  checkpoint: () => import('./commands/checkpoint.ts'),
   verify: () => import('./commands/verify.ts'),
   repair: async () => ({ command: (await import('./commands/verify.ts')).repair }),
   demo: () => import('./commands/demo.ts')
@@ -24,15 +25,15 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
 
 async function usage(): Promise<string> {
   const rows: string[] = []
-  for (const [name, load] of Object.entries(COMMANDS)) rows.push(`  ${name.padEnd(8)} ${(await load()).command.summary}`)
+  for (const [name, load] of Object.entries(COMMANDS)) rows.push(`  ${name.padEnd(10)} ${(await load()).command.summary}`)
   return `mesh ${pkg.version}: every location a live, verifiable backup of every other.
 
 Usage: mesh <command> [options]
 
 Commands:
 ${rows.join('\n')}
-  help     mesh help COMMAND shows a command's options
-  version  print the version
+  help       mesh help COMMAND shows a command's options
+  version    print the version
 
 Every command takes --dir DIR (default: MESH_DIR, then a per-user folder) and --bootstrap HOST:PORT[,...]
 (default: MESH_BOOTSTRAP, then the public DHT).`

@@ -49,10 +49,13 @@ export function formatStatus(s: SiteStatus): string {
       lines.push(`    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`)
     }
     if (d.checkpoint) {
-      lines.push(`    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at position ${d.checkpoint.length} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`)
+      lines.push(`    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at position ${d.checkpoint.seq} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`)
     }
     if (d.verified) {
       lines.push(`    mesh verify: ${d.verified.ok ? (d.verified.repaired ? 'repaired' : 'equal to the log') : 'DIFFERS from the log'} at position ${d.verified.seq}, ${ago(d.verified.at, now)}`)
+    }
+    if (d.proven?.differs != null) {
+      lines.push(`    parted from the log between position ${d.proven.equal ?? 0} (last proven equal${d.proven.equal === null ? ': never, so from the start' : ''}) and position ${d.proven.differs} (first seen to differ)`)
     }
     for (const x of d.damage ?? []) {
       lines.push(`    mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ${ago(x.at, now)} (the state before it: mesh restore ${d.name} --seq ${x.seq} --to FILE)`)

@@ -11,7 +11,8 @@ function make(name: 'verify' | 'repair'): Command {
 
 Proves this site's copy of DATASET holds exactly what the log says: applying pauses, the log is replayed from
 its start to the copy's position into a scratch file, and the two are compared row by row. Names the tables
-and keys where the copy parts from the log. Exit 0 when it matches, 2 when it differs (then: mesh repair).
+and keys where the copy parts from the log, and between which positions it parted: after the last checkpoint
+(or verify) it matched, by the first that showed the difference. Exit 0 when it matches, 2 when it differs (then: mesh repair).
 SQLite copies; the node must be running.`
       : `mesh repair DATASET --dir DIR [--json]
 
@@ -34,6 +35,9 @@ one transaction; applying then goes on. Exit 0 when the copy matches the log aft
       else {
         out(`${v.dataset}: this site's copy ${v.repaired ? 'differed' : 'differs'} from the log at position ${v.seq}:`)
         for (const t of v.tables) out(`  ${t.table}: ${t.missing} missing, ${t.extra} extra, ${t.changed} changed; keys ${t.keys.join('; ')}`)
+        if (v.parted) {
+          out(`  it parted from the log after position ${v.parted.lastEqual ?? 0} (${v.parted.lastEqual === null ? 'never proven equal' : 'the last checkpoint or verify it matched'}) and by position ${v.parted.firstDiffers} (the first that showed it)`)
+        }
         out(v.repaired ? 'Repaired: the copy now holds exactly what the log says.' : `Run: mesh repair ${v.dataset} --dir ${dir}`)
       }
       return v.ok ? 0 : 2
