@@ -2,7 +2,7 @@
  * What every apply side keeps about its replica, whatever the engine: where it stands in the log, the schema
  * it last applied, its state, the objects it could not create, and the mass-damage guard's findings.
  */
-import type { SchemaObject, TableDef } from '../protocol/index.ts'
+import type { CheckpointEntry, SchemaObject, TableDef } from '../protocol/index.ts'
 import type { AppliedPosition, DamageAlert, DamageGuard, Logger, ReplicaState } from './types.ts'
 import { DEFAULT_GUARD, silentLogger } from './types.ts'
 
@@ -25,6 +25,7 @@ export abstract class ReplicaBase {
   protected readonly guard: DamageGuard
   protected skippedObjects: string[] = []
   protected lastAlerts: DamageAlert[] = []
+  private lastCheckpoint: { length: number; ok: boolean; rows: number; originRows: number; at: number } | null = null
 
   constructor(opts: { logger?: Logger; dataset?: string; guard?: DamageGuard }) {
     this.log = opts.logger ?? silentLogger
@@ -50,6 +51,21 @@ export abstract class ReplicaBase {
   /** Schema objects the replica could not create, with the reason. */
   skipped(): string[] {
     return [...this.skippedObjects]
+  }
+
+  /** The last checkpoint this replica compared itself with (`length`: the checkpoint's block), or null. */
+  checkpoint(): { length: number; ok: boolean; rows: number; originRows: number; at: number } | null {
+    return this.lastCheckpoint
+  }
+
+  /**
+   * Compares this replica's digest (`mine`, computed in the transaction that applies the checkpoint at
+   * block `block`) with the origin's.
+   */
+  protected compareCheckpoint(entry: CheckpointEntry, mine: { digest: Uint8Array; rows: number }, block: number): void {
+    const ok = Buffer.from(mine.digest).equals(Buffer.from(entry.digest))
+    this.lastCheckpoint = { length: block, ok, rows: mine.rows, originRows: entry.rows, at: Date.now() }
+    if (!ok) this.log.warn('this replica differs from the origin at a checkpoint', { length: entry.length, rows: mine.rows, originRows: entry.rows })
   }
 
   /** Units that deleted or changed a large share of a table, from the last apply() (see DamageAlert). */

@@ -130,6 +130,24 @@ export async function ensurePgDatabase(serverUrl: string, url: string, fresh: bo
   }
 }
 
+/** Drops the database `url` names (connected through `adminUrl`, another database of the same server). */
+export async function dropPgDatabase(adminUrl: string, url: string): Promise<void> {
+  const name = decodeURIComponent(new URL(url).pathname.slice(1))
+  const admin = await connect(adminUrl, { doing: 'cannot connect to the PostgreSQL server' })
+  try {
+    await admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`)
+  } finally {
+    await admin.end().catch(() => {})
+  }
+}
+
+/** A scratch database beside a PostgreSQL replica (same server), for `mesh verify`: its own name, never the replica's. */
+export function pgScratchUrl(replicaUrl: string, dataset: string): string {
+  const u = new URL(replicaUrl)
+  u.pathname = `/mesh_verify_${dataset.slice(0, 16).toLowerCase().replace(/[^a-z0-9_]+/g, '_')}`
+  return u.toString()
+}
+
 /** Stops a PostgreSQL database from being captured: its slot (which holds WAL) and publication go. */
 export async function dropPgCapture(url: string, dataset: string): Promise<void> {
   const client = await connect(url, { doing: 'cannot connect to the fenced database' })

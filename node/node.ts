@@ -48,8 +48,8 @@ import {
   type Redeem,
   type SignedReport
 } from '../protocol/index.ts'
-import { SqliteApply, diffDatabases, replaceContents, silentLogger, type ApplySide, type CaptureSide, type DamageAlert, type DamageGuard, type Logger } from '../adapters/index.ts'
-import { checkRestoreTarget, finishRestore, openRestoreTarget, seedRestore, dropPgCapture, ensurePgDatabase, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
+import { SqliteApply, diffDatabases, diffPgDatabases, mendPgDatabase, replaceContents, silentLogger, type ApplySide, type CaptureSide, type DamageAlert, type DamageGuard, type Logger } from '../adapters/index.ts'
+import { checkRestoreTarget, finishRestore, openRestoreTarget, seedRestore, dropPgCapture, dropPgDatabase, ensurePgDatabase, pgScratchUrl, keepCopy, openApply, openCapture, pgDecodingProblems, pgReplicaUrl, resetPgDatabase, roleOf, shown, type CaptureMode } from './engines.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
 import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
@@ -1017,25 +1017,34 @@ export class MeshNode extends EventEmitter {
       if (!r) {
         throw MeshError.REPLICA_NOT_READY(`${this.opts.site} holds no replica of ${head.name}${this.origins.has(head.id) ? ' (it is the origin: verify at a site that holds a copy)' : ''}`)
       }
-      if (r.info.engine !== 'sqlite') throw MeshError.USAGE('mesh verify and mesh repair work on SQLite replicas for now')
       await r.loop.stop()
-      const tmp = path.join(this.paths.replicas, `.verify-${r.info.id}.db`)
-      const clean = () => {
-        for (const f of [tmp, `${tmp}.partial`, `${tmp}-wal`, `${tmp}-shm`, `${tmp}.partial-wal`, `${tmp}.partial-shm`]) fs.rmSync(f, { force: true })
+      const pg = r.info.engine === 'postgres'
+      const tmp = pg ? pgScratchUrl(r.path, r.info.id) : path.join(this.paths.replicas, `.verify-${r.info.id}.db`)
+      const clean = async () => {
+        if (pg) await dropPgDatabase(r.path, tmp)
+        else for (const f of [tmp, `${tmp}.partial`, `${tmp}-wal`, `${tmp}-shm`, `${tmp}.partial-wal`, `${tmp}.partial-shm`]) fs.rmSync(f, { force: true })
       }
       try {
         const pos = r.side.position()
         if (pos === null) throw MeshError.REPLICA_NOT_READY(`${this.opts.site} has applied nothing of ${head.name} yet`)
         const { starts } = offsets(r.chain)
         const seq = starts[r.chain.findIndex((s) => sameBytes(s.log.key, pos.log))] + pos.length
-        clean()
-        await this.history.restore(r.info.id, { seq }, tmp, (e, w, d) => openRestoreTarget(e, w, d, this.logger), async () => fs.renameSync(`${tmp}.partial`, tmp))
-        const tables = diffDatabases(r.path, tmp)
+        await clean()
+        if (pg) await ensurePgDatabase(r.path, tmp, true)
+        // The log replayed into the scratch database, kept as a replica is (its bookkeeping names its tables).
+        const keep = async () => {
+          if (!pg) fs.renameSync(`${tmp}.partial`, tmp)
+        }
+        await this.history.restore(r.info.id, { seq }, tmp, (e, w, d) => openRestoreTarget(e, w, d, this.logger), keep)
+        const tables = pg ? await diffPgDatabases(r.path, tmp) : diffDatabases(r.path, tmp)
         let repaired = false
         if (repair && tables.length > 0) {
-          await r.side.close()
-          replaceContents(r.path, tmp)
-          await r.side.open()
+          if (pg) await mendPgDatabase(r.path, tmp, tables)
+          else {
+            await r.side.close()
+            replaceContents(r.path, tmp)
+            await r.side.open()
+          }
           repaired = true
         }
         const local = this.localOf(head)
@@ -1049,7 +1058,7 @@ export class MeshNode extends EventEmitter {
         if (tables.length) this.logger.warn(repaired ? 'replica repaired from the log' : 'replica differs from the log', { dataset: head.name, seq, tables: tables.map((t) => t.table) })
         return result
       } finally {
-        clean()
+        await clean().catch((err) => this.logger.warn('cannot remove the scratch copy of a verify', { error: (err as Error).message }))
         await r.loop.start()
       }
     })

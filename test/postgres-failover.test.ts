@@ -100,4 +100,17 @@ async function failover(t: import('node:test').TestContext, noDecoding: boolean)
   // Writes at the new origin keep flowing to the old one, now a replica.
   await b.cluster.query(`INSERT INTO orders (item) VALUES ('later')`, [], new URL(promoted).pathname.slice(1))
   await waitUntil('the later write reached a', async () => (await pgDump(a.url))['public.orders'].rows.some((x) => x.includes('later')), 60_000, 300)
+
+  // A checkpoint from the new origin (captured by logical decoding, or with triggers where the server has none):
+  // the old origin's copy matches it.
+  const cp = await mesh(['checkpoint', id, '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
+  assert.equal(cp.code, 0, cp.stderr)
+  const at = JSON.parse(cp.stdout).seq
+  const checkpointAtA = async () => JSON.parse((await mesh(['status', '--dir', a.dir, '--json'])).stdout).datasets.find((x: { id: string }) => x.id === id)?.checkpoint
+  await waitUntil("a compared its copy with b's checkpoint", async () => (await checkpointAtA())?.seq === at, 60_000, 300)
+  assert.equal((await checkpointAtA()).ok, true, "a's copy matches the new origin's checkpoint")
+  // At a site that is not the origin, mesh checkpoint says where to run it.
+  const wrong = await mesh(['checkpoint', id, '--dir', a.dir])
+  assert.equal(wrong.code, 64)
+  assert.match(wrong.stderr, /a is not the origin of shop: b is/)
 }

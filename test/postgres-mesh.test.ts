@@ -69,6 +69,42 @@ test('pgbench at a PostgreSQL origin: the replica equals the origin, also when t
   assert.deepEqual(await pgDump(restored), dump, 'the restored database equals the origin')
   assert.deepEqual(await b.cluster.query(`SELECT count(*) AS n FROM pg_namespace WHERE nspname = '_mesh'`, [], 'restored'), [{ n: '0' }], 'a plain database')
 
+  // A checkpoint on request: a's digest goes into the log and b's copy matches it.
+  const statusOf = async () => JSON.parse((await mesh(['status', '--dir', b.dir, '--json'])).stdout).datasets.find((x: { originSite: string }) => x.originSite === 'a')
+  let cp = await mesh(['checkpoint', a.datasetId(), '--dir', a.dir, '--json'], { timeoutMs: 180_000 })
+  assert.equal(cp.code, 0, cp.stderr)
+  let at = JSON.parse(cp.stdout).seq
+  assert.equal(JSON.parse(cp.stdout).rows, 100_000 + 10 + 1 + 6000)
+  await waitUntil("b's copy matches a's checkpoint", async () => (await statusOf())?.checkpoint?.seq === at, 60_000, 500)
+  assert.equal((await statusOf()).checkpoint.ok, true)
+  let v = await mesh(['verify', a.datasetId(), '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
+  assert.equal(v.code, 0, v.stdout + v.stderr)
+  // Someone changes b's copy directly: a balance, a deleted account, a duplicated history row (no key).
+  await b.cluster.query(
+    `UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 5; DELETE FROM pgbench_accounts WHERE aid = 9;
+     INSERT INTO pgbench_history SELECT * FROM pgbench_history LIMIT 1`,
+    [],
+    new URL(b.replicaUrl(a)).pathname.slice(1)
+  )
+  cp = await mesh(['checkpoint', a.datasetId(), '--dir', a.dir, '--json'], { timeoutMs: 180_000 })
+  at = JSON.parse(cp.stdout).seq
+  await waitUntil("b's copy compared itself with the next checkpoint", async () => (await statusOf())?.checkpoint?.seq === at, 60_000, 500)
+  assert.equal((await statusOf()).checkpoint.ok, false, 'the checkpoint shows the damage')
+  v = await mesh(['verify', a.datasetId(), '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
+  assert.equal(v.code, 2, v.stdout + v.stderr)
+  const found = JSON.parse(v.stdout)
+  assert.deepEqual(
+    found.tables.map((x: { table: string; missing: number; extra: number; changed: number }) => [x.table, x.missing, x.extra, x.changed]).sort(),
+    [['public.pgbench_accounts', 1, 0, 1], ['public.pgbench_history', 0, 1, 0]]
+  )
+  assert.deepEqual(found.tables.find((x: { table: string }) => x.table === 'public.pgbench_accounts').keys.sort(), ['5', '9'])
+  assert.equal(found.parted.firstDiffers, at)
+  v = await mesh(['repair', a.datasetId(), '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
+  assert.equal(v.code, 0, v.stdout + v.stderr)
+  assert.equal(JSON.parse(v.stdout).repaired, true)
+  assert.equal(await b.holdsExactly(a), true, 'the repaired copy equals the origin')
+  assert.deepEqual(await b.cluster.query(`SELECT count(*) AS n FROM pg_database WHERE datname LIKE 'mesh_verify%'`), [{ n: '0' }], 'the scratch database is gone')
+
   // A mass delete through the application is flagged at b, with the restore command that undoes it.
   await a.cluster.query(`DELETE FROM pgbench_history WHERE delta <> 0 OR delta = 0`, [], 'shop')
   await waitUntil("b flags the mass delete", async () => {

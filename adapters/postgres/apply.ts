@@ -22,7 +22,7 @@ import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableC
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { headerFits, unitChanges, unitFits } from '../position.ts'
 import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
-import { OWN_SCHEMA, SEQUENCES_TABLE, connect, isUnchanged, pgError, quoteIdent, quoteLiteral, redactUrl, type Client } from './common.ts'
+import { OWN_SCHEMA, SEQUENCES_TABLE, connect, digestPgTables, isUnchanged, pgError, quoteIdent, quoteLiteral, redactUrl, type Client } from './common.ts'
 
 const META = `${OWN_SCHEMA}.replica`
 
@@ -212,6 +212,9 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
         if (m.state === 'settling') m.state = 'ready'
         return
       case 'checkpoint':
+        // The origin's digest at this position: this replica's own, computed in the same transaction.
+        this.compareCheckpoint(entry, await digestPgTables(this.conn, m.tables), position.length - 1)
+        return
       case 'fence':
         return
     }

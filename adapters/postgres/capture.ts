@@ -41,7 +41,9 @@ import {
   cannotCarry,
   connect,
   copyTables,
+  digestPgTables,
   ensureIdentityFull,
+  isShapeError,
   isUnchanged,
   pgError,
   quoteIdent,
@@ -136,6 +138,8 @@ interface Stream {
   seen: number
   /** Commit messages in `buf`. */
   commits: number
+  /** Messages received in all, ever. */
+  received: number
 }
 
 interface Known {
@@ -497,7 +501,7 @@ export class PostgresCapture implements CaptureSide {
       if (old.error && old.error.code !== 'PG_UNREACHABLE') throw old.error
     }
     const client = await connect(this.opts.url, { replication: true, doing: 'cannot open a replication connection' })
-    const st: Stream = { client, buf: [], rel: new Map(), ended: false, error: null, paused: false, sent: 0n, firstAt: 0, seen: 0, commits: 0 }
+    const st: Stream = { client, buf: [], rel: new Map(), ended: false, error: null, paused: false, sent: 0n, firstAt: 0, seen: 0, commits: 0, received: 0 }
     const conn = (client as unknown as { connection: PgConnection }).connection
     const fail = (err: unknown) => {
       if (st.ended) return
@@ -525,6 +529,7 @@ export class PostgresCapture implements CaptureSide {
         if (st.buf.length === 0) st.firstAt = Date.now()
         const payload = Buffer.from(b.subarray(25))
         st.buf.push(payload)
+        st.received++
         if (payload[0] === 0x43) st.commits++
         // Paused only while a whole transaction waits here: its read and ack resume the stream. (pgoutput
         // sends a transaction at its commit: pausing inside one would wait for ever.)
@@ -575,7 +580,7 @@ export class PostgresCapture implements CaptureSide {
    * flushed WAL position now, against how far its walsender has read, which a keepalive it is asked for
    * reports after every message before it. So a read returns every change committed before it began.
    */
-  private async caughtUp(st: Stream): Promise<void> {
+  private async caughtUp(st: Stream): Promise<boolean> {
     const r = await this.query('SELECT pg_current_wal_flush_lsn()::text AS lsn', [], 'cannot read the server position')
     const target = parseLsn(r.rows[0].lsn)
     const until = Date.now() + 2000
@@ -589,6 +594,36 @@ export class PostgresCapture implements CaptureSide {
         })
       })
     }
+    return st.sent >= target && !st.ended
+  }
+
+  /**
+   * The checkpoint digest, when the tables are exactly what the log holds. The stream is caught up with
+   * nothing unread before the digest's snapshot is taken and again after it, with no message in between: then
+   * no transaction committed between the two, so the snapshot saw exactly the transactions the log holds.
+   */
+  async checkpoint(): Promise<{ digest: Uint8Array; rows: number } | null> {
+    const st = this.stream
+    if (this.lastRead !== null || this.schemaPending || this.slotMissing || this.snap !== null || !st || st.ended) return null
+    if (!(await this.caughtUp(st)) || st.buf.length > 0) return null
+    const received = st.received
+    const defs = [...this.tables.values()].map((k) => k.def)
+    let d: { digest: Uint8Array; rows: number }
+    try {
+      d = await this.session.run('cannot take a checkpoint', async (db) => {
+        await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+        try {
+          return await digestPgTables(db, defs)
+        } finally {
+          await db.query('COMMIT').catch(() => {})
+        }
+      })
+    } catch (err) {
+      if (isShapeError(err)) return null
+      throw err
+    }
+    if (!(await this.caughtUp(st)) || st.buf.length > 0 || st.received !== received) return null
+    return d
   }
 
   /** Tells the server how far the log holds the stream (its slot may let go of the WAL before it). */

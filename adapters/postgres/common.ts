@@ -14,6 +14,7 @@
  * Tables are named in the log by their quoted, schema-qualified name (`public.orders`, `"My Shop"."Orders"`)
  * and identified by their oid at the origin.
  */
+import { createHash } from 'node:crypto'
 import pg from 'pg'
 import { MeshError, type ColumnDef, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
 
@@ -409,3 +410,33 @@ DROP EVENT TRIGGER IF EXISTS branchmesh_identity_full;
 CREATE EVENT TRIGGER branchmesh_identity_full ON ddl_command_end
   WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
   EXECUTE FUNCTION ${OWN_SCHEMA}.identity_full();`
+
+/**
+ * A digest of every row of `tables` (the columns the log carries, in its order), whatever order the rows are
+ * stored in: for each table its row count and the sums of the two 64-bit halves of the first 128 bits of each
+ * row's SHA-256 (of the row's text, under connect()'s fixed settings), so duplicate rows count too. The sums
+ * are computed by the server; only they travel. An origin's capture and a PostgreSQL replica compute it the
+ * same way over the same tables (a checkpoint): equal digests, equal rows.
+ */
+export async function digestPgTables(db: Client, tables: TableDef[]): Promise<{ digest: Uint8Array; rows: number }> {
+  const h = createHash('sha256')
+  let rows = 0
+  const half = (from: number) => `coalesce(sum(('x' || substr(h, ${from}, 16))::bit(64)::int8::numeric), 0)::text`
+  for (const t of [...tables].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    const cols = t.columns.map((c) => quoteIdent(c.name)).join(', ')
+    const r = await db.query(
+      `SELECT count(*)::text AS n, ${half(1)} AS a, ${half(17)} AS b FROM (SELECT encode(sha256(textsend(ROW(${cols})::text)), 'hex') AS h FROM ${t.name}) s`
+    )
+    const { n, a, b } = r.rows[0] as { n: string; a: string; b: string }
+    h.update(`table ${t.name} ${n} ${a} ${b}\n`)
+    rows += Number(n)
+  }
+  return { digest: new Uint8Array(h.digest()), rows }
+}
+
+/** A schema change the capture has not seen yet makes a digest's query fail this way: try again later. */
+export function isShapeError(err: unknown): boolean {
+  const e = err as { code?: string; context?: { pgCode?: string }; cause?: { code?: string } }
+  const code = e?.context?.pgCode ?? e?.cause?.code ?? e?.code
+  return code === '42703' || code === '42P01' || code === '42704'
+}

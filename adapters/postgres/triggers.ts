@@ -18,7 +18,7 @@ import { MeshError, sameBytes, type SchemaEntry, type SchemaObject, type TableCh
 import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.ts'
 import { silentLogger } from '../types.ts'
 import { TableIds, adoptReplica } from './adopt.ts'
-import { OWN_SCHEMA, SEQUENCES_TABLE, Session, cannotCarry, copyTables, pgError, quoteIdent, quoteLiteral, readObjects, readSequences, readTables, redactUrl, toTableDef, type Client, type PgTable } from './common.ts'
+import { OWN_SCHEMA, SEQUENCES_TABLE, Session, cannotCarry, copyTables, digestPgTables, isShapeError, pgError, quoteIdent, quoteLiteral, readObjects, readSequences, readTables, redactUrl, toTableDef, type Client, type PgTable } from './common.ts'
 
 export interface PostgresTriggerCaptureOptions {
   url: string
@@ -269,6 +269,30 @@ export class PostgresTriggerCapture implements CaptureSide {
       for (const oid of this.lastRead.resend) this.resend.delete(oid)
       this.ackedSeq = this.lastRead.seq
       this.lastRead = null
+    }
+  }
+
+  /**
+   * The checkpoint digest, when the tables are exactly what the log holds: in one REPEATABLE READ snapshot
+   * that sees no change row (every change it sees is in the log and acknowledged) and no new shape.
+   */
+  async checkpoint(): Promise<{ digest: Uint8Array; rows: number } | null> {
+    if (this.lastRead !== null || this.resend.size > 0) return null
+    try {
+      return await this.session.run('cannot take a checkpoint', async (db) => {
+        await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+        try {
+          await this.loadCatalog(db)
+          if (this.fingerprint() !== this.sent) return null
+          if ((await db.query(`SELECT 1 FROM ${OWN_SCHEMA}.changes LIMIT 1`)).rows.length > 0) return null
+          return await digestPgTables(db, [...this.tables.values()].map((t) => t.def))
+        } finally {
+          await db.query('COMMIT').catch(() => {})
+        }
+      })
+    } catch (err) {
+      if (isShapeError(err)) return null
+      throw err
     }
   }
 

@@ -51,7 +51,6 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
   /** SQLite's data_version as this connection last saw it: it moves only when another connection commits. */
   private dataVersion = -1
   private written = false
-  private lastCheckpoint: { length: number; ok: boolean; rows: number; originRows: number; at: number } | null = null
 
   constructor(opts: SqliteApplyOptions) {
     super(opts)
@@ -191,21 +190,13 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
         return
       case 'checkpoint': {
         // The origin's digest at this position: this replica's own, computed in the same transaction.
-        const mine = digestTables(this.conn, readTables(this.conn).tables)
-        const ok = Buffer.from(mine.digest).equals(Buffer.from(entry.digest))
-        this.lastCheckpoint = { length: position.length - 1, ok, rows: mine.rows, originRows: entry.rows, at: Date.now() }
-        if (!ok) this.log.warn('this replica differs from the origin at a checkpoint', { length: entry.length, rows: mine.rows, originRows: entry.rows })
+        this.compareCheckpoint(entry, digestTables(this.conn, readTables(this.conn).tables), position.length - 1)
         return
       }
       case 'fence':
         // Recorded by the node; nothing to change in the data.
         return
     }
-  }
-
-  /** The last checkpoint this replica compared itself with, or null. */
-  checkpoint(): { length: number; ok: boolean; rows: number; originRows: number; at: number } | null {
-    return this.lastCheckpoint
   }
 
   /** Measures a transaction's changes against the table before them, for the mass-damage guard. */
