@@ -3,7 +3,6 @@
  * what role a database plays, and how a copy is set aside. A dataset's `path` is a file for SQLite and a
  * connection URL for PostgreSQL.
  */
-import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import {
@@ -27,11 +26,13 @@ import {
   type DamageGuard,
   type Logger
 } from '../adapters/index.ts'
-import { connect, quoteIdent, splitPassword } from '../adapters/postgres/common.ts'
+import { connect, quoteIdent } from '../adapters/postgres/common.ts'
 import { CREATE_META } from '../adapters/postgres/index.ts'
 import type { ChainSegment } from './chain.ts'
 import { seedFromSnapshot } from './snapshots.ts'
 import { adoptReplica } from '../adapters/postgres/adopt.ts'
+import { ensurePgDatabase, findPgDump, runPgProgram } from '../adapters/postgres/admin.ts'
+export { dropPgDatabase, ensurePgDatabase, findPgDump, pgScratchUrl } from '../adapters/postgres/admin.ts'
 
 export type EngineName = 'sqlite' | 'postgres'
 
@@ -113,41 +114,6 @@ export function pgReplicaUrl(serverUrl: string, info: DatasetInfo, suffix = ''):
   return u.toString()
 }
 
-/** Creates the database a replica URL names, when it does not exist; `fresh` drops an old one first. */
-export async function ensurePgDatabase(serverUrl: string, url: string, fresh: boolean): Promise<void> {
-  const name = decodeURIComponent(new URL(url).pathname.slice(1))
-  const admin = await connect(serverUrl, { doing: 'cannot connect to the PostgreSQL server for replicas (replicaPostgres)' })
-  try {
-    if (fresh) await admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`)
-    const has = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])
-    if (has.rows.length === 0) await admin.query(`CREATE DATABASE ${quoteIdent(name)}`)
-  } catch (err) {
-    throw MeshError.wrap(err, MeshError.DATABASE_ERROR, `cannot create the replica database ${name}`, {
-      hint: 'The user in replicaPostgres needs the CREATEDB privilege (ALTER ROLE ... CREATEDB), or create the database by hand.'
-    })
-  } finally {
-    await admin.end().catch(() => {})
-  }
-}
-
-/** Drops the database `url` names (connected through `adminUrl`, another database of the same server). */
-export async function dropPgDatabase(adminUrl: string, url: string): Promise<void> {
-  const name = decodeURIComponent(new URL(url).pathname.slice(1))
-  const admin = await connect(adminUrl, { doing: 'cannot connect to the PostgreSQL server' })
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`)
-  } finally {
-    await admin.end().catch(() => {})
-  }
-}
-
-/** A scratch database beside a PostgreSQL replica (same server), for `mesh verify`: its own name, never the replica's. */
-export function pgScratchUrl(replicaUrl: string, dataset: string): string {
-  const u = new URL(replicaUrl)
-  u.pathname = `/mesh_verify_${dataset.slice(0, 16).toLowerCase().replace(/[^a-z0-9_]+/g, '_')}`
-  return u.toString()
-}
-
 /** Stops a PostgreSQL database from being captured: its slot (which holds WAL) and publication go. */
 export async function dropPgCapture(url: string, dataset: string): Promise<void> {
   const client = await connect(url, { doing: 'cannot connect to the fenced database' })
@@ -174,39 +140,15 @@ export async function keepCopy(engine: string, where: string, dir: string, site:
   let why = 'no pg_dump program was found on this machine (install PostgreSQL\'s client programs to get one)'
   if (exe) {
     // Not spawnSync: the node goes on answering its peers and `mesh status` while a large database is dumped.
-    // The password goes through the environment, not the command line (which `ps` shows).
-    const { url, password } = splitPassword(where)
-    // Only what pg_dump needs (the node reads no environment: configuration lives in tools/).
-    const env: Record<string, string> = { LC_ALL: 'C', ...(password !== null ? { PGPASSWORD: password } : {}) }
-    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-      const p = spawn(exe, ['--no-owner', '--file', file, url], { env, stdio: ['ignore', 'ignore', 'pipe'] })
-      let stderr = ''
-      p.stderr.on('data', (d) => (stderr += d))
-      p.on('error', (err) => resolve({ code: null, stderr: String(err) }))
-      p.on('exit', (code) => resolve({ code, stderr }))
-    })
+    const r = await runPgProgram(exe, (url) => ['--no-owner', '--file', file, url], where)
     if (r.code === 0) {
       fs.chmodSync(file, 0o600)
       return `before.sql     ${site}'s database as it was before it was rebuilt (pg_dump; restore with psql -f)`
     }
-    why = `pg_dump failed: ${r.stderr.trim().split('\n')[0]}`.replace(url, redactUrl(url))
+    why = `pg_dump failed: ${r.stderr}`
   }
   fs.rmSync(file, { force: true })
   return `(no copy of the database as it was: ${why}; the changes above are complete)`
-}
-
-/** The pg_dump program, as an absolute path: on PATH, or in `pg_config --bindir`; null when there is none. */
-export function findPgDump(): string | null {
-  const tries: string[] = []
-  const onPath = spawnSync('sh', ['-c', 'command -v pg_dump'], { encoding: 'utf8' })
-  if (onPath.status === 0 && onPath.stdout.trim()) tries.push(onPath.stdout.trim())
-  const conf = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' })
-  if (conf.status === 0) tries.push(path.join(conf.stdout.trim(), 'pg_dump'))
-  for (const exe of tries) {
-    const r = spawnSync(exe, ['--version'], { encoding: 'utf8' })
-    if (r.status === 0) return exe
-  }
-  return null
 }
 
 /**
@@ -302,8 +244,7 @@ export function openRestoreTarget(engine: string, to: string, dataset: string, l
  * (`<to>.partial`); returns the position it holds, or 0 (none: the replay starts from the beginning).
  */
 export async function seedRestore(siteDir: string, engine: string, to: string, dataset: string, chain: ChainSegment[], seq: number, inUse?: Set<string>): Promise<number> {
-  if (engine === 'postgres') return 0
-  return seedFromSnapshot(siteDir, dataset, `${to}.partial`, chain, seq, inUse)
+  return seedFromSnapshot(siteDir, engine, dataset, engine === 'postgres' ? to : `${to}.partial`, chain, seq, inUse)
 }
 
 /**

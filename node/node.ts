@@ -234,6 +234,7 @@ export class MeshNode extends EventEmitter {
   /** Snapshots a restore is copying now: retention leaves them. */
   private readonly snapshotsInUse = new Set<string>()
   private snapshotting = false
+  private pgSnapshotsUnavailable = false
 
   constructor(opts: MeshNodeOptions) {
     super()
@@ -760,7 +761,9 @@ export class MeshNode extends EventEmitter {
     this.snapshotting = true
     try {
       for (const head of this.state.datasets) {
-        if (head.engine !== 'sqlite' || this.closing) continue
+        if (this.closing) continue
+        // PostgreSQL snapshots are built on this site's replicaPostgres server, with pg_dump and pg_restore.
+        if (head.engine === 'postgres' && (!this.opts.replicaPostgres || this.pgSnapshotsUnavailable)) continue
         const newest = listSnapshots(this.paths.dir, head.id).pop()
         const now = Date.now()
         if (newest && now - newest.at < p.everySeconds * 1000) continue
@@ -771,12 +774,17 @@ export class MeshNode extends EventEmitter {
           const at = held && locate(chain, held)
           if (at && starts[at.index] + at.next >= length) continue
           const point = await restorePoint(chain, { seq: length })
-          const s = await buildSnapshot(this.paths.dir, head, chain, point.seq, { now, logger: this.logger, inUse: this.snapshotsInUse })
+          const s = await buildSnapshot(this.paths.dir, head, chain, point.seq, { now, logger: this.logger, inUse: this.snapshotsInUse, pgServer: this.opts.replicaPostgres })
           const gone = prune(this.paths.dir, head.id, now, p, this.snapshotsInUse)
           if (s) this.logger.info('snapshot taken', { dataset: head.name, seq: point.seq, file: s.file, pruned: gone.length })
         } catch (err) {
           const e = MeshError.wrap(err, MeshError.IO_ERROR)
           if (e.code === 'REPLICA_NOT_READY' || e.code === 'USAGE') this.logger.debug('no snapshot yet', { dataset: head.name, reason: e.message })
+          else if (e.code === 'NOT_FOUND') {
+            // Said once: restores of PostgreSQL datasets replay from the start here.
+            this.pgSnapshotsUnavailable = true
+            this.logger.warn('no snapshots of PostgreSQL datasets at this site: restores replay from the start', { dataset: head.name, reason: e.message, hint: "Install PostgreSQL's client programs (pg_dump, pg_restore)." })
+          }
           else this.logger.warn('cannot take a snapshot', { dataset: head.name, error: e.message })
         }
       }

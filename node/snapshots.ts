@@ -10,12 +10,18 @@
  * file holds its own applied position (the bookkeeping table a replica has), so a restore copies it and
  * applies the chain from there on. Files: DIR/snapshots/<dataset id>/<ms>.db.
  *
- * PostgreSQL datasets have no snapshots yet (their restores replay from the start).
+ * PostgreSQL datasets: the snapshot is built the same way in a scratch database on the site's replicaPostgres
+ * server (the newest snapshot restored with pg_restore, then the units since applied), written out with
+ * `pg_dump -Fc` as <ms>.pgdump, with its position beside it (<ms>.pgdump.json), and the scratch database
+ * dropped. A restore of a PostgreSQL dataset pg_restores the newest one before its moment into the empty
+ * target database and replays the rest. Needs pg_dump and pg_restore (PostgreSQL's client programs) and a
+ * replicaPostgres server; without them, restores of PostgreSQL datasets replay from the start.
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { openDatabase, SqliteApply, type Logger } from '../adapters/index.ts'
-import type { DatasetInfo } from '../protocol/index.ts'
+import { openDatabase, PostgresApply, SqliteApply, type ApplySide, type Logger } from '../adapters/index.ts'
+import { ensurePgDatabase, dropPgDatabase, findPgProgram, pgScratchUrl, runPgProgram } from '../adapters/postgres/admin.ts'
+import { MeshError, type DatasetInfo } from '../protocol/index.ts'
 import { locate, type ChainSegment } from './chain.ts'
 import { offsets, replayTo } from './history.ts'
 
@@ -44,8 +50,8 @@ export function listSnapshots(siteDir: string, dataset: string): Snapshot[] {
   if (!fs.existsSync(dir)) return []
   return fs
     .readdirSync(dir)
-    .filter((f) => /^\d+\.db$/.test(f))
-    .map((f) => ({ file: path.join(dir, f), at: Number(f.slice(0, -3)) }))
+    .filter((f) => /^\d+\.(db|pgdump)$/.test(f))
+    .map((f) => ({ file: path.join(dir, f), at: Number(f.slice(0, f.indexOf('.'))) }))
     .sort((a, b) => a.at - b.at)
 }
 
@@ -54,67 +60,96 @@ function sqliteFiles(file: string): string[] {
   return [file, `${file}-wal`, `${file}-shm`, `${file}-journal`]
 }
 
-/**
- * Puts the newest snapshot at or before chain position `seq` in place as a new database at `partial`;
- * returns the position it holds, or 0 (none: a replay starts from the beginning). A snapshot being copied is
- * in `inUse`, so that retention leaves it.
- */
-export async function seedFromSnapshot(siteDir: string, dataset: string, partial: string, chain: ChainSegment[], seq: number, inUse?: Set<string>): Promise<number> {
-  for (const f of sqliteFiles(partial)) fs.rmSync(f, { force: true })
+/** The newest snapshot at or before chain position `seq`, with the position it holds; null when none is. */
+function newestBefore(siteDir: string, dataset: string, chain: ChainSegment[], seq: number): { snap: Snapshot; from: number } | null {
   const { starts } = offsets(chain)
-  for (const s of listSnapshots(siteDir, dataset).reverse()) {
-    const pos = snapshotPosition(s.file)
+  for (const snap of listSnapshots(siteDir, dataset).reverse()) {
+    const pos = snapshotPosition(snap.file)
     const at = pos && locate(chain, pos)
     if (!pos || !at) continue
     const from = starts[at.index] + at.next
-    if (from > seq) continue
-    inUse?.add(s.file)
-    try {
-      fs.copyFileSync(s.file, partial)
-    } finally {
-      inUse?.delete(s.file)
-    }
-    return from
+    if (from <= seq) return { snap, from }
   }
-  return 0
+  return null
 }
 
 /**
- * A new snapshot of a SQLite dataset at chain position `seq` (a unit boundary), built from the log: the
- * newest snapshot before it plus the units since, written under a temporary name and renamed when complete.
- * Null when the newest snapshot is at `seq` already (nothing new to keep).
+ * Puts the newest snapshot at or before chain position `seq` in place as a new database: a SQLite file at
+ * `to` (copied), or an empty PostgreSQL database at `to` (pg_restore). Returns the position it holds, or 0
+ * (none: a replay starts from the beginning). A snapshot being read is in `inUse`, so that retention leaves it.
+ */
+export async function seedFromSnapshot(siteDir: string, engine: string, dataset: string, to: string, chain: ChainSegment[], seq: number, inUse?: Set<string>): Promise<number> {
+  if (engine !== 'postgres') for (const f of sqliteFiles(to)) fs.rmSync(f, { force: true })
+  const found = newestBefore(siteDir, dataset, chain, seq)
+  if (found === null || !found.snap.file.endsWith(engine === 'postgres' ? '.pgdump' : '.db')) return 0
+  inUse?.add(found.snap.file)
+  try {
+    if (engine !== 'postgres') fs.copyFileSync(found.snap.file, to)
+    else {
+      const exe = findPgProgram('pg_restore')
+      if (exe === null) return 0
+      const r = await runPgProgram(exe, (url) => ['--no-owner', '--no-privileges', '--exit-on-error', '--single-transaction', '--dbname', url, found.snap.file], to)
+      if (r.code !== 0) throw MeshError.DATABASE_ERROR(`cannot restore the snapshot ${found.snap.file}: pg_restore ${r.stderr}`, { hint: 'Check that pg_restore is as new as the server; or move the snapshot away to replay from the start.' })
+    }
+  } finally {
+    inUse?.delete(found.snap.file)
+  }
+  return found.from
+}
+
+/**
+ * A new snapshot of a dataset at chain position `seq` (a unit boundary), built from the log: the newest
+ * snapshot before it plus the units since, written under a temporary name and renamed when complete. Null
+ * when the newest snapshot is at `seq` already (nothing new to keep). PostgreSQL datasets need `pgServer`
+ * (the site's replicaPostgres), pg_dump and pg_restore.
  */
 export async function buildSnapshot(
   siteDir: string,
   head: DatasetInfo,
   chain: ChainSegment[],
   seq: number,
-  opts: { now?: number; logger?: Logger; inUse?: Set<string> } = {}
+  opts: { now?: number; logger?: Logger; inUse?: Set<string>; pgServer?: string | null } = {}
 ): Promise<Snapshot | null> {
   const now = opts.now ?? Date.now()
   const dir = snapshotDir(siteDir, head.id)
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
-  const file = path.join(dir, `${now}.db`)
+  const pg = head.engine === 'postgres'
+  const file = path.join(dir, `${now}.${pg ? 'pgdump' : 'db'}`)
   const partial = `${file}.partial`
-  const clean = () => {
+  let dump: string | null = null
+  let work = partial
+  if (pg) {
+    dump = findPgProgram('pg_dump')
+    if (!opts.pgServer || dump === null || findPgProgram('pg_restore') === null) {
+      throw MeshError.NOT_FOUND(`no snapshots of ${head.name}: ${opts.pgServer ? 'pg_dump and pg_restore are needed' : 'this site has no replicaPostgres server to build them on'}`)
+    }
+    work = pgScratchUrl(opts.pgServer, head.id, 'snapshot')
+    await ensurePgDatabase(opts.pgServer, work, true)
+  }
+  const clean = async () => {
     for (const f of sqliteFiles(partial)) fs.rmSync(f, { force: true })
+    if (pg) await dropPgDatabase(opts.pgServer!, work)
   }
   try {
-    const from = await seedFromSnapshot(siteDir, head.id, partial, chain, seq, opts.inUse)
-    if (from === seq) {
-      clean()
-      return null
-    }
-    const side = new SqliteApply({ path: partial, dataset: head.id, logger: opts.logger })
+    const from = await seedFromSnapshot(siteDir, head.engine, head.id, work, chain, seq, opts.inUse)
+    if (from === seq) return null
+    const side: ApplySide = pg ? new PostgresApply({ url: work, dataset: head.id, logger: opts.logger }) : new SqliteApply({ path: partial, dataset: head.id, logger: opts.logger })
     try {
       await replayTo(chain, seq, side, { logger: opts.logger })
     } finally {
       await side.close()
     }
+    if (pg) {
+      const r = await runPgProgram(dump!, (url) => ['--format=custom', '--no-owner', '--no-privileges', '--file', partial, url], work)
+      if (r.code !== 0) throw MeshError.DATABASE_ERROR(`cannot write the snapshot of ${head.name}: pg_dump ${r.stderr}`)
+      const pos = side.position()!
+      fs.writeFileSync(`${file}.json`, JSON.stringify({ log: Buffer.from(pos.log).toString('hex'), length: pos.length }), { mode: 0o600 })
+    }
+    fs.chmodSync(partial, 0o600)
     fs.renameSync(partial, file)
     return { file, at: now }
   } finally {
-    clean()
+    await clean()
   }
 }
 
@@ -154,6 +189,7 @@ export function prune(siteDir: string, dataset: string, now: number, p: Snapshot
   for (const s of snaps) {
     if (keep.has(s.file) || inUse.has(s.file)) continue
     fs.rmSync(s.file, { force: true })
+    fs.rmSync(`${s.file}.json`, { force: true })
     gone.push(s.file)
   }
   return gone
@@ -161,6 +197,14 @@ export function prune(siteDir: string, dataset: string, now: number, p: Snapshot
 
 /** The applied position a snapshot holds (log key and length), read from its bookkeeping. */
 export function snapshotPosition(file: string): { log: Uint8Array; length: number } | null {
+  if (file.endsWith('.pgdump')) {
+    try {
+      const p = JSON.parse(fs.readFileSync(`${file}.json`, 'utf8')) as { log: string; length: number }
+      return { log: new Uint8Array(Buffer.from(p.log, 'hex')), length: p.length }
+    } catch {
+      return null
+    }
+  }
   const db = openDatabase(file, { mustExist: true })
   try {
     const rows = db.prepare(`SELECT k, v FROM _mesh_replica WHERE k IN ('log', 'length')`).all() as Array<{ k: string; v: unknown }>

@@ -62,10 +62,24 @@ test('pgbench at a PostgreSQL origin: the replica equals the origin, also when t
   const replica = await pgDump(b.replicaUrl(a))
   assert.equal(replica['public.pgbench_history'].rows.length, 6000, 'and each is in the replica exactly once')
 
-  // The whole history restored at b into a new, empty database equals the origin (PostgreSQL restore).
-  const restored = await b.cluster.createDatabase('restored')
-  const rr = await mesh(['restore', a.datasetId(), '--at', 'now', '--to', restored, '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
+  // The whole history restored at b into a new, empty database equals the origin (PostgreSQL restore), once
+  // from the start and once from a snapshot (b takes one each second here; the default is daily).
+  const restoredFromStart = await b.cluster.createDatabase('restored_from_start')
+  let rr = await mesh(['restore', a.datasetId(), '--at', 'now', '--to', restoredFromStart, '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
   assert.equal(rr.code, 0, rr.stderr)
+  assert.equal(JSON.parse(rr.stdout).from, 0)
+  assert.deepEqual(await pgDump(restoredFromStart), dump, 'the database restored from the start equals the origin')
+  await b.stop()
+  const cfgFile = path.join(b.dir, 'config.json')
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), snapshots: { everySeconds: 1, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 } }))
+  await b.start()
+  const snapDir = path.join(b.dir, 'snapshots', a.datasetId())
+  await waitUntil('b took a snapshot of the PostgreSQL dataset', () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => f.endsWith('.pgdump')), 120_000, 500)
+  assert.deepEqual(await b.cluster.query(`SELECT datname FROM pg_database WHERE datname LIKE 'mesh_snapshot%'`), [], 'the scratch database it was built in is gone')
+  const restored = await b.cluster.createDatabase('restored')
+  rr = await mesh(['restore', a.datasetId(), '--at', 'now', '--to', restored, '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
+  assert.equal(rr.code, 0, rr.stderr)
+  assert.ok(JSON.parse(rr.stdout).from > 0, `restored from a snapshot: ${rr.stdout}`)
   assert.deepEqual(await pgDump(restored), dump, 'the restored database equals the origin')
   assert.deepEqual(await b.cluster.query(`SELECT count(*) AS n FROM pg_namespace WHERE nspname = '_mesh'`, [], 'restored'), [{ n: '0' }], 'a plain database')
 
