@@ -101,21 +101,81 @@ export async function* walk(chain: ChainSegment[], opts: { from?: number; entrie
 }
 
 /**
+ * Blocks of a chain read by chain position, with only what finding a point in the history needs (kind, unit
+ * continuation, time: DatasetLog.peek), so that a point is found in a few reads of the logs' blocks, not by
+ * reading the whole history.
+ */
+class ChainPoints {
+  readonly length: number
+  private readonly starts: number[]
+  /** Position -> the time at or before it, for positions already looked at. */
+  private readonly times = new Map<number, number | null>()
+
+  constructor(private readonly chain: ChainSegment[]) {
+    const o = offsets(chain)
+    this.starts = o.starts
+    this.length = o.length
+  }
+
+  private async at(q: number) {
+    let i = this.starts.length - 1
+    while (i > 0 && this.starts[i] > q) i--
+    const seg = this.chain[i]
+    const p = await seg.log.peek(q - this.starts[i])
+    if (p === null) throw MeshError.REPLICA_NOT_READY(`this site does not hold block ${q - this.starts[i]} of the epoch-${seg.epoch} log yet`, { hint: 'Wait until `mesh status` shows the log downloaded here, then run the command again.' })
+    return p
+  }
+
+  /** The last unit boundary at or before position q (a unit never spans two logs). */
+  async boundary(q: number): Promise<number> {
+    while (q > 0 && !this.starts.includes(q) && (await this.at(q - 1)).more) q--
+    return q
+  }
+
+  /** The time of the nearest block at or before position q that has one (a transaction, a header); null if none. */
+  async timeAt(q: number): Promise<number | null> {
+    const seen: number[] = []
+    let t: number | null = null
+    for (let p = q; p >= 0; p--) {
+      const known = this.times.get(p)
+      if (known !== undefined) {
+        t = known
+        break
+      }
+      seen.push(p)
+      const e = await this.at(p)
+      if (e.time !== null) {
+        t = e.time
+        break
+      }
+    }
+    for (const p of seen) this.times.set(p, t)
+    return t
+  }
+}
+
+/**
  * The chain position to restore to: for `seq`, the last unit boundary at or before it; for `at` (ms), the
- * end of the last unit committed at or before that moment.
+ * start of the first unit committed after that moment (so every unit committed at or before it is in). Found
+ * by a binary search over the blocks' times (commit times only grow along a chain), not by reading it all.
  */
 export async function restorePoint(chain: ChainSegment[], target: { seq?: number; at?: number }): Promise<{ seq: number; time: number | null }> {
-  let best: { seq: number; time: number | null } | null = null
-  let first: number | null = null
-  let time: number | null = null
-  for await (const { unit } of walk(chain)) {
-    if (unit.time !== null && first === null) first = unit.time
-    if (target.seq !== undefined && unit.end > target.seq) break
-    if (target.at !== undefined && unit.time !== null && unit.time > target.at) break
-    if (unit.time !== null) time = unit.time
-    best = { seq: unit.end, time }
+  const c = new ChainPoints(chain)
+  let point: number
+  if (target.seq !== undefined) point = await c.boundary(Math.max(0, Math.min(target.seq, c.length)))
+  else {
+    let lo = 0
+    let hi = c.length
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi) / 2)
+      const t = await c.timeAt(mid)
+      if (t !== null && t > target.at!) hi = mid
+      else lo = mid + 1
+    }
+    point = await c.boundary(lo)
   }
-  if (best === null || best.seq <= 1) {
+  if (point <= 1) {
+    const first = c.length > 0 ? await c.timeAt(0) : null
     throw MeshError.USAGE(
       target.seq !== undefined
         ? `position ${target.seq} is before the dataset's first unit`
@@ -123,7 +183,7 @@ export async function restorePoint(chain: ChainSegment[], target: { seq?: number
       { hint: 'Give a later time or position; `mesh log` lists them.' }
     )
   }
-  return best
+  return { seq: point, time: await c.timeAt(point - 1) }
 }
 
 /**

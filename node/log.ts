@@ -10,7 +10,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type Corestore from 'corestore'
 import type Hypercore from 'hypercore'
-import { MeshError, decodeEntry, encodeEntry, type Entry, type HeaderEntry, UnitAssembler } from '../protocol/index.ts'
+import { MeshError, decodeEntry, encodeEntry, peekEntry, type Entry, type HeaderEntry, UnitAssembler } from '../protocol/index.ts'
 import type { Unit } from '../adapters/index.ts'
 
 export function logName(dataset: string, epoch: number): string {
@@ -106,24 +106,36 @@ export class DatasetLog {
   }
 
   /** Reads and decodes one block; waits for it to arrive unless `wait` is false (then null if absent). */
-  async entry(index: number, opts: { wait?: boolean; timeout?: number } = {}): Promise<Entry | null> {
-    let block: Buffer | null
+  entry(index: number, opts: { wait?: boolean; timeout?: number } = {}): Promise<Entry | null> {
+    return this.read(index, opts, decodeEntry)
+  }
+
+  /** One block's kind, unit continuation and time, without decoding its rows (see peekEntry); null if absent. */
+  peek(index: number): Promise<ReturnType<typeof peekEntry> | null> {
+    return this.read(index, { wait: false }, peekEntry)
+  }
+
+  private async read<T>(index: number, opts: { wait?: boolean; timeout?: number }, decode: (block: Uint8Array) => T): Promise<T | null> {
+    const block = await this.block(index, opts)
+    if (block === null) return null
     try {
-      block = await this.core.get(index, { wait: opts.wait ?? true, timeout: opts.timeout ?? 0 })
+      return decode(block)
+    } catch (err) {
+      const e = err as MeshError
+      e.context.block = index
+      throw e
+    }
+  }
+
+  private async block(index: number, opts: { wait?: boolean; timeout?: number }): Promise<Buffer | null> {
+    try {
+      return await this.core.get(index, { wait: opts.wait ?? true, timeout: opts.timeout ?? 0 })
     } catch (err) {
       // The store's own checksums (RocksDB) caught damage on disk: the block is as bad as one that fails ours.
       if (/corrupt|checksum|crc mismatch/i.test((err as Error).message)) {
         throw MeshError.BAD_ENTRY(`block ${index} of the log is damaged on disk: ${(err as Error).message}`, { context: { block: index }, cause: err })
       }
       throw MeshError.wrap(err, MeshError.IO_ERROR, `cannot read block ${index} of the log`)
-    }
-    if (block === null) return null
-    try {
-      return decodeEntry(block)
-    } catch (err) {
-      const e = err as MeshError
-      e.context.block = index
-      throw e
     }
   }
 

@@ -535,6 +535,33 @@ export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean 
   return entry
 }
 
+/**
+ * What finding a point in the history needs of a block, without decoding its rows: its kind, whether its unit
+ * continues in the next block, and its time (a transaction's commit time, a header's creation time; null for
+ * the rest). The body is decoded only for a header (a small block). Damage is found when the block is applied.
+ */
+export function peekEntry(block: Uint8Array): { kind: KindName; more: boolean; time: number | null } {
+  const state = c.state(0, block.byteLength, block)
+  try {
+    const version = c.uint.decode(state)
+    if (version !== FORMAT_VERSION) return fullPeek(block)
+    const kind = KIND_NAMES[c.uint.decode(state)]
+    const flags = c.uint.decode(state)
+    if (kind === undefined) return fullPeek(block)
+    if (kind === 'header') return fullPeek(block)
+    const more = kind !== 'checkpoint' && kind !== 'fence' && (flags & F_MORE) !== 0
+    return { kind, more, time: kind === 'transaction' ? c.uint.decode(state) : null }
+  } catch {
+    return fullPeek(block)
+  }
+}
+
+/** The same by decoding the whole block (which throws what decodeEntry throws). */
+function fullPeek(block: Uint8Array): { kind: KindName; more: boolean; time: number | null } {
+  const e = decodeEntry(block)
+  return { kind: e.kind, more: continues(e), time: e.kind === 'transaction' ? e.time : e.kind === 'header' ? e.createdAt : null }
+}
+
 /** Whether the unit that contains this entry continues in the next block. */
 export function continues(entry: Entry): boolean {
   return 'more' in entry && entry.more

@@ -18,6 +18,7 @@ export {
   type TableChanges,
   encodeEntry,
   decodeEntry,
+  peekEntry,
   continues
 } from './entries.ts'
 export { DEFAULT_BLOCK_BYTES, splitChanges, packTransaction, packSnapshot, UnitAssembler } from './units.ts'

@@ -271,3 +271,63 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
   r = await mesh(['verify', 'shop-a', '--dir', b.dir])
   assert.equal(r.code, 0, r.stdout + r.stderr)
 })
+
+test('the restore point found by a binary search over block times equals a walk of the whole history, for every position and unit time', async () => {
+  const { restorePoint, walk } = await import('../node/history.ts')
+  const { startPipeline } = await import('./helpers/pipeline.ts')
+  const { tmpDir } = await import('./helpers/db.ts')
+  const { dir, cleanup } = tmpDir('mesh-points-')
+  try {
+    const file = path.join(dir, 'origin.db')
+    const db = openWal(file)
+    db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT)')
+    const ins = db.prepare('INSERT OR REPLACE INTO items (id, note) VALUES (?, ?)')
+    // Rows before capture: an initial snapshot of several blocks (small blocks here), with no times.
+    db.transaction(() => {
+      for (let i = 0; i < 400; i++) ins.run(i, 'x'.repeat(40))
+    })()
+    const p = await startPipeline(dir, file, { blockBytes: 2000 })
+    const rand = prng(5)
+    for (let u = 0; u < 40; u++) {
+      // Units of one block and of many; sometimes a new table (a schema entry in the unit).
+      if (u % 13 === 5) db.exec(`CREATE TABLE extra_${u} (id INTEGER PRIMARY KEY)`)
+      const n = rand() < 0.3 ? 60 + Math.floor(rand() * 100) : 1 + Math.floor(rand() * 3)
+      db.transaction(() => {
+        for (let i = 0; i < n; i++) ins.run(Math.floor(rand() * 1000), `u${u} `.padEnd(100, '.'))
+      })()
+      await p.settle()
+      await new Promise((r) => setTimeout(r, 3))
+    }
+    const chain = [{ log: p.originLog, epoch: 0, end: null }] as unknown as Parameters<typeof walk>[0]
+    const units: Array<{ seq: number; end: number; time: number | null }> = []
+    for await (const { unit } of walk(chain)) units.push(unit)
+    assert.ok(units.some((u) => u.end - u.seq > 3), `some units span several blocks: ${units.map((u) => u.end - u.seq).join(' ')}`)
+    // The reference: the walk of the whole history, as restores did before.
+    const reference = (target: { seq?: number; at?: number }) => {
+      let best: { seq: number; time: number | null } | null = null
+      let time: number | null = null
+      for (const u of units) {
+        if (target.seq !== undefined && u.end > target.seq) break
+        if (target.at !== undefined && u.time !== null && u.time > target.at) break
+        if (u.time !== null) time = u.time
+        best = { seq: u.end, time }
+      }
+      return best === null || best.seq <= 1 ? null : best
+    }
+    const found = async (target: { seq?: number; at?: number }) => {
+      try {
+        return await restorePoint(chain, target)
+      } catch {
+        return null
+      }
+    }
+    const length = units[units.length - 1].end
+    for (let seq = 0; seq <= length + 2; seq++) assert.deepEqual(await found({ seq }), reference({ seq }), `--seq ${seq}`)
+    const times = units.flatMap((u) => (u.time === null ? [] : [u.time - 1, u.time, u.time + 1]))
+    for (const at of [...times, times[0] - 1000, times[times.length - 1] + 1000]) assert.deepEqual(await found({ at }), reference({ at }), `--at ${at}`)
+    await p.close()
+    db.close()
+  } finally {
+    cleanup()
+  }
+})

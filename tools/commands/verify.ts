@@ -10,14 +10,15 @@ function make(name: 'verify' | 'repair'): Command {
       ? `mesh verify DATASET --dir DIR [--json]
 
 Proves this site's copy of DATASET holds exactly what the log says: applying pauses, the log is replayed from
-its start to the copy's position into a scratch file, and the two are compared row by row. Names the tables
-and keys where the copy parts from the log, and between which positions it parted: after the last checkpoint
-(or verify) it matched, by the first that showed the difference. Exit 0 when it matches, 2 when it differs (then: mesh repair).
-SQLite copies; the node must be running.`
+its start to the copy's position into a scratch copy (a file; for PostgreSQL a database mesh_verify_<id> on
+the copy's server, dropped afterwards), and the two are compared row by row. Names the tables and keys where
+the copy parts from the log, and between which positions it parted: after the last checkpoint (or verify) it
+matched, by the first that showed the difference. Exit 0 when it matches, 2 when it differs (then: mesh
+repair). The node must be running.`
       : `mesh repair DATASET --dir DIR [--json]
 
-Does what mesh verify does, and where the copy differs from the log, puts the log's contents in its place in
-one transaction; applying then goes on. Exit 0 when the copy matches the log afterwards.`
+Does what mesh verify does, and where the copy differs from the log, puts the log's rows in place in one
+transaction; applying then goes on. Exit 0 when the copy matches the log afterwards.`
   return {
     usage,
     summary: name === 'verify' ? "prove this site's copy equals the log, or name where it differs" : "rebuild this site's copy from the log where it differs",
