@@ -684,7 +684,8 @@ export class MeshNode extends EventEmitter {
       running: true,
       refused: this.refused,
       now,
-      thresholds: this.opts.thresholds ?? DEFAULT_THRESHOLDS
+      thresholds: this.opts.thresholds ?? DEFAULT_THRESHOLDS,
+      snapshots: snapshotSummary(this.paths.dir, this.state)
     })
   }
 
@@ -1571,8 +1572,19 @@ export function statusFromDisk(dir: string, site: string, thresholds: StatusThre
     running: false,
     refused: [],
     now,
-    thresholds
+    thresholds,
+    snapshots: snapshotSummary(dir, state)
   })
+}
+
+/** How many snapshots this site keeps of each dataset, and when the newest was taken. */
+function snapshotSummary(dir: string, state: MeshState): Record<string, { count: number; newestAt: number | null }> {
+  const out: Record<string, { count: number; newestAt: number | null }> = {}
+  for (const d of state.datasets) {
+    const list = listSnapshots(dir, d.id)
+    out[d.id] = { count: list.length, newestAt: list.length ? list[list.length - 1].at : null }
+  }
+  return out
 }
 
 /** Records a proof about a replica at chain position `seq`: equal to the log there, or not (see LocalDataset.proven). */

@@ -73,6 +73,8 @@ export interface DatasetStatus {
   checkpoint: CheckpointResult | null
   /** The last position this site's copy was proven equal to the log, and the first it was seen to differ after it. */
   proven: { equal: number | null; differs: number | null } | null
+  /** The generational snapshots this site keeps of the dataset: how many, and when the newest was taken. */
+  snapshots: { count: number; newestAt: number | null }
   /**
    * A PostgreSQL dataset this site is the origin of: the WAL its replication slot keeps on the database
    * server's disk (everything not yet in the log), the server's ceiling (max_slot_wal_keep_size; null when
@@ -136,6 +138,8 @@ export interface StatusInput {
   refused: Array<{ key: string; reason: string; at: number }>
   now: number
   thresholds: StatusThresholds
+  /** The snapshots this site keeps, by dataset id (see DatasetStatus.snapshots); none when absent. */
+  snapshots?: Record<string, { count: number; newestAt: number | null }>
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
@@ -303,7 +307,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
       damage,
       verified,
       checkpoint,
-      proven
+      proven,
+      snapshots: input.snapshots?.[d.id] ?? { count: 0, newestAt: null }
     }
   })
 

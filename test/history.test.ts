@@ -91,6 +91,7 @@ test('restore ten recorded moments of a random workload, by time and by position
   const id = JSON.parse(fs.readFileSync(path.join(a.dir, 'config.json'), 'utf8')).datasets[0].id
   const snapDir = path.join(b.dir, 'snapshots', id)
   await waitUntil('b took a snapshot', () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => f.endsWith('.db')), 30_000)
+  assert.ok((await b.status()).datasets.find((d) => d.id === id)!.snapshots.count >= 1, 'mesh status counts the snapshots kept')
   const originSnaps = path.join(a.dir, 'snapshots', id)
   await waitUntil('the origin took a snapshot of its own dataset', () => fs.existsSync(originSnaps) && fs.readdirSync(originSnaps).some((f) => f.endsWith('.db')), 30_000)
   for (let i = 0; i < 20; i++) work.transaction()

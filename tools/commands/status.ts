@@ -48,6 +48,9 @@ export function formatStatus(s: SiteStatus): string {
       const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
       lines.push(`    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`)
     }
+    if (d.snapshots.count > 0) {
+      lines.push(`    snapshots: ${d.snapshots.count} kept here, the newest ${ago(d.snapshots.newestAt, now)}`)
+    }
     if (d.checkpoint) {
       lines.push(`    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at position ${d.checkpoint.seq} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`)
     }
