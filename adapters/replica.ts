@@ -23,11 +23,14 @@ export abstract class ReplicaBase {
   /** Dataset id this replica must belong to; checked against the log header. */
   protected readonly expectDataset: string | null
   protected readonly guard: DamageGuard
+  /** Whether this database compares itself with the origin's checkpoints (see the apply options). */
+  protected readonly checkpoints: boolean
   protected skippedObjects: string[] = []
   protected lastAlerts: DamageAlert[] = []
   private lastCheckpoint: { length: number; ok: boolean; rows: number; originRows: number; at: number } | null = null
 
-  constructor(opts: { logger?: Logger; dataset?: string; guard?: DamageGuard }) {
+  constructor(opts: { logger?: Logger; dataset?: string; guard?: DamageGuard; checkpoints?: boolean }) {
+    this.checkpoints = opts.checkpoints ?? true
     this.log = opts.logger ?? silentLogger
     this.expectDataset = opts.dataset ?? null
     this.guard = opts.guard ?? DEFAULT_GUARD

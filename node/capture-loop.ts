@@ -147,6 +147,7 @@ export class CaptureLoop extends EventEmitter {
   }
 
   private lastCheckpoint = { at: 0, length: -1 }
+  private checkpointRetry = { at: 0, wait: 0 }
   /** Callers of checkpointNow() waiting for the next checkpoint. */
   private asked: Array<{ resolve: (c: { length: number; rows: number }) => void; reject: (e: Error) => void }> = []
 
@@ -158,10 +159,16 @@ export class CaptureLoop extends EventEmitter {
   private async maybeCheckpoint(): Promise<void> {
     const { capture, log } = this.opts
     const every = this.opts.checkpointMs ?? 600_000
-    if (!capture.checkpoint) return
+    if (!capture.checkpoint || Date.now() < this.checkpointRetry.at) return
     if (this.asked.length === 0 && (Date.now() - this.lastCheckpoint.at < every || log.length === this.lastCheckpoint.length)) return
     const d = await capture.checkpoint()
-    if (d === null) return
+    if (d === null) {
+      // Not quiet enough (a digest read while something committed is thrown away): wait longer each time.
+      this.checkpointRetry.wait = Math.min(every, this.checkpointRetry.wait * 2 || 1000)
+      this.checkpointRetry.at = Date.now() + this.checkpointRetry.wait
+      return
+    }
+    this.checkpointRetry = { at: 0, wait: 0 }
     const length = log.length
     await log.appendUnit([{ kind: 'checkpoint', length, digest: d.digest, rows: d.rows }])
     this.lastCheckpoint = { at: Date.now(), length: log.length }
@@ -173,10 +180,31 @@ export class CaptureLoop extends EventEmitter {
    * Asks for a checkpoint now (`mesh checkpoint`): resolves with the log position it describes (the checkpoint
    * is the block at that position) once it is in the log, which is as soon as the source is idle.
    */
-  checkpointNow(): Promise<{ length: number; rows: number }> {
+  checkpointNow(timeoutMs: number): Promise<{ length: number; rows: number }> {
     if (!this.opts.capture.checkpoint) return Promise.reject(MeshError.USAGE('this capture cannot take checkpoints'))
     if (!this.running) return Promise.reject(MeshError.NOT_RUNNING('capture is not running', { hint: 'mesh status says why.' }))
-    return new Promise((resolve, reject) => this.asked.push({ resolve, reject }))
+    this.checkpointRetry = { at: 0, wait: 0 }
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        resolve: (c: { length: number; rows: number }) => {
+          clearTimeout(timer)
+          resolve(c)
+        },
+        reject: (e: Error) => {
+          clearTimeout(timer)
+          reject(e)
+        }
+      }
+      const timer = setTimeout(() => {
+        this.asked = this.asked.filter((w) => w !== waiter)
+        reject(
+          MeshError.REPLICA_BEHIND(`the database did not go quiet within ${Math.round(timeoutMs / 1000)} s, and a checkpoint is taken only then`, {
+            hint: 'Run the command again at a quieter moment; the periodic checkpoint is taken when it is idle.'
+          })
+        )
+      }, timeoutMs)
+      this.asked.push(waiter)
+    })
   }
 
   private async run(): Promise<void> {
@@ -199,6 +227,7 @@ export class CaptureLoop extends EventEmitter {
         if (!e.retryable) {
           this.logger.error('capture stopped', { code: e.code, error: e.message, hint: e.hint })
           this.running = false
+          for (const a of this.asked.splice(0)) a.reject(e)
           return
         }
         this.logger.warn('capture failed, retrying', { code: e.code, error: e.message, retryInMs: backoff })

@@ -235,16 +235,25 @@ export async function checkRestoreTarget(engine: string, to: string): Promise<vo
 
 /** The apply side a restore writes with: a SQLite restore goes to `<to>.partial` until it is complete. */
 export function openRestoreTarget(engine: string, to: string, dataset: string, logger?: Logger): ApplySide {
-  if (engine === 'postgres') return new PostgresApply({ url: to, dataset, logger })
-  return new SqliteApply({ path: `${to}.partial`, dataset, logger })
+  if (engine === 'postgres') return new PostgresApply({ url: to, dataset, logger, checkpoints: false })
+  return new SqliteApply({ path: `${to}.partial`, dataset, logger, checkpoints: false })
 }
 
 /**
  * Puts the newest snapshot at or before chain position `seq` in place as the restore's starting file
  * (`<to>.partial`); returns the position it holds, or 0 (none: the replay starts from the beginning).
  */
-export async function seedRestore(siteDir: string, engine: string, to: string, dataset: string, chain: ChainSegment[], seq: number, inUse?: Set<string>): Promise<number> {
-  return seedFromSnapshot(siteDir, engine, dataset, engine === 'postgres' ? to : `${to}.partial`, chain, seq, inUse)
+export async function seedRestore(
+  siteDir: string,
+  engine: string,
+  to: string,
+  dataset: string,
+  chain: ChainSegment[],
+  seq: number,
+  inUse?: Set<string>,
+  onDamaged?: (file: string) => void
+): Promise<number> {
+  return seedFromSnapshot(siteDir, engine, dataset, engine === 'postgres' ? to : `${to}.partial`, chain, seq, inUse, onDamaged)
 }
 
 /**

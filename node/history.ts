@@ -106,7 +106,9 @@ export async function* walk(chain: ChainSegment[], opts: { from?: number; entrie
  * reading the whole history.
  */
 class ChainPoints {
+  /** How far this site holds every block, and the chain's length. */
   readonly length: number
+  readonly full: number
   private readonly starts: number[]
   /** Position -> the time at or before it, for positions already looked at. */
   private readonly times = new Map<number, number | null>()
@@ -114,7 +116,19 @@ class ChainPoints {
   constructor(private readonly chain: ChainSegment[]) {
     const o = offsets(chain)
     this.starts = o.starts
-    this.length = o.length
+    // Only as far as this site holds every block: a point past that cannot be restored yet, and a search
+    // must not read there.
+    let length = o.length
+    for (let i = 0; i < chain.length; i++) {
+      const full = chain[i].end ?? chain[i].log.length
+      const held = Math.min(full, chain[i].log.core.contiguousLength)
+      if (held < full) {
+        length = o.starts[i] + held
+        break
+      }
+    }
+    this.length = length
+    this.full = o.length
   }
 
   private async at(q: number) {
@@ -157,13 +171,21 @@ class ChainPoints {
 /**
  * The chain position to restore to: for `seq`, the last unit boundary at or before it; for `at` (ms), the
  * start of the first unit committed after that moment (so every unit committed at or before it is in). Found
- * by a binary search over the blocks' times (commit times only grow along a chain), not by reading it all.
+ * by a binary search over the blocks' times, not by reading it all: it assumes commit times grow along the
+ * chain, which holds while the origins' clocks do not go back (a clock set back, or a promoted site whose
+ * clock is behind the old origin's, can make `--at` land up to that difference off; `--seq` is exact).
  */
 export async function restorePoint(chain: ChainSegment[], target: { seq?: number; at?: number }): Promise<{ seq: number; time: number | null }> {
   const c = new ChainPoints(chain)
+  const notYet = () =>
+    MeshError.REPLICA_NOT_READY(`this site holds the history only up to position ${c.length} of ${c.full} yet`, {
+      hint: 'Wait until `mesh status` shows the log downloaded here, then run the command again.'
+    })
   let point: number
-  if (target.seq !== undefined) point = await c.boundary(Math.max(0, Math.min(target.seq, c.length)))
-  else {
+  if (target.seq !== undefined) {
+    if (target.seq > c.length && c.length < c.full) throw notYet()
+    point = await c.boundary(Math.max(0, Math.min(target.seq, c.length)))
+  } else {
     let lo = 0
     let hi = c.length
     while (lo < hi) {
@@ -172,6 +194,8 @@ export async function restorePoint(chain: ChainSegment[], target: { seq?: number
       if (t !== null && t > target.at!) hi = mid
       else lo = mid + 1
     }
+    // Every block held is at or before that moment: the ones not held yet may be too.
+    if (lo === c.length && c.length < c.full) throw notYet()
     point = await c.boundary(lo)
   }
   if (point <= 1) {

@@ -55,7 +55,7 @@ import { CaptureLoop } from './capture-loop.ts'
 import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
 import { writeDivergence } from './divergence.ts'
 import { History, findDataset, offsets, restorePoint, type RestoreResult } from './history.ts'
-import { DEFAULT_SNAPSHOTS, buildSnapshot, listSnapshots, prune, snapshotPosition, type SnapshotPolicy } from './snapshots.ts'
+import { DEFAULT_SNAPSHOTS, buildSnapshot, damagedSnapshots, listSnapshots, prune, snapshotPosition, type SnapshotPolicy } from './snapshots.ts'
 import { DatasetLog, logName } from './log.ts'
 import {
   readInvites,
@@ -235,6 +235,7 @@ export class MeshNode extends EventEmitter {
   private readonly snapshotsInUse = new Set<string>()
   private snapshotting = false
   private pgSnapshotsUnavailable = false
+  private readonly snapshotFailedAt = new Map<string, number>()
 
   constructor(opts: MeshNodeOptions) {
     super()
@@ -768,6 +769,8 @@ export class MeshNode extends EventEmitter {
         const newest = listSnapshots(this.paths.dir, head.id).pop()
         const now = Date.now()
         if (newest && now - newest.at < p.everySeconds * 1000) continue
+        // After a failure, not again for a while (every build replays the log since the last snapshot).
+        if (now - (this.snapshotFailedAt.get(head.id) ?? 0) < Math.min(p.everySeconds, 3600) * 1000) continue
         try {
           const chain = await resolveChain(head, (k) => this.openLog(k))
           const { starts, length } = offsets(chain)
@@ -775,7 +778,13 @@ export class MeshNode extends EventEmitter {
           const at = held && locate(chain, held)
           if (at && starts[at.index] + at.next >= length) continue
           const point = await restorePoint(chain, { seq: length })
-          const s = await buildSnapshot(this.paths.dir, head, chain, point.seq, { now, logger: this.logger, inUse: this.snapshotsInUse, pgServer: this.opts.replicaPostgres })
+          const s = await buildSnapshot(this.paths.dir, head, chain, point.seq, {
+            now,
+            logger: this.logger,
+            inUse: this.snapshotsInUse,
+            pgServer: this.opts.replicaPostgres,
+            onDamaged: (file) => this.snapshotDamaged(head, file)
+          })
           const gone = prune(this.paths.dir, head.id, now, p, this.snapshotsInUse)
           if (s) this.logger.info('snapshot taken', { dataset: head.name, seq: point.seq, file: s.file, pruned: gone.length })
         } catch (err) {
@@ -786,12 +795,20 @@ export class MeshNode extends EventEmitter {
             this.pgSnapshotsUnavailable = true
             this.logger.warn('no snapshots of PostgreSQL datasets at this site: restores replay from the start', { dataset: head.name, reason: e.message, hint: "Install PostgreSQL's client programs (pg_dump, pg_restore)." })
           }
-          else this.logger.warn('cannot take a snapshot', { dataset: head.name, error: e.message })
+          else {
+            this.snapshotFailedAt.set(head.id, Date.now())
+            this.logger.warn('cannot take a snapshot; trying again later', { dataset: head.name, error: e.message })
+          }
         }
       }
     } finally {
       this.snapshotting = false
     }
+  }
+
+  private snapshotDamaged(head: DatasetInfo, file: string): void {
+    this.logger.warn('a snapshot changed on disk since it was written: it is set aside and the next older one is used', { dataset: head.name, file: `${file}.damaged` })
+    this.markDirty()
   }
 
   /** A new log this site will write, kept open like every other. */
@@ -807,7 +824,7 @@ export class MeshNode extends EventEmitter {
     this.jobs.set(id, job)
     this.history
       .restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d, this.logger), finishRestore, (done, total) => Object.assign(job, { done, total }), (h, chain, seq) =>
-        seedRestore(this.paths.dir, h.engine, to, h.id, chain, seq, this.snapshotsInUse)
+        seedRestore(this.paths.dir, h.engine, to, h.id, chain, seq, this.snapshotsInUse, (file) => this.snapshotDamaged(h, file))
       )
       .then((r) => {
         Object.assign(job, { state: 'done', result: r })
@@ -1083,21 +1100,10 @@ export class MeshNode extends EventEmitter {
     if (!o) {
       throw MeshError.USAGE(`${this.opts.site} is not the origin of ${head.name}: ${head.originSite} is`, { hint: `Run mesh checkpoint ${head.name} at ${head.originSite}.` })
     }
-    let timer: NodeJS.Timeout | undefined
-    const busy = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(MeshError.REPLICA_BEHIND(`${head.name}'s database did not go idle within 2 minutes, and a checkpoint is taken only then`, { hint: 'Run the command again at a quieter moment; the periodic checkpoint is taken when it is idle.' })),
-        120_000
-      )
-    })
-    try {
-      const c = await Promise.race([o.loop.checkpointNow(), busy])
-      const chain = await resolveChain(head, (k) => this.openLog(k))
-      const { starts } = offsets(chain)
-      return { dataset: head.name, seq: starts[starts.length - 1] + c.length, rows: c.rows }
-    } finally {
-      clearTimeout(timer)
-    }
+    const c = await o.loop.checkpointNow(120_000)
+    const chain = await resolveChain(head, (k) => this.openLog(k))
+    const { starts } = offsets(chain)
+    return { dataset: head.name, seq: starts[starts.length - 1] + c.length, rows: c.rows }
   }
 
   /** The mass-damage guard: a unit that deleted or changed a large share of a table is kept and reported. */
@@ -1578,11 +1584,11 @@ export function statusFromDisk(dir: string, site: string, thresholds: StatusThre
 }
 
 /** How many snapshots this site keeps of each dataset, and when the newest was taken. */
-function snapshotSummary(dir: string, state: MeshState): Record<string, { count: number; newestAt: number | null }> {
-  const out: Record<string, { count: number; newestAt: number | null }> = {}
+function snapshotSummary(dir: string, state: MeshState): Record<string, { count: number; newestAt: number | null; damaged: string[] }> {
+  const out: Record<string, { count: number; newestAt: number | null; damaged: string[] }> = {}
   for (const d of state.datasets) {
     const list = listSnapshots(dir, d.id)
-    out[d.id] = { count: list.length, newestAt: list.length ? list[list.length - 1].at : null }
+    out[d.id] = { count: list.length, newestAt: list.length ? list[list.length - 1].at : null, damaged: damagedSnapshots(dir, d.id) }
   }
   return out
 }

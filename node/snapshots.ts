@@ -17,8 +17,11 @@
  * target database and replays the rest. Needs pg_dump and pg_restore (PostgreSQL's client programs) and a
  * replicaPostgres server; without them, restores of PostgreSQL datasets replay from the start.
  */
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
+import { Writable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { openDatabase, PostgresApply, SqliteApply, type ApplySide, type Logger } from '../adapters/index.ts'
 import { ensurePgDatabase, dropPgDatabase, findPgProgram, pgScratchUrl, runPgProgram } from '../adapters/postgres/admin.ts'
 import { MeshError, type DatasetInfo } from '../protocol/index.ts'
@@ -45,6 +48,16 @@ export function snapshotDir(siteDir: string, dataset: string): string {
   return path.join(siteDir, 'snapshots', dataset)
 }
 
+/** Snapshots found changed on disk and set aside (<file>.damaged). */
+export function damagedSnapshots(siteDir: string, dataset: string): string[] {
+  const dir = snapshotDir(siteDir, dataset)
+  if (!fs.existsSync(dir)) return []
+  return fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.damaged'))
+    .map((f) => path.join(dir, f))
+}
+
 export function listSnapshots(siteDir: string, dataset: string): Snapshot[] {
   const dir = snapshotDir(siteDir, dataset)
   if (!fs.existsSync(dir)) return []
@@ -60,55 +73,116 @@ function sqliteFiles(file: string): string[] {
   return [file, `${file}-wal`, `${file}-shm`, `${file}-journal`]
 }
 
-/** The newest snapshot at or before chain position `seq`, with the position it holds; null when none is. */
-function newestBefore(siteDir: string, dataset: string, chain: ChainSegment[], seq: number): { snap: Snapshot; from: number } | null {
+/** What is kept beside a snapshot (<file>.json): the position it holds and the SHA-256 of its bytes. */
+interface SnapshotMeta {
+  log: string
+  length: number
+  sha256: string
+}
+
+function readMeta(file: string): SnapshotMeta | null {
+  try {
+    return JSON.parse(fs.readFileSync(`${file}.json`, 'utf8')) as SnapshotMeta
+  } catch {
+    return null
+  }
+}
+
+/** The SHA-256 of a file's bytes, hex; with `copyTo`, the file is copied there in the same read. */
+async function hashFile(file: string, copyTo?: string): Promise<string> {
+  const h = crypto.createHash('sha256')
+  const out = copyTo ? fs.createWriteStream(copyTo, { mode: 0o600 }) : null
+  await pipeline(
+    fs.createReadStream(file),
+    async function* (chunks: AsyncIterable<Buffer>) {
+      for await (const chunk of chunks) {
+        h.update(chunk)
+        yield chunk
+      }
+    },
+    out ?? new Writable({ write: (_c, _e, done) => done() })
+  )
+  return h.digest('hex')
+}
+
+/** The snapshots at or before chain position `seq`, newest first, with the position each holds. */
+function candidates(siteDir: string, dataset: string, chain: ChainSegment[], seq: number): Array<{ snap: Snapshot; from: number }> {
   const { starts } = offsets(chain)
+  const out: Array<{ snap: Snapshot; from: number }> = []
   for (const snap of listSnapshots(siteDir, dataset).reverse()) {
+    // Only snapshots built from the log, which keep their position and hash beside them: a file taken by an
+    // earlier version was a copy of a live replica, and may hold damage the log does not.
     const pos = snapshotPosition(snap.file)
     const at = pos && locate(chain, pos)
     if (!pos || !at) continue
     const from = starts[at.index] + at.next
-    if (from <= seq) return { snap, from }
+    if (from <= seq) out.push({ snap, from })
   }
-  return null
+  return out
 }
 
 /**
  * Puts the newest snapshot at or before chain position `seq` in place as a new database: a SQLite file at
  * `to` (copied), or an empty PostgreSQL database at `to` (pg_restore). Returns the position it holds, or 0
  * (none: a replay starts from the beginning). A snapshot being read is in `inUse`, so that retention leaves it.
+ *
+ * Each snapshot's bytes are checked against the SHA-256 kept beside it: one that changed on disk since it
+ * was written is set aside (renamed <file>.damaged, and `onDamaged` told) and the next older one is used.
  */
-export async function seedFromSnapshot(siteDir: string, engine: string, dataset: string, to: string, chain: ChainSegment[], seq: number, inUse?: Set<string>): Promise<number> {
-  if (engine !== 'postgres') for (const f of sqliteFiles(to)) fs.rmSync(f, { force: true })
-  const found = newestBefore(siteDir, dataset, chain, seq)
-  if (found === null || !found.snap.file.endsWith(engine === 'postgres' ? '.pgdump' : '.db')) return 0
-  inUse?.add(found.snap.file)
-  try {
-    if (engine !== 'postgres') fs.copyFileSync(found.snap.file, to)
-    else {
-      const exe = findPgProgram('pg_restore')
-      if (exe === null) return 0
-      const r = await runPgProgram(exe, (url) => ['--no-owner', '--no-privileges', '--exit-on-error', '--single-transaction', '--dbname', url, found.snap.file], to)
-      if (r.code !== 0) throw MeshError.DATABASE_ERROR(`cannot restore the snapshot ${found.snap.file}: pg_restore ${r.stderr}`, { hint: 'Check that pg_restore is as new as the server; or move the snapshot away to replay from the start.' })
+export async function seedFromSnapshot(
+  siteDir: string,
+  engine: string,
+  dataset: string,
+  to: string,
+  chain: ChainSegment[],
+  seq: number,
+  inUse?: Set<string>,
+  onDamaged?: (file: string) => void
+): Promise<number> {
+  const pg = engine === 'postgres'
+  const restore = pg ? findPgProgram('pg_restore') : null
+  if (pg && restore === null) return 0
+  for (const { snap, from } of candidates(siteDir, dataset, chain, seq)) {
+    if (!snap.file.endsWith(pg ? '.pgdump' : '.db')) continue
+    if (!pg) for (const f of sqliteFiles(to)) fs.rmSync(f, { force: true })
+    inUse?.add(snap.file)
+    try {
+      const want = readMeta(snap.file)?.sha256
+      const got = await hashFile(snap.file, pg ? undefined : to)
+      if (want !== undefined && got !== want) {
+        if (!pg) fs.rmSync(to, { force: true })
+        // (Another reader may have set it aside first.)
+        const aside = (from: string, to2: string) => fs.existsSync(from) && fs.renameSync(from, to2)
+        aside(snap.file, `${snap.file}.damaged`)
+        aside(`${snap.file}.json`, `${snap.file}.damaged.json`)
+        onDamaged?.(snap.file)
+        continue
+      }
+      if (pg) {
+        const r = await runPgProgram(restore!, (url) => ['--no-owner', '--no-privileges', '--exit-on-error', '--single-transaction', '--dbname', url, snap.file], to)
+        if (r.code !== 0) throw MeshError.DATABASE_ERROR(`cannot restore the snapshot ${snap.file}: pg_restore ${r.stderr}`, { hint: 'Check that pg_restore is as new as the server; or move the snapshot away to replay from the start.' })
+      }
+      return from
+    } finally {
+      inUse?.delete(snap.file)
     }
-  } finally {
-    inUse?.delete(found.snap.file)
   }
-  return found.from
+  return 0
 }
 
 /**
  * A new snapshot of a dataset at chain position `seq` (a unit boundary), built from the log: the newest
- * snapshot before it plus the units since, written under a temporary name and renamed when complete. Null
- * when the newest snapshot is at `seq` already (nothing new to keep). PostgreSQL datasets need `pgServer`
- * (the site's replicaPostgres), pg_dump and pg_restore.
+ * snapshot before it plus the units since, written under a temporary name and renamed when complete, with its
+ * position and the SHA-256 of its bytes beside it (<file>.json). Null when the newest snapshot is at `seq`
+ * already (nothing new to keep). PostgreSQL datasets need `pgServer` (the site's replicaPostgres), pg_dump and
+ * pg_restore.
  */
 export async function buildSnapshot(
   siteDir: string,
   head: DatasetInfo,
   chain: ChainSegment[],
   seq: number,
-  opts: { now?: number; logger?: Logger; inUse?: Set<string>; pgServer?: string | null } = {}
+  opts: { now?: number; logger?: Logger; inUse?: Set<string>; pgServer?: string | null; onDamaged?: (file: string) => void } = {}
 ): Promise<Snapshot | null> {
   const now = opts.now ?? Date.now()
   const dir = snapshotDir(siteDir, head.id)
@@ -130,26 +204,36 @@ export async function buildSnapshot(
     for (const f of sqliteFiles(partial)) fs.rmSync(f, { force: true })
     if (pg) await dropPgDatabase(opts.pgServer!, work)
   }
+  // What a build cut off by a crash left behind: it is never a snapshot.
+  for (const f of fs.readdirSync(dir)) if (/\.partial(-wal|-shm|-journal)?$/.test(f)) fs.rmSync(path.join(dir, f), { force: true })
   try {
-    const from = await seedFromSnapshot(siteDir, head.engine, head.id, work, chain, seq, opts.inUse)
+    const from = await seedFromSnapshot(siteDir, head.engine, head.id, work, chain, seq, opts.inUse, opts.onDamaged)
     if (from === seq) return null
-    const side: ApplySide = pg ? new PostgresApply({ url: work, dataset: head.id, logger: opts.logger }) : new SqliteApply({ path: partial, dataset: head.id, logger: opts.logger })
+    const built = { dataset: head.id, logger: opts.logger, checkpoints: false }
+    const side: ApplySide = pg ? new PostgresApply({ url: work, ...built }) : new SqliteApply({ path: partial, ...built })
+    let pos: { log: Uint8Array; length: number } | null = null
     try {
       await replayTo(chain, seq, side, { logger: opts.logger })
+      pos = side.position()
     } finally {
       await side.close()
     }
     if (pg) {
       const r = await runPgProgram(dump!, (url) => ['--format=custom', '--no-owner', '--no-privileges', '--file', partial, url], work)
       if (r.code !== 0) throw MeshError.DATABASE_ERROR(`cannot write the snapshot of ${head.name}: pg_dump ${r.stderr}`)
-      const pos = side.position()!
-      fs.writeFileSync(`${file}.json`, JSON.stringify({ log: Buffer.from(pos.log).toString('hex'), length: pos.length }), { mode: 0o600 })
+    } else {
+      // One self-contained file: no write-ahead log beside it.
+      const db = openDatabase(partial, { mustExist: true })
+      db.pragma('journal_mode = DELETE')
+      db.close()
     }
+    const meta: SnapshotMeta = { log: Buffer.from(pos!.log).toString('hex'), length: pos!.length, sha256: await hashFile(partial) }
+    fs.writeFileSync(`${file}.json`, JSON.stringify(meta), { mode: 0o600 })
     fs.chmodSync(partial, 0o600)
     fs.renameSync(partial, file)
     return { file, at: now }
   } finally {
-    await clean()
+    await clean().catch((err) => opts.logger?.warn('cannot remove what building a snapshot left', { error: (err as Error).message }))
   }
 }
 
@@ -195,25 +279,8 @@ export function prune(siteDir: string, dataset: string, now: number, p: Snapshot
   return gone
 }
 
-/** The applied position a snapshot holds (log key and length), read from its bookkeeping. */
+/** The position a snapshot holds (log key and length), kept beside it; null for a file without (not built from the log). */
 export function snapshotPosition(file: string): { log: Uint8Array; length: number } | null {
-  if (file.endsWith('.pgdump')) {
-    try {
-      const p = JSON.parse(fs.readFileSync(`${file}.json`, 'utf8')) as { log: string; length: number }
-      return { log: new Uint8Array(Buffer.from(p.log, 'hex')), length: p.length }
-    } catch {
-      return null
-    }
-  }
-  const db = openDatabase(file, { mustExist: true })
-  try {
-    const rows = db.prepare(`SELECT k, v FROM _mesh_replica WHERE k IN ('log', 'length')`).all() as Array<{ k: string; v: unknown }>
-    const m = new Map(rows.map((r) => [r.k, r.v]))
-    if (!m.get('log')) return null
-    return { log: new Uint8Array(m.get('log') as Buffer), length: Number(m.get('length')) }
-  } catch {
-    return null
-  } finally {
-    db.close()
-  }
+  const meta = readMeta(file)
+  return meta ? { log: new Uint8Array(Buffer.from(meta.log, 'hex')), length: meta.length } : null
 }

@@ -73,8 +73,8 @@ export interface DatasetStatus {
   checkpoint: CheckpointResult | null
   /** The last position this site's copy was proven equal to the log, and the first it was seen to differ after it. */
   proven: { equal: number | null; differs: number | null } | null
-  /** The generational snapshots this site keeps of the dataset: how many, and when the newest was taken. */
-  snapshots: { count: number; newestAt: number | null }
+  /** The generational snapshots this site keeps of the dataset: how many, when the newest was taken, and those set aside as damaged. */
+  snapshots: { count: number; newestAt: number | null; damaged: string[] }
   /**
    * A PostgreSQL dataset this site is the origin of: the WAL its replication slot keeps on the database
    * server's disk (everything not yet in the log), the server's ceiling (max_slot_wal_keep_size; null when
@@ -139,7 +139,7 @@ export interface StatusInput {
   now: number
   thresholds: StatusThresholds
   /** The snapshots this site keeps, by dataset id (see DatasetStatus.snapshots); none when absent. */
-  snapshots?: Record<string, { count: number; newestAt: number | null }>
+  snapshots?: Record<string, { count: number; newestAt: number | null; damaged: string[] }>
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
@@ -279,6 +279,12 @@ export function buildStatus(input: StatusInput): SiteStatus {
       add('CRIT', `this site's copy of ${d.name} differs from the origin's checkpoint at position ${checkpoint.seq} (${checkpoint.rows} rows here, ${checkpoint.originRows} there${since}): mesh verify ${d.name} names where, mesh repair ${d.name} mends it`)
     }
 
+    // Snapshots whose bytes changed on disk after they were written: the disk may be failing.
+    const damagedSnaps = input.snapshots?.[d.id]?.damaged ?? []
+    if (damagedSnaps.length) {
+      add('WARN', `${damagedSnaps.length} snapshot${damagedSnaps.length === 1 ? '' : 's'} of ${d.name} changed on this site's disk after being written and ${damagedSnaps.length === 1 ? 'was' : 'were'} set aside (restores use older ones or the log): check the disk, then delete ${damagedSnaps.join(', ')}`)
+    }
+
     // The mass-damage guard: a WARN for a week, with the command that restores the state before it.
     const damage = (state.local.find((l) => l.dataset === d.id)?.damage ?? []).map((x) => ({ ...x }))
     for (const x of damage) {
@@ -308,7 +314,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
       verified,
       checkpoint,
       proven,
-      snapshots: input.snapshots?.[d.id] ?? { count: 0, newestAt: null }
+      snapshots: input.snapshots?.[d.id] ?? { count: 0, newestAt: null, damaged: [] }
     }
   })
 

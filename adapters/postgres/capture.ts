@@ -580,9 +580,8 @@ export class PostgresCapture implements CaptureSide {
    * flushed WAL position now, against how far its walsender has read, which a keepalive it is asked for
    * reports after every message before it. So a read returns every change committed before it began.
    */
-  private async caughtUp(st: Stream): Promise<boolean> {
-    const r = await this.query('SELECT pg_current_wal_flush_lsn()::text AS lsn', [], 'cannot read the server position')
-    const target = parseLsn(r.rows[0].lsn)
+  private async caughtUp(st: Stream, upTo?: bigint): Promise<boolean> {
+    const target = upTo ?? parseLsn((await this.query('SELECT pg_current_wal_flush_lsn()::text AS lsn', [], 'cannot read the server position')).rows[0].lsn)
     const until = Date.now() + 2000
     while (st.sent < target && !st.ended && Date.now() < until) {
       this.feedback(st, true)
@@ -599,8 +598,10 @@ export class PostgresCapture implements CaptureSide {
 
   /**
    * The checkpoint digest, when the tables are exactly what the log holds. The stream is caught up with
-   * nothing unread before the digest's snapshot is taken and again after it, with no message in between: then
-   * no transaction committed between the two, so the snapshot saw exactly the transactions the log holds.
+   * nothing unread before the digest's snapshot is taken, and after it up to the WAL insert position read in
+   * that snapshot (every transaction it sees wrote its commit record before that point, flushed or not: with
+   * synchronous_commit off a commit is visible before it is flushed and streamed), with no message in
+   * between: then no transaction committed between the two, so the snapshot saw exactly what the log holds.
    */
   async checkpoint(): Promise<{ digest: Uint8Array; rows: number } | null> {
     const st = this.stream
@@ -608,12 +609,17 @@ export class PostgresCapture implements CaptureSide {
     if (!(await this.caughtUp(st)) || st.buf.length > 0) return null
     const received = st.received
     const defs = [...this.tables.values()].map((k) => k.def)
-    let d: { digest: Uint8Array; rows: number }
+    let d: { digest: Uint8Array; rows: number; insert: bigint }
     try {
       d = await this.session.run('cannot take a checkpoint', async (db) => {
         await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
         try {
-          return await digestPgTables(db, defs)
+          // The first statement takes the snapshot; the position is read after it.
+          let insert = parseLsn((await db.query('SELECT pg_current_wal_insert_lsn()::text AS lsn')).rows[0].lsn)
+          // At the start of a WAL page the insert position is past the page's header, where no record ends.
+          const page = insert % 8192n
+          if (page === 24n || page === 40n) insert -= page
+          return { ...(await digestPgTables(db, defs)), insert }
         } finally {
           await db.query('COMMIT').catch(() => {})
         }
@@ -622,8 +628,8 @@ export class PostgresCapture implements CaptureSide {
       if (isShapeError(err)) return null
       throw err
     }
-    if (!(await this.caughtUp(st)) || st.buf.length > 0 || st.received !== received) return null
-    return d
+    if (!(await this.caughtUp(st, d.insert)) || st.buf.length > 0 || st.received !== received) return null
+    return { digest: d.digest, rows: d.rows }
   }
 
   /** Tells the server how far the log holds the stream (its slot may let go of the WAL before it). */

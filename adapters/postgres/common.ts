@@ -425,7 +425,7 @@ export async function digestPgTables(db: Client, tables: TableDef[]): Promise<{ 
   for (const t of [...tables].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
     const cols = t.columns.map((c) => quoteIdent(c.name)).join(', ')
     const r = await db.query(
-      `SELECT count(*)::text AS n, ${half(1)} AS a, ${half(17)} AS b FROM (SELECT encode(sha256(textsend(ROW(${cols})::text)), 'hex') AS h FROM ${t.name}) s`
+      `SELECT count(*)::text AS n, ${half(1)} AS a, ${half(17)} AS b FROM (SELECT encode(sha256(textsend(ROW(${cols})::text)), 'hex') AS h FROM ONLY ${t.name}) s`
     )
     const { n, a, b } = r.rows[0] as { n: string; a: string; b: string }
     h.update(`table ${t.name} ${n} ${a} ${b}\n`)

@@ -6,6 +6,9 @@
  * then compared row by row, each row by the SHA-256 of its text, by key (a table with no key: as a multiset of
  * rows). A repair deletes the rows that are extra or changed and inserts the log's rows for those missing or
  * changed, every table in one transaction, with the replica's deferred constraints checked at its commit.
+ *
+ * The row hashes of a table that differs are held in memory (about 100 bytes a row, both sides): fine for the
+ * databases of the businesses this is for, not for a table of a hundred million rows.
  */
 import { MeshError, type TableDef } from '../../protocol/index.ts'
 import { OWN_SCHEMA, connect, digestPgTables, pgError, quoteIdent, redactUrl, type Client } from './common.ts'
@@ -36,12 +39,12 @@ async function rowHashes(db: Client, t: TableDef): Promise<Map<string, string | 
   const hash = `encode(sha256(textsend(ROW(${cols.join(', ')})::text)), 'hex')`
   const out = new Map<string, string | number>()
   if (t.key.length === 0) {
-    const r = await db.query({ text: `SELECT ${hash} FROM ${t.name}`, rowMode: 'array' })
+    const r = await db.query({ text: `SELECT ${hash} FROM ONLY ${t.name}`, rowMode: 'array' })
     for (const [h] of r.rows as string[][]) out.set(h, ((out.get(h) as number | undefined) ?? 0) + 1)
     return out
   }
   const keys = t.key.map((i) => `${cols[i]}::text`)
-  const r = await db.query({ text: `SELECT ${hash}, ${keys.join(', ')} FROM ${t.name}`, rowMode: 'array' })
+  const r = await db.query({ text: `SELECT ${hash}, ${keys.join(', ')} FROM ONLY ${t.name}`, rowMode: 'array' })
   for (const [h, ...k] of r.rows as string[][]) out.set(JSON.stringify(k), h)
   return out
 }
@@ -121,14 +124,14 @@ export async function mendPgDatabase(mine: string, truth: string, diffs: PgTable
       const insert = async (rows: string[][]) => {
         if (rows.length === 0) return
         await a.query(
-          `INSERT INTO ${t.name} (${cols.join(', ')}) SELECT ${t.columns.map((c, i) => `u.v${i}::${c.type}`).join(', ')} FROM ${unnest(cols.length, 'v')}`,
+          `INSERT INTO ${t.name} (${cols.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${t.columns.map((c, i) => `u.v${i}::${c.type}`).join(', ')} FROM ${unnest(cols.length, 'v')}`,
           cols.map((_, i) => rows.map((r) => r[i]))
         )
       }
-      const select = `SELECT ${cols.map((c) => `${c}::text`).join(', ')} FROM ${t.name}`
+      const select = `SELECT ${cols.map((c) => `${c}::text`).join(', ')} FROM ONLY ${t.name}`
       if (t.key.length === 0) {
         // No key to tell rows apart: the table is replaced by the log's rows.
-        await a.query(`DELETE FROM ${t.name}`)
+        await a.query(`DELETE FROM ONLY ${t.name}`)
         await insert((await b.query({ text: select, rowMode: 'array' })).rows as string[][])
         continue
       }
@@ -141,7 +144,7 @@ export async function mendPgDatabase(mine: string, truth: string, diffs: PgTable
       })
       if (wrong.length) {
         const w = keyIn(wrong)
-        await a.query(`DELETE FROM ${t.name} WHERE ${w.sql}`, w.values)
+        await a.query(`DELETE FROM ONLY ${t.name} WHERE ${w.sql}`, w.values)
       }
       if (needed.length) {
         const w = keyIn(needed)

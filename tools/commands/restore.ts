@@ -85,7 +85,9 @@ export const command: Command = {
         const off = await offlineHistory(dir)
         try {
           result = await off.history.restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d), finishRestore, progress, (h, chain, seq) =>
-            seedRestore(dir, h.engine, to, h.id, chain, seq)
+            seedRestore(dir, h.engine, to, h.id, chain, seq, undefined, (file) =>
+              process.stderr.write(`mesh: the snapshot ${file} changed on disk since it was written: set aside as ${file}.damaged, an older one is used (check the disk)\n`)
+            )
           )
         } finally {
           await off.close()
