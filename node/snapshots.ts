@@ -221,6 +221,8 @@ export async function buildSnapshot(
     if (pg) {
       const r = await runPgProgram(dump!, (url) => ['--format=custom', '--no-owner', '--no-privileges', '--file', partial, url], work)
       if (r.code !== 0) throw MeshError.DATABASE_ERROR(`cannot write the snapshot of ${head.name}: pg_dump ${r.stderr}`)
+      // Gone before the snapshot appears: a build whose file is there is over.
+      await dropPgDatabase(opts.pgServer!, work)
     } else {
       // One self-contained file: no write-ahead log beside it.
       const db = openDatabase(partial, { mustExist: true })

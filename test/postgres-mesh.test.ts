@@ -185,3 +185,52 @@ test('a mixed mesh: a SQLite site without a PostgreSQL server holds the PostgreS
     )
   }, 60_000, 500)
 })
+
+test('mesh verify and mesh repair of a PostgreSQL copy: identity columns, composite keys, a table without a key, a row of text that sorts differently by collation', async (t) => {
+  const { a, b } = await twoPgSites(t)
+  await a.cluster.query(
+    `CREATE TABLE tickets (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text);
+     CREATE TABLE stock (shop text, sku text, qty int, PRIMARY KEY (shop, sku));
+     CREATE TABLE visits (at int, who text);
+     INSERT INTO tickets (note) SELECT 'ticket ' || g FROM generate_series(1, 300) g;
+     INSERT INTO stock SELECT 'shop ' || (g % 3), 'Ärger-' || g, g FROM generate_series(1, 300) g;
+     INSERT INTO stock VALUES ('a', 'Z', 1), ('a', 'a', 2), ('a', 'É', 3);
+     INSERT INTO visits SELECT g % 50, 'visitor' FROM generate_series(1, 200) g;`,
+    [],
+    'shop'
+  )
+  await a.init()
+  await a.start()
+  await b.join(await a.invite())
+  await b.start()
+  await waitUntil("b's copy equals a", () => b.holdsExactly(a), 90_000, 300)
+  const id = a.datasetId()
+  let v = await mesh(['verify', id, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+  assert.equal(v.code, 0, v.stdout + v.stderr)
+  // Damage behind the mesh's back, in every kind of table.
+  await b.cluster.query(
+    `UPDATE tickets SET note = 'forged' WHERE id = 7; DELETE FROM tickets WHERE id = 8;
+     DELETE FROM stock WHERE shop = 'a' AND sku = 'É'; INSERT INTO stock VALUES ('x', 'y', 9); UPDATE stock SET qty = 0 WHERE sku = 'Ärger-5';
+     DELETE FROM visits WHERE ctid IN (SELECT ctid FROM visits WHERE at = 3 LIMIT 1); INSERT INTO visits VALUES (99, 'intruder');`,
+    [],
+    new URL(b.replicaUrl(a)).pathname.slice(1)
+  )
+  v = await mesh(['verify', id, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+  assert.equal(v.code, 2, v.stdout + v.stderr)
+  const found = JSON.parse(v.stdout)
+  assert.deepEqual(
+    found.tables.map((x: { table: string; missing: number; extra: number; changed: number }) => [x.table, x.missing, x.extra, x.changed]).sort(),
+    [
+      ['public.stock', 1, 1, 1],
+      ['public.tickets', 1, 0, 1],
+      ['public.visits', 1, 1, 0]
+    ]
+  )
+  assert.deepEqual(found.tables.find((x: { table: string }) => x.table === 'public.stock').keys.sort(), ['a, É', 'shop 2, Ärger-5', 'x, y'])
+  v = await mesh(['repair', id, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+  assert.equal(v.code, 0, v.stdout + v.stderr)
+  assert.equal(await b.holdsExactly(a), true, 'the repaired copy equals the origin')
+  // And it goes on following.
+  await a.cluster.query(`INSERT INTO tickets (note) VALUES ('after the repair')`, [], 'shop')
+  await waitUntil('b follows a after the repair', () => b.holdsExactly(a), 60_000, 300)
+})
