@@ -75,7 +75,7 @@ test('pgbench at a PostgreSQL origin: the replica equals the origin, also when t
   await b.start()
   const snapDir = path.join(b.dir, 'snapshots', a.datasetId())
   await waitUntil('b took a snapshot of the PostgreSQL dataset', () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => f.endsWith('.pgdump')), 120_000, 500)
-  assert.deepEqual(await b.cluster.query(`SELECT datname FROM pg_database WHERE datname LIKE 'mesh_snapshot%'`), [], 'the scratch database it was built in is gone')
+  await waitUntil('the scratch database it was built in is gone', async () => (await b.cluster.query(`SELECT datname FROM pg_database WHERE datname LIKE 'mesh_snapshot%'`)).length === 0, 30_000, 200)
   const restored = await b.cluster.createDatabase('restored')
   rr = await mesh(['restore', a.datasetId(), '--at', 'now', '--to', restored, '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
   assert.equal(rr.code, 0, rr.stderr)
