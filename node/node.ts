@@ -1032,8 +1032,8 @@ export class MeshNode extends EventEmitter {
 
   /**
    * `mesh verify` / `mesh repair`: this site's replica against the log. Apply pauses; the chain is replayed
-   * from its start (not from a snapshot, which may hold the same damage) up to the replica's position into a
-   * scratch file, and the two are compared row by row. A repair then puts the log's contents in place, in one
+   * from the nearest snapshot (built from the log, never from the replica) up to the replica's position into
+   * a scratch copy, and the two are compared row by row. A repair then puts the log's contents in place, in one
    * transaction, and apply goes on.
    */
   async verify(dataset: string, repair: boolean): Promise<VerifyResult> {
@@ -1057,11 +1057,14 @@ export class MeshNode extends EventEmitter {
         const seq = starts[r.chain.findIndex((s) => sameBytes(s.log.key, pos.log))] + pos.length
         await clean()
         if (pg) await ensurePgDatabase(r.path, tmp, true)
-        // The log replayed into the scratch database, kept as a replica is (its bookkeeping names its tables).
+        // The log replayed into the scratch database, kept as a replica is (its bookkeeping names its tables),
+        // from the nearest snapshot: built from the log itself, and checked against its SHA-256.
         const keep = async () => {
           if (!pg) fs.renameSync(`${tmp}.partial`, tmp)
         }
-        await this.history.restore(r.info.id, { seq }, tmp, (e, w, d) => openRestoreTarget(e, w, d, this.logger), keep)
+        const replay = await this.history.restore(r.info.id, { seq }, tmp, (e, w, d) => openRestoreTarget(e, w, d, this.logger), keep, undefined, (h, chain, at) =>
+          seedRestore(this.paths.dir, h.engine, tmp, h.id, chain, at, this.snapshotsInUse, (file) => this.snapshotDamaged(h, file))
+        )
         const tables = pg ? await diffPgDatabases(r.path, tmp) : diffDatabases(r.path, tmp)
         let repaired = false
         if (repair && tables.length > 0) {
@@ -1077,7 +1080,7 @@ export class MeshNode extends EventEmitter {
         prove(local, seq, tables.length === 0)
         const parted = tables.length ? { lastEqual: local.proven!.equal, firstDiffers: local.proven!.differs! } : null
         if (repaired) prove(local, seq, true)
-        const result: VerifyResult = { dataset: head.name, seq, at: Date.now(), ok: tables.length === 0 || repaired, tables, repaired, parted }
+        const result: VerifyResult = { dataset: head.name, seq, from: replay.from, at: Date.now(), ok: tables.length === 0 || repaired, tables, repaired, parted }
         local.verified = result
         this.saveState()
         this.markDirty()

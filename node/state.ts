@@ -108,6 +108,8 @@ export interface VerifyResult {
   dataset: string
   /** The chain position the replica was compared at, and when. */
   seq: number
+  /** The position the log's replay started from: a snapshot's, or 0 (its start). */
+  from?: number
   at: number
   ok: boolean
   /** Where it parted from the log (empty when ok). */

@@ -264,6 +264,7 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
   assert.equal(v.ok, false)
   // Where it parted: after the position the first verify proved equal, by the checkpoint that showed it.
   assert.deepEqual(v.parted, { lastEqual: provenEqual, firstDiffers })
+  assert.ok(v.from > 0, 'the log was replayed from a snapshot built from the log, and still finds the damage')
   assert.ok(provenEqual < firstDiffers)
   // A snapshot b takes now is built from the log, not copied from its damaged copy: a restore from it at b
   // gives the origin's rows.

@@ -10,8 +10,9 @@ function make(name: 'verify' | 'repair'): Command {
       ? `mesh verify DATASET --dir DIR [--json]
 
 Proves this site's copy of DATASET holds exactly what the log says: applying pauses, the log is replayed from
-its start to the copy's position into a scratch copy (a file; for PostgreSQL a database mesh_verify_<id> on
-the copy's server, dropped afterwards), and the two are compared row by row. Names the tables and keys where
+the nearest snapshot (built from the log, never from the copy) or its start, up to the copy's position, into a
+scratch copy (a file; for PostgreSQL a database mesh_verify_<id> on the copy's server, dropped afterwards),
+and the two are compared row by row. Names the tables and keys where
 the copy parts from the log, and between which positions it parted: after the last checkpoint (or verify) it
 matched, by the first that showed the difference. Exit 0 when it matches, 2 when it differs (then: mesh
 repair). The node must be running.`
