@@ -3,7 +3,7 @@
  * replica from exactly where it stands, and that a log header belongs to this replica.
  */
 import { MeshError, sameBytes, type HeaderEntry, type Value } from '../protocol/index.ts'
-import type { AppliedPosition, Unit } from './types.ts'
+import type { AppliedPosition, DamageGuard, Unit } from './types.ts'
 
 /**
  * 'skip' for a unit the replica holds already (applying is idempotent by position), 'apply' for the next
@@ -54,6 +54,15 @@ export function unitChanges(unit: Unit): Map<number, { upserts: Value[][]; delet
     }
   }
   return out
+}
+
+/**
+ * How far the guard needs to count a table's rows before a unit of `total` changes to it: a unit can flag a
+ * table only if `share` of its rows is at most `total`, so a table with more rows than the returned count
+ * cannot be flagged (the count stops there instead of reading the whole table).
+ */
+export function guardCountLimit(total: number, g: DamageGuard): number {
+  return g.share > 0 ? Math.floor(total / g.share) + 1 : Number.MAX_SAFE_INTEGER
 }
 
 /** Checks a log header against the replica; returns the dataset it belongs to. */

@@ -2,8 +2,8 @@
  * What every apply side keeps about its replica, whatever the engine: where it stands in the log, the schema
  * it last applied, its state, the objects it could not create, and the mass-damage guard's findings.
  */
-import type { CheckpointEntry, SchemaObject, TableDef } from '../protocol/index.ts'
-import type { AppliedPosition, DamageAlert, DamageGuard, Logger, ReplicaState } from './types.ts'
+import { sameBytes, type CheckpointEntry, type SchemaObject, type TableDef } from '../protocol/index.ts'
+import type { AppliedPosition, DamageAlert, DamageGuard, Logger, ReplicaCheckpoint, ReplicaState } from './types.ts'
 import { DEFAULT_GUARD, silentLogger } from './types.ts'
 
 export interface ReplicaMeta {
@@ -27,7 +27,7 @@ export abstract class ReplicaBase {
   protected readonly checkpoints: boolean
   protected skippedObjects: string[] = []
   protected lastAlerts: DamageAlert[] = []
-  private lastCheckpoint: { length: number; ok: boolean; rows: number; originRows: number; at: number } | null = null
+  private lastCheckpoint: ReplicaCheckpoint | null = null
 
   constructor(opts: { logger?: Logger; dataset?: string; guard?: DamageGuard; checkpoints?: boolean }) {
     this.checkpoints = opts.checkpoints ?? true
@@ -57,7 +57,7 @@ export abstract class ReplicaBase {
   }
 
   /** The last checkpoint this replica compared itself with (`length`: the checkpoint's block), or null. */
-  checkpoint(): { length: number; ok: boolean; rows: number; originRows: number; at: number } | null {
+  checkpoint(): ReplicaCheckpoint | null {
     return this.lastCheckpoint
   }
 
@@ -66,7 +66,7 @@ export abstract class ReplicaBase {
    * block `block`) with the origin's.
    */
   protected compareCheckpoint(entry: CheckpointEntry, mine: { digest: Uint8Array; rows: number }, block: number): void {
-    const ok = Buffer.from(mine.digest).equals(Buffer.from(entry.digest))
+    const ok = sameBytes(mine.digest, entry.digest)
     this.lastCheckpoint = { length: block, ok, rows: mine.rows, originRows: entry.rows, at: Date.now() }
     if (!ok) this.log.warn('this replica differs from the origin at a checkpoint', { length: entry.length, rows: mine.rows, originRows: entry.rows })
   }

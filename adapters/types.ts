@@ -76,6 +76,8 @@ export interface CaptureSide {
    * captured is unacknowledged, nothing committed is uncaptured); null otherwise. For checkpoints.
    */
   checkpoint?(): Promise<{ digest: Uint8Array; rows: number } | null>
+  /** The tables this capture carries (quoted, qualified names), where the engine can list them. */
+  carried?(): string[]
   close(): Promise<void>
 }
 
@@ -134,5 +136,31 @@ export interface ApplySide {
   position(): AppliedPosition | null
   state(): ReplicaState
   apply(unit: Unit, position: AppliedPosition): Promise<void>
+  /** Units of the last apply() that deleted or changed a large share of a table (see DamageAlert). */
+  alerts(): DamageAlert[]
+  /** The last origin checkpoint this replica compared itself with, or null. */
+  checkpoint(): ReplicaCheckpoint | null
+  /** Whether a program other than branchmesh wrote to the replica (where the engine can tell). */
+  writtenByOthers?(): boolean
   close(): Promise<void>
+}
+
+/** A replica's comparison with an origin checkpoint: the checkpoint's block, whether it matched, the row counts. */
+export interface ReplicaCheckpoint {
+  length: number
+  ok: boolean
+  rows: number
+  originRows: number
+  at: number
+}
+
+/** Where a replica parts from the log (`mesh verify`), per table. */
+export interface TableDiff {
+  table: string
+  /** Rows the log has and the replica lacks, rows it has that the log does not, rows that differ. */
+  missing: number
+  extra: number
+  changed: number
+  /** Up to 20 keys of such rows, as text (none for a table without a key, in PostgreSQL). */
+  keys: string[]
 }

@@ -80,7 +80,6 @@ interface PgbenchRun {
   failed: number
   startMs: number
   endMs: number
-  output: string
 }
 
 /** pgbench in the background (as the postgres user when root); resolves when it exits. */
@@ -111,8 +110,7 @@ function pgbench(cluster: PgCluster, args: string[], timeoutMs: number, onExit: 
         transactions: num(/^number of transactions actually processed: (\d+)/m),
         failed: num(/^number of failed transactions: (\d+)/m),
         startMs,
-        endMs,
-        output: out
+        endMs
       })
     })
   })
@@ -262,7 +260,6 @@ interface Scenario {
   catchUp?: CatchUp
   equal?: boolean
   differ?: string[]
-  dumpRows?: number
   setupMs: number
   cpu: Cpu
   /** WAL written at the origin during the run. */
@@ -294,9 +291,6 @@ interface BranchmeshDetail {
   /** Mean, while pgbench ran, of how far the slot's restart_lsn and confirmed_flush_lsn trailed the WAL's end. */
   slotRestartLagBytes: number
   slotConfirmedLagBytes: number
-  /** Connections counted as the capture's (origin) and the apply's (replica). */
-  captureBackends: number
-  applyBackends: number
 }
 
 function pgbenchArgs(seconds: number): string[] {
@@ -369,7 +363,7 @@ async function native(clusters: PgCluster[], seconds: number, scale: number): Pr
     const cu = await catchUp(o, poller, run.endMs, Math.max(300_000, seconds * 20_000))
     const walBytes = await walSince(origin, lsn)
     const cmp = await compare(origin.url(DB), sub.url(DB))
-    return { run, catchUp: cu, equal: cmp.equal, differ: cmp.differ, dumpRows: cmp.rows, setupMs, cpu, walBytes }
+    return { run, catchUp: cu, equal: cmp.equal, differ: cmp.differ, setupMs, cpu, walBytes }
   } finally {
     await poller?.end().catch(() => {})
     await o?.end().catch(() => {})
@@ -428,9 +422,7 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
       captureErrors: [],
       applyErrors: [],
       slotRestartLagBytes: NaN,
-      slotConfirmedLagBytes: NaN,
-      captureBackends: 0,
-      applyBackends: 0
+      slotConfirmedLagBytes: NaN
     }
     const read = capture.read.bind(capture)
     capture.read = async () => {
@@ -502,8 +494,6 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN)
     d.slotRestartLagBytes = mean(lags.map((x) => x.restart))
     d.slotConfirmedLagBytes = mean(lags.map((x) => x.confirmed))
-    d.captureBackends = captureBackends.length
-    d.applyBackends = applyBackends.length
     // Let the capture loop report the unit the replica may have applied before its acknowledgement returned.
     await sleep(200)
     const withRows = units.filter((u) => u.rows > 0)
@@ -524,7 +514,7 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     await p.close()
     pipe = null
     const cmp = await compare(origin.url(DB), replicaUrl)
-    return { run, catchUp: cu, equal: cmp.equal, differ: cmp.differ, dumpRows: cmp.rows, setupMs, cpu, walBytes, detail: d }
+    return { run, catchUp: cu, equal: cmp.equal, differ: cmp.differ, setupMs, cpu, walBytes, detail: d }
   } finally {
     await poller?.end().catch(() => {})
     await o?.end().catch(() => {})

@@ -132,7 +132,7 @@ export class ApplyLoop extends EventEmitter {
       let time: number | null = null
       for (const e of unit.entries) if (e.kind === 'transaction') time = Math.max(time ?? 0, e.time)
       this.emit('applied', { length: this.stats.applied, epoch: seg.epoch, time })
-      const alerts = (this.apply as { alerts?(): DamageAlert[] }).alerts?.() ?? []
+      const alerts = this.apply.alerts()
       if (alerts.length) this.emit('damage', { epoch: seg.epoch, start: unit.start, end: length, time, alerts })
     }
   }

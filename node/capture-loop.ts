@@ -89,6 +89,8 @@ export class CaptureLoop extends EventEmitter {
       if ((err as MeshError).code !== 'SOURCE_RESET') throw err
       await this.resnapshot(err as MeshError)
     }
+    // A log that ends in a checkpoint has one of this state already: none again until it grows.
+    if (log.length > 0 && (await log.peek(log.length - 1))?.kind === 'checkpoint') this.lastCheckpoint.length = log.length
   }
 
   /** The source lost its position (a dropped PostgreSQL slot): copy the whole database into the log again. */

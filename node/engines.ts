@@ -34,8 +34,6 @@ import { adoptReplica } from '../adapters/postgres/adopt.ts'
 import { ensurePgDatabase, findPgDump, runPgProgram } from '../adapters/postgres/admin.ts'
 export { dropPgDatabase, ensurePgDatabase, findPgDump, pgScratchUrl } from '../adapters/postgres/admin.ts'
 
-export type EngineName = 'sqlite' | 'postgres'
-
 /**
  * Replication slot and publication of a PostgreSQL dataset at its origin: `branchmesh_<dataset id>`, and for
  * a later epoch `..._e<N>` (slot names are server-wide: a promoted replica on the old origin's server must not
@@ -69,7 +67,7 @@ export async function pgDecodingProblems(url: string, dataset: string): Promise<
   }
 }
 
-export function openApply(engine: string, where: string, dataset: string, logger: Logger, guard?: DamageGuard): ApplySide & { writtenByOthers?(): boolean } {
+export function openApply(engine: string, where: string, dataset: string, logger: Logger, guard?: DamageGuard): ApplySide {
   if (engine === 'postgres') return new PostgresApply({ url: where, dataset, logger, guard })
   return new SqliteApply({ path: where, dataset, logger, guard })
 }

@@ -9,7 +9,7 @@
 import type { ApplySide, Logger } from '../adapters/index.ts'
 import { MeshError, type DatasetInfo, type Entry, type TableDef } from '../protocol/index.ts'
 import { ApplyLoop } from './apply-loop.ts'
-import { resolveChain, type ChainSegment } from './chain.ts'
+import { locate, resolveChain, type ChainSegment } from './chain.ts'
 import Corestore from 'corestore'
 import { DatasetLog } from './log.ts'
 import { readMeshState, sitePaths } from './state.ts'
@@ -39,6 +39,15 @@ export function offsets(chain: ChainSegment[]): { starts: number[]; length: numb
     at += s.end ?? s.log.length
   }
   return { starts, length: at }
+}
+
+/**
+ * The chain position of a position in one of the chain's logs (its key, and a length or block there); null
+ * when it is on none of them, or past the point where the next epoch branched off.
+ */
+export function seqOf(chain: ChainSegment[], pos: { log: Uint8Array; length: number } | null): number | null {
+  const at = pos && locate(chain, pos)
+  return at ? offsets(chain).starts[at.index] + at.next : null
 }
 
 /**

@@ -54,7 +54,7 @@ import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
 import { locate, resolveChain, supersedes, type ChainSegment } from './chain.ts'
 import { writeDivergence } from './divergence.ts'
-import { History, findDataset, offsets, restorePoint, type RestoreResult } from './history.ts'
+import { History, findDataset, offsets, restorePoint, seqOf, type RestoreResult } from './history.ts'
 import { DEFAULT_SNAPSHOTS, buildSnapshot, damagedSnapshots, listSnapshots, prune, snapshotPosition, type SnapshotPolicy } from './snapshots.ts'
 import { DatasetLog, logName } from './log.ts'
 import {
@@ -69,7 +69,6 @@ import {
   writeReports,
   type Invite,
   type LocalDataset,
-  type CheckpointResult,
   type MeshState,
   type SitePaths,
   type VerifyResult,
@@ -163,7 +162,7 @@ interface Replica {
   chain: ChainSegment[]
   /** The newest epoch's log. */
   log: DatasetLog
-  side: ApplySide & { writtenByOthers?(): boolean }
+  side: ApplySide
   loop: ApplyLoop
   damaged: number
   appliedWriteAt: number
@@ -746,7 +745,12 @@ export class MeshNode extends EventEmitter {
       await log.close().catch(() => {})
       return again
     }
-    this.logs.set(k, log)
+    return this.keepOpen(log)
+  }
+
+  /** Keeps a log open for the node's life: downloading all of it (so this site can serve it), status updated. */
+  private keepOpen(log: DatasetLog): DatasetLog {
+    this.logs.set(hex(log.key), log)
     log.core.download({ start: 0, end: -1 })
     log.core.on('append', () => this.markDirty())
     log.core.on('download', () => this.markDirty())
@@ -773,10 +777,8 @@ export class MeshNode extends EventEmitter {
         if (now - (this.snapshotFailedAt.get(head.id) ?? 0) < Math.min(p.everySeconds, 3600) * 1000) continue
         try {
           const chain = await resolveChain(head, (k) => this.openLog(k))
-          const { starts, length } = offsets(chain)
-          const held = newest && snapshotPosition(newest.file)
-          const at = held && locate(chain, held)
-          if (at && starts[at.index] + at.next >= length) continue
+          const { length } = offsets(chain)
+          if ((seqOf(chain, newest ? snapshotPosition(newest.file) : null) ?? -1) >= length) continue
           const point = await restorePoint(chain, { seq: length })
           const s = await buildSnapshot(this.paths.dir, head, chain, point.seq, {
             now,
@@ -811,7 +813,6 @@ export class MeshNode extends EventEmitter {
     this.markDirty()
   }
 
-  /** A new log this site will write, kept open like every other. */
   /**
    * `mesh restore` while the node runs: the node holds the log store, so it replays into the new database, as
    * a job the command follows (`job`) for its progress. The live database and the replicas are not touched.
@@ -837,23 +838,22 @@ export class MeshNode extends EventEmitter {
     return id
   }
 
+  /** A new log this site will write, kept open like every other. */
   private async createLog(name: string): Promise<DatasetLog> {
-    const log = await DatasetLog.named(this.store, this.paths.store, name)
-    this.logs.set(hex(log.key), log)
-    log.core.download({ start: 0, end: -1 })
-    return log
+    return this.keepOpen(await DatasetLog.named(this.store, this.paths.store, name))
   }
 
   private async openWritten(w: WrittenLog): Promise<DatasetLog> {
     const have = this.logs.get(hex(w.key))
     if (have) return have
-    const log = await this.createLog(w.name)
+    const log = await DatasetLog.named(this.store, this.paths.store, w.name)
     if (!log.core.key.equals(Buffer.from(w.key))) {
+      await log.close().catch(() => {})
       throw MeshError.BAD_LOG(`the log store no longer holds the log this site wrote for epoch ${w.epoch}`, {
         hint: 'The store was replaced or damaged. Restore the data directory from a backup.'
       })
     }
-    return log
+    return this.keepOpen(log)
   }
 
   /** Brings this site's role for a dataset in line with its newest epoch. */
@@ -1010,11 +1010,10 @@ export class MeshNode extends EventEmitter {
     })
     replica.loop.on('applied', (e: { length: number; time: number | null }) => {
       if (e.time) replica.appliedWriteAt = Math.max(replica.appliedWriteAt, e.time)
-      const c = (side as { checkpoint?(): Omit<CheckpointResult, 'seq'> | null }).checkpoint?.()
+      const c = side.checkpoint()
       if (c && c.at !== local.checkpoint?.at) {
         const pos = side.position()
-        const { starts } = offsets(replica.chain)
-        const seq = (starts[replica.chain.findIndex((s) => pos !== null && sameBytes(s.log.key, pos.log))] ?? 0) + c.length
+        const seq = seqOf(replica.chain, pos && { log: pos.log, length: c.length }) ?? c.length
         local.checkpoint = { ...c, seq }
         prove(local, seq, c.ok)
         this.saveState()
@@ -1053,8 +1052,8 @@ export class MeshNode extends EventEmitter {
       try {
         const pos = r.side.position()
         if (pos === null) throw MeshError.REPLICA_NOT_READY(`${this.opts.site} has applied nothing of ${head.name} yet`)
-        const { starts } = offsets(r.chain)
-        const seq = starts[r.chain.findIndex((s) => sameBytes(s.log.key, pos.log))] + pos.length
+        const seq = seqOf(r.chain, pos)
+        if (seq === null) throw MeshError.REPLICA_NOT_READY(`${this.opts.site}'s copy of ${head.name} is not on the dataset's chain of logs yet`)
         await clean()
         if (pg) await ensurePgDatabase(r.path, tmp, true)
         // The log replayed into the scratch database, kept as a replica is (its bookkeeping names its tables),
@@ -1105,14 +1104,13 @@ export class MeshNode extends EventEmitter {
     }
     const c = await o.loop.checkpointNow(120_000)
     const chain = await resolveChain(head, (k) => this.openLog(k))
-    const { starts } = offsets(chain)
-    return { dataset: head.name, seq: starts[starts.length - 1] + c.length, rows: c.rows }
+    return { dataset: head.name, seq: seqOf(chain, { log: o.log.key, length: c.length }) ?? c.length, rows: c.rows }
   }
 
   /** The mass-damage guard: a unit that deleted or changed a large share of a table is kept and reported. */
   private recordDamage(r: Replica, local: LocalDataset, e: { epoch: number; start: number; end: number; time: number | null; alerts: DamageAlert[] }): void {
-    const { starts } = offsets(r.chain)
-    const base = starts[r.chain.findIndex((s) => s.epoch === e.epoch)] ?? 0
+    const log = r.chain.find((s) => s.epoch === e.epoch)?.log.key
+    const base = (log && seqOf(r.chain, { log, length: 0 })) ?? 0
     const list = (local.damage ??= [])
     for (const a of e.alerts) {
       const rec = { seq: base + e.start, end: base + e.end, epoch: e.epoch, time: e.time, at: Date.now(), ...a }
@@ -1213,7 +1211,7 @@ export class MeshNode extends EventEmitter {
     if (tail?.kind === 'fence') to--
     else await o.log.appendUnit([{ kind: 'fence', epoch: head.epoch, log: head.log, length: from }])
     // The tables the fenced database's capture carried: a PostgreSQL rebuild replaces those and no other.
-    const carried = (o.side as { carried?(): string[] }).carried?.() ?? null
+    const carried = o.side.carried?.() ?? null
     await o.side.close()
     if (to > from || uncaptured) {
       const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')

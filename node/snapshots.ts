@@ -25,8 +25,8 @@ import { pipeline } from 'node:stream/promises'
 import { openDatabase, PostgresApply, SqliteApply, type ApplySide, type Logger } from '../adapters/index.ts'
 import { ensurePgDatabase, dropPgDatabase, findPgProgram, pgScratchUrl, runPgProgram } from '../adapters/postgres/admin.ts'
 import { MeshError, type DatasetInfo } from '../protocol/index.ts'
-import { locate, type ChainSegment } from './chain.ts'
-import { offsets, replayTo } from './history.ts'
+import type { ChainSegment } from './chain.ts'
+import { replayTo, seqOf } from './history.ts'
 
 export interface SnapshotPolicy {
   /** Take a snapshot when the newest is this old (seconds). */
@@ -107,16 +107,12 @@ async function hashFile(file: string, copyTo?: string): Promise<string> {
 
 /** The snapshots at or before chain position `seq`, newest first, with the position each holds. */
 function candidates(siteDir: string, dataset: string, chain: ChainSegment[], seq: number): Array<{ snap: Snapshot; from: number }> {
-  const { starts } = offsets(chain)
   const out: Array<{ snap: Snapshot; from: number }> = []
   for (const snap of listSnapshots(siteDir, dataset).reverse()) {
     // Only snapshots built from the log, which keep their position and hash beside them: a file taken by an
     // earlier version was a copy of a live replica, and may hold damage the log does not.
-    const pos = snapshotPosition(snap.file)
-    const at = pos && locate(chain, pos)
-    if (!pos || !at) continue
-    const from = starts[at.index] + at.next
-    if (from <= seq) out.push({ snap, from })
+    const from = seqOf(chain, snapshotPosition(snap.file))
+    if (from !== null && from <= seq) out.push({ snap, from })
   }
   return out
 }

@@ -17,6 +17,7 @@ import path from 'node:path'
 import DHT, { type KeyPair } from 'hyperdht'
 import crypto from 'hypercore-crypto'
 import { MeshError, openReport, type DatasetInfo, type MemberInfo, type SignedReport } from '../protocol/index.ts'
+import type { ReplicaCheckpoint } from '../adapters/types.ts'
 
 export interface SitePaths {
   dir: string
@@ -94,14 +95,9 @@ export interface LocalDataset {
   proven?: { equal: number | null; differs: number | null }
 }
 
-export interface CheckpointResult {
-  /** The checkpoint's block in its epoch's log, and its chain position. */
-  length: number
+/** A replica's comparison with an origin checkpoint, with the checkpoint's chain position (`seq`). */
+export interface CheckpointResult extends ReplicaCheckpoint {
   seq: number
-  ok: boolean
-  rows: number
-  originRows: number
-  at: number
 }
 
 export interface VerifyResult {

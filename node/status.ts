@@ -252,7 +252,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
       else if (h.lagSeconds !== null && h.lagSeconds >= t.lagWarnSeconds) add('WARN', `${h.site}'s copy of ${d.name} is ${duration(h.lagSeconds)} behind`)
     }
     if (state.members.length < 2) add('WARN', `${d.name} has no other site to protect it yet: invite one with \`mesh invite\``)
-    const divergences = (state.local.find((l) => l.dataset === d.id)?.divergences ?? []).map((x) => ({ ...x }))
+    const mine = state.local.find((l) => l.dataset === d.id)
+    const divergences = (mine?.divergences ?? []).map((x) => ({ ...x }))
     for (const x of divergences) {
       if (x.changes === 0) continue
       add(
@@ -262,7 +263,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
     }
 
     // The last mesh verify of this site's replica.
-    const verified = state.local.find((l) => l.dataset === d.id)?.verified ?? null
+    const verified = mine?.verified ?? null
     if (verified && !verified.ok) {
       add(
         'CRIT',
@@ -271,7 +272,6 @@ export function buildStatus(input: StatusInput): SiteStatus {
     }
 
     // The last origin checkpoint this site's copy compared itself with.
-    const mine = state.local.find((l) => l.dataset === d.id)
     const checkpoint = mine?.checkpoint ? { ...mine.checkpoint, seq: mine.checkpoint.seq ?? mine.checkpoint.length } : null
     const proven = mine?.proven ?? null
     if (checkpoint && !checkpoint.ok) {
@@ -286,7 +286,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
     }
 
     // The mass-damage guard: a WARN for a week, with the command that restores the state before it.
-    const damage = (state.local.find((l) => l.dataset === d.id)?.damage ?? []).map((x) => ({ ...x }))
+    const damage = (mine?.damage ?? []).map((x) => ({ ...x }))
     for (const x of damage) {
       if (now - x.at > 7 * 86_400_000) continue
       const to = d.engine === 'postgres' ? 'postgres://USER@HOST/NEW_DATABASE' : `${d.name}-before-${x.seq}.db`

@@ -36,7 +36,7 @@ ${rows.join('\n')}
   version    print the version
 
 Every command takes --dir DIR (default: MESH_DIR, then a per-user folder) and --bootstrap HOST:PORT[,...]
-(default: MESH_BOOTSTRAP, then the public DHT).`
+(default: the bootstrap of the data directory's config.json, then MESH_BOOTSTRAP, then the public DHT).`
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -45,8 +45,14 @@ export function pgScratchUrl(url: string, dataset: string, purpose: 'verify' | '
   return u.toString()
 }
 
+/** Programs found, by name. */
+const found = new Map<string, string>()
+
 /** A PostgreSQL client program, as an absolute path: on PATH, or in `pg_config --bindir`; null when there is none. */
 export function findPgProgram(name: 'pg_dump' | 'pg_restore'): string | null {
+  // Found once (each look runs programs); one not found is looked for again, in case it was installed since.
+  const known = found.get(name)
+  if (known) return known
   const tries: string[] = []
   const onPath = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' })
   if (onPath.status === 0 && onPath.stdout.trim()) tries.push(onPath.stdout.trim())
@@ -54,7 +60,10 @@ export function findPgProgram(name: 'pg_dump' | 'pg_restore'): string | null {
   if (conf.status === 0) tries.push(path.join(conf.stdout.trim(), name))
   for (const exe of tries) {
     const r = spawnSync(exe, ['--version'], { encoding: 'utf8' })
-    if (r.status === 0) return exe
+    if (r.status === 0) {
+      found.set(name, exe)
+      return exe
+    }
   }
   return null
 }

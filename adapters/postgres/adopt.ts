@@ -3,7 +3,7 @@
  * the new epoch's log go on naming the tables as the old one did.
  */
 import type { SchemaObject, TableDef } from '../../protocol/index.ts'
-import { OWN_SCHEMA, type Client } from './common.ts'
+import { OWN_SCHEMA, quoteIdent, quoteLiteral, type Client } from './common.ts'
 
 /** Each sequence that feeds an integer column (serial, identity, or a nextval() default), with the column. */
 const SEQUENCE_FEEDS_SQL = `
@@ -52,7 +52,7 @@ export async function adoptReplica(db: Client): Promise<boolean> {
       for (const c of d.columns.filter((x) => x.notNull)) {
         await db.query('SAVEPOINT mesh_not_null')
         try {
-          await db.query(`ALTER TABLE ${d.name} ALTER COLUMN "${c.name.replaceAll('"', '""')}" SET NOT NULL`)
+          await db.query(`ALTER TABLE ${d.name} ALTER COLUMN ${quoteIdent(c.name)} SET NOT NULL`)
           await db.query('RELEASE mesh_not_null')
         } catch {
           await db.query('ROLLBACK TO mesh_not_null')
@@ -62,7 +62,7 @@ export async function adoptReplica(db: Client): Promise<boolean> {
     }
     const feeds = await db.query(SEQUENCE_FEEDS_SQL)
     for (const f of feeds.rows) {
-      await db.query(`SELECT setval('${f.seq.replaceAll("'", "''")}', greatest((SELECT last_value FROM ${f.seq}), m)) FROM (SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`)
+      await db.query(`SELECT setval(${quoteLiteral(f.seq)}, greatest((SELECT last_value FROM ${f.seq}), m)) FROM (SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`)
     }
     await db.query(`DROP TABLE ${OWN_SCHEMA}.replica`)
     await db.query('COMMIT')

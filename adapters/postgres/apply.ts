@@ -20,7 +20,7 @@
  */
 import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
-import { headerFits, unitChanges, unitFits } from '../position.ts'
+import { guardCountLimit, headerFits, unitChanges, unitFits } from '../position.ts'
 import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
 import { OWN_SCHEMA, SEQUENCES_TABLE, connect, digestPgTables, isUnchanged, pgError, quoteIdent, quoteLiteral, redactUrl, type Client } from './common.ts'
 
@@ -238,9 +238,11 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     const g = this.guard
     for (const [id, ch] of unitChanges(unit)) {
       const def = this.meta.tables.find((t) => t.id === id)
-      if (!def || ch.upserts.length + ch.deletes.length < g.minRows * g.share) continue
-      const before = Number((await db.query(`SELECT count(*) AS n FROM ${def.name}`)).rows[0].n)
-      if (before < g.minRows) continue
+      const total = ch.upserts.length + ch.deletes.length
+      if (!def || total < g.minRows * g.share) continue
+      const limit = guardCountLimit(total, g)
+      const before = Number((await db.query(`SELECT count(*) AS n FROM (SELECT 1 FROM ${def.name} LIMIT $1) s`, [limit])).rows[0].n)
+      if (before < g.minRows || before >= limit) continue
       let changed = ch.deletes.length // a table with no key: each delete is a row that exists
       if (def.key.length) {
         const keys = [...ch.upserts.map((r) => def.key.map((i) => r[i])), ...ch.deletes]

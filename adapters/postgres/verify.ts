@@ -10,18 +10,9 @@
  * rows for those missing or changed (a table with no key is replaced by the log's rows), every table in one
  * transaction, with the replica's deferred constraints checked at its commit.
  */
-import { MeshError, type TableDef } from '../../protocol/index.ts'
+import { MeshError, sameBytes, type TableDef } from '../../protocol/index.ts'
+import type { TableDiff } from '../types.ts'
 import { OWN_SCHEMA, connect, digestPgTables, pgError, quoteIdent, redactUrl, type Client } from './common.ts'
-
-export interface PgTableDiff {
-  table: string
-  /** Rows the log has and the replica lacks, rows it has that the log does not, rows that differ. */
-  missing: number
-  extra: number
-  changed: number
-  /** Up to 20 of the keys concerned (their text), or nothing for a table without a key. */
-  keys: string[]
-}
 
 /** Rows fetched per round trip from a cursor, and rows per statement of a repair. */
 const BATCH = 5000
@@ -118,19 +109,19 @@ async function withBoth<T>(mine: string, truth: string, write: boolean, fn: (a: 
 }
 
 /** What differs between the replica (`mine`) and the scratch database the log was replayed into (`truth`). */
-export async function diffPgDatabases(mine: string, truth: string): Promise<PgTableDiff[]> {
+export async function diffPgDatabases(mine: string, truth: string): Promise<TableDiff[]> {
   try {
     return await withBoth(mine, truth, false, async (a, b) => {
-      const diffs: PgTableDiff[] = []
+      const diffs: TableDiff[] = []
       for (const t of await logTables(b)) {
         if (!(await exists(a, t.name))) {
           diffs.push({ table: t.name, missing: (await digestPgTables(b, [t])).rows, extra: 0, changed: 0, keys: ['(the whole table: the copy has no such table)'] })
           continue
         }
         const [da, db] = [await digestPgTables(a, [t]), await digestPgTables(b, [t])]
-        if (Buffer.from(da.digest).equals(Buffer.from(db.digest))) continue
+        if (sameBytes(da.digest, db.digest)) continue
         const c = await compareTable(a, b, t)
-        const d: PgTableDiff = {
+        const d: TableDiff = {
           table: t.name,
           missing: c.missing.length + c.missingRows,
           extra: c.extra.length + c.extraRows,
@@ -150,7 +141,7 @@ export async function diffPgDatabases(mine: string, truth: string): Promise<PgTa
  * Puts the log's rows in place in the replica wherever its tables differ from `truth`, in one transaction. A
  * table the replica lacks is not created here (apply creates tables): the repair refuses.
  */
-export async function mendPgDatabase(mine: string, truth: string, diffs: PgTableDiff[]): Promise<void> {
+export async function mendPgDatabase(mine: string, truth: string, diffs: TableDiff[]): Promise<void> {
   try {
     await withBoth(mine, truth, true, async (a, b) => {
       await a.query('SET CONSTRAINTS ALL DEFERRED')

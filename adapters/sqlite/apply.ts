@@ -13,7 +13,7 @@
  */
 import { MeshError, type Entry, type SchemaEntry, type TableDef, type Value } from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
-import { headerFits, unitChanges, unitFits } from '../position.ts'
+import { guardCountLimit, headerFits, unitChanges, unitFits } from '../position.ts'
 import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
 import { OWN_PREFIX, digestTables, openDatabase, quote, readTables, sqliteError, type DB } from './common.ts'
 import type Database from 'better-sqlite3'
@@ -208,9 +208,11 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
   /** Measures a transaction's changes against the table before them, for the mass-damage guard. */
   private measure(p: Prepared, ch: { upserts: Value[][]; deletes: Value[][] }): void {
     const g = this.guard
-    if (ch.upserts.length + ch.deletes.length < g.minRows * g.share) return
-    const before = Number(p.count.get())
-    if (before < g.minRows) return
+    const total = ch.upserts.length + ch.deletes.length
+    if (total < g.minRows * g.share) return
+    const limit = guardCountLimit(total, g)
+    const before = Number(p.count.get(limit))
+    if (before < g.minRows || before >= limit) return
     const keyOf = (row: Value[]) => (p.def.key.length === 0 ? [row[0]] : p.def.key.map((i) => row[i]))
     let changed = ch.deletes.length
     for (const row of ch.upserts) if (p.exists.get(...keyOf(row).map(bind)) !== undefined) changed++
@@ -261,7 +263,7 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     }
     const where = def.key.length === 0 ? `${this.rowidAlias(def.name)} = ?` : def.key.map((i) => `${quote(def.columns[i].name)} IS ?`).join(' AND ')
     const exists = db.prepare(`SELECT 1 FROM ${t} WHERE ${where}`).pluck()
-    const count = db.prepare(`SELECT count(*) FROM ${t}`).pluck()
+    const count = db.prepare(`SELECT count(*) FROM (SELECT 1 FROM ${t} LIMIT ?)`).pluck()
     const p = { def, upsert, remove, exists, count }
     this.prepared.set(id, p)
     return p

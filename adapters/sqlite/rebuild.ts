@@ -12,6 +12,7 @@
  */
 import fs from 'node:fs'
 import type { TableDef, Value } from '../../protocol/index.ts'
+import type { TableDiff } from '../types.ts'
 import { openDatabase, quote, readTables, sqliteError, valueTag, type DB, type TableInfo } from './common.ts'
 
 export async function backupDatabase(path: string, dest: string): Promise<void> {
@@ -152,16 +153,6 @@ export function finishRestoredFile(partial: string, final: string): void {
     db.close()
   }
   fs.renameSync(partial, final)
-}
-
-export interface TableDiff {
-  table: string
-  /** Rows the log has and this database lacks, rows it has that the log does not, rows that differ. */
-  missing: number
-  extra: number
-  changed: number
-  /** Up to 20 keys of such rows, as text. */
-  keys: string[]
 }
 
 /**

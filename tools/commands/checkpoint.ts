@@ -1,7 +1,6 @@
 import { MeshError } from '../../protocol/index.ts'
-import { askNode } from '../../node/index.ts'
 import { readConfig, resolveDir } from '../config.ts'
-import { out, parse, type Command } from './common.ts'
+import { askRunningNode, out, parse, type Command } from './common.ts'
 
 export const command: Command = {
   usage: `mesh checkpoint DATASET --dir DIR [--json]
@@ -16,13 +15,8 @@ one by itself when idle, every checkpointSeconds (config.json, default 600). The
     if (positionals.length !== 1) throw MeshError.USAGE('name one dataset', { hint: 'Try: mesh checkpoint DATASET --dir DIR' })
     const dir = resolveDir(values.dir)
     readConfig(dir)
-    const res = (await askNode(dir, { cmd: 'checkpoint', dataset: positionals[0] }, 5 * 60_000)) as {
-      checkpoint?: { dataset: string; seq: number; rows: number }
-      error?: { code: string; message: string; hint: string | null }
-    } | null
-    if (res === null) throw MeshError.NOT_RUNNING(`no node is running on ${dir}`, { hint: `Start it first (mesh start --dir ${dir}), then run the command again.` })
-    if (res.error) throw new MeshError(res.error.code, res.error.message.replace(/^[A-Z_]+: /, ''), { hint: res.error.hint ?? undefined })
-    const c = res.checkpoint!
+    const res = await askRunningNode<{ checkpoint: { dataset: string; seq: number; rows: number } }>(dir, { cmd: 'checkpoint', dataset: positionals[0] }, 5 * 60_000)
+    const c = res.checkpoint
     if (values.json) out(JSON.stringify(c))
     else {
       out(`${c.dataset}: checkpoint of position ${c.seq} appended (${c.rows} rows).`)

@@ -1,6 +1,7 @@
 /** What every command shares: flag parsing (node:util parseArgs), the data directory, printing errors. */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { MeshError } from '../../protocol/index.ts'
+import { askNode } from '../../node/index.ts'
 
 export interface Command {
   usage: string
@@ -53,4 +54,35 @@ export function parseDuration(text: string, flag: string): number {
   const n = Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 's']
   if (n <= 0) throw MeshError.USAGE(`${flag} must be longer than 0`)
   return n
+}
+
+/** An error as the node answers it. */
+export interface NodeError {
+  code: string
+  message: string
+  hint?: string | null
+  context?: Record<string, unknown>
+}
+
+/** An error the node answered with, as the MeshError it was there (its message without the code prefix). */
+export function nodeError(e: NodeError): MeshError {
+  return new MeshError(e.code, e.message.replace(/^[A-Z_]+: /, ''), { hint: e.hint ?? undefined, context: e.context })
+}
+
+/** Asks the node running on `dir`; null when none runs. An error it answers with is thrown. */
+export async function askNodeIfRunning<T>(dir: string, req: Record<string, unknown>, timeoutMs: number): Promise<T | null> {
+  const res = (await askNode(dir, req, timeoutMs)) as (T & { error?: NodeError }) | null
+  if (res?.error) throw nodeError(res.error)
+  return res
+}
+
+/** The same for a command that needs the node: none running is NOT_RUNNING, saying how to start it. */
+export async function askRunningNode<T>(dir: string, req: Record<string, unknown>, timeoutMs: number): Promise<T> {
+  const res = await askNodeIfRunning<T>(dir, req, timeoutMs)
+  if (res === null) throw notRunning(dir)
+  return res
+}
+
+export function notRunning(dir: string): MeshError {
+  return MeshError.NOT_RUNNING(`no node is running on ${dir}`, { hint: `Start it first (mesh start --dir ${dir}), then run the command again.` })
 }

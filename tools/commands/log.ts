@@ -1,9 +1,8 @@
 import { MeshError } from '../../protocol/index.ts'
-import { askNode } from '../../node/index.ts'
 import { offlineHistory } from '../../node/history.ts'
 import { readMeshState, sitePaths } from '../../node/state.ts'
 import { readConfig, resolveDir } from '../config.ts'
-import { out, parse, type Command } from './common.ts'
+import { askNodeIfRunning, out, parse, type Command } from './common.ts'
 
 export const usage = `mesh log DATASET --dir DIR [--from SEQ] [--limit N] [--show SEQ] [--json]
 
@@ -53,8 +52,7 @@ export const command: Command = {
     const limit = count(values.limit, '--limit', 50)
     const req = show !== null ? { from: show, limit: 1, full: true } : { from: count(values.from, '--from', 0), limit: limit === 0 ? undefined : limit }
     let log: LogResult
-    const res = (await askNode(dir, { cmd: 'log', dataset: positionals[0], ...req }, 120_000)) as { log?: LogResult; error?: { code: string; message: string; hint: string | null } } | null
-    if (res?.error) throw new MeshError(res.error.code, res.error.message.replace(/^[A-Z_]+: /, ''), { hint: res.error.hint ?? undefined })
+    const res = await askNodeIfRunning<{ log?: LogResult }>(dir, { cmd: 'log', dataset: positionals[0], ...req }, 120_000)
     if (res?.log) log = res.log
     else {
       const off = await offlineHistory(dir)

@@ -1,7 +1,7 @@
 import { MeshError } from '../../protocol/index.ts'
 import { askNode, type PromoteResult } from '../../node/index.ts'
 import { readConfig, resolveDir } from '../config.ts'
-import { out, parse, type Command } from './common.ts'
+import { nodeError, notRunning, out, parse, type Command, type NodeError } from './common.ts'
 
 export const usage = `mesh promote DATASET --dir DIR [--force] [--json]
 
@@ -30,13 +30,10 @@ export const command: Command = {
     }
     const dir = resolveDir(values.dir)
     readConfig(dir)
-    const res = (await askNode(dir, { cmd: 'promote', dataset: positionals[0], force: values.force === true }, 120_000)) as {
-      promoted?: PromoteResult
-      error?: { code: string; message: string; hint: string | null; context?: Record<string, unknown> }
-    } | null
-    if (res === null) throw MeshError.NOT_RUNNING(`no node is running on ${dir}`, { hint: `Start it first (mesh start --dir ${dir}), then run the command again.` })
+    const res = (await askNode(dir, { cmd: 'promote', dataset: positionals[0], force: values.force === true }, 120_000)) as { promoted?: PromoteResult; error?: NodeError } | null
+    if (res === null) throw notRunning(dir)
     if (res.error) {
-      const e = new MeshError(res.error.code, res.error.message.replace(/^[A-Z_]+: /, ''), { hint: res.error.hint ?? undefined, context: res.error.context })
+      const e = nodeError(res.error)
       if (values.json) {
         out(JSON.stringify({ promoted: false, error: { code: e.code, message: e.message, hint: e.hint ?? null } }))
         return 1

@@ -7,7 +7,7 @@ import { findDataset, offlineHistory, type RestoreResult } from '../../node/hist
 import type { RestoreJob } from '../../node/node.ts'
 import { readMeshState, sitePaths } from '../../node/state.ts'
 import { readConfig, resolveDir } from '../config.ts'
-import { out, parse, type Command } from './common.ts'
+import { askNodeIfRunning, nodeError, out, parse, type Command } from './common.ts'
 
 export const usage = `mesh restore DATASET (--at TIME | --seq N) --to PATH|URL --dir DIR [--json]
 
@@ -64,15 +64,14 @@ export const command: Command = {
     }
     let result: RestoreResult
     try {
-      const res = (await askNode(dir, { cmd: 'restore', dataset: positionals[0], ...target, to }, 30_000)) as { job?: string; error?: { code: string; message: string; hint: string | null } } | null
-      if (res?.error) throw new MeshError(res.error.code, res.error.message.replace(/^[A-Z_]+: /, ''), { hint: res.error.hint ?? undefined })
+      const res = await askNodeIfRunning<{ job?: string }>(dir, { cmd: 'restore', dataset: positionals[0], ...target, to }, 30_000)
       if (res?.job) {
         // The node runs it (it holds the log store); follow its progress.
         for (;;) {
           const j = ((await askNode(dir, { cmd: 'job', job: res.job }, 30_000)) as { job: RestoreJob | null } | null)?.job
           if (!j) throw MeshError.IO_ERROR('the node stopped while restoring; nothing was left under the target name', { retryable: true })
           if (j.total) progress(j.done, j.total)
-          if (j.state === 'failed') throw new MeshError(j.error!.code, j.error!.message.replace(/^[A-Z_]+: /, ''), { hint: j.error!.hint ?? undefined })
+          if (j.state === 'failed') throw nodeError(j.error!)
           if (j.state === 'done') {
             result = j.result!
             break

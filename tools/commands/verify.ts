@@ -1,8 +1,7 @@
 import { MeshError } from '../../protocol/index.ts'
-import { askNode } from '../../node/index.ts'
 import type { VerifyResult } from '../../node/state.ts'
 import { readConfig, resolveDir } from '../config.ts'
-import { out, parse, type Command } from './common.ts'
+import { askRunningNode, out, parse, type Command } from './common.ts'
 
 function make(name: 'verify' | 'repair'): Command {
   const usage =
@@ -28,10 +27,7 @@ transaction; applying then goes on. Exit 0 when the copy matches the log afterwa
       if (positionals.length !== 1) throw MeshError.USAGE('name one dataset', { hint: `Try: mesh ${name} DATASET --dir DIR` })
       const dir = resolveDir(values.dir)
       readConfig(dir)
-      const res = (await askNode(dir, { cmd: name, dataset: positionals[0] }, 30 * 60_000)) as { verify?: VerifyResult; error?: { code: string; message: string; hint: string | null } } | null
-      if (res === null) throw MeshError.NOT_RUNNING(`no node is running on ${dir}`, { hint: `Start it first (mesh start --dir ${dir}), then run the command again.` })
-      if (res.error) throw new MeshError(res.error.code, res.error.message.replace(/^[A-Z_]+: /, ''), { hint: res.error.hint ?? undefined })
-      const v = res.verify!
+      const v = (await askRunningNode<{ verify: VerifyResult }>(dir, { cmd: name, dataset: positionals[0] }, 30 * 60_000)).verify
       if (values.json) out(JSON.stringify(v))
       else if (v.tables.length === 0) out(`${v.dataset}: this site's copy equals the log at position ${v.seq}.`)
       else {
