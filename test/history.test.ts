@@ -320,6 +320,8 @@ test('the restore point found by a binary search over block times equals a walk 
       await p.settle()
       await new Promise((r) => setTimeout(r, 3))
     }
+    // The log stops growing (an idle capture appends a checkpoint), so both sides read the same history.
+    await p.capture.stop()
     const chain = [{ log: p.originLog, epoch: 0, end: null }] as unknown as Parameters<typeof walk>[0]
     const units: Array<{ seq: number; end: number; time: number | null }> = []
     for await (const { unit } of walk(chain)) units.push(unit)
