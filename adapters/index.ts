@@ -1,3 +1,7 @@
+/**
+ * The engine adapters' public surface: the capture and apply interfaces, the Engine interface with its two
+ * engines, and what tools/ needs to check configuration. SQL helpers stay inside their engine's folder.
+ */
 export type {
   Logger,
   CaptureSide,
@@ -13,8 +17,25 @@ export type {
   TableDiff
 } from './types.ts'
 export { silentLogger, DEFAULT_GUARD } from './types.ts'
+export type {
+  Engine,
+  CaptureMode,
+  CaptureOptions,
+  ApplyOptions,
+  DatabaseRole,
+  Dialect,
+  ReplicaPlace,
+  Scratch,
+  SnapshotFormat
+} from './engine.ts'
+export { ENGINES, engineFor } from './engines.ts'
+export { sqliteEngine } from './sqlite/engine.ts'
+export { postgresEngine, checkReplicaServer } from './postgres/engine.ts'
 export { SqliteCapture, type SqliteCaptureOptions } from './sqlite/capture.ts'
 export { SqliteApply, type SqliteApplyOptions } from './sqlite/apply.ts'
-export { readTables, openDatabase, valueTag } from './sqlite/common.ts'
-export { backupDatabase, databaseRole, diffDatabases, finishRestoredFile, replaceContents, sqlLiteral, upsertSql, deleteSql, rowColumns, keyColumns } from './sqlite/rebuild.ts'
-export { diffPgDatabases, mendPgDatabase, PostgresCapture, PostgresApply, PostgresTriggerCapture, capturePrerequisites, checkUrl, connect, ensureIdentityFull, quoteIdent, redactUrl, pgUpsertSql, pgDeleteSql, type PostgresCaptureOptions, type PostgresApplyOptions } from './postgres/index.ts'
+export { valueTag } from './sqlite/common.ts'
+export { PostgresCapture, type PostgresCaptureOptions } from './postgres/capture.ts'
+export { PostgresApply, type PostgresApplyOptions } from './postgres/apply.ts'
+export { PostgresTriggerCapture, type PostgresTriggerCaptureOptions } from './postgres/triggers.ts'
+export { checkUrl, redactUrl } from './postgres/common.ts'
+export { hashFile } from './files.ts'

@@ -13,7 +13,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
-import { finishRestore, openRestoreTarget, seedRestore } from '../node/engines.ts'
+import { sqliteEngine } from '../adapters/index.ts'
 import { History } from '../node/history.ts'
 import { buildSnapshot } from '../node/snapshots.ts'
 import { resolveChain } from '../node/chain.ts'
@@ -63,18 +63,19 @@ export async function restoreBench(opts: { say?: (s: string) => void } = {}): Pr
         await p.settle()
         if (!snapshot && changes - ROWS >= snapshotAt) {
           const ts = Date.now()
-          await buildSnapshot(siteDir, head, await resolveChain(head, async () => log), log.length)
+          await buildSnapshot(siteDir, head, sqliteEngine, await resolveChain(head, async () => log), log.length)
           snapshotMs = Date.now() - ts
           snapshot = true
         }
       }
     }
     say(`restore: a history of ${changes.toLocaleString('en')} row changes (${ROWS.toLocaleString('en')} rows, ${ROUNDS} updates each) built in ${((Date.now() - t0) / 1000).toFixed(1)} s; a snapshot built from the log at 95% of it in ${(snapshotMs / 1000).toFixed(1)} s`)
-    const history = new History(() => [head], async () => log)
+    const plain = new History(() => [head], async () => log)
+    const withSnapshots = new History(() => [head], async () => log, undefined, { dir: siteDir })
     const run = async (name: string, useSnapshot: boolean) => {
       const to = path.join(dir, `${name}.db`)
       const t = Date.now()
-      const r = await history.restore('ds1', { seq: log.length }, to, (e, w, d) => openRestoreTarget(e, w, d), finishRestore, undefined, useSnapshot ? (h, chain, seq) => seedRestore(siteDir, h.engine, to, h.id, chain, seq) : undefined)
+      const r = await (useSnapshot ? withSnapshots : plain).restore('ds1', { seq: log.length }, to)
       return { ms: Date.now() - t, from: r.from }
     }
     const fromStart = await run('from-start', false)

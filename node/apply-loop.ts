@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events'
 import { MeshError, sameBytes } from '../protocol/index.ts'
-import { locate, type Segment } from './chain.ts'
+import { locate, offsets, type ChainSegment, type Segment } from './chain.ts'
 import type { ApplySide, DamageAlert, Logger } from '../adapters/index.ts'
 import { silentLogger } from '../adapters/index.ts'
 import type { DatasetLog } from './log.ts'
@@ -205,5 +205,29 @@ export class ApplyLoop extends EventEmitter {
     this.wake?.()
     await this.loop
     this.loop = null
+  }
+}
+
+/**
+ * Builds `apply`'s database as the dataset was at chain position `seq` (a unit boundary): replays the chain
+ * from its start up to there. `progress` gets the blocks done and the blocks in all.
+ */
+export async function replayTo(chain: ChainSegment[], seq: number, apply: ApplySide, opts: { logger?: Logger; progress?: (done: number, total: number) => void } = {}): Promise<void> {
+  const { starts } = offsets(chain)
+  let i = starts.length - 1
+  while (i > 0 && starts[i] >= seq) i--
+  const segments = chain.slice(0, i + 1).map((s, j) => ({ log: s.log, epoch: s.epoch, end: j === i ? seq - starts[i] : s.end }))
+  const loop = new ApplyLoop({ segments, apply, logger: opts.logger })
+  loop.on('applied', (e: { length: number; epoch: number }) => {
+    const k = segments.findIndex((s) => s.epoch === e.epoch)
+    opts.progress?.(starts[k] + e.length, seq)
+  })
+  await apply.open()
+  for (;;) {
+    const n = await loop.catchUp()
+    const pos = apply.position()
+    const last = segments[segments.length - 1]
+    if (pos !== null && Buffer.from(pos.log).equals(Buffer.from(last.log.key)) && pos.length === last.end) return
+    if (n === 0) throw MeshError.REPLICA_NOT_READY('this site does not hold all of the history up to that point yet', { hint: 'Wait until `mesh status` shows the log downloaded here.' })
   }
 }

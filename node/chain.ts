@@ -67,3 +67,23 @@ export function locate(chain: Segment[], pos: { log: Uint8Array; length: number 
   const end = chain[index].end
   return end !== null && pos.length > end ? null : { index, next: pos.length }
 }
+
+/** Where each segment starts on the chain, and the chain's length. */
+export function offsets(chain: ChainSegment[]): { starts: number[]; length: number } {
+  const starts: number[] = []
+  let at = 0
+  for (const s of chain) {
+    starts.push(at)
+    at += s.end ?? s.log.length
+  }
+  return { starts, length: at }
+}
+
+/**
+ * The chain position of a position in one of the chain's logs (its key, and a length or block there); null
+ * when it is on none of them, or past the point where the next epoch branched off.
+ */
+export function seqOf(chain: ChainSegment[], pos: { log: Uint8Array; length: number } | null): number | null {
+  const at = pos && locate(chain, pos)
+  return at ? offsets(chain).starts[at.index] + at.next : null
+}

@@ -12,8 +12,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { deleteSql, keyColumns, pgDeleteSql, pgUpsertSql, rowColumns, upsertSql } from '../adapters/index.ts'
-import { SEQUENCES_TABLE } from '../adapters/postgres/index.ts'
+import type { Engine } from '../adapters/index.ts'
 import type { TableDef, Value } from '../protocol/index.ts'
 import type { DatasetLog } from './log.ts'
 
@@ -28,7 +27,7 @@ export interface DivergenceInput {
   epoch: number
   fencedBy: { epoch: number; site: string; log: Uint8Array }
   /** The engine, for the SQL dialect of changes.sql and the columns of keys. */
-  engine: string
+  engine: Engine
   /** What the caller kept of the database as it was, for README.txt: a file name and what it is. */
   kept: string
 }
@@ -81,12 +80,7 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
     `-- They are not in the live data. Review them before running any of this at the new origin.`,
     ''
   )
-  const pg = d.engine === 'postgres'
-  // PostgreSQL rows and keyless deletes carry the table's columns as they are (no rowid).
-  const rowCols = (def: TableDef) => (pg ? def.columns.map((c) => c.name) : rowColumns(def))
-  const keyCols = (def: TableDef) => (pg ? (def.key.length ? def.key.map((i) => def.columns[i].name) : def.columns.map((c) => c.name)) : keyColumns(def))
-  const upsert = pg ? pgUpsertSql : upsertSql
-  const remove = pg ? pgDeleteSql : deleteSql
+  const sqlOf = d.engine.dialect
   let changes = 0
   for (let at = d.from; at < d.to; ) {
     const unit = await d.log.unit(at, { wait: false })
@@ -111,16 +105,16 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
       if (e.kind === 'transaction') time = e.time
       for (const ch of e.changes) {
         const def = tables.get(ch.table)
-        if (def === undefined || (pg && ch.table === SEQUENCES_TABLE)) continue
+        if (def === undefined || sqlOf.internal(ch.table)) continue
         for (const key of ch.deletes) {
           changes++
-          json.push(JSON.stringify({ op: 'delete', block, time: time && new Date(time).toISOString(), table: def.name, key: record(keyCols(def), key) }))
-          lines.push(remove(def, key))
+          json.push(JSON.stringify({ op: 'delete', block, time: time && new Date(time).toISOString(), table: def.name, key: record(sqlOf.keyColumns(def), key) }))
+          lines.push(sqlOf.remove(def, key))
         }
         for (const row of ch.upserts) {
           changes++
-          json.push(JSON.stringify({ op: 'upsert', block, time: time && new Date(time).toISOString(), table: def.name, row: record(rowCols(def), row) }))
-          lines.push(upsert(def, row))
+          json.push(JSON.stringify({ op: 'upsert', block, time: time && new Date(time).toISOString(), table: def.name, row: record(sqlOf.rowColumns(def), row) }))
+          lines.push(sqlOf.upsert(def, row))
         }
       }
     }

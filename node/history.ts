@@ -6,10 +6,11 @@
  * `mesh restore --seq N` takes one. A restore always ends at a unit boundary (a unit is applied whole), the
  * last one at or before the position asked for.
  */
-import type { ApplySide, Logger } from '../adapters/index.ts'
+import { engineFor, type Logger } from '../adapters/index.ts'
 import { MeshError, type DatasetInfo, type Entry, type TableDef } from '../protocol/index.ts'
-import { ApplyLoop } from './apply-loop.ts'
-import { locate, resolveChain, type ChainSegment } from './chain.ts'
+import { replayTo } from './apply-loop.ts'
+import { offsets, resolveChain, type ChainSegment } from './chain.ts'
+import { seedFromSnapshot } from './snapshots.ts'
 import Corestore from 'corestore'
 import { DatasetLog } from './log.ts'
 import { readMeshState, sitePaths } from './state.ts'
@@ -28,26 +29,6 @@ export interface HistoryUnit {
   tables: Array<{ table: string; upserts: number; deletes: number }>
   /** The schema entry's tables (schema units), the fence's new epoch (fence units). */
   note: string
-}
-
-/** Where each segment starts on the chain, and the chain's length. */
-export function offsets(chain: ChainSegment[]): { starts: number[]; length: number } {
-  const starts: number[] = []
-  let at = 0
-  for (const s of chain) {
-    starts.push(at)
-    at += s.end ?? s.log.length
-  }
-  return { starts, length: at }
-}
-
-/**
- * The chain position of a position in one of the chain's logs (its key, and a length or block there); null
- * when it is on none of them, or past the point where the next epoch branched off.
- */
-export function seqOf(chain: ChainSegment[], pos: { log: Uint8Array; length: number } | null): number | null {
-  const at = pos && locate(chain, pos)
-  return at ? offsets(chain).starts[at.index] + at.next : null
 }
 
 /**
@@ -219,30 +200,6 @@ export async function restorePoint(chain: ChainSegment[], target: { seq?: number
   return { seq: point, time: await c.timeAt(point - 1) }
 }
 
-/**
- * Builds `apply`'s database as the dataset was at chain position `seq` (a unit boundary): replays the chain
- * from its start up to there. `progress` gets the blocks done and the blocks in all.
- */
-export async function replayTo(chain: ChainSegment[], seq: number, apply: ApplySide, opts: { logger?: Logger; progress?: (done: number, total: number) => void } = {}): Promise<void> {
-  const { starts } = offsets(chain)
-  let i = starts.length - 1
-  while (i > 0 && starts[i] >= seq) i--
-  const segments = chain.slice(0, i + 1).map((s, j) => ({ log: s.log, epoch: s.epoch, end: j === i ? seq - starts[i] : s.end }))
-  const loop = new ApplyLoop({ segments, apply, logger: opts.logger })
-  loop.on('applied', (e: { length: number; epoch: number }) => {
-    const k = segments.findIndex((s) => s.epoch === e.epoch)
-    opts.progress?.(starts[k] + e.length, seq)
-  })
-  await apply.open()
-  for (;;) {
-    const n = await loop.catchUp()
-    const pos = apply.position()
-    const last = segments[segments.length - 1]
-    if (pos !== null && Buffer.from(pos.log).equals(Buffer.from(last.log.key)) && pos.length === last.end) return
-    if (n === 0) throw MeshError.REPLICA_NOT_READY('this site does not hold all of the history up to that point yet', { hint: 'Wait until `mesh status` shows the log downloaded here.' })
-  }
-}
-
 /** A dataset by id or name; a name several datasets share is refused (give the id). */
 export function findDataset(datasets: DatasetInfo[], dataset: string): DatasetInfo {
   const byId = datasets.find((d) => d.id === dataset)
@@ -273,6 +230,13 @@ export interface RestoreResult {
   from: number
 }
 
+/** Where a site's snapshots are, which are being read, and who hears of one found damaged. */
+export interface HistorySnapshots {
+  dir: string
+  inUse?: Set<string>
+  onDamaged?: (head: DatasetInfo, file: string) => void
+}
+
 /**
  * History reads for `mesh log` and `mesh restore`, over the logs this site holds: by the running node (its
  * store), or by the command itself when no node runs.
@@ -281,7 +245,9 @@ export class History {
   constructor(
     private readonly datasets: () => DatasetInfo[],
     private readonly open: (key: Uint8Array) => Promise<DatasetLog>,
-    private readonly logger?: Logger
+    private readonly logger?: Logger,
+    /** The site's snapshots, to start restores from (none: a restore replays from the start). */
+    private readonly snapshots?: HistorySnapshots
   ) {}
 
   async chainOf(dataset: string): Promise<{ head: DatasetInfo; chain: ChainSegment[] }> {
@@ -302,29 +268,32 @@ export class History {
   }
 
   /**
-   * Builds a new database at `to` as the dataset was at `target`. Nothing else is touched. `seed` may put a
-   * snapshot in place to start from (returns the chain position it holds, or 0 for none).
+   * Builds a new database at `to` as the dataset was at `target`, with the dataset's engine. Nothing else is
+   * touched. It starts from the nearest snapshot before that point when this history knows the site's
+   * snapshots, and replays the log from there. `plain` (the default) makes it a database as the origin had
+   * it; otherwise it stays a replica (verify's scratch copy).
    */
   async restore(
     dataset: string,
     target: { seq?: number; at?: number },
     to: string,
-    openTarget: (engine: string, where: string, dataset: string) => ApplySide,
-    finish: (engine: string, where: string) => Promise<void>,
-    progress?: (done: number, total: number) => void,
-    seed?: (head: DatasetInfo, chain: ChainSegment[], seq: number) => Promise<number>
+    opts: { progress?: (done: number, total: number) => void; plain?: boolean } = {}
   ): Promise<RestoreResult> {
     const started = Date.now()
     const { head, chain } = await this.chainOf(dataset)
+    const engine = engineFor(head.engine)
     const point = await restorePoint(chain, target)
-    const from = seed ? await seed(head, chain, point.seq) : 0
-    const side = openTarget(head.engine, to, head.id)
+    const where = engine.restoring(to)
+    const snaps = this.snapshots
+    const onDamaged = (file: string) => snaps?.onDamaged?.(head, file)
+    const from = snaps ? await seedFromSnapshot(snaps.dir, engine, head.id, where, chain, point.seq, snaps.inUse, onDamaged) : 0
+    const side = engine.openApply(where, { dataset: head.id, logger: this.logger, checkpoints: false })
     try {
-      await replayTo(chain, point.seq, side, { logger: this.logger, progress })
+      await replayTo(chain, point.seq, side, { logger: this.logger, progress: opts.progress })
     } finally {
       await side.close()
     }
-    await finish(head.engine, to)
+    await engine.finishRestore(to, { plain: opts.plain ?? true })
     return { dataset: head.name, id: head.id, seq: point.seq, time: point.time, to, engine: head.engine, ms: Date.now() - started, from }
   }
 }
@@ -335,7 +304,10 @@ function jsonEntry(e: Entry): unknown {
 }
 
 /** The same reads by a command when no node runs on `dir`: it opens the site's log store itself. */
-export async function offlineHistory(dir: string, logger?: Logger): Promise<{ history: History; close(): Promise<void> }> {
+export async function offlineHistory(
+  dir: string,
+  opts: { logger?: Logger; onDamaged?: (head: DatasetInfo, file: string) => void } = {}
+): Promise<{ history: History; close(): Promise<void> }> {
   const paths = sitePaths(dir)
   const state = readMeshState(paths)
   const store = new Corestore(paths.store)
@@ -356,7 +328,8 @@ export async function offlineHistory(dir: string, logger?: Logger): Promise<{ hi
       logs.push(log)
       return log
     },
-    logger
+    opts.logger,
+    { dir, onDamaged: opts.onDamaged }
   )
   return {
     history,

@@ -1,9 +1,15 @@
 export { DatasetLog, logName, syncStore } from './log.ts'
 export { CaptureLoop, type CaptureLoopOptions, type CaptureStats } from './capture-loop.ts'
-export { ApplyLoop, type ApplyLoopOptions, type ApplyStats } from './apply-loop.ts'
-export { MeshNode, askNode, meshTopic, statusFromDisk, type MeshNodeOptions, type NetworkOptions, type OwnDataset, type PromoteResult, type Refusal } from './node.ts'
-export { resolveChain, supersedes, locate, type Segment } from './chain.ts'
+export { ApplyLoop, replayTo, type ApplyLoopOptions, type ApplyStats } from './apply-loop.ts'
+export { MeshNode, meshTopic, type MeshNodeOptions, type NetworkOptions, type OwnDataset } from './node.ts'
+export { askNode, type LocalRequest } from './local.ts'
+export type { Refusal } from './admission.ts'
+export type { PromoteResult } from './failover.ts'
+export type { RestoreJob } from './upkeep.ts'
+export { statusFromDisk } from './reports.ts'
+export { resolveChain, supersedes, locate, offsets, seqOf, type Segment, type ChainSegment } from './chain.ts'
 export { redeemJoinCode, type RedeemOptions } from './join.ts'
+export { History, findDataset, offlineHistory, restorePoint, walk, type HistoryUnit, type RestoreResult } from './history.ts'
 export {
   buildStatus,
   addWalHealth,
@@ -32,7 +38,5 @@ export {
   type Invite
 } from './state.ts'
 export { checkSource, checkReplicaServer, createDataDir, undoSource } from './site.ts'
-export { checkUrl, redactUrl } from '../adapters/index.ts'
-export { DEFAULT_SNAPSHOTS, type SnapshotPolicy } from './snapshots.ts'
-export { DEFAULT_GUARD, type DamageGuard } from '../adapters/index.ts'
-export { valueTag } from '../adapters/index.ts'
+export { DEFAULT_SNAPSHOTS, buildSnapshot, type SnapshotPolicy } from './snapshots.ts'
+export { checkUrl, redactUrl, engineFor, valueTag, DEFAULT_GUARD, type DamageGuard } from '../adapters/index.ts'

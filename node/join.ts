@@ -7,16 +7,15 @@ import DHT, { type KeyPair } from 'hyperdht'
 import Protomux from 'protomux'
 import {
   CONTROL_VERSION,
+  JOIN_MESSAGES,
   JOIN_PROTOCOL,
   MeshError,
   joinHelloEncoding,
-  redeemMessage,
-  refuseMessage,
-  welcomeMessage,
   type JoinCode,
-  type Refuse,
+  type JoinPayloads,
   type Welcome
 } from '../protocol/index.ts'
+import { addMessages } from './messages.ts'
 import type { NetworkOptions } from './node.ts'
 
 export interface RedeemOptions {
@@ -72,15 +71,13 @@ export async function redeemJoinCode(opts: RedeemOptions): Promise<Welcome> {
               reject(MeshError.PROTOCOL_VERSION(`the inviting site speaks protocol version ${hello.version}; this one speaks ${CONTROL_VERSION}`))
               return
             }
-            redeem.send({ version: CONTROL_VERSION, site: opts.site, key: opts.keyPair.publicKey })
+            messages.send('redeem', { version: CONTROL_VERSION, site: opts.site, key: opts.keyPair.publicKey })
           }
         })
         if (ch === null) return reject(MeshError.UNREACHABLE('the join channel could not be opened'))
-        const redeem = ch.addMessage({ encoding: redeemMessage, onmessage: () => {} })
-        ch.addMessage({ encoding: welcomeMessage, onmessage: (m: Welcome) => resolve(m) })
-        ch.addMessage({
-          encoding: refuseMessage,
-          onmessage: (m: Refuse) => {
+        const messages = addMessages<JoinPayloads>(ch, JOIN_MESSAGES, {
+          welcome: (m) => resolve(m),
+          refuse: (m) => {
             if (m.code === 'JOIN_CODE_EXPIRED') reject(MeshError.JOIN_CODE_EXPIRED(m.reason))
             else if (m.code === 'USAGE') reject(MeshError.USAGE(m.reason, { hint: 'Choose another --site name.' }))
             else reject(MeshError.BAD_JOIN_CODE(m.reason))

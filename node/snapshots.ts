@@ -17,16 +17,13 @@
  * target database and replays the rest. Needs pg_dump and pg_restore (PostgreSQL's client programs) and a
  * replicaPostgres server; without them, restores of PostgreSQL datasets replay from the start.
  */
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { Writable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
-import { openDatabase, PostgresApply, SqliteApply, type ApplySide, type Logger } from '../adapters/index.ts'
-import { ensurePgDatabase, dropPgDatabase, findPgProgram, pgScratchUrl, runPgProgram } from '../adapters/postgres/admin.ts'
-import { MeshError, type DatasetInfo } from '../protocol/index.ts'
+import { hashFile, type ApplySide, type Engine, type Logger } from '../adapters/index.ts'
+import type { DatasetInfo } from '../protocol/index.ts'
 import type { ChainSegment } from './chain.ts'
-import { replayTo, seqOf } from './history.ts'
+import { replayTo } from './apply-loop.ts'
+import { seqOf } from './chain.ts'
 
 export interface SnapshotPolicy {
   /** Take a snapshot when the newest is this old (seconds). */
@@ -63,14 +60,9 @@ export function listSnapshots(siteDir: string, dataset: string): Snapshot[] {
   if (!fs.existsSync(dir)) return []
   return fs
     .readdirSync(dir)
-    .filter((f) => /^\d+\.(db|pgdump)$/.test(f))
+    .filter((f) => /^\d+\.[a-z]+$/.test(f))
     .map((f) => ({ file: path.join(dir, f), at: Number(f.slice(0, f.indexOf('.'))) }))
     .sort((a, b) => a.at - b.at)
-}
-
-/** The files of a SQLite database being written at `file`: the database and its journals. */
-function sqliteFiles(file: string): string[] {
-  return [file, `${file}-wal`, `${file}-shm`, `${file}-journal`]
 }
 
 /** What is kept beside a snapshot (<file>.json): the position it holds and the SHA-256 of its bytes. */
@@ -86,23 +78,6 @@ function readMeta(file: string): SnapshotMeta | null {
   } catch {
     return null
   }
-}
-
-/** The SHA-256 of a file's bytes, hex; with `copyTo`, the file is copied there in the same read. */
-async function hashFile(file: string, copyTo?: string): Promise<string> {
-  const h = crypto.createHash('sha256')
-  const out = copyTo ? fs.createWriteStream(copyTo, { mode: 0o600 }) : null
-  await pipeline(
-    fs.createReadStream(file),
-    async function* (chunks: AsyncIterable<Buffer>) {
-      for await (const chunk of chunks) {
-        h.update(chunk)
-        yield chunk
-      }
-    },
-    out ?? new Writable({ write: (_c, _e, done) => done() })
-  )
-  return h.digest('hex')
 }
 
 /** The snapshots at or before chain position `seq`, newest first, with the position each holds. */
@@ -127,7 +102,7 @@ function candidates(siteDir: string, dataset: string, chain: ChainSegment[], seq
  */
 export async function seedFromSnapshot(
   siteDir: string,
-  engine: string,
+  engine: Engine,
   dataset: string,
   to: string,
   chain: ChainSegment[],
@@ -135,30 +110,18 @@ export async function seedFromSnapshot(
   inUse?: Set<string>,
   onDamaged?: (file: string) => void
 ): Promise<number> {
-  const pg = engine === 'postgres'
-  const restore = pg ? findPgProgram('pg_restore') : null
-  if (pg && restore === null) return 0
+  const fmt = engine.snapshots
+  if (fmt.canLoad && !fmt.canLoad()) return 0
   for (const { snap, from } of candidates(siteDir, dataset, chain, seq)) {
-    if (!snap.file.endsWith(pg ? '.pgdump' : '.db')) continue
-    if (!pg) for (const f of sqliteFiles(to)) fs.rmSync(f, { force: true })
+    if (!snap.file.endsWith(`.${fmt.ext}`)) continue
     inUse?.add(snap.file)
     try {
-      const want = readMeta(snap.file)?.sha256
-      const got = await hashFile(snap.file, pg ? undefined : to)
-      if (want !== undefined && got !== want) {
-        if (!pg) fs.rmSync(to, { force: true })
-        // (Another reader may have set it aside first.)
-        const aside = (from: string, to2: string) => fs.existsSync(from) && fs.renameSync(from, to2)
-        aside(snap.file, `${snap.file}.damaged`)
-        aside(`${snap.file}.json`, `${snap.file}.damaged.json`)
-        onDamaged?.(snap.file)
-        continue
-      }
-      if (pg) {
-        const r = await runPgProgram(restore!, (url) => ['--no-owner', '--no-privileges', '--exit-on-error', '--single-transaction', '--dbname', url, snap.file], to)
-        if (r.code !== 0) throw MeshError.DATABASE_ERROR(`cannot restore the snapshot ${snap.file}: pg_restore ${r.stderr}`, { hint: 'Check that pg_restore is as new as the server; or move the snapshot away to replay from the start.' })
-      }
-      return from
+      if (await fmt.load(snap.file, to, readMeta(snap.file)?.sha256)) return from
+      // (Another reader may have set it aside first.)
+      const aside = (from: string, to2: string) => fs.existsSync(from) && fs.renameSync(from, to2)
+      aside(snap.file, `${snap.file}.damaged`)
+      aside(`${snap.file}.json`, `${snap.file}.damaged.json`)
+      onDamaged?.(snap.file)
     } finally {
       inUse?.delete(snap.file)
     }
@@ -176,37 +139,23 @@ export async function seedFromSnapshot(
 export async function buildSnapshot(
   siteDir: string,
   head: DatasetInfo,
+  engine: Engine,
   chain: ChainSegment[],
   seq: number,
-  opts: { now?: number; logger?: Logger; inUse?: Set<string>; pgServer?: string | null; onDamaged?: (file: string) => void } = {}
+  opts: { now?: number; logger?: Logger; inUse?: Set<string>; server?: string | null; onDamaged?: (file: string) => void } = {}
 ): Promise<Snapshot | null> {
   const now = opts.now ?? Date.now()
   const dir = snapshotDir(siteDir, head.id)
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
-  const pg = head.engine === 'postgres'
-  const file = path.join(dir, `${now}.${pg ? 'pgdump' : 'db'}`)
+  const file = path.join(dir, `${now}.${engine.snapshots.ext}`)
   const partial = `${file}.partial`
-  let dump: string | null = null
-  let work = partial
-  if (pg) {
-    dump = findPgProgram('pg_dump')
-    if (!opts.pgServer || dump === null || findPgProgram('pg_restore') === null) {
-      throw MeshError.NOT_FOUND(`no snapshots of ${head.name}: ${opts.pgServer ? 'pg_dump and pg_restore are needed' : 'this site has no replicaPostgres server to build them on'}`)
-    }
-    work = pgScratchUrl(opts.pgServer, head.id, 'snapshot')
-    await ensurePgDatabase(opts.pgServer, work, true)
-  }
-  const clean = async () => {
-    for (const f of sqliteFiles(partial)) fs.rmSync(f, { force: true })
-    if (pg) await dropPgDatabase(opts.pgServer!, work)
-  }
   // What a build cut off by a crash left behind: it is never a snapshot.
   for (const f of fs.readdirSync(dir)) if (/\.partial(-wal|-shm|-journal)?$/.test(f)) fs.rmSync(path.join(dir, f), { force: true })
+  const work = await engine.snapshots.workspace(partial, head.id, opts.server ?? null)
   try {
-    const from = await seedFromSnapshot(siteDir, head.engine, head.id, work, chain, seq, opts.inUse, opts.onDamaged)
+    const from = await seedFromSnapshot(siteDir, engine, head.id, work.where, chain, seq, opts.inUse, opts.onDamaged)
     if (from === seq) return null
-    const built = { dataset: head.id, logger: opts.logger, checkpoints: false }
-    const side: ApplySide = pg ? new PostgresApply({ url: work, ...built }) : new SqliteApply({ path: partial, ...built })
+    const side: ApplySide = engine.openApply(work.where, { dataset: head.id, logger: opts.logger, checkpoints: false })
     let pos: { log: Uint8Array; length: number } | null = null
     try {
       await replayTo(chain, seq, side, { logger: opts.logger })
@@ -214,23 +163,19 @@ export async function buildSnapshot(
     } finally {
       await side.close()
     }
-    if (pg) {
-      const r = await runPgProgram(dump!, (url) => ['--format=custom', '--no-owner', '--no-privileges', '--file', partial, url], work)
-      if (r.code !== 0) throw MeshError.DATABASE_ERROR(`cannot write the snapshot of ${head.name}: pg_dump ${r.stderr}`)
-      // Gone before the snapshot appears: a build whose file is there is over.
-      await dropPgDatabase(opts.pgServer!, work)
-    } else {
-      // One self-contained file: no write-ahead log beside it.
-      const db = openDatabase(partial, { mustExist: true })
-      db.pragma('journal_mode = DELETE')
-      db.close()
-    }
+    await engine.snapshots.write(work.where, partial)
+    // Gone before the snapshot appears: a build whose file is there is over.
+    await work.drop()
     const meta: SnapshotMeta = { log: Buffer.from(pos!.log).toString('hex'), length: pos!.length, sha256: await hashFile(partial) }
     fs.writeFileSync(`${file}.json`, JSON.stringify(meta), { mode: 0o600 })
     fs.chmodSync(partial, 0o600)
     fs.renameSync(partial, file)
     return { file, at: now }
   } finally {
+    const clean = async () => {
+      await work.drop()
+      fs.rmSync(partial, { force: true })
+    }
     await clean().catch((err) => opts.logger?.warn('cannot remove what building a snapshot left', { error: (err as Error).message }))
   }
 }

@@ -7,6 +7,7 @@
  * has applied: how much of the origin's recent work a holder lacks. It does not include how long ago the
  * newest write was made; a holder that is silent shows as silent, separately.
  */
+import { ENGINES } from '../adapters/index.ts'
 import type { DatasetInfo, MemberInfo, Report } from '../protocol/index.ts'
 import type { CheckpointResult, DamageRecord, MeshState, VerifyResult } from './state.ts'
 
@@ -289,7 +290,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
     const damage = (mine?.damage ?? []).map((x) => ({ ...x }))
     for (const x of damage) {
       if (now - x.at > 7 * 86_400_000) continue
-      const to = d.engine === 'postgres' ? 'postgres://USER@HOST/NEW_DATABASE' : `${d.name}-before-${x.seq}.db`
+      const to = ENGINES[d.engine]?.exampleTarget(d.name, x.seq) ?? 'NEW_DATABASE'
       add(
         'WARN',
         `a change to ${d.name} at position ${x.seq}${x.time ? ` (${new Date(x.time).toISOString()})` : ''} deleted or rewrote ${x.changed} of the ${x.before} rows of ${x.table}; if that was not meant, the state before it is: mesh restore ${d.name} --seq ${x.seq} --to ${to}`

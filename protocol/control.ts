@@ -400,6 +400,37 @@ export const joinHelloEncoding = struct<{ version: number }>({
   }
 })
 
+/** What each control message carries, by name. */
+export interface ControlPayloads {
+  members: MemberInfo[]
+  datasets: DatasetInfo[]
+  report: SignedReport
+}
+
+/**
+ * The control channel's messages in slot order: CONTROL_MESSAGES[ControlMessage.report] is the report. Both
+ * sides add them to the protomux channel in this order; the list only grows, a retired message keeps its slot.
+ */
+export const CONTROL_MESSAGES = [
+  { name: 'members', encoding: membersMessage },
+  { name: 'datasets', encoding: datasetsMessage },
+  { name: 'report', encoding: reportMessage }
+] as const
+
+/** What each join message carries, by name. */
+export interface JoinPayloads {
+  redeem: Redeem
+  welcome: Welcome
+  refuse: Refuse
+}
+
+/** The join channel's messages in slot order (JoinMessage). */
+export const JOIN_MESSAGES = [
+  { name: 'redeem', encoding: redeemMessage },
+  { name: 'welcome', encoding: welcomeMessage },
+  { name: 'refuse', encoding: refuseMessage }
+] as const
+
 // --- join codes ------------------------------------------------------------------------------------------------
 
 /** What a join code carries. The invite seed is a secret: whoever holds the code may join until it expires. */

@@ -3,7 +3,11 @@ import assert from 'node:assert/strict'
 import c from 'compact-encoding'
 import crypto from 'hypercore-crypto'
 import {
+  CONTROL_MESSAGES,
   CONTROL_VERSION,
+  ControlMessage,
+  JOIN_MESSAGES,
+  JoinMessage,
   MeshError,
   datasetsMessage,
   decodeJoinCode,
@@ -65,4 +69,17 @@ test('join codes round-trip; a mistyped or truncated code is BAD_JOIN_CODE', () 
   bad(code.slice(0, -3))
   bad(code.slice(4))
   bad('')
+})
+
+test('the message tables put every control and join message in the slot its constant names', () => {
+  assert.deepEqual(
+    CONTROL_MESSAGES.map((m, slot) => [m.name, slot]),
+    Object.entries(ControlMessage).sort((a, b) => a[1] - b[1])
+  )
+  assert.deepEqual(
+    JOIN_MESSAGES.map((m, slot) => [m.name, slot]),
+    Object.entries(JoinMessage).sort((a, b) => a[1] - b[1])
+  )
+  assert.equal(CONTROL_MESSAGES[ControlMessage.report].encoding, reportMessage)
+  assert.equal(CONTROL_MESSAGES[ControlMessage.members].encoding, membersMessage)
 })

@@ -11,7 +11,7 @@ import path from 'node:path'
 import { mesh, waitUntil } from './helpers/mesh.ts'
 import { twoPgSites } from './helpers/pg-mesh.ts'
 import { pgDump } from './helpers/pg.ts'
-import { findPgDump } from '../node/engines.ts'
+import { findPgDump } from '../adapters/postgres/admin.ts'
 
 for (const noDecoding of [false, true]) {
   const how = noDecoding ? 'on a server without logical decoding (captured with triggers once promoted)' : 'captured by logical decoding once promoted'

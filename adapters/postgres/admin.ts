@@ -39,7 +39,7 @@ export async function dropPgDatabase(adminUrl: string, url: string): Promise<voi
  * A scratch database on the server of `url` (for `mesh verify`, or to build a snapshot): its own name, never a
  * replica's.
  */
-export function pgScratchUrl(url: string, dataset: string, purpose: 'verify' | 'snapshot' = 'verify'): string {
+export function pgScratchUrl(url: string, dataset: string, purpose: 'verify' | 'snapshot' | 'rebuild' = 'verify'): string {
   const u = new URL(url)
   u.pathname = `/mesh_${purpose}_${dataset.slice(0, 16).toLowerCase().replace(/[^a-z0-9_]+/g, '_')}`
   return u.toString()

@@ -3,7 +3,8 @@ import Database from 'better-sqlite3'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { readTables, valueTag } from '../../adapters/index.ts'
+import { valueTag } from '../../adapters/index.ts'
+import { readTables } from '../../adapters/sqlite/common.ts'
 
 export function tmpDir(prefix = 'mesh-test-'): { dir: string; cleanup: () => void } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))

@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { pgReplicaUrl } from '../../node/engines.ts'
+import { pgReplicaUrl } from '../../adapters/postgres/engine.ts'
 import type { DatasetInfo } from '../../protocol/index.ts'
 import { MESH, mesh, startTestnet } from './mesh.ts'
 import { tmpDir } from './db.ts'

@@ -1,7 +1,7 @@
 /** What every command shares: flag parsing (node:util parseArgs), the data directory, printing errors. */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { MeshError } from '../../protocol/index.ts'
-import { askNode } from '../../node/index.ts'
+import { askNode, type LocalRequest } from '../../node/index.ts'
 
 export interface Command {
   usage: string
@@ -70,14 +70,14 @@ export function nodeError(e: NodeError): MeshError {
 }
 
 /** Asks the node running on `dir`; null when none runs. An error it answers with is thrown. */
-export async function askNodeIfRunning<T>(dir: string, req: Record<string, unknown>, timeoutMs: number): Promise<T | null> {
+export async function askNodeIfRunning<T>(dir: string, req: LocalRequest, timeoutMs: number): Promise<T | null> {
   const res = (await askNode(dir, req, timeoutMs)) as (T & { error?: NodeError }) | null
   if (res?.error) throw nodeError(res.error)
   return res
 }
 
 /** The same for a command that needs the node: none running is NOT_RUNNING, saying how to start it. */
-export async function askRunningNode<T>(dir: string, req: Record<string, unknown>, timeoutMs: number): Promise<T> {
+export async function askRunningNode<T>(dir: string, req: LocalRequest, timeoutMs: number): Promise<T> {
   const res = await askNodeIfRunning<T>(dir, req, timeoutMs)
   if (res === null) throw notRunning(dir)
   return res

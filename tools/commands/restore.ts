@@ -1,11 +1,16 @@
 import path from 'node:path'
 import cliProgress from 'cli-progress'
 import { MeshError } from '../../protocol/index.ts'
-import { askNode, redactUrl } from '../../node/index.ts'
-import { checkRestoreTarget, finishRestore, openRestoreTarget, seedRestore } from '../../node/engines.ts'
-import { findDataset, offlineHistory, type RestoreResult } from '../../node/history.ts'
-import type { RestoreJob } from '../../node/node.ts'
-import { readMeshState, sitePaths } from '../../node/state.ts'
+import {
+  askNode,
+  engineFor,
+  findDataset,
+  offlineHistory,
+  readMeshState,
+  sitePaths,
+  type RestoreJob,
+  type RestoreResult
+} from '../../node/index.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { askNodeIfRunning, nodeError, out, parse, type Command } from './common.ts'
 
@@ -80,14 +85,14 @@ export const command: Command = {
         }
       } else {
         const head = findDataset(readMeshState(sitePaths(dir)).datasets, positionals[0])
-        await checkRestoreTarget(head.engine, to)
-        const off = await offlineHistory(dir)
-        try {
-          result = await off.history.restore(head.id, target, to, (e, w, d) => openRestoreTarget(e, w, d), finishRestore, progress, (h, chain, seq) =>
-            seedRestore(dir, h.engine, to, h.id, chain, seq, undefined, (file) =>
-              process.stderr.write(`mesh: the snapshot ${file} changed on disk since it was written: set aside as ${file}.damaged, an older one is used (check the disk)\n`)
-            )
+        await engineFor(head.engine).checkRestoreTarget(to)
+        const damaged = (_head: unknown, file: string) =>
+          process.stderr.write(
+            `mesh: the snapshot ${file} changed on disk since it was written: set aside as ${file}.damaged, an older one is used (check the disk)\n`
           )
+        const off = await offlineHistory(dir, { onDamaged: damaged })
+        try {
+          result = await off.history.restore(head.id, target, to, { progress })
         } finally {
           await off.close()
         }
@@ -96,12 +101,12 @@ export const command: Command = {
       bar?.stop()
     }
     if (values.json) {
-      out(JSON.stringify({ ...result, to: result.engine === 'postgres' ? redactUrl(result.to) : result.to }))
+      out(JSON.stringify({ ...result, to: engineFor(result.engine).shown(result.to) }))
       return 0
     }
     const when = result.time === null ? '' : ` (last change committed ${new Date(result.time).toISOString()})`
     const from = result.from > 0 ? `from the snapshot at position ${result.from}` : 'from the start of the history'
-    out(`Restored ${result.dataset} as it was at position ${result.seq}${when} into ${result.engine === 'postgres' ? redactUrl(result.to) : result.to} in ${(result.ms / 1000).toFixed(1)} s (replayed ${from}).`)
+    out(`Restored ${result.dataset} as it was at position ${result.seq}${when} into ${engineFor(result.engine).shown(result.to)} in ${(result.ms / 1000).toFixed(1)} s (replayed ${from}).`)
     return 0
   }
 }

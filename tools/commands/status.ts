@@ -1,6 +1,5 @@
 import { MeshError } from '../../protocol/index.ts'
-import { addWalHealth, askNode, duration, statusFromDisk, VERDICT_EXIT, type SiteStatus } from '../../node/index.ts'
-import { pgWalRetention } from '../../node/engines.ts'
+import { addWalHealth, askNode, duration, engineFor, statusFromDisk, VERDICT_EXIT, type SiteStatus } from '../../node/index.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { out, parse, printError, type Command } from './common.ts'
 
@@ -93,9 +92,10 @@ export async function readStatus(dir: string): Promise<SiteStatus> {
   for (const d of cfg.datasets) {
     // Trigger capture has no slot; a slot's name carries its epoch.
     const here = s.datasets.find((x) => x.id === d.id && x.originSite === cfg.site)
-    if (d.engine !== 'postgres' || d.capture === 'triggers' || !here) continue
+    const wal = engineFor(d.engine).walRetention
+    if (!wal || d.capture === 'triggers' || !here) continue
     try {
-      addWalHealth(s, d.id, await pgWalRetention(d.path, d.id, here.epoch), cfg.status)
+      addWalHealth(s, d.id, await wal(d.path, d.id, here.epoch), cfg.status)
     } catch (err) {
       s.reasons.push({ level: 'WARN', text: `cannot read the replication slot of ${d.name}: ${(err as Error).message}` })
       if (s.verdict === 'OK') s.verdict = 'WARN'

@@ -1,0 +1,159 @@
+/**
+ * The control channel (protomux `branchmesh/1`) with every connected member.
+ *
+ * Order on a member connection: the channel's hello is checked first (protocol version and mesh id); only then
+ * is the corestore replicated over the connection. A peer of another version gets nothing. Then each side
+ * sends what it knows (members, datasets, every signed report it holds), and from then on what changes; what
+ * is new is relayed to the other peers, so news crosses the mesh even where two sites never connect directly.
+ */
+import Protomux, { type Channel } from 'protomux'
+import type { SwarmConnection } from 'hyperswarm'
+import {
+  CONTROL_MESSAGES,
+  CONTROL_PROTOCOL,
+  CONTROL_VERSION,
+  MeshError,
+  helloEncoding,
+  type ControlPayloads,
+  type DatasetInfo,
+  type Hello
+} from '../protocol/index.ts'
+import { supersedes } from './chain.ts'
+import { addMessages, type Messages } from './messages.ts'
+import type { MeshNode } from './node.ts'
+import { hex, short } from './util.ts'
+
+export interface Peer extends Messages<ControlPayloads> {
+  conn: SwarmConnection
+  key: Buffer
+  site: string
+  software: string
+  channel: Channel
+  /** The hello was checked: the logs flow, and messages may be sent. */
+  ready: boolean
+}
+
+export class ControlChannel {
+  /** Connected members whose hello was checked, by key (hex). */
+  readonly peers = new Map<string, Peer>()
+
+  constructor(private readonly node: MeshNode) {}
+
+  /** The peers whose hello was checked. */
+  ready(): Peer[] {
+    return [...this.peers.values()].filter((p) => p.ready)
+  }
+
+  broadcast(send: (p: Peer) => void, except?: Peer): void {
+    for (const p of this.peers.values()) if (p !== except && p.ready) send(p)
+  }
+
+  onMember(conn: SwarmConnection): void {
+    const node = this.node
+    const key = conn.remotePublicKey
+    conn.rawStream?.setNoDelay?.(true)
+    const mux = Protomux.from(conn)
+    const noise = conn as unknown as { userData: unknown; keepAlive: number; setKeepAlive(ms: number): void }
+    if (noise.keepAlive === 0) noise.setKeepAlive(5000)
+    noise.userData = mux
+    const channel = mux.createChannel({
+      protocol: CONTROL_PROTOCOL,
+      unique: true,
+      handshake: helloEncoding,
+      onopen: (hello: Hello) => this.onHello(peer, hello),
+      onclose: () => this.onClosed(peer)
+    })
+    if (channel === null) return void conn.destroy()
+    const messages = addMessages<ControlPayloads>(channel, CONTROL_MESSAGES, {
+      members: (m) => this.onMembers(peer, m),
+      datasets: (m) => this.onDatasets(peer, m),
+      report: (m) => node.reports.receive(peer, m)
+    })
+    const peer: Peer = { conn, key, site: node.admission.memberName(key), software: '', channel, ready: false, send: messages.send }
+    channel.open({ version: CONTROL_VERSION, meshId: node.state.meshId, site: node.opts.site, software: node.opts.software })
+    const timer = setTimeout(() => {
+      if (!peer.ready && !conn.destroyed) {
+        node.admission.refuse(key, 'it did not open the branchmesh/1 control channel (an incompatible version?)')
+        conn.destroy()
+      }
+    }, 20_000)
+    conn.once('close', () => clearTimeout(timer))
+  }
+
+  private onHello(peer: Peer, hello: Hello): void {
+    const node = this.node
+    if (hello.version !== CONTROL_VERSION) {
+      const e = MeshError.PROTOCOL_VERSION(`${peer.site} speaks control protocol version ${hello.version}; this site speaks ${CONTROL_VERSION}`)
+      node.admission.refuse(peer.key, e.message)
+      node.logger.error('peer refused', { peer: peer.site, code: e.code, error: e.message, hint: e.hint })
+      peer.conn.destroy()
+      return
+    }
+    if (!hello.meshId || !Buffer.from(hello.meshId).equals(node.state.meshId)) {
+      node.admission.refuse(peer.key, 'it belongs to another mesh')
+      peer.conn.destroy()
+      return
+    }
+    const k = hex(peer.key)
+    const old = this.peers.get(k)
+    if (old && old !== peer) old.conn.destroy()
+    peer.ready = true
+    peer.site = hello.site || peer.site
+    peer.software = hello.software
+    this.peers.set(k, peer)
+    node.logger.info('connected', { peer: peer.site, key: short(peer.key) })
+    // Only now, with the hello checked, do the logs flow.
+    node.store.replicate(peer.conn)
+    peer.send('members', node.state.members)
+    peer.send('datasets', node.state.datasets)
+    node.reports.sendAllTo(peer)
+    node.emit('peer', peer.site)
+  }
+
+  private onClosed(peer: Peer): void {
+    const k = hex(peer.key)
+    if (this.peers.get(k) === peer) {
+      this.peers.delete(k)
+      this.node.logger.info('disconnected', { peer: peer.site })
+      this.node.reports.markDirty()
+    }
+  }
+
+  private onMembers(from: Peer, list: ControlPayloads['members']): void {
+    if (!this.node.admission.admit(list, from.site)) return
+    this.node.saveState()
+    this.broadcast((p) => p.send('members', this.node.state.members), from)
+  }
+
+  /**
+   * Datasets as a peer knows them. A dataset not known here is followed; a newer epoch of a known one (see
+   * chain.ts, supersedes) replaces it everywhere: this site follows it, or is fenced if it was the origin.
+   */
+  private onDatasets(from: Peer, list: DatasetInfo[]): void {
+    const node = this.node
+    let changed = false
+    for (const d of list) {
+      if (!node.admission.isMember(d.origin)) {
+        node.logger.warn('ignored a dataset whose origin is not a member', { dataset: d.name, from: from.site })
+        continue
+      }
+      const have = node.state.datasets.find((x) => x.id === d.id)
+      if (have && !supersedes(d, have)) continue
+      const info: DatasetInfo = { ...d, origin: Buffer.from(d.origin), log: Buffer.from(d.log) }
+      if (have) {
+        node.state.datasets = node.state.datasets.map((x) => (x.id === d.id ? info : x))
+        const what = have.epoch === d.epoch ? 'two promotions of the same epoch: following the one with the lower log key' : 'new epoch'
+        node.logger.info(what, { dataset: d.name, epoch: d.epoch, origin: d.originSite, from: from.site })
+      } else {
+        node.state.datasets.push(info)
+        node.logger.info('new dataset', { dataset: d.name, origin: d.originSite, from: from.site })
+      }
+      changed = true
+      node.roles.settleLater(d.id)
+    }
+    if (changed) {
+      node.saveState()
+      this.broadcast((p) => p.send('datasets', node.state.datasets), from)
+    }
+  }
+}

@@ -1,0 +1,11 @@
+/** Small helpers the node's parts share. */
+
+export const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex')
+
+/** A key shortened for logs. */
+export const short = (b: Uint8Array): string => hex(b).slice(0, 12)
+
+/** A name as a file name: anything but letters, digits, '.', '_' and '-' becomes '_'. */
+export const fileSafe = (s: string): string => s.replace(/[^A-Za-z0-9._-]+/g, '_')
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
