@@ -5,6 +5,9 @@
  * transaction, a lost one or a doubled one is caught.
  */
 import Database from 'better-sqlite3'
+import { prng } from '../../tools/prng.ts'
+
+export { prng }
 
 export const SCHEMA = `
   CREATE TABLE IF NOT EXISTS accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
@@ -16,17 +19,6 @@ export const SCHEMA = `
 `
 export const ACCOUNTS = 20
 export const TOTAL = 1_000_000n
-
-export function prng(seed: number) {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 export function setup(db: Database.Database): void {
   db.exec(SCHEMA)

@@ -1,18 +1,12 @@
 /**
  * The simulated shop of `mesh demo`: a small point-of-sale application writing its own SQLite database
- * (customers, orders, order_lines) a few times a second, and the row-by-row comparison the demo ends with.
+ * (customers, orders, order_lines) a few times a second.
  *
  * The shop knows nothing of branchmesh: it opens its file with its own connection, in WAL mode, and writes
  * ordinary transactions (inserts, updates, deletes). The node, another process, captures them.
- *
- * The comparison does not use the adapters' code on purpose: it checks their work. It reads only user tables
- * (not `sqlite_*`, not branchmesh's own `_mesh_*` tables, which differ between an origin and its replica by
- * design) and compares each value with its storage class and exact bits (64-bit integers, REAL bits, text,
- * BLOB bytes, NULL), in primary key order.
  */
-import fs from 'node:fs'
 import Database from 'better-sqlite3'
-import { valueTag } from '../node/index.ts'
+import { prng } from '../prng.ts'
 
 const SCHEMA = `
 CREATE TABLE customers (
@@ -41,8 +35,14 @@ CREATE TABLE order_lines (
 CREATE INDEX order_lines_by_order ON order_lines(order_id);
 `
 
-const FIRST = ['Ana', 'Bjørn', 'Chloé', 'Dmitri', 'Émile', 'Fatima', 'Grace', 'Hiro', 'Ines', 'José', 'Kofi', 'Lena', 'Mei', 'Noor', 'Olga', 'Pedro']
-const LAST = ['Silva', 'Müller', 'Nakamura', 'Okafor', "O'Brien", 'Kowalski', 'Dubois', 'Rossi', 'Haddad', 'Larsen', 'Chen', 'García']
+const FIRST = [
+  ...['Ana', 'Bjørn', 'Chloé', 'Dmitri', 'Émile', 'Fatima', 'Grace', 'Hiro'],
+  ...['Ines', 'José', 'Kofi', 'Lena', 'Mei', 'Noor', 'Olga', 'Pedro']
+]
+const LAST = [
+  ...['Silva', 'Müller', 'Nakamura', 'Okafor', "O'Brien", 'Kowalski'],
+  ...['Dubois', 'Rossi', 'Haddad', 'Larsen', 'Chen', 'García']
+]
 const CITIES = ['Porto', 'Zürich', 'Kraków', 'Lyon', 'Osaka', 'Accra', null]
 const PRODUCTS: Array<[string, number, number | null]> = [
   ['Espresso beans 1 kg', 1899, 1.0],
@@ -55,18 +55,6 @@ const PRODUCTS: Array<[string, number, number | null]> = [
   ['Dark chocolate 70 %', 450, 0.1]
 ]
 const NOTES = [null, null, null, 'gift wrap please', 'deliver after 5 pm', 'paid in cash', '🎂 birthday']
-
-/** A small deterministic PRNG (mulberry32), so each shop's day looks different but plausible. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 export interface ShopCounts {
   customers: number
@@ -110,7 +98,12 @@ export class Shop {
     if (have === 0) this.db.exec(SCHEMA)
     else {
       // Another till's database (the demo's promoted copy): its day goes on from the latest time in it.
-      const latest = this.db.prepare('SELECT max(t) FROM (SELECT max(placed_at) AS t FROM orders UNION ALL SELECT max(joined_at) FROM customers)').pluck().get() as string | null
+      const latest = this.db
+        .prepare(
+          'SELECT max(t) FROM (SELECT max(placed_at) AS t FROM orders UNION ALL SELECT max(joined_at) FROM customers)'
+        )
+        .pluck()
+        .get() as string | null
       if (latest) this.clock = Math.max(this.clock, Date.parse(latest))
     }
   }
@@ -135,7 +128,10 @@ export class Shop {
   }
 
   private someId(table: 'customers' | 'orders', where = ''): number | null {
-    const row = this.db.prepare(`SELECT id FROM ${table} ${where} ORDER BY random() LIMIT 1`).pluck().get() as number | undefined
+    const row = this.db
+      .prepare(`SELECT id FROM ${table} ${where} ORDER BY random() LIMIT 1`)
+      .pluck()
+      .get() as number | undefined
     return row ?? null
   }
 
@@ -143,7 +139,9 @@ export class Shop {
     this.stats.inserts++
     const name = `${this.pick(FIRST)} ${this.pick(LAST)}`
     const id = Number(
-      this.db.prepare('INSERT INTO customers (name, city, joined_at) VALUES (?, ?, ?)').run(name, this.pick(CITIES), this.now()).lastInsertRowid
+      this.db
+        .prepare('INSERT INTO customers (name, city, joined_at) VALUES (?, ?, ?)')
+        .run(name, this.pick(CITIES), this.now()).lastInsertRowid
     )
     this.touch('customers', id)
     return id
@@ -160,18 +158,23 @@ export class Shop {
     this.stats.inserts++
     let total = 0
     const lines = 1 + Math.floor(this.rand() * 4)
-    const insertLine = this.db.prepare('INSERT INTO order_lines (order_id, product, qty, price_cents, weight_kg) VALUES (?, ?, ?, ?, ?)')
+    const insertLine = this.db.prepare(
+      'INSERT INTO order_lines (order_id, product, qty, price_cents, weight_kg) VALUES (?, ?, ?, ?, ?)'
+    )
     for (let i = 0; i < lines; i++) {
       const [product, price, weight] = this.pick(PRODUCTS)
       const qty = 1 + Math.floor(this.rand() * 3)
-      this.touch('order_lines', insertLine.run(id, product, qty, price, weight === null ? null : weight * qty).lastInsertRowid)
+      const line = insertLine.run(id, product, qty, price, weight === null ? null : weight * qty)
+      this.touch('order_lines', line.lastInsertRowid)
       total += qty * price
       this.stats.inserts++
     }
     this.db.prepare('UPDATE orders SET total_cents = ? WHERE id = ?').run(total, id)
     this.stats.updates++
     if (customer !== null) {
-      this.db.prepare('UPDATE customers SET loyalty_points = loyalty_points + ? WHERE id = ?').run(Math.floor(total / 100), customer)
+      this.db
+        .prepare('UPDATE customers SET loyalty_points = loyalty_points + ? WHERE id = ?')
+        .run(Math.floor(total / 100), customer)
       this.touch('customers', customer)
       this.stats.updates++
     }
@@ -180,7 +183,9 @@ export class Shop {
   private advanceOrder(): void {
     const id = this.someId('orders', "WHERE status IN ('open', 'paid')")
     if (id === null) return this.addOrder()
-    this.db.prepare("UPDATE orders SET status = CASE status WHEN 'open' THEN 'paid' ELSE 'shipped' END WHERE id = ?").run(id)
+    this.db
+      .prepare("UPDATE orders SET status = CASE status WHEN 'open' THEN 'paid' ELSE 'shipped' END WHERE id = ?")
+      .run(id)
     this.touch('orders', id)
     this.stats.updates++
   }
@@ -188,14 +193,17 @@ export class Shop {
   private cancelOrder(): void {
     const id = this.someId('orders', "WHERE status = 'open'")
     if (id === null) return this.addOrder()
-    for (const line of this.db.prepare('SELECT id FROM order_lines WHERE order_id = ?').pluck().all(id) as number[]) this.touch('order_lines', line)
+    const lines = this.db.prepare('SELECT id FROM order_lines WHERE order_id = ?').pluck().all(id) as number[]
+    for (const line of lines) this.touch('order_lines', line)
     this.stats.deletes += this.db.prepare('DELETE FROM order_lines WHERE order_id = ?').run(id).changes
     this.stats.deletes += this.db.prepare('DELETE FROM orders WHERE id = ?').run(id).changes
     this.touch('orders', id)
   }
 
   private editLine(): void {
-    const line = this.db.prepare('SELECT id, order_id FROM order_lines ORDER BY random() LIMIT 1').get() as { id: number; order_id: number } | undefined
+    const line = this.db.prepare('SELECT id, order_id FROM order_lines ORDER BY random() LIMIT 1').get() as
+      | { id: number; order_id: number }
+      | undefined
     if (!line) return this.addOrder()
     this.touch('order_lines', line.id)
     this.touch('orders', line.order_id)
@@ -206,7 +214,10 @@ export class Shop {
       this.stats.deletes += this.db.prepare('DELETE FROM order_lines WHERE id = ?').run(line.id).changes
     }
     this.db
-      .prepare('UPDATE orders SET total_cents = (SELECT coalesce(sum(qty * price_cents), 0) FROM order_lines WHERE order_id = ?) WHERE id = ?')
+      .prepare(
+        'UPDATE orders SET total_cents = ' +
+          '(SELECT coalesce(sum(qty * price_cents), 0) FROM order_lines WHERE order_id = ?) WHERE id = ?'
+      )
       .run(line.order_id, line.order_id)
     this.stats.updates++
   }
@@ -279,128 +290,5 @@ export class Shop {
   close(): void {
     this.stop()
     if (this.db.open) this.db.close()
-  }
-}
-
-export interface Comparison {
-  equal: boolean
-  tables: number
-  rows: number
-  /** The first difference found, in words; null when equal. */
-  difference: string | null
-}
-
-function userTables(db: Database.Database): string[] {
-  return (
-    db.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").pluck().all() as string[]
-  ).filter((n) => !n.startsWith('sqlite_') && !n.startsWith('_mesh_'))
-}
-
-const q = (name: string) => '"' + name.replaceAll('"', '""') + '"'
-
-/** The ORDER BY of a table: its declared primary key, else its rowid. */
-function keyOrder(db: Database.Database, table: string): string {
-  const cols = db.prepare(`PRAGMA table_info(${q(table)})`).all() as Array<{ name: string; pk: number | bigint }>
-  const pk = cols.filter((c) => Number(c.pk) > 0).sort((a, b) => Number(a.pk) - Number(b.pk))
-  return pk.length > 0 ? pk.map((c) => q(c.name)).join(', ') : 'rowid'
-}
-
-/** Compares every user table of an origin database with a replica of it, row by row and value by value. */
-export function compareDatabases(originFile: string, replicaFile: string): Comparison {
-  const a = new Database(originFile, { readonly: true, fileMustExist: true, timeout: 10_000 })
-  let b: Database.Database
-  try {
-    b = new Database(replicaFile, { readonly: true, fileMustExist: true, timeout: 10_000 })
-  } catch (err) {
-    a.close()
-    return { equal: false, tables: 0, rows: 0, difference: `the copy cannot be opened: ${(err as Error).message}` }
-  }
-  a.defaultSafeIntegers(true)
-  b.defaultSafeIntegers(true)
-  try {
-    const ta = userTables(a)
-    const tb = userTables(b)
-    if (ta.join('\n') !== tb.join('\n')) {
-      return { equal: false, tables: ta.length, rows: 0, difference: `tables differ: origin has [${ta.join(', ')}], copy has [${tb.join(', ')}]` }
-    }
-    let rows = 0
-    // One read transaction on each side, so each side is read as one consistent state.
-    a.exec('BEGIN')
-    b.exec('BEGIN')
-    try {
-      for (const t of ta) {
-        const read = (db: Database.Database) => {
-          const stmt = db.prepare(`SELECT * FROM ${q(t)} ORDER BY ${keyOrder(db, t)}`).raw(true)
-          return { columns: stmt.columns().map((c) => c.name), rows: stmt.all() as unknown[][] }
-        }
-        const ra = read(a)
-        const rb = read(b)
-        if (ra.columns.join(',') !== rb.columns.join(',')) {
-          return { equal: false, tables: ta.length, rows, difference: `${t}: columns differ (${ra.columns.join(', ')} / ${rb.columns.join(', ')})` }
-        }
-        const n = Math.max(ra.rows.length, rb.rows.length)
-        for (let i = 0; i < n; i++) {
-          const x = ra.rows[i]
-          const y = rb.rows[i]
-          if (!x || !y) {
-            return {
-              equal: false,
-              tables: ta.length,
-              rows,
-              difference: `${t}: the origin has ${ra.rows.length} rows, the copy ${rb.rows.length}`
-            }
-          }
-          for (let c = 0; c < x.length; c++) {
-            const vx = valueTag(x[c])
-            const vy = valueTag(y[c])
-            if (vx !== vy) {
-              return {
-                equal: false,
-                tables: ta.length,
-                rows,
-                difference: `${t}, row ${i + 1} (key ${valueTag(x[0])}), column ${ra.columns[c]}: origin ${vx}, copy ${vy}`
-              }
-            }
-          }
-        }
-        rows += ra.rows.length
-      }
-    } finally {
-      a.exec('COMMIT')
-      b.exec('COMMIT')
-    }
-    return { equal: true, tables: ta.length, rows, difference: null }
-  } finally {
-    a.close()
-    b.close()
-  }
-}
-
-/**
- * Copies a database as it is now into a new file (VACUUM INTO: one consistent state, even while another
- * connection writes). The copy is the whole file, branchmesh's own tables and triggers included.
- */
-export function copyDatabase(from: string, to: string): void {
-  const db = new Database(from, { readonly: true, fileMustExist: true, timeout: 10_000 })
-  try {
-    db.prepare('VACUUM INTO ?').run(to)
-  } finally {
-    db.close()
-  }
-}
-
-/**
- * Runs an SQL script (a divergence folder's changes.sql) on a copy of `base`, written to `out`. Foreign keys
- * are not enforced: the script lists each unit's changes table by table, not in an order that keeps every
- * reference valid after each statement.
- */
-export function replaySql(base: string, sqlFile: string, out: string): void {
-  copyDatabase(base, out)
-  const db = new Database(out)
-  try {
-    db.pragma('foreign_keys = OFF')
-    db.exec(fs.readFileSync(sqlFile, 'utf8'))
-  } finally {
-    db.close()
   }
 }
