@@ -142,6 +142,8 @@ export interface ApplySide {
   checkpoint(): ReplicaCheckpoint | null
   /** Whether a program other than branchmesh wrote to the replica (where the engine can tell). */
   writtenByOthers?(): boolean
+  /** The replica was just proven equal to the log (verify, repair): writes by others before now no longer count. */
+  forgetWrites?(): void
   close(): Promise<void>
 }
 

@@ -165,6 +165,8 @@ export class Upkeep {
         const parted = tables.length ? { lastEqual: local.proven!.equal, firstDiffers: local.proven!.differs! } : null
         if (repaired) prove(local, seq, true)
         const ok = tables.length === 0 || repaired
+        // Proven equal to the log: whatever another program wrote before is gone or was never a difference.
+        if (ok) r.side.forgetWrites?.()
         const result: VerifyResult = { dataset: head.name, seq, from: replay.from, at: Date.now(), ok, tables, repaired, parted }
         local.verified = result
         node.saveState()

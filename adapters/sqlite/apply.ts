@@ -15,7 +15,7 @@ import { MeshError, type Entry, type SchemaEntry, type TableDef, type Value } fr
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { guardCountLimit, headerFits, unitChanges, unitFits } from '../position.ts'
 import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
-import { OWN_PREFIX, digestTables, openDatabase, quote, readTables, sqliteError, type DB } from './common.ts'
+import { OWN_PREFIX, digestTables, guardTriggersSql, openDatabase, quote, readTables, sqliteError, type DB } from './common.ts'
 import type Database from 'better-sqlite3'
 
 const META = `${OWN_PREFIX}replica`
@@ -95,6 +95,10 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
         db.exec(`CREATE TABLE ${META} (k TEXT PRIMARY KEY, v) WITHOUT ROWID`)
       }
       this.meta = this.loadMeta()
+      // Replicas made before the guard existed get it now (idempotent).
+      db.transaction(() => {
+        for (const t of this.meta.tables) for (const sql of guardTriggersSql(t.id, t.name)) db.exec(sql)
+      })()
       this.dataVersion = Number(db.pragma('data_version', { simple: true }))
       if (this.expectDataset && this.meta.dataset && this.meta.dataset !== this.expectDataset) {
         throw MeshError.LOG_MISMATCH(`${this.path} is a replica of dataset ${this.meta.dataset}, not ${this.expectDataset}`)
@@ -140,6 +144,11 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
    * (an application pointed at the replica, say). Such writes are not captured anywhere and the next units
    * may overwrite them, so the node reports them.
    */
+  forgetWrites(): void {
+    this.written = false
+    if (this.db !== null) this.dataVersion = Number(this.db.pragma('data_version', { simple: true }))
+  }
+
   writtenByOthers(): boolean {
     if (this.written || this.db === null) return this.written
     try {
@@ -303,6 +312,7 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
       if (t.name.startsWith(OWN_PREFIX) || t.name.startsWith('sqlite_')) throw MeshError.BAD_LOG(`table name ${t.name} is reserved`)
       db.exec(`DROP TABLE IF EXISTS ${quote(t.name)}`)
       db.exec(t.sql)
+      for (const sql of guardTriggersSql(id, t.name)) db.exec(sql)
     }
     // Indexes and views: keep what is unchanged and still there, drop the rest, create what is missing.
     const wanted = new Map(entry.objects.filter((o) => o.type !== 'trigger').map((o) => [o.type + ':' + o.name, o]))

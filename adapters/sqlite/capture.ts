@@ -23,6 +23,7 @@ import { silentLogger } from '../types.ts'
 import {
   OWN_PREFIX,
   digestTables,
+  dropGuards,
   openDatabase,
   quote,
   readObjects,
@@ -240,6 +241,8 @@ export class SqliteCapture implements CaptureSide {
       const exists = db.prepare(`SELECT count(*) FROM main.sqlite_schema WHERE name = ?`).pluck().get(o.name) as bigint
       if (exists === 0n) db.exec(o.sql)
     }
+    // The database is live now: every program may write it.
+    dropGuards(db)
     db.exec(`DROP TABLE ${meta}`)
     this.log.info('promoted replica adopted as the live database; nothing copied', { path: this.path, tables: adopted.size })
     return adopted

@@ -12,6 +12,36 @@ export type DB = Database.Database
 /** Prefix of every object branchmesh creates in a database; user objects with it are never captured. */
 export const OWN_PREFIX = '_mesh_'
 
+/**
+ * The guard of a replica's tables: BEFORE INSERT, UPDATE and DELETE triggers that call this SQL function,
+ * which only branchmesh's own connections define (openDatabase registers it, returning 0: pass). Any other
+ * program (the till still pointed at a copy or at a fenced old origin, the sqlite3 shell) fails to prepare a
+ * write with "no such function: branchmesh_replica_is_read_only", before anything is written. A program that
+ * defines the function itself passes; that is still seen afterwards (SqliteApply.writtenByOthers).
+ * The name is the message: it is all SQLite shows the application.
+ */
+export const GUARD_FUNCTION = 'branchmesh_replica_is_read_only'
+const GUARD_TRIGGER = `${OWN_PREFIX}g`
+
+/** The guard triggers of replica table `id` (see GUARD_FUNCTION). */
+export function guardTriggersSql(id: number, table: string): string[] {
+  const message = 'branchmesh: this database is a replica; write at the origin (mesh status names it)'
+  return (['INSERT', 'UPDATE', 'DELETE'] as const).map(
+    (op) =>
+      `CREATE TRIGGER IF NOT EXISTS ${quote(`${GUARD_TRIGGER}${id}_${op.toLowerCase()}`)} BEFORE ${op} ON ${quote(table)} ` +
+      `WHEN ${GUARD_FUNCTION}() BEGIN SELECT RAISE(ABORT, '${message}'); END`
+  )
+}
+
+/** Drops every guard trigger: the database becomes writable by any program (a restore, a promotion). */
+export function dropGuards(db: DB): void {
+  const names = db
+    .prepare(`SELECT name FROM main.sqlite_schema WHERE type = 'trigger' AND substr(name, 1, ?) = ?`)
+    .pluck()
+    .all(GUARD_TRIGGER.length, GUARD_TRIGGER) as string[]
+  for (const n of names) db.exec(`DROP TRIGGER IF EXISTS ${quote(n)}`)
+}
+
 export function quote(name: string): string {
   return '"' + name.replaceAll('"', '""') + '"'
 }
@@ -69,6 +99,8 @@ export function openDatabase(path: string, opts: OpenOptions): DB {
   }
   try {
     db.prepare('SELECT count(*) FROM sqlite_schema').get()
+    // branchmesh's own connections pass a replica's guard (GUARD_FUNCTION).
+    db.function(GUARD_FUNCTION, { deterministic: true }, () => 0)
   } catch (err) {
     db.close()
     throw sqliteError(err, path, 'cannot read')

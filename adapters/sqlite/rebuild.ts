@@ -13,7 +13,7 @@
 import fs from 'node:fs'
 import type { TableDef, Value } from '../../protocol/index.ts'
 import type { TableDiff } from '../types.ts'
-import { openDatabase, quote, readTables, sqliteError, valueTag, type DB, type TableInfo } from './common.ts'
+import { dropGuards, openDatabase, quote, readTables, sqliteError, valueTag, type DB, type TableInfo } from './common.ts'
 
 export async function backupDatabase(path: string, dest: string): Promise<void> {
   const db = openDatabase(path, { mustExist: true })
@@ -144,6 +144,7 @@ export function finishRestoredFile(partial: string, final: string): void {
     const meta = has ? (db.prepare(`SELECT v FROM _mesh_replica WHERE k = 'objects'`).pluck().get() as string | undefined) : undefined
     db.transaction(() => {
       for (const o of JSON.parse(meta ?? '[]') as Array<{ type: string; sql: string }>) if (o.type === 'trigger') db.exec(o.sql)
+      dropGuards(db)
       db.exec('DROP TABLE IF EXISTS _mesh_replica')
     })()
     db.pragma('journal_mode = DELETE')
