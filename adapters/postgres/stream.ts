@@ -69,15 +69,27 @@ export class ReplicationStream {
   /** Commit messages in `buf`. */
   private commits = 0
   private waiters: Array<() => void> = []
-  /** Set once the connection ended or broke; a stream is not started again (make a new one). */
-  ended = false
-  /** Why it ended, when it broke: read only after everything it delivered was taken. */
-  error: MeshError | null = null
-  /** Messages received in all, ever. */
-  received = 0
+  private _ended = false
+  private _error: MeshError | null = null
+  private _received = 0
 
   constructor(opts: ReplicationStreamOptions) {
     this.opts = opts
+  }
+
+  /** Set once the connection ended or broke; a stream is not started again (make a new one). */
+  get ended(): boolean {
+    return this._ended
+  }
+
+  /** Why it ended, when it broke: to throw only after everything it delivered was taken. */
+  get error(): MeshError | null {
+    return this._error
+  }
+
+  /** Messages received in all, ever. */
+  get received(): number {
+    return this._received
   }
 
   /** Messages held: received and not yet confirmed. */
@@ -109,7 +121,7 @@ export class ReplicationStream {
         .then(() => this.fail(new Error('Connection terminated: the replication stream stopped')))
         .catch((err) => {
           this.fail(err)
-          reject(this.error)
+          reject(this._error)
         })
     })
     try {
@@ -140,7 +152,7 @@ export class ReplicationStream {
       if (this.buf.length === 0) this.firstAt = Date.now()
       const payload = Buffer.from(b.subarray(25))
       this.buf.push(payload)
-      this.received++
+      this._received++
       if (payload[0] === 0x43) this.commits++
       // Paused only while a whole transaction waits here: its read and confirm resume the stream. (pgoutput
       // sends a transaction at its commit: pausing inside one would wait for ever.)
@@ -159,7 +171,7 @@ export class ReplicationStream {
   }
 
   private fail(err: unknown): void {
-    if (this.ended) return
+    if (this._ended) return
     let e = pgError(err, this.opts.url, 'the replication stream ended')
     if (SLOT_GONE.test(e.message)) {
       e = this.opts.slotGone()
@@ -172,8 +184,8 @@ export class ReplicationStream {
       })
       this.stale = true
     }
-    this.error = e
-    this.ended = true
+    this._error = e
+    this._ended = true
     this.wake()
   }
 
@@ -252,7 +264,7 @@ export class ReplicationStream {
 
   /** Ends the connection (no error is recorded) and wakes whoever waits. */
   async close(): Promise<void> {
-    this.ended = true
+    this._ended = true
     await this.client?.end().catch(() => {})
     this.wake()
   }
