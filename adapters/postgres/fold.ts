@@ -5,14 +5,15 @@
  * Pure: no I/O, no client, no clock. Where the fold needs the origin database it yields what it needs as data
  * and goes on with the answer (capture.ts asks the database; a test answers by hand):
  * - `table`: rows of the batch's first transaction have a shape not known yet (a table created or altered);
- *   the answer is the table as those rows have it. A later transaction with a new shape ends the batch
- *   instead, so the schema entry that describes it comes first in the next unit.
+ *   the answer is the table as those rows have it. A later transaction with a new shape, or one that
+ *   truncates a table, ends the batch before it instead, so the schema entry that describes it comes first in
+ *   the next unit.
  * - `rows`: rows whose primary key changed while a TOASTed value stayed as it was (see `Lookup`); the answer
  *   is each row as the origin holds it now, or null where it is gone.
  *
  * It takes whole transactions only: the messages of one that has not committed are left for the next read.
- * It does not decide whether a table is captured (`FoldInput.skipped` says so) and does not remember what it
- * folded: the caller drops the messages once the log holds them.
+ * It does not decide which tables are captured (the caller names those that are not; branchmesh's own schema
+ * never is), and does not remember what it folded: the caller drops the messages once the log holds them.
  */
 import type { TableChanges, TableDef, Value } from '../../protocol/index.ts'
 import { OWN_SCHEMA, UNCHANGED, isUnchanged } from './common.ts'
