@@ -5,7 +5,7 @@
  * transaction, so a crash leaves all of a unit or none of it. Rows are written a table at a time: keys to
  * delete in one DELETE, rows in one INSERT ... ON CONFLICT (key) DO UPDATE, each fed by unnest() over text
  * arrays and cast to the column types, so a unit of thousands of rows costs a few statements. A unit holds
- * each key's net change once (see capture.ts), so the order of its rows does not matter.
+ * each key's net change once (see fold.ts), so the order of its rows does not matter.
  *
  * The apply session runs with session_replication_role = replica where allowed (a superuser): the origin's
  * triggers and foreign-key checks do not fire again for rows the origin already checked. Unique and

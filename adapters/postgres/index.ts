@@ -1,4 +1,5 @@
-export { PostgresCapture, capturePrerequisites, type PostgresCaptureOptions } from './capture.ts'
+export { PostgresCapture, type PostgresCaptureOptions } from './capture.ts'
+export { capturePrerequisites } from './slot.ts'
 export { PostgresApply, CREATE_META, type PostgresApplyOptions } from './apply.ts'
 export { PostgresTriggerCapture, type PostgresTriggerCaptureOptions } from './triggers.ts'
 export { diffPgDatabases, mendPgDatabase } from './verify.ts'
