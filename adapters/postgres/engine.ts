@@ -10,7 +10,8 @@ import { hashFile } from '../files.ts'
 import { ensurePgDatabase, dropPgDatabase, findPgProgram, pgScratchUrl, runPgProgram } from './admin.ts'
 import { adoptReplica } from './adopt.ts'
 import { CREATE_META, PostgresApply } from './apply.ts'
-import { PostgresCapture, capturePrerequisites } from './capture.ts'
+import { PostgresCapture } from './capture.ts'
+import { capturePrerequisites } from './slot.ts'
 import {
   SEQUENCES_TABLE,
   checkUrl,
