@@ -8,7 +8,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { dump, openWal } from './helpers/db.ts'
+import { dump, openBehindTheMesh, openWal } from './helpers/db.ts'
 import { mesh, startMesh, waitUntil } from './helpers/mesh.ts'
 import { Workload, prng } from './helpers/workload.ts'
 
@@ -245,7 +245,7 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
   const provenEqual = JSON.parse(r.stdout).seq
   // Someone changes b's copy directly: one balance altered, one account deleted.
   const file = b.replicaOf(a)!
-  const copy = openWal(file)
+  const copy = openBehindTheMesh(file)
   copy.prepare('UPDATE accounts SET balance = balance + 1 WHERE id = 3').run()
   copy.prepare('DELETE FROM accounts WHERE id = 7').run()
   copy.close()

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { dump, openWal } from './helpers/db.ts'
+import { dump, openBehindTheMesh, openWal } from './helpers/db.ts'
 import { mesh, startMesh, waitUntil } from './helpers/mesh.ts'
 import { Workload } from './helpers/workload.ts'
 
@@ -98,8 +98,12 @@ test('two promotions at once on both sides of a partition: once they meet, every
   assert.equal(da.originSite, winner.name)
   assert.equal(da.divergences.filter((x) => x.changes > 0).length, 0, 'A wrote nothing after the promotions')
 
-  // An application still pointed at the loser's database (a replica now) is not stopped, but it is reported.
-  tagged(loserFile, 'stray', 1)
+  // An application still pointed at the loser's database (a replica now) is stopped before it writes...
+  assert.throws(() => tagged(loserFile, 'stray', 1), /branchmesh_replica_is_read_only/)
+  // ...and a program that gets past the guard is reported.
+  const stray = openBehindTheMesh(loserFile)
+  stray.prepare('INSERT INTO tags (tag, n) VALUES (?, ?)').run('stray-0', 0)
+  stray.close()
   await waitUntil('the loser reports writes to its copy', async () => {
     const h = (await loser.status()).datasets.find((x) => x.name === ds)!.holders.find((x) => x.site === loser.name)!
     return h.error === 'REPLICA_WRITTEN'

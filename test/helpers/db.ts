@@ -46,3 +46,13 @@ export function openWal(file: string): Database.Database {
   db.pragma('journal_mode = WAL')
   return db
 }
+
+/**
+ * A connection to a replica that gets past its guard (it defines the function the guard calls), as a careless
+ * or hostile program could: to change a copy behind the mesh's back.
+ */
+export function openBehindTheMesh(file: string): Database.Database {
+  const db = openWal(file)
+  db.function('branchmesh_replica_is_read_only', () => 0)
+  return db
+}
