@@ -5,6 +5,8 @@
  * transaction, a lost one or a doubled one is caught.
  */
 import Database from 'better-sqlite3'
+import { openWal, readDb, sqliteOrigin } from './db.ts'
+import type { TestContext } from './teardown.ts'
 
 export const SCHEMA = `
   CREATE TABLE IF NOT EXISTS accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
@@ -124,6 +126,32 @@ export class Workload {
         else this.s.noteUpd.run(this.int(7))
     }
   }
+}
+
+/**
+ * An origin for the workload: `origin.db` in a temporary folder, its tables made and its accounts filled,
+ * open with a workload of seed `seed` on it; all of it gone when the test ends.
+ */
+export function workloadOrigin(
+  t: TestContext,
+  seed: number
+): { dir: string; file: string; db: Database.Database; w: Workload } {
+  const { dir, file, db } = sqliteOrigin(t)
+  setup(db)
+  return { dir, file, db, w: new Workload(db, seed) }
+}
+
+/** Writes `n` random transactions of up to `maxOps` statements into `file`, from this (non-node) process. */
+export function writeWorkload(file: string, seed: number, n: number, maxOps = 8): void {
+  const db = openWal(file)
+  const w = new Workload(db, seed)
+  for (let i = 0; i < n; i++) w.transaction(maxOps)
+  db.close()
+}
+
+/** The invariants (see checkInvariants) of the database in `file` now, read through a read-only connection. */
+export function invariantsOf(file: string): { total: bigint; events: number; maxSerial: number } {
+  return readDb(file, checkInvariants)
 }
 
 /** The invariants any state the origin had satisfies. */
