@@ -45,14 +45,14 @@ const ROW = (n: number) => `(
   NULL)`
 
 test('every type round-trips exactly: existing rows, inserts, updates, deletes, NULLs, TOASTed values', async (t) => {
-  const { change } = await setup(
+  const { change, same } = await setup(
     t,
     `${TYPES}
      INSERT INTO everything (id, i2, i4, i8, num, numfree, r, d, t, vc, ch, b, ok, day, ts, tstz, iv, u, j, jb, ints, texts, m, big) VALUES ${ROW(1)}, ${ROW(2)};
      INSERT INTO everything (id) VALUES (3);
      SELECT setval('everything_id_seq', 3);`
   )
-  await change('the initial copy')
+  await t.test('the initial copy equals the origin', () => same('the initial copy'))
   await change(
     'inserts, updates, deletes and special values',
     `
@@ -74,14 +74,14 @@ test('every type round-trips exactly: existing rows, inserts, updates, deletes, 
 })
 
 test('tables without a primary key keep their duplicates (REPLICA IDENTITY FULL); sequences stay at or past the origin', async (t) => {
-  const { change, cluster } = await setup(
+  const { change, same, cluster } = await setup(
     t,
     `CREATE TABLE history (tid int, delta int, note text);
      INSERT INTO history VALUES (1, 10, 'x'), (1, 10, 'x'), (2, 20, NULL);
      CREATE SEQUENCE invoice_no START 1000;
      CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int DEFAULT nextval('invoice_no'));`
   )
-  await change('the initial copy with duplicates')
+  await t.test('the initial copy keeps the duplicates', () => same('the initial copy with duplicates'))
   await change(
     'duplicates, an update of a keyless row, identity inserts',
     `INSERT INTO history VALUES (1, 10, 'x'); DELETE FROM history WHERE ctid = (SELECT min(ctid) FROM history WHERE tid = 1)`,
@@ -107,7 +107,7 @@ test('schema changes at the origin reach the replica: new tables, new and droppe
     `CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(8,2));
      INSERT INTO items SELECT g, 'item ' || g, g * 1.25 FROM generate_series(1, 50) g;`
   )
-  await change('before')
+  await t.test('the initial copy equals the origin', () => same('before'))
   await change(
     'a column added with a default and no row written since',
     `ALTER TABLE items ADD COLUMN stock int NOT NULL DEFAULT 5`
@@ -160,14 +160,14 @@ test('a column rename stops apply with UNSUPPORTED_DDL, the replica stays at its
 })
 
 test('foreign keys and unique constraints: the replica has them (deferred to commit) and follows writes in any order', async (t) => {
-  const { change, cluster } = await setup(
+  const { change, same, cluster } = await setup(
     t,
     `CREATE TABLE parent (id int PRIMARY KEY, code text UNIQUE);
      CREATE TABLE child (id int PRIMARY KEY, parent int NOT NULL REFERENCES parent (id) ON DELETE CASCADE, note text);
      INSERT INTO parent VALUES (1, 'a'), (2, 'b');
      INSERT INTO child VALUES (10, 1, 'x'), (20, 2, 'y');`
   )
-  await change('the initial copy')
+  await t.test('the initial copy equals the origin', () => same('the initial copy'))
   // Codes swapped between two rows, a parent deleted with its children, a new parent and child together.
   await change(
     'swaps, cascades and new rows',
@@ -188,11 +188,11 @@ test('foreign keys and unique constraints: the replica has them (deferred to com
 })
 
 test('a transaction larger than the stream buffer, writes on both sides of an ALTER in one transaction, a key change that keeps a TOASTed value', async (t) => {
-  const { change } = await setup(
+  const { change, same } = await setup(
     t,
     `CREATE TABLE big (id int PRIMARY KEY, v text); CREATE TABLE items (id int PRIMARY KEY, name text); CREATE TABLE docs (id int PRIMARY KEY, body text, n int)`
   )
-  await change('before')
+  await t.test('the initial copy equals the origin', () => same('before'))
   // 250,000 row messages in one transaction: more than the stream keeps before it pauses.
   await change(
     'one transaction of 250,000 rows, then another',
