@@ -3,25 +3,27 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { readMeshState, sitePaths } from '../node/index.ts'
-import { mesh, startMesh, waitUntil } from './helpers/mesh.ts'
-import { startTs } from './helpers/proc.ts'
+import { mesh, meshSites, waitUntil } from './helpers/mesh.ts'
+import { tsProcess } from './helpers/teardown.ts'
 
 test('membership and bad input: strangers and other protocol versions get nothing; bad join codes, wrong dirs, a second node, an unreachable bootstrap fail clearly and change nothing', async (t) => {
-  const { dir, bootstrap, sites, codes } = await startMesh(t, ['shop-a', 'shop-b'])
+  const { dir, bootstrap, sites, codes } = await meshSites(t, ['shop-a', 'shop-b'])
   const [a, b] = sites
   const used = codes[0]
   await waitUntil('B holds A\'s rows', () => b.holdsExactly(a))
-  // Keys and secrets are files only this user can read.
-  for (const f of ['site.key', 'invites.json', 'node.sock', 'node.log']) {
-    assert.equal(fs.statSync(path.join(a.dir, f)).mode & 0o777, 0o600, `${f} is mode 0600`)
-  }
-  assert.equal(fs.statSync(path.join(b.dir, 'site.key')).mode & 0o777, 0o600)
   const state = readMeshState(sitePaths(a.dir))
   const meshId = Buffer.from(state.meshId).toString('hex')
   const logKey = Buffer.from(state.datasets.find((d) => d.originSite === 'shop-a')!.log).toString('hex')
 
+  await t.test('keys and secrets are files only this user can read', () => {
+    for (const f of ['site.key', 'invites.json', 'node.sock', 'node.log']) {
+      assert.equal(fs.statSync(path.join(a.dir, f)).mode & 0o777, 0o600, `${f} is mode 0600`)
+    }
+    assert.equal(fs.statSync(path.join(b.dir, 'site.key')).mode & 0o777, 0o600)
+  })
+
   await t.test('a process with the topic and a log key but no membership gets nothing, and the refusal is logged', async () => {
-    const intruder = startTs('test/helpers/intruder.ts', ['stranger', bootstrap, meshId, logKey, '6'])
+    const intruder = tsProcess(t, 'test/helpers/intruder.ts', ['stranger', bootstrap, meshId, logKey, '6'])
     const line = await intruder.waitLine(/^\{/, 30_000)
     const r = JSON.parse(line)
     assert.equal(r.length, 0, 'no block of the log reached the stranger')
@@ -33,7 +35,7 @@ test('membership and bad input: strangers and other protocol versions get nothin
 
   await t.test('a member speaking control protocol version 2 is refused before any data flows, and status says why', async () => {
     const code = await a.invite()
-    const peer = startTs('test/helpers/intruder.ts', ['v2', bootstrap, meshId, logKey, '6', code])
+    const peer = tsProcess(t, 'test/helpers/intruder.ts', ['v2', bootstrap, meshId, logKey, '6', code])
     const r = JSON.parse(await peer.waitLine(/^\{/, 60_000))
     assert.ok(r.connections > 0, 'it did connect (it is a member)')
     assert.equal(r.length, 0, 'no block of the log reached it')

@@ -6,20 +6,17 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { PostgresApply, PostgresCapture } from '../adapters/index.ts'
+import { PostgresCapture } from '../adapters/index.ts'
 import { tmpDir } from './helpers/db.ts'
 import { MESH, mesh, waitUntil } from './helpers/mesh.ts'
-import { startNodeProcess } from './helpers/proc.ts'
-import { pgDump, startCluster } from './helpers/pg.ts'
-import { startSidesPipeline } from './helpers/pipeline.ts'
+import { pgCluster, pgDump } from './helpers/pg.ts'
+import { pgPipeline } from './helpers/pipeline.ts'
+import { nodeProcess, type TestContext } from './helpers/teardown.ts'
 
 test('mesh init refuses a bad URL, a wrong password, a missing database and a server without logical decoding, and creates nothing', async (t) => {
-  const cluster = await startCluster()
-  t.after(() => cluster.stop())
-  const plain = await startCluster({ conf: ['wal_level = replica'] })
-  t.after(() => plain.stop())
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
+  const cluster = await pgCluster(t)
+  const plain = await pgCluster(t, { conf: ['wal_level = replica'] })
+  const dir = tmpDir(t)
   await cluster.createDatabase('shop')
   await plain.createDatabase('shop')
   // A user that must give a password (scram), ahead of the cluster's trust rule.
@@ -62,19 +59,10 @@ test('mesh init refuses a bad URL, a wrong password, a missing database and a se
   assert.equal(fs.statSync(path.join(dir, 'site', 'config.json')).mode & 0o777, 0o600, 'config.json (it may hold a password) is 0600')
 })
 
-async function pipeline(t: import('node:test').TestContext, init: string) {
-  const cluster = await startCluster()
-  t.after(() => cluster.stop())
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
-  const origin = await cluster.createDatabase('origin')
-  const replicaUrl = await cluster.createDatabase('replica')
-  await cluster.query(init, [], 'origin')
-  const capture = new PostgresCapture({ url: origin, slot: 'branchmesh_e', publication: 'branchmesh_e' })
-  const replica = new PostgresApply({ url: replicaUrl, dataset: 'ds1' })
-  const p = await startSidesPipeline(dir, capture, replica, { pollMs: 5 })
-  t.after(() => p.close())
-  return { cluster, origin, replicaUrl, capture, p }
+/** A pipeline whose origin starts with `init`, captured by logical decoding through the slot branchmesh_e. */
+function pipeline(t: TestContext, init: string) {
+  const capture = (url: string) => new PostgresCapture({ url, slot: 'branchmesh_e', publication: 'branchmesh_e' })
+  return pgPipeline(t, { init, capture })
 }
 
 test('a slot dropped behind the mesh: the whole database is copied again, and the replica ends equal', async (t) => {
@@ -129,16 +117,14 @@ test('the origin database disappears: capture stops with PG_NO_DATABASE and its 
 })
 
 test('mesh status warns, with the node off, when the origin slot keeps WAL piling up on the database server', async (t) => {
-  const cluster = await startCluster()
-  t.after(() => cluster.stop())
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
+  const cluster = await pgCluster(t)
+  const dir = tmpDir(t)
   const url = await cluster.createDatabase('shop')
   const site = path.join(dir, 'site')
   const init = await mesh(['init', '--dir', site, '--site', 'a', '--postgres', url, '--bootstrap', '127.0.0.1:1'])
   assert.equal(init.code, 0, init.stderr)
   // The node runs once (its dataset is in the mesh, the initial copy in the log), then the PC is switched off.
-  const node = startNodeProcess([MESH, 'start', '--dir', site, '--log-json'], 'the node')
+  const node = nodeProcess(t, [MESH, 'start', '--dir', site, '--log-json'], 'the node')
   await node.waitLine(/initial snapshot written/, 60_000)
   await node.kill('SIGTERM')
   const cfgFile = path.join(site, 'config.json')
@@ -165,10 +151,8 @@ test('mesh status warns, with the node off, when the origin slot keeps WAL pilin
 })
 
 test('a join that fails leaves no slot behind; after init, tables without a primary key keep taking updates and deletes', async (t) => {
-  const cluster = await startCluster()
-  t.after(() => cluster.stop())
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
+  const cluster = await pgCluster(t)
+  const dir = tmpDir(t)
   const a = await cluster.createDatabase('a')
   const b = await cluster.createDatabase('b')
   await cluster.query(`CREATE TABLE log (at int, what text); INSERT INTO log VALUES (1, 'x')`, [], 'a')

@@ -4,8 +4,8 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { dump, openWal } from './helpers/db.ts'
-import { mesh, startMesh, waitUntil } from './helpers/mesh.ts'
+import { dump, sqliteDb } from './helpers/db.ts'
+import { mesh, meshSites, waitUntil } from './helpers/mesh.ts'
 import { Workload } from './helpers/workload.ts'
 
 /** The sqlite3 program writes `sql` into `file`; its exit code and what it said. */
@@ -16,10 +16,9 @@ function sqlite3(file: string, sql: string): { code: number | null; stderr: stri
 }
 
 test('a replica refuses writes from other programs; one that gets past is reported until the copy is repaired', async (t) => {
-  const { sites } = await startMesh(t, ['shop-a', 'shop-b'])
+  const { sites } = await meshSites(t, ['shop-a', 'shop-b'])
   const [a, b] = sites
-  const db = openWal(a.db)
-  t.after(() => db.close())
+  const db = sqliteDb(t, a.db)
   const work = new Workload(db, 3)
   for (let i = 0; i < 20; i++) work.transaction()
   await waitUntil('b holds a', () => b.holdsExactly(a), 60_000)

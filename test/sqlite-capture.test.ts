@@ -1,14 +1,11 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
-import { dump, openWal, tmpDir } from './helpers/db.ts'
-import { startPipeline } from './helpers/pipeline.ts'
+import { dump, readDb, sqliteOrigin } from './helpers/db.ts'
+import { sqlitePipeline } from './helpers/pipeline.ts'
 
 test('every storage class round-trips bit-exact, in every kind of table', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
-  const file = path.join(dir, 'origin.db')
-  const db = openWal(file)
+  const { dir, file, db } = sqliteOrigin(t)
   db.exec(`
     CREATE TABLE ipk (id INTEGER PRIMARY KEY, v);
     CREATE TABLE comp (a TEXT, b INTEGER, v, PRIMARY KEY (a, b));
@@ -46,8 +43,7 @@ test('every storage class round-trips bit-exact, in every kind of table', async 
   }
   // Some rows exist before capture starts: they must arrive through the snapshot.
   values.forEach((v, i) => ins.ipk.run(BigInt(i + 1), v))
-  const p = await startPipeline(dir, file)
-  t.after(() => p.close())
+  const p = await sqlitePipeline(t, dir, file)
   db.transaction(() => {
     values.forEach((v, i) => {
       ins.comp.run('k' + (i % 3), BigInt(i), v)
@@ -73,17 +69,12 @@ test('every storage class round-trips bit-exact, in every kind of table', async 
   })()
   await p.settle()
   assert.deepEqual(dump(path.join(dir, 'replica.db')), dump(file))
-  db.close()
 })
 
 test('a table created while running is picked up, and its rows arrive', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
-  const file = path.join(dir, 'origin.db')
-  const db = openWal(file)
+  const { dir, file, db } = sqliteOrigin(t)
   db.exec('CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT)')
-  const p = await startPipeline(dir, file)
-  t.after(() => p.close())
+  const p = await sqlitePipeline(t, dir, file)
   db.exec("CREATE TABLE later (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO later (v) VALUES ('one'), ('two');")
   db.exec("CREATE INDEX later_v ON later (v); CREATE VIEW later_view AS SELECT v FROM later")
   await p.settle()
@@ -91,12 +82,11 @@ test('a table created while running is picked up, and its rows arrive', async (t
   await p.settle()
   const replica = path.join(dir, 'replica.db')
   assert.deepEqual(dump(replica), dump(file))
-  const r = openWal(replica)
-  const objects = r.prepare("SELECT name FROM sqlite_schema WHERE name IN ('later_v', 'later_view') ORDER BY name").pluck().all()
-  r.close()
+  const objects = readDb(replica, (r) =>
+    r.prepare("SELECT name FROM sqlite_schema WHERE name IN ('later_v', 'later_view') ORDER BY name").pluck().all()
+  )
   assert.deepEqual(objects, ['later_v', 'later_view'])
   db.exec('DROP TABLE later')
   await p.settle()
   assert.deepEqual(dump(replica), dump(file))
-  db.close()
 })

@@ -1,32 +1,24 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
-import Corestore from 'corestore'
-import Database from 'better-sqlite3'
 import { SqliteApply } from '../adapters/index.ts'
 import { decodeSqliteSource } from '../adapters/sqlite/capture.ts'
-import { ApplyLoop, DatasetLog } from '../node/index.ts'
-import { dump, openWal, tmpDir } from './helpers/db.ts'
-import { startTs } from './helpers/proc.ts'
-import { Workload, checkInvariants, prng, setup } from './helpers/workload.ts'
+import { dump } from './helpers/db.ts'
+import { applyLoop, openLog } from './helpers/pipeline.ts'
+import { teardown, tsProcess } from './helpers/teardown.ts'
+import { invariantsOf, prng, workloadOrigin } from './helpers/workload.ts'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 test('SIGKILL of the capturing process at 20 random moments, with another process writing: nothing lost, nothing doubled', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
-  const file = path.join(dir, 'origin.db')
+  // Existing data, so that early kills land in the middle of the initial snapshot.
+  const { dir, file, db, w } = workloadOrigin(t, 1)
   const storeDir = path.join(dir, 'store')
   const replicaFile = path.join(dir, 'replica.db')
-  // Existing data, so that early kills land in the middle of the initial snapshot.
-  const db = openWal(file)
-  setup(db)
-  const w = new Workload(db, 1)
   for (let i = 0; i < 1500; i++) w.transaction(20)
   db.close()
 
-  const writer = startTs('test/helpers/writer.ts', [file, '99', '0', '1'])
-  t.after(() => writer.kill('SIGKILL'))
+  const writer = tsProcess(t, 'test/helpers/writer.ts', [file, '99', '0', '1'])
   await writer.waitLine(/^ready/)
   const rand = prng(2024)
   const marks = new Map<number, number>()
@@ -34,7 +26,7 @@ test('SIGKILL of the capturing process at 20 random moments, with another proces
   let killsMidSnapshot = 0
 
   for (let round = 0; round < 20; round++) {
-    const cap = startTs('test/helpers/capture-proc.ts', [file, storeDir])
+    const cap = tsProcess(t, 'test/helpers/capture-proc.ts', [file, storeDir])
     // Kill at a random moment: sometimes before it is even ready (mid-snapshot, mid-append).
     if (rand() < 0.3) {
       await sleep(150 + rand() * 400)
@@ -47,7 +39,7 @@ test('SIGKILL of the capturing process at 20 random moments, with another proces
 
     // Restart after the kill, let it run with the writer still writing, then stop the writer and let capture
     // catch up to the last commit before a clean stop.
-    const again = startTs('test/helpers/capture-proc.ts', [file, storeDir])
+    const again = tsProcess(t, 'test/helpers/capture-proc.ts', [file, storeDir])
     await again.waitLine(/^ready/, 60_000)
     await sleep(rand() * 100)
     writer.proc.kill('SIGSTOP')
@@ -57,10 +49,11 @@ test('SIGKILL of the capturing process at 20 random moments, with another proces
     await again.exited
 
     // Apply everything the log holds to the replica (continuing from where the last round left it).
-    const store = new Corestore(storeDir)
-    const log = await DatasetLog.writable(store, storeDir, 'ds1', 0)
+    const { store, log } = await openLog(storeDir)
+    teardown(t, () => store.close())
     const side = new SqliteApply({ path: replicaFile })
-    const loop = new ApplyLoop({ segments: [{ log, epoch: 0, end: null }], apply: side })
+    teardown(t, () => side.close())
+    const loop = applyLoop(log, side)
     await side.open()
     await loop.catchUp()
     assert.equal(side.position()?.length, log.length)
@@ -80,9 +73,7 @@ test('SIGKILL of the capturing process at 20 random moments, with another proces
     await store.close()
 
     assert.deepEqual(dump(replicaFile), dump(file), `round ${round}`)
-    const r = new Database(replicaFile, { readonly: true })
-    const inv = checkInvariants(r)
-    r.close()
+    const inv = invariantsOf(replicaFile)
     assert.equal(inv.events, inv.maxSerial, 'no event lost or doubled')
     writer.proc.kill('SIGCONT')
   }

@@ -2,14 +2,13 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import Corestore from 'corestore'
 import { MeshError } from '../protocol/index.ts'
 import { SqliteApply, SqliteCapture } from '../adapters/index.ts'
-import { ApplyLoop, CaptureLoop, DatasetLog } from '../node/index.ts'
-import { dump, openWal, tmpDir } from './helpers/db.ts'
+import { dump, sqliteDb, sqliteOrigin, tmpDir } from './helpers/db.ts'
 import { memoryLogger } from './helpers/logger.ts'
-import { startPipeline } from './helpers/pipeline.ts'
-import { mountTmpfs } from './helpers/tmpfs.ts'
+import { applyLoop, captureLoop, openLog, sqlitePipeline } from './helpers/pipeline.ts'
+import { teardown } from './helpers/teardown.ts'
+import { tmpfs } from './helpers/tmpfs.ts'
 
 async function rejectsWith(p: Promise<unknown>, code: string): Promise<MeshError> {
   try {
@@ -24,8 +23,7 @@ async function rejectsWith(p: Promise<unknown>, code: string): Promise<MeshError
 }
 
 test('a file that is not SQLite, and a missing file, are refused with what to do', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
+  const dir = tmpDir(t)
   const junk = path.join(dir, 'junk.db')
   fs.writeFileSync(junk, Buffer.alloc(8192, 'not a database, just text. '))
   await rejectsWith(new SqliteCapture({ path: junk }).open(), 'NOT_SQLITE')
@@ -35,23 +33,19 @@ test('a file that is not SQLite, and a missing file, are refused with what to do
   assert.equal(fs.readFileSync(junk).toString().slice(0, 10), 'not a data')
   // A replica path that holds someone else's database is refused too, not written into.
   const theirs = path.join(dir, 'theirs.db')
-  openWal(theirs).exec('CREATE TABLE precious (x)')
+  sqliteDb(t, theirs).exec('CREATE TABLE precious (x)')
   await rejectsWith(new SqliteApply({ path: theirs }).open(), 'BAD_REPLICA')
 })
 
 test('a locked database is a retryable DATABASE_LOCKED, and capture resumes once the lock goes', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
-  const file = path.join(dir, 'origin.db')
-  const db = openWal(file)
+  const { dir, file, db } = sqliteOrigin(t)
   db.exec('CREATE TABLE a (id INTEGER PRIMARY KEY, v)')
   db.exec('BEGIN EXCLUSIVE')
   const err = await rejectsWith(new SqliteCapture({ path: file, busyTimeoutMs: 100 }).open(), 'DATABASE_LOCKED')
   assert.equal(err.retryable, true)
   db.exec('COMMIT')
 
-  const p = await startPipeline(dir, file)
-  t.after(() => p.close())
+  const p = await sqlitePipeline(t, dir, file)
   db.exec("INSERT INTO a (v) VALUES ('before')")
   await p.settle()
   // The application holds the write lock for a while: capture keeps what it has and acknowledges later.
@@ -62,14 +56,10 @@ test('a locked database is a retryable DATABASE_LOCKED, and capture resumes once
   db.exec("INSERT INTO a (v) VALUES ('after')")
   await p.settle()
   assert.deepEqual(dump(path.join(dir, 'replica.db')), dump(file))
-  db.close()
 })
 
 test('tables that cannot be captured are named with the reason; the rest replicate', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
-  const file = path.join(dir, 'origin.db')
-  const db = openWal(file)
+  const { dir, file, db } = sqliteOrigin(t)
   db.exec("CREATE TABLE a (id INTEGER PRIMARY KEY, v); CREATE VIRTUAL TABLE docs USING fts5(body); INSERT INTO docs VALUES ('hello')")
   const logger = memoryLogger()
   const side = new SqliteCapture({ path: file, logger })
@@ -80,39 +70,29 @@ test('tables that cannot be captured are named with the reason; the rest replica
   assert.ok(logger.lines.some((l) => l.level === 'warn' && l.msg.startsWith('CANNOT_CAPTURE: table docs')))
   await side.close()
 
-  const p = await startPipeline(dir, file)
-  t.after(() => p.close())
+  const p = await sqlitePipeline(t, dir, file)
   db.exec("INSERT INTO a (v) VALUES (1), (2); INSERT INTO docs VALUES ('more')")
   await p.settle()
   const r = dump(path.join(dir, 'replica.db'))
   assert.deepEqual(Object.keys(r), ['a'])
   assert.deepEqual(r.a, dump(file).a)
-  db.close()
 })
 
 test('a damaged change row or a dropped capture trigger never makes the replica wrong', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
-  const file = path.join(dir, 'origin.db')
-  const db = openWal(file)
+  const { dir, file, db } = sqliteOrigin(t)
   db.exec("CREATE TABLE a (id INTEGER PRIMARY KEY, v); INSERT INTO a (v) VALUES ('x'), ('y')")
-  const storeDir = path.join(dir, 'store')
-  const store = new Corestore(storeDir)
-  t.after(() => store.close())
-  const log = await DatasetLog.writable(store, storeDir, 'ds', 0)
+  const { store, log } = await openLog(path.join(dir, 'store'))
+  teardown(t, () => store.close())
   const logger = memoryLogger()
   const side = new SqliteCapture({ path: file, logger, ackIntervalMs: 0 })
-  const loop = new CaptureLoop({
-    capture: side,
-    log,
-    header: { dataset: 'ds', name: 'n', engine: 'sqlite', epoch: 0, site: 's', createdAt: 0, parent: null }
-  })
+  teardown(t, () => side.close())
+  const loop = captureLoop(side, log)
   await loop.prepare()
   while ((await loop.step()) > 0);
   const replica = new SqliteApply({ path: path.join(dir, 'replica.db') })
-  const apply = new ApplyLoop({ segments: [{ log, epoch: 0, end: null }], apply: replica })
+  teardown(t, () => replica.close())
+  const apply = applyLoop(log, replica)
   await replica.open()
-  t.after(() => replica.close())
 
   // A change row holding a key that cannot be a rowid.
   const d = db.prepare("SELECT name FROM sqlite_schema WHERE name LIKE '_mesh_d%'").pluck().get() as string
@@ -127,39 +107,27 @@ test('a damaged change row or a dropped capture trigger never makes the replica 
   assert.ok(logger.lines.filter((l) => l.msg.startsWith('CORRUPT_CHANGE')).length >= 2)
   await apply.catchUp()
   assert.deepEqual(dump(path.join(dir, 'replica.db')), dump(file))
-  await side.close()
-  db.close()
 })
 
 test('a full disk under the log stops capture without losing anything; it resumes when space returns', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  const mounts: Array<{ unmount(): void }> = []
-  t.after(() => {
-    for (const m of mounts) m.unmount()
-    cleanup()
-  })
+  const { dir, file, db } = sqliteOrigin(t)
   const small = path.join(dir, 'small')
-  const fs1 = mountTmpfs(small, '6m')
-  mounts.push(fs1)
-  const file = path.join(dir, 'origin.db')
-  const db = openWal(file)
+  const fs1 = tmpfs(t, small, '6m')
   db.exec('CREATE TABLE big (id INTEGER PRIMARY KEY, payload BLOB)')
   const storeDir = path.join(small, 'store')
-  let store = new Corestore(storeDir)
-  let log = await DatasetLog.writable(store, storeDir, 'ds', 0)
+  let { store, log } = await openLog(storeDir)
+  teardown(t, () => store.close())
   const side = new SqliteCapture({ path: file, ackIntervalMs: 0 })
-  const loop = new CaptureLoop({
-    capture: side,
-    log,
-    header: { dataset: 'ds', name: 'n', engine: 'sqlite', epoch: 0, site: 's', createdAt: 0, parent: null },
+  teardown(t, () => side.close())
+  const loop = captureLoop(side, log, {
     pollMs: 5,
     async reopenLog() {
       await store.close().catch(() => {})
-      store = new Corestore(storeDir)
-      log = await DatasetLog.writable(store, storeDir, 'ds', 0)
+      ;({ store, log } = await openLog(storeDir))
       return log
     }
   })
+  teardown(t, () => loop.stop())
   await loop.start()
   const ins = db.prepare('INSERT INTO big (payload) VALUES (randomblob(100000))')
   db.transaction(() => {
@@ -180,10 +148,10 @@ test('a full disk under the log stops capture without losing anything; it resume
 
   // The replica side: applying into a full disk fails whole, and resumes.
   const rdir = path.join(dir, 'rsmall')
-  const fs2 = mountTmpfs(rdir, '4m')
-  mounts.push(fs2)
+  const fs2 = tmpfs(t, rdir, '4m')
   const replica = new SqliteApply({ path: path.join(rdir, 'replica.db') })
-  const apply = new ApplyLoop({ segments: [{ log, epoch: 0, end: null }], apply: replica })
+  teardown(t, () => replica.close())
+  const apply = applyLoop(log, replica)
   await replica.open()
   await rejectsWith(apply.catchUp(), "DISK_FULL")
   const stuck = replica.position()?.length ?? 0
@@ -193,7 +161,4 @@ test('a full disk under the log stops capture without losing anything; it resume
   assert.equal(replica.position()?.length, log.length)
   await replica.close()
   assert.deepEqual(dump(path.join(rdir, 'replica.db')), dump(file))
-  await side.close()
-  await store.close()
-  db.close()
 })

@@ -1,37 +1,32 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
-import Database from 'better-sqlite3'
-import { dump, openWal, tmpDir } from './helpers/db.ts'
-import { startPipeline } from './helpers/pipeline.ts'
-import { startTs } from './helpers/proc.ts'
-import { TOTAL, Workload, checkInvariants, setup } from './helpers/workload.ts'
+import { dump, sqliteDb } from './helpers/db.ts'
+import { sqlitePipeline } from './helpers/pipeline.ts'
+import { teardown, tsProcess } from './helpers/teardown.ts'
+import { TOTAL, checkInvariants, workloadOrigin } from './helpers/workload.ts'
 
 test('random workload and a 200,000-row transaction: the replica equals the origin and never shows a split transaction', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
-  const file = path.join(dir, 'origin.db')
-  const db = openWal(file)
-  setup(db)
-  const w = new Workload(db, 42)
+  const { dir, file, db, w } = workloadOrigin(t, 42)
   for (let i = 0; i < 300; i++) w.transaction()
-  const p = await startPipeline(dir, file, { pollMs: 1, blockBytes: 64 * 1024 })
-  t.after(() => p.close())
+  const p = await sqlitePipeline(t, dir, file, { pollMs: 1, blockBytes: 64 * 1024 })
 
   // After every unit the replica applies, it must be a state the origin had: the money adds up and the
   // event serials have no gap.
   const replicaFile = path.join(dir, 'replica.db')
-  const reader = new Database(replicaFile, { readonly: true })
-  t.after(() => reader.close())
+  const reader = sqliteDb(t, replicaFile, { readonly: true })
   let checked = 0
   const violations: string[] = []
-  p.apply.on('applied', () => {
+  const check = () => {
     if (p.replica.state() !== 'ready') return
     const inv = checkInvariants(reader)
     checked++
     if (inv.total !== TOTAL) violations.push(`total ${inv.total}`)
     if (inv.events !== inv.maxSerial) violations.push(`events ${inv.events} vs serial ${inv.maxSerial}`)
-  })
+  }
+  p.apply.on('applied', check)
+  // The reader closes first when the test ends: the check goes before it (an idle capture may still append).
+  teardown(t, () => p.apply.off('applied', check))
 
   for (let round = 0; round < 30; round++) {
     for (let i = 0; i < 40; i++) w.transaction()
@@ -53,25 +48,19 @@ test('random workload and a 200,000-row transaction: the replica equals the orig
   assert.deepEqual(dump(replicaFile), want)
   // The big transaction spanned many blocks of one unit.
   assert.ok(p.originLog.length > 20)
-  db.close()
 })
 
 test('writes from a separate OS process are captured', async (t) => {
-  const { dir, cleanup } = tmpDir()
-  t.after(cleanup)
-  const file = path.join(dir, 'origin.db')
-  const db = openWal(file)
-  setup(db)
+  const { dir, file, db } = workloadOrigin(t, 7)
   db.close()
-  const p = await startPipeline(dir, file)
-  t.after(() => p.close())
-  const writer = startTs('test/helpers/writer.ts', [file, '7', '500'])
+  const p = await sqlitePipeline(t, dir, file)
+  const writer = tsProcess(t, 'test/helpers/writer.ts', [file, '7', '500'])
   const done = await writer.waitLine(/^done \d+/, 60_000)
   assert.equal(done, 'done 500')
   await p.settle()
   const replicaFile = path.join(dir, 'replica.db')
   assert.deepEqual(dump(replicaFile), dump(file))
-  const r = new Database(replicaFile, { readonly: true })
+  const r = sqliteDb(t, replicaFile, { readonly: true })
   assert.equal(checkInvariants(r).maxSerial, 500)
   r.close()
 })

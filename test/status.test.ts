@@ -50,34 +50,46 @@ test('status: a caught-up mesh is OK, exit 0', () => {
   assert.equal(s.datasets[0].holders[1].lagEntries, 0)
 })
 
-test('status: a site silent for 26 hours is CRIT and says so in words; 17 hours is WARN', () => {
+test('status: a site silent for 26 hours is CRIT, exit 2, and says so in words', () => {
   const crit = status({ at: now - 26 * HOUR, holdings: [holding({})] })
   assert.equal(crit.verdict, 'CRIT')
   assert.equal(VERDICT_EXIT[crit.verdict], 2)
   assert.ok(crit.reasons.some((r) => r.level === 'CRIT' && r.text === 'shop-b has not been heard from for 26 hours'), JSON.stringify(crit.reasons))
+})
+
+test('status: a site silent for 17 hours is WARN, exit 1', () => {
   const warn = status({ at: now - 17 * HOUR, holdings: [holding({})] })
   assert.equal(warn.verdict, 'WARN')
   assert.equal(VERDICT_EXIT[warn.verdict], 1)
 })
 
-test('status: lag in entries, bytes and seconds, with configurable thresholds', () => {
+test('status: lag in entries, bytes and seconds, with configurable thresholds', async (t) => {
   const h = holding({ applied: 40, appliedBytes: 4000, downloaded: 60, appliedWriteAt: now - 3 * HOUR })
-  const s = status({ holdings: [h] })
-  const holder = s.datasets[0].holders.find((x) => x.site === 'shop-b')!
-  assert.equal(holder.lagEntries, 60)
-  assert.equal(holder.lagBytes, 6000)
-  assert.equal(holder.lagSeconds, 2 * 3600)
-  assert.equal(s.verdict, 'WARN')
-  assert.equal(s.datasets[0].heldBy, 0, 'the latest write is not held by shop-b')
-  const strict = status({ holdings: [h] }, { ...DEFAULT_THRESHOLDS, lagCritSeconds: 3600 })
-  assert.equal(strict.verdict, 'CRIT')
-  assert.ok(strict.reasons.some((r) => /shop-b's copy of till is 2 hours behind/.test(r.text)))
+
+  await t.test('a copy 2 hours behind shows its lag in entries, bytes and seconds, and is WARN', () => {
+    const s = status({ holdings: [h] })
+    const holder = s.datasets[0].holders.find((x) => x.site === 'shop-b')!
+    assert.equal(holder.lagEntries, 60)
+    assert.equal(holder.lagBytes, 6000)
+    assert.equal(holder.lagSeconds, 2 * 3600)
+    assert.equal(s.verdict, 'WARN')
+    assert.equal(s.datasets[0].heldBy, 0, 'the latest write is not held by shop-b')
+  })
+
+  await t.test('with lagCritSeconds at one hour, the same copy is CRIT and the reason says how far behind', () => {
+    const strict = status({ holdings: [h] }, { ...DEFAULT_THRESHOLDS, lagCritSeconds: 3600 })
+    assert.equal(strict.verdict, 'CRIT')
+    assert.ok(strict.reasons.some((r) => /shop-b's copy of till is 2 hours behind/.test(r.text)))
+  })
 })
 
-test('status: a stopped replica, a damaged block and a node that is not running are reported', () => {
+test('status: a replica stopped at a damaged block is CRIT, and the damaged block is named', () => {
   const stopped = status({ holdings: [holding({ applied: 50, error: 'BAD_ENTRY', errorMessage: 'BAD_ENTRY: block 50 is damaged', damaged: 1 })] })
   assert.equal(stopped.verdict, 'CRIT')
   assert.ok(stopped.reasons.some((r) => r.level === 'WARN' && /damaged block/.test(r.text)))
+})
+
+test('status: a node that is not running is CRIT, and the first reason says so', () => {
   const off = buildStatus({ self: a, site: 'shop-a', state: { meshId: crypto.randomBytes(32), members: [{ key: a, site: 'shop-a', addedAt: now }], datasets: [], local: [] }, reports: [], connected: new Set(), running: false, refused: [], now, thresholds: DEFAULT_THRESHOLDS })
   assert.equal(off.verdict, 'CRIT')
   assert.match(off.reasons[0].text, /not running/)

@@ -3,15 +3,13 @@
  * Usage: node --import tsx test/helpers/apply-proc.ts STORE_DIR REPLICA_FILE
  * Prints "applied N" after each unit, "caught-up N" at the end.
  */
-import Corestore from 'corestore'
 import { SqliteApply } from '../../adapters/index.ts'
-import { ApplyLoop, DatasetLog } from '../../node/index.ts'
+import { applyLoop, openLog } from './pipeline.ts'
 
 const [storeDir, replica] = process.argv.slice(2)
-const store = new Corestore(storeDir)
-const log = await DatasetLog.writable(store, storeDir, 'ds1', 0)
+const { store, log } = await openLog(storeDir)
 const side = new SqliteApply({ path: replica })
-const loop = new ApplyLoop({ segments: [{ log, epoch: 0, end: null }], apply: side })
+const loop = applyLoop(log, side)
 loop.on('applied', ({ length }) => process.stdout.write(`applied ${length}\n`))
 await side.open()
 await loop.catchUp()

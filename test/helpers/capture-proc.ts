@@ -3,22 +3,13 @@
  * Usage: node --import tsx test/helpers/capture-proc.ts ORIGIN_FILE STORE_DIR
  * Prints "ready" once capturing. On SIGTERM it captures what is committed, closes, prints "stopped".
  */
-import Corestore from 'corestore'
 import { SqliteCapture } from '../../adapters/index.ts'
-import { CaptureLoop, DatasetLog } from '../../node/index.ts'
+import { captureLoop, openLog } from './pipeline.ts'
 
 const [file, storeDir] = process.argv.slice(2)
-const store = new Corestore(storeDir)
-const log = await DatasetLog.writable(store, storeDir, 'ds1', 0)
+const { store, log } = await openLog(storeDir)
 const side = new SqliteCapture({ path: file, ackIntervalMs: 20 })
-const loop = new CaptureLoop({
-  capture: side,
-  log,
-  header: { dataset: 'ds1', name: 'shop', engine: 'sqlite', epoch: 0, site: 'a', createdAt: Date.now(), parent: null },
-  pollMs: 2,
-  snapshotRows: 500,
-  blockBytes: 16 * 1024
-})
+const loop = captureLoop(side, log, { pollMs: 2, snapshotRows: 500, blockBytes: 16 * 1024 })
 process.on('SIGTERM', async () => {
   await loop.stop()
   while ((await loop.step()) > 0);

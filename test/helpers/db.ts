@@ -1,14 +1,61 @@
-/** Test helpers for SQLite files: a canonical dump that compares values by storage class and bits. */
+/**
+ * Test helpers for SQLite files: temporary folders and connections that go when the test ends, and a
+ * canonical dump that compares values by storage class and bits.
+ */
 import Database from 'better-sqlite3'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { valueTag } from '../../adapters/index.ts'
 import { readTables } from '../../adapters/sqlite/common.ts'
+import { teardown, type TestContext } from './teardown.ts'
 
-export function tmpDir(prefix = 'mesh-test-'): { dir: string; cleanup: () => void } {
+/**
+ * A new temporary folder. Given the test context: its path, and the folder is removed when the test ends.
+ * Given only a prefix (the bench scripts): the folder and the function that removes it.
+ */
+export function tmpDir(t: TestContext, prefix?: string): string
+export function tmpDir(prefix?: string): { dir: string; cleanup: () => void }
+export function tmpDir(
+  first?: TestContext | string,
+  second?: string
+): string | { dir: string; cleanup: () => void } {
+  const t = typeof first === 'object' ? first : null
+  const prefix = (t === null ? (first as string | undefined) : second) ?? 'mesh-test-'
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
-  return { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) }
+  const cleanup = () => fs.rmSync(dir, { recursive: true, force: true })
+  if (t === null) return { dir, cleanup }
+  teardown(t, cleanup)
+  return dir
+}
+
+/**
+ * A connection to a SQLite file for this test, closed when the test ends unless the test closed it. In WAL
+ * mode, as an application's (see openWal); `{ readonly: true }` opens it read-only and changes nothing.
+ */
+export function sqliteDb(t: TestContext, file: string, opts: { readonly?: boolean } = {}): Database.Database {
+  const db = opts.readonly ? new Database(file, { readonly: true }) : openWal(file)
+  teardown(t, () => {
+    if (db.open) db.close()
+  })
+  return db
+}
+
+/** A temporary folder with `origin.db` in it, open in WAL mode: all of it gone when the test ends. */
+export function sqliteOrigin(t: TestContext): { dir: string; file: string; db: Database.Database } {
+  const dir = tmpDir(t)
+  const file = path.join(dir, 'origin.db')
+  return { dir, file, db: sqliteDb(t, file) }
+}
+
+/** Opens `file` read-only, returns what `fn` reads from it, and closes it again. */
+export function readDb<T>(file: string, fn: (db: Database.Database) => T): T {
+  const db = new Database(file, { readonly: true })
+  try {
+    return fn(db)
+  } finally {
+    db.close()
+  }
 }
 
 /** Every user table: its definition and its rows, each value tagged with its storage class, in key order. */
@@ -27,15 +74,6 @@ export function dump(file: string): Record<string, { sql: string; rows: string[]
       out[t.name] = { sql: t.sql, rows: lines }
     }
     return out
-  } finally {
-    db.close()
-  }
-}
-
-export function rowCount(file: string, table: string): number {
-  const db = new Database(file, { readonly: true, fileMustExist: true })
-  try {
-    return Number(db.prepare(`SELECT count(*) AS n FROM "${table}"`).pluck().get())
   } finally {
     db.close()
   }

@@ -2,13 +2,14 @@
  * Sites for mesh tests: each a data directory set up with the real `mesh` commands and a node running as its
  * own OS process (`mesh start`), on a local DHT test network on loopback.
  */
-import { spawn } from "node:child_process"
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import createTestnet, { type Testnet } from 'hyperdht/testnet'
+import createTestnet from 'hyperdht/testnet'
 import { askNode, statusFromDisk, DEFAULT_THRESHOLDS, type SiteStatus } from '../../node/index.ts'
 import { dump, openWal, tmpDir } from './db.ts'
 import { ROOT, startNodeProcess, type Child } from './proc.ts'
+import { teardown, type TestContext } from './teardown.ts'
 import { setup } from './workload.ts'
 
 export const MESH = path.join(ROOT, 'tools', 'mesh.js')
@@ -38,9 +39,11 @@ export function mesh(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?
   })
 }
 
-export async function startTestnet(): Promise<{ testnet: Testnet; bootstrap: string }> {
-  const testnet = await createTestnet(3, { host: '127.0.0.1' })
-  return { testnet, bootstrap: testnet.bootstrap.map((b) => `${b.host}:${b.port}`).join(',') }
+/** A local DHT test network on loopback for a test, destroyed when it ends: its bootstrap list, HOST:PORT,... */
+export async function testnet(t: TestContext): Promise<string> {
+  const net = await createTestnet(3, { host: '127.0.0.1' })
+  teardown(t, () => net.destroy())
+  return net.bootstrap.map((b) => `${b.host}:${b.port}`).join(',')
 }
 
 export async function waitUntil(what: string, fn: () => boolean | Promise<boolean>, timeoutMs = 60_000, every = 200): Promise<void> {
@@ -126,6 +129,13 @@ export class TestSite {
   }
 }
 
+/** A SQLite site in `root` (its database made and set up for the workload); its node is killed when the test ends. */
+export function sqliteSite(t: TestContext, root: string, name: string, bootstrap: string): TestSite {
+  const site = new TestSite(root, name, bootstrap)
+  teardown(t, () => site.stop('SIGKILL'))
+  return site
+}
+
 /** Waits until every site's replica of every other site equals that origin, row by row. */
 export async function converged(sites: TestSite[], origins: TestSite[] = sites, timeoutMs = 90_000): Promise<void> {
   for (const o of origins) {
@@ -156,19 +166,14 @@ export interface TestMesh {
  * `before` runs once the databases exist and before any `mesh` command (to write rows that predate the mesh).
  * Everything is stopped and removed when the test ends.
  */
-export async function startMesh(
-  t: { after(fn: () => Promise<void>): void },
+export async function meshSites(
+  t: TestContext,
   names: string[],
   before?: (sites: TestSite[]) => void
 ): Promise<TestMesh> {
-  const { dir, cleanup } = tmpDir(`mesh-${names.length}-`)
-  const { testnet, bootstrap } = await startTestnet()
-  const sites = names.map((n) => new TestSite(dir, n, bootstrap))
-  t.after(async () => {
-    for (const s of sites) await s.stop('SIGKILL')
-    await testnet.destroy()
-    cleanup()
-  })
+  const dir = tmpDir(t, `mesh-${names.length}-`)
+  const bootstrap = await testnet(t)
+  const sites = names.map((n) => sqliteSite(t, dir, n, bootstrap))
   before?.(sites)
   const [first, ...rest] = sites
   await first.init()

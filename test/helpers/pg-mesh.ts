@@ -8,10 +8,11 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { pgReplicaUrl } from '../../adapters/postgres/engine.ts'
 import type { DatasetInfo } from '../../protocol/index.ts'
-import { MESH, mesh, startTestnet } from './mesh.ts'
+import { MESH, mesh, testnet } from './mesh.ts'
 import { tmpDir } from './db.ts'
 import { pgDump, startCluster, type PgCluster } from './pg.ts'
 import { startNodeProcess, type Child } from './proc.ts'
+import { teardown, type TestContext } from './teardown.ts'
 
 export class PgSite {
   readonly name: string
@@ -89,21 +90,36 @@ export class PgSite {
 }
 
 /**
+ * A PostgreSQL site in `root` with its cluster started and its database `shop` made; its node is killed and
+ * its cluster stopped and removed when the test ends.
+ */
+export async function pgSite(
+  t: TestContext,
+  root: string,
+  name: string,
+  bootstrap: string,
+  opts: { noDecoding?: boolean } = {}
+): Promise<PgSite> {
+  const site = new PgSite(root, name, bootstrap, opts)
+  teardown(t, async () => {
+    await site.stop('SIGKILL')
+    await site.cluster?.stop()
+  })
+  await site.create()
+  return site
+}
+
+/**
  * Two PostgreSQL sites, a and b, each with its own cluster, on a testnet of their own; stopped and removed when
  * the test ends. `b.noDecoding`: b's server has no logical decoding.
  */
-export async function twoPgSites(t: { after(fn: () => Promise<void>): void }, opts: { noDecoding?: boolean } = {}): Promise<{ a: PgSite; b: PgSite; dir: string }> {
-  const { dir, cleanup } = tmpDir('mesh-pg-')
-  const { testnet, bootstrap } = await startTestnet()
-  const a = new PgSite(dir, 'a', bootstrap)
-  const b = new PgSite(dir, 'b', bootstrap, { noDecoding: opts.noDecoding })
-  t.after(async () => {
-    for (const s of [a, b]) await s.stop('SIGKILL')
-    for (const s of [a, b]) await s.cluster?.stop()
-    await testnet.destroy()
-    cleanup()
-  })
-  await a.create()
-  await b.create()
+export async function twoPgSites(
+  t: TestContext,
+  opts: { noDecoding?: boolean } = {}
+): Promise<{ a: PgSite; b: PgSite; dir: string }> {
+  const dir = tmpDir(t, 'mesh-pg-')
+  const bootstrap = await testnet(t)
+  const a = await pgSite(t, dir, 'a', bootstrap)
+  const b = await pgSite(t, dir, 'b', bootstrap, { noDecoding: opts.noDecoding })
   return { a, b, dir }
 }

@@ -17,6 +17,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { createRequire } from 'node:module'
 import pg from 'pg'
+import { teardown, type TestContext } from './teardown.ts'
 
 const require = createRequire(import.meta.url)
 
@@ -262,7 +263,7 @@ export interface ClusterOptions {
   conf?: string[]
 }
 
-/** Starts a new cluster. The caller stops it (tests: `t.after(() => cluster.stop())`). */
+/** Starts a new cluster. The caller stops it (tests: pgCluster). */
 export async function startCluster(opts: ClusterOptions = {}): Promise<PgCluster> {
   const { bin, from, looked } = findPgBin()
   if (!bin) {
@@ -344,6 +345,13 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<PgCluster
       fs.rmSync(dir, { recursive: true, force: true })
     }
   }
+  return cluster
+}
+
+/** A new cluster for a test (see startCluster), stopped and removed when the test ends. */
+export async function pgCluster(t: TestContext, opts: ClusterOptions = {}): Promise<PgCluster> {
+  const cluster = await startCluster(opts)
+  teardown(t, () => cluster.stop())
   return cluster
 }
 

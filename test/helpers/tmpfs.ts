@@ -5,8 +5,10 @@
  */
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
+import { teardown, type TestContext } from './teardown.ts'
 
-export function mountTmpfs(dir: string, size: string): { resize(size: string): void; unmount(): void } {
+/** Mounts a tmpfs of `size` at `dir` for the test; it is unmounted when the test ends. */
+export function tmpfs(t: TestContext, dir: string, size: string): { resize(size: string): void } {
   if (process.env.MESH_TEST_NO_MOUNT === '1') {
     throw new Error('MESH_TEST_NO_MOUNT=1: the full-disk test needs a tmpfs mount (root) and cannot run here')
   }
@@ -19,12 +21,11 @@ export function mountTmpfs(dir: string, size: string): { resize(size: string): v
         'Run the tests as root, or set MESH_TEST_NO_MOUNT=1 to leave these tests out (they are then reported as failed).'
     )
   }
+  teardown(t, () => execFileSync('umount', ['-l', dir], { stdio: 'pipe' }))
   return {
     resize(s) {
       execFileSync('mount', ['-o', `remount,size=${s}`, dir], { stdio: 'pipe' })
-    },
-    unmount() {
-      execFileSync('umount', ['-l', dir], { stdio: 'pipe' })
     }
   }
 }
+

@@ -6,6 +6,8 @@
  */
 import Database from 'better-sqlite3'
 import { prng } from '../../tools/prng.ts'
+import { openWal, readDb, sqliteOrigin } from './db.ts'
+import type { TestContext } from './teardown.ts'
 
 export { prng }
 
@@ -116,6 +118,32 @@ export class Workload {
         else this.s.noteUpd.run(this.int(7))
     }
   }
+}
+
+/**
+ * An origin for the workload: `origin.db` in a temporary folder, its tables made and its accounts filled,
+ * open with a workload of seed `seed` on it; all of it gone when the test ends.
+ */
+export function workloadOrigin(
+  t: TestContext,
+  seed: number
+): { dir: string; file: string; db: Database.Database; w: Workload } {
+  const { dir, file, db } = sqliteOrigin(t)
+  setup(db)
+  return { dir, file, db, w: new Workload(db, seed) }
+}
+
+/** Writes `n` random transactions of up to `maxOps` statements into `file`, from this (non-node) process. */
+export function writeWorkload(file: string, seed: number, n: number, maxOps = 8): void {
+  const db = openWal(file)
+  const w = new Workload(db, seed)
+  for (let i = 0; i < n; i++) w.transaction(maxOps)
+  db.close()
+}
+
+/** The invariants (see checkInvariants) of the database in `file` now, read through a read-only connection. */
+export function invariantsOf(file: string): { total: bigint; events: number; maxSerial: number } {
+  return readDb(file, checkInvariants)
 }
 
 /** The invariants any state the origin had satisfies. */
