@@ -20,7 +20,10 @@ test('a version-1 SQLite capture position still decodes (no identity, counters 0
     { id: 3, seq: 40, reset: 0 },
     { id: 5, seq: 7, reset: 1 }
   ])
-  assert.throws(() => decodeSqliteSource(Buffer.from([3, 0])), (e: { code: string }) => e.code === 'BAD_LOG')
+  assert.throws(
+    () => decodeSqliteSource(Buffer.from([3, 0])),
+    (e: { code: string }) => e.code === 'BAD_LOG'
+  )
 })
 
 const key = crypto.keyPair()
@@ -36,7 +39,10 @@ test('a report with notices: signed, decoded with them; without, its bytes are t
   assert.ok(Buffer.from(withN.body).subarray(0, plain.body.byteLength).equals(Buffer.from(plain.body)))
   assert.equal(openReport(plain.body, plain.signature).report.notices, undefined)
   const bad = Buffer.concat([Buffer.from(plain.body), Buffer.from(c.encode(c.uint, 2))])
-  assert.throws(() => openReport(bad, plain.signature), (e: { code: string }) => e.code === 'UNKNOWN_FLAGS')
+  assert.throws(
+    () => openReport(bad, plain.signature),
+    (e: { code: string }) => e.code === 'UNKNOWN_FLAGS'
+  )
 })
 
 const HOUR = 3600_000
@@ -57,7 +63,18 @@ function status(local: Partial<LocalDataset>, notices: Report['notices'] = []) {
         { key: a, site: 'shop-a', addedAt: now - 1000 * HOUR },
         { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
       ],
-      datasets: [{ id: 'd1', name: 'till', engine: 'sqlite', origin: a, originSite: 'shop-a', epoch: 0, log, createdAt: now - 1000 * HOUR }],
+      datasets: [
+        {
+          id: 'd1',
+          name: 'till',
+          engine: 'sqlite',
+          origin: a,
+          originSite: 'shop-a',
+          epoch: 0,
+          log,
+          createdAt: now - 1000 * HOUR
+        }
+      ],
       local: [{ dataset: 'd1', path: '/x', written: [], divergences: [], ...local }]
     },
     reports: [
@@ -74,9 +91,24 @@ function status(local: Partial<LocalDataset>, notices: Report['notices'] = []) {
 
 test('a checkpoint mismatch names mesh repair only where verify found the copy differs, mesh resync where it found it equal', () => {
   const checkpoint = { length: 50, seq: 50, ok: false, rows: 10, originRows: 11, at: now }
-  const verify = (ok: boolean, seq: number, repaired = false) => ({ dataset: 'till', seq, at: now, ok, tables: [], repaired, parted: null })
-  const text = (s: ReturnType<typeof status>) => s.reasons.filter((r) => /checkpoint/.test(r.text)).map((r) => r.text).join('\n')
-  assert.match(text(status({ checkpoint })), /run mesh verify till: if this copy differs from the log, mesh repair till mends it; if it equals the log, .*mesh resync till at shop-a/)
+  const verify = (ok: boolean, seq: number, repaired = false) => ({
+    dataset: 'till',
+    seq,
+    at: now,
+    ok,
+    tables: [],
+    repaired,
+    parted: null
+  })
+  const text = (s: ReturnType<typeof status>) =>
+    s.reasons
+      .filter((r) => /checkpoint/.test(r.text))
+      .map((r) => r.text)
+      .join('\n')
+  assert.match(
+    text(status({ checkpoint })),
+    /run mesh verify till: if this copy differs from the log, mesh repair till mends it; if it equals the log, .*mesh resync till at shop-a/
+  )
   const equal = text(status({ checkpoint, verified: verify(true, 60) }))
   assert.match(equal, /equal to the log .* mesh resync till at shop-a/)
   assert.doesNotMatch(equal, /mesh repair/)
@@ -87,7 +119,13 @@ test('a checkpoint mismatch names mesh repair only where verify found the copy d
 })
 
 test('a replaced origin file shows as a WARN for a week at every site, with the restore command; a resync does not warn', () => {
-  const n = { dataset: 'd1', kind: 'replaced', at: now - HOUR, seq: 70, text: 'it is an older copy of the captured file' }
+  const n = {
+    dataset: 'd1',
+    kind: 'replaced',
+    at: now - HOUR,
+    seq: 70,
+    text: 'it is an older copy of the captured file'
+  }
   const s = status({}, [n, { ...n, kind: 'resync', at: now - 2 * HOUR, seq: 60, text: 'asked with mesh resync' }])
   assert.equal(s.datasets[0].copies.length, 2)
   const warns = s.reasons.filter((r) => /copied into the log again/.test(r.text))

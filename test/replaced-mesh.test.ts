@@ -44,16 +44,29 @@ test('an old backup put over the origin file, node running and stopped: copied a
 
   await t.test('running: restored through SQLite by another process', async () => {
     await run('test/helpers/sql-proc.ts', [a.db, 'restore', old])
-    await waitUntil('a recorded the copy', async () => (await copiesOf(a, ds)).some((c) => c.kind === 'replaced'), 30_000)
+    await waitUntil(
+      'a recorded the copy',
+      async () => (await copiesOf(a, ds)).some((c) => c.kind === 'replaced'),
+      30_000
+    )
     await waitUntil("b holds exactly a's rows", () => b.holdsExactly(a), 60_000)
     assert.deepEqual(dump(a.db), dump(old))
     await run('test/helpers/writer.ts', [a.db, '17', '30'])
     await waitUntil("b holds exactly a's rows", () => b.holdsExactly(a), 60_000)
     for (const s of sites) {
-      await waitUntil(`${s.name} shows the replacement`, async () => {
-        const st = await s.status()
-        return st.reasons.some((r) => r.level === 'WARN' && /shop-a at shop-a was replaced/.test(r.text) && /mesh restore shop-a --seq/.test(r.text))
-      }, 30_000)
+      await waitUntil(
+        `${s.name} shows the replacement`,
+        async () => {
+          const st = await s.status()
+          return st.reasons.some(
+            (r) =>
+              r.level === 'WARN' &&
+              /shop-a at shop-a was replaced/.test(r.text) &&
+              /mesh restore shop-a --seq/.test(r.text)
+          )
+        },
+        30_000
+      )
     }
   })
 
@@ -63,7 +76,9 @@ test('an old backup put over the origin file, node running and stopped: copied a
     assert.equal(again.length, 1)
     assert.ok(again[0].seq >= seqBefore)
     const to = path.join(dir, 'before.db')
-    const r = await mesh(['restore', ds, '--seq', String(seqBefore), '--to', to, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+    const r = await mesh(['restore', ds, '--seq', String(seqBefore), '--to', to, '--dir', b.dir, '--json'], {
+      timeoutMs: 120_000
+    })
     assert.equal(r.code, 0, r.stderr)
     assert.equal(JSON.stringify(dump(to)), before)
   })
@@ -72,7 +87,11 @@ test('an old backup put over the origin file, node running and stopped: copied a
     await a.stop()
     execFileSync('cp', [old, a.db])
     await a.start()
-    await waitUntil('a recorded a second copy', async () => (await copiesOf(a, ds)).filter((c) => c.kind === 'replaced').length === 2, 30_000)
+    await waitUntil(
+      'a recorded a second copy',
+      async () => (await copiesOf(a, ds)).filter((c) => c.kind === 'replaced').length === 2,
+      30_000
+    )
     await run('test/helpers/writer.ts', [a.db, '18', '30'])
     await waitUntil("b holds exactly a's rows", () => b.holdsExactly(a), 60_000)
   })
@@ -91,10 +110,14 @@ test('an old backup put over the origin file, node running and stopped: copied a
     assert.equal(log.units.filter((u: { note: string }) => /copied again/.test(u.note)).length, 3)
     await waitUntil('b sees the resync', async () => (await copiesOf(b, ds)).some((c) => c.kind === 'resync'), 30_000)
     if (res.checkpoint !== null) {
-      await waitUntil("b's copy matches the checkpoint after the resync", async () => {
-        const c = (await b.status()).datasets.find((d) => d.name === ds)?.checkpoint
-        return c?.ok === true && c.seq >= res.checkpoint
-      }, 30_000)
+      await waitUntil(
+        "b's copy matches the checkpoint after the resync",
+        async () => {
+          const c = (await b.status()).datasets.find((d) => d.name === ds)?.checkpoint
+          return c?.ok === true && c.seq >= res.checkpoint
+        },
+        30_000
+      )
     }
   })
 })

@@ -35,7 +35,13 @@ async function seeded(t: { after(fn: () => Promise<void> | void): void }, txs = 
   setup(db)
   const w = new Workload(db, 5)
   for (let i = 0; i < txs; i++) w.transaction()
-  const s: Setup & { old: string } = { dir, file, old, replica: path.join(dir, 'replica.db'), p: await startPipeline(dir, file) }
+  const s: Setup & { old: string } = {
+    dir,
+    file,
+    old,
+    replica: path.join(dir, 'replica.db'),
+    p: await startPipeline(dir, file)
+  }
   t.after(async () => {
     await s.p.close().catch(() => {})
     cleanup()
@@ -120,7 +126,11 @@ test('`cp old.db shop.db` with capture stopped: noticed at the next start, copie
 test('the file deleted and created again by another program while capture runs', async (t) => {
   const s = await seeded(t)
   removeDb(s.file)
-  await run('test/helpers/sql-proc.ts', [s.file, 'exec', `${SCHEMA} INSERT INTO accounts VALUES (1, 1000000); INSERT INTO notes VALUES ('new', 1.5);`])
+  await run('test/helpers/sql-proc.ts', [
+    s.file,
+    'exec',
+    `${SCHEMA} INSERT INTO accounts VALUES (1, 1000000); INSERT INTO notes VALUES ('new', 1.5);`
+  ])
   await waitUntil('capture copied the database again', () => s.p.capture.stats.resnapshots === 1, 30_000)
   await s.p.settle()
   assert.deepEqual(dump(s.replica), dump(s.file))
@@ -172,9 +182,15 @@ for (const kind of ['not SQLite', "another application's database"] as const) {
     const replace = async () => {
       moveDb(s.file, original)
       if (kind === 'not SQLite') fs.writeFileSync(s.file, 'these are not the rows you are looking for\n'.repeat(200))
-      else await run('test/helpers/sql-proc.ts', [s.file, 'exec', 'CREATE TABLE patients (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO patients VALUES (1, \'x\');'])
+      else
+        await run('test/helpers/sql-proc.ts', [
+          s.file,
+          'exec',
+          "CREATE TABLE patients (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO patients VALUES (1, 'x');"
+        ])
     }
-    const foreign = () => (kind === 'not SQLite' ? fs.readFileSync(s.file, 'latin1') : JSON.stringify(userTablesOf(s.file)))
+    const foreign = () =>
+      kind === 'not SQLite' ? fs.readFileSync(s.file, 'latin1') : JSON.stringify(userTablesOf(s.file))
 
     // Running.
     await replace()
@@ -186,7 +202,10 @@ for (const kind of ['not SQLite', "another application's database"] as const) {
     assert.equal(foreign(), was, 'the foreign file untouched')
     if (kind !== 'not SQLite') {
       const own = openWal(s.file)
-      const mesh = (own.prepare("SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_mesh%' ESCAPE '\\'").pluck().get() as number)
+      const mesh = own
+        .prepare("SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_mesh%' ESCAPE '\\'")
+        .pluck()
+        .get() as number
       own.close()
       assert.equal(mesh, 0, 'no capture objects written into the foreign database')
     }

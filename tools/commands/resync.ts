@@ -15,14 +15,13 @@ must be running.`,
   summary: 'append a fresh copy of the whole database to the log, for a log that is itself wrong',
   async run(args) {
     const { values, positionals } = parse('resync', args, { json: { type: 'boolean' } }, true)
-    if (positionals.length !== 1) throw MeshError.USAGE('name one dataset', { hint: 'Try: mesh resync DATASET --dir DIR' })
+    if (positionals.length !== 1)
+      throw MeshError.USAGE('name one dataset', { hint: 'Try: mesh resync DATASET --dir DIR' })
     const dir = resolveDir(values.dir)
     readConfig(dir)
-    const res = await askRunningNode<{ resync: { dataset: string; seq: number; rows: number; checkpoint: number | null } }>(
-      dir,
-      { cmd: 'resync', dataset: positionals[0] },
-      30 * 60_000
-    )
+    const res = await askRunningNode<{
+      resync: { dataset: string; seq: number; rows: number; checkpoint: number | null }
+    }>(dir, { cmd: 'resync', dataset: positionals[0] }, 30 * 60_000)
     const r = res.resync
     if (values.json) out(JSON.stringify(r))
     else {
