@@ -107,7 +107,11 @@ export class CaptureLoop extends EventEmitter {
     this.resnapshotDue = err
     const length = this.opts.log.length
     this.stats.resnapshots++
-    this.logger.warn('copying the whole database into the log again', { code: err.code, reason: err.message, at: length })
+    this.logger.warn('copying the whole database into the log again', {
+      code: err.code,
+      reason: err.message,
+      at: length
+    })
     const rows = await this.snapshot()
     this.resnapshotDue = null
     this.emit('resnapshot', { error: err, length, rows, resync: err.context.resync === true })
@@ -125,14 +129,17 @@ export class CaptureLoop extends EventEmitter {
     const path = typeof err.context.path === 'string' ? err.context.path : 'the source'
     if (tables.length === 0) {
       // A file that was just made holds no table yet: the application is likely creating them now.
-      throw MeshError.WRONG_DATABASE(`${path} was replaced by a database that holds no table yet; nothing is captured or sent until it does`, {
-        context: { path }
-      })
+      throw MeshError.WRONG_DATABASE(
+        `${path} was replaced by a database that holds no table yet; nothing is captured or sent until it does`,
+        { context: { path } }
+      )
     }
     if (tables.some((t) => carried.includes(t))) return
     const list = (l: string[]) => (l.length > 8 ? `${l.slice(0, 8).join(', ')}, ...` : l.join(', '))
     throw MeshError.WRONG_DATABASE(
-      `${path} was replaced by a database that shares no table with what the log carries (it has ${list(tables)}; the log has ${list(carried)}): it looks like another application's database. Nothing is captured or sent; put the dataset's database back at that path`,
+      `${path} was replaced by a database that shares no table with what the log carries ` +
+        `(it has ${list(tables)}; the log has ${list(carried)}): it looks like another application's database. ` +
+        "Nothing is captured or sent; put the dataset's database back at that path",
       { context: { path, tables, carried } }
     )
   }
@@ -142,8 +149,11 @@ export class CaptureLoop extends EventEmitter {
    * for a log that is itself wrong (a checkpoint differs while the copies equal the log).
    */
   resync(): Promise<{ length: number; rows: number }> {
-    if (!this.running) return Promise.reject(MeshError.NOT_RUNNING('capture is not running', { hint: 'mesh status says why.' }))
-    const next = this.queue.then(() => this.resnapshot(MeshError.SOURCE_RESET('mesh resync asked for a fresh copy', { context: { resync: true } })))
+    if (!this.running) {
+      return Promise.reject(MeshError.NOT_RUNNING('capture is not running', { hint: 'mesh status says why.' }))
+    }
+    const asked = MeshError.SOURCE_RESET('mesh resync asked for a fresh copy', { context: { resync: true } })
+    const next = this.queue.then(() => this.resnapshot(asked))
     this.queue = next.catch(() => {})
     return next
   }

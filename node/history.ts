@@ -67,7 +67,8 @@ export async function* walk(chain: ChainSegment[], opts: { from?: number; entrie
           note =
             copies++ === 0 && seg.epoch === 0
               ? 'initial copy of the whole database'
-              : 'whole database copied again (the origin file replaced, its capture position lost, or mesh resync): every copy is rebuilt from here; earlier positions keep the state before'
+              : 'whole database copied again (the origin file replaced, its capture position lost, or mesh resync): ' +
+                'every copy is rebuilt from here; earlier positions keep the state before'
         }
         if (e.kind === 'transaction' || e.kind === 'snapshot') {
           if (e.kind === 'transaction') time = e.time

@@ -216,7 +216,13 @@ export class Roles {
     if (list.length > 10) list.splice(0, list.length - 10)
     node.saveState()
     node.reports.markDirty()
-    node.logger.warn('the whole database was copied into the log again', { dataset: info.name, kind, seq, why, rows: e.rows })
+    node.logger.warn('the whole database was copied into the log again', {
+      dataset: info.name,
+      kind,
+      seq,
+      why,
+      rows: e.rows
+    })
   }
 
   /** Starts capture; a retryable failure (a locked database, a full disk) is retried in the background. */

@@ -291,15 +291,23 @@ export function buildStatus(input: StatusInput): SiteStatus {
       const after = verified !== null && verified.seq >= checkpoint.seq
       let mend: string
       if (after && verified.ok && !verified.repaired) {
-        mend = `mesh verify found this copy equal to the log at position ${verified.seq}, so the log itself is wrong: run mesh resync ${d.name} at ${origin}`
+        mend =
+          `mesh verify found this copy equal to the log at position ${verified.seq}, so the log itself is wrong: ` +
+          `run mesh resync ${d.name} at ${origin}`
       } else if (after && verified.repaired) {
-        mend = `mesh repair put the log's rows in place at position ${verified.seq}; run mesh checkpoint ${d.name} at ${origin} to compare again, and if it still differs, mesh resync ${d.name} at ${origin}`
+        mend =
+          `mesh repair put the log's rows in place at position ${verified.seq}; run mesh checkpoint ${d.name} ` +
+          `at ${origin} to compare again, and if it still differs, mesh resync ${d.name} at ${origin}`
       } else if (after) {
         mend = `mesh verify found this copy differs from the log: run mesh repair ${d.name}`
       } else {
-        mend = `run mesh verify ${d.name}: if this copy differs from the log, mesh repair ${d.name} mends it; if it equals the log, the log is wrong and mesh resync ${d.name} at ${origin} mends it`
+        mend =
+          `run mesh verify ${d.name}: if this copy differs from the log, mesh repair ${d.name} mends it; ` +
+          `if it equals the log, the log is wrong and mesh resync ${d.name} at ${origin} mends it`
       }
-      add('CRIT', `this site's copy of ${d.name} differs from the origin's checkpoint at position ${checkpoint.seq} (${checkpoint.rows} rows here, ${checkpoint.originRows} there${since}): ${mend}`)
+      const rows = `${checkpoint.rows} rows here, ${checkpoint.originRows} there${since}`
+      const at = `the origin's checkpoint at position ${checkpoint.seq}`
+      add('CRIT', `this site's copy of ${d.name} differs from ${at} (${rows}): ${mend}`)
     }
 
     // Whole copies made again by the origin (from the signed reports: the same at every site), for a week.
@@ -316,10 +324,15 @@ export function buildStatus(input: StatusInput): SiteStatus {
     for (const x of copies) {
       if (x.kind === 'resync') continue
       const to = ENGINES[d.engine]?.exampleTarget(d.name, x.seq) ?? 'NEW_DATABASE'
-      const what = x.kind === 'replaced' ? `the database of ${d.name} at ${x.site} was replaced (${x.why})` : `capture of ${d.name} at ${x.site} lost its position (${x.why})`
+      const what =
+        x.kind === 'replaced'
+          ? `the database of ${d.name} at ${x.site} was replaced (${x.why})`
+          : `capture of ${d.name} at ${x.site} lost its position (${x.why})`
       add(
         'WARN',
-        `${what} at ${new Date(x.at).toISOString()}: the whole database was copied into the log again at position ${x.seq} and every copy is rebuilt from it; if that was not meant, the state before it is: mesh restore ${d.name} --seq ${x.seq} --to ${to}`
+        `${what} at ${new Date(x.at).toISOString()}: the whole database was copied into the log again at position ` +
+          `${x.seq} and every copy is rebuilt from it; if that was not meant, the state before it is: ` +
+          `mesh restore ${d.name} --seq ${x.seq} --to ${to}`
       )
     }
 

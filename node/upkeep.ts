@@ -193,7 +193,8 @@ export class Upkeep {
     const head = findDataset(node.state.datasets, dataset)
     const o = node.roles.origins.get(head.id)
     if (!o) {
-      throw MeshError.USAGE(`${node.opts.site} is not the origin of ${head.name}: ${head.originSite} is, and only it can copy its database`, {
+      const who = `${node.opts.site} is not the origin of ${head.name}: ${head.originSite} is`
+      throw MeshError.USAGE(`${who}, and only it can copy its database`, {
         hint: `Run mesh resync ${head.name} at ${head.originSite}.`
       })
     }
@@ -205,7 +206,9 @@ export class Upkeep {
       const c = await o.loop.checkpointNow(60_000)
       checkpoint = seqOf(chain, { log: o.log.key, length: c.length }) ?? c.length
     } catch (err) {
-      node.logger.info('no checkpoint right after the resync; the periodic one follows', { error: (err as Error).message })
+      node.logger.info('no checkpoint right after the resync; the periodic one follows', {
+        error: (err as Error).message
+      })
     }
     return { dataset: head.name, seq, rows: copy.rows, checkpoint }
   }

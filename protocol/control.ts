@@ -277,7 +277,13 @@ const noticeEncoding = struct<Notice>({
     c.string.encode(s, n.text)
   },
   decode(s) {
-    return { dataset: c.string.decode(s), kind: c.string.decode(s), at: c.uint.decode(s), seq: c.uint.decode(s), text: c.string.decode(s) }
+    return {
+      dataset: c.string.decode(s),
+      kind: c.string.decode(s),
+      at: c.uint.decode(s),
+      seq: c.uint.decode(s),
+      text: c.string.decode(s)
+    }
   }
 })
 

@@ -124,7 +124,9 @@ export class MeshError extends Error {
    * application's database): nothing is captured or sent until the dataset's own database is back.
    */
   static WRONG_DATABASE = factory('WRONG_DATABASE', {
-    hint: "Put the dataset's own database back at its path; the node notices it by itself and captures on. A database that is really meant to be protected as well is a dataset of its own: give it its own path.",
+    hint:
+      "Put the dataset's own database back at its path; the node notices it by itself and captures on. " +
+      'A database that is really meant to be protected as well is a dataset of its own: give it its own path.',
     retryable: true
   })
   /** A PostgreSQL dataset reached a site with no PostgreSQL server configured for replicas. */

@@ -11,7 +11,7 @@ import { buildStatus, DEFAULT_THRESHOLDS } from '../node/index.ts'
 import { openReport, signReport, verifyReport, type Report } from '../protocol/index.ts'
 import type { LocalDataset } from '../node/state.ts'
 
-test('a version-1 SQLite capture position still decodes (no identity, counters 0); an unknown version is BAD_LOG', () => {
+test('a version-1 SQLite capture position still decodes (no identity, counters 0); an unknown one is BAD_LOG', () => {
   const v1 = Buffer.from([1, 2, 3, 40, 0, 5, 7, 1])
   const p = decodeSqliteSource(v1)
   assert.equal(p.identity, null)
@@ -29,7 +29,8 @@ test('a version-1 SQLite capture position still decodes (no identity, counters 0
 const key = crypto.keyPair()
 const base: Report = { site: key.publicKey, siteName: 'shop-a', at: 1, holdings: [], peers: [], software: 't' }
 
-test('a report with notices: signed, decoded with them; without, its bytes are those of protocol 1; unknown flags refused', () => {
+const NOTICES = 'a report with notices: signed, decoded; without, the bytes of protocol 1; unknown flags refused'
+test(NOTICES, () => {
   const plain = signReport(base, key.secretKey)
   const n = { dataset: 'd1', kind: 'replaced', at: 5, seq: 9, text: 'an older copy' }
   const withN = signReport({ ...base, notices: [n] }, key.secretKey)
@@ -89,7 +90,7 @@ function status(local: Partial<LocalDataset>, notices: Report['notices'] = []) {
   })
 }
 
-test('a checkpoint mismatch names mesh repair only where verify found the copy differs, mesh resync where it found it equal', () => {
+test('a checkpoint mismatch: mesh repair only where verify found a difference, mesh resync where none', () => {
   const checkpoint = { length: 50, seq: 50, ok: false, rows: 10, originRows: 11, at: now }
   const verify = (ok: boolean, seq: number, repaired = false) => ({
     dataset: 'till',
@@ -107,7 +108,7 @@ test('a checkpoint mismatch names mesh repair only where verify found the copy d
       .join('\n')
   assert.match(
     text(status({ checkpoint })),
-    /run mesh verify till: if this copy differs from the log, mesh repair till mends it; if it equals the log, .*mesh resync till at shop-a/
+    /run mesh verify till: if this copy differs from the log, mesh repair till mends it; .*mesh resync till at shop-a/
   )
   const equal = text(status({ checkpoint, verified: verify(true, 60) }))
   assert.match(equal, /equal to the log .* mesh resync till at shop-a/)
@@ -118,7 +119,7 @@ test('a checkpoint mismatch names mesh repair only where verify found the copy d
   assert.match(text(status({ checkpoint, verified: verify(true, 40) })), /run mesh verify till/)
 })
 
-test('a replaced origin file shows as a WARN for a week at every site, with the restore command; a resync does not warn', () => {
+test('a replaced origin file is a WARN for a week at every site, with the restore command; a resync is not', () => {
   const n = {
     dataset: 'd1',
     kind: 'replaced',

@@ -19,7 +19,10 @@ async function run(script: string, args: string[]): Promise<void> {
   await c.kill()
 }
 
-async function logJson(dir: string, dataset: string): Promise<any> {
+async function logJson(
+  dir: string,
+  dataset: string
+): Promise<{ length: number; units: Array<{ seq: number; note: string }> }> {
   const r = await mesh(['log', dataset, '--dir', dir, '--json', '--limit', '0'])
   assert.equal(r.code, 0, r.stderr)
   return JSON.parse(r.stdout)
@@ -27,7 +30,10 @@ async function logJson(dir: string, dataset: string): Promise<any> {
 
 const copiesOf = async (s: TestSite, ds: string) => (await s.status()).datasets.find((d) => d.name === ds)?.copies ?? []
 
-test('an old backup put over the origin file, node running and stopped: copied again, shown at every site, history keeps the state before; mesh resync at the origin only', async (t) => {
+const NAME =
+  'an old backup put over the origin file, node running and stopped: copied again, shown at every site, ' +
+  'history keeps the state before; mesh resync at the origin only'
+test(NAME, async (t) => {
   const { sites, dir } = await startMesh(t, ['shop-a', 'shop-b'])
   const [a, b] = sites
   const ds = 'shop-a'

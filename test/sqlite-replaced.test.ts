@@ -81,7 +81,7 @@ function userTablesOf(file: string): string[] {
   return Object.keys(dump(file)).sort()
 }
 
-test('an old backup restored over the live file through SQLite (same inode) while capture runs: copied again, then captured on', async (t) => {
+test('an old backup restored over the live file through SQLite (same inode) while capture runs', async (t) => {
   const s = await seeded(t)
   const backup = JSON.stringify(dump(s.old))
   const lengthBefore = s.p.originLog.length
@@ -137,7 +137,7 @@ test('the file deleted and created again by another program while capture runs',
   await writeAndCompare(s, 45)
 })
 
-test('the file moved away and a new one put in its place while capture runs; the moved file is left intact', async (t) => {
+test('the file moved away and a new one put in its place while capture runs; the moved one left intact', async (t) => {
   const s = await seeded(t)
   const before = JSON.stringify(dump(s.file))
   const moved = path.join(s.dir, 'moved.db')
@@ -173,7 +173,8 @@ async function startOnce(dir: string, file: string): Promise<{ code: string | nu
 }
 
 for (const kind of ['not SQLite', "another application's database"] as const) {
-  test(`bad input, ${kind}, with capture running and stopped: refused, nothing appended, the copy untouched; put back, captured on`, async (t) => {
+  const name = `bad input, ${kind}, capture running and stopped: refused, nothing appended, copy untouched; put back`
+  test(name, async (t) => {
     const s = await seeded(t)
     const copy = JSON.stringify(dump(s.replica))
     const length = s.p.originLog.length

@@ -81,6 +81,8 @@ interface SourcePos {
 }
 
 const POS_VERSION = 2
+const TABLE_EXISTS = "SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?"
+const OLDER = 'it is an older copy of the captured file (a backup restored over it)'
 const IDENTITY_BYTES = 16
 
 const sourceEnc = {
@@ -218,7 +220,11 @@ export class SqliteCapture implements CaptureSide {
   /** The file the connection has open, to notice another one put at the path. */
   private file: { dev: number; ino: number } | null = null
   /** The open file's identity and capture counters, as this capture last wrote or read them. */
-  private counters: { identity: string | null; resets: number; nextTable: number } = { identity: null, resets: 0, nextTable: 0 }
+  private counters: { identity: string | null; resets: number; nextTable: number } = {
+    identity: null,
+    resets: 0,
+    nextTable: 0
+  }
   /** A replacement found and reported (SOURCE_RESET), acted on at the next schema() or snapshot(). */
   private replaced: Replaced | null = null
   /** Whether open() was given the log's position (and so compared the file with it). */
@@ -299,13 +305,18 @@ export class SqliteCapture implements CaptureSide {
     this.writeTx(() => {
       db.exec(`CREATE TABLE IF NOT EXISTS ${OWN_PREFIX}meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID`)
       db.exec(
-        `CREATE TABLE IF NOT EXISTS ${OWN_PREFIX}tables (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sql TEXT NOT NULL, info TEXT NOT NULL, reset INTEGER NOT NULL DEFAULT 0)`
+        `CREATE TABLE IF NOT EXISTS ${OWN_PREFIX}tables (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, ` +
+          'sql TEXT NOT NULL, info TEXT NOT NULL, reset INTEGER NOT NULL DEFAULT 0)'
       )
-      const layout = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'layout'`).pluck().get() as bigint | undefined
+      const layout = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'layout'`).pluck().get() as
+        | bigint
+        | undefined
       if (layout === undefined) {
         db.prepare(`INSERT INTO ${OWN_PREFIX}meta (k, v) VALUES ('layout', ?)`).run(BigInt(CAPTURE_LAYOUT))
       } else if (Number(layout) !== CAPTURE_LAYOUT) {
-        throw MeshError.UNKNOWN_VERSION(`capture layout ${layout} in ${this.path} is newer than this software (${CAPTURE_LAYOUT})`)
+        throw MeshError.UNKNOWN_VERSION(
+          `capture layout ${layout} in ${this.path} is newer than this software (${CAPTURE_LAYOUT})`
+        )
       }
       // A file captured by an older version has no identity yet: it gets one now, once.
       const id = crypto.randomBytes(IDENTITY_BYTES).toString('hex')
@@ -324,7 +335,9 @@ export class SqliteCapture implements CaptureSide {
     const db = this.conn
     this.writeTx(() => {
       const own = db
-        .prepare(`SELECT type, name FROM main.sqlite_schema WHERE type IN ('table', 'trigger') AND substr(name, 1, 6) = ?`)
+        .prepare(
+          "SELECT type, name FROM main.sqlite_schema WHERE type IN ('table', 'trigger') AND substr(name, 1, 6) = ?"
+        )
         .all(OWN_PREFIX) as Array<{ type: string; name: string }>
       for (const o of own) if (o.type === 'trigger') db.exec(`DROP TRIGGER IF EXISTS ${quote(o.name)}`)
       for (const o of own) if (o.type === 'table') db.exec(`DROP TABLE IF EXISTS ${quote(o.name)}`)
@@ -343,28 +356,33 @@ export class SqliteCapture implements CaptureSide {
     // Every table is new to the fresh state: it gets a new id and a pending reset, which the snapshot carries.
     this.install()
     this.replaced = null
-    this.log.warn('fresh capture state installed in the database that replaced the captured one', { path: this.path, why: r.why })
+    this.log.warn('fresh capture state installed in the database that replaced the captured one', {
+      path: this.path,
+      why: r.why
+    })
   }
 
   /** Reads the file's capture state without writing (see Probe). */
   private probe(): Probe {
     const db = this.conn
     const has = (name: string) =>
-      (db.prepare(`SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?`).pluck().get(name) as bigint) > 0n
+      (db.prepare(TABLE_EXISTS).pluck().get(name) as bigint) > 0n
     const names = () => {
       const { tables, skipped } = readTables(db)
       return [...tables.map((t) => t.name), ...skipped.map((t) => t.table)]
     }
     return db.transaction((): Probe => {
-      if (!has(`${OWN_PREFIX}meta`)) return { captured: false, identity: null, resets: 0, nextTable: 0, seqs: new Map(), names }
-      const meta = new Map(
-        (db.prepare(`SELECT k, v FROM ${OWN_PREFIX}meta`).all() as Array<{ k: string; v: unknown }>).map((r) => [r.k, r.v])
-      )
+      if (!has(`${OWN_PREFIX}meta`)) {
+        return { captured: false, identity: null, resets: 0, nextTable: 0, seqs: new Map(), names }
+      }
+      const rows = db.prepare(`SELECT k, v FROM ${OWN_PREFIX}meta`).all() as Array<{ k: string; v: unknown }>
+      const meta = new Map(rows.map((r) => [r.k, r.v]))
       const seqs = new Map<number, number>()
       if (has(`${OWN_PREFIX}tables`)) {
         for (const id of db.prepare(`SELECT id FROM ${OWN_PREFIX}tables`).pluck().all() as bigint[]) {
           if (!has(changeTable(Number(id)))) continue
-          const max = db.prepare(`SELECT max(seq) FROM ${quote(changeTable(Number(id)))}`).pluck().get() as bigint | null
+          const d = quote(changeTable(Number(id)))
+          const max = db.prepare(`SELECT max(seq) FROM ${d}`).pluck().get() as bigint | null
           seqs.set(Number(id), Number(max ?? 0n))
         }
       }
@@ -394,18 +412,21 @@ export class SqliteCapture implements CaptureSide {
     const hexId = pos.identity ? Buffer.from(pos.identity).toString('hex') : null
     const found = (why: string, sameFile: boolean): Replaced => ({ why, sameFile, names: p.names(), floor })
     if (!p.captured) {
-      return found('it holds no capture state: it was deleted and created again, or replaced by a file that was never captured', false)
+      return found(
+        'it holds no capture state: it was deleted and created again, or replaced by a file that was never captured',
+        false
+      )
     }
     if (hexId !== null && p.identity !== hexId) {
       return found('it is another file than the one captured (its capture identity differs)', false)
     }
     if (p.resets < pos.resets || p.nextTable < pos.nextTable) {
-      return found('it is an older copy of the captured file (a backup restored over it): its capture counters went back', true)
+      return found(`${OLDER}: its capture counters went back`, true)
     }
     for (const t of pos.tables) {
       const seq = p.seqs.get(t.id)
       if (seq !== undefined && seq < t.seq) {
-        return found(`it is an older copy of the captured file (a backup restored over it): change numbering went back (table id ${t.id}: ${seq} < ${t.seq})`, true)
+        return found(`${OLDER}: change numbering went back (table id ${t.id}: ${seq} < ${t.seq})`, true)
       }
     }
     return null
@@ -424,7 +445,10 @@ export class SqliteCapture implements CaptureSide {
   /** The SOURCE_RESET a replacement is reported with; the capture loop checks `tables` before it copies. */
   private replacedError(r: Replaced): MeshError {
     return MeshError.SOURCE_RESET(`the database file ${this.path} was replaced: ${r.why}`, {
-      hint: 'If that was meant (a backup restored, the file made again), nothing to do: the whole database is copied into the log again and every copy rebuilt from it; the state before stays in history (mesh log, mesh restore).',
+      hint:
+        'If that was meant (a backup restored, the file made again), nothing to do: the whole database is copied ' +
+        'into the log again and every copy rebuilt from it; the state before stays in history ' +
+        '(mesh log, mesh restore).',
       context: { path: this.path, replaced: r.why, tables: r.sameFile ? undefined : r.names }
     })
   }
@@ -604,9 +628,8 @@ export class SqliteCapture implements CaptureSide {
   }
 
   private loadCounters(): void {
-    const meta = new Map(
-      (this.conn.prepare(`SELECT k, v FROM ${OWN_PREFIX}meta`).all() as Array<{ k: string; v: unknown }>).map((r) => [r.k, r.v])
-    )
+    const rows = this.conn.prepare(`SELECT k, v FROM ${OWN_PREFIX}meta`).all() as Array<{ k: string; v: unknown }>
+    const meta = new Map(rows.map((r) => [r.k, r.v]))
     const identity = meta.get('identity')
     this.counters = {
       identity: typeof identity === 'string' ? identity : null,
@@ -742,7 +765,8 @@ export class SqliteCapture implements CaptureSide {
         if (last) return last
       }
       if (at === 'gone') {
-        throw MeshError.NOT_FOUND(`the database file ${this.path} is gone (deleted or moved away): nothing is captured until a database is back at that path`, {
+        const what = `the database file ${this.path} is gone (deleted or moved away)`
+        throw MeshError.NOT_FOUND(`${what}: nothing is captured until a database is back at that path`, {
           hint: 'Put the database back at its path; the node notices it by itself.',
           retryable: true,
           context: { path: this.path }
@@ -781,8 +805,14 @@ export class SqliteCapture implements CaptureSide {
       const e = MeshError.wrap(err, MeshError.IO_ERROR)
       if (e.code !== 'NOT_SQLITE') throw e
       throw MeshError.NOT_SQLITE(
-        `the database file ${this.path} was replaced by a file that is not a SQLite database (or a damaged one): nothing is captured or sent; put the dataset's database back at that path`,
-        { retryable: true, context: { path: this.path }, cause: err, hint: 'Put the database back at its path; the node notices it by itself.' }
+        `the database file ${this.path} was replaced by a file that is not a SQLite database (or a damaged one): ` +
+          "nothing is captured or sent; put the dataset's database back at that path",
+        {
+          retryable: true,
+          context: { path: this.path },
+          cause: err,
+          hint: 'Put the database back at its path; the node notices it by itself.'
+        }
       )
     }
     const found = this.compare(known, this.probe())
@@ -792,7 +822,9 @@ export class SqliteCapture implements CaptureSide {
     }
     this.replaced = null
     this.install()
-    this.log.info('the database file at the path is another inode of the captured file: capture goes on', { path: this.path })
+    this.log.info('the database file at the path is another inode of the captured file: capture goes on', {
+      path: this.path
+    })
   }
 
   private async readOpen(): Promise<CaptureBatch | null> {

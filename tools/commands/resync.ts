@@ -28,7 +28,8 @@ must be running.`,
       out(`${r.dataset}: a fresh copy of the whole database (${r.rows} rows) appended to the log at position ${r.seq}.`)
       out(
         r.checkpoint === null
-          ? 'The database did not go idle for a checkpoint yet; the periodic one follows. mesh status at each site then shows whether its copy matches.'
+          ? 'The database did not go idle for a checkpoint yet; the periodic one follows. ' +
+            'mesh status at each site then shows whether its copy matches.'
           : `Checkpoint at position ${r.checkpoint}: mesh status at each site shows whether its copy matches it.`
       )
     }
