@@ -53,8 +53,13 @@ export interface SnapshotChunk {
  */
 export interface CaptureSide {
   readonly engine: Engine
-  /** Installs whatever capture needs (triggers, slot) and checks the source. Idempotent. */
-  open(): Promise<void>
+  /**
+   * Installs whatever capture needs (triggers, slot) and checks the source. Idempotent. `source` is the
+   * position the log last holds (null: none), for an engine that checks the database is still the one captured
+   * before it writes to it; such an engine then reports another one from resume() as SOURCE_RESET, whose
+   * context may name the database's `tables` for the capture loop to compare with the log's.
+   */
+  open(opts?: { source?: Uint8Array | null }): Promise<void>
   resume(source: Uint8Array | null): Promise<void>
   /** The full current schema (tables and other objects). */
   schema(): Promise<SchemaEntry>

@@ -68,7 +68,8 @@ export class CaptureLoop extends EventEmitter {
   /** Everything start() does before the loop: exposed so tools can capture once without a loop. */
   async prepare(): Promise<void> {
     const { capture, log } = this.opts
-    await capture.open()
+    // The capture side compares its database with the log's last position before it writes to it.
+    await capture.open({ source: log.length > 0 ? (await log.captureState()).source : null })
     let continues = this.opts.header.parent !== null
     if (log.length === 0) {
       await log.appendUnit([{ kind: 'header', ...this.opts.header }])
@@ -93,15 +94,71 @@ export class CaptureLoop extends EventEmitter {
     if (log.length > 0 && (await log.peek(log.length - 1))?.kind === 'checkpoint') this.lastCheckpoint.length = log.length
   }
 
-  /** The source lost its position (a dropped PostgreSQL slot): copy the whole database into the log again. */
-  private async resnapshot(err: MeshError): Promise<void> {
+  /**
+   * The source lost its position (a dropped PostgreSQL slot, a SQLite file replaced) or `mesh resync` asked:
+   * copy the whole database into the log again. A replacement that names its tables (err.context.tables) is
+   * refused when none of them is in the log's newest schema: another application's database is never sent.
+   * Until the copy is whole in the log, every step starts it again (a copy cut short by a full disk is not a
+   * copy). Returns where it starts in this log, and the rows copied.
+   */
+  private async resnapshot(err: MeshError): Promise<{ length: number; rows: number }> {
+    const tables = err.context.tables
+    if (Array.isArray(tables)) await this.checkSameDatabase(tables as string[], err)
+    this.resnapshotDue = err
+    const length = this.opts.log.length
     this.stats.resnapshots++
-    this.logger.warn('copying the whole database into the log again', { code: err.code, reason: err.message })
-    this.emit('resnapshot', err)
-    await this.snapshot()
+    this.logger.warn('copying the whole database into the log again', {
+      code: err.code,
+      reason: err.message,
+      at: length
+    })
+    const rows = await this.snapshot()
+    this.resnapshotDue = null
+    this.emit('resnapshot', { error: err, length, rows, resync: err.context.resync === true })
+    return { length, rows }
   }
 
-  private async snapshot(): Promise<void> {
+  private resnapshotDue: MeshError | null = null
+  private carried: { length: number; names: string[] | null } | null = null
+
+  private async checkSameDatabase(tables: string[], err: MeshError): Promise<void> {
+    const { log } = this.opts
+    if (this.carried?.length !== log.length) this.carried = { length: log.length, names: await log.lastSchemaTables() }
+    const carried = this.carried.names
+    if (carried === null || carried.length === 0) return
+    const path = typeof err.context.path === 'string' ? err.context.path : 'the source'
+    if (tables.length === 0) {
+      // A file that was just made holds no table yet: the application is likely creating them now.
+      throw MeshError.WRONG_DATABASE(
+        `${path} was replaced by a database that holds no table yet; nothing is captured or sent until it does`,
+        { context: { path } }
+      )
+    }
+    if (tables.some((t) => carried.includes(t))) return
+    const list = (l: string[]) => (l.length > 8 ? `${l.slice(0, 8).join(', ')}, ...` : l.join(', '))
+    throw MeshError.WRONG_DATABASE(
+      `${path} was replaced by a database that shares no table with what the log carries ` +
+        `(it has ${list(tables)}; the log has ${list(carried)}): it looks like another application's database. ` +
+        "Nothing is captured or sent; put the dataset's database back at that path",
+      { context: { path, tables, carried } }
+    )
+  }
+
+  /**
+   * `mesh resync`: a fresh copy of the whole database appended to the log, in the same queue as the steps,
+   * for a log that is itself wrong (a checkpoint differs while the copies equal the log).
+   */
+  resync(): Promise<{ length: number; rows: number }> {
+    if (!this.running) {
+      return Promise.reject(MeshError.NOT_RUNNING('capture is not running', { hint: 'mesh status says why.' }))
+    }
+    const asked = MeshError.SOURCE_RESET('mesh resync asked for a fresh copy', { context: { resync: true } })
+    const next = this.queue.then(() => this.resnapshot(asked))
+    this.queue = next.catch(() => {})
+    return next
+  }
+
+  private async snapshot(): Promise<number> {
     const { capture, log } = this.opts
     const started = Date.now()
     await log.appendUnit([await capture.schema()])
@@ -116,6 +173,7 @@ export class CaptureLoop extends EventEmitter {
     }
     await log.appendUnit(packSnapshot([], { first, last: true }, this.opts.blockBytes))
     this.logger.info('initial snapshot written to the log', { rows, ms: Date.now() - started })
+    return rows
   }
 
   /**
@@ -130,6 +188,10 @@ export class CaptureLoop extends EventEmitter {
 
   private async stepNow(): Promise<number> {
     const { capture, log } = this.opts
+    if (this.resnapshotDue) {
+      await this.resnapshot(this.resnapshotDue)
+      return 1
+    }
     let batch
     try {
       batch = await capture.read()

@@ -38,6 +38,7 @@ export interface HistoryUnit {
 export async function* walk(chain: ChainSegment[], opts: { from?: number; entries?: boolean } = {}): AsyncGenerator<{ unit: HistoryUnit; entries: Entry[] }> {
   const { starts } = offsets(chain)
   const tables = new Map<number, TableDef>()
+  let copies = 0
   for (let i = 0; i < chain.length; i++) {
     const seg = chain[i]
     const stop = seg.end ?? seg.log.length
@@ -61,6 +62,14 @@ export async function* walk(chain: ChainSegment[], opts: { from?: number; entrie
         }
         if (e.kind === 'fence') note = `sealed: epoch ${e.epoch} took over at block ${e.length}`
         if (e.kind === 'checkpoint') note = `checkpoint of block ${e.length}: ${e.rows} rows`
+        if (e.kind === 'snapshot' && e.first) {
+          // The first whole copy is the dataset's start; any later one was made again by the origin.
+          note =
+            copies++ === 0 && seg.epoch === 0
+              ? 'initial copy of the whole database'
+              : 'whole database copied again (the origin file replaced, its capture position lost, or mesh resync): ' +
+                'every copy is rebuilt from here; earlier positions keep the state before'
+        }
         if (e.kind === 'transaction' || e.kind === 'snapshot') {
           if (e.kind === 'transaction') time = e.time
           for (const ch of e.changes) {

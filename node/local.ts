@@ -18,6 +18,7 @@ export type LocalRequest =
   | { cmd: 'restore'; dataset: string; seq?: number; at?: number; to: string }
   | { cmd: 'job'; job: string }
   | { cmd: 'checkpoint'; dataset: string }
+  | { cmd: 'resync'; dataset: string }
   | { cmd: 'verify'; dataset: string }
   | { cmd: 'repair'; dataset: string }
   | { cmd: 'promote'; dataset: string; force?: boolean }
@@ -35,6 +36,7 @@ const FIELDS: Record<LocalRequest['cmd'], Record<string, [FieldType, boolean]>> 
   restore: { dataset: ['string', true], seq: ['number', false], at: ['number', false], to: ['string', true] },
   job: { job: ['string', true] },
   checkpoint: { dataset: ['string', true] },
+  resync: { dataset: ['string', true] },
   verify: { dataset: ['string', true] },
   repair: { dataset: ['string', true] },
   promote: { dataset: ['string', true], force: ['boolean', false] }

@@ -179,6 +179,27 @@ export class DatasetLog {
     return { source: null, snapshotDone: false }
   }
 
+  /**
+   * The table names of the newest schema entry in the log (a schema entry may span blocks), or null when the
+   * log holds none. Reads backwards with peek() until it finds one: meant for rare checks (a replaced source),
+   * not for every batch.
+   */
+  async lastSchemaTables(): Promise<string[] | null> {
+    for (let i = this.core.length - 1; i >= 1; i--) {
+      const p = await this.peek(i)
+      if (p === null) return null
+      if (p.kind !== 'schema') continue
+      const names: string[] = []
+      for (let j = i; j >= 1; j--) {
+        const e = await this.entry(j, { wait: false })
+        if (e === null || e.kind !== 'schema' || (j < i && !e.more)) break
+        names.push(...e.tables.map((t) => t.name))
+      }
+      return names
+    }
+    return null
+  }
+
   async treeHash(length: number): Promise<Uint8Array> {
     return this.core.treeHash(length)
   }

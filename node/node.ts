@@ -318,6 +318,8 @@ export class MeshNode extends EventEmitter {
         return { job: this.upkeep.job(req.job) }
       case 'checkpoint':
         return { checkpoint: await this.checkpoint(req.dataset) }
+      case 'resync':
+        return { resync: await this.upkeep.resync(req.dataset) }
       case 'verify':
       case 'repair':
         return { verify: await this.verify(req.dataset, req.cmd === 'repair') }

@@ -5,13 +5,13 @@
  * last arrived is how this site knows that site is alive.
  */
 import { createRequire } from 'node:module'
-import { sameBytes, signReport, verifyReport, type Holding, type SignedReport } from '../protocol/index.ts'
+import { sameBytes, signReport, verifyReport, type Holding, type Notice, type SignedReport } from '../protocol/index.ts'
 import type { DatasetInfo } from '../protocol/index.ts'
 import type { Peer } from './control.ts'
 import type { MeshNode } from './node.ts'
 import { damagedSnapshots, listSnapshots } from './snapshots.ts'
 import { readMeshState, readReports, readSiteKey, sitePaths, withoutReviewed, writeReports, type MeshState } from './state.ts'
-import { buildStatus, DEFAULT_THRESHOLDS, type SiteStatus, type StatusThresholds } from './status.ts'
+import { buildStatus, DEFAULT_THRESHOLDS, NOTICE_MS, type SiteStatus, type StatusThresholds } from './status.ts'
 import { hex } from './util.ts'
 
 const require = createRequire(import.meta.url)
@@ -146,13 +146,26 @@ export class Reports {
         at: Date.now(),
         holdings: await this.holdings(),
         peers: node.control.ready().map((p) => p.key),
-        software: node.opts.software
+        software: node.opts.software,
+        notices: this.notices()
       },
       node.keyPair.secretKey
     )
     this.signed.set(hex(node.key), report)
     this.scheduleSave()
     return report
+  }
+
+  /** The whole copies this site appended again as an origin in the last week, for every site to show. */
+  private notices(): Notice[] {
+    const since = Date.now() - NOTICE_MS
+    const out: Notice[] = []
+    for (const l of this.node.state.local) {
+      for (const x of l.copies ?? []) {
+        if (x.at >= since) out.push({ dataset: l.dataset, kind: x.kind, at: x.at, seq: x.seq, text: x.why })
+      }
+    }
+    return out
   }
 
   private async holdings(): Promise<Holding[]> {

@@ -15,6 +15,14 @@ import type { MeshNode } from './node.ts'
 import type { LocalDataset, WrittenLog } from './state.ts'
 import { fileSafe } from './util.ts'
 
+/** What the capture loop emits after it copied the whole database into the log again. */
+interface ResnapshotEvent {
+  error: MeshError
+  length: number
+  rows: number
+  resync: boolean
+}
+
 /** A dataset this site is the origin of: its database captured into the log it writes. */
 export interface Origin {
   info: DatasetInfo
@@ -182,8 +190,39 @@ export class Roles {
     this.origins.set(info.id, origin)
     loop.on('unit', () => node.reports.markDirty())
     loop.on('capture-error', () => node.reports.markDirty())
+    loop.on('resnapshot', (e: ResnapshotEvent) => void this.recordCopy(info, local, w, e))
     await this.startCapture(origin, 500)
     return origin
+  }
+
+  /**
+   * A whole copy appended again: kept in mesh.json (the newest 10) and reported to every site, whose status
+   * shows a replaced file or a lost position for a week.
+   */
+  private async recordCopy(info: DatasetInfo, local: LocalDataset, w: WrittenLog, e: ResnapshotEvent): Promise<void> {
+    const node = this.node
+    let seq = e.length
+    try {
+      const chain = await resolveChain(info, (k) => node.openLog(k))
+      seq = seqOf(chain, { log: w.key, length: e.length }) ?? e.length
+    } catch {
+      // The position in this epoch's log is close enough for a note.
+    }
+    const replaced = typeof e.error.context.replaced === 'string' ? e.error.context.replaced : null
+    const kind = e.resync ? 'resync' : replaced !== null ? 'replaced' : 'reset'
+    const why = e.resync ? 'asked with mesh resync' : (replaced ?? e.error.message)
+    const list = (local.copies ??= [])
+    list.push({ kind, at: Date.now(), seq, why, rows: e.rows })
+    if (list.length > 10) list.splice(0, list.length - 10)
+    node.saveState()
+    node.reports.markDirty()
+    node.logger.warn('the whole database was copied into the log again', {
+      dataset: info.name,
+      kind,
+      seq,
+      why,
+      rows: e.rows
+    })
   }
 
   /** Starts capture; a retryable failure (a locked database, a full disk) is retried in the background. */

@@ -93,6 +93,20 @@ export interface LocalDataset {
    * log between the two.
    */
   proven?: { equal: number | null; differs: number | null }
+  /**
+   * The whole copies of the database this site, as its origin, appended to the log after the first (its file
+   * replaced, its capture position lost, `mesh resync`), newest last, at most 10: reported to every site.
+   */
+  copies?: CopyRecord[]
+}
+
+/** A whole copy of the origin's database appended to the log again: why, when, and where it starts. */
+export interface CopyRecord {
+  kind: 'replaced' | 'reset' | 'resync'
+  at: number
+  seq: number
+  why: string
+  rows: number
 }
 
 /** A replica's comparison with an origin checkpoint, with the checkpoint's chain position (`seq`). */

@@ -13,6 +13,9 @@ import type { CheckpointResult, DamageRecord, MeshState, VerifyResult } from './
 
 export type Verdict = 'OK' | 'WARN' | 'CRIT'
 
+/** How long a whole copy made again (a replaced file, a lost position) shows in status: a week. */
+export const NOTICE_MS = 7 * 86_400_000
+
 export interface StatusThresholds {
   /** A holder behind its origin by this many seconds of writes is a warning / critical. */
   lagWarnSeconds: number
@@ -70,6 +73,11 @@ export interface DatasetStatus {
   damage: DamageRecord[]
   /** The last `mesh verify` or `mesh repair` of this site's copy, or null. */
   verified: VerifyResult | null
+  /**
+   * Whole copies of the database its origin appended to the log again in the last week, newest last: kind
+   * 'replaced' (its file was replaced), 'reset' (its capture lost its position) or 'resync' (`mesh resync`).
+   */
+  copies: Array<{ site: string; kind: string; at: number; seq: number; why: string }>
   /** The last origin checkpoint this site's copy compared itself with: its chain position, and whether it matched. */
   checkpoint: CheckpointResult | null
   /** The last position this site's copy was proven equal to the log, and the first it was seen to differ after it. */
@@ -272,12 +280,60 @@ export function buildStatus(input: StatusInput): SiteStatus {
       )
     }
 
-    // The last origin checkpoint this site's copy compared itself with.
+    // The last origin checkpoint this site's copy compared itself with. What mends a mismatch depends on what
+    // mesh verify found since: a copy that differs from the log is mended by mesh repair; a copy equal to the
+    // log while the checkpoint differs means the log itself is wrong, mended by a fresh copy (mesh resync).
     const checkpoint = mine?.checkpoint ? { ...mine.checkpoint, seq: mine.checkpoint.seq ?? mine.checkpoint.length } : null
     const proven = mine?.proven ?? null
     if (checkpoint && !checkpoint.ok) {
       const since = proven?.differs != null ? `; first seen at position ${proven.differs}, last proven equal ${proven.equal === null ? 'never' : `at position ${proven.equal}`}` : ''
-      add('CRIT', `this site's copy of ${d.name} differs from the origin's checkpoint at position ${checkpoint.seq} (${checkpoint.rows} rows here, ${checkpoint.originRows} there${since}): mesh verify ${d.name} names where, mesh repair ${d.name} mends it`)
+      const origin = nameOf(originKey)
+      const after = verified !== null && verified.seq >= checkpoint.seq
+      let mend: string
+      if (after && verified.ok && !verified.repaired) {
+        mend =
+          `mesh verify found this copy equal to the log at position ${verified.seq}, so the log itself is wrong: ` +
+          `run mesh resync ${d.name} at ${origin}`
+      } else if (after && verified.repaired) {
+        mend =
+          `mesh repair put the log's rows in place at position ${verified.seq}; run mesh checkpoint ${d.name} ` +
+          `at ${origin} to compare again, and if it still differs, mesh resync ${d.name} at ${origin}`
+      } else if (after) {
+        mend = `mesh verify found this copy differs from the log: run mesh repair ${d.name}`
+      } else {
+        mend =
+          `run mesh verify ${d.name}: if this copy differs from the log, mesh repair ${d.name} mends it; ` +
+          `if it equals the log, the log is wrong and mesh resync ${d.name} at ${origin} mends it`
+      }
+      const rows = `${checkpoint.rows} rows here, ${checkpoint.originRows} there${since}`
+      const at = `the origin's checkpoint at position ${checkpoint.seq}`
+      add('CRIT', `this site's copy of ${d.name} differs from ${at} (${rows}): ${mend}`)
+    }
+
+    // Whole copies made again by the origin (from the signed reports: the same at every site), for a week.
+    const seen = new Set<string>()
+    const copies: DatasetStatus['copies'] = []
+    for (const r of input.reports) {
+      for (const n of r.notices ?? []) {
+        if (n.dataset !== d.id || now - n.at > NOTICE_MS || seen.has(`${n.at}:${n.seq}`)) continue
+        seen.add(`${n.at}:${n.seq}`)
+        copies.push({ site: r.siteName, kind: n.kind, at: n.at, seq: n.seq, why: n.text })
+      }
+    }
+    copies.sort((a, b) => a.at - b.at)
+    for (const x of copies) {
+      if (x.kind === 'resync') continue
+      const to = ENGINES[d.engine]?.exampleTarget(d.name, x.seq) ?? 'NEW_DATABASE'
+      const what =
+        x.kind === 'replaced'
+          ? `the database of ${d.name} at ${x.site} was replaced (${x.why})`
+          : `capture of ${d.name} at ${x.site} lost its position (${x.why})`
+      add(
+        'WARN',
+        `${what} at ${new Date(x.at).toISOString()}: the whole database was copied into the log again at position ` +
+          `${x.seq} and every copy is rebuilt from it; if that was not meant, the state before it is: ` +
+          `mesh restore ${d.name} --seq ${x.seq} --to ${to}`
+      )
     }
 
     // Snapshots whose bytes changed on disk after they were written: the disk may be failing.
@@ -313,6 +369,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
       divergences,
       damage,
       verified,
+      copies,
       checkpoint,
       proven,
       snapshots: input.snapshots?.[d.id] ?? { count: 0, newestAt: null, damaged: [] }

@@ -184,6 +184,38 @@ export class Upkeep {
   }
 
   /**
+   * `mesh resync`: the origin appends a fresh copy of its whole database to the log (taken online, in short
+   * read transactions, through the same path as a copy after a replaced file), for when the log itself is
+   * wrong: a checkpoint differs while mesh verify finds the copies equal to the log. Every copy becomes exact
+   * from it. Then a checkpoint, once the database is idle, for every copy to prove it; none when it does not
+   * go idle within a minute (the periodic one follows).
+   */
+  async resync(dataset: string): Promise<{ dataset: string; seq: number; rows: number; checkpoint: number | null }> {
+    const node = this.node
+    const head = findDataset(node.state.datasets, dataset)
+    const o = node.roles.origins.get(head.id)
+    if (!o) {
+      const who = `${node.opts.site} is not the origin of ${head.name}: ${head.originSite} is`
+      throw MeshError.USAGE(`${who}, and only it can copy its database`, {
+        hint: `Run mesh resync ${head.name} at ${head.originSite}.`
+      })
+    }
+    const copy = await o.loop.resync()
+    const chain = await resolveChain(head, (k) => node.openLog(k))
+    const seq = seqOf(chain, { log: o.log.key, length: copy.length }) ?? copy.length
+    let checkpoint: number | null = null
+    try {
+      const c = await o.loop.checkpointNow(60_000)
+      checkpoint = seqOf(chain, { log: o.log.key, length: c.length }) ?? c.length
+    } catch (err) {
+      node.logger.info('no checkpoint right after the resync; the periodic one follows', {
+        error: (err as Error).message
+      })
+    }
+    return { dataset: head.name, seq, rows: copy.rows, checkpoint }
+  }
+
+  /**
    * `mesh checkpoint`: the origin appends its digest now (as soon as its database is idle), for every copy to
    * compare with its own. Returns the chain position the checkpoint describes.
    */

@@ -80,6 +80,20 @@ export interface Holding {
   damaged: number
 }
 
+/**
+ * Something that happened to a dataset at the reporting site that every site should show for a while: its
+ * source database was replaced, or its capture lost its position, and the whole database was copied into the
+ * log again at chain position `seq`.
+ */
+export interface Notice {
+  dataset: string
+  /** 'replaced' (the origin's file was replaced), 'reset' (the source lost its position), 'resync' (asked). */
+  kind: string
+  at: number
+  seq: number
+  text: string
+}
+
 /** What one site says about itself; signed by the site's key so that any member can relay it. */
 export interface Report {
   site: Uint8Array
@@ -90,6 +104,8 @@ export interface Report {
   /** Keys of the sites it is connected to now. */
   peers: Uint8Array[]
   software: string
+  /** Optional (a trailing section, see reportEncoding); absent or empty when there is none. */
+  notices?: Notice[]
 }
 
 export interface SignedReport {
@@ -245,6 +261,43 @@ const datasets = c.array(datasetEncoding)
 const holdings = c.array(holdingEncoding)
 const keys = c.array(c.fixed32)
 
+const noticeEncoding = struct<Notice>({
+  preencode(s, n) {
+    c.string.preencode(s, n.dataset)
+    c.string.preencode(s, n.kind)
+    c.uint.preencode(s, n.at)
+    c.uint.preencode(s, n.seq)
+    c.string.preencode(s, n.text)
+  },
+  encode(s, n) {
+    c.string.encode(s, n.dataset)
+    c.string.encode(s, n.kind)
+    c.uint.encode(s, n.at)
+    c.uint.encode(s, n.seq)
+    c.string.encode(s, n.text)
+  },
+  decode(s) {
+    return {
+      dataset: c.string.decode(s),
+      kind: c.string.decode(s),
+      at: c.uint.decode(s),
+      seq: c.uint.decode(s),
+      text: c.string.decode(s)
+    }
+  }
+})
+
+const notices = c.array(noticeEncoding)
+/** Flags of a report's trailing section. */
+const R_NOTICES = 1
+const R_KNOWN = R_NOTICES
+
+/**
+ * A report. Fields added after protocol 1 shipped go in a trailing section, `uint flags` then one field per
+ * flag, written only when there is something to say: a site of an earlier version stops reading before it (a
+ * report decodes without a check for trailing bytes), so it still reads and relays these reports, signature
+ * included. Unknown flags are refused.
+ */
 const reportEncoding = struct<Report>({
   preencode(s, r) {
     c.fixed32.preencode(s, r.site)
@@ -253,6 +306,10 @@ const reportEncoding = struct<Report>({
     holdings.preencode(s, r.holdings)
     keys.preencode(s, r.peers)
     c.string.preencode(s, r.software)
+    if (r.notices?.length) {
+      c.uint.preencode(s, R_NOTICES)
+      notices.preencode(s, r.notices)
+    }
   },
   encode(s, r) {
     c.fixed32.encode(s, r.site)
@@ -261,9 +318,13 @@ const reportEncoding = struct<Report>({
     holdings.encode(s, r.holdings)
     keys.encode(s, r.peers)
     c.string.encode(s, r.software)
+    if (r.notices?.length) {
+      c.uint.encode(s, R_NOTICES)
+      notices.encode(s, r.notices)
+    }
   },
   decode(s) {
-    return {
+    const r: Report = {
       site: c.fixed32.decode(s),
       siteName: c.string.decode(s),
       at: c.uint.decode(s),
@@ -271,6 +332,12 @@ const reportEncoding = struct<Report>({
       peers: keys.decode(s),
       software: c.string.decode(s)
     }
+    if (s.start < s.end) {
+      const flags = c.uint.decode(s)
+      if ((flags & ~R_KNOWN) !== 0) throw MeshError.UNKNOWN_FLAGS(`a report with unknown flags ${flags}`)
+      if (flags & R_NOTICES) r.notices = notices.decode(s)
+    }
+    return r
   }
 })
 

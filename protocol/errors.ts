@@ -119,6 +119,16 @@ export class MeshError extends Error {
   static SOURCE_RESET = factory('SOURCE_RESET', {
     hint: 'Nothing to do: the node copies the whole database into the log again and every replica starts over from that copy. Find out who dropped the slot, or raise max_slot_wal_keep_size.'
   })
+  /**
+   * The source database was replaced by one that shares no table with what the log carries (another
+   * application's database): nothing is captured or sent until the dataset's own database is back.
+   */
+  static WRONG_DATABASE = factory('WRONG_DATABASE', {
+    hint:
+      "Put the dataset's own database back at its path; the node notices it by itself and captures on. " +
+      'A database that is really meant to be protected as well is a dataset of its own: give it its own path.',
+    retryable: true
+  })
   /** A PostgreSQL dataset reached a site with no PostgreSQL server configured for replicas. */
   static NO_REPLICA_SERVER = factory('NO_REPLICA_SERVER', {
     hint: 'To keep a warm copy here, set "replicaPostgres" in config.json to a PostgreSQL server URL whose user may create databases (mesh join --replica-postgres URL), then restart the node.'

@@ -36,6 +36,7 @@ export {
   type MemberInfo,
   type DatasetInfo,
   type Holding,
+  type Notice,
   type Report,
   type SignedReport,
   type Redeem,

@@ -18,6 +18,7 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   log: () => import('./commands/log.ts'),
   restore: () => import('./commands/restore.ts'),
   checkpoint: () => import('./commands/checkpoint.ts'),
+  resync: () => import('./commands/resync.ts'),
   verify: () => import('./commands/verify.ts'),
   repair: async () => ({ command: (await import('./commands/verify.ts')).repair }),
   demo: () => import('./commands/demo.ts')

@@ -17,6 +17,8 @@
  * replica is then only repaired by a full resend of the table (see README, Limits).
  */
 import c from 'compact-encoding'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
 import { MeshError, type SchemaEntry, type SchemaObject, type TableChanges, type Value } from '../../protocol/index.ts'
 import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.ts'
 import { silentLogger } from '../types.ts'
@@ -65,14 +67,31 @@ interface Captured {
   all: Database.Statement
 }
 
-/** The source position: per table, the change seq read up to, and the reset generation resent. */
+/**
+ * The source position: per table, the change seq read up to, and the reset generation resent. Version 2 adds
+ * what tells this file from another one put in its place (see `Probe`): the file's capture identity and its
+ * two capture counters (resets and table ids handed out), which only grow in a live file.
+ */
 interface SourcePos {
+  /** The file's capture identity (16 bytes); null in a version-1 position. */
+  identity: Uint8Array | null
+  /** `_mesh_meta` reset and next_table when the batch was read (0 in a version-1 position). */
+  resets: number
+  nextTable: number
   tables: Array<{ id: number; seq: number; reset: number }>
 }
 
+const POS_VERSION = 2
+const TABLE_EXISTS = "SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?"
+const OLDER = 'it is an older copy of the captured file (a backup restored over it)'
+const IDENTITY_BYTES = 16
+
 const sourceEnc = {
   preencode(s: c.State, p: SourcePos) {
-    c.uint.preencode(s, 1)
+    c.uint.preencode(s, POS_VERSION)
+    c.fixed(IDENTITY_BYTES).preencode(s, p.identity ?? new Uint8Array(IDENTITY_BYTES))
+    c.uint.preencode(s, p.resets)
+    c.uint.preencode(s, p.nextTable)
     c.uint.preencode(s, p.tables.length)
     for (const t of p.tables) {
       c.uint.preencode(s, t.id)
@@ -81,7 +100,10 @@ const sourceEnc = {
     }
   },
   encode(s: c.State, p: SourcePos) {
-    c.uint.encode(s, 1)
+    c.uint.encode(s, POS_VERSION)
+    c.fixed(IDENTITY_BYTES).encode(s, p.identity ?? new Uint8Array(IDENTITY_BYTES))
+    c.uint.encode(s, p.resets)
+    c.uint.encode(s, p.nextTable)
     c.uint.encode(s, p.tables.length)
     for (const t of p.tables) {
       c.uint.encode(s, t.id)
@@ -91,13 +113,46 @@ const sourceEnc = {
   },
   decode(s: c.State): SourcePos {
     const v = c.uint.decode(s)
-    if (v !== 1) throw new RangeError(`unknown capture position version ${v}`)
+    if (v !== 1 && v !== 2) throw new RangeError(`unknown capture position version ${v}`)
+    let identity: Uint8Array | null = null
+    let resets = 0
+    let nextTable = 0
+    if (v === 2) {
+      identity = c.fixed(IDENTITY_BYTES).decode(s)
+      resets = c.uint.decode(s)
+      nextTable = c.uint.decode(s)
+    }
     const n = c.uint.decode(s)
     if (n > s.end - s.start) throw new RangeError('bad capture position')
     const tables = []
     for (let i = 0; i < n; i++) tables.push({ id: c.uint.decode(s), seq: c.uint.decode(s), reset: c.uint.decode(s) })
-    return { tables }
+    return { identity, resets, nextTable, tables }
   }
+}
+
+/**
+ * What a file says about its own capture state, read without writing: whether branchmesh ever captured it,
+ * its identity and counters, each change table's highest seq, and its user tables. Compared with a position
+ * (from the log, or what this capture last read) it tells the file captured so far from another one.
+ */
+interface Probe {
+  captured: boolean
+  identity: string | null
+  resets: number
+  nextTable: number
+  /** Table id -> max(seq) of its change table (0 when empty), for the change tables that exist. */
+  seqs: Map<number, number>
+  /** The user tables of the file (read when asked). */
+  names: () => string[]
+}
+
+/** A replacement found, not yet acted on: why, and whether the file is an older copy of the captured one. */
+interface Replaced {
+  why: string
+  sameFile: boolean
+  names: string[]
+  /** Counters the fresh capture state must start above, so that no old position matches it. */
+  floor: { resets: number; nextTable: number }
 }
 
 export function decodeSqliteSource(bytes: Uint8Array): SourcePos {
@@ -163,6 +218,20 @@ export class SqliteCapture implements CaptureSide {
   private acked: SourcePos | null = null
   private ackedApplied: SourcePos | null = null
   private lastAckWrite = 0
+  /** The file the connection has open, to notice another one put at the path. */
+  private file: { dev: number; ino: number } | null = null
+  /** The open file's identity and capture counters, as this capture last wrote or read them. */
+  private counters: { identity: string | null; resets: number; nextTable: number } = {
+    identity: null,
+    resets: 0,
+    nextTable: 0
+  }
+  /** A replacement found and reported (SOURCE_RESET), acted on at the next schema() or snapshot(). */
+  private replaced: Replaced | null = null
+  /** Whether open() was given the log's position (and so compared the file with it). */
+  private opened = false
+  /** Whether the file that was replaced has been read one last time. */
+  private drained = false
 
   constructor(opts: SqliteCaptureOptions) {
     this.path = opts.path
@@ -177,12 +246,35 @@ export class SqliteCapture implements CaptureSide {
     return this.db
   }
 
-  async open(): Promise<void> {
+  /**
+   * Opens the file. With `source` (the position the log last holds), the file is first compared with it
+   * (`probe`): a file put in place of the captured one (an old backup restored, the file deleted and created
+   * again, moved and replaced) is not touched here; resume() then reports it (SOURCE_RESET) and the capture
+   * loop decides, so that a file that is not this dataset's is never written to.
+   */
+  async open(opts: { source?: Uint8Array | null } = {}): Promise<void> {
     if (this.db !== null) return
+    this.connect()
+    try {
+      const pre = this.probe()
+      const found = opts.source ? this.compare(decodeSqliteSource(opts.source), pre) : null
+      if (found) this.replaced = found
+      else this.install()
+      this.opened = opts.source !== undefined
+    } catch (err) {
+      this.disconnect()
+      throw sqliteError(err, this.path, 'cannot prepare capture in')
+    }
+  }
+
+  /** Opens the connection and notes the file it opened (device and inode). */
+  private connect(): void {
     const db = openDatabase(this.path, { mustExist: true, busyTimeoutMs: this.busyTimeoutMs })
     this.db = db
     try {
       db.defaultSafeIntegers(true)
+      const st = fs.statSync(this.path)
+      this.file = { dev: st.dev, ino: st.ino }
       const mode = db.pragma('journal_mode', { simple: true })
       if (mode !== 'wal') {
         this.log.warn('the database is not in WAL mode: capture reads may make the application wait for a lock', {
@@ -191,24 +283,175 @@ export class SqliteCapture implements CaptureSide {
           hint: "Switch it once with: sqlite3 FILE 'PRAGMA journal_mode=WAL'"
         })
       }
-      this.writeTx(() => {
-        db.exec(`CREATE TABLE IF NOT EXISTS ${OWN_PREFIX}meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID`)
-        db.exec(
-          `CREATE TABLE IF NOT EXISTS ${OWN_PREFIX}tables (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sql TEXT NOT NULL, info TEXT NOT NULL, reset INTEGER NOT NULL DEFAULT 0)`
-        )
-        const layout = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'layout'`).pluck().get() as bigint | undefined
-        if (layout === undefined) {
-          db.prepare(`INSERT INTO ${OWN_PREFIX}meta (k, v) VALUES ('layout', ?)`).run(BigInt(CAPTURE_LAYOUT))
-        } else if (Number(layout) !== CAPTURE_LAYOUT) {
-          throw MeshError.UNKNOWN_VERSION(`capture layout ${layout} in ${this.path} is newer than this software (${CAPTURE_LAYOUT})`)
-        }
-      })
-      this.writeTx(() => this.syncSchema(true, this.adoptReplica()))
     } catch (err) {
-      db.close()
-      this.db = null
-      throw sqliteError(err, this.path, 'cannot prepare capture in')
+      this.disconnect()
+      throw sqliteError(err, this.path, 'cannot open')
     }
+    this.schemaVersion = -1
+    this.dataVersion = -1
+  }
+
+  private disconnect(): void {
+    try {
+      this.db?.close()
+    } catch {
+      // A file that went away under the connection: nothing left to close cleanly.
+    }
+    this.db = null
+  }
+
+  /** Creates (or checks) the capture state in the file and brings triggers in line with its tables. */
+  private install(): void {
+    const db = this.conn
+    this.writeTx(() => {
+      db.exec(`CREATE TABLE IF NOT EXISTS ${OWN_PREFIX}meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID`)
+      db.exec(
+        `CREATE TABLE IF NOT EXISTS ${OWN_PREFIX}tables (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, ` +
+          'sql TEXT NOT NULL, info TEXT NOT NULL, reset INTEGER NOT NULL DEFAULT 0)'
+      )
+      const layout = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'layout'`).pluck().get() as
+        | bigint
+        | undefined
+      if (layout === undefined) {
+        db.prepare(`INSERT INTO ${OWN_PREFIX}meta (k, v) VALUES ('layout', ?)`).run(BigInt(CAPTURE_LAYOUT))
+      } else if (Number(layout) !== CAPTURE_LAYOUT) {
+        throw MeshError.UNKNOWN_VERSION(
+          `capture layout ${layout} in ${this.path} is newer than this software (${CAPTURE_LAYOUT})`
+        )
+      }
+      // A file captured by an older version has no identity yet: it gets one now, once.
+      const id = crypto.randomBytes(IDENTITY_BYTES).toString('hex')
+      db.prepare(`INSERT OR IGNORE INTO ${OWN_PREFIX}meta (k, v) VALUES ('identity', ?)`).run(id)
+    })
+    this.writeTx(() => this.syncSchema(true, this.adoptReplica()))
+  }
+
+  /**
+   * Puts fresh capture state in a file that replaced the captured one: every branchmesh object it holds
+   * (an older copy's change tables, a replica's bookkeeping) goes, it gets a new identity, and its tables get
+   * ids never used before, so the schema entry that follows drops every table of the old file in each copy and
+   * creates the new ones. Counters start above every one seen, so no earlier position matches this file.
+   */
+  private reinstall(r: Replaced): void {
+    const db = this.conn
+    this.writeTx(() => {
+      const own = db
+        .prepare(
+          "SELECT type, name FROM main.sqlite_schema WHERE type IN ('table', 'trigger') AND substr(name, 1, 6) = ?"
+        )
+        .all(OWN_PREFIX) as Array<{ type: string; name: string }>
+      for (const o of own) if (o.type === 'trigger') db.exec(`DROP TRIGGER IF EXISTS ${quote(o.name)}`)
+      for (const o of own) if (o.type === 'table') db.exec(`DROP TABLE IF EXISTS ${quote(o.name)}`)
+      db.exec(`CREATE TABLE ${OWN_PREFIX}meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID`)
+      const put = db.prepare(`INSERT INTO ${OWN_PREFIX}meta (k, v) VALUES (?, ?)`)
+      put.run('layout', BigInt(CAPTURE_LAYOUT))
+      put.run('identity', crypto.randomBytes(IDENTITY_BYTES).toString('hex'))
+      put.run('reset', BigInt(Math.max(r.floor.resets, this.counters.resets)))
+      put.run('next_table', BigInt(Math.max(r.floor.nextTable, this.counters.nextTable, 1)))
+    })
+    this.tables.clear()
+    this.skippedTables = []
+    this.acked = null
+    this.ackedApplied = null
+    this.unacked = null
+    // Every table is new to the fresh state: it gets a new id and a pending reset, which the snapshot carries.
+    this.install()
+    this.replaced = null
+    this.log.warn('fresh capture state installed in the database that replaced the captured one', {
+      path: this.path,
+      why: r.why
+    })
+  }
+
+  /** Reads the file's capture state without writing (see Probe). */
+  private probe(): Probe {
+    const db = this.conn
+    const has = (name: string) =>
+      (db.prepare(TABLE_EXISTS).pluck().get(name) as bigint) > 0n
+    const names = () => {
+      const { tables, skipped } = readTables(db)
+      return [...tables.map((t) => t.name), ...skipped.map((t) => t.table)]
+    }
+    return db.transaction((): Probe => {
+      if (!has(`${OWN_PREFIX}meta`)) {
+        return { captured: false, identity: null, resets: 0, nextTable: 0, seqs: new Map(), names }
+      }
+      const rows = db.prepare(`SELECT k, v FROM ${OWN_PREFIX}meta`).all() as Array<{ k: string; v: unknown }>
+      const meta = new Map(rows.map((r) => [r.k, r.v]))
+      const seqs = new Map<number, number>()
+      if (has(`${OWN_PREFIX}tables`)) {
+        for (const id of db.prepare(`SELECT id FROM ${OWN_PREFIX}tables`).pluck().all() as bigint[]) {
+          if (!has(changeTable(Number(id)))) continue
+          const d = quote(changeTable(Number(id)))
+          const max = db.prepare(`SELECT max(seq) FROM ${d}`).pluck().get() as bigint | null
+          seqs.set(Number(id), Number(max ?? 0n))
+        }
+      }
+      const identity = meta.get('identity')
+      return {
+        captured: true,
+        identity: typeof identity === 'string' ? identity : null,
+        resets: Number(meta.get('reset') ?? 0n),
+        nextTable: Number(meta.get('next_table') ?? 0n),
+        seqs,
+        names
+      }
+    })()
+  }
+
+  /**
+   * Whether the file is the one a position was read from. Its identity tells another file; its counters and
+   * change-table numbering, which only grow in a live file, tell an older copy of the same file (a backup
+   * restored over it). An older copy equal to the position in every number holds the same captured state, so
+   * it needs nothing. Returns what was found, or null.
+   */
+  private compare(pos: SourcePos, p: Probe): Replaced | null {
+    const floor = {
+      resets: pos.resets,
+      nextTable: Math.max(pos.nextTable, ...pos.tables.map((t) => t.id + 1))
+    }
+    const hexId = pos.identity ? Buffer.from(pos.identity).toString('hex') : null
+    const found = (why: string, sameFile: boolean): Replaced => ({ why, sameFile, names: p.names(), floor })
+    if (!p.captured) {
+      return found(
+        'it holds no capture state: it was deleted and created again, or replaced by a file that was never captured',
+        false
+      )
+    }
+    if (hexId !== null && p.identity !== hexId) {
+      return found('it is another file than the one captured (its capture identity differs)', false)
+    }
+    if (p.resets < pos.resets || p.nextTable < pos.nextTable) {
+      return found(`${OLDER}: its capture counters went back`, true)
+    }
+    for (const t of pos.tables) {
+      const seq = p.seqs.get(t.id)
+      if (seq !== undefined && seq < t.seq) {
+        return found(`${OLDER}: change numbering went back (table id ${t.id}: ${seq} < ${t.seq})`, true)
+      }
+    }
+    return null
+  }
+
+  /** What this capture has read so far, as a position: the yardstick for the file it has open. */
+  private current(): SourcePos {
+    return {
+      identity: this.counters.identity ? Buffer.from(this.counters.identity, 'hex') : null,
+      resets: this.counters.resets,
+      nextTable: this.counters.nextTable,
+      tables: [...this.tables.values()].map((t) => ({ id: t.id, seq: t.mark, reset: 0 }))
+    }
+  }
+
+  /** The SOURCE_RESET a replacement is reported with; the capture loop checks `tables` before it copies. */
+  private replacedError(r: Replaced): MeshError {
+    return MeshError.SOURCE_RESET(`the database file ${this.path} was replaced: ${r.why}`, {
+      hint:
+        'If that was meant (a backup restored, the file made again), nothing to do: the whole database is copied ' +
+        'into the log again and every copy rebuilt from it; the state before stays in history ' +
+        '(mesh log, mesh restore).',
+      context: { path: this.path, replaced: r.why, tables: r.sameFile ? undefined : r.names }
+    })
   }
 
   /**
@@ -384,6 +627,18 @@ export class SqliteCapture implements CaptureSide {
     this.schemaVersion = Number(db.pragma('schema_version', { simple: true }))
     this.schemaPending = true
     this.schemaGen++
+    this.loadCounters()
+  }
+
+  private loadCounters(): void {
+    const rows = this.conn.prepare(`SELECT k, v FROM ${OWN_PREFIX}meta`).all() as Array<{ k: string; v: unknown }>
+    const meta = new Map(rows.map((r) => [r.k, r.v]))
+    const identity = meta.get('identity')
+    this.counters = {
+      identity: typeof identity === 'string' ? identity : null,
+      resets: Number(meta.get('reset') ?? 0n),
+      nextTable: Number(meta.get('next_table') ?? 0n)
+    }
   }
 
   private changeTableArity(id: number): number {
@@ -419,12 +674,33 @@ export class SqliteCapture implements CaptureSide {
   }
 
   async resume(source: Uint8Array | null): Promise<void> {
+    if (this.replaced && source !== null) {
+      // Asked again after a replacement was refused or not yet copied: look at whatever file is there now.
+      this.disconnect()
+      this.replaced = null
+      await this.open({ source })
+    }
+    if (this.replaced) throw this.replacedError(this.replaced)
     if (source === null) return
+    if (!this.opened) {
+      const found = this.compare(decodeSqliteSource(source), this.probe())
+      this.opened = true
+      if (found) {
+        this.replaced = found
+        throw this.replacedError(found)
+      }
+    }
     this.acknowledge(source)
     this.flushAck(true)
   }
 
+  /** A replacement the capture loop accepted: fresh capture state in the new file, before it is copied. */
+  private takeReplacement(): void {
+    if (this.replaced) this.reinstall(this.replaced)
+  }
+
   async schema(): Promise<SchemaEntry> {
+    this.takeReplacement()
     this.syncSchema(false)
     return this.schemaEntry([])
   }
@@ -436,6 +712,7 @@ export class SqliteCapture implements CaptureSide {
 
   async *snapshot(opts: { chunkRows?: number } = {}): AsyncIterable<SnapshotChunk> {
     const chunkRows = opts.chunkRows ?? 5000
+    this.takeReplacement()
     this.syncSchema(false)
     const tables = [...this.tables.values()].sort((a, b) => a.id - b.id)
     // The snapshot resends every table in full, which is what a pending reset asks for: the next read need
@@ -482,11 +759,92 @@ export class SqliteCapture implements CaptureSide {
   }
 
   async read(): Promise<CaptureBatch | null> {
+    const at = this.db === null ? 'other' : this.fileAtPath()
+    if (at !== 'same') {
+      // The writes the old file took before it went are read from it first: the connection still holds it.
+      if (!this.drained && this.db !== null && this.replaced === null) {
+        this.drained = true
+        const last = await this.readOpen().catch(() => null)
+        if (last) return last
+      }
+      if (at === 'gone') {
+        const what = `the database file ${this.path} is gone (deleted or moved away)`
+        throw MeshError.NOT_FOUND(`${what}: nothing is captured until a database is back at that path`, {
+          hint: 'Put the database back at its path; the node notices it by itself.',
+          retryable: true,
+          context: { path: this.path }
+        })
+      }
+      this.drained = false
+      this.switchFile()
+    }
+    if (this.replaced) throw this.replacedError(this.replaced)
+    return this.readOpen()
+  }
+
+  /** Whether the path still names the file the connection has open. */
+  private fileAtPath(): 'same' | 'other' | 'gone' {
+    let st: fs.Stats
+    try {
+      st = fs.statSync(this.path)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'gone'
+      throw sqliteError(err, this.path, 'cannot look at')
+    }
+    return this.file !== null && st.dev === this.file.dev && st.ino === this.file.ino ? 'same' : 'other'
+  }
+
+  /**
+   * Another file is at the path (the old one deleted or moved, a new one put there): opens it and compares it
+   * with what this capture read so far. The same file under a new inode (a copy that kept its capture state
+   * and numbering) is captured on; anything else is a replacement, reported as SOURCE_RESET.
+   */
+  private switchFile(): void {
+    const known = this.current()
+    this.disconnect()
+    try {
+      this.connect()
+    } catch (err) {
+      const e = MeshError.wrap(err, MeshError.IO_ERROR)
+      if (e.code !== 'NOT_SQLITE') throw e
+      throw MeshError.NOT_SQLITE(
+        `the database file ${this.path} was replaced by a file that is not a SQLite database (or a damaged one): ` +
+          "nothing is captured or sent; put the dataset's database back at that path",
+        {
+          retryable: true,
+          context: { path: this.path },
+          cause: err,
+          hint: 'Put the database back at its path; the node notices it by itself.'
+        }
+      )
+    }
+    const found = this.compare(known, this.probe())
+    if (found) {
+      this.replaced = found
+      throw this.replacedError(found)
+    }
+    this.replaced = null
+    this.install()
+    this.log.info('the database file at the path is another inode of the captured file: capture goes on', {
+      path: this.path
+    })
+  }
+
+  private async readOpen(): Promise<CaptureBatch | null> {
     const db = this.conn
     let dv: number
     try {
       dv = Number(db.pragma('data_version', { simple: true }))
-      if (dv !== this.dataVersion) this.syncSchema(false)
+      if (dv !== this.dataVersion) {
+        // Another connection committed: it may have written a whole other database into this file (an old
+        // backup restored through SQLite writes into the same inode).
+        const found = this.compare(this.current(), this.probe())
+        if (found) {
+          this.replaced = found
+          throw this.replacedError(found)
+        }
+        this.syncSchema(false)
+      }
     } catch (err) {
       throw sqliteError(err, this.path, 'cannot read')
     }
@@ -508,7 +866,8 @@ export class SqliteCapture implements CaptureSide {
 
   private readInTx(): CaptureBatch | null {
     const changes: TableChanges[] = []
-    const pos: SourcePos = { tables: [] }
+    const { identity, resets, nextTable } = this.current()
+    const pos: SourcePos = { identity, resets, nextTable, tables: [] }
     const reset: number[] = []
     let rows = 0
     let any = false
@@ -551,7 +910,7 @@ export class SqliteCapture implements CaptureSide {
   }
 
   async checkpoint(): Promise<{ digest: Uint8Array; rows: number } | null> {
-    if (this.unacked !== null || this.schemaPending) return null
+    if (this.unacked !== null || this.schemaPending || this.replaced !== null || this.db === null) return null
     const db = this.conn
     try {
       // One read transaction: the change tables say nothing is pending, and the digest reads that same state.
@@ -603,7 +962,7 @@ export class SqliteCapture implements CaptureSide {
   /** Deletes acknowledged change rows and clears acknowledged resets, at most every ackIntervalMs. */
   private flushAck(force: boolean): void {
     const pos = this.acked
-    if (pos === null || pos === this.ackedApplied) return
+    if (pos === null || pos === this.ackedApplied || this.replaced !== null || this.db === null) return
     const now = Date.now()
     if (!force && now - this.lastAckWrite < this.ackIntervalMs) return
     const db = this.conn

@@ -81,7 +81,9 @@ export const command: Command = {
     for (const u of log.units) {
       const when = u.time === null ? '-'.padEnd(24) : new Date(u.time).toISOString()
       const touched = u.tables.map((t) => `${t.table} +${t.upserts} -${t.deletes}`).join(', ')
-      out(`${String(u.seq).padStart(8)}  epoch ${u.epoch}  ${when}  ${u.kind.padEnd(11)} ${u.rows ? `${u.rows} rows: ${touched}` : u.note}`)
+      const copy = u.kind === 'snapshot' && u.note ? `; ${u.note}` : ''
+      const what = u.rows ? `${u.rows} rows: ${touched}${copy}` : u.note
+      out(`${String(u.seq).padStart(8)}  epoch ${u.epoch}  ${when}  ${u.kind.padEnd(11)} ${what}`)
       for (const d of u.damage ?? []) out(`          MASS CHANGE: ${d.changed} of ${d.before} rows of ${d.table}; the state before it: ${d.restore}`)
       if (u.changes) out(JSON.stringify(u.changes, null, 2))
     }
