@@ -8,8 +8,8 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import path from 'node:path'
-import { dump, openWal } from './helpers/db.ts'
-import { mesh, startMesh, waitUntil, type TestSite } from './helpers/mesh.ts'
+import { dump, sqliteDb } from './helpers/db.ts'
+import { mesh, meshSites, waitUntil, type TestSite } from './helpers/mesh.ts'
 import { startTs } from './helpers/proc.ts'
 import { Workload } from './helpers/workload.ts'
 
@@ -34,10 +34,10 @@ const NAME =
   'an old backup put over the origin file, node running and stopped: copied again, shown at every site, ' +
   'history keeps the state before; mesh resync at the origin only'
 test(NAME, async (t) => {
-  const { sites, dir } = await startMesh(t, ['shop-a', 'shop-b'])
+  const { sites, dir } = await meshSites(t, ['shop-a', 'shop-b'])
   const [a, b] = sites
   const ds = 'shop-a'
-  const db = openWal(a.db)
+  const db = sqliteDb(t, a.db)
   const work = new Workload(db, 3)
   for (let i = 0; i < 60; i++) work.transaction()
   const old = path.join(dir, 'old.db')

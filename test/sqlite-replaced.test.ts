@@ -14,6 +14,7 @@ import Corestore from 'corestore'
 import { SqliteCapture } from '../adapters/index.ts'
 import { CaptureLoop, DatasetLog } from '../node/index.ts'
 import { dump, openWal, tmpDir } from './helpers/db.ts'
+import { teardown, type TestContext } from './helpers/teardown.ts'
 import { waitUntil } from './helpers/mesh.ts'
 import { startPipeline, type Pipeline } from './helpers/pipeline.ts'
 import { startTs } from './helpers/proc.ts'
@@ -27,8 +28,8 @@ interface Setup {
 }
 
 /** An origin with some history, captured and applied; the test's own connection closed again. */
-async function seeded(t: { after(fn: () => Promise<void> | void): void }, txs = 150): Promise<Setup & { old: string }> {
-  const { dir, cleanup } = tmpDir('mesh-replaced-')
+async function seeded(t: TestContext, txs = 150): Promise<Setup & { old: string }> {
+  const dir = tmpDir(t, 'mesh-replaced-')
   const file = path.join(dir, 'shop.db')
   const old = path.join(dir, 'old.db')
   const db = openWal(file)
@@ -42,10 +43,8 @@ async function seeded(t: { after(fn: () => Promise<void> | void): void }, txs = 
     replica: path.join(dir, 'replica.db'),
     p: await startPipeline(dir, file)
   }
-  t.after(async () => {
-    await s.p.close().catch(() => {})
-    cleanup()
-  })
+  // Whichever pipeline the test runs last is closed at the end (it may start new ones after a close).
+  teardown(t, () => s.p.close().catch(() => {}))
   await s.p.settle()
   // The backup: SQLite's own backup of the live file, then more writes that the backup lacks.
   await db.backup(old)
