@@ -37,7 +37,9 @@ import path from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
 import { pathToFileURL } from 'node:url'
 import pg from 'pg'
+import Corestore from 'corestore'
 import { PostgresApply, PostgresCapture } from '../adapters/index.ts'
+import { CaptureLoop, DatasetLog } from '../node/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { pgDump, startCluster, type PgCluster } from '../test/helpers/pg.ts'
 import { startSidesPipeline } from '../test/helpers/pipeline.ts'
@@ -53,6 +55,8 @@ export interface PgBenchOptions {
   scale?: number
   /** The capture loop's longest idle wait; default 50 (what `mesh start` uses). */
   pollMs?: number
+  /** Run one scenario only: 'restart' (`--only restart`), the node restarted under pgbench. */
+  only?: 'restart'
 }
 
 export type PgBenchSummary = Record<string, number | boolean>
@@ -525,6 +529,162 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
   }
 }
 
+interface Restart {
+  /** Steady capture: pgbench with capture running; WAL from its start until the log held its last transaction. */
+  steadyBytes: number
+  steadyMs: number
+  steadyTps: number
+  /** The backlog: WAL written by pgbench while capture was stopped, from the slot's confirmed position. */
+  backlogBytes: number
+  backlogTps: number
+  /** A new capture (open, resume, stream) until the log holds every transaction of the backlog. */
+  catchUpMs: number
+  /** The first unit appended after the new capture started, ms. */
+  firstUnitMs: number
+  units: number
+  rows: number
+  /** The capture side's own lag() while it drained: the largest seen, and the first sample (bytes). */
+  lagMaxBytes: number
+  lagMaxSeconds: number
+  lagSamples: number
+}
+
+/**
+ * The origin's node restarted under pgbench: capture (PostgresCapture, CaptureLoop and a log in a corestore, as
+ * `mesh start` sets them up; no replication, no apply) first runs alongside pgbench (steady capture), is
+ * stopped, pgbench runs again with nothing capturing (the WAL piles up behind the slot), and a new capture
+ * starts and drains it. Each figure is in bytes of WAL per second: steady, from pgbench's start until the log
+ * holds its last transaction; catch-up, from the new capture's creation until the log holds the backlog's
+ * last transaction. "The log holds" is the slot's confirmed_flush_lsn (moved by capture's acknowledge only)
+ * reaching a marker row committed after pgbench ended.
+ */
+async function restart(clusters: PgCluster[], seconds: number, scale: number, pollMs: number): Promise<Restart> {
+  const origin = await startCluster({ durable: true })
+  clusters.push(origin)
+  const { dir, cleanup } = tmpDir('mesh-pgrestart-')
+  const storeDir = path.join(dir, 'store')
+  const store = new Corestore(storeDir)
+  let log: DatasetLog | null = null
+  let o: pg.Client | null = null
+  let side = null as PostgresCapture | null
+  let loop = null as CaptureLoop | null
+  const slot = 'branchmesh_bench'
+  const header = { dataset: 'ds1', name: 'shop', engine: 'postgres', epoch: 0, site: 'a', createdAt: Date.now(), parent: null }
+  const begin = async () => {
+    side = new PostgresCapture({ url: origin.url(DB), slot, publication: slot })
+    loop = new CaptureLoop({ capture: side, log: log!, header, pollMs })
+    await loop.start()
+    return loop
+  }
+  const end = async () => {
+    await loop?.stop()
+    await side?.close()
+    loop = side = null
+  }
+  try {
+    await origin.createDatabase(DB)
+    initOrigin(origin, scale)
+    log = await DatasetLog.writable(store, storeDir, 'ds1', 0)
+    o = await connectTo(origin.url(DB))
+    const c = o
+    // A marker committed after everything before it; resolves once the slot's confirmed position passes it.
+    const held = async (timeoutMs: number) => {
+      const at = (await c.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l as string
+      await c.query(`INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 0, now())`)
+      await untilAsync(
+        async () => (await c.query(`SELECT confirmed_flush_lsn > $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = $2`, [at, slot])).rows[0]?.ok === true,
+        timeoutMs,
+        'the log to hold the marker',
+        POLL_EVERY_MS
+      )
+      return { at, ms: nowMs() }
+    }
+    await begin()
+    await held(600_000)
+    await origin.query('CHECKPOINT')
+
+    // Steady capture.
+    const l0 = await walLsn(origin)
+    const t0 = nowMs()
+    const steady = await pgbench(origin, pgbenchArgs(seconds), seconds * 1000 + 120_000)
+    const h0 = await held(600_000)
+    const steadyBytes = Number((await c.query('SELECT pg_wal_lsn_diff($1, $2) AS n', [h0.at, l0])).rows[0].n)
+
+    // The node stops; pgbench goes on; the node starts again.
+    await end()
+    const backlog = await pgbench(origin, pgbenchArgs(seconds), seconds * 1000 + 120_000)
+    const confirmed = (await c.query('SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = $1', [slot])).rows[0].l
+    const units: number[] = []
+    let rows = 0
+    const lag = { maxBytes: 0, maxSeconds: 0, samples: 0 }
+    const t1 = nowMs()
+    const l = await begin()
+    l.on('unit', (e: { rows: number }) => {
+      units.push(nowMs() - t1)
+      rows += e.rows
+    })
+    let sampling = true
+    const sampled = (async () => {
+      while (sampling) {
+        const x = side ? await side.lag().catch(() => null) : null
+        if (x) {
+          lag.samples++
+          lag.maxBytes = Math.max(lag.maxBytes, x.bytes)
+          lag.maxSeconds = Math.max(lag.maxSeconds, x.seconds)
+        }
+        await sleep(250)
+      }
+    })()
+    const h1 = await held(900_000)
+    sampling = false
+    await sampled
+    const backlogBytes = Number((await c.query('SELECT pg_wal_lsn_diff($1, $2) AS n', [h1.at, confirmed])).rows[0].n)
+    await end()
+    return {
+      steadyBytes,
+      steadyMs: h0.ms - t0,
+      steadyTps: steady.tps,
+      backlogBytes,
+      backlogTps: backlog.tps,
+      catchUpMs: h1.ms - t1,
+      firstUnitMs: units[0] ?? NaN,
+      units: units.length,
+      rows,
+      lagMaxBytes: lag.maxBytes,
+      lagMaxSeconds: lag.maxSeconds,
+      lagSamples: lag.samples
+    }
+  } finally {
+    await end().catch(() => {})
+    await o?.end().catch(() => {})
+    await log?.close().catch(() => {})
+    await store.close().catch(() => {})
+    await origin.stop()
+    cleanup()
+  }
+}
+
+/** Prints the restart scenario; returns its summary fields. */
+function sayRestart(r: Restart, say: (s: string) => void): PgBenchSummary {
+  const steadyRate = r.steadyBytes / (r.steadyMs / 1000)
+  const catchRate = r.backlogBytes / (r.catchUpMs / 1000)
+  const vs = catchRate / steadyRate
+  say('')
+  say(`  the origin's node restarted under pgbench (capture and the log only; same pgbench run, capture stopped meanwhile):`)
+  say(`    steady capture: ${mb(r.steadyBytes)} MB of WAL held by the log ${f0(r.steadyMs)} ms after pgbench began (${f0(r.steadyTps)} TPS): ${mb(steadyRate)} MB/s (anchor)`)
+  say(`    catch-up: ${mb(r.backlogBytes)} MB of WAL behind the slot (${f0(r.backlogTps)} TPS while stopped) held ${f0(r.catchUpMs)} ms after the new capture was created: ${mb(catchRate)} MB/s, ${ratio(vs)} steady  aim >= 1x: ${vs >= 1 ? 'met' : 'NOT MET'}`)
+  say(`    ${r.units} units, ${r.rows} row changes (net per key); first unit after ${f0(r.firstUnitMs)} ms; capture lag() while draining: up to ${mb(r.lagMaxBytes)} MB, ${f1(r.lagMaxSeconds)} s (${r.lagSamples} samples)`)
+  return {
+    pgRestartSteadyBytesPerSec: Math.round(steadyRate),
+    pgRestartBacklogBytes: r.backlogBytes,
+    pgRestartCatchUpMs: Math.round(r.catchUpMs),
+    pgRestartCatchUpBytesPerSec: Math.round(catchRate),
+    pgRestartCatchUpVsSteady: r3(vs),
+    pgRestartCatchUpAimMet: vs >= 1,
+    pgRestartLagMaxBytes: r.lagMaxBytes
+  }
+}
+
 function argSeconds(): number | undefined {
   const i = process.argv.indexOf('--pg-seconds')
   if (i < 0) return undefined
@@ -542,6 +702,10 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
   const started = nowMs()
   const clusters: PgCluster[] = []
   try {
+    if (opts.only === 'restart') {
+      say(`postgres: pgbench at the origin, scale ${scale}, ${CLIENTS} clients, ${THREADS} threads, ${seconds} s; fsync on`)
+      return sayRestart(await restart(clusters, seconds, scale, pollMs), say)
+    }
     const a = await alone(clusters, seconds, scale)
     const n = await native(clusters, seconds, scale)
     const b = await branchmesh(clusters, seconds, scale, pollMs)
@@ -602,6 +766,7 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
     say(`    native:     ${busy(n.cpu)}; walsender at the origin (decoding) ${cpuS(n.cpu.originMs)} s, subscriber's apply worker ${cpuS(n.cpu.replicaMs)} s; ${wal(n)}`)
     say(`    branchmesh: ${busy(b.cpu)}; capture at the origin (walsender decoding + its SQL connection) ${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`)
     if ([a, n, b].some((s) => s.run.failed > 0)) say(`  pgbench failed transactions: alone ${a.run.failed}, native ${n.run.failed}, branchmesh ${b.run.failed}`)
+    const re = sayRestart(await restart(clusters, seconds, scale, pollMs), say)
     say(`  set-up (not measured): alone ${(a.setupMs / 1000).toFixed(1)} s, native ${(n.setupMs / 1000).toFixed(1)} s, branchmesh ${(b.setupMs / 1000).toFixed(1)} s; this benchmark took ${totalS.toFixed(0)} s in all`)
 
     return {
@@ -642,7 +807,8 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
       pgBranchmeshProcessCpuMs: Math.round(b.cpu.selfMs),
       pgApplyBackendCpuMs: Math.round(b.cpu.replicaMs),
       pgSlotRestartLagBytes: Math.round(d.slotRestartLagBytes),
-      pgBenchSeconds: Math.round(totalS)
+      ...re,
+      pgBenchSeconds: Math.round((nowMs() - started) / 1000)
     }
   } finally {
     for (const c of clusters) await c.stop().catch(() => {})
@@ -651,6 +817,8 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const json = process.argv.includes('--json')
-  const summary = await pgBench({ json })
+  const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : undefined
+  if (only !== undefined && only !== 'restart') throw new Error(`bench: --only takes restart, not ${only}. Try: --only restart`)
+  const summary = await pgBench({ json, only })
   if (json) process.stdout.write(JSON.stringify(summary) + '\n')
 }

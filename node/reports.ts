@@ -162,6 +162,8 @@ export class Reports {
     for (const o of roles.origins.values()) {
       const core = o.log.core
       const err = o.error ?? o.loop.stats.lastError
+      // What the database committed that the log does not hold yet; unknown (null) when it cannot be read.
+      const captureLag = o.side.lag && o.loop.active ? await o.side.lag().catch(() => null) : null
       out.push({
         dataset: o.info.id,
         log: o.log.key,
@@ -175,7 +177,8 @@ export class Reports {
         appliedWriteAt: o.loop.stats.lastUnitAt ?? o.info.createdAt,
         error: err?.code ?? '',
         errorMessage: err?.message ?? '',
-        damaged: 0
+        damaged: 0,
+        captureLag
       })
     }
     for (const [id, e] of roles.settleErrors) {
