@@ -163,7 +163,7 @@ export class Reports {
       const core = o.log.core
       const err = o.error ?? o.loop.stats.lastError
       // What the database committed that the log does not hold yet; unknown (null) when it cannot be read.
-      const captureLag = o.side.lag && o.loop.active ? await o.side.lag().catch(() => null) : null
+      const captureLag = o.side.lag && o.loop.active ? await within(o.side.lag(), 1000) : null
       out.push({
         dataset: o.info.id,
         log: o.log.key,
@@ -230,6 +230,17 @@ export class Reports {
       })
     }
     return out
+  }
+}
+
+/** What `p` resolves to, or null when it fails or takes longer than `ms` (a report never waits on a database). */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | null> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), ms)))
+  try {
+    return await Promise.race([p.catch(() => null), late])
+  } finally {
+    clearTimeout(timer)
   }
 }
 
