@@ -594,7 +594,10 @@ async function restart(clusters: PgCluster[], seconds: number, scale: number, po
   let loop = null as CaptureLoop | null
   let load: { stop(): Promise<void> } | null = null
   const slot = 'branchmesh_bench'
-  const header = { dataset: 'ds1', name: 'shop', engine: 'postgres', epoch: 0, site: 'a', createdAt: Date.now(), parent: null }
+  const header = {
+    ...{ dataset: 'ds1', name: 'shop', engine: 'postgres', epoch: 0 },
+    ...{ site: 'a', createdAt: Date.now(), parent: null }
+  }
   const begin = async () => {
     side = new PostgresCapture({ url: origin.url(DB), slot, publication: slot })
     loop = new CaptureLoop({ capture: side, log: log!, header, pollMs })
@@ -613,9 +616,10 @@ async function restart(clusters: PgCluster[], seconds: number, scale: number, po
     o = await connectTo(origin.url(DB))
     const c = o
     const lsnNow = async () => (await c.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l as string
-    const diff = async (x: string, y: string) => Number((await c.query('SELECT pg_wal_lsn_diff($1, $2) AS n', [x, y])).rows[0].n)
-    const confirmedLsn = async () =>
-      (await c.query('SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = $1', [slot])).rows[0].l as string
+    const diff = async (x: string, y: string) =>
+      Number((await c.query('SELECT pg_wal_lsn_diff($1, $2) AS n', [x, y])).rows[0].n)
+    const slotSql = 'SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = $1'
+    const confirmedLsn = async () => (await c.query(slotSql, [slot])).rows[0].l as string
     // A marker committed after everything before it, and when the slot's confirmed position passes it.
     const mark = async () => {
       const at = await lsnNow()
@@ -643,7 +647,8 @@ async function restart(clusters: PgCluster[], seconds: number, scale: number, po
     // Under pgbench, the node stops until the backlog is as large as the trial's, then starts again.
     load = pgbenchUntilStopped(origin)
     await end()
-    await untilAsync(async () => (await diff(await lsnNow(), await confirmedLsn())) >= RESTART_BACKLOG_BYTES, 600_000, 'the backlog', 250)
+    const backlogged = async () => (await diff(await lsnNow(), await confirmedLsn())) >= RESTART_BACKLOG_BYTES
+    await untilAsync(backlogged, 600_000, 'the backlog', 250)
     const confirmed = await confirmedLsn()
     const units: number[] = []
     let rows = 0
@@ -751,7 +756,7 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
   const clusters: PgCluster[] = []
   try {
     if (opts.only === 'restart') {
-      say(`postgres: pgbench at the origin, scale ${scale}, ${CLIENTS} clients, ${THREADS} threads, ${seconds} s; fsync on`)
+      say(`postgres: pgbench at the origin, scale ${scale}, ${CLIENTS} clients, ${THREADS} threads, ${seconds} s`)
       return sayRestart(await restart(clusters, seconds, scale, pollMs), say)
     }
     const a = await alone(clusters, seconds, scale)
@@ -866,7 +871,9 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const json = process.argv.includes('--json')
   const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : undefined
-  if (only !== undefined && only !== 'restart') throw new Error(`bench: --only takes restart, not ${only}. Try: --only restart`)
+  if (only !== undefined && only !== 'restart') {
+    throw new Error(`bench: --only takes restart, not ${only}. Try: --only restart`)
+  }
   const summary = await pgBench({ json, only })
   if (json) process.stdout.write(JSON.stringify(summary) + '\n')
 }

@@ -84,10 +84,11 @@ test('the message tables put every control and join message in the slot its cons
   assert.equal(CONTROL_MESSAGES[ControlMessage.members].encoding, membersMessage)
 })
 
-test('a report carries the origin’s capture lag in its extension; one without it (older software) still decodes', () => {
+test('a report carries the origin’s capture lag in an extension; one without it (older software) decodes', () => {
   const kp = crypto.keyPair()
   const base = { dataset: 'ab12', log: crypto.randomBytes(32), epoch: 0, length: 10, byteLength: 999, downloaded: 10 }
-  const h = { ...base, applied: 10, appliedBytes: 999, lastWriteAt: 1, appliedWriteAt: 1, error: '', errorMessage: '', damaged: 0 }
+  const h = { ...base, applied: 10, appliedBytes: 999, lastWriteAt: 1, appliedWriteAt: 1, error: '', errorMessage: '',
+    damaged: 0 }
   const report: Report = {
     site: kp.publicKey,
     siteName: 'shop-a',

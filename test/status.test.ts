@@ -94,7 +94,9 @@ test('status: the origin’s capture lag shows in bytes and seconds; WARN past 5
           { key: a, site: 'shop-a', addedAt: now - 1000 * HOUR },
           { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
         ],
-        datasets: [{ id: 'd1', name: 'till', engine: 'postgres', origin: a, originSite: 'shop-a', epoch: 0, log, createdAt: now - 1000 * HOUR }],
+        datasets: [
+          { id: 'd1', name: 'till', engine: 'postgres', origin: a, originSite: 'shop-a', epoch: 0, log, createdAt: now - 1000 * HOUR }
+        ],
         local: []
       },
       reports: [
@@ -117,7 +119,8 @@ test('status: the origin’s capture lag shows in bytes and seconds; WARN past 5
   assert.deepEqual([origin.lagBytes, origin.lagSeconds], [22_000_000, 20], "the origin's lag is its capture lag")
   const warn = at({ bytes: 3_000_000, seconds: 600 })
   assert.equal(warn.verdict, 'WARN')
-  assert.ok(warn.reasons.some((r) => r.level === 'WARN' && /till log at shop-a lacks writes .* 10 minutes ago \(2\.9 MB/.test(r.text)))
+  const warned = /till log at shop-a lacks writes .* 10 minutes ago \(2\.9 MB/
+  assert.ok(warn.reasons.some((r) => r.level === 'WARN' && warned.test(r.text)))
   const crit = at({ bytes: 3_000_000, seconds: 7200 })
   assert.equal(crit.verdict, 'CRIT')
   assert.ok(crit.reasons.some((r) => r.level === 'CRIT' && /restart the node there \(`mesh start`/.test(r.text)))

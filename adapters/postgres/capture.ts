@@ -239,7 +239,11 @@ export class PostgresCapture implements CaptureSide {
   async read(): Promise<CaptureBatch | null> {
     if (this.slotMissing) throw this.slotGone()
     const st = await this.streaming()
-    const caughtUp = await st.caughtUp()
+    // Everything committed before this read, unless a full batch is here already: a stream draining a backlog
+    // (a node restarted under load) stays behind the server until the end of it, and waiting for it on every
+    // read made the drain run at one batch per wait.
+    const maxChanges = this.opts.maxChanges ?? 20_000
+    const caughtUp = await st.caughtUp(undefined, maxChanges)
     const taken = await st.take(this.opts.gatherMs ?? 20)
     // Busy for a while: constraint and default changes, which rows do not show, are looked up now and then.
     if (taken.count > 0 && Date.now() - this.catalog.lastCheck >= 10 * (this.opts.catalogCheckMs ?? 1000)) {
@@ -451,15 +455,17 @@ export class PostgresCapture implements CaptureSide {
    * of the last transaction the log holds to the end of the newest one received, or to the server's flushed
    * position while the stream has not sent everything up to it (then an upper bound); and the seconds since
    * the oldest transaction received and not held committed, or, before any has arrived, since capture was
-   * last seen caught up (or opened). Null during an initial copy, and when the slot is gone.
+   * last seen caught up (or opened). Null during an initial copy, and when the slot is gone. Asks the server
+   * only while no stream runs.
    */
   async lag(): Promise<{ bytes: number; seconds: number } | null> {
     if (this.snap !== null || this.slotMissing) return null
     const st = this.stream
     const now = Date.now()
     let server: bigint
-    if (st && !st.ended && now - st.serverRead.readAt < 1000) server = st.serverRead.at
-    else if (st && !st.ended) server = await st.serverPosition()
+    // With a stream, the position its reads last asked for (a read that waits on the database must not make
+    // the report wait too; the stream's own messages say what arrived since).
+    if (st && !st.ended) server = st.serverRead.at
     else {
       const doing = 'cannot read the server position'
       server = parseLsn((await this.query('SELECT pg_current_wal_flush_lsn()::text AS lsn', [], doing)).rows[0].lsn)

@@ -351,7 +351,8 @@ export function pgAfterSql(tables: TableDef[]): string[] {
       const seq = `pg_get_serial_sequence(${quoteLiteral(def.name)}, ${quoteLiteral(name)})`
       out.push(
         `-- ${def.name}.${quoteIdent(name)} (${feed}): its sequence past the highest value, so new rows take new ids`,
-        `SELECT setval(s, m) FROM (SELECT ${seq} AS s, (SELECT max(${quoteIdent(name)})::int8 FROM ${def.name}) AS m) x ` +
+        `SELECT setval(s, m) FROM (SELECT ${seq} AS s, ` +
+          `(SELECT max(${quoteIdent(name)})::int8 FROM ${def.name}) AS m) x ` +
           `WHERE s IS NOT NULL AND m > (SELECT coalesce(last_value, 0) FROM pg_sequences ` +
           `WHERE format('%I.%I', schemaname, sequencename) = s);`
       )

@@ -227,8 +227,14 @@ export class ReplicationStream {
     const until = Date.now() + 2000
     // `enough`: a caller that takes at most that many messages stops waiting once they are here (a stream
     // draining a backlog is behind the server for as long as the backlog lasts: waiting would only slow it).
+    // Every message wakes the wait; the server is asked for a keepalive at most every 50 ms (asking on every
+    // message sent the server a status update per message while a backlog streamed in).
+    let asked = 0
     while (this.sent < target && !this.ended && Date.now() < until && this.buf.length < enough) {
-      this.feedback(true)
+      if (Date.now() - asked >= 50) {
+        this.feedback(true)
+        asked = Date.now()
+      }
       await this.sleep(50)
     }
     return this.sent >= target && !this.ended
