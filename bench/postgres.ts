@@ -2,7 +2,7 @@
  * The PostgreSQL benchmark: what capture costs the origin, and how soon a replica equals the origin after a
  * burst of writes, side by side with PostgreSQL's own logical replication. Nothing here is asserted.
  *
- * Three scenarios, one after the other in the same run on this machine, each on fresh throwaway clusters
+ * Three scenarios (a fourth, restart, is below), one after the other in the same run on this machine, each on fresh throwaway clusters
  * (test/helpers/pg.ts, `durable`: fsync on; synchronous_commit on), each with the same workload:
  * `pgbench -i -s 10` (1M accounts), a CHECKPOINT on every cluster, then `pgbench -c 4 -j 2 -T <seconds> -n`
  * (the default TPC-B-like script: 3 updates and 1 insert per transaction).
@@ -27,8 +27,11 @@
  * event loop with the polling). pgbench, both clusters and this process share the machine's cores, for
  * native replication as for branchmesh.
  *
- * Run alone with `node --import tsx bench/postgres.ts [--json] [--pg-seconds N]`; `npm run bench` runs it
- * last.
+ * restart: the origin's node restarted under pgbench with a 24 MB backlog (as in the trial of issue 14):
+ * capture's catch-up rate against steady capture's, in WAL bytes per second (see `restart`).
+ *
+ * Run alone with `node --import tsx bench/postgres.ts [--json] [--pg-seconds N] [--only restart]`; `npm run
+ * bench` runs it last.
  */
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
