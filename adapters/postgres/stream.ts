@@ -68,6 +68,8 @@ export class ReplicationStream {
   private seen = 0
   /** Commit messages in `buf`. */
   private commits = 0
+  /** Messages of `buf` up to its last Commit: those of whole transactions. */
+  private complete = 0
   /** The end LSN of the newest Commit message received. */
   private lastCommitEnd = 0n
   /** The server's flushed WAL position as last read (caughtUp), and when (ms). */
@@ -159,6 +161,7 @@ export class ReplicationStream {
       this._received++
       if (payload[0] === 0x43) {
         this.commits++
+        this.complete = this.buf.length
         this.lastCommitEnd = payload.readBigUInt64BE(10)
       }
       // Paused only while a whole transaction waits here: its read and confirm resume the stream. (pgoutput
@@ -225,12 +228,13 @@ export class ReplicationStream {
   async caughtUp(upTo?: bigint, enough = Infinity): Promise<boolean> {
     const target = upTo ?? (await this.serverPosition())
     const until = Date.now() + 2000
-    // `enough`: a caller that takes at most that many messages stops waiting once they are here (a stream
-    // draining a backlog is behind the server for as long as the backlog lasts: waiting would only slow it).
+    // `enough`: a caller that takes at most that many messages stops waiting once that many of whole
+    // transactions are here (a stream draining a backlog is behind the server for as long as the backlog
+    // lasts: waiting would only slow it). Messages of a transaction still arriving do not count.
     // Every message wakes the wait; the server is asked for a keepalive at most every 50 ms (asking on every
     // message sent the server a status update per message while a backlog streamed in).
     let asked = 0
-    while (this.sent < target && !this.ended && Date.now() < until && this.buf.length < enough) {
+    while (this.sent < target && !this.ended && Date.now() < until && this.complete < enough) {
       if (Date.now() - asked >= 50) {
         this.feedback(true)
         asked = Date.now()
@@ -295,6 +299,7 @@ export class ReplicationStream {
       }
     }
     this.buf.splice(0, cut)
+    this.complete = Math.max(0, this.complete - cut)
     this.seen = Math.max(0, this.seen - cut)
     this.firstAt = Date.now()
     if (this.paused && this.buf.length < MAX_BUFFERED / 2) {
