@@ -61,6 +61,11 @@ export interface Dialect {
   remove(def: TableDef, key: Value[]): string
   /** Tables the engine keeps for itself in the log (PostgreSQL's sequences): not the application's rows. */
   internal(table: number): boolean
+  /**
+   * Statements that follow the changes, given the tables rows were written to (PostgreSQL: each identity or
+   * serial sequence moved past its column's highest value). Absent: nothing follows.
+   */
+  after?(tables: TableDef[]): string[]
 }
 
 /**

@@ -83,6 +83,13 @@ export interface CaptureSide {
   checkpoint?(): Promise<{ digest: Uint8Array; rows: number } | null>
   /** The tables this capture carries (quoted, qualified names), where the engine can list them. */
   carried?(): string[]
+  /**
+   * What the source has committed that the log does not hold yet: `bytes` of the source's own change record
+   * (PostgreSQL: WAL) and `seconds` since the oldest such change committed; zeros when the log holds
+   * everything; null when it cannot tell now (an initial copy running, the source unreachable). May ask the
+   * source database; never changes what read() returns. Absent: the engine cannot tell (status shows none).
+   */
+  lag?(): Promise<{ bytes: number; seconds: number } | null>
   close(): Promise<void>
 }
 

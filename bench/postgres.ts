@@ -2,7 +2,7 @@
  * The PostgreSQL benchmark: what capture costs the origin, and how soon a replica equals the origin after a
  * burst of writes, side by side with PostgreSQL's own logical replication. Nothing here is asserted.
  *
- * Three scenarios, one after the other in the same run on this machine, each on fresh throwaway clusters
+ * Three scenarios (a fourth, restart, is below), one after the other in the same run on this machine, each on fresh throwaway clusters
  * (test/helpers/pg.ts, `durable`: fsync on; synchronous_commit on), each with the same workload:
  * `pgbench -i -s 10` (1M accounts), a CHECKPOINT on every cluster, then `pgbench -c 4 -j 2 -T <seconds> -n`
  * (the default TPC-B-like script: 3 updates and 1 insert per transaction).
@@ -27,8 +27,11 @@
  * event loop with the polling). pgbench, both clusters and this process share the machine's cores, for
  * native replication as for branchmesh.
  *
- * Run alone with `node --import tsx bench/postgres.ts [--json] [--pg-seconds N]`; `npm run bench` runs it
- * last.
+ * restart: the origin's node restarted under pgbench with a 24 MB backlog (as in the trial of issue 14):
+ * capture's catch-up rate against steady capture's, in WAL bytes per second (see `restart`).
+ *
+ * Run alone with `node --import tsx bench/postgres.ts [--json] [--pg-seconds N] [--only restart]`; `npm run
+ * bench` runs it last.
  */
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
@@ -37,7 +40,9 @@ import path from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
 import { pathToFileURL } from 'node:url'
 import pg from 'pg'
+import Corestore from 'corestore'
 import { PostgresApply, PostgresCapture } from '../adapters/index.ts'
+import { CaptureLoop, DatasetLog } from '../node/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { pgDump, startCluster, type PgCluster } from '../test/helpers/pg.ts'
 import { startSidesPipeline } from '../test/helpers/pipeline.ts'
@@ -53,6 +58,8 @@ export interface PgBenchOptions {
   scale?: number
   /** The capture loop's longest idle wait; default 50 (what `mesh start` uses). */
   pollMs?: number
+  /** Run one scenario only: 'restart' (`--only restart`), the node restarted under pgbench. */
+  only?: 'restart'
 }
 
 export type PgBenchSummary = Record<string, number | boolean>
@@ -525,6 +532,215 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
   }
 }
 
+interface Restart {
+  /** Steady capture: pgbench with capture running; WAL from its start until the log held its last transaction. */
+  steadyBytes: number
+  steadyMs: number
+  steadyTps: number
+  /** The backlog: WAL written while capture was stopped, from the slot's confirmed position to the marker. */
+  backlogBytes: number
+  /** A new capture (open, resume, stream) until the log holds the marker, with pgbench still running. */
+  catchUpMs: number
+  /** pgbench's WAL rate meanwhile (bytes/s): what the drain had to outrun besides the backlog. */
+  loadBytesPerSec: number
+  /** The first unit appended after the new capture started, ms. */
+  firstUnitMs: number
+  units: number
+  rows: number
+  /** The capture side's own lag() while it drained: the largest seen. */
+  lagMaxBytes: number
+  lagMaxSeconds: number
+  lagSamples: number
+}
+
+/** The backlog the trial saw after a node restart under pgbench (20-26 MB of WAL). */
+const RESTART_BACKLOG_BYTES = 24_000_000
+
+/** pgbench running until stop() (SIGINT), as the postgres user when root; its result is not read. */
+function pgbenchUntilStopped(cluster: PgCluster): { stop(): Promise<void> } {
+  const isRoot = process.getuid?.() === 0
+  const exe = path.join(cluster.bin, 'pgbench')
+  const args = ['-c', String(CLIENTS), '-j', String(THREADS), '-T', '3600', '-n', DB]
+  const [cmd, argv] = isRoot ? ['runuser', ['-u', 'postgres', '--', exe, ...args]] : [exe, args]
+  const env = { ...process.env, LC_ALL: 'C', PGHOST: '127.0.0.1', PGPORT: String(cluster.port), PGUSER: 'postgres' }
+  const p = spawn(cmd, argv, { env, stdio: 'ignore' })
+  const exited = new Promise<void>((resolve) => p.on('exit', () => resolve()))
+  return {
+    async stop() {
+      p.kill('SIGINT')
+      const t = setTimeout(() => p.kill('SIGKILL'), 10_000)
+      await exited
+      clearTimeout(t)
+    }
+  }
+}
+
+/**
+ * The origin's node restarted under pgbench, as in the trial: capture (PostgresCapture, CaptureLoop and a log
+ * in a corestore, as `mesh start` sets them up; no replication, no apply) first runs alongside pgbench for the
+ * run's length (steady capture); then, with pgbench running on, capture stops until the slot is
+ * RESTART_BACKLOG_BYTES behind, and a new capture starts and drains it while pgbench goes on writing. Each
+ * figure is WAL bytes per second: steady, from pgbench's start until the log holds its last transaction;
+ * catch-up, the backlog (the slot's confirmed position to a marker row committed when the new capture is
+ * created) over the time until the log holds the marker. "The log holds" is the slot's confirmed_flush_lsn,
+ * which only capture's acknowledge moves. Catch-up must outrun steady capture, or a restart never catches up.
+ */
+async function restart(clusters: PgCluster[], seconds: number, scale: number, pollMs: number): Promise<Restart> {
+  const origin = await startCluster({ durable: true })
+  clusters.push(origin)
+  const { dir, cleanup } = tmpDir('mesh-pgrestart-')
+  const storeDir = path.join(dir, 'store')
+  const store = new Corestore(storeDir)
+  let log: DatasetLog | null = null
+  let o: pg.Client | null = null
+  let side = null as PostgresCapture | null
+  let loop = null as CaptureLoop | null
+  let load: { stop(): Promise<void> } | null = null
+  const slot = 'branchmesh_bench'
+  const header = {
+    ...{ dataset: 'ds1', name: 'shop', engine: 'postgres', epoch: 0 },
+    ...{ site: 'a', createdAt: Date.now(), parent: null }
+  }
+  const begin = async () => {
+    side = new PostgresCapture({ url: origin.url(DB), slot, publication: slot })
+    loop = new CaptureLoop({ capture: side, log: log!, header, pollMs })
+    await loop.start()
+    return loop
+  }
+  const end = async () => {
+    await loop?.stop()
+    await side?.close()
+    loop = side = null
+  }
+  try {
+    await origin.createDatabase(DB)
+    initOrigin(origin, scale)
+    log = await DatasetLog.writable(store, storeDir, 'ds1', 0)
+    o = await connectTo(origin.url(DB))
+    const c = o
+    const lsnNow = async () => (await c.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l as string
+    const diff = async (x: string, y: string) =>
+      Number((await c.query('SELECT pg_wal_lsn_diff($1, $2) AS n', [x, y])).rows[0].n)
+    const slotSql = 'SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = $1'
+    const confirmedLsn = async () => (await c.query(slotSql, [slot])).rows[0].l as string
+    // A marker committed after everything before it, and when the slot's confirmed position passes it.
+    const mark = async () => {
+      const at = await lsnNow()
+      await c.query(`INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 0, now())`)
+      return at
+    }
+    const held = async (at: string, timeoutMs: number) => {
+      const sql = 'SELECT confirmed_flush_lsn > $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = $2'
+      const ok = async () => (await c.query(sql, [at, slot])).rows[0]?.ok === true
+      await untilAsync(ok, timeoutMs, 'the log to hold the marker', POLL_EVERY_MS)
+      return nowMs()
+    }
+    await begin()
+    await held(await mark(), 600_000)
+    await origin.query('CHECKPOINT')
+
+    // Steady capture.
+    const l0 = await lsnNow()
+    const t0 = nowMs()
+    const steady = await pgbench(origin, pgbenchArgs(seconds), seconds * 1000 + 120_000)
+    const m0 = await mark()
+    const h0 = await held(m0, 600_000)
+    const steadyBytes = await diff(m0, l0)
+
+    // Under pgbench, the node stops until the backlog is as large as the trial's, then starts again.
+    load = pgbenchUntilStopped(origin)
+    await end()
+    const backlogged = async () => (await diff(await lsnNow(), await confirmedLsn())) >= RESTART_BACKLOG_BYTES
+    await untilAsync(backlogged, 600_000, 'the backlog', 250)
+    const confirmed = await confirmedLsn()
+    const units: number[] = []
+    let rows = 0
+    const lag = { maxBytes: 0, maxSeconds: 0, samples: 0 }
+    const t1 = nowMs()
+    const m1 = await mark()
+    const l = await begin()
+    l.on('unit', (e: { rows: number }) => {
+      units.push(nowMs() - t1)
+      rows += e.rows
+    })
+    let sampling = true
+    const sampled = (async () => {
+      while (sampling) {
+        const x = side ? await side.lag().catch(() => null) : null
+        if (x) {
+          lag.samples++
+          lag.maxBytes = Math.max(lag.maxBytes, x.bytes)
+          lag.maxSeconds = Math.max(lag.maxSeconds, x.seconds)
+        }
+        await sleep(250)
+      }
+    })()
+    const h1 = await held(m1, 900_000)
+    const l1 = await lsnNow()
+    sampling = false
+    await sampled
+    await load.stop()
+    load = null
+    const backlogBytes = await diff(m1, confirmed)
+    await held(await mark(), 600_000)
+    await end()
+    return {
+      steadyBytes,
+      steadyMs: h0 - t0,
+      steadyTps: steady.tps,
+      backlogBytes,
+      catchUpMs: h1 - t1,
+      loadBytesPerSec: (await diff(l1, m1)) / ((h1 - t1) / 1000),
+      firstUnitMs: units[0] ?? NaN,
+      units: units.length,
+      rows,
+      lagMaxBytes: lag.maxBytes,
+      lagMaxSeconds: lag.maxSeconds,
+      lagSamples: lag.samples
+    }
+  } finally {
+    await load?.stop().catch(() => {})
+    await end().catch(() => {})
+    await o?.end().catch(() => {})
+    await log?.close().catch(() => {})
+    await store.close().catch(() => {})
+    await origin.stop()
+    cleanup()
+  }
+}
+
+/** Prints the restart scenario; returns its summary fields. */
+function sayRestart(r: Restart, say: (s: string) => void): PgBenchSummary {
+  const steadyRate = r.steadyBytes / (r.steadyMs / 1000)
+  const catchRate = r.backlogBytes / (r.catchUpMs / 1000)
+  const vs = catchRate / steadyRate
+  const met = vs >= 1 ? 'met' : 'NOT MET'
+  say('')
+  say("  the origin's node restarted under pgbench (capture and the log only; pgbench runs on through the restart):")
+  say(
+    `    steady capture: ${mb(r.steadyBytes)} MB of WAL held by the log ${f0(r.steadyMs)} ms after pgbench began ` +
+      `(${f0(r.steadyTps)} TPS): ${mb(steadyRate)} MB/s (anchor)`
+  )
+  say(
+    `    catch-up: ${mb(r.backlogBytes)} MB of WAL behind the slot held ${f0(r.catchUpMs)} ms after the new capture ` +
+      `was created, while pgbench wrote ${mb(r.loadBytesPerSec)} MB/s more: ${mb(catchRate)} MB/s, ` +
+      `${ratio(vs)} steady  aim >= 1x: ${met}`
+  )
+  say(
+    `    ${r.units} units, ${r.rows} row changes (net per key); first unit after ${f0(r.firstUnitMs)} ms; ` +
+      `capture lag() while draining: up to ${mb(r.lagMaxBytes)} MB, ${f1(r.lagMaxSeconds)} s (${r.lagSamples} samples)`
+  )
+  return {
+    pgRestartSteadyBytesPerSec: Math.round(steadyRate),
+    pgRestartBacklogBytes: r.backlogBytes,
+    pgRestartCatchUpMs: Math.round(r.catchUpMs),
+    pgRestartCatchUpBytesPerSec: Math.round(catchRate),
+    pgRestartCatchUpVsSteady: r3(vs),
+    pgRestartCatchUpAimMet: vs >= 1,
+    pgRestartLagMaxBytes: r.lagMaxBytes
+  }
+}
+
 function argSeconds(): number | undefined {
   const i = process.argv.indexOf('--pg-seconds')
   if (i < 0) return undefined
@@ -542,6 +758,10 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
   const started = nowMs()
   const clusters: PgCluster[] = []
   try {
+    if (opts.only === 'restart') {
+      say(`postgres: pgbench at the origin, scale ${scale}, ${CLIENTS} clients, ${THREADS} threads, ${seconds} s`)
+      return sayRestart(await restart(clusters, seconds, scale, pollMs), say)
+    }
     const a = await alone(clusters, seconds, scale)
     const n = await native(clusters, seconds, scale)
     const b = await branchmesh(clusters, seconds, scale, pollMs)
@@ -602,6 +822,7 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
     say(`    native:     ${busy(n.cpu)}; walsender at the origin (decoding) ${cpuS(n.cpu.originMs)} s, subscriber's apply worker ${cpuS(n.cpu.replicaMs)} s; ${wal(n)}`)
     say(`    branchmesh: ${busy(b.cpu)}; capture at the origin (walsender decoding + its SQL connection) ${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`)
     if ([a, n, b].some((s) => s.run.failed > 0)) say(`  pgbench failed transactions: alone ${a.run.failed}, native ${n.run.failed}, branchmesh ${b.run.failed}`)
+    const re = sayRestart(await restart(clusters, seconds, scale, pollMs), say)
     say(`  set-up (not measured): alone ${(a.setupMs / 1000).toFixed(1)} s, native ${(n.setupMs / 1000).toFixed(1)} s, branchmesh ${(b.setupMs / 1000).toFixed(1)} s; this benchmark took ${totalS.toFixed(0)} s in all`)
 
     return {
@@ -642,7 +863,8 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
       pgBranchmeshProcessCpuMs: Math.round(b.cpu.selfMs),
       pgApplyBackendCpuMs: Math.round(b.cpu.replicaMs),
       pgSlotRestartLagBytes: Math.round(d.slotRestartLagBytes),
-      pgBenchSeconds: Math.round(totalS)
+      ...re,
+      pgBenchSeconds: Math.round((nowMs() - started) / 1000)
     }
   } finally {
     for (const c of clusters) await c.stop().catch(() => {})
@@ -651,6 +873,10 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const json = process.argv.includes('--json')
-  const summary = await pgBench({ json })
+  const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : undefined
+  if (only !== undefined && only !== 'restart') {
+    throw new Error(`bench: --only takes restart, not ${only}. Try: --only restart`)
+  }
+  const summary = await pgBench({ json, only })
   if (json) process.stdout.write(JSON.stringify(summary) + '\n')
 }

@@ -6,7 +6,8 @@
  * The folder holds:
  *   changes.jsonl  one JSON object per line: first a description of the divergence, then one line per row
  *                  change, in log order ({"op":"upsert","table":...,"row":{...}} or {"op":"delete",...,"key"})
- *   changes.sql    the same changes as SQL statements, one transaction per captured unit
+ *   changes.sql    the same changes as SQL statements, one transaction per captured unit, then what the
+ *                  engine's dialect says follows them (PostgreSQL: sequences moved past the ids re-entered)
  *   before.db      the database exactly as it was before it was rebuilt (written by the caller)
  *   README.txt     what this is and what to do
  */
@@ -82,6 +83,8 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
   )
   const sqlOf = d.engine.dialect
   let changes = 0
+  // The tables rows were written to, by name (the newest definition), for the statements that follow.
+  const written = new Map<string, TableDef>()
   for (let at = d.from; at < d.to; ) {
     const unit = await d.log.unit(at, { wait: false })
     if (unit === null) break
@@ -116,12 +119,15 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
           json.push(JSON.stringify({ op: 'upsert', block, time: time && new Date(time).toISOString(), table: def.name, row: record(sqlOf.rowColumns(def), row) }))
           lines.push(sqlOf.upsert(def, row))
         }
+        if (ch.upserts.length > 0) written.set(def.name, def)
       }
     }
     if (lines.length > 0) {
       sql.push(`-- log block ${block}${time ? `, committed ${new Date(time).toISOString()}` : ''}`, 'BEGIN;', ...lines, 'COMMIT;', '')
     }
   }
+  const after = sqlOf.after?.([...written.values()]) ?? []
+  if (after.length > 0) sql.push(...after, '')
   const write = (name: string, text: string) => {
     const file = path.join(d.dir, name)
     fs.writeFileSync(file, text, { mode: 0o600 })

@@ -175,6 +175,8 @@ export class Reports {
     for (const o of roles.origins.values()) {
       const core = o.log.core
       const err = o.error ?? o.loop.stats.lastError
+      // What the database committed that the log does not hold yet; unknown (null) when it cannot be read.
+      const captureLag = o.side.lag && o.loop.active ? await within(o.side.lag(), 1000) : null
       out.push({
         dataset: o.info.id,
         log: o.log.key,
@@ -188,7 +190,8 @@ export class Reports {
         appliedWriteAt: o.loop.stats.lastUnitAt ?? o.info.createdAt,
         error: err?.code ?? '',
         errorMessage: err?.message ?? '',
-        damaged: 0
+        damaged: 0,
+        captureLag
       })
     }
     for (const [id, e] of roles.settleErrors) {
@@ -240,6 +243,17 @@ export class Reports {
       })
     }
     return out
+  }
+}
+
+/** What `p` resolves to, or null when it fails or takes longer than `ms` (a report never waits on a database). */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | null> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), ms)))
+  try {
+    return await Promise.race([p.catch(() => null), late])
+  } finally {
+    clearTimeout(timer)
   }
 }
 

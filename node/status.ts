@@ -25,6 +25,12 @@ export interface StatusThresholds {
   silentCritSeconds: number
   /** WAL a PostgreSQL origin's slot may keep on the database server's disk before it is a warning, in MB. */
   walWarnMB: number
+  /**
+   * An origin whose log lacks writes its database committed this many seconds ago (its capture lag) is a
+   * warning / critical: until the log holds them, they exist at that site only.
+   */
+  captureLagWarnSeconds: number
+  captureLagCritSeconds: number
 }
 
 export const DEFAULT_THRESHOLDS: StatusThresholds = {
@@ -32,7 +38,9 @@ export const DEFAULT_THRESHOLDS: StatusThresholds = {
   lagCritSeconds: 24 * 3600,
   silentWarnSeconds: 16 * 3600,
   silentCritSeconds: 24 * 3600,
-  walWarnMB: 1024
+  walWarnMB: 1024,
+  captureLagWarnSeconds: 300,
+  captureLagCritSeconds: 3600
 }
 
 export interface HolderStatus {
@@ -50,6 +58,13 @@ export interface HolderStatus {
   error: string | null
   errorMessage: string | null
   damagedBlocks: number
+  /**
+   * The origin's capture lag: what its database committed that its log does not hold yet, in bytes (WAL) and
+   * seconds since the oldest such write; null for a replica, an engine that cannot tell, a report from older
+   * software, and this site's own figure when its node is not running. At the origin, `lagBytes` and
+   * `lagSeconds` are the same figures (0 when unknown).
+   */
+  captureLag: { bytes: number; seconds: number } | null
 }
 
 export interface DatasetStatus {
@@ -223,10 +238,28 @@ export function buildStatus(input: StatusInput): SiteStatus {
       const h = holdingOf(k)
       const role = k === originKey ? 'origin' : 'replica'
       if (!h) {
-        return { site: m.site, key: k, role, downloaded: null, applied: null, lagEntries: null, lagBytes: null, lagSeconds: null, lastContact: byKey.get(k)?.at ?? null, error: null, errorMessage: null, damagedBlocks: 0 }
+        return {
+          site: m.site,
+          key: k,
+          role,
+          downloaded: null,
+          applied: null,
+          lagEntries: null,
+          lagBytes: null,
+          lagSeconds: null,
+          lastContact: byKey.get(k)?.at ?? null,
+          error: null,
+          errorMessage: null,
+          damagedBlocks: 0,
+          captureLag: null
+        }
       }
       const behind = h.applied < length
       const appliedAt = h.appliedWriteAt || d.createdAt
+      // This site's own figure from before its node stopped says nothing of now.
+      const own = k !== selfHex || input.running
+      const captureLag = role === 'origin' && h.captureLag && own ? { ...h.captureLag } : null
+      const replicaLag = behind ? Math.max(0, ((lastWriteAt ?? appliedAt) - appliedAt) / 1000) : 0
       return {
         site: m.site,
         key: k,
@@ -234,12 +267,13 @@ export function buildStatus(input: StatusInput): SiteStatus {
         downloaded: h.downloaded,
         applied: h.applied,
         lagEntries: Math.max(0, length - h.applied),
-        lagBytes: Math.max(0, bytes - h.appliedBytes),
-        lagSeconds: behind ? Math.max(0, ((lastWriteAt ?? appliedAt) - appliedAt) / 1000) : 0,
+        lagBytes: captureLag ? captureLag.bytes : Math.max(0, bytes - h.appliedBytes),
+        lagSeconds: captureLag ? captureLag.seconds : replicaLag,
         lastContact: k === selfHex && input.running ? now : (byKey.get(k)?.at ?? null),
         error: h.error || null,
         errorMessage: h.errorMessage || null,
-        damagedBlocks: h.damaged
+        damagedBlocks: h.damaged,
+        captureLag
       }
     })
     const heldBy = holders.filter((h) => h.role === 'replica' && h.downloaded !== null && h.downloaded >= length && length > 0).length
@@ -251,6 +285,18 @@ export function buildStatus(input: StatusInput): SiteStatus {
       }
       if (h.damagedBlocks > 0) {
         add('WARN', `${h.site}'s copy of the ${d.name} log had ${h.damagedBlocks} damaged block${h.damagedBlocks === 1 ? '' : 's'} on disk (rejected and fetched again: check that disk)`)
+      }
+      if (h.captureLag && h.captureLag.seconds >= t.captureLagWarnSeconds) {
+        const crit = h.captureLag.seconds >= t.captureLagCritSeconds
+        const mb = (h.captureLag.bytes / 1048576).toFixed(1)
+        const what =
+          `the ${d.name} log at ${h.site} lacks writes its database committed ${duration(h.captureLag.seconds)} ago ` +
+          `(${mb} MB of change records not captured yet): until it holds them they exist at ${h.site} only. `
+        const todo = crit
+          ? 'If it is not catching up, restart the node there (`mesh start`: capture resumes where the log ends, ' +
+            'nothing is lost) and read its log for the cause'
+          : 'The node is catching up; if this keeps growing, read its log for the cause'
+        add(crit ? 'CRIT' : 'WARN', what + todo)
       }
       if (h.role !== 'replica') continue
       if (h.applied === null) {

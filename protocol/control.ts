@@ -78,6 +78,12 @@ export interface Holding {
   errorMessage: string
   /** Damaged blocks found in this site's copy of the log (rejected and fetched again). */
   damaged: number
+  /**
+   * At the origin: what its database has committed that its log does not hold yet (bytes of WAL, and seconds
+   * since the oldest such write committed); null or absent when the capture cannot tell (older software,
+   * an engine without it, or not an origin). Carried in the report's extension (REPORT_CAPTURE_LAG).
+   */
+  captureLag?: { bytes: number; seconds: number } | null
 }
 
 /**
@@ -288,16 +294,48 @@ const noticeEncoding = struct<Notice>({
 })
 
 const notices = c.array(noticeEncoding)
-/** Flags of a report's trailing section. */
-const R_NOTICES = 1
-const R_KNOWN = R_NOTICES
-
 /**
- * A report. Fields added after protocol 1 shipped go in a trailing section, `uint flags` then one field per
- * flag, written only when there is something to say: a site of an earlier version stops reading before it (a
- * report decodes without a check for trailing bytes), so it still reads and relays these reports, signature
- * included. Unknown flags are refused.
+ * The report's extension: after its last field, `uint flags`, then one section per flag bit that is set, in
+ * bit order. A report with nothing to put there is written without it, byte for byte as older software
+ * wrote it, and one without it (from older software) ends after `software`; older software reads a
+ * report with it and ignores what follows `software` (compact-encoding does not check for trailing bytes),
+ * so the report message keeps version 1. Unknown flag bits are refused (UNKNOWN_FLAGS).
  */
+/** Bit 0: notices (what happened to a dataset here that every site should show for a while). */
+export const REPORT_NOTICES = 1
+/** Bit 1: capture lags, `uint count` then per entry `uint holding index, uint bytes, uint milliseconds`. */
+export const REPORT_CAPTURE_LAG = 2
+const REPORT_FLAGS = REPORT_NOTICES | REPORT_CAPTURE_LAG
+
+type LagEntry = { index: number; bytes: number; ms: number }
+const lagEntry = struct<LagEntry>({
+  preencode(s, e) {
+    c.uint.preencode(s, e.index)
+    c.uint.preencode(s, e.bytes)
+    c.uint.preencode(s, e.ms)
+  },
+  encode(s, e) {
+    c.uint.encode(s, e.index)
+    c.uint.encode(s, e.bytes)
+    c.uint.encode(s, e.ms)
+  },
+  decode(s) {
+    return { index: c.uint.decode(s), bytes: c.uint.decode(s), ms: c.uint.decode(s) }
+  }
+})
+const lagEntries = c.array(lagEntry)
+
+function lagsOf(r: Report): LagEntry[] {
+  const out: LagEntry[] = []
+  r.holdings.forEach((h, index) => {
+    if (!h.captureLag) return
+    const bytes = Math.max(0, Math.round(h.captureLag.bytes))
+    const ms = Math.max(0, Math.round(h.captureLag.seconds * 1000))
+    out.push({ index, bytes, ms })
+  })
+  return out
+}
+
 const reportEncoding = struct<Report>({
   preencode(s, r) {
     c.fixed32.preencode(s, r.site)
@@ -306,10 +344,12 @@ const reportEncoding = struct<Report>({
     holdings.preencode(s, r.holdings)
     keys.preencode(s, r.peers)
     c.string.preencode(s, r.software)
-    if (r.notices?.length) {
-      c.uint.preencode(s, R_NOTICES)
-      notices.preencode(s, r.notices)
-    }
+    const lags = lagsOf(r)
+    const flags = (r.notices?.length ? REPORT_NOTICES : 0) | (lags.length ? REPORT_CAPTURE_LAG : 0)
+    if (flags === 0) return
+    c.uint.preencode(s, flags)
+    if (flags & REPORT_NOTICES) notices.preencode(s, r.notices!)
+    if (flags & REPORT_CAPTURE_LAG) lagEntries.preencode(s, lags)
   },
   encode(s, r) {
     c.fixed32.encode(s, r.site)
@@ -318,10 +358,12 @@ const reportEncoding = struct<Report>({
     holdings.encode(s, r.holdings)
     keys.encode(s, r.peers)
     c.string.encode(s, r.software)
-    if (r.notices?.length) {
-      c.uint.encode(s, R_NOTICES)
-      notices.encode(s, r.notices)
-    }
+    const lags = lagsOf(r)
+    const flags = (r.notices?.length ? REPORT_NOTICES : 0) | (lags.length ? REPORT_CAPTURE_LAG : 0)
+    if (flags === 0) return
+    c.uint.encode(s, flags)
+    if (flags & REPORT_NOTICES) notices.encode(s, r.notices!)
+    if (flags & REPORT_CAPTURE_LAG) lagEntries.encode(s, lags)
   },
   decode(s) {
     const r: Report = {
@@ -332,10 +374,20 @@ const reportEncoding = struct<Report>({
       peers: keys.decode(s),
       software: c.string.decode(s)
     }
-    if (s.start < s.end) {
-      const flags = c.uint.decode(s)
-      if ((flags & ~R_KNOWN) !== 0) throw MeshError.UNKNOWN_FLAGS(`a report with unknown flags ${flags}`)
-      if (flags & R_NOTICES) r.notices = notices.decode(s)
+    // No extension: a report from older software.
+    if (s.start >= s.end) return r
+    const flags = c.uint.decode(s)
+    const unknown = flags & ~REPORT_FLAGS
+    if (unknown) {
+      throw MeshError.UNKNOWN_FLAGS(`a report has unknown flag bits 0x${unknown.toString(16)}`, { context: { flags } })
+    }
+    if (flags & REPORT_NOTICES) r.notices = notices.decode(s)
+    if (flags & REPORT_CAPTURE_LAG) {
+      for (const e of lagEntries.decode(s)) {
+        const h = r.holdings[e.index]
+        if (!h) throw MeshError.BAD_ENTRY(`a report's capture lag names holding ${e.index} of ${r.holdings.length}`)
+        h.captureLag = { bytes: e.bytes, seconds: e.ms / 1000 }
+      }
     }
     return r
   }

@@ -30,6 +30,8 @@ export {
   JoinMessage,
   CONTROL_MESSAGES,
   JOIN_MESSAGES,
+  REPORT_NOTICES,
+  REPORT_CAPTURE_LAG,
   type ControlPayloads,
   type JoinPayloads,
   type Hello,

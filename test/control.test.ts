@@ -4,6 +4,7 @@ import c from 'compact-encoding'
 import crypto from 'hypercore-crypto'
 import {
   CONTROL_MESSAGES,
+  REPORT_CAPTURE_LAG,
   CONTROL_VERSION,
   ControlMessage,
   JOIN_MESSAGES,
@@ -82,4 +83,46 @@ test('the message tables put every control and join message in the slot its cons
   )
   assert.equal(CONTROL_MESSAGES[ControlMessage.report].encoding, reportMessage)
   assert.equal(CONTROL_MESSAGES[ControlMessage.members].encoding, membersMessage)
+})
+
+test('a report carries the origin’s capture lag in an extension; one without it (older software) decodes', () => {
+  const kp = crypto.keyPair()
+  const base = { dataset: 'ab12', log: crypto.randomBytes(32), epoch: 0, length: 10, byteLength: 999, downloaded: 10 }
+  const h = { ...base, applied: 10, appliedBytes: 999, lastWriteAt: 1, appliedWriteAt: 1, error: '', errorMessage: '',
+    damaged: 0 }
+  const report: Report = {
+    site: kp.publicKey,
+    siteName: 'shop-a',
+    at: 1795300000000,
+    holdings: [{ ...h }, { ...h, dataset: 'cd34', captureLag: { bytes: 21_000_000, seconds: 17.25 } }],
+    peers: [],
+    software: 'branchmesh/0.1.0'
+  }
+  const signed = signReport(report, kp.secretKey)
+  const wire = c.decode(reportMessage, c.encode(reportMessage, signed))
+  assert.deepEqual(wire.report, report)
+  assert.equal(verifyReport(wire), true)
+
+  // Without a lag the body is byte for byte what older software wrote (it ends after `software`).
+  const plain = signReport({ ...report, holdings: [{ ...h }] }, kp.secretKey)
+  const tail = Buffer.from(c.encode(c.string, 'branchmesh/0.1.0'))
+  assert.deepEqual(Buffer.from(plain.body).subarray(plain.body.length - tail.length), tail)
+  assert.equal(c.decode(reportMessage, c.encode(reportMessage, plain)).report.holdings[0].captureLag, undefined)
+
+  // Older software reads a report with the extension as the same report without it: its layout is a prefix,
+  // and compact-encoding leaves the bytes after `software` unread.
+  const old = signReport({ ...report, holdings: report.holdings.map(({ captureLag: _, ...x }) => x) }, kp.secretKey)
+  assert.ok(signed.body.length > old.body.length)
+  assert.deepEqual(Buffer.from(signed.body).subarray(0, old.body.length), Buffer.from(old.body))
+
+  // Unknown flag bits, and a lag naming a holding that is not there, are refused.
+  const flagged = Buffer.concat([Buffer.from(plain.body), c.encode(c.uint, 4)])
+  const refused = (body: Uint8Array, code: string) =>
+    assert.throws(
+      () => c.decode(reportMessage, c.encode(reportMessage, { ...plain, body })),
+      (e: unknown) => e instanceof MeshError && e.code === code
+    )
+  refused(flagged, 'UNKNOWN_FLAGS')
+  const lagEntry = Buffer.concat([c.encode(c.uint, 1), c.encode(c.uint, 5), c.encode(c.uint, 1), c.encode(c.uint, 1)])
+  refused(Buffer.concat([Buffer.from(plain.body), c.encode(c.uint, REPORT_CAPTURE_LAG), lagEntry]), 'BAD_ENTRY')
 })

@@ -39,7 +39,7 @@ test(NOTICES, () => {
   // An older site stops reading where protocol 1's report ends: the same bytes as a report without notices.
   assert.ok(Buffer.from(withN.body).subarray(0, plain.body.byteLength).equals(Buffer.from(plain.body)))
   assert.equal(openReport(plain.body, plain.signature).report.notices, undefined)
-  const bad = Buffer.concat([Buffer.from(plain.body), Buffer.from(c.encode(c.uint, 2))])
+  const bad = Buffer.concat([Buffer.from(plain.body), Buffer.from(c.encode(c.uint, 4))])
   assert.throws(
     () => openReport(bad, plain.signature),
     (e: { code: string }) => e.code === 'UNKNOWN_FLAGS'

@@ -94,3 +94,52 @@ test('status: a node that is not running is CRIT, and the first reason says so',
   assert.equal(off.verdict, 'CRIT')
   assert.match(off.reasons[0].text, /not running/)
 })
+
+test('status: the origin’s capture lag shows in bytes and seconds; WARN past 5 minutes, CRIT past an hour', () => {
+  const at = (captureLag: Holding['captureLag'], running = true) =>
+    buildStatus({
+      self: a,
+      site: 'shop-a',
+      state: {
+        meshId: crypto.randomBytes(32),
+        members: [
+          { key: a, site: 'shop-a', addedAt: now - 1000 * HOUR },
+          { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
+        ],
+        datasets: [
+          { id: 'd1', name: 'till', engine: 'postgres', origin: a, originSite: 'shop-a', epoch: 0, log, createdAt: now - 1000 * HOUR }
+        ],
+        local: []
+      },
+      reports: [
+        { site: a, siteName: 'shop-a', at: now, holdings: [holding({ captureLag })], peers: [], software: 't' },
+        { site: b, siteName: 'shop-b', at: now, holdings: [holding({})], peers: [], software: 't' }
+      ],
+      connected: new Set([Buffer.from(b).toString('hex')]),
+      running,
+      refused: [],
+      now,
+      thresholds: DEFAULT_THRESHOLDS
+    })
+  const ok = at({ bytes: 0, seconds: 0 })
+  assert.equal(ok.verdict, 'OK')
+  assert.deepEqual(ok.datasets[0].holders[0].captureLag, { bytes: 0, seconds: 0 })
+  assert.equal(ok.datasets[0].holders[1].captureLag, null, 'a replica has no capture lag')
+  const draining = at({ bytes: 22_000_000, seconds: 20 })
+  assert.equal(draining.verdict, 'OK', 'a restart draining its backlog is no warning')
+  const origin = draining.datasets[0].holders[0]
+  assert.deepEqual([origin.lagBytes, origin.lagSeconds], [22_000_000, 20], "the origin's lag is its capture lag")
+  const warn = at({ bytes: 3_000_000, seconds: 600 })
+  assert.equal(warn.verdict, 'WARN')
+  const warned = /till log at shop-a lacks writes .* 10 minutes ago \(2\.9 MB/
+  assert.ok(warn.reasons.some((r) => r.level === 'WARN' && warned.test(r.text)))
+  const crit = at({ bytes: 3_000_000, seconds: 7200 })
+  assert.equal(crit.verdict, 'CRIT')
+  assert.ok(crit.reasons.some((r) => r.level === 'CRIT' && /restart the node there \(`mesh start`/.test(r.text)))
+  // Its own figure from before its node stopped is not shown as if it were now.
+  assert.equal(at({ bytes: 1, seconds: 7200 }, false).datasets[0].holders[0].captureLag, null)
+  // A report from older software: no figure, the lag as before.
+  const older = at(undefined)
+  assert.equal(older.datasets[0].holders[0].captureLag, null)
+  assert.equal(older.datasets[0].holders[0].lagBytes, 0)
+})

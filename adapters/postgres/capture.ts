@@ -104,6 +104,8 @@ export class PostgresCapture implements CaptureSide {
   private lastRead: { source: Uint8Array; schema: boolean; seq: Map<string, string> } | null = null
   /** The open snapshot of an initial copy: its transaction and the replication connection that exported it. */
   private snap: SlotSnapshot | null = null
+  /** When the log last held everything the server had committed (as far as lag() or read() saw), ms. */
+  private caughtUpAt = Date.now()
 
   constructor(opts: PostgresCaptureOptions) {
     this.opts = opts
@@ -237,7 +239,11 @@ export class PostgresCapture implements CaptureSide {
   async read(): Promise<CaptureBatch | null> {
     if (this.slotMissing) throw this.slotGone()
     const st = await this.streaming()
-    await st.caughtUp()
+    // Everything committed before this read, unless a full batch is here already: a stream draining a backlog
+    // (a node restarted under load) stays behind the server until the end of it, and waiting for it on every
+    // read made the drain run at one batch per wait.
+    const maxChanges = this.opts.maxChanges ?? 20_000
+    const caughtUp = await st.caughtUp(undefined, maxChanges)
     const taken = await st.take(this.opts.gatherMs ?? 20)
     // Busy for a while: constraint and default changes, which rows do not show, are looked up now and then.
     if (taken.count > 0 && Date.now() - this.catalog.lastCheck >= 10 * (this.opts.catalogCheckMs ?? 1000)) {
@@ -251,6 +257,7 @@ export class PostgresCapture implements CaptureSide {
         await st.close()
         throw st.error
       }
+      if (caughtUp) this.caughtUpAt = Date.now()
       return this.idle()
     }
     return batch
@@ -441,6 +448,38 @@ export class PostgresCapture implements CaptureSide {
   /** The tables this capture carries (quoted, qualified names). */
   carried(): string[] {
     return this.catalog.defs().map((d) => d.name)
+  }
+
+  /**
+   * What the server has committed that the log does not hold yet (see CaptureSide.lag): the WAL from the end
+   * of the last transaction the log holds to the end of the newest one received, or to the server's flushed
+   * position while the stream has not sent everything up to it (then an upper bound); and the seconds since
+   * the oldest transaction received and not held committed, or, before any has arrived, since capture was
+   * last seen caught up (or opened). Null during an initial copy, and when the slot is gone. Asks the server
+   * only while no stream runs.
+   */
+  async lag(): Promise<{ bytes: number; seconds: number } | null> {
+    if (this.snap !== null || this.slotMissing) return null
+    const st = this.stream
+    const now = Date.now()
+    let server: bigint
+    // With a stream, the position its reads last asked for (a read that waits on the database must not make
+    // the report wait too; the stream's own messages say what arrived since).
+    if (st && !st.ended) server = st.serverRead.at
+    else {
+      const doing = 'cannot read the server position'
+      server = parseLsn((await this.query('SELECT pg_current_wal_flush_lsn()::text AS lsn', [], doing)).rows[0].lsn)
+    }
+    const b =
+      st && !st.ended
+        ? st.behind(this.acked, server)
+        : { bytes: server > this.acked ? server - this.acked : 0n, oldest: null }
+    if (b.bytes === 0n) {
+      this.caughtUpAt = now
+      return { bytes: 0, seconds: 0 }
+    }
+    const since = b.oldest ?? this.caughtUpAt
+    return { bytes: Number(b.bytes), seconds: Math.max(0, (now - since) / 1000) }
   }
 
   /** How much WAL the slot keeps on the origin's disk, and the server's limit. */

@@ -17,6 +17,7 @@ import {
   checkUrl,
   connect,
   ensureIdentityFull,
+  pgAfterSql,
   pgDeleteSql,
   pgUpsertSql,
   quoteIdent,
@@ -346,6 +347,7 @@ export const postgresEngine: Engine = {
     keyColumns: (def) => (def.key.length ? def.key.map((i) => def.columns[i].name) : def.columns.map((c) => c.name)),
     upsert: pgUpsertSql,
     remove: pgDeleteSql,
-    internal: (table) => table === SEQUENCES_TABLE
+    internal: (table) => table === SEQUENCES_TABLE,
+    after: pgAfterSql
   }
 }

@@ -68,6 +68,12 @@ export class ReplicationStream {
   private seen = 0
   /** Commit messages in `buf`. */
   private commits = 0
+  /** Messages of `buf` up to its last Commit: those of whole transactions. */
+  private complete = 0
+  /** The end LSN of the newest Commit message received. */
+  private lastCommitEnd = 0n
+  /** The server's flushed WAL position as last read (caughtUp), and when (ms). */
+  private server = { at: 0n, readAt: 0 }
   private waiters: Array<() => void> = []
   private _ended = false
   private _error: MeshError | null = null
@@ -153,7 +159,11 @@ export class ReplicationStream {
       const payload = Buffer.from(b.subarray(25))
       this.buf.push(payload)
       this._received++
-      if (payload[0] === 0x43) this.commits++
+      if (payload[0] === 0x43) {
+        this.commits++
+        this.complete = this.buf.length
+        this.lastCommitEnd = payload.readBigUInt64BE(10)
+      }
       // Paused only while a whole transaction waits here: its read and confirm resume the stream. (pgoutput
       // sends a transaction at its commit: pausing inside one would wait for ever.)
       if (this.buf.length > MAX_BUFFERED && this.commits > 0 && !this.paused) {
@@ -215,22 +225,58 @@ export class ReplicationStream {
    * flushed WAL position now (or `upTo`), against how far its walsender has read, which a keepalive it is
    * asked for reports after every message before it. So a read returns every change committed before it began.
    */
-  async caughtUp(upTo?: bigint): Promise<boolean> {
-    const target =
-      upTo ??
-      parseLsn(
-        (
-          await this.opts.session.run('cannot read the server position', (db) =>
-            db.query('SELECT pg_current_wal_flush_lsn()::text AS lsn')
-          )
-        ).rows[0].lsn
-      )
+  async caughtUp(upTo?: bigint, enough = Infinity): Promise<boolean> {
+    const target = upTo ?? (await this.serverPosition())
     const until = Date.now() + 2000
-    while (this.sent < target && !this.ended && Date.now() < until) {
-      this.feedback(true)
+    // `enough`: a caller that takes at most that many messages stops waiting once that many of whole
+    // transactions are here (a stream draining a backlog is behind the server for as long as the backlog
+    // lasts: waiting would only slow it). Messages of a transaction still arriving do not count.
+    // Every message wakes the wait; the server is asked for a keepalive at most every 50 ms (asking on every
+    // message sent the server a status update per message while a backlog streamed in).
+    let asked = 0
+    while (this.sent < target && !this.ended && Date.now() < until && this.complete < enough) {
+      if (Date.now() - asked >= 50) {
+        this.feedback(true)
+        asked = Date.now()
+      }
       await this.sleep(50)
     }
     return this.sent >= target && !this.ended
+  }
+
+  /** The server's flushed WAL position, asked now. */
+  async serverPosition(): Promise<bigint> {
+    const r = await this.opts.session.run('cannot read the server position', (db) =>
+      db.query('SELECT pg_current_wal_flush_lsn()::text AS lsn')
+    )
+    this.server = { at: parseLsn(r.rows[0].lsn), readAt: Date.now() }
+    return this.server.at
+  }
+
+  /**
+   * How far the log (holding every transaction ending at or before `held`) is behind the server, whose WAL was
+   * at `server`: the WAL of the transactions received and not confirmed, or, while the walsender has not sent
+   * everything up to `server`, all of the WAL up to there (an upper bound: it includes WAL of no interest to
+   * the slot, such as other databases' writes). `oldest`: the commit time (ms) of the oldest transaction
+   * received and not confirmed, or null when none is. Asks nothing of the server.
+   */
+  behind(held: bigint, server: bigint = this.server.at): { bytes: bigint; oldest: number | null } {
+    let oldest: number | null = null
+    for (const b of this.buf) {
+      // Begin: final LSN (8 bytes), then the commit time (microseconds since 2000-01-01).
+      if (b[0] !== 0x42) continue
+      if (b.readBigUInt64BE(1) <= held) continue
+      oldest = Number(b.readBigInt64BE(9) / 1000n) + PG_EPOCH_MS
+      break
+    }
+    const received = this.lastCommitEnd > held ? this.lastCommitEnd : held
+    const end = this.sent < server ? server : received
+    return { bytes: end > held ? end - held : 0n, oldest }
+  }
+
+  /** When the server's position was last read (ms; 0: never), and what it was. */
+  get serverRead(): { at: bigint; readAt: number } {
+    return this.server
   }
 
   /**
@@ -253,6 +299,7 @@ export class ReplicationStream {
       }
     }
     this.buf.splice(0, cut)
+    this.complete = Math.max(0, this.complete - cut)
     this.seen = Math.max(0, this.seen - cut)
     this.firstAt = Date.now()
     if (this.paused && this.buf.length < MAX_BUFFERED / 2) {

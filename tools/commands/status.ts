@@ -6,8 +6,9 @@ import { out, parse, printError, type Command } from './common.ts'
 export const usage = `mesh status --dir DIR [--json]
 
 Says whether every location is protected: per dataset its origin, epoch, log length and last write; per
-site holding it, how far it has downloaded and applied, and its lag in entries, bytes and seconds; the
-members connected now; and a verdict with its reasons.
+site holding it, how far it has downloaded and applied, and its lag in entries, bytes and seconds (at the
+origin: its capture lag, what its database committed that its log does not hold yet); the members connected
+now; and a verdict with its reasons.
 Exit code: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN (status could not be read), as monitoring plugins expect.
 Works whether or not the node is running (when it is not, the verdict is CRIT and the figures are the last ones
 it saved).
@@ -42,7 +43,13 @@ export function formatStatus(s: SiteStatus): string {
     )
     for (const h of d.holders) {
       const pos = h.applied === null ? 'holds nothing yet' : `downloaded ${h.downloaded}, applied ${h.applied}`
-      const lag = h.applied === null ? '' : `  lag ${h.lagEntries} entries, ${bytes(h.lagBytes)}, ${duration(h.lagSeconds ?? 0)}`
+      // At the origin, the lag is its capture's: what its database committed that its log does not hold yet.
+      const lag =
+        h.applied === null
+          ? ''
+          : h.captureLag
+            ? `  capture lag ${bytes(h.captureLag.bytes)}, ${duration(h.captureLag.seconds)}`
+            : `  lag ${h.lagEntries} entries, ${bytes(h.lagBytes)}, ${duration(h.lagSeconds ?? 0)}`
       const err = h.error ? `  ERROR ${h.error}` : ''
       const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
       lines.push(`    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`)
