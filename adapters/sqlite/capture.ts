@@ -13,8 +13,13 @@
  * runs). Values never pass through the change table, so a damaged change row cannot put a wrong value in a
  * replica: at worst it makes a row be resent.
  *
- * Tables with no declared primary key are keyed by rowid. SQLite's VACUUM may renumber those rowids; a
- * replica is then only repaired by a full resend of the table (see README, Limits).
+ * Tables with no declared primary key are keyed by rowid. SQLite's VACUUM may renumber those rowids without
+ * firing a trigger, and always bumps the schema cookie: so whenever the cookie moved since capture last saw it
+ * (kept in _mesh_meta, so a VACUUM while the node was off counts too), every such table is resent in full.
+ *
+ * TEXT that is not valid UTF-8 is read with its bytes (text.ts), and the origin's `sqlite_sequence` travels as
+ * table SEQUENCE_TABLE, read in the same read transaction as the rows, so a number used by a row that was
+ * inserted and deleted before any read still reaches every replica.
  */
 import c from 'compact-encoding'
 import { MeshError, type SchemaEntry, type SchemaObject, type TableChanges, type Value } from '../../protocol/index.ts'
@@ -22,6 +27,7 @@ import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.
 import { silentLogger } from '../types.ts'
 import {
   OWN_PREFIX,
+  SEQUENCE_TABLE,
   digestTables,
   openDatabase,
   quote,
@@ -33,6 +39,7 @@ import {
   type TableInfo
 } from './common.ts'
 import type Database from 'better-sqlite3'
+import { RawAware, bindValue, exactColumns, exactRow, mayHoldRawText } from './text.ts'
 
 /** Layout version of the tables and triggers capture installs in the origin database. */
 const CAPTURE_LAYOUT = 1
@@ -58,10 +65,14 @@ interface Captured {
   reset: number
   /** Reset generation already resent by a snapshot, to clear in _mesh_tables at the next acknowledge. */
   ackReset: number
-  lookup: Database.Statement
+  lookup: RawAware
+  /** The same lookup, reading storage classes and TEXT bytes (for rows with TEXT that is not UTF-8). */
+  lookupExact: RawAware
   keys: Database.Statement
+  keysExact: Database.Statement
   maxSeq: Database.Statement
   all: Database.Statement
+  allExact: Database.Statement
 }
 
 /** The source position: per table, the change seq read up to, and the reset generation resent. */
@@ -158,8 +169,11 @@ export class SqliteCapture implements CaptureSide {
   /** Bumped whenever the schema changes, so an acknowledged batch clears only the schema it carried. */
   private schemaGen = 0
   /** The last batch read and not yet acknowledged. */
-  private unacked: { source: Uint8Array; schemaGen: number } | null = null
+  private unacked: { source: Uint8Array; schemaGen: number; sequences?: Map<string, bigint> } | null = null
   private acked: SourcePos | null = null
+  /** The `sqlite_sequence` rows the log holds (empty at start: the first read sends them all). */
+  private sequencesLogged = new Map<string, bigint>()
+  private sequenceRead: { schema: number; stmt: Database.Statement | null } | null = null
   private ackedApplied: SourcePos | null = null
   private lastAckWrite = 0
 
@@ -397,10 +411,12 @@ export class SqliteCapture implements CaptureSide {
     const kcols = Array.from({ length: arity }, (_, i) => `k${i}`).join(', ')
     const cols = info.columns.map((col) => quote(col.name))
     const select = info.key.length === 0 ? [info.rowidName!, ...cols] : cols
-    const where =
+    const where = (ph: (i: number) => string) =>
       info.key.length === 0
-        ? `${info.rowidName} = ?`
-        : info.key.map((i) => `${quote(info.columns[i].name)} IS ?`).join(' AND ')
+        ? `${info.rowidName} = ${ph(0)}`
+        : info.key.map((k, i) => `${quote(info.columns[k].name)} IS ${ph(i)}`).join(' AND ')
+    const exact = exactColumns(select).join(', ')
+    const kexact = exactColumns(kcols.split(', ')).join(', ')
     return {
       id,
       info,
@@ -408,11 +424,65 @@ export class SqliteCapture implements CaptureSide {
       mark,
       reset,
       ackReset: 0,
-      lookup: db.prepare(`SELECT ${select.join(', ')} FROM ${table} WHERE ${where}`).raw(true),
+      lookup: new RawAware(db, (ph) => `SELECT ${select.join(', ')} FROM ${table} WHERE ${where(ph)}`, { raw: true }),
+      lookupExact: new RawAware(db, (ph) => `SELECT ${exact} FROM ${table} WHERE ${where(ph)}`, { raw: true }),
       keys: db.prepare(`SELECT DISTINCT ${kcols} FROM ${d} WHERE seq > ? AND seq <= ?`).raw(true),
+      keysExact: db.prepare(`SELECT DISTINCT ${kexact} FROM ${d} WHERE seq > ? AND seq <= ?`).raw(true),
       maxSeq: db.prepare(`SELECT max(seq) FROM ${d}`).pluck(),
-      all: db.prepare(`SELECT ${select.join(', ')} FROM ${table}`).raw(true)
+      all: db.prepare(`SELECT ${select.join(', ')} FROM ${table}`).raw(true),
+      allExact: db.prepare(`SELECT ${exact} FROM ${table}`).raw(true)
     }
+  }
+
+  /** The distinct keys changed in (mark, max], TEXT that is not UTF-8 kept as its bytes. */
+  private changedKeys(t: Captured, max: number): Value[][] {
+    const keys = t.keys.all(t.mark, max) as Value[][]
+    if (!keys.some(mayHoldRawText)) return keys
+    return (t.keysExact.all(t.mark, max) as unknown[][]).map(exactRow)
+  }
+
+  /** The row with this key as it is now, or undefined; TEXT that is not UTF-8 kept as its bytes. */
+  private lookupRow(t: Captured, key: Value[]): Value[] | undefined {
+    const args = key.map(bindValue)
+    const row = t.lookup.stmt(key).get(...args) as Value[] | undefined
+    if (row === undefined || !mayHoldRawText(row)) return row
+    const exact = t.lookupExact.stmt(key).get(...args) as unknown[] | undefined
+    return exact === undefined ? undefined : exactRow(exact)
+  }
+
+  /** Every row of the table (a resend); TEXT that is not UTF-8 kept as its bytes. */
+  private readAll(t: Captured): Value[][] {
+    const all = t.all.all() as Value[][]
+    if (!all.some(mayHoldRawText)) return all
+    return (t.allExact.all() as unknown[][]).map(exactRow)
+  }
+
+  /**
+   * The origin's `sqlite_sequence` rows of captured tables, as changes against what the log holds (all of
+   * them after a start, a snapshot or a table's resend, whose DROP at a replica removes its row).
+   */
+  private sequenceChanges(resent: boolean): { changes: Value[][][]; now: Map<string, bigint> } | null {
+    const db = this.conn
+    // Prepared once per schema: sqlite_sequence exists from the first AUTOINCREMENT table on.
+    if (this.sequenceRead?.schema !== this.schemaVersion) {
+      const exists = db.prepare(`SELECT count(*) FROM main.sqlite_schema WHERE name = 'sqlite_sequence'`).pluck().get()
+      const stmt = (exists as bigint) > 0n ? db.prepare('SELECT name, seq FROM main.sqlite_sequence').raw(true) : null
+      this.sequenceRead = { schema: this.schemaVersion, stmt }
+    }
+    const now = new Map<string, bigint>()
+    if (this.sequenceRead.stmt !== null) {
+      const names = new Set([...this.tables.values()].map((t) => t.info.name))
+      for (const r of this.sequenceRead.stmt.all() as unknown[][]) {
+        if (typeof r[0] === 'string' && typeof r[1] === 'bigint' && names.has(r[0])) now.set(r[0], r[1])
+      }
+    }
+    const logged = resent ? new Map<string, bigint>() : this.sequencesLogged
+    const upserts: Value[][] = []
+    const deletes: Value[][] = []
+    for (const [name, seq] of now) if (logged.get(name) !== seq) upserts.push([name, seq])
+    for (const name of logged.keys()) if (!now.has(name)) deletes.push([name])
+    if (upserts.length === 0 && deletes.length === 0) return null
+    return { changes: [upserts, deletes], now }
   }
 
   async resume(source: Uint8Array | null): Promise<void> {
@@ -441,6 +511,7 @@ export class SqliteCapture implements CaptureSide {
       if (t.reset > 0) t.ackReset = t.reset
       t.reset = 0
     }
+    this.sequencesLogged = new Map()
     for (const t of tables) {
       // Pages in short read transactions: no long lock on the origin. Rows changed while this runs are in
       // the change table, so the first batch after the snapshot makes the replica exact. Rowid tables page by
@@ -454,17 +525,30 @@ export class SqliteCapture implements CaptureSide {
       const pageKey = byRowid ? [0] : info.key
       const from = quote(info.name)
       const orderBy = order.join(', ')
-      const first = this.conn.prepare(`SELECT ${select.join(', ')} FROM ${from} ORDER BY ${orderBy} LIMIT ?`).raw(true)
-      const next = this.conn
-        .prepare(
-          `SELECT ${select.join(', ')} FROM ${from} WHERE (${orderBy}) > (${order.map(() => '?').join(', ')}) ORDER BY ${orderBy} LIMIT ?`
-        )
-        .raw(true)
+      // A page is read in the plain form, and again in the exact form (TEXT bytes) when it holds U+FFFD; the
+      // key it continues from may then be raw TEXT, bound by a variant that casts it back.
+      const pageSql = (cols: string, after: boolean) => (ph: (i: number) => string) =>
+        after
+          ? `SELECT ${cols} FROM ${from} WHERE (${orderBy}) > (${order.map((_, i) => ph(i)).join(', ')}) ` +
+            `ORDER BY ${orderBy} LIMIT ${ph(order.length)}`
+          : `SELECT ${cols} FROM ${from} ORDER BY ${orderBy} LIMIT ${ph(0)}`
+      const exactCols = exactColumns(select).join(', ')
+      const first = new RawAware(this.conn, pageSql(select.join(', '), false), { raw: true })
+      const next = new RawAware(this.conn, pageSql(select.join(', '), true), { raw: true })
+      const firstExact = new RawAware(this.conn, pageSql(exactCols, false), { raw: true })
+      const nextExact = new RawAware(this.conn, pageSql(exactCols, true), { raw: true })
+      const readPage = (last: Value[] | null): Value[][] => {
+        const args: Value[] = last === null ? [BigInt(chunkRows)] : [...last, BigInt(chunkRows)]
+        const bound = args.map(bindValue)
+        const rows = (last === null ? first : next).stmt(args).all(...bound) as Value[][]
+        if (!rows.some(mayHoldRawText)) return rows
+        return ((last === null ? firstExact : nextExact).stmt(args).all(...bound) as unknown[][]).map(exactRow)
+      }
       let last: Value[] | null = null
       for (;;) {
         let page: Value[][]
         try {
-          page = (last === null ? first.all(chunkRows) : next.all(...last, chunkRows)) as Value[][]
+          page = this.conn.transaction(readPage)(last)
         } catch (err) {
           throw sqliteError(err, this.path, `cannot read table ${info.name} of`)
         }
@@ -513,7 +597,7 @@ export class SqliteCapture implements CaptureSide {
       const max = Number((t.maxSeq.get() as bigint | null) ?? 0n)
       const to = Math.max(max, t.mark)
       if (t.reset > 0) {
-        const all = (t.all.all() as Value[][])
+        const all = this.readAll(t)
         changes.push({ table: t.id, upserts: all, deletes: [] })
         reset.push(t.id)
         rows += all.length
@@ -521,14 +605,14 @@ export class SqliteCapture implements CaptureSide {
       } else if (max > t.mark) {
         const upserts: Value[][] = []
         const deletes: Value[][] = []
-        for (const key of t.keys.iterate(t.mark, max) as Iterable<Value[]>) {
+        for (const key of this.changedKeys(t, max)) {
           if (!this.validKey(t, key)) {
             this.log.warn(MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`).message, {
               table: t.info.name
             })
             continue
           }
-          const row = t.lookup.get(...key) as Value[] | undefined
+          const row = this.lookupRow(t, key)
           if (row === undefined) deletes.push(key)
           else upserts.push(row)
         }
@@ -538,12 +622,18 @@ export class SqliteCapture implements CaptureSide {
       }
       pos.tables.push({ id: t.id, seq: to, reset: t.reset > 0 ? t.reset : t.ackReset })
     }
+    // Last, after the rows: a replica's own inserts may move its sqlite_sequence, this sets it as the origin's.
+    const seq = this.sequenceChanges(reset.length > 0)
+    if (seq !== null) {
+      changes.push({ table: SEQUENCE_TABLE, upserts: seq.changes[0], deletes: seq.changes[1] })
+      any = true
+    }
     if (!any && !this.schemaPending) return null
     // Nothing moves here: marks, resets and the pending schema move only in ack(), so a batch whose append
     // failed is read again, whole, by the next read().
     const schema = this.schemaPending || reset.length > 0 ? this.schemaEntry(reset) : null
     const source = c.encode(sourceEnc, pos)
-    this.unacked = { source, schemaGen: schema ? this.schemaGen : -1 }
+    this.unacked = { source, schemaGen: schema ? this.schemaGen : -1, sequences: seq?.now }
     return { schema, changes, time: Date.now(), rows, source }
   }
 
@@ -592,6 +682,7 @@ export class SqliteCapture implements CaptureSide {
     const u = this.unacked
     if (u !== null && Buffer.compare(Buffer.from(u.source), Buffer.from(source)) === 0) {
       if (u.schemaGen === this.schemaGen) this.schemaPending = false
+      if (u.sequences) this.sequencesLogged = u.sequences
       this.unacked = null
     }
     this.acked = pos

@@ -11,7 +11,7 @@
  * - SQL text for rows, for the readable divergence file.
  */
 import fs from 'node:fs'
-import type { TableDef, Value } from '../../protocol/index.ts'
+import { RawText, type TableDef, type Value } from '../../protocol/index.ts'
 import type { TableDiff } from '../types.ts'
 import { openDatabase, quote, readTables, sqliteError, valueTag, type DB, type TableInfo } from './common.ts'
 
@@ -109,6 +109,7 @@ export function sqlLiteral(v: Value): string {
     return /[.eE]/.test(s) ? s : `${s}.0`
   }
   if (typeof v === 'string') return `'${v.replace(/'/g, "''")}'`
+  if (v instanceof RawText) return `CAST(X'${Buffer.from(v.bytes).toString('hex')}' AS TEXT)`
   return `X'${Buffer.from(v as Uint8Array).toString('hex')}'`
 }
 
