@@ -279,6 +279,7 @@ export class SqliteCapture implements CaptureSide {
     const sv = Number(db.pragma('schema_version', { simple: true }))
     if (!force && sv === this.schemaVersion) return
     this.writeTx(() => {
+      const vacuumed = this.cookieMoved()
       const { tables, skipped } = readTables(db)
       const wanted = this.only ? tables.filter((t) => this.only!.has(t.name)) : tables
       if (this.only) {
@@ -366,6 +367,13 @@ export class SqliteCapture implements CaptureSide {
               BigInt(reset),
               BigInt(id)
             )
+          } else if (vacuumed && t.key.length === 0 && !t.withoutRowid && reset === 0) {
+            // Keyed by rowid, which a VACUUM may have renumbered: resent in full, in this transaction.
+            reset = nextReset()
+            db.prepare(`UPDATE ${OWN_PREFIX}tables SET reset = ? WHERE id = ?`).run(BigInt(reset), BigInt(id))
+            this.log.info('the schema cookie moved (VACUUM renumbers rowids): a table without a primary key is resent', {
+              table: t.name
+            })
           }
         }
         if (install) {
@@ -391,10 +399,24 @@ export class SqliteCapture implements CaptureSide {
         this.tables.delete(id)
       }
       this.objects = readObjects(db, new Set(wanted.map((t) => t.name)))
+      // After this transaction's own DDL: the next sync compares the cookie with this.
+      const cookie = BigInt(db.pragma('schema_version', { simple: true }) as number | bigint)
+      db.prepare(`INSERT OR REPLACE INTO ${OWN_PREFIX}meta (k, v) VALUES ('cookie', ?)`).run(cookie)
     })
     this.schemaVersion = Number(db.pragma('schema_version', { simple: true }))
     this.schemaPending = true
     this.schemaGen++
+  }
+
+  /**
+   * Whether the schema cookie moved since the last sync wrote it (or was never written: an origin set up by an
+   * older version): someone else changed the schema, or ran VACUUM, which bumps the cookie and may renumber
+   * the rowids of tables without an INTEGER PRIMARY KEY (always, here, for such a table with no index).
+   */
+  private cookieMoved(): boolean {
+    const db = this.conn
+    const stored = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'cookie'`).pluck().get() as bigint | undefined
+    return stored === undefined || stored !== BigInt(db.pragma('schema_version', { simple: true }) as number | bigint)
   }
 
   private changeTableArity(id: number): number {
@@ -576,9 +598,15 @@ export class SqliteCapture implements CaptureSide {
       this.flushAck(false)
       return null
     }
-    let batch: CaptureBatch | null
+    let batch: CaptureBatch | null | undefined
     try {
-      batch = db.transaction(() => this.readInTx())()
+      // The schema is checked inside the read transaction: a VACUUM or DDL committed after the sync above
+      // would make the change rows' keys name other rows (VACUUM renumbers rowids), so sync and read again.
+      const inTx = db.transaction(() => {
+        if (Number(db.pragma('schema_version', { simple: true })) !== this.schemaVersion) return undefined
+        return this.readInTx()
+      })
+      for (batch = inTx(); batch === undefined; batch = inTx()) this.syncSchema(false)
     } catch (err) {
       throw sqliteError(err, this.path, 'cannot read changes from')
     }
