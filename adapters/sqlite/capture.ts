@@ -39,7 +39,7 @@ import {
   type TableInfo
 } from './common.ts'
 import type Database from 'better-sqlite3'
-import { RawAware, bindValue, exactColumns, exactRow, mayHoldRawText } from './text.ts'
+import { RawAware, bindValue, exactColumns, exactRow, hasRawText, mayHoldRawText } from './text.ts'
 
 /** Layout version of the tables and triggers capture installs in the origin database. */
 const CAPTURE_LAYOUT = 1
@@ -456,17 +456,12 @@ export class SqliteCapture implements CaptureSide {
     }
   }
 
-  /** The distinct keys changed in (mark, max], TEXT that is not UTF-8 kept as its bytes. */
-  private changedKeys(t: Captured, max: number): Value[][] {
-    const keys = t.keys.all(t.mark, max) as Value[][]
-    if (!keys.some(mayHoldRawText)) return keys
-    return (t.keysExact.all(t.mark, max) as unknown[][]).map(exactRow)
-  }
-
   /** The row with this key as it is now, or undefined; TEXT that is not UTF-8 kept as its bytes. */
   private lookupRow(t: Captured, key: Value[]): Value[] | undefined {
-    const args = key.map(bindValue)
-    const row = t.lookup.stmt(key).get(...args) as Value[] | undefined
+    // Keys come from the change table as better-sqlite3 values (bytes as Buffers): bound as they are, unless raw.
+    const raw = hasRawText(key)
+    const args = raw ? key.map(bindValue) : key
+    const row = (raw ? t.lookup.stmt(key) : t.lookup.plain).get(...args) as Value[] | undefined
     if (row === undefined || !mayHoldRawText(row)) return row
     const exact = t.lookupExact.stmt(key).get(...args) as unknown[] | undefined
     return exact === undefined ? undefined : exactRow(exact)
@@ -631,18 +626,32 @@ export class SqliteCapture implements CaptureSide {
         rows += all.length
         any = true
       } else if (max > t.mark) {
-        const upserts: Value[][] = []
-        const deletes: Value[][] = []
-        for (const key of this.changedKeys(t, max)) {
-          if (!this.validKey(t, key)) {
-            this.log.warn(MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`).message, {
-              table: t.info.name
-            })
-            continue
+        let upserts: Value[][] = []
+        let deletes: Value[][] = []
+        // Keys stream from the change table; one that may be TEXT that is not UTF-8 starts the table again
+        // from keys read with their bytes.
+        let keys: Iterable<Value[]> = t.keys.iterate(t.mark, max) as Iterable<Value[]>
+        for (let exact = false; ; exact = true) {
+          let again = false
+          for (const key of keys) {
+            if (!exact && mayHoldRawText(key)) {
+              again = true
+              break
+            }
+            if (!this.validKey(t, key)) {
+              this.log.warn(MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`).message, {
+                table: t.info.name
+              })
+              continue
+            }
+            const row = this.lookupRow(t, key)
+            if (row === undefined) deletes.push(key)
+            else upserts.push(row)
           }
-          const row = this.lookupRow(t, key)
-          if (row === undefined) deletes.push(key)
-          else upserts.push(row)
+          if (!again) break
+          upserts = []
+          deletes = []
+          keys = (t.keysExact.all(t.mark, max) as unknown[][]).map(exactRow)
         }
         if (upserts.length || deletes.length) changes.push({ table: t.id, upserts, deletes })
         rows += upserts.length + deletes.length
