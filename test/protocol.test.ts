@@ -56,7 +56,7 @@ test('unknown versions, kinds and flags are refused with their own codes', () =>
   expectCode(() => decodeEntry(more), 'UNKNOWN_FLAGS')
 })
 
-test('raw TEXT (not UTF-8) sets the RAW_TEXT flag, so older software refuses it as newer; without it, BAD_ENTRY', () => {
+test('raw TEXT (not UTF-8) sets the RAW_TEXT flag: older software refuses it as newer; no flag: BAD_ENTRY', () => {
   const block = Buffer.from(encodeEntry(samples['transaction-rawtext']))
   assert.equal(block[2] & 8, 8, 'RAW_TEXT flag')
   assert.equal(Buffer.from(encodeEntry(samples.transaction))[2] & 8, 0, 'no flag without raw TEXT')

@@ -3,12 +3,13 @@
  * across VACUUM, and sqlite_sequence. The writer is the sqlite3 program; every test ends by comparing the
  * copies byte by byte (storage class and bytes of every value; keyless tables as multisets).
  */
-import { test } from 'node:test'
+
 import assert from 'node:assert/strict'
 import path from 'node:path'
+import { test } from 'node:test'
 import Database from 'better-sqlite3'
 import { SqliteApply, SqliteCapture } from '../adapters/index.ts'
-import { decodeEntry, encodeEntry, packSnapshot, packTransaction, type Entry } from '../protocol/index.ts'
+import { decodeEntry, type Entry, encodeEntry, packSnapshot, packTransaction } from '../protocol/index.ts'
 import { dumpExact, sqlite3, tmpDir } from './helpers/db.ts'
 import { startPipeline } from './helpers/pipeline.ts'
 
@@ -49,7 +50,16 @@ class Copy {
     const c = new Copy(origin, replicaFile)
     await c.capture.open()
     await c.replica.open()
-    const header: Entry = { kind: 'header', dataset: 'ds', name: 'shop', engine: 'sqlite', epoch: 0, site: 'a', createdAt: 1, parent: null }
+    const header: Entry = {
+      kind: 'header',
+      dataset: 'ds',
+      name: 'shop',
+      engine: 'sqlite',
+      epoch: 0,
+      site: 'a',
+      createdAt: 1,
+      parent: null
+    }
     await c.unit([header])
     await c.unit([await c.capture.schema()])
     let first = true
@@ -158,7 +168,11 @@ test('TEXT that is not UTF-8 crosses real hypercores (a RAW_TEXT entry) and a re
   sqlite3(origin, `PRAGMA journal_mode=WAL; ${RAW}`)
   const p = await startPipeline(dir, origin)
   t.after(() => p.close())
-  sqlite3(origin, `INSERT INTO keyed VALUES (CAST(x'ff' AS TEXT), CAST(x'ff' AS TEXT)); INSERT INTO loose VALUES (CAST(x'ff' AS TEXT), 1);`)
+  sqlite3(
+    origin,
+    `INSERT INTO keyed VALUES (CAST(x'ff' AS TEXT), CAST(x'ff' AS TEXT));
+     INSERT INTO loose VALUES (CAST(x'ff' AS TEXT), 1);`
+  )
   await p.settle()
   assertSame(origin, path.join(dir, 'replica.db'))
 })
@@ -177,7 +191,7 @@ function gapsAndDuplicates(n: number): string {
     DELETE FROM bare WHERE rowid % 3 = 0; DELETE FROM indexed WHERE rowid % 3 = 0; DELETE FROM uniq WHERE a = 2;`
 }
 
-test('VACUUM renumbers rowids of a table without a key: every copy stays exact (with and without indexes)', async (t) => {
+test('VACUUM renumbers rowids of a table without a key: copies stay exact, with and without indexes', async (t) => {
   const { dir, cleanup } = tmpDir()
   t.after(cleanup)
   const origin = path.join(dir, 'origin.db')
@@ -244,7 +258,10 @@ test('sqlite_sequence travels: an order rung up and voided in one transaction st
   t.after(() => copy.close())
   assertSame(origin, copy.replicaFile)
 
-  sqlite3(origin, `BEGIN; INSERT INTO orders (item) VALUES ('voided'); DELETE FROM orders WHERE item = 'voided'; COMMIT;`)
+  sqlite3(
+    origin,
+    `BEGIN; INSERT INTO orders (item) VALUES ('voided'); DELETE FROM orders WHERE item = 'voided'; COMMIT;`
+  )
   await copy.drain()
   assertSame(origin, copy.replicaFile)
   assert.deepEqual(dumpExact(copy.replicaFile)['(sqlite_sequence)'].rows, ['orders|3'])

@@ -16,7 +16,16 @@ import type Database from 'better-sqlite3'
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { guardCountLimit, headerFits, unitChanges, unitFits } from '../position.ts'
 import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
-import { OWN_PREFIX, SEQUENCE_TABLE, digestTables, openDatabase, quote, readTables, sqliteError, type DB } from './common.ts'
+import {
+  OWN_PREFIX,
+  SEQUENCE_TABLE,
+  digestTables,
+  openDatabase,
+  quote,
+  readTables,
+  sqliteError,
+  type DB
+} from './common.ts'
 import { RawAware, bindValue } from './text.ts'
 
 const META = `${OWN_PREFIX}replica`
@@ -258,7 +267,9 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     if (has === 0n) return
     const known = new Set(this.meta.tables.map((t) => t.name))
     for (const key of ch.deletes) {
-      if (key.length !== 1 || typeof key[0] !== 'string') throw MeshError.BAD_LOG('a sequence delete must be [table name]')
+      if (key.length !== 1 || typeof key[0] !== 'string') {
+        throw MeshError.BAD_LOG('a sequence delete must be [table name]')
+      }
       db.prepare('DELETE FROM sqlite_sequence WHERE name = ?').run(key[0])
     }
     for (const row of ch.upserts) {
@@ -287,7 +298,8 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     // Placeholders come from ph(i), so a row or key holding raw TEXT gets a statement that casts it back.
     const where = (ph: (i: number) => string) =>
       keyless ? `${rowid} = ${ph(0)}` : def.key.map((k, i) => `${quote(def.columns[k].name)} IS ${ph(i)}`).join(' AND ')
-    const upsert = new RawAware(db, (ph) => `INSERT OR REPLACE INTO ${t} (${list.join(', ')}) VALUES (${list.map((_, i) => ph(i)).join(', ')})`)
+    const values = (ph: (i: number) => string) => list.map((_, i) => ph(i)).join(', ')
+    const upsert = new RawAware(db, (ph) => `INSERT OR REPLACE INTO ${t} (${list.join(', ')}) VALUES (${values(ph)})`)
     const remove = new RawAware(db, (ph) => `DELETE FROM ${t} WHERE ${where(ph)}`)
     const exists = new RawAware(db, (ph) => `SELECT 1 FROM ${t} WHERE ${where(ph)}`)
     const count = db.prepare(`SELECT count(*) FROM (SELECT 1 FROM ${t} LIMIT ?)`).pluck()

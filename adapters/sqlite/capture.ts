@@ -371,9 +371,8 @@ export class SqliteCapture implements CaptureSide {
             // Keyed by rowid, which a VACUUM may have renumbered: resent in full, in this transaction.
             reset = nextReset()
             db.prepare(`UPDATE ${OWN_PREFIX}tables SET reset = ? WHERE id = ?`).run(BigInt(reset), BigInt(id))
-            this.log.info('the schema cookie moved (VACUUM renumbers rowids): a table without a primary key is resent', {
-              table: t.name
-            })
+            const why = 'the schema cookie moved (VACUUM renumbers rowids): a table without a primary key is resent'
+            this.log.info(why, { table: t.name })
           }
         }
         if (install) {
@@ -639,9 +638,8 @@ export class SqliteCapture implements CaptureSide {
               break
             }
             if (!this.validKey(t, key)) {
-              this.log.warn(MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`).message, {
-                table: t.info.name
-              })
+              const e = MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`)
+              this.log.warn(e.message, { table: t.info.name })
               continue
             }
             const row = this.lookupRow(t, key)

@@ -12,8 +12,8 @@
  * as before (a lone surrogate survives in a JS string; CAST(... AS BLOB) there gives UTF-16 bytes).
  */
 import { isUtf8 } from 'node:buffer'
-import { RawText, type Value } from '../../protocol/index.ts'
 import type Database from 'better-sqlite3'
+import { RawText, type Value } from '../../protocol/index.ts'
 import type { DB } from './common.ts'
 
 /** Whether a row as better-sqlite3 read it may hold TEXT that was not UTF-8 (a string with U+FFFD). */
@@ -42,7 +42,8 @@ export function bindValue(v: Value): unknown {
 /** Select-list expressions that read each column's storage class and, for TEXT, its bytes (see exactRow). */
 export function exactColumns(exprs: string[]): string[] {
   const out: string[] = []
-  for (const e of exprs) out.push(`typeof(${e})`, `CASE WHEN typeof(${e}) = 'text' THEN CAST(${e} AS BLOB) ELSE ${e} END`)
+  for (const e of exprs)
+    out.push(`typeof(${e})`, `CASE WHEN typeof(${e}) = 'text' THEN CAST(${e} AS BLOB) ELSE ${e} END`)
   return out
 }
 

@@ -75,7 +75,10 @@ function exactTag(type: unknown, v: unknown): string {
  * a declared key are a sorted multiset of their values (no rowid: `{ rowids: true }` adds it). The
  * `sqlite_sequence` rows of those tables come as the table `(sqlite_sequence)`.
  */
-export function dumpExact(file: string, opts: { rowids?: boolean } = {}): Record<string, { sql: string; rows: string[] }> {
+export function dumpExact(
+  file: string,
+  opts: { rowids?: boolean } = {}
+): Record<string, { sql: string; rows: string[] }> {
   const db = new Database(file, { readonly: true, fileMustExist: true })
   try {
     db.defaultSafeIntegers(true)
@@ -84,8 +87,12 @@ export function dumpExact(file: string, opts: { rowids?: boolean } = {}): Record
     for (const t of tables) {
       const names = t.columns.map((c) => `"${c.name.replaceAll('"', '""')}"`)
       if (opts.rowids && t.key.length === 0) names.unshift(t.rowidName!)
-      const select = names.flatMap((c) => [`typeof(${c})`, `CASE WHEN typeof(${c}) = 'text' THEN CAST(${c} AS BLOB) ELSE ${c} END`])
-      const rows = db.prepare(`SELECT ${select.join(', ')} FROM "${t.name.replaceAll('"', '""')}"`).raw(true).all() as unknown[][]
+      const select = names.flatMap((c) => [
+        `typeof(${c})`,
+        `CASE WHEN typeof(${c}) = 'text' THEN CAST(${c} AS BLOB) ELSE ${c} END`
+      ])
+      const from = `"${t.name.replaceAll('"', '""')}"`
+      const rows = db.prepare(`SELECT ${select.join(', ')} FROM ${from}`).raw(true).all() as unknown[][]
       const lines = rows.map((r) => names.map((_, i) => exactTag(r[2 * i], r[2 * i + 1])).join('|')).sort()
       out[t.name] = { sql: t.sql, rows: lines }
     }
@@ -93,7 +100,8 @@ export function dumpExact(file: string, opts: { rowids?: boolean } = {}): Record
     if (seq > 0n) {
       const names = new Set(tables.map((t) => t.name))
       const rows = db.prepare('SELECT name, seq FROM sqlite_sequence').raw(true).all() as Array<[string, bigint]>
-      out['(sqlite_sequence)'] = { sql: '', rows: rows.filter((r) => names.has(r[0])).map((r) => `${r[0]}|${r[1]}`).sort() }
+      const kept = rows.filter((r) => names.has(r[0])).map((r) => `${r[0]}|${r[1]}`)
+      out['(sqlite_sequence)'] = { sql: '', rows: kept.sort() }
     }
     return out
   } finally {
@@ -108,7 +116,9 @@ export function dumpExact(file: string, opts: { rowids?: boolean } = {}): Record
 export function sqlite3(file: string, sql: string): string {
   const r = spawnSync('sqlite3', ['-bail', file], { input: `.timeout 10000\n${sql}\n`, encoding: 'utf8' })
   if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') {
-    throw new Error('the sqlite3 program is not installed; these tests need it as their writer: apt-get install -y sqlite3')
+    throw new Error(
+      'the sqlite3 program is not installed; these tests need it as their writer: apt-get install -y sqlite3'
+    )
   }
   if (r.status !== 0) throw new Error(`sqlite3 ${file} failed (${r.status}): ${r.stderr}`)
   return r.stdout
