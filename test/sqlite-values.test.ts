@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 import path from 'node:path'
 import { test } from 'node:test'
 import Database from 'better-sqlite3'
-import { SqliteApply, SqliteCapture } from '../adapters/index.ts'
+import { SqliteApply, SqliteCapture, sqliteEngine } from '../adapters/index.ts'
 import { decodeEntry, type Entry, encodeEntry, packSnapshot, packTransaction } from '../protocol/index.ts'
 import { dumpExact, sqlite3, tmpDir } from './helpers/db.ts'
 import { startPipeline } from './helpers/pipeline.ts'
@@ -280,4 +280,17 @@ test('sqlite_sequence travels: an order rung up and voided in one transaction st
   await copy.reopen()
   assertSame(origin, copy.replicaFile)
   assert.deepEqual(dumpExact(copy.replicaFile)['(sqlite_sequence)'].rows, ['notes|1', 'orders|101'])
+})
+
+test("mesh verify's diff tells TEXT that is not UTF-8 apart by its bytes", async (t) => {
+  const { dir, cleanup } = tmpDir()
+  t.after(cleanup)
+  const [mine, truth] = [path.join(dir, 'mine.db'), path.join(dir, 'truth.db')]
+  sqlite3(mine, `CREATE TABLE k (id INTEGER PRIMARY KEY, v); INSERT INTO k VALUES (1, CAST(x'fe' AS TEXT));`)
+  sqlite3(truth, `CREATE TABLE k (id INTEGER PRIMARY KEY, v); INSERT INTO k VALUES (1, CAST(x'ff' AS TEXT));`)
+  const diff = await sqliteEngine.diff(mine, truth)
+  assert.deepEqual(
+    diff.map((d) => [d.table, d.changed]),
+    [['k', 1]]
+  )
 })
