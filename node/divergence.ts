@@ -14,7 +14,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Engine } from '../adapters/index.ts'
-import type { TableDef, Value } from '../protocol/index.ts'
+import { RawText, type TableDef, type Value } from '../protocol/index.ts'
 import type { DatasetLog } from './log.ts'
 
 export interface DivergenceInput {
@@ -38,6 +38,7 @@ function jsonValue(v: Value): unknown {
   if (typeof v === 'bigint') return Number.isSafeInteger(Number(v)) ? Number(v) : v.toString()
   if (typeof v === 'number') return Number.isFinite(v) ? v : String(v)
   if (typeof v === 'string') return v
+  if (v instanceof RawText) return { textHex: Buffer.from(v.bytes).toString('hex') }
   return { hex: Buffer.from(v as Uint8Array).toString('hex') }
 }
 

@@ -7,7 +7,7 @@
  * last one at or before the position asked for.
  */
 import { engineFor, type Logger } from '../adapters/index.ts'
-import { MeshError, type DatasetInfo, type Entry, type TableDef } from '../protocol/index.ts'
+import { MeshError, RawText, type DatasetInfo, type Entry, type TableDef } from '../protocol/index.ts'
 import { replayTo } from './apply-loop.ts'
 import { offsets, resolveChain, type ChainSegment } from './chain.ts'
 import { seedFromSnapshot } from './snapshots.ts'
@@ -309,7 +309,13 @@ export class History {
 
 /** An entry as JSON for `mesh log --show`: values as JSON (bytes as hex). */
 function jsonEntry(e: Entry): unknown {
-  return JSON.parse(JSON.stringify(e, (_k, v) => (typeof v === 'bigint' ? v.toString() : v instanceof Uint8Array ? { hex: Buffer.from(v).toString('hex') } : v)))
+  const json = (v: unknown) => {
+    if (typeof v === 'bigint') return v.toString()
+    if (v instanceof Uint8Array) return { hex: Buffer.from(v).toString('hex') }
+    if (v instanceof RawText) return { textHex: Buffer.from(v.bytes).toString('hex') }
+    return v
+  }
+  return JSON.parse(JSON.stringify(e, (_k, v) => json(v)))
 }
 
 /** The same reads by a command when no node runs on `dir`: it opens the site's log store itself. */

@@ -20,7 +20,7 @@ import c from 'compact-encoding'
 import type { State } from 'compact-encoding'
 import sodium from 'sodium-native'
 import { MeshError } from './errors.ts'
-import { value, type Value } from './values.ts'
+import { rawTextState, value, type Value } from './values.ts'
 
 export const FORMAT_VERSION = 1
 
@@ -42,12 +42,14 @@ const F_HEADER_PARENT = 1
 const F_SNAPSHOT_FIRST = 2
 const F_SNAPSHOT_LAST = 4
 const F_TX_SOURCE = 2
+/** Transaction and snapshot entries: some value is raw TEXT (value tag 6, since branchmesh 0.2). */
+const F_RAW_TEXT = 8
 
 const ALLOWED_FLAGS: Record<KindName, number> = {
   header: F_HEADER_PARENT,
   schema: F_MORE,
-  transaction: F_MORE | F_TX_SOURCE,
-  snapshot: F_MORE | F_SNAPSHOT_FIRST | F_SNAPSHOT_LAST,
+  transaction: F_MORE | F_TX_SOURCE | F_RAW_TEXT,
+  snapshot: F_MORE | F_SNAPSHOT_FIRST | F_SNAPSHOT_LAST | F_RAW_TEXT,
   checkpoint: 0,
   fence: 0
 }
@@ -459,12 +461,15 @@ export function encodeEntry(entry: Entry): Uint8Array {
   const body = BODIES[entry.kind] as Body<Entry> | undefined
   if (body === undefined) throw MeshError.UNKNOWN_KIND(`cannot encode entry kind ${String(entry.kind)}`)
   try {
-    const flags = body.flags(entry)
     const state = c.state()
+    rawTextState.seen = 0
+    body.preencode(state, entry)
+    // Only transaction and snapshot entries hold values; their flag tells older software it cannot read them.
+    const flags = body.flags(entry) | (rawTextState.seen > 0 ? F_RAW_TEXT : 0)
+    if (flags & ~ALLOWED_FLAGS[entry.kind]) throw new RangeError(`raw TEXT cannot be carried by a ${entry.kind} entry`)
     c.uint.preencode(state, FORMAT_VERSION)
     c.uint.preencode(state, Kind[entry.kind])
     c.uint.preencode(state, flags)
-    body.preencode(state, entry)
     const size = state.end
     state.end += CHECKSUM_BYTES
     state.buffer = Buffer.allocUnsafe(state.end)
@@ -525,9 +530,12 @@ export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean 
   }
   let entry: Entry
   try {
+    rawTextState.allowed = (flags & F_RAW_TEXT) !== 0
     entry = BODIES[kind].decode(state, flags)
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, `truncated or corrupt ${kind} entry`)
+  } finally {
+    rawTextState.allowed = false
   }
   if (state.start !== end) {
     throw MeshError.BAD_ENTRY(`${end - state.start} unread bytes after a ${kind} entry`)

@@ -1,5 +1,5 @@
 export { MeshError, type MeshErrorOptions } from './errors.ts'
-export { type Value, sameValue, sameBytes } from './values.ts'
+export { type Value, RawText, sameValue, sameBytes } from './values.ts'
 export {
   FORMAT_VERSION,
   Kind,

@@ -5,6 +5,7 @@
  *   bigint      INTEGER (64-bit, all of it; never a JS number, which would round past 2^53)
  *   number      REAL (IEEE 754 double, bit for bit: -0.0 stays -0.0)
  *   string      TEXT (UTF-8)
+ *   RawText     TEXT whose bytes are not valid UTF-8 (SQLite stores what it is given): its bytes, exactly
  *   Uint8Array  BLOB (any bytes, zeros included)
  *
  * The encoding is a tag byte then the payload. Small integers take a varint; the rest take 8 bytes.
@@ -14,7 +15,19 @@
 import c from 'compact-encoding'
 import type { State } from 'compact-encoding'
 
-export type Value = null | bigint | number | string | Uint8Array
+/**
+ * TEXT whose bytes are not valid UTF-8, for example `CAST(x'ff' AS TEXT)` in SQLite. A JS string cannot hold
+ * such bytes (decoding turns them into U+FFFD), so they travel as they are, still as TEXT. Valid UTF-8 TEXT
+ * is always a string, never this.
+ */
+export class RawText {
+  readonly bytes: Uint8Array
+  constructor(bytes: Uint8Array) {
+    this.bytes = bytes
+  }
+}
+
+export type Value = null | bigint | number | string | Uint8Array | RawText
 
 const TAG_NULL = 0
 const TAG_INT = 1 // zig-zag varint, |v| < 2^52
@@ -22,6 +35,16 @@ const TAG_INT64 = 2 // zig-zag fixed 8 bytes
 const TAG_REAL = 3
 const TAG_TEXT = 4
 const TAG_BLOB = 5
+// Since branchmesh 0.2: only in an entry with the RAW_TEXT flag, so that older software refuses the entry as
+// written by newer software (UNKNOWN_FLAGS) rather than as damaged.
+const TAG_RAW_TEXT = 6
+
+/**
+ * entries.ts's link to the RAW_TEXT flag. `seen` counts raw TEXT values preencoded since entries.ts reset it
+ * (the encoder sets the flag from it); `allowed` is set while decoding an entry that has the flag. Encoding
+ * and decoding are synchronous, so one module-level record is enough.
+ */
+export const rawTextState = { seen: 0, allowed: false }
 
 // compact-encoding's zig-zag int holds -2^52 .. 2^52 - 1.
 const SAFE = 2n ** 52n - 1n
@@ -48,7 +71,10 @@ export const value = {
         c.string.preencode(state, v)
         return
       default:
-        c.uint8array.preencode(state, v)
+        if (v instanceof RawText) {
+          rawTextState.seen++
+          c.uint8array.preencode(state, v.bytes)
+        } else c.uint8array.preencode(state, v)
     }
   },
   encode(state: State, v: Value): void {
@@ -77,8 +103,13 @@ export const value = {
         c.string.encode(state, v)
         return
       default:
-        buf[state.start++] = TAG_BLOB
-        c.uint8array.encode(state, v)
+        if (v instanceof RawText) {
+          buf[state.start++] = TAG_RAW_TEXT
+          c.uint8array.encode(state, v.bytes)
+        } else {
+          buf[state.start++] = TAG_BLOB
+          c.uint8array.encode(state, v)
+        }
     }
   },
   decode(state: State): Value {
@@ -98,6 +129,9 @@ export const value = {
       case TAG_BLOB:
         // A copy, so a decoded value never pins (or aliases) the whole block buffer.
         return new Uint8Array(c.uint8array.decode(state))
+      case TAG_RAW_TEXT:
+        if (!rawTextState.allowed) throw new RangeError('raw TEXT value in an entry without the RAW_TEXT flag')
+        return new RawText(new Uint8Array(c.uint8array.decode(state)))
       default:
         throw new RangeError(`unknown value tag ${tag}`)
     }
@@ -114,6 +148,7 @@ export function sameValue(a: Value, b: Value): boolean {
   if (a === null || b === null) return a === b
   if (typeof a !== typeof b) return false
   if (typeof a === 'number') return Object.is(a, b)
-  if (a instanceof Uint8Array) return sameBytes(a, b as Uint8Array)
+  if (a instanceof Uint8Array) return b instanceof Uint8Array && sameBytes(a, b)
+  if (a instanceof RawText) return b instanceof RawText && sameBytes(a.bytes, b.bytes)
   return a === b
 }

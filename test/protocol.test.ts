@@ -56,6 +56,16 @@ test('unknown versions, kinds and flags are refused with their own codes', () =>
   expectCode(() => decodeEntry(more), 'UNKNOWN_FLAGS')
 })
 
+test('raw TEXT (not UTF-8) sets the RAW_TEXT flag: older software refuses it as newer; no flag: BAD_ENTRY', () => {
+  const block = Buffer.from(encodeEntry(samples['transaction-rawtext']))
+  assert.equal(block[2] & 8, 8, 'RAW_TEXT flag')
+  assert.equal(Buffer.from(encodeEntry(samples.transaction))[2] & 8, 0, 'no flag without raw TEXT')
+  const unflagged = Buffer.from(block)
+  unflagged[2] &= ~8
+  resealBlock(unflagged)
+  expectCode(() => decodeEntry(unflagged), 'BAD_ENTRY')
+})
+
 test('truncated blocks, trailing bytes and damaged bytes are BAD_ENTRY', () => {
   const block = Buffer.from(encodeEntry(samples.transaction))
   for (let n = 0; n < block.length; n++) {

@@ -18,7 +18,16 @@
  * that cannot be told apart from losing data (a column that disappears while another appears: a rename or a
  * drop and an add) stops apply with UNSUPPORTED_DDL, and the replica stays at its last good position.
  */
-import { MeshError, type Entry, type SchemaEntry, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
+import {
+  MeshError,
+  RawText,
+  type Entry,
+  type SchemaEntry,
+  type SchemaObject,
+  type TableChanges,
+  type TableDef,
+  type Value
+} from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { guardCountLimit, headerFits, unitChanges, unitFits } from '../position.ts'
 import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
@@ -50,6 +59,9 @@ function text(v: Value): string | null {
   if (v === null) return null
   if (typeof v === 'string') return v
   if (v instanceof Uint8Array) return '\\x' + Buffer.from(v).toString('hex')
+  if (v instanceof RawText) {
+    throw MeshError.BAD_LOG('a PostgreSQL row holds TEXT that is not UTF-8, which PostgreSQL cannot store')
+  }
   return String(v)
 }
 

@@ -16,7 +16,15 @@
  */
 import { createHash } from 'node:crypto'
 import pg from 'pg'
-import { MeshError, type ColumnDef, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
+import {
+  MeshError,
+  RawText,
+  type ColumnDef,
+  type SchemaObject,
+  type TableChanges,
+  type TableDef,
+  type Value
+} from '../../protocol/index.ts'
 
 /** branchmesh's own schema in a PostgreSQL database; it is never captured. */
 export const OWN_SCHEMA = '_mesh'
@@ -287,6 +295,9 @@ export async function readSequences(client: pg.Client): Promise<Value[][]> {
 
 function literal(v: Value, type: string): string {
   if (v === null) return 'NULL'
+  if (v instanceof RawText) {
+    throw MeshError.BAD_LOG('a PostgreSQL row holds TEXT that is not UTF-8, which PostgreSQL cannot store')
+  }
   const s = typeof v === 'string' ? v : v instanceof Uint8Array ? '\\x' + Buffer.from(v).toString('hex') : String(v)
   return `${quoteLiteral(s)}::${type}`
 }

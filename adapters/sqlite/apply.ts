@@ -12,11 +12,22 @@
  * not enforced while applying for the same reason (the origin enforced them).
  */
 import { MeshError, type Entry, type SchemaEntry, type TableDef, type Value } from '../../protocol/index.ts'
+import type Database from 'better-sqlite3'
 import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { guardCountLimit, headerFits, unitChanges, unitFits } from '../position.ts'
 import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
-import { OWN_PREFIX, digestTables, guardTriggersSql, openDatabase, quote, readTables, sqliteError, type DB } from './common.ts'
-import type Database from 'better-sqlite3'
+import {
+  OWN_PREFIX,
+  SEQUENCE_TABLE,
+  digestTables,
+  guardTriggersSql,
+  openDatabase,
+  quote,
+  readTables,
+  sqliteError,
+  type DB
+} from './common.ts'
+import { RawAware, bindValue } from './text.ts'
 
 const META = `${OWN_PREFIX}replica`
 
@@ -37,16 +48,11 @@ export interface SqliteApplyOptions {
 
 interface Prepared {
   def: TableDef
-  upsert: Database.Statement
-  remove: Database.Statement
+  upsert: RawAware
+  remove: RawAware
   /** Whether a row with the key of this upsert row exists. */
-  exists: Database.Statement
+  exists: RawAware
   count: Database.Statement
-}
-
-function bind(v: Value): unknown {
-  if (v instanceof Uint8Array && !Buffer.isBuffer(v)) return Buffer.from(v.buffer, v.byteOffset, v.byteLength)
-  return v
 }
 
 export class SqliteApply extends ReplicaBase implements ApplySide {
@@ -224,7 +230,10 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     if (before < g.minRows || before >= limit) return
     const keyOf = (row: Value[]) => (p.def.key.length === 0 ? [row[0]] : p.def.key.map((i) => row[i]))
     let changed = ch.deletes.length
-    for (const row of ch.upserts) if (p.exists.get(...keyOf(row).map(bind)) !== undefined) changed++
+    for (const row of ch.upserts) {
+      const key = keyOf(row)
+      if (p.exists.stmt(key).get(...key.map(bindValue)) !== undefined) changed++
+    }
     if (changed >= g.share * before) this.lastAlerts.push({ table: p.def.name, changed: Math.min(changed, before), before })
   }
 
@@ -238,16 +247,49 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
 
   private applyChanges(changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>): void {
     for (const ch of changes) {
+      if (ch.table === SEQUENCE_TABLE) {
+        this.applySequences(ch)
+        continue
+      }
       const p = this.statements(ch.table)
       const width = p.def.columns.length + (p.def.key.length === 0 ? 1 : 0)
       const kwidth = p.def.key.length === 0 ? 1 : p.def.key.length
       for (const key of ch.deletes) {
         if (key.length !== kwidth) throw MeshError.BAD_LOG(`delete key of ${key.length} values for ${p.def.name}`)
-        p.remove.run(...key.map(bind))
+        p.remove.stmt(key).run(...key.map(bindValue))
       }
       for (const row of ch.upserts) {
         if (row.length !== width) throw MeshError.BAD_LOG(`row of ${row.length} values for ${p.def.name} (${width} columns)`)
-        p.upsert.run(...row.map(bind))
+        p.upsert.stmt(row).run(...row.map(bindValue))
+      }
+    }
+  }
+
+  /**
+   * The origin's `sqlite_sequence` rows ([table name, seq]; deletes [table name]): after a promotion an
+   * AUTOINCREMENT table hands out numbers above every one the old origin used, those of rows deleted before
+   * they reached the log included. A name whose table this replica lacks is left out (SQLite keeps no row for
+   * a table that is not AUTOINCREMENT).
+   */
+  private applySequences(ch: { upserts: Value[][]; deletes: Value[][] }): void {
+    const db = this.conn
+    const has = db.prepare(`SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'`).pluck().get() as bigint
+    if (has === 0n) return
+    const known = new Set(this.meta.tables.map((t) => t.name))
+    for (const key of ch.deletes) {
+      if (key.length !== 1 || typeof key[0] !== 'string') {
+        throw MeshError.BAD_LOG('a sequence delete must be [table name]')
+      }
+      db.prepare('DELETE FROM sqlite_sequence WHERE name = ?').run(key[0])
+    }
+    for (const row of ch.upserts) {
+      const [name, seq] = row
+      if (row.length !== 2 || typeof name !== 'string' || typeof seq !== 'bigint') {
+        throw MeshError.BAD_LOG('a sequence row must be [table name, integer]')
+      }
+      if (!known.has(name)) continue
+      if (db.prepare('UPDATE sqlite_sequence SET seq = ? WHERE name = ?').run(seq, name).changes === 0) {
+        db.prepare('INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)').run(name, seq)
       }
     }
   }
@@ -260,18 +302,16 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     const db = this.conn
     const t = quote(def.name)
     const cols = def.columns.map((c) => quote(c.name))
-    let upsert: Database.Statement
-    let remove: Database.Statement
-    if (def.key.length === 0) {
-      const rowid = this.rowidAlias(def.name)
-      upsert = db.prepare(`INSERT OR REPLACE INTO ${t} (${[rowid, ...cols].join(', ')}) VALUES (${[rowid, ...cols].map(() => '?').join(', ')})`)
-      remove = db.prepare(`DELETE FROM ${t} WHERE ${rowid} = ?`)
-    } else {
-      upsert = db.prepare(`INSERT OR REPLACE INTO ${t} (${cols.join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`)
-      remove = db.prepare(`DELETE FROM ${t} WHERE ${def.key.map((i) => `${quote(def.columns[i].name)} IS ?`).join(' AND ')}`)
-    }
-    const where = def.key.length === 0 ? `${this.rowidAlias(def.name)} = ?` : def.key.map((i) => `${quote(def.columns[i].name)} IS ?`).join(' AND ')
-    const exists = db.prepare(`SELECT 1 FROM ${t} WHERE ${where}`).pluck()
+    const keyless = def.key.length === 0
+    const rowid = keyless ? this.rowidAlias(def.name) : ''
+    const list = keyless ? [rowid, ...cols] : cols
+    // Placeholders come from ph(i), so a row or key holding raw TEXT gets a statement that casts it back.
+    const where = (ph: (i: number) => string) =>
+      keyless ? `${rowid} = ${ph(0)}` : def.key.map((k, i) => `${quote(def.columns[k].name)} IS ${ph(i)}`).join(' AND ')
+    const values = (ph: (i: number) => string) => list.map((_, i) => ph(i)).join(', ')
+    const upsert = new RawAware(db, (ph) => `INSERT OR REPLACE INTO ${t} (${list.join(', ')}) VALUES (${values(ph)})`)
+    const remove = new RawAware(db, (ph) => `DELETE FROM ${t} WHERE ${where(ph)}`)
+    const exists = new RawAware(db, (ph) => `SELECT 1 FROM ${t} WHERE ${where(ph)}`)
     const count = db.prepare(`SELECT count(*) FROM (SELECT 1 FROM ${t} LIMIT ?)`).pluck()
     const p = { def, upsert, remove, exists, count }
     this.prepared.set(id, p)

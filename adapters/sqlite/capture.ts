@@ -13,8 +13,13 @@
  * runs). Values never pass through the change table, so a damaged change row cannot put a wrong value in a
  * replica: at worst it makes a row be resent.
  *
- * Tables with no declared primary key are keyed by rowid. SQLite's VACUUM may renumber those rowids; a
- * replica is then only repaired by a full resend of the table (see README, Limits).
+ * Tables with no declared primary key are keyed by rowid. SQLite's VACUUM may renumber those rowids without
+ * firing a trigger, and always bumps the schema cookie: so whenever the cookie moved since capture last saw it
+ * (kept in _mesh_meta, so a VACUUM while the node was off counts too), every such table is resent in full.
+ *
+ * TEXT that is not valid UTF-8 is read with its bytes (text.ts), and the origin's `sqlite_sequence` travels as
+ * table SEQUENCE_TABLE, read in the same read transaction as the rows, so a number used by a row that was
+ * inserted and deleted before any read still reaches every replica.
  */
 import c from 'compact-encoding'
 import crypto from 'node:crypto'
@@ -24,6 +29,7 @@ import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.
 import { silentLogger } from '../types.ts'
 import {
   OWN_PREFIX,
+  SEQUENCE_TABLE,
   digestTables,
   dropGuards,
   openDatabase,
@@ -36,6 +42,7 @@ import {
   type TableInfo
 } from './common.ts'
 import type Database from 'better-sqlite3'
+import { RawAware, bindValue, exactColumns, exactRow, hasRawText, mayHoldRawText } from './text.ts'
 
 /** Layout version of the tables and triggers capture installs in the origin database. */
 const CAPTURE_LAYOUT = 1
@@ -61,10 +68,14 @@ interface Captured {
   reset: number
   /** Reset generation already resent by a snapshot, to clear in _mesh_tables at the next acknowledge. */
   ackReset: number
-  lookup: Database.Statement
+  lookup: RawAware
+  /** The same lookup, reading storage classes and TEXT bytes (for rows with TEXT that is not UTF-8). */
+  lookupExact: RawAware
   keys: Database.Statement
+  keysExact: Database.Statement
   maxSeq: Database.Statement
   all: Database.Statement
+  allExact: Database.Statement
 }
 
 /**
@@ -214,8 +225,11 @@ export class SqliteCapture implements CaptureSide {
   /** Bumped whenever the schema changes, so an acknowledged batch clears only the schema it carried. */
   private schemaGen = 0
   /** The last batch read and not yet acknowledged. */
-  private unacked: { source: Uint8Array; schemaGen: number } | null = null
+  private unacked: { source: Uint8Array; schemaGen: number; sequences?: Map<string, bigint> } | null = null
   private acked: SourcePos | null = null
+  /** The `sqlite_sequence` rows the log holds (empty at start: the first read sends them all). */
+  private sequencesLogged = new Map<string, bigint>()
+  private sequenceRead: { schema: number; stmt: Database.Statement | null } | null = null
   private ackedApplied: SourcePos | null = null
   private lastAckWrite = 0
   /** The file the connection has open, to notice another one put at the path. */
@@ -511,6 +525,7 @@ export class SqliteCapture implements CaptureSide {
     const sv = Number(db.pragma('schema_version', { simple: true }))
     if (!force && sv === this.schemaVersion) return
     this.writeTx(() => {
+      const vacuumed = this.cookieMoved()
       const { tables, skipped } = readTables(db)
       const wanted = this.only ? tables.filter((t) => this.only!.has(t.name)) : tables
       if (this.only) {
@@ -598,6 +613,12 @@ export class SqliteCapture implements CaptureSide {
               BigInt(reset),
               BigInt(id)
             )
+          } else if (vacuumed && t.key.length === 0 && !t.withoutRowid && reset === 0) {
+            // Keyed by rowid, which a VACUUM may have renumbered: resent in full, in this transaction.
+            reset = nextReset()
+            db.prepare(`UPDATE ${OWN_PREFIX}tables SET reset = ? WHERE id = ?`).run(BigInt(reset), BigInt(id))
+            const why = 'the schema cookie moved (VACUUM renumbers rowids): a table without a primary key is resent'
+            this.log.info(why, { table: t.name })
           }
         }
         if (install) {
@@ -623,6 +644,9 @@ export class SqliteCapture implements CaptureSide {
         this.tables.delete(id)
       }
       this.objects = readObjects(db, new Set(wanted.map((t) => t.name)))
+      // After this transaction's own DDL: the next sync compares the cookie with this.
+      const cookie = BigInt(db.pragma('schema_version', { simple: true }) as number | bigint)
+      db.prepare(`INSERT OR REPLACE INTO ${OWN_PREFIX}meta (k, v) VALUES ('cookie', ?)`).run(cookie)
     })
     this.schemaVersion = Number(db.pragma('schema_version', { simple: true }))
     this.schemaPending = true
@@ -641,6 +665,17 @@ export class SqliteCapture implements CaptureSide {
     }
   }
 
+  /**
+   * Whether the schema cookie moved since the last sync wrote it (or was never written: an origin set up by an
+   * older version): someone else changed the schema, or ran VACUUM, which bumps the cookie and may renumber
+   * the rowids of tables without an INTEGER PRIMARY KEY (always, here, for such a table with no index).
+   */
+  private cookieMoved(): boolean {
+    const db = this.conn
+    const stored = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'cookie'`).pluck().get() as bigint | undefined
+    return stored === undefined || stored !== BigInt(db.pragma('schema_version', { simple: true }) as number | bigint)
+  }
+
   private changeTableArity(id: number): number {
     const cols = this.conn.prepare(`PRAGMA main.table_info(${quote(changeTable(id))})`).all() as Array<{ name: string }>
     if (cols.length === 0 || cols[0].name !== 'seq') return -1
@@ -655,10 +690,12 @@ export class SqliteCapture implements CaptureSide {
     const kcols = Array.from({ length: arity }, (_, i) => `k${i}`).join(', ')
     const cols = info.columns.map((col) => quote(col.name))
     const select = info.key.length === 0 ? [info.rowidName!, ...cols] : cols
-    const where =
+    const where = (ph: (i: number) => string) =>
       info.key.length === 0
-        ? `${info.rowidName} = ?`
-        : info.key.map((i) => `${quote(info.columns[i].name)} IS ?`).join(' AND ')
+        ? `${info.rowidName} = ${ph(0)}`
+        : info.key.map((k, i) => `${quote(info.columns[k].name)} IS ${ph(i)}`).join(' AND ')
+    const exact = exactColumns(select).join(', ')
+    const kexact = exactColumns(kcols.split(', ')).join(', ')
     return {
       id,
       info,
@@ -666,11 +703,60 @@ export class SqliteCapture implements CaptureSide {
       mark,
       reset,
       ackReset: 0,
-      lookup: db.prepare(`SELECT ${select.join(', ')} FROM ${table} WHERE ${where}`).raw(true),
+      lookup: new RawAware(db, (ph) => `SELECT ${select.join(', ')} FROM ${table} WHERE ${where(ph)}`, { raw: true }),
+      lookupExact: new RawAware(db, (ph) => `SELECT ${exact} FROM ${table} WHERE ${where(ph)}`, { raw: true }),
       keys: db.prepare(`SELECT DISTINCT ${kcols} FROM ${d} WHERE seq > ? AND seq <= ?`).raw(true),
+      keysExact: db.prepare(`SELECT DISTINCT ${kexact} FROM ${d} WHERE seq > ? AND seq <= ?`).raw(true),
       maxSeq: db.prepare(`SELECT max(seq) FROM ${d}`).pluck(),
-      all: db.prepare(`SELECT ${select.join(', ')} FROM ${table}`).raw(true)
+      all: db.prepare(`SELECT ${select.join(', ')} FROM ${table}`).raw(true),
+      allExact: db.prepare(`SELECT ${exact} FROM ${table}`).raw(true)
     }
+  }
+
+  /** The row with this key as it is now, or undefined; TEXT that is not UTF-8 kept as its bytes. */
+  private lookupRow(t: Captured, key: Value[]): Value[] | undefined {
+    // Keys come from the change table as better-sqlite3 values (bytes as Buffers): bound as they are, unless raw.
+    const raw = hasRawText(key)
+    const args = raw ? key.map(bindValue) : key
+    const row = (raw ? t.lookup.stmt(key) : t.lookup.plain).get(...args) as Value[] | undefined
+    if (row === undefined || !mayHoldRawText(row)) return row
+    const exact = t.lookupExact.stmt(key).get(...args) as unknown[] | undefined
+    return exact === undefined ? undefined : exactRow(exact)
+  }
+
+  /** Every row of the table (a resend); TEXT that is not UTF-8 kept as its bytes. */
+  private readAll(t: Captured): Value[][] {
+    const all = t.all.all() as Value[][]
+    if (!all.some(mayHoldRawText)) return all
+    return (t.allExact.all() as unknown[][]).map(exactRow)
+  }
+
+  /**
+   * The origin's `sqlite_sequence` rows of captured tables, as changes against what the log holds (all of
+   * them after a start, a snapshot or a table's resend, whose DROP at a replica removes its row).
+   */
+  private sequenceChanges(resent: boolean): { changes: Value[][][]; now: Map<string, bigint> } | null {
+    const db = this.conn
+    // Prepared once per schema: sqlite_sequence exists from the first AUTOINCREMENT table on.
+    if (this.sequenceRead?.schema !== this.schemaVersion) {
+      const exists = db.prepare(`SELECT count(*) FROM main.sqlite_schema WHERE name = 'sqlite_sequence'`).pluck().get()
+      const stmt = (exists as bigint) > 0n ? db.prepare('SELECT name, seq FROM main.sqlite_sequence').raw(true) : null
+      this.sequenceRead = { schema: this.schemaVersion, stmt }
+    }
+    const now = new Map<string, bigint>()
+    if (this.sequenceRead.stmt !== null) {
+      const names = new Set([...this.tables.values()].map((t) => t.info.name))
+      for (const r of this.sequenceRead.stmt.all() as unknown[][]) {
+        if (typeof r[0] === 'string' && typeof r[1] === 'bigint' && names.has(r[0])) now.set(r[0], r[1])
+      }
+    }
+    const logged = resent ? new Map<string, bigint>() : this.sequencesLogged
+    const upserts: Value[][] = []
+    const deletes: Value[][] = []
+    for (const [name, seq] of now) if (logged.get(name) !== seq) upserts.push([name, seq])
+    for (const name of logged.keys()) if (!now.has(name)) deletes.push([name])
+    if (upserts.length === 0 && deletes.length === 0) return null
+    return { changes: [upserts, deletes], now }
   }
 
   async resume(source: Uint8Array | null): Promise<void> {
@@ -721,6 +807,7 @@ export class SqliteCapture implements CaptureSide {
       if (t.reset > 0) t.ackReset = t.reset
       t.reset = 0
     }
+    this.sequencesLogged = new Map()
     for (const t of tables) {
       // Pages in short read transactions: no long lock on the origin. Rows changed while this runs are in
       // the change table, so the first batch after the snapshot makes the replica exact. Rowid tables page by
@@ -734,17 +821,30 @@ export class SqliteCapture implements CaptureSide {
       const pageKey = byRowid ? [0] : info.key
       const from = quote(info.name)
       const orderBy = order.join(', ')
-      const first = this.conn.prepare(`SELECT ${select.join(', ')} FROM ${from} ORDER BY ${orderBy} LIMIT ?`).raw(true)
-      const next = this.conn
-        .prepare(
-          `SELECT ${select.join(', ')} FROM ${from} WHERE (${orderBy}) > (${order.map(() => '?').join(', ')}) ORDER BY ${orderBy} LIMIT ?`
-        )
-        .raw(true)
+      // A page is read in the plain form, and again in the exact form (TEXT bytes) when it holds U+FFFD; the
+      // key it continues from may then be raw TEXT, bound by a variant that casts it back.
+      const pageSql = (cols: string, after: boolean) => (ph: (i: number) => string) =>
+        after
+          ? `SELECT ${cols} FROM ${from} WHERE (${orderBy}) > (${order.map((_, i) => ph(i)).join(', ')}) ` +
+            `ORDER BY ${orderBy} LIMIT ${ph(order.length)}`
+          : `SELECT ${cols} FROM ${from} ORDER BY ${orderBy} LIMIT ${ph(0)}`
+      const exactCols = exactColumns(select).join(', ')
+      const first = new RawAware(this.conn, pageSql(select.join(', '), false), { raw: true })
+      const next = new RawAware(this.conn, pageSql(select.join(', '), true), { raw: true })
+      const firstExact = new RawAware(this.conn, pageSql(exactCols, false), { raw: true })
+      const nextExact = new RawAware(this.conn, pageSql(exactCols, true), { raw: true })
+      const readPage = (last: Value[] | null): Value[][] => {
+        const args: Value[] = last === null ? [BigInt(chunkRows)] : [...last, BigInt(chunkRows)]
+        const bound = args.map(bindValue)
+        const rows = (last === null ? first : next).stmt(args).all(...bound) as Value[][]
+        if (!rows.some(mayHoldRawText)) return rows
+        return ((last === null ? firstExact : nextExact).stmt(args).all(...bound) as unknown[][]).map(exactRow)
+      }
       let last: Value[] | null = null
       for (;;) {
         let page: Value[][]
         try {
-          page = (last === null ? first.all(chunkRows) : next.all(...last, chunkRows)) as Value[][]
+          page = this.conn.transaction(readPage)(last)
         } catch (err) {
           throw sqliteError(err, this.path, `cannot read table ${info.name} of`)
         }
@@ -853,9 +953,15 @@ export class SqliteCapture implements CaptureSide {
       this.flushAck(false)
       return null
     }
-    let batch: CaptureBatch | null
+    let batch: CaptureBatch | null | undefined
     try {
-      batch = db.transaction(() => this.readInTx())()
+      // The schema is checked inside the read transaction: a VACUUM or DDL committed after the sync above
+      // would make the change rows' keys name other rows (VACUUM renumbers rowids), so sync and read again.
+      const inTx = db.transaction(() => {
+        if (Number(db.pragma('schema_version', { simple: true })) !== this.schemaVersion) return undefined
+        return this.readInTx()
+      })
+      for (batch = inTx(); batch === undefined; batch = inTx()) this.syncSchema(false)
     } catch (err) {
       throw sqliteError(err, this.path, 'cannot read changes from')
     }
@@ -875,24 +981,37 @@ export class SqliteCapture implements CaptureSide {
       const max = Number((t.maxSeq.get() as bigint | null) ?? 0n)
       const to = Math.max(max, t.mark)
       if (t.reset > 0) {
-        const all = (t.all.all() as Value[][])
+        const all = this.readAll(t)
         changes.push({ table: t.id, upserts: all, deletes: [] })
         reset.push(t.id)
         rows += all.length
         any = true
       } else if (max > t.mark) {
-        const upserts: Value[][] = []
-        const deletes: Value[][] = []
-        for (const key of t.keys.iterate(t.mark, max) as Iterable<Value[]>) {
-          if (!this.validKey(t, key)) {
-            this.log.warn(MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`).message, {
-              table: t.info.name
-            })
-            continue
+        let upserts: Value[][] = []
+        let deletes: Value[][] = []
+        // Keys stream from the change table; one that may be TEXT that is not UTF-8 starts the table again
+        // from keys read with their bytes.
+        let keys: Iterable<Value[]> = t.keys.iterate(t.mark, max) as Iterable<Value[]>
+        for (let exact = false; ; exact = true) {
+          let again = false
+          for (const key of keys) {
+            if (!exact && mayHoldRawText(key)) {
+              again = true
+              break
+            }
+            if (!this.validKey(t, key)) {
+              const e = MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`)
+              this.log.warn(e.message, { table: t.info.name })
+              continue
+            }
+            const row = this.lookupRow(t, key)
+            if (row === undefined) deletes.push(key)
+            else upserts.push(row)
           }
-          const row = t.lookup.get(...key) as Value[] | undefined
-          if (row === undefined) deletes.push(key)
-          else upserts.push(row)
+          if (!again) break
+          upserts = []
+          deletes = []
+          keys = (t.keysExact.all(t.mark, max) as unknown[][]).map(exactRow)
         }
         if (upserts.length || deletes.length) changes.push({ table: t.id, upserts, deletes })
         rows += upserts.length + deletes.length
@@ -900,12 +1019,18 @@ export class SqliteCapture implements CaptureSide {
       }
       pos.tables.push({ id: t.id, seq: to, reset: t.reset > 0 ? t.reset : t.ackReset })
     }
+    // Last, after the rows: a replica's own inserts may move its sqlite_sequence, this sets it as the origin's.
+    const seq = this.sequenceChanges(reset.length > 0)
+    if (seq !== null) {
+      changes.push({ table: SEQUENCE_TABLE, upserts: seq.changes[0], deletes: seq.changes[1] })
+      any = true
+    }
     if (!any && !this.schemaPending) return null
     // Nothing moves here: marks, resets and the pending schema move only in ack(), so a batch whose append
     // failed is read again, whole, by the next read().
     const schema = this.schemaPending || reset.length > 0 ? this.schemaEntry(reset) : null
     const source = c.encode(sourceEnc, pos)
-    this.unacked = { source, schemaGen: schema ? this.schemaGen : -1 }
+    this.unacked = { source, schemaGen: schema ? this.schemaGen : -1, sequences: seq?.now }
     return { schema, changes, time: Date.now(), rows, source }
   }
 
@@ -954,6 +1079,7 @@ export class SqliteCapture implements CaptureSide {
     const u = this.unacked
     if (u !== null && Buffer.compare(Buffer.from(u.source), Buffer.from(source)) === 0) {
       if (u.schemaGen === this.schemaGen) this.schemaPending = false
+      if (u.sequences) this.sequencesLogged = u.sequences
       this.unacked = null
     }
     this.acked = pos

@@ -5,7 +5,8 @@
 import Database from 'better-sqlite3'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
-import { MeshError, type ColumnDef, type SchemaObject, type TableDef } from '../../protocol/index.ts'
+import { MeshError, RawText, type ColumnDef, type SchemaObject, type TableDef } from '../../protocol/index.ts'
+import { exactColumns, exactRow, mayHoldRawText } from './text.ts'
 
 export type DB = Database.Database
 
@@ -41,6 +42,12 @@ export function dropGuards(db: DB): void {
     .all(GUARD_TRIGGER.length, GUARD_TRIGGER) as string[]
   for (const n of names) db.exec(`DROP TRIGGER IF EXISTS ${quote(n)}`)
 }
+
+/**
+ * Table id 0 of a SQLite log carries the origin's `sqlite_sequence` (the next AUTOINCREMENT numbers): rows
+ * `[table name, seq]`, deletes `[table name]`; it has no table definition. Captured tables start at id 1.
+ */
+export const SEQUENCE_TABLE = 0
 
 export function quote(name: string): string {
   return '"' + name.replaceAll('"', '""') + '"'
@@ -225,6 +232,8 @@ export function valueTag(v: unknown): string {
     return 'REAL ' + b.toString('hex') + ` (${v})`
   }
   if (typeof v === 'string') return 'TEXT ' + JSON.stringify(v)
+  // Not UTF-8: its bytes (a string never gets this tag, so the tags of valid TEXT are as they always were).
+  if (v instanceof RawText) return 'TEXT bytes ' + Buffer.from(v.bytes).toString('hex')
   if (v instanceof Uint8Array) return 'BLOB ' + Buffer.from(v).toString('hex')
   throw new Error('unexpected value ' + String(v))
 }
@@ -235,7 +244,7 @@ export function valueTag(v: unknown): string {
  * compute it the same way over the same tables (a checkpoint).
  */
 export function digestTables(db: DB, tables: TableInfo[]): { digest: Uint8Array; rows: number } {
-  const h = createHash('sha256')
+  let h = createHash('sha256')
   let rows = 0
   for (const t of [...tables].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
     const cols = t.columns.map((c) => quote(c.name))
@@ -243,10 +252,29 @@ export function digestTables(db: DB, tables: TableInfo[]): { digest: Uint8Array;
     const select = keyless ? [t.rowidName!, ...cols] : cols
     const order = keyless ? [t.rowidName!] : t.key.map((i) => cols[i])
     h.update(`table ${t.name}\n`)
-    const stmt = db.prepare(`SELECT ${select.join(', ')} FROM ${quote(t.name)} ORDER BY ${order.join(', ')}`).raw(true)
+    const from = `FROM ${quote(t.name)} ORDER BY ${order.join(', ')}`
+    const stmt = db.prepare(`SELECT ${select.join(', ')} ${from}`).raw(true)
     stmt.safeIntegers(true)
+    // A table with TEXT that is not UTF-8 is read again with its bytes, from the state before it.
+    const before = h.copy()
+    const counted = rows
+    let raw = false
     for (const r of stmt.iterate() as Iterable<unknown[]>) {
+      if (mayHoldRawText(r)) {
+        raw = true
+        break
+      }
       h.update(r.map(valueTag).join('|'))
+      h.update('\n')
+      rows++
+    }
+    if (!raw) continue
+    h = before
+    rows = counted
+    const exact = db.prepare(`SELECT ${exactColumns(select).join(', ')} ${from}`).raw(true)
+    exact.safeIntegers(true)
+    for (const r of exact.iterate() as Iterable<unknown[]>) {
+      h.update(exactRow(r).map(valueTag).join('|'))
       h.update('\n')
       rows++
     }

@@ -6,7 +6,7 @@ import { hashFile } from '../files.ts'
 import type { Engine, Scratch } from '../engine.ts'
 import { SqliteApply } from './apply.ts'
 import { SqliteCapture } from './capture.ts'
-import { openDatabase } from './common.ts'
+import { SEQUENCE_TABLE, openDatabase } from './common.ts'
 import {
   backupDatabase,
   databaseRole,
@@ -114,6 +114,6 @@ export const sqliteEngine: Engine = {
     keyColumns,
     upsert: upsertSql,
     remove: deleteSql,
-    internal: () => false
+    internal: (table) => table === SEQUENCE_TABLE
   }
 }

@@ -11,9 +11,10 @@
  * - SQL text for rows, for the readable divergence file.
  */
 import fs from 'node:fs'
-import type { TableDef, Value } from '../../protocol/index.ts'
+import { RawText, type TableDef, type Value } from '../../protocol/index.ts'
 import type { TableDiff } from '../types.ts'
 import { dropGuards, openDatabase, quote, readTables, sqliteError, valueTag, type DB, type TableInfo } from './common.ts'
+import { exactColumns, exactRow } from './text.ts'
 
 export async function backupDatabase(path: string, dest: string): Promise<void> {
   const db = openDatabase(path, { mustExist: true })
@@ -109,6 +110,7 @@ export function sqlLiteral(v: Value): string {
     return /[.eE]/.test(s) ? s : `${s}.0`
   }
   if (typeof v === 'string') return `'${v.replace(/'/g, "''")}'`
+  if (v instanceof RawText) return `CAST(X'${Buffer.from(v.bytes).toString('hex')}' AS TEXT)`
   return `X'${Buffer.from(v as Uint8Array).toString('hex')}'`
 }
 
@@ -173,7 +175,10 @@ export function diffDatabases(mine: string, truth: string): TableDiff[] {
       const select = keyless ? [t.rowidName!, ...cols] : cols
       const keyAt = keyless ? [0] : t.key
       const out = new Map<string, string>()
-      for (const r of db.prepare(`SELECT ${select.join(', ')} FROM ${quote(t.name)}`).raw(true).iterate() as Iterable<unknown[]>) {
+      // Read with storage classes and TEXT bytes: TEXT that is not UTF-8 differs by its bytes, not as U+FFFD.
+      const stmt = db.prepare(`SELECT ${exactColumns(select).join(', ')} FROM ${quote(t.name)}`).raw(true)
+      for (const raw of stmt.iterate() as Iterable<unknown[]>) {
+        const r = exactRow(raw)
         out.set(keyAt.map((i) => valueTag(r[i])).join(', '), r.map(valueTag).join('|'))
       }
       return out

@@ -3,6 +3,7 @@
  * canonical dump that compares values by storage class and bits.
  */
 import Database from 'better-sqlite3'
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -93,4 +94,80 @@ export function openBehindTheMesh(file: string): Database.Database {
   const db = openWal(file)
   db.function('branchmesh_replica_is_read_only', () => 0)
   return db
+}
+
+/** A value read as [typeof(col), CAST(col AS BLOB) when TEXT] as a tag: storage class and exact bytes. */
+function exactTag(type: unknown, v: unknown): string {
+  switch (type) {
+    case 'null':
+      return 'NULL'
+    case 'integer':
+      return 'INTEGER ' + String(v)
+    case 'real': {
+      const b = Buffer.alloc(8)
+      b.writeDoubleBE(Number(v))
+      return 'REAL ' + b.toString('hex')
+    }
+    case 'text':
+      return 'TEXT ' + Buffer.from(v as Uint8Array).toString('hex')
+    case 'blob':
+      return 'BLOB ' + Buffer.from(v as Uint8Array).toString('hex')
+    default:
+      throw new Error('unexpected storage class ' + String(type))
+  }
+}
+
+/**
+ * Every user table compared byte by byte: each value's storage class and bytes (TEXT read with
+ * `CAST(col AS BLOB)`, so TEXT that is not UTF-8 compares by its bytes, not as U+FFFD). Rows of a table without
+ * a declared key are a sorted multiset of their values (no rowid: `{ rowids: true }` adds it). The
+ * `sqlite_sequence` rows of those tables come as the table `(sqlite_sequence)`.
+ */
+export function dumpExact(
+  file: string,
+  opts: { rowids?: boolean } = {}
+): Record<string, { sql: string; rows: string[] }> {
+  const db = new Database(file, { readonly: true, fileMustExist: true })
+  try {
+    db.defaultSafeIntegers(true)
+    const out: Record<string, { sql: string; rows: string[] }> = {}
+    const { tables } = readTables(db)
+    for (const t of tables) {
+      const names = t.columns.map((c) => `"${c.name.replaceAll('"', '""')}"`)
+      if (opts.rowids && t.key.length === 0) names.unshift(t.rowidName!)
+      const select = names.flatMap((c) => [
+        `typeof(${c})`,
+        `CASE WHEN typeof(${c}) = 'text' THEN CAST(${c} AS BLOB) ELSE ${c} END`
+      ])
+      const from = `"${t.name.replaceAll('"', '""')}"`
+      const rows = db.prepare(`SELECT ${select.join(', ')} FROM ${from}`).raw(true).all() as unknown[][]
+      const lines = rows.map((r) => names.map((_, i) => exactTag(r[2 * i], r[2 * i + 1])).join('|')).sort()
+      out[t.name] = { sql: t.sql, rows: lines }
+    }
+    const seq = db.prepare(`SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'`).pluck().get() as bigint
+    if (seq > 0n) {
+      const names = new Set(tables.map((t) => t.name))
+      const rows = db.prepare('SELECT name, seq FROM sqlite_sequence').raw(true).all() as Array<[string, bigint]>
+      const kept = rows.filter((r) => names.has(r[0])).map((r) => `${r[0]}|${r[1]}`)
+      out['(sqlite_sequence)'] = { sql: '', rows: kept.sort() }
+    }
+    return out
+  } finally {
+    db.close()
+  }
+}
+
+/**
+ * Runs SQL in the `sqlite3` program (a writer that is not this process and not better-sqlite3), waiting up to
+ * 10 s for a lock. Fails loudly when the program is missing.
+ */
+export function sqlite3(file: string, sql: string): string {
+  const r = spawnSync('sqlite3', ['-bail', file], { input: `.timeout 10000\n${sql}\n`, encoding: 'utf8' })
+  if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') {
+    throw new Error(
+      'the sqlite3 program is not installed; these tests need it as their writer: apt-get install -y sqlite3'
+    )
+  }
+  if (r.status !== 0) throw new Error(`sqlite3 ${file} failed (${r.status}): ${r.stderr}`)
+  return r.stdout
 }
