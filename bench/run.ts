@@ -15,6 +15,7 @@ import { meshBench } from './mesh.ts'
 import { pgBench } from './postgres.ts'
 import { promoteBench } from './promote.ts'
 import { restoreBench } from './restore.ts'
+import { guardBench } from './guard.ts'
 
 const json = process.argv.includes('--json')
 const say = (s: string) => {
@@ -131,6 +132,8 @@ try {
   await p.close()
   origin.close()
 
+  // The replica's write guard: apply with and without it (bench/guard.ts).
+  const guard = await guardBench({ say })
   // Three sites over hyperswarm (bench/mesh.ts).
   const mesh = await meshBench({ say })
   // Failover: promote at a replica, then the first write at the new origin (bench/promote.ts).
@@ -149,6 +152,7 @@ try {
         endToEndRowsPerSec: Math.round(e2e),
         trickleP50Ms: +median(lat).toFixed(2),
         trickleP99Ms: +pct(lat, 99).toFixed(2),
+        ...guard,
         ...mesh,
         ...promote,
         ...restore,
