@@ -68,7 +68,12 @@ export abstract class ReplicaBase {
   protected compareCheckpoint(entry: CheckpointEntry, mine: { digest: Uint8Array; rows: number }, block: number): void {
     const ok = sameBytes(mine.digest, entry.digest)
     this.lastCheckpoint = { length: block, ok, rows: mine.rows, originRows: entry.rows, at: Date.now() }
-    if (!ok) this.log.warn('this replica differs from the origin at a checkpoint', { length: entry.length, rows: mine.rows, originRows: entry.rows })
+    if (!ok)
+      this.log.warn('this replica differs from the origin at a checkpoint', {
+        length: entry.length,
+        rows: mine.rows,
+        originRows: entry.rows
+      })
   }
 
   /** Units that deleted or changed a large share of a table, from the last apply() (see DamageAlert). */

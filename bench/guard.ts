@@ -46,7 +46,10 @@ async function applyOnce(file: string, guarded: boolean): Promise<number> {
     parent: null
   } as Entry
   await side.apply({ start: 0, entries: [header] }, pos(1))
-  await side.apply({ start: 1, entries: [{ kind: 'schema', more: false, tables: [table], objects: [], reset: [] }] }, pos(2))
+  await side.apply(
+    { start: 1, entries: [{ kind: 'schema', more: false, tables: [table], objects: [], reset: [] }] },
+    pos(2)
+  )
   if (!guarded) {
     const db = new Database(file)
     for (const op of ['insert', 'update', 'delete']) db.exec(`DROP TRIGGER IF EXISTS "_mesh_g1_${op}"`)
@@ -57,7 +60,13 @@ async function applyOnce(file: string, guarded: boolean): Promise<number> {
   for (let i = 0; i < ROWS; i += UNIT) {
     const upserts: Value[][] = []
     for (let j = i; j < i + UNIT; j++) upserts.push([BigInt(j), `customer ${j % 5000}`, j * 0.25, 'x'.repeat(40)])
-    const entry: Entry = { kind: 'transaction', more: false, time: Date.now(), changes: [{ table: 1, upserts, deletes: [] }], source: null }
+    const entry: Entry = {
+      kind: 'transaction',
+      more: false,
+      time: Date.now(),
+      changes: [{ table: 1, upserts, deletes: [] }],
+      source: null
+    }
     await side.apply({ start: block, entries: [entry] }, pos(block + 1))
     block++
   }
@@ -67,7 +76,7 @@ async function applyOnce(file: string, guarded: boolean): Promise<number> {
 }
 
 export async function guardBench(opts: { say?: (line: string) => void } = {}): Promise<Record<string, number>> {
-  const say = opts.say ?? ((l: string) => process.stdout.write(l + '\n'))
+  const say = opts.say ?? ((l: string) => process.stdout.write(`${l}\n`))
   const { dir, cleanup } = tmpDir('mesh-bench-guard-')
   try {
     const plain: number[] = []
@@ -81,7 +90,11 @@ export async function guardBench(opts: { say?: (line: string) => void } = {}): P
       `replica write guard: apply of ${ROWS} rows in units of ${UNIT}: without the guard ${Math.round(median(plain))} rows/s, ` +
         `guarded ${Math.round(median(guarded))} rows/s, cost ${(cost * 100).toFixed(1)}% (aim <= 10%; median of ${RUNS})`
     )
-    return { applyUnguardedRowsPerSec: Math.round(median(plain)), applyGuardedRowsPerSec: Math.round(median(guarded)), guardCost: +cost.toFixed(3) }
+    return {
+      applyUnguardedRowsPerSec: Math.round(median(plain)),
+      applyGuardedRowsPerSec: Math.round(median(guarded)),
+      guardCost: +cost.toFixed(3)
+    }
   } finally {
     cleanup()
   }

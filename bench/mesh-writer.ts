@@ -12,7 +12,8 @@
 import Database from 'better-sqlite3'
 import { pathToFileURL } from 'node:url'
 
-export const ORDERS = 'CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, customer TEXT, amount REAL, note TEXT)'
+export const ORDERS =
+  'CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, customer TEXT, amount REAL, note TEXT)'
 
 export type WriterRequest =
   | { cmd: 'raw'; file: string; rows: number }
@@ -32,7 +33,7 @@ export function openApp(file: string): Database.Database {
 export function insertRows(db: Database.Database, rows: number): void {
   const ins = db.prepare('INSERT INTO orders (customer, amount, note) VALUES (?, ?, ?)')
   db.transaction(() => {
-    for (let i = 0; i < rows; i++) ins.run('customer ' + (i % 5000), i * 0.25, 'x'.repeat(40))
+    for (let i = 0; i < rows; i++) ins.run(`customer ${i % 5000}`, i * 0.25, 'x'.repeat(40))
   })()
 }
 

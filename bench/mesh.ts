@@ -67,7 +67,12 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms))
 }
 
-export async function waitUntil(cond: () => boolean, timeoutMs: number, what: () => string, everyMs = 5): Promise<void> {
+export async function waitUntil(
+  cond: () => boolean,
+  timeoutMs: number,
+  what: () => string,
+  everyMs = 5
+): Promise<void> {
   const until = Date.now() + timeoutMs
   while (!cond()) {
     if (Date.now() > until) throw new Error(`bench: timed out after ${timeoutMs} ms waiting for ${what()}`)
@@ -91,7 +96,7 @@ class Writer {
       this.pending = null
       if (!p) return
       if (m.ok) p.resolve(m.res)
-      else p.reject(new Error('mesh bench writer: ' + m.error))
+      else p.reject(new Error(`mesh bench writer: ${m.error}`))
     })
     this.proc.on('exit', (code, signal) => {
       this.pending?.reject(new Error(`mesh bench writer exited (code ${code}, signal ${signal})`))
@@ -118,7 +123,7 @@ class Writer {
 /** A logger that keeps warnings and errors, so the bench can say when a node complained. */
 function keepingLogger(site: string, kept: string[]): Logger {
   const keep = (level: string) => (msg: string, fields?: Record<string, unknown>) => {
-    kept.push(`${site} ${level}: ${msg}${fields ? ' ' + JSON.stringify(fields) : ''}`)
+    kept.push(`${site} ${level}: ${msg}${fields ? ` ${JSON.stringify(fields)}` : ''}`)
   }
   return { debug() {}, info() {}, warn: keep('warn'), error: keep('error') }
 }
@@ -170,7 +175,11 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
     // --- anchor: raw SQLite, the same rows, in the same writer process, before any node runs --------------
     const raw: number[] = []
     for (let r = 0; r < 3; r++) {
-      const { secs } = await writer.ask<{ secs: number }>({ cmd: 'raw', file: path.join(dir, `raw${r}.db`), rows: BULK })
+      const { secs } = await writer.ask<{ secs: number }>({
+        cmd: 'raw',
+        file: path.join(dir, `raw${r}.db`),
+        rows: BULK
+      })
       raw.push(BULK / secs)
     }
     const rawRate = med(raw)
@@ -197,7 +206,12 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
         for (let r = 0; r < 1000; r++) ins.run(`${name} customer ${r}`, r * 1.5, 'existing order')
       })()
       app.close()
-      const dataset: OwnDataset = { id: crypto.randomBytes(8).toString('hex'), name: 'shop', engine: 'sqlite', path: db }
+      const dataset: OwnDataset = {
+        id: crypto.randomBytes(8).toString('hex'),
+        name: 'shop',
+        engine: 'sqlite',
+        path: db
+      }
       const node = new MeshNode({
         dir: siteDir,
         site: name,
@@ -218,7 +232,9 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
       sites.every(
         (s) =>
           s.node.peers.size === 2 &&
-          sites.every((o) => o === s || (s.node.replicas.get(o.dataset.id)?.loop.stats.applied ?? 0) >= originLength(o.dataset.id))
+          sites.every(
+            (o) => o === s || (s.node.replicas.get(o.dataset.id)?.loop.stats.applied ?? 0) >= originLength(o.dataset.id)
+          )
       )
     let connectedMs = NaN
     await waitUntil(
@@ -229,7 +245,10 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
       60_000,
       () =>
         sites
-          .map((s) => `${s.name}: ${s.node.peers.size} peers, replicas ${[...s.node.replicas.values()].map((r) => `${r.info.originSite} ${r.loop.stats.applied}/${originLength(r.info.id)}`).join(', ')}`)
+          .map(
+            (s) =>
+              `${s.name}: ${s.node.peers.size} peers, replicas ${[...s.node.replicas.values()].map((r) => `${r.info.originSite} ${r.loop.stats.applied}/${originLength(r.info.id)}`).join(', ')}`
+          )
           .join('; ')
     )
     const readyMs = now() - tStart
@@ -276,17 +295,40 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
       traces.push(trace)
     }
     const maxId = (t: ReplicaTrace) => Number(t.reader.prepare('SELECT coalesce(max(id), 0) FROM orders').pluck().get())
-    const allApplied = (id: number) => waitUntil(() => traces.every((t) => maxId(t) >= id), 60_000, () => `row ${id} at ${traces.map((t) => `${t.site} (has ${maxId(t)})`).join(', ')}`)
+    const allApplied = (id: number) =>
+      waitUntil(
+        () => traces.every((t) => maxId(t) >= id),
+        60_000,
+        () => `row ${id} at ${traces.map((t) => `${t.site} (has ${maxId(t)})`).join(', ')}`
+      )
     // Replication does not wait for the origin's fsync, so a replica may apply a unit before the origin's
     // capture loop reports it: wait for both.
-    const unitsDone = () => waitUntil(() => lastEnd >= origin.log.length, 60_000, () => `site-a's capture loop to report units up to ${origin.log.length}`)
-    const firstAt = (xs: Array<{ length: number; t: number }>, length: number) => xs.find((x) => x.length >= length)?.t ?? NaN
+    const unitsDone = () =>
+      waitUntil(
+        () => lastEnd >= origin.log.length,
+        60_000,
+        () => `site-a's capture loop to report units up to ${origin.log.length}`
+      )
+    const firstAt = (xs: Array<{ length: number; t: number }>, length: number) =>
+      xs.find((x) => x.length >= length)?.t ?? NaN
 
     // --- trickle ------------------------------------------------------------------------------------------
-    const warm = await writer.ask<{ commits: Array<[number, string, string]> }>({ cmd: 'trickle', file: a.db, count: WARMUP, minMs: 10, maxMs: 20 })
+    const warm = await writer.ask<{ commits: Array<[number, string, string]> }>({
+      cmd: 'trickle',
+      file: a.db,
+      count: WARMUP,
+      minMs: 10,
+      maxMs: 20
+    })
     await allApplied(warm.commits[warm.commits.length - 1][0])
     const firstUnit = units.length
-    const { commits } = await writer.ask<{ commits: Array<[number, string, string]> }>({ cmd: 'trickle', file: a.db, count: TRICKLE, minMs: 10, maxMs: 20 })
+    const { commits } = await writer.ask<{ commits: Array<[number, string, string]> }>({
+      cmd: 'trickle',
+      file: a.db,
+      count: TRICKLE,
+      minMs: 10,
+      maxMs: 20
+    })
     await allApplied(commits[commits.length - 1][0])
     await unitsDone()
     // Which unit holds each row: read back from the origin's log.
@@ -340,8 +382,16 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
     // --- bulk ---------------------------------------------------------------------------------------------
     const bulkFirstUnit = units.length
     const bytesBefore = origin.log.core.byteLength
-    const bulk = await writer.ask<{ firstId: number; lastId: number; startAt: string; committedAt: string }>({ cmd: 'bulk', file: a.db, rows: BULK })
-    await waitUntil(() => traces.every((t) => maxId(t) >= bulk.lastId), 300_000, () => `bulk row ${bulk.lastId} at ${traces.map((t) => `${t.site} (has ${maxId(t)})`).join(', ')}`)
+    const bulk = await writer.ask<{ firstId: number; lastId: number; startAt: string; committedAt: string }>({
+      cmd: 'bulk',
+      file: a.db,
+      rows: BULK
+    })
+    await waitUntil(
+      () => traces.every((t) => maxId(t) >= bulk.lastId),
+      300_000,
+      () => `bulk row ${bulk.lastId} at ${traces.map((t) => `${t.site} (has ${maxId(t)})`).join(', ')}`
+    )
     await unitsDone()
     const bulkUnits = units.slice(bulkFirstUnit)
     const bulkEnd = bulkUnits[bulkUnits.length - 1].end
@@ -362,7 +412,9 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
     const digest = (file: string) => {
       const db = new Database(file, { readonly: true, fileMustExist: true })
       try {
-        return JSON.stringify(db.prepare('SELECT count(*) AS n, max(id) AS top, total(amount) AS sum FROM orders').get())
+        return JSON.stringify(
+          db.prepare('SELECT count(*) AS n, max(id) AS top, total(amount) AS sum FROM orders').get()
+        )
       } finally {
         db.close()
       }
@@ -376,20 +428,36 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
     const p99 = pct(both, 99)
     const worst = pct(both, 100)
     say('')
-    say('mesh: 3 sites over hyperswarm, local DHT testnet on loopback; the 3 nodes run in ONE process (shared event loop, 2 cores), the application writing site-a is a separate process')
+    say(
+      'mesh: 3 sites over hyperswarm, local DHT testnet on loopback; the 3 nodes run in ONE process (shared event loop, 2 cores), the application writing site-a is a separate process'
+    )
     const loadAfter = os.loadavg()[0]
-    say(`  machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after: other work on the machine shows up as latency here`)
-    say(`  setup: nodes started ${Math.round(startedMs)} ms, all connected ${Math.round(connectedMs)} ms, holding each other's snapshots ${Math.round(readyMs)} ms; capture pollMs default (50 ms), nothing tuned`)
-    say(`  trickle, ${commits.length} one-row transactions 10-20 ms apart at site-a (after ${WARMUP} warm-up), commit -> applied:`)
-    say(`    (the clock starts when the application's commit returns; the commit itself, with its fsync, took p50 ${f1(med(appCommit))} ms, p99 ${f1(pct(appCommit, 99))} ms, max ${f1(pct(appCommit, 100))} ms: this disk's fsync latency meanwhile)`)
+    say(
+      `  machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after: other work on the machine shows up as latency here`
+    )
+    say(
+      `  setup: nodes started ${Math.round(startedMs)} ms, all connected ${Math.round(connectedMs)} ms, holding each other's snapshots ${Math.round(readyMs)} ms; capture pollMs default (50 ms), nothing tuned`
+    )
+    say(
+      `  trickle, ${commits.length} one-row transactions 10-20 ms apart at site-a (after ${WARMUP} warm-up), commit -> applied:`
+    )
+    say(
+      `    (the clock starts when the application's commit returns; the commit itself, with its fsync, took p50 ${f1(med(appCommit))} ms, p99 ${f1(pct(appCommit, 99))} ms, max ${f1(pct(appCommit, 100))} ms: this disk's fsync latency meanwhile)`
+    )
     traces.forEach((t, k) => {
       const xs = perSite[k]
-      say(`    at ${t.site}: p50 ${f1(med(xs))} ms, p95 ${f1(pct(xs, 95))} ms, p99 ${f1(pct(xs, 99))} ms, max ${f1(pct(xs, 100))} ms`)
+      say(
+        `    at ${t.site}: p50 ${f1(med(xs))} ms, p95 ${f1(pct(xs, 95))} ms, p99 ${f1(pct(xs, 99))} ms, max ${f1(pct(xs, 100))} ms`
+      )
     })
-    say(`    at both:    p50 ${f1(p50)} ms (${(p50 / AIM_P50).toFixed(2)}x the aim of <= ${AIM_P50} ms), p95 ${f1(p95)} ms, p99 ${f1(p99)} ms (${(p99 / AIM_P99).toFixed(2)}x the aim of <= ${AIM_P99} ms), max ${f1(worst)} ms`)
+    say(
+      `    at both:    p50 ${f1(p50)} ms (${(p50 / AIM_P50).toFixed(2)}x the aim of <= ${AIM_P50} ms), p95 ${f1(p95)} ms, p99 ${f1(p99)} ms (${(p99 / AIM_P99).toFixed(2)}x the aim of <= ${AIM_P99} ms), max ${f1(worst)} ms`
+    )
     say('    where it goes, from the commit (p50 / p95 / p99 ms):')
     const row = (label: string, xs: number[], note = '') =>
-      say(`      ${label.padEnd(44)} ${f1(med(xs)).padStart(6)} / ${f1(pct(xs, 95)).padStart(6)} / ${f1(pct(xs, 99)).padStart(6)}${note}`)
+      say(
+        `      ${label.padEnd(44)} ${f1(med(xs)).padStart(6)} / ${f1(pct(xs, 95)).padStart(6)} / ${f1(pct(xs, 99)).padStart(6)}${note}`
+      )
     row('capture read starts', stage.readStart, '   (waits on data_version, polled every 3 ms, 50 ms at most)')
     row('capture read done', stage.readDone)
     row("appended to the origin's hypercore", stage.originLog)
@@ -397,11 +465,19 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
     row('replica knows the new length', stage.known)
     row('block at the replica', stage.block)
     row('applied at the replica', stage.applied)
-    say(`    ${trickleUnits.length} log units for ${commits.length} transactions (${rowsPerUnit.toFixed(2)} rows per unit)${unmatched ? `; ${unmatched} rows not found in the origin log` : ''}`)
-    say(`  bulk, ${BULK} rows in one transaction at site-a, start of insert -> applied at both: ${Math.round(bulkRate)} rows/s (${(rawRate / bulkRate).toFixed(2)}x slower than raw SQLite insert of the same rows, ${Math.round(rawRate)} rows/s)`)
+    say(
+      `    ${trickleUnits.length} log units for ${commits.length} transactions (${rowsPerUnit.toFixed(2)} rows per unit)${unmatched ? `; ${unmatched} rows not found in the origin log` : ''}`
+    )
+    say(
+      `  bulk, ${BULK} rows in one transaction at site-a, start of insert -> applied at both: ${Math.round(bulkRate)} rows/s (${(rawRate / bulkRate).toFixed(2)}x slower than raw SQLite insert of the same rows, ${Math.round(rawRate)} rows/s)`
+    )
     const bu = bulkUnits[bulkUnits.length - 1]
-    say(`    insert + commit ${f1(bCommit - bStart)} ms (as the application sees it, with SQLite's automatic WAL checkpoint); then, from the commit returning: capture read ${f1(bu.readStart - bCommit)}-${f1(bu.readDone - bCommit)} ms, in the origin's hypercore ${f1(firstAt(originAppended, bulkEnd) - bCommit)} ms, fsynced and acknowledged ${f1(bCaptured - bCommit)} ms (${bulkUnits.length} unit, ${bulkEnd - bulkUnits[0].start} blocks, ${((origin.log.core.byteLength - bytesBefore) / 1e6).toFixed(1)} MB);`)
-    say(`    all blocks at ${traces.map((t, k) => `${t.site} ${f1(bBlocks[k] - bCommit)} ms`).join(', ')}; applied at ${traces.map((t, k) => `${t.site} ${f1(bApplied[k] - bCommit)} ms`).join(', ')} (times from the commit)`)
+    say(
+      `    insert + commit ${f1(bCommit - bStart)} ms (as the application sees it, with SQLite's automatic WAL checkpoint); then, from the commit returning: capture read ${f1(bu.readStart - bCommit)}-${f1(bu.readDone - bCommit)} ms, in the origin's hypercore ${f1(firstAt(originAppended, bulkEnd) - bCommit)} ms, fsynced and acknowledged ${f1(bCaptured - bCommit)} ms (${bulkUnits.length} unit, ${bulkEnd - bulkUnits[0].start} blocks, ${((origin.log.core.byteLength - bytesBefore) / 1e6).toFixed(1)} MB);`
+    )
+    say(
+      `    all blocks at ${traces.map((t, k) => `${t.site} ${f1(bBlocks[k] - bCommit)} ms`).join(', ')}; applied at ${traces.map((t, k) => `${t.site} ${f1(bApplied[k] - bCommit)} ms`).join(', ')} (times from the commit)`
+    )
     say(`  replicas equal to the origin (count, max id, sum): ${equal ? 'yes' : 'NO'}`)
     if (kept.length) {
       const counts = new Map<string, number>()
@@ -449,6 +525,6 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const json = process.argv.includes('--json')
-  const summary = await meshBench({ say: json ? undefined : (s) => process.stdout.write(s + '\n') })
-  if (json) process.stdout.write(JSON.stringify(summary) + '\n')
+  const summary = await meshBench({ say: json ? undefined : (s) => process.stdout.write(`${s}\n`) })
+  if (json) process.stdout.write(`${JSON.stringify(summary)}\n`)
 }

@@ -90,13 +90,20 @@ interface PgbenchRun {
 }
 
 /** pgbench in the background (as the postgres user when root); resolves when it exits. */
-function pgbench(cluster: PgCluster, args: string[], timeoutMs: number, onExit: () => void = () => {}): Promise<PgbenchRun> {
+function pgbench(
+  cluster: PgCluster,
+  args: string[],
+  timeoutMs: number,
+  onExit: () => void = () => {}
+): Promise<PgbenchRun> {
   return new Promise((resolve, reject) => {
     const isRoot = process.getuid?.() === 0
     const exe = path.join(cluster.bin, 'pgbench')
     const [cmd, argv] = isRoot ? ['runuser', ['-u', 'postgres', '--', exe, ...args]] : [exe, args]
     const startMs = nowMs()
-    const p = spawn(cmd, argv, { env: { ...process.env, LC_ALL: 'C', PGHOST: '127.0.0.1', PGPORT: String(cluster.port), PGUSER: 'postgres' } })
+    const p = spawn(cmd, argv, {
+      env: { ...process.env, LC_ALL: 'C', PGHOST: '127.0.0.1', PGPORT: String(cluster.port), PGUSER: 'postgres' }
+    })
     let out = ''
     p.stdout.on('data', (d) => (out += d))
     p.stderr.on('data', (d) => (out += d))
@@ -177,7 +184,10 @@ async function catchUp(origin: pg.Client, replica: pg.Client, fromMs: number, ti
 }
 
 /** Equal pgDumps; else the tables that differ. */
-async function compare(originUrl: string, replicaUrl: string): Promise<{ equal: boolean; differ: string[]; rows: number }> {
+async function compare(
+  originUrl: string,
+  replicaUrl: string
+): Promise<{ equal: boolean; differ: string[]; rows: number }> {
   const a = await pgDump(originUrl)
   const b = await pgDump(replicaUrl)
   const names = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort()
@@ -247,11 +257,18 @@ function cpuWatch(originPids: number[] = [], replicaPids: number[] = []): () => 
   }
 }
 
-const walLsn = async (c: PgCluster) => (await c.query('SELECT pg_current_wal_lsn()::text AS lsn', [], DB))[0].lsn as string
-const walSince = async (c: PgCluster, lsn: string) => Number((await c.query('SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1) AS n', [lsn], DB))[0].n)
+const walLsn = async (c: PgCluster) =>
+  (await c.query('SELECT pg_current_wal_lsn()::text AS lsn', [], DB))[0].lsn as string
+const walSince = async (c: PgCluster, lsn: string) =>
+  Number((await c.query('SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1) AS n', [lsn], DB))[0].n)
 
 /** Runs pgbench, counting CPU from its start to its exit. */
-async function measuredRun(c: PgCluster, seconds: number, originPids: number[] = [], replicaPids: number[] = []): Promise<{ run: PgbenchRun; cpu: Cpu }> {
+async function measuredRun(
+  c: PgCluster,
+  seconds: number,
+  originPids: number[] = [],
+  replicaPids: number[] = []
+): Promise<{ run: PgbenchRun; cpu: Cpu }> {
   let cpu: Cpu | null = null
   const stop = cpuWatch(originPids, replicaPids)
   const run = await pgbench(c, pgbenchArgs(seconds), seconds * 1000 + 120_000, () => (cpu = stop()))
@@ -347,7 +364,11 @@ async function native(clusters: PgCluster[], seconds: number, scale: number): Pr
     )
     await untilAsync(
       async () => {
-        const r = await sub.query(`SELECT count(*) AS n, count(*) FILTER (WHERE srsubstate <> 'r') AS pending FROM pg_subscription_rel`, [], DB)
+        const r = await sub.query(
+          `SELECT count(*) AS n, count(*) FILTER (WHERE srsubstate <> 'r') AS pending FROM pg_subscription_rel`,
+          [],
+          DB
+        )
         return Number(r[0].n) === 4 && Number(r[0].pending) === 0
       },
       600_000,
@@ -357,7 +378,11 @@ async function native(clusters: PgCluster[], seconds: number, scale: number): Pr
     poller = await connectTo(sub.url(DB))
     const before = await stateOf(o)
     const p = poller
-    await untilAsync(async () => (await stateOf(p)).key === before.key, 120_000, 'the subscriber to equal the origin before the run')
+    await untilAsync(
+      async () => (await stateOf(p)).key === before.key,
+      120_000,
+      'the subscriber to equal the origin before the run'
+    )
     await origin.query('CHECKPOINT')
     await sub.query('CHECKPOINT')
     const setupMs = nowMs() - t
@@ -379,7 +404,12 @@ async function native(clusters: PgCluster[], seconds: number, scale: number): Pr
   }
 }
 
-async function branchmesh(clusters: PgCluster[], seconds: number, scale: number, pollMs: number): Promise<Scenario & { detail: BranchmeshDetail }> {
+async function branchmesh(
+  clusters: PgCluster[],
+  seconds: number,
+  scale: number,
+  pollMs: number
+): Promise<Scenario & { detail: BranchmeshDetail }> {
   const t = nowMs()
   const origin = await startCluster({ durable: true })
   clusters.push(origin)
@@ -393,7 +423,11 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     await origin.createDatabase(DB)
     initOrigin(origin, scale)
     const replicaUrl = await rep.createDatabase('replica')
-    const capture = new PostgresCapture({ url: origin.url(DB), slot: 'branchmesh_bench', publication: 'branchmesh_bench' })
+    const capture = new PostgresCapture({
+      url: origin.url(DB),
+      slot: 'branchmesh_bench',
+      publication: 'branchmesh_bench'
+    })
     const apply = new PostgresApply({ url: replicaUrl, dataset: 'ds1' })
     const c0 = nowMs()
     const p = (pipe = await startSidesPipeline(dir, capture, apply, { pollMs }))
@@ -403,7 +437,11 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     poller = await connectTo(replicaUrl)
     const before = await stateOf(o)
     const pl = poller
-    await untilAsync(async () => (await stateOf(pl)).key === before.key, 120_000, 'the replica to equal the origin after the initial copy')
+    await untilAsync(
+      async () => (await stateOf(pl)).key === before.key,
+      120_000,
+      'the replica to equal the origin after the initial copy'
+    )
     await origin.query('CHECKPOINT')
     await rep.query('CHECKPOINT')
 
@@ -464,7 +502,9 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     const appended: Array<{ length: number; t: number }> = []
     const replicated: Array<{ length: number; t: number }> = []
     const applied: Array<{ length: number; t: number }> = []
-    p.capture.on('unit', (e: { length: number; rows: number }) => units.push({ length: e.length, rows: e.rows, t: nowMs() }))
+    p.capture.on('unit', (e: { length: number; rows: number }) =>
+      units.push({ length: e.length, rows: e.rows, t: nowMs() })
+    )
     p.capture.on('capture-error', (e: Error) => d.captureErrors.push(e.message))
     p.apply.on('apply-error', (e: Error) => d.applyErrors.push(e.message))
     p.apply.on('applied', (e: { length: number }) => applied.push({ length: e.length, t: nowMs() }))
@@ -474,7 +514,10 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
 
     // Capture at the origin: the walsender that streams the slot (decoding runs there) and capture's SQL
     // connection; the apply's connection at the replica.
-    const captureBackends = [...(await pidsOf(o, 'SELECT pid FROM pg_stat_replication')), ...(await pidsOf(o, OTHER_BACKENDS))]
+    const captureBackends = [
+      ...(await pidsOf(o, 'SELECT pid FROM pg_stat_replication')),
+      ...(await pidsOf(o, OTHER_BACKENDS))
+    ]
     const applyBackends = await pidsOf(poller, OTHER_BACKENDS)
     // The slot while pgbench runs: how far restart_lsn and confirmed_flush_lsn trail the WAL's end (what a
     // restart of the stream would decode again, and what the log does not hold yet).
@@ -505,7 +548,8 @@ async function branchmesh(clusters: PgCluster[], seconds: number, scale: number,
     await sleep(200)
     const withRows = units.filter((u) => u.rows > 0)
     const last = withRows[withRows.length - 1]
-    const firstAt = (xs: Array<{ length: number; t: number }>, length: number) => xs.find((x) => x.length >= length)?.t ?? NaN
+    const firstAt = (xs: Array<{ length: number; t: number }>, length: number) =>
+      xs.find((x) => x.length >= length)?.t ?? NaN
     if (last) {
       d.lastAppendedMs = firstAt(appended, last.length) - run.endMs
       d.lastCapturedMs = last.t - run.endMs
@@ -745,12 +789,13 @@ function argSeconds(): number | undefined {
   const i = process.argv.indexOf('--pg-seconds')
   if (i < 0) return undefined
   const n = Number(process.argv[i + 1])
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`bench: --pg-seconds takes a number of seconds, not ${process.argv[i + 1]}. Try: --pg-seconds 5`)
+  if (!Number.isFinite(n) || n <= 0)
+    throw new Error(`bench: --pg-seconds takes a number of seconds, not ${process.argv[i + 1]}. Try: --pg-seconds 5`)
   return n
 }
 
 export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
-  const say = opts.say ?? (opts.json ? () => {} : (s: string) => process.stdout.write(s + '\n'))
+  const say = opts.say ?? (opts.json ? () => {} : (s: string) => process.stdout.write(`${s}\n`))
   const seconds = opts.seconds ?? argSeconds() ?? 15
   const scale = opts.scale ?? 10
   const pollMs = opts.pollMs ?? 50
@@ -778,52 +823,106 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
     const applyRate = d.rows / (d.applyMs / 1000)
 
     say('')
-    say(`postgres: pgbench at the origin, scale ${scale} (${scale * 100_000} accounts), ${CLIENTS} clients, ${THREADS} threads, ${seconds} s, PostgreSQL's default script; fsync on`)
-    say("  anchors: pgbench alone (TPS); PostgreSQL's own publication/subscription between two clusters (catch-up time)")
-    say(`  each scenario on fresh clusters, one after the other in this run; machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after`)
-    say(`  catch-up: pgbench's exit -> the replica's state equals the origin's (history count, sums of deltas and balances), polled every ~${POLL_EVERY_MS} ms; full equality checked after with pgDump`)
-    say(`  branchmesh: capture -> log -> hypercore replication -> apply into a second cluster, in this process; capture pollMs ${pollMs} (as \`mesh start\`)`)
+    say(
+      `postgres: pgbench at the origin, scale ${scale} (${scale * 100_000} accounts), ${CLIENTS} clients, ${THREADS} threads, ${seconds} s, PostgreSQL's default script; fsync on`
+    )
+    say(
+      "  anchors: pgbench alone (TPS); PostgreSQL's own publication/subscription between two clusters (catch-up time)"
+    )
+    say(
+      `  each scenario on fresh clusters, one after the other in this run; machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after`
+    )
+    say(
+      `  catch-up: pgbench's exit -> the replica's state equals the origin's (history count, sums of deltas and balances), polled every ~${POLL_EVERY_MS} ms; full equality checked after with pgDump`
+    )
+    say(
+      `  branchmesh: capture -> log -> hypercore replication -> apply into a second cluster, in this process; capture pollMs ${pollMs} (as \`mesh start\`)`
+    )
     say('')
-    say(`  ${''.padEnd(44)} ${'TPS'.padStart(8)} ${'vs alone'.padStart(9)} ${'overhead'.padStart(9)} ${'latency ms'.padStart(11)} ${'transactions'.padStart(13)}`)
+    say(
+      `  ${''.padEnd(44)} ${'TPS'.padStart(8)} ${'vs alone'.padStart(9)} ${'overhead'.padStart(9)} ${'latency ms'.padStart(11)} ${'transactions'.padStart(13)}`
+    )
     const row = (name: string, r: PgbenchRun, extra = '') =>
-      say(`  ${name.padEnd(44)} ${f0(r.tps).padStart(8)} ${ratio(r.tps / tpsA).padStart(9)} ${ratio(tpsA / r.tps).padStart(9)} ${f1(r.latencyMs).padStart(11)} ${String(r.transactions).padStart(13)}${extra}`)
+      say(
+        `  ${name.padEnd(44)} ${f0(r.tps).padStart(8)} ${ratio(r.tps / tpsA).padStart(9)} ${ratio(tpsA / r.tps).padStart(9)} ${f1(r.latencyMs).padStart(11)} ${String(r.transactions).padStart(13)}${extra}`
+      )
     row('pgbench alone (anchor)', a.run)
     row('with native publication/subscription', n.run)
-    row('with branchmesh capture (+ replication, apply)', b.run, `  aim <= ${OVERHEAD_AIM}x: ${ovB <= OVERHEAD_AIM ? 'met' : 'NOT MET'}`)
+    row(
+      'with branchmesh capture (+ replication, apply)',
+      b.run,
+      `  aim <= ${OVERHEAD_AIM}x: ${ovB <= OVERHEAD_AIM ? 'met' : 'NOT MET'}`
+    )
     say('  overhead = TPS alone / TPS with; vs alone = TPS with / TPS alone')
     say('')
-    say(`  ${''.padEnd(44)} ${'catch-up ms'.padStart(12)} ${'vs native'.padStart(10)} ${'behind at end (tx)'.padStart(19)} ${'first poll ms'.padStart(14)} ${'polls'.padStart(6)} ${'equal (pgDump)'.padStart(15)}`)
+    say(
+      `  ${''.padEnd(44)} ${'catch-up ms'.padStart(12)} ${'vs native'.padStart(10)} ${'behind at end (tx)'.padStart(19)} ${'first poll ms'.padStart(14)} ${'polls'.padStart(6)} ${'equal (pgDump)'.padStart(15)}`
+    )
     const cuRow = (name: string, s: Scenario, vs: string, extra = '') =>
-      say(`  ${name.padEnd(44)} ${f1(s.catchUp!.ms).padStart(12)} ${vs.padStart(10)} ${f0(s.catchUp!.behind).padStart(19)} ${f1(s.catchUp!.firstPollMs).padStart(14)} ${String(s.catchUp!.polls).padStart(6)} ${String(s.equal).padStart(15)}${extra}`)
+      say(
+        `  ${name.padEnd(44)} ${f1(s.catchUp!.ms).padStart(12)} ${vs.padStart(10)} ${f0(s.catchUp!.behind).padStart(19)} ${f1(s.catchUp!.firstPollMs).padStart(14)} ${String(s.catchUp!.polls).padStart(6)} ${String(s.equal).padStart(15)}${extra}`
+      )
     cuRow('native logical replication (anchor)', n, '1.00x')
     cuRow('branchmesh', b, ratio(cuRatio), `  aim <= 1x native: ${cuRatio <= 1 ? 'met' : 'NOT MET'}`)
-    say(`  behind at end: transactions the replica lacked at the first poll; a replica equal at the first poll caught up in at most that poll's time (the resolution here)`)
-    say(`  (the issue measured native at about ${NATIVE_CATCHUP_NOTE_MS} ms after a 15 s, 4-client run; here ${f1(cuN)} ms: ${ratio(cuN / NATIVE_CATCHUP_NOTE_MS)} that)`)
-    for (const [name, s] of [['native', n], ['branchmesh', b]] as const) {
+    say(
+      `  behind at end: transactions the replica lacked at the first poll; a replica equal at the first poll caught up in at most that poll's time (the resolution here)`
+    )
+    say(
+      `  (the issue measured native at about ${NATIVE_CATCHUP_NOTE_MS} ms after a 15 s, 4-client run; here ${f1(cuN)} ms: ${ratio(cuN / NATIVE_CATCHUP_NOTE_MS)} that)`
+    )
+    for (const [name, s] of [
+      ['native', n],
+      ['branchmesh', b]
+    ] as const) {
       if (!s.equal) say(`  ${name}: the replica does NOT equal the origin in: ${s.differ!.join(', ')}`)
-      if (!Number.isFinite(s.catchUp!.ms)) say(`  ${name}: the replica did not catch up within the timeout (${s.catchUp!.polls} polls)`)
+      if (!Number.isFinite(s.catchUp!.ms))
+        say(`  ${name}: the replica did not catch up within the timeout (${s.catchUp!.polls} polls)`)
     }
     say('')
-    say(`  branchmesh, where the time goes (from the end of the initial copy to caught up; ${d.units} units with rows, ${d.rows} row changes carried, net per key after folding):`)
-    say(`    capture read (from the stream, decode, fold; with up to 20 ms gathering): ${f0(d.readMs)} ms in ${d.reads} reads (${d.emptyReads} found nothing); log append: ${f0(d.appendMs)} ms; acknowledge (standby status update): ${f0(d.ackMs)} ms; apply: ${f0(d.applyMs)} ms`)
-    say(`    captured while pgbench ran: ${d.rowsDuring} rows (${f0(d.rowsDuring / runS)} rows/s); after its end: ${d.rowsAfter} rows in ${d.unitsAfter} units`)
-    say(`    the last unit with rows, ms after pgbench's exit: appended at the origin ${f1(d.lastAppendedMs)}, acknowledged ${f1(d.lastCapturedMs)}, replicated ${f1(d.lastReplicatedMs)}, applied ${f1(d.lastAppliedMs)}; seen equal by the poll ${f1(cuB)}`)
-    say(`    apply: ${f0(applyRate)} rows/s while applying (rows / time inside apply()); initial copy of ${scale * 100_000} accounts: ${(d.copyMs / 1000).toFixed(1)} s`)
-    say(`    the slot while pgbench ran (mean of samples every 250 ms): restart_lsn ${mb(d.slotRestartLagBytes)} MB behind the WAL's end (a restarted stream decodes from there), confirmed_flush_lsn ${mb(d.slotConfirmedLagBytes)} MB behind`)
+    say(
+      `  branchmesh, where the time goes (from the end of the initial copy to caught up; ${d.units} units with rows, ${d.rows} row changes carried, net per key after folding):`
+    )
+    say(
+      `    capture read (from the stream, decode, fold; with up to 20 ms gathering): ${f0(d.readMs)} ms in ${d.reads} reads (${d.emptyReads} found nothing); log append: ${f0(d.appendMs)} ms; acknowledge (standby status update): ${f0(d.ackMs)} ms; apply: ${f0(d.applyMs)} ms`
+    )
+    say(
+      `    captured while pgbench ran: ${d.rowsDuring} rows (${f0(d.rowsDuring / runS)} rows/s); after its end: ${d.rowsAfter} rows in ${d.unitsAfter} units`
+    )
+    say(
+      `    the last unit with rows, ms after pgbench's exit: appended at the origin ${f1(d.lastAppendedMs)}, acknowledged ${f1(d.lastCapturedMs)}, replicated ${f1(d.lastReplicatedMs)}, applied ${f1(d.lastAppliedMs)}; seen equal by the poll ${f1(cuB)}`
+    )
+    say(
+      `    apply: ${f0(applyRate)} rows/s while applying (rows / time inside apply()); initial copy of ${scale * 100_000} accounts: ${(d.copyMs / 1000).toFixed(1)} s`
+    )
+    say(
+      `    the slot while pgbench ran (mean of samples every 250 ms): restart_lsn ${mb(d.slotRestartLagBytes)} MB behind the WAL's end (a restarted stream decodes from there), confirmed_flush_lsn ${mb(d.slotConfirmedLagBytes)} MB behind`
+    )
     if (d.captureErrors.length || d.applyErrors.length) {
-      say(`    errors: capture ${d.captureErrors.length} (${d.captureErrors.slice(0, 3).join('; ')}), apply ${d.applyErrors.length} (${d.applyErrors.slice(0, 3).join('; ')})`)
+      say(
+        `    errors: capture ${d.captureErrors.length} (${d.captureErrors.slice(0, 3).join('; ')}), apply ${d.applyErrors.length} (${d.applyErrors.slice(0, 3).join('; ')})`
+      )
     }
     say('')
-    say(`  CPU from pgbench's start to its exit (CPU seconds; the machine has ${os.cpus().length} cores, ${(os.cpus().length * runS).toFixed(0)} CPU s in a run), and WAL written at the origin:`)
+    say(
+      `  CPU from pgbench's start to its exit (CPU seconds; the machine has ${os.cpus().length} cores, ${(os.cpus().length * runS).toFixed(0)} CPU s in a run), and WAL written at the origin:`
+    )
     const cpuS = (ms: number) => (Number.isFinite(ms) ? (ms / 1000).toFixed(2) : 'n/a')
     const busy = (c: Cpu) => `machine ${(c.machineBusy * 100).toFixed(0)}% busy`
-    const wal = (s: Scenario) => `WAL ${mb(s.walBytes)} MB (${Math.round(s.walBytes / s.run.transactions)} bytes per transaction)`
+    const wal = (s: Scenario) =>
+      `WAL ${mb(s.walBytes)} MB (${Math.round(s.walBytes / s.run.transactions)} bytes per transaction)`
     say(`    alone:      ${busy(a.cpu)}; ${wal(a)}`)
-    say(`    native:     ${busy(n.cpu)}; walsender at the origin (decoding) ${cpuS(n.cpu.originMs)} s, subscriber's apply worker ${cpuS(n.cpu.replicaMs)} s; ${wal(n)}`)
-    say(`    branchmesh: ${busy(b.cpu)}; capture at the origin (walsender decoding + its SQL connection) ${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`)
-    if ([a, n, b].some((s) => s.run.failed > 0)) say(`  pgbench failed transactions: alone ${a.run.failed}, native ${n.run.failed}, branchmesh ${b.run.failed}`)
+    say(
+      `    native:     ${busy(n.cpu)}; walsender at the origin (decoding) ${cpuS(n.cpu.originMs)} s, subscriber's apply worker ${cpuS(n.cpu.replicaMs)} s; ${wal(n)}`
+    )
+    say(
+      `    branchmesh: ${busy(b.cpu)}; capture at the origin (walsender decoding + its SQL connection) ${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`
+    )
+    if ([a, n, b].some((s) => s.run.failed > 0))
+      say(`  pgbench failed transactions: alone ${a.run.failed}, native ${n.run.failed}, branchmesh ${b.run.failed}`)
     const re = sayRestart(await restart(clusters, seconds, scale, pollMs), say)
-    say(`  set-up (not measured): alone ${(a.setupMs / 1000).toFixed(1)} s, native ${(n.setupMs / 1000).toFixed(1)} s, branchmesh ${(b.setupMs / 1000).toFixed(1)} s; this benchmark took ${totalS.toFixed(0)} s in all`)
+    say(
+      `  set-up (not measured): alone ${(a.setupMs / 1000).toFixed(1)} s, native ${(n.setupMs / 1000).toFixed(1)} s, branchmesh ${(b.setupMs / 1000).toFixed(1)} s; this benchmark took ${totalS.toFixed(0)} s in all`
+    )
 
     return {
       pgSeconds: seconds,
@@ -878,5 +977,5 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     throw new Error(`bench: --only takes restart, not ${only}. Try: --only restart`)
   }
   const summary = await pgBench({ json, only })
-  if (json) process.stdout.write(JSON.stringify(summary) + '\n')
+  if (json) process.stdout.write(`${JSON.stringify(summary)}\n`)
 }

@@ -43,7 +43,17 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import crypto from 'hypercore-crypto'
 import createTestnet, { type Testnet } from 'hyperdht/testnet'
 import type { Logger } from '../adapters/index.ts'
-import { DEFAULT_GUARD, DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS, MeshNode, createSiteKey, sitePaths, writeMeshState, type OwnDataset, type PromoteResult } from '../node/index.ts'
+import {
+  DEFAULT_GUARD,
+  DEFAULT_SNAPSHOTS,
+  DEFAULT_THRESHOLDS,
+  MeshNode,
+  createSiteKey,
+  sitePaths,
+  writeMeshState,
+  type OwnDataset,
+  type PromoteResult
+} from '../node/index.ts'
 import type { MemberInfo } from '../protocol/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { writeConfig } from '../tools/config.ts'
@@ -89,8 +99,15 @@ const ORDERS = `CREATE TABLE orders (
   note TEXT
 )`
 const STATUSES = ['open', 'paid', 'shipped', 'delivered', 'refunded']
-const NOTES = ['leave at the back door, ring twice', 'gift wrap please, no invoice in the box', 'call before delivery', 'pick up at the counter after 4 pm', '']
-const INSERT = 'INSERT INTO orders (customer_id, placed_at, status, total_cents, currency, note) VALUES (?, ?, ?, ?, ?, ?)'
+const NOTES = [
+  'leave at the back door, ring twice',
+  'gift wrap please, no invoice in the box',
+  'call before delivery',
+  'pick up at the counter after 4 pm',
+  ''
+]
+const INSERT =
+  'INSERT INTO orders (customer_id, placed_at, status, total_cents, currency, note) VALUES (?, ?, ?, ?, ?, ?)'
 
 /** Site-a's database: N orders, written before its node starts (set-up, not measured). */
 function fillOrigin(file: string, rows: number): void {
@@ -119,7 +136,12 @@ function med(xs: number[]): number {
 const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a')
 const f2 = (x: number) => +x.toFixed(2)
 const mb = (bytes: number) => (bytes / 1e6).toFixed(1)
-const label = (rows: number) => (rows >= 1_000_000 && rows % 1_000_000 === 0 ? `${rows / 1_000_000}M` : rows >= 1000 && rows % 1000 === 0 ? `${rows / 1000}k` : String(rows))
+const label = (rows: number) =>
+  rows >= 1_000_000 && rows % 1_000_000 === 0
+    ? `${rows / 1_000_000}M`
+    : rows >= 1000 && rows % 1000 === 0
+      ? `${rows / 1000}k`
+      : String(rows)
 
 interface LogLine {
   t: number
@@ -161,7 +183,13 @@ interface RunResult {
   warnings: string[]
 }
 
-async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-process' | 'cli', k: number): Promise<RunResult> {
+async function oneRun(
+  root: string,
+  testnet: Testnet,
+  rows: number,
+  via: 'in-process' | 'cli',
+  k: number
+): Promise<RunResult> {
   const dir = path.join(root, `${label(rows)}-${via}-${k}`)
   fs.mkdirSync(dir)
   const names = ['site-a', 'site-b']
@@ -194,8 +222,22 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
   const dataset: OwnDataset = { id: crypto.randomBytes(8).toString('hex'), name: 'shop', engine: 'sqlite', path: dbA }
   const logA: LogLine[] = []
   const logB: LogLine[] = []
-  const a = new MeshNode({ dir: dirs[0], site: 'site-a', datasets: [dataset], network, software: 'branchmesh/bench', logger: timedLogger('site-a', logA) })
-  const b = new MeshNode({ dir: dirs[1], site: 'site-b', datasets: [], network, software: 'branchmesh/bench', logger: timedLogger('site-b', logB) })
+  const a = new MeshNode({
+    dir: dirs[0],
+    site: 'site-a',
+    datasets: [dataset],
+    network,
+    software: 'branchmesh/bench',
+    logger: timedLogger('site-a', logA)
+  })
+  const b = new MeshNode({
+    dir: dirs[1],
+    site: 'site-b',
+    datasets: [],
+    network,
+    software: 'branchmesh/bench',
+    logger: timedLogger('site-b', logB)
+  })
   let app: Database.Database | null = null
   const nodes = [a, b]
   try {
@@ -221,11 +263,16 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
     // --- site-a is lost -------------------------------------------------------------------------------------
     await a.close()
     nodes.shift()
-    await waitUntil(() => b.peers.size === 0, 30_000, () => "site-b to see site-a's connection close", 20)
+    await waitUntil(
+      () => b.peers.size === 0,
+      30_000,
+      () => "site-b to see site-a's connection close",
+      20
+    )
     spawnSync('sync')
     await sleep(300)
     const before = fs.statSync(replicaFile)
-    const walBytes = fs.statSync(replicaFile + '-wal', { throwIfNoEntry: false })?.size ?? 0
+    const walBytes = fs.statSync(`${replicaFile}-wal`, { throwIfNoEntry: false })?.size ?? 0
 
     // --- t0: promote ----------------------------------------------------------------------------------------
     const mark = logB.length
@@ -250,7 +297,10 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
     // --- the application's first write at the new origin ---------------------------------------------------
     app = new Database(res.path, { timeout: 10_000 })
     app.pragma('synchronous = FULL')
-    const id = Number(app.prepare(INSERT).run(424242, new Date().toISOString(), 'paid', 1999, 'EUR', 'first order after failover').lastInsertRowid)
+    const id = Number(
+      app.prepare(INSERT).run(424242, new Date().toISOString(), 'paid', 1999, 'EUR', 'first order after failover')
+        .lastInsertRowid
+    )
     const tWritten = nowMs()
 
     // --- t1: the unit that holds the row is captured --------------------------------------------------------
@@ -258,7 +308,10 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
     let seen = 0
     const until = Date.now() + 30_000
     while (block < 0) {
-      if (Date.now() > until) throw new Error(`promote bench: row ${id} not captured at site-b within 30 s (new log length ${origin.log.length})`)
+      if (Date.now() > until)
+        throw new Error(
+          `promote bench: row ${id} not captured at site-b within 30 s (new log length ${origin.log.length})`
+        )
       if (units.length === seen) {
         await sleep(1)
         continue
@@ -271,7 +324,12 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
       }
     }
     // The row's block may be read back before its unit is reported (appended, not yet fsynced).
-    await waitUntil(() => units.some((u) => u.length > block), 30_000, () => `the unit holding block ${block} to be reported`, 20)
+    await waitUntil(
+      () => units.some((u) => u.length > block),
+      30_000,
+      () => `the unit holding block ${block} to be reported`,
+      20
+    )
     const t1 = units.find((u) => u.length > block)!.t
     const tAppended = appended.find((x) => x.length > block)?.t ?? NaN
     app.close()
@@ -280,12 +338,12 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
     // --- the anchor: promotion by copying the file ----------------------------------------------------------
     // The database is its main file and its WAL, when it has one: a copy takes both.
     const copy = path.join(dir, 'copy.db')
-    const wal = fs.existsSync(res.path + '-wal')
+    const wal = fs.existsSync(`${res.path}-wal`)
     const c0 = nowMs()
     fs.copyFileSync(res.path, copy)
-    if (wal) fs.copyFileSync(res.path + '-wal', copy + '-wal')
+    if (wal) fs.copyFileSync(`${res.path}-wal`, `${copy}-wal`)
     const copyMs = nowMs() - c0
-    for (const f of [copy, copy + '-wal']) fs.rmSync(f, { force: true })
+    for (const f of [copy, `${copy}-wal`]) fs.rmSync(f, { force: true })
     const after = fs.statSync(res.path)
     const check = new Database(res.path, { readonly: true, fileMustExist: true })
     const rowsAfter = Number(check.prepare('SELECT count(*) FROM orders').pluck().get())
@@ -296,7 +354,10 @@ async function oneRun(root: string, testnet: Testnet, rows: number, via: 'in-pro
       const l = logB.slice(mark).find((x) => x.msg.includes(text))
       if (l) stages.push({ what, ms: l.t - t0 })
     }
-    stageOf('promoted replica adopted as the live database', 'apply stopped, replica closed, new log made, file adopted by capture')
+    stageOf(
+      'promoted replica adopted as the live database',
+      'apply stopped, replica closed, new log made, file adopted by capture'
+    )
     stageOf('capturing', "capture triggers installed, new log's header appended and fsynced, capture running")
     stageOf('promoted: this site is now the origin', 'promotion done at the node')
     const warnings = [...logA, ...logB]
@@ -405,38 +466,71 @@ export async function promoteBench(opts: PromoteBenchOptions = {}): Promise<Prom
 
     // --- report -------------------------------------------------------------------------------------------
     say('')
-    say('promote: from `mesh promote` to the first write accepted at the new origin (aim: under 1 s, whatever the database size)')
-    say("  2 sites (origin site-a, replica site-b) as MeshNodes in ONE process on a local DHT testnet (loopback); site-b caught up fully, then site-a's node was closed (lost)")
-    say('  t0 = just before MeshNode.promote(shop, force) at site-b, in process; then the application (this process, better-sqlite3) opens the returned file and inserts one order')
-    say("  t1 = the new origin's capture loop reports the unit holding that row: in the new epoch's log, fsynced, acknowledged")
+    say(
+      'promote: from `mesh promote` to the first write accepted at the new origin (aim: under 1 s, whatever the database size)'
+    )
+    say(
+      "  2 sites (origin site-a, replica site-b) as MeshNodes in ONE process on a local DHT testnet (loopback); site-b caught up fully, then site-a's node was closed (lost)"
+    )
+    say(
+      '  t0 = just before MeshNode.promote(shop, force) at site-b, in process; then the application (this process, better-sqlite3) opens the returned file and inserts one order'
+    )
+    say(
+      "  t1 = the new origin's capture loop reports the unit holding that row: in the new epoch's log, fsynced, acknowledged"
+    )
     say('  every run has fresh sites (a promotion is done once per replica); n runs per size, medians shown')
-    if (biggest) say(`  table: orders (7 columns, index on customer_id), ${Math.round(biggest.fileBytes / biggest.rows)} bytes per row on disk with the index; machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after`)
-    say('  anchor: the naive promotion by copy: fs.copyFileSync of the same database (main file and WAL), timed after t1; from the page cache and not fsynced, so a lower bound')
+    if (biggest)
+      say(
+        `  table: orders (7 columns, index on customer_id), ${Math.round(biggest.fileBytes / biggest.rows)} bytes per row on disk with the index; machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after`
+      )
+    say(
+      '  anchor: the naive promotion by copy: fs.copyFileSync of the same database (main file and WAL), timed after t1; from the page cache and not fsynced, so a lower bound'
+    )
     say('')
-    say(`  ${'rows'.padStart(9)} ${'n'.padStart(2)} ${'db MB'.padStart(7)} ${'promote ms'.padStart(11)} ${'to captured ms (min-max)'.padStart(25)} ${'copy ms'.padStart(8)} ${'vs copy'.padStart(8)}  aim < 1 s`)
+    say(
+      `  ${'rows'.padStart(9)} ${'n'.padStart(2)} ${'db MB'.padStart(7)} ${'promote ms'.padStart(11)} ${'to captured ms (min-max)'.padStart(25)} ${'copy ms'.padStart(8)} ${'vs copy'.padStart(8)}  aim < 1 s`
+    )
     for (const p of per) {
       const range = p.n > 1 ? `${f1(p.capturedMs)} (${f1(p.minMs)}-${f1(p.maxMs)})` : f1(p.capturedMs)
-      say(`  ${String(p.rows).padStart(9)} ${String(p.n).padStart(2)} ${mb(p.fileBytes).padStart(7)} ${f1(p.promoteMs).padStart(11)} ${range.padStart(25)} ${f1(p.copyMs).padStart(8)} ${(f2(p.capturedMs / p.copyMs) + 'x').padStart(8)}  ${p.met ? 'met' : 'NOT MET'}${p.n > 1 ? ' in every run' : ''} (${f2(p.capturedMs / AIM_MS)}x the aim)`)
+      say(
+        `  ${String(p.rows).padStart(9)} ${String(p.n).padStart(2)} ${mb(p.fileBytes).padStart(7)} ${f1(p.promoteMs).padStart(11)} ${range.padStart(25)} ${f1(p.copyMs).padStart(8)} ${(`${f2(p.capturedMs / p.copyMs)}x`).padStart(8)}  ${p.met ? 'met' : 'NOT MET'}${p.n > 1 ? ' in every run' : ''} (${f2(p.capturedMs / AIM_MS)}x the aim)`
+      )
     }
-    say('  promote ms: t0 -> promote() returned; to captured ms: t0 -> t1; db MB: main file + WAL at t0; vs copy: (t1 - t0) / copy time (below 1x the promotion is quicker than the copy)')
+    say(
+      '  promote ms: t0 -> promote() returned; to captured ms: t0 -> t1; db MB: main file + WAL at t0; vs copy: (t1 - t0) / copy time (below 1x the promotion is quicker than the copy)'
+    )
     say('')
     say("  where the time goes in the median run, ms from t0 (stages from the node's own log lines):")
     const stages = (r: RunResult) => r.stages.map((s) => `${s.what} ${f1(s.ms)}`).join('; ')
     for (const p of per) {
       const r = p.typical
-      say(`    ${label(r.rows).padStart(4)}: ${stages(r)}; promote() returned ${f1(r.promoteMs)}; the application's insert committed ${f1(r.writtenMs)}; row appended to the new log ${f1(r.appendedMs)}; fsynced + acknowledged (t1) ${f1(r.capturedMs)}`)
+      say(
+        `    ${label(r.rows).padStart(4)}: ${stages(r)}; promote() returned ${f1(r.promoteMs)}; the application's insert committed ${f1(r.writtenMs)}; row appended to the new log ${f1(r.appendedMs)}; fsynced + acknowledged (t1) ${f1(r.capturedMs)}`
+      )
     }
-    say(`  site-b's WAL at t0: ${per.map((p) => `${label(p.rows)} ${mb(p.typical.walBytes)} MB`).join(', ')}; site-b took its copy (snapshot replicated and applied) in ${per.map((p) => `${label(p.rows)} ${(p.typical.catchUpMs / 1000).toFixed(1)} s`).join(', ')}`)
+    say(
+      `  site-b's WAL at t0: ${per.map((p) => `${label(p.rows)} ${mb(p.typical.walBytes)} MB`).join(', ')}; site-b took its copy (snapshot replicated and applied) in ${per.map((p) => `${label(p.rows)} ${(p.typical.catchUpMs / 1000).toFixed(1)} s`).join(', ')}`
+    )
     const good = (r: RunResult) => r.samePath && r.sameInode && r.rowsAfter === r.rows + 1 && r.epoch === 1
     const adopted = all.every(good)
     for (const r of all.filter((x) => !good(x))) {
-      say(`    ${label(r.rows)} ${r.via}: path ${r.samePath ? 'is' : 'is NOT'} the replica file, ${r.sameInode ? 'same' : 'DIFFERENT'} inode, ${r.rowsAfter} rows after (expected ${r.rows + 1}), epoch ${r.epoch}`)
+      say(
+        `    ${label(r.rows)} ${r.via}: path ${r.samePath ? 'is' : 'is NOT'} the replica file, ${r.sameInode ? 'same' : 'DIFFERENT'} inode, ${r.rowsAfter} rows after (expected ${r.rows + 1}), epoch ${r.epoch}`
+      )
     }
-    say(`  adopted in place (the returned path is the replica file, same inode, epoch 1, N+1 rows after): ${adopted ? 'yes, every run' : 'NO (see above)'}`)
+    say(
+      `  adopted in place (the returned path is the replica file, same inode, epoch 1, N+1 rows after): ${adopted ? 'yes, every run' : 'NO (see above)'}`
+    )
     if (cli) {
-      say(`  through the command, once (${label(cli.rows)} rows, fresh sites): \`mesh promote shop --force --json\` spawned at t0, asks site-b's node over its socket:`)
-      say(`    command exited ${f1(cli.promoteMs)} ms, row captured (t1) ${f1(cli.capturedMs)} ms: aim ${cli.capturedMs < AIM_MS ? 'met' : 'NOT MET'} (${f2(cli.capturedMs / AIM_MS)}x the aim); at the node: ${stages(cli)}`)
-      say(`    starting a command alone, best of 3: \`mesh version\` ${f1(cliVersionMs)} ms, \`mesh help promote\` (also loads the promote command's imports) ${f1(cliLoadMs)} ms`)
+      say(
+        `  through the command, once (${label(cli.rows)} rows, fresh sites): \`mesh promote shop --force --json\` spawned at t0, asks site-b's node over its socket:`
+      )
+      say(
+        `    command exited ${f1(cli.promoteMs)} ms, row captured (t1) ${f1(cli.capturedMs)} ms: aim ${cli.capturedMs < AIM_MS ? 'met' : 'NOT MET'} (${f2(cli.capturedMs / AIM_MS)}x the aim); at the node: ${stages(cli)}`
+      )
+      say(
+        `    starting a command alone, best of 3: \`mesh version\` ${f1(cliVersionMs)} ms, \`mesh help promote\` (also loads the promote command's imports) ${f1(cliLoadMs)} ms`
+      )
     }
     const warnings = all.flatMap((r) => r.warnings.map((w) => `${label(r.rows)} ${r.via}: ${w}`))
     if (warnings.length) {
@@ -445,7 +539,9 @@ export async function promoteBench(opts: PromoteBenchOptions = {}): Promise<Prom
       say(`  the nodes logged ${warnings.length} warnings/errors (besides "promoted"):`)
       for (const [w, n] of [...counts].slice(0, 8)) say(`    ${n}x ${w}`)
     }
-    say(`  set-up (not measured): fill site-a ${per.map((p) => `${label(p.rows)} ${(p.typical.fillMs / 1000).toFixed(1)} s`).join(', ')}; this benchmark took ${totalS.toFixed(0)} s in all`)
+    say(
+      `  set-up (not measured): fill site-a ${per.map((p) => `${label(p.rows)} ${(p.typical.fillMs / 1000).toFixed(1)} s`).join(', ')}; this benchmark took ${totalS.toFixed(0)} s in all`
+    )
 
     const summary: PromoteBenchSummary = { promoteInProcess: true, promoteAimMs: AIM_MS }
     for (const p of per) {
@@ -482,7 +578,12 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   const json = process.argv.includes('--json')
   const i = process.argv.indexOf('--sizes')
   // --sizes 10000x3,100000 : rows, and runs of that size (default 1)
-  const sizes = i > 0 ? process.argv[i + 1].split(',').map((x) => ({ rows: Number(x.split('x')[0]), runs: Number(x.split('x')[1] ?? 1) })) : undefined
-  const summary = await promoteBench({ say: json ? undefined : (s) => process.stdout.write(s + '\n'), sizes })
-  if (json) process.stdout.write(JSON.stringify(summary) + '\n')
+  const sizes =
+    i > 0
+      ? process.argv[i + 1]
+          .split(',')
+          .map((x) => ({ rows: Number(x.split('x')[0]), runs: Number(x.split('x')[1] ?? 1) }))
+      : undefined
+  const summary = await promoteBench({ say: json ? undefined : (s) => process.stdout.write(`${s}\n`), sizes })
+  if (json) process.stdout.write(`${JSON.stringify(summary)}\n`)
 }

@@ -54,7 +54,16 @@ export async function restoreBench(opts: { say?: (s: string) => void } = {}): Pr
     let snapshot = false
     const siteDir = path.join(dir, 'site')
     const log = p.replicaLog
-    const head = { id: 'ds1', name: 'shop', engine: 'sqlite', origin: new Uint8Array(32), originSite: 'a', epoch: 0, log: log.key, createdAt: 0 }
+    const head = {
+      id: 'ds1',
+      name: 'shop',
+      engine: 'sqlite',
+      origin: new Uint8Array(32),
+      originSite: 'a',
+      epoch: 0,
+      log: log.key,
+      createdAt: 0
+    }
     let snapshotMs = 0
     for (let r = 0; r < ROUNDS; r++) {
       for (let i = 0; i < ROWS; i += UNIT) {
@@ -69,9 +78,19 @@ export async function restoreBench(opts: { say?: (s: string) => void } = {}): Pr
         }
       }
     }
-    say(`restore: a history of ${changes.toLocaleString('en')} row changes (${ROWS.toLocaleString('en')} rows, ${ROUNDS} updates each) built in ${((Date.now() - t0) / 1000).toFixed(1)} s; a snapshot built from the log at 95% of it in ${(snapshotMs / 1000).toFixed(1)} s`)
-    const plain = new History(() => [head], async () => log)
-    const withSnapshots = new History(() => [head], async () => log, undefined, { dir: siteDir })
+    say(
+      `restore: a history of ${changes.toLocaleString('en')} row changes (${ROWS.toLocaleString('en')} rows, ${ROUNDS} updates each) built in ${((Date.now() - t0) / 1000).toFixed(1)} s; a snapshot built from the log at 95% of it in ${(snapshotMs / 1000).toFixed(1)} s`
+    )
+    const plain = new History(
+      () => [head],
+      async () => log
+    )
+    const withSnapshots = new History(
+      () => [head],
+      async () => log,
+      undefined,
+      { dir: siteDir }
+    )
     const run = async (name: string, useSnapshot: boolean) => {
       const to = path.join(dir, `${name}.db`)
       const t = Date.now()
@@ -83,12 +102,23 @@ export async function restoreBench(opts: { say?: (s: string) => void } = {}): Pr
     const tc = Date.now()
     fs.copyFileSync(file, path.join(dir, 'copy.db'))
     const copyMs = Date.now() - tc
-    say(`  from the beginning: ${(fromStart.ms / 1000).toFixed(2)} s (${Math.round(changes / (fromStart.ms / 1000)).toLocaleString('en')} changes/s)`)
-    say(`  from the snapshot (position ${fromSnap.from} of ${log.length}): ${(fromSnap.ms / 1000).toFixed(2)} s  aim <= 5 s: ${fromSnap.ms <= 5000 ? 'met' : 'NOT MET'}; ${(fromStart.ms / fromSnap.ms).toFixed(1)}x faster than from the beginning`)
-    say(`  copying the origin's file (the floor): ${copyMs} ms; from the snapshot is ${(fromSnap.ms / Math.max(1, copyMs)).toFixed(1)}x that`)
+    say(
+      `  from the beginning: ${(fromStart.ms / 1000).toFixed(2)} s (${Math.round(changes / (fromStart.ms / 1000)).toLocaleString('en')} changes/s)`
+    )
+    say(
+      `  from the snapshot (position ${fromSnap.from} of ${log.length}): ${(fromSnap.ms / 1000).toFixed(2)} s  aim <= 5 s: ${fromSnap.ms <= 5000 ? 'met' : 'NOT MET'}; ${(fromStart.ms / fromSnap.ms).toFixed(1)}x faster than from the beginning`
+    )
+    say(
+      `  copying the origin's file (the floor): ${copyMs} ms; from the snapshot is ${(fromSnap.ms / Math.max(1, copyMs)).toFixed(1)}x that`
+    )
     await p.close()
     db.close()
-    return { restoreChanges: changes, restoreFromStartMs: fromStart.ms, restoreFromSnapshotMs: fromSnap.ms, restoreCopyFileMs: copyMs }
+    return {
+      restoreChanges: changes,
+      restoreFromStartMs: fromStart.ms,
+      restoreFromSnapshotMs: fromSnap.ms,
+      restoreCopyFileMs: copyMs
+    }
   } finally {
     cleanup()
   }
@@ -96,6 +126,6 @@ export async function restoreBench(opts: { say?: (s: string) => void } = {}): Pr
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const json = process.argv.includes('--json')
-  const r = await restoreBench({ say: json ? undefined : (s) => process.stdout.write(s + '\n') })
-  if (json) process.stdout.write(JSON.stringify(r) + '\n')
+  const r = await restoreBench({ say: json ? undefined : (s) => process.stdout.write(`${s}\n`) })
+  if (json) process.stdout.write(`${JSON.stringify(r)}\n`)
 }

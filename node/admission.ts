@@ -58,11 +58,22 @@ export class Admission {
   /** Every connection, incoming or outgoing: a member's gets the control channel, an invite's the join channel. */
   onConnection(conn: SwarmConnection): void {
     const key = conn.remotePublicKey
-    conn.on('error', (err: Error) => this.node.logger.debug('connection error', { peer: short(key), error: err.message }))
-    if (this.node.closing) return void conn.destroy()
-    if (this.isMember(key)) return this.node.control.onMember(conn)
+    conn.on('error', (err: Error) =>
+      this.node.logger.debug('connection error', { peer: short(key), error: err.message })
+    )
+    if (this.node.closing) {
+      conn.destroy()
+      return
+    }
+    if (this.isMember(key)) {
+      this.node.control.onMember(conn)
+      return
+    }
     const invite = this.liveInvite(key)
-    if (invite) return this.onGuest(conn, invite)
+    if (invite) {
+      this.onGuest(conn, invite)
+      return
+    }
     this.refuse(key, 'not a member of the mesh')
     conn.destroy()
   }
@@ -134,7 +145,11 @@ export class Admission {
     const node = this.node
     const now = Date.now()
     if (invite.expiresAt * 1000 <= now || !this.liveInvite(invite.key)) {
-      reply.send('refuse', { version: CONTROL_VERSION, code: 'JOIN_CODE_EXPIRED', reason: 'the join code expired or was already used' })
+      reply.send('refuse', {
+        version: CONTROL_VERSION,
+        code: 'JOIN_CODE_EXPIRED',
+        reason: 'the join code expired or was already used'
+      })
       return
     }
     if (node.state.members.some((x) => x.site === m.site && !Buffer.from(x.key).equals(m.key))) {
@@ -149,7 +164,12 @@ export class Admission {
       node.saveState()
       node.control.broadcast((p) => p.send('members', node.state.members))
     }
-    reply.send('welcome', { version: CONTROL_VERSION, meshId: node.state.meshId, members: node.state.members, datasets: node.state.datasets })
+    reply.send('welcome', {
+      version: CONTROL_VERSION,
+      meshId: node.state.meshId,
+      members: node.state.members,
+      datasets: node.state.datasets
+    })
     setTimeout(() => conn.end(), 1000).unref()
   }
 }

@@ -32,7 +32,10 @@ export interface ChainSegment extends Segment {
  * The chain that ends at `head`, oldest first. Reads block 0 of every log in it, waiting for peers to send
  * the ones this site does not hold yet.
  */
-export async function resolveChain(head: DatasetInfo, open: (key: Uint8Array) => Promise<DatasetLog>): Promise<ChainSegment[]> {
+export async function resolveChain(
+  head: DatasetInfo,
+  open: (key: Uint8Array) => Promise<DatasetLog>
+): Promise<ChainSegment[]> {
   const out: ChainSegment[] = []
   let key: Uint8Array = head.log
   let end: number | null = null
@@ -41,8 +44,10 @@ export async function resolveChain(head: DatasetInfo, open: (key: Uint8Array) =>
     const log = await open(key)
     const header = await log.header({ wait: true })
     if (header === null) throw MeshError.BAD_LOG('a log of the dataset has no header')
-    if (header.dataset !== head.id) throw MeshError.BAD_LOG(`a log in the history of ${head.name} belongs to dataset ${header.dataset}`)
-    if (header.epoch !== epoch) throw MeshError.BAD_LOG(`the log of epoch ${epoch} of ${head.name} says it is epoch ${header.epoch}`)
+    if (header.dataset !== head.id)
+      throw MeshError.BAD_LOG(`a log in the history of ${head.name} belongs to dataset ${header.dataset}`)
+    if (header.epoch !== epoch)
+      throw MeshError.BAD_LOG(`the log of epoch ${epoch} of ${head.name} says it is epoch ${header.epoch}`)
     out.unshift({ log, epoch, end, header })
     if (header.parent === null) {
       if (epoch !== 0) throw MeshError.BAD_LOG(`the log of epoch ${epoch} of ${head.name} names no parent`)
@@ -60,7 +65,10 @@ export async function resolveChain(head: DatasetInfo, open: (key: Uint8Array) =>
  * there. null when it stands on none of the chain's logs, or past the point where the next epoch branched
  * off: it then holds changes the chain does not.
  */
-export function locate(chain: Segment[], pos: { log: Uint8Array; length: number } | null): { index: number; next: number } | null {
+export function locate(
+  chain: Segment[],
+  pos: { log: Uint8Array; length: number } | null
+): { index: number; next: number } | null {
   if (pos === null) return { index: 0, next: 0 }
   const index = chain.findIndex((x) => sameBytes(x.log.key, pos.log))
   if (index < 0) return null

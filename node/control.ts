@@ -69,8 +69,21 @@ export class ControlChannel {
       datasets: (m) => this.onDatasets(peer, m),
       report: (m) => node.reports.receive(peer, m)
     })
-    const peer: Peer = { conn, key, site: node.admission.memberName(key), software: '', channel, ready: false, send: messages.send }
-    channel.open({ version: CONTROL_VERSION, meshId: node.state.meshId, site: node.opts.site, software: node.opts.software })
+    const peer: Peer = {
+      conn,
+      key,
+      site: node.admission.memberName(key),
+      software: '',
+      channel,
+      ready: false,
+      send: messages.send
+    }
+    channel.open({
+      version: CONTROL_VERSION,
+      meshId: node.state.meshId,
+      site: node.opts.site,
+      software: node.opts.software
+    })
     const timer = setTimeout(() => {
       if (!peer.ready && !conn.destroyed) {
         node.admission.refuse(key, 'it did not open the branchmesh/1 control channel (an incompatible version?)')
@@ -83,7 +96,9 @@ export class ControlChannel {
   private onHello(peer: Peer, hello: Hello): void {
     const node = this.node
     if (hello.version !== CONTROL_VERSION) {
-      const e = MeshError.PROTOCOL_VERSION(`${peer.site} speaks control protocol version ${hello.version}; this site speaks ${CONTROL_VERSION}`)
+      const e = MeshError.PROTOCOL_VERSION(
+        `${peer.site} speaks control protocol version ${hello.version}; this site speaks ${CONTROL_VERSION}`
+      )
       node.admission.refuse(peer.key, e.message)
       node.logger.error('peer refused', { peer: peer.site, code: e.code, error: e.message, hint: e.hint })
       peer.conn.destroy()
@@ -142,7 +157,10 @@ export class ControlChannel {
       const info: DatasetInfo = { ...d, origin: Buffer.from(d.origin), log: Buffer.from(d.log) }
       if (have) {
         node.state.datasets = node.state.datasets.map((x) => (x.id === d.id ? info : x))
-        const what = have.epoch === d.epoch ? 'two promotions of the same epoch: following the one with the lower log key' : 'new epoch'
+        const what =
+          have.epoch === d.epoch
+            ? 'two promotions of the same epoch: following the one with the lower log key'
+            : 'new epoch'
         node.logger.info(what, { dataset: d.name, epoch: d.epoch, origin: d.originSite, from: from.site })
       } else {
         node.state.datasets.push(info)

@@ -71,11 +71,14 @@ export class Failover {
     }
     // What this site holds of the log is applied in moments: give it that time before judging.
     const until = Date.now() + 10_000
-    while (r.loop.stats.applied < r.log.core.contiguousLength && !r.loop.stats.stopped && Date.now() < until) await sleep(50)
+    while (r.loop.stats.applied < r.log.core.contiguousLength && !r.loop.stats.stopped && Date.now() < until)
+      await sleep(50)
     const applied = r.loop.stats.applied
     let best = { length: r.log.core.contiguousLength, site }
     for (const p of node.control.ready()) {
-      const h = node.reports.signed.get(hex(p.key))?.report.holdings.find((x) => x.dataset === id && sameBytes(x.log, head.log))
+      const h = node.reports.signed
+        .get(hex(p.key))
+        ?.report.holdings.find((x) => x.dataset === id && sameBytes(x.log, head.log))
       if (h && h.downloaded > best.length) best = { length: h.downloaded, site: p.site }
     }
     if (!force && applied < best.length) {
@@ -85,7 +88,9 @@ export class Failover {
       )
     }
     if (!force && r.side.state() !== 'ready') {
-      throw MeshError.REPLICA_NOT_READY(`${site}'s copy of ${head.name} is still in its initial copy (${r.side.state()})`)
+      throw MeshError.REPLICA_NOT_READY(
+        `${site}'s copy of ${head.name} is still in its initial copy (${r.side.state()})`
+      )
     }
     await r.loop.stop()
     const pos = r.side.position()
@@ -110,7 +115,13 @@ export class Failover {
     node.reports.markDirty()
     const parentSite = r.info.originSite
     const shown = engineFor(head.engine).shown(local.path)
-    node.logger.warn('promoted: this site is now the origin', { dataset: head.name, epoch, from: parentSite, branch: pos.length, path: shown })
+    node.logger.warn('promoted: this site is now the origin', {
+      dataset: head.name,
+      epoch,
+      from: parentSite,
+      branch: pos.length,
+      path: shown
+    })
     return { dataset: head.name, id, epoch, path: shown, previousOrigin: parentSite, branch: pos.length, forced: force }
   }
 
@@ -138,10 +149,13 @@ export class Failover {
       while ((await o.loop.step()) > 0) {}
     } catch (err) {
       uncaptured = true
-      node.logger.error('could not capture the last changes; they are kept in the copy of the database taken before rebuilding', {
-        dataset: name,
-        error: (err as Error).message
-      })
+      node.logger.error(
+        'could not capture the last changes; they are kept in the copy of the database taken before rebuilding',
+        {
+          dataset: name,
+          error: (err as Error).message
+        }
+      )
     }
     node.roles.origins.delete(o.info.id)
     node.reports.markDirty()
@@ -157,8 +171,11 @@ export class Failover {
     if (to > from || uncaptured) {
       const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')
       // A fence that was interrupted before the rebuild is done again into the same folder.
-      const again = local.divergences.find((x) => x.epoch === o.info.epoch && x.fencedBy === head.epoch && fs.existsSync(x.dir))
-      const dir = again?.dir ?? path.join(node.paths.dir, 'divergence', `${fileSafe(name)}-epoch${o.info.epoch}-${stamp}`)
+      const again = local.divergences.find(
+        (x) => x.epoch === o.info.epoch && x.fencedBy === head.epoch && fs.existsSync(x.dir)
+      )
+      const dir =
+        again?.dir ?? path.join(node.paths.dir, 'divergence', `${fileSafe(name)}-epoch${o.info.epoch}-${stamp}`)
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
       const kept = await engine.keepCopy(local.path, dir, node.opts.site)
       const changes = await writeDivergence({
@@ -201,7 +218,11 @@ export class Failover {
     const scratch = await engine.scratch(where, head.id, 'rebuild', node.paths.replicas)
     const side = engine.openApply(scratch.where, { dataset: head.id, logger: node.logger })
     try {
-      const loop = new ApplyLoop({ segments: sealed.length > 0 ? sealed : chain.slice(0, 1), apply: side, logger: node.logger })
+      const loop = new ApplyLoop({
+        segments: sealed.length > 0 ? sealed : chain.slice(0, 1),
+        apply: side,
+        logger: node.logger
+      })
       await side.open()
       const total = sealed.reduce((n, s) => n + (s.end ?? 0), 0)
       let lastLog = 0
@@ -211,14 +232,22 @@ export class Failover {
         if (pos !== null && sameBytes(pos.log, last.log.key) && pos.length === last.end) break
         if (Date.now() - lastLog > 5000) {
           lastLog = Date.now()
-          node.logger.info('rebuilding: waiting for blocks of an earlier epoch from peers', { dataset: head.name, total })
+          node.logger.info('rebuilding: waiting for blocks of an earlier epoch from peers', {
+            dataset: head.name,
+            total
+          })
         }
         await sleep(200)
       }
       if (node.closing) throw MeshError.CLOSED('the node is stopping')
       await side.close()
       await engine.repair(where, scratch.where, null)
-      node.logger.info('rebuilt to the state where the newest epoch began', { dataset: head.name, epoch: head.epoch, blocks: total, ms: Date.now() - started })
+      node.logger.info('rebuilt to the state where the newest epoch began', {
+        dataset: head.name,
+        epoch: head.epoch,
+        blocks: total,
+        ms: Date.now() - started
+      })
     } finally {
       await side.close().catch(() => {})
       await scratch.drop()

@@ -32,7 +32,12 @@ export async function redeemJoinCode(opts: RedeemOptions): Promise<Welcome> {
     throw MeshError.JOIN_CODE_EXPIRED(`the join code expired at ${new Date(code.expiresAt * 1000).toISOString()}`)
   }
   const timeoutMs = opts.timeoutMs ?? 60_000
-  const dht = new DHT({ bootstrap: opts.network.bootstrap, host: opts.network.host, firewalled: opts.network.firewalled, ephemeral: true })
+  const dht = new DHT({
+    bootstrap: opts.network.bootstrap,
+    host: opts.network.host,
+    firewalled: opts.network.firewalled,
+    ephemeral: true
+  })
   const inviteKeyPair = DHT.keyPair(code.seed)
   let timer: NodeJS.Timeout | null = null
   try {
@@ -49,13 +54,21 @@ export async function redeemJoinCode(opts: RedeemOptions): Promise<Welcome> {
       const socket = dht.connect(Buffer.from(code.inviter), { keyPair: inviteKeyPair })
       socket.on('error', (err: Error & { code?: string }) => {
         if (err.code === 'PEER_NOT_FOUND') {
-          reject(MeshError.UNREACHABLE('the inviting site is not reachable: its node is not running, or it uses another DHT', { cause: err }))
+          reject(
+            MeshError.UNREACHABLE(
+              'the inviting site is not reachable: its node is not running, or it uses another DHT',
+              { cause: err }
+            )
+          )
         } else if (/PEER_CONNECTION_FAILED|firewall|refused|REMOTE_ABORTED/i.test(`${err.code} ${err.message}`)) {
           // The inviting site was found and turned the one-time key away.
           reject(
-            MeshError.BAD_JOIN_CODE('the inviting site refused this join code: it was already used or withdrawn (or a network between the sites blocks the connection)', {
-              cause: err
-            })
+            MeshError.BAD_JOIN_CODE(
+              'the inviting site refused this join code: it was already used or withdrawn (or a network between the sites blocks the connection)',
+              {
+                cause: err
+              }
+            )
           )
         } else {
           reject(MeshError.UNREACHABLE(`cannot connect to the inviting site: ${err.message}`, { cause: err }))
@@ -68,7 +81,11 @@ export async function redeemJoinCode(opts: RedeemOptions): Promise<Welcome> {
           handshake: joinHelloEncoding,
           onopen: (hello: { version: number }) => {
             if (hello.version !== CONTROL_VERSION) {
-              reject(MeshError.PROTOCOL_VERSION(`the inviting site speaks protocol version ${hello.version}; this one speaks ${CONTROL_VERSION}`))
+              reject(
+                MeshError.PROTOCOL_VERSION(
+                  `the inviting site speaks protocol version ${hello.version}; this one speaks ${CONTROL_VERSION}`
+                )
+              )
               return
             }
             messages.send('redeem', { version: CONTROL_VERSION, site: opts.site, key: opts.keyPair.publicKey })
@@ -85,7 +102,13 @@ export async function redeemJoinCode(opts: RedeemOptions): Promise<Welcome> {
         })
         ch.open({ version: CONTROL_VERSION })
       })
-      socket.on('close', () => reject(MeshError.BAD_JOIN_CODE('the inviting site closed the connection without admitting this site: the code was already used or withdrawn')))
+      socket.on('close', () =>
+        reject(
+          MeshError.BAD_JOIN_CODE(
+            'the inviting site closed the connection without admitting this site: the code was already used or withdrawn'
+          )
+        )
+      )
     })
     const welcome = await result
     if (!Buffer.from(welcome.meshId).equals(code.meshId)) {

@@ -50,10 +50,12 @@ export function parseLocalRequest(line: string): LocalRequest {
   } catch {
     throw MeshError.USAGE('the local request is not JSON')
   }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw MeshError.USAGE('the local request is not an object')
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw MeshError.USAGE('the local request is not an object')
   const req = raw as Record<string, unknown>
   const cmd = req.cmd
-  if (typeof cmd !== 'string' || !Object.hasOwn(FIELDS, cmd)) throw MeshError.USAGE(`unknown local request ${String(cmd)}`)
+  if (typeof cmd !== 'string' || !Object.hasOwn(FIELDS, cmd))
+    throw MeshError.USAGE(`unknown local request ${String(cmd)}`)
   const fields = FIELDS[cmd as LocalRequest['cmd']]
   for (const k of Object.keys(req)) {
     if (k !== 'cmd' && !Object.hasOwn(fields, k)) throw MeshError.USAGE(`the local request ${cmd} has no field ${k}`)
@@ -64,7 +66,8 @@ export function parseLocalRequest(line: string): LocalRequest {
       if (required) throw MeshError.USAGE(`the local request ${cmd} needs ${k}`)
       continue
     }
-    if (typeof v !== type || (type === 'number' && !Number.isFinite(v))) throw MeshError.USAGE(`the local request ${cmd} has a ${k} that is not a ${type}`)
+    if (typeof v !== type || (type === 'number' && !Number.isFinite(v)))
+      throw MeshError.USAGE(`the local request ${cmd} has a ${k} that is not a ${type}`)
   }
   return req as LocalRequest
 }
@@ -84,10 +87,13 @@ export async function listenLocal(sock: string, handle: LocalHandler): Promise<n
       buf = ''
       Promise.resolve()
         .then(() => handle(parseLocalRequest(line)))
-        .then((res) => c.end(JSON.stringify(res) + '\n'))
+        .then((res) => c.end(`${JSON.stringify(res)}\n`))
         .catch((err) => {
           const e = MeshError.wrap(err, MeshError.IO_ERROR)
-          c.end(JSON.stringify({ error: { code: e.code, message: e.message, hint: e.hint ?? null, context: e.context } }) + '\n')
+          c.end(
+            JSON.stringify({ error: { code: e.code, message: e.message, hint: e.hint ?? null, context: e.context } }) +
+              '\n'
+          )
         })
     })
   })
@@ -115,7 +121,11 @@ export async function closeLocal(server: net.Server, sock: string): Promise<void
 }
 
 /** Asks the node running on `dir`; null when none runs there. */
-export async function askNode(dir: string, cmd: LocalRequest | LocalRequest['cmd'], timeoutMs = 5000): Promise<unknown | null> {
+export async function askNode(
+  dir: string,
+  cmd: LocalRequest | LocalRequest['cmd'],
+  timeoutMs = 5000
+): Promise<unknown | null> {
   const sock = sitePaths(dir).socket
   if (!fs.existsSync(sock)) return null
   return new Promise((resolve, reject) => {
@@ -123,9 +133,13 @@ export async function askNode(dir: string, cmd: LocalRequest | LocalRequest['cmd
     let buf = ''
     const timer = setTimeout(() => {
       c.destroy()
-      reject(MeshError.IO_ERROR(`the node on ${dir} did not answer within ${timeoutMs} ms`, { hint: 'It may be overloaded or hung; check its log, or restart it.' }))
+      reject(
+        MeshError.IO_ERROR(`the node on ${dir} did not answer within ${timeoutMs} ms`, {
+          hint: 'It may be overloaded or hung; check its log, or restart it.'
+        })
+      )
     }, timeoutMs)
-    c.on('connect', () => c.write(JSON.stringify(typeof cmd === 'string' ? { cmd } : cmd) + '\n'))
+    c.on('connect', () => c.write(`${JSON.stringify(typeof cmd === 'string' ? { cmd } : cmd)}\n`))
     c.on('data', (d) => (buf += d.toString()))
     c.on('end', () => {
       clearTimeout(timer)

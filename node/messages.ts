@@ -23,7 +23,10 @@ export function addMessages<P>(
   const byName = new Map<string, Message<unknown>>()
   for (const slot of table) {
     const on = handlers[slot.name] as ((m: unknown) => void) | undefined
-    byName.set(slot.name, channel.addMessage({ encoding: slot.encoding as Encoding, onmessage: (m: unknown) => on?.(m) }))
+    byName.set(
+      slot.name,
+      channel.addMessage({ encoding: slot.encoding as Encoding, onmessage: (m: unknown) => on?.(m) })
+    )
   }
   return {
     send(name, m) {

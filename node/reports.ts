@@ -10,7 +10,15 @@ import type { DatasetInfo } from '../protocol/index.ts'
 import type { Peer } from './control.ts'
 import type { MeshNode } from './node.ts'
 import { damagedSnapshots, listSnapshots } from './snapshots.ts'
-import { readMeshState, readReports, readSiteKey, sitePaths, withoutReviewed, writeReports, type MeshState } from './state.ts'
+import {
+  readMeshState,
+  readReports,
+  readSiteKey,
+  sitePaths,
+  withoutReviewed,
+  writeReports,
+  type MeshState
+} from './state.ts'
 import { buildStatus, DEFAULT_THRESHOLDS, NOTICE_MS, type SiteStatus, type StatusThresholds } from './status.ts'
 import { hex } from './util.ts'
 
@@ -263,7 +271,8 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T | null> {
  * in proportion to blocks.
  */
 async function appliedBytes(core: { length: number; byteLength: number }, applied: number): Promise<number> {
-  let bytes = applied >= core.length ? core.byteLength : Math.floor((core.byteLength * applied) / Math.max(1, core.length))
+  let bytes =
+    applied >= core.length ? core.byteLength : Math.floor((core.byteLength * applied) / Math.max(1, core.length))
   if (applied > 0 && applied < core.length) {
     try {
       const off = await MerkleTree.byteOffset((core as unknown as { state: unknown }).state, 2 * applied)
@@ -296,11 +305,18 @@ export function statusFromDisk(dir: string, site: string, thresholds: StatusThre
 }
 
 /** How many snapshots this site keeps of each dataset, and when the newest was taken. */
-function snapshotSummary(dir: string, state: MeshState): Record<string, { count: number; newestAt: number | null; damaged: string[] }> {
+function snapshotSummary(
+  dir: string,
+  state: MeshState
+): Record<string, { count: number; newestAt: number | null; damaged: string[] }> {
   const out: Record<string, { count: number; newestAt: number | null; damaged: string[] }> = {}
   for (const d of state.datasets) {
     const list = listSnapshots(dir, d.id)
-    out[d.id] = { count: list.length, newestAt: list.length ? list[list.length - 1].at : null, damaged: damagedSnapshots(dir, d.id) }
+    out[d.id] = {
+      count: list.length,
+      newestAt: list.length ? list[list.length - 1].at : null,
+      damaged: damagedSnapshots(dir, d.id)
+    }
   }
   return out
 }

@@ -10,7 +10,12 @@ export { checkReplicaServer } from '../adapters/index.ts'
  * publication and the replication slot, both named branchmesh_<dataset id>). Returns warnings for the user (a
  * slot that may hold WAL without limit). SQLite files are only opened for reading here.
  */
-export async function checkSource(engine: string, where: string, dataset: string, capture: CaptureMode = 'logical'): Promise<string[]> {
+export async function checkSource(
+  engine: string,
+  where: string,
+  dataset: string,
+  capture: CaptureMode = 'logical'
+): Promise<string[]> {
   return engineFor(engine).checkSource(where, dataset, capture)
 }
 
@@ -31,18 +36,23 @@ export async function createDataDir<T>(dir: string, marker: string, build: () =>
     throw MeshError.ALREADY_INITIALIZED(`${dir} already holds a site`)
   }
   const existed = fs.existsSync(dir)
-  if (existed && !fs.statSync(dir).isDirectory()) throw MeshError.USAGE(`${dir} is a file, not a directory`, { hint: 'Pass a folder for --dir.' })
+  if (existed && !fs.statSync(dir).isDirectory())
+    throw MeshError.USAGE(`${dir} is a file, not a directory`, { hint: 'Pass a folder for --dir.' })
   const before = existed ? new Set(fs.readdirSync(dir)) : new Set<string>()
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
   } catch (err) {
-    throw MeshError.READ_ONLY(`cannot create ${dir}: ${(err as Error).message}`, { hint: 'Choose a --dir this user may write to.' })
+    throw MeshError.READ_ONLY(`cannot create ${dir}: ${(err as Error).message}`, {
+      hint: 'Choose a --dir this user may write to.'
+    })
   }
   try {
     return await build()
   } catch (err) {
     if (!existed) fs.rmSync(dir, { recursive: true, force: true })
-    else for (const n of fs.readdirSync(dir)) if (!before.has(n)) fs.rmSync(path.join(dir, n), { recursive: true, force: true })
+    else
+      for (const n of fs.readdirSync(dir))
+        if (!before.has(n)) fs.rmSync(path.join(dir, n), { recursive: true, force: true })
     throw err
   }
 }

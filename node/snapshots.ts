@@ -81,7 +81,12 @@ function readMeta(file: string): SnapshotMeta | null {
 }
 
 /** The snapshots at or before chain position `seq`, newest first, with the position each holds. */
-function candidates(siteDir: string, dataset: string, chain: ChainSegment[], seq: number): Array<{ snap: Snapshot; from: number }> {
+function candidates(
+  siteDir: string,
+  dataset: string,
+  chain: ChainSegment[],
+  seq: number
+): Array<{ snap: Snapshot; from: number }> {
   const out: Array<{ snap: Snapshot; from: number }> = []
   for (const snap of listSnapshots(siteDir, dataset).reverse()) {
     // Only snapshots built from the log, which keep their position and hash beside them: a file taken by an
@@ -142,7 +147,13 @@ export async function buildSnapshot(
   engine: Engine,
   chain: ChainSegment[],
   seq: number,
-  opts: { now?: number; logger?: Logger; inUse?: Set<string>; server?: string | null; onDamaged?: (file: string) => void } = {}
+  opts: {
+    now?: number
+    logger?: Logger
+    inUse?: Set<string>
+    server?: string | null
+    onDamaged?: (file: string) => void
+  } = {}
 ): Promise<Snapshot | null> {
   const now = opts.now ?? Date.now()
   const dir = snapshotDir(siteDir, head.id)
@@ -150,7 +161,8 @@ export async function buildSnapshot(
   const file = path.join(dir, `${now}.${engine.snapshots.ext}`)
   const partial = `${file}.partial`
   // What a build cut off by a crash left behind: it is never a snapshot.
-  for (const f of fs.readdirSync(dir)) if (/\.partial(-wal|-shm|-journal)?$/.test(f)) fs.rmSync(path.join(dir, f), { force: true })
+  for (const f of fs.readdirSync(dir))
+    if (/\.partial(-wal|-shm|-journal)?$/.test(f)) fs.rmSync(path.join(dir, f), { force: true })
   const work = await engine.snapshots.workspace(partial, head.id, opts.server ?? null)
   try {
     const from = await seedFromSnapshot(siteDir, engine, head.id, work.where, chain, seq, opts.inUse, opts.onDamaged)
@@ -166,7 +178,11 @@ export async function buildSnapshot(
     await engine.snapshots.write(work.where, partial)
     // Gone before the snapshot appears: a build whose file is there is over.
     await work.drop()
-    const meta: SnapshotMeta = { log: Buffer.from(pos!.log).toString('hex'), length: pos!.length, sha256: await hashFile(partial) }
+    const meta: SnapshotMeta = {
+      log: Buffer.from(pos!.log).toString('hex'),
+      length: pos!.length,
+      sha256: await hashFile(partial)
+    }
     fs.writeFileSync(`${file}.json`, JSON.stringify(meta), { mode: 0o600 })
     fs.chmodSync(partial, 0o600)
     fs.renameSync(partial, file)
@@ -176,7 +192,9 @@ export async function buildSnapshot(
       await work.drop()
       fs.rmSync(partial, { force: true })
     }
-    await clean().catch((err) => opts.logger?.warn('cannot remove what building a snapshot left', { error: (err as Error).message }))
+    await clean().catch((err) =>
+      opts.logger?.warn('cannot remove what building a snapshot left', { error: (err as Error).message })
+    )
   }
 }
 

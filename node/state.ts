@@ -173,7 +173,8 @@ export function writeFileAtomic(file: string, data: string | Uint8Array, mode = 
     fs.rmSync(tmp, { force: true })
     const e = err as NodeJS.ErrnoException
     if (e.code === 'ENOSPC') throw MeshError.DISK_FULL(`cannot write ${file}: ${e.message}`, { cause: err })
-    if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') throw MeshError.READ_ONLY(`cannot write ${file}: ${e.message}`, { cause: err })
+    if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS')
+      throw MeshError.READ_ONLY(`cannot write ${file}: ${e.message}`, { cause: err })
     throw MeshError.IO_ERROR(`cannot write ${file}: ${e.message}`, { cause: err })
   }
 }
@@ -200,7 +201,7 @@ function readJson(file: string): unknown | null {
 
 export function createSiteKey(paths: SitePaths): KeyPair {
   const seed = crypto.randomBytes(32)
-  writeFileAtomic(paths.key, seed.toString('hex') + '\n', 0o600)
+  writeFileAtomic(paths.key, `${seed.toString('hex')}\n`, 0o600)
   return DHT.keyPair(seed)
 }
 
@@ -215,7 +216,9 @@ export function readSiteKey(paths: SitePaths): KeyPair {
     throw MeshError.IO_ERROR(`cannot read ${paths.key}: ${(err as Error).message}`, { cause: err })
   }
   if (!/^[0-9a-f]{64}$/.test(text)) {
-    throw MeshError.BAD_CONFIG(`${paths.key} is damaged`, { hint: 'The site key cannot be recovered from this file; restore it from a backup of the data directory.' })
+    throw MeshError.BAD_CONFIG(`${paths.key} is damaged`, {
+      hint: 'The site key cannot be recovered from this file; restore it from a backup of the data directory.'
+    })
   }
   const mode = fs.statSync(paths.key).mode & 0o777
   if (mode & 0o077) fs.chmodSync(paths.key, 0o600)
@@ -229,7 +232,11 @@ export function readMeshState(paths: SitePaths): MeshState {
     meshId: string
     members: Array<{ key: string; site: string; addedAt: number }>
     datasets: Array<Omit<DatasetInfo, 'origin' | 'log'> & { origin: string; log: string }>
-    local?: Array<Omit<LocalDataset, 'written'> & { written: Array<{ epoch: number; key: string; name: string; parent: { key: string; length: number } | null }> }>
+    local?: Array<
+      Omit<LocalDataset, 'written'> & {
+        written: Array<{ epoch: number; key: string; name: string; parent: { key: string; length: number } | null }>
+      }
+    >
   }
   if (j === null) throw MeshError.NOT_INITIALIZED(`${paths.dir} holds no site (no mesh.json)`)
   return {
@@ -238,7 +245,11 @@ export function readMeshState(paths: SitePaths): MeshState {
     datasets: j.datasets.map((d) => ({ ...d, origin: unhex(d.origin), log: unhex(d.log) })),
     local: (j.local ?? []).map((l) => ({
       ...l,
-      written: l.written.map((w) => ({ ...w, key: unhex(w.key), parent: w.parent ? { key: unhex(w.parent.key), length: w.parent.length } : null }))
+      written: l.written.map((w) => ({
+        ...w,
+        key: unhex(w.key),
+        parent: w.parent ? { key: unhex(w.parent.key), length: w.parent.length } : null
+      }))
     }))
   }
 }
@@ -255,11 +266,15 @@ export function writeMeshState(paths: SitePaths, s: MeshState): void {
     datasets: s.datasets.map((d) => ({ ...d, origin: hex(d.origin), log: hex(d.log) })),
     local: s.local.map((l) => ({
       ...l,
-      written: l.written.map((w) => ({ ...w, key: hex(w.key), parent: w.parent ? { key: hex(w.parent.key), length: w.parent.length } : null }))
+      written: l.written.map((w) => ({
+        ...w,
+        key: hex(w.key),
+        parent: w.parent ? { key: hex(w.parent.key), length: w.parent.length } : null
+      }))
     }))
   }
   // 0600: local[].path may be a PostgreSQL URL with a password.
-  writeFileAtomic(paths.mesh, JSON.stringify(j, null, 2) + '\n', 0o600)
+  writeFileAtomic(paths.mesh, `${JSON.stringify(j, null, 2)}\n`, 0o600)
 }
 
 // --- invites.json ----------------------------------------------------------------------------------------------
@@ -275,13 +290,18 @@ export function readInvites(paths: SitePaths): Invite[] {
 
 export function writeInvites(paths: SitePaths, invites: Invite[]): void {
   const j = invites.map((i) => ({ seed: hex(i.seed), expiresAt: i.expiresAt, createdAt: i.createdAt }))
-  writeFileAtomic(paths.invites, JSON.stringify(j, null, 2) + '\n', 0o600)
+  writeFileAtomic(paths.invites, `${JSON.stringify(j, null, 2)}\n`, 0o600)
 }
 
 /** Makes a one-time invite valid for `ttlSeconds`; expired ones are dropped on the way. */
 export function createInvite(paths: SitePaths, ttlSeconds: number, now = Date.now()): Invite {
   const seed = crypto.randomBytes(32)
-  const invite: Invite = { key: DHT.keyPair(seed).publicKey, seed, expiresAt: Math.floor(now / 1000) + ttlSeconds, createdAt: now }
+  const invite: Invite = {
+    key: DHT.keyPair(seed).publicKey,
+    seed,
+    expiresAt: Math.floor(now / 1000) + ttlSeconds,
+    createdAt: now
+  }
   const live = readInvites(paths).filter((i) => i.expiresAt * 1000 > now)
   writeInvites(paths, [...live, invite])
   return invite
@@ -305,5 +325,5 @@ export function readReports(paths: SitePaths): SignedReport[] {
 
 export function writeReports(paths: SitePaths, reports: SignedReport[]): void {
   const j = reports.map((r) => ({ body: hex(r.body), signature: hex(r.signature) }))
-  writeFileAtomic(paths.reports, JSON.stringify(j) + '\n')
+  writeFileAtomic(paths.reports, `${JSON.stringify(j)}\n`)
 }

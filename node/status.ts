@@ -109,25 +109,43 @@ export interface DatasetStatus {
 }
 
 /** Adds what a PostgreSQL origin's slot keeps on disk to the status, with the warnings it calls for. */
-export function addWalHealth(s: SiteStatus, id: string, wal: { retainedBytes: number; limitBytes: number | null; status: string }, t: StatusThresholds): void {
+export function addWalHealth(
+  s: SiteStatus,
+  id: string,
+  wal: { retainedBytes: number; limitBytes: number | null; status: string },
+  t: StatusThresholds
+): void {
   const d = s.datasets.find((x) => x.id === id)
   if (!d) return
   d.wal = wal
   const mb = (n: number) => `${(n / 1024 / 1024).toFixed(0)} MB`
   const add = (level: Verdict, text: string) => s.reasons.push({ level, text })
   if (wal.status === 'lost') {
-    add('CRIT', `the replication slot of ${d.name} is gone (dropped, or over max_slot_wal_keep_size): changes made since cannot be read; the node copies the whole database into the log again when it runs`)
+    add(
+      'CRIT',
+      `the replication slot of ${d.name} is gone (dropped, or over max_slot_wal_keep_size): changes made since cannot be read; the node copies the whole database into the log again when it runs`
+    )
   } else if (wal.status === 'unreserved') {
-    add('CRIT', `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL, past max_slot_wal_keep_size: PostgreSQL will drop what it needs at its next checkpoint. Start the node at ${s.site} now`)
+    add(
+      'CRIT',
+      `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL, past max_slot_wal_keep_size: PostgreSQL will drop what it needs at its next checkpoint. Start the node at ${s.site} now`
+    )
   } else if (wal.limitBytes !== null && wal.retainedBytes >= wal.limitBytes / 2) {
-    add('WARN', `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL on the database server, over half of max_slot_wal_keep_size (${mb(wal.limitBytes)}): start the node at ${s.site} (or fix what stops its capture) before the ceiling is reached`)
+    add(
+      'WARN',
+      `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL on the database server, over half of max_slot_wal_keep_size (${mb(wal.limitBytes)}): start the node at ${s.site} (or fix what stops its capture) before the ceiling is reached`
+    )
   } else if (wal.retainedBytes >= t.walWarnMB * 1024 * 1024) {
     add(
       'WARN',
       `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL on the database server's disk${wal.limitBytes === null ? ', with no ceiling (max_slot_wal_keep_size is unlimited)' : ''}: start the node at ${s.site} (or fix what stops its capture)${wal.limitBytes === null ? "; to cap it, ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'" : ''}`
     )
   } else return
-  const worst = s.reasons.some((r) => r.level === 'CRIT') ? 'CRIT' : s.reasons.some((r) => r.level === 'WARN') ? 'WARN' : 'OK'
+  const worst = s.reasons.some((r) => r.level === 'CRIT')
+    ? 'CRIT'
+    : s.reasons.some((r) => r.level === 'WARN')
+      ? 'WARN'
+      : 'OK'
   s.verdict = worst
 }
 
@@ -187,7 +205,11 @@ export function buildStatus(input: StatusInput): SiteStatus {
 
   const nameOf = (key: string) => state.members.find((m) => hex(m.key) === key)?.site ?? key.slice(0, 12)
 
-  if (!input.running) add('CRIT', `the node at ${input.site} is not running: nothing is captured or received here (start it with \`mesh start\`)`)
+  if (!input.running)
+    add(
+      'CRIT',
+      `the node at ${input.site} is not running: nothing is captured or received here (start it with \`mesh start\`)`
+    )
 
   const members: MemberStatus[] = state.members.map((m: MemberInfo) => {
     const k = hex(m.key)
@@ -206,7 +228,11 @@ export function buildStatus(input: StatusInput): SiteStatus {
     if (m.lastContact === null) {
       const added = state.members.find((x) => hex(x.key) === m.key)?.addedAt ?? now
       const since = (now - added) / 1000
-      if (since >= t.silentWarnSeconds) add(since >= t.silentCritSeconds ? 'CRIT' : 'WARN', `${m.site} has never been heard from (a member for ${duration(since)})`)
+      if (since >= t.silentWarnSeconds)
+        add(
+          since >= t.silentCritSeconds ? 'CRIT' : 'WARN',
+          `${m.site} has never been heard from (a member for ${duration(since)})`
+        )
       continue
     }
     const silent = (now - m.lastContact) / 1000
@@ -217,7 +243,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
   const datasets: DatasetStatus[] = state.datasets.map((d: DatasetInfo) => {
     const originKey = hex(d.origin)
     const logKey = hex(d.log)
-    const holdingOf = (k: string) => byKey.get(k)?.holdings.find((h) => h.dataset === d.id && hex(h.log) === logKey) ?? null
+    const holdingOf = (k: string) =>
+      byKey.get(k)?.holdings.find((h) => h.dataset === d.id && hex(h.log) === logKey) ?? null
     const oh = holdingOf(originKey)
     // The origin's own report is the truth about its log; if it is not known, the longest copy anyone holds.
     let length = oh?.length ?? 0
@@ -276,15 +303,23 @@ export function buildStatus(input: StatusInput): SiteStatus {
         captureLag
       }
     })
-    const heldBy = holders.filter((h) => h.role === 'replica' && h.downloaded !== null && h.downloaded >= length && length > 0).length
+    const heldBy = holders.filter(
+      (h) => h.role === 'replica' && h.downloaded !== null && h.downloaded >= length && length > 0
+    ).length
 
     for (const h of holders) {
       if (h.error) {
         const what = h.role === 'origin' ? `capture of ${d.name} at ${h.site}` : `${h.site}'s copy of ${d.name}`
-        add((h.role === 'origin' && h.error === 'DATABASE_LOCKED') || h.error === 'NO_REPLICA_SERVER' ? 'WARN' : 'CRIT', `${what} is failing: ${h.errorMessage ?? h.error}`)
+        add(
+          (h.role === 'origin' && h.error === 'DATABASE_LOCKED') || h.error === 'NO_REPLICA_SERVER' ? 'WARN' : 'CRIT',
+          `${what} is failing: ${h.errorMessage ?? h.error}`
+        )
       }
       if (h.damagedBlocks > 0) {
-        add('WARN', `${h.site}'s copy of the ${d.name} log had ${h.damagedBlocks} damaged block${h.damagedBlocks === 1 ? '' : 's'} on disk (rejected and fetched again: check that disk)`)
+        add(
+          'WARN',
+          `${h.site}'s copy of the ${d.name} log had ${h.damagedBlocks} damaged block${h.damagedBlocks === 1 ? '' : 's'} on disk (rejected and fetched again: check that disk)`
+        )
       }
       if (h.captureLag && h.captureLag.seconds >= t.captureLagWarnSeconds) {
         const crit = h.captureLag.seconds >= t.captureLagCritSeconds
@@ -300,13 +335,17 @@ export function buildStatus(input: StatusInput): SiteStatus {
       }
       if (h.role !== 'replica') continue
       if (h.applied === null) {
-        if (length > 0 && (now - d.createdAt) / 1000 >= t.lagWarnSeconds) add('WARN', `${h.site} holds no copy of ${d.name} yet`)
+        if (length > 0 && (now - d.createdAt) / 1000 >= t.lagWarnSeconds)
+          add('WARN', `${h.site} holds no copy of ${d.name} yet`)
         continue
       }
-      if (h.lagSeconds !== null && h.lagSeconds >= t.lagCritSeconds) add('CRIT', `${h.site}'s copy of ${d.name} is ${duration(h.lagSeconds)} behind`)
-      else if (h.lagSeconds !== null && h.lagSeconds >= t.lagWarnSeconds) add('WARN', `${h.site}'s copy of ${d.name} is ${duration(h.lagSeconds)} behind`)
+      if (h.lagSeconds !== null && h.lagSeconds >= t.lagCritSeconds)
+        add('CRIT', `${h.site}'s copy of ${d.name} is ${duration(h.lagSeconds)} behind`)
+      else if (h.lagSeconds !== null && h.lagSeconds >= t.lagWarnSeconds)
+        add('WARN', `${h.site}'s copy of ${d.name} is ${duration(h.lagSeconds)} behind`)
     }
-    if (state.members.length < 2) add('WARN', `${d.name} has no other site to protect it yet: invite one with \`mesh invite\``)
+    if (state.members.length < 2)
+      add('WARN', `${d.name} has no other site to protect it yet: invite one with \`mesh invite\``)
     const mine = state.local.find((l) => l.dataset === d.id)
     const divergences = (mine?.divergences ?? []).map((x) => ({ ...x }))
     for (const x of divergences) {
@@ -329,10 +368,15 @@ export function buildStatus(input: StatusInput): SiteStatus {
     // The last origin checkpoint this site's copy compared itself with. What mends a mismatch depends on what
     // mesh verify found since: a copy that differs from the log is mended by mesh repair; a copy equal to the
     // log while the checkpoint differs means the log itself is wrong, mended by a fresh copy (mesh resync).
-    const checkpoint = mine?.checkpoint ? { ...mine.checkpoint, seq: mine.checkpoint.seq ?? mine.checkpoint.length } : null
+    const checkpoint = mine?.checkpoint
+      ? { ...mine.checkpoint, seq: mine.checkpoint.seq ?? mine.checkpoint.length }
+      : null
     const proven = mine?.proven ?? null
     if (checkpoint && !checkpoint.ok) {
-      const since = proven?.differs != null ? `; first seen at position ${proven.differs}, last proven equal ${proven.equal === null ? 'never' : `at position ${proven.equal}`}` : ''
+      const since =
+        proven?.differs != null
+          ? `; first seen at position ${proven.differs}, last proven equal ${proven.equal === null ? 'never' : `at position ${proven.equal}`}`
+          : ''
       const origin = nameOf(originKey)
       const after = verified !== null && verified.seq >= checkpoint.seq
       let mend: string
@@ -385,7 +429,10 @@ export function buildStatus(input: StatusInput): SiteStatus {
     // Snapshots whose bytes changed on disk after they were written: the disk may be failing.
     const damagedSnaps = input.snapshots?.[d.id]?.damaged ?? []
     if (damagedSnaps.length) {
-      add('WARN', `${damagedSnaps.length} snapshot${damagedSnaps.length === 1 ? '' : 's'} of ${d.name} changed on this site's disk after being written and ${damagedSnaps.length === 1 ? 'was' : 'were'} set aside (restores use older ones or the log): check the disk, then delete ${damagedSnaps.join(', ')}`)
+      add(
+        'WARN',
+        `${damagedSnaps.length} snapshot${damagedSnaps.length === 1 ? '' : 's'} of ${d.name} changed on this site's disk after being written and ${damagedSnaps.length === 1 ? 'was' : 'were'} set aside (restores use older ones or the log): check the disk, then delete ${damagedSnaps.join(', ')}`
+      )
     }
 
     // The mass-damage guard: a WARN for a week, with the command that restores the state before it.
@@ -422,7 +469,11 @@ export function buildStatus(input: StatusInput): SiteStatus {
     }
   })
 
-  const verdict: Verdict = reasons.some((r) => r.level === 'CRIT') ? 'CRIT' : reasons.some((r) => r.level === 'WARN') ? 'WARN' : 'OK'
+  const verdict: Verdict = reasons.some((r) => r.level === 'CRIT')
+    ? 'CRIT'
+    : reasons.some((r) => r.level === 'WARN')
+      ? 'WARN'
+      : 'OK'
   return {
     site: input.site,
     key: selfHex,

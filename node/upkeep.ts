@@ -63,7 +63,13 @@ export class Upkeep {
             onDamaged: (file) => this.snapshotDamaged(head, file)
           })
           const gone = prune(node.paths.dir, head.id, now, p, this.snapshotsInUse)
-          if (s) node.logger.info('snapshot taken', { dataset: head.name, seq: point.seq, file: s.file, pruned: gone.length })
+          if (s)
+            node.logger.info('snapshot taken', {
+              dataset: head.name,
+              seq: point.seq,
+              file: s.file,
+              pruned: gone.length
+            })
         } catch (err) {
           const e = MeshError.wrap(err, MeshError.IO_ERROR)
           if (e.code === 'REPLICA_NOT_READY' || e.code === 'USAGE') {
@@ -88,10 +94,13 @@ export class Upkeep {
   }
 
   snapshotDamaged(head: DatasetInfo, file: string): void {
-    this.node.logger.warn('a snapshot changed on disk since it was written: it is set aside and the next older one is used', {
-      dataset: head.name,
-      file: `${file}.damaged`
-    })
+    this.node.logger.warn(
+      'a snapshot changed on disk since it was written: it is set aside and the next older one is used',
+      {
+        dataset: head.name,
+        file: `${file}.damaged`
+      }
+    )
     this.node.reports.markDirty()
   }
 
@@ -146,7 +155,9 @@ export class Upkeep {
         if (pos === null) throw MeshError.REPLICA_NOT_READY(`${node.opts.site} has applied nothing of ${head.name} yet`)
         const seq = seqOf(r.chain, pos)
         if (seq === null) {
-          throw MeshError.REPLICA_NOT_READY(`${node.opts.site}'s copy of ${head.name} is not on the dataset's chain of logs yet`)
+          throw MeshError.REPLICA_NOT_READY(
+            `${node.opts.site}'s copy of ${head.name} is not on the dataset's chain of logs yet`
+          )
         }
         scratch = await engine.scratch(r.path, r.info.id, 'verify', node.paths.replicas)
         // The log replayed into the scratch database, kept as a replica is (its bookkeeping names its tables),
@@ -167,7 +178,16 @@ export class Upkeep {
         const ok = tables.length === 0 || repaired
         // Proven equal to the log: whatever another program wrote before is gone or was never a difference.
         if (ok) r.side.forgetWrites?.()
-        const result: VerifyResult = { dataset: head.name, seq, from: replay.from, at: Date.now(), ok, tables, repaired, parted }
+        const result: VerifyResult = {
+          dataset: head.name,
+          seq,
+          from: replay.from,
+          at: Date.now(),
+          ok,
+          tables,
+          repaired,
+          parted
+        }
         local.verified = result
         node.saveState()
         node.reports.markDirty()
@@ -177,7 +197,11 @@ export class Upkeep {
         }
         return result
       } finally {
-        await scratch?.drop().catch((err) => node.logger.warn('cannot remove the scratch copy of a verify', { error: (err as Error).message }))
+        await scratch
+          ?.drop()
+          .catch((err) =>
+            node.logger.warn('cannot remove the scratch copy of a verify', { error: (err as Error).message })
+          )
         await r.loop.start()
       }
     })

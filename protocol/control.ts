@@ -226,7 +226,16 @@ const holdingEncoding = struct<Holding>({
   preencode(s, h) {
     c.string.preencode(s, h.dataset)
     c.fixed32.preencode(s, h.log)
-    for (const n of [h.epoch, h.length, h.byteLength, h.downloaded, h.applied, h.appliedBytes, h.lastWriteAt, h.appliedWriteAt]) {
+    for (const n of [
+      h.epoch,
+      h.length,
+      h.byteLength,
+      h.downloaded,
+      h.applied,
+      h.appliedBytes,
+      h.lastWriteAt,
+      h.appliedWriteAt
+    ]) {
       c.uint.preencode(s, n)
     }
     c.string.preencode(s, h.error)
@@ -236,7 +245,16 @@ const holdingEncoding = struct<Holding>({
   encode(s, h) {
     c.string.encode(s, h.dataset)
     c.fixed32.encode(s, h.log)
-    for (const n of [h.epoch, h.length, h.byteLength, h.downloaded, h.applied, h.appliedBytes, h.lastWriteAt, h.appliedWriteAt]) {
+    for (const n of [
+      h.epoch,
+      h.length,
+      h.byteLength,
+      h.downloaded,
+      h.applied,
+      h.appliedBytes,
+      h.lastWriteAt,
+      h.appliedWriteAt
+    ]) {
       c.uint.encode(s, n)
     }
     c.string.encode(s, h.error)
@@ -394,7 +412,10 @@ const reportEncoding = struct<Report>({
 })
 
 /** `{ version, list }` messages. */
-function listMessage<T>(list: { preencode(s: State, v: T[]): void; encode(s: State, v: T[]): void; decode(s: State): T[] }, what: string) {
+function listMessage<T>(
+  list: { preencode(s: State, v: T[]): void; encode(s: State, v: T[]): void; decode(s: State): T[] },
+  what: string
+) {
   return struct<T[]>({
     preencode(s, v) {
       c.uint.preencode(s, CONTROL_VERSION)
@@ -582,7 +603,12 @@ const joinCodeEncoding = struct<JoinCode>({
   },
   decode(s) {
     checkVersion(c.uint.decode(s), 'a join code')
-    return { meshId: c.fixed32.decode(s), inviter: c.fixed32.decode(s), seed: c.fixed32.decode(s), expiresAt: c.uint.decode(s) }
+    return {
+      meshId: c.fixed32.decode(s),
+      inviter: c.fixed32.decode(s),
+      seed: c.fixed32.decode(s),
+      expiresAt: c.uint.decode(s)
+    }
   }
 })
 
@@ -603,7 +629,13 @@ export function decodeJoinCode(code: string): JoinCode {
   const raw = Buffer.from(text.slice(JOIN_CODE_PREFIX.length), 'base64url')
   if (raw.length < 8) throw bad('it is too short')
   const body = raw.subarray(0, raw.length - 4)
-  if (!crypto.hash(body).subarray(0, 4).equals(raw.subarray(raw.length - 4))) throw bad('its checksum does not match: part of it is missing or mistyped')
+  if (
+    !crypto
+      .hash(body)
+      .subarray(0, 4)
+      .equals(raw.subarray(raw.length - 4))
+  )
+    throw bad('its checksum does not match: part of it is missing or mistyped')
   try {
     return c.decode(joinCodeEncoding, body)
   } catch (err) {

@@ -140,7 +140,12 @@ export const value = {
 
 /** Two byte strings (keys, hashes) hold the same bytes. */
 export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0
+  return (
+    Buffer.compare(
+      Buffer.from(a.buffer, a.byteOffset, a.byteLength),
+      Buffer.from(b.buffer, b.byteOffset, b.byteLength)
+    ) === 0
+  )
 }
 
 /** Two values are the same value: same storage class and same bits. */

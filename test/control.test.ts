@@ -31,12 +31,26 @@ test('control messages round-trip; a hello of another version still decodes to i
 
   const members = [{ key: crypto.randomBytes(32), site: 'shop-b', addedAt: 1795300000000 }]
   assert.deepEqual(c.decode(membersMessage, c.encode(membersMessage, members)), members)
-  const datasets = [{ id: 'ab12', name: 'till', engine: 'sqlite', origin: crypto.randomBytes(32), originSite: 'shop-a', epoch: 3, log: crypto.randomBytes(32), createdAt: 1795300000000 }]
+  const datasets = [
+    {
+      id: 'ab12',
+      name: 'till',
+      engine: 'sqlite',
+      origin: crypto.randomBytes(32),
+      originSite: 'shop-a',
+      epoch: 3,
+      log: crypto.randomBytes(32),
+      createdAt: 1795300000000
+    }
+  ]
   assert.deepEqual(c.decode(datasetsMessage, c.encode(datasetsMessage, datasets)), datasets)
   // Messages after the hello are strict: another version is a typed error, not a wrong decode.
   const bumped = Buffer.from(c.encode(membersMessage, members))
   bumped[0] = 2
-  assert.throws(() => c.decode(membersMessage, bumped), (e: unknown) => e instanceof MeshError && e.code === 'PROTOCOL_VERSION')
+  assert.throws(
+    () => c.decode(membersMessage, bumped),
+    (e: unknown) => e instanceof MeshError && e.code === 'PROTOCOL_VERSION'
+  )
 })
 
 test('reports are signed by their site: a relayed report that was altered fails verification', () => {
@@ -45,7 +59,23 @@ test('reports are signed by their site: a relayed report that was altered fails 
     site: kp.publicKey,
     siteName: 'shop-a',
     at: 1795300000000,
-    holdings: [{ dataset: 'ab12', log: crypto.randomBytes(32), epoch: 0, length: 10, byteLength: 999, downloaded: 10, applied: 9, appliedBytes: 900, lastWriteAt: 1795300000000, appliedWriteAt: 1795299999000, error: '', errorMessage: '', damaged: 0 }],
+    holdings: [
+      {
+        dataset: 'ab12',
+        log: crypto.randomBytes(32),
+        epoch: 0,
+        length: 10,
+        byteLength: 999,
+        downloaded: 10,
+        applied: 9,
+        appliedBytes: 900,
+        lastWriteAt: 1795300000000,
+        appliedWriteAt: 1795299999000,
+        error: '',
+        errorMessage: '',
+        damaged: 0
+      }
+    ],
     peers: [crypto.randomBytes(32)],
     software: 'branchmesh/0.1.0'
   }
@@ -57,15 +87,29 @@ test('reports are signed by their site: a relayed report that was altered fails 
   forged[forged.length - 20] ^= 1
   assert.equal(verifyReport({ ...wire, body: forged, report: wire.report }), false)
   const other = crypto.keyPair()
-  assert.equal(verifyReport(signReport({ ...report, site: kp.publicKey }, other.secretKey)), false, 'signed by another key')
+  assert.equal(
+    verifyReport(signReport({ ...report, site: kp.publicKey }, other.secretKey)),
+    false,
+    'signed by another key'
+  )
 })
 
 test('join codes round-trip; a mistyped or truncated code is BAD_JOIN_CODE', () => {
-  const j = { meshId: crypto.randomBytes(32), inviter: crypto.randomBytes(32), seed: crypto.randomBytes(32), expiresAt: 1795390000 }
+  const j = {
+    meshId: crypto.randomBytes(32),
+    inviter: crypto.randomBytes(32),
+    seed: crypto.randomBytes(32),
+    expiresAt: 1795390000
+  }
   const code = encodeJoinCode(j)
   assert.match(code, /^bm1-[A-Za-z0-9_-]+$/)
   assert.deepEqual(decodeJoinCode(`  ${code}\n`), j)
-  const bad = (s: string) => assert.throws(() => decodeJoinCode(s), (e: unknown) => e instanceof MeshError && e.code === 'BAD_JOIN_CODE', s)
+  const bad = (s: string) =>
+    assert.throws(
+      () => decodeJoinCode(s),
+      (e: unknown) => e instanceof MeshError && e.code === 'BAD_JOIN_CODE',
+      s
+    )
   for (let i = 4; i < code.length; i += 7) bad(code.slice(0, i) + (code[i] === 'x' ? 'y' : 'x') + code.slice(i + 1))
   bad(code.slice(0, -3))
   bad(code.slice(4))
@@ -88,8 +132,16 @@ test('the message tables put every control and join message in the slot its cons
 test('a report carries the origin’s capture lag in an extension; one without it (older software) decodes', () => {
   const kp = crypto.keyPair()
   const base = { dataset: 'ab12', log: crypto.randomBytes(32), epoch: 0, length: 10, byteLength: 999, downloaded: 10 }
-  const h = { ...base, applied: 10, appliedBytes: 999, lastWriteAt: 1, appliedWriteAt: 1, error: '', errorMessage: '',
-    damaged: 0 }
+  const h = {
+    ...base,
+    applied: 10,
+    appliedBytes: 999,
+    lastWriteAt: 1,
+    appliedWriteAt: 1,
+    error: '',
+    errorMessage: '',
+    damaged: 0
+  }
   const report: Report = {
     site: kp.publicKey,
     siteName: 'shop-a',

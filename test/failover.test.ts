@@ -3,14 +3,18 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { dump, openWal, sqliteDb } from './helpers/db.ts'
-import { mesh, meshSites, TestSite, waitUntil } from './helpers/mesh.ts'
+import { mesh, meshSites, type TestSite, waitUntil } from './helpers/mesh.ts'
 import { writeWorkload } from './helpers/workload.ts'
 
 const write = (file: string, seed: number, n: number) => writeWorkload(file, seed, n, 6)
 
 const same = (x: string, y: string) => JSON.stringify(dump(x)) === JSON.stringify(dump(y))
 
-async function promote(site: TestSite, dataset: string, extra: string[] = []): Promise<{ code: number | null; out: any }> {
+async function promote(
+  site: TestSite,
+  dataset: string,
+  extra: string[] = []
+): Promise<{ code: number | null; out: any }> {
   const r = await mesh(['promote', dataset, '--dir', site.dir, '--json', ...extra], { timeoutMs: 120_000 })
   let out: any = null
   try {
@@ -22,7 +26,11 @@ async function promote(site: TestSite, dataset: string, extra: string[] = []): P
 }
 
 function divergenceLines(dir: string): any[] {
-  return fs.readFileSync(path.join(dir, 'changes.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+  return fs
+    .readFileSync(path.join(dir, 'changes.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
 }
 
 test('failover: the origin is cut off, B is promoted and takes writes, C follows without a command; A comes back with writes made while cut off, is fenced (its writes kept in a divergence folder, exactly those), and converges to B; then fail back to A', async (t) => {
@@ -33,14 +41,20 @@ test('failover: the origin is cut off, B is promoted and takes writes, C follows
   let bFile = ''
   let offlineRows: { items: unknown[]; accounts: unknown[] }
 
-  await t.test('B and C hold A\'s rows', async () => {
+  await t.test("B and C hold A's rows", async () => {
     write(a.db, 2, 40)
-    await waitUntil('B and C hold A\'s rows', () => b.holdsExactly(a) && c.holdsExactly(a), 90_000)
+    await waitUntil("B and C hold A's rows", () => b.holdsExactly(a) && c.holdsExactly(a), 90_000)
     bFile = b.replicaOf(a)!
   })
 
   await t.test('promote is refused with its code: the origin is up, an unknown dataset, at the origin', async () => {
-    await waitUntil('B has A\'s report', async () => (await b.status()).datasets.find((d) => d.name === ds)?.holders.find((h) => h.site === 'shop-a')?.applied != null, 30_000)
+    await waitUntil(
+      "B has A's report",
+      async () =>
+        (await b.status()).datasets.find((d) => d.name === ds)?.holders.find((h) => h.site === 'shop-a')?.applied !=
+        null,
+      30_000
+    )
     r = await promote(b, ds)
     assert.equal(r.code, 1)
     assert.equal(r.out.error.code, 'ORIGIN_HEALTHY', JSON.stringify(r.out))
@@ -56,19 +70,28 @@ test('failover: the origin is cut off, B is promoted and takes writes, C follows
     const lock = sqliteDb(t, bFile)
     lock.prepare('BEGIN IMMEDIATE').run()
     write(a.db, 3, 30)
-    await waitUntil('C holds A\'s newest rows', () => c.holdsExactly(a), 60_000)
-    await waitUntil('B reports it is behind', async () => {
-      const h = (await b.status()).datasets.find((d) => d.name === ds)!.holders.find((x) => x.site === 'shop-b')!
-      return h.downloaded !== null && h.applied !== null && h.downloaded > h.applied
-    }, 60_000)
+    await waitUntil("C holds A's newest rows", () => c.holdsExactly(a), 60_000)
+    await waitUntil(
+      'B reports it is behind',
+      async () => {
+        const h = (await b.status()).datasets.find((d) => d.name === ds)!.holders.find((x) => x.site === 'shop-b')!
+        return h.downloaded !== null && h.applied !== null && h.downloaded > h.applied
+      },
+      60_000
+    )
 
     // A is lost (its node killed).
     await a.stop('SIGKILL')
     // For a few seconds A's connection still looks open at B: until A misses its heartbeats it counts as healthy.
-    await waitUntil('B no longer counts A as healthy', async () => {
-      r = await promote(b, ds)
-      return r.out.error?.code !== 'ORIGIN_HEALTHY'
-    }, 60_000, 1000)
+    await waitUntil(
+      'B no longer counts A as healthy',
+      async () => {
+        r = await promote(b, ds)
+        return r.out.error?.code !== 'ORIGIN_HEALTHY'
+      },
+      60_000,
+      1000
+    )
     assert.equal(r.out.error.code, 'REPLICA_BEHIND', JSON.stringify(r.out))
     assert.match(r.out.error.message, /applied \d+ of the \d+ entries/)
     lock.prepare('ROLLBACK').run()
@@ -80,7 +103,10 @@ test('failover: the origin is cut off, B is promoted and takes writes, C follows
     // A's till keeps writing to its own database while it is cut off.
     const offline = openWal(a.db)
     offline.transaction(() => {
-      for (let i = 1; i <= 3; i++) offline.prepare('INSERT INTO items (sku, qty, price, img) VALUES (?, ?, ?, ?)').run(`offline-${i}`, i, i + 0.25, Buffer.from([i]))
+      for (let i = 1; i <= 3; i++)
+        offline
+          .prepare('INSERT INTO items (sku, qty, price, img) VALUES (?, ?, ?, ?)')
+          .run(`offline-${i}`, i, i + 0.25, Buffer.from([i]))
       offline.prepare('UPDATE accounts SET balance = balance - 7 WHERE id = 1').run()
       offline.prepare('UPDATE accounts SET balance = balance + 7 WHERE id = 2').run()
     })()
@@ -98,7 +124,7 @@ test('failover: the origin is cut off, B is promoted and takes writes, C follows
 
   await t.test('B takes writes; C follows the new epoch without a command', async () => {
     write(bFile, 4, 40)
-    await waitUntil('C holds B\'s writes', () => same(c.replicaOf(a)!, bFile), 60_000)
+    await waitUntil("C holds B's writes", () => same(c.replicaOf(a)!, bFile), 60_000)
     const sc = await c.status()
     const dc = sc.datasets.find((d) => d.name === ds)!
     assert.equal(dc.epoch, 1)
@@ -107,27 +133,39 @@ test('failover: the origin is cut off, B is promoted and takes writes, C follows
 
   await t.test('A comes back fenced: it converges to B, and exactly its cut-off writes are kept aside', async () => {
     await a.start()
-    await waitUntil('A\'s database equals B\'s', () => same(a.db, bFile), 90_000)
+    await waitUntil("A's database equals B's", () => same(a.db, bFile), 90_000)
     const sa = await a.status()
     const da = sa.datasets.find((d) => d.name === ds)!
     assert.equal(da.epoch, 1)
     assert.equal(da.divergences.length, 1)
     const div = da.divergences[0]
     assert.equal(div.changes, 5)
-    assert.ok(sa.reasons.some((x) => x.level === 'WARN' && x.text.includes(div.dir)), JSON.stringify(sa.reasons))
+    assert.ok(
+      sa.reasons.some((x) => x.level === 'WARN' && x.text.includes(div.dir)),
+      JSON.stringify(sa.reasons)
+    )
     const lines = divergenceLines(div.dir)
     assert.equal(lines[0].divergence, ds)
     const changes = lines.filter((l) => l.op === 'upsert' || l.op === 'delete')
     assert.deepEqual(
-      changes.filter((l) => l.table === 'items').map((l) => ({ sku: l.row.sku, qty: l.row.qty, price: l.row.price })).sort((x, y) => x.sku.localeCompare(y.sku)),
+      changes
+        .filter((l) => l.table === 'items')
+        .map((l) => ({ sku: l.row.sku, qty: l.row.qty, price: l.row.price }))
+        .sort((x, y) => x.sku.localeCompare(y.sku)),
       offlineRows.items.map((x: any) => ({ sku: x.sku, qty: x.qty, price: x.price }))
     )
     assert.deepEqual(
-      changes.filter((l) => l.table === 'accounts').map((l) => ({ id: l.row.id, balance: l.row.balance })).sort((x, y) => x.id - y.id),
+      changes
+        .filter((l) => l.table === 'accounts')
+        .map((l) => ({ id: l.row.id, balance: l.row.balance }))
+        .sort((x, y) => x.id - y.id),
       offlineRows.accounts
     )
     assert.equal(changes.length, 5, 'exactly the writes made while cut off')
-    assert.match(fs.readFileSync(path.join(div.dir, 'changes.sql'), 'utf8'), /INSERT OR REPLACE INTO "items" .*'offline-1'/)
+    assert.match(
+      fs.readFileSync(path.join(div.dir, 'changes.sql'), 'utf8'),
+      /INSERT OR REPLACE INTO "items" .*'offline-1'/
+    )
     // The database as it was, offline writes included, is kept too; the live one no longer has them.
     const before = sqliteDb(t, path.join(div.dir, 'before.db'), { readonly: true })
     assert.equal(before.prepare("SELECT count(*) FROM items WHERE sku LIKE 'offline-%'").pluck().get(), 3)
@@ -139,7 +177,13 @@ test('failover: the origin is cut off, B is promoted and takes writes, C follows
   })
 
   await t.test('fail back to A: refused while B is healthy, done with --force; B and C follow A', async () => {
-    await waitUntil('A has B\'s report', async () => (await a.status()).datasets.find((d) => d.name === ds)?.holders.find((h) => h.site === 'shop-b')?.applied != null, 30_000)
+    await waitUntil(
+      "A has B's report",
+      async () =>
+        (await a.status()).datasets.find((d) => d.name === ds)?.holders.find((h) => h.site === 'shop-b')?.applied !=
+        null,
+      30_000
+    )
     r = await promote(a, ds)
     assert.equal(r.out.error.code, 'ORIGIN_HEALTHY')
     r = await promote(a, ds, ['--force'])

@@ -75,7 +75,11 @@ test('restore ten recorded moments of a random workload, by time and by position
       assert.equal(r.code, 0, `moment ${i}: ${r.stderr}`)
       assert.equal(JSON.stringify(dump(to)), m.state, `moment ${i} (${how.join(' ')}) restored exactly`)
       assert.equal(fs.existsSync(`${to}.partial`), false)
-      assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith(`restored-${i}.db-`)), [], 'a plain file: no -wal or -shm left')
+      assert.deepEqual(
+        fs.readdirSync(dir).filter((f) => f.startsWith(`restored-${i}.db-`)),
+        [],
+        'a plain file: no -wal or -shm left'
+      )
     }
   })
 
@@ -103,10 +107,21 @@ test('restore ten recorded moments of a random workload, by time and by position
     await b.start()
     const id = JSON.parse(fs.readFileSync(path.join(a.dir, 'config.json'), 'utf8')).datasets[0].id
     snapDir = path.join(b.dir, 'snapshots', id)
-    await waitUntil('b took a snapshot', () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => f.endsWith('.db')), 30_000)
-    assert.ok((await b.status()).datasets.find((d) => d.id === id)!.snapshots.count >= 1, 'mesh status counts the snapshots kept')
+    await waitUntil(
+      'b took a snapshot',
+      () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => f.endsWith('.db')),
+      30_000
+    )
+    assert.ok(
+      (await b.status()).datasets.find((d) => d.id === id)!.snapshots.count >= 1,
+      'mesh status counts the snapshots kept'
+    )
     const originSnaps = path.join(a.dir, 'snapshots', id)
-    await waitUntil('the origin took a snapshot of its own dataset', () => fs.existsSync(originSnaps) && fs.readdirSync(originSnaps).some((f) => f.endsWith('.db')), 30_000)
+    await waitUntil(
+      'the origin took a snapshot of its own dataset',
+      () => fs.existsSync(originSnaps) && fs.readdirSync(originSnaps).some((f) => f.endsWith('.db')),
+      30_000
+    )
     for (let i = 0; i < 20; i++) work.transaction()
     await new Promise((r2) => setTimeout(r2, 300))
     late = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
@@ -127,35 +142,86 @@ test('restore ten recorded moments of a random workload, by time and by position
     // status warns.
     // (b's node is stopped meanwhile, so that it builds no new snapshot during the check.)
     await b.stop()
-    const used = fs.readdirSync(snapDir).filter((f) => /^\d+\.db$/.test(f)).map((f) => path.join(snapDir, f))
+    const used = fs
+      .readdirSync(snapDir)
+      .filter((f) => /^\d+\.db$/.test(f))
+      .map((f) => path.join(snapDir, f))
     for (const f of used) {
       const bytes = fs.readFileSync(f)
       bytes[Math.floor(bytes.length / 2)] ^= 0xff
       fs.writeFileSync(f, bytes)
     }
-    res = await mesh(['restore', ds, '--at', new Date(late.at).toISOString(), '--to', path.join(dir, 'late-again.db'), '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+    res = await mesh(
+      [
+        'restore',
+        ds,
+        '--at',
+        new Date(late.at).toISOString(),
+        '--to',
+        path.join(dir, 'late-again.db'),
+        '--dir',
+        b.dir,
+        '--json'
+      ],
+      { timeoutMs: 120_000 }
+    )
     assert.equal(res.code, 0, res.stderr)
     assert.ok(lateFrom > 0 && JSON.parse(res.stdout).from === 0, `not from a damaged snapshot: ${res.stdout}`)
     assert.equal(JSON.stringify(dump(path.join(dir, 'late-again.db'))), late.state)
-    assert.ok(used.some((f) => fs.existsSync(`${f}.damaged`)), 'the damaged snapshots are set aside')
+    assert.ok(
+      used.some((f) => fs.existsSync(`${f}.damaged`)),
+      'the damaged snapshots are set aside'
+    )
     assert.match(res.stderr, /changed on disk since it was written/)
-    assert.ok((await b.status()).reasons.some((x) => x.level === 'WARN' && /changed on this site's disk/.test(x.text)), 'mesh status warns of the damaged snapshot')
+    assert.ok(
+      (await b.status()).reasons.some((x) => x.level === 'WARN' && /changed on this site's disk/.test(x.text)),
+      'mesh status warns of the damaged snapshot'
+    )
     await b.start()
   })
 
   await t.test('the origin restores from its own snapshot; a moment before every snapshot from the start', async () => {
-    res = await mesh(['restore', ds, '--at', new Date(late.at).toISOString(), '--to', path.join(dir, 'late-at-origin.db'), '--dir', a.dir, '--json'], { timeoutMs: 120_000 })
+    res = await mesh(
+      [
+        'restore',
+        ds,
+        '--at',
+        new Date(late.at).toISOString(),
+        '--to',
+        path.join(dir, 'late-at-origin.db'),
+        '--dir',
+        a.dir,
+        '--json'
+      ],
+      { timeoutMs: 120_000 }
+    )
     assert.equal(res.code, 0, res.stderr)
     assert.ok(JSON.parse(res.stdout).from > 0, `the origin replayed from its own snapshot: ${res.stdout}`)
     assert.equal(JSON.stringify(dump(path.join(dir, 'late-at-origin.db'))), late.state)
-    res = await mesh(['restore', ds, '--seq', String(moments[0].seq), '--to', path.join(dir, 'early-again.db'), '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+    res = await mesh(
+      [
+        'restore',
+        ds,
+        '--seq',
+        String(moments[0].seq),
+        '--to',
+        path.join(dir, 'early-again.db'),
+        '--dir',
+        b.dir,
+        '--json'
+      ],
+      { timeoutMs: 120_000 }
+    )
     assert.equal(JSON.parse(res.stdout).from, 0, 'a moment before every snapshot replays from the start')
     assert.equal(JSON.stringify(dump(path.join(dir, 'early-again.db'))), moments[0].state)
   })
 
   await t.test('snapshots of the same day are pruned to the newest', async () => {
     await new Promise((r2) => setTimeout(r2, 2500))
-    assert.ok(fs.readdirSync(snapDir).filter((f) => f.endsWith('.db')).length <= 2, 'snapshots of the same day are pruned to the newest')
+    assert.ok(
+      fs.readdirSync(snapDir).filter((f) => f.endsWith('.db')).length <= 2,
+      'snapshots of the same day are pruned to the newest'
+    )
   })
 
   await t.test('across a promotion: both sides of the branch restore at b, and the log walks both epochs', async () => {
@@ -171,9 +237,14 @@ test('restore ten recorded moments of a random workload, by time and by position
     live.close()
     await new Promise((r2) => setTimeout(r2, 400))
     const after = { at: Date.now(), state: JSON.stringify(dump(promoted)) }
-    for (const [name, m] of [['before', before], ['after', after]] as const) {
+    for (const [name, m] of [
+      ['before', before],
+      ['after', after]
+    ] as const) {
       const to = path.join(dir, `promotion-${name}.db`)
-      r = await mesh(['restore', ds, '--at', new Date(m.at).toISOString(), '--to', to, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+      r = await mesh(['restore', ds, '--at', new Date(m.at).toISOString(), '--to', to, '--dir', b.dir, '--json'], {
+        timeoutMs: 120_000
+      })
       assert.equal(r.code, 0, r.stderr)
       assert.equal(JSON.stringify(dump(to)), m.state, `restored ${name} the promotion`)
     }
@@ -193,7 +264,10 @@ test('generational retention keeps the newest snapshot of each of the last 14 da
   assert.ok(keep.has('s0'), 'the newest is kept')
   const days = new Set(kept.filter((s) => now - s.at <= 14 * day).map((s) => Math.floor(s.at / day)))
   assert.ok(days.size >= 14, `every one of the last 14 days keeps one (${days.size})`)
-  assert.ok(kept.every((s) => now - s.at <= 12 * 31 * day), 'nothing older than a year')
+  assert.ok(
+    kept.every((s) => now - s.at <= 12 * 31 * day),
+    'nothing older than a year'
+  )
   assert.ok(kept.length <= 1 + 14 + 8 + 12, `at most 35 kept (${kept.length})`)
   const months = new Set(kept.map((s) => new Date(s.at).getUTCFullYear() * 12 + new Date(s.at).getUTCMonth()))
   assert.ok(months.size >= 12, `one per month for a year (${months.size})`)
@@ -230,11 +304,16 @@ test('a mass delete is flagged in mesh status and mesh log, and the restore comm
   await t.test('a delete of most rows through the application is flagged in mesh status and in mesh log', async () => {
     db.exec(`DELETE FROM customers WHERE id > 100`)
     await waitUntil('b holds a', () => b.holdsExactly(a), 60_000)
-    await waitUntil('b flags the mass delete', async () => {
-      const r = await mesh(['status', '--dir', b.dir, '--json'])
-      reason = JSON.parse(r.stdout).reasons.find((x: { text: string }) => /deleted or rewrote/.test(x.text))?.text ?? ''
-      return reason !== ''
-    }, 30_000)
+    await waitUntil(
+      'b flags the mass delete',
+      async () => {
+        const r = await mesh(['status', '--dir', b.dir, '--json'])
+        reason =
+          JSON.parse(r.stdout).reasons.find((x: { text: string }) => /deleted or rewrote/.test(x.text))?.text ?? ''
+        return reason !== ''
+      },
+      30_000
+    )
     assert.match(reason, /1400 of the 1500 rows of customers/)
     cmd = /mesh restore (\S+) --seq (\d+) --to (\S+)/.exec(reason)!
     const log = JSON.parse((await mesh(['log', 'shop-a', '--dir', b.dir, '--json', '--limit', '0'])).stdout)
@@ -264,7 +343,7 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
   let damagedAt = 0
   let v: any
 
-  await t.test('b\'s copy matches the origin\'s checkpoint, and mesh verify proves it equal', async () => {
+  await t.test("b's copy matches the origin's checkpoint, and mesh verify proves it equal", async () => {
     for (let i = 0; i < 30; i++) work.transaction()
     // The origin appends a checkpoint (a digest of its state) each second it is idle after writes; b takes a
     // snapshot each second.
@@ -287,7 +366,7 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
     provenEqual = JSON.parse(r.stdout).seq
   })
 
-  await t.test('a change to b\'s copy shows at the next checkpoint, and verify says where it parted', async () => {
+  await t.test("a change to b's copy shows at the next checkpoint, and verify says where it parted", async () => {
     // Someone changes b's copy directly: one balance altered, one account deleted.
     const file = b.replicaOf(a)!
     const copy = openBehindTheMesh(file)
@@ -298,10 +377,14 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
     // The next checkpoint shows it, before anyone asks.
     const seen = (await checkpointOf())!.at
     db.prepare(`INSERT INTO events (at, note) VALUES (2, 'after the damage')`).run()
-    await waitUntil('the next checkpoint at b differs', async () => {
-      const c = await checkpointOf()
-      return c !== null && c.at !== seen && c.ok === false
-    }, 30_000)
+    await waitUntil(
+      'the next checkpoint at b differs',
+      async () => {
+        const c = await checkpointOf()
+        return c !== null && c.at !== seen && c.ok === false
+      },
+      30_000
+    )
     firstDiffers = (await checkpointOf())!.seq
     r = await mesh(['verify', 'shop-a', '--dir', b.dir, '--json'])
     assert.equal(r.code, 2, r.stderr)
@@ -313,25 +396,47 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
     assert.ok(provenEqual < firstDiffers)
   })
 
-  await t.test('a snapshot taken after the damage is built from the log: it restores the origin\'s rows', async () => {
-    const snapDir = path.join(b.dir, 'snapshots', JSON.parse(fs.readFileSync(path.join(a.dir, 'config.json'), 'utf8')).datasets[0].id)
-    await waitUntil('b took a snapshot after the damage', () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => /^\d+\.db$/.test(f) && Number(f.slice(0, -3)) > damagedAt), 30_000)
+  await t.test("a snapshot taken after the damage is built from the log: it restores the origin's rows", async () => {
+    const snapDir = path.join(
+      b.dir,
+      'snapshots',
+      JSON.parse(fs.readFileSync(path.join(a.dir, 'config.json'), 'utf8')).datasets[0].id
+    )
+    await waitUntil(
+      'b took a snapshot after the damage',
+      () =>
+        fs.existsSync(snapDir) &&
+        fs.readdirSync(snapDir).some((f) => /^\d+\.db$/.test(f) && Number(f.slice(0, -3)) > damagedAt),
+      30_000
+    )
     const restored = path.join(path.dirname(b.dir), 'after-damage.db')
-    r = await mesh(['restore', 'shop-a', '--seq', String(v.seq), '--to', restored, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+    r = await mesh(['restore', 'shop-a', '--seq', String(v.seq), '--to', restored, '--dir', b.dir, '--json'], {
+      timeoutMs: 120_000
+    })
     assert.equal(r.code, 0, r.stderr)
     assert.ok(JSON.parse(r.stdout).from > 0, `restored from a snapshot: ${r.stdout}`)
     assert.deepEqual(dump(restored), dump(a.db), "the restore holds the log's rows, not the damage")
   })
 
   await t.test('mesh verify names the rows, and mesh status says the copy differs and where it parted', async () => {
-    assert.deepEqual(v.tables.map((x: { table: string; missing: number; changed: number }) => [x.table, x.missing, x.changed]), [['accounts', 1, 1]])
+    assert.deepEqual(
+      v.tables.map((x: { table: string; missing: number; changed: number }) => [x.table, x.missing, x.changed]),
+      [['accounts', 1, 1]]
+    )
     assert.deepEqual([...v.tables[0].keys].sort(), ['INTEGER 3', 'INTEGER 7'])
     const text = await mesh(['status', '--dir', b.dir])
     assert.match(text.stdout, /checkpoint: this copy DIFFERS from the origin's at position \d+/)
     assert.match(text.stdout, /mesh verify: DIFFERS from the log at position \d+/)
-    assert.match(text.stdout, new RegExp(`parted from the log between position ${provenEqual} .* and position ${firstDiffers}`))
+    assert.match(
+      text.stdout,
+      new RegExp(`parted from the log between position ${provenEqual} .* and position ${firstDiffers}`)
+    )
     const st = await mesh(['status', '--dir', b.dir, '--json'])
-    assert.ok(JSON.parse(st.stdout).reasons.some((x: { level: string; text: string }) => x.level === 'CRIT' && /differs from the log/.test(x.text)))
+    assert.ok(
+      JSON.parse(st.stdout).reasons.some(
+        (x: { level: string; text: string }) => x.level === 'CRIT' && /differs from the log/.test(x.text)
+      )
+    )
   })
 
   await t.test('mesh repair mends the copy, and it goes on following', async () => {
@@ -372,7 +477,10 @@ test('the restore point found by a binary search over block times equals a walk 
   const chain = [{ log: p.originLog, epoch: 0, end: null }] as unknown as Parameters<typeof walk>[0]
   const units: Array<{ seq: number; end: number; time: number | null }> = []
   for await (const { unit } of walk(chain)) units.push(unit)
-  assert.ok(units.some((u) => u.end - u.seq > 3), `some units span several blocks: ${units.map((u) => u.end - u.seq).join(' ')}`)
+  assert.ok(
+    units.some((u) => u.end - u.seq > 3),
+    `some units span several blocks: ${units.map((u) => u.end - u.seq).join(' ')}`
+  )
   // The reference: the walk of the whole history, as restores did before.
   const reference = (target: { seq?: number; at?: number }) => {
     let best: { seq: number; time: number | null } | null = null
@@ -395,5 +503,6 @@ test('the restore point found by a binary search over block times equals a walk 
   const length = units[units.length - 1].end
   for (let seq = 0; seq <= length + 2; seq++) assert.deepEqual(await found({ seq }), reference({ seq }), `--seq ${seq}`)
   const times = units.flatMap((u) => (u.time === null ? [] : [u.time - 1, u.time, u.time + 1]))
-  for (const at of [...times, times[0] - 1000, times[times.length - 1] + 1000]) assert.deepEqual(await found({ at }), reference({ at }), `--at ${at}`)
+  for (const at of [...times, times[0] - 1000, times[times.length - 1] + 1000])
+    assert.deepEqual(await found({ at }), reference({ at }), `--at ${at}`)
 })

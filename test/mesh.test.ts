@@ -6,7 +6,9 @@ import { writeWorkload } from './helpers/workload.ts'
 test('three sites, each a separate process on a local DHT: every replica equals its origin; a SIGKILLed site and a site that was off catch up, even from a holder while the origin is off', async (t) => {
   // Data that exists before the mesh does arrives through the initial snapshot.
   const { sites } = await meshSites(t, ['shop-a', 'shop-b', 'shop-c'], (s) =>
-    s.forEach((site, i) => writeWorkload(site.db, i + 1, 40))
+    s.forEach((site, i) => {
+      writeWorkload(site.db, i + 1, 40)
+    })
   )
   const [a, b, c] = sites
 
@@ -17,12 +19,16 @@ test('three sites, each a separate process on a local DHT: every replica equals 
     await converged([a, b, c])
   })
 
-  await t.test('A\'s status is OK: both others connected, every dataset held by both with no lag', async () => {
+  await t.test("A's status is OK: both others connected, every dataset held by both with no lag", async () => {
     // Reports travel a moment behind the data: wait until A's view has heard that everyone applied everything.
-    await waitUntil('A\'s status shows every copy caught up', async () => {
-      const s = await a.status()
-      return s.datasets.length === 3 && s.datasets.every((d) => d.holders.every((h) => h.lagEntries === 0))
-    }, 30_000)
+    await waitUntil(
+      "A's status shows every copy caught up",
+      async () => {
+        const s = await a.status()
+        return s.datasets.length === 3 && s.datasets.every((d) => d.holders.every((h) => h.lagEntries === 0))
+      },
+      30_000
+    )
     const s = await a.status()
     assert.equal(s.verdict, 'OK', JSON.stringify(s.reasons))
     assert.equal(s.members.filter((m) => m.connected).length, 2)
@@ -41,19 +47,19 @@ test('three sites, each a separate process on a local DHT: every replica equals 
     writeWorkload(a.db, 21, 50)
     writeWorkload(b.db, 22, 50)
     writeWorkload(c.db, 23, 50)
-    await waitUntil('C holds A\'s new rows while B is dead', () => c.holdsExactly(a))
+    await waitUntil("C holds A's new rows while B is dead", () => c.holdsExactly(a))
     await b.start()
     await converged([a, b, c])
   })
 
-  await t.test('a site that was off gets the origin\'s rows from another holder while the origin is off', async () => {
+  await t.test("a site that was off gets the origin's rows from another holder while the origin is off", async () => {
     // C is off while A writes; B gets it; then A goes off too; C comes back and gets A's rows from B.
     await c.stop()
     writeWorkload(a.db, 31, 80)
-    await waitUntil('B holds A\'s rows', () => b.holdsExactly(a))
+    await waitUntil("B holds A's rows", () => b.holdsExactly(a))
     await a.stop()
     await c.start()
-    await waitUntil('C holds A\'s rows, fetched from B while A is off', () => c.holdsExactly(a))
+    await waitUntil("C holds A's rows, fetched from B while A is off", () => c.holdsExactly(a))
     const sc = await c.status()
     const ds = sc.datasets.find((d) => d.originSite === 'shop-a')!
     assert.equal(ds.holders.find((h) => h.site === 'shop-c')!.lagEntries, 0)

@@ -29,12 +29,20 @@ interface Seen {
 
 async function statusOf(site: PgSite): Promise<Seen> {
   const s = JSON.parse((await mesh(['status', '--dir', site.dir, '--json'])).stdout)
-  return { verdict: s.verdict, reasons: s.reasons, origin: s.datasets[0].holders.find((h: Holder) => h.role === 'origin') }
+  return {
+    verdict: s.verdict,
+    reasons: s.reasons,
+    origin: s.datasets[0].holders.find((h: Holder) => h.role === 'origin')
+  }
 }
 
 test('the origin’s capture lag shows in mesh status, in bytes and seconds, and goes back to 0', async (t) => {
   const { a, b } = await twoPgSites(t)
-  await a.cluster.query('CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL); CREATE SEQUENCE stall', [], 'shop')
+  await a.cluster.query(
+    'CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL); CREATE SEQUENCE stall',
+    [],
+    'shop'
+  )
   await a.init()
   // Warn after 2 seconds of capture lag (the default is 5 minutes).
   const cfgFile = path.join(a.dir, 'config.json')

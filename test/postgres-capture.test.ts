@@ -89,7 +89,7 @@ test('tables without a primary key keep their duplicates (REPLICA IDENTITY FULL)
     `INSERT INTO orders DEFAULT VALUES; INSERT INTO orders DEFAULT VALUES; INSERT INTO orders DEFAULT VALUES`,
     `BEGIN; INSERT INTO history VALUES (9, 9, 'in and out'); DELETE FROM history WHERE tid = 9; COMMIT`
   )
-  await t.test('sequences at the replica are at or past the origin\'s; a duplicated row stays two', async () => {
+  await t.test("sequences at the replica are at or past the origin's; a duplicated row stays two", async () => {
     const rep = async (sql: string) => (await cluster.query(sql, [], 'replica'))[0]
     const org = async (sql: string) => (await cluster.query(sql, [], 'origin'))[0]
     for (const s of ['invoice_no', 'orders_id_seq']) {
@@ -133,8 +133,16 @@ test('schema changes at the origin reach the replica: new tables, new and droppe
     `ALTER TABLE goods ALTER COLUMN stock DROP NOT NULL, ALTER COLUMN stock SET DEFAULT 11; INSERT INTO goods (id, price, stock) VALUES (4, 1, NULL)`
   )
   await t.test('the replica follows the new DEFAULT and enforces no NOT NULL', async () => {
-    const col = await cluster.query(`SELECT is_nullable, column_default FROM information_schema.columns WHERE table_name = 'goods' AND column_name = 'stock'`, [], 'replica')
-    assert.deepEqual(col, [{ is_nullable: 'YES', column_default: '11' }], 'the replica follows the new DEFAULT (and enforces no NOT NULL)')
+    const col = await cluster.query(
+      `SELECT is_nullable, column_default FROM information_schema.columns WHERE table_name = 'goods' AND column_name = 'stock'`,
+      [],
+      'replica'
+    )
+    assert.deepEqual(
+      col,
+      [{ is_nullable: 'YES', column_default: '11' }],
+      'the replica follows the new DEFAULT (and enforces no NOT NULL)'
+    )
   })
   await t.test('an idle origin adds nothing to the log, and one insert adds one block', async () => {
     // The catalogs are compared on every idle look here (catalogCheckMs 0): with nothing changing, nothing is
@@ -145,17 +153,27 @@ test('schema changes at the origin reach the replica: new tables, new and droppe
     await same('one more row')
     const added = []
     for (let i = length; i < p.originLog.length; i++) added.push(await p.originLog.entry(i))
-    assert.equal(p.originLog.length, length + 1, `an idle origin adds nothing, and one insert adds one block; added: ${JSON.stringify(added, (k, v) => (typeof v === 'bigint' ? String(v) : k === 'source' ? undefined : v)).slice(0, 1500)}`)
+    assert.equal(
+      p.originLog.length,
+      length + 1,
+      `an idle origin adds nothing, and one insert adds one block; added: ${JSON.stringify(added, (k, v) => (typeof v === 'bigint' ? String(v) : k === 'source' ? undefined : v)).slice(0, 1500)}`
+    )
     assert.ok(cluster)
   })
 })
 
 test('a column rename stops apply with UNSUPPORTED_DDL, the replica stays at its last good position', async (t) => {
-  const { run, same, p, replicaUrl } = await setup(t, `CREATE TABLE a (id int PRIMARY KEY, x text); INSERT INTO a VALUES (1, 'one')`)
+  const { run, same, p, replicaUrl } = await setup(
+    t,
+    `CREATE TABLE a (id int PRIMARY KEY, x text); INSERT INTO a VALUES (1, 'one')`
+  )
   await same('before')
   const before = await pgDump(replicaUrl)
   await run(`ALTER TABLE a RENAME COLUMN x TO y; UPDATE a SET y = 'uno'`)
-  await assert.rejects(() => p.settle(), (err: Error & { code?: string }) => err.code === 'UNSUPPORTED_DDL' && /rename/.test(err.message))
+  await assert.rejects(
+    () => p.settle(),
+    (err: Error & { code?: string }) => err.code === 'UNSUPPORTED_DDL' && /rename/.test(err.message)
+  )
   assert.deepEqual(await pgDump(replicaUrl), before, 'nothing of the unit was applied')
 })
 
@@ -196,7 +214,8 @@ test('a transaction larger than the stream buffer, writes on both sides of an AL
   // 250,000 row messages in one transaction: more than the stream keeps before it pauses.
   await change(
     'one transaction of 250,000 rows, then another',
-    `INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 250000) g`, `INSERT INTO big VALUES (0, 'after')`
+    `INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 250000) g`,
+    `INSERT INTO big VALUES (0, 'after')`
   )
   await change(
     'rows of two shapes in one transaction',

@@ -61,11 +61,22 @@ test('a fenced origin’s changes.sql runs as written at the new origin (GENERAT
     assert.equal(tickets.find((x) => x.id === '1')?.note, 'changed while cut off')
     assert.deepEqual(
       tickets.filter((x) => x.note!.startsWith('cut off')).map((x) => [x.id, x.note]),
-      [['51', 'cut off 1'], ['52', 'cut off 2'], ['53', 'cut off 3']],
+      [
+        ['51', 'cut off 1'],
+        ['52', 'cut off 2'],
+        ['53', 'cut off 3']
+      ],
       'the rows keep the ids they had at the old origin'
     )
     const visits = await b.cluster.query('SELECT n, who FROM visits ORDER BY n', [], promotedDb)
-    assert.deepEqual(visits.map((x) => [x.n, x.who]), [['1', 'x'], ['2', 'y'], ['3', 'z']])
+    assert.deepEqual(
+      visits.map((x) => [x.n, x.who]),
+      [
+        ['1', 'x'],
+        ['2', 'y'],
+        ['3', 'z']
+      ]
+    )
   })
 
   await t.test('the application’s next inserts at the new origin take new ids', async () => {

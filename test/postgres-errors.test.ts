@@ -25,7 +25,8 @@ test('mesh init refuses a bad URL, a wrong password, a missing database and a se
   fs.writeFileSync(hba, `host all app 127.0.0.1/32 scram-sha-256\n${fs.readFileSync(hba, 'utf8')}`)
   await cluster.query('SELECT pg_reload_conf()')
 
-  const init = (url: string) => mesh(['init', '--dir', path.join(dir, 'site'), '--site', 'a', '--postgres', url, '--bootstrap', '127.0.0.1:1'])
+  const init = (url: string) =>
+    mesh(['init', '--dir', path.join(dir, 'site'), '--site', 'a', '--postgres', url, '--bootstrap', '127.0.0.1:1'])
   const cases: Array<{ url: string; code: string; hint: RegExp }> = [
     { url: 'not a url', code: 'BAD_URL', hint: /postgres:\/\/USER/ },
     { url: `postgres://postgres@127.0.0.1:${cluster.port}/`, code: 'BAD_URL', hint: /database name/ },
@@ -51,12 +52,35 @@ test('mesh init refuses a bad URL, a wrong password, a missing database and a se
   assert.equal(ok.code, 1, 'app is no superuser: it cannot create the publication FOR ALL TABLES')
   assert.match(ok.stderr, /only a superuser can create the publication/)
   await cluster.query(`CREATE PUBLICATION branchmesh_x FOR ALL TABLES`, [], 'shop')
-  const good = await mesh(['init', '--dir', path.join(dir, 'site'), '--site', 'a', '--postgres', `postgres://postgres@127.0.0.1:${cluster.port}/shop`, '--bootstrap', '127.0.0.1:1'])
+  const good = await mesh([
+    'init',
+    '--dir',
+    path.join(dir, 'site'),
+    '--site',
+    'a',
+    '--postgres',
+    `postgres://postgres@127.0.0.1:${cluster.port}/shop`,
+    '--bootstrap',
+    '127.0.0.1:1'
+  ])
   assert.equal(good.code, 0, good.stderr)
-  assert.match(good.stdout, /max_slot_wal_keep_size is unlimited/, 'init warns that an absent node may hold WAL without limit')
+  assert.match(
+    good.stdout,
+    /max_slot_wal_keep_size is unlimited/,
+    'init warns that an absent node may hold WAL without limit'
+  )
   const id = JSON.parse(fs.readFileSync(path.join(dir, 'site', 'config.json'), 'utf8')).datasets[0].id
-  assert.equal((await cluster.query(`SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name = $1`, [`branchmesh_${id}`]))[0].n, '1')
-  assert.equal(fs.statSync(path.join(dir, 'site', 'config.json')).mode & 0o777, 0o600, 'config.json (it may hold a password) is 0600')
+  assert.equal(
+    (
+      await cluster.query(`SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name = $1`, [`branchmesh_${id}`])
+    )[0].n,
+    '1'
+  )
+  assert.equal(
+    fs.statSync(path.join(dir, 'site', 'config.json')).mode & 0o777,
+    0o600,
+    'config.json (it may hold a password) is 0600'
+  )
 })
 
 /** A pipeline whose origin starts with `init`, captured by logical decoding through the slot branchmesh_e. */
@@ -66,15 +90,27 @@ function pipeline(t: TestContext, init: string) {
 }
 
 test('a slot dropped behind the mesh: the whole database is copied again, and the replica ends equal', async (t) => {
-  const { cluster, origin, replicaUrl, p } = await pipeline(t, `CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g`)
+  const { cluster, origin, replicaUrl, p } = await pipeline(
+    t,
+    `CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g`
+  )
   await p.settle()
   // Someone ends the node's replication connection and drops the slot before it reconnects.
-  await waitUntil('the slot is dropped', async () => {
-    const r = await cluster
-      .query(`SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = 'branchmesh_e' AND active; SELECT pg_drop_replication_slot('branchmesh_e') AS x`, [], 'origin')
-      .catch(() => null)
-    return r !== null
-  }, 10_000, 5)
+  await waitUntil(
+    'the slot is dropped',
+    async () => {
+      const r = await cluster
+        .query(
+          `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = 'branchmesh_e' AND active; SELECT pg_drop_replication_slot('branchmesh_e') AS x`,
+          [],
+          'origin'
+        )
+        .catch(() => null)
+      return r !== null
+    },
+    10_000,
+    5
+  )
   // Changes made while no slot exists are not in any slot; the new copy has them.
   await cluster.query(`UPDATE t SET v = 'lost by the slot' WHERE id <= 10; DELETE FROM t WHERE id > 90`, [], 'origin')
   await waitUntil('capture copied the database again', () => p.capture.stats.resnapshots === 1, 30_000)
@@ -92,7 +128,12 @@ test('a type the mesh cannot carry: the table is left out with the reason, the r
      INSERT INTO fine VALUES (1); INSERT INTO odd VALUES (1, 5);`
   )
   await p.settle()
-  assert.deepEqual(capture.skipped(), [{ table: 'public.odd', reason: 'column n has the domain type positive, which a replica cannot create; use the base type' }])
+  assert.deepEqual(capture.skipped(), [
+    {
+      table: 'public.odd',
+      reason: 'column n has the domain type positive, which a replica cannot create; use the base type'
+    }
+  ])
   const rep = await pgDump(replicaUrl)
   assert.deepEqual(Object.keys(rep), ['public.fine'])
   assert.deepEqual(rep['public.fine'], (await pgDump(origin))['public.fine'])
@@ -100,16 +141,26 @@ test('a type the mesh cannot carry: the table is left out with the reason, the r
 })
 
 test('the origin database disappears: capture stops with PG_NO_DATABASE and its hint; the replica keeps every applied change', async (t) => {
-  const { cluster, replicaUrl, p } = await pipeline(t, `CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)`)
+  const { cluster, replicaUrl, p } = await pipeline(
+    t,
+    `CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)`
+  )
   await p.settle()
   const before = await pgDump(replicaUrl)
   // Someone drops it: the node's replication connection has to be ended first (PostgreSQL refuses while a
   // slot of the database is active).
-  await waitUntil('the database is dropped', async () => {
-    await cluster.query(`SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE database = 'origin' AND active`)
-    const r = await cluster.query(`DROP DATABASE origin WITH (FORCE)`).catch(() => null)
-    return r !== null
-  }, 10_000, 5)
+  await waitUntil(
+    'the database is dropped',
+    async () => {
+      await cluster.query(
+        `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE database = 'origin' AND active`
+      )
+      const r = await cluster.query(`DROP DATABASE origin WITH (FORCE)`).catch(() => null)
+      return r !== null
+    },
+    10_000,
+    5
+  )
   await waitUntil('capture stops', () => p.capture.stats.lastError?.code === 'PG_NO_DATABASE', 30_000)
   assert.match(p.capture.stats.lastError!.hint ?? '', /database name|restore/)
   assert.deepEqual(await pgDump(replicaUrl), before)
@@ -137,7 +188,11 @@ test('mesh status warns, with the node off, when the origin slot keeps WAL pilin
   }
   const before = await statusOf()
   assert.ok(!before.s.reasons.some((r: { text: string }) => /WAL/.test(r.text)))
-  await cluster.query(`CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 40000) g`, [], 'shop')
+  await cluster.query(
+    `CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 40000) g`,
+    [],
+    'shop'
+  )
   const after = await statusOf()
   const d = after.s.datasets.find((x: { id: string }) => x.id === cfg.datasets[0].id)
   assert.ok(d, `status lists the dataset: ${JSON.stringify(after.s).slice(0, 400)}`)
@@ -156,18 +211,45 @@ test('a join that fails leaves no slot behind; after init, tables without a prim
   const a = await cluster.createDatabase('a')
   const b = await cluster.createDatabase('b')
   await cluster.query(`CREATE TABLE log (at int, what text); INSERT INTO log VALUES (1, 'x')`, [], 'a')
-  const init = await mesh(['init', '--dir', path.join(dir, 'a'), '--site', 'a', '--postgres', a, '--bootstrap', '127.0.0.1:1'])
+  const init = await mesh([
+    'init',
+    '--dir',
+    path.join(dir, 'a'),
+    '--site',
+    'a',
+    '--postgres',
+    a,
+    '--bootstrap',
+    '127.0.0.1:1'
+  ])
   assert.equal(init.code, 0, init.stderr)
   // The publication FOR ALL TABLES exists now: PostgreSQL refuses UPDATE and DELETE on a table without a
   // replica identity, so the application would break without REPLICA IDENTITY FULL.
   await cluster.query(`UPDATE log SET what = 'y'; DELETE FROM log WHERE at = 1`, [], 'a')
-  await cluster.query(`CREATE TABLE later (n int); INSERT INTO later VALUES (1); UPDATE later SET n = 2; DELETE FROM later`, [], 'a')
+  await cluster.query(
+    `CREATE TABLE later (n int); INSERT INTO later VALUES (1); UPDATE later SET n = 2; DELETE FROM later`,
+    [],
+    'a'
+  )
 
   // The inviting node is not running: the join times out, and b's database keeps no slot and no publication.
   const invite = await mesh(['invite', '--dir', path.join(dir, 'a')])
   assert.equal(invite.code, 0, invite.stderr)
   const code = invite.stdout.trim().split('\n').pop()!
-  const join = await mesh(['join', code, '--dir', path.join(dir, 'b'), '--site', 'b', '--postgres', b, '--bootstrap', '127.0.0.1:1', '--timeout', '2s'])
+  const join = await mesh([
+    'join',
+    code,
+    '--dir',
+    path.join(dir, 'b'),
+    '--site',
+    'b',
+    '--postgres',
+    b,
+    '--bootstrap',
+    '127.0.0.1:1',
+    '--timeout',
+    '2s'
+  ])
   assert.notEqual(join.code, 0)
   assert.deepEqual(await cluster.query(`SELECT slot_name FROM pg_replication_slots WHERE database = 'b'`), [])
   assert.deepEqual(await cluster.query(`SELECT pubname FROM pg_publication`, [], 'b'), [])

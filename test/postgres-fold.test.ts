@@ -118,7 +118,15 @@ const changesOf = (f: Folded, t: Table) => {
 
 test('inserts, updates and deletes of one transaction travel as one net change per key', () => {
   const items = table(16400, 'items', ['id', 'name'], ['id'])
-  const replica: Replica = new Map([[items.oid, [['1', 'one'], ['2', 'two']]]])
+  const replica: Replica = new Map([
+    [
+      items.oid,
+      [
+        ['1', 'one'],
+        ['2', 'two']
+      ]
+    ]
+  ])
   const f = fold(
     tx(
       ins(items, '3', 'three'),
@@ -133,9 +141,18 @@ test('inserts, updates and deletes of one transaction travel as one net change p
   )!
   assert.equal(f.txs, 1)
   assert.equal(f.rows, 7, 'every row change counts, before netting')
-  assert.deepEqual(changesOf(f, items), { upserts: [['1', 'eins'], ['3', 'THREE']], deletes: [['2'], ['4']] })
+  assert.deepEqual(changesOf(f, items), {
+    upserts: [
+      ['1', 'eins'],
+      ['3', 'THREE']
+    ],
+    deletes: [['2'], ['4']]
+  })
   apply(replica, [items], f)
-  assert.deepEqual(rowsOf(replica, items), [['1', 'eins'], ['3', 'THREE']])
+  assert.deepEqual(rowsOf(replica, items), [
+    ['1', 'eins'],
+    ['3', 'THREE']
+  ])
 })
 
 test('a primary key change moves the row; a TOASTed value it left unchanged is read from the origin', () => {
@@ -171,9 +188,18 @@ test('a TOASTed value an update left unchanged stays as the replica has it, or a
     tx(upd(docs, null, ['1', U, 'y']), ins(docs, '5', 'body five', 'p'), upd(docs, null, ['5', U, 'q'])),
     input([docs])
   )!
-  assert.deepEqual(changesOf(f, docs), { upserts: [['1', UNCHANGED, 'y'], ['5', 'body five', 'q']], deletes: [] })
+  assert.deepEqual(changesOf(f, docs), {
+    upserts: [
+      ['1', UNCHANGED, 'y'],
+      ['5', 'body five', 'q']
+    ],
+    deletes: []
+  })
   apply(replica, [docs], f)
-  assert.deepEqual(rowsOf(replica, docs), [['1', 'a long body', 'y'], ['5', 'body five', 'q']])
+  assert.deepEqual(rowsOf(replica, docs), [
+    ['1', 'a long body', 'y'],
+    ['5', 'body five', 'q']
+  ])
 })
 
 test('a table altered between two writes of one transaction: rows of both shapes, carried by column name', () => {
@@ -195,7 +221,14 @@ test('a table altered between two writes of one transaction: rows of both shapes
     }
   )!
   assert.deepEqual(asked, [{ need: 'table', relation: after.relation }], 'the new shape is asked for once')
-  assert.deepEqual(changesOf(f, after), { upserts: [['1', 'x', null], ['2', 'y', 'z'], ['3', 'w', 'v']], deletes: [] })
+  assert.deepEqual(changesOf(f, after), {
+    upserts: [
+      ['1', 'x', null],
+      ['2', 'y', 'z'],
+      ['3', 'w', 'v']
+    ],
+    deletes: []
+  })
 
   // In a later transaction of the batch, a new shape ends the batch before it instead.
   const first = tx(ins(before, '1', 'x'))
@@ -207,7 +240,16 @@ test('a table altered between two writes of one transaction: rows of both shapes
 
 test('REPLICA IDENTITY FULL (no key): duplicates, an update and a delete identify rows by all their values', () => {
   const ledger = table(16440, 'ledger', ['tid', 'delta', 'note'])
-  const replica: Replica = new Map([[ledger.oid, [['1', '10', 'x'], ['1', '10', 'x'], ['2', '20', 'long note']]]])
+  const replica: Replica = new Map([
+    [
+      ledger.oid,
+      [
+        ['1', '10', 'x'],
+        ['1', '10', 'x'],
+        ['2', '20', 'long note']
+      ]
+    ]
+  ])
   const f = fold(
     tx(
       del(ledger, '1', '10', 'x'),
@@ -220,8 +262,15 @@ test('REPLICA IDENTITY FULL (no key): duplicates, an update and a delete identif
     input([ledger])
   )!
   assert.deepEqual(changesOf(f, ledger), {
-    upserts: [['2', '25', 'long note'], ['3', '30', null], ['3', '30', null]],
-    deletes: [['1', '10', 'x'], ['2', '20', 'long note']]
+    upserts: [
+      ['2', '25', 'long note'],
+      ['3', '30', null],
+      ['3', '30', null]
+    ],
+    deletes: [
+      ['1', '10', 'x'],
+      ['2', '20', 'long note']
+    ]
   })
   apply(replica, [ledger], f)
   assert.deepEqual(rowsOf(replica, ledger), [
@@ -268,6 +317,9 @@ test('a truncate drops what its transaction wrote before it and is reported; unt
     input([items, other, own], { skipped: new Set([other.oid]) })
   )!
   assert.deepEqual(f.truncated, [items.oid])
-  assert.deepEqual(f.changes.map((c) => c.table), [items.oid])
+  assert.deepEqual(
+    f.changes.map((c) => c.table),
+    [items.oid]
+  )
   assert.deepEqual(changesOf(f, items), { upserts: [['2', 'b']], deletes: [] })
 })

@@ -25,7 +25,12 @@ test('trigger capture on a server without logical decoding: rows, types, an open
   })
   await t.test('the initial copy leaves out the table with no primary key, and names the reason', async () => {
     await same('the initial copy')
-    assert.deepEqual(capture.skipped(), [{ table: 'public.nokey', reason: 'it has no primary key, which trigger capture needs to find its rows (add one, or use logical decoding)' }])
+    assert.deepEqual(capture.skipped(), [
+      {
+        table: 'public.nokey',
+        reason: 'it has no primary key, which trigger capture needs to find its rows (add one, or use logical decoding)'
+      }
+    ])
   })
 
   await change(

@@ -6,7 +6,7 @@ import { mesh, meshSites, waitUntil } from './helpers/mesh.ts'
 
 const ROWS = 100_000
 
-test('promoting a replica that holds a large database copies nothing: same file, a new log of a few blocks, and the origin\'s own triggers work there', async (t) => {
+test("promoting a replica that holds a large database copies nothing: same file, a new log of a few blocks, and the origin's own triggers work there", async (t) => {
   const { sites } = await meshSites(t, ['shop-a', 'shop-b'], (s) => {
     const db = openWal(s[0].db)
     db.exec(`
@@ -25,8 +25,8 @@ test('promoting a replica that holds a large database copies nothing: same file,
   let file = ''
   let before: fs.Stats
 
-  await t.test('B holds A\'s large database', async () => {
-    await waitUntil('B holds A\'s large database', () => b.holdsExactly(a), 120_000, 1000)
+  await t.test("B holds A's large database", async () => {
+    await waitUntil("B holds A's large database", () => b.holdsExactly(a), 120_000, 1000)
     file = b.replicaOf(a)!
     before = fs.statSync(file)
     assert.ok(before.size > 5 * 1024 * 1024, `the replica is large (${before.size} bytes)`)
@@ -51,16 +51,20 @@ test('promoting a replica that holds a large database copies nothing: same file,
     assert.equal(after.ino, before.ino, 'the same file, not a copy')
   })
 
-  await t.test('the origin\'s trigger fires at the new origin, whose new log holds a few blocks', async () => {
+  await t.test("the origin's trigger fires at the new origin, whose new log holds a few blocks", async () => {
     // The application writes at the new origin; the origin's trigger, kept aside while it was a replica, fires.
     const app = sqliteDb(t, file)
     app.prepare('INSERT INTO big (customer, amount, note) VALUES (?, ?, ?)').run('after promotion', 1.5, 'first write')
     assert.equal(app.prepare("SELECT n FROM counter WHERE k = 'big rows'").pluck().get(), ROWS + 1)
     app.close()
-    await waitUntil('the write is captured in the new epoch\'s log', async () => {
-      const d = (await b.status()).datasets.find((x) => x.name === 'shop-a')!
-      return d.epoch === 1 && d.originSite === 'shop-b' && d.holders.find((h) => h.site === 'shop-b')!.applied! >= 3
-    }, 30_000)
+    await waitUntil(
+      "the write is captured in the new epoch's log",
+      async () => {
+        const d = (await b.status()).datasets.find((x) => x.name === 'shop-a')!
+        return d.epoch === 1 && d.originSite === 'shop-b' && d.holders.find((h) => h.site === 'shop-b')!.applied! >= 3
+      },
+      30_000
+    )
     const d = (await b.status()).datasets.find((x) => x.name === 'shop-a')!
     // Header, the schema, and the one write: a few blocks and a few kilobytes, against megabytes of data.
     assert.ok(d.length <= 5, `new log has ${d.length} blocks`)

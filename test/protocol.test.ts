@@ -4,7 +4,15 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import c from 'compact-encoding'
-import { MeshError, decodeEntry, encodeEntry, packTransaction, UnitAssembler, type Entry, type Value } from '../protocol/index.ts'
+import {
+  MeshError,
+  decodeEntry,
+  encodeEntry,
+  packTransaction,
+  UnitAssembler,
+  type Entry,
+  type Value
+} from '../protocol/index.ts'
 import { resealBlock } from '../protocol/entries.ts'
 import { samples, toJSON } from './fixtures/entries.ts'
 import { prng } from './helpers/workload.ts'
@@ -123,7 +131,7 @@ test('20,000 random corruptions each decode to a valid entry or throw MeshError,
 
 test('a large transaction packs into many blocks that reassemble into one unit', () => {
   const upserts: Value[][] = []
-  for (let i = 0; i < 20_000; i++) upserts.push([BigInt(i), 'row ' + i, new Uint8Array(20)])
+  for (let i = 0; i < 20_000; i++) upserts.push([BigInt(i), `row ${i}`, new Uint8Array(20)])
   const entries = packTransaction(
     { schema: null, changes: [{ table: 1, upserts, deletes: [[1n]] }], time: 1, source: new Uint8Array([1]) },
     64 * 1024
@@ -142,7 +150,11 @@ test('a large transaction packs into many blocks that reassemble into one unit',
   let deletes = 0
   for (const e of unit!) {
     assert.equal(e.kind, 'transaction')
-    if (e.kind === 'transaction') for (const ch of e.changes) (rows += ch.upserts.length), (deletes += ch.deletes.length)
+    if (e.kind === 'transaction')
+      for (const ch of e.changes) {
+        rows += ch.upserts.length
+        deletes += ch.deletes.length
+      }
   }
   assert.equal(rows, 20_000)
   assert.equal(deletes, 1)
@@ -152,8 +164,25 @@ test('a large transaction packs into many blocks that reassemble into one unit',
 })
 
 test('integers at every width keep their exact value', () => {
-  const ints = [0n, 1n, -1n, 2n ** 52n - 1n, -(2n ** 52n), 2n ** 52n, -(2n ** 52n) - 1n, 2n ** 53n + 1n, 2n ** 63n - 1n, -(2n ** 63n)]
-  const e: Entry = { kind: 'transaction', more: false, time: 0, changes: [{ table: 1, upserts: [ints], deletes: [] }], source: null }
+  const ints = [
+    0n,
+    1n,
+    -1n,
+    2n ** 52n - 1n,
+    -(2n ** 52n),
+    2n ** 52n,
+    -(2n ** 52n) - 1n,
+    2n ** 53n + 1n,
+    2n ** 63n - 1n,
+    -(2n ** 63n)
+  ]
+  const e: Entry = {
+    kind: 'transaction',
+    more: false,
+    time: 0,
+    changes: [{ table: 1, upserts: [ints], deletes: [] }],
+    source: null
+  }
   const back = decodeEntry(encodeEntry(e))
   assert.ok(back.kind === 'transaction')
   if (back.kind === 'transaction') assert.deepEqual(back.changes[0].upserts[0], ints)

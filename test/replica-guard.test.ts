@@ -50,20 +50,31 @@ test('a replica refuses writes from other programs; one that gets past is report
     sneaky.function('branchmesh_replica_is_read_only', () => 0)
     sneaky.prepare('UPDATE accounts SET balance = balance + 1 WHERE id = 2').run()
     sneaky.close()
-    await waitUntil('b reports the write', async () => {
-      const s = await b.status()
-      return s.datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!.error === 'REPLICA_WRITTEN'
-    }, 30_000)
+    await waitUntil(
+      'b reports the write',
+      async () => {
+        const s = await b.status()
+        return (
+          s.datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!.error ===
+          'REPLICA_WRITTEN'
+        )
+      },
+      30_000
+    )
   })
 
   await t.test('mesh repair mends the copy and clears the report without a restart', async () => {
     const r = await mesh(['repair', 'shop-a', '--dir', b.dir, '--json'])
     assert.equal(r.code, 0, r.stderr)
     assert.equal(JSON.parse(r.stdout).repaired, true)
-    await waitUntil('the report clears', async () => {
-      const s = await b.status()
-      return s.datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!.error === null
-    }, 30_000)
+    await waitUntil(
+      'the report clears',
+      async () => {
+        const s = await b.status()
+        return s.datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!.error === null
+      },
+      30_000
+    )
     for (let i = 0; i < 3; i++) work.transaction()
     await waitUntil('b holds a after the repair', () => b.holdsExactly(a), 60_000)
     assert.notEqual(sqlite3(copy, `DELETE FROM accounts`).code, 0, 'the repaired copy is guarded too')

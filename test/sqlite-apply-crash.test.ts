@@ -32,9 +32,15 @@ test('SIGKILL of the applying process mid-apply: the replica resumes and ends eq
     if (signal === 'SIGKILL') kills++
     // Whatever moment it died at, the replica is a state the origin had: before the unit that creates the
     // tables (a kill that lands that early under load), no table at all.
-    const tables = readDb(replicaFile, (r) => r.prepare(`SELECT name FROM sqlite_schema WHERE type = 'table'`).pluck().all())
+    const tables = readDb(replicaFile, (r) =>
+      r.prepare(`SELECT name FROM sqlite_schema WHERE type = 'table'`).pluck().all()
+    )
     if (!tables.includes('accounts')) {
-      assert.deepEqual(tables.filter((n) => !String(n).startsWith('_mesh_')), [], `round ${round}: half a schema`)
+      assert.deepEqual(
+        tables.filter((n) => !String(n).startsWith('_mesh_')),
+        [],
+        `round ${round}: half a schema`
+      )
       continue
     }
     const inv = invariantsOf(replicaFile)

@@ -42,12 +42,14 @@ test('every storage class round-trips bit-exact, in every kind of table', async 
     nokey: db.prepare('INSERT INTO nokey (x, y) VALUES (?, ?)')
   }
   // Some rows exist before capture starts: they must arrive through the snapshot.
-  values.forEach((v, i) => ins.ipk.run(BigInt(i + 1), v))
+  values.forEach((v, i) => {
+    ins.ipk.run(BigInt(i + 1), v)
+  })
   const p = await sqlitePipeline(t, dir, file)
   db.transaction(() => {
     values.forEach((v, i) => {
-      ins.comp.run('k' + (i % 3), BigInt(i), v)
-      ins.txt.run('code-' + i, v)
+      ins.comp.run(`k${i % 3}`, BigInt(i), v)
+      ins.txt.run(`code-${i}`, v)
       ins.wr.run(Buffer.from([i, 0]), v)
       ins.nokey.run(v, v)
       ins.ipk.run(BigInt(100 + i), v)
@@ -76,9 +78,11 @@ test('a table created while running is picked up, and its rows arrive', async (t
   db.exec('CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT)')
   const p = await sqlitePipeline(t, dir, file)
   db.exec("CREATE TABLE later (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO later (v) VALUES ('one'), ('two');")
-  db.exec("CREATE INDEX later_v ON later (v); CREATE VIEW later_view AS SELECT v FROM later")
+  db.exec('CREATE INDEX later_v ON later (v); CREATE VIEW later_view AS SELECT v FROM later')
   await p.settle()
-  db.exec("INSERT INTO later (v) VALUES ('three'); ALTER TABLE a ADD COLUMN extra INTEGER DEFAULT 7; INSERT INTO a (v) VALUES ('x')")
+  db.exec(
+    "INSERT INTO later (v) VALUES ('three'); ALTER TABLE a ADD COLUMN extra INTEGER DEFAULT 7; INSERT INTO a (v) VALUES ('x')"
+  )
   await p.settle()
   const replica = path.join(dir, 'replica.db')
   assert.deepEqual(dump(replica), dump(file))

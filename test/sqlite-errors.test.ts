@@ -60,7 +60,9 @@ test('a locked database is a retryable DATABASE_LOCKED, and capture resumes once
 
 test('tables that cannot be captured are named with the reason; the rest replicate', async (t) => {
   const { dir, file, db } = sqliteOrigin(t)
-  db.exec("CREATE TABLE a (id INTEGER PRIMARY KEY, v); CREATE VIRTUAL TABLE docs USING fts5(body); INSERT INTO docs VALUES ('hello')")
+  db.exec(
+    "CREATE TABLE a (id INTEGER PRIMARY KEY, v); CREATE VIRTUAL TABLE docs USING fts5(body); INSERT INTO docs VALUES ('hello')"
+  )
   const logger = memoryLogger()
   const side = new SqliteCapture({ path: file, logger })
   await side.open()
@@ -134,11 +136,12 @@ test('a full disk under the log stops capture without losing anything; it resume
     for (let i = 0; i < 100; i++) ins.run()
   })()
   const deadline = Date.now() + 20_000
-  while (loop.stats.lastError?.code !== 'DISK_FULL' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+  while (loop.stats.lastError?.code !== 'DISK_FULL' && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 50))
   assert.equal(loop.stats.lastError?.code, 'DISK_FULL')
   assert.equal(loop.active, true, 'a full disk is retried, not fatal')
   // Nothing was acknowledged: the change rows are all still in the origin.
-  const pending = db.prepare("SELECT count(*) FROM _mesh_d1").pluck().get() as number
+  const pending = db.prepare('SELECT count(*) FROM _mesh_d1').pluck().get() as number
   assert.ok(pending >= 100)
   fs1.resize('64m')
   while (loop.stats.lastError !== null && Date.now() < deadline + 20_000) await new Promise((r) => setTimeout(r, 50))
@@ -153,7 +156,7 @@ test('a full disk under the log stops capture without losing anything; it resume
   teardown(t, () => replica.close())
   const apply = applyLoop(log, replica)
   await replica.open()
-  await rejectsWith(apply.catchUp(), "DISK_FULL")
+  await rejectsWith(apply.catchUp(), 'DISK_FULL')
   const stuck = replica.position()?.length ?? 0
   assert.ok(stuck < log.length)
   fs2.resize('64m')

@@ -36,7 +36,7 @@ test('random workload and a 200,000-row transaction: the replica equals the orig
   db.exec('CREATE TABLE bulk (id INTEGER PRIMARY KEY, name TEXT, amount REAL, payload BLOB)')
   const ins = db.prepare('INSERT INTO bulk (name, amount, payload) VALUES (?, ?, ?)')
   db.transaction(() => {
-    for (let i = 0; i < 200_000; i++) ins.run('customer ' + i, i / 7, i % 10 === 0 ? Buffer.from([i & 255, 0]) : null)
+    for (let i = 0; i < 200_000; i++) ins.run(`customer ${i}`, i / 7, i % 10 === 0 ? Buffer.from([i & 255, 0]) : null)
     w.transaction()
   })()
   for (let i = 0; i < 100; i++) w.transaction()

@@ -13,7 +13,22 @@ const b = crypto.keyPair().publicKey
 const log = crypto.randomBytes(32)
 
 function holding(over: Partial<Holding>): Holding {
-  return { dataset: 'd1', log, epoch: 0, length: 100, byteLength: 10_000, downloaded: 100, applied: 100, appliedBytes: 10_000, lastWriteAt: now - HOUR, appliedWriteAt: now - HOUR, error: '', errorMessage: '', damaged: 0, ...over }
+  return {
+    dataset: 'd1',
+    log,
+    epoch: 0,
+    length: 100,
+    byteLength: 10_000,
+    downloaded: 100,
+    applied: 100,
+    appliedBytes: 10_000,
+    lastWriteAt: now - HOUR,
+    appliedWriteAt: now - HOUR,
+    error: '',
+    errorMessage: '',
+    damaged: 0,
+    ...over
+  }
 }
 
 function status(bReport: Partial<Report> & { holdings: Holding[] }, thresholds = DEFAULT_THRESHOLDS) {
@@ -30,7 +45,18 @@ function status(bReport: Partial<Report> & { holdings: Holding[] }, thresholds =
         { key: a, site: 'shop-a', addedAt: now - 1000 * HOUR },
         { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
       ],
-      datasets: [{ id: 'd1', name: 'till', engine: 'sqlite', origin: a, originSite: 'shop-a', epoch: 0, log, createdAt: now - 1000 * HOUR }],
+      datasets: [
+        {
+          id: 'd1',
+          name: 'till',
+          engine: 'sqlite',
+          origin: a,
+          originSite: 'shop-a',
+          epoch: 0,
+          log,
+          createdAt: now - 1000 * HOUR
+        }
+      ],
       local: []
     },
     reports,
@@ -54,7 +80,10 @@ test('status: a site silent for 26 hours is CRIT, exit 2, and says so in words',
   const crit = status({ at: now - 26 * HOUR, holdings: [holding({})] })
   assert.equal(crit.verdict, 'CRIT')
   assert.equal(VERDICT_EXIT[crit.verdict], 2)
-  assert.ok(crit.reasons.some((r) => r.level === 'CRIT' && r.text === 'shop-b has not been heard from for 26 hours'), JSON.stringify(crit.reasons))
+  assert.ok(
+    crit.reasons.some((r) => r.level === 'CRIT' && r.text === 'shop-b has not been heard from for 26 hours'),
+    JSON.stringify(crit.reasons)
+  )
 })
 
 test('status: a site silent for 17 hours is WARN, exit 1', () => {
@@ -84,13 +113,30 @@ test('status: lag in entries, bytes and seconds, with configurable thresholds', 
 })
 
 test('status: a replica stopped at a damaged block is CRIT, and the damaged block is named', () => {
-  const stopped = status({ holdings: [holding({ applied: 50, error: 'BAD_ENTRY', errorMessage: 'BAD_ENTRY: block 50 is damaged', damaged: 1 })] })
+  const stopped = status({
+    holdings: [holding({ applied: 50, error: 'BAD_ENTRY', errorMessage: 'BAD_ENTRY: block 50 is damaged', damaged: 1 })]
+  })
   assert.equal(stopped.verdict, 'CRIT')
   assert.ok(stopped.reasons.some((r) => r.level === 'WARN' && /damaged block/.test(r.text)))
 })
 
 test('status: a node that is not running is CRIT, and the first reason says so', () => {
-  const off = buildStatus({ self: a, site: 'shop-a', state: { meshId: crypto.randomBytes(32), members: [{ key: a, site: 'shop-a', addedAt: now }], datasets: [], local: [] }, reports: [], connected: new Set(), running: false, refused: [], now, thresholds: DEFAULT_THRESHOLDS })
+  const off = buildStatus({
+    self: a,
+    site: 'shop-a',
+    state: {
+      meshId: crypto.randomBytes(32),
+      members: [{ key: a, site: 'shop-a', addedAt: now }],
+      datasets: [],
+      local: []
+    },
+    reports: [],
+    connected: new Set(),
+    running: false,
+    refused: [],
+    now,
+    thresholds: DEFAULT_THRESHOLDS
+  })
   assert.equal(off.verdict, 'CRIT')
   assert.match(off.reasons[0].text, /not running/)
 })
@@ -107,7 +153,16 @@ test('status: the origin’s capture lag shows in bytes and seconds; WARN past 5
           { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
         ],
         datasets: [
-          { id: 'd1', name: 'till', engine: 'postgres', origin: a, originSite: 'shop-a', epoch: 0, log, createdAt: now - 1000 * HOUR }
+          {
+            id: 'd1',
+            name: 'till',
+            engine: 'postgres',
+            origin: a,
+            originSite: 'shop-a',
+            epoch: 0,
+            log,
+            createdAt: now - 1000 * HOUR
+          }
         ],
         local: []
       },

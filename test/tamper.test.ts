@@ -14,7 +14,8 @@ function find(storeDir: string, needle: string): Array<{ file: string; at: numbe
   const out: Array<{ file: string; at: number }> = []
   for (const f of fs.readdirSync(storeDir)) {
     const buf = fs.readFileSync(path.join(storeDir, f))
-    for (let i = buf.indexOf(needle); i >= 0; i = buf.indexOf(needle, i + 1)) out.push({ file: path.join(storeDir, f), at: i })
+    for (let i = buf.indexOf(needle); i >= 0; i = buf.indexOf(needle, i + 1))
+      out.push({ file: path.join(storeDir, f), at: i })
   }
   return out
 }
@@ -22,7 +23,10 @@ function find(storeDir: string, needle: string): Array<{ file: string; at: numbe
 function replicaHasFlipped(file: string): boolean {
   return readDb(file, (db) => {
     try {
-      const n = db.prepare(`SELECT count(*) FROM big WHERE note GLOB 'TAMPERmARK*' OR note NOT GLOB 'TAMPERMARK-*'`).pluck().get() as number
+      const n = db
+        .prepare(`SELECT count(*) FROM big WHERE note GLOB 'TAMPERmARK*' OR note NOT GLOB 'TAMPERMARK-*'`)
+        .pluck()
+        .get() as number
       return n > 0
     } catch {
       return false // the table is not there yet: nothing of it was applied
@@ -34,19 +38,20 @@ test('bytes flipped in a replicated log on disk at a holder: rejected, reported 
   const { sites } = await meshSites(t, ['shop-a', 'shop-b'])
   const [a, b] = sites
 
-  await t.test('B holds A\'s rows, a block of several KB among them', async () => {
+  await t.test("B holds A's rows, a block of several KB among them", async () => {
     // One transaction big enough for a block of several KB (RocksDB keeps those in a blob file).
     const db = openWal(a.db)
     db.exec('CREATE TABLE big (id INTEGER PRIMARY KEY, note TEXT)')
     const ins = db.prepare('INSERT INTO big (note) VALUES (?)')
     db.transaction(() => {
-      for (let i = 0; i < 300; i++) ins.run(`${MARK}${String(i).padStart(4, '0')}-the-quick-brown-fox-jumps-over-the-lazy-dog`)
+      for (let i = 0; i < 300; i++)
+        ins.run(`${MARK}${String(i).padStart(4, '0')}-the-quick-brown-fox-jumps-over-the-lazy-dog`)
     })()
     db.close()
-    await waitUntil('B holds A\'s rows', () => b.holdsExactly(a))
+    await waitUntil("B holds A's rows", () => b.holdsExactly(a))
   })
 
-  await t.test('a byte flipped in B\'s copy of the log on disk', async () => {
+  await t.test("a byte flipped in B's copy of the log on disk", async () => {
     await b.stop()
     await a.stop()
     // Get B's copy of the log from RocksDB's memory-table files onto its sorted files on disk (as a busy node
@@ -58,7 +63,7 @@ test('bytes flipped in a replicated log on disk at a holder: rejected, reported 
     await store.storage.rocks.flush()
     await store.close()
     const hits = find(path.join(storeDir, 'db'), `${MARK}0150`)
-    assert.ok(hits.length > 0, 'the row is on disk in B\'s store')
+    assert.ok(hits.length > 0, "the row is on disk in B's store")
     for (const h of hits) {
       const buf = fs.readFileSync(h.file)
       buf[h.at + 6] ^= 0x20 // TAMPERMARK -> TAMPERmARK
@@ -79,14 +84,17 @@ test('bytes flipped in a replicated log on disk at a holder: rejected, reported 
     })
     const s = await b.status()
     assert.notEqual(s.verdict, 'OK')
-    assert.ok(s.reasons.some((r) => /damaged block/.test(r.text)), JSON.stringify(s.reasons))
+    assert.ok(
+      s.reasons.some((r) => /damaged block/.test(r.text)),
+      JSON.stringify(s.reasons)
+    )
     assert.equal(replicaHasFlipped(b.replicaOf(a)!), false, 'the damaged block was not applied')
     assert.equal(b.holdsExactly(a), false, 'B is behind while the origin is off')
   })
 
   await t.test('with the origin back, B fetches the block again (verified) and catches up', async () => {
     await a.start()
-    await waitUntil('B holds A\'s rows again', () => b.holdsExactly(a))
+    await waitUntil("B holds A's rows again", () => b.holdsExactly(a))
     assert.equal(replicaHasFlipped(b.replicaOf(a)!), false)
     const after = await b.status()
     const h = after.datasets.find((d) => d.originSite === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!

@@ -26,7 +26,8 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
 
 async function usage(): Promise<string> {
   const rows: string[] = []
-  for (const [name, load] of Object.entries(COMMANDS)) rows.push(`  ${name.padEnd(10)} ${(await load()).command.summary}`)
+  for (const [name, load] of Object.entries(COMMANDS))
+    rows.push(`  ${name.padEnd(10)} ${(await load()).command.summary}`)
   return `mesh ${pkg.version}: every location a live, verifiable backup of every other.
 
 Usage: mesh <command> [options]
@@ -45,14 +46,14 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd === undefined || cmd === 'help' || cmd === '--help' || cmd === '-h') {
     const topic = rest[0]
     if (topic && COMMANDS[topic]) {
-      process.stdout.write((await COMMANDS[topic]()).command.usage + '\n')
+      process.stdout.write(`${(await COMMANDS[topic]()).command.usage}\n`)
       return 0
     }
-    process.stdout.write((await usage()) + '\n')
+    process.stdout.write(`${await usage()}\n`)
     return topic ? EXIT_USAGE : 0
   }
   if (cmd === 'version' || cmd === '--version') {
-    process.stdout.write(pkg.version + '\n')
+    process.stdout.write(`${pkg.version}\n`)
     return 0
   }
   const load = COMMANDS[cmd]
@@ -62,7 +63,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   const { command } = await load()
   if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(command.usage + '\n')
+    process.stdout.write(`${command.usage}\n`)
     return 0
   }
   try {

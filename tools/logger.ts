@@ -23,12 +23,24 @@ export function createLogger(opts: LoggerOptions): Logger & { flush(): void } {
   if (opts.terminal !== false) {
     streams.push({
       level: opts.level as pino.Level,
-      stream: opts.json ? process.stderr : pretty({ destination: 2, colorize: process.stderr.isTTY, translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname', singleLine: true, sync: true })
+      stream: opts.json
+        ? process.stderr
+        : pretty({
+            destination: 2,
+            colorize: process.stderr.isTTY,
+            translateTime: 'SYS:HH:MM:ss',
+            ignore: 'pid,hostname',
+            singleLine: true,
+            sync: true
+          })
     })
   }
   if (opts.dir) {
     fs.mkdirSync(opts.dir, { recursive: true })
-    streams.push({ level: opts.level as pino.Level, stream: pino.destination({ dest: path.join(opts.dir, 'node.log'), append: true, sync: true, mode: 0o600 }) })
+    streams.push({
+      level: opts.level as pino.Level,
+      stream: pino.destination({ dest: path.join(opts.dir, 'node.log'), append: true, sync: true, mode: 0o600 })
+    })
   }
   const log = pino({ level: opts.level, base: undefined }, pino.multistream(streams))
   return {

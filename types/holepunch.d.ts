@@ -117,7 +117,10 @@ declare module 'hyperdht' {
     fullyBootstrapped(): Promise<void>
     destroy(opts?: { force?: boolean }): Promise<void>
     address(): { host: string; port: number }
-    connect(remotePublicKey: Uint8Array, opts?: { keyPair?: KeyPair }): import('node:stream').Duplex & { remotePublicKey: Buffer }
+    connect(
+      remotePublicKey: Uint8Array,
+      opts?: { keyPair?: KeyPair }
+    ): import('node:stream').Duplex & { remotePublicKey: Buffer }
   }
 }
 

@@ -10,7 +10,9 @@ import { connect, quoteIdent, redactUrl, splitPassword } from './common.ts'
 /** Creates the database a replica URL names, when it does not exist; `fresh` drops an old one first. */
 export async function ensurePgDatabase(serverUrl: string, url: string, fresh: boolean): Promise<void> {
   const name = decodeURIComponent(new URL(url).pathname.slice(1))
-  const admin = await connect(serverUrl, { doing: 'cannot connect to the PostgreSQL server for replicas (replicaPostgres)' })
+  const admin = await connect(serverUrl, {
+    doing: 'cannot connect to the PostgreSQL server for replicas (replicaPostgres)'
+  })
   try {
     if (fresh) await admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`)
     const has = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])
@@ -39,9 +41,16 @@ export async function dropPgDatabase(adminUrl: string, url: string): Promise<voi
  * A scratch database on the server of `url` (for `mesh verify`, or to build a snapshot): its own name, never a
  * replica's.
  */
-export function pgScratchUrl(url: string, dataset: string, purpose: 'verify' | 'snapshot' | 'rebuild' = 'verify'): string {
+export function pgScratchUrl(
+  url: string,
+  dataset: string,
+  purpose: 'verify' | 'snapshot' | 'rebuild' = 'verify'
+): string {
   const u = new URL(url)
-  u.pathname = `/mesh_${purpose}_${dataset.slice(0, 16).toLowerCase().replace(/[^a-z0-9_]+/g, '_')}`
+  u.pathname = `/mesh_${purpose}_${dataset
+    .slice(0, 16)
+    .toLowerCase()
+    .replace(/[^a-z0-9_]+/g, '_')}`
   return u.toString()
 }
 
@@ -78,7 +87,11 @@ export function findPgDump(): string | null {
  * goes on answering its peers meanwhile. The password goes through the environment, not the command line
  * (which `ps` shows), and the program gets only the environment it needs (the node reads no environment).
  */
-export async function runPgProgram(exe: string, args: (url: string) => string[], url: string): Promise<{ code: number | null; stderr: string }> {
+export async function runPgProgram(
+  exe: string,
+  args: (url: string) => string[],
+  url: string
+): Promise<{ code: number | null; stderr: string }> {
   const { url: bare, password } = splitPassword(url)
   const env: Record<string, string> = { LC_ALL: 'C', ...(password !== null ? { PGPASSWORD: password } : {}) }
   const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {

@@ -45,7 +45,10 @@ export async function adoptReplica(db: Client): Promise<boolean> {
     }
     await db.query(`CREATE TABLE IF NOT EXISTS ${OWN_SCHEMA}.table_ids (oid oid PRIMARY KEY, id int8 NOT NULL UNIQUE)`)
     for (const d of tables) {
-      await db.query(`INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) SELECT to_regclass($1)::oid, $2 WHERE to_regclass($1) IS NOT NULL ON CONFLICT DO NOTHING`, [d.name, d.id])
+      await db.query(
+        `INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) SELECT to_regclass($1)::oid, $2 WHERE to_regclass($1) IS NOT NULL ON CONFLICT DO NOTHING`,
+        [d.name, d.id]
+      )
     }
     // NOT NULL, which a replica does not enforce (apply.ts), as the origin had it.
     for (const d of tables) {
@@ -62,7 +65,9 @@ export async function adoptReplica(db: Client): Promise<boolean> {
     }
     const feeds = await db.query(SEQUENCE_FEEDS_SQL)
     for (const f of feeds.rows) {
-      await db.query(`SELECT setval(${quoteLiteral(f.seq)}, greatest((SELECT last_value FROM ${f.seq}), m)) FROM (SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`)
+      await db.query(
+        `SELECT setval(${quoteLiteral(f.seq)}, greatest((SELECT last_value FROM ${f.seq}), m)) FROM (SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`
+      )
     }
     await db.query(`DROP TABLE ${OWN_SCHEMA}.replica`)
     await db.query('COMMIT')
@@ -95,7 +100,10 @@ export class TableIds {
     const taken = new Set(this.ids.values())
     let id = oid
     if (taken.has(id)) id = Math.max(...taken, ...this.ids.keys()) + 1
-    await db.query(`INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) VALUES ($1, $2) ON CONFLICT (oid) DO UPDATE SET id = EXCLUDED.id`, [oid, id])
+    await db.query(
+      `INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) VALUES ($1, $2) ON CONFLICT (oid) DO UPDATE SET id = EXCLUDED.id`,
+      [oid, id]
+    )
     this.ids.set(oid, id)
     return id
   }

@@ -79,7 +79,8 @@ function encodeSource(lsn: bigint): Uint8Array {
 
 function decodeSource(src: Uint8Array): bigint {
   const b = Buffer.from(src.buffer, src.byteOffset, src.byteLength)
-  if (b.length !== 9 || b[0] !== 1) throw MeshError.BAD_LOG('this log was not written by PostgreSQL capture (unknown source position)')
+  if (b.length !== 9 || b[0] !== 1)
+    throw MeshError.BAD_LOG('this log was not written by PostgreSQL capture (unknown source position)')
   return b.readBigUInt64BE(1)
 }
 
@@ -122,6 +123,7 @@ export class PostgresCapture implements CaptureSide {
     return this.session.db()
   }
 
+  // biome-ignore lint/suspicious/noExplicitAny: pg returns rows untyped; callers read the columns they selected
   private query(sql: string, params: unknown[] = [], doing = 'capture failed'): Promise<{ rows: any[] }> {
     return this.session.run(doing, (db) => db.query(sql, params))
   }
@@ -132,14 +134,21 @@ export class PostgresCapture implements CaptureSide {
       throw pgError(err, this.opts.url, 'cannot check the origin database')
     })
     if (problems.length) {
-      throw MeshError.CANNOT_CAPTURE(`PostgreSQL at ${this.where} does not allow logical decoding: ${problems.join('; ')}`, {
-        hint: 'Make those changes, then start the node again; or, where logical decoding cannot be allowed (a hosted server), set "capture": "triggers" for this dataset in config.json.',
-        context: { problems }
-      })
+      throw MeshError.CANNOT_CAPTURE(
+        `PostgreSQL at ${this.where} does not allow logical decoding: ${problems.join('; ')}`,
+        {
+          hint: 'Make those changes, then start the node again; or, where logical decoding cannot be allowed (a hosted server), set "capture": "triggers" for this dataset in config.json.',
+          context: { problems }
+        }
+      )
     }
     const pub = await this.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [this.opts.publication])
     if (pub.rows.length === 0) {
-      await this.query(`CREATE PUBLICATION ${quoteIdent(this.opts.publication)} FOR ALL TABLES`, [], 'cannot create the publication')
+      await this.query(
+        `CREATE PUBLICATION ${quoteIdent(this.opts.publication)} FOR ALL TABLES`,
+        [],
+        'cannot create the publication'
+      )
     }
     const warning = await this.session.run('cannot set REPLICA IDENTITY FULL', (db) => ensureIdentityFull(db))
     if (warning) this.log.warn(warning)
@@ -147,13 +156,19 @@ export class PostgresCapture implements CaptureSide {
     if (replica.rows[0].has === 't') await this.adopt()
     await this.catalog.loadIds()
     await this.catalog.load()
-    const slot = await this.query('SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()', [this.opts.slot])
+    const slot = await this.query(
+      'SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()',
+      [this.opts.slot]
+    )
     if (slot.rows.length === 0) this.slotMissing = true
     else {
       if (slot.rows[0].plugin !== 'pgoutput') {
-        throw MeshError.CANNOT_CAPTURE(`the replication slot ${this.opts.slot} uses the plugin ${slot.rows[0].plugin}, not pgoutput`, {
-          hint: `Drop it (SELECT pg_drop_replication_slot('${this.opts.slot}')) and start the node again.`
-        })
+        throw MeshError.CANNOT_CAPTURE(
+          `the replication slot ${this.opts.slot} uses the plugin ${slot.rows[0].plugin}, not pgoutput`,
+          {
+            hint: `Drop it (SELECT pg_drop_replication_slot('${this.opts.slot}')) and start the node again.`
+          }
+        )
       }
       this.confirmed = this.acked = parseLsn(slot.rows[0].lsn)
     }
@@ -165,9 +180,16 @@ export class PostgresCapture implements CaptureSide {
    * continues from the state the replica holds), then adopt.ts does the rest in one transaction.
    */
   private async adopt(): Promise<void> {
-    const slot = await this.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()', [this.opts.slot])
+    const slot = await this.query(
+      'SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()',
+      [this.opts.slot]
+    )
     if (slot.rows.length === 0) {
-      await this.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [this.opts.slot], 'cannot create the replication slot')
+      await this.query(
+        `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`,
+        [this.opts.slot],
+        'cannot create the replication slot'
+      )
     }
     try {
       await adoptReplica(await this.db())
@@ -297,7 +319,8 @@ export class PostgresCapture implements CaptureSide {
    */
   async checkpoint(): Promise<{ digest: Uint8Array; rows: number } | null> {
     const st = this.stream
-    if (this.lastRead !== null || this.schemaPending || this.slotMissing || this.snap !== null || !st || st.ended) return null
+    if (this.lastRead !== null || this.schemaPending || this.slotMissing || this.snap !== null || !st || st.ended)
+      return null
     if (!(await st.caughtUp()) || st.pending > 0) return null
     const received = st.received
     const defs = this.catalog.defs()
@@ -337,7 +360,14 @@ export class PostgresCapture implements CaptureSide {
       if (await this.catalog.load()) schema = true
       const seq = await this.sequenceChanges()
       if (schema || seq.upserts.length) {
-        return this.finish({ schema, changes: seq.upserts.length ? [seq] : [], rows: 0, end: this.acked, time: Date.now(), seq })
+        return this.finish({
+          schema,
+          changes: seq.upserts.length ? [seq] : [],
+          rows: 0,
+          end: this.acked,
+          time: Date.now(),
+          seq
+        })
       }
     } else if (schema) {
       return this.finish({ schema, changes: [], rows: 0, end: this.acked, time: Date.now(), seq: null })
@@ -352,7 +382,14 @@ export class PostgresCapture implements CaptureSide {
     return { table: SEQUENCES_TABLE, upserts, deletes: [], values }
   }
 
-  private finish(b: { schema: boolean; changes: TableChanges[]; rows: number; end: bigint; time: number; seq: { values: Map<string, string> } | null }): CaptureBatch {
+  private finish(b: {
+    schema: boolean
+    changes: TableChanges[]
+    rows: number
+    end: bigint
+    time: number
+    seq: { values: Map<string, string> } | null
+  }): CaptureBatch {
     const source = encodeSource(b.end)
     const reset = [...this.resetPending]
       .map((oid) => this.catalog.tables.get(oid)?.def.id)

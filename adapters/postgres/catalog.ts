@@ -32,6 +32,7 @@ export class CaptureCatalog {
     return this.session.db()
   }
 
+  // biome-ignore lint/suspicious/noExplicitAny: pg returns rows untyped; callers read the columns they selected
   private query(sql: string, params: unknown[] = [], doing = 'capture failed'): Promise<{ rows: any[] }> {
     return this.session.run(doing, (db) => db.query(sql, params))
   }

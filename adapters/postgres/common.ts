@@ -40,17 +40,24 @@ export function isUnchanged(v: Value): boolean {
 }
 
 /** Session settings under which every value's text form is exact and identical at both ends. */
-const SESSION = ['DateStyle=ISO,YMD', 'IntervalStyle=postgres', 'TimeZone=UTC', 'extra_float_digits=3', 'bytea_output=hex', 'client_encoding=UTF8']
+const SESSION = [
+  'DateStyle=ISO,YMD',
+  'IntervalStyle=postgres',
+  'TimeZone=UTC',
+  'extra_float_digits=3',
+  'bytea_output=hex',
+  'client_encoding=UTF8'
+]
 
 /** Every value is returned as the text PostgreSQL sent, never parsed. */
 const textTypes = { getTypeParser: () => (v: string) => v }
 
 export function quoteIdent(name: string): string {
-  return '"' + name.replaceAll('"', '""') + '"'
+  return `"${name.replaceAll('"', '""')}"`
 }
 
 export function quoteLiteral(s: string): string {
-  return "'" + s.replaceAll("'", "''") + "'"
+  return `'${s.replaceAll("'", "''")}'`
 }
 
 /** The URL (or key=value connection string) with its password replaced, for messages and logs. */
@@ -91,7 +98,10 @@ export function checkUrl(url: string): { database: string; host: string; port: n
     throw MeshError.BAD_URL(`${redactUrl(url)} is not a postgres:// URL`)
   }
   const database = decodeURIComponent(u.pathname.replace(/^\//, ''))
-  if (!database) throw MeshError.BAD_URL(`${redactUrl(url)} names no database`, { hint: 'Add the database name: postgres://USER@HOST:PORT/DATABASE.' })
+  if (!database)
+    throw MeshError.BAD_URL(`${redactUrl(url)} names no database`, {
+      hint: 'Add the database name: postgres://USER@HOST:PORT/DATABASE.'
+    })
   return { database, host: u.hostname || 'localhost', port: Number(u.port || 5432) }
 }
 
@@ -104,18 +114,36 @@ export function pgError(err: unknown, url: string, doing: string): MeshError {
   const where = redactUrl(url)
   const context = { url: where, pgCode: code }
   const msg = `${doing} (${where}): ${text}`
-  if (['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ETIMEDOUT', 'ECONNRESET', 'EPIPE', 'EAI_AGAIN'].includes(code) || /Connection terminated|timeout expired|not queryable/i.test(text)) {
+  if (
+    ['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ETIMEDOUT', 'ECONNRESET', 'EPIPE', 'EAI_AGAIN'].includes(code) ||
+    /Connection terminated|timeout expired|not queryable/i.test(text)
+  ) {
     return MeshError.PG_UNREACHABLE(msg, { context, cause: err })
   }
-  if (code === '28P01' || code === '28000' || /password authentication failed|SASL|no password was provided/i.test(text)) {
+  if (
+    code === '28P01' ||
+    code === '28000' ||
+    /password authentication failed|SASL|no password was provided/i.test(text)
+  ) {
     return MeshError.PG_AUTH(msg, { context, cause: err })
   }
   if (code === '3D000') return MeshError.PG_NO_DATABASE(msg, { context, cause: err })
   // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, class 08: connection exception.
   if (code.startsWith('57P') || code.startsWith('08')) return MeshError.PG_UNREACHABLE(msg, { context, cause: err })
-  if (code === '53100') return MeshError.DISK_FULL(msg, { context, cause: err, hint: 'Free space on the disk holding the PostgreSQL data folder. Nothing was lost: the node resumes where it stopped.' })
-  if (code === '53300') return MeshError.PG_UNREACHABLE(msg, { context, cause: err, hint: 'PostgreSQL has no free connection slot (max_connections). The node keeps trying.' })
-  if (code === '40001' || code === '40P01' || code === '55P03') return MeshError.DATABASE_LOCKED(msg, { context, cause: err })
+  if (code === '53100')
+    return MeshError.DISK_FULL(msg, {
+      context,
+      cause: err,
+      hint: 'Free space on the disk holding the PostgreSQL data folder. Nothing was lost: the node resumes where it stopped.'
+    })
+  if (code === '53300')
+    return MeshError.PG_UNREACHABLE(msg, {
+      context,
+      cause: err,
+      hint: 'PostgreSQL has no free connection slot (max_connections). The node keeps trying.'
+    })
+  if (code === '40001' || code === '40P01' || code === '55P03')
+    return MeshError.DATABASE_LOCKED(msg, { context, cause: err })
   return MeshError.DATABASE_ERROR(msg, { context, cause: err })
 }
 
@@ -248,9 +276,12 @@ export async function readObjects(client: pg.Client): Promise<SchemaObject[]> {
 /** Why a table cannot be carried, or null when it can. */
 export function cannotCarry(t: PgTable): string | null {
   for (const c of t.all) {
-    if (c.kind === 'd') return `column ${c.name} has the domain type ${c.type}, which a replica cannot create; use the base type`
-    if (c.kind === 'c' && c.typeSchema !== 'pg_catalog') return `column ${c.name} has the composite type ${c.type}, which a replica cannot create`
-    if ((c.kind === 'r' || c.kind === 'm') && c.typeSchema !== 'pg_catalog') return `column ${c.name} has the user-defined range type ${c.type}`
+    if (c.kind === 'd')
+      return `column ${c.name} has the domain type ${c.type}, which a replica cannot create; use the base type`
+    if (c.kind === 'c' && c.typeSchema !== 'pg_catalog')
+      return `column ${c.name} has the composite type ${c.type}, which a replica cannot create`
+    if ((c.kind === 'r' || c.kind === 'm') && c.typeSchema !== 'pg_catalog')
+      return `column ${c.name} has the user-defined range type ${c.type}`
   }
   return null
 }
@@ -298,7 +329,7 @@ function literal(v: Value, type: string): string {
   if (v instanceof RawText) {
     throw MeshError.BAD_LOG('a PostgreSQL row holds TEXT that is not UTF-8, which PostgreSQL cannot store')
   }
-  const s = typeof v === 'string' ? v : v instanceof Uint8Array ? '\\x' + Buffer.from(v).toString('hex') : String(v)
+  const s = typeof v === 'string' ? v : v instanceof Uint8Array ? `\\x${Buffer.from(v).toString('hex')}` : String(v)
   return `${quoteLiteral(s)}::${type}`
 }
 
@@ -345,7 +376,7 @@ export function pgUpsertSql(def: TableDef, row: Value[]): string {
     const rest = def.columns.map((_, i) => i).filter((i) => !def.key.includes(i))
     sql += ` ON CONFLICT (${def.key.map((i) => cols[i]).join(', ')}) DO ${rest.length ? `UPDATE SET ${rest.map((i) => `${cols[i]} = EXCLUDED.${cols[i]}`).join(', ')}` : 'NOTHING'}`
   }
-  return sql + ';'
+  return `${sql};`
 }
 
 /**
@@ -375,10 +406,14 @@ export function pgAfterSql(tables: TableDef[]): string[] {
 /** A delete by key, or of one row with exactly these values (no key). */
 export function pgDeleteSql(def: TableDef, key: Value[]): string {
   if (def.key.length) {
-    const where = def.key.map((i, j) => `${quoteIdent(def.columns[i].name)} = ${literal(key[j], def.columns[i].type)}`).join(' AND ')
+    const where = def.key
+      .map((i, j) => `${quoteIdent(def.columns[i].name)} = ${literal(key[j], def.columns[i].type)}`)
+      .join(' AND ')
     return `DELETE FROM ${def.name} WHERE ${where};`
   }
-  const match = def.columns.map((c, i) => `${quoteIdent(c.name)}::text IS NOT DISTINCT FROM (${literal(key[i], c.type)})::text`).join(' AND ')
+  const match = def.columns
+    .map((c, i) => `${quoteIdent(c.name)}::text IS NOT DISTINCT FROM (${literal(key[i], c.type)})::text`)
+    .join(' AND ')
   return `DELETE FROM ${def.name} WHERE ctid = (SELECT ctid FROM ${def.name} WHERE ${match} LIMIT 1);`
 }
 
@@ -386,7 +421,11 @@ export function pgDeleteSql(def: TableDef, key: Value[]): string {
  * Every row of `tables` read through a cursor in chunks, inside the caller's transaction (whose snapshot
  * decides what is read), then the sequences' positions; as snapshot chunks.
  */
-export async function* copyTables(tx: pg.Client, tables: Iterable<TableDef>, chunkRows: number): AsyncGenerator<{ changes: TableChanges[]; rows: number }> {
+export async function* copyTables(
+  tx: pg.Client,
+  tables: Iterable<TableDef>,
+  chunkRows: number
+): AsyncGenerator<{ changes: TableChanges[]; rows: number }> {
   for (const def of tables) {
     const cols = def.columns.map((c) => quoteIdent(c.name)).join(', ')
     await tx.query(`DECLARE mesh_copy NO SCROLL CURSOR FOR SELECT ${cols} FROM ONLY ${def.name}`)

@@ -57,7 +57,7 @@ export function pgReplicaUrl(serverUrl: string, info: { id: string; name: string
   checkUrl(serverUrl)
   const u = new URL(serverUrl)
   const safe = (s: string) => s.toLowerCase().replace(/[^a-z0-9_]+/g, '_')
-  u.pathname = '/' + `mesh_${safe(info.originSite)}_${safe(info.name)}_${info.id.slice(0, 8)}`.slice(0, 63)
+  u.pathname = `/${`mesh_${safe(info.originSite)}_${safe(info.name)}_${info.id.slice(0, 8)}`.slice(0, 63)}`
   return u.toString()
 }
 
@@ -67,7 +67,8 @@ export function pgReplicaUrl(serverUrl: string, info: { id: string; name: string
  * on the disk for ever. Slots of other databases on the same server are never touched.
  */
 async function dropSlots(client: Client, dataset: string): Promise<void> {
-  const list = 'SELECT slot_name, active FROM pg_replication_slots WHERE slot_name LIKE $1 AND database = current_database()'
+  const list =
+    'SELECT slot_name, active FROM pg_replication_slots WHERE slot_name LIKE $1 AND database = current_database()'
   for (let i = 0; i < 100; i++) {
     const r = await client.query(list, [slotPattern(dataset)])
     if (r.rows.length === 0) return
@@ -76,11 +77,14 @@ async function dropSlots(client: Client, dataset: string): Promise<void> {
     }
     if (r.rows.some((s) => s.active === 't')) await new Promise((resolve) => setTimeout(resolve, 100))
   }
-  throw MeshError.DATABASE_ERROR(`a replication slot of this dataset is still in use; it keeps WAL until it is dropped`, {
-    hint:
-      'Find who reads it (SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = current_database()) ' +
-      'and drop it with pg_drop_replication_slot.'
-  })
+  throw MeshError.DATABASE_ERROR(
+    `a replication slot of this dataset is still in use; it keeps WAL until it is dropped`,
+    {
+      hint:
+        'Find who reads it (SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = current_database()) ' +
+        'and drop it with pg_drop_replication_slot.'
+    }
+  )
 }
 
 /** Stops a PostgreSQL database from being captured: its slot (which holds WAL) and publication go. */
@@ -96,12 +100,15 @@ async function setUpLogical(client: Client, where: string, dataset: string): Pro
   const name = pgSlotName(dataset)
   const problems = await capturePrerequisites(client, name)
   if (problems.length) {
-    throw MeshError.CANNOT_CAPTURE(`PostgreSQL at ${redactUrl(where)} does not allow logical decoding: ${problems.join('; ')}`, {
-      hint:
-        'Make those changes and run the command again, or give --capture triggers where logical decoding cannot be ' +
-        'allowed (a hosted server). Nothing was created.',
-      context: { problems }
-    })
+    throw MeshError.CANNOT_CAPTURE(
+      `PostgreSQL at ${redactUrl(where)} does not allow logical decoding: ${problems.join('; ')}`,
+      {
+        hint:
+          'Make those changes and run the command again, or give --capture triggers where logical decoding cannot be ' +
+          'allowed (a hosted server). Nothing was created.',
+        context: { problems }
+      }
+    )
   }
   const pub = await client.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name])
   if (pub.rows.length === 0) await client.query(`CREATE PUBLICATION ${quoteIdent(name)} FOR ALL TABLES`)
@@ -128,9 +135,12 @@ export async function checkReplicaServer(url: string): Promise<void> {
   await withClient(url, 'cannot connect to the PostgreSQL server for replicas', async (client) => {
     const r = await client.query('SELECT rolsuper OR rolcreatedb AS ok FROM pg_roles WHERE rolname = current_user')
     if (r.rows[0]?.ok !== 't') {
-      throw MeshError.USAGE(`the user in ${redactUrl(url)} may not create databases, and each replica is a database of its own`, {
-        hint: 'Run ALTER ROLE <user> CREATEDB; as a superuser, or give another user in the URL.'
-      })
+      throw MeshError.USAGE(
+        `the user in ${redactUrl(url)} may not create databases, and each replica is a database of its own`,
+        {
+          hint: 'Run ALTER ROLE <user> CREATEDB; as a superuser, or give another user in the URL.'
+        }
+      )
     }
   })
 }
@@ -224,7 +234,8 @@ export const postgresEngine: Engine = {
   },
 
   async prepareReplica(where, dataset, place) {
-    if (place.server && (await postgresEngine.role(where, dataset)) === 'none') await ensurePgDatabase(place.server, where, false)
+    if (place.server && (await postgresEngine.role(where, dataset)) === 'none')
+      await ensurePgDatabase(place.server, where, false)
     // A slot left by a fence that stopped half-way would keep WAL on the disk for ever.
     await dropCapture(where, dataset)
   },
@@ -237,7 +248,9 @@ export const postgresEngine: Engine = {
       if (tables === null) {
         const meta = await client.query(`SELECT to_regclass('_mesh.replica') IS NOT NULL AS has`)
         const rows = meta.rows[0].has === 't' ? (await client.query('SELECT tables FROM _mesh.replica')).rows : []
-        tables = (rows as Array<{ tables: string }>).flatMap((r) => (JSON.parse(r.tables) as Array<{ name: string }>).map((t) => t.name))
+        tables = (rows as Array<{ tables: string }>).flatMap((r) =>
+          (JSON.parse(r.tables) as Array<{ name: string }>).map((t) => t.name)
+        )
       }
       for (const t of tables) await client.query(`DROP TABLE IF EXISTS ${t} CASCADE`)
       await client.query(`DROP SCHEMA IF EXISTS _mesh CASCADE`)
@@ -305,7 +318,11 @@ export const postgresEngine: Engine = {
   exampleTarget: () => 'postgres://USER@HOST/NEW_DATABASE',
 
   async walRetention(where, dataset, epoch) {
-    const capture = new PostgresCapture({ url: where, slot: pgSlotName(dataset, epoch), publication: pgSlotName(dataset) })
+    const capture = new PostgresCapture({
+      url: where,
+      slot: pgSlotName(dataset, epoch),
+      publication: pgSlotName(dataset)
+    })
     try {
       return await capture.walRetention()
     } finally {
@@ -317,7 +334,9 @@ export const postgresEngine: Engine = {
     ext: 'pgdump',
     async workspace(_partial, dataset, server) {
       if (!server || findPgProgram('pg_dump') === null || findPgProgram('pg_restore') === null) {
-        const why = server ? 'pg_dump and pg_restore are needed' : 'this site has no replicaPostgres server to build them on'
+        const why = server
+          ? 'pg_dump and pg_restore are needed'
+          : 'this site has no replicaPostgres server to build them on'
         throw MeshError.NOT_FOUND(`no snapshots of PostgreSQL datasets here: ${why}`)
       }
       return scratchDatabase(server, pgScratchUrl(server, dataset, 'snapshot'))
@@ -329,7 +348,15 @@ export const postgresEngine: Engine = {
     },
     async load(file, to, sha256) {
       if (sha256 !== undefined && (await hashFile(file)) !== sha256) return false
-      const args = (url: string) => ['--no-owner', '--no-privileges', '--exit-on-error', '--single-transaction', '--dbname', url, file]
+      const args = (url: string) => [
+        '--no-owner',
+        '--no-privileges',
+        '--exit-on-error',
+        '--single-transaction',
+        '--dbname',
+        url,
+        file
+      ]
       const r = await runPgProgram(findPgProgram('pg_restore')!, args, to)
       if (r.code !== 0) {
         throw MeshError.DATABASE_ERROR(`cannot restore the snapshot ${file}: pg_restore ${r.stderr}`, {

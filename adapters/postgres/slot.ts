@@ -9,11 +9,14 @@ import { connect, pgError, quoteIdent, type Client, type Session } from './commo
 
 /** What stops PostgreSQL capture, listed for the user. Empty when capture can run. */
 export async function capturePrerequisites(client: Client, publication: string): Promise<string[]> {
-  const r = await client.query(`
+  const r = await client.query(
+    `
     SELECT current_setting('wal_level') AS wal, current_setting('max_replication_slots') AS slots,
            current_setting('server_version_num') AS version, r.rolsuper AS su, r.rolreplication AS repl,
            current_user AS who, EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) AS pub
-      FROM pg_roles r WHERE r.rolname = current_user`, [publication])
+      FROM pg_roles r WHERE r.rolname = current_user`,
+    [publication]
+  )
   const s = r.rows[0]
   const problems: string[] = []
   if (Number(s.version) < 130000) {

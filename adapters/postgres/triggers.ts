@@ -14,11 +14,37 @@
  * need a primary key (a table without one is left out, with the reason), and every write pays for one more
  * row insert. Needs PostgreSQL 13 or newer (pg_snapshot).
  */
-import { MeshError, sameBytes, type SchemaEntry, type SchemaObject, type TableChanges, type TableDef, type Value } from '../../protocol/index.ts'
+import {
+  MeshError,
+  sameBytes,
+  type SchemaEntry,
+  type SchemaObject,
+  type TableChanges,
+  type TableDef,
+  type Value
+} from '../../protocol/index.ts'
 import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.ts'
 import { silentLogger } from '../types.ts'
 import { TableIds, adoptReplica } from './adopt.ts'
-import { OWN_SCHEMA, SEQUENCES_TABLE, Session, cannotCarry, copyTables, digestPgTables, isShapeError, pgError, quoteIdent, quoteLiteral, readObjects, readSequences, readTables, redactUrl, toTableDef, type Client, type PgTable } from './common.ts'
+import {
+  OWN_SCHEMA,
+  SEQUENCES_TABLE,
+  Session,
+  cannotCarry,
+  copyTables,
+  digestPgTables,
+  isShapeError,
+  pgError,
+  quoteIdent,
+  quoteLiteral,
+  readObjects,
+  readSequences,
+  readTables,
+  redactUrl,
+  toTableDef,
+  type Client,
+  type PgTable
+} from './common.ts'
 
 export interface PostgresTriggerCaptureOptions {
   url: string
@@ -66,7 +92,8 @@ function encodeSource(snapshot: string): Uint8Array {
 
 function decodeSource(src: Uint8Array): string {
   const s = Buffer.from(src.buffer, src.byteOffset, src.byteLength).toString()
-  if (!s.startsWith('2:')) throw MeshError.BAD_LOG('this log was not written by PostgreSQL trigger capture (unknown source position)')
+  if (!s.startsWith('2:'))
+    throw MeshError.BAD_LOG('this log was not written by PostgreSQL trigger capture (unknown source position)')
   return s.slice(2)
 }
 
@@ -109,7 +136,8 @@ export class PostgresTriggerCapture implements CaptureSide {
         throw MeshError.CANNOT_CAPTURE(`trigger capture needs PostgreSQL 13 or newer (this is ${v.rows[0].v})`)
       }
       await db.query(INSTALL_SQL)
-      if (await adoptReplica(db)) this.log.info('the replica database is now the origin: capture triggers installed', { url: this.where })
+      if (await adoptReplica(db))
+        this.log.info('the replica database is now the origin: capture triggers installed', { url: this.where })
       await this.ids.load(db)
     })
     // Tables created while the node was off have rows no trigger saw: they are sent whole.
@@ -125,19 +153,29 @@ export class PostgresTriggerCapture implements CaptureSide {
       const have = await db.query(`SELECT tgrelid::int8 AS oid FROM pg_trigger WHERE tgname = $1`, [TRIGGER])
       const installed = new Set(have.rows.map((r) => Number(r.oid)))
       for (const t of tables) {
-        const why = cannotCarry(t) ?? (t.pk.length === 0 ? 'it has no primary key, which trigger capture needs to find its rows (add one, or use logical decoding)' : null)
+        const why =
+          cannotCarry(t) ??
+          (t.pk.length === 0
+            ? 'it has no primary key, which trigger capture needs to find its rows (add one, or use logical decoding)'
+            : null)
         if (why) {
           skipped.push({ table: t.name, reason: why })
           if (!this.skippedTables.some((s) => s.table === t.name && s.reason === why)) {
-            this.log.warn(MeshError.CANNOT_CAPTURE(`table ${t.name} is not captured: ${why}`).message, { table: t.name })
+            this.log.warn(MeshError.CANNOT_CAPTURE(`table ${t.name} is not captured: ${why}`).message, {
+              table: t.name
+            })
           }
           continue
         }
         if (!installed.has(t.oid)) {
           const args = t.pk.map(quoteLiteral).join(', ')
           await db.query(`BEGIN`)
-          await db.query(`CREATE TRIGGER ${TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON ${t.name} FOR EACH ROW EXECUTE FUNCTION ${FUNCTION}(${args})`)
-          await db.query(`CREATE TRIGGER ${TRUNCATE_TRIGGER} AFTER TRUNCATE ON ${t.name} FOR EACH STATEMENT EXECUTE FUNCTION ${TRUNCATE_FUNCTION}()`)
+          await db.query(
+            `CREATE TRIGGER ${TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON ${t.name} FOR EACH ROW EXECUTE FUNCTION ${FUNCTION}(${args})`
+          )
+          await db.query(
+            `CREATE TRIGGER ${TRUNCATE_TRIGGER} AFTER TRUNCATE ON ${t.name} FOR EACH STATEMENT EXECUTE FUNCTION ${TRUNCATE_FUNCTION}()`
+          )
           await db.query(`COMMIT`)
           fresh.push(t.oid)
         }
@@ -164,14 +202,25 @@ export class PostgresTriggerCapture implements CaptureSide {
   }
 
   private schemaEntry(reset: number[]): SchemaEntry {
-    return { kind: 'schema', more: false, tables: [...this.tables.values()].map((t) => t.def), objects: this.objects, reset }
+    return {
+      kind: 'schema',
+      more: false,
+      tables: [...this.tables.values()].map((t) => t.def),
+      objects: this.objects,
+      reset
+    }
   }
 
   private async loadCatalog(db: Client): Promise<void> {
     const tables = await readTables(db)
-    const ok = new Set((await db.query(`SELECT tgrelid::int8 AS oid FROM pg_trigger WHERE tgname = $1`, [TRIGGER])).rows.map((r) => Number(r.oid)))
+    const ok = new Set(
+      (await db.query(`SELECT tgrelid::int8 AS oid FROM pg_trigger WHERE tgname = $1`, [TRIGGER])).rows.map((r) =>
+        Number(r.oid)
+      )
+    )
     this.tables = new Map()
-    for (const t of tables) if (ok.has(t.oid)) this.tables.set(t.oid, { def: { ...toTableDef(t), id: await this.ids.of(db, t.oid) }, pg: t })
+    for (const t of tables)
+      if (ok.has(t.oid)) this.tables.set(t.oid, { def: { ...toTableDef(t), id: await this.ids.of(db, t.oid) }, pg: t })
     this.objects = (await readObjects(db)).filter((o) => !o.name.startsWith(`${OWN_SCHEMA}.`))
   }
 
@@ -179,7 +228,11 @@ export class PostgresTriggerCapture implements CaptureSide {
     const db = await this.session.db()
     try {
       await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
-      yield* copyTables(db, [...this.tables.values()].map((t) => t.def), opts.chunkRows ?? 5000)
+      yield* copyTables(
+        db,
+        [...this.tables.values()].map((t) => t.def),
+        opts.chunkRows ?? 5000
+      )
       // Change rows of writes made before this copy stay: reading them again resends rows as they are.
       await db.query(`COMMIT`)
       const seq = await readSequences(db)
@@ -233,7 +286,10 @@ export class PostgresTriggerCapture implements CaptureSide {
         // Keys compare by their text as the table prints it now.
         const present = new Set((found.rows as Value[][]).map((row) => JSON.stringify(def.key.map((i) => row[i]))))
         const printed = await db.query({
-          text: `SELECT ${casts.split(', ').map((c) => `(${c})::text`).join(', ')} FROM unnest(${args}) AS u(${def.key.map((_, j) => `k${j}`).join(', ')})`,
+          text: `SELECT ${casts
+            .split(', ')
+            .map((c) => `(${c})::text`)
+            .join(', ')} FROM unnest(${args}) AS u(${def.key.map((_, j) => `k${j}`).join(', ')})`,
           values: def.key.map((_, j) => keys.map((k) => k[j])),
           rowMode: 'array'
         })
@@ -243,7 +299,10 @@ export class PostgresTriggerCapture implements CaptureSide {
       }
       for (const oid of resend) {
         const { def } = this.tables.get(oid)!
-        const all = await db.query({ text: `SELECT ${def.columns.map((c) => quoteIdent(c.name)).join(', ')} FROM ONLY ${def.name}`, rowMode: 'array' })
+        const all = await db.query({
+          text: `SELECT ${def.columns.map((c) => quoteIdent(c.name)).join(', ')} FROM ONLY ${def.name}`,
+          rowMode: 'array'
+        })
         changes.push({ table: def.id, upserts: all.rows as Value[][], deletes: [] })
         rows += all.rows.length
       }
@@ -253,9 +312,20 @@ export class PostgresTriggerCapture implements CaptureSide {
       if (seqChanges.length) changes.push({ table: SEQUENCES_TABLE, upserts: seqChanges, deletes: [] })
       if (changed.rows.length === 0 && !schemaChanged && resend.length === 0 && seqChanges.length === 0) return null
       const source = encodeSource(snap)
-      this.lastRead = { source, sent: this.fingerprint(), resend, seq: new Map(seq.map(([n, v]) => [n as string, v as string])) }
+      this.lastRead = {
+        source,
+        sent: this.fingerprint(),
+        resend,
+        seq: new Map(seq.map(([n, v]) => [n as string, v as string]))
+      }
       const reset = resend.map((oid) => this.tables.get(oid)!.def.id)
-      return { schema: schemaChanged || reset.length ? this.schemaEntry(reset) : null, changes, rows, time: Date.now(), source }
+      return {
+        schema: schemaChanged || reset.length ? this.schemaEntry(reset) : null,
+        changes,
+        rows,
+        time: Date.now(),
+        source
+      }
     })
   }
 
@@ -285,7 +355,10 @@ export class PostgresTriggerCapture implements CaptureSide {
           await this.loadCatalog(db)
           if (this.fingerprint() !== this.sent) return null
           if ((await db.query(`SELECT 1 FROM ${OWN_SCHEMA}.changes LIMIT 1`)).rows.length > 0) return null
-          return await digestPgTables(db, [...this.tables.values()].map((t) => t.def))
+          return await digestPgTables(
+            db,
+            [...this.tables.values()].map((t) => t.def)
+          )
         } finally {
           await db.query('COMMIT').catch(() => {})
         }

@@ -88,7 +88,12 @@ async function compareTable(mine: Client, truth: Client, t: TableDef): Promise<T
 }
 
 /** Runs `fn` with both databases in a consistent read (the replica's transaction is read-write for a repair). */
-async function withBoth<T>(mine: string, truth: string, write: boolean, fn: (a: Client, b: Client) => Promise<T>): Promise<T> {
+async function withBoth<T>(
+  mine: string,
+  truth: string,
+  write: boolean,
+  fn: (a: Client, b: Client) => Promise<T>
+): Promise<T> {
   const a = await connect(mine, { doing: 'cannot connect to the replica' })
   const b = await connect(truth, { doing: 'cannot connect to the scratch database' })
   try {
@@ -115,7 +120,13 @@ export async function diffPgDatabases(mine: string, truth: string): Promise<Tabl
       const diffs: TableDiff[] = []
       for (const t of await logTables(b)) {
         if (!(await exists(a, t.name))) {
-          diffs.push({ table: t.name, missing: (await digestPgTables(b, [t])).rows, extra: 0, changed: 0, keys: ['(the whole table: the copy has no such table)'] })
+          diffs.push({
+            table: t.name,
+            missing: (await digestPgTables(b, [t])).rows,
+            extra: 0,
+            changed: 0,
+            keys: ['(the whole table: the copy has no such table)']
+          })
           continue
         }
         const [da, db] = [await digestPgTables(a, [t]), await digestPgTables(b, [t])]
@@ -150,7 +161,9 @@ export async function mendPgDatabase(mine: string, truth: string, diffs: TableDi
         const t = tables.get(d.table)
         if (!t) continue
         if (!(await exists(a, t.name))) {
-          throw MeshError.BAD_REPLICA(`the copy has no table ${t.name}`, { hint: 'Rebuild the copy: stop the node, drop its replica database, and start the node again.' })
+          throw MeshError.BAD_REPLICA(`the copy has no table ${t.name}`, {
+            hint: 'Rebuild the copy: stop the node, drop its replica database, and start the node again.'
+          })
         }
         await mendTable(a, b, t)
       }
@@ -202,6 +215,8 @@ async function mendTable(a: Client, b: Client, t: TableDef): Promise<void> {
   const needed = [...c.missing, ...c.changed]
   for (let i = 0; i < needed.length; i += BATCH) {
     const w = keyIn(needed.slice(i, i + BATCH))
-    await insert((await b.query({ text: `${select} WHERE ${w.sql}`, values: w.values, rowMode: 'array' })).rows as string[][])
+    await insert(
+      (await b.query({ text: `${select} WHERE ${w.sql}`, values: w.values, rowMode: 'array' })).rows as string[][]
+    )
   }
 }

@@ -50,7 +50,7 @@ export function dropGuards(db: DB): void {
 export const SEQUENCE_TABLE = 0
 
 export function quote(name: string): string {
-  return '"' + name.replaceAll('"', '""') + '"'
+  return `"${name.replaceAll('"', '""')}"`
 }
 
 /** Turns a better-sqlite3 / SQLite error into a MeshError that says what to do. */
@@ -138,11 +138,18 @@ export interface UncapturableTable {
 
 /** Reads the user tables of the main schema; returns those that can be captured and those that cannot. */
 export function readTables(db: DB): { tables: TableInfo[]; skipped: UncapturableTable[] } {
-  const list = db.prepare('PRAGMA main.table_list').safeIntegers(false).all() as Array<{ name: string; type: string; wr: number }>
+  const list = db.prepare('PRAGMA main.table_list').safeIntegers(false).all() as Array<{
+    name: string
+    type: string
+    wr: number
+  }>
   const sqlOf = new Map(
-    (db.prepare("SELECT name, sql FROM main.sqlite_schema WHERE type = 'table'").all() as Array<{ name: string; sql: string }>).map(
-      (r) => [r.name, r.sql]
-    )
+    (
+      db.prepare("SELECT name, sql FROM main.sqlite_schema WHERE type = 'table'").all() as Array<{
+        name: string
+        sql: string
+      }>
+    ).map((r) => [r.name, r.sql])
   )
   const virtuals = list.filter((t) => t.type === 'virtual').map((t) => t.name)
   const tables: TableInfo[] = []
@@ -151,15 +158,21 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
     if (t.name.startsWith('sqlite_') || t.name.startsWith(OWN_PREFIX)) continue
     if (t.type === 'view') continue
     if (t.type === 'virtual') {
-      skipped.push({ table: t.name, reason: 'virtual table (for example FTS or R*Tree): triggers cannot be created on it' })
+      skipped.push({
+        table: t.name,
+        reason: 'virtual table (for example FTS or R*Tree): triggers cannot be created on it'
+      })
       continue
     }
     if (t.type === 'shadow') {
-      const owner = virtuals.find((v) => t.name.startsWith(v + '_')) ?? 'a virtual table'
+      const owner = virtuals.find((v) => t.name.startsWith(`${v}_`)) ?? 'a virtual table'
       skipped.push({ table: t.name, reason: `shadow table of ${owner}, which is not captured` })
       continue
     }
-    const xinfo = db.prepare(`PRAGMA main.table_xinfo(${quote(t.name)})`).safeIntegers(false).all() as Array<{
+    const xinfo = db
+      .prepare(`PRAGMA main.table_xinfo(${quote(t.name)})`)
+      .safeIntegers(false)
+      .all() as Array<{
       name: string
       type: string
       notnull: number
@@ -225,17 +238,17 @@ export function toTableDef(id: number, t: TableInfo): TableDef {
  */
 export function valueTag(v: unknown): string {
   if (v === null) return 'NULL'
-  if (typeof v === 'bigint') return 'INTEGER ' + v.toString()
+  if (typeof v === 'bigint') return `INTEGER ${v.toString()}`
   if (typeof v === 'number') {
     const b = Buffer.alloc(8)
     b.writeDoubleBE(v)
-    return 'REAL ' + b.toString('hex') + ` (${v})`
+    return `REAL ${b.toString('hex')} (${v})`
   }
-  if (typeof v === 'string') return 'TEXT ' + JSON.stringify(v)
+  if (typeof v === 'string') return `TEXT ${JSON.stringify(v)}`
   // Not UTF-8: its bytes (a string never gets this tag, so the tags of valid TEXT are as they always were).
-  if (v instanceof RawText) return 'TEXT bytes ' + Buffer.from(v.bytes).toString('hex')
-  if (v instanceof Uint8Array) return 'BLOB ' + Buffer.from(v).toString('hex')
-  throw new Error('unexpected value ' + String(v))
+  if (v instanceof RawText) return `TEXT bytes ${Buffer.from(v.bytes).toString('hex')}`
+  if (v instanceof Uint8Array) return `BLOB ${Buffer.from(v).toString('hex')}`
+  throw new Error(`unexpected value ${String(v)}`)
 }
 
 /**

@@ -69,7 +69,8 @@ export const sqliteEngine: Engine = {
 
   async checkRestoreTarget(to) {
     if (/^postgres(ql)?:\/\//.test(to)) throw MeshError.USAGE('this dataset is SQLite: give --to a new file path')
-    if (fs.existsSync(to)) throw MeshError.USAGE(`${to} exists already`, { hint: 'Give a new file: a restore never overwrites anything.' })
+    if (fs.existsSync(to))
+      throw MeshError.USAGE(`${to} exists already`, { hint: 'Give a new file: a restore never overwrites anything.' })
     if (!fs.existsSync(path.dirname(path.resolve(to)))) throw MeshError.NOT_FOUND(`the folder of ${to} does not exist`)
   },
 

@@ -13,7 +13,16 @@
 import fs from 'node:fs'
 import { RawText, type TableDef, type Value } from '../../protocol/index.ts'
 import type { TableDiff } from '../types.ts'
-import { dropGuards, openDatabase, quote, readTables, sqliteError, valueTag, type DB, type TableInfo } from './common.ts'
+import {
+  dropGuards,
+  openDatabase,
+  quote,
+  readTables,
+  sqliteError,
+  valueTag,
+  type DB,
+  type TableInfo
+} from './common.ts'
 import { exactColumns, exactRow } from './text.ts'
 
 export async function backupDatabase(path: string, dest: string): Promise<void> {
@@ -43,7 +52,8 @@ export function databaseRole(path: string): 'origin' | 'replica' | 'plain' | 'no
   if (!fs.existsSync(path)) return 'none'
   const db = openDatabase(path, { mustExist: true })
   try {
-    const has = (name: string) => (db.prepare('SELECT count(*) FROM main.sqlite_schema WHERE name = ?').pluck().get(name) as number) > 0
+    const has = (name: string) =>
+      (db.prepare('SELECT count(*) FROM main.sqlite_schema WHERE name = ?').pluck().get(name) as number) > 0
     if (has('_mesh_replica')) return 'replica'
     if (has('_mesh_meta')) return 'origin'
     return 'plain'
@@ -65,25 +75,42 @@ export function replaceContents(target: string, source: string): void {
     db.prepare('ATTACH DATABASE ? AS src').run(source)
     try {
       db.transaction(() => {
-        const mine = db.prepare(`SELECT type, name, sql FROM main.sqlite_schema WHERE name NOT LIKE 'sqlite_%'`).all() as SchemaRow[]
+        const mine = db
+          .prepare(`SELECT type, name, sql FROM main.sqlite_schema WHERE name NOT LIKE 'sqlite_%'`)
+          .all() as SchemaRow[]
         // Triggers first: dropping and refilling tables must fire nothing.
         for (const type of ['trigger', 'view', 'table']) {
-          for (const o of mine.filter((r) => r.type === type)) db.exec(`DROP ${type.toUpperCase()} IF EXISTS main.${quote(o.name)}`)
+          for (const o of mine.filter((r) => r.type === type))
+            db.exec(`DROP ${type.toUpperCase()} IF EXISTS main.${quote(o.name)}`)
         }
-        const theirs = db.prepare(`SELECT type, name, sql FROM src.sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY rowid`).all() as SchemaRow[]
+        const theirs = db
+          .prepare(`SELECT type, name, sql FROM src.sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY rowid`)
+          .all() as SchemaRow[]
         for (const t of theirs.filter((r) => r.type === 'table' && r.sql)) {
           db.exec(t.sql!)
-          const cols = db.prepare(`SELECT name, hidden FROM pragma_table_xinfo(?, 'src')`).all(t.name) as Array<{ name: string; hidden: number }>
+          const cols = db.prepare(`SELECT name, hidden FROM pragma_table_xinfo(?, 'src')`).all(t.name) as Array<{
+            name: string
+            hidden: number
+          }>
           const stored = cols.filter((c) => c.hidden === 0).map((c) => quote(c.name))
-          const withoutRowid = (db.prepare(`SELECT wr FROM pragma_table_list WHERE schema = 'src' AND name = ?`).pluck().get(t.name) as number) === 1
+          const withoutRowid =
+            (db
+              .prepare(`SELECT wr FROM pragma_table_list WHERE schema = 'src' AND name = ?`)
+              .pluck()
+              .get(t.name) as number) === 1
           const names = new Set(cols.map((c) => c.name.toLowerCase()))
           const rowid = withoutRowid ? null : (['rowid', '_rowid_', 'oid'].find((n) => !names.has(n)) ?? null)
           const list = rowid ? [rowid, ...stored] : stored
-          db.exec(`INSERT INTO main.${quote(t.name)} (${list.join(', ')}) SELECT ${list.join(', ')} FROM src.${quote(t.name)}`)
+          db.exec(
+            `INSERT INTO main.${quote(t.name)} (${list.join(', ')}) SELECT ${list.join(', ')} FROM src.${quote(t.name)}`
+          )
         }
         for (const o of theirs.filter((r) => r.type !== 'table' && r.sql)) db.exec(o.sql!)
         const seq = (schema: string) =>
-          (db.prepare(`SELECT count(*) FROM ${schema}.sqlite_schema WHERE name = 'sqlite_sequence'`).pluck().get() as number) > 0
+          (db
+            .prepare(`SELECT count(*) FROM ${schema}.sqlite_schema WHERE name = 'sqlite_sequence'`)
+            .pluck()
+            .get() as number) > 0
         if (seq('main') && seq('src')) {
           db.exec('DELETE FROM main.sqlite_sequence')
           db.exec('INSERT INTO main.sqlite_sequence (name, seq) SELECT name, seq FROM src.sqlite_sequence')
@@ -143,9 +170,12 @@ export function finishRestoredFile(partial: string, final: string): void {
   const db = openDatabase(partial, { mustExist: true })
   try {
     const has = db.prepare(`SELECT count(*) FROM sqlite_schema WHERE name = '_mesh_replica'`).pluck().get() as number
-    const meta = has ? (db.prepare(`SELECT v FROM _mesh_replica WHERE k = 'objects'`).pluck().get() as string | undefined) : undefined
+    const meta = has
+      ? (db.prepare(`SELECT v FROM _mesh_replica WHERE k = 'objects'`).pluck().get() as string | undefined)
+      : undefined
     db.transaction(() => {
-      for (const o of JSON.parse(meta ?? '[]') as Array<{ type: string; sql: string }>) if (o.type === 'trigger') db.exec(o.sql)
+      for (const o of JSON.parse(meta ?? '[]') as Array<{ type: string; sql: string }>)
+        if (o.type === 'trigger') db.exec(o.sql)
       dropGuards(db)
       db.exec('DROP TABLE IF EXISTS _mesh_replica')
     })()
@@ -205,7 +235,15 @@ export function diffDatabases(mine: string, truth: string): TableDiff[] {
       }
       if (d.missing + d.extra + d.changed > 0) diffs.push(d)
     }
-    for (const name of ours.keys()) if (!theirs.some((t) => t.name === name)) diffs.push({ table: name, missing: 0, extra: 1, changed: 0, keys: ['(the whole table: the log has no such table)'] })
+    for (const name of ours.keys())
+      if (!theirs.some((t) => t.name === name))
+        diffs.push({
+          table: name,
+          missing: 0,
+          extra: 1,
+          changed: 0,
+          keys: ['(the whole table: the log has no such table)']
+        })
     return diffs
   } finally {
     a.close()

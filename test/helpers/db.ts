@@ -17,10 +17,7 @@ import { teardown, type TestContext } from './teardown.ts'
  */
 export function tmpDir(t: TestContext, prefix?: string): string
 export function tmpDir(prefix?: string): { dir: string; cleanup: () => void }
-export function tmpDir(
-  first?: TestContext | string,
-  second?: string
-): string | { dir: string; cleanup: () => void } {
+export function tmpDir(first?: TestContext | string, second?: string): string | { dir: string; cleanup: () => void } {
   const t = typeof first === 'object' ? first : null
   const prefix = (t === null ? (first as string | undefined) : second) ?? 'mesh-test-'
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
@@ -70,7 +67,10 @@ export function dump(file: string): Record<string, { sql: string; rows: string[]
       const cols = t.columns.map((c) => `"${c.name.replaceAll('"', '""')}"`)
       const keyless = t.key.length === 0
       const select = keyless ? [t.rowidName!, ...cols] : cols
-      const rows = db.prepare(`SELECT ${select.join(', ')} FROM "${t.name.replaceAll('"', '""')}"`).raw(true).all() as unknown[][]
+      const rows = db
+        .prepare(`SELECT ${select.join(', ')} FROM "${t.name.replaceAll('"', '""')}"`)
+        .raw(true)
+        .all() as unknown[][]
       const lines = rows.map((r) => r.map(valueTag).join('|')).sort()
       out[t.name] = { sql: t.sql, rows: lines }
     }
@@ -102,18 +102,18 @@ function exactTag(type: unknown, v: unknown): string {
     case 'null':
       return 'NULL'
     case 'integer':
-      return 'INTEGER ' + String(v)
+      return `INTEGER ${String(v)}`
     case 'real': {
       const b = Buffer.alloc(8)
       b.writeDoubleBE(Number(v))
-      return 'REAL ' + b.toString('hex')
+      return `REAL ${b.toString('hex')}`
     }
     case 'text':
-      return 'TEXT ' + Buffer.from(v as Uint8Array).toString('hex')
+      return `TEXT ${Buffer.from(v as Uint8Array).toString('hex')}`
     case 'blob':
-      return 'BLOB ' + Buffer.from(v as Uint8Array).toString('hex')
+      return `BLOB ${Buffer.from(v as Uint8Array).toString('hex')}`
     default:
-      throw new Error('unexpected storage class ' + String(type))
+      throw new Error(`unexpected storage class ${String(type)}`)
   }
 }
 
@@ -140,7 +140,10 @@ export function dumpExact(
         `CASE WHEN typeof(${c}) = 'text' THEN CAST(${c} AS BLOB) ELSE ${c} END`
       ])
       const from = `"${t.name.replaceAll('"', '""')}"`
-      const rows = db.prepare(`SELECT ${select.join(', ')} FROM ${from}`).raw(true).all() as unknown[][]
+      const rows = db
+        .prepare(`SELECT ${select.join(', ')} FROM ${from}`)
+        .raw(true)
+        .all() as unknown[][]
       const lines = rows.map((r) => names.map((_, i) => exactTag(r[2 * i], r[2 * i + 1])).join('|')).sort()
       out[t.name] = { sql: t.sql, rows: lines }
     }

@@ -45,7 +45,9 @@ swarm.on('connection', (conn: SwarmConnection) => {
 })
 swarm.join(meshTopic(meshId), { client: true, server: true })
 await new Promise((r) => setTimeout(r, Number(secondsText) * 1000))
-process.stdout.write(JSON.stringify({ connections, closedByRemote, length: core.length, contiguous: core.contiguousLength }) + '\n')
+process.stdout.write(
+  `${JSON.stringify({ connections, closedByRemote, length: core.length, contiguous: core.contiguousLength })}\n`
+)
 await swarm.destroy({ force: true }).catch(() => {})
 await store.close().catch(() => {})
 fs.rmSync(dir, { recursive: true, force: true })

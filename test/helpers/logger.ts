@@ -1,7 +1,9 @@
 import type { Logger } from '../../adapters/index.ts'
 
 /** A logger that keeps what it is told, for tests that assert a warning was given. */
-export function memoryLogger(): Logger & { lines: Array<{ level: string; msg: string; fields?: Record<string, unknown> }> } {
+export function memoryLogger(): Logger & {
+  lines: Array<{ level: string; msg: string; fields?: Record<string, unknown> }>
+} {
   const lines: Array<{ level: string; msg: string; fields?: Record<string, unknown> }> = []
   const at = (level: string) => (msg: string, fields?: Record<string, unknown>) => {
     lines.push({ level, msg, fields })

@@ -23,7 +23,11 @@ export interface RunResult {
 /** Runs one `mesh` command to completion. */
 export function mesh(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [MESH, ...args], { cwd: ROOT, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const p = spawn(process.execPath, [MESH, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
     let stdout = ''
     let stderr = ''
     p.stdout.on('data', (d) => (stdout += d))
@@ -46,7 +50,12 @@ export async function testnet(t: TestContext): Promise<string> {
   return net.bootstrap.map((b) => `${b.host}:${b.port}`).join(',')
 }
 
-export async function waitUntil(what: string, fn: () => boolean | Promise<boolean>, timeoutMs = 60_000, every = 200): Promise<void> {
+export async function waitUntil(
+  what: string,
+  fn: () => boolean | Promise<boolean>,
+  timeoutMs = 60_000,
+  every = 200
+): Promise<void> {
   const end = Date.now() + timeoutMs
   let last: unknown = null
   for (;;) {
@@ -56,7 +65,10 @@ export async function waitUntil(what: string, fn: () => boolean | Promise<boolea
     } catch (err) {
       last = err
     }
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}${last ? `: ${(last as Error).message}` : ''}`)
+    if (Date.now() > end)
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting until ${what}${last ? `: ${(last as Error).message}` : ''}`
+      )
     await new Promise((r) => setTimeout(r, every))
   }
 }
@@ -83,7 +95,17 @@ export class TestSite {
   }
 
   async init(): Promise<void> {
-    const r = await mesh(['init', '--dir', this.dir, '--site', this.name, '--sqlite', this.db, '--bootstrap', this.bootstrap])
+    const r = await mesh([
+      'init',
+      '--dir',
+      this.dir,
+      '--site',
+      this.name,
+      '--sqlite',
+      this.db,
+      '--bootstrap',
+      this.bootstrap
+    ])
     if (r.code !== 0) throw new Error(`mesh init failed: ${r.stderr}`)
   }
 
@@ -94,7 +116,18 @@ export class TestSite {
   }
 
   async join(code: string): Promise<void> {
-    const r = await mesh(['join', code, '--dir', this.dir, '--site', this.name, '--sqlite', this.db, '--bootstrap', this.bootstrap])
+    const r = await mesh([
+      'join',
+      code,
+      '--dir',
+      this.dir,
+      '--site',
+      this.name,
+      '--sqlite',
+      this.db,
+      '--bootstrap',
+      this.bootstrap
+    ])
     if (r.code !== 0) throw new Error(`mesh join failed: ${r.stderr}`)
   }
 

@@ -40,7 +40,19 @@ export class PgSite {
 
   private siteArgs(): string[] {
     const capture = this.noDecoding ? ['--capture', 'triggers'] : []
-    return ['--dir', this.dir, '--site', this.name, '--postgres', this.url, ...capture, '--replica-postgres', this.cluster.url('postgres'), '--bootstrap', this.bootstrap]
+    return [
+      '--dir',
+      this.dir,
+      '--site',
+      this.name,
+      '--postgres',
+      this.url,
+      ...capture,
+      '--replica-postgres',
+      this.cluster.url('postgres'),
+      '--bootstrap',
+      this.bootstrap
+    ]
   }
 
   async init(): Promise<void> {

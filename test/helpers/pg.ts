@@ -68,7 +68,8 @@ export function findPgBin(): { bin: string | null; from: string; looked: string[
   }
   const conf = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' })
   looked.push('pg_config --bindir')
-  if (conf.status === 0 && hasInitdb(conf.stdout.trim())) return { bin: conf.stdout.trim(), from: 'pg_config --bindir', looked }
+  if (conf.status === 0 && hasInitdb(conf.stdout.trim()))
+    return { bin: conf.stdout.trim(), from: 'pg_config --bindir', looked }
   const candidates: string[] = []
   for (const root of ['/usr/lib/postgresql', '/usr/local/opt', '/opt/homebrew/opt']) {
     if (!fs.existsSync(root)) continue
@@ -148,10 +149,12 @@ function libEnv(bin: string): NodeJS.ProcessEnv {
   const listFile = path.join(native, 'pg-symlinks.json')
   if (fs.existsSync(listFile)) {
     const root = path.dirname(native)
-    const links = (JSON.parse(fs.readFileSync(listFile, 'utf8')) as Array<{ source: string; target: string }>).map((l) => ({
-      source: path.join(root, l.source),
-      target: path.join(root, l.target)
-    }))
+    const links = (JSON.parse(fs.readFileSync(listFile, 'utf8')) as Array<{ source: string; target: string }>).map(
+      (l) => ({
+        source: path.join(root, l.source),
+        target: path.join(root, l.target)
+      })
+    )
     let failed = false
     for (const { source, target } of links) {
       if (fs.existsSync(target)) continue
@@ -191,7 +194,9 @@ const isRoot = () => typeof process.getuid === 'function' && process.getuid() ==
 
 function ensurePostgresUser(): void {
   if (spawnSync('id', ['-u', 'postgres']).status === 0) return
-  const add = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', 'postgres'], { encoding: 'utf8' })
+  const add = spawnSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', 'postgres'], {
+    encoding: 'utf8'
+  })
   if (add.status === 0) return
   // BusyBox (Alpine) has adduser and no useradd.
   const busybox = spawnSync('adduser', ['-S', '-D', '-H', 'postgres'], { encoding: 'utf8' })
@@ -221,7 +226,12 @@ function missingProgram(bin: string, program: string): Error {
 }
 
 /** Runs a PostgreSQL program, as the postgres user when we are root. */
-function runAs(bin: string, program: string, args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): string {
+function runAs(
+  bin: string,
+  program: string,
+  args: string[],
+  opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}
+): string {
   const exe = programPath(bin, program)
   if (!fs.existsSync(exe)) throw missingProgram(bin, program)
   const [cmd, argv] = isRoot() ? asPostgres(exe, args) : [exe, args]
@@ -232,7 +242,9 @@ function runAs(bin: string, program: string, args: string[], opts: { timeoutMs?:
     maxBuffer: 64 * 1024 * 1024
   })
   if (r.status !== 0) {
-    throw new Error(`${program} ${args.join(' ')} failed (${r.status ?? r.signal}): ${(r.stderr || r.stdout || String(r.error ?? '')).trim()}`)
+    throw new Error(
+      `${program} ${args.join(' ')} failed (${r.status ?? r.signal}): ${(r.stderr || r.stdout || String(r.error ?? '')).trim()}`
+    )
   }
   return r.stdout
 }
@@ -280,7 +292,10 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<PgCluster
   } catch (err) {
     fs.rmSync(dir, { recursive: true, force: true })
     const message = (err as Error).message
-    const version = spawnSync(programPath(bin, 'postgres'), ['--version'], { encoding: 'utf8', env: { ...process.env, ...libEnv(bin) } })
+    const version = spawnSync(programPath(bin, 'postgres'), ['--version'], {
+      encoding: 'utf8',
+      env: { ...process.env, ...libEnv(bin) }
+    })
     const which = version.status === 0 ? version.stdout.trim() : 'version unknown: postgres --version fails too'
     throw new Error(
       `initdb failed with the PostgreSQL binaries in ${bin} (found by ${from}; ${which}${isRoot() ? '; run as the postgres user' : ''}): ${message}\n${initdbHint(message, bin)}`,
@@ -306,12 +321,17 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<PgCluster
   try {
     runAs(bin, 'pg_ctl', ['-D', data, '-l', log, '-w', '-t', '60', 'start'])
   } catch (err) {
-    const tail = fs.existsSync(log) ? fs.readFileSync(log, 'utf8').trim().split('\n').slice(-15).join('\n') : '(no server log)'
+    const tail = fs.existsSync(log)
+      ? fs.readFileSync(log, 'utf8').trim().split('\n').slice(-15).join('\n')
+      : '(no server log)'
     try {
       runAs(bin, 'pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop'])
     } catch {}
     fs.rmSync(dir, { recursive: true, force: true })
-    throw new Error(`PostgreSQL from ${bin} (found by ${from}) did not start: ${(err as Error).message}\nserver log:\n${tail}`, { cause: err })
+    throw new Error(
+      `PostgreSQL from ${bin} (found by ${from}) did not start: ${(err as Error).message}\nserver log:\n${tail}`,
+      { cause: err }
+    )
   }
   let stopped = false
   const cluster: PgCluster = {
@@ -320,7 +340,10 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<PgCluster
     dir,
     url: (db = 'postgres') => `postgres://postgres@127.0.0.1:${port}/${db}`,
     async query(sql, params = [], db = 'postgres') {
-      const client = new pg.Client({ connectionString: cluster.url(db), types: { getTypeParser: () => (v: string) => v } })
+      const client = new pg.Client({
+        connectionString: cluster.url(db),
+        types: { getTypeParser: () => (v: string) => v }
+      })
       await client.connect()
       try {
         const r = await client.query(sql, params)
@@ -334,7 +357,10 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<PgCluster
       return cluster.url(name)
     },
     run(program, args, runOpts = {}) {
-      return runAs(bin, program, args, { timeoutMs: runOpts.timeoutMs, env: { PGHOST: '127.0.0.1', PGPORT: String(port), PGUSER: 'postgres' } })
+      return runAs(bin, program, args, {
+        timeoutMs: runOpts.timeoutMs,
+        env: { PGHOST: '127.0.0.1', PGPORT: String(port), PGUSER: 'postgres' }
+      })
     },
     async stop() {
       if (stopped) return
@@ -364,7 +390,9 @@ export async function pgDump(url: string): Promise<Record<string, { columns: str
   const client = new pg.Client({ connectionString: url, types: { getTypeParser: () => (v: string) => v } })
   await client.connect()
   try {
-    await client.query("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'")
+    await client.query(
+      "SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'"
+    )
     const tables = await client.query(`
       SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name,
              (SELECT json_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_attribute a

@@ -28,4 +28,3 @@ export function tmpfs(t: TestContext, dir: string, size: string): { resize(size:
     }
   }
 }
-

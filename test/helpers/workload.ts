@@ -4,7 +4,7 @@
  * changes) and appends one row to `events` with the next serial, so a replica that ever shows a split
  * transaction, a lost one or a doubled one is caught.
  */
-import Database from 'better-sqlite3'
+import type Database from 'better-sqlite3'
 import { prng } from '../../tools/prng.ts'
 import { openWal, readDb, sqliteOrigin } from './db.ts'
 import type { TestContext } from './teardown.ts'
@@ -45,7 +45,9 @@ export class Workload {
     this.s = {
       move1: p('UPDATE accounts SET balance = balance - ? WHERE id = ?'),
       move2: p('UPDATE accounts SET balance = balance + ? WHERE id = ?'),
-      event: p('INSERT INTO events (serial, at, note) VALUES ((SELECT coalesce(max(serial), 0) + 1 FROM events), ?, ?)'),
+      event: p(
+        'INSERT INTO events (serial, at, note) VALUES ((SELECT coalesce(max(serial), 0) + 1 FROM events), ?, ?)'
+      ),
       item: p('INSERT OR REPLACE INTO items (sku, qty, price, img) VALUES (?, ?, ?, ?)'),
       itemUpd: p('UPDATE items SET qty = qty + 1, price = price * 1.01 WHERE sku = ?'),
       itemDel: p('DELETE FROM items WHERE sku = ?'),
@@ -74,17 +76,22 @@ export class Workload {
       const to = 1 + this.int(ACCOUNTS)
       this.s.move1.run(amount, from)
       this.s.move2.run(amount, to)
-      this.s.event.run(this.rand() * 1e6, 'tx ' + ops)
+      this.s.event.run(this.rand() * 1e6, `tx ${ops}`)
       for (let i = 0; i < ops; i++) this.op()
     })()
   }
 
   private op(): void {
-    const sku = 'sku-' + this.int(300)
+    const sku = `sku-${this.int(300)}`
     switch (this.int(12)) {
       case 0:
       case 1:
-        this.s.item.run(sku, this.int(100), this.rand() * 100, this.rand() < 0.3 ? Buffer.from([0, this.int(256), 0]) : null)
+        this.s.item.run(
+          sku,
+          this.int(100),
+          this.rand() * 100,
+          this.rand() < 0.3 ? Buffer.from([0, this.int(256), 0]) : null
+        )
         break
       case 2:
         this.s.itemUpd.run(sku)
@@ -105,13 +112,13 @@ export class Workload {
         this.s.lineRekey.run(this.int(200))
         break
       case 8:
-        this.s.tag.run('t' + this.int(50))
+        this.s.tag.run(`t${this.int(50)}`)
         break
       case 9:
-        this.s.tagDel.run('t' + this.int(50))
+        this.s.tagDel.run(`t${this.int(50)}`)
         break
       case 10:
-        this.s.note.run('note ' + this.int(1e6), this.rand() < 0.1 ? -0.0 : this.rand())
+        this.s.note.run(`note ${this.int(1e6)}`, this.rand() < 0.1 ? -0.0 : this.rand())
         break
       default:
         if (this.rand() < 0.5) this.s.noteDel.run(this.int(20))

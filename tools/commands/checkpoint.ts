@@ -12,10 +12,15 @@ one by itself when idle, every checkpointSeconds (config.json, default 600). The
   summary: "append the origin's digest to the log now, for every copy to check itself against",
   async run(args) {
     const { values, positionals } = parse('checkpoint', args, { json: { type: 'boolean' } }, true)
-    if (positionals.length !== 1) throw MeshError.USAGE('name one dataset', { hint: 'Try: mesh checkpoint DATASET --dir DIR' })
+    if (positionals.length !== 1)
+      throw MeshError.USAGE('name one dataset', { hint: 'Try: mesh checkpoint DATASET --dir DIR' })
     const dir = resolveDir(values.dir)
     readConfig(dir)
-    const res = await askRunningNode<{ checkpoint: { dataset: string; seq: number; rows: number } }>(dir, { cmd: 'checkpoint', dataset: positionals[0] }, 5 * 60_000)
+    const res = await askRunningNode<{ checkpoint: { dataset: string; seq: number; rows: number } }>(
+      dir,
+      { cmd: 'checkpoint', dataset: positionals[0] },
+      5 * 60_000
+    )
     const c = res.checkpoint
     if (values.json) out(JSON.stringify(c))
     else {

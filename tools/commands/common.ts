@@ -28,7 +28,9 @@ export function parse<T extends NonNullable<ParseArgsConfig['options']>>(
   try {
     return parseArgs({ args, options: { ...COMMON_OPTIONS, ...options }, allowPositionals, strict: true })
   } catch (err) {
-    throw MeshError.USAGE((err as Error).message.replace(/\. To specify a positional argument.*$/s, ''), { hint: `Try: mesh help ${command}` })
+    throw MeshError.USAGE((err as Error).message.replace(/\. To specify a positional argument.*$/s, ''), {
+      hint: `Try: mesh help ${command}`
+    })
   }
 }
 
@@ -36,7 +38,8 @@ export function parse<T extends NonNullable<ParseArgsConfig['options']>>(
 export function printError(err: unknown): number {
   if (err instanceof MeshError) {
     process.stderr.write(`mesh: ${err.message}\n`)
-    if (err.hint) process.stderr.write(`${err.code === 'USAGE' && err.hint.startsWith('Try:') ? '' : 'What to do: '}${err.hint}\n`)
+    if (err.hint)
+      process.stderr.write(`${err.code === 'USAGE' && err.hint.startsWith('Try:') ? '' : 'What to do: '}${err.hint}\n`)
     return err.code === 'USAGE' ? EXIT_USAGE : EXIT_ERROR
   }
   process.stderr.write(`mesh: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`)
@@ -44,13 +47,16 @@ export function printError(err: unknown): number {
 }
 
 export function out(line = ''): void {
-  process.stdout.write(line + '\n')
+  process.stdout.write(`${line}\n`)
 }
 
 /** Parses "24h", "30m", "7d", "90s" into seconds. */
 export function parseDuration(text: string, flag: string): number {
   const m = /^(\d+)\s*(s|m|h|d)?$/.exec(text.trim())
-  if (!m) throw MeshError.USAGE(`${flag} "${text}" is not a duration`, { hint: 'Give a number with s, m, h or d, e.g. 24h or 7d.' })
+  if (!m)
+    throw MeshError.USAGE(`${flag} "${text}" is not a duration`, {
+      hint: 'Give a number with s, m, h or d, e.g. 24h or 7d.'
+    })
   const n = Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 's']
   if (n <= 0) throw MeshError.USAGE(`${flag} must be longer than 0`)
   return n
@@ -84,5 +90,7 @@ export async function askRunningNode<T>(dir: string, req: LocalRequest, timeoutM
 }
 
 export function notRunning(dir: string): MeshError {
-  return MeshError.NOT_RUNNING(`no node is running on ${dir}`, { hint: `Start it first (mesh start --dir ${dir}), then run the command again.` })
+  return MeshError.NOT_RUNNING(`no node is running on ${dir}`, {
+    hint: `Start it first (mesh start --dir ${dir}), then run the command again.`
+  })
 }

@@ -1,7 +1,20 @@
 import path from 'node:path'
 import crypto from 'hypercore-crypto'
 import { MeshError } from '../../protocol/index.ts'
-import { checkReplicaServer, checkSource, checkUrl, createDataDir, createSiteKey, redactUrl, sitePaths, undoSource, writeMeshState, DEFAULT_GUARD, DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS } from '../../node/index.ts'
+import {
+  checkReplicaServer,
+  checkSource,
+  checkUrl,
+  createDataDir,
+  createSiteKey,
+  redactUrl,
+  sitePaths,
+  undoSource,
+  writeMeshState,
+  DEFAULT_GUARD,
+  DEFAULT_SNAPSHOTS,
+  DEFAULT_THRESHOLDS
+} from '../../node/index.ts'
 import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE, type SiteConfig } from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
@@ -37,7 +50,16 @@ export const SITE_OPTIONS = {
   dataset: { type: 'string' }
 } as const
 
-type SiteValues = { dir?: string; site?: string; sqlite?: string; postgres?: string; 'replica-postgres'?: string; capture?: string; dataset?: string; bootstrap?: string }
+type SiteValues = {
+  dir?: string
+  site?: string
+  sqlite?: string
+  postgres?: string
+  'replica-postgres'?: string
+  capture?: string
+  dataset?: string
+  bootstrap?: string
+}
 
 /**
  * Checks what `init` and `join` share (site name, database, dataset name, bootstrap) and returns the new site's
@@ -46,7 +68,10 @@ type SiteValues = { dir?: string; site?: string; sqlite?: string; postgres?: str
 export async function newSite(values: SiteValues, example: string) {
   if (!values.site) throw MeshError.USAGE('--site NAME is required', { hint: example })
   if (!values.sqlite === !values.postgres) {
-    throw MeshError.USAGE(values.sqlite ? 'give --sqlite or --postgres, not both' : '--sqlite PATH or --postgres URL is required', { hint: example })
+    throw MeshError.USAGE(
+      values.sqlite ? 'give --sqlite or --postgres, not both' : '--sqlite PATH or --postgres URL is required',
+      { hint: example }
+    )
   }
   const dir = resolveDir(values.dir)
   const id = crypto.randomBytes(8).toString('hex')
@@ -54,11 +79,19 @@ export async function newSite(values: SiteValues, example: string) {
   if (values.postgres) {
     const { database } = checkUrl(values.postgres)
     const capture = values.capture ?? 'logical'
-    if (capture !== 'logical' && capture !== 'triggers') throw MeshError.USAGE(`--capture ${capture} is not a capture mode`, { hint: 'Give --capture triggers, or leave it out for logical decoding.' })
+    if (capture !== 'logical' && capture !== 'triggers')
+      throw MeshError.USAGE(`--capture ${capture} is not a capture mode`, {
+        hint: 'Give --capture triggers, or leave it out for logical decoding.'
+      })
     dataset = { id, name: datasetName(values.dataset, database), engine: 'postgres', path: values.postgres, capture }
   } else {
     const file = path.resolve(values.sqlite!)
-    dataset = { id, name: datasetName(values.dataset, path.basename(file).replace(/\.(sqlite3?|db3?)$/i, '')), engine: 'sqlite', path: file }
+    dataset = {
+      id,
+      name: datasetName(values.dataset, path.basename(file).replace(/\.(sqlite3?|db3?)$/i, '')),
+      engine: 'sqlite',
+      path: file
+    }
   }
   const replicaPostgres = values['replica-postgres'] ?? null
   const config: SiteConfig = {
@@ -73,7 +106,8 @@ export async function newSite(values: SiteValues, example: string) {
     guard: { ...DEFAULT_GUARD }
   }
   if (replicaPostgres) await checkReplicaServer(replicaPostgres)
-  if (values.capture && !values.postgres) throw MeshError.USAGE('--capture applies to --postgres only', { hint: example })
+  if (values.capture && !values.postgres)
+    throw MeshError.USAGE('--capture applies to --postgres only', { hint: example })
   /** Sets up capture in the database (a PostgreSQL slot...), inside the data directory's creation. */
   const setUp = () => checkSource(dataset.engine, dataset.path, id, dataset.capture)
   /** Undoes it when what follows fails, so that nothing is left holding WAL. */
@@ -91,7 +125,10 @@ export const command: Command = {
   summary: 'start a new mesh with this site as its first member',
   async run(args) {
     const { values } = parse('init', args, SITE_OPTIONS)
-    const { dir, config, setUp, undo } = await newSite(values, 'Try: mesh init --dir DIR --site shop-north --sqlite /path/to/shop.db')
+    const { dir, config, setUp, undo } = await newSite(
+      values,
+      'Try: mesh init --dir DIR --site shop-north --sqlite /path/to/shop.db'
+    )
     const { site, datasets } = config
     const { name } = datasets[0]
     const file = shownSource(datasets[0])
@@ -100,7 +137,12 @@ export const command: Command = {
       try {
         const paths = sitePaths(dir)
         const keyPair = createSiteKey(paths)
-        writeMeshState(paths, { meshId: crypto.randomBytes(32), members: [{ key: keyPair.publicKey, site, addedAt: Date.now() }], datasets: [], local: [] })
+        writeMeshState(paths, {
+          meshId: crypto.randomBytes(32),
+          members: [{ key: keyPair.publicKey, site, addedAt: Date.now() }],
+          datasets: [],
+          local: []
+        })
         writeConfig(dir, config)
       } catch (err) {
         await undo()

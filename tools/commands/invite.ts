@@ -21,11 +21,18 @@ export const command: Command = {
     const state = readMeshState(paths)
     const ttl = parseDuration(values.expires ?? '24h', '--expires')
     const invite = createInvite(paths, ttl)
-    const code = encodeJoinCode({ meshId: state.meshId, inviter: keyPair.publicKey, seed: invite.seed, expiresAt: invite.expiresAt })
+    const code = encodeJoinCode({
+      meshId: state.meshId,
+      inviter: keyPair.publicKey,
+      seed: invite.seed,
+      expiresAt: invite.expiresAt
+    })
     const running = (await askNode(dir, 'ping').catch(() => null)) !== null
     out(`Join code made by ${cfg.site}, valid once until ${new Date(invite.expiresAt * 1000).toISOString()}.`)
     out('At the new site, run:')
-    out(`  mesh join CODE --dir DIR --site NAME --sqlite PATH${cfg.bootstrap ? ` --bootstrap ${cfg.bootstrap.join(',')}` : ''}`)
+    out(
+      `  mesh join CODE --dir DIR --site NAME --sqlite PATH${cfg.bootstrap ? ` --bootstrap ${cfg.bootstrap.join(',')}` : ''}`
+    )
     if (!running) out(`The node here is not running: start it (mesh start --dir ${dir}) before the code is used.`)
     out('Keep the code secret: whoever has it can join until it is used or expires.')
     out(code)

@@ -16,7 +16,10 @@ export const command: Command = {
   async run(args) {
     const { values, positionals } = parse('join', args, { ...SITE_OPTIONS, timeout: { type: 'string' } }, true)
     const example = 'Try: mesh join bm1-... --dir DIR --site shop-south --sqlite /path/to/shop.db'
-    if (positionals.length !== 1) throw MeshError.USAGE(positionals.length === 0 ? 'the join code is missing' : 'give exactly one join code', { hint: example })
+    if (positionals.length !== 1)
+      throw MeshError.USAGE(positionals.length === 0 ? 'the join code is missing' : 'give exactly one join code', {
+        hint: example
+      })
     const code = decodeJoinCode(positionals[0])
     const { dir, config, setUp, undo } = await newSite(values, example)
     let warnings: string[] = []

@@ -36,7 +36,8 @@ interface LogResult {
 
 function count(opt: string | undefined, flag: string, dflt: number): number {
   if (opt === undefined) return dflt
-  if (!/^\d+$/.test(opt)) throw MeshError.USAGE(`${flag} "${opt}" is not a number`, { hint: `Give a whole number, e.g. ${flag} 100.` })
+  if (!/^\d+$/.test(opt))
+    throw MeshError.USAGE(`${flag} "${opt}" is not a number`, { hint: `Give a whole number, e.g. ${flag} 100.` })
   return Number(opt)
 }
 
@@ -44,15 +45,30 @@ export const command: Command = {
   usage,
   summary: "the dataset's history: positions, times, epochs, tables and rows",
   async run(args) {
-    const { values, positionals } = parse('log', args, { from: { type: 'string' }, limit: { type: 'string' }, show: { type: 'string' }, json: { type: 'boolean' } }, true)
-    if (positionals.length !== 1) throw MeshError.USAGE('name one dataset', { hint: 'Try: mesh log DATASET --dir DIR (mesh status lists the datasets)' })
+    const { values, positionals } = parse(
+      'log',
+      args,
+      { from: { type: 'string' }, limit: { type: 'string' }, show: { type: 'string' }, json: { type: 'boolean' } },
+      true
+    )
+    if (positionals.length !== 1)
+      throw MeshError.USAGE('name one dataset', {
+        hint: 'Try: mesh log DATASET --dir DIR (mesh status lists the datasets)'
+      })
     const dir = resolveDir(values.dir)
     readConfig(dir)
     const show = values.show === undefined ? null : count(values.show, '--show', 0)
     const limit = count(values.limit, '--limit', 50)
-    const req = show !== null ? { from: show, limit: 1, full: true } : { from: count(values.from, '--from', 0), limit: limit === 0 ? undefined : limit }
+    const req =
+      show !== null
+        ? { from: show, limit: 1, full: true }
+        : { from: count(values.from, '--from', 0), limit: limit === 0 ? undefined : limit }
     let log: LogResult
-    const res = await askNodeIfRunning<{ log?: LogResult }>(dir, { cmd: 'log', dataset: positionals[0], ...req }, 120_000)
+    const res = await askNodeIfRunning<{ log?: LogResult }>(
+      dir,
+      { cmd: 'log', dataset: positionals[0], ...req },
+      120_000
+    )
     if (res?.log) log = res.log
     else {
       const off = await offlineHistory(dir)
@@ -67,7 +83,12 @@ export const command: Command = {
     for (const u of log.units) {
       const hits = damage.filter((x) => x.seq === u.seq)
       if (hits.length) {
-        u.damage = hits.map((x) => ({ table: x.table, changed: x.changed, before: x.before, restore: `mesh restore ${log.dataset} --seq ${x.seq} --to ${log.dataset}-before-${x.seq}.db --dir ${dir}` }))
+        u.damage = hits.map((x) => ({
+          table: x.table,
+          changed: x.changed,
+          before: x.before,
+          restore: `mesh restore ${log.dataset} --seq ${x.seq} --to ${log.dataset}-before-${x.seq}.db --dir ${dir}`
+        }))
       }
     }
     if (show !== null && (log.units.length === 0 || log.units[0].seq !== show)) {
@@ -84,7 +105,8 @@ export const command: Command = {
       const copy = u.kind === 'snapshot' && u.note ? `; ${u.note}` : ''
       const what = u.rows ? `${u.rows} rows: ${touched}${copy}` : u.note
       out(`${String(u.seq).padStart(8)}  epoch ${u.epoch}  ${when}  ${u.kind.padEnd(11)} ${what}`)
-      for (const d of u.damage ?? []) out(`          MASS CHANGE: ${d.changed} of ${d.before} rows of ${d.table}; the state before it: ${d.restore}`)
+      for (const d of u.damage ?? [])
+        out(`          MASS CHANGE: ${d.changed} of ${d.before} rows of ${d.table}; the state before it: ${d.restore}`)
       if (u.changes) out(JSON.stringify(u.changes, null, 2))
     }
     return 0

@@ -24,13 +24,25 @@ export const command: Command = {
   usage,
   summary: 'make this site the origin of a dataset (failover, fail back)',
   async run(args) {
-    const { values, positionals } = parse('promote', args, { force: { type: 'boolean' }, json: { type: 'boolean' } }, true)
+    const { values, positionals } = parse(
+      'promote',
+      args,
+      { force: { type: 'boolean' }, json: { type: 'boolean' } },
+      true
+    )
     if (positionals.length !== 1) {
-      throw MeshError.USAGE(positionals.length === 0 ? 'name the dataset to promote' : 'promote one dataset at a time', { hint: 'Try: mesh promote DATASET --dir DIR (mesh status lists the datasets)' })
+      throw MeshError.USAGE(
+        positionals.length === 0 ? 'name the dataset to promote' : 'promote one dataset at a time',
+        { hint: 'Try: mesh promote DATASET --dir DIR (mesh status lists the datasets)' }
+      )
     }
     const dir = resolveDir(values.dir)
     readConfig(dir)
-    const res = (await askNode(dir, { cmd: 'promote', dataset: positionals[0], force: values.force === true }, 120_000)) as { promoted?: PromoteResult; error?: NodeError } | null
+    const res = (await askNode(
+      dir,
+      { cmd: 'promote', dataset: positionals[0], force: values.force === true },
+      120_000
+    )) as { promoted?: PromoteResult; error?: NodeError } | null
     if (res === null) throw notRunning(dir)
     if (res.error) {
       const e = nodeError(res.error)
@@ -45,7 +57,9 @@ export const command: Command = {
       out(JSON.stringify({ promoted: true, ...p }))
       return 0
     }
-    out(`${p.dataset}: this site is now the origin (epoch ${p.epoch}), continuing from entry ${p.branch} of ${p.previousOrigin}'s log${p.forced ? ' (forced)' : ''}.`)
+    out(
+      `${p.dataset}: this site is now the origin (epoch ${p.epoch}), continuing from entry ${p.branch} of ${p.previousOrigin}'s log${p.forced ? ' (forced)' : ''}.`
+    )
     out(`Every other site follows it now; ${p.previousOrigin} is fenced when it comes back.`)
     out('')
     out('Point the business application at this database from now on:')

@@ -32,12 +32,27 @@ export function parseTime(text: string, now = Date.now()): number {
   if (t === 'yesterday') return now - 86_400_000
   const m = /^(\d+(?:\.\d+)?)\s*(second|sec|s|minute|min|m|hour|h|day|d|week|w)s?\s+ago$/.exec(t)
   if (m) {
-    const unit = { second: 1, sec: 1, s: 1, minute: 60, min: 60, m: 60, hour: 3600, h: 3600, day: 86400, d: 86400, week: 604800, w: 604800 }[m[2] as 'second']
+    const unit = {
+      second: 1,
+      sec: 1,
+      s: 1,
+      minute: 60,
+      min: 60,
+      m: 60,
+      hour: 3600,
+      h: 3600,
+      day: 86400,
+      d: 86400,
+      week: 604800,
+      w: 604800
+    }[m[2] as 'second']
     return now - Number(m[1]) * unit * 1000
   }
   const ms = Date.parse(text)
   if (Number.isNaN(ms)) {
-    throw MeshError.USAGE(`--at "${text}" is not a time`, { hint: 'Give an ISO 8601 time (2026-11-20T14:00:00Z) or words like "3 days ago", "2 hours ago", "yesterday".' })
+    throw MeshError.USAGE(`--at "${text}" is not a time`, {
+      hint: 'Give an ISO 8601 time (2026-11-20T14:00:00Z) or words like "3 days ago", "2 hours ago", "yesterday".'
+    })
   }
   return ms
 }
@@ -46,17 +61,31 @@ export const command: Command = {
   usage,
   summary: 'rebuild a dataset as it was at any moment, into a new database',
   async run(args) {
-    const { values, positionals } = parse('restore', args, { at: { type: 'string' }, seq: { type: 'string' }, to: { type: 'string' }, json: { type: 'boolean' } }, true)
+    const { values, positionals } = parse(
+      'restore',
+      args,
+      { at: { type: 'string' }, seq: { type: 'string' }, to: { type: 'string' }, json: { type: 'boolean' } },
+      true
+    )
     const example = 'Try: mesh restore shop --at "2 hours ago" --to /tmp/shop-2h.db --dir DIR'
     if (positionals.length !== 1) throw MeshError.USAGE('name one dataset', { hint: example })
-    if ((values.at === undefined) === (values.seq === undefined)) throw MeshError.USAGE('give --at TIME or --seq N', { hint: example })
-    if (!values.to) throw MeshError.USAGE('--to PATH|URL is required: where the restored database goes', { hint: example })
-    if (values.seq !== undefined && !/^\d+$/.test(values.seq)) throw MeshError.USAGE(`--seq "${values.seq}" is not a position`, { hint: 'mesh log lists the positions.' })
+    if ((values.at === undefined) === (values.seq === undefined))
+      throw MeshError.USAGE('give --at TIME or --seq N', { hint: example })
+    if (!values.to)
+      throw MeshError.USAGE('--to PATH|URL is required: where the restored database goes', { hint: example })
+    if (values.seq !== undefined && !/^\d+$/.test(values.seq))
+      throw MeshError.USAGE(`--seq "${values.seq}" is not a position`, { hint: 'mesh log lists the positions.' })
     const target = values.seq !== undefined ? { seq: Number(values.seq) } : { at: parseTime(values.at!) }
     const dir = resolveDir(values.dir)
     readConfig(dir)
     const to = /^postgres(ql)?:\/\//.test(values.to) ? values.to : path.resolve(values.to)
-    const bar = values.json || !process.stderr.isTTY ? null : new cliProgress.SingleBar({ format: 'restoring [{bar}] {percentage}% | {value}/{total} blocks', stream: process.stderr }, cliProgress.Presets.shades_classic)
+    const bar =
+      values.json || !process.stderr.isTTY
+        ? null
+        : new cliProgress.SingleBar(
+            { format: 'restoring [{bar}] {percentage}% | {value}/{total} blocks', stream: process.stderr },
+            cliProgress.Presets.shades_classic
+          )
     let started = false
     const progress = (done: number, total: number) => {
       if (!bar) return
@@ -69,12 +98,20 @@ export const command: Command = {
     }
     let result: RestoreResult
     try {
-      const res = await askNodeIfRunning<{ job?: string }>(dir, { cmd: 'restore', dataset: positionals[0], ...target, to }, 30_000)
+      const res = await askNodeIfRunning<{ job?: string }>(
+        dir,
+        { cmd: 'restore', dataset: positionals[0], ...target, to },
+        30_000
+      )
       if (res?.job) {
         // The node runs it (it holds the log store); follow its progress.
         for (;;) {
-          const j = ((await askNode(dir, { cmd: 'job', job: res.job }, 30_000)) as { job: RestoreJob | null } | null)?.job
-          if (!j) throw MeshError.IO_ERROR('the node stopped while restoring; nothing was left under the target name', { retryable: true })
+          const j = ((await askNode(dir, { cmd: 'job', job: res.job }, 30_000)) as { job: RestoreJob | null } | null)
+            ?.job
+          if (!j)
+            throw MeshError.IO_ERROR('the node stopped while restoring; nothing was left under the target name', {
+              retryable: true
+            })
           if (j.total) progress(j.done, j.total)
           if (j.state === 'failed') throw nodeError(j.error!)
           if (j.state === 'done') {
@@ -106,7 +143,9 @@ export const command: Command = {
     }
     const when = result.time === null ? '' : ` (last change committed ${new Date(result.time).toISOString()})`
     const from = result.from > 0 ? `from the snapshot at position ${result.from}` : 'from the start of the history'
-    out(`Restored ${result.dataset} as it was at position ${result.seq}${when} into ${engineFor(result.engine).shown(result.to)} in ${(result.ms / 1000).toFixed(1)} s (replayed ${from}).`)
+    out(
+      `Restored ${result.dataset} as it was at position ${result.seq}${when} into ${engineFor(result.engine).shown(result.to)} in ${(result.ms / 1000).toFixed(1)} s (replayed ${from}).`
+    )
     return 0
   }
 }

@@ -29,7 +29,7 @@ must be running.`,
       out(
         r.checkpoint === null
           ? 'The database did not go idle for a checkpoint yet; the periodic one follows. ' +
-            'mesh status at each site then shows whether its copy matches.'
+              'mesh status at each site then shows whether its copy matches.'
           : `Checkpoint at position ${r.checkpoint}: mesh status at each site shows whether its copy matches it.`
       )
     }

@@ -1,5 +1,13 @@
 import { MeshError } from '../../protocol/index.ts'
-import { addWalHealth, askNode, duration, engineFor, statusFromDisk, VERDICT_EXIT, type SiteStatus } from '../../node/index.ts'
+import {
+  addWalHealth,
+  askNode,
+  duration,
+  engineFor,
+  statusFromDisk,
+  VERDICT_EXIT,
+  type SiteStatus
+} from '../../node/index.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { out, parse, printError, type Command } from './common.ts'
 
@@ -31,7 +39,9 @@ export function formatStatus(s: SiteStatus): string {
   const now = s.generatedAt
   const lines: string[] = []
   const connected = s.members.filter((m) => m.connected).length
-  lines.push(`${s.verdict}: ${s.site} (node ${s.running ? 'running' : 'NOT running'}; ${s.members.length} members, ${connected} connected now)`)
+  lines.push(
+    `${s.verdict}: ${s.site} (node ${s.running ? 'running' : 'NOT running'}; ${s.members.length} members, ${connected} connected now)`
+  )
   for (const r of s.reasons) lines.push(`  ${r.level}: ${r.text}`)
   lines.push('')
   lines.push('Datasets')
@@ -52,28 +62,42 @@ export function formatStatus(s: SiteStatus): string {
             : `  lag ${h.lagEntries} entries, ${bytes(h.lagBytes)}, ${duration(h.lagSeconds ?? 0)}`
       const err = h.error ? `  ERROR ${h.error}` : ''
       const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
-      lines.push(`    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`)
+      lines.push(
+        `    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`
+      )
     }
     if (d.snapshots.count > 0) {
       lines.push(`    snapshots: ${d.snapshots.count} kept here, the newest ${ago(d.snapshots.newestAt, now)}`)
     }
     if (d.checkpoint) {
-      lines.push(`    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at position ${d.checkpoint.seq} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`)
+      lines.push(
+        `    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at position ${d.checkpoint.seq} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`
+      )
     }
     if (d.verified) {
-      lines.push(`    mesh verify: ${d.verified.ok ? (d.verified.repaired ? 'repaired' : 'equal to the log') : 'DIFFERS from the log'} at position ${d.verified.seq}, ${ago(d.verified.at, now)}`)
+      lines.push(
+        `    mesh verify: ${d.verified.ok ? (d.verified.repaired ? 'repaired' : 'equal to the log') : 'DIFFERS from the log'} at position ${d.verified.seq}, ${ago(d.verified.at, now)}`
+      )
     }
     if (d.proven?.differs != null) {
-      lines.push(`    parted from the log between position ${d.proven.equal ?? 0} (last proven equal${d.proven.equal === null ? ': never, so from the start' : ''}) and position ${d.proven.differs} (first seen to differ)`)
+      lines.push(
+        `    parted from the log between position ${d.proven.equal ?? 0} (last proven equal${d.proven.equal === null ? ': never, so from the start' : ''}) and position ${d.proven.differs} (first seen to differ)`
+      )
     }
     for (const x of d.damage ?? []) {
-      lines.push(`    mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ${ago(x.at, now)} (the state before it: mesh restore ${d.name} --seq ${x.seq} --to FILE)`)
+      lines.push(
+        `    mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ${ago(x.at, now)} (the state before it: mesh restore ${d.name} --seq ${x.seq} --to FILE)`
+      )
     }
     if (d.wal) {
-      lines.push(`    WAL kept by its slot on the database server: ${bytes(d.wal.retainedBytes)}${d.wal.limitBytes === null ? ' (no ceiling)' : ` of ${bytes(d.wal.limitBytes)} allowed`}, ${d.wal.status}`)
+      lines.push(
+        `    WAL kept by its slot on the database server: ${bytes(d.wal.retainedBytes)}${d.wal.limitBytes === null ? ' (no ceiling)' : ` of ${bytes(d.wal.limitBytes)} allowed`}, ${d.wal.status}`
+      )
     }
     for (const x of d.divergences) {
-      lines.push(`    divergence: ${x.changes} change(s) made here in epoch ${x.epoch}, superseded by epoch ${x.fencedBy} ${ago(x.at, now)}: ${x.dir}`)
+      lines.push(
+        `    divergence: ${x.changes} change(s) made here in epoch ${x.epoch}, superseded by epoch ${x.fencedBy} ${ago(x.at, now)}: ${x.dir}`
+      )
     }
   }
   lines.push('')
@@ -92,7 +116,10 @@ export function formatStatus(s: SiteStatus): string {
 
 export async function readStatus(dir: string): Promise<SiteStatus> {
   const cfg = readConfig(dir)
-  const res = (await askNode(dir, 'status')) as { status?: SiteStatus; error?: { code: string; message: string } } | null
+  const res = (await askNode(dir, 'status')) as {
+    status?: SiteStatus
+    error?: { code: string; message: string }
+  } | null
   if (res?.error) throw new MeshError(res.error.code, res.error.message)
   const s = res?.status ?? statusFromDisk(dir, cfg.site, cfg.status)
   // A PostgreSQL origin's slot: asked of the server here, so it is known when the node is off.
@@ -104,7 +131,10 @@ export async function readStatus(dir: string): Promise<SiteStatus> {
     try {
       addWalHealth(s, d.id, await wal(d.path, d.id, here.epoch), cfg.status)
     } catch (err) {
-      s.reasons.push({ level: 'WARN', text: `cannot read the replication slot of ${d.name}: ${(err as Error).message}` })
+      s.reasons.push({
+        level: 'WARN',
+        text: `cannot read the replication slot of ${d.name}: ${(err as Error).message}`
+      })
       if (s.verdict === 'OK') s.verdict = 'WARN'
     }
   }
@@ -121,7 +151,12 @@ export const command: Command = {
       s = await readStatus(resolveDir(values.dir))
     } catch (err) {
       if (values.json && err instanceof MeshError) {
-        out(JSON.stringify({ verdict: 'UNKNOWN', error: { code: err.code, message: err.message, hint: err.hint ?? null } }))
+        out(
+          JSON.stringify({
+            verdict: 'UNKNOWN',
+            error: { code: err.code, message: err.message, hint: err.hint ?? null }
+          })
+        )
       } else printError(err)
       return EXIT_UNKNOWN
     }

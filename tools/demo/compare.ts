@@ -29,7 +29,7 @@ function userTables(db: Database.Database): string[] {
   ).filter((n) => !n.startsWith('sqlite_') && !n.startsWith('_mesh_'))
 }
 
-const q = (name: string) => '"' + name.replaceAll('"', '""') + '"'
+const q = (name: string) => `"${name.replaceAll('"', '""')}"`
 
 /** The ORDER BY of a table: its declared primary key, else its rowid. */
 function keyOrder(db: Database.Database, table: string): string {
@@ -94,8 +94,7 @@ export function compareDatabases(originFile: string, replicaFile: string): Compa
                 tables: ta.length,
                 rows,
                 difference:
-                  `${t}, row ${i + 1} (key ${valueTag(x[0])}), column ${ra.columns[c]}: ` +
-                  `origin ${vx}, copy ${vy}`
+                  `${t}, row ${i + 1} (key ${valueTag(x[0])}), column ${ra.columns[c]}: ` + `origin ${vx}, copy ${vy}`
               }
             }
           }

@@ -10,7 +10,7 @@ import { compareDatabases, identical, replaySql, type Comparison } from './compa
 import { DemoFailure, Interrupted, secs, type Check, type Demo } from './stage.ts'
 import type { Dark, Divergence, Offline } from './steps.ts'
 
-const row = (c: Check, indent = '   ', width = 60) => out(`${indent}${(c.what + ':').padEnd(width)} ${c.detail}`)
+const row = (c: Check, indent = '   ', width = 60) => out(`${indent}${(`${c.what}:`).padEnd(width)} ${c.detail}`)
 
 /** Compares `copy` with `origin`, giving a copy that differs a few more seconds (until `graceUntil`). */
 async function compare(demo: Demo, origin: string, copy: string, graceUntil: number): Promise<Comparison> {
@@ -66,7 +66,10 @@ function keptRows(offline: Offline, div: Divergence): Check {
   const what = `the rows in changes.jsonl`
   try {
     const text = fs.readFileSync(path.join(div.dir, 'changes.jsonl'), 'utf8')
-    const lines = text.trim().split('\n').map((l) => JSON.parse(l))
+    const lines = text
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
     const ops = lines.filter((l) => l.op === 'upsert' || l.op === 'delete')
     const kept: string[] = ops.map((l) => `${l.table}:${(l.op === 'upsert' ? l.row : l.key).id}`)
     const keptSet = new Set(kept)

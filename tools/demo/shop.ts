@@ -128,10 +128,9 @@ export class Shop {
   }
 
   private someId(table: 'customers' | 'orders', where = ''): number | null {
-    const row = this.db
-      .prepare(`SELECT id FROM ${table} ${where} ORDER BY random() LIMIT 1`)
-      .pluck()
-      .get() as number | undefined
+    const row = this.db.prepare(`SELECT id FROM ${table} ${where} ORDER BY random() LIMIT 1`).pluck().get() as
+      | number
+      | undefined
     return row ?? null
   }
 
@@ -182,7 +181,10 @@ export class Shop {
 
   private advanceOrder(): void {
     const id = this.someId('orders', "WHERE status IN ('open', 'paid')")
-    if (id === null) return this.addOrder()
+    if (id === null) {
+      this.addOrder()
+      return
+    }
     this.db
       .prepare("UPDATE orders SET status = CASE status WHEN 'open' THEN 'paid' ELSE 'shipped' END WHERE id = ?")
       .run(id)
@@ -192,7 +194,10 @@ export class Shop {
 
   private cancelOrder(): void {
     const id = this.someId('orders', "WHERE status = 'open'")
-    if (id === null) return this.addOrder()
+    if (id === null) {
+      this.addOrder()
+      return
+    }
     const lines = this.db.prepare('SELECT id FROM order_lines WHERE order_id = ?').pluck().all(id) as number[]
     for (const line of lines) this.touch('order_lines', line)
     this.stats.deletes += this.db.prepare('DELETE FROM order_lines WHERE order_id = ?').run(id).changes
@@ -204,7 +209,10 @@ export class Shop {
     const line = this.db.prepare('SELECT id, order_id FROM order_lines ORDER BY random() LIMIT 1').get() as
       | { id: number; order_id: number }
       | undefined
-    if (!line) return this.addOrder()
+    if (!line) {
+      this.addOrder()
+      return
+    }
     this.touch('order_lines', line.id)
     this.touch('orders', line.order_id)
     if (this.rand() < 0.5) {
@@ -237,15 +245,17 @@ export class Shop {
    * without waiting; an immediate one waits for the lock (up to the busy timeout) instead.
    */
   step(): void {
-    this.db.transaction(() => {
-      const r = this.rand()
-      if (r < 0.4) this.addOrder()
-      else if (r < 0.65) this.advanceOrder()
-      else if (r < 0.75) this.cancelOrder()
-      else if (r < 0.85) this.editLine()
-      else if (r < 0.93) this.addCustomer()
-      else this.moveCustomer()
-    }).immediate()
+    this.db
+      .transaction(() => {
+        const r = this.rand()
+        if (r < 0.4) this.addOrder()
+        else if (r < 0.65) this.advanceOrder()
+        else if (r < 0.75) this.cancelOrder()
+        else if (r < 0.85) this.editLine()
+        else if (r < 0.93) this.addCustomer()
+        else this.moveCustomer()
+      })
+      .immediate()
     this.stats.transactions++
   }
 

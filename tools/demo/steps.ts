@@ -104,11 +104,7 @@ export function openShops(demo: Demo): void {
 
 /** The local DHT test network (in this process) the shops find each other on. */
 export async function startTestnet(demo: Demo): Promise<void> {
-  demo.testnet = await demo.within(
-    createTestnet(3, { host: '127.0.0.1' }),
-    15_000,
-    'the local test network to start'
-  )
+  demo.testnet = await demo.within(createTestnet(3, { host: '127.0.0.1' }), 15_000, 'the local test network to start')
   demo.bootstrap = demo.testnet.bootstrap.map((b) => `${b.host}:${b.port}`).join(',')
   out(`   A private network for the shops to find each other runs on this machine (${demo.bootstrap}).`)
   out('')
@@ -131,7 +127,11 @@ export async function joinShops(demo: Demo): Promise<void> {
   for (const s of [south, east]) {
     await step(`${s.name} joins with a one-time join code from ${north.name}`, async () => {
       const lines = await runMesh(demo, inviteCommand, ['invite', '--dir', north.dir])
-      const code = lines.filter((l) => l.trim()).at(-1)?.trim() ?? ''
+      const code =
+        lines
+          .filter((l) => l.trim())
+          .at(-1)
+          ?.trim() ?? ''
       if (!/^bm\d*-/.test(code)) throw new DemoFailure('mesh invite printed no join code', lines.slice(-5))
       const site = ['--dir', s.dir, '--site', s.name, '--sqlite', s.db, '--dataset', s.name]
       await runMesh(demo, joinCommand, ['join', code, ...site, '--bootstrap', demo.bootstrap, '--timeout', '20s'])
