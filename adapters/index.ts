@@ -16,7 +16,7 @@ export type {
   ReplicaCheckpoint,
   TableDiff
 } from './types.ts'
-export { silentLogger, DEFAULT_GUARD } from './types.ts'
+export { silentLogger, DEFAULT_GUARD, unitEnd } from './types.ts'
 export type {
   Engine,
   CaptureMode,

@@ -113,10 +113,24 @@ export interface AppliedPosition {
 
 export type ReplicaState = 'empty' | 'seeding' | 'settling' | 'ready'
 
-/** One unit of the log: the entries of blocks [start, start + entries.length). */
+/**
+ * One unit of the log: the entries of blocks [start, end). `end` is start + entries.length unless an entry
+ * spans several blocks (fragments, format 2) or the unit was abandoned; use unitEnd().
+ */
 export interface Unit {
   start: number
   entries: Entry[]
+  /** The block after the unit's last (default start + entries.length). */
+  end?: number
+  /**
+   * Its writer stopped before finishing it and closed it with an abandon block (format 2): entries is empty,
+   * and applying it changes nothing but the position.
+   */
+  abandoned?: boolean
+}
+
+export function unitEnd(unit: Unit): number {
+  return unit.end ?? unit.start + unit.entries.length
 }
 
 /**

@@ -12,7 +12,7 @@ import { EventEmitter } from 'node:events'
 import { MeshError, sameBytes } from '../protocol/index.ts'
 import { locate, offsets, type ChainSegment, type Segment } from './chain.ts'
 import type { ApplySide, DamageAlert, Logger } from '../adapters/index.ts'
-import { silentLogger } from '../adapters/index.ts'
+import { silentLogger, unitEnd } from '../adapters/index.ts'
 import type { DatasetLog } from './log.ts'
 
 
@@ -116,7 +116,7 @@ export class ApplyLoop extends EventEmitter {
       // block no reachable peer has. The loop wakes when blocks arrive.
       const unit = await seg.log.unit(next, { wait: false })
       if (unit === null) return n
-      const length = unit.start + unit.entries.length
+      const length = unitEnd(unit)
       if (seg.end !== null && length > seg.end) throw MeshError.BAD_LOG(`a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`)
       if (next === 0) {
         const header = unit.entries[0]
