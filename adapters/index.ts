@@ -6,6 +6,7 @@ export type {
   Logger,
   CaptureSide,
   CaptureBatch,
+  CaptureStream,
   SnapshotChunk,
   ApplySide,
   AppliedPosition,

@@ -9,7 +9,7 @@
  * at the unit before it, with the error kept for `mesh status`; it does not guess past it.
  */
 import { EventEmitter } from 'node:events'
-import { MeshError, sameBytes } from '../protocol/index.ts'
+import { MeshError, sameBytes, type Entry } from '../protocol/index.ts'
 import { locate, offsets, type ChainSegment, type Segment } from './chain.ts'
 import type { ApplySide, DamageAlert, Logger } from '../adapters/index.ts'
 import { silentLogger, unitEnd } from '../adapters/index.ts'
@@ -26,6 +26,11 @@ export interface ApplyLoopOptions {
    * Each block is repaired at most once: a block that is still bad came that way from its writer.
    */
   repair?: (block: number, log: DatasetLog) => Promise<boolean>
+  /**
+   * Memory a unit may take while it is applied (bytes of its blocks; default 256 MB). A larger unit is read
+   * and applied in parts inside one database transaction, where the apply side can (ApplySide.beginUnit).
+   */
+  unitMemoryBytes?: number
 }
 
 export interface ApplyStats {
@@ -59,7 +64,10 @@ export class ApplyLoop extends EventEmitter {
     this.apply = opts.apply
     this.logger = opts.logger ?? silentLogger
     this.repair = opts.repair
+    this.unitMemoryBytes = opts.unitMemoryBytes ?? 256 * 1024 * 1024
   }
+
+  private readonly unitMemoryBytes: number
 
   async start(): Promise<void> {
     await this.apply.open()
@@ -112,6 +120,16 @@ export class ApplyLoop extends EventEmitter {
       this.current = seg.log
       const stop = seg.end ?? seg.log.length
       if (next >= Math.min(stop, seg.log.length)) return n
+      // A unit larger than the memory budget: read and applied in parts, in one database transaction.
+      if (this.apply.beginUnit && (await seg.log.peek(next))?.more) {
+        const ext = await seg.log.extent(next)
+        if (ext === null) return n
+        if (ext.bytes > this.unitMemoryBytes && !ext.abandoned) {
+          await this.applyInParts(seg, next, ext.end)
+          n++
+          continue
+        }
+      }
       // Only blocks already here: waiting inside a read would keep stop() (and a promotion) waiting on a
       // block no reachable peer has. The loop wakes when blocks arrive.
       const unit = await seg.log.unit(next, { wait: false })
@@ -135,6 +153,44 @@ export class ApplyLoop extends EventEmitter {
       const alerts = this.apply.alerts()
       if (alerts.length) this.emit('damage', { epoch: seg.epoch, start: unit.start, end: length, time, alerts })
     }
+  }
+
+  /**
+   * One unit of blocks [start, end), all here, applied in parts of about a quarter of the memory budget inside
+   * one database transaction of the apply side: committed with the position after the last part, rolled back
+   * on any error, so the replica holds all of it or none of it.
+   */
+  private async applyInParts(seg: Segment, start: number, end: number): Promise<void> {
+    const apply = this.apply
+    if (seg.end !== null && end > seg.end) throw MeshError.BAD_LOG(`a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`)
+    const position = { log: seg.log.key, epoch: seg.epoch, length: end, treeHash: await seg.log.treeHash(end) }
+    let time: number | null = null
+    if (await apply.beginUnit!({ start, end }, position)) {
+      try {
+        const partBytes = Math.max(64 * 1024, Math.floor(this.unitMemoryBytes / 4))
+        let part: Entry[] = []
+        let bytes = 0
+        for await (const { entry, bytes: b } of seg.log.entries(start, end)) {
+          if (entry.kind === 'transaction') time = Math.max(time ?? 0, entry.time)
+          part.push(entry)
+          bytes += b
+          if (bytes >= partBytes) {
+            await apply.applyPart!(part, position)
+            part = []
+            bytes = 0
+          }
+        }
+        await apply.applyPart!(part, position)
+        await apply.commitUnit!(position)
+      } catch (err) {
+        await apply.abortUnit?.()
+        throw err
+      }
+    }
+    this.stats.units++
+    this.stats.applied = this.appliedOnHead()
+    this.stats.lastAppliedAt = Date.now()
+    this.emit('applied', { length: this.stats.applied, epoch: seg.epoch, time })
   }
 
   private async run(): Promise<void> {

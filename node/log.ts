@@ -15,6 +15,7 @@ import {
   continues,
   decodeBlock,
   decodeEntry,
+  encodeAbandon,
   encodeUnit,
   peekEntry,
   type Block,
@@ -135,10 +136,11 @@ export class DatasetLog {
   private async item(
     index: number,
     opts: { wait?: boolean; timeout?: number }
-  ): Promise<{ block: Exclude<Block, { type: 'fragment' }>; first: number; next: number } | null> {
-    const b = await this.read(index, opts, decodeBlock)
-    if (b === null) return null
-    if (b.type !== 'fragment') return { block: b, first: index, next: index + 1 }
+  ): Promise<{ block: Exclude<Block, { type: 'fragment' }>; first: number; next: number; bytes: number } | null> {
+    const raw = await this.block(index, opts)
+    if (raw === null) return null
+    const b = this.decode(index, raw, decodeBlock)
+    if (b.type !== 'fragment') return { block: b, first: index, next: index + 1, bytes: raw.byteLength }
     let first = index
     while (first > 0) {
       const p = await this.read(first - 1, opts, decodeBlock)
@@ -151,7 +153,7 @@ export class DatasetLog {
       if (i >= this.core.length && opts.wait === false) return null
       const p = i === index ? b : await this.read(i, opts, decodeBlock)
       if (p === null) return null
-      if (p.type === 'abandon') return { block: p, first: i, next: i + 1 }
+      if (p.type === 'abandon') return { block: p, first: i, next: i + 1, bytes: 0 }
       if (p.type === 'entry') {
         throw MeshError.BAD_LOG(`block ${i} interrupts the fragments of an entry that begins at block ${first}`, { context: { block: i } })
       }
@@ -170,7 +172,7 @@ export class DatasetLog {
       if (entry.kind !== p.fragment.kind || continues(entry) !== p.fragment.more) {
         throw MeshError.BAD_ENTRY(`the fragments at blocks ${first}-${i} do not match the entry they carry`, { context: { block: i } })
       }
-      return { block: { type: 'entry', entry }, first, next: i + 1 }
+      return { block: { type: 'entry', entry }, first, next: i + 1, bytes: size }
     }
   }
 
@@ -182,6 +184,10 @@ export class DatasetLog {
   private async read<T>(index: number, opts: { wait?: boolean; timeout?: number }, decode: (block: Uint8Array) => T): Promise<T | null> {
     const block = await this.block(index, opts)
     if (block === null) return null
+    return this.decode(index, block, decode)
+  }
+
+  private decode<T>(index: number, block: Uint8Array, decode: (block: Uint8Array) => T): T {
     try {
       return decode(block)
     } catch (err) {
@@ -227,6 +233,57 @@ export class DatasetLog {
       const done = asm.push(it.block.entry)
       if (done) return { start, entries: done, end: i }
     }
+  }
+
+  /**
+   * Where the unit that starts at `start` ends, and its size in bytes, read block by block without keeping
+   * any (for a unit too large to hold: the apply loop then reads it in parts); null if its blocks are not all
+   * here, or the log ends inside it. `abandoned`: its writer closed it unfinished (an abandon block).
+   */
+  async extent(start: number): Promise<{ end: number; bytes: number; abandoned: boolean } | null> {
+    let bytes = 0
+    for (let i = start; i < this.core.length; i++) {
+      const raw = await this.block(i, { wait: false })
+      if (raw === null) return null
+      bytes += raw.byteLength
+      const p = this.decode(i, raw, peekEntry)
+      if (p.more) continue
+      const abandoned = p.time === null && p.kind === 'transaction' && this.decode(i, raw, decodeBlock).type === 'abandon'
+      return { end: i + 1, bytes, abandoned }
+    }
+    return null
+  }
+
+  /** The entries of blocks [start, end), one at a time (fragments joined), with their encoded size. */
+  async *entries(start: number, end: number): AsyncGenerator<{ entry: Entry; bytes: number }> {
+    for (let i = start; i < end; ) {
+      const it = await this.item(i, { wait: false })
+      if (it === null) throw MeshError.BAD_LOG(`block ${i} of the log went missing while it was read`)
+      if (it.block.type === 'abandon') throw MeshError.BAD_LOG(`an abandon block at ${i} inside a unit read in parts`)
+      yield { entry: it.block.entry, bytes: it.bytes }
+      i = it.next
+    }
+  }
+
+  /**
+   * If the log ends inside a unit (its writer appended part of a unit too large to hold, then crashed or
+   * failed), closes that unit with an abandon block, so every reader discards it, and returns where it began;
+   * null when the log ends on a unit boundary. The unit's changes were never acknowledged at the source, so
+   * the capture reads them again.
+   */
+  async closeDangling(): Promise<number | null> {
+    if (this.core.length <= 1) return null
+    const tail = await this.peek(this.core.length - 1)
+    if (tail === null || !tail.more) return null
+    let start = this.core.length - 1
+    while (start > 1 && (await this.peek(start - 1))?.more) start--
+    try {
+      await this.core.append([encodeAbandon({ start })])
+      await syncStore(this.storeDir)
+    } catch (err) {
+      throw ioError(err, 'cannot append to the log')
+    }
+    return start
   }
 
   /**

@@ -18,7 +18,7 @@
  */
 import c from 'compact-encoding'
 import { MeshError, type SchemaEntry, type SchemaObject, type TableChanges, type Value } from '../../protocol/index.ts'
-import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.ts'
+import type { CaptureBatch, CaptureSide, CaptureStream, Logger, SnapshotChunk } from '../types.ts'
 import { silentLogger } from '../types.ts'
 import {
   OWN_PREFIX,
@@ -34,6 +34,33 @@ import {
   type TableInfo
 } from './common.ts'
 import type Database from 'better-sqlite3'
+
+/** readStream reads a batch of at most this many changed keys whole, with read(). */
+const STREAM_ABOVE_ROWS = 1000
+
+/** Bytes of row data, near enough for a memory budget (a string counted a byte per character). */
+function rowSize(row: Value[]): number {
+  let n = 8
+  for (const v of row) n += typeof v === 'string' ? v.length + 8 : v instanceof Uint8Array ? v.byteLength + 8 : 9
+  return n
+}
+
+function nonEmpty(ch: TableChanges): boolean {
+  return ch.upserts.length > 0 || ch.deletes.length > 0
+}
+
+/** A batch read whole, as a stream of one piece. */
+function wholeStream(batch: CaptureBatch | null): CaptureStream | null {
+  if (batch === null) return null
+  return {
+    schema: batch.schema,
+    time: batch.time,
+    pieces: (async function* () {
+      yield { changes: batch.changes, rows: batch.rows }
+    })(),
+    end: () => ({ source: batch.source, rows: batch.rows })
+  }
+}
 
 /** Layout version of the tables and triggers capture installs in the origin database. */
 const CAPTURE_LAYOUT = 1
@@ -550,8 +577,120 @@ export class SqliteCapture implements CaptureSide {
     return { schema, changes, time: Date.now(), rows, source }
   }
 
+  /**
+   * read() in pieces of about `budgetBytes` of row data (issue 14). A batch of up to STREAM_ABOVE_ROWS changed
+   * keys is read by read() and handed out as one piece; a larger one is read in ONE read transaction (BEGIN,
+   * then COMMIT when the last piece is handed out or the iteration is ended) held open across the awaits of
+   * the caller's appends, with the change-table iterator open across them too: only this connection's reads run
+   * meanwhile (better-sqlite3 allows reads while iterating; the capture loop calls nothing else in between).
+   * Memory is then a piece, plus SQLite's own temporary b-tree for DISTINCT (on disk past its cache).
+   * What it does not do: move marks or forget anything; ack() does that, as for read().
+   */
+  async readStream(budgetBytes: number): Promise<CaptureStream | null> {
+    const db = this.conn
+    let upper = 0
+    try {
+      for (const t of this.tables.values()) {
+        upper += t.reset > 0 ? Infinity : Math.max(0, Number((t.maxSeq.get() as bigint | null) ?? 0n) - t.mark)
+      }
+    } catch (err) {
+      throw sqliteError(err, this.path, 'cannot read changes from')
+    }
+    if (upper <= STREAM_ABOVE_ROWS) return wholeStream(await this.read())
+    let dv: number
+    try {
+      dv = Number(db.pragma('data_version', { simple: true }))
+      if (dv !== this.dataVersion) this.syncSchema(false)
+      this.flushAck(false)
+    } catch (err) {
+      throw sqliteError(err, this.path, 'cannot read')
+    }
+    const plan: Array<{ t: Captured; max: number; reset: boolean }> = []
+    try {
+      db.exec('BEGIN')
+      for (const t of [...this.tables.values()].sort((a, b) => a.id - b.id)) {
+        plan.push({ t, max: Number((t.maxSeq.get() as bigint | null) ?? 0n), reset: t.reset > 0 })
+      }
+    } catch (err) {
+      if (db.inTransaction) db.exec('ROLLBACK')
+      throw sqliteError(err, this.path, 'cannot read changes from')
+    }
+    const reset = plan.filter((p) => p.reset).map((p) => p.t.id)
+    const schema = this.schemaPending || reset.length > 0 ? this.schemaEntry(reset) : null
+    const schemaGen = this.schemaGen
+    const pos: SourcePos = {
+      tables: plan.map((p) => ({ id: p.t.id, seq: Math.max(p.max, p.t.mark), reset: p.reset ? p.t.reset : p.t.ackReset }))
+    }
+    const source = c.encode(sourceEnc, pos)
+    let rows = 0
+    let done = false
+    const self = this
+    this.streaming = true
+    async function* pieces(): AsyncGenerator<{ changes: TableChanges[]; rows: number }> {
+      try {
+        let changes: TableChanges[] = []
+        let bytes = 0
+        let n = 0
+        for (const p of plan) {
+          const { t } = p
+          if (!p.reset && p.max <= t.mark) continue
+          let cur: TableChanges = { table: t.id, upserts: [], deletes: [] }
+          changes.push(cur)
+          const it = (p.reset ? t.all.iterate() : t.keys.iterate(t.mark, p.max)) as Iterable<Value[]>
+          for (const r of it) {
+            if (p.reset) cur.upserts.push(r)
+            else if (!self.validKey(t, r)) {
+              self.log.warn(MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`).message, { table: t.info.name })
+              continue
+            } else {
+              const row = t.lookup.get(...r) as Value[] | undefined
+              if (row === undefined) cur.deletes.push(r)
+              else cur.upserts.push(row)
+            }
+            bytes += rowSize(cur.upserts.length > 0 ? cur.upserts[cur.upserts.length - 1] : r)
+            n++
+            if (bytes >= budgetBytes) {
+              rows += n
+              yield { changes: changes.filter(nonEmpty), rows: n }
+              changes = []
+              cur = { table: t.id, upserts: [], deletes: [] }
+              changes.push(cur)
+              bytes = 0
+              n = 0
+            }
+          }
+        }
+        rows += n
+        yield { changes: changes.filter(nonEmpty), rows: n }
+        done = true
+        self.unacked = { source, schemaGen: schema ? schemaGen : -1 }
+        self.dataVersion = dv
+      } catch (err) {
+        throw sqliteError(err, self.path, 'cannot read changes from')
+      } finally {
+        self.streaming = false
+        if (db.inTransaction) db.exec('COMMIT')
+      }
+    }
+    return {
+      schema,
+      time: Date.now(),
+      pieces: pieces(),
+      end() {
+        if (!done) throw MeshError.BAD_LOG('the end of a capture read whose pieces were not all read')
+        return { source, rows }
+      }
+    }
+  }
+
+  /**
+   * Set while readStream's read transaction (and its iterator) is open across awaits: nothing else may run a
+   * statement on the connection then (better-sqlite3: "connection is busy"), so wait() and checkpoint() step aside.
+   */
+  private streaming = false
+
   async checkpoint(): Promise<{ digest: Uint8Array; rows: number } | null> {
-    if (this.unacked !== null || this.schemaPending) return null
+    if (this.unacked !== null || this.schemaPending || this.streaming) return null
     const db = this.conn
     try {
       // One read transaction: the change tables say nothing is pending, and the digest reads that same state.
@@ -633,6 +772,7 @@ export class SqliteCapture implements CaptureSide {
     const db = this.conn
     const until = Date.now() + ms
     for (;;) {
+      if (this.streaming) return
       let dv: number
       try {
         dv = Number(db.pragma('data_version', { simple: true }))
