@@ -13,7 +13,7 @@ import { MeshError, sameBytes, type Entry } from '../protocol/index.ts'
 import { locate, offsets, type ChainSegment, type Segment } from './chain.ts'
 import type { ApplySide, DamageAlert, Logger } from '../adapters/index.ts'
 import { silentLogger, unitEnd } from '../adapters/index.ts'
-import type { DatasetLog } from './log.ts'
+import { DEFAULT_UNIT_MEMORY, type DatasetLog } from './log.ts'
 
 
 export interface ApplyLoopOptions {
@@ -27,7 +27,7 @@ export interface ApplyLoopOptions {
    */
   repair?: (block: number, log: DatasetLog) => Promise<boolean>
   /**
-   * Memory a unit may take while it is applied (bytes of its blocks; default 256 MB). A larger unit is read
+   * Memory a unit may take while it is applied (bytes of its blocks; default DEFAULT_UNIT_MEMORY, 64 MB). A larger unit is read
    * and applied in parts inside one database transaction, where the apply side can (ApplySide.beginUnit).
    */
   unitMemoryBytes?: number
@@ -64,7 +64,7 @@ export class ApplyLoop extends EventEmitter {
     this.apply = opts.apply
     this.logger = opts.logger ?? silentLogger
     this.repair = opts.repair
-    this.unitMemoryBytes = opts.unitMemoryBytes ?? 256 * 1024 * 1024
+    this.unitMemoryBytes = opts.unitMemoryBytes ?? DEFAULT_UNIT_MEMORY
   }
 
   private readonly unitMemoryBytes: number
@@ -156,7 +156,7 @@ export class ApplyLoop extends EventEmitter {
   }
 
   /**
-   * One unit of blocks [start, end), all here, applied in parts of about a quarter of the memory budget inside
+   * One unit of blocks [start, end), all here, applied in parts of about a sixteenth of the memory budget inside
    * one database transaction of the apply side: committed with the position after the last part, rolled back
    * on any error, so the replica holds all of it or none of it.
    */
@@ -167,7 +167,9 @@ export class ApplyLoop extends EventEmitter {
     let time: number | null = null
     if (await apply.beginUnit!({ start, end }, position)) {
       try {
-        const partBytes = Math.max(64 * 1024, Math.floor(this.unitMemoryBytes / 4))
+        // A sixteenth: a part's blocks, its decoded rows (two to three times their encoding) and the garbage of the
+        // part before (collected lazily) are in memory at once.
+        const partBytes = Math.max(64 * 1024, Math.floor(this.unitMemoryBytes / 16))
         let part: Entry[] = []
         let bytes = 0
         for await (const { entry, bytes: b } of seg.log.entries(start, end)) {

@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events'
 import { MeshError, packSnapshot, packTransaction, type HeaderEntry, type TableChanges, type TransactionEntry } from '../protocol/index.ts'
 import type { CaptureSide, Logger } from '../adapters/index.ts'
 import { silentLogger } from '../adapters/index.ts'
-import type { DatasetLog } from './log.ts'
+import { DEFAULT_UNIT_MEMORY, type DatasetLog } from './log.ts'
 
 export interface CaptureLoopOptions {
   capture: CaptureSide
@@ -27,8 +27,8 @@ export interface CaptureLoopOptions {
   /** Rows per snapshot chunk. */
   snapshotRows?: number
   /**
-   * Memory a unit may take while it is captured and appended (bytes; default 256 MB). A larger batch is read
-   * and appended in parts (where the capture side can read in parts): all but the unit's last block flagged
+   * Memory a unit may take while it is captured and appended (bytes; default DEFAULT_UNIT_MEMORY, 64 MB). A larger batch is read
+   * and appended in parts of a sixteenth of it (where the capture side can read in parts): all but the unit's last block flagged
    * MORE, as for any unit, and acknowledged once its last block is flushed.
    */
   unitMemoryBytes?: number
@@ -176,8 +176,9 @@ export class CaptureLoop extends EventEmitter {
       await this.closeDangling()
       this.dangling = false
     }
-    // A part is a quarter of the budget: the part being read, the part held, their encoding, and the log's copy.
-    const partBytes = Math.max(64 * 1024, Math.floor((this.opts.unitMemoryBytes ?? 256 * 1024 * 1024) / 4))
+    // A part is a sixteenth of the budget: the part being read, the part held, their encoding and the log's copy
+    // are in memory at once, and V8 collects the garbage of the ones before lazily (measured in bench/big.ts).
+    const partBytes = Math.max(64 * 1024, Math.floor((this.opts.unitMemoryBytes ?? DEFAULT_UNIT_MEMORY) / 16))
     let s
     try {
       s = await capture.readStream!(partBytes)

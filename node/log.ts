@@ -25,6 +25,12 @@ import {
 } from '../protocol/index.ts'
 import type { Unit } from '../adapters/index.ts'
 
+/**
+ * The memory a unit may take while it is captured or applied, by default (issue 14): above it, the capture and
+ * apply loops work in parts of a sixteenth of it (see bench/big.ts for the peak RSS this gives).
+ */
+export const DEFAULT_UNIT_MEMORY = 64 * 1024 * 1024
+
 export function logName(dataset: string, epoch: number): string {
   return `dataset/${dataset}/epoch/${epoch}`
 }

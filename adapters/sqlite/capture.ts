@@ -38,10 +38,14 @@ import type Database from 'better-sqlite3'
 /** readStream reads a batch of at most this many changed keys whole, with read(). */
 const STREAM_ABOVE_ROWS = 1000
 
-/** Bytes of row data, near enough for a memory budget (a string counted a byte per character). */
+/**
+ * Memory a row read takes in JS, near enough for a budget: an array of 8-byte slots with a header, a string a
+ * byte per character (two for non-Latin-1: not told apart here) plus its header, a BLOB its bytes plus a
+ * Buffer, a number or bigint a heap object.
+ */
 function rowSize(row: Value[]): number {
-  let n = 8
-  for (const v of row) n += typeof v === 'string' ? v.length + 8 : v instanceof Uint8Array ? v.byteLength + 8 : 9
+  let n = 32
+  for (const v of row) n += 8 + (typeof v === 'string' ? v.length + 24 : v instanceof Uint8Array ? v.byteLength + 96 : 24)
   return n
 }
 
