@@ -27,7 +27,7 @@ export interface ApplyLoopOptions {
    */
   repair?: (block: number, log: DatasetLog) => Promise<boolean>
   /**
-   * Memory a unit may take while it is applied (bytes of its blocks; default DEFAULT_UNIT_MEMORY, 64 MB). A larger unit is read
+   * Memory a unit may take while it is applied (default DEFAULT_UNIT_MEMORY, 64 MB). A unit whose blocks exceed an eighth of it is read
    * and applied in parts inside one database transaction, where the apply side can (ApplySide.beginUnit).
    */
   unitMemoryBytes?: number
@@ -124,7 +124,8 @@ export class ApplyLoop extends EventEmitter {
       if (this.apply.beginUnit && (await seg.log.peek(next))?.more) {
         const ext = await seg.log.extent(next)
         if (ext === null) return n
-        if (ext.bytes > this.unitMemoryBytes && !ext.abandoned) {
+        // A unit's rows take two to three times their encoding in memory, and more until V8 collects them.
+        if (ext.bytes > this.unitMemoryBytes / 8 && !ext.abandoned) {
           await this.applyInParts(seg, next, ext.end)
           n++
           continue
@@ -156,7 +157,7 @@ export class ApplyLoop extends EventEmitter {
   }
 
   /**
-   * One unit of blocks [start, end), all here, applied in parts of about a sixteenth of the memory budget inside
+   * One unit of blocks [start, end), all here, applied in parts of about 1/64 of the memory budget inside
    * one database transaction of the apply side: committed with the position after the last part, rolled back
    * on any error, so the replica holds all of it or none of it.
    */
@@ -167,9 +168,9 @@ export class ApplyLoop extends EventEmitter {
     let time: number | null = null
     if (await apply.beginUnit!({ start, end }, position)) {
       try {
-        // A sixteenth: a part's blocks, its decoded rows (two to three times their encoding) and the garbage of the
-        // part before (collected lazily) are in memory at once.
-        const partBytes = Math.max(64 * 1024, Math.floor(this.unitMemoryBytes / 16))
+        // 1/64: a part's blocks, its decoded rows (two to three times their encoding) and the garbage of the parts
+        // before, which V8 collects lazily, are in memory at once; bench/big.ts measured the peak RSS.
+        const partBytes = Math.max(64 * 1024, Math.floor(this.unitMemoryBytes / 64))
         let part: Entry[] = []
         let bytes = 0
         for await (const { entry, bytes: b } of seg.log.entries(start, end)) {

@@ -27,7 +27,7 @@ import type { Unit } from '../adapters/index.ts'
 
 /**
  * The memory a unit may take while it is captured or applied, by default (issue 14): above it, the capture and
- * apply loops work in parts of a sixteenth of it (see bench/big.ts for the peak RSS this gives).
+ * apply loops work in parts of 1/64 of it (see bench/big.ts for the peak RSS this gives).
  */
 export const DEFAULT_UNIT_MEMORY = 64 * 1024 * 1024
 
