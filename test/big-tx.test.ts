@@ -8,10 +8,11 @@ import assert from 'node:assert/strict'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import { MeshError, decodeBlock } from '../protocol/index.ts'
-import { SqliteCapture } from '../adapters/index.ts'
+import pg from 'pg'
+import { PostgresCapture, SqliteCapture } from '../adapters/index.ts'
 import type { DatasetLog } from '../node/index.ts'
 import { dump, readDb, sqliteOrigin } from './helpers/db.ts'
-import { captureLoop, openLog, sqlitePipeline } from './helpers/pipeline.ts'
+import { captureLoop, openLog, pgPipeline, sqlitePipeline } from './helpers/pipeline.ts'
 import { teardown, tsProcess } from './helpers/teardown.ts'
 
 const BUDGET = 1024 * 1024
@@ -149,4 +150,26 @@ test('SIGKILL of the applying process inside a unit applied in parts: none of it
   await again.waitLine(/^caught-up/, 120_000)
   await again.exited
   assert.deepEqual(dump(replica), dump(file))
+})
+
+test('PostgreSQL: a unit above the budget is applied in parts inside one transaction, all-or-nothing', async (t) => {
+  const slot = 'branchmesh_test'
+  const capture = (url: string) => new PostgresCapture({ url, slot, publication: slot, catalogCheckMs: 0 })
+  const init = 'CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(12, 4), tag bytea)'
+  const { p, run, same, replicaUrl } = await pgPipeline(t, { init, capture, unitMemoryBytes: BUDGET })
+  await run(`INSERT INTO items SELECT i, 'item ' || i, i / 7.0, NULL FROM generate_series(1, 10) i`)
+  await same('ten rows')
+  const seen: number[] = []
+  const applyPart = p.replica.applyPart.bind(p.replica)
+  p.replica.applyPart = async (entries, position) => {
+    await applyPart(entries, position)
+    const c = new pg.Client({ connectionString: replicaUrl })
+    await c.connect()
+    seen.push(Number((await c.query('SELECT count(*) AS n FROM items')).rows[0].n))
+    await c.end()
+  }
+  await run(`INSERT INTO items SELECT i, 'item ' || i, i / 7.0, '\\x00ff'::bytea FROM generate_series(11, 60000) i`)
+  await same('60,000 rows in one transaction')
+  assert.ok(seen.length > 3, `${seen.length} parts applied`)
+  assert.deepEqual([...new Set(seen)], [10], 'no part was visible before the unit committed')
 })

@@ -165,7 +165,13 @@ export async function sidesPipeline<A extends ApplySide>(
  */
 export async function pgPipeline(
   t: TestContext,
-  opts: { init: string; capture: (url: string) => CaptureSide; cluster?: ClusterOptions; notCarried?: string[] }
+  opts: {
+    init: string
+    capture: (url: string) => CaptureSide
+    cluster?: ClusterOptions
+    notCarried?: string[]
+    unitMemoryBytes?: number
+  }
 ) {
   const cluster: PgCluster = await pgCluster(t, opts.cluster)
   const dir = tmpDir(t)
@@ -174,7 +180,7 @@ export async function pgPipeline(
   await cluster.query(opts.init, [], 'origin')
   const capture = opts.capture(origin)
   const replica = new PostgresApply({ url: replicaUrl, dataset: 'ds1' })
-  const p = await sidesPipeline(t, dir, capture, replica, { pollMs: 5 })
+  const p = await sidesPipeline(t, dir, capture, replica, { pollMs: 5, unitMemoryBytes: opts.unitMemoryBytes })
   const run = (sql: string) => cluster.query(sql, [], 'origin')
   const same = async (what: string) => {
     await p.settle()
