@@ -35,6 +35,9 @@ import {
 } from './common.ts'
 import type Database from 'better-sqlite3'
 
+/** Change rows deleted by one statement of an acknowledge. */
+const ACK_DELETE_ROWS = 50_000
+
 /** readStream reads a batch of at most this many changed keys whole, with read(). */
 const STREAM_ABOVE_ROWS = 1000
 
@@ -756,7 +759,15 @@ export class SqliteCapture implements CaptureSide {
           if (!this.tables.has(t.id)) continue
           // The newest row stays: an empty table would hand out seq 1 again, below the marks in the log.
           const d = quote(changeTable(t.id))
-          db.prepare(`DELETE FROM ${d} WHERE seq <= ? AND seq < (SELECT max(seq) FROM ${d})`).run(BigInt(t.seq))
+          // In ranges of ACK_DELETE_ROWS: SQLite collects the rowids a DELETE ... WHERE removes in memory first,
+          // which for the change rows of a 10M-row transaction was 100+ MB (issue 14). One transaction still.
+          const del = db.prepare(`DELETE FROM ${d} WHERE seq > ? AND seq <= ? AND seq < (SELECT max(seq) FROM ${d})`)
+          let lo = Number((db.prepare(`SELECT min(seq) FROM ${d}`).pluck().get() as bigint | number | null) ?? 0) - 1
+          while (lo < t.seq) {
+            const hi = Math.min(t.seq, lo + ACK_DELETE_ROWS)
+            del.run(BigInt(lo), BigInt(hi))
+            lo = hi
+          }
           if (t.reset > 0) db.prepare(`UPDATE ${OWN_PREFIX}tables SET reset = 0 WHERE id = ? AND reset = ?`).run(BigInt(t.id), BigInt(t.reset))
         }
       })
