@@ -21,7 +21,12 @@ export function unitFits(
   if (applied.log !== null && !sameBytes(applied.log, position.log)) {
     // The next epoch's log: its header must continue from exactly where this replica stands.
     const h = unit.entries[0]
-    const continues = unit.start === 0 && h?.kind === 'header' && h.parent !== null && sameBytes(h.parent.key, applied.log) && h.parent.length === applied.length
+    const continues =
+      unit.start === 0 &&
+      h?.kind === 'header' &&
+      h.parent !== null &&
+      sameBytes(h.parent.key, applied.log) &&
+      h.parent.length === applied.length
     if (!continues) {
       throw MeshError.LOG_MISMATCH(`the replica follows log ${Buffer.from(applied.log).toString('hex').slice(0, 16)}… at ${applied.length}, and this log does not continue from there`, {
         context: { ...where, applied: applied.length }

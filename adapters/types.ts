@@ -39,7 +39,7 @@ export interface CaptureBatch {
 export interface CaptureStream {
   schema: CaptureBatch['schema']
   time: number
-  /** The changes in pieces of about the budget each. Ending the iteration early ends the read (nothing is acknowledged). */
+  /** The changes in pieces of about the budget each. Ending the iteration early ends the read (nothing is acked). */
   pieces: AsyncIterable<{ changes: TableChanges[]; rows: number }>
   /** Once `pieces` has ended: the position the whole batch reaches (pass it to ack()) and its rows. */
   end(): { source: Uint8Array; rows: number }

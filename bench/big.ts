@@ -35,7 +35,8 @@ function insert(file: string, rows: number): number {
 }
 
 function side(args: string[]): { rows: number; seconds: number; peakRss: number } {
-  const out = execFileSync(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'big-proc.ts'), ...args, String(BUDGET)], {
+  const script = path.join(import.meta.dirname, 'big-proc.ts')
+  const out = execFileSync(process.execPath, ['--import', 'tsx', script, ...args, String(BUDGET)], {
     encoding: 'utf8',
     maxBuffer: 1 << 20
   })
@@ -47,7 +48,10 @@ const mb = (n: number) => `${Math.round(n / 1024 / 1024)} MB`
 export async function bigBench(opts: { say: (s: string) => void; rows?: number[] }): Promise<Record<string, number>> {
   const sizes = opts.rows ?? [200_000, 2_000_000]
   const out: Record<string, number> = {}
-  opts.say(`Huge transactions, one SQLite transaction of N rows, capture and apply in processes of their own (budget ${mb(BUDGET)} per unit; aim: peak RSS <= ${mb(AIM)})`)
+  opts.say(
+    'Huge transactions, one SQLite transaction of N rows, capture and apply in processes of their own ' +
+      `(budget ${mb(BUDGET)} per unit; aim: peak RSS <= ${mb(AIM)})`
+  )
   for (const n of sizes) {
     const { dir, cleanup } = tmpDir('mesh-bench-big-')
     try {
@@ -67,9 +71,12 @@ export async function bigBench(opts: { say: (s: string) => void; rows?: number[]
       const capRate = n / cap.seconds
       const appRate = n / app.seconds
       opts.say(
-        `  ${n} rows: capture ${Math.round(capRate)} rows/s (${(raw / capRate).toFixed(1)}x slower than raw insert, ${Math.round(raw)} rows/s), peak RSS ${mb(cap.peakRss)}; ` +
+        `  ${n} rows: capture ${Math.round(capRate)} rows/s ` +
+          `(${(raw / capRate).toFixed(1)}x slower than raw insert, ${Math.round(raw)} rows/s), ` +
+          `peak RSS ${mb(cap.peakRss)}; ` +
           `apply ${Math.round(appRate)} rows/s (${(raw / appRate).toFixed(1)}x), peak RSS ${mb(app.peakRss)}; ` +
-          `${cap.peakRss <= AIM && app.peakRss <= AIM ? 'within' : 'ABOVE'} the aim${got === n ? '' : `; REPLICA HAS ${got} ROWS`}`
+          `${cap.peakRss <= AIM && app.peakRss <= AIM ? 'within' : 'ABOVE'} the aim` +
+          (got === n ? '' : `; REPLICA HAS ${got} ROWS`)
       )
       out[`big${n}CapturePeakRssMB`] = Math.round(cap.peakRss / 1024 / 1024)
       out[`big${n}ApplyPeakRssMB`] = Math.round(app.peakRss / 1024 / 1024)

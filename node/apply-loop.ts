@@ -27,7 +27,8 @@ export interface ApplyLoopOptions {
    */
   repair?: (block: number, log: DatasetLog) => Promise<boolean>
   /**
-   * Memory a unit may take while it is applied (default DEFAULT_UNIT_MEMORY, 64 MB). A unit whose blocks exceed an eighth of it is read
+   * Memory a unit may take while it is applied (default DEFAULT_UNIT_MEMORY, 64 MB). A unit whose blocks exceed
+   * an eighth of it is read
    * and applied in parts inside one database transaction, where the apply side can (ApplySide.beginUnit).
    */
   unitMemoryBytes?: number
@@ -121,7 +122,10 @@ export class ApplyLoop extends EventEmitter {
       const stop = seg.end ?? seg.log.length
       if (next >= Math.min(stop, seg.log.length)) return n
       // A unit larger than the memory budget: read and applied in parts, in one database transaction.
-      if (this.apply.beginUnit && (await seg.log.peek(next))?.more) {
+      const first = this.apply.beginUnit ? await seg.log.peek(next) : null
+      // Not here yet: looking again once it is (the rest of the unit may arrive before unit() below reads it).
+      if (this.apply.beginUnit && first === null) return n
+      if (first?.more) {
         const ext = await seg.log.extent(next)
         if (ext === null) return n
         // A unit's rows take two to three times their encoding in memory, and more until V8 collects them.
@@ -163,7 +167,10 @@ export class ApplyLoop extends EventEmitter {
    */
   private async applyInParts(seg: Segment, start: number, end: number): Promise<void> {
     const apply = this.apply
-    if (seg.end !== null && end > seg.end) throw MeshError.BAD_LOG(`a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`)
+    if (seg.end !== null && end > seg.end) {
+      const where = `the point (${seg.end}) where the next epoch branched off`
+      throw MeshError.BAD_LOG(`a unit of epoch ${seg.epoch} runs past ${where}`)
+    }
     const position = { log: seg.log.key, epoch: seg.epoch, length: end, treeHash: await seg.log.treeHash(end) }
     let time: number | null = null
     if (await apply.beginUnit!({ start, end }, position)) {

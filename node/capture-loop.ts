@@ -7,7 +7,14 @@
  * and nothing is captured twice.
  */
 import { EventEmitter } from 'node:events'
-import { MeshError, packSnapshot, packTransaction, type HeaderEntry, type TableChanges, type TransactionEntry } from '../protocol/index.ts'
+import {
+  MeshError,
+  packSnapshot,
+  packTransaction,
+  type HeaderEntry,
+  type TableChanges,
+  type TransactionEntry
+} from '../protocol/index.ts'
 import type { CaptureSide, Logger } from '../adapters/index.ts'
 import { silentLogger } from '../adapters/index.ts'
 import { DEFAULT_UNIT_MEMORY, type DatasetLog } from './log.ts'
@@ -27,8 +34,9 @@ export interface CaptureLoopOptions {
   /** Rows per snapshot chunk. */
   snapshotRows?: number
   /**
-   * Memory a unit may take while it is captured and appended (bytes; default DEFAULT_UNIT_MEMORY, 64 MB). A larger batch is read
-   * and appended in parts of 1/64 of it (where the capture side can read in parts): all but the unit's last block flagged
+   * Memory a unit may take while it is captured and appended (bytes; default DEFAULT_UNIT_MEMORY, 64 MB). A
+   * larger batch is read and appended in parts of 1/64 of it (where the capture side can read in parts): all
+   * but the unit's last block flagged
    * MORE, as for any unit, and acknowledged once its last block is flushed.
    */
   unitMemoryBytes?: number
@@ -202,7 +210,8 @@ export class CaptureLoop extends EventEmitter {
       held = piece.changes
     }
     const { source, rows } = s.end()
-    const length = await log.appendUnit(packTransaction({ schema, changes: held ?? [], time: s.time, source }, this.opts.blockBytes))
+    const last = packTransaction({ schema, changes: held ?? [], time: s.time, source }, this.opts.blockBytes)
+    const length = await log.appendUnit(last)
     this.dangling = false
     await capture.ack(source)
     this.stats.units++

@@ -161,7 +161,9 @@ export class DatasetLog {
       if (p === null) return null
       if (p.type === 'abandon') return { block: p, first: i, next: i + 1, bytes: 0 }
       if (p.type === 'entry') {
-        throw MeshError.BAD_LOG(`block ${i} interrupts the fragments of an entry that begins at block ${first}`, { context: { block: i } })
+        throw MeshError.BAD_LOG(`block ${i} interrupts the fragments of an entry that begins at block ${first}`, {
+          context: { block: i }
+        })
       }
       parts.push(p.fragment.bytes)
       size += p.fragment.bytes.byteLength
@@ -176,7 +178,9 @@ export class DatasetLog {
       }
       parts.length = 0
       if (entry.kind !== p.fragment.kind || continues(entry) !== p.fragment.more) {
-        throw MeshError.BAD_ENTRY(`the fragments at blocks ${first}-${i} do not match the entry they carry`, { context: { block: i } })
+        throw MeshError.BAD_ENTRY(`the fragments at blocks ${first}-${i} do not match the entry they carry`, {
+          context: { block: i }
+        })
       }
       return { block: { type: 'entry', entry }, first, next: i + 1, bytes: size }
     }
@@ -254,7 +258,8 @@ export class DatasetLog {
       bytes += raw.byteLength
       const p = this.decode(i, raw, peekEntry)
       if (p.more) continue
-      const abandoned = p.time === null && p.kind === 'transaction' && this.decode(i, raw, decodeBlock).type === 'abandon'
+      const abandoned =
+        p.time === null && p.kind === 'transaction' && this.decode(i, raw, decodeBlock).type === 'abandon'
       return { end: i + 1, bytes, abandoned }
     }
     return null

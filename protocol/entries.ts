@@ -484,13 +484,18 @@ export function encodeEntry(entry: Entry): Uint8Array {
   const body = BODIES[entry.kind] as Body<Entry> | undefined
   if (body === undefined) throw MeshError.UNKNOWN_KIND(`cannot encode entry kind ${String(entry.kind)}`)
   try {
-    return seal(VERSION_OF_KIND[Kind[entry.kind]], Kind[entry.kind], body.flags(entry), (s) => body.preencode(s, entry), (s) => body.encode(s, entry))
+    const kind = Kind[entry.kind]
+    const pre = (s: State) => body.preencode(s, entry)
+    return seal(VERSION_OF_KIND[kind], kind, body.flags(entry), pre, (s) => body.encode(s, entry))
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
   }
 }
 
-function seal(version: number, kind: number, flags: number, pre: (s: State) => void, enc: (s: State) => void): Uint8Array {
+type Writer = (s: State) => void
+
+/** One block: version, kind, flags, the body (`pre` sizes it, `enc` writes it), the checksum. */
+function seal(version: number, kind: number, flags: number, pre: Writer, enc: Writer): Uint8Array {
   const state = c.state()
   c.uint.preencode(state, version)
   c.uint.preencode(state, kind)
@@ -542,7 +547,13 @@ export function encodeUnit(entries: Entry[], maxBlock = MAX_BLOCK_BYTES, fragmen
     for (let at = 0; at < bytes.byteLength; at += fragmentBytes) {
       const end = at + fragmentBytes >= bytes.byteLength
       out.push(
-        encodeFragment({ more: end ? continues(entry) : true, end, kind: entry.kind, time, bytes: bytes.subarray(at, at + fragmentBytes) })
+        encodeFragment({
+          more: end ? continues(entry) : true,
+          end,
+          kind: entry.kind,
+          time,
+          bytes: bytes.subarray(at, at + fragmentBytes)
+        })
       )
     }
   }
@@ -574,10 +585,14 @@ export interface Abandon {
 }
 
 export function encodeAbandon(a: Abandon): Uint8Array {
-  return seal(VERSION_OF_KIND[K_ABANDON], K_ABANDON, 0, (s) => c.uint.preencode(s, a.start), (s) => c.uint.encode(s, a.start))
+  const pre = (s: State) => c.uint.preencode(s, a.start)
+  return seal(VERSION_OF_KIND[K_ABANDON], K_ABANDON, 0, pre, (s) => c.uint.encode(s, a.start))
 }
 
-export type Block = { type: 'entry'; entry: Entry } | { type: 'fragment'; fragment: Fragment } | { type: 'abandon'; abandon: Abandon }
+export type Block =
+  | { type: 'entry'; entry: Entry }
+  | { type: 'fragment'; fragment: Fragment }
+  | { type: 'abandon'; abandon: Abandon }
 
 /**
  * Decodes one block of any kind. Returns a well-formed block or throws a MeshError (BAD_ENTRY,
@@ -621,9 +636,14 @@ export function decodeBlock(block: Uint8Array, opts: { verifyChecksum?: boolean 
       if (block[end + i] !== want[i]) throw MeshError.BAD_ENTRY('checksum mismatch: the block is damaged')
     }
   }
-  if (version === 2 && kindNo === K_FRAGMENT) return { type: 'fragment', fragment: decodeFragmentBody(state, flags, end) }
+  if (version === 2 && kindNo === K_FRAGMENT) {
+    return { type: 'fragment', fragment: decodeFragmentBody(state, flags, end) }
+  }
   if (version === 2 && kindNo === K_ABANDON) {
-    if (flags !== 0) throw MeshError.UNKNOWN_FLAGS(`abandon block has unknown flag bits 0x${flags.toString(16)}`, { context: { flags } })
+    if (flags !== 0) {
+      const bits = flags.toString(16)
+      throw MeshError.UNKNOWN_FLAGS(`abandon block has unknown flag bits 0x${bits}`, { context: { flags } })
+    }
     let start: number
     try {
       start = c.uint.decode(state)
@@ -653,7 +673,10 @@ export function decodeBlock(block: Uint8Array, opts: { verifyChecksum?: boolean 
 
 function decodeFragmentBody(state: State, flags: number, end: number): Fragment {
   const unknown = flags & ~(F_MORE | F_FRAG_END)
-  if (unknown !== 0) throw MeshError.UNKNOWN_FLAGS(`fragment block has unknown flag bits 0x${unknown.toString(16)}`, { context: { flags } })
+  if (unknown !== 0) {
+    const bits = unknown.toString(16)
+    throw MeshError.UNKNOWN_FLAGS(`fragment block has unknown flag bits 0x${bits}`, { context: { flags } })
+  }
   let f: Fragment
   try {
     const kind = KIND_NAMES[c.uint.decode(state)]
@@ -661,7 +684,8 @@ function decodeFragmentBody(state: State, flags: number, end: number): Fragment 
     const time = c.uint.decode(state)
     // A view into the block, not a copy: the reader joins the pieces into one buffer anyway.
     const bytes = c.uint8array.decode(state)
-    f = { more: (flags & F_MORE) !== 0, end: (flags & F_FRAG_END) !== 0, kind, time: kind === 'transaction' ? time : null, bytes }
+    const more = (flags & F_MORE) !== 0
+    f = { more, end: (flags & F_FRAG_END) !== 0, kind, time: kind === 'transaction' ? time : null, bytes }
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'truncated or corrupt fragment block')
   }

@@ -133,16 +133,17 @@ test('20 MB BLOB and TEXT rows reach the replica byte for byte, and capture of o
   await p.settle()
   const r = new Database(path.join(dir, 'replica.db'), { readonly: true })
   t.after(() => r.close())
-  const rows = r.prepare('SELECT id, name, data, typeof(data) AS td, note, typeof(note) AS tn FROM photos ORDER BY id').all() as Array<
-    Record<string, unknown>
-  >
+  const rows = r
+    .prepare('SELECT id, name, data, typeof(data) AS td, note, typeof(note) AS tn FROM photos ORDER BY id')
+    .all() as Array<Record<string, unknown>>
   assert.equal(rows.length, 3)
   assert.equal(rows[0].td, 'blob')
   assert.equal(rows[0].tn, 'text')
   assert.equal(sha(rows[0].data as Buffer), sha(blob))
   assert.equal(sha(rows[0].note as string), sha(text))
   // The stored bytes of the TEXT value, not only the JS string.
-  const bytes = (q: Database.Database) => (q.prepare('SELECT CAST(note AS BLOB) AS b FROM photos WHERE id = 1').get() as { b: Buffer }).b
+  const bytes = (q: Database.Database) =>
+    (q.prepare('SELECT CAST(note AS BLOB) AS b FROM photos WHERE id = 1').get() as { b: Buffer }).b
   assert.equal(sha(bytes(r)), sha(bytes(db)))
   assert.equal(rows[1].note, 'changed')
   assert.equal(rows[2].name, 'after')

@@ -20,7 +20,9 @@ const BUDGET = 1024 * 1024
 function bulk(db: Database.Database, rows: number, from = 0) {
   const ins = db.prepare('INSERT INTO items (id, name, price, tag) VALUES (?, ?, ?, ?)')
   db.transaction(() => {
-    for (let i = from; i < from + rows; i++) ins.run(i, 'item ' + i, i / 7, i % 10 === 0 ? Buffer.from([i & 255, 0]) : null)
+    for (let i = from; i < from + rows; i++) {
+      ins.run(i, 'item ' + i, i / 7, i % 10 === 0 ? Buffer.from([i & 255, 0]) : null)
+    }
   })()
 }
 
@@ -66,7 +68,7 @@ test('a 100,000-row transaction above the budget is appended and applied in part
   assert.deepEqual(dump(path.join(dir, 'replica.db')), dump(file))
 })
 
-test('an append that fails mid-unit: the unit is closed as abandoned, read again, and the replica gets it once', async (t) => {
+test('an append that fails mid-unit: the unit is closed as abandoned, read again, applied once', async (t) => {
   const { dir, file, db } = sqliteOrigin(t)
   db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, tag BLOB)')
   const p = await sqlitePipeline(t, dir, file, { unitMemoryBytes: BUDGET })

@@ -30,7 +30,18 @@ export interface SiteConfig {
   maxUnitMemoryMB?: number
 }
 
-const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres', 'snapshots', 'checkpointSeconds', 'guard', 'maxUnitMemoryMB'] as const
+const TOP_KEYS = [
+  'site',
+  'datasets',
+  'bootstrap',
+  'status',
+  'logLevel',
+  'replicaPostgres',
+  'snapshots',
+  'checkpointSeconds',
+  'guard',
+  'maxUnitMemoryMB'
+] as const
 const SNAPSHOT_KEYS = Object.keys(DEFAULT_SNAPSHOTS)
 const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url', 'capture'] as const
 const STATUS_KEYS = Object.keys(DEFAULT_THRESHOLDS)
@@ -214,7 +225,18 @@ export function readConfig(dir: string): SiteConfig {
     }
     maxUnitMemoryMB = j.maxUnitMemoryMB
   }
-  return { site: j.site, datasets, bootstrap, status, logLevel, replicaPostgres, snapshots, checkpointSeconds, guard, maxUnitMemoryMB }
+  return {
+    site: j.site,
+    datasets,
+    bootstrap,
+    status,
+    logLevel,
+    replicaPostgres,
+    snapshots,
+    checkpointSeconds,
+    guard,
+    maxUnitMemoryMB
+  }
 }
 
 /** Written with mode 0600: a PostgreSQL URL may hold a password. */

@@ -206,7 +206,8 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     if (this.client === null) await this.open()
     if (this.inParts !== null) throw MeshError.BAD_LOG('a unit is already being applied in parts')
     this.lastAlerts = []
-    if (unitFits(this.meta, { start: unit.start, entries: [], end: unit.end }, position, { url: redactUrl(this.url) }) === 'skip') return false
+    const whole = { start: unit.start, entries: [], end: unit.end }
+    if (unitFits(this.meta, whole, position, { url: redactUrl(this.url) }) === 'skip') return false
     try {
       await this.conn.query('BEGIN')
     } catch (err) {

@@ -195,7 +195,8 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
   async beginUnit(unit: { start: number; end: number }, position: AppliedPosition): Promise<boolean> {
     if (this.open_ !== null) throw MeshError.BAD_LOG('a unit is already being applied in parts')
     this.lastAlerts = []
-    if (unitFits(this.meta, { start: unit.start, entries: [], end: unit.end }, position, { path: this.path }) === 'skip') return false
+    const whole = { start: unit.start, entries: [], end: unit.end }
+    if (unitFits(this.meta, whole, position, { path: this.path }) === 'skip') return false
     try {
       this.conn.exec('BEGIN IMMEDIATE')
     } catch (err) {

@@ -48,7 +48,9 @@ const STREAM_ABOVE_ROWS = 1000
  */
 function rowSize(row: Value[]): number {
   let n = 32
-  for (const v of row) n += 8 + (typeof v === 'string' ? v.length + 24 : v instanceof Uint8Array ? v.byteLength + 96 : 24)
+  for (const v of row) {
+    n += 8 + (typeof v === 'string' ? v.length + 24 : v instanceof Uint8Array ? v.byteLength + 96 : 24)
+  }
   return n
 }
 
@@ -626,7 +628,11 @@ export class SqliteCapture implements CaptureSide {
     const schema = this.schemaPending || reset.length > 0 ? this.schemaEntry(reset) : null
     const schemaGen = this.schemaGen
     const pos: SourcePos = {
-      tables: plan.map((p) => ({ id: p.t.id, seq: Math.max(p.max, p.t.mark), reset: p.reset ? p.t.reset : p.t.ackReset }))
+      tables: plan.map((p) => ({
+        id: p.t.id,
+        seq: Math.max(p.max, p.t.mark),
+        reset: p.reset ? p.t.reset : p.t.ackReset
+      }))
     }
     const source = c.encode(sourceEnc, pos)
     let rows = 0
@@ -647,7 +653,8 @@ export class SqliteCapture implements CaptureSide {
           for (const r of it) {
             if (p.reset) cur.upserts.push(r)
             else if (!self.validKey(t, r)) {
-              self.log.warn(MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`).message, { table: t.info.name })
+              const e = MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`)
+              self.log.warn(e.message, { table: t.info.name })
               continue
             } else {
               const row = t.lookup.get(...r) as Value[] | undefined
