@@ -10,7 +10,7 @@ import Database from 'better-sqlite3'
 import { MeshError, decodeBlock } from '../protocol/index.ts'
 import pg from 'pg'
 import { PostgresCapture, SqliteCapture } from '../adapters/index.ts'
-import type { DatasetLog } from '../node/index.ts'
+import { walk, type DatasetLog, type HistoryUnit } from '../node/index.ts'
 import { dump, readDb, sqliteOrigin } from './helpers/db.ts'
 import { captureLoop, openLog, pgPipeline, sqlitePipeline } from './helpers/pipeline.ts'
 import { teardown, tsProcess } from './helpers/teardown.ts'
@@ -85,6 +85,14 @@ test('an append that fails mid-unit: the unit is closed as abandoned, read again
   await p.settle()
   assert.equal(await abandonBlocks(p.originLog), 1)
   assert.deepEqual(dump(path.join(dir, 'replica.db')), dump(file))
+  // `mesh log` lists the abandoned unit as such, with no rows, and the batch read again after it.
+  const header = (await p.originLog.header())!
+  const units: HistoryUnit[] = []
+  for await (const { unit } of walk([{ log: p.originLog, epoch: 0, end: null, header }])) units.push(unit)
+  const abandoned = units.filter((u) => u.note.includes('abandoned'))
+  assert.equal(abandoned.length, 1)
+  assert.equal(abandoned[0].rows, 0)
+  assert.equal(units[units.length - 1].rows, 60_000)
 })
 
 test('a capture killed mid-unit: the restart closes the unit, captures the batch again, nothing doubled', async (t) => {
