@@ -6,6 +6,7 @@ export type {
   Logger,
   CaptureSide,
   CaptureBatch,
+  CaptureStream,
   SnapshotChunk,
   ApplySide,
   AppliedPosition,
@@ -16,7 +17,7 @@ export type {
   ReplicaCheckpoint,
   TableDiff
 } from './types.ts'
-export { silentLogger, DEFAULT_GUARD } from './types.ts'
+export { silentLogger, DEFAULT_GUARD, unitEnd } from './types.ts'
 export type {
   Engine,
   CaptureMode,

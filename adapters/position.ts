@@ -3,7 +3,7 @@
  * replica from exactly where it stands, and that a log header belongs to this replica.
  */
 import { MeshError, sameBytes, type HeaderEntry, type Value } from '../protocol/index.ts'
-import type { AppliedPosition, DamageGuard, Unit } from './types.ts'
+import { unitEnd, type AppliedPosition, type DamageGuard, type Unit } from './types.ts'
 
 /**
  * 'skip' for a unit the replica holds already (applying is idempotent by position), 'apply' for the next
@@ -16,12 +16,17 @@ export function unitFits(
   position: AppliedPosition,
   where: Record<string, unknown>
 ): 'skip' | 'apply' {
-  const end = unit.start + unit.entries.length
+  const end = unitEnd(unit)
   if (position.length !== end) throw MeshError.BAD_LOG(`unit [${unit.start}, ${end}) given position ${position.length}`)
   if (applied.log !== null && !sameBytes(applied.log, position.log)) {
     // The next epoch's log: its header must continue from exactly where this replica stands.
     const h = unit.entries[0]
-    const continues = unit.start === 0 && h.kind === 'header' && h.parent !== null && sameBytes(h.parent.key, applied.log) && h.parent.length === applied.length
+    const continues =
+      unit.start === 0 &&
+      h?.kind === 'header' &&
+      h.parent !== null &&
+      sameBytes(h.parent.key, applied.log) &&
+      h.parent.length === applied.length
     if (!continues) {
       throw MeshError.LOG_MISMATCH(`the replica follows log ${Buffer.from(applied.log).toString('hex').slice(0, 16)}… at ${applied.length}, and this log does not continue from there`, {
         context: { ...where, applied: applied.length }

@@ -31,6 +31,20 @@ export interface CaptureBatch {
   source: Uint8Array
 }
 
+/**
+ * A batch read in pieces, for a transaction too large to hold whole (issue 14): the pieces come from one read
+ * of the source (SQLite: one read transaction held open until the last piece), so together they are one
+ * state the source had, exactly as one CaptureBatch would be.
+ */
+export interface CaptureStream {
+  schema: CaptureBatch['schema']
+  time: number
+  /** The changes in pieces of about the budget each. Ending the iteration early ends the read (nothing is acked). */
+  pieces: AsyncIterable<{ changes: TableChanges[]; rows: number }>
+  /** Once `pieces` has ended: the position the whole batch reaches (pass it to ack()) and its rows. */
+  end(): { source: Uint8Array; rows: number }
+}
+
 /** A piece of the initial snapshot of the existing data. */
 export interface SnapshotChunk {
   changes: TableChanges[]
@@ -71,6 +85,12 @@ export interface CaptureSide {
   snapshot(opts?: { chunkRows?: number }): AsyncIterable<SnapshotChunk>
   /** The changes committed since the last acknowledged position, or null when there are none. */
   read(): Promise<CaptureBatch | null>
+  /**
+   * The same as read(), in pieces of about `budgetBytes` of row data each, so that a transaction of millions
+   * of rows never sits in memory whole. Where an engine lacks it, the node uses read(). Idempotent as read():
+   * an iteration that is not finished, or a batch not acknowledged, is read again whole.
+   */
+  readStream?(budgetBytes: number): Promise<CaptureStream | null>
   ack(source: Uint8Array): Promise<void>
   /** Resolves when new changes may have been committed, or after `ms`. */
   wait(ms: number): Promise<void>
@@ -125,10 +145,24 @@ export interface AppliedPosition {
 
 export type ReplicaState = 'empty' | 'seeding' | 'settling' | 'ready'
 
-/** One unit of the log: the entries of blocks [start, start + entries.length). */
+/**
+ * One unit of the log: the entries of blocks [start, end). `end` is start + entries.length unless an entry
+ * spans several blocks (fragments, format 2) or the unit was abandoned; use unitEnd().
+ */
 export interface Unit {
   start: number
   entries: Entry[]
+  /** The block after the unit's last (default start + entries.length). */
+  end?: number
+  /**
+   * Its writer stopped before finishing it and closed it with an abandon block (format 2): entries is empty,
+   * and applying it changes nothing but the position.
+   */
+  abandoned?: boolean
+}
+
+export function unitEnd(unit: Unit): number {
+  return unit.end ?? unit.start + unit.entries.length
 }
 
 /**
@@ -148,6 +182,18 @@ export interface ApplySide {
   position(): AppliedPosition | null
   state(): ReplicaState
   apply(unit: Unit, position: AppliedPosition): Promise<void>
+  /**
+   * A unit too large to hold in memory (issue 14), applied in pieces inside ONE database transaction: begin
+   * (false: the replica holds it already, nothing begun), any number of parts in order, then commit with the
+   * position, which writes the position and commits, or abort, which rolls all of it back. A crash or an
+   * error before commit leaves the replica as it was before the unit: all-or-nothing as apply(). The mass-damage
+   * guard does not measure such a unit (it would need all of it at once). Where an engine lacks these, the
+   * node reads the unit whole and calls apply().
+   */
+  beginUnit?(unit: { start: number; end: number }, position: AppliedPosition): Promise<boolean>
+  applyPart?(entries: Entry[], position: AppliedPosition): Promise<void>
+  commitUnit?(position: AppliedPosition): Promise<void>
+  abortUnit?(): Promise<void>
   /** Units of the last apply() that deleted or changed a large share of a table (see DamageAlert). */
   alerts(): DamageAlert[]
   /** The last origin checkpoint this replica compared itself with, or null. */

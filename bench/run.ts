@@ -5,12 +5,14 @@
  * the failover benchmark (mesh promote to the first write captured at the new origin) in bench/promote.ts, and
  * the PostgreSQL benchmark (pgbench with and without capture, catch-up against PostgreSQL's own logical
  * replication; `--pg-seconds N` sets the pgbench run) in bench/postgres.ts; they run last, in that order.
+ * Before them, bench/big.ts: one huge transaction (`--big-rows 200000,2000000,10000000`; default 200k and 2M).
  */
 import Database from 'better-sqlite3'
 import path from 'node:path'
 import { SqliteCapture } from '../adapters/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { startPipeline } from '../test/helpers/pipeline.ts'
+import { bigBench, bigRowsArg } from './big.ts'
 import { meshBench } from './mesh.ts'
 import { pgBench } from './postgres.ts'
 import { promoteBench } from './promote.ts'
@@ -134,6 +136,8 @@ try {
 
   // The replica's write guard: apply with and without it (bench/guard.ts).
   const guard = await guardBench({ say })
+  // One huge transaction, capture and apply each in a process of its own: peak RSS and rows/s (bench/big.ts).
+  const big = await bigBench({ say, rows: bigRowsArg(process.argv) })
   // Three sites over hyperswarm (bench/mesh.ts).
   const mesh = await meshBench({ say })
   // Failover: promote at a replica, then the first write at the new origin (bench/promote.ts).
@@ -153,6 +157,7 @@ try {
         trickleP50Ms: +median(lat).toFixed(2),
         trickleP99Ms: +pct(lat, 99).toFixed(2),
         ...guard,
+        ...big,
         ...mesh,
         ...promote,
         ...restore,

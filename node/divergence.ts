@@ -13,7 +13,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import type { Engine } from '../adapters/index.ts'
+import { unitEnd, type Engine } from '../adapters/index.ts'
 import { RawText, type TableDef, type Value } from '../protocol/index.ts'
 import type { DatasetLog } from './log.ts'
 
@@ -90,7 +90,7 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
     const unit = await d.log.unit(at, { wait: false })
     if (unit === null) break
     const block = at
-    at = unit.start + unit.entries.length
+    at = unitEnd(unit)
     const lines: string[] = []
     let time: number | null = null
     for (const e of unit.entries) {

@@ -6,7 +6,7 @@
  * `mesh restore --seq N` takes one. A restore always ends at a unit boundary (a unit is applied whole), the
  * last one at or before the position asked for.
  */
-import { engineFor, type Logger } from '../adapters/index.ts'
+import { engineFor, unitEnd, type Logger } from '../adapters/index.ts'
 import { MeshError, RawText, type DatasetInfo, type Entry, type TableDef } from '../protocol/index.ts'
 import { replayTo } from './apply-loop.ts'
 import { offsets, resolveChain, type ChainSegment } from './chain.ts'
@@ -45,11 +45,11 @@ export async function* walk(chain: ChainSegment[], opts: { from?: number; entrie
     for (let b = 0; b < stop; ) {
       const u = await seg.log.unit(b, { wait: false })
       if (u === null) throw MeshError.REPLICA_NOT_READY(`this site does not hold block ${b} of the epoch-${seg.epoch} log yet`, { hint: 'Wait until `mesh status` shows the log downloaded here, then run the command again.' })
-      const n = u.entries.length
-      const first = u.entries[0]
+      const n = unitEnd(u) - b
+      const first = u.entries[0] as Entry | undefined
       const counts = new Map<number, { upserts: number; deletes: number }>()
       let time: number | null = null
-      let note = ''
+      let note = u.abandoned ? 'abandoned by its writer: applied as nothing' : ''
       for (const e of u.entries) {
         if (e.kind === 'schema') {
           tables.clear()
@@ -80,7 +80,7 @@ export async function* walk(chain: ChainSegment[], opts: { from?: number; entrie
           }
         }
       }
-      const kind = u.entries.find((e) => e.kind === 'transaction')?.kind ?? first.kind
+      const kind = u.entries.find((e) => e.kind === 'transaction')?.kind ?? first?.kind ?? 'transaction'
       const list = [...counts].map(([id, c]) => ({ table: tables.get(id)?.name ?? (id === 0 ? '(sequences)' : `#${id}`), ...c }))
       const unit: HistoryUnit = {
         seq: starts[i] + b,

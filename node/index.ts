@@ -1,4 +1,4 @@
-export { DatasetLog, logName, syncStore } from './log.ts'
+export { DatasetLog, DEFAULT_UNIT_MEMORY, logName, syncStore } from './log.ts'
 export { CaptureLoop, type CaptureLoopOptions, type CaptureStats } from './capture-loop.ts'
 export { ApplyLoop, replayTo, type ApplyLoopOptions, type ApplyStats } from './apply-loop.ts'
 export { MeshNode, meshTopic, type MeshNodeOptions, type NetworkOptions, type OwnDataset } from './node.ts'

@@ -10,8 +10,26 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type Corestore from 'corestore'
 import type Hypercore from 'hypercore'
-import { MeshError, decodeEntry, encodeEntry, peekEntry, type Entry, type HeaderEntry, UnitAssembler } from '../protocol/index.ts'
+import {
+  MeshError,
+  continues,
+  decodeBlock,
+  decodeEntry,
+  encodeAbandon,
+  encodeUnit,
+  peekEntry,
+  type Block,
+  type Entry,
+  type HeaderEntry,
+  UnitAssembler
+} from '../protocol/index.ts'
 import type { Unit } from '../adapters/index.ts'
+
+/**
+ * The memory a unit may take while it is captured or applied, by default (issue 14): above it, the capture and
+ * apply loops work in parts of 1/64 of it (see bench/big.ts for the peak RSS this gives).
+ */
+export const DEFAULT_UNIT_MEMORY = 64 * 1024 * 1024
 
 export function logName(dataset: string, epoch: number): string {
   return `dataset/${dataset}/epoch/${epoch}`
@@ -95,7 +113,8 @@ export class DatasetLog {
   /** Appends one unit atomically (one hypercore batch) and makes it durable. */
   async appendUnit(entries: Entry[]): Promise<number> {
     if (entries.length === 0) return this.core.length
-    const blocks = entries.map(encodeEntry)
+    // An entry larger than a block becomes fragments (format 2): memory holds the unit's encoding once.
+    const blocks = encodeUnit(entries)
     try {
       const { length } = await this.core.append(blocks)
       await syncStore(this.storeDir)
@@ -105,9 +124,66 @@ export class DatasetLog {
     }
   }
 
-  /** Reads and decodes one block; waits for it to arrive unless `wait` is false (then null if absent). */
-  entry(index: number, opts: { wait?: boolean; timeout?: number } = {}): Promise<Entry | null> {
-    return this.read(index, opts, decodeEntry)
+  /**
+   * The entry block `index` holds, or is a fragment of (joined from its pieces); waits for its blocks to
+   * arrive unless `wait` is false (then null if one is absent). Null for an abandon block, which holds no entry.
+   */
+  async entry(index: number, opts: { wait?: boolean; timeout?: number } = {}): Promise<Entry | null> {
+    const it = await this.item(index, opts)
+    return it !== null && it.block.type === 'entry' ? it.block.entry : null
+  }
+
+  /**
+   * The block at `index` as an entry (a fragment's entry joined from its pieces, which are consecutive blocks)
+   * or an abandon block, with the blocks it spans [first, next); null when one of them is absent (wait false)
+   * or the log ends inside it. A run of fragments cut short by an abandon block (a writer that died while
+   * appending a large entry) reads as that abandon block. Memory: the entry's encoding once, joined.
+   */
+  private async item(
+    index: number,
+    opts: { wait?: boolean; timeout?: number }
+  ): Promise<{ block: Exclude<Block, { type: 'fragment' }>; first: number; next: number; bytes: number } | null> {
+    const raw = await this.block(index, opts)
+    if (raw === null) return null
+    const b = this.decode(index, raw, decodeBlock)
+    if (b.type !== 'fragment') return { block: b, first: index, next: index + 1, bytes: raw.byteLength }
+    let first = index
+    while (first > 0) {
+      const p = await this.read(first - 1, opts, decodeBlock)
+      if (p === null || p.type !== 'fragment' || p.fragment.end) break
+      first--
+    }
+    const parts: Uint8Array[] = []
+    let size = 0
+    for (let i = first; ; i++) {
+      if (i >= this.core.length && opts.wait === false) return null
+      const p = i === index ? b : await this.read(i, opts, decodeBlock)
+      if (p === null) return null
+      if (p.type === 'abandon') return { block: p, first: i, next: i + 1, bytes: 0 }
+      if (p.type === 'entry') {
+        throw MeshError.BAD_LOG(`block ${i} interrupts the fragments of an entry that begins at block ${first}`, {
+          context: { block: i }
+        })
+      }
+      parts.push(p.fragment.bytes)
+      size += p.fragment.bytes.byteLength
+      if (!p.fragment.end) continue
+      let entry: Entry
+      try {
+        entry = decodeEntry(Buffer.concat(parts, size))
+      } catch (err) {
+        const e = err as MeshError
+        e.context.block = first
+        throw e
+      }
+      parts.length = 0
+      if (entry.kind !== p.fragment.kind || continues(entry) !== p.fragment.more) {
+        throw MeshError.BAD_ENTRY(`the fragments at blocks ${first}-${i} do not match the entry they carry`, {
+          context: { block: i }
+        })
+      }
+      return { block: { type: 'entry', entry }, first, next: i + 1, bytes: size }
+    }
   }
 
   /** One block's kind, unit continuation and time, without decoding its rows (see peekEntry); null if absent. */
@@ -118,6 +194,10 @@ export class DatasetLog {
   private async read<T>(index: number, opts: { wait?: boolean; timeout?: number }, decode: (block: Uint8Array) => T): Promise<T | null> {
     const block = await this.block(index, opts)
     if (block === null) return null
+    return this.decode(index, block, decode)
+  }
+
+  private decode<T>(index: number, block: Uint8Array, decode: (block: Uint8Array) => T): T {
     try {
       return decode(block)
     } catch (err) {
@@ -153,13 +233,68 @@ export class DatasetLog {
    */
   async unit(start: number, opts: { wait?: boolean } = {}): Promise<Unit | null> {
     const asm = new UnitAssembler()
-    for (let i = start; ; i++) {
+    for (let i = start; ; ) {
       if (i >= this.core.length && opts.wait === false) return null
-      const e = await this.entry(i, opts)
-      if (e === null) return null
-      const done = asm.push(e)
-      if (done) return { start, entries: done }
+      const it = await this.item(i, opts)
+      if (it === null) return null
+      i = it.next
+      // Its writer stopped inside this unit and closed it (format 2): none of it counts.
+      if (it.block.type === 'abandon') return { start, entries: [], end: i, abandoned: true }
+      const done = asm.push(it.block.entry)
+      if (done) return { start, entries: done, end: i }
     }
+  }
+
+  /**
+   * Where the unit that starts at `start` ends, and its size in bytes, read block by block without keeping
+   * any (for a unit too large to hold: the apply loop then reads it in parts); null if its blocks are not all
+   * here, or the log ends inside it. `abandoned`: its writer closed it unfinished (an abandon block).
+   */
+  async extent(start: number): Promise<{ end: number; bytes: number; abandoned: boolean } | null> {
+    let bytes = 0
+    for (let i = start; i < this.core.length; i++) {
+      const raw = await this.block(i, { wait: false })
+      if (raw === null) return null
+      bytes += raw.byteLength
+      const p = this.decode(i, raw, peekEntry)
+      if (p.more) continue
+      const abandoned =
+        p.time === null && p.kind === 'transaction' && this.decode(i, raw, decodeBlock).type === 'abandon'
+      return { end: i + 1, bytes, abandoned }
+    }
+    return null
+  }
+
+  /** The entries of blocks [start, end), one at a time (fragments joined), with their encoded size. */
+  async *entries(start: number, end: number): AsyncGenerator<{ entry: Entry; bytes: number }> {
+    for (let i = start; i < end; ) {
+      const it = await this.item(i, { wait: false })
+      if (it === null) throw MeshError.BAD_LOG(`block ${i} of the log went missing while it was read`)
+      if (it.block.type === 'abandon') throw MeshError.BAD_LOG(`an abandon block at ${i} inside a unit read in parts`)
+      yield { entry: it.block.entry, bytes: it.bytes }
+      i = it.next
+    }
+  }
+
+  /**
+   * If the log ends inside a unit (its writer appended part of a unit too large to hold, then crashed or
+   * failed), closes that unit with an abandon block, so every reader discards it, and returns where it began;
+   * null when the log ends on a unit boundary. The unit's changes were never acknowledged at the source, so
+   * the capture reads them again.
+   */
+  async closeDangling(): Promise<number | null> {
+    if (this.core.length <= 1) return null
+    const tail = await this.peek(this.core.length - 1)
+    if (tail === null || !tail.more) return null
+    let start = this.core.length - 1
+    while (start > 1 && (await this.peek(start - 1))?.more) start--
+    try {
+      await this.core.append([encodeAbandon({ start })])
+      await syncStore(this.storeDir)
+    } catch (err) {
+      throw ioError(err, 'cannot append to the log')
+    }
+    return start
   }
 
   /**
@@ -168,8 +303,15 @@ export class DatasetLog {
    */
   async captureState(): Promise<{ source: Uint8Array | null; snapshotDone: boolean }> {
     for (let i = this.core.length - 1; i >= 1; i--) {
-      const e = await this.entry(i, { wait: false })
-      if (e === null) break
+      const it = await this.item(i, { wait: false })
+      if (it === null) break
+      // An abandoned unit holds nothing: look before it.
+      if (it.block.type === 'abandon') {
+        i = Math.min(i, it.block.abandon.start)
+        continue
+      }
+      i = it.first
+      const e = it.block.entry
       if (e.kind === 'transaction' && !e.more) return { source: e.source, snapshotDone: true }
       if (e.kind === 'snapshot') return { source: null, snapshotDone: e.last }
       if (e.kind === 'checkpoint' || e.kind === 'fence') continue

@@ -74,6 +74,11 @@ export interface MeshNodeOptions {
   /** The mass-damage guard's thresholds (default: half of a table of 100 rows or more). */
   guard?: DamageGuard
   /**
+   * Memory one unit may take while it is captured or applied (bytes; default DEFAULT_UNIT_MEMORY): a larger one
+   * is captured, appended and applied in parts (issue 14).
+   */
+  unitMemoryBytes?: number
+  /**
    * A PostgreSQL server URL where this site keeps its replicas of PostgreSQL datasets, one database each,
    * created by the node. Without it such a dataset's log is still held here, but not applied.
    */

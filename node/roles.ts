@@ -178,6 +178,7 @@ export class Roles {
       logger: node.logger,
       pollMs: node.opts.pollMs ?? 50,
       checkpointMs: node.opts.checkpointMs,
+      unitMemoryBytes: node.opts.unitMemoryBytes,
       reopenLog: async () => {
         const o = this.origins.get(info.id)!
         await o.log.close().catch(() => {})
@@ -309,6 +310,7 @@ export class Roles {
       segments: chain,
       apply: side,
       logger: node.logger,
+      unitMemoryBytes: node.opts.unitMemoryBytes,
       repair: (block, log) => this.repairBlock(replica, log, block)
     })
     replica.loop.on('applied', (e: { length: number; time: number | null }) => {

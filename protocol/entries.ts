@@ -22,7 +22,22 @@ import sodium from 'sodium-native'
 import { MeshError } from './errors.ts'
 import { rawTextState, value, type Value } from './values.ts'
 
-export const FORMAT_VERSION = 1
+export const FORMAT_VERSION = 2
+
+/**
+ * The version a block is written with is the lowest that can express it: every entry of the kinds format 1
+ * had is still written as version 1 (its layout did not change), so a 0.1 node reads every log that uses none
+ * of version 2's additions; a fragment or abandon block is version 2, which a 0.1 node refuses
+ * (UNKNOWN_VERSION) instead of misreading. See UPGRADE.md, format 2.
+ */
+const VERSION_OF_KIND = [1, 1, 1, 1, 1, 1, 2, 2]
+
+/**
+ * Largest block this code writes. Hypercore refuses a block above 15 MB (MAX_SUGGESTED_BLOCK_SIZE); an entry
+ * whose encoding is larger is carried as fragments of FRAGMENT_BYTES (see encodeUnit).
+ */
+export const MAX_BLOCK_BYTES = 8 * 1024 * 1024
+export const FRAGMENT_BYTES = 4 * 1024 * 1024
 
 export const Kind = {
   header: 0,
@@ -35,6 +50,16 @@ export const Kind = {
 export type KindName = keyof typeof Kind
 
 const KIND_NAMES: KindName[] = ['header', 'schema', 'transaction', 'snapshot', 'checkpoint', 'fence']
+
+/**
+ * Block kinds that are not entries (format 2). They never reach an apply side as entries: the log reader
+ * (node/log.ts) reassembles fragments into the entry they carry, and turns an abandon block into the end of an
+ * abandoned unit.
+ */
+const K_FRAGMENT = 6
+const K_ABANDON = 7
+/** Fragment flags: MORE (the unit goes on after this block) as in every spanning kind; END: the entry's last piece. */
+const F_FRAG_END = 2
 
 // Flag bits. MORE has the same bit in every kind that can span blocks.
 const F_MORE = 1
@@ -461,35 +486,131 @@ export function encodeEntry(entry: Entry): Uint8Array {
   const body = BODIES[entry.kind] as Body<Entry> | undefined
   if (body === undefined) throw MeshError.UNKNOWN_KIND(`cannot encode entry kind ${String(entry.kind)}`)
   try {
-    const state = c.state()
+    // The body's size first: it says whether raw TEXT is in it, which the flags must tell.
+    const bodySize = c.state()
     rawTextState.seen = 0
-    body.preencode(state, entry)
+    body.preencode(bodySize, entry)
     // Only transaction and snapshot entries hold values; their flag tells older software it cannot read them.
     const flags = body.flags(entry) | (rawTextState.seen > 0 ? F_RAW_TEXT : 0)
     if (flags & ~ALLOWED_FLAGS[entry.kind]) throw new RangeError(`raw TEXT cannot be carried by a ${entry.kind} entry`)
-    c.uint.preencode(state, FORMAT_VERSION)
-    c.uint.preencode(state, Kind[entry.kind])
-    c.uint.preencode(state, flags)
-    const size = state.end
-    state.end += CHECKSUM_BYTES
-    state.buffer = Buffer.allocUnsafe(state.end)
-    c.uint.encode(state, FORMAT_VERSION)
-    c.uint.encode(state, Kind[entry.kind])
-    c.uint.encode(state, flags)
-    body.encode(state, entry)
-    if (state.start !== size) throw new RangeError('encoder size mismatch')
-    state.buffer.set(checksum(state.buffer, 0, size), size)
-    return state.buffer
+    const kind = Kind[entry.kind]
+    const pre = (st: State) => {
+      st.end += bodySize.end
+    }
+    return seal(VERSION_OF_KIND[kind], kind, flags, pre, (st) => body.encode(st, entry))
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
   }
 }
 
+type Writer = (s: State) => void
+
+/** One block: version, kind, flags, the body (`pre` sizes it, `enc` writes it), the checksum. */
+function seal(version: number, kind: number, flags: number, pre: Writer, enc: Writer): Uint8Array {
+  const state = c.state()
+  c.uint.preencode(state, version)
+  c.uint.preencode(state, kind)
+  c.uint.preencode(state, flags)
+  pre(state)
+  const size = state.end
+  state.end += CHECKSUM_BYTES
+  state.buffer = Buffer.allocUnsafe(state.end)
+  c.uint.encode(state, version)
+  c.uint.encode(state, kind)
+  c.uint.encode(state, flags)
+  enc(state)
+  if (state.start !== size) throw new RangeError('encoder size mismatch')
+  state.buffer.set(checksum(state.buffer, 0, size), size)
+  return state.buffer
+}
+
 /**
- * Decodes one block. Returns a well-formed entry or throws a MeshError (BAD_ENTRY, UNKNOWN_VERSION,
- * UNKNOWN_KIND, UNKNOWN_FLAGS); it never throws anything else and never returns a partly read entry.
+ * A piece of an entry too large for one block (format 2). `bytes` are a slice of the entry's own encoding
+ * (with its checksum); the pieces of one entry are consecutive blocks of its unit, and their bytes joined
+ * decode with decodeEntry. `kind` and `time` repeat the carried entry's, so that finding a point in the
+ * history (peekEntry) needs no reassembly.
  */
-export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean } = {}): Entry {
+export interface Fragment {
+  /** The unit goes on after this block. */
+  more: boolean
+  /** This piece completes its entry. */
+  end: boolean
+  kind: KindName
+  time: number | null
+  bytes: Uint8Array
+}
+
+/**
+ * Encodes a unit's entries into blocks: one block per entry, except that an entry whose encoding exceeds
+ * `maxBlock` becomes consecutive fragment blocks of `fragmentBytes` each (format 2). A unit is still the run
+ * of blocks that ends at the first block without MORE. The fragments of an entry are slices of its encoding:
+ * memory holds the entry's encoding once, plus the blocks.
+ */
+export function encodeUnit(entries: Entry[], maxBlock = MAX_BLOCK_BYTES, fragmentBytes = FRAGMENT_BYTES): Uint8Array[] {
+  const out: Uint8Array[] = []
+  for (const entry of entries) {
+    const bytes = encodeEntry(entry)
+    if (bytes.byteLength <= maxBlock) {
+      out.push(bytes)
+      continue
+    }
+    const time = entry.kind === 'transaction' ? entry.time : null
+    for (let at = 0; at < bytes.byteLength; at += fragmentBytes) {
+      const end = at + fragmentBytes >= bytes.byteLength
+      out.push(
+        encodeFragment({
+          more: end ? continues(entry) : true,
+          end,
+          kind: entry.kind,
+          time,
+          bytes: bytes.subarray(at, at + fragmentBytes)
+        })
+      )
+    }
+  }
+  return out
+}
+
+export function encodeFragment(f: Fragment): Uint8Array {
+  const flags = (f.more ? F_MORE : 0) | (f.end ? F_FRAG_END : 0)
+  const pre = (s: State) => {
+    c.uint.preencode(s, Kind[f.kind])
+    c.uint.preencode(s, f.time ?? 0)
+    c.uint8array.preencode(s, f.bytes)
+  }
+  const enc = (s: State) => {
+    c.uint.encode(s, Kind[f.kind])
+    c.uint.encode(s, f.time ?? 0)
+    c.uint8array.encode(s, f.bytes)
+  }
+  return seal(VERSION_OF_KIND[K_FRAGMENT], K_FRAGMENT, flags, pre, enc)
+}
+
+/**
+ * The block that closes a unit its writer abandoned (format 2): the capture side appended part of a unit,
+ * then stopped (a crash, an error) before its last block. The log is append-only, so the unit's blocks stay;
+ * this block ends the unit, and every reader discards it whole. `start` is the block the abandoned unit began at.
+ */
+export interface Abandon {
+  start: number
+}
+
+export function encodeAbandon(a: Abandon): Uint8Array {
+  const pre = (s: State) => c.uint.preencode(s, a.start)
+  return seal(VERSION_OF_KIND[K_ABANDON], K_ABANDON, 0, pre, (s) => c.uint.encode(s, a.start))
+}
+
+export type Block =
+  | { type: 'entry'; entry: Entry }
+  | { type: 'fragment'; fragment: Fragment }
+  | { type: 'abandon'; abandon: Abandon }
+
+/**
+ * Decodes one block of any kind. Returns a well-formed block or throws a MeshError (BAD_ENTRY,
+ * UNKNOWN_VERSION, UNKNOWN_KIND, UNKNOWN_FLAGS); it never throws anything else and never returns a partly
+ * read entry.
+ */
+export function decodeBlock(block: Uint8Array, opts: { verifyChecksum?: boolean } = {}): Block {
   if (!(block instanceof Uint8Array)) throw MeshError.BAD_ENTRY('a block must be bytes')
   if (block.byteLength < 3 + CHECKSUM_BYTES) {
     throw MeshError.BAD_ENTRY(`block of ${block.byteLength} bytes is too short to be an entry`)
@@ -502,18 +623,12 @@ export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean 
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'unreadable version')
   }
-  if (version !== FORMAT_VERSION) {
+  const unknownVersion = () =>
     // The version is read before the checksum so a newer format is reported as such, not as damage.
-    throw MeshError.UNKNOWN_VERSION(`entry format version ${version}; this software reads version ${FORMAT_VERSION}`, {
+    MeshError.UNKNOWN_VERSION(`entry format version ${version}; this software reads versions 1 to ${FORMAT_VERSION}`, {
       context: { version }
     })
-  }
-  if (opts.verifyChecksum !== false) {
-    const want = checksum(block, 0, end)
-    for (let i = 0; i < CHECKSUM_BYTES; i++) {
-      if (block[end + i] !== want[i]) throw MeshError.BAD_ENTRY('checksum mismatch: the block is damaged')
-    }
-  }
+  if (version < 1 || version > FORMAT_VERSION) throw unknownVersion()
   let kindNo: number
   let flags: number
   try {
@@ -522,7 +637,34 @@ export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean 
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'unreadable entry prefix')
   }
-  const kind = KIND_NAMES[kindNo]
+  // Each version writes only the kinds it added (VERSION_OF_KIND): a version-2 block of a format-1 kind comes
+  // from a format this software does not know; a version-1 block of a format-2 kind is refused as a 0.1 node
+  // refuses it.
+  if (version > 1 && VERSION_OF_KIND[kindNo] !== version) throw unknownVersion()
+  if (opts.verifyChecksum !== false) {
+    const want = checksum(block, 0, end)
+    for (let i = 0; i < CHECKSUM_BYTES; i++) {
+      if (block[end + i] !== want[i]) throw MeshError.BAD_ENTRY('checksum mismatch: the block is damaged')
+    }
+  }
+  if (version === 2 && kindNo === K_FRAGMENT) {
+    return { type: 'fragment', fragment: decodeFragmentBody(state, flags, end) }
+  }
+  if (version === 2 && kindNo === K_ABANDON) {
+    if (flags !== 0) {
+      const bits = flags.toString(16)
+      throw MeshError.UNKNOWN_FLAGS(`abandon block has unknown flag bits 0x${bits}`, { context: { flags } })
+    }
+    let start: number
+    try {
+      start = c.uint.decode(state)
+    } catch (err) {
+      throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'truncated or corrupt abandon block')
+    }
+    if (state.start !== end) throw MeshError.BAD_ENTRY(`${end - state.start} unread bytes after an abandon block`)
+    return { type: 'abandon', abandon: { start } }
+  }
+  const kind = VERSION_OF_KIND[kindNo] === 1 ? KIND_NAMES[kindNo] : undefined
   if (kind === undefined) throw MeshError.UNKNOWN_KIND(`entry kind ${kindNo} is unknown`, { context: { kind: kindNo } })
   const unknown = flags & ~ALLOWED_FLAGS[kind]
   if (unknown !== 0) {
@@ -540,7 +682,41 @@ export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean 
   if (state.start !== end) {
     throw MeshError.BAD_ENTRY(`${end - state.start} unread bytes after a ${kind} entry`)
   }
-  return entry
+  return { type: 'entry', entry }
+}
+
+function decodeFragmentBody(state: State, flags: number, end: number): Fragment {
+  const unknown = flags & ~(F_MORE | F_FRAG_END)
+  if (unknown !== 0) {
+    const bits = unknown.toString(16)
+    throw MeshError.UNKNOWN_FLAGS(`fragment block has unknown flag bits 0x${bits}`, { context: { flags } })
+  }
+  let f: Fragment
+  try {
+    const kind = KIND_NAMES[c.uint.decode(state)]
+    if (kind === undefined) throw new RangeError('a fragment of an unknown kind')
+    const time = c.uint.decode(state)
+    // A view into the block, not a copy: the reader joins the pieces into one buffer anyway.
+    const bytes = c.uint8array.decode(state)
+    const more = (flags & F_MORE) !== 0
+    f = { more, end: (flags & F_FRAG_END) !== 0, kind, time: kind === 'transaction' ? time : null, bytes }
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'truncated or corrupt fragment block')
+  }
+  if (state.start !== end) throw MeshError.BAD_ENTRY(`${end - state.start} unread bytes after a fragment block`)
+  if (!f.end && !f.more) throw MeshError.BAD_ENTRY('a fragment that is not its entry\'s last ends its unit')
+  return f
+}
+
+/**
+ * Decodes one block that holds a whole entry. Returns a well-formed entry or throws a MeshError (BAD_ENTRY,
+ * UNKNOWN_VERSION, UNKNOWN_KIND, UNKNOWN_FLAGS); it never throws anything else and never returns a partly
+ * read entry. A fragment or abandon block is BAD_ENTRY here: the log's reader (node/log.ts) handles them.
+ */
+export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean } = {}): Entry {
+  const b = decodeBlock(block, opts)
+  if (b.type !== 'entry') throw MeshError.BAD_ENTRY(`a ${b.type} block is not a whole entry`)
+  return b.entry
 }
 
 /**
@@ -552,7 +728,7 @@ export function peekEntry(block: Uint8Array): { kind: KindName; more: boolean; t
   const state = c.state(0, block.byteLength, block)
   try {
     const version = c.uint.decode(state)
-    if (version !== FORMAT_VERSION) return fullPeek(block)
+    if (version !== 1) return fullPeek(block)
     const kind = KIND_NAMES[c.uint.decode(state)]
     const flags = c.uint.decode(state)
     if (kind === undefined) return fullPeek(block)
@@ -564,9 +740,15 @@ export function peekEntry(block: Uint8Array): { kind: KindName; more: boolean; t
   }
 }
 
-/** The same by decoding the whole block (which throws what decodeEntry throws). */
+/**
+ * The same by decoding the whole block (which throws what decodeBlock throws). A fragment answers for the
+ * entry it carries; an abandon block ends a unit that has no time.
+ */
 function fullPeek(block: Uint8Array): { kind: KindName; more: boolean; time: number | null } {
-  const e = decodeEntry(block)
+  const b = decodeBlock(block)
+  if (b.type === 'fragment') return { kind: b.fragment.kind, more: b.fragment.more, time: b.fragment.time }
+  if (b.type === 'abandon') return { kind: 'transaction', more: false, time: null }
+  const e = b.entry
   return { kind: e.kind, more: continues(e), time: e.kind === 'transaction' ? e.time : e.kind === 'header' ? e.createdAt : null }
 }
 

@@ -16,8 +16,17 @@ export {
   type ColumnDef,
   type SchemaObject,
   type TableChanges,
+  type Fragment,
+  type Abandon,
+  type Block,
+  MAX_BLOCK_BYTES,
+  FRAGMENT_BYTES,
   encodeEntry,
+  encodeUnit,
+  encodeFragment,
+  encodeAbandon,
   decodeEntry,
+  decodeBlock,
   peekEntry,
   continues
 } from './entries.ts'

@@ -10,7 +10,10 @@ import { MeshError } from './errors.ts'
 import type { Entry, SchemaEntry, SnapshotEntry, TableChanges, TransactionEntry } from './entries.ts'
 import { value, type Value } from './values.ts'
 
-/** Target size of a block's row data. Rows larger than this get a block of their own. */
+/**
+ * Target size of a block's row data. A row larger than this gets an entry of its own; an entry larger than
+ * MAX_BLOCK_BYTES is then carried as fragments across consecutive blocks (encodeUnit, format 2).
+ */
 export const DEFAULT_BLOCK_BYTES = 256 * 1024
 
 function rowBytes(row: Value[]): number {

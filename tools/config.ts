@@ -26,9 +26,22 @@ export interface SiteConfig {
   checkpointSeconds: number
   /** The mass-damage guard: a unit that deletes or changes `share` of a table of at least `minRows` rows. */
   guard: DamageGuard
+  /** Memory one unit may take while it is captured or applied, in MB (issue 14; default 64). */
+  maxUnitMemoryMB?: number
 }
 
-const TOP_KEYS = ['site', 'datasets', 'bootstrap', 'status', 'logLevel', 'replicaPostgres', 'snapshots', 'checkpointSeconds', 'guard'] as const
+const TOP_KEYS = [
+  'site',
+  'datasets',
+  'bootstrap',
+  'status',
+  'logLevel',
+  'replicaPostgres',
+  'snapshots',
+  'checkpointSeconds',
+  'guard',
+  'maxUnitMemoryMB'
+] as const
 const SNAPSHOT_KEYS = Object.keys(DEFAULT_SNAPSHOTS)
 const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url', 'capture'] as const
 const STATUS_KEYS = Object.keys(DEFAULT_THRESHOLDS)
@@ -205,7 +218,25 @@ export function readConfig(dir: string): SiteConfig {
     if (g.minRows !== undefined && (typeof g.minRows !== 'number' || !(g.minRows >= 1))) throw MeshError.BAD_CONFIG(`${file}: guard.minRows must be a number of rows, 1 or more`)
     Object.assign(guard, g)
   }
-  return { site: j.site, datasets, bootstrap, status, logLevel, replicaPostgres, snapshots, checkpointSeconds, guard }
+  let maxUnitMemoryMB = 64
+  if (j.maxUnitMemoryMB !== undefined) {
+    if (typeof j.maxUnitMemoryMB !== 'number' || !(j.maxUnitMemoryMB >= 4)) {
+      throw MeshError.BAD_CONFIG(`${file}: "maxUnitMemoryMB" must be a number of megabytes, 4 or more (default 64)`)
+    }
+    maxUnitMemoryMB = j.maxUnitMemoryMB
+  }
+  return {
+    site: j.site,
+    datasets,
+    bootstrap,
+    status,
+    logLevel,
+    replicaPostgres,
+    snapshots,
+    checkpointSeconds,
+    guard,
+    maxUnitMemoryMB
+  }
 }
 
 /** Written with mode 0600: a PostgreSQL URL may hold a password. */
@@ -216,6 +247,7 @@ export function writeConfig(dir: string, cfg: SiteConfig): void {
   if (cfg.snapshots && JSON.stringify(cfg.snapshots) !== JSON.stringify(DEFAULT_SNAPSHOTS)) j.snapshots = cfg.snapshots
   if (cfg.checkpointSeconds !== undefined && cfg.checkpointSeconds !== 600) j.checkpointSeconds = cfg.checkpointSeconds
   if (cfg.guard && JSON.stringify(cfg.guard) !== JSON.stringify(DEFAULT_GUARD)) j.guard = cfg.guard
+  if (cfg.maxUnitMemoryMB !== undefined && cfg.maxUnitMemoryMB !== 64) j.maxUnitMemoryMB = cfg.maxUnitMemoryMB
   writeFileAtomic(configPath(dir), JSON.stringify(j, null, 2) + '\n', 0o600)
 }
 

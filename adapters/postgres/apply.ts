@@ -208,6 +208,70 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     }
   }
 
+  // --- Units above the memory budget (issue 14): the same transaction as apply(), opened by beginUnit and
+  // ended by commitUnit (with the position) or abortUnit, with the node reading the next part of the unit from
+  // the log in between. The client is this replica's own; a crash before COMMIT leaves PostgreSQL's copy as it
+  // was (the server rolls an interrupted transaction back). Not measured by the mass-damage guard.
+  private inParts: { before: ReplicaMeta } | null = null
+
+  async beginUnit(unit: { start: number; end: number }, position: AppliedPosition): Promise<boolean> {
+    if (this.client === null) await this.open()
+    if (this.inParts !== null) throw MeshError.BAD_LOG('a unit is already being applied in parts')
+    this.lastAlerts = []
+    const whole = { start: unit.start, entries: [], end: unit.end }
+    if (unitFits(this.meta, whole, position, { url: redactUrl(this.url) }) === 'skip') return false
+    try {
+      await this.conn.query('BEGIN')
+    } catch (err) {
+      throw await this.failInParts(err)
+    }
+    this.inParts = { before: { ...this.meta } }
+    return true
+  }
+
+  async applyPart(entries: Entry[], position: AppliedPosition): Promise<void> {
+    if (this.inParts === null) throw MeshError.BAD_LOG('a part of a unit that was not begun')
+    try {
+      for (const entry of entries) await this.applyEntry(entry, position)
+    } catch (err) {
+      throw await this.failInParts(err)
+    }
+  }
+
+  async commitUnit(position: AppliedPosition): Promise<void> {
+    if (this.inParts === null) throw MeshError.BAD_LOG('the end of a unit that was not begun')
+    const m = this.meta
+    try {
+      m.log = position.log
+      m.epoch = position.epoch
+      m.length = position.length
+      m.treeHash = position.treeHash
+      await this.saveMeta()
+      await this.conn.query('COMMIT')
+      this.inParts = null
+    } catch (err) {
+      throw await this.failInParts(err)
+    }
+  }
+
+  async abortUnit(): Promise<void> {
+    const o = this.inParts
+    if (o === null) return
+    this.inParts = null
+    this.meta = o.before
+    await this.conn.query('ROLLBACK').catch(() => {})
+  }
+
+  private async failInParts(err: unknown): Promise<MeshError> {
+    await this.abortUnit()
+    const e = pgError(err, this.url, 'cannot apply to the replica')
+    if (e.code === 'PG_UNREACHABLE') {
+      await this.client?.end().catch(() => {})
+      this.client = null
+    }
+    return e
+  }
+
   private async applyEntry(entry: Entry, position: AppliedPosition): Promise<void> {
     const m = this.meta
     switch (entry.kind) {

@@ -188,6 +188,70 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     }
   }
 
+  // --- Units above the memory budget (issue 14) -------------------------------------------------------------
+  //
+  // The one exception to "a unit is one synchronous transaction" (CONVENTIONS item 11): a unit too large to
+  // hold in memory is applied in parts, and the node reads the next part from the log between two of them, so
+  // the transaction stays open across awaits: BEGIN IMMEDIATE here, COMMIT (with the position) in commitUnit,
+  // ROLLBACK in abortUnit. The connection is this replica's own and the apply loop calls nothing else on it in
+  // between; a crash before COMMIT leaves the file as it was before the unit (SQLite's journal), so the
+  // replica is still all-or-nothing. What it does not do: measure the unit for the mass-damage guard.
+  private open_: { before: ReplicaMeta } | null = null
+
+  async beginUnit(unit: { start: number; end: number }, position: AppliedPosition): Promise<boolean> {
+    if (this.open_ !== null) throw MeshError.BAD_LOG('a unit is already being applied in parts')
+    this.lastAlerts = []
+    const whole = { start: unit.start, entries: [], end: unit.end }
+    if (unitFits(this.meta, whole, position, { path: this.path }) === 'skip') return false
+    try {
+      this.conn.exec('BEGIN IMMEDIATE')
+    } catch (err) {
+      throw sqliteError(err, this.path, 'cannot apply to replica')
+    }
+    this.open_ = { before: { ...this.meta } }
+    return true
+  }
+
+  async applyPart(entries: Entry[], position: AppliedPosition): Promise<void> {
+    if (this.open_ === null) throw MeshError.BAD_LOG('a part of a unit that was not begun')
+    try {
+      for (const entry of entries) this.applyEntry(entry, position)
+    } catch (err) {
+      await this.abortUnit()
+      throw sqliteError(err, this.path, 'cannot apply to replica')
+    }
+  }
+
+  async commitUnit(position: AppliedPosition): Promise<void> {
+    if (this.open_ === null) throw MeshError.BAD_LOG('the end of a unit that was not begun')
+    const m = this.meta
+    try {
+      m.log = position.log
+      m.epoch = position.epoch
+      m.length = position.length
+      m.treeHash = position.treeHash
+      this.saveMeta()
+      this.conn.exec('COMMIT')
+      this.open_ = null
+    } catch (err) {
+      await this.abortUnit()
+      throw sqliteError(err, this.path, 'cannot apply to replica')
+    }
+  }
+
+  async abortUnit(): Promise<void> {
+    const o = this.open_
+    if (o === null) return
+    this.open_ = null
+    this.meta = o.before
+    this.prepared.clear()
+    try {
+      if (this.conn.inTransaction) this.conn.exec('ROLLBACK')
+    } catch (err) {
+      this.log.warn('rollback of a partly applied unit failed', { error: (err as Error).message })
+    }
+  }
+
   private applyEntry(entry: Entry, position: AppliedPosition): void {
     const m = this.meta
     switch (entry.kind) {

@@ -25,7 +25,7 @@ import c from 'compact-encoding'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import { MeshError, type SchemaEntry, type SchemaObject, type TableChanges, type Value } from '../../protocol/index.ts'
-import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.ts'
+import type { CaptureBatch, CaptureSide, CaptureStream, Logger, SnapshotChunk } from '../types.ts'
 import { silentLogger } from '../types.ts'
 import {
   OWN_PREFIX,
@@ -43,6 +43,42 @@ import {
 } from './common.ts'
 import type Database from 'better-sqlite3'
 import { RawAware, bindValue, exactColumns, exactRow, hasRawText, mayHoldRawText } from './text.ts'
+
+/** Change rows deleted by one statement of an acknowledge. */
+const ACK_DELETE_ROWS = 50_000
+
+/** readStream reads a batch of at most this many changed keys whole, with read(). */
+const STREAM_ABOVE_ROWS = 1000
+
+/**
+ * Memory a row read takes in JS, near enough for a budget: an array of 8-byte slots with a header, a string a
+ * byte per character (two for non-Latin-1: not told apart here) plus its header, a BLOB its bytes plus a
+ * Buffer, a number or bigint a heap object.
+ */
+function rowSize(row: Value[]): number {
+  let n = 32
+  for (const v of row) {
+    n += 8 + (typeof v === 'string' ? v.length + 24 : v instanceof Uint8Array ? v.byteLength + 96 : 24)
+  }
+  return n
+}
+
+function nonEmpty(ch: TableChanges): boolean {
+  return ch.upserts.length > 0 || ch.deletes.length > 0
+}
+
+/** A batch read whole, as a stream of one piece. */
+function wholeStream(batch: CaptureBatch | null): CaptureStream | null {
+  if (batch === null) return null
+  return {
+    schema: batch.schema,
+    time: batch.time,
+    pieces: (async function* () {
+      yield { changes: batch.changes, rows: batch.rows }
+    })(),
+    end: () => ({ source: batch.source, rows: batch.rows })
+  }
+}
 
 /** Layout version of the tables and triggers capture installs in the origin database. */
 const CAPTURE_LAYOUT = 1
@@ -1034,8 +1070,165 @@ export class SqliteCapture implements CaptureSide {
     return { schema, changes, time: Date.now(), rows, source }
   }
 
+  /**
+   * read() in pieces of about `budgetBytes` of row data (issue 14). A batch of up to STREAM_ABOVE_ROWS changed
+   * keys is read by read() and handed out as one piece; a larger one is read in ONE read transaction (BEGIN,
+   * then COMMIT when the last piece is handed out or the iteration is ended) held open across the awaits of
+   * the caller's appends, with the change-table iterator open across them too: only this connection's reads run
+   * meanwhile (better-sqlite3 allows reads while iterating; the capture loop calls nothing else in between).
+   * Memory is then a piece, plus SQLite's own temporary b-tree for DISTINCT (on disk past its cache).
+   * What it does not do: move marks or forget anything; ack() does that, as for read().
+   */
+  async readStream(budgetBytes: number): Promise<CaptureStream | null> {
+    // A file that went or was replaced, and a replacement already found: read() says what happened.
+    if (this.db === null || this.replaced !== null || this.fileAtPath() !== 'same') return wholeStream(await this.read())
+    const db = this.conn
+    let upper = 0
+    try {
+      for (const t of this.tables.values()) {
+        upper += t.reset > 0 ? Infinity : Math.max(0, Number((t.maxSeq.get() as bigint | null) ?? 0n) - t.mark)
+      }
+    } catch (err) {
+      throw sqliteError(err, this.path, 'cannot read changes from')
+    }
+    if (upper <= STREAM_ABOVE_ROWS) return wholeStream(await this.read())
+    let dv: number
+    try {
+      dv = Number(db.pragma('data_version', { simple: true }))
+      if (dv !== this.dataVersion) {
+        // As in read(): another connection may have written a whole other database into this file.
+        const found = this.compare(this.current(), this.probe())
+        if (found) {
+          this.replaced = found
+          throw this.replacedError(found)
+        }
+        this.syncSchema(false)
+      }
+      this.flushAck(false)
+    } catch (err) {
+      throw sqliteError(err, this.path, 'cannot read')
+    }
+    const plan: Array<{ t: Captured; max: number; reset: boolean }> = []
+    let seq: ReturnType<SqliteCapture['sequenceChanges']> = null
+    try {
+      // The schema is checked inside the read transaction (a VACUUM renumbers rowids): sync and begin again.
+      for (let tries = 0; ; tries++) {
+        db.exec('BEGIN')
+        if (Number(db.pragma('schema_version', { simple: true })) === this.schemaVersion) break
+        db.exec('ROLLBACK')
+        if (tries >= 10) throw MeshError.DATABASE_LOCKED('the schema keeps changing while capture reads')
+        this.syncSchema(false)
+      }
+      for (const t of [...this.tables.values()].sort((a, b) => a.id - b.id)) {
+        plan.push({ t, max: Number((t.maxSeq.get() as bigint | null) ?? 0n), reset: t.reset > 0 })
+      }
+      seq = this.sequenceChanges(plan.some((p) => p.reset))
+    } catch (err) {
+      if (db.inTransaction) db.exec('ROLLBACK')
+      throw sqliteError(err, this.path, 'cannot read changes from')
+    }
+    const reset = plan.filter((p) => p.reset).map((p) => p.t.id)
+    const schema = this.schemaPending || reset.length > 0 ? this.schemaEntry(reset) : null
+    const schemaGen = this.schemaGen
+    const { identity, resets, nextTable } = this.current()
+    const pos: SourcePos = {
+      identity,
+      resets,
+      nextTable,
+      tables: plan.map((p) => ({
+        id: p.t.id,
+        seq: Math.max(p.max, p.t.mark),
+        reset: p.reset ? p.t.reset : p.t.ackReset
+      }))
+    }
+    const source = c.encode(sourceEnc, pos)
+    let rows = 0
+    let done = false
+    const self = this
+    this.streaming = true
+    async function* pieces(): AsyncGenerator<{ changes: TableChanges[]; rows: number }> {
+      try {
+        let changes: TableChanges[] = []
+        let bytes = 0
+        let n = 0
+        for (const p of plan) {
+          const { t } = p
+          if (!p.reset && p.max <= t.mark) continue
+          let cur: TableChanges = { table: t.id, upserts: [], deletes: [] }
+          changes.push(cur)
+          // TEXT that is not UTF-8 (rare): the table is read again from its start with every value's bytes;
+          // what went out before is sent again, which applies to the same rows (one read transaction).
+          let it = (p.reset ? t.all.iterate() : t.keys.iterate(t.mark, p.max)) as Iterable<Value[]>
+          for (let exact = false; ; exact = true) {
+            let again = false
+            for (const r of it) {
+              if (!exact && mayHoldRawText(r)) {
+                again = true
+                break
+              }
+              if (p.reset) cur.upserts.push(r)
+              else if (!self.validKey(t, r)) {
+                const e = MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`)
+                self.log.warn(e.message, { table: t.info.name })
+                continue
+              } else {
+                const row = self.lookupRow(t, r)
+                if (row === undefined) cur.deletes.push(r)
+                else cur.upserts.push(row)
+              }
+              bytes += rowSize(cur.upserts.length > 0 ? cur.upserts[cur.upserts.length - 1] : r)
+              n++
+              if (bytes >= budgetBytes) {
+                rows += n
+                yield { changes: changes.filter(nonEmpty), rows: n }
+                changes = []
+                cur = { table: t.id, upserts: [], deletes: [] }
+                changes.push(cur)
+                bytes = 0
+                n = 0
+              }
+            }
+            if (!again) break
+            const exactRows = p.reset ? t.allExact.iterate() : t.keysExact.iterate(t.mark, p.max)
+            it = (function* () {
+              for (const x of exactRows as Iterable<unknown[]>) yield exactRow(x)
+            })()
+          }
+        }
+        // Last, after the rows: sqlite_sequence as the origin has it in this same read transaction.
+        if (seq !== null) changes.push({ table: SEQUENCE_TABLE, upserts: seq.changes[0], deletes: seq.changes[1] })
+        rows += n
+        yield { changes: changes.filter(nonEmpty), rows: n }
+        done = true
+        self.unacked = { source, schemaGen: schema ? schemaGen : -1, sequences: seq?.now }
+        self.dataVersion = dv
+      } catch (err) {
+        throw sqliteError(err, self.path, 'cannot read changes from')
+      } finally {
+        self.streaming = false
+        if (db.inTransaction) db.exec('COMMIT')
+      }
+    }
+    return {
+      schema,
+      time: Date.now(),
+      pieces: pieces(),
+      end() {
+        if (!done) throw MeshError.BAD_LOG('the end of a capture read whose pieces were not all read')
+        return { source, rows }
+      }
+    }
+  }
+
+  /**
+   * Set while readStream's read transaction (and its iterator) is open across awaits: nothing else may run a
+   * statement on the connection then (better-sqlite3: "connection is busy"), so wait() and checkpoint() step aside.
+   */
+  private streaming = false
+
   async checkpoint(): Promise<{ digest: Uint8Array; rows: number } | null> {
     if (this.unacked !== null || this.schemaPending || this.replaced !== null || this.db === null) return null
+    if (this.streaming) return null
     const db = this.conn
     try {
       // One read transaction: the change tables say nothing is pending, and the digest reads that same state.
@@ -1098,7 +1291,15 @@ export class SqliteCapture implements CaptureSide {
           if (!this.tables.has(t.id)) continue
           // The newest row stays: an empty table would hand out seq 1 again, below the marks in the log.
           const d = quote(changeTable(t.id))
-          db.prepare(`DELETE FROM ${d} WHERE seq <= ? AND seq < (SELECT max(seq) FROM ${d})`).run(BigInt(t.seq))
+          // In ranges of ACK_DELETE_ROWS: SQLite collects the rowids a DELETE ... WHERE removes in memory first,
+          // which for the change rows of a 10M-row transaction was 100+ MB (issue 14). One transaction still.
+          const del = db.prepare(`DELETE FROM ${d} WHERE seq > ? AND seq <= ? AND seq < (SELECT max(seq) FROM ${d})`)
+          let lo = Number((db.prepare(`SELECT min(seq) FROM ${d}`).pluck().get() as bigint | number | null) ?? 0) - 1
+          while (lo < t.seq) {
+            const hi = Math.min(t.seq, lo + ACK_DELETE_ROWS)
+            del.run(BigInt(lo), BigInt(hi))
+            lo = hi
+          }
           if (t.reset > 0) db.prepare(`UPDATE ${OWN_PREFIX}tables SET reset = 0 WHERE id = ? AND reset = ?`).run(BigInt(t.id), BigInt(t.reset))
         }
       })
@@ -1118,6 +1319,7 @@ export class SqliteCapture implements CaptureSide {
     const db = this.conn
     const until = Date.now() + ms
     for (;;) {
+      if (this.streaming) return
       let dv: number
       try {
         dv = Number(db.pragma('data_version', { simple: true }))

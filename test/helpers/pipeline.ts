@@ -28,6 +28,13 @@ export interface Pipeline {
   close(): Promise<void>
 }
 
+/** `unitMemoryBytes`: the capture and apply loops' memory budget for one unit (issue 14). */
+export interface PipelineOptions {
+  pollMs?: number
+  blockBytes?: number
+  unitMemoryBytes?: number
+}
+
 /** The test dataset's log (ds1, epoch 0) in a corestore at `storeDir`, made if it is not there yet. */
 export async function openLog(storeDir: string): Promise<{ store: Corestore; log: DatasetLog }> {
   const store = new Corestore(storeDir)
@@ -57,8 +64,8 @@ export function captureLoop(
 }
 
 /** An apply loop from `log` (epoch 0, to its end) into `apply`. */
-export function applyLoop(log: DatasetLog, apply: ApplySide): ApplyLoop {
-  return new ApplyLoop({ segments: [{ log, epoch: 0, end: null }], apply })
+export function applyLoop(log: DatasetLog, apply: ApplySide, opts: { unitMemoryBytes?: number } = {}): ApplyLoop {
+  return new ApplyLoop({ segments: [{ log, epoch: 0, end: null }], apply, ...opts })
 }
 
 export function replicateStores(a: Corestore, b: Corestore): () => void {
@@ -72,7 +79,7 @@ export function replicateStores(a: Corestore, b: Corestore): () => void {
 }
 
 /** A pipeline from the SQLite file `originFile` to `DIR/replica.db`. The caller closes it (tests: sqlitePipeline). */
-export async function startPipeline(dir: string, originFile: string, opts: { pollMs?: number; blockBytes?: number } = {}): Promise<Pipeline> {
+export async function startPipeline(dir: string, originFile: string, opts: PipelineOptions = {}): Promise<Pipeline> {
   const captureSide = new SqliteCapture({ path: originFile, ackIntervalMs: 0 })
   const replica = new SqliteApply({ path: path.join(dir, 'replica.db') })
   return startSidesPipeline(dir, captureSide, replica, opts) as Promise<Pipeline>
@@ -83,16 +90,17 @@ export async function startSidesPipeline<A extends ApplySide>(
   dir: string,
   captureSide: CaptureSide,
   replica: A,
-  opts: { pollMs?: number; blockBytes?: number } = {}
+  opts: PipelineOptions = {}
 ): Promise<Omit<Pipeline, 'replica'> & { replica: A }> {
   const { store: storeA, log: originLog } = await openLog(path.join(dir, 'store-a'))
   const storeB = new Corestore(path.join(dir, 'store-b'))
-  const capture = captureLoop(captureSide, originLog, { pollMs: opts.pollMs ?? 5, blockBytes: opts.blockBytes })
+  const mem = { unitMemoryBytes: opts.unitMemoryBytes }
+  const capture = captureLoop(captureSide, originLog, { pollMs: opts.pollMs ?? 5, blockBytes: opts.blockBytes, ...mem })
   await capture.start()
   const replicaLog = await DatasetLog.byKey(storeB, path.join(dir, 'store-b'), originLog.key)
   const stop = replicateStores(storeA, storeB)
   replicaLog.core.download({ start: 0, end: -1 })
-  const apply = applyLoop(replicaLog, replica)
+  const apply = applyLoop(replicaLog, replica, mem)
   await apply.start()
   return {
     capture,
@@ -127,7 +135,7 @@ export async function sqlitePipeline(
   t: TestContext,
   dir: string,
   originFile: string,
-  opts: { pollMs?: number; blockBytes?: number } = {}
+  opts: PipelineOptions = {}
 ): Promise<Pipeline> {
   const p = await startPipeline(dir, originFile, opts)
   teardown(t, () => p.close())
@@ -140,7 +148,7 @@ export async function sidesPipeline<A extends ApplySide>(
   dir: string,
   captureSide: CaptureSide,
   replica: A,
-  opts: { pollMs?: number; blockBytes?: number } = {}
+  opts: PipelineOptions = {}
 ): Promise<Omit<Pipeline, 'replica'> & { replica: A }> {
   const p = await startSidesPipeline(dir, captureSide, replica, opts)
   teardown(t, () => p.close())
@@ -157,7 +165,13 @@ export async function sidesPipeline<A extends ApplySide>(
  */
 export async function pgPipeline(
   t: TestContext,
-  opts: { init: string; capture: (url: string) => CaptureSide; cluster?: ClusterOptions; notCarried?: string[] }
+  opts: {
+    init: string
+    capture: (url: string) => CaptureSide
+    cluster?: ClusterOptions
+    notCarried?: string[]
+    unitMemoryBytes?: number
+  }
 ) {
   const cluster: PgCluster = await pgCluster(t, opts.cluster)
   const dir = tmpDir(t)
@@ -166,7 +180,7 @@ export async function pgPipeline(
   await cluster.query(opts.init, [], 'origin')
   const capture = opts.capture(origin)
   const replica = new PostgresApply({ url: replicaUrl, dataset: 'ds1' })
-  const p = await sidesPipeline(t, dir, capture, replica, { pollMs: 5 })
+  const p = await sidesPipeline(t, dir, capture, replica, { pollMs: 5, unitMemoryBytes: opts.unitMemoryBytes })
   const run = (sql: string) => cluster.query(sql, [], 'origin')
   const same = async (what: string) => {
     await p.settle()

@@ -33,7 +33,8 @@ export const command: Command = {
       replicaPostgres: cfg.replicaPostgres ?? undefined,
       snapshots: cfg.snapshots,
       checkpointMs: cfg.checkpointSeconds * 1000,
-      guard: cfg.guard
+      guard: cfg.guard,
+      unitMemoryBytes: (cfg.maxUnitMemoryMB ?? 64) * 1024 * 1024
     })
     let stopping = false
     let onSignal!: (signal: string) => void
