@@ -287,3 +287,29 @@ test("mesh verify's diff tells TEXT that is not UTF-8 apart by its bytes", async
     [['k', 1]]
   )
 })
+
+test('a batch read in parts keeps TEXT that is not UTF-8 by its bytes and carries sqlite_sequence', async (t) => {
+  const dir = tmpDir(t)
+  const origin = path.join(dir, 'origin.db')
+  sqlite3(
+    origin,
+    `PRAGMA journal_mode=WAL; ${RAW}
+     CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT);`
+  )
+  // A small unit budget: a batch of over a thousand changed keys is read, appended and applied in parts.
+  const p = await sqlitePipeline(t, dir, origin, { unitMemoryBytes: 256 * 1024 })
+  const many = Array.from({ length: 3000 }, (_, i) => `(CAST(x'ff${(i % 256).toString(16).padStart(2, '0')}' AS TEXT) || '${i}', ${i})`)
+  sqlite3(
+    origin,
+    `BEGIN;
+     INSERT INTO loose VALUES ${many.join(', ')};
+     INSERT INTO keyed VALUES (CAST(x'c0' AS TEXT), CAST(x'ff' AS TEXT));
+     INSERT INTO orders (note) SELECT 'order ' || value FROM generate_series(1, 2000);
+     INSERT INTO orders (note) VALUES ('voided'); DELETE FROM orders WHERE note = 'voided';
+     COMMIT;`
+  )
+  await p.settle()
+  assertSame(origin, path.join(dir, 'replica.db'))
+  const seq = (file: string) => typeofIn(file, `SELECT seq FROM sqlite_sequence WHERE name = 'orders'`)
+  assert.deepEqual(seq(path.join(dir, 'replica.db')), seq(origin))
+})
