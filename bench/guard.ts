@@ -87,8 +87,10 @@ export async function guardBench(opts: { say?: (line: string) => void } = {}): P
     }
     const cost = median(plain) / median(guarded) - 1
     say(
-      `replica write guard: apply of ${ROWS} rows in units of ${UNIT}: without the guard ${Math.round(median(plain))} rows/s, ` +
-        `guarded ${Math.round(median(guarded))} rows/s, cost ${(cost * 100).toFixed(1)}% (aim <= 10%; median of ${RUNS})`
+      `replica write guard: apply of ${ROWS} rows in units of ${UNIT}: without the guard ` +
+        `${Math.round(median(plain))} rows/s, ` +
+        `guarded ${Math.round(median(guarded))} rows/s, cost ${(cost * 100).toFixed(1)}% (aim <= 10%; ` +
+        `median of ${RUNS})`
     )
     return {
       applyUnguardedRowsPerSec: Math.round(median(plain)),

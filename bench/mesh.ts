@@ -247,7 +247,10 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
         sites
           .map(
             (s) =>
-              `${s.name}: ${s.node.peers.size} peers, replicas ${[...s.node.replicas.values()].map((r) => `${r.info.originSite} ${r.loop.stats.applied}/${originLength(r.info.id)}`).join(', ')}`
+              `${s.name}: ${s.node.peers.size} peers, replicas ` +
+              [...s.node.replicas.values()]
+                .map((r) => `${r.info.originSite} ${r.loop.stats.applied}/${originLength(r.info.id)}`)
+                .join(', ')
           )
           .join('; ')
     )
@@ -429,34 +432,45 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
     const worst = pct(both, 100)
     say('')
     say(
-      'mesh: 3 sites over hyperswarm, local DHT testnet on loopback; the 3 nodes run in ONE process (shared event loop, 2 cores), the application writing site-a is a separate process'
+      'mesh: 3 sites over hyperswarm, local DHT testnet on loopback; the 3 nodes run in ONE process ' +
+        '(shared event loop, 2 cores), the application writing site-a is a separate process'
     )
     const loadAfter = os.loadavg()[0]
     say(
-      `  machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after: other work on the machine shows up as latency here`
+      `  machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ` +
+        `${loadAfter.toFixed(2)} after: other work on the machine shows up as latency here`
     )
     say(
-      `  setup: nodes started ${Math.round(startedMs)} ms, all connected ${Math.round(connectedMs)} ms, holding each other's snapshots ${Math.round(readyMs)} ms; capture pollMs default (50 ms), nothing tuned`
+      `  setup: nodes started ${Math.round(startedMs)} ms, all connected ${Math.round(connectedMs)} ms, ` +
+        `holding each other's snapshots ${Math.round(readyMs)} ms; capture pollMs default (50 ms), nothing ` +
+        `tuned`
     )
     say(
-      `  trickle, ${commits.length} one-row transactions 10-20 ms apart at site-a (after ${WARMUP} warm-up), commit -> applied:`
+      `  trickle, ${commits.length} one-row transactions 10-20 ms apart at site-a (after ${WARMUP} ` +
+        `warm-up), commit -> applied:`
     )
     say(
-      `    (the clock starts when the application's commit returns; the commit itself, with its fsync, took p50 ${f1(med(appCommit))} ms, p99 ${f1(pct(appCommit, 99))} ms, max ${f1(pct(appCommit, 100))} ms: this disk's fsync latency meanwhile)`
+      `    (the clock starts when the application's commit returns; the commit itself, with its fsync, ` +
+        `took p50 ${f1(med(appCommit))} ms, p99 ${f1(pct(appCommit, 99))} ms, max ` +
+        `${f1(pct(appCommit, 100))} ms: this disk's fsync latency meanwhile)`
     )
     traces.forEach((t, k) => {
       const xs = perSite[k]
       say(
-        `    at ${t.site}: p50 ${f1(med(xs))} ms, p95 ${f1(pct(xs, 95))} ms, p99 ${f1(pct(xs, 99))} ms, max ${f1(pct(xs, 100))} ms`
+        `    at ${t.site}: p50 ${f1(med(xs))} ms, p95 ${f1(pct(xs, 95))} ms, p99 ${f1(pct(xs, 99))} ms, ` +
+          `max ${f1(pct(xs, 100))} ms`
       )
     })
     say(
-      `    at both:    p50 ${f1(p50)} ms (${(p50 / AIM_P50).toFixed(2)}x the aim of <= ${AIM_P50} ms), p95 ${f1(p95)} ms, p99 ${f1(p99)} ms (${(p99 / AIM_P99).toFixed(2)}x the aim of <= ${AIM_P99} ms), max ${f1(worst)} ms`
+      `    at both:    p50 ${f1(p50)} ms (${(p50 / AIM_P50).toFixed(2)}x the aim of <= ${AIM_P50} ms), ` +
+        `p95 ${f1(p95)} ms, p99 ${f1(p99)} ms (${(p99 / AIM_P99).toFixed(2)}x the aim of <= ${AIM_P99} ` +
+        `ms), max ${f1(worst)} ms`
     )
     say('    where it goes, from the commit (p50 / p95 / p99 ms):')
     const row = (label: string, xs: number[], note = '') =>
       say(
-        `      ${label.padEnd(44)} ${f1(med(xs)).padStart(6)} / ${f1(pct(xs, 95)).padStart(6)} / ${f1(pct(xs, 99)).padStart(6)}${note}`
+        `      ${label.padEnd(44)} ${f1(med(xs)).padStart(6)} / ${f1(pct(xs, 95)).padStart(6)} / ` +
+          `${f1(pct(xs, 99)).padStart(6)}${note}`
       )
     row('capture read starts', stage.readStart, '   (waits on data_version, polled every 3 ms, 50 ms at most)')
     row('capture read done', stage.readDone)
@@ -466,17 +480,29 @@ export async function meshBench(opts: MeshBenchOptions = {}): Promise<MeshBenchS
     row('block at the replica', stage.block)
     row('applied at the replica', stage.applied)
     say(
-      `    ${trickleUnits.length} log units for ${commits.length} transactions (${rowsPerUnit.toFixed(2)} rows per unit)${unmatched ? `; ${unmatched} rows not found in the origin log` : ''}`
+      `    ${trickleUnits.length} log units for ${commits.length} transactions ` +
+        `(${rowsPerUnit.toFixed(2)} rows per ` +
+        `unit)${unmatched ? `; ${unmatched} rows not found in the origin log` : ''}`
     )
     say(
-      `  bulk, ${BULK} rows in one transaction at site-a, start of insert -> applied at both: ${Math.round(bulkRate)} rows/s (${(rawRate / bulkRate).toFixed(2)}x slower than raw SQLite insert of the same rows, ${Math.round(rawRate)} rows/s)`
+      `  bulk, ${BULK} rows in one transaction at site-a, start of insert -> applied at both: ` +
+        `${Math.round(bulkRate)} rows/s (${(rawRate / bulkRate).toFixed(2)}x slower than raw SQLite insert ` +
+        `of the same rows, ${Math.round(rawRate)} rows/s)`
     )
     const bu = bulkUnits[bulkUnits.length - 1]
     say(
-      `    insert + commit ${f1(bCommit - bStart)} ms (as the application sees it, with SQLite's automatic WAL checkpoint); then, from the commit returning: capture read ${f1(bu.readStart - bCommit)}-${f1(bu.readDone - bCommit)} ms, in the origin's hypercore ${f1(firstAt(originAppended, bulkEnd) - bCommit)} ms, fsynced and acknowledged ${f1(bCaptured - bCommit)} ms (${bulkUnits.length} unit, ${bulkEnd - bulkUnits[0].start} blocks, ${((origin.log.core.byteLength - bytesBefore) / 1e6).toFixed(1)} MB);`
+      `    insert + commit ${f1(bCommit - bStart)} ms (as the application sees it, with SQLite's ` +
+        `automatic WAL checkpoint); then, from the commit returning: capture read ` +
+        `${f1(bu.readStart - bCommit)}-${f1(bu.readDone - bCommit)} ms, in the origin's hypercore ` +
+        `${f1(firstAt(originAppended, bulkEnd) - bCommit)} ms, fsynced and acknowledged ` +
+        `${f1(bCaptured - bCommit)} ms (${bulkUnits.length} unit, ${bulkEnd - bulkUnits[0].start} blocks, ` +
+        `${((origin.log.core.byteLength - bytesBefore) / 1e6).toFixed(1)} MB);`
     )
     say(
-      `    all blocks at ${traces.map((t, k) => `${t.site} ${f1(bBlocks[k] - bCommit)} ms`).join(', ')}; applied at ${traces.map((t, k) => `${t.site} ${f1(bApplied[k] - bCommit)} ms`).join(', ')} (times from the commit)`
+      `    all blocks at ` +
+        `${traces.map((t, k) => `${t.site} ${f1(bBlocks[k] - bCommit)} ms`).join(', ')}; applied at ` +
+        `${traces.map((t, k) => `${t.site} ${f1(bApplied[k] - bCommit)} ms`).join(', ')} (times from the ` +
+        `commit)`
     )
     say(`  replicas equal to the origin (count, max id, sum): ${equal ? 'yes' : 'NO'}`)
     if (kept.length) {

@@ -2,7 +2,8 @@
  * The PostgreSQL benchmark: what capture costs the origin, and how soon a replica equals the origin after a
  * burst of writes, side by side with PostgreSQL's own logical replication. Nothing here is asserted.
  *
- * Three scenarios (a fourth, restart, is below), one after the other in the same run on this machine, each on fresh throwaway clusters
+ * Three scenarios (a fourth, restart, is below), one after the other in the same run on this machine, each on fresh
+ * throwaway clusters
  * (test/helpers/pg.ts, `durable`: fsync on; synchronous_commit on), each with the same workload:
  * `pgbench -i -s 10` (1M accounts), a CHECKPOINT on every cluster, then `pgbench -c 4 -j 2 -T <seconds> -n`
  * (the default TPC-B-like script: 3 updates and 1 insert per transaction).
@@ -130,7 +131,8 @@ function pgbench(
   })
 }
 
-const STATE_SQL = `SELECT (SELECT count(*) FROM pgbench_history) AS h, (SELECT coalesce(sum(delta), 0) FROM pgbench_history) AS hs,
+const STATE_SQL = `SELECT (SELECT count(*) FROM pgbench_history) AS h, 
+  (SELECT coalesce(sum(delta), 0) FROM pgbench_history) AS hs,
   (SELECT sum(tbalance) FROM pgbench_tellers) AS t, (SELECT sum(bbalance) FROM pgbench_branches) AS b`
 
 interface State {
@@ -277,7 +279,9 @@ async function measuredRun(
 
 const pidsOf = async (c: pg.Client, sql: string) => (await c.query(sql)).rows.map((r) => Number(r.pid))
 /** Every client backend but the asking one: the replication's connections when only they and we are connected. */
-const OTHER_BACKENDS = `SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname IS NOT NULL`
+const OTHER_BACKENDS =
+  `SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND ` +
+  `datname IS NOT NULL`
 
 interface Scenario {
   run: PgbenchRun
@@ -358,7 +362,8 @@ async function native(clusters: PgCluster[], seconds: number, scale: number): Pr
     // The same tables and primary keys (the subscriber finds the rows of updates by them), no rows.
     sub.run('pgbench', ['-i', '-s', String(scale), '-q', '-I', 'dtp', DB])
     await sub.query(
-      `CREATE SUBSCRIPTION bench_sub CONNECTION 'host=127.0.0.1 port=${origin.port} dbname=${DB} user=postgres' PUBLICATION bench_pub`,
+      `CREATE SUBSCRIPTION bench_sub CONNECTION 'host=127.0.0.1 port=${origin.port} dbname=${DB} ` +
+        `user=postgres' PUBLICATION bench_pub`,
       [],
       DB
     )
@@ -527,7 +532,8 @@ async function branchmesh(
     const sampled = (async () => {
       while (sampling) {
         const r = await sampler.query(
-          `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 AS restart, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 AS confirmed
+          `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 AS restart,
+                  pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 AS confirmed
              FROM pg_replication_slots WHERE slot_name = 'branchmesh_bench'`
         )
         if (r.rows[0]) lags.push({ restart: Number(r.rows[0].restart), confirmed: Number(r.rows[0].confirmed) })
@@ -824,27 +830,34 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
 
     say('')
     say(
-      `postgres: pgbench at the origin, scale ${scale} (${scale * 100_000} accounts), ${CLIENTS} clients, ${THREADS} threads, ${seconds} s, PostgreSQL's default script; fsync on`
+      `postgres: pgbench at the origin, scale ${scale} (${scale * 100_000} accounts), ${CLIENTS} ` +
+        `clients, ${THREADS} threads, ${seconds} s, PostgreSQL's default script; fsync on`
     )
     say(
       "  anchors: pgbench alone (TPS); PostgreSQL's own publication/subscription between two clusters (catch-up time)"
     )
     say(
-      `  each scenario on fresh clusters, one after the other in this run; machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after`
+      `  each scenario on fresh clusters, one after the other in this run; machine: ${os.cpus().length} ` +
+        `cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after`
     )
     say(
-      `  catch-up: pgbench's exit -> the replica's state equals the origin's (history count, sums of deltas and balances), polled every ~${POLL_EVERY_MS} ms; full equality checked after with pgDump`
+      `  catch-up: pgbench's exit -> the replica's state equals the origin's (history count, sums of ` +
+        `deltas and balances), polled every ~${POLL_EVERY_MS} ms; full equality checked after with pgDump`
     )
     say(
-      `  branchmesh: capture -> log -> hypercore replication -> apply into a second cluster, in this process; capture pollMs ${pollMs} (as \`mesh start\`)`
+      `  branchmesh: capture -> log -> hypercore replication -> apply into a second cluster, in this ` +
+        `process; capture pollMs ${pollMs} (as \`mesh start\`)`
     )
     say('')
     say(
-      `  ${''.padEnd(44)} ${'TPS'.padStart(8)} ${'vs alone'.padStart(9)} ${'overhead'.padStart(9)} ${'latency ms'.padStart(11)} ${'transactions'.padStart(13)}`
+      `  ${''.padEnd(44)} ${'TPS'.padStart(8)} ${'vs alone'.padStart(9)} ${'overhead'.padStart(9)} ` +
+        `${'latency ms'.padStart(11)} ${'transactions'.padStart(13)}`
     )
     const row = (name: string, r: PgbenchRun, extra = '') =>
       say(
-        `  ${name.padEnd(44)} ${f0(r.tps).padStart(8)} ${ratio(r.tps / tpsA).padStart(9)} ${ratio(tpsA / r.tps).padStart(9)} ${f1(r.latencyMs).padStart(11)} ${String(r.transactions).padStart(13)}${extra}`
+        `  ${name.padEnd(44)} ${f0(r.tps).padStart(8)} ${ratio(r.tps / tpsA).padStart(9)} ` +
+          `${ratio(tpsA / r.tps).padStart(9)} ${f1(r.latencyMs).padStart(11)} ` +
+          `${String(r.transactions).padStart(13)}${extra}`
       )
     row('pgbench alone (anchor)', a.run)
     row('with native publication/subscription', n.run)
@@ -856,19 +869,25 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
     say('  overhead = TPS alone / TPS with; vs alone = TPS with / TPS alone')
     say('')
     say(
-      `  ${''.padEnd(44)} ${'catch-up ms'.padStart(12)} ${'vs native'.padStart(10)} ${'behind at end (tx)'.padStart(19)} ${'first poll ms'.padStart(14)} ${'polls'.padStart(6)} ${'equal (pgDump)'.padStart(15)}`
+      `  ${''.padEnd(44)} ${'catch-up ms'.padStart(12)} ${'vs native'.padStart(10)} ` +
+        `${'behind at end (tx)'.padStart(19)} ${'first poll ms'.padStart(14)} ${'polls'.padStart(6)} ` +
+        `${'equal (pgDump)'.padStart(15)}`
     )
     const cuRow = (name: string, s: Scenario, vs: string, extra = '') =>
       say(
-        `  ${name.padEnd(44)} ${f1(s.catchUp!.ms).padStart(12)} ${vs.padStart(10)} ${f0(s.catchUp!.behind).padStart(19)} ${f1(s.catchUp!.firstPollMs).padStart(14)} ${String(s.catchUp!.polls).padStart(6)} ${String(s.equal).padStart(15)}${extra}`
+        `  ${name.padEnd(44)} ${f1(s.catchUp!.ms).padStart(12)} ${vs.padStart(10)} ` +
+          `${f0(s.catchUp!.behind).padStart(19)} ${f1(s.catchUp!.firstPollMs).padStart(14)} ` +
+          `${String(s.catchUp!.polls).padStart(6)} ${String(s.equal).padStart(15)}${extra}`
       )
     cuRow('native logical replication (anchor)', n, '1.00x')
     cuRow('branchmesh', b, ratio(cuRatio), `  aim <= 1x native: ${cuRatio <= 1 ? 'met' : 'NOT MET'}`)
     say(
-      `  behind at end: transactions the replica lacked at the first poll; a replica equal at the first poll caught up in at most that poll's time (the resolution here)`
+      `  behind at end: transactions the replica lacked at the first poll; a replica equal at the first ` +
+        `poll caught up in at most that poll's time (the resolution here)`
     )
     say(
-      `  (the issue measured native at about ${NATIVE_CATCHUP_NOTE_MS} ms after a 15 s, 4-client run; here ${f1(cuN)} ms: ${ratio(cuN / NATIVE_CATCHUP_NOTE_MS)} that)`
+      `  (the issue measured native at about ${NATIVE_CATCHUP_NOTE_MS} ms after a 15 s, 4-client run; ` +
+        `here ${f1(cuN)} ms: ${ratio(cuN / NATIVE_CATCHUP_NOTE_MS)} that)`
     )
     for (const [name, s] of [
       ['native', n],
@@ -880,31 +899,42 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
     }
     say('')
     say(
-      `  branchmesh, where the time goes (from the end of the initial copy to caught up; ${d.units} units with rows, ${d.rows} row changes carried, net per key after folding):`
+      `  branchmesh, where the time goes (from the end of the initial copy to caught up; ${d.units} ` +
+        `units with rows, ${d.rows} row changes carried, net per key after folding):`
     )
     say(
-      `    capture read (from the stream, decode, fold; with up to 20 ms gathering): ${f0(d.readMs)} ms in ${d.reads} reads (${d.emptyReads} found nothing); log append: ${f0(d.appendMs)} ms; acknowledge (standby status update): ${f0(d.ackMs)} ms; apply: ${f0(d.applyMs)} ms`
+      `    capture read (from the stream, decode, fold; with up to 20 ms gathering): ${f0(d.readMs)} ms ` +
+        `in ${d.reads} reads (${d.emptyReads} found nothing); log append: ${f0(d.appendMs)} ms; ` +
+        `acknowledge (standby status update): ${f0(d.ackMs)} ms; apply: ${f0(d.applyMs)} ms`
     )
     say(
-      `    captured while pgbench ran: ${d.rowsDuring} rows (${f0(d.rowsDuring / runS)} rows/s); after its end: ${d.rowsAfter} rows in ${d.unitsAfter} units`
+      `    captured while pgbench ran: ${d.rowsDuring} rows (${f0(d.rowsDuring / runS)} rows/s); after ` +
+        `its end: ${d.rowsAfter} rows in ${d.unitsAfter} units`
     )
     say(
-      `    the last unit with rows, ms after pgbench's exit: appended at the origin ${f1(d.lastAppendedMs)}, acknowledged ${f1(d.lastCapturedMs)}, replicated ${f1(d.lastReplicatedMs)}, applied ${f1(d.lastAppliedMs)}; seen equal by the poll ${f1(cuB)}`
+      `    the last unit with rows, ms after pgbench's exit: appended at the origin ` +
+        `${f1(d.lastAppendedMs)}, acknowledged ${f1(d.lastCapturedMs)}, replicated ` +
+        `${f1(d.lastReplicatedMs)}, applied ${f1(d.lastAppliedMs)}; seen equal by the poll ${f1(cuB)}`
     )
     say(
-      `    apply: ${f0(applyRate)} rows/s while applying (rows / time inside apply()); initial copy of ${scale * 100_000} accounts: ${(d.copyMs / 1000).toFixed(1)} s`
+      `    apply: ${f0(applyRate)} rows/s while applying (rows / time inside apply()); initial copy of ` +
+        `${scale * 100_000} accounts: ${(d.copyMs / 1000).toFixed(1)} s`
     )
     say(
-      `    the slot while pgbench ran (mean of samples every 250 ms): restart_lsn ${mb(d.slotRestartLagBytes)} MB behind the WAL's end (a restarted stream decodes from there), confirmed_flush_lsn ${mb(d.slotConfirmedLagBytes)} MB behind`
+      `    the slot while pgbench ran (mean of samples every 250 ms): restart_lsn ` +
+        `${mb(d.slotRestartLagBytes)} MB behind the WAL's end (a restarted stream decodes from there), ` +
+        `confirmed_flush_lsn ${mb(d.slotConfirmedLagBytes)} MB behind`
     )
     if (d.captureErrors.length || d.applyErrors.length) {
       say(
-        `    errors: capture ${d.captureErrors.length} (${d.captureErrors.slice(0, 3).join('; ')}), apply ${d.applyErrors.length} (${d.applyErrors.slice(0, 3).join('; ')})`
+        `    errors: capture ${d.captureErrors.length} (${d.captureErrors.slice(0, 3).join('; ')}), ` +
+          `apply ${d.applyErrors.length} (${d.applyErrors.slice(0, 3).join('; ')})`
       )
     }
     say('')
     say(
-      `  CPU from pgbench's start to its exit (CPU seconds; the machine has ${os.cpus().length} cores, ${(os.cpus().length * runS).toFixed(0)} CPU s in a run), and WAL written at the origin:`
+      `  CPU from pgbench's start to its exit (CPU seconds; the machine has ${os.cpus().length} cores, ` +
+        `${(os.cpus().length * runS).toFixed(0)} CPU s in a run), and WAL written at the origin:`
     )
     const cpuS = (ms: number) => (Number.isFinite(ms) ? (ms / 1000).toFixed(2) : 'n/a')
     const busy = (c: Cpu) => `machine ${(c.machineBusy * 100).toFixed(0)}% busy`
@@ -912,16 +942,21 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
       `WAL ${mb(s.walBytes)} MB (${Math.round(s.walBytes / s.run.transactions)} bytes per transaction)`
     say(`    alone:      ${busy(a.cpu)}; ${wal(a)}`)
     say(
-      `    native:     ${busy(n.cpu)}; walsender at the origin (decoding) ${cpuS(n.cpu.originMs)} s, subscriber's apply worker ${cpuS(n.cpu.replicaMs)} s; ${wal(n)}`
+      `    native:     ${busy(n.cpu)}; walsender at the origin (decoding) ${cpuS(n.cpu.originMs)} s, ` +
+        `subscriber's apply worker ${cpuS(n.cpu.replicaMs)} s; ${wal(n)}`
     )
     say(
-      `    branchmesh: ${busy(b.cpu)}; capture at the origin (walsender decoding + its SQL connection) ${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`
+      `    branchmesh: ${busy(b.cpu)}; capture at the origin (walsender decoding + its SQL connection) ` +
+        `${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ` +
+        `${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`
     )
     if ([a, n, b].some((s) => s.run.failed > 0))
       say(`  pgbench failed transactions: alone ${a.run.failed}, native ${n.run.failed}, branchmesh ${b.run.failed}`)
     const re = sayRestart(await restart(clusters, seconds, scale, pollMs), say)
     say(
-      `  set-up (not measured): alone ${(a.setupMs / 1000).toFixed(1)} s, native ${(n.setupMs / 1000).toFixed(1)} s, branchmesh ${(b.setupMs / 1000).toFixed(1)} s; this benchmark took ${totalS.toFixed(0)} s in all`
+      `  set-up (not measured): alone ${(a.setupMs / 1000).toFixed(1)} s, native ` +
+        `${(n.setupMs / 1000).toFixed(1)} s, branchmesh ${(b.setupMs / 1000).toFixed(1)} s; this benchmark ` +
+        `took ${totalS.toFixed(0)} s in all`
     )
 
     return {

@@ -253,7 +253,10 @@ async function oneRun(
       240_000,
       () => {
         const r = b.replicas.get(dataset.id)
-        return `site-b to apply site-a's log (${r ? `${r.loop.stats.applied} of ${originLength()} blocks applied, ${r.side.state()}` : 'no replica yet'}; ${b.peers.size} peers)`
+        const progress = r
+          ? `${r.loop.stats.applied} of ${originLength()} blocks applied, ${r.side.state()}`
+          : 'no replica yet'
+        return `site-b to apply site-a's log (${progress}; ${b.peers.size} peers)`
       },
       20
     )
@@ -467,37 +470,52 @@ export async function promoteBench(opts: PromoteBenchOptions = {}): Promise<Prom
     // --- report -------------------------------------------------------------------------------------------
     say('')
     say(
-      'promote: from `mesh promote` to the first write accepted at the new origin (aim: under 1 s, whatever the database size)'
+      'promote: from `mesh promote` to the first write accepted at the new origin (aim: under 1 s, ' +
+        'whatever the database size)'
     )
     say(
-      "  2 sites (origin site-a, replica site-b) as MeshNodes in ONE process on a local DHT testnet (loopback); site-b caught up fully, then site-a's node was closed (lost)"
+      '  2 sites (origin site-a, replica site-b) as MeshNodes in ONE process on a local DHT testnet ' +
+        "(loopback); site-b caught up fully, then site-a's node was closed (lost)"
     )
     say(
-      '  t0 = just before MeshNode.promote(shop, force) at site-b, in process; then the application (this process, better-sqlite3) opens the returned file and inserts one order'
+      '  t0 = just before MeshNode.promote(shop, force) at site-b, in process; then the application ' +
+        '(this process, better-sqlite3) opens the returned file and inserts one order'
     )
     say(
-      "  t1 = the new origin's capture loop reports the unit holding that row: in the new epoch's log, fsynced, acknowledged"
+      "  t1 = the new origin's capture loop reports the unit holding that row: in the new epoch's log, " +
+        'fsynced, acknowledged'
     )
     say('  every run has fresh sites (a promotion is done once per replica); n runs per size, medians shown')
     if (biggest)
       say(
-        `  table: orders (7 columns, index on customer_id), ${Math.round(biggest.fileBytes / biggest.rows)} bytes per row on disk with the index; machine: ${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after`
+        `  table: orders (7 columns, index on customer_id), ` +
+          `${Math.round(biggest.fileBytes / biggest.rows)} bytes per row on disk with the index; machine: ` +
+          `${os.cpus().length} cores, load average (1 min) ${loadBefore.toFixed(2)} before, ` +
+          `${os.loadavg()[0].toFixed(2)} after`
       )
     say(
-      '  anchor: the naive promotion by copy: fs.copyFileSync of the same database (main file and WAL), timed after t1; from the page cache and not fsynced, so a lower bound'
+      '  anchor: the naive promotion by copy: fs.copyFileSync of the same database (main file and WAL), ' +
+        'timed after t1; from the page cache and not fsynced, so a lower bound'
     )
     say('')
     say(
-      `  ${'rows'.padStart(9)} ${'n'.padStart(2)} ${'db MB'.padStart(7)} ${'promote ms'.padStart(11)} ${'to captured ms (min-max)'.padStart(25)} ${'copy ms'.padStart(8)} ${'vs copy'.padStart(8)}  aim < 1 s`
+      `  ${'rows'.padStart(9)} ${'n'.padStart(2)} ${'db MB'.padStart(7)} ${'promote ms'.padStart(11)} ` +
+        `${'to captured ms (min-max)'.padStart(25)} ${'copy ms'.padStart(8)} ${'vs copy'.padStart(8)}  aim ` +
+        `< 1 s`
     )
     for (const p of per) {
       const range = p.n > 1 ? `${f1(p.capturedMs)} (${f1(p.minMs)}-${f1(p.maxMs)})` : f1(p.capturedMs)
       say(
-        `  ${String(p.rows).padStart(9)} ${String(p.n).padStart(2)} ${mb(p.fileBytes).padStart(7)} ${f1(p.promoteMs).padStart(11)} ${range.padStart(25)} ${f1(p.copyMs).padStart(8)} ${(`${f2(p.capturedMs / p.copyMs)}x`).padStart(8)}  ${p.met ? 'met' : 'NOT MET'}${p.n > 1 ? ' in every run' : ''} (${f2(p.capturedMs / AIM_MS)}x the aim)`
+        `  ${String(p.rows).padStart(9)} ${String(p.n).padStart(2)} ${mb(p.fileBytes).padStart(7)} ` +
+          `${f1(p.promoteMs).padStart(11)} ${range.padStart(25)} ${f1(p.copyMs).padStart(8)} ` +
+          `${(`${f2(p.capturedMs / p.copyMs)}x`).padStart(8)}  ` +
+          `${p.met ? 'met' : 'NOT MET'}${p.n > 1 ? ' in every run' : ''} (${f2(p.capturedMs / AIM_MS)}x ` +
+          `the aim)`
       )
     }
     say(
-      '  promote ms: t0 -> promote() returned; to captured ms: t0 -> t1; db MB: main file + WAL at t0; vs copy: (t1 - t0) / copy time (below 1x the promotion is quicker than the copy)'
+      '  promote ms: t0 -> promote() returned; to captured ms: t0 -> t1; db MB: main file + WAL at t0; ' +
+        'vs copy: (t1 - t0) / copy time (below 1x the promotion is quicker than the copy)'
     )
     say('')
     say("  where the time goes in the median run, ms from t0 (stages from the node's own log lines):")
@@ -505,31 +523,43 @@ export async function promoteBench(opts: PromoteBenchOptions = {}): Promise<Prom
     for (const p of per) {
       const r = p.typical
       say(
-        `    ${label(r.rows).padStart(4)}: ${stages(r)}; promote() returned ${f1(r.promoteMs)}; the application's insert committed ${f1(r.writtenMs)}; row appended to the new log ${f1(r.appendedMs)}; fsynced + acknowledged (t1) ${f1(r.capturedMs)}`
+        `    ${label(r.rows).padStart(4)}: ${stages(r)}; promote() returned ${f1(r.promoteMs)}; the ` +
+          `application's insert committed ${f1(r.writtenMs)}; row appended to the new log ` +
+          `${f1(r.appendedMs)}; fsynced + acknowledged (t1) ${f1(r.capturedMs)}`
       )
     }
     say(
-      `  site-b's WAL at t0: ${per.map((p) => `${label(p.rows)} ${mb(p.typical.walBytes)} MB`).join(', ')}; site-b took its copy (snapshot replicated and applied) in ${per.map((p) => `${label(p.rows)} ${(p.typical.catchUpMs / 1000).toFixed(1)} s`).join(', ')}`
+      `  site-b's WAL at t0: ` +
+        `${per.map((p) => `${label(p.rows)} ${mb(p.typical.walBytes)} MB`).join(', ')}; site-b took its ` +
+        `copy (snapshot replicated and applied) in ` +
+        `${per.map((p) => `${label(p.rows)} ${(p.typical.catchUpMs / 1000).toFixed(1)} s`).join(', ')}`
     )
     const good = (r: RunResult) => r.samePath && r.sameInode && r.rowsAfter === r.rows + 1 && r.epoch === 1
     const adopted = all.every(good)
     for (const r of all.filter((x) => !good(x))) {
       say(
-        `    ${label(r.rows)} ${r.via}: path ${r.samePath ? 'is' : 'is NOT'} the replica file, ${r.sameInode ? 'same' : 'DIFFERENT'} inode, ${r.rowsAfter} rows after (expected ${r.rows + 1}), epoch ${r.epoch}`
+        `    ${label(r.rows)} ${r.via}: path ${r.samePath ? 'is' : 'is NOT'} the replica file, ` +
+          `${r.sameInode ? 'same' : 'DIFFERENT'} inode, ${r.rowsAfter} rows after (expected ` +
+          `${r.rows + 1}), epoch ${r.epoch}`
       )
     }
     say(
-      `  adopted in place (the returned path is the replica file, same inode, epoch 1, N+1 rows after): ${adopted ? 'yes, every run' : 'NO (see above)'}`
+      `  adopted in place (the returned path is the replica file, same inode, epoch 1, N+1 rows after): ` +
+        `${adopted ? 'yes, every run' : 'NO (see above)'}`
     )
     if (cli) {
       say(
-        `  through the command, once (${label(cli.rows)} rows, fresh sites): \`mesh promote shop --force --json\` spawned at t0, asks site-b's node over its socket:`
+        `  through the command, once (${label(cli.rows)} rows, fresh sites): \`mesh promote shop ` +
+          `--force --json\` spawned at t0, asks site-b's node over its socket:`
       )
       say(
-        `    command exited ${f1(cli.promoteMs)} ms, row captured (t1) ${f1(cli.capturedMs)} ms: aim ${cli.capturedMs < AIM_MS ? 'met' : 'NOT MET'} (${f2(cli.capturedMs / AIM_MS)}x the aim); at the node: ${stages(cli)}`
+        `    command exited ${f1(cli.promoteMs)} ms, row captured (t1) ${f1(cli.capturedMs)} ms: aim ` +
+          `${cli.capturedMs < AIM_MS ? 'met' : 'NOT MET'} (${f2(cli.capturedMs / AIM_MS)}x the aim); at ` +
+          `the node: ${stages(cli)}`
       )
       say(
-        `    starting a command alone, best of 3: \`mesh version\` ${f1(cliVersionMs)} ms, \`mesh help promote\` (also loads the promote command's imports) ${f1(cliLoadMs)} ms`
+        `    starting a command alone, best of 3: \`mesh version\` ${f1(cliVersionMs)} ms, \`mesh help ` +
+          `promote\` (also loads the promote command's imports) ${f1(cliLoadMs)} ms`
       )
     }
     const warnings = all.flatMap((r) => r.warnings.map((w) => `${label(r.rows)} ${r.via}: ${w}`))
@@ -540,7 +570,9 @@ export async function promoteBench(opts: PromoteBenchOptions = {}): Promise<Prom
       for (const [w, n] of [...counts].slice(0, 8)) say(`    ${n}x ${w}`)
     }
     say(
-      `  set-up (not measured): fill site-a ${per.map((p) => `${label(p.rows)} ${(p.typical.fillMs / 1000).toFixed(1)} s`).join(', ')}; this benchmark took ${totalS.toFixed(0)} s in all`
+      `  set-up (not measured): fill site-a ` +
+        `${per.map((p) => `${label(p.rows)} ${(p.typical.fillMs / 1000).toFixed(1)} s`).join(', ')}; this ` +
+        `benchmark took ${totalS.toFixed(0)} s in all`
     )
 
     const summary: PromoteBenchSummary = { promoteInProcess: true, promoteAimMs: AIM_MS }

@@ -79,7 +79,9 @@ export async function restoreBench(opts: { say?: (s: string) => void } = {}): Pr
       }
     }
     say(
-      `restore: a history of ${changes.toLocaleString('en')} row changes (${ROWS.toLocaleString('en')} rows, ${ROUNDS} updates each) built in ${((Date.now() - t0) / 1000).toFixed(1)} s; a snapshot built from the log at 95% of it in ${(snapshotMs / 1000).toFixed(1)} s`
+      `restore: a history of ${changes.toLocaleString('en')} row changes (${ROWS.toLocaleString('en')} ` +
+        `rows, ${ROUNDS} updates each) built in ${((Date.now() - t0) / 1000).toFixed(1)} s; a snapshot ` +
+        `built from the log at 95% of it in ${(snapshotMs / 1000).toFixed(1)} s`
     )
     const plain = new History(
       () => [head],
@@ -103,13 +105,17 @@ export async function restoreBench(opts: { say?: (s: string) => void } = {}): Pr
     fs.copyFileSync(file, path.join(dir, 'copy.db'))
     const copyMs = Date.now() - tc
     say(
-      `  from the beginning: ${(fromStart.ms / 1000).toFixed(2)} s (${Math.round(changes / (fromStart.ms / 1000)).toLocaleString('en')} changes/s)`
+      `  from the beginning: ${(fromStart.ms / 1000).toFixed(2)} s ` +
+        `(${Math.round(changes / (fromStart.ms / 1000)).toLocaleString('en')} changes/s)`
     )
     say(
-      `  from the snapshot (position ${fromSnap.from} of ${log.length}): ${(fromSnap.ms / 1000).toFixed(2)} s  aim <= 5 s: ${fromSnap.ms <= 5000 ? 'met' : 'NOT MET'}; ${(fromStart.ms / fromSnap.ms).toFixed(1)}x faster than from the beginning`
+      `  from the snapshot (position ${fromSnap.from} of ${log.length}): ` +
+        `${(fromSnap.ms / 1000).toFixed(2)} s  aim <= 5 s: ${fromSnap.ms <= 5000 ? 'met' : 'NOT MET'}; ` +
+        `${(fromStart.ms / fromSnap.ms).toFixed(1)}x faster than from the beginning`
     )
     say(
-      `  copying the origin's file (the floor): ${copyMs} ms; from the snapshot is ${(fromSnap.ms / Math.max(1, copyMs)).toFixed(1)}x that`
+      `  copying the origin's file (the floor): ${copyMs} ms; from the snapshot is ` +
+        `${(fromSnap.ms / Math.max(1, copyMs)).toFixed(1)}x that`
     )
     await p.close()
     db.close()

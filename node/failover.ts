@@ -65,7 +65,8 @@ export class Failover {
       const reported = node.reports.originReported(head)
       if (reported && reported.error === '') {
         throw MeshError.ORIGIN_HEALTHY(
-          `${head.originSite}, the origin of ${head.name}, is reachable and capturing (its last report arrived ${Math.round((Date.now() - heard) / 1000)} s ago)`
+          `${head.originSite}, the origin of ${head.name}, is reachable and capturing (its last report ` +
+            `arrived ${Math.round((Date.now() - heard) / 1000)} s ago)`
         )
       }
     }
@@ -83,7 +84,8 @@ export class Failover {
     }
     if (!force && applied < best.length) {
       throw MeshError.REPLICA_BEHIND(
-        `${site} applied ${applied} of the ${best.length} entries of ${head.name} that ${best.site === site ? 'it holds' : `${best.site} holds`}`,
+        `${site} applied ${applied} of the ${best.length} entries of ${head.name} that ` +
+          `${best.site === site ? 'it holds' : `${best.site} holds`}`,
         { context: { applied, held: best.length, by: best.site } }
       )
     }
@@ -197,7 +199,9 @@ export class Failover {
         dataset: name,
         changes,
         divergence: dir,
-        hint: `Review ${path.join(dir, 'changes.sql')} and re-enter what is needed at ${head.originSite}; then delete the folder.`
+        hint:
+          `Review ${path.join(dir, 'changes.sql')} and re-enter what is needed at ${head.originSite}; ` +
+          `then delete the folder.`
       })
     } else {
       node.logger.info('fenced: this site made no changes after the new epoch began', { dataset: name })

@@ -64,7 +64,8 @@ export async function redeemJoinCode(opts: RedeemOptions): Promise<Welcome> {
           // The inviting site was found and turned the one-time key away.
           reject(
             MeshError.BAD_JOIN_CODE(
-              'the inviting site refused this join code: it was already used or withdrawn (or a network between the sites blocks the connection)',
+              'the inviting site refused this join code: it was already used or withdrawn (or a network ' +
+                'between the sites blocks the connection)',
               {
                 cause: err
               }
@@ -105,7 +106,8 @@ export async function redeemJoinCode(opts: RedeemOptions): Promise<Welcome> {
       socket.on('close', () =>
         reject(
           MeshError.BAD_JOIN_CODE(
-            'the inviting site closed the connection without admitting this site: the code was already used or withdrawn'
+            'the inviting site closed the connection without admitting this site: the code was already ' +
+              'used or withdrawn'
           )
         )
       )

@@ -230,7 +230,10 @@ export class Reports {
       if (!err && r.side.writtenByOthers?.()) {
         err = {
           code: 'REPLICA_WRITTEN',
-          message: `another program wrote to this site's copy (${r.path}); those writes are not protected and the next changes from ${r.info.originSite} may overwrite them: point the application at the origin`
+          message:
+            `another program wrote to this site's copy (${r.path}); those writes are not protected and ` +
+            `the next changes from ${r.info.originSite} may overwrite them: point the application at the ` +
+            `origin`
         }
       }
       out.push({

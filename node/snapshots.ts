@@ -240,7 +240,9 @@ export function prune(siteDir: string, dataset: string, now: number, p: Snapshot
   return gone
 }
 
-/** The position a snapshot holds (log key and length), kept beside it; null for a file without (not built from the log). */
+/**
+ * The position a snapshot holds (log key and length), kept beside it; null for a file without (not built from the log).
+ */
 export function snapshotPosition(file: string): { log: Uint8Array; length: number } | null {
   const meta = readMeta(file)
   return meta ? { log: new Uint8Array(Buffer.from(meta.log, 'hex')), length: meta.length } : null

@@ -191,7 +191,9 @@ function readJson(file: string): unknown | null {
     return JSON.parse(text)
   } catch (err) {
     throw MeshError.BAD_CONFIG(`${file} is damaged: ${(err as Error).message}`, {
-      hint: 'The file is not valid JSON. Restore it from another copy of this data directory, or join the mesh again with a new --dir.',
+      hint:
+        'The file is not valid JSON. Restore it from another copy of this data directory, or join the ' +
+        'mesh again with a new --dir.',
       cause: err
     })
   }

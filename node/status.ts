@@ -97,7 +97,10 @@ export interface DatasetStatus {
   checkpoint: CheckpointResult | null
   /** The last position this site's copy was proven equal to the log, and the first it was seen to differ after it. */
   proven: { equal: number | null; differs: number | null } | null
-  /** The generational snapshots this site keeps of the dataset: how many, when the newest was taken, and those set aside as damaged. */
+  /**
+   * The generational snapshots this site keeps of the dataset: how many, when the newest was taken, and those set aside
+   * as damaged.
+   */
   snapshots: { count: number; newestAt: number | null; damaged: string[] }
   /**
    * A PostgreSQL dataset this site is the origin of: the WAL its replication slot keeps on the database
@@ -123,22 +126,30 @@ export function addWalHealth(
   if (wal.status === 'lost') {
     add(
       'CRIT',
-      `the replication slot of ${d.name} is gone (dropped, or over max_slot_wal_keep_size): changes made since cannot be read; the node copies the whole database into the log again when it runs`
+      `the replication slot of ${d.name} is gone (dropped, or over max_slot_wal_keep_size): changes ` +
+        `made since cannot be read; the node copies the whole database into the log again when it runs`
     )
   } else if (wal.status === 'unreserved') {
     add(
       'CRIT',
-      `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL, past max_slot_wal_keep_size: PostgreSQL will drop what it needs at its next checkpoint. Start the node at ${s.site} now`
+      `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL, past ` +
+        `max_slot_wal_keep_size: PostgreSQL will drop what it needs at its next checkpoint. Start the node ` +
+        `at ${s.site} now`
     )
   } else if (wal.limitBytes !== null && wal.retainedBytes >= wal.limitBytes / 2) {
     add(
       'WARN',
-      `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL on the database server, over half of max_slot_wal_keep_size (${mb(wal.limitBytes)}): start the node at ${s.site} (or fix what stops its capture) before the ceiling is reached`
+      `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL on the database server, ` +
+        `over half of max_slot_wal_keep_size (${mb(wal.limitBytes)}): start the node at ${s.site} (or fix ` +
+        `what stops its capture) before the ceiling is reached`
     )
   } else if (wal.retainedBytes >= t.walWarnMB * 1024 * 1024) {
     add(
       'WARN',
-      `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL on the database server's disk${wal.limitBytes === null ? ', with no ceiling (max_slot_wal_keep_size is unlimited)' : ''}: start the node at ${s.site} (or fix what stops its capture)${wal.limitBytes === null ? "; to cap it, ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'" : ''}`
+      `the replication slot of ${d.name} keeps ${mb(wal.retainedBytes)} of WAL on the database server's ` +
+        `disk${wal.limitBytes === null ? ', with no ceiling (max_slot_wal_keep_size is unlimited)' : ''}: ` +
+        `start the node at ${s.site} (or fix what stops its ` +
+        `capture)${wal.limitBytes === null ? "; to cap it, ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'" : ''}`
     )
   } else return
   const worst = s.reasons.some((r) => r.level === 'CRIT')
@@ -318,7 +329,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
       if (h.damagedBlocks > 0) {
         add(
           'WARN',
-          `${h.site}'s copy of the ${d.name} log had ${h.damagedBlocks} damaged block${h.damagedBlocks === 1 ? '' : 's'} on disk (rejected and fetched again: check that disk)`
+          `${h.site}'s copy of the ${d.name} log had ${h.damagedBlocks} damaged ` +
+            `block${h.damagedBlocks === 1 ? '' : 's'} on disk (rejected and fetched again: check that disk)`
         )
       }
       if (h.captureLag && h.captureLag.seconds >= t.captureLagWarnSeconds) {
@@ -352,16 +364,23 @@ export function buildStatus(input: StatusInput): SiteStatus {
       if (x.changes === 0) continue
       add(
         'WARN',
-        `${x.changes} change${x.changes === 1 ? '' : 's'} made here to ${d.name} in epoch ${x.epoch}, after epoch ${x.fencedBy} took over, are not in the live data: review ${x.dir}, re-enter what is needed at ${nameOf(originKey)}, then delete that folder`
+        `${x.changes} change${x.changes === 1 ? '' : 's'} made here to ${d.name} in epoch ${x.epoch}, ` +
+          `after epoch ${x.fencedBy} took over, are not in the live data: review ${x.dir}, re-enter what ` +
+          `is needed at ${nameOf(originKey)}, then delete that folder`
       )
     }
 
     // The last mesh verify of this site's replica.
     const verified = mine?.verified ?? null
     if (verified && !verified.ok) {
+      const tables = verified.tables
+        .map((x) => `${x.table}: ${x.missing} missing, ${x.extra} extra, ${x.changed} changed`)
+        .join('; ')
       add(
         'CRIT',
-        `this site's copy of ${d.name} differs from the log at position ${verified.seq} (${verified.tables.map((x) => `${x.table}: ${x.missing} missing, ${x.extra} extra, ${x.changed} changed`).join('; ')}): run mesh repair ${d.name}`
+        `this site's copy of ${d.name} differs from the log at position ${verified.seq} ` +
+          `(${tables}): ` +
+          `run mesh repair ${d.name}`
       )
     }
 
@@ -375,7 +394,8 @@ export function buildStatus(input: StatusInput): SiteStatus {
     if (checkpoint && !checkpoint.ok) {
       const since =
         proven?.differs != null
-          ? `; first seen at position ${proven.differs}, last proven equal ${proven.equal === null ? 'never' : `at position ${proven.equal}`}`
+          ? `; first seen at position ${proven.differs}, last proven equal ` +
+            `${proven.equal === null ? 'never' : `at position ${proven.equal}`}`
           : ''
       const origin = nameOf(originKey)
       const after = verified !== null && verified.seq >= checkpoint.seq
@@ -431,7 +451,10 @@ export function buildStatus(input: StatusInput): SiteStatus {
     if (damagedSnaps.length) {
       add(
         'WARN',
-        `${damagedSnaps.length} snapshot${damagedSnaps.length === 1 ? '' : 's'} of ${d.name} changed on this site's disk after being written and ${damagedSnaps.length === 1 ? 'was' : 'were'} set aside (restores use older ones or the log): check the disk, then delete ${damagedSnaps.join(', ')}`
+        `${damagedSnaps.length} snapshot${damagedSnaps.length === 1 ? '' : 's'} of ${d.name} changed on ` +
+          `this site's disk after being written and ${damagedSnaps.length === 1 ? 'was' : 'were'} set ` +
+          `aside (restores use older ones or the log): check the disk, then delete ` +
+          `${damagedSnaps.join(', ')}`
       )
     }
 
@@ -442,7 +465,10 @@ export function buildStatus(input: StatusInput): SiteStatus {
       const to = ENGINES[d.engine]?.exampleTarget(d.name, x.seq) ?? 'NEW_DATABASE'
       add(
         'WARN',
-        `a change to ${d.name} at position ${x.seq}${x.time ? ` (${new Date(x.time).toISOString()})` : ''} deleted or rewrote ${x.changed} of the ${x.before} rows of ${x.table}; if that was not meant, the state before it is: mesh restore ${d.name} --seq ${x.seq} --to ${to}`
+        `a change to ${d.name} at position ` +
+          `${x.seq}${x.time ? ` (${new Date(x.time).toISOString()})` : ''} deleted or rewrote ${x.changed} ` +
+          `of the ${x.before} rows of ${x.table}; if that was not meant, the state before it is: mesh ` +
+          `restore ${d.name} --seq ${x.seq} --to ${to}`
       )
     }
 

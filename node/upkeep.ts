@@ -80,7 +80,9 @@ export class Upkeep {
             node.logger.warn('no snapshots of this dataset at this site: restores replay from the start', {
               dataset: head.name,
               reason: e.message,
-              hint: "For PostgreSQL datasets: set replicaPostgres, and install PostgreSQL's client programs (pg_dump, pg_restore)."
+              hint:
+                "For PostgreSQL datasets: set replicaPostgres, and install PostgreSQL's client programs " +
+                '(pg_dump, pg_restore).'
             })
           } else {
             this.snapshotFailedAt.set(head.id, Date.now())

@@ -54,7 +54,9 @@ export class MeshError extends Error {
   // --- log format ---------------------------------------------------------------------------------------
   /** Bytes that are not a well-formed log entry: truncated, corrupt, or trailing garbage. */
   static BAD_ENTRY = factory('BAD_ENTRY', {
-    hint: 'The log block is damaged. The node refuses to apply it; run `mesh status` to see which site holds a good copy.'
+    hint:
+      'The log block is damaged. The node refuses to apply it; run `mesh status` to see which site holds ' +
+      'a good copy.'
   })
   /** A log entry written by a newer format version than this software reads. */
   static UNKNOWN_VERSION = factory('UNKNOWN_VERSION', {
@@ -75,7 +77,9 @@ export class MeshError extends Error {
     hint: 'The file is not a SQLite database (or is encrypted or damaged). Point --sqlite at the database file itself.'
   })
   static DATABASE_LOCKED = factory('DATABASE_LOCKED', {
-    hint: 'Another program holds a lock on the database. It is retried; if it persists, check for a program that opened it in exclusive mode.',
+    hint:
+      'Another program holds a lock on the database. It is retried; if it persists, check for a program ' +
+      'that opened it in exclusive mode.',
     retryable: true
   })
   static READ_ONLY = factory('READ_ONLY', {
@@ -83,14 +87,20 @@ export class MeshError extends Error {
   })
   /** A table whose changes cannot be captured; the message says why. */
   static CANNOT_CAPTURE = factory('CANNOT_CAPTURE', {
-    hint: 'The table is left out of the mesh. Give it a regular (non-virtual) definition, or exclude it in the configuration.'
+    hint:
+      'The table is left out of the mesh. Give it a regular (non-virtual) definition, or exclude it in ' +
+      'the configuration.'
   })
   /** branchmesh's own change-tracking tables in the origin database are not as branchmesh made them. */
   static CORRUPT_CHANGE = factory('CORRUPT_CHANGE', {
-    hint: 'A branchmesh change table in the database was altered by hand. Restart the node: it reinstalls capture and resends the affected tables in full.'
+    hint:
+      'A branchmesh change table in the database was altered by hand. Restart the node: it reinstalls ' +
+      'capture and resends the affected tables in full.'
   })
   static DISK_FULL = factory('DISK_FULL', {
-    hint: 'Free space on the disk holding the data directory or the database. Nothing was lost: capture resumes where it stopped.',
+    hint:
+      'Free space on the disk holding the data directory or the database. Nothing was lost: capture ' +
+      'resumes where it stopped.',
     retryable: true
   })
   static IO_ERROR = factory('IO_ERROR', { retryable: true })
@@ -109,15 +119,24 @@ export class MeshError extends Error {
   })
   /** PostgreSQL refused the user or password. */
   static PG_AUTH = factory('PG_AUTH', {
-    hint: 'Check the user and password in the URL (or in ~/.pgpass or PGPASSWORD), and that pg_hba.conf lets this user in from this host.'
+    hint:
+      'Check the user and password in the URL (or in ~/.pgpass or PGPASSWORD), and that pg_hba.conf lets ' +
+      'this user in from this host.'
   })
   /** The database named in the URL does not exist (any more). */
   static PG_NO_DATABASE = factory('PG_NO_DATABASE', {
-    hint: 'Check the database name in the URL. If the database was dropped, restore it (mesh promote or a restore), then restart the node.'
+    hint:
+      'Check the database name in the URL. If the database was dropped, restore it (mesh promote or a ' +
+      'restore), then restart the node.'
   })
-  /** The source lost its capture position (a PostgreSQL slot dropped behind our back): the whole database is copied again. */
+  /**
+   * The source lost its capture position (a PostgreSQL slot dropped behind our back): the whole database is copied
+   * again.
+   */
   static SOURCE_RESET = factory('SOURCE_RESET', {
-    hint: 'Nothing to do: the node copies the whole database into the log again and every replica starts over from that copy. Find out who dropped the slot, or raise max_slot_wal_keep_size.'
+    hint:
+      'Nothing to do: the node copies the whole database into the log again and every replica starts over ' +
+      'from that copy. Find out who dropped the slot, or raise max_slot_wal_keep_size.'
   })
   /**
    * The source database was replaced by one that shares no table with what the log carries (another
@@ -131,15 +150,21 @@ export class MeshError extends Error {
   })
   /** A PostgreSQL dataset reached a site with no PostgreSQL server configured for replicas. */
   static NO_REPLICA_SERVER = factory('NO_REPLICA_SERVER', {
-    hint: 'To keep a warm copy here, set "replicaPostgres" in config.json to a PostgreSQL server URL whose user may create databases (mesh join --replica-postgres URL), then restart the node.'
+    hint:
+      'To keep a warm copy here, set "replicaPostgres" in config.json to a PostgreSQL server URL whose ' +
+      'user may create databases (mesh join --replica-postgres URL), then restart the node.'
   })
   /** A schema change at the origin that a replica cannot follow without losing data. */
   static UNSUPPORTED_DDL = factory('UNSUPPORTED_DDL', {
-    hint: 'Apply of this dataset is stopped here so the replica does not silently differ. Undo the change at the origin, or remove this replica database and restart the node to copy it again.'
+    hint:
+      'Apply of this dataset is stopped here so the replica does not silently differ. Undo the change at ' +
+      'the origin, or remove this replica database and restart the node to copy it again.'
   })
   /** A column type the mesh cannot carry to a replica. */
   static UNSUPPORTED_TYPE = factory('UNSUPPORTED_TYPE', {
-    hint: 'Create the type (extension, domain or composite) in the replica database too, or change the column to a built-in type.'
+    hint:
+      'Create the type (extension, domain or composite) in the replica database too, or change the column ' +
+      'to a built-in type.'
   })
 
   // --- logs and replicas -------------------------------------------------------------------------------------
@@ -159,11 +184,15 @@ export class MeshError extends Error {
   // --- the mesh ------------------------------------------------------------------------------------------------
   /** A peer speaks another version of the control protocol. */
   static PROTOCOL_VERSION = factory('PROTOCOL_VERSION', {
-    hint: 'Run the same branchmesh version at every site (see UPGRADE.md); the sites refuse to exchange data until then.'
+    hint:
+      'Run the same branchmesh version at every site (see UPGRADE.md); the sites refuse to exchange data ' +
+      'until then.'
   })
   /** A connection from a key that is not a member of the mesh. */
   static NOT_MEMBER = factory('NOT_MEMBER', {
-    hint: 'Only sites that joined with a join code are let in. Run `mesh invite` at a member site and `mesh join CODE` at the new one.'
+    hint:
+      'Only sites that joined with a join code are let in. Run `mesh invite` at a member site and `mesh ' +
+      'join CODE` at the new one.'
   })
   static BAD_JOIN_CODE = factory('BAD_JOIN_CODE', {
     hint: 'Ask a member site for a new code: `mesh invite --dir DIR` prints one as its last line.'
@@ -173,7 +202,9 @@ export class MeshError extends Error {
   })
   /** No member answered: the inviting site is off, or the DHT cannot be reached. */
   static UNREACHABLE = factory('UNREACHABLE', {
-    hint: 'Start the node at the inviting site (`mesh start`) and check that both sites use the same --bootstrap (none for the public DHT).',
+    hint:
+      'Start the node at the inviting site (`mesh start`) and check that both sites use the same ' +
+      '--bootstrap (none for the public DHT).',
     retryable: true
   })
   /** Another node already runs on this data directory. */
@@ -181,7 +212,9 @@ export class MeshError extends Error {
     hint: 'Only one node may run per data directory. Stop the other one first, or use a different --dir.'
   })
   static NOT_INITIALIZED = factory('NOT_INITIALIZED', {
-    hint: 'Run `mesh init` (first site) or `mesh join CODE` (other sites) with this --dir first, or pass the right --dir.'
+    hint:
+      'Run `mesh init` (first site) or `mesh join CODE` (other sites) with this --dir first, or pass the ' +
+      'right --dir.'
   })
   static ALREADY_INITIALIZED = factory('ALREADY_INITIALIZED', {
     hint: 'This data directory already belongs to a site. Use another --dir, or `mesh start` to run it.'
@@ -196,15 +229,23 @@ export class MeshError extends Error {
   })
   /** Promotion asked at the site that already takes the dataset's writes. */
   static ALREADY_ORIGIN = factory('ALREADY_ORIGIN', {
-    hint: 'Nothing to do: this site already takes the writes of this dataset. Run `mesh promote` at the site that should take them.'
+    hint:
+      'Nothing to do: this site already takes the writes of this dataset. Run `mesh promote` at the site ' +
+      'that should take them.'
   })
   /** Promotion refused: the current origin is connected and capturing. */
   static ORIGIN_HEALTHY = factory('ORIGIN_HEALTHY', {
-    hint: 'Promote only when the origin is lost. To move the origin here on purpose (a planned switch), stop the writes at the origin, wait for `mesh status` to show this site caught up, and run the command again with --force.'
+    hint:
+      'Promote only when the origin is lost. To move the origin here on purpose (a planned switch), stop ' +
+      'the writes at the origin, wait for `mesh status` to show this site caught up, and run the command ' +
+      'again with --force.'
   })
   /** Promotion refused: another reachable site holds more of the log than this replica applied. */
   static REPLICA_BEHIND = factory('REPLICA_BEHIND', {
-    hint: 'Wait for this site to catch up (`mesh status` shows how far behind it is), then run the command again; or add --force to promote with what this site holds (what it lacks stays in the old log, kept as the old origin’s divergence).'
+    hint:
+      'Wait for this site to catch up (`mesh status` shows how far behind it is), then run the command ' +
+      'again; or add --force to promote with what this site holds (what it lacks stays in the old log, ' +
+      'kept as the old origin’s divergence).'
   })
   /** Promotion refused: the replica is in the middle of its initial copy and is not a state the origin had. */
   static REPLICA_NOT_READY = factory('REPLICA_NOT_READY', {

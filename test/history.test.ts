@@ -25,258 +25,283 @@ async function logJson(dir: string, dataset: string, extra: string[] = []): Prom
   return JSON.parse(r.stdout)
 }
 
-test('restore ten recorded moments of a random workload, by time and by position, at another site, node running or not; and across a promotion', async (t) => {
-  const { sites, dir } = await meshSites(t, ['shop-a', 'shop-b'])
-  const [a, b] = sites
-  const ds = 'shop-a'
-  const db = sqliteDb(t, a.db)
-  const work = new Workload(db, 7)
-  const moments: Moment[] = []
-  let r: { code: number | null; stdout: string; stderr: string }
-  let res: { code: number | null; stdout: string; stderr: string }
-  let snapDir = ''
-  let late = { at: 0, state: '' }
+test(
+  'restore ten recorded moments of a random workload, by time and by position, at another site, node ' +
+    'running or not; and across a promotion',
+  async (t) => {
+    const { sites, dir } = await meshSites(t, ['shop-a', 'shop-b'])
+    const [a, b] = sites
+    const ds = 'shop-a'
+    const db = sqliteDb(t, a.db)
+    const work = new Workload(db, 7)
+    const moments: Moment[] = []
+    let r: { code: number | null; stdout: string; stderr: string }
+    let res: { code: number | null; stdout: string; stderr: string }
+    let snapDir = ''
+    let late = { at: 0, state: '' }
 
-  await t.test('ten moments of a random workload are recorded at the origin, and b holds all of its log', async () => {
-    const rand = prng(11)
-    for (let m = 0; m < 10; m++) {
-      const steps = 1 + Math.floor(rand() * 40)
-      for (let i = 0; i < steps; i++) work.transaction()
-      // Wait until the origin's log holds every write, then note the moment and the state.
-      await new Promise((r) => setTimeout(r, 300))
-      const at = Date.now()
-      const log = await logJson(a.dir, ds)
-      moments.push({ at, seq: log.length, state: JSON.stringify(dump(a.db)) })
-      await new Promise((r) => setTimeout(r, 20))
-    }
-    for (let i = 0; i < 30; i++) work.transaction()
-    await waitUntil("b holds all of a's log", () => b.holdsExactly(a), 60_000)
-  })
-
-  await t.test('mesh log shows positions, times, kinds, tables and rows, and one unit in full', async () => {
-    const log = await logJson(b.dir, ds)
-    assert.equal(log.dataset, ds)
-    assert.ok(log.units.length > 10)
-    const tx = log.units.find((u: { kind: string; rows: number }) => u.kind === 'transaction' && u.rows > 0)
-    assert.ok(tx.tables.length > 0 && tx.time > 0)
-    const shown = JSON.parse((await mesh(['log', ds, '--dir', b.dir, '--json', '--show', String(tx.seq)])).stdout)
-    assert.equal(shown.units[0].seq, tx.seq)
-    assert.ok(shown.units[0].changes.length > 0)
-  })
-
-  await t.test('each moment is restored exactly at b, by time and by position, node running or stopped', async () => {
-    // Half by time, half by position; the last ones with b's node stopped.
-    for (let i = 0; i < moments.length; i++) {
-      if (i === 7) await b.stop()
-      const m = moments[i]
-      const to = path.join(dir, `restored-${i}.db`)
-      const how = i % 2 === 0 ? ['--at', new Date(m.at).toISOString()] : ['--seq', String(m.seq)]
-      const r = await mesh(['restore', ds, ...how, '--to', to, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
-      assert.equal(r.code, 0, `moment ${i}: ${r.stderr}`)
-      assert.equal(JSON.stringify(dump(to)), m.state, `moment ${i} (${how.join(' ')}) restored exactly`)
-      assert.equal(fs.existsSync(`${to}.partial`), false)
-      assert.deepEqual(
-        fs.readdirSync(dir).filter((f) => f.startsWith(`restored-${i}.db-`)),
-        [],
-        'a plain file: no -wal or -shm left'
-      )
-    }
-  })
-
-  await t.test('restore overwrites nothing, and refuses a time before the history', async () => {
-    r = await mesh(['restore', ds, '--seq', '5', '--to', path.join(dir, 'restored-0.db'), '--dir', b.dir])
-    assert.equal(r.code, 64)
-    assert.match(r.stderr, /exists already/)
-    r = await mesh(['restore', ds, '--at', '2001-01-01T00:00:00Z', '--to', path.join(dir, 'early.db'), '--dir', b.dir])
-    assert.match(r.stderr, /before the dataset's history begins/)
-    assert.equal(fs.existsSync(path.join(dir, 'early.db')), false)
-  })
-
-  let lateFrom = 0
-  await t.test('with snapshots at b and at the origin, a later moment is restored from a snapshot', async () => {
-    // Generational snapshots at b and at the origin a itself (every second here; the default is daily), built
-    // from the log.
-    await a.stop()
-    for (const s of [a, b]) {
-      const cfgFile = path.join(s.dir, 'config.json')
-      const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'))
-      cfg.snapshots = { everySeconds: 1, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 }
-      fs.writeFileSync(cfgFile, JSON.stringify(cfg))
-    }
-    await a.start()
-    await b.start()
-    const id = JSON.parse(fs.readFileSync(path.join(a.dir, 'config.json'), 'utf8')).datasets[0].id
-    snapDir = path.join(b.dir, 'snapshots', id)
-    await waitUntil(
-      'b took a snapshot',
-      () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => f.endsWith('.db')),
-      30_000
+    await t.test(
+      'ten moments of a random workload are recorded at the origin, and b holds all of its log',
+      async () => {
+        const rand = prng(11)
+        for (let m = 0; m < 10; m++) {
+          const steps = 1 + Math.floor(rand() * 40)
+          for (let i = 0; i < steps; i++) work.transaction()
+          // Wait until the origin's log holds every write, then note the moment and the state.
+          await new Promise((r) => setTimeout(r, 300))
+          const at = Date.now()
+          const log = await logJson(a.dir, ds)
+          moments.push({ at, seq: log.length, state: JSON.stringify(dump(a.db)) })
+          await new Promise((r) => setTimeout(r, 20))
+        }
+        for (let i = 0; i < 30; i++) work.transaction()
+        await waitUntil("b holds all of a's log", () => b.holdsExactly(a), 60_000)
+      }
     )
-    assert.ok(
-      (await b.status()).datasets.find((d) => d.id === id)!.snapshots.count >= 1,
-      'mesh status counts the snapshots kept'
-    )
-    const originSnaps = path.join(a.dir, 'snapshots', id)
-    await waitUntil(
-      'the origin took a snapshot of its own dataset',
-      () => fs.existsSync(originSnaps) && fs.readdirSync(originSnaps).some((f) => f.endsWith('.db')),
-      30_000
-    )
-    for (let i = 0; i < 20; i++) work.transaction()
-    await new Promise((r2) => setTimeout(r2, 300))
-    late = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
-    await waitUntil("b holds all of a's log", () => b.holdsExactly(a), 60_000)
-    const to = path.join(dir, 'late.db')
-    res = await mesh(['restore', ds, '--at', new Date(late.at).toISOString(), '--to', to, '--dir', b.dir, '--json'], {
-      timeoutMs: 120_000
+
+    await t.test('mesh log shows positions, times, kinds, tables and rows, and one unit in full', async () => {
+      const log = await logJson(b.dir, ds)
+      assert.equal(log.dataset, ds)
+      assert.ok(log.units.length > 10)
+      const tx = log.units.find((u: { kind: string; rows: number }) => u.kind === 'transaction' && u.rows > 0)
+      assert.ok(tx.tables.length > 0 && tx.time > 0)
+      const shown = JSON.parse((await mesh(['log', ds, '--dir', b.dir, '--json', '--show', String(tx.seq)])).stdout)
+      assert.equal(shown.units[0].seq, tx.seq)
+      assert.ok(shown.units[0].changes.length > 0)
     })
-    assert.equal(res.code, 0, res.stderr)
-    assert.ok(JSON.parse(res.stdout).from > 0, `replayed from a snapshot: ${res.stdout}`)
-    assert.equal(JSON.stringify(dump(path.join(dir, 'late.db'))), late.state)
-    lateFrom = JSON.parse(res.stdout).from
-  })
 
-  await t.test('a snapshot changed on disk is set aside: the restore is still exact, and status warns', async () => {
-    // A snapshot whose bytes change on disk (a failing disk) is caught by the SHA-256 kept beside it, set aside,
-    // and the restore starts from an older one (or the log's start): the result is still exact, and mesh
-    // status warns.
-    // (b's node is stopped meanwhile, so that it builds no new snapshot during the check.)
-    await b.stop()
-    const used = fs
-      .readdirSync(snapDir)
-      .filter((f) => /^\d+\.db$/.test(f))
-      .map((f) => path.join(snapDir, f))
-    for (const f of used) {
-      const bytes = fs.readFileSync(f)
-      bytes[Math.floor(bytes.length / 2)] ^= 0xff
-      fs.writeFileSync(f, bytes)
-    }
-    res = await mesh(
-      [
+    await t.test('each moment is restored exactly at b, by time and by position, node running or stopped', async () => {
+      // Half by time, half by position; the last ones with b's node stopped.
+      for (let i = 0; i < moments.length; i++) {
+        if (i === 7) await b.stop()
+        const m = moments[i]
+        const to = path.join(dir, `restored-${i}.db`)
+        const how = i % 2 === 0 ? ['--at', new Date(m.at).toISOString()] : ['--seq', String(m.seq)]
+        const r = await mesh(['restore', ds, ...how, '--to', to, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+        assert.equal(r.code, 0, `moment ${i}: ${r.stderr}`)
+        assert.equal(JSON.stringify(dump(to)), m.state, `moment ${i} (${how.join(' ')}) restored exactly`)
+        assert.equal(fs.existsSync(`${to}.partial`), false)
+        assert.deepEqual(
+          fs.readdirSync(dir).filter((f) => f.startsWith(`restored-${i}.db-`)),
+          [],
+          'a plain file: no -wal or -shm left'
+        )
+      }
+    })
+
+    await t.test('restore overwrites nothing, and refuses a time before the history', async () => {
+      r = await mesh(['restore', ds, '--seq', '5', '--to', path.join(dir, 'restored-0.db'), '--dir', b.dir])
+      assert.equal(r.code, 64)
+      assert.match(r.stderr, /exists already/)
+      r = await mesh([
         'restore',
         ds,
         '--at',
-        new Date(late.at).toISOString(),
+        '2001-01-01T00:00:00Z',
         '--to',
-        path.join(dir, 'late-again.db'),
+        path.join(dir, 'early.db'),
         '--dir',
-        b.dir,
-        '--json'
-      ],
-      { timeoutMs: 120_000 }
-    )
-    assert.equal(res.code, 0, res.stderr)
-    assert.ok(lateFrom > 0 && JSON.parse(res.stdout).from === 0, `not from a damaged snapshot: ${res.stdout}`)
-    assert.equal(JSON.stringify(dump(path.join(dir, 'late-again.db'))), late.state)
-    assert.ok(
-      used.some((f) => fs.existsSync(`${f}.damaged`)),
-      'the damaged snapshots are set aside'
-    )
-    assert.match(res.stderr, /changed on disk since it was written/)
-    assert.ok(
-      (await b.status()).reasons.some((x) => x.level === 'WARN' && /changed on this site's disk/.test(x.text)),
-      'mesh status warns of the damaged snapshot'
-    )
-    await b.start()
-  })
+        b.dir
+      ])
+      assert.match(r.stderr, /before the dataset's history begins/)
+      assert.equal(fs.existsSync(path.join(dir, 'early.db')), false)
+    })
 
-  await t.test('the origin restores from its own snapshot; a moment before every snapshot from the start', async () => {
-    res = await mesh(
-      [
-        'restore',
-        ds,
-        '--at',
-        new Date(late.at).toISOString(),
-        '--to',
-        path.join(dir, 'late-at-origin.db'),
-        '--dir',
-        a.dir,
-        '--json'
-      ],
-      { timeoutMs: 120_000 }
-    )
-    assert.equal(res.code, 0, res.stderr)
-    assert.ok(JSON.parse(res.stdout).from > 0, `the origin replayed from its own snapshot: ${res.stdout}`)
-    assert.equal(JSON.stringify(dump(path.join(dir, 'late-at-origin.db'))), late.state)
-    res = await mesh(
-      [
-        'restore',
-        ds,
-        '--seq',
-        String(moments[0].seq),
-        '--to',
-        path.join(dir, 'early-again.db'),
-        '--dir',
-        b.dir,
-        '--json'
-      ],
-      { timeoutMs: 120_000 }
-    )
-    assert.equal(JSON.parse(res.stdout).from, 0, 'a moment before every snapshot replays from the start')
-    assert.equal(JSON.stringify(dump(path.join(dir, 'early-again.db'))), moments[0].state)
-  })
-
-  await t.test('snapshots of the same day are pruned to the newest', async () => {
-    await new Promise((r2) => setTimeout(r2, 2500))
-    assert.ok(
-      fs.readdirSync(snapDir).filter((f) => f.endsWith('.db')).length <= 2,
-      'snapshots of the same day are pruned to the newest'
-    )
-  })
-
-  await t.test('across a promotion: both sides of the branch restore at b, and the log walks both epochs', async () => {
-    // a is lost, b promotes and takes writes.
-    const before = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
-    await a.stop('SIGKILL')
-    const p = await mesh(['promote', ds, '--dir', b.dir, '--force', '--json'], { timeoutMs: 120_000 })
-    assert.equal(p.code, 0, p.stderr)
-    const promoted = JSON.parse(p.stdout).path
-    const live = openWal(promoted)
-    new Workload(live, 99).transaction()
-    new Workload(live, 98).transaction()
-    live.close()
-    await new Promise((r2) => setTimeout(r2, 400))
-    const after = { at: Date.now(), state: JSON.stringify(dump(promoted)) }
-    for (const [name, m] of [
-      ['before', before],
-      ['after', after]
-    ] as const) {
-      const to = path.join(dir, `promotion-${name}.db`)
-      r = await mesh(['restore', ds, '--at', new Date(m.at).toISOString(), '--to', to, '--dir', b.dir, '--json'], {
+    let lateFrom = 0
+    await t.test('with snapshots at b and at the origin, a later moment is restored from a snapshot', async () => {
+      // Generational snapshots at b and at the origin a itself (every second here; the default is daily), built
+      // from the log.
+      await a.stop()
+      for (const s of [a, b]) {
+        const cfgFile = path.join(s.dir, 'config.json')
+        const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'))
+        cfg.snapshots = { everySeconds: 1, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 }
+        fs.writeFileSync(cfgFile, JSON.stringify(cfg))
+      }
+      await a.start()
+      await b.start()
+      const id = JSON.parse(fs.readFileSync(path.join(a.dir, 'config.json'), 'utf8')).datasets[0].id
+      snapDir = path.join(b.dir, 'snapshots', id)
+      await waitUntil(
+        'b took a snapshot',
+        () => fs.existsSync(snapDir) && fs.readdirSync(snapDir).some((f) => f.endsWith('.db')),
+        30_000
+      )
+      assert.ok(
+        (await b.status()).datasets.find((d) => d.id === id)!.snapshots.count >= 1,
+        'mesh status counts the snapshots kept'
+      )
+      const originSnaps = path.join(a.dir, 'snapshots', id)
+      await waitUntil(
+        'the origin took a snapshot of its own dataset',
+        () => fs.existsSync(originSnaps) && fs.readdirSync(originSnaps).some((f) => f.endsWith('.db')),
+        30_000
+      )
+      for (let i = 0; i < 20; i++) work.transaction()
+      await new Promise((r2) => setTimeout(r2, 300))
+      late = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
+      await waitUntil("b holds all of a's log", () => b.holdsExactly(a), 60_000)
+      const to = path.join(dir, 'late.db')
+      res = await mesh(['restore', ds, '--at', new Date(late.at).toISOString(), '--to', to, '--dir', b.dir, '--json'], {
         timeoutMs: 120_000
       })
-      assert.equal(r.code, 0, r.stderr)
-      assert.equal(JSON.stringify(dump(to)), m.state, `restored ${name} the promotion`)
-    }
-    const epochs = new Set((await logJson(b.dir, ds)).units.map((u: { epoch: number }) => u.epoch))
-    assert.deepEqual([...epochs], [0, 1], 'the log walks both epochs')
-  })
-})
+      assert.equal(res.code, 0, res.stderr)
+      assert.ok(JSON.parse(res.stdout).from > 0, `replayed from a snapshot: ${res.stdout}`)
+      assert.equal(JSON.stringify(dump(path.join(dir, 'late.db'))), late.state)
+      lateFrom = JSON.parse(res.stdout).from
+    })
 
-test('generational retention keeps the newest snapshot of each of the last 14 days, 8 weeks and 12 months', async () => {
-  const { toKeep, DEFAULT_SNAPSHOTS } = await import('../node/snapshots.ts')
-  const day = 86_400_000
-  const now = Date.UTC(2026, 10, 22, 12)
-  // One snapshot every 6 hours for 500 days.
-  const snaps = Array.from({ length: 2000 }, (_, i) => ({ file: `s${i}`, at: now - i * (day / 4) }))
-  const keep = toKeep(snaps, now, DEFAULT_SNAPSHOTS)
-  const kept = snaps.filter((s) => keep.has(s.file))
-  assert.ok(keep.has('s0'), 'the newest is kept')
-  const days = new Set(kept.filter((s) => now - s.at <= 14 * day).map((s) => Math.floor(s.at / day)))
-  assert.ok(days.size >= 14, `every one of the last 14 days keeps one (${days.size})`)
-  assert.ok(
-    kept.every((s) => now - s.at <= 12 * 31 * day),
-    'nothing older than a year'
-  )
-  assert.ok(kept.length <= 1 + 14 + 8 + 12, `at most 35 kept (${kept.length})`)
-  const months = new Set(kept.map((s) => new Date(s.at).getUTCFullYear() * 12 + new Date(s.at).getUTCMonth()))
-  assert.ok(months.size >= 12, `one per month for a year (${months.size})`)
-  // Of each day, the newest.
-  for (const s of kept.filter((x) => now - x.at <= 14 * day)) {
-    const sameDay = snaps.filter((x) => Math.floor(x.at / day) === Math.floor(s.at / day))
-    assert.equal(Math.max(...sameDay.map((x) => x.at)), s.at)
+    await t.test('a snapshot changed on disk is set aside: the restore is still exact, and status warns', async () => {
+      // A snapshot whose bytes change on disk (a failing disk) is caught by the SHA-256 kept beside it, set aside,
+      // and the restore starts from an older one (or the log's start): the result is still exact, and mesh
+      // status warns.
+      // (b's node is stopped meanwhile, so that it builds no new snapshot during the check.)
+      await b.stop()
+      const used = fs
+        .readdirSync(snapDir)
+        .filter((f) => /^\d+\.db$/.test(f))
+        .map((f) => path.join(snapDir, f))
+      for (const f of used) {
+        const bytes = fs.readFileSync(f)
+        bytes[Math.floor(bytes.length / 2)] ^= 0xff
+        fs.writeFileSync(f, bytes)
+      }
+      res = await mesh(
+        [
+          'restore',
+          ds,
+          '--at',
+          new Date(late.at).toISOString(),
+          '--to',
+          path.join(dir, 'late-again.db'),
+          '--dir',
+          b.dir,
+          '--json'
+        ],
+        { timeoutMs: 120_000 }
+      )
+      assert.equal(res.code, 0, res.stderr)
+      assert.ok(lateFrom > 0 && JSON.parse(res.stdout).from === 0, `not from a damaged snapshot: ${res.stdout}`)
+      assert.equal(JSON.stringify(dump(path.join(dir, 'late-again.db'))), late.state)
+      assert.ok(
+        used.some((f) => fs.existsSync(`${f}.damaged`)),
+        'the damaged snapshots are set aside'
+      )
+      assert.match(res.stderr, /changed on disk since it was written/)
+      assert.ok(
+        (await b.status()).reasons.some((x) => x.level === 'WARN' && /changed on this site's disk/.test(x.text)),
+        'mesh status warns of the damaged snapshot'
+      )
+      await b.start()
+    })
+
+    await t.test(
+      'the origin restores from its own snapshot; a moment before every snapshot from the start',
+      async () => {
+        res = await mesh(
+          [
+            'restore',
+            ds,
+            '--at',
+            new Date(late.at).toISOString(),
+            '--to',
+            path.join(dir, 'late-at-origin.db'),
+            '--dir',
+            a.dir,
+            '--json'
+          ],
+          { timeoutMs: 120_000 }
+        )
+        assert.equal(res.code, 0, res.stderr)
+        assert.ok(JSON.parse(res.stdout).from > 0, `the origin replayed from its own snapshot: ${res.stdout}`)
+        assert.equal(JSON.stringify(dump(path.join(dir, 'late-at-origin.db'))), late.state)
+        res = await mesh(
+          [
+            'restore',
+            ds,
+            '--seq',
+            String(moments[0].seq),
+            '--to',
+            path.join(dir, 'early-again.db'),
+            '--dir',
+            b.dir,
+            '--json'
+          ],
+          { timeoutMs: 120_000 }
+        )
+        assert.equal(JSON.parse(res.stdout).from, 0, 'a moment before every snapshot replays from the start')
+        assert.equal(JSON.stringify(dump(path.join(dir, 'early-again.db'))), moments[0].state)
+      }
+    )
+
+    await t.test('snapshots of the same day are pruned to the newest', async () => {
+      await new Promise((r2) => setTimeout(r2, 2500))
+      assert.ok(
+        fs.readdirSync(snapDir).filter((f) => f.endsWith('.db')).length <= 2,
+        'snapshots of the same day are pruned to the newest'
+      )
+    })
+
+    await t.test(
+      'across a promotion: both sides of the branch restore at b, and the log walks both epochs',
+      async () => {
+        // a is lost, b promotes and takes writes.
+        const before = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
+        await a.stop('SIGKILL')
+        const p = await mesh(['promote', ds, '--dir', b.dir, '--force', '--json'], { timeoutMs: 120_000 })
+        assert.equal(p.code, 0, p.stderr)
+        const promoted = JSON.parse(p.stdout).path
+        const live = openWal(promoted)
+        new Workload(live, 99).transaction()
+        new Workload(live, 98).transaction()
+        live.close()
+        await new Promise((r2) => setTimeout(r2, 400))
+        const after = { at: Date.now(), state: JSON.stringify(dump(promoted)) }
+        for (const [name, m] of [
+          ['before', before],
+          ['after', after]
+        ] as const) {
+          const to = path.join(dir, `promotion-${name}.db`)
+          r = await mesh(['restore', ds, '--at', new Date(m.at).toISOString(), '--to', to, '--dir', b.dir, '--json'], {
+            timeoutMs: 120_000
+          })
+          assert.equal(r.code, 0, r.stderr)
+          assert.equal(JSON.stringify(dump(to)), m.state, `restored ${name} the promotion`)
+        }
+        const epochs = new Set((await logJson(b.dir, ds)).units.map((u: { epoch: number }) => u.epoch))
+        assert.deepEqual([...epochs], [0, 1], 'the log walks both epochs')
+      }
+    )
   }
-})
+)
+
+test(
+  'generational retention keeps the newest snapshot of each of the last 14 days, ' + '8 weeks and 12 months',
+  async () => {
+    const { toKeep, DEFAULT_SNAPSHOTS } = await import('../node/snapshots.ts')
+    const day = 86_400_000
+    const now = Date.UTC(2026, 10, 22, 12)
+    // One snapshot every 6 hours for 500 days.
+    const snaps = Array.from({ length: 2000 }, (_, i) => ({ file: `s${i}`, at: now - i * (day / 4) }))
+    const keep = toKeep(snaps, now, DEFAULT_SNAPSHOTS)
+    const kept = snaps.filter((s) => keep.has(s.file))
+    assert.ok(keep.has('s0'), 'the newest is kept')
+    const days = new Set(kept.filter((s) => now - s.at <= 14 * day).map((s) => Math.floor(s.at / day)))
+    assert.ok(days.size >= 14, `every one of the last 14 days keeps one (${days.size})`)
+    assert.ok(
+      kept.every((s) => now - s.at <= 12 * 31 * day),
+      'nothing older than a year'
+    )
+    assert.ok(kept.length <= 1 + 14 + 8 + 12, `at most 35 kept (${kept.length})`)
+    const months = new Set(kept.map((s) => new Date(s.at).getUTCFullYear() * 12 + new Date(s.at).getUTCMonth()))
+    assert.ok(months.size >= 12, `one per month for a year (${months.size})`)
+    // Of each day, the newest.
+    for (const s of kept.filter((x) => now - x.at <= 14 * day)) {
+      const sameDay = snaps.filter((x) => Math.floor(x.at / day) === Math.floor(s.at / day))
+      assert.equal(Math.max(...sameDay.map((x) => x.at)), s.at)
+    }
+  }
+)
 
 test('a mass delete is flagged in mesh status and mesh log, and the restore command it gives undoes it', async (t) => {
   const { sites, dir } = await meshSites(t, ['shop-a', 'shop-b'])
@@ -451,58 +476,63 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
   })
 })
 
-test('the restore point found by a binary search over block times equals a walk of the whole history, for every position and unit time', async (t) => {
-  const { restorePoint, walk } = await import('../node/history.ts')
-  const { dir, file, db } = sqliteOrigin(t)
-  db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT)')
-  const ins = db.prepare('INSERT OR REPLACE INTO items (id, note) VALUES (?, ?)')
-  // Rows before capture: an initial snapshot of several blocks (small blocks here), with no times.
-  db.transaction(() => {
-    for (let i = 0; i < 400; i++) ins.run(i, 'x'.repeat(40))
-  })()
-  const p = await sqlitePipeline(t, dir, file, { blockBytes: 2000 })
-  const rand = prng(5)
-  for (let u = 0; u < 40; u++) {
-    // Units of one block and of many; sometimes a new table (a schema entry in the unit).
-    if (u % 13 === 5) db.exec(`CREATE TABLE extra_${u} (id INTEGER PRIMARY KEY)`)
-    const n = rand() < 0.3 ? 60 + Math.floor(rand() * 100) : 1 + Math.floor(rand() * 3)
+test(
+  'the restore point found by a binary search over block times equals a walk of the whole history, for ' +
+    'every position and unit time',
+  async (t) => {
+    const { restorePoint, walk } = await import('../node/history.ts')
+    const { dir, file, db } = sqliteOrigin(t)
+    db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT)')
+    const ins = db.prepare('INSERT OR REPLACE INTO items (id, note) VALUES (?, ?)')
+    // Rows before capture: an initial snapshot of several blocks (small blocks here), with no times.
     db.transaction(() => {
-      for (let i = 0; i < n; i++) ins.run(Math.floor(rand() * 1000), `u${u} `.padEnd(100, '.'))
+      for (let i = 0; i < 400; i++) ins.run(i, 'x'.repeat(40))
     })()
-    await p.settle()
-    await new Promise((r) => setTimeout(r, 3))
-  }
-  // The log stops growing (an idle capture appends a checkpoint), so both sides read the same history.
-  await p.capture.stop()
-  const chain = [{ log: p.originLog, epoch: 0, end: null }] as unknown as Parameters<typeof walk>[0]
-  const units: Array<{ seq: number; end: number; time: number | null }> = []
-  for await (const { unit } of walk(chain)) units.push(unit)
-  assert.ok(
-    units.some((u) => u.end - u.seq > 3),
-    `some units span several blocks: ${units.map((u) => u.end - u.seq).join(' ')}`
-  )
-  // The reference: the walk of the whole history, as restores did before.
-  const reference = (target: { seq?: number; at?: number }) => {
-    let best: { seq: number; time: number | null } | null = null
-    let time: number | null = null
-    for (const u of units) {
-      if (target.seq !== undefined && u.end > target.seq) break
-      if (target.at !== undefined && u.time !== null && u.time > target.at) break
-      if (u.time !== null) time = u.time
-      best = { seq: u.end, time }
+    const p = await sqlitePipeline(t, dir, file, { blockBytes: 2000 })
+    const rand = prng(5)
+    for (let u = 0; u < 40; u++) {
+      // Units of one block and of many; sometimes a new table (a schema entry in the unit).
+      if (u % 13 === 5) db.exec(`CREATE TABLE extra_${u} (id INTEGER PRIMARY KEY)`)
+      const n = rand() < 0.3 ? 60 + Math.floor(rand() * 100) : 1 + Math.floor(rand() * 3)
+      db.transaction(() => {
+        for (let i = 0; i < n; i++) ins.run(Math.floor(rand() * 1000), `u${u} `.padEnd(100, '.'))
+      })()
+      await p.settle()
+      await new Promise((r) => setTimeout(r, 3))
     }
-    return best === null || best.seq <= 1 ? null : best
-  }
-  const found = async (target: { seq?: number; at?: number }) => {
-    try {
-      return await restorePoint(chain, target)
-    } catch {
-      return null
+    // The log stops growing (an idle capture appends a checkpoint), so both sides read the same history.
+    await p.capture.stop()
+    const chain = [{ log: p.originLog, epoch: 0, end: null }] as unknown as Parameters<typeof walk>[0]
+    const units: Array<{ seq: number; end: number; time: number | null }> = []
+    for await (const { unit } of walk(chain)) units.push(unit)
+    assert.ok(
+      units.some((u) => u.end - u.seq > 3),
+      `some units span several blocks: ${units.map((u) => u.end - u.seq).join(' ')}`
+    )
+    // The reference: the walk of the whole history, as restores did before.
+    const reference = (target: { seq?: number; at?: number }) => {
+      let best: { seq: number; time: number | null } | null = null
+      let time: number | null = null
+      for (const u of units) {
+        if (target.seq !== undefined && u.end > target.seq) break
+        if (target.at !== undefined && u.time !== null && u.time > target.at) break
+        if (u.time !== null) time = u.time
+        best = { seq: u.end, time }
+      }
+      return best === null || best.seq <= 1 ? null : best
     }
+    const found = async (target: { seq?: number; at?: number }) => {
+      try {
+        return await restorePoint(chain, target)
+      } catch {
+        return null
+      }
+    }
+    const length = units[units.length - 1].end
+    for (let seq = 0; seq <= length + 2; seq++)
+      assert.deepEqual(await found({ seq }), reference({ seq }), `--seq ${seq}`)
+    const times = units.flatMap((u) => (u.time === null ? [] : [u.time - 1, u.time, u.time + 1]))
+    for (const at of [...times, times[0] - 1000, times[times.length - 1] + 1000])
+      assert.deepEqual(await found({ at }), reference({ at }), `--at ${at}`)
   }
-  const length = units[units.length - 1].end
-  for (let seq = 0; seq <= length + 2; seq++) assert.deepEqual(await found({ seq }), reference({ seq }), `--seq ${seq}`)
-  const times = units.flatMap((u) => (u.time === null ? [] : [u.time - 1, u.time, u.time + 1]))
-  for (const at of [...times, times[0] - 1000, times[times.length - 1] + 1000])
-    assert.deepEqual(await found({ at }), reference({ at }), `--at ${at}`)
-})
+)

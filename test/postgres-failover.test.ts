@@ -63,7 +63,8 @@ async function failover(t: TestContext, noDecoding: boolean) {
     // The origin's node dies; its application goes on writing, unprotected.
     await a.stop('SIGKILL')
     await a.cluster.query(
-      `INSERT INTO orders (item) VALUES ('cut off 1'), ('cut off 2'); UPDATE orders SET item = 'changed while cut off' WHERE id = 1`,
+      `INSERT INTO orders (item) VALUES ('cut off 1'), ('cut off 2'); UPDATE orders SET item = 'changed ` +
+        `while cut off' WHERE id = 1`,
       [],
       'shop'
     )
@@ -107,7 +108,8 @@ async function failover(t: TestContext, noDecoding: boolean) {
     ).catch(async (err) => {
       const [x, y] = [await pgDump(a.url), await pgDump(promoted)]
       throw new Error(
-        `${err.message}\n${JSON.stringify(x).slice(0, 600)}\n${JSON.stringify(y).slice(0, 600)}\n--- a\n${a.node?.lines.slice(-20).join('\n')}\n--- b\n${b.node?.lines.slice(-10).join('\n')}`
+        `${err.message}\n${JSON.stringify(x).slice(0, 600)}\n${JSON.stringify(y).slice(0, 600)}\n--- ` +
+          `a\n${a.node?.lines.slice(-20).join('\n')}\n--- b\n${b.node?.lines.slice(-10).join('\n')}`
       )
     })
     const after = await pgDump(a.url)

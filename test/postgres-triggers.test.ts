@@ -10,57 +10,69 @@ import { PostgresTriggerCapture } from '../adapters/index.ts'
 import { pgPipeline } from './helpers/pipeline.ts'
 import { teardown } from './helpers/teardown.ts'
 
-test('trigger capture on a server without logical decoding: rows, types, an open transaction, truncate, new tables', async (t) => {
-  const { capture, origin, run, same, change } = await pgPipeline(t, {
-    cluster: { conf: ['wal_level = replica'] },
-    capture: (url) => new PostgresTriggerCapture({ url }),
-    // Trigger capture needs a primary key: the table without one is left out.
-    notCarried: ['public.nokey'],
-    init: `CREATE TYPE mood AS ENUM ('sad', 'ok');
-     CREATE TABLE items (id serial PRIMARY KEY, name text, price numeric(10,2), at timestamptz, tags text[], doc jsonb, m mood, raw bytea);
+test(
+  'trigger capture on a server without logical decoding: rows, types, an open transaction, truncate, new ' + 'tables',
+  async (t) => {
+    const { capture, origin, run, same, change } = await pgPipeline(t, {
+      cluster: { conf: ['wal_level = replica'] },
+      capture: (url) => new PostgresTriggerCapture({ url }),
+      // Trigger capture needs a primary key: the table without one is left out.
+      notCarried: ['public.nokey'],
+      init: `CREATE TYPE mood AS ENUM ('sad', 'ok');
+     CREATE TABLE items (id serial PRIMARY KEY, name text, price numeric(10,2), at timestamptz, tags text[], doc jsonb,
+       m mood, raw bytea);
      CREATE TABLE ts_key (k timestamptz PRIMARY KEY, v int);
      CREATE TABLE nokey (x int);
-     INSERT INTO items (name, price, at, tags, doc, m, raw) SELECT 'item ' || g, g * 1.5, '2026-01-01 10:00:00.123456+02', '{a,"b c",NULL}', '{"k": [1, 2.50]}', 'ok', '\\x00ff' FROM generate_series(1, 100) g;
+     INSERT INTO items (name, price, at, tags, doc, m, raw)
+       SELECT 'item ' || g, g * 1.5, '2026-01-01 10:00:00.123456+02', '{a,"b c",NULL}',
+              '{"k": [1, 2.50]}', 'ok', '\\x00ff'
+         FROM generate_series(1, 100) g;
      INSERT INTO ts_key VALUES ('2026-03-04 05:06:07.891+00', 1);`
-  })
-  await t.test('the initial copy leaves out the table with no primary key, and names the reason', async () => {
-    await same('the initial copy')
-    assert.deepEqual(capture.skipped(), [
-      {
-        table: 'public.nokey',
-        reason: 'it has no primary key, which trigger capture needs to find its rows (add one, or use logical decoding)'
+    })
+    await t.test('the initial copy leaves out the table with no primary key, and names the reason', async () => {
+      await same('the initial copy')
+      assert.deepEqual(capture.skipped(), [
+        {
+          table: 'public.nokey',
+          reason:
+            'it has no primary key, which trigger capture needs to find its rows (add one, or use logical decoding)'
+        }
+      ])
+    })
+
+    await change(
+      'updates, deletes, a key change, a timestamp key',
+      `UPDATE items SET price = price * 2, tags = '{"x,y"}' WHERE id <= 10; DELETE FROM items WHERE id > ` +
+        `90; UPDATE items SET id = 1000 WHERE id = 50; UPDATE ts_key SET v = 2`
+    )
+
+    await t.test(
+      'a transaction open while a read is taken and acknowledged still arrives once it commits',
+      async () => {
+        const slow = new pg.Client({ connectionString: origin })
+        slow.on('error', () => {})
+        teardown(t, () => slow.end())
+        await slow.connect()
+        await slow.query(`BEGIN; INSERT INTO items (name) VALUES ('slow')`)
+        await run(`INSERT INTO items (name) VALUES ('fast')`)
+        await same('a later transaction commits first')
+        await slow.query('COMMIT')
+        await slow.end()
+        await same('the slow transaction arrives after it commits')
       }
-    ])
-  })
+    )
 
-  await change(
-    'updates, deletes, a key change, a timestamp key',
-    `UPDATE items SET price = price * 2, tags = '{"x,y"}' WHERE id <= 10; DELETE FROM items WHERE id > 90; UPDATE items SET id = 1000 WHERE id = 50; UPDATE ts_key SET v = 2`
-  )
+    await change(
+      'truncate then insert',
+      `BEGIN; TRUNCATE items; INSERT INTO items (name) VALUES ('after truncate'); COMMIT`
+    )
 
-  await t.test('a transaction open while a read is taken and acknowledged still arrives once it commits', async () => {
-    const slow = new pg.Client({ connectionString: origin })
-    slow.on('error', () => {})
-    teardown(t, () => slow.end())
-    await slow.connect()
-    await slow.query(`BEGIN; INSERT INTO items (name) VALUES ('slow')`)
-    await run(`INSERT INTO items (name) VALUES ('fast')`)
-    await same('a later transaction commits first')
-    await slow.query('COMMIT')
-    await slow.end()
-    await same('the slow transaction arrives after it commits')
-  })
-
-  await change(
-    'truncate then insert',
-    `BEGIN; TRUNCATE items; INSERT INTO items (name) VALUES ('after truncate'); COMMIT`
-  )
-
-  await t.test('a table created while capturing is sent whole, and followed after', async () => {
-    await run(`CREATE TABLE later (id int PRIMARY KEY, v text); INSERT INTO later VALUES (1, 'one'), (2, 'two')`)
-    await new Promise((r) => setTimeout(r, 1200))
-    await same('a table created while capturing is sent whole')
-    await run(`UPDATE later SET v = 'uno' WHERE id = 1`)
-    await same('and followed after')
-  })
-})
+    await t.test('a table created while capturing is sent whole, and followed after', async () => {
+      await run(`CREATE TABLE later (id int PRIMARY KEY, v text); INSERT INTO later VALUES (1, 'one'), (2, 'two')`)
+      await new Promise((r) => setTimeout(r, 1200))
+      await same('a table created while capturing is sent whole')
+      await run(`UPDATE later SET v = 'uno' WHERE id = 1`)
+      await same('and followed after')
+    })
+  }
+)

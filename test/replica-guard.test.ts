@@ -15,76 +15,79 @@ function sqlite3(file: string, sql: string): { code: number | null; stderr: stri
   return { code: r.status, stderr: r.stderr }
 }
 
-test('a replica refuses writes from other programs; one that gets past is reported until the copy is repaired', async (t) => {
-  const { sites } = await meshSites(t, ['shop-a', 'shop-b'])
-  const [a, b] = sites
-  const db = sqliteDb(t, a.db)
-  const work = new Workload(db, 3)
-  for (let i = 0; i < 20; i++) work.transaction()
-  await waitUntil('b holds a', () => b.holdsExactly(a), 60_000)
-  const copy = b.replicaOf(a)!
+test(
+  'a replica refuses writes from other programs; ' + 'one that gets past is reported until the copy is repaired',
+  async (t) => {
+    const { sites } = await meshSites(t, ['shop-a', 'shop-b'])
+    const [a, b] = sites
+    const db = sqliteDb(t, a.db)
+    const work = new Workload(db, 3)
+    for (let i = 0; i < 20; i++) work.transaction()
+    await waitUntil('b holds a', () => b.holdsExactly(a), 60_000)
+    const copy = b.replicaOf(a)!
 
-  await t.test('the till pointed at the copy fails loudly, and the copy is unchanged', async () => {
-    const before = dump(copy)
-    for (const sql of [
-      `INSERT INTO events (at, note) VALUES (1, 'sold into a copy')`,
-      `UPDATE accounts SET balance = 0`,
-      `DELETE FROM accounts WHERE id = 1`
-    ]) {
-      const r = sqlite3(copy, sql)
-      assert.notEqual(r.code, 0, `${sql} was accepted by the copy`)
-      assert.match(r.stderr, /branchmesh_replica_is_read_only/)
-    }
-    assert.deepEqual(dump(copy), before)
-    const h = (await b.status()).datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!
-    assert.equal(h.error, null)
-  })
+    await t.test('the till pointed at the copy fails loudly, and the copy is unchanged', async () => {
+      const before = dump(copy)
+      for (const sql of [
+        `INSERT INTO events (at, note) VALUES (1, 'sold into a copy')`,
+        `UPDATE accounts SET balance = 0`,
+        `DELETE FROM accounts WHERE id = 1`
+      ]) {
+        const r = sqlite3(copy, sql)
+        assert.notEqual(r.code, 0, `${sql} was accepted by the copy`)
+        assert.match(r.stderr, /branchmesh_replica_is_read_only/)
+      }
+      assert.deepEqual(dump(copy), before)
+      const h = (await b.status()).datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!
+      assert.equal(h.error, null)
+    })
 
-  await t.test('the copy still follows the origin', async () => {
-    for (let i = 0; i < 5; i++) work.transaction()
-    await waitUntil('b holds a again', () => b.holdsExactly(a), 60_000)
-  })
+    await t.test('the copy still follows the origin', async () => {
+      for (let i = 0; i < 5; i++) work.transaction()
+      await waitUntil('b holds a again', () => b.holdsExactly(a), 60_000)
+    })
 
-  await t.test('a program that defines the guard function gets past it, and is reported', async () => {
-    const sneaky = new Database(copy)
-    sneaky.function('branchmesh_replica_is_read_only', () => 0)
-    sneaky.prepare('UPDATE accounts SET balance = balance + 1 WHERE id = 2').run()
-    sneaky.close()
-    await waitUntil(
-      'b reports the write',
-      async () => {
-        const s = await b.status()
-        return (
-          s.datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!.error ===
-          'REPLICA_WRITTEN'
-        )
-      },
-      30_000
-    )
-  })
+    await t.test('a program that defines the guard function gets past it, and is reported', async () => {
+      const sneaky = new Database(copy)
+      sneaky.function('branchmesh_replica_is_read_only', () => 0)
+      sneaky.prepare('UPDATE accounts SET balance = balance + 1 WHERE id = 2').run()
+      sneaky.close()
+      await waitUntil(
+        'b reports the write',
+        async () => {
+          const s = await b.status()
+          return (
+            s.datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!.error ===
+            'REPLICA_WRITTEN'
+          )
+        },
+        30_000
+      )
+    })
 
-  await t.test('mesh repair mends the copy and clears the report without a restart', async () => {
-    const r = await mesh(['repair', 'shop-a', '--dir', b.dir, '--json'])
-    assert.equal(r.code, 0, r.stderr)
-    assert.equal(JSON.parse(r.stdout).repaired, true)
-    await waitUntil(
-      'the report clears',
-      async () => {
-        const s = await b.status()
-        return s.datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!.error === null
-      },
-      30_000
-    )
-    for (let i = 0; i < 3; i++) work.transaction()
-    await waitUntil('b holds a after the repair', () => b.holdsExactly(a), 60_000)
-    assert.notEqual(sqlite3(copy, `DELETE FROM accounts`).code, 0, 'the repaired copy is guarded too')
-  })
+    await t.test('mesh repair mends the copy and clears the report without a restart', async () => {
+      const r = await mesh(['repair', 'shop-a', '--dir', b.dir, '--json'])
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(JSON.parse(r.stdout).repaired, true)
+      await waitUntil(
+        'the report clears',
+        async () => {
+          const s = await b.status()
+          return s.datasets.find((d) => d.name === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!.error === null
+        },
+        30_000
+      )
+      for (let i = 0; i < 3; i++) work.transaction()
+      await waitUntil('b holds a after the repair', () => b.holdsExactly(a), 60_000)
+      assert.notEqual(sqlite3(copy, `DELETE FROM accounts`).code, 0, 'the repaired copy is guarded too')
+    })
 
-  await t.test('a restore is a plain database that any program may write', async () => {
-    const to = path.join(path.dirname(b.dir), 'restored.db')
-    const r = await mesh(['restore', 'shop-a', '--at', 'now', '--to', to, '--dir', b.dir, '--json'])
-    assert.equal(r.code, 0, r.stderr)
-    assert.equal(sqlite3(to, `INSERT INTO events (at, note) VALUES (2, 'written into a restore')`).code, 0)
-    fs.rmSync(to, { force: true })
-  })
-})
+    await t.test('a restore is a plain database that any program may write', async () => {
+      const to = path.join(path.dirname(b.dir), 'restored.db')
+      const r = await mesh(['restore', 'shop-a', '--at', 'now', '--to', to, '--dir', b.dir, '--json'])
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(sqlite3(to, `INSERT INTO events (at, note) VALUES (2, 'written into a restore')`).code, 0)
+      fs.rmSync(to, { force: true })
+    })
+  }
+)

@@ -81,7 +81,8 @@ test('a table created while running is picked up, and its rows arrive', async (t
   db.exec('CREATE INDEX later_v ON later (v); CREATE VIEW later_view AS SELECT v FROM later')
   await p.settle()
   db.exec(
-    "INSERT INTO later (v) VALUES ('three'); ALTER TABLE a ADD COLUMN extra INTEGER DEFAULT 7; INSERT INTO a (v) VALUES ('x')"
+    "INSERT INTO later (v) VALUES ('three'); ALTER TABLE a ADD COLUMN extra INTEGER DEFAULT 7; INSERT " +
+      "INTO a (v) VALUES ('x')"
   )
   await p.settle()
   const replica = path.join(dir, 'replica.db')

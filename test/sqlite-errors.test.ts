@@ -61,7 +61,8 @@ test('a locked database is a retryable DATABASE_LOCKED, and capture resumes once
 test('tables that cannot be captured are named with the reason; the rest replicate', async (t) => {
   const { dir, file, db } = sqliteOrigin(t)
   db.exec(
-    "CREATE TABLE a (id INTEGER PRIMARY KEY, v); CREATE VIRTUAL TABLE docs USING fts5(body); INSERT INTO docs VALUES ('hello')"
+    'CREATE TABLE a (id INTEGER PRIMARY KEY, v); CREATE VIRTUAL TABLE docs USING fts5(body); INSERT ' +
+      "INTO docs VALUES ('hello')"
   )
   const logger = memoryLogger()
   const side = new SqliteCapture({ path: file, logger })

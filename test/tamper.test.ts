@@ -34,71 +34,75 @@ function replicaHasFlipped(file: string): boolean {
   })
 }
 
-test('bytes flipped in a replicated log on disk at a holder: rejected, reported in status, never applied, then fetched again from the origin', async (t) => {
-  const { sites } = await meshSites(t, ['shop-a', 'shop-b'])
-  const [a, b] = sites
+test(
+  'bytes flipped in a replicated log on disk at a holder: rejected, reported in status, never applied, ' +
+    'then fetched again from the origin',
+  async (t) => {
+    const { sites } = await meshSites(t, ['shop-a', 'shop-b'])
+    const [a, b] = sites
 
-  await t.test("B holds A's rows, a block of several KB among them", async () => {
-    // One transaction big enough for a block of several KB (RocksDB keeps those in a blob file).
-    const db = openWal(a.db)
-    db.exec('CREATE TABLE big (id INTEGER PRIMARY KEY, note TEXT)')
-    const ins = db.prepare('INSERT INTO big (note) VALUES (?)')
-    db.transaction(() => {
-      for (let i = 0; i < 300; i++)
-        ins.run(`${MARK}${String(i).padStart(4, '0')}-the-quick-brown-fox-jumps-over-the-lazy-dog`)
-    })()
-    db.close()
-    await waitUntil("B holds A's rows", () => b.holdsExactly(a))
-  })
-
-  await t.test("a byte flipped in B's copy of the log on disk", async () => {
-    await b.stop()
-    await a.stop()
-    // Get B's copy of the log from RocksDB's memory-table files onto its sorted files on disk (as a busy node
-    // does by itself), then flip one byte of one row inside the block.
-    const storeDir = path.join(b.dir, 'store')
-    const store = new Corestore(storeDir)
-    teardown(t, () => store.close())
-    await store.ready()
-    await store.storage.rocks.flush()
-    await store.close()
-    const hits = find(path.join(storeDir, 'db'), `${MARK}0150`)
-    assert.ok(hits.length > 0, "the row is on disk in B's store")
-    for (const h of hits) {
-      const buf = fs.readFileSync(h.file)
-      buf[h.at + 6] ^= 0x20 // TAMPERMARK -> TAMPERmARK
-      fs.writeFileSync(h.file, buf)
-    }
-  })
-
-  await t.test('B, rebuilding with the origin off, rejects the block, reports it, and never applies it', async () => {
-    // B rebuilds its replica from its own (damaged) copy of the log, with the origin switched off.
-    const replica = b.replicaOf(a)!
-    for (const f of [replica, `${replica}-wal`, `${replica}-shm`]) fs.rmSync(f, { force: true })
-    await b.start()
-
-    await waitUntil('B reports the damaged block', async () => {
-      const s = await b.status()
-      const h = s.datasets.find((d) => d.originSite === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!
-      return h.damagedBlocks === 1 && h.lagEntries! > 0
+    await t.test("B holds A's rows, a block of several KB among them", async () => {
+      // One transaction big enough for a block of several KB (RocksDB keeps those in a blob file).
+      const db = openWal(a.db)
+      db.exec('CREATE TABLE big (id INTEGER PRIMARY KEY, note TEXT)')
+      const ins = db.prepare('INSERT INTO big (note) VALUES (?)')
+      db.transaction(() => {
+        for (let i = 0; i < 300; i++)
+          ins.run(`${MARK}${String(i).padStart(4, '0')}-the-quick-brown-fox-jumps-over-the-lazy-dog`)
+      })()
+      db.close()
+      await waitUntil("B holds A's rows", () => b.holdsExactly(a))
     })
-    const s = await b.status()
-    assert.notEqual(s.verdict, 'OK')
-    assert.ok(
-      s.reasons.some((r) => /damaged block/.test(r.text)),
-      JSON.stringify(s.reasons)
-    )
-    assert.equal(replicaHasFlipped(b.replicaOf(a)!), false, 'the damaged block was not applied')
-    assert.equal(b.holdsExactly(a), false, 'B is behind while the origin is off')
-  })
 
-  await t.test('with the origin back, B fetches the block again (verified) and catches up', async () => {
-    await a.start()
-    await waitUntil("B holds A's rows again", () => b.holdsExactly(a))
-    assert.equal(replicaHasFlipped(b.replicaOf(a)!), false)
-    const after = await b.status()
-    const h = after.datasets.find((d) => d.originSite === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!
-    assert.equal(h.error, null)
-    assert.equal(h.lagEntries, 0)
-  })
-})
+    await t.test("a byte flipped in B's copy of the log on disk", async () => {
+      await b.stop()
+      await a.stop()
+      // Get B's copy of the log from RocksDB's memory-table files onto its sorted files on disk (as a busy node
+      // does by itself), then flip one byte of one row inside the block.
+      const storeDir = path.join(b.dir, 'store')
+      const store = new Corestore(storeDir)
+      teardown(t, () => store.close())
+      await store.ready()
+      await store.storage.rocks.flush()
+      await store.close()
+      const hits = find(path.join(storeDir, 'db'), `${MARK}0150`)
+      assert.ok(hits.length > 0, "the row is on disk in B's store")
+      for (const h of hits) {
+        const buf = fs.readFileSync(h.file)
+        buf[h.at + 6] ^= 0x20 // TAMPERMARK -> TAMPERmARK
+        fs.writeFileSync(h.file, buf)
+      }
+    })
+
+    await t.test('B, rebuilding with the origin off, rejects the block, reports it, and never applies it', async () => {
+      // B rebuilds its replica from its own (damaged) copy of the log, with the origin switched off.
+      const replica = b.replicaOf(a)!
+      for (const f of [replica, `${replica}-wal`, `${replica}-shm`]) fs.rmSync(f, { force: true })
+      await b.start()
+
+      await waitUntil('B reports the damaged block', async () => {
+        const s = await b.status()
+        const h = s.datasets.find((d) => d.originSite === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!
+        return h.damagedBlocks === 1 && h.lagEntries! > 0
+      })
+      const s = await b.status()
+      assert.notEqual(s.verdict, 'OK')
+      assert.ok(
+        s.reasons.some((r) => /damaged block/.test(r.text)),
+        JSON.stringify(s.reasons)
+      )
+      assert.equal(replicaHasFlipped(b.replicaOf(a)!), false, 'the damaged block was not applied')
+      assert.equal(b.holdsExactly(a), false, 'B is behind while the origin is off')
+    })
+
+    await t.test('with the origin back, B fetches the block again (verified) and catches up', async () => {
+      await a.start()
+      await waitUntil("B holds A's rows again", () => b.holdsExactly(a))
+      assert.equal(replicaHasFlipped(b.replicaOf(a)!), false)
+      const after = await b.status()
+      const h = after.datasets.find((d) => d.originSite === 'shop-a')!.holders.find((x) => x.site === 'shop-b')!
+      assert.equal(h.error, null)
+      assert.equal(h.lagEntries, 0)
+    })
+  }
+)

@@ -19,7 +19,9 @@ export async function ensurePgDatabase(serverUrl: string, url: string, fresh: bo
     if (has.rows.length === 0) await admin.query(`CREATE DATABASE ${quoteIdent(name)}`)
   } catch (err) {
     throw MeshError.wrap(err, MeshError.DATABASE_ERROR, `cannot create the replica database ${name}`, {
-      hint: 'The user in replicaPostgres needs the CREATEDB privilege (ALTER ROLE ... CREATEDB), or create the database by hand.'
+      hint:
+        'The user in replicaPostgres needs the CREATEDB privilege (ALTER ROLE ... CREATEDB), or create ' +
+        'the database by hand.'
     })
   } finally {
     await admin.end().catch(() => {})

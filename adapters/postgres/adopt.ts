@@ -7,7 +7,8 @@ import { OWN_SCHEMA, quoteIdent, quoteLiteral, type Client } from './common.ts'
 
 /** Each sequence that feeds an integer column (serial, identity, or a nextval() default), with the column. */
 const SEQUENCE_FEEDS_SQL = `
-SELECT DISTINCT format('%I.%I', sn.nspname, s.relname) AS seq, format('%I.%I', tn.nspname, t.relname) AS tbl, quote_ident(a.attname) AS col
+SELECT DISTINCT format('%I.%I', sn.nspname, s.relname) AS seq, format('%I.%I', tn.nspname, t.relname) AS tbl,
+       quote_ident(a.attname) AS col
   FROM pg_depend d
   JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
   JOIN pg_class s ON s.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass AND s.relkind = 'S'
@@ -20,7 +21,8 @@ SELECT format('%I.%I', sn.nspname, s.relname), format('%I.%I', tn.nspname, t.rel
   FROM pg_depend d
   JOIN pg_class s ON s.oid = d.objid AND d.classid = 'pg_class'::regclass AND s.relkind = 'S'
   JOIN pg_namespace sn ON sn.oid = s.relnamespace
-  JOIN pg_class t ON t.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass JOIN pg_namespace tn ON tn.oid = t.relnamespace
+  JOIN pg_class t ON t.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass
+  JOIN pg_namespace tn ON tn.oid = t.relnamespace
   JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
  WHERE d.deptype IN ('a', 'i') AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)`
 
@@ -46,7 +48,8 @@ export async function adoptReplica(db: Client): Promise<boolean> {
     await db.query(`CREATE TABLE IF NOT EXISTS ${OWN_SCHEMA}.table_ids (oid oid PRIMARY KEY, id int8 NOT NULL UNIQUE)`)
     for (const d of tables) {
       await db.query(
-        `INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) SELECT to_regclass($1)::oid, $2 WHERE to_regclass($1) IS NOT NULL ON CONFLICT DO NOTHING`,
+        `INSERT INTO ${OWN_SCHEMA}.table_ids (oid, id) SELECT to_regclass($1)::oid, $2 WHERE ` +
+          `to_regclass($1) IS NOT NULL ON CONFLICT DO NOTHING`,
         [d.name, d.id]
       )
     }
@@ -66,7 +69,8 @@ export async function adoptReplica(db: Client): Promise<boolean> {
     const feeds = await db.query(SEQUENCE_FEEDS_SQL)
     for (const f of feeds.rows) {
       await db.query(
-        `SELECT setval(${quoteLiteral(f.seq)}, greatest((SELECT last_value FROM ${f.seq}), m)) FROM (SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`
+        `SELECT setval(${quoteLiteral(f.seq)}, greatest((SELECT last_value FROM ${f.seq}), m)) FROM ` +
+          `(SELECT max(${f.col})::int8 AS m FROM ${f.tbl}) x WHERE m IS NOT NULL`
       )
     }
     await db.query(`DROP TABLE ${OWN_SCHEMA}.replica`)

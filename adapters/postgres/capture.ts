@@ -137,7 +137,9 @@ export class PostgresCapture implements CaptureSide {
       throw MeshError.CANNOT_CAPTURE(
         `PostgreSQL at ${this.where} does not allow logical decoding: ${problems.join('; ')}`,
         {
-          hint: 'Make those changes, then start the node again; or, where logical decoding cannot be allowed (a hosted server), set "capture": "triggers" for this dataset in config.json.',
+          hint:
+            'Make those changes, then start the node again; or, where logical decoding cannot be allowed ' +
+            '(a hosted server), set "capture": "triggers" for this dataset in config.json.',
           context: { problems }
         }
       )
@@ -157,7 +159,8 @@ export class PostgresCapture implements CaptureSide {
     await this.catalog.loadIds()
     await this.catalog.load()
     const slot = await this.query(
-      'SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()',
+      'SELECT confirmed_flush_lsn::text AS lsn, plugin FROM pg_replication_slots WHERE slot_name = $1 ' +
+        'AND database = current_database()',
       [this.opts.slot]
     )
     if (slot.rows.length === 0) this.slotMissing = true
@@ -211,7 +214,9 @@ export class PostgresCapture implements CaptureSide {
 
   private slotGone(): MeshError {
     return MeshError.SOURCE_RESET(
-      `the replication slot ${this.opts.slot} at ${this.where} is gone (dropped, or invalidated by max_slot_wal_keep_size): the changes since it was lost cannot be read, so the whole database is copied into the log again`,
+      `the replication slot ${this.opts.slot} at ${this.where} is gone (dropped, or invalidated by ` +
+        `max_slot_wal_keep_size): the changes since it was lost cannot be read, so the whole database is ` +
+        `copied into the log again`,
       { context: { slot: this.opts.slot } }
     )
   }

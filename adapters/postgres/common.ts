@@ -134,7 +134,9 @@ export function pgError(err: unknown, url: string, doing: string): MeshError {
     return MeshError.DISK_FULL(msg, {
       context,
       cause: err,
-      hint: 'Free space on the disk holding the PostgreSQL data folder. Nothing was lost: the node resumes where it stopped.'
+      hint:
+        'Free space on the disk holding the PostgreSQL data folder. Nothing was lost: the node resumes ' +
+        'where it stopped.'
     })
   if (code === '53300')
     return MeshError.PG_UNREACHABLE(msg, {
@@ -178,7 +180,10 @@ export interface PgColumn {
   type: string
   typeOid: number
   typmod: number
-  /** typtype of the column's type (or of its element type for arrays): b base, e enum, d domain, c composite, r range, m multirange. */
+  /**
+   * typtype of the column's type (or of its element type for arrays): b base, e enum, d domain, c composite, r range, m
+   * multirange.
+   */
   kind: string
   /** The type's schema, for user types (enums...). */
   typeSchema: string
@@ -206,14 +211,19 @@ export interface PgTable {
 }
 
 const TABLES_SQL = `
-SELECT c.oid::int8 AS oid, format('%I.%I', n.nspname, c.relname) AS name, n.nspname AS nsp, c.relname AS rel, c.relreplident AS replident,
+SELECT c.oid::int8 AS oid, format('%I.%I', n.nspname, c.relname) AS name, n.nspname AS nsp, c.relname AS rel,
+       c.relreplident AS replident,
   (SELECT coalesce(json_agg(json_build_object(
-      'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'typeOid', a.atttypid::int8, 'typmod', a.atttypmod,
-      'kind', coalesce(et.typtype, t.typtype), 'typeSchema', coalesce(etn.nspname, tn.nspname), 'notNull', a.attnotnull,
-      'default', pg_get_expr(d.adbin, d.adrelid), 'identity', a.attidentity, 'generated', a.attgenerated) ORDER BY a.attnum), '[]')
+      'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'typeOid', a.atttypid::int8,
+      'typmod', a.atttypmod,
+      'kind', coalesce(et.typtype, t.typtype), 'typeSchema', coalesce(etn.nspname, tn.nspname),
+      'notNull', a.attnotnull,
+      'default', pg_get_expr(d.adbin, d.adrelid), 'identity', a.attidentity,
+      'generated', a.attgenerated) ORDER BY a.attnum), '[]')
      FROM pg_attribute a
      JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
-     LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' LEFT JOIN pg_namespace etn ON etn.oid = et.typnamespace
+     LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+     LEFT JOIN pg_namespace etn ON etn.oid = et.typnamespace
      LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
   (SELECT coalesce(json_agg(a.attname ORDER BY k.i), '[]')
@@ -221,7 +231,8 @@ SELECT c.oid::int8 AS oid, format('%I.%I', n.nspname, c.relname) AS name, n.nspn
      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = c.oid AND i.indisprimary) AS pk
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
+WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
 ORDER BY c.oid`
 
@@ -230,29 +241,35 @@ ORDER BY c.oid`
 const OBJECTS_SQL = `
 SELECT 'type' AS type, format('%I.%I', n.nspname, t.typname) AS name, '' AS tbl,
        format('CREATE TYPE %I.%I AS ENUM (%s)', n.nspname, t.typname,
-              (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid)) AS sql
+              (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+                 FROM pg_enum e WHERE e.enumtypid = t.oid)) AS sql
   FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
  WHERE t.typtype = 'e' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
 UNION ALL
 SELECT 'sequence', format('%I.%I', n.nspname, c.relname), '',
        format('CREATE SEQUENCE IF NOT EXISTS %I.%I AS %s INCREMENT %s MINVALUE %s MAXVALUE %s START %s CACHE %s%s',
-              n.nspname, c.relname, format_type(s.seqtypid, NULL), s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache,
+              n.nspname, c.relname, format_type(s.seqtypid, NULL),
+              s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache,
               CASE WHEN s.seqcycle THEN ' CYCLE' ELSE '' END)
   FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
-   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'i')
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'i')
 UNION ALL
-SELECT 'index', format('%I.%I', n.nspname, ic.relname), format('%I.%I', n.nspname, tc.relname), pg_get_indexdef(i.indexrelid)
+SELECT 'index', format('%I.%I', n.nspname, ic.relname), format('%I.%I', n.nspname, tc.relname),
+       pg_get_indexdef(i.indexrelid)
   FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class tc ON tc.oid = i.indrelid
   JOIN pg_namespace n ON n.oid = tc.relnamespace
- WHERE NOT i.indisprimary AND tc.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
+ WHERE NOT i.indisprimary AND tc.relkind = 'r'
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
    AND n.nspname NOT LIKE 'pg\\_toast%'
    AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('u', 'p', 'x'))
 UNION ALL
 SELECT 'constraint', format('%I.%I', n.nspname, k.conname), format('%I.%I', n.nspname, tc.relname),
        format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s', n.nspname, tc.relname, k.conname, pg_get_constraintdef(k.oid))
   FROM pg_constraint k JOIN pg_class tc ON tc.oid = k.conrelid JOIN pg_namespace n ON n.oid = tc.relnamespace
- WHERE k.contype IN ('u', 'f') AND tc.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
+ WHERE k.contype IN ('u', 'f') AND tc.relkind = 'r'
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', '${OWN_SCHEMA}')
 ORDER BY 1, 2`
 
 export async function readTables(client: pg.Client): Promise<PgTable[]> {
@@ -367,14 +384,19 @@ export function pgUpsertSql(def: TableDef, row: Value[]): string {
   if (def.key.length && row.some(isUnchanged)) {
     const set = def.columns.map((c, i) => ({ c, i })).filter(({ i }) => !isUnchanged(row[i]) && !def.key.includes(i))
     const where = def.key.map((i) => `${cols[i]} = ${literal(row[i], def.columns[i].type)}`).join(' AND ')
-    return `UPDATE ${def.name} SET ${set.map(({ c, i }) => `${cols[i]} = ${literal(row[i], c.type)}`).join(', ')} WHERE ${where};`
+    return (
+      `UPDATE ${def.name} SET ` +
+      `${set.map(({ c, i }) => `${cols[i]} = ${literal(row[i], c.type)}`).join(', ')} WHERE ${where};`
+    )
   }
   const always = [...columnFeeds(def).values()].includes('always')
   const values = row.map((v, i) => literal(v, def.columns[i].type)).join(', ')
   let sql = `INSERT INTO ${def.name} (${cols.join(', ')})${always ? ' OVERRIDING SYSTEM VALUE' : ''} VALUES (${values})`
   if (def.key.length) {
     const rest = def.columns.map((_, i) => i).filter((i) => !def.key.includes(i))
-    sql += ` ON CONFLICT (${def.key.map((i) => cols[i]).join(', ')}) DO ${rest.length ? `UPDATE SET ${rest.map((i) => `${cols[i]} = EXCLUDED.${cols[i]}`).join(', ')}` : 'NOTHING'}`
+    sql +=
+      ` ON CONFLICT (${def.key.map((i) => cols[i]).join(', ')}) DO ` +
+      `${rest.length ? `UPDATE SET ${rest.map((i) => `${cols[i]} = EXCLUDED.${cols[i]}`).join(', ')}` : 'NOTHING'}`
   }
   return `${sql};`
 }
@@ -494,7 +516,11 @@ export async function ensureIdentityFull(client: pg.Client): Promise<string | nu
     await client.query(IDENTITY_TRIGGER_SQL)
     return null
   } catch (err) {
-    return `cannot install the event trigger that gives new tables without a primary key REPLICA IDENTITY FULL (${(err as Error).message}): until the node sees such a table, PostgreSQL refuses UPDATE and DELETE on it. Create tables with a primary key, or run mesh init as a superuser.`
+    return (
+      `cannot install the event trigger that gives new tables without a primary key REPLICA IDENTITY FULL ` +
+      `(${(err as Error).message}): until the node sees such a table, PostgreSQL refuses UPDATE and DELETE ` +
+      `on it. Create tables with a primary key, or run mesh init as a superuser.`
+    )
   }
 }
 
@@ -504,7 +530,8 @@ CREATE OR REPLACE FUNCTION ${OWN_SCHEMA}.identity_full() RETURNS event_trigger L
 DECLARE r record;
 BEGIN
   FOR r IN SELECT c.oid::regclass AS t FROM pg_event_trigger_ddl_commands() d JOIN pg_class c ON c.oid = d.objid
-            WHERE d.classid = 'pg_class'::regclass AND c.relkind = 'r' AND c.relpersistence = 'p' AND c.relreplident = 'd'
+            WHERE d.classid = 'pg_class'::regclass AND c.relkind = 'r' AND c.relpersistence = 'p'
+              AND c.relreplident = 'd'
               AND c.relnamespace::regnamespace::text <> '${OWN_SCHEMA}'
               AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) LOOP
     EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.t);
@@ -529,7 +556,8 @@ export async function digestPgTables(db: Client, tables: TableDef[]): Promise<{ 
   for (const t of [...tables].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
     const cols = t.columns.map((c) => quoteIdent(c.name)).join(', ')
     const r = await db.query(
-      `SELECT count(*)::text AS n, ${half(1)} AS a, ${half(17)} AS b FROM (SELECT encode(sha256(textsend(ROW(${cols})::text)), 'hex') AS h FROM ONLY ${t.name}) s`
+      `SELECT count(*)::text AS n, ${half(1)} AS a, ${half(17)} AS b FROM (SELECT ` +
+        `encode(sha256(textsend(ROW(${cols})::text)), 'hex') AS h FROM ONLY ${t.name}) s`
     )
     const { n, a, b } = r.rows[0] as { n: string; a: string; b: string }
     h.update(`table ${t.name} ${n} ${a} ${b}\n`)

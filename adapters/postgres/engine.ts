@@ -81,7 +81,8 @@ async function dropSlots(client: Client, dataset: string): Promise<void> {
     `a replication slot of this dataset is still in use; it keeps WAL until it is dropped`,
     {
       hint:
-        'Find who reads it (SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = current_database()) ' +
+        'Find who reads it (SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = ' +
+        'current_database()) ' +
         'and drop it with pg_drop_replication_slot.'
     }
   )
@@ -123,7 +124,8 @@ async function setUpLogical(client: Client, where: string, dataset: string): Pro
     warnings.push(
       `max_slot_wal_keep_size is unlimited: while this site's node is off, the slot ${name} keeps every WAL file on ` +
         `the database server's disk. Set a ceiling (ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT ` +
-        `pg_reload_conf();); if it is ever reached, the node copies the whole database again instead of filling the disk.`
+        `pg_reload_conf();); if it is ever reached, the node copies the whole database again instead of ` +
+        `filling the disk.`
     )
   }
   return warnings
@@ -227,7 +229,8 @@ export const postgresEngine: Engine = {
   replicaLocation(info, place) {
     if (!place.server) {
       throw MeshError.NO_REPLICA_SERVER(
-        `${info.name} is a PostgreSQL dataset and this site has no PostgreSQL server for replicas: its log is kept here, but no warm copy is built`
+        `${info.name} is a PostgreSQL dataset and this site has no PostgreSQL server for replicas: its ` +
+          `log is kept here, but no warm copy is built`
       )
     }
     return pgReplicaUrl(place.server, info)
@@ -295,7 +298,8 @@ export const postgresEngine: Engine = {
     await withClient(to, 'cannot connect to the database to restore into', async (client) => {
       const r = await client.query(
         `SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'`
+          WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+            AND n.nspname NOT LIKE 'pg\\_%'`
       )
       if (Number(r.rows[0].n) > 0) {
         throw MeshError.USAGE(`${redactUrl(to)} already holds tables`, {

@@ -58,7 +58,8 @@ const TRUNCATE_TRIGGER = 'zz_mesh_capture_truncate'
 
 const INSTALL_SQL = `
 CREATE SCHEMA IF NOT EXISTS ${OWN_SCHEMA};
-CREATE TABLE IF NOT EXISTS ${OWN_SCHEMA}.changes (seq bigserial PRIMARY KEY, xid xid8 NOT NULL DEFAULT pg_current_xact_id(), tbl oid NOT NULL, key text[]);
+CREATE TABLE IF NOT EXISTS ${OWN_SCHEMA}.changes (seq bigserial PRIMARY KEY,
+  xid xid8 NOT NULL DEFAULT pg_current_xact_id(), tbl oid NOT NULL, key text[]);
 CREATE OR REPLACE FUNCTION ${FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $f$
 DECLARE
   r jsonb;
@@ -171,10 +172,12 @@ export class PostgresTriggerCapture implements CaptureSide {
           const args = t.pk.map(quoteLiteral).join(', ')
           await db.query(`BEGIN`)
           await db.query(
-            `CREATE TRIGGER ${TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON ${t.name} FOR EACH ROW EXECUTE FUNCTION ${FUNCTION}(${args})`
+            `CREATE TRIGGER ${TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON ${t.name} FOR EACH ROW ` +
+              `EXECUTE FUNCTION ${FUNCTION}(${args})`
           )
           await db.query(
-            `CREATE TRIGGER ${TRUNCATE_TRIGGER} AFTER TRUNCATE ON ${t.name} FOR EACH STATEMENT EXECUTE FUNCTION ${TRUNCATE_FUNCTION}()`
+            `CREATE TRIGGER ${TRUNCATE_TRIGGER} AFTER TRUNCATE ON ${t.name} FOR EACH STATEMENT EXECUTE ` +
+              `FUNCTION ${TRUNCATE_FUNCTION}()`
           )
           await db.query(`COMMIT`)
           fresh.push(t.oid)
@@ -256,7 +259,8 @@ export class PostgresTriggerCapture implements CaptureSide {
       await this.loadCatalog(db)
       const changed = await db.query(
         // Every change row this snapshot sees: ack() deletes exactly those.
-        `SELECT tbl::int8 AS tbl, key FROM (SELECT DISTINCT ON (tbl, key) tbl, key, seq FROM ${OWN_SCHEMA}.changes ORDER BY tbl, key, seq) c ORDER BY seq`
+        `SELECT tbl::int8 AS tbl, key FROM (SELECT DISTINCT ON (tbl, key) tbl, key, seq FROM ` +
+          `${OWN_SCHEMA}.changes ORDER BY tbl, key, seq) c ORDER BY seq`
       )
       const schemaChanged = this.fingerprint() !== this.sent
       const resend = [...this.resend].filter((oid) => this.tables.has(oid))
@@ -279,7 +283,9 @@ export class PostgresTriggerCapture implements CaptureSide {
         const args = def.key.map((_, j) => `$${j + 1}::text[]`).join(', ')
         const casts = def.key.map((i, j) => `u.k${j}::${def.columns[i].type}`).join(', ')
         const found = await db.query({
-          text: `SELECT ${cols.join(', ')} FROM ONLY ${def.name} WHERE (${keyCols.join(', ')}) IN (SELECT ${casts} FROM unnest(${args}) AS u(${def.key.map((_, j) => `k${j}`).join(', ')}))`,
+          text:
+            `SELECT ${cols.join(', ')} FROM ONLY ${def.name} WHERE (${keyCols.join(', ')}) IN (SELECT ` +
+            `${casts} FROM unnest(${args}) AS u(${def.key.map((_, j) => `k${j}`).join(', ')}))`,
           values: def.key.map((_, j) => keys.map((k) => k[j])),
           rowMode: 'array'
         })

@@ -62,7 +62,9 @@ async function compareTable(mine: Client, truth: Client, t: TableDef): Promise<T
   // Keyed: [order, row hash, key columns' text...]; no key: [row hash].
   const keyCols = t.key.map((i) => cols[i])
   const sql = t.key.length
-    ? `SELECT md5(ROW(${keyCols.join(', ')})::text), ${hash}, ${keyCols.map((k) => `${k}::text`).join(', ')} FROM ONLY ${t.name} ORDER BY 1, ROW(${keyCols.join(', ')})::text COLLATE "C"`
+    ? `SELECT md5(ROW(${keyCols.join(', ')})::text), ${hash}, ` +
+      `${keyCols.map((k) => `${k}::text`).join(', ')} FROM ONLY ${t.name} ORDER BY 1, ` +
+      `ROW(${keyCols.join(', ')})::text COLLATE "C"`
     : `SELECT ${hash} FROM ONLY ${t.name} ORDER BY 1`
   const a = rows(mine, sql)
   const b = rows(truth, sql)
@@ -176,12 +178,14 @@ export async function mendPgDatabase(mine: string, truth: string, diffs: TableDi
 async function mendTable(a: Client, b: Client, t: TableDef): Promise<void> {
   const cols = t.columns.map((c) => quoteIdent(c.name))
   const unnest = (n: number, name: string) =>
-    `unnest(${Array.from({ length: n }, (_, j) => `$${j + 1}::text[]`).join(', ')}) AS u(${Array.from({ length: n }, (_, j) => `${name}${j}`).join(', ')})`
+    `unnest(${Array.from({ length: n }, (_, j) => `$${j + 1}::text[]`).join(', ')}) AS ` +
+    `u(${Array.from({ length: n }, (_, j) => `${name}${j}`).join(', ')})`
   const insert = async (list: string[][]) => {
     for (let i = 0; i < list.length; i += BATCH) {
       const part = list.slice(i, i + BATCH)
       await a.query(
-        `INSERT INTO ${t.name} (${cols.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${t.columns.map((c, j) => `u.v${j}::${c.type}`).join(', ')} FROM ${unnest(cols.length, 'v')}`,
+        `INSERT INTO ${t.name} (${cols.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ` +
+          `${t.columns.map((c, j) => `u.v${j}::${c.type}`).join(', ')} FROM ${unnest(cols.length, 'v')}`,
         cols.map((_, j) => part.map((r) => r[j]))
       )
     }
@@ -204,7 +208,9 @@ async function mendTable(a: Client, b: Client, t: TableDef): Promise<void> {
   const c = await compareTable(a, b, t)
   const keyCols = t.key.map((i) => cols[i])
   const keyIn = (keys: string[][]) => ({
-    sql: `(${keyCols.join(', ')}) IN (SELECT ${t.key.map((i, j) => `u.k${j}::${t.columns[i].type}`).join(', ')} FROM ${unnest(t.key.length, 'k')})`,
+    sql:
+      `(${keyCols.join(', ')}) IN (SELECT ` +
+      `${t.key.map((i, j) => `u.k${j}::${t.columns[i].type}`).join(', ')} FROM ${unnest(t.key.length, 'k')})`,
     values: t.key.map((_, j) => keys.map((k) => k[j]))
   })
   const wrong = [...c.extra, ...c.changed]

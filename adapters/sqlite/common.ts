@@ -29,7 +29,8 @@ export function guardTriggersSql(id: number, table: string): string[] {
   const message = 'branchmesh: this database is a replica; write at the origin (mesh status names it)'
   return (['INSERT', 'UPDATE', 'DELETE'] as const).map(
     (op) =>
-      `CREATE TRIGGER IF NOT EXISTS ${quote(`${GUARD_TRIGGER}${id}_${op.toLowerCase()}`)} BEFORE ${op} ON ${quote(table)} ` +
+      `CREATE TRIGGER IF NOT EXISTS ${quote(`${GUARD_TRIGGER}${id}_${op.toLowerCase()}`)} BEFORE ${op} ` +
+      `ON ${quote(table)} ` +
       `WHEN ${GUARD_FUNCTION}() BEGIN SELECT RAISE(ABORT, '${message}'); END`
   )
 }
@@ -219,7 +220,8 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
 export function readObjects(db: DB, tableNames: Set<string>): SchemaObject[] {
   const rows = db
     .prepare(
-      "SELECT type, name, tbl_name AS tbl, sql FROM main.sqlite_schema WHERE type IN ('index', 'view', 'trigger') AND sql IS NOT NULL ORDER BY type, name"
+      "SELECT type, name, tbl_name AS tbl, sql FROM main.sqlite_schema WHERE type IN ('index', 'view', " +
+        "'trigger') AND sql IS NOT NULL ORDER BY type, name"
     )
     .all() as Array<{ type: 'index' | 'view' | 'trigger'; name: string; tbl: string; sql: string }>
   return rows

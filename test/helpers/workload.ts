@@ -11,11 +11,13 @@ import type { TestContext } from './teardown.ts'
 
 export { prng }
 
-export const SCHEMA = `
+export const SCHEMA =
+  `
   CREATE TABLE IF NOT EXISTS accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
   CREATE TABLE IF NOT EXISTS events (serial INTEGER PRIMARY KEY, at REAL, note TEXT);
   CREATE TABLE IF NOT EXISTS items (sku TEXT PRIMARY KEY, qty INTEGER, price REAL, img BLOB);
-  CREATE TABLE IF NOT EXISTS lines (order_id INTEGER, line INTEGER, sku TEXT, qty INTEGER, PRIMARY KEY (order_id, line));
+  CREATE TABLE IF NOT EXISTS lines (order_id INTEGER, line INTEGER, sku TEXT, qty INTEGER, ` +
+  `PRIMARY KEY (order_id, line));
   CREATE TABLE IF NOT EXISTS tags (tag TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS notes (body TEXT, weight REAL);
 `

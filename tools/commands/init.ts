@@ -18,7 +18,10 @@ import {
 import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE, type SiteConfig } from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
-export const usage = `mesh init --dir DIR --site NAME (--sqlite PATH | --postgres URL) [--capture triggers] [--dataset NAME] [--replica-postgres URL] [--bootstrap HOST:PORT[,...]]
+export const usage =
+  `mesh init --dir DIR --site NAME (--sqlite PATH | --postgres URL) ` +
+  `[--capture triggers] [--dataset NAME] [--replica-postgres URL] ` +
+  `[--bootstrap HOST:PORT[,...]]
 
 Starts a new mesh with this site as its first member, protecting one database.
   --site NAME      this site's name, e.g. shop-north

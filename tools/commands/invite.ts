@@ -31,7 +31,8 @@ export const command: Command = {
     out(`Join code made by ${cfg.site}, valid once until ${new Date(invite.expiresAt * 1000).toISOString()}.`)
     out('At the new site, run:')
     out(
-      `  mesh join CODE --dir DIR --site NAME --sqlite PATH${cfg.bootstrap ? ` --bootstrap ${cfg.bootstrap.join(',')}` : ''}`
+      `  mesh join CODE --dir DIR --site NAME --sqlite ` +
+        `PATH${cfg.bootstrap ? ` --bootstrap ${cfg.bootstrap.join(',')}` : ''}`
     )
     if (!running) out(`The node here is not running: start it (mesh start --dir ${dir}) before the code is used.`)
     out('Keep the code secret: whoever has it can join until it is used or expires.')

@@ -4,7 +4,9 @@ import { networkOptions, writeConfig, CONFIG_FILE } from '../config.ts'
 import { out, parse, parseDuration, type Command } from './common.ts'
 import { newSite, shownSource, SITE_OPTIONS } from './init.ts'
 
-export const usage = `mesh join CODE --dir DIR --site NAME (--sqlite PATH | --postgres URL) [--capture triggers] [--dataset NAME] [--replica-postgres URL] [--bootstrap HOST:PORT[,...]] [--timeout 60s]
+export const usage =
+  `mesh join CODE --dir DIR --site NAME (--sqlite PATH | --postgres URL) [--capture triggers] [--dataset NAME] ` +
+  `[--replica-postgres URL] [--bootstrap HOST:PORT[,...]] [--timeout 60s]
 
 Adds this site to a mesh with a join code from \`mesh invite\`, protecting one database (see mesh init for
 --sqlite, --postgres, --capture and --replica-postgres). The inviting site's node must be running.

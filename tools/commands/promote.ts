@@ -58,7 +58,8 @@ export const command: Command = {
       return 0
     }
     out(
-      `${p.dataset}: this site is now the origin (epoch ${p.epoch}), continuing from entry ${p.branch} of ${p.previousOrigin}'s log${p.forced ? ' (forced)' : ''}.`
+      `${p.dataset}: this site is now the origin (epoch ${p.epoch}), continuing from entry ${p.branch} ` +
+        `of ${p.previousOrigin}'s log${p.forced ? ' (forced)' : ''}.`
     )
     out(`Every other site follows it now; ${p.previousOrigin} is fenced when it comes back.`)
     out('')

@@ -125,7 +125,8 @@ export const command: Command = {
         await engineFor(head.engine).checkRestoreTarget(to)
         const damaged = (_head: unknown, file: string) =>
           process.stderr.write(
-            `mesh: the snapshot ${file} changed on disk since it was written: set aside as ${file}.damaged, an older one is used (check the disk)\n`
+            `mesh: the snapshot ${file} changed on disk since it was written: set aside as ` +
+              `${file}.damaged, an older one is used (check the disk)\n`
           )
         const off = await offlineHistory(dir, { onDamaged: damaged })
         try {
@@ -144,7 +145,9 @@ export const command: Command = {
     const when = result.time === null ? '' : ` (last change committed ${new Date(result.time).toISOString()})`
     const from = result.from > 0 ? `from the snapshot at position ${result.from}` : 'from the start of the history'
     out(
-      `Restored ${result.dataset} as it was at position ${result.seq}${when} into ${engineFor(result.engine).shown(result.to)} in ${(result.ms / 1000).toFixed(1)} s (replayed ${from}).`
+      `Restored ${result.dataset} as it was at position ${result.seq}${when} into ` +
+        `${engineFor(result.engine).shown(result.to)} in ${(result.ms / 1000).toFixed(1)} s (replayed ` +
+        `${from}).`
     )
     return 0
   }

@@ -40,7 +40,8 @@ export function formatStatus(s: SiteStatus): string {
   const lines: string[] = []
   const connected = s.members.filter((m) => m.connected).length
   lines.push(
-    `${s.verdict}: ${s.site} (node ${s.running ? 'running' : 'NOT running'}; ${s.members.length} members, ${connected} connected now)`
+    `${s.verdict}: ${s.site} (node ${s.running ? 'running' : 'NOT running'}; ${s.members.length} ` +
+      `members, ${connected} connected now)`
   )
   for (const r of s.reasons) lines.push(`  ${r.level}: ${r.text}`)
   lines.push('')
@@ -49,7 +50,9 @@ export function formatStatus(s: SiteStatus): string {
   for (const d of s.datasets) {
     const others = d.holders.filter((h) => h.role === 'replica').length
     lines.push(
-      `  ${d.name}  origin ${d.originSite}, epoch ${d.epoch}: ${d.length} entries, ${bytes(d.bytes)}, last write ${ago(d.lastWriteAt, now)}; latest write held by ${d.heldBy} of ${others} other site${others === 1 ? '' : 's'}`
+      `  ${d.name}  origin ${d.originSite}, epoch ${d.epoch}: ${d.length} entries, ${bytes(d.bytes)}, ` +
+        `last write ${ago(d.lastWriteAt, now)}; latest write held by ${d.heldBy} of ${others} other ` +
+        `site${others === 1 ? '' : 's'}`
     )
     for (const h of d.holders) {
       const pos = h.applied === null ? 'holds nothing yet' : `downloaded ${h.downloaded}, applied ${h.applied}`
@@ -71,32 +74,42 @@ export function formatStatus(s: SiteStatus): string {
     }
     if (d.checkpoint) {
       lines.push(
-        `    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at position ${d.checkpoint.seq} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`
+        `    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at ` +
+          `position ${d.checkpoint.seq} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`
       )
     }
     if (d.verified) {
       lines.push(
-        `    mesh verify: ${d.verified.ok ? (d.verified.repaired ? 'repaired' : 'equal to the log') : 'DIFFERS from the log'} at position ${d.verified.seq}, ${ago(d.verified.at, now)}`
+        `    mesh verify: ` +
+          `${d.verified.ok ? (d.verified.repaired ? 'repaired' : 'equal to the log') : 'DIFFERS from the log'} ` +
+          `at position ${d.verified.seq}, ${ago(d.verified.at, now)}`
       )
     }
     if (d.proven?.differs != null) {
       lines.push(
-        `    parted from the log between position ${d.proven.equal ?? 0} (last proven equal${d.proven.equal === null ? ': never, so from the start' : ''}) and position ${d.proven.differs} (first seen to differ)`
+        `    parted from the log between position ${d.proven.equal ?? 0} (last proven ` +
+          `equal${d.proven.equal === null ? ': never, so from the start' : ''}) and position ` +
+          `${d.proven.differs} (first seen to differ)`
       )
     }
     for (const x of d.damage ?? []) {
       lines.push(
-        `    mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ${ago(x.at, now)} (the state before it: mesh restore ${d.name} --seq ${x.seq} --to FILE)`
+        `    mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ` +
+          `${ago(x.at, now)} (the state before it: mesh restore ${d.name} --seq ${x.seq} --to FILE)`
       )
     }
     if (d.wal) {
       lines.push(
-        `    WAL kept by its slot on the database server: ${bytes(d.wal.retainedBytes)}${d.wal.limitBytes === null ? ' (no ceiling)' : ` of ${bytes(d.wal.limitBytes)} allowed`}, ${d.wal.status}`
+        `    WAL kept by its slot on the database server: ` +
+          `${bytes(d.wal.retainedBytes)}` +
+          `${d.wal.limitBytes === null ? ' (no ceiling)' : ` of ${bytes(d.wal.limitBytes)} allowed`}, ` +
+          `${d.wal.status}`
       )
     }
     for (const x of d.divergences) {
       lines.push(
-        `    divergence: ${x.changes} change(s) made here in epoch ${x.epoch}, superseded by epoch ${x.fencedBy} ${ago(x.at, now)}: ${x.dir}`
+        `    divergence: ${x.changes} change(s) made here in epoch ${x.epoch}, superseded by epoch ` +
+          `${x.fencedBy} ${ago(x.at, now)}: ${x.dir}`
       )
     }
   }

@@ -42,7 +42,9 @@ transaction; applying then goes on. Exit 0 when the copy matches the log afterwa
           out(`  ${t.table}: ${t.missing} missing, ${t.extra} extra, ${t.changed} changed; keys ${t.keys.join('; ')}`)
         if (v.parted) {
           out(
-            `  it parted from the log after position ${v.parted.lastEqual ?? 0} (${v.parted.lastEqual === null ? 'never proven equal' : 'the last checkpoint or verify it matched'}) and by position ${v.parted.firstDiffers} (the first that showed it)`
+            `  it parted from the log after position ${v.parted.lastEqual ?? 0} ` +
+              `(${v.parted.lastEqual === null ? 'never proven equal' : 'the last checkpoint or verify it matched'}) ` +
+              `and by position ${v.parted.firstDiffers} (the first that showed it)`
           )
         }
         out(
