@@ -28,9 +28,12 @@ export function unitFits(
       sameBytes(h.parent.key, applied.log) &&
       h.parent.length === applied.length
     if (!continues) {
-      throw MeshError.LOG_MISMATCH(`the replica follows log ${Buffer.from(applied.log).toString('hex').slice(0, 16)}… at ${applied.length}, and this log does not continue from there`, {
-        context: { ...where, applied: applied.length }
-      })
+      throw MeshError.LOG_MISMATCH(
+        `the replica follows log ${Buffer.from(applied.log).toString('hex').slice(0, 16)}… at ${applied.length}, and this log does not continue from there`,
+        {
+          context: { ...where, applied: applied.length }
+        }
+      )
     }
     return 'apply'
   }
@@ -71,9 +74,18 @@ export function guardCountLimit(total: number, g: DamageGuard): number {
 }
 
 /** Checks a log header against the replica; returns the dataset it belongs to. */
-export function headerFits(entry: HeaderEntry, engine: string, engineName: string, want: string | null, position: AppliedPosition): string {
-  if (entry.engine !== engine) throw MeshError.BAD_LOG(`log of a ${entry.engine} dataset cannot be applied to a ${engineName} replica`)
-  if (want !== null && want !== entry.dataset) throw MeshError.LOG_MISMATCH(`the log is of dataset ${entry.dataset}, the replica of ${want}`)
-  if (entry.epoch !== position.epoch) throw MeshError.BAD_LOG(`header epoch ${entry.epoch} but position epoch ${position.epoch}`)
+export function headerFits(
+  entry: HeaderEntry,
+  engine: string,
+  engineName: string,
+  want: string | null,
+  position: AppliedPosition
+): string {
+  if (entry.engine !== engine)
+    throw MeshError.BAD_LOG(`log of a ${entry.engine} dataset cannot be applied to a ${engineName} replica`)
+  if (want !== null && want !== entry.dataset)
+    throw MeshError.LOG_MISMATCH(`the log is of dataset ${entry.dataset}, the replica of ${want}`)
+  if (entry.epoch !== position.epoch)
+    throw MeshError.BAD_LOG(`header epoch ${entry.epoch} but position epoch ${position.epoch}`)
   return entry.dataset
 }

@@ -34,4 +34,4 @@ if (mode === 'capture') {
 }
 const seconds = Number(process.hrtime.bigint() - t0) / 1e9
 // maxRSS is in kilobytes: the process's peak resident set, all of its life.
-process.stdout.write(JSON.stringify({ rows, seconds, peakRss: process.resourceUsage().maxRSS * 1024 }) + '\n')
+process.stdout.write(`${JSON.stringify({ rows, seconds, peakRss: process.resourceUsage().maxRSS * 1024 })}\n`)

@@ -27,7 +27,7 @@ function insert(file: string, rows: number): number {
   const ins = db.prepare('INSERT INTO orders (customer, amount, note) VALUES (?, ?, ?)')
   const t0 = process.hrtime.bigint()
   db.transaction(() => {
-    for (let i = 0; i < rows; i++) ins.run('customer ' + (i % 5000), i * 0.25, 'x'.repeat(40))
+    for (let i = 0; i < rows; i++) ins.run(`customer ${i % 5000}`, i * 0.25, 'x'.repeat(40))
   })()
   const rate = rows / (Number(process.hrtime.bigint() - t0) / 1e9)
   db.close()
@@ -102,5 +102,5 @@ export function bigRowsArg(argv: string[]): number[] | undefined {
 }
 
 if (process.argv[1] === import.meta.filename) {
-  await bigBench({ say: (s) => process.stdout.write(s + '\n'), rows: bigRowsArg(process.argv) })
+  await bigBench({ say: (s) => process.stdout.write(`${s}\n`), rows: bigRowsArg(process.argv) })
 }

@@ -21,7 +21,7 @@ import { guardBench } from './guard.ts'
 
 const json = process.argv.includes('--json')
 const say = (s: string) => {
-  if (!json) process.stdout.write(s + '\n')
+  if (!json) process.stdout.write(`${s}\n`)
 }
 
 function fresh(dir: string, name: string): Database.Database {
@@ -36,7 +36,7 @@ function bulk(db: Database.Database, rows: number): number {
   const ins = db.prepare('INSERT INTO orders (customer, amount, note) VALUES (?, ?, ?)')
   const t0 = process.hrtime.bigint()
   db.transaction(() => {
-    for (let i = 0; i < rows; i++) ins.run('customer ' + (i % 5000), i * 0.25, 'x'.repeat(40))
+    for (let i = 0; i < rows; i++) ins.run(`customer ${i % 5000}`, i * 0.25, 'x'.repeat(40))
   })()
   return rows / (Number(process.hrtime.bigint() - t0) / 1e9)
 }
@@ -90,8 +90,12 @@ try {
   const rawBulk = median(raw)
   const trigBulk = median(trig)
   say(`SQLite capture overhead (anchor: raw SQLite, WAL, synchronous=FULL, median of ${runs})`)
-  say(`  bulk insert, ${ROWS} rows in one transaction: raw ${Math.round(rawBulk)} rows/s, with capture ${Math.round(trigBulk)} rows/s, overhead ${(rawBulk / trigBulk).toFixed(2)}x (aim <= 1.3x)`)
-  say(`  one row per transaction: raw ${Math.round(median(raw1))} tx/s, with capture ${Math.round(median(trig1))} tx/s, overhead ${(median(raw1) / median(trig1)).toFixed(2)}x (aim ~1.0x)`)
+  say(
+    `  bulk insert, ${ROWS} rows in one transaction: raw ${Math.round(rawBulk)} rows/s, with capture ${Math.round(trigBulk)} rows/s, overhead ${(rawBulk / trigBulk).toFixed(2)}x (aim <= 1.3x)`
+  )
+  say(
+    `  one row per transaction: raw ${Math.round(median(raw1))} tx/s, with capture ${Math.round(median(trig1))} tx/s, overhead ${(median(raw1) / median(trig1)).toFixed(2)}x (aim ~1.0x)`
+  )
 
   // End to end: bulk writes through capture -> log -> replication -> apply.
   const origin = fresh(dir, 'e2e-origin.db')
@@ -102,7 +106,9 @@ try {
   await p.settle()
   const e2eSecs = Number(process.hrtime.bigint() - t0) / 1e9
   const e2e = E2E / e2eSecs
-  say(`end to end, ${E2E} rows in one transaction, commit -> applied at the replica: ${Math.round(e2e)} rows/s (${(rawBulk / e2e).toFixed(2)}x slower than raw insert; aim >= 150000 rows/s)`)
+  say(
+    `end to end, ${E2E} rows in one transaction, commit -> applied at the replica: ${Math.round(e2e)} rows/s (${(rawBulk / e2e).toFixed(2)}x slower than raw insert; aim >= 150000 rows/s)`
+  )
 
   // Trickle: one small transaction every 10 ms, commit -> applied latency.
   const reader = new Database(path.join(dir, 'replica.db'), { readonly: true })
@@ -129,7 +135,9 @@ try {
   }
   await p.settle()
   await new Promise((r) => setTimeout(r, 100))
-  say(`trickle, ${TRICKLE} one-row transactions 10 ms apart, commit -> applied: p50 ${median(lat).toFixed(1)} ms, p99 ${pct(lat, 99).toFixed(1)} ms (${lat.length} measured)`)
+  say(
+    `trickle, ${TRICKLE} one-row transactions 10 ms apart, commit -> applied: p50 ${median(lat).toFixed(1)} ms, p99 ${pct(lat, 99).toFixed(1)} ms (${lat.length} measured)`
+  )
   reader.close()
   await p.close()
   origin.close()
@@ -148,7 +156,7 @@ try {
   const postgres = await pgBench({ json, say })
   if (json) {
     process.stdout.write(
-      JSON.stringify({
+      `${JSON.stringify({
         rawBulkRowsPerSec: Math.round(rawBulk),
         captureBulkRowsPerSec: Math.round(trigBulk),
         captureOverheadBulk: +(rawBulk / trigBulk).toFixed(3),
@@ -162,7 +170,7 @@ try {
         ...promote,
         ...restore,
         ...postgres
-      }) + '\n'
+      })}\n`
     )
   }
 } finally {

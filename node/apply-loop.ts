@@ -11,10 +11,9 @@
 import { EventEmitter } from 'node:events'
 import { MeshError, sameBytes, type Entry } from '../protocol/index.ts'
 import { locate, offsets, type ChainSegment, type Segment } from './chain.ts'
-import type { ApplySide, DamageAlert, Logger } from '../adapters/index.ts'
+import type { ApplySide, Logger } from '../adapters/index.ts'
 import { silentLogger, unitEnd } from '../adapters/index.ts'
 import { DEFAULT_UNIT_MEMORY, type DatasetLog } from './log.ts'
-
 
 export interface ApplyLoopOptions {
   segments: Segment[]
@@ -98,9 +97,12 @@ export class ApplyLoop extends EventEmitter {
     const pos = this.apply.position()
     const at = locate(this.segments, pos)
     if (at === null) {
-      throw MeshError.LOG_MISMATCH('the replica holds changes this dataset’s history does not (another log, or past the point where a newer epoch branched off)', {
-        context: { applied: pos?.length }
-      })
+      throw MeshError.LOG_MISMATCH(
+        'the replica holds changes this dataset’s history does not (another log, or past the point where a newer epoch branched off)',
+        {
+          context: { applied: pos?.length }
+        }
+      )
     }
     return at
   }
@@ -140,11 +142,15 @@ export class ApplyLoop extends EventEmitter {
       const unit = await seg.log.unit(next, { wait: false })
       if (unit === null) return n
       const length = unitEnd(unit)
-      if (seg.end !== null && length > seg.end) throw MeshError.BAD_LOG(`a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`)
+      if (seg.end !== null && length > seg.end)
+        throw MeshError.BAD_LOG(
+          `a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`
+        )
       if (next === 0) {
         const header = unit.entries[0]
         if (header.kind !== 'header') throw MeshError.BAD_LOG('the log does not start with a header')
-        if (header.epoch !== seg.epoch) throw MeshError.BAD_LOG(`the log of epoch ${seg.epoch} has a header for epoch ${header.epoch}`)
+        if (header.epoch !== seg.epoch)
+          throw MeshError.BAD_LOG(`the log of epoch ${seg.epoch} has a header for epoch ${header.epoch}`)
       }
       const treeHash = await seg.log.treeHash(length)
       await this.apply.apply(unit, { log: seg.log.key, epoch: seg.epoch, length, treeHash })
@@ -278,11 +284,18 @@ export class ApplyLoop extends EventEmitter {
  * Builds `apply`'s database as the dataset was at chain position `seq` (a unit boundary): replays the chain
  * from its start up to there. `progress` gets the blocks done and the blocks in all.
  */
-export async function replayTo(chain: ChainSegment[], seq: number, apply: ApplySide, opts: { logger?: Logger; progress?: (done: number, total: number) => void } = {}): Promise<void> {
+export async function replayTo(
+  chain: ChainSegment[],
+  seq: number,
+  apply: ApplySide,
+  opts: { logger?: Logger; progress?: (done: number, total: number) => void } = {}
+): Promise<void> {
   const { starts } = offsets(chain)
   let i = starts.length - 1
   while (i > 0 && starts[i] >= seq) i--
-  const segments = chain.slice(0, i + 1).map((s, j) => ({ log: s.log, epoch: s.epoch, end: j === i ? seq - starts[i] : s.end }))
+  const segments = chain
+    .slice(0, i + 1)
+    .map((s, j) => ({ log: s.log, epoch: s.epoch, end: j === i ? seq - starts[i] : s.end }))
   const loop = new ApplyLoop({ segments, apply, logger: opts.logger })
   loop.on('applied', (e: { length: number; epoch: number }) => {
     const k = segments.findIndex((s) => s.epoch === e.epoch)
@@ -294,6 +307,9 @@ export async function replayTo(chain: ChainSegment[], seq: number, apply: ApplyS
     const pos = apply.position()
     const last = segments[segments.length - 1]
     if (pos !== null && Buffer.from(pos.log).equals(Buffer.from(last.log.key)) && pos.length === last.end) return
-    if (n === 0) throw MeshError.REPLICA_NOT_READY('this site does not hold all of the history up to that point yet', { hint: 'Wait until `mesh status` shows the log downloaded here.' })
+    if (n === 0)
+      throw MeshError.REPLICA_NOT_READY('this site does not hold all of the history up to that point yet', {
+        hint: 'Wait until `mesh status` shows the log downloaded here.'
+      })
   }
 }

@@ -15,7 +15,7 @@ import {
   type TableChanges,
   type TransactionEntry
 } from '../protocol/index.ts'
-import type { CaptureSide, Logger } from '../adapters/index.ts'
+import type { CaptureBatch, CaptureSide, CaptureStream, Logger } from '../adapters/index.ts'
 import { silentLogger } from '../adapters/index.ts'
 import { DEFAULT_UNIT_MEMORY, type DatasetLog } from './log.ts'
 
@@ -59,7 +59,14 @@ export interface CaptureStats {
 }
 
 export class CaptureLoop extends EventEmitter {
-  readonly stats: CaptureStats = { units: 0, rows: 0, lastUnitAt: null, lastError: null, snapshotRows: 0, resnapshots: 0 }
+  readonly stats: CaptureStats = {
+    units: 0,
+    rows: 0,
+    lastUnitAt: null,
+    lastError: null,
+    snapshotRows: 0,
+    resnapshots: 0
+  }
   private readonly opts: CaptureLoopOptions
   private readonly logger: Logger
   private running = false
@@ -107,7 +114,8 @@ export class CaptureLoop extends EventEmitter {
       await this.resnapshot(err as MeshError)
     }
     // A log that ends in a checkpoint has one of this state already: none again until it grows.
-    if (log.length > 0 && (await log.peek(log.length - 1))?.kind === 'checkpoint') this.lastCheckpoint.length = log.length
+    if (log.length > 0 && (await log.peek(log.length - 1))?.kind === 'checkpoint')
+      this.lastCheckpoint.length = log.length
   }
 
   /**
@@ -217,7 +225,7 @@ export class CaptureLoop extends EventEmitter {
       return 1
     }
     if (capture.readStream) return this.stepInParts()
-    let batch
+    let batch: CaptureBatch | null
     try {
       batch = await capture.read()
     } catch (err) {
@@ -251,7 +259,7 @@ export class CaptureLoop extends EventEmitter {
     // memory at once, and V8 collects the garbage of the ones before lazily (bench/big.ts measured the peak RSS:
     // parts of 1/16 gave 330 MB for 2M rows, 1/64 255 MB, and went faster).
     const partBytes = Math.max(64 * 1024, Math.floor((this.opts.unitMemoryBytes ?? DEFAULT_UNIT_MEMORY) / 64))
-    let s
+    let s: CaptureStream | null
     try {
       s = await capture.readStream!(partBytes)
     } catch (err) {
@@ -301,7 +309,11 @@ export class CaptureLoop extends EventEmitter {
     const { capture, log } = this.opts
     const every = this.opts.checkpointMs ?? 600_000
     if (!capture.checkpoint || Date.now() < this.checkpointRetry.at) return
-    if (this.asked.length === 0 && (Date.now() - this.lastCheckpoint.at < every || log.length === this.lastCheckpoint.length)) return
+    if (
+      this.asked.length === 0 &&
+      (Date.now() - this.lastCheckpoint.at < every || log.length === this.lastCheckpoint.length)
+    )
+      return
     const d = await capture.checkpoint()
     if (d === null) {
       // Not quiet enough (a digest read while something committed is thrown away): wait longer each time.
@@ -323,7 +335,8 @@ export class CaptureLoop extends EventEmitter {
    */
   checkpointNow(timeoutMs: number): Promise<{ length: number; rows: number }> {
     if (!this.opts.capture.checkpoint) return Promise.reject(MeshError.USAGE('this capture cannot take checkpoints'))
-    if (!this.running) return Promise.reject(MeshError.NOT_RUNNING('capture is not running', { hint: 'mesh status says why.' }))
+    if (!this.running)
+      return Promise.reject(MeshError.NOT_RUNNING('capture is not running', { hint: 'mesh status says why.' }))
     this.checkpointRetry = { at: 0, wait: 0 }
     return new Promise((resolve, reject) => {
       const waiter = {
@@ -339,9 +352,12 @@ export class CaptureLoop extends EventEmitter {
       const timer = setTimeout(() => {
         this.asked = this.asked.filter((w) => w !== waiter)
         reject(
-          MeshError.REPLICA_BEHIND(`the database did not go quiet within ${Math.round(timeoutMs / 1000)} s, and a checkpoint is taken only then`, {
-            hint: 'Run the command again at a quieter moment; the periodic checkpoint is taken when it is idle.'
-          })
+          MeshError.REPLICA_BEHIND(
+            `the database did not go quiet within ${Math.round(timeoutMs / 1000)} s, and a checkpoint is taken only then`,
+            {
+              hint: 'Run the command again at a quieter moment; the periodic checkpoint is taken when it is idle.'
+            }
+          )
         )
       }, timeoutMs)
       this.asked.push(waiter)
@@ -394,6 +410,7 @@ export class CaptureLoop extends EventEmitter {
     this.running = false
     await this.loop
     this.loop = null
-    for (const a of this.asked.splice(0)) a.reject(MeshError.NOT_RUNNING('capture stopped before the checkpoint was taken'))
+    for (const a of this.asked.splice(0))
+      a.reject(MeshError.NOT_RUNNING('capture stopped before the checkpoint was taken'))
   }
 }

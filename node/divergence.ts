@@ -44,7 +44,7 @@ function jsonValue(v: Value): unknown {
 
 function record(cols: string[], values: Value[]): Record<string, unknown> {
   const o: Record<string, unknown> = {}
-  cols.forEach((c, i) => (o[c] = jsonValue(values[i])))
+  for (const [i, c] of cols.entries()) o[c] = jsonValue(values[i])
   return o
 }
 
@@ -112,19 +112,41 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
         if (def === undefined || sqlOf.internal(ch.table)) continue
         for (const key of ch.deletes) {
           changes++
-          json.push(JSON.stringify({ op: 'delete', block, time: time && new Date(time).toISOString(), table: def.name, key: record(sqlOf.keyColumns(def), key) }))
+          json.push(
+            JSON.stringify({
+              op: 'delete',
+              block,
+              time: time && new Date(time).toISOString(),
+              table: def.name,
+              key: record(sqlOf.keyColumns(def), key)
+            })
+          )
           lines.push(sqlOf.remove(def, key))
         }
         for (const row of ch.upserts) {
           changes++
-          json.push(JSON.stringify({ op: 'upsert', block, time: time && new Date(time).toISOString(), table: def.name, row: record(sqlOf.rowColumns(def), row) }))
+          json.push(
+            JSON.stringify({
+              op: 'upsert',
+              block,
+              time: time && new Date(time).toISOString(),
+              table: def.name,
+              row: record(sqlOf.rowColumns(def), row)
+            })
+          )
           lines.push(sqlOf.upsert(def, row))
         }
         if (ch.upserts.length > 0) written.set(def.name, def)
       }
     }
     if (lines.length > 0) {
-      sql.push(`-- log block ${block}${time ? `, committed ${new Date(time).toISOString()}` : ''}`, 'BEGIN;', ...lines, 'COMMIT;', '')
+      sql.push(
+        `-- log block ${block}${time ? `, committed ${new Date(time).toISOString()}` : ''}`,
+        'BEGIN;',
+        ...lines,
+        'COMMIT;',
+        ''
+      )
     }
   }
   const after = sqlOf.after?.([...written.values()]) ?? []
@@ -136,8 +158,8 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
     fs.fsyncSync(fd)
     fs.closeSync(fd)
   }
-  write('changes.jsonl', json.join('\n') + '\n')
-  write('changes.sql', sql.join('\n') + '\n')
+  write('changes.jsonl', `${json.join('\n')}\n`)
+  write('changes.sql', `${sql.join('\n')}\n`)
   write(
     'README.txt',
     [

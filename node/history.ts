@@ -35,7 +35,10 @@ export interface HistoryUnit {
  * Every unit of the chain in order, from chain position `from` on (units that start before it are skipped),
  * with the entries when `entries` is set. Reads only blocks this site holds.
  */
-export async function* walk(chain: ChainSegment[], opts: { from?: number; entries?: boolean } = {}): AsyncGenerator<{ unit: HistoryUnit; entries: Entry[] }> {
+export async function* walk(
+  chain: ChainSegment[],
+  opts: { from?: number; entries?: boolean } = {}
+): AsyncGenerator<{ unit: HistoryUnit; entries: Entry[] }> {
   const { starts } = offsets(chain)
   const tables = new Map<number, TableDef>()
   let copies = 0
@@ -44,7 +47,10 @@ export async function* walk(chain: ChainSegment[], opts: { from?: number; entrie
     const stop = seg.end ?? seg.log.length
     for (let b = 0; b < stop; ) {
       const u = await seg.log.unit(b, { wait: false })
-      if (u === null) throw MeshError.REPLICA_NOT_READY(`this site does not hold block ${b} of the epoch-${seg.epoch} log yet`, { hint: 'Wait until `mesh status` shows the log downloaded here, then run the command again.' })
+      if (u === null)
+        throw MeshError.REPLICA_NOT_READY(`this site does not hold block ${b} of the epoch-${seg.epoch} log yet`, {
+          hint: 'Wait until `mesh status` shows the log downloaded here, then run the command again.'
+        })
       const n = unitEnd(u) - b
       const first = u.entries[0] as Entry | undefined
       const counts = new Map<number, { upserts: number; deletes: number }>()
@@ -81,7 +87,10 @@ export async function* walk(chain: ChainSegment[], opts: { from?: number; entrie
         }
       }
       const kind = u.entries.find((e) => e.kind === 'transaction')?.kind ?? first?.kind ?? 'transaction'
-      const list = [...counts].map(([id, c]) => ({ table: tables.get(id)?.name ?? (id === 0 ? '(sequences)' : `#${id}`), ...c }))
+      const list = [...counts].map(([id, c]) => ({
+        table: tables.get(id)?.name ?? (id === 0 ? '(sequences)' : `#${id}`),
+        ...c
+      }))
       const unit: HistoryUnit = {
         seq: starts[i] + b,
         end: starts[i] + b + n,
@@ -135,7 +144,11 @@ class ChainPoints {
     while (i > 0 && this.starts[i] > q) i--
     const seg = this.chain[i]
     const p = await seg.log.peek(q - this.starts[i])
-    if (p === null) throw MeshError.REPLICA_NOT_READY(`this site does not hold block ${q - this.starts[i]} of the epoch-${seg.epoch} log yet`, { hint: 'Wait until `mesh status` shows the log downloaded here, then run the command again.' })
+    if (p === null)
+      throw MeshError.REPLICA_NOT_READY(
+        `this site does not hold block ${q - this.starts[i]} of the epoch-${seg.epoch} log yet`,
+        { hint: 'Wait until `mesh status` shows the log downloaded here, then run the command again.' }
+      )
     return p
   }
 
@@ -174,7 +187,10 @@ class ChainPoints {
  * chain, which holds while the origins' clocks do not go back (a clock set back, or a promoted site whose
  * clock is behind the old origin's, can make `--at` land up to that difference off; `--seq` is exact).
  */
-export async function restorePoint(chain: ChainSegment[], target: { seq?: number; at?: number }): Promise<{ seq: number; time: number | null }> {
+export async function restorePoint(
+  chain: ChainSegment[],
+  target: { seq?: number; at?: number }
+): Promise<{ seq: number; time: number | null }> {
   const c = new ChainPoints(chain)
   const notYet = () =>
     MeshError.REPLICA_NOT_READY(`this site holds the history only up to position ${c.length} of ${c.full} yet`, {
@@ -215,13 +231,18 @@ export function findDataset(datasets: DatasetInfo[], dataset: string): DatasetIn
   if (byId) return byId
   const byName = datasets.filter((d) => d.name === dataset)
   if (byName.length > 1) {
-    throw MeshError.UNKNOWN_DATASET(`${byName.length} datasets are named ${dataset}: ${byName.map((d) => `${d.id} (origin ${d.originSite})`).join(', ')}`, {
-      hint: 'Give the id instead of the name (mesh status --json lists them).'
-    })
+    throw MeshError.UNKNOWN_DATASET(
+      `${byName.length} datasets are named ${dataset}: ${byName.map((d) => `${d.id} (origin ${d.originSite})`).join(', ')}`,
+      {
+        hint: 'Give the id instead of the name (mesh status --json lists them).'
+      }
+    )
   }
   if (!byName[0]) {
     const known = datasets.map((d) => d.name)
-    throw MeshError.UNKNOWN_DATASET(`no dataset named ${dataset} in this mesh${known.length ? ` (it has ${known.join(', ')})` : ''}`)
+    throw MeshError.UNKNOWN_DATASET(
+      `no dataset named ${dataset} in this mesh${known.length ? ` (it has ${known.join(', ')})` : ''}`
+    )
   }
   return byName[0]
 }
@@ -273,7 +294,14 @@ export class History {
       if (units.length >= limit) break
       units.push(opts.full ? { ...unit, changes: entries.map(jsonEntry) } : unit)
     }
-    return { dataset: head.name, id: head.id, engine: head.engine, epoch: head.epoch, length: offsets(chain).length, units }
+    return {
+      dataset: head.name,
+      id: head.id,
+      engine: head.engine,
+      epoch: head.epoch,
+      length: offsets(chain).length,
+      units
+    }
   }
 
   /**
@@ -295,7 +323,9 @@ export class History {
     const where = engine.restoring(to)
     const snaps = this.snapshots
     const onDamaged = (file: string) => snaps?.onDamaged?.(head, file)
-    const from = snaps ? await seedFromSnapshot(snaps.dir, engine, head.id, where, chain, point.seq, snaps.inUse, onDamaged) : 0
+    const from = snaps
+      ? await seedFromSnapshot(snaps.dir, engine, head.id, where, chain, point.seq, snaps.inUse, onDamaged)
+      : 0
     const side = engine.openApply(where, { dataset: head.id, logger: this.logger, checkpoints: false })
     try {
       await replayTo(chain, point.seq, side, { logger: this.logger, progress: opts.progress })
@@ -303,7 +333,16 @@ export class History {
       await side.close()
     }
     await engine.finishRestore(to, { plain: opts.plain ?? true })
-    return { dataset: head.name, id: head.id, seq: point.seq, time: point.time, to, engine: head.engine, ms: Date.now() - started, from }
+    return {
+      dataset: head.name,
+      id: head.id,
+      seq: point.seq,
+      time: point.time,
+      to,
+      engine: head.engine,
+      ms: Date.now() - started,
+      from
+    }
   }
 }
 
@@ -331,7 +370,9 @@ export async function offlineHistory(
   } catch (err) {
     await store.close().catch(() => {})
     if (/could not be locked|resource temporarily unavailable/i.test((err as Error).message)) {
-      throw MeshError.NODE_RUNNING(`the node on ${dir} holds the log store; ask it instead`, { hint: 'Run the command again: it asks the running node.' })
+      throw MeshError.NODE_RUNNING(`the node on ${dir} holds the log store; ask it instead`, {
+        hint: 'Run the command again: it asks the running node.'
+      })
     }
     throw MeshError.wrap(err, MeshError.IO_ERROR, 'cannot open the log store')
   }

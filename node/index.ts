@@ -9,7 +9,15 @@ export type { RestoreJob } from './upkeep.ts'
 export { statusFromDisk } from './reports.ts'
 export { resolveChain, supersedes, locate, offsets, seqOf, type Segment, type ChainSegment } from './chain.ts'
 export { redeemJoinCode, type RedeemOptions } from './join.ts'
-export { History, findDataset, offlineHistory, restorePoint, walk, type HistoryUnit, type RestoreResult } from './history.ts'
+export {
+  History,
+  findDataset,
+  offlineHistory,
+  restorePoint,
+  walk,
+  type HistoryUnit,
+  type RestoreResult
+} from './history.ts'
 export {
   buildStatus,
   addWalHealth,

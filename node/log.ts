@@ -77,7 +77,11 @@ export class DatasetLog {
     this.core = core
   }
 
-  private static async open(store: Corestore, storeDir: string, which: { name: string } | { key: Uint8Array }): Promise<DatasetLog> {
+  private static async open(
+    store: Corestore,
+    storeDir: string,
+    which: { name: string } | { key: Uint8Array }
+  ): Promise<DatasetLog> {
     const core = store.get(which)
     try {
       await core.ready()
@@ -191,7 +195,11 @@ export class DatasetLog {
     return this.read(index, { wait: false }, peekEntry)
   }
 
-  private async read<T>(index: number, opts: { wait?: boolean; timeout?: number }, decode: (block: Uint8Array) => T): Promise<T | null> {
+  private async read<T>(
+    index: number,
+    opts: { wait?: boolean; timeout?: number },
+    decode: (block: Uint8Array) => T
+  ): Promise<T | null> {
     const block = await this.block(index, opts)
     if (block === null) return null
     return this.decode(index, block, decode)
@@ -213,7 +221,10 @@ export class DatasetLog {
     } catch (err) {
       // The store's own checksums (RocksDB) caught damage on disk: the block is as bad as one that fails ours.
       if (/corrupt|checksum|crc mismatch/i.test((err as Error).message)) {
-        throw MeshError.BAD_ENTRY(`block ${index} of the log is damaged on disk: ${(err as Error).message}`, { context: { block: index }, cause: err })
+        throw MeshError.BAD_ENTRY(`block ${index} of the log is damaged on disk: ${(err as Error).message}`, {
+          context: { block: index },
+          cause: err
+        })
       }
       throw MeshError.wrap(err, MeshError.IO_ERROR, `cannot read block ${index} of the log`)
     }

@@ -30,7 +30,15 @@ import { DatasetLog, logName } from './log.ts'
 import { Reports } from './reports.ts'
 import { Roles } from './roles.ts'
 import { DEFAULT_SNAPSHOTS, type SnapshotPolicy } from './snapshots.ts'
-import { readMeshState, readSiteKey, sitePaths, writeMeshState, type MeshState, type SitePaths, type WrittenLog } from './state.ts'
+import {
+  readMeshState,
+  readSiteKey,
+  sitePaths,
+  writeMeshState,
+  type MeshState,
+  type SitePaths,
+  type WrittenLog
+} from './state.ts'
 import type { SiteStatus, StatusThresholds } from './status.ts'
 import { Upkeep } from './upkeep.ts'
 import type { VerifyResult } from './state.ts'
@@ -153,7 +161,9 @@ export class MeshNode extends EventEmitter {
     } catch (err) {
       await this.store.close().catch(() => {})
       if (/could not be locked|resource temporarily unavailable/i.test((err as Error).message)) {
-        throw MeshError.NODE_RUNNING(`another node is already running on ${this.paths.dir}`, { context: { dir: this.paths.dir } })
+        throw MeshError.NODE_RUNNING(`another node is already running on ${this.paths.dir}`, {
+          context: { dir: this.paths.dir }
+        })
       }
       throw MeshError.wrap(err, MeshError.IO_ERROR, 'cannot open the log store')
     }
@@ -172,7 +182,11 @@ export class MeshNode extends EventEmitter {
 
     const net = this.opts.network
     this.dht = new DHT({ bootstrap: net.bootstrap, host: net.host, firewalled: net.firewalled, keyPair: this.keyPair })
-    this.swarm = new Hyperswarm({ keyPair: this.keyPair, dht: this.dht, firewall: (remote) => this.admission.firewall(remote) })
+    this.swarm = new Hyperswarm({
+      keyPair: this.keyPair,
+      dht: this.dht,
+      firewall: (remote) => this.admission.firewall(remote)
+    })
     this.swarm.on('connection', (conn: SwarmConnection) => this.admission.onConnection(conn))
     this.swarm.join(meshTopic(this.state.meshId), { server: true, client: true })
     for (const m of this.state.members) if (!this.key.equals(m.key)) this.swarm.joinPeer(m.key)

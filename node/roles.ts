@@ -5,7 +5,14 @@
  * brings the role in line with the newest epoch; it runs in a per-dataset queue, so a promotion, a fence and a
  * new epoch never interleave.
  */
-import { engineFor, type ApplySide, type CaptureMode, type CaptureSide, type DamageAlert, type ReplicaPlace } from '../adapters/index.ts'
+import {
+  engineFor,
+  type ApplySide,
+  type CaptureMode,
+  type CaptureSide,
+  type DamageAlert,
+  type ReplicaPlace
+} from '../adapters/index.ts'
 import { MeshError, sameBytes, type DatasetInfo } from '../protocol/index.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { CaptureLoop } from './capture-loop.ts'
@@ -63,7 +70,10 @@ export class Roles {
       if (this.node.closing) throw MeshError.CLOSED('the node is stopping')
       return fn()
     })
-    this.queues.set(id, next.catch(() => {}))
+    this.queues.set(
+      id,
+      next.catch(() => {})
+    )
     return next
   }
 
@@ -81,7 +91,13 @@ export class Roles {
       this.settleErrors.set(id, e)
       node.reports.markDirty()
       const name = node.state.datasets.find((d) => d.id === id)?.name ?? id
-      node.logger.error('cannot follow the dataset', { dataset: name, code: e.code, error: e.message, hint: e.hint, retrying: e.retryable })
+      node.logger.error('cannot follow the dataset', {
+        dataset: name,
+        code: e.code,
+        error: e.message,
+        hint: e.hint,
+        retrying: e.retryable
+      })
       // A locked database or a full disk passes: try again. Every step of settle() can be repeated.
       if (e.retryable) node.later(() => this.settleLater(id), 5000)
     })
@@ -109,9 +125,12 @@ export class Roles {
       if (origin && sameBytes(origin.log.key, head.log)) return
       const w = local.written.find((x) => sameBytes(x.key, head.log))
       if (!w) {
-        throw MeshError.BAD_LOG(`the mesh names this site the origin of ${head.name} (epoch ${head.epoch}), but it holds no such log`, {
-          hint: 'Restore this data directory from a backup, or promote another site.'
-        })
+        throw MeshError.BAD_LOG(
+          `the mesh names this site the origin of ${head.name} (epoch ${head.epoch}), but it holds no such log`,
+          {
+            hint: 'Restore this data directory from a backup, or promote another site.'
+          }
+        )
       }
       if (replica) await this.closeReplica(replica)
       await this.openOrigin(head, local, w)
@@ -162,7 +181,12 @@ export class Roles {
     const node = this.node
     const log = await node.openWritten(w)
     const mode = await this.captureMode(info, local)
-    const side = engineFor(info.engine).openCapture(local.path, { dataset: info.id, epoch: w.epoch, mode, logger: node.logger })
+    const side = engineFor(info.engine).openCapture(local.path, {
+      dataset: info.id,
+      epoch: w.epoch,
+      mode,
+      logger: node.logger
+    })
     const loop = new CaptureLoop({
       capture: side,
       log,
@@ -233,7 +257,11 @@ export class Roles {
     try {
       await o.loop.start()
       o.error = null
-      node.logger.info('capturing', { dataset: o.info.name, epoch: o.info.epoch, path: engineFor(o.info.engine).shown(o.path) })
+      node.logger.info('capturing', {
+        dataset: o.info.name,
+        epoch: o.info.epoch,
+        path: engineFor(o.info.engine).shown(o.path)
+      })
     } catch (err) {
       const e = MeshError.wrap(err, MeshError.IO_ERROR)
       o.error = e
@@ -242,7 +270,12 @@ export class Roles {
         node.logger.error('cannot capture', { dataset: o.info.name, code: e.code, error: e.message, hint: e.hint })
         return
       }
-      node.logger.warn('cannot capture yet, retrying', { dataset: o.info.name, code: e.code, error: e.message, retryInMs: backoff })
+      node.logger.warn('cannot capture yet, retrying', {
+        dataset: o.info.name,
+        code: e.code,
+        error: e.message,
+        retryInMs: backoff
+      })
       node.later(() => void this.startCapture(o, Math.min(backoff * 2, 30_000)), backoff)
     }
   }
@@ -257,10 +290,13 @@ export class Roles {
     if (own) return own.capture
     const best = await engineFor(info.engine).captureModeFor?.(local.path, info.id)
     if (best && best.problems.length > 0) {
-      this.node.logger.warn(`this database does not allow its engine's preferred capture: capturing with ${best.mode}`, {
-        dataset: info.name,
-        problems: best.problems
-      })
+      this.node.logger.warn(
+        `this database does not allow its engine's preferred capture: capturing with ${best.mode}`,
+        {
+          dataset: info.name,
+          problems: best.problems
+        }
+      )
     }
     return best?.mode
   }
@@ -270,7 +306,12 @@ export class Roles {
    * does not (it applied past a branch point, or it was the origin: `rebuild`) is first rebuilt, in place, to
    * the state where the newest epoch began.
    */
-  async follow(head: DatasetInfo, local: LocalDataset, rebuild: boolean, carried: string[] | null = null): Promise<void> {
+  async follow(
+    head: DatasetInfo,
+    local: LocalDataset,
+    rebuild: boolean,
+    carried: string[] | null = null
+  ): Promise<void> {
     const node = this.node
     const engine = engineFor(head.engine)
     const chain = await resolveChain(head, (k) => node.openLog(k))
@@ -331,7 +372,12 @@ export class Roles {
     this.replicas.set(head.id, replica)
     await replica.loop.start()
     node.reports.markDirty()
-    node.logger.info('holding a replica', { dataset: head.name, origin: head.originSite, epoch: head.epoch, path: engine.shown(local.path) })
+    node.logger.info('holding a replica', {
+      dataset: head.name,
+      origin: head.originSite,
+      epoch: head.epoch,
+      path: engine.shown(local.path)
+    })
   }
 
   async closeReplica(r: Replica): Promise<void> {
@@ -381,7 +427,11 @@ export class Roles {
         }
       } catch (err) {
         if (!/timeout|timed out/i.test((err as Error).message)) {
-          node.logger.error('cannot fetch the damaged block again', { dataset: r.info.name, block, error: (err as Error).message })
+          node.logger.error('cannot fetch the damaged block again', {
+            dataset: r.info.name,
+            block,
+            error: (err as Error).message
+          })
           return false
         }
       }
@@ -400,14 +450,17 @@ export class Roles {
       const rec = { seq: base + e.start, end: base + e.end, epoch: e.epoch, time: e.time, at: Date.now(), ...a }
       list.push(rec)
       const to = engine.exampleTarget(fileSafe(r.info.name), rec.seq)
-      node.logger.warn('a change deleted or rewrote a large share of a table: if it was not meant, restore the state before it', {
-        dataset: r.info.name,
-        table: a.table,
-        changed: a.changed,
-        before: a.before,
-        seq: rec.seq,
-        restore: `mesh restore ${r.info.name} --seq ${rec.seq} --to ${to} --dir ${node.paths.dir}`
-      })
+      node.logger.warn(
+        'a change deleted or rewrote a large share of a table: if it was not meant, restore the state before it',
+        {
+          dataset: r.info.name,
+          table: a.table,
+          changed: a.changed,
+          before: a.before,
+          seq: rec.seq,
+          restore: `mesh restore ${r.info.name} --seq ${rec.seq} --to ${to} --dir ${node.paths.dir}`
+        }
+      )
     }
     // The newest 100 are kept.
     if (list.length > 100) list.splice(0, list.length - 100)
@@ -432,4 +485,3 @@ export function prove(local: LocalDataset, seq: number, equal: boolean): void {
     p.differs = null
   } else if (p.differs === null) p.differs = seq
 }
-

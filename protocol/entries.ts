@@ -460,7 +460,12 @@ const fence: Body<FenceEntry> = {
     c.uint.encode(s, e.length)
   },
   decode(s) {
-    return { kind: 'fence', epoch: c.uint.decode(s), log: new Uint8Array(c.fixed32.decode(s)), length: c.uint.decode(s) }
+    return {
+      kind: 'fence',
+      epoch: c.uint.decode(s),
+      log: new Uint8Array(c.fixed32.decode(s)),
+      length: c.uint.decode(s)
+    }
   }
 }
 
@@ -668,7 +673,9 @@ export function decodeBlock(block: Uint8Array, opts: { verifyChecksum?: boolean 
   if (kind === undefined) throw MeshError.UNKNOWN_KIND(`entry kind ${kindNo} is unknown`, { context: { kind: kindNo } })
   const unknown = flags & ~ALLOWED_FLAGS[kind]
   if (unknown !== 0) {
-    throw MeshError.UNKNOWN_FLAGS(`${kind} entry has unknown flag bits 0x${unknown.toString(16)}`, { context: { flags } })
+    throw MeshError.UNKNOWN_FLAGS(`${kind} entry has unknown flag bits 0x${unknown.toString(16)}`, {
+      context: { flags }
+    })
   }
   let entry: Entry
   try {
@@ -704,7 +711,7 @@ function decodeFragmentBody(state: State, flags: number, end: number): Fragment 
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'truncated or corrupt fragment block')
   }
   if (state.start !== end) throw MeshError.BAD_ENTRY(`${end - state.start} unread bytes after a fragment block`)
-  if (!f.end && !f.more) throw MeshError.BAD_ENTRY('a fragment that is not its entry\'s last ends its unit')
+  if (!f.end && !f.more) throw MeshError.BAD_ENTRY("a fragment that is not its entry's last ends its unit")
   return f
 }
 
@@ -749,7 +756,11 @@ function fullPeek(block: Uint8Array): { kind: KindName; more: boolean; time: num
   if (b.type === 'fragment') return { kind: b.fragment.kind, more: b.fragment.more, time: b.fragment.time }
   if (b.type === 'abandon') return { kind: 'transaction', more: false, time: null }
   const e = b.entry
-  return { kind: e.kind, more: continues(e), time: e.kind === 'transaction' ? e.time : e.kind === 'header' ? e.createdAt : null }
+  return {
+    kind: e.kind,
+    more: continues(e),
+    time: e.kind === 'transaction' ? e.time : e.kind === 'header' ? e.createdAt : null
+  }
 }
 
 /** Whether the unit that contains this entry continues in the next block. */

@@ -52,7 +52,10 @@ test('format 2 block fixtures still decode to what they recorded, and join into 
   const dirs = fs.readdirSync(fixtures).filter((d) => /^format-\d+$/.test(d) && Number(d.slice(7)) >= 2)
   assert.ok(dirs.includes('format-2'))
   for (const v of dirs) {
-    const files = fs.readdirSync(path.join(fixtures, v)).filter((f) => f.endsWith('.block')).sort()
+    const files = fs
+      .readdirSync(path.join(fixtures, v))
+      .filter((f) => f.endsWith('.block'))
+      .sort()
     assert.ok(files.length >= 3, v)
     for (const f of files) {
       const bytes = fs.readFileSync(path.join(fixtures, v, f))
@@ -79,7 +82,7 @@ test('a unit is fragmented only where an entry exceeds the block size, and the b
   assert.equal(toJSON(join(blocks)), toJSON([samples.schema, samples.transaction]))
   for (const b of blocks) assert.ok(b.byteLength <= 64 + 50)
   // Every block but the last continues the unit; a transaction's fragments carry its time for `mesh restore`.
-  blocks.forEach((b, i) => assert.equal(peekEntry(b).more, i < blocks.length - 1, `block ${i}`))
+  for (const [i, b] of blocks.entries()) assert.equal(peekEntry(b).more, i < blocks.length - 1, `block ${i}`)
   assert.equal(peekEntry(blocks[blocks.length - 1]).time, (samples.transaction as { time: number }).time)
   // Fragment and abandon blocks are version 2, which a 0.1 node refuses as UNKNOWN_VERSION.
   assert.equal(blocks[blocks.length - 1][0], 2)
@@ -122,7 +125,7 @@ test('20 MB BLOB and TEXT rows reach the replica byte for byte, and capture of o
   const blob = crypto.randomBytes(20 * 1024 * 1024)
   blob[0] = 0
   // TEXT of 20 MB with multi-byte characters and a NUL, as SQLite stores it.
-  const text = ('naïve ☕ \u0000 ' + 'x'.repeat(1000)).repeat(20 * 1024)
+  const text = `naïve ☕ \u0000 ${'x'.repeat(1000)}`.repeat(20 * 1024)
   assert.ok(Buffer.byteLength(text) > MAX_BLOCK_BYTES * 2)
   db.prepare('INSERT INTO photos VALUES (1, ?, ?, ?)').run('big', blob, text)
   db.prepare('INSERT INTO photos VALUES (2, ?, ?, ?)').run('small', Buffer.from([1, 2, 3]), 'hi')

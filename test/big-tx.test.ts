@@ -21,7 +21,7 @@ function bulk(db: Database.Database, rows: number, from = 0) {
   const ins = db.prepare('INSERT INTO items (id, name, price, tag) VALUES (?, ?, ?, ?)')
   db.transaction(() => {
     for (let i = from; i < from + rows; i++) {
-      ins.run(i, 'item ' + i, i / 7, i % 10 === 0 ? Buffer.from([i & 255, 0]) : null)
+      ins.run(i, `item ${i}`, i / 7, i % 10 === 0 ? Buffer.from([i & 255, 0]) : null)
     }
   })()
 }
@@ -155,7 +155,10 @@ test('SIGKILL of the applying process inside a unit applied in parts: none of it
   await ap.waitLine(/^part 3/, 120_000)
   const { signal } = await ap.kill('SIGKILL')
   assert.equal(signal, 'SIGKILL')
-  assert.equal(readDb(replica, (r) => r.prepare('SELECT count(*) FROM items').pluck().get()), 10)
+  assert.equal(
+    readDb(replica, (r) => r.prepare('SELECT count(*) FROM items').pluck().get()),
+    10
+  )
   const again = tsProcess(t, 'test/helpers/apply-parts-proc.ts', [storeDir, replica, String(BUDGET)])
   await again.waitLine(/^caught-up/, 120_000)
   await again.exited

@@ -298,7 +298,10 @@ test('a batch read in parts keeps TEXT that is not UTF-8 by its bytes and carrie
   )
   // A small unit budget: a batch of over a thousand changed keys is read, appended and applied in parts.
   const p = await sqlitePipeline(t, dir, origin, { unitMemoryBytes: 256 * 1024 })
-  const many = Array.from({ length: 3000 }, (_, i) => `(CAST(x'ff${(i % 256).toString(16).padStart(2, '0')}' AS TEXT) || '${i}', ${i})`)
+  const many = Array.from(
+    { length: 3000 },
+    (_, i) => `(CAST(x'ff${(i % 256).toString(16).padStart(2, '0')}' AS TEXT) || '${i}', ${i})`
+  )
   sqlite3(
     origin,
     `BEGIN;

@@ -7,7 +7,18 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { MeshError } from '../protocol/index.ts'
-import { DEFAULT_GUARD, DEFAULT_SNAPSHOTS, DEFAULT_THRESHOLDS, checkUrl, writeFileAtomic, type DamageGuard, type SnapshotPolicy, type NetworkOptions, type OwnDataset, type StatusThresholds } from '../node/index.ts'
+import {
+  DEFAULT_GUARD,
+  DEFAULT_SNAPSHOTS,
+  DEFAULT_THRESHOLDS,
+  checkUrl,
+  writeFileAtomic,
+  type DamageGuard,
+  type SnapshotPolicy,
+  type NetworkOptions,
+  type OwnDataset,
+  type StatusThresholds
+} from '../node/index.ts'
 
 export const CONFIG_FILE = 'config.json'
 
@@ -49,7 +60,8 @@ const LOG_LEVELS = ['debug', 'info', 'warn', 'error']
 
 /** The per-user default data directory. */
 export function defaultDir(): string {
-  if (process.platform === 'win32') return path.join(process.env.APPDATA ?? path.join(os.homedir(), 'AppData', 'Roaming'), 'branchmesh')
+  if (process.platform === 'win32')
+    return path.join(process.env.APPDATA ?? path.join(os.homedir(), 'AppData', 'Roaming'), 'branchmesh')
   if (process.platform === 'darwin') return path.join(os.homedir(), 'Library', 'Application Support', 'branchmesh')
   return path.join(process.env.XDG_DATA_HOME ?? path.join(os.homedir(), '.local', 'share'), 'branchmesh')
 }
@@ -97,19 +109,29 @@ export const SITE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
 
 export function checkSiteName(name: string, what = 'site name'): string {
   if (!SITE_NAME.test(name)) {
-    throw MeshError.USAGE(`"${name}" is not a valid ${what}`, { hint: 'Use letters, digits, dots, dashes and underscores (up to 63), starting with a letter or digit, e.g. shop-north.' })
+    throw MeshError.USAGE(`"${name}" is not a valid ${what}`, {
+      hint: 'Use letters, digits, dots, dashes and underscores (up to 63), starting with a letter or digit, e.g. shop-north.'
+    })
   }
   return name
 }
 
 /** Parses "HOST:PORT[,HOST:PORT...]". */
 export function parseBootstrap(text: string, source: string): string[] {
-  const list = text.split(',').map((s) => s.trim()).filter(Boolean)
-  if (list.length === 0) throw MeshError.USAGE(`${source} is empty`, { hint: 'Give HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:49737, or leave it out for the public DHT.' })
+  const list = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+  if (list.length === 0)
+    throw MeshError.USAGE(`${source} is empty`, {
+      hint: 'Give HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:49737, or leave it out for the public DHT.'
+    })
   for (const b of list) {
     const m = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(b)
     if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
-      throw MeshError.USAGE(`${source}: "${b}" is not HOST:PORT`, { hint: 'Give HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:49737.' })
+      throw MeshError.USAGE(`${source}: "${b}" is not HOST:PORT`, {
+        hint: 'Give HOST:PORT[,HOST:PORT...], e.g. 127.0.0.1:49737.'
+      })
     }
   }
   return list
@@ -135,9 +157,12 @@ export function readConfig(dir: string): SiteConfig {
   try {
     j = JSON.parse(text)
   } catch (err) {
-    throw MeshError.BAD_CONFIG(`${file} is not valid JSON: ${(err as Error).message}`, { hint: 'Fix the syntax (a missing comma or quote?).' })
+    throw MeshError.BAD_CONFIG(`${file} is not valid JSON: ${(err as Error).message}`, {
+      hint: 'Fix the syntax (a missing comma or quote?).'
+    })
   }
-  if (typeof j !== 'object' || j === null || Array.isArray(j)) throw MeshError.BAD_CONFIG(`${file} must hold a JSON object`)
+  if (typeof j !== 'object' || j === null || Array.isArray(j))
+    throw MeshError.BAD_CONFIG(`${file} must hold a JSON object`)
   checkKeys(j, TOP_KEYS, 'the top level', file)
   if (typeof j.site !== 'string') throw MeshError.BAD_CONFIG(`${file}: "site" must be a string`)
   checkSiteName(j.site)
@@ -146,76 +171,106 @@ export function readConfig(dir: string): SiteConfig {
     if (typeof d !== 'object' || d === null) throw MeshError.BAD_CONFIG(`${file}: datasets[${i}] must be an object`)
     checkKeys(d, DATASET_KEYS, `datasets[${i}]`, file)
     if (d.engine !== 'sqlite' && d.engine !== 'postgres') {
-      throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].engine "${d.engine}" is not supported`, { hint: 'Use "sqlite" (with "path") or "postgres" (with "url").' })
+      throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].engine "${d.engine}" is not supported`, {
+        hint: 'Use "sqlite" (with "path") or "postgres" (with "url").'
+      })
     }
     const where = d.engine === 'sqlite' ? 'path' : 'url'
     for (const k of ['id', 'name', where]) {
-      if (typeof d[k] !== 'string' || d[k] === '') throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].${k} must be a non-empty string`)
+      if (typeof d[k] !== 'string' || d[k] === '')
+        throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].${k} must be a non-empty string`)
     }
     if (d.engine === 'postgres') {
       try {
         checkUrl(d.url as string)
       } catch (err) {
-        throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].url: ${(err as MeshError).message}`, { hint: (err as MeshError).hint })
+        throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].url: ${(err as MeshError).message}`, {
+          hint: (err as MeshError).hint
+        })
       }
       if (d.capture !== undefined && d.capture !== 'logical' && d.capture !== 'triggers') {
-        throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].capture "${d.capture}" is not a capture mode`, { hint: 'Use "logical" (the default) or "triggers".' })
+        throw MeshError.BAD_CONFIG(`${file}: datasets[${i}].capture "${d.capture}" is not a capture mode`, {
+          hint: 'Use "logical" (the default) or "triggers".'
+        })
       }
-      return { id: d.id as string, name: d.name as string, engine: 'postgres', path: d.url as string, capture: (d.capture as 'logical' | 'triggers' | undefined) ?? 'logical' }
+      return {
+        id: d.id as string,
+        name: d.name as string,
+        engine: 'postgres',
+        path: d.url as string,
+        capture: (d.capture as 'logical' | 'triggers' | undefined) ?? 'logical'
+      }
     }
     return { id: d.id as string, name: d.name as string, engine: 'sqlite', path: path.resolve(dir, d.path as string) }
   })
   let replicaPostgres: string | null = null
   if (j.replicaPostgres !== undefined && j.replicaPostgres !== null) {
-    if (typeof j.replicaPostgres !== 'string') throw MeshError.BAD_CONFIG(`${file}: "replicaPostgres" must be a postgres:// URL string`)
+    if (typeof j.replicaPostgres !== 'string')
+      throw MeshError.BAD_CONFIG(`${file}: "replicaPostgres" must be a postgres:// URL string`)
     try {
       checkUrl(j.replicaPostgres)
     } catch (err) {
-      throw MeshError.BAD_CONFIG(`${file}: replicaPostgres: ${(err as MeshError).message}`, { hint: (err as MeshError).hint })
+      throw MeshError.BAD_CONFIG(`${file}: replicaPostgres: ${(err as MeshError).message}`, {
+        hint: (err as MeshError).hint
+      })
     }
     replicaPostgres = j.replicaPostgres
   }
   let bootstrap: string[] | null = null
   if (j.bootstrap !== undefined && j.bootstrap !== null) {
     if (!Array.isArray(j.bootstrap) || j.bootstrap.some((b) => typeof b !== 'string')) {
-      throw MeshError.BAD_CONFIG(`${file}: "bootstrap" must be a list of "HOST:PORT" strings, or null for the public DHT`)
+      throw MeshError.BAD_CONFIG(
+        `${file}: "bootstrap" must be a list of "HOST:PORT" strings, or null for the public DHT`
+      )
     }
     bootstrap = parseBootstrap(j.bootstrap.join(','), `${file}: bootstrap`)
   }
   const status = { ...DEFAULT_THRESHOLDS }
   if (j.status !== undefined) {
-    if (typeof j.status !== 'object' || j.status === null) throw MeshError.BAD_CONFIG(`${file}: "status" must be an object`)
+    if (typeof j.status !== 'object' || j.status === null)
+      throw MeshError.BAD_CONFIG(`${file}: "status" must be an object`)
     checkKeys(j.status as Record<string, unknown>, STATUS_KEYS, '"status"', file)
     for (const [k, v] of Object.entries(j.status as Record<string, unknown>)) {
-      if (typeof v !== 'number' || !(v > 0)) throw MeshError.BAD_CONFIG(`${file}: status.${k} must be a positive number (${k.endsWith("MB") ? "of megabytes" : "of seconds"})`)
+      if (typeof v !== 'number' || !(v > 0))
+        throw MeshError.BAD_CONFIG(
+          `${file}: status.${k} must be a positive number (${k.endsWith('MB') ? 'of megabytes' : 'of seconds'})`
+        )
       ;(status as Record<string, number>)[k] = v
     }
   }
   const logLevel = j.logLevel === undefined ? 'info' : String(j.logLevel)
-  if (!LOG_LEVELS.includes(logLevel)) throw MeshError.BAD_CONFIG(`${file}: "logLevel" must be one of ${LOG_LEVELS.join(', ')}`)
+  if (!LOG_LEVELS.includes(logLevel))
+    throw MeshError.BAD_CONFIG(`${file}: "logLevel" must be one of ${LOG_LEVELS.join(', ')}`)
   const snapshots = { ...DEFAULT_SNAPSHOTS }
   if (j.snapshots !== undefined) {
-    if (typeof j.snapshots !== 'object' || j.snapshots === null) throw MeshError.BAD_CONFIG(`${file}: "snapshots" must be an object`)
+    if (typeof j.snapshots !== 'object' || j.snapshots === null)
+      throw MeshError.BAD_CONFIG(`${file}: "snapshots" must be an object`)
     checkKeys(j.snapshots as Record<string, unknown>, SNAPSHOT_KEYS, '"snapshots"', file)
     for (const [k, v] of Object.entries(j.snapshots as Record<string, unknown>)) {
       if (typeof v !== 'number' || !(v >= 0) || (k === 'everySeconds' && !(v > 0))) {
-        throw MeshError.BAD_CONFIG(`${file}: snapshots.${k} must be a ${k === 'everySeconds' ? 'positive number of seconds' : 'count (0 or more)'}`)
+        throw MeshError.BAD_CONFIG(
+          `${file}: snapshots.${k} must be a ${k === 'everySeconds' ? 'positive number of seconds' : 'count (0 or more)'}`
+        )
       }
       ;(snapshots as Record<string, number>)[k] = v
     }
   }
   let checkpointSeconds = 600
   if (j.checkpointSeconds !== undefined) {
-    if (typeof j.checkpointSeconds !== 'number' || !(j.checkpointSeconds > 0)) throw MeshError.BAD_CONFIG(`${file}: "checkpointSeconds" must be a positive number of seconds`)
+    if (typeof j.checkpointSeconds !== 'number' || !(j.checkpointSeconds > 0))
+      throw MeshError.BAD_CONFIG(`${file}: "checkpointSeconds" must be a positive number of seconds`)
     checkpointSeconds = j.checkpointSeconds
   }
   const guard = { ...DEFAULT_GUARD }
   if (j.guard !== undefined) {
-    if (typeof j.guard !== 'object' || j.guard === null) throw MeshError.BAD_CONFIG(`${file}: "guard" must be an object`)
+    if (typeof j.guard !== 'object' || j.guard === null)
+      throw MeshError.BAD_CONFIG(`${file}: "guard" must be an object`)
     checkKeys(j.guard as Record<string, unknown>, Object.keys(DEFAULT_GUARD), '"guard"', file)
     const g = j.guard as Record<string, unknown>
-    if (g.share !== undefined && (typeof g.share !== 'number' || !(g.share > 0 && g.share <= 1))) throw MeshError.BAD_CONFIG(`${file}: guard.share must be a share between 0 and 1, e.g. 0.5`)
-    if (g.minRows !== undefined && (typeof g.minRows !== 'number' || !(g.minRows >= 1))) throw MeshError.BAD_CONFIG(`${file}: guard.minRows must be a number of rows, 1 or more`)
+    if (g.share !== undefined && (typeof g.share !== 'number' || !(g.share > 0 && g.share <= 1)))
+      throw MeshError.BAD_CONFIG(`${file}: guard.share must be a share between 0 and 1, e.g. 0.5`)
+    if (g.minRows !== undefined && (typeof g.minRows !== 'number' || !(g.minRows >= 1)))
+      throw MeshError.BAD_CONFIG(`${file}: guard.minRows must be a number of rows, 1 or more`)
     Object.assign(guard, g)
   }
   let maxUnitMemoryMB = 64
@@ -241,14 +296,24 @@ export function readConfig(dir: string): SiteConfig {
 
 /** Written with mode 0600: a PostgreSQL URL may hold a password. */
 export function writeConfig(dir: string, cfg: SiteConfig): void {
-  const datasets = cfg.datasets.map((d) => (d.engine === 'postgres' ? { id: d.id, name: d.name, engine: d.engine, url: d.path, capture: d.capture ?? 'logical' } : d))
-  const j: Record<string, unknown> = { site: cfg.site, datasets, bootstrap: cfg.bootstrap, status: cfg.status, logLevel: cfg.logLevel }
+  const datasets = cfg.datasets.map((d) =>
+    d.engine === 'postgres'
+      ? { id: d.id, name: d.name, engine: d.engine, url: d.path, capture: d.capture ?? 'logical' }
+      : d
+  )
+  const j: Record<string, unknown> = {
+    site: cfg.site,
+    datasets,
+    bootstrap: cfg.bootstrap,
+    status: cfg.status,
+    logLevel: cfg.logLevel
+  }
   if (cfg.replicaPostgres) j.replicaPostgres = cfg.replicaPostgres
   if (cfg.snapshots && JSON.stringify(cfg.snapshots) !== JSON.stringify(DEFAULT_SNAPSHOTS)) j.snapshots = cfg.snapshots
   if (cfg.checkpointSeconds !== undefined && cfg.checkpointSeconds !== 600) j.checkpointSeconds = cfg.checkpointSeconds
   if (cfg.guard && JSON.stringify(cfg.guard) !== JSON.stringify(DEFAULT_GUARD)) j.guard = cfg.guard
   if (cfg.maxUnitMemoryMB !== undefined && cfg.maxUnitMemoryMB !== 64) j.maxUnitMemoryMB = cfg.maxUnitMemoryMB
-  writeFileAtomic(configPath(dir), JSON.stringify(j, null, 2) + '\n', 0o600)
+  writeFileAtomic(configPath(dir), `${JSON.stringify(j, null, 2)}\n`, 0o600)
 }
 
 /** Flag, then config file, then MESH_BOOTSTRAP, then the public DHT (null). */
@@ -267,5 +332,11 @@ export function networkOptions(bootstrap: string[] | null): NetworkOptions {
     return { host: b.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(b.slice(i + 1)) }
   })
   const loopback = nodes.every((n) => n.host === 'localhost' || n.host.startsWith('127.') || n.host === '::1')
-  return loopback ? { bootstrap: nodes.map((n) => ({ ...n, host: n.host === 'localhost' ? '127.0.0.1' : n.host })), host: '127.0.0.1', firewalled: false } : { bootstrap: nodes }
+  return loopback
+    ? {
+        bootstrap: nodes.map((n) => ({ ...n, host: n.host === 'localhost' ? '127.0.0.1' : n.host })),
+        host: '127.0.0.1',
+        firewalled: false
+      }
+    : { bootstrap: nodes }
 }

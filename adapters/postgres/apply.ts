@@ -28,10 +28,21 @@ import {
   type TableDef,
   type Value
 } from '../../protocol/index.ts'
-import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
+import type { AppliedPosition, ApplySide, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { guardCountLimit, headerFits, unitChanges, unitFits } from '../position.ts'
 import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
-import { OWN_SCHEMA, SEQUENCES_TABLE, connect, digestPgTables, isUnchanged, pgError, quoteIdent, quoteLiteral, redactUrl, type Client } from './common.ts'
+import {
+  OWN_SCHEMA,
+  SEQUENCES_TABLE,
+  connect,
+  digestPgTables,
+  isUnchanged,
+  pgError,
+  quoteIdent,
+  quoteLiteral,
+  redactUrl,
+  type Client
+} from './common.ts'
 
 const META = `${OWN_SCHEMA}.replica`
 
@@ -58,7 +69,7 @@ export interface PostgresApplyOptions {
 function text(v: Value): string | null {
   if (v === null) return null
   if (typeof v === 'string') return v
-  if (v instanceof Uint8Array) return '\\x' + Buffer.from(v).toString('hex')
+  if (v instanceof Uint8Array) return `\\x${Buffer.from(v).toString('hex')}`
   if (v instanceof RawText) {
     throw MeshError.BAD_LOG('a PostgreSQL row holds TEXT that is not UTF-8, which PostgreSQL cannot store')
   }
@@ -127,16 +138,21 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'`
         )
         if (Number(user.rows[0].n) > 0) {
-          throw MeshError.BAD_REPLICA(`the database ${redactUrl(this.url)} already holds tables that branchmesh did not make`, {
-            hint: 'Give each replica an empty database of its own (the node creates one when it may: see "postgres" in the README).',
-            context: { url: redactUrl(this.url) }
-          })
+          throw MeshError.BAD_REPLICA(
+            `the database ${redactUrl(this.url)} already holds tables that branchmesh did not make`,
+            {
+              hint: 'Give each replica an empty database of its own (the node creates one when it may: see "postgres" in the README).',
+              context: { url: redactUrl(this.url) }
+            }
+          )
         }
         await client.query(CREATE_META)
       }
       this.meta = await this.loadMeta()
       if (this.expectDataset && this.meta.dataset && this.meta.dataset !== this.expectDataset) {
-        throw MeshError.LOG_MISMATCH(`${redactUrl(this.url)} is a replica of dataset ${this.meta.dataset}, not ${this.expectDataset}`)
+        throw MeshError.LOG_MISMATCH(
+          `${redactUrl(this.url)} is a replica of dataset ${this.meta.dataset}, not ${this.expectDataset}`
+        )
       }
     } catch (err) {
       await client.end().catch(() => {})
@@ -146,10 +162,16 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
   }
 
   private async loadMeta(): Promise<ReplicaMeta> {
-    const r = await this.conn.query(`SELECT dataset, log, epoch, length, tree_hash, state, tables, objects FROM ${META}`)
-    if (r.rows.length > 1) throw MeshError.BAD_REPLICA(`${redactUrl(this.url)} holds the positions of ${r.rows.length} datasets; a replica database holds one`)
+    const r = await this.conn.query(
+      `SELECT dataset, log, epoch, length, tree_hash, state, tables, objects FROM ${META}`
+    )
+    if (r.rows.length > 1)
+      throw MeshError.BAD_REPLICA(
+        `${redactUrl(this.url)} holds the positions of ${r.rows.length} datasets; a replica database holds one`
+      )
     const row = r.rows[0]
-    if (!row) return { dataset: null, log: null, epoch: 0, length: 0, treeHash: null, state: 'empty', tables: [], objects: [] }
+    if (!row)
+      return { dataset: null, log: null, epoch: 0, length: 0, treeHash: null, state: 'empty', tables: [], objects: [] }
     const bytes = (v: string | null) => (v === null ? null : new Uint8Array(Buffer.from(v.slice(2), 'hex')))
     return {
       dataset: row.dataset,
@@ -165,7 +187,7 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
 
   private async saveMeta(): Promise<void> {
     const m = this.meta
-    const hexOf = (b: Uint8Array | null) => (b === null ? null : '\\x' + Buffer.from(b).toString('hex'))
+    const hexOf = (b: Uint8Array | null) => (b === null ? null : `\\x${Buffer.from(b).toString('hex')}`)
     if (this.savedDataset !== m.dataset) {
       await this.conn.query(`DELETE FROM ${META} WHERE dataset IS DISTINCT FROM $1`, [m.dataset])
       this.savedDataset = m.dataset
@@ -174,7 +196,16 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       `INSERT INTO ${META} (dataset, log, epoch, length, tree_hash, state, tables, objects) VALUES ($1, $2::bytea, $3, $4, $5::bytea, $6, $7, $8)
        ON CONFLICT (dataset) DO UPDATE SET log = EXCLUDED.log, epoch = EXCLUDED.epoch, length = EXCLUDED.length, tree_hash = EXCLUDED.tree_hash,
          state = EXCLUDED.state, tables = EXCLUDED.tables, objects = EXCLUDED.objects`,
-      [m.dataset, hexOf(m.log), m.epoch, m.length, hexOf(m.treeHash), m.state, JSON.stringify(m.tables), JSON.stringify(m.objects)]
+      [
+        m.dataset,
+        hexOf(m.log),
+        m.epoch,
+        m.length,
+        hexOf(m.treeHash),
+        m.state,
+        JSON.stringify(m.tables),
+        JSON.stringify(m.objects)
+      ]
     )
   }
 
@@ -295,7 +326,8 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
         return
       case 'checkpoint':
         // The origin's digest at this position: this replica's own, computed in the same transaction.
-        if (this.checkpoints) this.compareCheckpoint(entry, await digestPgTables(this.conn, m.tables), position.length - 1)
+        if (this.checkpoints)
+          this.compareCheckpoint(entry, await digestPgTables(this.conn, m.tables), position.length - 1)
         return
       case 'fence':
         return
@@ -317,7 +349,9 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       const total = ch.upserts.length + ch.deletes.length
       if (!def || total < g.minRows * g.share) continue
       const limit = guardCountLimit(total, g)
-      const before = Number((await db.query(`SELECT count(*) AS n FROM (SELECT 1 FROM ${def.name} LIMIT $1) s`, [limit])).rows[0].n)
+      const before = Number(
+        (await db.query(`SELECT count(*) AS n FROM (SELECT 1 FROM ${def.name} LIMIT $1) s`, [limit])).rows[0].n
+      )
       if (before < g.minRows || before >= limit) continue
       let changed = ch.deletes.length // a table with no key: each delete is a row that exists
       if (def.key.length) {
@@ -328,7 +362,8 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
         )
         changed = Number(hit.rows[0].n)
       }
-      if (changed >= g.share * before) this.lastAlerts.push({ table: def.name, changed: Math.min(changed, before), before })
+      if (changed >= g.share * before)
+        this.lastAlerts.push({ table: def.name, changed: Math.min(changed, before), before })
     }
   }
 
@@ -336,7 +371,8 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     const db = this.conn
     for (const ch of changes) {
       if (ch.table === SEQUENCES_TABLE) {
-        for (const [name, v] of ch.upserts) await db.query('SELECT setval(to_regclass($1), $2::int8, true)', [text(name), text(v)])
+        for (const [name, v] of ch.upserts)
+          await db.query('SELECT setval(to_regclass($1), $2::int8, true)', [text(name), text(v)])
         continue
       }
       const def = this.table(ch.table)
@@ -344,13 +380,15 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       const cols = def.columns.map((c) => quoteIdent(c.name))
       const cast = (i: number, v = `u.v${i}`) => `${v}::${def.columns[i].type}`
       const arrays = (rows: Value[][], idx: number[]) => idx.map((i) => rows.map((r) => text(r[i])))
-      const unnest = (idx: number[]) => `unnest(${idx.map((_, j) => `$${j + 1}::text[]`).join(', ')}) AS u(${idx.map((i) => `v${i}`).join(', ')})`
+      const unnest = (idx: number[]) =>
+        `unnest(${idx.map((_, j) => `$${j + 1}::text[]`).join(', ')}) AS u(${idx.map((i) => `v${i}`).join(', ')})`
       if (ch.deletes.length) {
         if (def.key.length) {
-          for (const k of ch.deletes) if (k.length !== def.key.length) throw MeshError.BAD_LOG(`delete key of ${k.length} values for ${def.name}`)
+          for (const k of ch.deletes)
+            if (k.length !== def.key.length) throw MeshError.BAD_LOG(`delete key of ${k.length} values for ${def.name}`)
           const keyRows = ch.deletes.map((k) => {
             const row: Value[] = new Array(width).fill(null)
-            def.key.forEach((i, j) => (row[i] = k[j]))
+            for (const [j, i] of def.key.entries()) row[i] = k[j]
             return row
           })
           await db.query(
@@ -360,16 +398,26 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
         } else {
           // No key: each deleted row is identified by all its values, one row at a time (duplicates exist).
           for (const row of ch.deletes) {
-            if (row.length !== width) throw MeshError.BAD_LOG(`row of ${row.length} values for ${def.name} (${width} columns)`)
-            const match = def.columns.map((c, i) => `${cols[i]}::text IS NOT DISTINCT FROM ($${i + 1}::${c.type})::text`).join(' AND ')
-            const r = await db.query(`DELETE FROM ${def.name} WHERE ctid = (SELECT ctid FROM ${def.name} WHERE ${match} LIMIT 1)`, row.map(text))
-            if (r.rowCount === 0) throw MeshError.BAD_LOG(`a row of ${def.name} that the log deletes is not in the replica`, { hint: 'The replica was changed behind the mesh. Remove the replica database and restart the node to copy it again.' })
+            if (row.length !== width)
+              throw MeshError.BAD_LOG(`row of ${row.length} values for ${def.name} (${width} columns)`)
+            const match = def.columns
+              .map((c, i) => `${cols[i]}::text IS NOT DISTINCT FROM ($${i + 1}::${c.type})::text`)
+              .join(' AND ')
+            const r = await db.query(
+              `DELETE FROM ${def.name} WHERE ctid = (SELECT ctid FROM ${def.name} WHERE ${match} LIMIT 1)`,
+              row.map(text)
+            )
+            if (r.rowCount === 0)
+              throw MeshError.BAD_LOG(`a row of ${def.name} that the log deletes is not in the replica`, {
+                hint: 'The replica was changed behind the mesh. Remove the replica database and restart the node to copy it again.'
+              })
           }
         }
       }
       const full: Value[][] = []
       for (const row of ch.upserts) {
-        if (row.length !== width) throw MeshError.BAD_LOG(`row of ${row.length} values for ${def.name} (${width} columns)`)
+        if (row.length !== width)
+          throw MeshError.BAD_LOG(`row of ${row.length} values for ${def.name} (${width} columns)`)
         if (row.some(isUnchanged)) await this.updatePartial(def, row)
         else full.push(row)
       }
@@ -394,10 +442,15 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       return `$${params.length}::${type}`
     }
     const assign = set.map(({ c, i }) => `${quoteIdent(c.name)} = ${p(row[i], c.type)}`)
-    const where = def.key.map((i) => `${quoteIdent(def.columns[i].name)} = ${p(row[i], def.columns[i].type)}`).join(' AND ')
+    const where = def.key
+      .map((i) => `${quoteIdent(def.columns[i].name)} = ${p(row[i], def.columns[i].type)}`)
+      .join(' AND ')
     if (assign.length === 0) return
     const r = await this.conn.query(`UPDATE ${def.name} SET ${assign.join(', ')} WHERE ${where}`, params)
-    if (r.rowCount === 0) throw MeshError.BAD_LOG(`an update of ${def.name} names a row the replica does not hold`, { hint: 'The replica was changed behind the mesh. Remove the replica database and restart the node to copy it again.' })
+    if (r.rowCount === 0)
+      throw MeshError.BAD_LOG(`an update of ${def.name} names a row the replica does not hold`, {
+        hint: 'The replica was changed behind the mesh. Remove the replica database and restart the node to copy it again.'
+      })
   }
 
   private async applySchema(entry: SchemaEntry): Promise<void> {
@@ -411,7 +464,10 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     for (const [k, o] of had) {
       const w = objects.get(k)
       if (w && w.sql === o.sql) continue
-      if (o.type === 'constraint') await db.query(`ALTER TABLE IF EXISTS ${o.table} DROP CONSTRAINT IF EXISTS ${quoteIdent(splitName(o.name).pop()!)}`)
+      if (o.type === 'constraint')
+        await db.query(
+          `ALTER TABLE IF EXISTS ${o.table} DROP CONSTRAINT IF EXISTS ${quoteIdent(splitName(o.name).pop()!)}`
+        )
       if (o.type === 'index') await db.query(`DROP INDEX IF EXISTS ${o.name}`)
     }
     for (const old of m.tables) if (!next.has(old.id)) await db.query(`DROP TABLE IF EXISTS ${old.name} CASCADE`)
@@ -447,7 +503,10 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
         await db.query('ROLLBACK TO mesh_object')
         await db.query('RELEASE mesh_object')
         this.skippedObjects.push(`${o.type} ${o.name}: ${(err as Error).message}`)
-        this.log.warn('replica cannot create a schema object; it is skipped', { object: o.name, error: (err as Error).message })
+        this.log.warn('replica cannot create a schema object; it is skipped', {
+          object: o.name,
+          error: (err as Error).message
+        })
       }
     }
     m.tables = entry.tables
@@ -455,8 +514,12 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
   }
 
   private async objectExists(o: SchemaObject): Promise<boolean> {
-    if (o.type === 'index') return (await this.conn.query('SELECT to_regclass($1) IS NOT NULL AS has', [o.name])).rows[0].has === 't'
-    const r = await this.conn.query('SELECT 1 FROM pg_constraint WHERE conname = $1 AND conrelid = to_regclass($2)', [splitName(o.name).pop(), o.table])
+    if (o.type === 'index')
+      return (await this.conn.query('SELECT to_regclass($1) IS NOT NULL AS has', [o.name])).rows[0].has === 't'
+    const r = await this.conn.query('SELECT 1 FROM pg_constraint WHERE conname = $1 AND conrelid = to_regclass($2)', [
+      splitName(o.name).pop(),
+      o.table
+    ])
     return r.rows.length > 0
   }
 
@@ -476,7 +539,8 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     const labels = await db.query('SELECT e.enumlabel AS l FROM pg_enum e WHERE e.enumtypid = to_regtype($1)', [o.name])
     const present = new Set(labels.rows.map((r) => r.l))
     const wanted = [...o.sql.matchAll(/'((?:[^']|'')*)'/g)].map((x) => x[1].replaceAll("''", "'"))
-    for (const l of wanted) if (!present.has(l)) await db.query(`ALTER TYPE ${o.name} ADD VALUE IF NOT EXISTS ${quoteLiteral(l)}`)
+    for (const l of wanted)
+      if (!present.has(l)) await db.query(`ALTER TYPE ${o.name} ADD VALUE IF NOT EXISTS ${quoteLiteral(l)}`)
   }
 
   /** Alters a table in place to its new definition, or refuses a change that would lose data. */
@@ -507,16 +571,23 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     const keyNames = (d: TableDef) => d.key.map((i) => d.columns[i].name)
     const keyChanged = JSON.stringify(keyNames(old)) !== JSON.stringify(keyNames(t))
     if (keyChanged) {
-      const pk = await db.query(`SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'`, [name])
+      const pk = await db.query(
+        `SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'`,
+        [name]
+      )
       for (const r of pk.rows) await db.query(`ALTER TABLE ${name} DROP CONSTRAINT ${quoteIdent(r.conname)}`)
     }
     for (const c of gone) await db.query(`ALTER TABLE ${name} DROP COLUMN ${quoteIdent(c)}`)
     for (const c of added) await db.query(`ALTER TABLE ${name} ADD COLUMN ${withoutNotNull(columnClause(t, c))}`)
     for (const c of t.columns) {
       const o = before.get(c.name)
-      if (o && o.type !== c.type) await db.query(`ALTER TABLE ${name} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type} USING ${quoteIdent(c.name)}::text::${c.type}`)
+      if (o && o.type !== c.type)
+        await db.query(
+          `ALTER TABLE ${name} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type} USING ${quoteIdent(c.name)}::text::${c.type}`
+        )
     }
-    if (keyChanged && t.key.length) await db.query(`ALTER TABLE ${name} ADD PRIMARY KEY (${keyNames(t).map(quoteIdent).join(', ')})`)
+    if (keyChanged && t.key.length)
+      await db.query(`ALTER TABLE ${name} ADD PRIMARY KEY (${keyNames(t).map(quoteIdent).join(', ')})`)
     // Defaults: what a promoted replica fills in. They do not change the data, so one the replica cannot take
     // is skipped with a warning instead of stopping apply. (NOT NULL is set at promotion: see withoutNotNull.)
     for (const c of t.columns) {
@@ -526,7 +597,12 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       const was = defaultOf(old, c.name)
       const now = defaultOf(t, c.name)
       const steps: string[] = []
-      if (was !== now) steps.push(now === null ? `ALTER TABLE ${name} ALTER COLUMN ${col} DROP DEFAULT` : `ALTER TABLE ${name} ALTER COLUMN ${col} SET DEFAULT ${now}`)
+      if (was !== now)
+        steps.push(
+          now === null
+            ? `ALTER TABLE ${name} ALTER COLUMN ${col} DROP DEFAULT`
+            : `ALTER TABLE ${name} ALTER COLUMN ${col} SET DEFAULT ${now}`
+        )
       for (const sql of steps) {
         await db.query('SAVEPOINT mesh_constraint')
         try {
@@ -535,7 +611,11 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
         } catch (err) {
           await db.query('ROLLBACK TO mesh_constraint')
           await db.query('RELEASE mesh_constraint')
-          this.log.warn('replica cannot follow a column constraint change; it is skipped', { table: t.name, column: c.name, error: (err as Error).message })
+          this.log.warn('replica cannot follow a column constraint change; it is skipped', {
+            table: t.name,
+            column: c.name,
+            error: (err as Error).message
+          })
         }
       }
     }
@@ -551,7 +631,10 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
 /** The column's clause in the table's CREATE TABLE (one column per line), with its default and NOT NULL. */
 function columnClause(t: TableDef, column: string): string {
   const head = `${quoteIdent(column)} `
-  const line = t.sql.split('\n').map((l) => l.trim().replace(/,$/, '')).find((l) => l.startsWith(head))
+  const line = t.sql
+    .split('\n')
+    .map((l) => l.trim().replace(/,$/, ''))
+    .find((l) => l.startsWith(head))
   if (line) return line
   const c = t.columns.find((x) => x.name === column)!
   return `${quoteIdent(column)} ${c.type}`
@@ -572,7 +655,10 @@ function withoutNotNull(sql: string): string {
 /** A column's DEFAULT expression as its table's CREATE TABLE line gives it, or null. */
 function defaultOf(t: TableDef, column: string): string | null {
   const head = `${quoteIdent(column)} `
-  const line = t.sql.split('\n').map((l) => l.trim().replace(/,$/, '')).find((l) => l.startsWith(head))
+  const line = t.sql
+    .split('\n')
+    .map((l) => l.trim().replace(/,$/, ''))
+    .find((l) => l.startsWith(head))
   const m = line ? / DEFAULT (.*?)(?: NOT NULL)?$/.exec(line) : null
   return m ? m[1] : null
 }

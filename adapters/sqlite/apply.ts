@@ -13,7 +13,7 @@
  */
 import { MeshError, type Entry, type SchemaEntry, type TableDef, type Value } from '../../protocol/index.ts'
 import type Database from 'better-sqlite3'
-import type { AppliedPosition, ApplySide, DamageAlert, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
+import type { AppliedPosition, ApplySide, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { guardCountLimit, headerFits, unitChanges, unitFits } from '../position.ts'
 import { ReplicaBase, type ReplicaMeta } from '../replica.ts'
 import {
@@ -107,7 +107,9 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
       })()
       this.dataVersion = Number(db.pragma('data_version', { simple: true }))
       if (this.expectDataset && this.meta.dataset && this.meta.dataset !== this.expectDataset) {
-        throw MeshError.LOG_MISMATCH(`${this.path} is a replica of dataset ${this.meta.dataset}, not ${this.expectDataset}`)
+        throw MeshError.LOG_MISMATCH(
+          `${this.path} is a replica of dataset ${this.meta.dataset}, not ${this.expectDataset}`
+        )
       }
     } catch (err) {
       db.close()
@@ -275,7 +277,8 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
         return
       case 'checkpoint': {
         // The origin's digest at this position: this replica's own, computed in the same transaction.
-        if (this.checkpoints) this.compareCheckpoint(entry, digestTables(this.conn, readTables(this.conn).tables), position.length - 1)
+        if (this.checkpoints)
+          this.compareCheckpoint(entry, digestTables(this.conn, readTables(this.conn).tables), position.length - 1)
         return
       }
       case 'fence':
@@ -298,7 +301,8 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
       const key = keyOf(row)
       if (p.exists.stmt(key).get(...key.map(bindValue)) !== undefined) changed++
     }
-    if (changed >= g.share * before) this.lastAlerts.push({ table: p.def.name, changed: Math.min(changed, before), before })
+    if (changed >= g.share * before)
+      this.lastAlerts.push({ table: p.def.name, changed: Math.min(changed, before), before })
   }
 
   /** The guard's measure of a whole unit, before it is applied (inside its transaction). */
@@ -323,7 +327,8 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
         p.remove.stmt(key).run(...key.map(bindValue))
       }
       for (const row of ch.upserts) {
-        if (row.length !== width) throw MeshError.BAD_LOG(`row of ${row.length} values for ${p.def.name} (${width} columns)`)
+        if (row.length !== width)
+          throw MeshError.BAD_LOG(`row of ${row.length} values for ${p.def.name} (${width} columns)`)
         p.upsert.stmt(row).run(...row.map(bindValue))
       }
     }
@@ -384,7 +389,9 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
 
   private rowidAlias(table: string): string {
     const names = new Set(
-      (this.conn.prepare(`PRAGMA main.table_xinfo(${quote(table)})`).all() as Array<{ name: string }>).map((c) => c.name.toLowerCase())
+      (this.conn.prepare(`PRAGMA main.table_xinfo(${quote(table)})`).all() as Array<{ name: string }>).map((c) =>
+        c.name.toLowerCase()
+      )
     )
     const alias = ['rowid', '_rowid_', 'oid'].find((n) => !names.has(n))
     if (alias === undefined) throw MeshError.BAD_LOG(`table ${table} has no addressable rowid`)
@@ -413,17 +420,19 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     }
     for (const id of recreate) {
       const t = next.get(id)!
-      if (t.name.startsWith(OWN_PREFIX) || t.name.startsWith('sqlite_')) throw MeshError.BAD_LOG(`table name ${t.name} is reserved`)
+      if (t.name.startsWith(OWN_PREFIX) || t.name.startsWith('sqlite_'))
+        throw MeshError.BAD_LOG(`table name ${t.name} is reserved`)
       db.exec(`DROP TABLE IF EXISTS ${quote(t.name)}`)
       db.exec(t.sql)
       for (const sql of guardTriggersSql(id, t.name)) db.exec(sql)
     }
     // Indexes and views: keep what is unchanged and still there, drop the rest, create what is missing.
-    const wanted = new Map(entry.objects.filter((o) => o.type !== 'trigger').map((o) => [o.type + ':' + o.name, o]))
+    const wanted = new Map(entry.objects.filter((o) => o.type !== 'trigger').map((o) => [`${o.type}:${o.name}`, o]))
     for (const o of m.objects) {
       if (o.type === 'trigger') continue
-      const w = wanted.get(o.type + ':' + o.name)
-      if (w === undefined || w.sql !== o.sql) db.exec(`DROP ${o.type === 'index' ? 'INDEX' : 'VIEW'} IF EXISTS ${quote(o.name)}`)
+      const w = wanted.get(`${o.type}:${o.name}`)
+      if (w === undefined || w.sql !== o.sql)
+        db.exec(`DROP ${o.type === 'index' ? 'INDEX' : 'VIEW'} IF EXISTS ${quote(o.name)}`)
     }
     this.skippedObjects = []
     for (const o of wanted.values()) {
@@ -437,7 +446,10 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
         db.exec('ROLLBACK TO mesh_object')
         db.exec('RELEASE mesh_object')
         this.skippedObjects.push(`${o.type} ${o.name}: ${(err as Error).message}`)
-        this.log.warn('replica cannot create a schema object; it is skipped', { object: o.name, error: (err as Error).message })
+        this.log.warn('replica cannot create a schema object; it is skipped', {
+          object: o.name,
+          error: (err as Error).message
+        })
       }
     }
     m.tables = entry.tables

@@ -241,7 +241,12 @@ function triggerSql(id: number, t: TableInfo): string[] {
 }
 
 function sameInfo(a: TableInfo, b: TableInfo): boolean {
-  return a.sql === b.sql && a.name === b.name && JSON.stringify(a.key) === JSON.stringify(b.key) && a.rowidName === b.rowidName
+  return (
+    a.sql === b.sql &&
+    a.name === b.name &&
+    JSON.stringify(a.key) === JSON.stringify(b.key) &&
+    a.rowidName === b.rowidName
+  )
 }
 
 export class SqliteCapture implements CaptureSide {
@@ -416,8 +421,7 @@ export class SqliteCapture implements CaptureSide {
   /** Reads the file's capture state without writing (see Probe). */
   private probe(): Probe {
     const db = this.conn
-    const has = (name: string) =>
-      (db.prepare(TABLE_EXISTS).pluck().get(name) as bigint) > 0n
+    const has = (name: string) => (db.prepare(TABLE_EXISTS).pluck().get(name) as bigint) > 0n
     const names = () => {
       const { tables, skipped } = readTables(db)
       return [...tables.map((t) => t.name), ...skipped.map((t) => t.table)]
@@ -514,10 +518,15 @@ export class SqliteCapture implements CaptureSide {
     const db = this.conn
     const adopted = new Map<string, number>()
     const meta = `${OWN_PREFIX}replica`
-    const has = db.prepare(`SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?`).pluck().get(meta) as bigint
+    const has = db
+      .prepare(`SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?`)
+      .pluck()
+      .get(meta) as bigint
     if (has === 0n) return adopted
     const rows = new Map(
-      (db.prepare(`SELECT k, v FROM ${meta} WHERE k IN ('tables', 'objects')`).all() as Array<{ k: string; v: string }>).map((r) => [r.k, r.v])
+      (
+        db.prepare(`SELECT k, v FROM ${meta} WHERE k IN ('tables', 'objects')`).all() as Array<{ k: string; v: string }>
+      ).map((r) => [r.k, r.v])
     )
     const tables = JSON.parse(rows.get('tables') ?? '[]') as Array<{ id: number; name: string; sql: string }>
     const objects = JSON.parse(rows.get('objects') ?? '[]') as SchemaObject[]
@@ -527,8 +536,12 @@ export class SqliteCapture implements CaptureSide {
       if (existing.get(t.name)?.sql === t.sql) adopted.set(t.name, t.id)
       max = Math.max(max, t.id)
     }
-    const next = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'next_table'`).pluck().get() as bigint | undefined
-    db.prepare(`INSERT OR REPLACE INTO ${OWN_PREFIX}meta (k, v) VALUES ('next_table', ?)`).run(BigInt(Math.max(max + 1, Number(next ?? 1n))))
+    const next = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'next_table'`).pluck().get() as
+      | bigint
+      | undefined
+    db.prepare(`INSERT OR REPLACE INTO ${OWN_PREFIX}meta (k, v) VALUES ('next_table', ?)`).run(
+      BigInt(Math.max(max + 1, Number(next ?? 1n)))
+    )
     for (const o of objects) {
       if (o.type !== 'trigger') continue
       const exists = db.prepare(`SELECT count(*) FROM main.sqlite_schema WHERE name = ?`).pluck().get(o.name) as bigint
@@ -537,7 +550,10 @@ export class SqliteCapture implements CaptureSide {
     // The database is live now: every program may write it.
     dropGuards(db)
     db.exec(`DROP TABLE ${meta}`)
-    this.log.info('promoted replica adopted as the live database; nothing copied', { path: this.path, tables: adopted.size })
+    this.log.info('promoted replica adopted as the live database; nothing copied', {
+      path: this.path,
+      tables: adopted.size
+    })
     return adopted
   }
 
@@ -573,7 +589,9 @@ export class SqliteCapture implements CaptureSide {
       }
       for (const s of skipped) {
         if (!this.skippedTables.some((o) => o.table === s.table && o.reason === s.reason)) {
-          this.log.warn(MeshError.CANNOT_CAPTURE(`table ${s.table} is not captured: ${s.reason}`).message, { table: s.table })
+          this.log.warn(MeshError.CANNOT_CAPTURE(`table ${s.table} is not captured: ${s.reason}`).message, {
+            table: s.table
+          })
         }
       }
       this.skippedTables = skipped
@@ -604,7 +622,9 @@ export class SqliteCapture implements CaptureSide {
         return n
       }
       const nextId = () => {
-        const v = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'next_table'`).pluck().get() as bigint | undefined
+        const v = db.prepare(`SELECT v FROM ${OWN_PREFIX}meta WHERE k = 'next_table'`).pluck().get() as
+          | bigint
+          | undefined
         const n = Number(v ?? 1n)
         db.prepare(`INSERT OR REPLACE INTO ${OWN_PREFIX}meta (k, v) VALUES ('next_table', ?)`).run(BigInt(n + 1))
         return n
@@ -637,7 +657,8 @@ export class SqliteCapture implements CaptureSide {
               this.log.info('table definition changed: it is resent in full', { table: t.name })
             } else {
               this.log.warn(
-                MeshError.CORRUPT_CHANGE(`capture triggers or change table of ${t.name} were missing or altered`).message,
+                MeshError.CORRUPT_CHANGE(`capture triggers or change table of ${t.name} were missing or altered`)
+                  .message,
                 { table: t.name, hint: 'reinstalled; the table is resent in full' }
               )
             }
@@ -1081,7 +1102,8 @@ export class SqliteCapture implements CaptureSide {
    */
   async readStream(budgetBytes: number): Promise<CaptureStream | null> {
     // A file that went or was replaced, and a replacement already found: read() says what happened.
-    if (this.db === null || this.replaced !== null || this.fileAtPath() !== 'same') return wholeStream(await this.read())
+    if (this.db === null || this.replaced !== null || this.fileAtPath() !== 'same')
+      return wholeStream(await this.read())
     const db = this.conn
     let upper = 0
     try {
@@ -1237,7 +1259,10 @@ export class SqliteCapture implements CaptureSide {
           if (t.reset > 0 || Number((t.maxSeq.get() as bigint | null) ?? 0n) > t.mark) return null
         }
         const captured = new Set([...this.tables.values()].map((t) => t.info.name))
-        return digestTables(db, readTables(db).tables.filter((t) => captured.has(t.name)))
+        return digestTables(
+          db,
+          readTables(db).tables.filter((t) => captured.has(t.name))
+        )
       })()
     } catch (err) {
       throw sqliteError(err, this.path, 'cannot take a checkpoint of')
@@ -1300,7 +1325,11 @@ export class SqliteCapture implements CaptureSide {
             del.run(BigInt(lo), BigInt(hi))
             lo = hi
           }
-          if (t.reset > 0) db.prepare(`UPDATE ${OWN_PREFIX}tables SET reset = 0 WHERE id = ? AND reset = ?`).run(BigInt(t.id), BigInt(t.reset))
+          if (t.reset > 0)
+            db.prepare(`UPDATE ${OWN_PREFIX}tables SET reset = 0 WHERE id = ? AND reset = ?`).run(
+              BigInt(t.id),
+              BigInt(t.reset)
+            )
         }
       })
     } catch (err) {
@@ -1350,4 +1379,3 @@ export class SqliteCapture implements CaptureSide {
     this.db = null
   }
 }
-

@@ -48,7 +48,9 @@ export const command: Command = {
       onSignal(signal)
     }
     // A bug in a background task must be loud, not silent; the node keeps serving the rest.
-    process.on('unhandledRejection', (err) => logger.error('internal error (please report it)', { error: (err as Error)?.stack ?? String(err) }))
+    process.on('unhandledRejection', (err) =>
+      logger.error('internal error (please report it)', { error: (err as Error)?.stack ?? String(err) })
+    )
     process.on('SIGINT', () => stop('SIGINT'))
     process.on('SIGTERM', () => stop('SIGTERM'))
     try {
@@ -61,7 +63,9 @@ export const command: Command = {
       if (!ok && !stopping) {
         logger.warn('cannot reach the DHT yet; the node keeps trying', {
           bootstrap: bootstrap ?? 'public DHT',
-          hint: bootstrap ? 'Check that the bootstrap nodes are running and reachable from here.' : 'Check the internet connection.'
+          hint: bootstrap
+            ? 'Check that the bootstrap nodes are running and reachable from here.'
+            : 'Check the internet connection.'
         })
       }
     })
