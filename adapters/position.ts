@@ -28,8 +28,9 @@ export function unitFits(
       sameBytes(h.parent.key, applied.log) &&
       h.parent.length === applied.length
     if (!continues) {
+      const logHex = Buffer.from(applied.log).toString('hex').slice(0, 16)
       throw MeshError.LOG_MISMATCH(
-        `the replica follows log ${Buffer.from(applied.log).toString('hex').slice(0, 16)}… at ${applied.length}, and this log does not continue from there`,
+        `the replica follows log ${logHex}… at ${applied.length}, and this log does not continue from there`,
         {
           context: { ...where, applied: applied.length }
         }

@@ -91,10 +91,13 @@ try {
   const trigBulk = median(trig)
   say(`SQLite capture overhead (anchor: raw SQLite, WAL, synchronous=FULL, median of ${runs})`)
   say(
-    `  bulk insert, ${ROWS} rows in one transaction: raw ${Math.round(rawBulk)} rows/s, with capture ${Math.round(trigBulk)} rows/s, overhead ${(rawBulk / trigBulk).toFixed(2)}x (aim <= 1.3x)`
+    `  bulk insert, ${ROWS} rows in one transaction: raw ${Math.round(rawBulk)} rows/s, ` +
+      `with capture ${Math.round(trigBulk)} rows/s, overhead ${(rawBulk / trigBulk).toFixed(2)}x (aim <= 1.3x)`
   )
   say(
-    `  one row per transaction: raw ${Math.round(median(raw1))} tx/s, with capture ${Math.round(median(trig1))} tx/s, overhead ${(median(raw1) / median(trig1)).toFixed(2)}x (aim ~1.0x)`
+    `  one row per transaction: raw ${Math.round(median(raw1))} tx/s, ` +
+      `with capture ${Math.round(median(trig1))} tx/s, ` +
+      `overhead ${(median(raw1) / median(trig1)).toFixed(2)}x (aim ~1.0x)`
   )
 
   // End to end: bulk writes through capture -> log -> replication -> apply.
@@ -107,7 +110,8 @@ try {
   const e2eSecs = Number(process.hrtime.bigint() - t0) / 1e9
   const e2e = E2E / e2eSecs
   say(
-    `end to end, ${E2E} rows in one transaction, commit -> applied at the replica: ${Math.round(e2e)} rows/s (${(rawBulk / e2e).toFixed(2)}x slower than raw insert; aim >= 150000 rows/s)`
+    `end to end, ${E2E} rows in one transaction, commit -> applied at the replica: ${Math.round(e2e)} rows/s ` +
+      `(${(rawBulk / e2e).toFixed(2)}x slower than raw insert; aim >= 150000 rows/s)`
   )
 
   // Trickle: one small transaction every 10 ms, commit -> applied latency.
@@ -136,7 +140,8 @@ try {
   await p.settle()
   await new Promise((r) => setTimeout(r, 100))
   say(
-    `trickle, ${TRICKLE} one-row transactions 10 ms apart, commit -> applied: p50 ${median(lat).toFixed(1)} ms, p99 ${pct(lat, 99).toFixed(1)} ms (${lat.length} measured)`
+    `trickle, ${TRICKLE} one-row transactions 10 ms apart, commit -> applied: ` +
+      `p50 ${median(lat).toFixed(1)} ms, p99 ${pct(lat, 99).toFixed(1)} ms (${lat.length} measured)`
   )
   reader.close()
   await p.close()

@@ -98,7 +98,8 @@ export class ApplyLoop extends EventEmitter {
     const at = locate(this.segments, pos)
     if (at === null) {
       throw MeshError.LOG_MISMATCH(
-        'the replica holds changes this dataset’s history does not (another log, or past the point where a newer epoch branched off)',
+        'the replica holds changes this dataset’s history does not ' +
+          '(another log, or past the point where a newer epoch branched off)',
         {
           context: { applied: pos?.length }
         }

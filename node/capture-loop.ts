@@ -353,7 +353,8 @@ export class CaptureLoop extends EventEmitter {
         this.asked = this.asked.filter((w) => w !== waiter)
         reject(
           MeshError.REPLICA_BEHIND(
-            `the database did not go quiet within ${Math.round(timeoutMs / 1000)} s, and a checkpoint is taken only then`,
+            `the database did not go quiet within ${Math.round(timeoutMs / 1000)} s, ` +
+              'and a checkpoint is taken only then',
             {
               hint: 'Run the command again at a quieter moment; the periodic checkpoint is taken when it is idle.'
             }

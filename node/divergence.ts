@@ -78,7 +78,8 @@ export async function writeDivergence(d: DivergenceInput): Promise<number> {
     })
   )
   sql.push(
-    `-- Changes made at ${d.site} to ${d.dataset.name} (epoch ${d.epoch}) after epoch ${d.fencedBy.epoch} at ${d.fencedBy.site} took over.`,
+    `-- Changes made at ${d.site} to ${d.dataset.name} (epoch ${d.epoch}) ` +
+      `after epoch ${d.fencedBy.epoch} at ${d.fencedBy.site} took over.`,
     `-- They are not in the live data. Review them before running any of this at the new origin.`,
     ''
   )

@@ -60,7 +60,8 @@ export async function* walk(
         if (e.kind === 'schema') {
           tables.clear()
           for (const t of e.tables) tables.set(t.id, t)
-          note = `${e.tables.length} table${e.tables.length === 1 ? '' : 's'}${e.reset.length ? `, ${e.reset.length} reset` : ''}`
+          const resets = e.reset.length ? `, ${e.reset.length} reset` : ''
+          note = `${e.tables.length} table${e.tables.length === 1 ? '' : 's'}${resets}`
         }
         if (e.kind === 'header') {
           time = e.createdAt
@@ -218,7 +219,8 @@ export async function restorePoint(
     throw MeshError.USAGE(
       target.seq !== undefined
         ? `position ${target.seq} is before the dataset's first unit`
-        : `${new Date(target.at!).toISOString()} is before the dataset's history begins${first !== null ? ` (${new Date(first).toISOString()})` : ''}`,
+        : `${new Date(target.at!).toISOString()} is before the dataset's history begins` +
+            (first !== null ? ` (${new Date(first).toISOString()})` : ''),
       { hint: 'Give a later time or position; `mesh log` lists them.' }
     )
   }
@@ -232,7 +234,8 @@ export function findDataset(datasets: DatasetInfo[], dataset: string): DatasetIn
   const byName = datasets.filter((d) => d.name === dataset)
   if (byName.length > 1) {
     throw MeshError.UNKNOWN_DATASET(
-      `${byName.length} datasets are named ${dataset}: ${byName.map((d) => `${d.id} (origin ${d.originSite})`).join(', ')}`,
+      `${byName.length} datasets are named ${dataset}: ` +
+        byName.map((d) => `${d.id} (origin ${d.originSite})`).join(', '),
       {
         hint: 'Give the id instead of the name (mesh status --json lists them).'
       }

@@ -477,7 +477,10 @@ interface DamageEvent {
   alerts: DamageAlert[]
 }
 
-/** Records a proof about a replica at chain position `seq`: equal to the log there, or not (see LocalDataset.proven). */
+/**
+ * Records a proof about a replica at chain position `seq`: equal to the log there, or not
+ * (see LocalDataset.proven).
+ */
 export function prove(local: LocalDataset, seq: number, equal: boolean): void {
   const p = (local.proven ??= { equal: null, differs: null })
   if (equal) {

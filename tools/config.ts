@@ -110,7 +110,9 @@ export const SITE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
 export function checkSiteName(name: string, what = 'site name'): string {
   if (!SITE_NAME.test(name)) {
     throw MeshError.USAGE(`"${name}" is not a valid ${what}`, {
-      hint: 'Use letters, digits, dots, dashes and underscores (up to 63), starting with a letter or digit, e.g. shop-north.'
+      hint:
+        'Use letters, digits, dots, dashes and underscores (up to 63), ' +
+        'starting with a letter or digit, e.g. shop-north.'
     })
   }
   return name
@@ -249,7 +251,8 @@ export function readConfig(dir: string): SiteConfig {
     for (const [k, v] of Object.entries(j.snapshots as Record<string, unknown>)) {
       if (typeof v !== 'number' || !(v >= 0) || (k === 'everySeconds' && !(v > 0))) {
         throw MeshError.BAD_CONFIG(
-          `${file}: snapshots.${k} must be a ${k === 'everySeconds' ? 'positive number of seconds' : 'count (0 or more)'}`
+          `${file}: snapshots.${k} must be a ` +
+            (k === 'everySeconds' ? 'positive number of seconds' : 'count (0 or more)')
         )
       }
       ;(snapshots as Record<string, number>)[k] = v

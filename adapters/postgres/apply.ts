@@ -48,8 +48,9 @@ const META = `${OWN_SCHEMA}.replica`
 
 /** branchmesh's bookkeeping in a replica database: its position, and the schema it last applied. */
 export const CREATE_META = `CREATE SCHEMA IF NOT EXISTS ${OWN_SCHEMA};
-CREATE TABLE IF NOT EXISTS ${META} (dataset text PRIMARY KEY, log bytea, epoch int NOT NULL DEFAULT 0, length int8 NOT NULL DEFAULT 0,
-  tree_hash bytea, state text NOT NULL DEFAULT 'empty', tables text NOT NULL DEFAULT '[]', objects text NOT NULL DEFAULT '[]')`
+CREATE TABLE IF NOT EXISTS ${META} (dataset text PRIMARY KEY, log bytea, epoch int NOT NULL DEFAULT 0,
+  length int8 NOT NULL DEFAULT 0, tree_hash bytea, state text NOT NULL DEFAULT 'empty',
+  tables text NOT NULL DEFAULT '[]', objects text NOT NULL DEFAULT '[]')`
 
 export interface PostgresApplyOptions {
   url: string
@@ -135,13 +136,16 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       if (own.rows[0].has !== 't') {
         const user = await client.query(
           `SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'`
+            WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND n.nspname NOT LIKE 'pg\\_%'`
         )
         if (Number(user.rows[0].n) > 0) {
           throw MeshError.BAD_REPLICA(
             `the database ${redactUrl(this.url)} already holds tables that branchmesh did not make`,
             {
-              hint: 'Give each replica an empty database of its own (the node creates one when it may: see "postgres" in the README).',
+              hint:
+                'Give each replica an empty database of its own ' +
+                '(the node creates one when it may: see "postgres" in the README).',
               context: { url: redactUrl(this.url) }
             }
           )
@@ -193,9 +197,10 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       this.savedDataset = m.dataset
     }
     await this.conn.query(
-      `INSERT INTO ${META} (dataset, log, epoch, length, tree_hash, state, tables, objects) VALUES ($1, $2::bytea, $3, $4, $5::bytea, $6, $7, $8)
-       ON CONFLICT (dataset) DO UPDATE SET log = EXCLUDED.log, epoch = EXCLUDED.epoch, length = EXCLUDED.length, tree_hash = EXCLUDED.tree_hash,
-         state = EXCLUDED.state, tables = EXCLUDED.tables, objects = EXCLUDED.objects`,
+      `INSERT INTO ${META} (dataset, log, epoch, length, tree_hash, state, tables, objects)
+       VALUES ($1, $2::bytea, $3, $4, $5::bytea, $6, $7, $8)
+       ON CONFLICT (dataset) DO UPDATE SET log = EXCLUDED.log, epoch = EXCLUDED.epoch, length = EXCLUDED.length,
+         tree_hash = EXCLUDED.tree_hash, state = EXCLUDED.state, tables = EXCLUDED.tables, objects = EXCLUDED.objects`,
       [
         m.dataset,
         hexOf(m.log),
@@ -357,7 +362,11 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       if (def.key.length) {
         const keys = [...ch.upserts.map((r) => def.key.map((i) => r[i])), ...ch.deletes]
         const hit = await db.query(
-          `SELECT count(*) AS n FROM ${def.name} WHERE (${def.key.map((i) => quoteIdent(def.columns[i].name)).join(', ')}) IN (SELECT ${def.key.map((i, j) => `u.k${j}::${def.columns[i].type}`).join(', ')} FROM unnest(${def.key.map((_, j) => `$${j + 1}::text[]`).join(', ')}) AS u(${def.key.map((_, j) => `k${j}`).join(', ')}))`,
+          `SELECT count(*) AS n FROM ${def.name} ` +
+            `WHERE (${def.key.map((i) => quoteIdent(def.columns[i].name)).join(', ')}) ` +
+            `IN (SELECT ${def.key.map((i, j) => `u.k${j}::${def.columns[i].type}`).join(', ')} ` +
+            `FROM unnest(${def.key.map((_, j) => `$${j + 1}::text[]`).join(', ')}) ` +
+            `AS u(${def.key.map((_, j) => `k${j}`).join(', ')}))`,
           def.key.map((_, j) => keys.map((k) => text(k[j])))
         )
         changed = Number(hit.rows[0].n)
@@ -392,7 +401,8 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
             return row
           })
           await db.query(
-            `DELETE FROM ${def.name} WHERE (${def.key.map((i) => cols[i]).join(', ')}) IN (SELECT ${def.key.map((i) => cast(i)).join(', ')} FROM ${unnest(def.key)})`,
+            `DELETE FROM ${def.name} WHERE (${def.key.map((i) => cols[i]).join(', ')}) ` +
+              `IN (SELECT ${def.key.map((i) => cast(i)).join(', ')} FROM ${unnest(def.key)})`,
             arrays(keyRows, def.key)
           )
         } else {
@@ -409,7 +419,9 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
             )
             if (r.rowCount === 0)
               throw MeshError.BAD_LOG(`a row of ${def.name} that the log deletes is not in the replica`, {
-                hint: 'The replica was changed behind the mesh. Remove the replica database and restart the node to copy it again.'
+                hint:
+                  'The replica was changed behind the mesh. ' +
+                  'Remove the replica database and restart the node to copy it again.'
               })
           }
         }
@@ -423,10 +435,16 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       }
       if (full.length === 0) continue
       const all = def.columns.map((_, i) => i)
-      let sql = `INSERT INTO ${def.name} (${cols.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${all.map((i) => cast(i)).join(', ')} FROM ${unnest(all)}`
+      let sql =
+        `INSERT INTO ${def.name} (${cols.join(', ')}) OVERRIDING SYSTEM VALUE ` +
+        `SELECT ${all.map((i) => cast(i)).join(', ')} FROM ${unnest(all)}`
       if (def.key.length) {
         const rest = all.filter((i) => !def.key.includes(i))
-        sql += ` ON CONFLICT (${def.key.map((i) => cols[i]).join(', ')}) DO ${rest.length ? `UPDATE SET ${rest.map((i) => `${cols[i]} = EXCLUDED.${cols[i]}`).join(', ')}` : 'NOTHING'}`
+        const target = def.key.map((i) => cols[i]).join(', ')
+        const action = rest.length
+          ? `UPDATE SET ${rest.map((i) => `${cols[i]} = EXCLUDED.${cols[i]}`).join(', ')}`
+          : 'NOTHING'
+        sql += ` ON CONFLICT (${target}) DO ${action}`
       }
       await db.query(sql, arrays(full, all))
     }
@@ -449,7 +467,9 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     const r = await this.conn.query(`UPDATE ${def.name} SET ${assign.join(', ')} WHERE ${where}`, params)
     if (r.rowCount === 0)
       throw MeshError.BAD_LOG(`an update of ${def.name} names a row the replica does not hold`, {
-        hint: 'The replica was changed behind the mesh. Remove the replica database and restart the node to copy it again.'
+        hint:
+          'The replica was changed behind the mesh. ' +
+          'Remove the replica database and restart the node to copy it again.'
       })
   }
 
@@ -564,7 +584,9 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     const added = t.columns.filter((c) => !before.has(c.name)).map((c) => c.name)
     if (gone.length && added.length) {
       throw MeshError.UNSUPPORTED_DDL(
-        `${t.name}: column${gone.length > 1 ? 's' : ''} ${gone.join(', ')} left and ${added.join(', ')} appeared at the origin; a rename cannot be told apart from a drop and an add, so apply of this dataset stops here rather than lose values`,
+        `${t.name}: column${gone.length > 1 ? 's' : ''} ${gone.join(', ')} left and ${added.join(', ')} ` +
+          'appeared at the origin; a rename cannot be told apart from a drop and an add, ' +
+          'so apply of this dataset stops here rather than lose values',
         { context: { table: t.name, gone, added } }
       )
     }
@@ -583,7 +605,8 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       const o = before.get(c.name)
       if (o && o.type !== c.type)
         await db.query(
-          `ALTER TABLE ${name} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type} USING ${quoteIdent(c.name)}::text::${c.type}`
+          `ALTER TABLE ${name} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type} ` +
+            `USING ${quoteIdent(c.name)}::text::${c.type}`
         )
     }
     if (keyChanged && t.key.length)

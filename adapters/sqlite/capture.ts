@@ -233,10 +233,14 @@ function triggerSql(id: number, t: TableInfo): string[] {
   const newK = keyExprs(t, 'NEW')
   const changed = oldK.map((o, i) => `${o} IS NOT ${newK[i]}`).join(' OR ')
   return [
-    `CREATE TRIGGER ${quote(ins)} AFTER INSERT ON ${table} BEGIN INSERT INTO ${d} (${cols}) VALUES (${newK.join(', ')}); END`,
-    `CREATE TRIGGER ${quote(upd)} AFTER UPDATE ON ${table} BEGIN INSERT INTO ${d} (${cols}) VALUES (${newK.join(', ')}); END`,
-    `CREATE TRIGGER ${quote(updk)} AFTER UPDATE ON ${table} WHEN ${changed} BEGIN INSERT INTO ${d} (${cols}) VALUES (${oldK.join(', ')}); END`,
-    `CREATE TRIGGER ${quote(del)} AFTER DELETE ON ${table} BEGIN INSERT INTO ${d} (${cols}) VALUES (${oldK.join(', ')}); END`
+    `CREATE TRIGGER ${quote(ins)} AFTER INSERT ON ${table} ` +
+      `BEGIN INSERT INTO ${d} (${cols}) VALUES (${newK.join(', ')}); END`,
+    `CREATE TRIGGER ${quote(upd)} AFTER UPDATE ON ${table} ` +
+      `BEGIN INSERT INTO ${d} (${cols}) VALUES (${newK.join(', ')}); END`,
+    `CREATE TRIGGER ${quote(updk)} AFTER UPDATE ON ${table} WHEN ${changed} ` +
+      `BEGIN INSERT INTO ${d} (${cols}) VALUES (${oldK.join(', ')}); END`,
+    `CREATE TRIGGER ${quote(del)} AFTER DELETE ON ${table} ` +
+      `BEGIN INSERT INTO ${d} (${cols}) VALUES (${oldK.join(', ')}); END`
   ]
 }
 
