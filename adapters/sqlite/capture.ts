@@ -991,21 +991,29 @@ export class SqliteCapture implements CaptureSide {
     })
   }
 
+  /**
+   * SQLite's data_version now. When another connection committed since the last read, the file is first
+   * compared with what capture read so far (an old backup restored through SQLite writes a whole other database
+   * into the same inode), and the schema synced.
+   */
+  private freshDataVersion(): number {
+    const dv = Number(this.conn.pragma('data_version', { simple: true }))
+    if (dv !== this.dataVersion) {
+      const found = this.compare(this.current(), this.probe())
+      if (found) {
+        this.replaced = found
+        throw this.replacedError(found)
+      }
+      this.syncSchema(false)
+    }
+    return dv
+  }
+
   private async readOpen(): Promise<CaptureBatch | null> {
     const db = this.conn
     let dv: number
     try {
-      dv = Number(db.pragma('data_version', { simple: true }))
-      if (dv !== this.dataVersion) {
-        // Another connection committed: it may have written a whole other database into this file (an old
-        // backup restored through SQLite writes into the same inode).
-        const found = this.compare(this.current(), this.probe())
-        if (found) {
-          this.replaced = found
-          throw this.replacedError(found)
-        }
-        this.syncSchema(false)
-      }
+      dv = this.freshDataVersion()
     } catch (err) {
       throw sqliteError(err, this.path, 'cannot read')
     }
@@ -1120,16 +1128,7 @@ export class SqliteCapture implements CaptureSide {
     if (upper <= STREAM_ABOVE_ROWS) return wholeStream(await this.read())
     let dv: number
     try {
-      dv = Number(db.pragma('data_version', { simple: true }))
-      if (dv !== this.dataVersion) {
-        // As in read(): another connection may have written a whole other database into this file.
-        const found = this.compare(this.current(), this.probe())
-        if (found) {
-          this.replaced = found
-          throw this.replacedError(found)
-        }
-        this.syncSchema(false)
-      }
+      dv = this.freshDataVersion()
       this.flushAck(false)
     } catch (err) {
       throw sqliteError(err, this.path, 'cannot read')
