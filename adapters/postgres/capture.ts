@@ -5,8 +5,9 @@
  * that uses the built-in `pgoutput` plugin (both created by `mesh init`/`mesh join --postgres URL`, or here
  * when missing). A replication connection streams the slot (START_REPLICATION, from the position the log
  * holds; stream.ts): PostgreSQL decodes each change once, as it is written, and its messages are kept until the
- * log holds them. A read takes whole committed transactions from what was received, in commit order; reading
- * again without ack() returns at least the same. ack() drops them and tells the server (a standby status
+ * log holds them (except those of a huge transaction, handed out in pieces: readStream). A read takes whole
+ * committed transactions from what was received, in commit order; reading again without ack() returns at least
+ * the same. ack() drops them and tells the server (a standby status
  * update) that the slot may move past the last transaction the log holds; the node calls it only after the
  * log append is flushed, so a crash of the node loses nothing and repeats nothing. PostgreSQL makes a slot's
  * position durable only at its next checkpoint, so after a crash of PostgreSQL itself the slot may hand out
@@ -32,7 +33,7 @@
  * row, which identifies the row at the replica (like PostgreSQL's own logical replication).
  */
 import { MeshError, sameBytes, type SchemaEntry, type TableChanges, type Value } from '../../protocol/index.ts'
-import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.ts'
+import type { CaptureBatch, CaptureSide, CaptureStream, Logger, SnapshotChunk } from '../types.ts'
 import { silentLogger } from '../types.ts'
 import {
   OWN_SCHEMA,
@@ -51,7 +52,7 @@ import {
 import { adoptReplica } from './adopt.ts'
 import { CaptureCatalog } from './catalog.ts'
 import { SlotSnapshot, capturePrerequisites, slotWalRetention } from './slot.ts'
-import { parseLsn } from './pgoutput.ts'
+import { decodeMessage, parseLsn, type PgMessage } from './pgoutput.ts'
 import { foldTransactions, type Known, type Lookup, type RelationMessage } from './fold.ts'
 import { ReplicationStream, type Taken } from './stream.ts'
 
@@ -67,7 +68,28 @@ export interface PostgresCaptureOptions {
   catalogCheckMs?: number
   /** Gather changes that trickle in for this long before a read returns them (default 20 ms). */
   gatherMs?: number
+  /**
+   * readStream: a transaction of more than this many messages is read in pieces (default: one per 100 bytes of
+   * the budget, at least 1000); smaller ones are read whole, with read().
+   */
+  streamAboveMessages?: number
 }
+
+/** A batch read whole, as a stream of one piece. */
+function wholeStream(batch: CaptureBatch | null): CaptureStream | null {
+  if (batch === null) return null
+  return {
+    schema: batch.schema,
+    time: batch.time,
+    pieces: (async function* () {
+      yield { changes: batch.changes, rows: batch.rows }
+    })(),
+    end: () => ({ source: batch.source, rows: batch.rows })
+  }
+}
+
+/** JS memory a pgoutput message takes once decoded and folded, per byte of it, near enough for a budget. */
+const BYTES_PER_MESSAGE_BYTE = 4
 
 /** The capture position in the log: the end LSN of the last transaction a unit holds. */
 function encodeSource(lsn: bigint): Uint8Array {
@@ -269,8 +291,13 @@ export class PostgresCapture implements CaptureSide {
     // Everything committed before this read, unless a full batch is here already: a stream draining a backlog
     // (a node restarted under load) stays behind the server until the end of it, and waiting for it on every
     // read made the drain run at one batch per wait.
-    const maxChanges = this.opts.maxChanges ?? 20_000
-    const caughtUp = await st.caughtUp(undefined, maxChanges)
+    const caughtUp = await st.caughtUp(undefined, this.opts.maxChanges ?? 20_000)
+    return this.take(caughtUp)
+  }
+
+  /** read() once the stream has delivered what it waits for (`caughtUp`: all of it). */
+  private async take(caughtUp: boolean): Promise<CaptureBatch | null> {
+    const st = this.stream!
     const taken = await st.take(this.opts.gatherMs ?? 20)
     // Busy for a while: constraint and default changes, which rows do not show, are looked up now and then.
     if (taken.count > 0 && Date.now() - this.catalog.lastCheck >= 10 * (this.opts.catalogCheckMs ?? 1000)) {
@@ -288,6 +315,181 @@ export class PostgresCapture implements CaptureSide {
       return this.idle()
     }
     return batch
+  }
+
+  /**
+   * read() in pieces (issue 14): when the next transaction to capture has more than `streamAboveMessages`
+   * messages, it is handed out in pieces of about `budgetBytes` as its messages arrive, each piece folded on its
+   * own (net per key within the piece: the pieces applied in order leave the same rows as the whole), and its
+   * messages dropped from the stream once folded (ReplicationStream.release), so the transaction is never held
+   * whole. Non-streaming pgoutput sends a transaction only after it committed, so a prefix handed out before
+   * its Commit message arrived is of a committed transaction. The position (the transaction's end LSN) comes
+   * with the last piece, and nothing is confirmed to the server before ack(), as with read(). If the stream
+   * breaks, or the pieces are not all read, the stream is closed: the next read starts a new one from the
+   * position confirmed, which sends the whole transaction again (the capture loop abandons the unfinished unit).
+   *
+   * It does not split a transaction that changes a table's shape or truncates one after its first piece (the
+   * schema entry goes with the first piece only): that read fails with a retryable error, and the next one reads
+   * that transaction whole. Smaller transactions, and several of them, are read with read().
+   */
+  async readStream(budgetBytes: number): Promise<CaptureStream | null> {
+    if (this.slotMissing) throw this.slotGone()
+    const st = await this.streaming()
+    const above = this.opts.streamAboveMessages ?? Math.max(1000, Math.floor(budgetBytes / 100))
+    // What committed before this read, as read() waits for it, but no longer than until a large transaction is
+    // arriving (read() would wait for all of it).
+    const caughtUp = await st.caughtUp(undefined, this.opts.maxChanges ?? 20_000, above + 1)
+    const first = st.at(0)
+    if (first === undefined || first[0] !== 0x42 || st.pending <= above) return wholeStream(await this.take(caughtUp))
+    const begin = decodeMessage(first)
+    // A transaction the log holds already (a slot that went back after a crash of PostgreSQL): read() skips it.
+    // One to read whole: read() waits for all of it (it is committed), so that a read returns it.
+    if (begin.tag !== 'begin' || begin.finalLsn === this.wholeTx || begin.finalLsn < this.acked)
+      return wholeStream(await this.read())
+    for (let i = 1; i <= above; i++) if (st.at(i)![0] === 0x43) return wholeStream(await this.take(caughtUp))
+    // The stream holds a few pieces' worth at most, then pauses until pieces are read.
+    st.draining = Math.max(10_000, 4 * above)
+    this.pieceRead = true
+    let relations = new Map(st.relations)
+    let rows = 0
+    let end: { source: Uint8Array; seq: { values: Map<string, string> } } | null = null
+    const fail = async (err: unknown): Promise<never> => {
+      if (this.stream === st) this.stream = null
+      await st.close()
+      throw err
+    }
+    // Folds the next piece: messages from index 1 (0 is the Begin, kept until the end) up to about the budget,
+    // or to the Commit. Its messages are released once folded.
+    const next = async (firstPiece: boolean): Promise<{ changes: TableChanges[]; rows: number; last: boolean }> => {
+      const msgs: PgMessage[] = []
+      let bytes = 0
+      let i = 1
+      let commit: Extract<PgMessage, { tag: 'commit' }> | null = null
+      // A stream that broke ends the read even with messages still held: the transaction is read again whole.
+      if (st.error) return fail(st.error)
+      for (;;) {
+        const b = st.at(i)
+        if (b === undefined) {
+          if (st.ended)
+            return fail(st.error ?? MeshError.PG_UNREACHABLE('the replication stream ended inside a transaction'))
+          if (msgs.length > 0 && bytes * BYTES_PER_MESSAGE_BYTE >= budgetBytes / 4) break
+          await st.more(i, 1000)
+          continue
+        }
+        const m = decodeMessage(b)
+        if (m.tag === 'commit') {
+          commit = m
+          break
+        }
+        msgs.push(m)
+        bytes += b.length
+        i++
+        if (bytes * BYTES_PER_MESSAGE_BYTE >= budgetBytes) break
+      }
+      const close = { tag: 'commit' as const, lsn: begin.finalLsn, endLsn: commit?.endLsn ?? begin.finalLsn + 1n }
+      const folded = await this.foldPiece([begin, ...msgs, { ...close, time: begin.time }], relations)
+      if (!firstPiece && (folded.learned || folded.truncated.length > 0)) {
+        this.wholeTx = begin.finalLsn
+        return fail(
+          MeshError.DATABASE_ERROR(
+            'a transaction read in pieces changes the shape of a table or truncates one after its first piece: ' +
+              'it is read again whole',
+            { retryable: true, hint: 'Nothing to do: capture reads it again at once.' }
+          )
+        )
+      }
+      if (folded.truncated.length) {
+        for (const o of folded.truncated) this.resetPending.add(o)
+        this.schemaPending = true
+      }
+      relations = new Map(relations)
+      for (const m of msgs) if (m.tag === 'relation') relations.set(m.oid, m)
+      st.release(i - 1)
+      rows += folded.rows
+      const changes = folded.changes
+      if (commit !== null) {
+        const seq = await this.sequenceChanges()
+        if (seq.upserts.length) changes.push(seq)
+        end = { source: encodeSource(commit.endLsn), seq }
+      }
+      return { changes, rows: folded.rows, last: commit !== null }
+    }
+    let piece: Awaited<ReturnType<typeof next>>
+    try {
+      piece = await next(true)
+    } catch (err) {
+      st.draining = 0
+      this.pieceRead = false
+      // Messages may be released already: the next read starts a new stream.
+      if (this.stream === st) this.stream = null
+      await st.close()
+      throw err
+    }
+    const schemaFlag = this.schemaPending
+    const reset = [...this.resetPending]
+      .map((oid) => this.catalog.tables.get(oid)?.def.id)
+      .filter((id): id is number => id !== undefined)
+    const schema = schemaFlag ? this.catalog.entry(reset) : null
+    let done = false
+    const self = this
+    async function* pieces(): AsyncGenerator<{ changes: TableChanges[]; rows: number }> {
+      try {
+        yield { changes: piece.changes, rows: piece.rows }
+        while (!piece.last) {
+          piece = await next(false)
+          yield { changes: piece.changes, rows: piece.rows }
+        }
+        const e = end!
+        self.lastRead = { source: e.source, schema: schemaFlag, seq: e.seq.values }
+        done = true
+      } finally {
+        st.draining = 0
+        self.pieceRead = false
+        // Pieces not all read: their messages are gone from this stream, so the next read starts a new one.
+        if (!done && self.stream === st) {
+          self.stream = null
+          await st.close()
+        }
+      }
+    }
+    return {
+      schema,
+      time: begin.time,
+      pieces: pieces(),
+      end() {
+        if (!done) throw MeshError.BAD_LOG('the end of a capture read whose pieces were not all read')
+        return { source: end!.source, rows }
+      }
+    }
+  }
+
+  /** A transaction whose reading in pieces failed for its shape changes (readStream): it is read whole. */
+  private wholeTx = -1n
+  /** Set while readStream hands out pieces: no checkpoint then. */
+  private pieceRead = false
+
+  /** Folds one piece of a transaction (its messages between a Begin and a made-up Commit), see fold(). */
+  private async foldPiece(
+    messages: PgMessage[],
+    relations: ReadonlyMap<number, RelationMessage>
+  ): Promise<{ changes: TableChanges[]; rows: number; truncated: number[]; learned: boolean }> {
+    let learned = false
+    const run = foldTransactions(messages, {
+      relations,
+      tables: this.catalog.tables,
+      skipped: { has: (oid) => this.catalog.skipped.some((s) => s.oid === oid) },
+      acked: -1n,
+      maxChanges: Infinity
+    })
+    let step = run.next()
+    while (!step.done) {
+      const need = step.value
+      if (need.need === 'table') learned = true
+      step = run.next(need.need === 'table' ? await this.learn(need.relation) : await this.readRows(need.lookups))
+    }
+    const b = step.value
+    if (b === null) return { changes: [], rows: 0, truncated: [], learned }
+    return { changes: b.changes, rows: b.rows, truncated: b.truncated, learned }
   }
 
   /** The stream of the slot's changes (stream.ts), from the position the log holds. */
@@ -326,6 +528,7 @@ export class PostgresCapture implements CaptureSide {
     const st = this.stream
     if (this.lastRead !== null || this.schemaPending || this.slotMissing || this.snap !== null || !st || st.ended)
       return null
+    if (this.pieceRead) return null
     if (!(await st.caughtUp()) || st.pending > 0) return null
     const received = st.received
     const defs = this.catalog.defs()

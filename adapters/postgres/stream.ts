@@ -75,6 +75,11 @@ export class ReplicationStream {
   /** The server's flushed WAL position as last read (caughtUp), and when (ms). */
   private server = { at: 0n, readAt: 0 }
   private waiters: Array<() => void> = []
+  /**
+   * Set while a transaction is read in pieces (capture.ts readStream), to the messages held past which the stream
+   * pauses, inside the transaction too (0: not set).
+   */
+  draining = 0
   private _ended = false
   private _error: MeshError | null = null
   private _received = 0
@@ -166,7 +171,9 @@ export class ReplicationStream {
       }
       // Paused only while a whole transaction waits here: its read and confirm resume the stream. (pgoutput
       // sends a transaction at its commit: pausing inside one would wait for ever.)
-      if (this.buf.length > MAX_BUFFERED && this.commits > 0 && !this.paused) {
+      // Reading a transaction in pieces drops them as it goes (release): then it may pause inside one too.
+      const limit = this.draining > 0 ? Math.min(this.draining, MAX_BUFFERED) : MAX_BUFFERED
+      if (this.buf.length > limit && (this.commits > 0 || this.draining > 0) && !this.paused) {
         this.paused = true
         conn.stream.pause()
       }
@@ -225,16 +232,18 @@ export class ReplicationStream {
    * flushed WAL position now (or `upTo`), against how far its walsender has read, which a keepalive it is
    * asked for reports after every message before it. So a read returns every change committed before it began.
    */
-  async caughtUp(upTo?: bigint, enough = Infinity): Promise<boolean> {
+  async caughtUp(upTo?: bigint, enough = Infinity, enoughHeld = Infinity): Promise<boolean> {
     const target = upTo ?? (await this.serverPosition())
     const until = Date.now() + 2000
     // `enough`: a caller that takes at most that many messages stops waiting once that many of whole
     // transactions are here (a stream draining a backlog is behind the server for as long as the backlog
-    // lasts: waiting would only slow it). Messages of a transaction still arriving do not count.
+    // lasts: waiting would only slow it). Messages of a transaction still arriving do not count there;
+    // `enoughHeld` counts them (a caller that reads a large transaction in pieces as it arrives).
     // Every message wakes the wait; the server is asked for a keepalive at most every 50 ms (asking on every
     // message sent the server a status update per message while a backlog streamed in).
     let asked = 0
-    while (this.sent < target && !this.ended && Date.now() < until && this.complete < enough) {
+    const enoughHere = () => this.complete >= enough || this.buf.length >= enoughHeld
+    while (this.sent < target && !this.ended && Date.now() < until && !enoughHere()) {
       if (Date.now() - asked >= 50) {
         this.feedback(true)
         asked = Date.now()
@@ -306,6 +315,51 @@ export class ReplicationStream {
       this.paused = false
       ;(this.client as unknown as { connection: PgConnection }).connection.stream.resume()
     }
+    this.feedback()
+  }
+
+  /** The message held at `i` (0: the oldest not released or confirmed), undecoded; undefined past the end. */
+  at(i: number): Buffer | undefined {
+    return this.buf[i]
+  }
+
+  /** The Relation messages in force before the messages held (see Taken.relations). */
+  get relations(): ReadonlyMap<number, RelationMessage> {
+    return this.rel
+  }
+
+  /** Resolves when more than `count` messages are held, the stream ends, or after `ms`. */
+  async more(count: number, ms: number): Promise<void> {
+    if (this.buf.length > count || this.ended) return
+    await this.sleep(ms)
+  }
+
+  /**
+   * Drops the `n` messages held after the first (the Begin of a transaction read in pieces, kept for behind()),
+   * whose pieces the log holds in a unit not finished yet (capture.ts readStream), so that memory stays
+   * bounded. Not a confirm: the server is not told,
+   * and the slot keeps the whole transaction until confirm() passes its end. The caller never releases a
+   * Commit, and after a failure it does not read from this stream again (the messages are gone from it): a new
+   * stream starts from the position confirmed, where the slot sends the transaction again whole.
+   */
+  release(n: number): void {
+    for (let i = 1; i <= n; i++) {
+      const b = this.buf[i]
+      if (b[0] === 0x43) throw new Error('release(): a Commit message is released only by confirm()')
+      if (b[0] === 0x52) {
+        const m = decodeMessage(b)
+        if (m.tag === 'relation') this.rel.set(m.oid, m)
+      }
+    }
+    this.buf.splice(1, n)
+    this.complete = Math.max(0, this.complete - n)
+    this.seen = Math.max(0, this.seen - n)
+    const limit = this.draining > 0 ? Math.min(this.draining, MAX_BUFFERED) : MAX_BUFFERED
+    if (this.paused && this.buf.length < limit / 2) {
+      this.paused = false
+      ;(this.client as unknown as { connection: PgConnection }).connection.stream.resume()
+    }
+    // The position confirmed, unchanged: a stream paused for long is still heard from (wal_sender_timeout).
     this.feedback()
   }
 
