@@ -34,6 +34,11 @@ export interface ApplyOptions {
   guard?: DamageGuard
   /** Compare origin checkpoints (replicas); off for restores, snapshots and scratch copies. */
   checkpoints?: boolean
+  /**
+   * Refuse writes by other programs (default true, replicas): off for databases built from the log for a
+   * moment (restores, snapshots, scratch copies), which no application uses and which need not pay for it.
+   */
+  refuseWrites?: boolean
 }
 
 /** Where this site keeps its warm copies. */

@@ -329,7 +329,12 @@ export class History {
     const from = snaps
       ? await seedFromSnapshot(snaps.dir, engine, head.id, where, chain, point.seq, snaps.inUse, onDamaged)
       : 0
-    const side = engine.openApply(where, { dataset: head.id, logger: this.logger, checkpoints: false })
+    const side = engine.openApply(where, {
+      dataset: head.id,
+      logger: this.logger,
+      checkpoints: false,
+      refuseWrites: false
+    })
     try {
       await replayTo(chain, point.seq, side, { logger: this.logger, progress: opts.progress })
     } finally {

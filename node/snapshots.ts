@@ -167,7 +167,12 @@ export async function buildSnapshot(
   try {
     const from = await seedFromSnapshot(siteDir, engine, head.id, work.where, chain, seq, opts.inUse, opts.onDamaged)
     if (from === seq) return null
-    const side: ApplySide = engine.openApply(work.where, { dataset: head.id, logger: opts.logger, checkpoints: false })
+    const side: ApplySide = engine.openApply(work.where, {
+      dataset: head.id,
+      logger: opts.logger,
+      checkpoints: false,
+      refuseWrites: false
+    })
     let pos: { log: Uint8Array; length: number } | null = null
     try {
       await replayTo(chain, seq, side, { logger: opts.logger })

@@ -44,6 +44,8 @@ export interface SqliteApplyOptions {
    * says by construction, and a digest per checkpoint of a long history would cost a full read each.
    */
   checkpoints?: boolean
+  /** Refuse writes by other programs with guard triggers (default true; see GUARD_FUNCTION in common.ts). */
+  refuseWrites?: boolean
 }
 
 interface Prepared {
@@ -58,6 +60,7 @@ interface Prepared {
 export class SqliteApply extends ReplicaBase implements ApplySide {
   readonly engine = 'sqlite' as const
   private readonly path: string
+  private readonly refuseWrites: boolean
   private db: DB | null = null
   private prepared = new Map<number, Prepared>()
   /** SQLite's data_version as this connection last saw it: it moves only when another connection commits. */
@@ -67,6 +70,7 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
   constructor(opts: SqliteApplyOptions) {
     super(opts)
     this.path = opts.path
+    this.refuseWrites = opts.refuseWrites ?? true
   }
 
   private get conn(): DB {
@@ -103,7 +107,8 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
       this.meta = this.loadMeta()
       // Replicas made before the guard existed get it now (idempotent).
       db.transaction(() => {
-        for (const t of this.meta.tables) for (const sql of guardTriggersSql(t.id, t.name)) db.exec(sql)
+        if (this.refuseWrites)
+          for (const t of this.meta.tables) for (const sql of guardTriggersSql(t.id, t.name)) db.exec(sql)
       })()
       this.dataVersion = Number(db.pragma('data_version', { simple: true }))
       if (this.expectDataset && this.meta.dataset && this.meta.dataset !== this.expectDataset) {
@@ -424,7 +429,7 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
         throw MeshError.BAD_LOG(`table name ${t.name} is reserved`)
       db.exec(`DROP TABLE IF EXISTS ${quote(t.name)}`)
       db.exec(t.sql)
-      for (const sql of guardTriggersSql(id, t.name)) db.exec(sql)
+      if (this.refuseWrites) for (const sql of guardTriggersSql(id, t.name)) db.exec(sql)
     }
     // Indexes and views: keep what is unchanged and still there, drop the rest, create what is missing.
     const wanted = new Map(entry.objects.filter((o) => o.type !== 'trigger').map((o) => [`${o.type}:${o.name}`, o]))
