@@ -42,7 +42,11 @@ import {
   type TableInfo
 } from './common.ts'
 import type Database from 'better-sqlite3'
+import { changeTable, sameInfo, triggerNames, triggerSql } from './capture-triggers.ts'
+import { IDENTITY_BYTES, decodeSqliteSource, sourceEnc, type SourcePos } from './position.ts'
 import { RawAware, bindValue, exactColumns, exactRow, hasRawText, mayHoldRawText } from './text.ts'
+
+export { decodeSqliteSource } from './position.ts'
 
 /** Change rows deleted by one statement of an acknowledge. */
 const ACK_DELETE_ROWS = 50_000
@@ -114,68 +118,8 @@ interface Captured {
   allExact: Database.Statement
 }
 
-/**
- * The source position: per table, the change seq read up to, and the reset generation resent. Version 2 adds
- * what tells this file from another one put in its place (see `Probe`): the file's capture identity and its
- * two capture counters (resets and table ids handed out), which only grow in a live file.
- */
-interface SourcePos {
-  /** The file's capture identity (16 bytes); null in a version-1 position. */
-  identity: Uint8Array | null
-  /** `_mesh_meta` reset and next_table when the batch was read (0 in a version-1 position). */
-  resets: number
-  nextTable: number
-  tables: Array<{ id: number; seq: number; reset: number }>
-}
-
-const POS_VERSION = 2
 const TABLE_EXISTS = "SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?"
 const OLDER = 'it is an older copy of the captured file (a backup restored over it)'
-const IDENTITY_BYTES = 16
-
-const sourceEnc = {
-  preencode(s: c.State, p: SourcePos) {
-    c.uint.preencode(s, POS_VERSION)
-    c.fixed(IDENTITY_BYTES).preencode(s, p.identity ?? new Uint8Array(IDENTITY_BYTES))
-    c.uint.preencode(s, p.resets)
-    c.uint.preencode(s, p.nextTable)
-    c.uint.preencode(s, p.tables.length)
-    for (const t of p.tables) {
-      c.uint.preencode(s, t.id)
-      c.uint.preencode(s, t.seq)
-      c.uint.preencode(s, t.reset)
-    }
-  },
-  encode(s: c.State, p: SourcePos) {
-    c.uint.encode(s, POS_VERSION)
-    c.fixed(IDENTITY_BYTES).encode(s, p.identity ?? new Uint8Array(IDENTITY_BYTES))
-    c.uint.encode(s, p.resets)
-    c.uint.encode(s, p.nextTable)
-    c.uint.encode(s, p.tables.length)
-    for (const t of p.tables) {
-      c.uint.encode(s, t.id)
-      c.uint.encode(s, t.seq)
-      c.uint.encode(s, t.reset)
-    }
-  },
-  decode(s: c.State): SourcePos {
-    const v = c.uint.decode(s)
-    if (v !== 1 && v !== 2) throw new RangeError(`unknown capture position version ${v}`)
-    let identity: Uint8Array | null = null
-    let resets = 0
-    let nextTable = 0
-    if (v === 2) {
-      identity = c.fixed(IDENTITY_BYTES).decode(s)
-      resets = c.uint.decode(s)
-      nextTable = c.uint.decode(s)
-    }
-    const n = c.uint.decode(s)
-    if (n > s.end - s.start) throw new RangeError('bad capture position')
-    const tables = []
-    for (let i = 0; i < n; i++) tables.push({ id: c.uint.decode(s), seq: c.uint.decode(s), reset: c.uint.decode(s) })
-    return { identity, resets, nextTable, tables }
-  }
-}
 
 /**
  * What a file says about its own capture state, read without writing: whether branchmesh ever captured it,
@@ -200,57 +144,6 @@ interface Replaced {
   names: string[]
   /** Counters the fresh capture state must start above, so that no old position matches it. */
   floor: { resets: number; nextTable: number }
-}
-
-export function decodeSqliteSource(bytes: Uint8Array): SourcePos {
-  try {
-    return c.decode(sourceEnc, bytes)
-  } catch (err) {
-    throw MeshError.wrap(err, MeshError.BAD_LOG, 'unreadable SQLite capture position')
-  }
-}
-
-function triggerNames(id: number): string[] {
-  return ['ins', 'upd', 'updk', 'del'].map((s) => `${OWN_PREFIX}t${id}_${s}`)
-}
-
-function changeTable(id: number): string {
-  return `${OWN_PREFIX}d${id}`
-}
-
-function keyExprs(t: TableInfo, alias: 'NEW' | 'OLD'): string[] {
-  if (t.key.length === 0) return [`${alias}.${t.rowidName}`]
-  return t.key.map((i) => `${alias}.${quote(t.columns[i].name)}`)
-}
-
-function triggerSql(id: number, t: TableInfo): string[] {
-  const [ins, upd, updk, del] = triggerNames(id)
-  const table = quote(t.name)
-  const d = quote(changeTable(id))
-  const arity = t.key.length === 0 ? 1 : t.key.length
-  const cols = Array.from({ length: arity }, (_, i) => `k${i}`).join(', ')
-  const oldK = keyExprs(t, 'OLD')
-  const newK = keyExprs(t, 'NEW')
-  const changed = oldK.map((o, i) => `${o} IS NOT ${newK[i]}`).join(' OR ')
-  return [
-    `CREATE TRIGGER ${quote(ins)} AFTER INSERT ON ${table} ` +
-      `BEGIN INSERT INTO ${d} (${cols}) VALUES (${newK.join(', ')}); END`,
-    `CREATE TRIGGER ${quote(upd)} AFTER UPDATE ON ${table} ` +
-      `BEGIN INSERT INTO ${d} (${cols}) VALUES (${newK.join(', ')}); END`,
-    `CREATE TRIGGER ${quote(updk)} AFTER UPDATE ON ${table} WHEN ${changed} ` +
-      `BEGIN INSERT INTO ${d} (${cols}) VALUES (${oldK.join(', ')}); END`,
-    `CREATE TRIGGER ${quote(del)} AFTER DELETE ON ${table} ` +
-      `BEGIN INSERT INTO ${d} (${cols}) VALUES (${oldK.join(', ')}); END`
-  ]
-}
-
-function sameInfo(a: TableInfo, b: TableInfo): boolean {
-  return (
-    a.sql === b.sql &&
-    a.name === b.name &&
-    JSON.stringify(a.key) === JSON.stringify(b.key) &&
-    a.rowidName === b.rowidName
-  )
 }
 
 export class SqliteCapture implements CaptureSide {
