@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import c from 'compact-encoding'
 import crypto from 'hypercore-crypto'
 import { decodeSqliteSource } from '../adapters/sqlite/capture.ts'
+import { twoSiteState } from './helpers/status.ts'
 import { buildStatus, DEFAULT_THRESHOLDS } from '../node/index.ts'
 import { openReport, signReport, verifyReport, type Report } from '../protocol/index.ts'
 import type { LocalDataset } from '../node/state.ts'
@@ -58,26 +59,7 @@ function status(local: Partial<LocalDataset>, notices: Report['notices'] = []) {
   return buildStatus({
     self: b,
     site: 'shop-b',
-    state: {
-      meshId: crypto.randomBytes(32),
-      members: [
-        { key: a, site: 'shop-a', addedAt: now - 1000 * HOUR },
-        { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
-      ],
-      datasets: [
-        {
-          id: 'd1',
-          name: 'till',
-          engine: 'sqlite',
-          origin: a,
-          originSite: 'shop-a',
-          epoch: 0,
-          log,
-          createdAt: now - 1000 * HOUR
-        }
-      ],
-      local: [{ dataset: 'd1', path: '/x', written: [], divergences: [], ...local }]
-    },
+    state: twoSiteState(a, b, log, now, [{ dataset: 'd1', path: '/x', written: [], divergences: [], ...local }]),
     reports: [
       { site: a, siteName: 'shop-a', at: now, holdings: [{ ...h, ...t }], peers: [], software: 't', notices },
       { site: b, siteName: 'shop-b', at: now, holdings: [{ ...h, ...t }], peers: [], software: 't' }

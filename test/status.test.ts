@@ -1,6 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import crypto from 'hypercore-crypto'
+import { twoSiteState } from './helpers/status.ts'
 import { buildStatus, DEFAULT_THRESHOLDS, VERDICT_EXIT } from '../node/index.ts'
 import type { Holding, Report } from '../protocol/index.ts'
 
@@ -39,26 +40,7 @@ function status(bReport: Partial<Report> & { holdings: Holding[] }, thresholds =
   return buildStatus({
     self: a,
     site: 'shop-a',
-    state: {
-      meshId: crypto.randomBytes(32),
-      members: [
-        { key: a, site: 'shop-a', addedAt: now - 1000 * HOUR },
-        { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
-      ],
-      datasets: [
-        {
-          id: 'd1',
-          name: 'till',
-          engine: 'sqlite',
-          origin: a,
-          originSite: 'shop-a',
-          epoch: 0,
-          log,
-          createdAt: now - 1000 * HOUR
-        }
-      ],
-      local: []
-    },
+    state: twoSiteState(a, b, log, now),
     reports,
     connected: new Set(),
     running: true,
@@ -146,26 +128,7 @@ test('status: the origin’s capture lag shows in bytes and seconds; WARN past 5
     buildStatus({
       self: a,
       site: 'shop-a',
-      state: {
-        meshId: crypto.randomBytes(32),
-        members: [
-          { key: a, site: 'shop-a', addedAt: now - 1000 * HOUR },
-          { key: b, site: 'shop-b', addedAt: now - 1000 * HOUR }
-        ],
-        datasets: [
-          {
-            id: 'd1',
-            name: 'till',
-            engine: 'postgres',
-            origin: a,
-            originSite: 'shop-a',
-            epoch: 0,
-            log,
-            createdAt: now - 1000 * HOUR
-          }
-        ],
-        local: []
-      },
+      state: twoSiteState(a, b, log, now, [], 'postgres'),
       reports: [
         { site: a, siteName: 'shop-a', at: now, holdings: [holding({ captureLag })], peers: [], software: 't' },
         { site: b, siteName: 'shop-b', at: now, holdings: [holding({})], peers: [], software: 't' }
