@@ -161,6 +161,13 @@ export interface Engine {
     dataset: string,
     epoch: number
   ): Promise<{ retainedBytes: number; limitBytes: number | null; status: string }>
+  /**
+   * For the owner's versions and disk view: the engine's version in a few words ('SQLite 3.40.1',
+   * 'PostgreSQL 15.4') and the local folder whose disk holds the database, or null when that disk is not this
+   * machine's or cannot be known (a remote PostgreSQL server). Throws when the database cannot be reached.
+   * Absent: nothing to tell.
+   */
+  about?(where: string): Promise<{ version: string; folder: string | null }>
   readonly snapshots: SnapshotFormat
   readonly dialect: Dialect
 }

@@ -39,8 +39,12 @@ export interface CaptureBatch {
 export interface CaptureStream {
   schema: CaptureBatch['schema']
   time: number
-  /** The changes in pieces of about the budget each. Ending the iteration early ends the read (nothing is acked). */
-  pieces: AsyncIterable<{ changes: TableChanges[]; rows: number }>
+  /**
+   * The changes in pieces of about the budget each. Ending the iteration early ends the read (nothing is acked).
+   * A piece after the first may carry `schema`: the tables changed shape (or were truncated: its `reset`) inside
+   * the batch, and the entry goes into the unit just before that piece's changes, which have the new shape.
+   */
+  pieces: AsyncIterable<{ changes: TableChanges[]; rows: number; schema?: SchemaEntry }>
   /** Once `pieces` has ended: the position the whole batch reaches (pass it to ack()) and its rows. */
   end(): { source: Uint8Array; rows: number }
 }
@@ -103,6 +107,13 @@ export interface CaptureSide {
   checkpoint?(): Promise<{ digest: Uint8Array; rows: number } | null>
   /** The tables this capture carries (quoted, qualified names), where the engine can list them. */
   carried?(): string[]
+  /**
+   * Refuses (hold true) or allows again (false) writes by every other program to the captured tables, for a
+   * planned handover (`mesh handover`): nothing can be committed past the length the origin seals its log at.
+   * This side's own connection still writes its bookkeeping. Absent: the engine cannot stop writes, and a
+   * handover is refused.
+   */
+  holdWrites?(hold: boolean): void
   /**
    * What the source has committed that the log does not hold yet: `bytes` of the source's own change record
    * (PostgreSQL: WAL) and `seconds` since the oldest such change committed; zeros when the log holds

@@ -2,7 +2,8 @@
  * What the replica's write guard costs apply (issue 14: aim at 10% or less). The same units (200k rows in
  * units of 1,000, as capture makes them under load) are applied into a fresh SQLite replica twice: as apply
  * makes it (every table guarded), and with the guard triggers dropped after the schema unit. Anchor: apply
- * without the guard. Median of 3 each; run alone with `node --import tsx bench/guard.ts`.
+ * without the guard. Median of 7 each (one run is under a second, and the machine is shared); run alone with
+ * `node --import tsx bench/guard.ts`.
  */
 import Database from 'better-sqlite3'
 import path from 'node:path'
@@ -13,7 +14,7 @@ import { tmpDir } from '../test/helpers/db.ts'
 
 const ROWS = 200_000
 const UNIT = 1_000
-const RUNS = 3
+const RUNS = 7
 
 const table: TableDef = {
   id: 1,

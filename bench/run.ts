@@ -5,7 +5,11 @@
  * the failover benchmark (mesh promote to the first write captured at the new origin) in bench/promote.ts, and
  * the PostgreSQL benchmark (pgbench with and without capture, catch-up against PostgreSQL's own logical
  * replication; `--pg-seconds N` sets the pgbench run) in bench/postgres.ts; they run last, in that order.
- * Before them, bench/big.ts: one huge transaction (`--big-rows 200000,2000000,10000000`; default 200k and 2M).
+ * Before them, bench/big.ts: one huge transaction at a SQLite origin, then at a PostgreSQL one
+ * (`--big-rows 200000,2000000,10000000`; default 200k and 2M).
+ * bench/bytes.ts (bytes per row change for the demo shop's day, compressed and not) runs after the trickle;
+ * bench/reconnect.ts (a site back after 10 minutes away, over network namespaces; needs root) only with
+ * `--reconnect` (`--reconnect-minutes N` shortens the outages), last: it takes more than 20 minutes.
  */
 import Database from 'better-sqlite3'
 import path from 'node:path'
@@ -13,11 +17,14 @@ import { SqliteCapture } from '../adapters/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { startPipeline } from '../test/helpers/pipeline.ts'
 import { bigBench, bigRowsArg } from './big.ts'
+import { bytesBench } from './bytes.ts'
 import { meshBench } from './mesh.ts'
 import { pgBench } from './postgres.ts'
 import { promoteBench } from './promote.ts'
+import { reconnectBench } from './reconnect.ts'
 import { restoreBench } from './restore.ts'
 import { guardBench } from './guard.ts'
+import { encryptionBench } from './encryption.ts'
 
 const json = process.argv.includes('--json')
 const say = (s: string) => {
@@ -147,6 +154,10 @@ try {
   await p.close()
   origin.close()
 
+  // Encrypted logs: the same end to end, plaintext and encrypted (bench/encryption.ts).
+  const encryption = await encryptionBench({ say })
+  // Bytes per row change, the demo shop's day, compressed and not (bench/bytes.ts).
+  const bytes = await bytesBench({ say })
   // The replica's write guard: apply with and without it (bench/guard.ts).
   const guard = await guardBench({ say })
   // One huge transaction, capture and apply each in a process of its own: peak RSS and rows/s (bench/big.ts).
@@ -159,6 +170,11 @@ try {
   const restore = await restoreBench({ say })
   // PostgreSQL: pgbench alone, with native logical replication, with branchmesh capture (bench/postgres.ts).
   const postgres = await pgBench({ json, say })
+  // A site back after a long outage: link down, node stopped (bench/reconnect.ts; root, on demand).
+  const minutesAt = process.argv.indexOf('--reconnect-minutes')
+  const reconnect = process.argv.includes('--reconnect')
+    ? await reconnectBench({ say, minutes: minutesAt > 0 ? Number(process.argv[minutesAt + 1]) : undefined })
+    : {}
   if (json) {
     process.stdout.write(
       `${JSON.stringify({
@@ -169,12 +185,15 @@ try {
         endToEndRowsPerSec: Math.round(e2e),
         trickleP50Ms: +median(lat).toFixed(2),
         trickleP99Ms: +pct(lat, 99).toFixed(2),
+        ...encryption,
+        ...bytes,
         ...guard,
         ...big,
         ...mesh,
         ...promote,
         ...restore,
-        ...postgres
+        ...postgres,
+        ...reconnect
       })}\n`
     )
   }

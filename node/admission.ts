@@ -1,10 +1,11 @@
 /**
  * Admission: who may connect, and what a connection may do.
  *
- * The Noise handshake of every hyperswarm connection proves the remote's key. A key that is not in the member
- * list (mesh.json) is refused before anything else: by the DHT firewall when it calls us, and by closing the
- * connection at once when we called it (hyperswarm's firewall only guards incoming connections). A one-time
- * invite key (invites.json) is let in for the join channel only: such a connection never replicates a log.
+ * The Noise handshake of every hyperswarm connection proves the remote's key. A removed key is refused before
+ * anything else, by the firewall; a key that is not in the member list (mesh.json) gets only the credential
+ * step (node/membership.ts): a signed member statement admits it, anything else closes the connection within
+ * a few seconds. A one-time invite key (invites.json) is let in for the join channel only: such a connection
+ * never replicates a log.
  */
 import Protomux from 'protomux'
 import type { SwarmConnection } from 'hyperswarm'
@@ -14,7 +15,8 @@ import {
   JOIN_PROTOCOL,
   joinHelloEncoding,
   type JoinPayloads,
-  type MemberInfo,
+  StatementKind,
+  type MemberRole,
   type Redeem
 } from '../protocol/index.ts'
 import { addMessages, type Messages } from './messages.ts'
@@ -44,18 +46,32 @@ export class Admission {
     return this.node.state.members.some((m) => Buffer.from(m.key).equals(key))
   }
 
+  /** A member's role ('full' unless its admission said otherwise); null for a key that is not a member. */
+  roleOf(key: Uint8Array): MemberRole | null {
+    const m = this.node.state.members.find((x) => Buffer.from(x.key).equals(key))
+    return m ? (m.role ?? 'full') : null
+  }
+
   memberName(key: Uint8Array): string {
     return this.node.state.members.find((m) => Buffer.from(m.key).equals(key))?.site ?? short(key)
   }
 
-  /** hyperswarm's firewall: true refuses the connection before any data flows. */
+  /**
+   * hyperswarm's firewall: true refuses the connection before any data flows. A removed key is refused here; a
+   * key this site does not know is let through to the credential step (node/membership.ts), which admits it
+   * on a signed member statement or closes the connection within a few seconds.
+   */
   firewall(remote: Buffer): boolean {
-    if (this.isMember(remote) || this.liveInvite(remote)) return false
-    this.refuse(remote, 'not a member of the mesh')
+    const why = this.node.membership.refusal(remote)
+    if (why === null) return false
+    this.refuse(remote, why)
     return true
   }
 
-  /** Every connection, incoming or outgoing: a member's gets the control channel, an invite's the join channel. */
+  /**
+   * Every connection, incoming or outgoing: a member's gets the control channel (and the credential channel,
+   * both ways), an invite's the join channel, any other key the credential step.
+   */
   onConnection(conn: SwarmConnection): void {
     const key = conn.remotePublicKey
     conn.on('error', (err: Error) =>
@@ -65,7 +81,14 @@ export class Admission {
       conn.destroy()
       return
     }
+    const why = this.node.membership.refusal(key)
+    if (why !== null) {
+      this.refuse(key, why)
+      conn.destroy()
+      return
+    }
     if (this.isMember(key)) {
+      this.node.membership.present(conn)
       this.node.control.onMember(conn)
       return
     }
@@ -74,8 +97,7 @@ export class Admission {
       this.onGuest(conn, invite)
       return
     }
-    this.refuse(key, 'not a member of the mesh')
-    conn.destroy()
+    this.node.membership.checkUnknown(conn)
   }
 
   refuse(key: Uint8Array, reason: string): void {
@@ -88,27 +110,6 @@ export class Admission {
       this.lastRefusalLog.set(k, now)
       this.node.logger.warn('refused a connection', { peer: short(key), reason })
     }
-  }
-
-  /**
-   * Adds members this site did not know (from a peer's list, or a join); returns whether any was new. A key
-   * our firewall refused before it was known is banned by hyperswarm: that is lifted, and the new member dialled.
-   */
-  admit(list: MemberInfo[], from: string): boolean {
-    let changed = false
-    for (const m of list) {
-      if (this.isMember(m.key)) continue
-      this.node.state.members.push({ key: Buffer.from(m.key), site: m.site, addedAt: m.addedAt })
-      changed = true
-      this.node.logger.info(from === '' ? 'new member joined with a join code' : 'new member', {
-        site: m.site,
-        key: short(m.key),
-        ...(from === '' ? {} : { from })
-      })
-      this.node.swarm.peers.get(hex(m.key))?.ban(false)
-      this.node.swarm.joinPeer(m.key)
-    }
-    return changed
   }
 
   private liveInvite(key: Uint8Array): Invite | null {
@@ -134,14 +135,25 @@ export class Admission {
     const ch = mux.createChannel({ protocol: JOIN_PROTOCOL, handshake: joinHelloEncoding })
     if (ch === null) return void conn.destroy()
     const messages: Messages<JoinPayloads> = addMessages<JoinPayloads>(ch, JOIN_MESSAGES, {
-      redeem: (m) => this.onRedeem(conn, invite, m, messages)
+      redeem: (m) =>
+        void this.onRedeem(conn, invite, m, messages).catch((err: Error) => {
+          this.node.logger.error('could not admit a site redeeming a join code', { site: m.site, error: err.message })
+          const reason = `the inviting site could not admit it: ${err.message}`
+          messages.send('refuse', { version: CONTROL_VERSION, code: 'BAD_JOIN_CODE', reason })
+          setTimeout(() => conn.destroy(), 1000).unref()
+        })
     })
     ch.open({ version: CONTROL_VERSION })
     const timer = setTimeout(() => conn.destroy(), 30_000)
     conn.once('close', () => clearTimeout(timer))
   }
 
-  private onRedeem(conn: SwarmConnection, invite: Invite, m: Redeem, reply: Messages<JoinPayloads>): void {
+  private async onRedeem(
+    conn: SwarmConnection,
+    invite: Invite,
+    m: Redeem,
+    reply: Messages<JoinPayloads>
+  ): Promise<void> {
     const node = this.node
     const now = Date.now()
     if (invite.expiresAt * 1000 <= now || !this.liveInvite(invite.key)) {
@@ -160,15 +172,19 @@ export class Admission {
     // One-time: the invite is gone before the welcome leaves, so a second use of the code is refused.
     this.invites = readInvites(node.paths).filter((i) => !Buffer.from(i.key).equals(invite.key))
     writeInvites(node.paths, this.invites)
-    if (this.admit([{ key: m.key, site: m.site, addedAt: now }], '')) {
-      node.saveState()
-      node.control.broadcast((p) => p.send('members', node.state.members))
-    }
+    // Signed and published at once: every online site knows the new member before it connects.
+    await node.membership.admitRedeemed(m.key, m.site, invite.role ?? 'full')
+    node.logger.info('new member joined with a join code', { site: m.site, key: short(m.key) })
     reply.send('welcome', {
       version: CONTROL_VERSION,
       meshId: node.state.meshId,
       members: node.state.members,
-      datasets: node.state.datasets
+      datasets: node.state.datasets,
+      statements: [
+        ...node.membership.credentials(),
+        ...node.statements.list(StatementKind.removal),
+        ...node.dataKeys.grantsFor(m.key)
+      ]
     })
     setTimeout(() => conn.end(), 1000).unref()
   }

@@ -11,7 +11,9 @@ import {
   MeshError,
   packSnapshot,
   packTransaction,
+  type Entry,
   type HeaderEntry,
+  type SchemaEntry,
   type TableChanges,
   type TransactionEntry
 } from '../protocol/index.ts'
@@ -268,21 +270,26 @@ export class CaptureLoop extends EventEmitter {
       return 1
     }
     if (s === null) return 0
-    let schema = s.schema
+    // The schema entries that go before the held part: the batch's own, then one a later piece carries.
+    let schemas: SchemaEntry[] = s.schema ? [s.schema] : []
     let held: TableChanges[] | null = null
+    const pack = (changes: TableChanges[], source: Uint8Array | null): Entry[] => [
+      ...schemas.map((e) => ({ ...e, more: true })),
+      ...packTransaction({ schema: null, changes, time: s.time, source }, this.opts.blockBytes)
+    ]
     for await (const piece of s.pieces) {
       if (held !== null) {
-        const entries = packTransaction({ schema, changes: held, time: s.time, source: null }, this.opts.blockBytes)
+        const entries = pack(held, null)
         ;(entries[entries.length - 1] as TransactionEntry).more = true
         this.dangling = true
         await log.appendUnit(entries)
-        schema = null
+        schemas = []
       }
+      if (piece.schema) schemas.push(piece.schema)
       held = piece.changes
     }
     const { source, rows } = s.end()
-    const last = packTransaction({ schema, changes: held ?? [], time: s.time, source }, this.opts.blockBytes)
-    const length = await log.appendUnit(last)
+    const length = await log.appendUnit(pack(held ?? [], source))
     this.dangling = false
     await capture.ack(source)
     this.stats.units++

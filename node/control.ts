@@ -19,6 +19,7 @@ import {
   type Hello
 } from '../protocol/index.ts'
 import { supersedes } from './chain.ts'
+import { servePlaintextNever } from './blind.ts'
 import { addMessages, type Messages } from './messages.ts'
 import type { MeshNode } from './node.ts'
 import { hex, short } from './util.ts'
@@ -67,7 +68,8 @@ export class ControlChannel {
     const messages = addMessages<ControlPayloads>(channel, CONTROL_MESSAGES, {
       members: (m) => this.onMembers(peer, m),
       datasets: (m) => this.onDatasets(peer, m),
-      report: (m) => node.reports.receive(peer, m)
+      report: (m) => node.reports.receive(peer, m),
+      statements: (m) => void node.statements.receive(peer, m)
     })
     const peer: Peer = {
       conn,
@@ -117,8 +119,16 @@ export class ControlChannel {
     peer.software = hello.software
     this.peers.set(k, peer)
     node.logger.info('connected', { peer: peer.site, key: short(peer.key) })
-    // Only now, with the hello checked, do the logs flow.
-    node.store.replicate(peer.conn)
+    // Only now, with the hello checked, do the logs flow; to a blind site, only the encrypted ones.
+    if (node.role === 'full' && node.admission.roleOf(peer.key) === 'blind') {
+      servePlaintextNever((peer.conn as unknown as { userData: object }).userData, (k) => node.blind.isEncryptedLog(k))
+    }
+    // An observer gets the control channel only, never a log's blocks: neither end replicates the store when
+    // either is one (and an observer's store holds nothing to offer).
+    if (node.role !== 'observer' && node.admission.roleOf(peer.key) !== 'observer') node.store.replicate(peer.conn)
+    // Statements first: the member statements, promotions and data key grants a peer needs to act on the
+    // datasets that follow (a new dataset's key arrives before its announcement, a new epoch's promotion too).
+    node.statements.sendAllTo(peer)
     peer.send('members', node.state.members)
     peer.send('datasets', node.state.datasets)
     node.reports.sendAllTo(peer)
@@ -134,31 +144,44 @@ export class ControlChannel {
     }
   }
 
+  /**
+   * The unsigned members list an older site sends: it adds nobody here (a member comes only from a signed
+   * member statement, node/membership.ts); a key it names that this site does not know is only logged.
+   */
   private onMembers(from: Peer, list: ControlPayloads['members']): void {
-    if (!this.node.admission.admit(list, from.site)) return
-    this.node.saveState()
-    this.broadcast((p) => p.send('members', this.node.state.members), from)
+    for (const m of list) {
+      if (this.node.admission.isMember(m.key) || this.node.membership.isRemoved(m.key)) continue
+      this.node.logger.debug('a peer lists a member with no signed statement here', { site: m.site, from: from.site })
+    }
   }
 
   /**
    * Datasets as a peer knows them. A dataset not known here is followed; a newer epoch of a known one (see
-   * chain.ts, supersedes) replaces it everywhere: this site follows it, or is fenced if it was the origin.
+   * chain.ts, supersedes) replaces it everywhere: this site follows it, or is fenced if it was the origin. A new
+   * epoch is never taken on the peer's word: only once its signed promotion was checked here (trust.ts), which
+   * looks for it and adopts the head itself when it passes.
    */
   private onDatasets(from: Peer, list: DatasetInfo[]): void {
     const node = this.node
     let changed = false
     for (const d of list) {
       if (!node.admission.isMember(d.origin)) {
+        // A removed (or rotated-away) origin's dataset stays as it is here until a member promotes it.
+        if (node.membership.isRemoved(d.origin)) continue
         node.logger.warn('ignored a dataset whose origin is not a member', { dataset: d.name, from: from.site })
         continue
       }
       const have = node.state.datasets.find((x) => x.id === d.id)
-      if (have && !supersedes(d, have)) continue
+      if (have && !supersedes(d, have) && !encryptsNext(d, have)) continue
+      // A new epoch is followed only once its signed promotion is accepted (node/trust.ts); the same epoch's
+      // log announcing that its next epoch is encrypted changes no origin, and needs none.
+      if ((!have || supersedes(d, have)) && !node.trust.mayFollow(d, from, have)) continue
       const info: DatasetInfo = { ...d, origin: Buffer.from(d.origin), log: Buffer.from(d.log) }
       if (have) {
         node.state.datasets = node.state.datasets.map((x) => (x.id === d.id ? info : x))
-        const what =
-          have.epoch === d.epoch
+        const what = encryptsNext(d, have)
+          ? 'its logs are encrypted from the next epoch on'
+          : have.epoch === d.epoch
             ? 'two promotions of the same epoch: following the one with the lower log key'
             : 'new epoch'
         node.logger.info(what, { dataset: d.name, epoch: d.epoch, origin: d.originSite, from: from.site })
@@ -174,4 +197,17 @@ export class ControlChannel {
       this.broadcast((p) => p.send('datasets', node.state.datasets), from)
     }
   }
+}
+
+/**
+ * `mesh encrypt` at the origin: the same epoch and log, now saying its logs are encrypted from the next epoch
+ * on (datakeys.ts). Only that step is taken this way; every other change of a dataset comes with a new epoch.
+ */
+function encryptsNext(d: DatasetInfo, have: DatasetInfo): boolean {
+  return (
+    d.epoch === have.epoch &&
+    Buffer.from(d.log).equals(have.log) &&
+    have.encryptedFrom === undefined &&
+    d.encryptedFrom === have.epoch + 1
+  )
 }

@@ -42,7 +42,8 @@ function jsonValue(v: Value): unknown {
   return { hex: Buffer.from(v as Uint8Array).toString('hex') }
 }
 
-function record(cols: string[], values: Value[]): Record<string, unknown> {
+/** A row or key by column name, each value as JSON holds it (jsonValue). */
+export function record(cols: string[], values: Value[]): Record<string, unknown> {
   const o: Record<string, unknown> = {}
   for (const [i, c] of cols.entries()) o[c] = jsonValue(values[i])
   return o

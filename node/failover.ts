@@ -7,10 +7,22 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { engineFor } from '../adapters/index.ts'
-import { MeshError, sameBytes, type DatasetInfo } from '../protocol/index.ts'
+import {
+  MeshError,
+  StatementKind,
+  decodeHandover,
+  encodePromotion,
+  encodeStatement,
+  sameBytes,
+  signStatement,
+  type DatasetInfo,
+  type Handover,
+  type Statement
+} from '../protocol/index.ts'
 import { ApplyLoop } from './apply-loop.ts'
 import { resolveChain, type ChainSegment } from './chain.ts'
 import { writeDivergence } from './divergence.ts'
+import { TAKEOVER_MS } from './trust.ts'
 import { findDataset } from './history.ts'
 import { logName } from './log.ts'
 import type { MeshNode } from './node.ts'
@@ -29,6 +41,8 @@ export interface PromoteResult {
   /** The length of the previous epoch's log the new epoch continues from. */
   branch: number
   forced: boolean
+  /** The old origin handed over (mesh handover): nothing diverged. */
+  handover: boolean
 }
 
 export class Failover {
@@ -43,7 +57,28 @@ export class Failover {
     return this.node.roles.enqueue(head.id, () => this.promoteNow(head.id, force))
   }
 
-  private async promoteNow(id: string, force: boolean): Promise<PromoteResult> {
+  /**
+   * The named site's side of `mesh handover`: waits until it applied exactly the length the origin sealed its
+   * log at, then starts the next epoch there with a promotion that carries the origin's signed handover.
+   */
+  async takeOver(s: Statement, h: Handover): Promise<PromoteResult> {
+    const node = this.node
+    const applied = () => {
+      const r = node.roles.replicas.get(h.dataset)
+      return r !== undefined && sameBytes(r.log.key, h.parent.key) && r.loop.stats.applied >= h.parent.length
+    }
+    const end = s.at + TAKEOVER_MS
+    while (!applied()) {
+      if (Date.now() > end || node.closing) {
+        throw MeshError.HANDOVER_FAILED(`${node.opts.site} did not apply the ${h.parent.length} sealed entries in time`)
+      }
+      await sleep(50)
+    }
+    return node.roles.enqueue(h.dataset, () => this.promoteNow(h.dataset, false, s))
+  }
+
+  /** See promote(); with `handover`, the old origin's consent for this site to start the epoch at its seal. */
+  async promoteNow(id: string, force: boolean, handover: Statement | null = null): Promise<PromoteResult> {
     const node = this.node
     const roles = node.roles
     const site = node.opts.site
@@ -59,14 +94,21 @@ export class Failover {
     }
     // Healthy: a new report of its own reached this site, directly or through another site, within three
     // heartbeats (a killed site's connection looks open for a while; its reports stop at once), and it
-    // reports capturing without an error.
+    // reports capturing without an error. --force does not override this: a live origin is never rewound
+    // without its consent (mesh handover); every other site would refuse the promotion anyway (trust.ts).
     const heard = node.reports.lastHeard(head.origin)
-    if (!force && Date.now() - heard < 3 * (node.opts.heartbeatMs ?? 5000)) {
+    if (handover === null && Date.now() - heard < 3 * (node.opts.heartbeatMs ?? 5000)) {
       const reported = node.reports.originReported(head)
       if (reported && reported.error === '') {
+        // Right after a crash the origin still looks healthy: say when it will count as lost.
+        const lostAfter = 3 * (node.opts.heartbeatMs ?? 5000)
+        const ago = Date.now() - heard
+        const wait = Math.max(1, Math.ceil((lostAfter - ago) / 1000))
         throw MeshError.ORIGIN_HEALTHY(
-          `${head.originSite}, the origin of ${head.name}, is reachable and capturing (its last report ` +
-            `arrived ${Math.round((Date.now() - heard) / 1000)} s ago)`
+          `${head.originSite}, the origin of ${head.name}, is reachable and capturing: its last report was ` +
+            `${Math.round(ago / 1000)} s ago; a lost origin is seen as lost after ${Math.round(lostAfter / 1000)} s ` +
+            `without one: if ${head.originSite} is down, try again in ${wait} s`,
+          { context: { lastReportMs: ago, lostAfterMs: lostAfter, retryInSeconds: wait } }
         )
       }
     }
@@ -102,17 +144,50 @@ export class Failover {
         hint: 'Wait until `mesh status` shows this site holding the dataset, then run the command again.'
       })
     }
+    if (handover) {
+      const h = decodeHandover(handover.body)
+      if (!sameBytes(pos.log, h.parent.key) || pos.length !== h.parent.length) {
+        await r.loop.start()
+        throw MeshError.HANDOVER_FAILED(
+          `${site} stands at ${pos.length} of another log than the ${h.parent.length} entries ${head.originSite} sealed`
+        )
+      }
+    }
     await roles.closeReplica(r)
     const epoch = head.epoch + 1
     const name = `${logName(id, epoch)}/${Date.now()}`
     const log = await node.createLog(name)
     const local = roles.localOf(head)
-    const w: WrittenLog = { epoch, key: log.key, name, parent: { key: pos.log, length: pos.length } }
+    // The signed promotion every site checks before following (trust.ts); it goes into the new log's header.
+    const statement = signStatement(
+      StatementKind.promotion,
+      node.state.meshId,
+      node.keyPair,
+      encodePromotion({
+        dataset: id,
+        name: head.name,
+        engine: head.engine,
+        epoch,
+        log: log.key,
+        parent: { key: pos.log, length: pos.length },
+        site,
+        handover,
+        forced: force
+      })
+    )
+    const w: WrittenLog = {
+      epoch,
+      key: log.key,
+      name,
+      parent: { key: pos.log, length: pos.length },
+      promotion: Buffer.from(encodeStatement(statement)).toString('hex')
+    }
     local.written.push(w)
     const info: DatasetInfo = { ...head, origin: node.key, originSite: site, epoch, log: log.key }
     node.state.datasets = node.state.datasets.map((d) => (d.id === id ? info : d))
     node.saveState()
     await roles.openOrigin(info, local, w)
+    await node.statements.publish(statement)
     node.control.broadcast((p) => p.send('datasets', node.state.datasets))
     node.reports.markDirty()
     const parentSite = r.info.originSite
@@ -122,9 +197,19 @@ export class Failover {
       epoch,
       from: parentSite,
       branch: pos.length,
-      path: shown
+      path: shown,
+      handover: handover !== null
     })
-    return { dataset: head.name, id, epoch, path: shown, previousOrigin: parentSite, branch: pos.length, forced: force }
+    return {
+      dataset: head.name,
+      id,
+      epoch,
+      path: shown,
+      previousOrigin: parentSite,
+      branch: pos.length,
+      forced: force,
+      handover: handover !== null
+    }
   }
 
   /**

@@ -6,14 +6,26 @@
  * `mesh restore --seq N` takes one. A restore always ends at a unit boundary (a unit is applied whole), the
  * last one at or before the position asked for.
  */
-import { engineFor, unitEnd, type Logger } from '../adapters/index.ts'
-import { MeshError, RawText, type DatasetInfo, type Entry, type TableDef } from '../protocol/index.ts'
+import { engineFor, unitEnd, type Dialect, type Logger } from '../adapters/index.ts'
+import { MeshError, type DatasetInfo, type Entry, type TableDef } from '../protocol/index.ts'
 import { replayTo } from './apply-loop.ts'
 import { offsets, resolveChain, type ChainSegment } from './chain.ts'
+import { record } from './divergence.ts'
 import { seedFromSnapshot } from './snapshots.ts'
 import Corestore from 'corestore'
+import { datasetOfLog, encryptionWith, readDataKey } from './datakeys.ts'
 import { DatasetLog } from './log.ts'
-import { readMeshState, sitePaths } from './state.ts'
+import { readMeshState, readSiteKey, sitePaths } from './state.ts'
+
+/** A point of a dataset's history to restore (see restorePoint). */
+export interface RestoreTarget {
+  /** Through the unit at this position (mesh log's SEQ): `mesh restore --seq`. */
+  through?: number
+  /** Before this position: `mesh restore --before`. */
+  seq?: number
+  /** At this moment, ms. */
+  at?: number
+}
 
 export interface HistoryUnit {
   /** Chain position of the unit's first block, and of the block after its last. */
@@ -38,7 +50,7 @@ export interface HistoryUnit {
 export async function* walk(
   chain: ChainSegment[],
   opts: { from?: number; entries?: boolean } = {}
-): AsyncGenerator<{ unit: HistoryUnit; entries: Entry[] }> {
+): AsyncGenerator<{ unit: HistoryUnit; entries: Entry[]; tables: Map<number, TableDef> }> {
   const { starts } = offsets(chain)
   const tables = new Map<number, TableDef>()
   let copies = 0
@@ -65,10 +77,13 @@ export async function* walk(
         }
         if (e.kind === 'header') {
           time = e.createdAt
-          note = `${e.site} starts epoch ${e.epoch}${e.parent ? ` at ${e.parent.length} of the previous log` : ''}`
+          // Positions in notes are chain positions, as everywhere else: the parent's block L is at the parent's
+          // start on the chain plus L.
+          const at = e.parent && i > 0 ? `, continuing from position ${starts[i - 1] + e.parent.length}` : ''
+          note = `${e.site} starts epoch ${e.epoch}${at}`
         }
-        if (e.kind === 'fence') note = `sealed: epoch ${e.epoch} took over at block ${e.length}`
-        if (e.kind === 'checkpoint') note = `checkpoint of block ${e.length}: ${e.rows} rows`
+        if (e.kind === 'fence') note = `sealed: epoch ${e.epoch} took over from position ${starts[i] + e.length}`
+        if (e.kind === 'checkpoint') note = `checkpoint of position ${starts[i] + e.length}: ${e.rows} rows`
         if (e.kind === 'snapshot' && e.first) {
           // The first whole copy is the dataset's start; any later one was made again by the origin.
           note =
@@ -103,7 +118,7 @@ export async function* walk(
         tables: list,
         note
       }
-      if (unit.seq >= (opts.from ?? 0)) yield { unit, entries: opts.entries ? u.entries : [] }
+      if (unit.seq >= (opts.from ?? 0)) yield { unit, entries: opts.entries ? u.entries : [], tables }
       b += n
     }
   }
@@ -159,6 +174,12 @@ class ChainPoints {
     return q
   }
 
+  /** The end of the unit position q is in (the position after its last block). */
+  async endOf(q: number): Promise<number> {
+    while ((await this.at(q)).more) q++
+    return q + 1
+  }
+
   /** The time of the nearest block at or before position q that has one (a transaction, a header); null if none. */
   async timeAt(q: number): Promise<number | null> {
     const seen: number[] = []
@@ -182,7 +203,10 @@ class ChainPoints {
 }
 
 /**
- * The chain position to restore to: for `seq`, the last unit boundary at or before it; for `at` (ms), the
+ * The chain position to restore to (a unit boundary: every block before it is in). For `through`, a position
+ * as `mesh log` shows it: the end of the unit at that position, so that unit is in (`mesh restore --seq`); for
+ * `seq`, the last unit boundary at or before it, so the unit starting there is not (`mesh restore --before`,
+ * and the node's own positions, which are boundaries); for `at` (ms), the
  * start of the first unit committed after that moment (so every unit committed at or before it is in). Found
  * by a binary search over the blocks' times, not by reading it all: it assumes commit times grow along the
  * chain, which holds while the origins' clocks do not go back (a clock set back, or a promoted site whose
@@ -190,15 +214,18 @@ class ChainPoints {
  */
 export async function restorePoint(
   chain: ChainSegment[],
-  target: { seq?: number; at?: number }
-): Promise<{ seq: number; time: number | null }> {
+  target: RestoreTarget
+): Promise<{ seq: number; last: number; time: number | null }> {
   const c = new ChainPoints(chain)
   const notYet = () =>
     MeshError.REPLICA_NOT_READY(`this site holds the history only up to position ${c.length} of ${c.full} yet`, {
       hint: 'Wait until `mesh status` shows the log downloaded here, then run the command again.'
     })
   let point: number
-  if (target.seq !== undefined) {
+  if (target.through !== undefined) {
+    if (target.through >= c.length && c.length < c.full) throw notYet()
+    point = target.through >= c.length ? c.length : await c.endOf(target.through)
+  } else if (target.seq !== undefined) {
     if (target.seq > c.length && c.length < c.full) throw notYet()
     point = await c.boundary(Math.max(0, Math.min(target.seq, c.length)))
   } else {
@@ -217,14 +244,16 @@ export async function restorePoint(
   if (point <= 1) {
     const first = c.length > 0 ? await c.timeAt(0) : null
     throw MeshError.USAGE(
-      target.seq !== undefined
-        ? `position ${target.seq} is before the dataset's first unit`
-        : `${new Date(target.at!).toISOString()} is before the dataset's history begins` +
+      target.through !== undefined
+        ? `position ${target.through} is the start of the log, before its first unit`
+        : target.seq !== undefined
+          ? `position ${target.seq} is before the dataset's first unit`
+          : `${new Date(target.at!).toISOString()} is before the dataset's history begins` +
             (first !== null ? ` (${new Date(first).toISOString()})` : ''),
       { hint: 'Give a later time or position; `mesh log` lists them.' }
     )
   }
-  return { seq: point, time: await c.timeAt(point - 1) }
+  return { seq: point, last: await c.boundary(point - 1), time: await c.timeAt(point - 1) }
 }
 
 /** A dataset by id or name; a name several datasets share is refused (give the id). */
@@ -253,8 +282,13 @@ export function findDataset(datasets: DatasetInfo[], dataset: string): DatasetIn
 export interface RestoreResult {
   dataset: string
   id: string
-  /** The chain position restored, and the commit time of its last unit. */
+  /**
+   * Where the restore ends: every block before `seq` is in (so `seq` is the next unit's SEQ), `last` is the SEQ
+   * of the last unit in it as `mesh log` shows it (`mesh restore --seq last` gives the same state), and `time`
+   * the commit time of its last transaction.
+   */
   seq: number
+  last: number
   time: number | null
   to: string
   engine: string
@@ -291,11 +325,12 @@ export class History {
   /** Units from position `from` on (all when absent), at most `limit`; with their changes when `full`. */
   async log(dataset: string, opts: { from?: number; limit?: number; full?: boolean } = {}) {
     const { head, chain } = await this.chainOf(dataset)
-    const units: Array<HistoryUnit & { changes?: unknown[] }> = []
+    const units: Array<HistoryUnit & { changes?: ShownChange[] }> = []
     const limit = opts.limit ?? Infinity
-    for await (const { unit, entries } of walk(chain, { from: opts.from, entries: opts.full })) {
+    const dialect = engineFor(head.engine).dialect
+    for await (const { unit, entries, tables } of walk(chain, { from: opts.from, entries: opts.full })) {
       if (units.length >= limit) break
-      units.push(opts.full ? { ...unit, changes: entries.map(jsonEntry) } : unit)
+      units.push(opts.full ? { ...unit, changes: shownChanges(entries, tables, dialect) } : unit)
     }
     return {
       dataset: head.name,
@@ -315,7 +350,7 @@ export class History {
    */
   async restore(
     dataset: string,
-    target: { seq?: number; at?: number },
+    target: RestoreTarget,
     to: string,
     opts: { progress?: (done: number, total: number) => void; plain?: boolean } = {}
   ): Promise<RestoreResult> {
@@ -345,6 +380,7 @@ export class History {
       dataset: head.name,
       id: head.id,
       seq: point.seq,
+      last: point.last,
       time: point.time,
       to,
       engine: head.engine,
@@ -355,14 +391,52 @@ export class History {
 }
 
 /** An entry as JSON for `mesh log --show`: values as JSON (bytes as hex). */
-function jsonEntry(e: Entry): unknown {
-  const json = (v: unknown) => {
-    if (typeof v === 'bigint') return v.toString()
-    if (v instanceof Uint8Array) return { hex: Buffer.from(v).toString('hex') }
-    if (v instanceof RawText) return { textHex: Buffer.from(v.bytes).toString('hex') }
-    return v
+/**
+ * One change of a unit as `mesh log --show` shows it: by table and column name, each value as JSON can hold it
+ * (integers beyond 2^53 and blobs as strings, see divergence.ts), and the same change as one SQL statement of
+ * the dataset's engine, with its values as SQL literals.
+ */
+export interface ShownChange {
+  op: 'upsert' | 'delete' | 'schema' | 'note'
+  table: string
+  /** The row (upserts) or its key (deletes), by column name. */
+  values: Record<string, unknown>
+  sql: string
+}
+
+function shownChanges(entries: Entry[], tables: Map<number, TableDef>, dialect: Dialect): ShownChange[] {
+  const out: ShownChange[] = []
+  for (const e of entries) {
+    if (e.kind === 'schema') {
+      for (const t of e.tables) out.push({ op: 'schema', table: t.name, values: {}, sql: t.sql.replace(/\s+/g, ' ') })
+      continue
+    }
+    if (e.kind !== 'transaction' && e.kind !== 'snapshot') continue
+    for (const ch of e.changes) {
+      const def = tables.get(ch.table)
+      if (def === undefined) {
+        const n = ch.upserts.length + ch.deletes.length
+        out.push({ op: 'note', table: `#${ch.table}`, values: {}, sql: `-- ${n} changes of a table not defined here` })
+        continue
+      }
+      const name = dialect.internal(ch.table) ? '(sequences)' : def.name
+      for (const key of ch.deletes)
+        out.push({
+          op: 'delete',
+          table: name,
+          values: record(dialect.keyColumns(def), key),
+          sql: dialect.remove(def, key)
+        })
+      for (const row of ch.upserts)
+        out.push({
+          op: 'upsert',
+          table: name,
+          values: record(dialect.rowColumns(def), row),
+          sql: dialect.upsert(def, row)
+        })
+    }
   }
-  return JSON.parse(JSON.stringify(e, (_k, v) => json(v)))
+  return out
 }
 
 /** The same reads by a command when no node runs on `dir`: it opens the site's log store itself. */
@@ -372,6 +446,12 @@ export async function offlineHistory(
 ): Promise<{ history: History; close(): Promise<void> }> {
   const paths = sitePaths(dir)
   const state = readMeshState(paths)
+  const self = readSiteKey(paths).publicKey
+  const me = state.members.find((m) => Buffer.from(m.key).equals(self))
+  if (me?.role === 'blind') {
+    throw MeshError.BLIND_SITE(`${me.site} is a blind site: it cannot read the logs it holds`)
+  }
+  if (me?.role === 'observer') throw MeshError.OBSERVER_SITE(`${me.site} is an observer: it holds no log`)
   const store = new Corestore(paths.store)
   try {
     await store.ready()
@@ -388,7 +468,11 @@ export async function offlineHistory(
   const history = new History(
     () => state.datasets,
     async (key) => {
-      const log = await DatasetLog.byKey(store, paths.store, key)
+      // An encrypted dataset's logs are read with its data key (datakeys.ts); a blind site has none.
+      const at = datasetOfLog(state, logs, key)
+      const info = state.datasets.find((d) => d.id === at?.dataset)
+      const encryption = at === null ? null : encryptionWith(readDataKey(dir, at.dataset), info, at.epoch)
+      const log = await DatasetLog.byKey(store, paths.store, key, encryption)
       logs.push(log)
       return log
     },

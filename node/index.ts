@@ -8,7 +8,8 @@ export type { PromoteResult } from './failover.ts'
 export type { RestoreJob } from './upkeep.ts'
 export { statusFromDisk } from './reports.ts'
 export { resolveChain, supersedes, locate, offsets, seqOf, type Segment, type ChainSegment } from './chain.ts'
-export { redeemJoinCode, type RedeemOptions } from './join.ts'
+export { keepWelcome, redeemJoinCode, type RedeemOptions } from './join.ts'
+export { CREDENTIAL_MS } from './membership.ts'
 export {
   History,
   findDataset,
@@ -16,7 +17,8 @@ export {
   restorePoint,
   walk,
   type HistoryUnit,
-  type RestoreResult
+  type RestoreResult,
+  type RestoreTarget
 } from './history.ts'
 export {
   buildStatus,
@@ -48,3 +50,18 @@ export {
 export { checkSource, checkReplicaServer, createDataDir, undoSource } from './site.ts'
 export { DEFAULT_SNAPSHOTS, buildSnapshot, type SnapshotPolicy } from './snapshots.ts'
 export { checkUrl, redactUrl, engineFor, valueTag, DEFAULT_GUARD, type DamageGuard } from '../adapters/index.ts'
+export {
+  type AppVersionSource,
+  APP_VERSION_TIMEOUT_MS,
+  compareVersions,
+  nodeEndOfLife,
+  readAppVersion
+} from './versions.ts'
+export { diskLevel, measureDisks, sizeText, snapshotRoom, type DiskSpace } from './disk.ts'
+export { recordContact, usuallyUp, readContacts, type ContactHistory } from './usual-hours.ts'
+export type { MemberHealth } from './health-status.ts'
+export { chooseSender, dailyDue, diffReasons, localDay, reasonKey, type AlertOptions, type Reason } from './alerts.ts'
+export { addSample, buildSummary, buildAlert, sample, type DaySample } from './summary.ts'
+export { Dashboard, isLoopback, parseListen, type DashboardOptions } from './dashboard/server.ts'
+export type { DashboardConfig } from './dashboard/part.ts'
+export { DEFAULT_STEP_MS, readHistory, type ChartHistory } from './dashboard/history.ts'

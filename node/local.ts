@@ -15,31 +15,51 @@ export type LocalRequest =
   | { cmd: 'ping' }
   | { cmd: 'status' }
   | { cmd: 'log'; dataset: string; from?: number; limit?: number; full?: boolean }
-  | { cmd: 'restore'; dataset: string; seq?: number; at?: number; to: string }
+  | { cmd: 'restore'; dataset: string; through?: number; seq?: number; at?: number; to: string }
   | { cmd: 'job'; job: string }
   | { cmd: 'checkpoint'; dataset: string }
   | { cmd: 'resync'; dataset: string }
   | { cmd: 'verify'; dataset: string }
   | { cmd: 'repair'; dataset: string }
   | { cmd: 'promote'; dataset: string; force?: boolean }
+  | { cmd: 'remove'; site: string; reason?: string }
+  | { cmd: 'rotate-key' }
+  | { cmd: 'policy'; dataset: string; promote: string[] }
+  | { cmd: 'encrypt'; dataset: string }
+  | { cmd: 'handover'; dataset: string; to: string; timeoutMs?: number }
+  | { cmd: 'accept'; dataset: string; epoch: number }
+  | { cmd: 'alerts'; what: 'test' | 'daily' }
 
 /** The node's answer to each request, by command. */
 export type LocalHandler = (req: LocalRequest) => Promise<unknown>
 
-type FieldType = 'string' | 'number' | 'boolean'
+type FieldType = 'string' | 'number' | 'boolean' | 'strings'
 
 /** The fields of each request: name, type, and whether it is required. */
 const FIELDS: Record<LocalRequest['cmd'], Record<string, [FieldType, boolean]>> = {
   ping: {},
   status: {},
   log: { dataset: ['string', true], from: ['number', false], limit: ['number', false], full: ['boolean', false] },
-  restore: { dataset: ['string', true], seq: ['number', false], at: ['number', false], to: ['string', true] },
+  restore: {
+    dataset: ['string', true],
+    through: ['number', false],
+    seq: ['number', false],
+    at: ['number', false],
+    to: ['string', true]
+  },
   job: { job: ['string', true] },
   checkpoint: { dataset: ['string', true] },
   resync: { dataset: ['string', true] },
   verify: { dataset: ['string', true] },
   repair: { dataset: ['string', true] },
-  promote: { dataset: ['string', true], force: ['boolean', false] }
+  promote: { dataset: ['string', true], force: ['boolean', false] },
+  remove: { site: ['string', true], reason: ['string', false] },
+  'rotate-key': {},
+  policy: { dataset: ['string', true], promote: ['strings', true] },
+  encrypt: { dataset: ['string', true] },
+  handover: { dataset: ['string', true], to: ['string', true], timeoutMs: ['number', false] },
+  accept: { dataset: ['string', true], epoch: ['number', true] },
+  alerts: { what: ['string', true] }
 }
 
 /** A request line checked against the union; USAGE saying what is wrong otherwise. */
@@ -64,6 +84,11 @@ export function parseLocalRequest(line: string): LocalRequest {
     const v = req[k]
     if (v === undefined) {
       if (required) throw MeshError.USAGE(`the local request ${cmd} needs ${k}`)
+      continue
+    }
+    if (type === 'strings') {
+      if (!Array.isArray(v) || v.some((x) => typeof x !== 'string'))
+        throw MeshError.USAGE(`the local request ${cmd} has a ${k} that is not a list of strings`)
       continue
     }
     if (typeof v !== type || (type === 'number' && !Number.isFinite(v)))

@@ -11,6 +11,8 @@ import path from 'node:path'
 import type Corestore from 'corestore'
 import type Hypercore from 'hypercore'
 import {
+  FRAGMENT_BYTES,
+  MAX_BLOCK_BYTES,
   MeshError,
   continues,
   decodeBlock,
@@ -18,6 +20,7 @@ import {
   encodeAbandon,
   encodeUnit,
   peekEntry,
+  peekInflated,
   type Block,
   type Entry,
   type HeaderEntry,
@@ -34,6 +37,25 @@ export const DEFAULT_UNIT_MEMORY = 64 * 1024 * 1024
 export function logName(dataset: string, epoch: number): string {
   return `dataset/${dataset}/epoch/${epoch}`
 }
+
+/** The dataset and epoch of a log's corestore name (logName, with or without a suffix); null for another name. */
+export function logOfName(name: string): LogPlace | null {
+  const m = /^dataset\/([^/]+)\/epoch\/(\d+)(\/|$)/.exec(name)
+  return m ? { dataset: m[1], epoch: Number(m[2]) } : null
+}
+
+/** Which dataset, and which epoch of it, a log is. */
+export interface LogPlace {
+  dataset: string
+  epoch: number
+}
+
+/**
+ * Block encryption of a log (hypercore's `encryption` option): every block is encrypted before it is hashed and
+ * signed, so a site without the key verifies and serves the ciphertext, and only a site with it reads entries.
+ * null: the log is read and written as it is stored (a blind site, or a dataset from before encryption).
+ */
+export type LogEncryption = { key: Uint8Array } | null
 
 function ioError(err: unknown, doing: string): MeshError {
   if (err instanceof MeshError) return err
@@ -71,6 +93,14 @@ export async function syncStore(storeDir: string): Promise<void> {
 export class DatasetLog {
   readonly core: Hypercore
   private readonly storeDir: string
+  /**
+   * Whether appended entries are compressed where that saves bytes (issue 16, F_COMPRESSED; on by default).
+   * A site of a version before compression cannot read them (UNKNOWN_FLAGS): see UPGRADE.md.
+   */
+  compress = true
+
+  /** The header this log's block 0 decoded to, once read (a chain's walk reads its parent key from it). */
+  private headerRead: HeaderEntry | null = null
 
   private constructor(storeDir: string, core: Hypercore) {
     this.storeDir = storeDir
@@ -80,9 +110,10 @@ export class DatasetLog {
   private static async open(
     store: Corestore,
     storeDir: string,
-    which: { name: string } | { key: Uint8Array }
+    which: { name: string } | { key: Uint8Array },
+    encryption: LogEncryption
   ): Promise<DatasetLog> {
-    const core = store.get(which)
+    const core = store.get(encryption ? { ...which, encryption: { key: Buffer.from(encryption.key) } } : which)
     try {
       await core.ready()
     } catch (err) {
@@ -92,18 +123,39 @@ export class DatasetLog {
   }
 
   /** A writable log under the conventional name of (dataset, epoch): epoch 0 of a dataset this site created. */
-  static writable(store: Corestore, storeDir: string, dataset: string, epoch: number): Promise<DatasetLog> {
-    return DatasetLog.open(store, storeDir, { name: logName(dataset, epoch) })
+  static writable(
+    store: Corestore,
+    storeDir: string,
+    dataset: string,
+    epoch: number,
+    encryption: LogEncryption = null
+  ): Promise<DatasetLog> {
+    return DatasetLog.open(store, storeDir, { name: logName(dataset, epoch) }, encryption)
   }
 
   /** A log this site writes, by the corestore name it was created under. */
-  static named(store: Corestore, storeDir: string, name: string): Promise<DatasetLog> {
-    return DatasetLog.open(store, storeDir, { name })
+  static named(
+    store: Corestore,
+    storeDir: string,
+    name: string,
+    encryption: LogEncryption = null
+  ): Promise<DatasetLog> {
+    return DatasetLog.open(store, storeDir, { name }, encryption)
   }
 
   /** Another site's log, by key. */
-  static byKey(store: Corestore, storeDir: string, key: Uint8Array): Promise<DatasetLog> {
-    return DatasetLog.open(store, storeDir, { key })
+  static byKey(
+    store: Corestore,
+    storeDir: string,
+    key: Uint8Array,
+    encryption: LogEncryption = null
+  ): Promise<DatasetLog> {
+    return DatasetLog.open(store, storeDir, { key }, encryption)
+  }
+
+  /** The header of this log if it was read already (no I/O): its dataset, and its parent's key. */
+  get knownHeader(): HeaderEntry | null {
+    return this.headerRead
   }
 
   get key(): Uint8Array {
@@ -118,7 +170,7 @@ export class DatasetLog {
   async appendUnit(entries: Entry[]): Promise<number> {
     if (entries.length === 0) return this.core.length
     // An entry larger than a block becomes fragments (format 2): memory holds the unit's encoding once.
-    const blocks = encodeUnit(entries)
+    const blocks = encodeUnit(entries, MAX_BLOCK_BYTES, FRAGMENT_BYTES, { compress: this.compress })
     try {
       const { length } = await this.core.append(blocks)
       await syncStore(this.storeDir)
@@ -150,7 +202,9 @@ export class DatasetLog {
     const raw = await this.block(index, opts)
     if (raw === null) return null
     const b = this.decode(index, raw, decodeBlock)
-    if (b.type !== 'fragment') return { block: b, first: index, next: index + 1, bytes: raw.byteLength }
+    if (b.type !== 'fragment') {
+      return { block: b, first: index, next: index + 1, bytes: Math.max(raw.byteLength, peekInflated(raw) ?? 0) }
+    }
     let first = index
     while (first > 0) {
       const p = await this.read(first - 1, opts, decodeBlock)
@@ -235,6 +289,7 @@ export class DatasetLog {
     const e = await this.entry(0, opts)
     if (e === null) return null
     if (e.kind !== 'header') throw MeshError.BAD_LOG('block 0 of the log is not a header')
+    this.headerRead = e
     return e
   }
 
@@ -266,7 +321,8 @@ export class DatasetLog {
     for (let i = start; i < this.core.length; i++) {
       const raw = await this.block(i, { wait: false })
       if (raw === null) return null
-      bytes += raw.byteLength
+      // A compressed block takes its inflated size in memory once read: that is what a budget weighs.
+      bytes += Math.max(raw.byteLength, peekInflated(raw) ?? 0)
       const p = this.decode(i, raw, peekEntry)
       if (p.more) continue
       const abandoned =

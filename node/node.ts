@@ -7,7 +7,14 @@
  * - roles.ts: each dataset's role here (capture as its origin, or apply as a replica), settled per epoch;
  * - failover.ts: promotion, fencing, rebuilding;
  * - upkeep.ts: snapshots, verify and repair, checkpoints on request, restore jobs;
- * - local.ts: the local socket the `mesh` commands use.
+ * - local.ts: the local socket the `mesh` commands use;
+ * - statements.ts: signed statements (members, promotions, policies, keys), checked, kept and relayed;
+ * - alarms.ts: what this site refused as a possible attack, shown as CRIT at every site;
+ * - membership.ts: members from signed statements only, the credential step for new keys, removal, key rotation;
+ * - policy.ts: who may promote each dataset;
+ * - trust.ts: a new epoch is followed only on a signed promotion checked here (liveness.ts: when this site was up);
+ * - handover.ts: `mesh handover`, a planned switch of origin with nothing lost;
+ * - alerts.ts: email / webhook alerts when the verdict changes, and the daily summary (summary.ts).
  *
  * Logs are replicated whole by every holder, not only by their writer: every node opens every log it knows of
  * and keeps downloading it, so a site can fetch A's log from B while A is off.
@@ -19,16 +26,27 @@ import Corestore from 'corestore'
 import DHT, { type KeyPair } from 'hyperdht'
 import Hyperswarm, { type SwarmConnection } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
-import { MeshError } from '../protocol/index.ts'
+import { MeshError, type MemberRole } from '../protocol/index.ts'
 import { silentLogger, type CaptureMode, type DamageGuard, type Logger } from '../adapters/index.ts'
 import { Admission } from './admission.ts'
+import { Alarms } from './alarms.ts'
+import { Alerts, type AlertOptions } from './alerts.ts'
+import { BlindHolder } from './blind.ts'
 import { ControlChannel } from './control.ts'
+import { DataKeys, datasetOfLog } from './datakeys.ts'
 import { Failover, type PromoteResult } from './failover.ts'
-import { History } from './history.ts'
+import { handover, type HandoverResult } from './handover.ts'
+import { History, findDataset } from './history.ts'
+import { Liveness } from './liveness.ts'
 import { closeLocal, listenLocal, type LocalRequest } from './local.ts'
-import { DatasetLog, logName } from './log.ts'
+import { DatasetLog, logName, logOfName, type LogPlace } from './log.ts'
+import { Membership } from './membership.ts'
+import { Policy } from './policy.ts'
+import { Reconnect } from './reconnect.ts'
 import { Reports } from './reports.ts'
 import { Roles } from './roles.ts'
+import { Statements } from './statements.ts'
+import { Trust } from './trust.ts'
 import { DEFAULT_SNAPSHOTS, type SnapshotPolicy } from './snapshots.ts'
 import {
   readMeshState,
@@ -41,6 +59,8 @@ import {
 } from './state.ts'
 import type { SiteStatus, StatusThresholds } from './status.ts'
 import { Upkeep } from './upkeep.ts'
+import { NodeDashboard, type DashboardConfig } from './dashboard/part.ts'
+import { Health, type AppVersionSource } from './health.ts'
 import type { VerifyResult } from './state.ts'
 import { hex, short } from './util.ts'
 
@@ -91,6 +111,24 @@ export interface MeshNodeOptions {
    * created by the node. Without it such a dataset's log is still held here, but not applied.
    */
   replicaPostgres?: string
+  /**
+   * Whether a dataset this site creates gets a data key and encrypted logs (default true). Datasets created
+   * before are not changed by it.
+   */
+  encryptNewDatasets?: boolean
+  /** Where the business application's version is read from, for the versions view (health.ts). */
+  appVersion?: AppVersionSource
+  /**
+   * Steps (ms) between tries to reach a member that is not connected (issue 16; default DEFAULT_RETRY_MS:
+   * 1 s, 5 s, 15 s, then every 20 s; each at most MAX_RETRY_MS). Tests shorten them.
+   */
+  retryMs?: number[]
+  /** How often the node looks for members it is not connected to, and for a network that came back. */
+  reconnectWatchMs?: number
+  /** Alerts and the daily summary (alerts.ts); absent: none sent from this site. */
+  alerts?: AlertOptions
+  /** The dashboard: where the node serves it (if anywhere) and how often its charts are sampled (dashboard/). */
+  dashboard?: DashboardConfig
 }
 
 export function meshTopic(meshId: Uint8Array): Buffer {
@@ -113,12 +151,29 @@ export class MeshNode extends EventEmitter {
   readonly roles = new Roles(this)
   readonly failover = new Failover(this)
   readonly upkeep = new Upkeep(this)
+  readonly health = new Health(this)
+  readonly statements = new Statements(this)
+  readonly alarms = new Alarms(this)
+  readonly alerts = new Alerts(this)
+  readonly policy = new Policy(this)
+  readonly membership = new Membership(this)
+  /** Data keys of encrypted datasets, and their grants to full members (after statements: it registers there). */
+  readonly dataKeys = new DataKeys(this)
+  /** What a blind site holds instead of replicas. */
+  readonly blind = new BlindHolder(this)
+  readonly trust = new Trust(this)
+  readonly liveness = new Liveness(this)
+  readonly reconnect = new Reconnect(this)
+  /** The dashboard page, its charts' history and its metrics (node/dashboard/). */
+  readonly dashboard = new NodeDashboard(this)
   /** History reads over the logs this node holds (mesh log, mesh restore, verify's replay). */
   readonly history: History
   /** Every log of every dataset chain this node has open, by key. */
   private readonly logs = new Map<string, DatasetLog>()
   private server: net.Server | null = null
   private timers: NodeJS.Timeout[] = []
+  /** The store opened: this node got as far as running (a second node on a running one's DIR never does). */
+  private opened = false
 
   constructor(opts: MeshNodeOptions) {
     super()
@@ -135,6 +190,11 @@ export class MeshNode extends EventEmitter {
 
   get key(): Buffer {
     return this.keyPair.publicKey
+  }
+
+  /** This site's role in the mesh, as its admission gave it ('full' unless it joined with a blind invite). */
+  get role(): MemberRole {
+    return this.admission.roleOf(this.key) ?? 'full'
   }
 
   get origins() {
@@ -154,6 +214,15 @@ export class MeshNode extends EventEmitter {
     this.state = readMeshState(this.paths)
     this.admission.start()
     this.reports.load()
+    this.alarms.load()
+    this.statements.load()
+    await this.membership.start()
+    // Data keys a welcome brought (sealed to this site in statements.json) are in DIR/keys before any log opens.
+    this.dataKeys.adoptHeld()
+    this.liveness.load()
+    this.trust.start()
+    // A new report of another member: this site is running and connected (what an origin asks of a promotion).
+    this.on('report', () => this.liveness.heard())
 
     this.store = new Corestore(this.paths.store)
     try {
@@ -167,6 +236,7 @@ export class MeshNode extends EventEmitter {
       }
       throw MeshError.wrap(err, MeshError.IO_ERROR, 'cannot open the log store')
     }
+    this.opened = true
     this.server = await listenLocal(this.paths.socket, (req) => this.handleLocal(req))
     fs.mkdirSync(this.paths.replicas, { recursive: true })
 
@@ -180,27 +250,49 @@ export class MeshNode extends EventEmitter {
       if (!this.key.equals(Buffer.from(info.origin))) this.roles.settleLater(info.id)
     }
 
-    const net = this.opts.network
-    this.dht = new DHT({ bootstrap: net.bootstrap, host: net.host, firewalled: net.firewalled, keyPair: this.keyPair })
-    this.swarm = new Hyperswarm({
-      keyPair: this.keyPair,
-      dht: this.dht,
-      firewall: (remote) => this.admission.firewall(remote)
-    })
-    this.swarm.on('connection', (conn: SwarmConnection) => this.admission.onConnection(conn))
-    this.swarm.join(meshTopic(this.state.meshId), { server: true, client: true })
-    for (const m of this.state.members) if (!this.key.equals(m.key)) this.swarm.joinPeer(m.key)
+    this.startSwarm()
 
+    this.health.start()
     this.reports.start(this.opts.heartbeatMs ?? 5000)
+    this.dataKeys.start()
+    this.alerts.start()
+    await this.dashboard.start(this.opts.dashboard)
     const snaps = this.opts.snapshots ?? DEFAULT_SNAPSHOTS
     const every = Math.min(60_000, Math.max(200, (snaps.everySeconds * 1000) / 4))
-    this.timers.push(setInterval(() => void this.upkeep.snapshotDatasets(snaps), every))
+    // A blind site cannot read a log, so it builds no snapshot of one.
+    if (this.role === 'full') this.timers.push(setInterval(() => void this.upkeep.snapshotDatasets(snaps), every))
     this.logger.info('node started', {
       site: this.opts.site,
       key: short(this.key),
       datasets: this.opts.datasets.map((d) => d.name),
       replicas: [...this.replicas.values()].map((r) => r.info.name)
     })
+  }
+
+  /** The DHT and the swarm under this site's key: the mesh topic, and every member dialled by key. */
+  private startSwarm(): void {
+    const net = this.opts.network
+    this.dht = new DHT({ bootstrap: net.bootstrap, host: net.host, firewalled: net.firewalled, keyPair: this.keyPair })
+    this.swarm = new Hyperswarm({
+      keyPair: this.keyPair,
+      dht: this.dht,
+      firewall: (remote) => this.admission.firewall(remote),
+      ...this.reconnect.swarmOptions()
+    })
+    this.swarm.on('connection', (conn: SwarmConnection) => this.admission.onConnection(conn))
+    if (this.membership.removedSelf) return
+    this.swarm.join(meshTopic(this.state.meshId), { server: true, client: true })
+    for (const m of this.state.members) if (!this.key.equals(m.key)) this.swarm.joinPeer(m.key)
+  }
+
+  /** After a key rotation: the swarm again under the new key (every connection is made anew). */
+  async restartSwarm(): Promise<void> {
+    if (this.closing) return
+    await this.swarm.destroy().catch(() => {})
+    await this.dht.destroy().catch(() => {})
+    if (this.closing) return
+    this.startSwarm()
+    this.logger.info('the node now connects under its new key', { key: short(this.key) })
   }
 
   /** The datasets this site created: their database is the configured one, and epoch 0 is theirs. */
@@ -212,7 +304,10 @@ export class MeshNode extends EventEmitter {
         this.state.local.push(local)
       }
       local.path = own.path
-      if (!local.written.some((w) => w.epoch === 0)) {
+      const created = !local.written.some((w) => w.epoch === 0)
+      if (created) {
+        // A dataset made now is encrypted from its first block: the key exists before its log does.
+        if (this.opts.encryptNewDatasets !== false) this.dataKeys.create(own.id)
         const name = logName(own.id, 0)
         local.written.unshift({ epoch: 0, key: (await this.createLog(name)).key, name, parent: null })
       }
@@ -225,7 +320,8 @@ export class MeshNode extends EventEmitter {
           originSite: this.opts.site,
           epoch: 0,
           log: local.written[0].key,
-          createdAt: Date.now()
+          createdAt: Date.now(),
+          ...(this.dataKeys.get(own.id) ? { encryptedFrom: 0 } : {})
         })
       }
     }
@@ -248,18 +344,32 @@ export class MeshNode extends EventEmitter {
 
   // --- the logs ----------------------------------------------------------------------------------------------
 
-  /** Opens a log of a dataset chain once and keeps downloading all of it, so this site can serve it. */
-  async openLog(key: Uint8Array): Promise<DatasetLog> {
+  /**
+   * Opens a log of a dataset chain once and keeps downloading all of it, so this site can serve it. `place`:
+   * which dataset and epoch the log is, when the caller knows and this site's state does not say yet (a new
+   * epoch's log announced but not followed yet): its encryption depends on it.
+   */
+  async openLog(key: Uint8Array, place: LogPlace | null = null): Promise<DatasetLog> {
     const k = hex(key)
     const have = this.logs.get(k)
     if (have) return have
-    const log = await DatasetLog.byKey(this.store, this.paths.store, key)
+    const log = await DatasetLog.byKey(
+      this.store,
+      this.paths.store,
+      key,
+      this.dataKeys.encryptionOf(place ?? this.datasetOfLog(key))
+    )
     const again = this.logs.get(k)
     if (again) {
       await log.close().catch(() => {})
       return again
     }
     return this.keepOpen(log)
+  }
+
+  /** The dataset and epoch a log is, as far as this site knows without reading it (see datakeys.ts). */
+  datasetOfLog(key: Uint8Array): LogPlace | null {
+    return datasetOfLog(this.state, this.logs.values(), key)
   }
 
   /** The log with this key, if this node has it open. */
@@ -272,16 +382,22 @@ export class MeshNode extends EventEmitter {
     this.logs.delete(hex(key))
   }
 
-  /** A new log this site will write, kept open like every other. */
-  async createLog(name: string): Promise<DatasetLog> {
-    return this.keepOpen(await DatasetLog.named(this.store, this.paths.store, name))
+  /**
+   * A new log this site will write, kept open like every other. It is encrypted when its dataset's logs are from
+   * its epoch on (datakeys.ts): `place` says which dataset and epoch it is, read from a logName()-based name
+   * when not given. A name of another form with no place makes a plaintext log.
+   */
+  async createLog(name: string, place: LogPlace | null = logOfName(name)): Promise<DatasetLog> {
+    const encryption = this.dataKeys.encryptionOf(place)
+    return this.keepOpen(await DatasetLog.named(this.store, this.paths.store, name, encryption))
   }
 
   /** A log this site wrote, checked to be the one its state names before it is used. */
   async openWritten(w: WrittenLog): Promise<DatasetLog> {
     const have = this.logs.get(hex(w.key))
     if (have) return have
-    const log = await DatasetLog.named(this.store, this.paths.store, w.name)
+    const encryption = this.dataKeys.encryptionOf(this.datasetOfLog(w.key) ?? logOfName(w.name))
+    const log = await DatasetLog.named(this.store, this.paths.store, w.name, encryption)
     if (!log.core.key.equals(Buffer.from(w.key))) {
       await log.close().catch(() => {})
       throw MeshError.BAD_LOG(`the log store no longer holds the log this site wrote for epoch ${w.epoch}`, {
@@ -302,12 +418,26 @@ export class MeshNode extends EventEmitter {
 
   // --- what the commands ask ---------------------------------------------------------------------------------
 
-  status(now = Date.now()): Promise<SiteStatus> {
-    return this.reports.status(now)
+  async status(now = Date.now()): Promise<SiteStatus> {
+    return this.dashboard.annotate(this.policy.annotate(this.membership.annotate(await this.reports.status(now))))
   }
 
-  promote(dataset: string, force: boolean): Promise<PromoteResult> {
+  async promote(dataset: string, force: boolean): Promise<PromoteResult> {
+    if (this.role === 'blind') {
+      throw MeshError.BLIND_SITE(
+        `${this.opts.site} is a blind site: it holds the logs of ${dataset} encrypted, and no copy`
+      )
+    }
+    // The policy first: a site it does not name is refused before anything is checked or stopped.
+    this.policy.checkPromote(dataset)
+    // The new epoch's log is encrypted when the dataset's logs are from it on: without the key, say so first.
+    const head = findDataset(this.state.datasets, dataset)
+    this.dataKeys.encryptionOf({ dataset: head.id, epoch: head.epoch + 1 })
     return this.failover.promote(dataset, force)
+  }
+
+  handover(dataset: string, to: string, timeoutMs?: number): Promise<HandoverResult> {
+    return handover(this, dataset, to, timeoutMs)
   }
 
   verify(dataset: string, repair: boolean): Promise<VerifyResult> {
@@ -324,15 +454,28 @@ export class MeshNode extends EventEmitter {
   }
 
   private async handleLocal(req: LocalRequest): Promise<unknown> {
+    if (this.role === 'observer' && !['ping', 'status'].includes(req.cmd)) {
+      throw MeshError.OBSERVER_SITE(`${this.opts.site} is an observer: it holds no log and no data (mesh ${req.cmd})`)
+    }
+    if (this.role === 'blind' && !['ping', 'status', 'promote'].includes(req.cmd)) {
+      throw MeshError.BLIND_SITE(
+        `${this.opts.site} is a blind site: it cannot read the logs it holds (mesh ${req.cmd})`
+      )
+    }
     switch (req.cmd) {
       case 'ping':
         return { ok: true, site: this.opts.site }
       case 'status':
         return { status: await this.status() }
+      case 'alerts':
+        if (req.what !== 'test' && req.what !== 'daily') throw MeshError.USAGE(`mesh alerts ${req.what}: test or daily`)
+        return req.what === 'daily' ? this.alerts.daily() : this.alerts.test()
       case 'log':
         return { log: await this.history.log(req.dataset, { from: req.from, limit: req.limit, full: req.full }) }
       case 'restore':
-        return { job: await this.upkeep.startRestore(req.dataset, { seq: req.seq, at: req.at }, req.to) }
+        return {
+          job: await this.upkeep.startRestore(req.dataset, { through: req.through, seq: req.seq, at: req.at }, req.to)
+        }
       case 'job':
         return { job: this.upkeep.job(req.job) }
       case 'checkpoint':
@@ -344,6 +487,18 @@ export class MeshNode extends EventEmitter {
         return { verify: await this.verify(req.dataset, req.cmd === 'repair') }
       case 'promote':
         return { promoted: await this.promote(req.dataset, req.force === true) }
+      case 'remove':
+        return { removed: await this.membership.remove(req.site, req.reason ?? '') }
+      case 'rotate-key':
+        return { rotated: await this.membership.rotateKey() }
+      case 'policy':
+        return { policy: await this.policy.set(req.dataset, req.promote) }
+      case 'encrypt':
+        return { encrypt: this.dataKeys.encryptFrom(req.dataset) }
+      case 'handover':
+        return { handover: await this.handover(req.dataset, req.to, req.timeoutMs) }
+      case 'accept':
+        return { accepted: this.trust.accept(req.dataset, req.epoch) }
     }
   }
 
@@ -361,14 +516,21 @@ export class MeshNode extends EventEmitter {
     if (this.closing) return
     this.closing = true
     for (const t of this.timers) clearTimeout(t)
+    await this.dashboard.close()
     // Let a promotion or a fence under way finish its step; each is safe to resume at the next start.
     await this.roles.drain(10_000)
     await this.roles.close()
+    this.trust.close()
+    this.liveness.close()
+    this.health.close()
+    this.alerts.close()
     this.reports.close()
+    this.dataKeys.close()
+    this.reconnect.close()
     await this.swarm?.destroy().catch(() => {})
     await this.store?.close().catch(() => {})
     if (this.server) await closeLocal(this.server, this.paths.socket)
-    this.logger.info('node stopped', { site: this.opts.site })
+    if (this.opened) this.logger.info('node stopped', { site: this.opts.site })
   }
 }
 

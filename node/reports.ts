@@ -8,6 +8,7 @@ import { createRequire } from 'node:module'
 import { sameBytes, signReport, verifyReport, type Holding, type Notice, type SignedReport } from '../protocol/index.ts'
 import type { DatasetInfo } from '../protocol/index.ts'
 import type { Peer } from './control.ts'
+import { readDataKey } from './datakeys.ts'
 import type { MeshNode } from './node.ts'
 import { damagedSnapshots, listSnapshots } from './snapshots.ts'
 import {
@@ -20,6 +21,7 @@ import {
   type MeshState
 } from './state.ts'
 import { buildStatus, DEFAULT_THRESHOLDS, NOTICE_MS, type SiteStatus, type StatusThresholds } from './status.ts'
+import { readContacts } from './usual-hours.ts'
 import { hex } from './util.ts'
 
 const require = createRequire(import.meta.url)
@@ -67,6 +69,8 @@ export class Reports {
   /** A report from a peer: kept and relayed when it is a member's, correctly signed, and newer than the one held. */
   receive(from: Peer, m: SignedReport): void {
     const node = this.node
+    // A removed site's last report (or one under a key rotated away), still relayed by a site that held it.
+    if (node.membership.isRemoved(m.report.site)) return
     if (!node.admission.isMember(m.report.site) || !verifyReport(m)) {
       node.logger.warn('dropped a report with a bad signature', { from: from.site })
       return
@@ -78,6 +82,7 @@ export class Reports {
     this.signed.set(k, m)
     // A newer report than any before, directly or relayed: that site was alive a moment ago.
     this.heardAt.set(k, Date.now())
+    node.health.heard(m.report.site)
     node.control.broadcast((p) => p.send('report', m), from)
     node.emit('report', m.report)
     this.scheduleSave()
@@ -98,6 +103,16 @@ export class Reports {
     return r?.report.holdings.find((h) => h.dataset === info.id && sameBytes(h.log, info.log)) ?? null
   }
 
+  /** The sites whose latest report says they hold an applied copy of the dataset (not its origin), by name. */
+  holdersOf(info: DatasetInfo): string[] {
+    const out: string[] = []
+    for (const r of this.signed.values()) {
+      if (sameBytes(r.report.site, info.origin)) continue
+      if (r.report.holdings.some((h) => h.dataset === info.id && h.applied > 0)) out.push(r.report.siteName)
+    }
+    return out.sort()
+  }
+
   /** The whole picture: what `mesh status` prints. */
   async status(now = Date.now()): Promise<SiteStatus> {
     const node = this.node
@@ -112,7 +127,9 @@ export class Reports {
       refused: node.admission.refused,
       now,
       thresholds: node.opts.thresholds ?? DEFAULT_THRESHOLDS,
-      snapshots: snapshotSummary(node.paths.dir, node.state)
+      dataKeys: node.state.datasets.filter((d) => node.dataKeys.get(d.id) !== null).map((d) => d.id),
+      snapshots: snapshotSummary(node.paths.dir, node.state),
+      contacts: node.health.history()
     })
   }
 
@@ -155,7 +172,8 @@ export class Reports {
         holdings: await this.holdings(),
         peers: node.control.ready().map((p) => p.key),
         software: node.opts.software,
-        notices: this.notices()
+        notices: [...this.notices(), ...node.alarms.notices(), ...node.alerts.notices()],
+        health: node.health.report()
       },
       node.keyPair.secretKey
     )
@@ -223,6 +241,7 @@ export class Reports {
         damaged: 0
       })
     }
+    out.push(...node.blind.holdings())
     for (const r of roles.replicas.values()) {
       const core = r.log.core
       const applied = r.loop.stats.applied
@@ -303,7 +322,9 @@ export function statusFromDisk(dir: string, site: string, thresholds: StatusThre
     refused: [],
     now,
     thresholds,
-    snapshots: snapshotSummary(dir, state)
+    dataKeys: state.datasets.filter((d) => readDataKey(dir, d.id) !== null).map((d) => d.id),
+    snapshots: snapshotSummary(dir, state),
+    contacts: readContacts(dir)
   })
 }
 

@@ -91,7 +91,10 @@ export class Roles {
       this.settleErrors.set(id, e)
       node.reports.markDirty()
       const name = node.state.datasets.find((d) => d.id === id)?.name ?? id
-      node.logger.error('cannot follow the dataset', {
+      // The data key of a dataset just announced is on its way (its grant comes from any full member that
+      // holds it, and settles the dataset again when it arrives): a wait, not an error; status says so.
+      const log = e.code === 'DATA_KEY_MISSING' ? node.logger.info : node.logger.error
+      log.call(node.logger, e.code === 'DATA_KEY_MISSING' ? 'waiting for the data key' : 'cannot follow the dataset', {
         dataset: name,
         code: e.code,
         error: e.message,
@@ -108,6 +111,17 @@ export class Roles {
     const node = this.node
     const head = node.state.datasets.find((d) => d.id === id)
     if (!head) return
+    // An observer holds nothing: it knows the datasets and every site's reports, never a log's blocks.
+    if (node.role === 'observer') {
+      this.settleErrors.delete(id)
+      return
+    }
+    // A blind site only holds and serves the logs (blind.ts).
+    if (node.role === 'blind') {
+      await node.blind.hold(head)
+      this.settleErrors.delete(id)
+      return
+    }
     const engine = engineFor(head.engine)
     if (!node.state.local.some((l) => l.dataset === id)) {
       try {
@@ -197,7 +211,8 @@ export class Roles {
         epoch: w.epoch,
         site: node.opts.site,
         createdAt: w.epoch === 0 ? info.createdAt : Date.now(),
-        parent: w.parent ? { key: w.parent.key, length: w.parent.length } : null
+        parent: w.parent ? { key: w.parent.key, length: w.parent.length } : null,
+        promotion: w.promotion ? Buffer.from(w.promotion, 'hex') : null
       },
       logger: node.logger,
       pollMs: node.opts.pollMs ?? 50,
@@ -458,7 +473,7 @@ export class Roles {
           changed: a.changed,
           before: a.before,
           seq: rec.seq,
-          restore: `mesh restore ${r.info.name} --seq ${rec.seq} --to ${to} --dir ${node.paths.dir}`
+          restore: `mesh restore ${r.info.name} --before ${rec.seq} --to ${to} --dir ${node.paths.dir}`
         }
       )
     }

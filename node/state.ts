@@ -16,7 +16,14 @@ import fs from 'node:fs'
 import path from 'node:path'
 import DHT, { type KeyPair } from 'hyperdht'
 import crypto from 'hypercore-crypto'
-import { MeshError, openReport, type DatasetInfo, type MemberInfo, type SignedReport } from '../protocol/index.ts'
+import {
+  MeshError,
+  openReport,
+  type DatasetInfo,
+  type MemberInfo,
+  type MemberRole,
+  type SignedReport
+} from '../protocol/index.ts'
 import type { ReplicaCheckpoint } from '../adapters/types.ts'
 
 export interface SitePaths {
@@ -50,6 +57,30 @@ export interface MeshState {
   datasets: DatasetInfo[]
   /** This site's own record of each dataset it holds. */
   local: LocalDataset[]
+  /** Sites removed from the mesh (and keys replaced by a rotation): refused for good, never admitted again. */
+  removed?: RemovedMember[]
+  /** The promotion policies set by datasets' origins (absent for a dataset: any full member may promote). */
+  policies?: PromotePolicy[]
+}
+
+/** A key that no longer belongs to the mesh. */
+export interface RemovedMember {
+  key: Uint8Array
+  site: string
+  /** The site that signed the removal (for a rotation: the site itself). */
+  by: string
+  reason: string
+  at: number
+}
+
+/** Who may promote one dataset, as its origin last signed it. */
+export interface PromotePolicy {
+  dataset: string
+  /** The sites' keys; empty: any full member. */
+  sites: Uint8Array[]
+  /** The origin that signed it, and when (the newest wins). */
+  signer: Uint8Array
+  at: number
 }
 
 /** A log this site wrote: one per epoch it was a dataset's origin of. */
@@ -60,6 +91,8 @@ export interface WrittenLog {
   name: string
   /** The log and length it continues from (null for epoch 0). */
   parent: { key: Uint8Array; length: number } | null
+  /** The signed promotion that started it (an encoded Statement, hex), written into its header; absent for epoch 0. */
+  promotion?: string
 }
 
 /** Changes this site made as origin that a newer epoch does not hold, kept when the site was fenced. */
@@ -98,6 +131,8 @@ export interface LocalDataset {
    * replaced, its capture position lost, `mesh resync`), newest last, at most 10: reported to every site.
    */
   copies?: CopyRecord[]
+  /** At a blind site: the keys (hex) of every log of the dataset it holds, oldest first (see blind.ts). */
+  held?: string[]
 }
 
 /** A whole copy of the origin's database appended to the log again: why, when, and where it starts. */
@@ -151,6 +186,8 @@ export interface Invite {
   seed: Uint8Array
   expiresAt: number
   createdAt: number
+  /** The role the site that redeems it gets (absent: full). */
+  role?: MemberRole
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
@@ -179,7 +216,8 @@ export function writeFileAtomic(file: string, data: string | Uint8Array, mode = 
   }
 }
 
-function readJson(file: string): unknown | null {
+/** A JSON file of the data directory; null when it does not exist, BAD_CONFIG when it is damaged. */
+export function readJsonFile(file: string): unknown | null {
   let text: string
   try {
     text = fs.readFileSync(file, 'utf8')
@@ -230,20 +268,27 @@ export function readSiteKey(paths: SitePaths): KeyPair {
 // --- mesh.json ---------------------------------------------------------------------------------------------------
 
 export function readMeshState(paths: SitePaths): MeshState {
-  const j = readJson(paths.mesh) as null | {
+  const j = readJsonFile(paths.mesh) as null | {
     meshId: string
-    members: Array<{ key: string; site: string; addedAt: number }>
+    members: Array<{ key: string; site: string; addedAt: number; role?: MemberRole }>
     datasets: Array<Omit<DatasetInfo, 'origin' | 'log'> & { origin: string; log: string }>
     local?: Array<
       Omit<LocalDataset, 'written'> & {
         written: Array<{ epoch: number; key: string; name: string; parent: { key: string; length: number } | null }>
       }
     >
+    removed?: Array<Omit<RemovedMember, 'key'> & { key: string }>
+    policies?: Array<{ dataset: string; sites: string[]; signer: string; at: number }>
   }
   if (j === null) throw MeshError.NOT_INITIALIZED(`${paths.dir} holds no site (no mesh.json)`)
   return {
     meshId: unhex(j.meshId),
-    members: j.members.map((m) => ({ key: unhex(m.key), site: m.site, addedAt: m.addedAt })),
+    members: j.members.map((m) => ({
+      key: unhex(m.key),
+      site: m.site,
+      addedAt: m.addedAt,
+      ...(m.role ? { role: m.role } : {})
+    })),
     datasets: j.datasets.map((d) => ({ ...d, origin: unhex(d.origin), log: unhex(d.log) })),
     local: (j.local ?? []).map((l) => ({
       ...l,
@@ -252,7 +297,11 @@ export function readMeshState(paths: SitePaths): MeshState {
         key: unhex(w.key),
         parent: w.parent ? { key: unhex(w.parent.key), length: w.parent.length } : null
       }))
-    }))
+    })),
+    ...(j.removed ? { removed: j.removed.map((r) => ({ ...r, key: unhex(r.key) })) } : {}),
+    ...(j.policies
+      ? { policies: j.policies.map((p) => ({ ...p, sites: p.sites.map(unhex), signer: unhex(p.signer) })) }
+      : {})
   }
 }
 
@@ -264,7 +313,12 @@ export function withoutReviewed(s: MeshState): MeshState {
 export function writeMeshState(paths: SitePaths, s: MeshState): void {
   const j = {
     meshId: hex(s.meshId),
-    members: s.members.map((m) => ({ key: hex(m.key), site: m.site, addedAt: m.addedAt })),
+    members: s.members.map((m) => ({
+      key: hex(m.key),
+      site: m.site,
+      addedAt: m.addedAt,
+      ...(m.role ? { role: m.role } : {})
+    })),
     datasets: s.datasets.map((d) => ({ ...d, origin: hex(d.origin), log: hex(d.log) })),
     local: s.local.map((l) => ({
       ...l,
@@ -273,7 +327,11 @@ export function writeMeshState(paths: SitePaths, s: MeshState): void {
         key: hex(w.key),
         parent: w.parent ? { key: hex(w.parent.key), length: w.parent.length } : null
       }))
-    }))
+    })),
+    ...(s.removed?.length ? { removed: s.removed.map((r) => ({ ...r, key: hex(r.key) })) } : {}),
+    ...(s.policies?.length
+      ? { policies: s.policies.map((p) => ({ ...p, sites: p.sites.map(hex), signer: hex(p.signer) })) }
+      : {})
   }
   // 0600: local[].path may be a PostgreSQL URL with a password.
   writeFileAtomic(paths.mesh, `${JSON.stringify(j, null, 2)}\n`, 0o600)
@@ -282,27 +340,43 @@ export function writeMeshState(paths: SitePaths, s: MeshState): void {
 // --- invites.json ----------------------------------------------------------------------------------------------
 
 export function readInvites(paths: SitePaths): Invite[] {
-  const j = readJson(paths.invites) as null | Array<{ seed: string; expiresAt: number; createdAt: number }>
+  const j = readJsonFile(paths.invites) as null | Array<{
+    seed: string
+    expiresAt: number
+    createdAt: number
+    role?: MemberRole
+  }>
   if (j === null) return []
   return j.map((i) => {
     const seed = unhex(i.seed)
-    return { key: DHT.keyPair(seed).publicKey, seed, expiresAt: i.expiresAt, createdAt: i.createdAt }
+    const invite: Invite = { key: DHT.keyPair(seed).publicKey, seed, expiresAt: i.expiresAt, createdAt: i.createdAt }
+    if (i.role) invite.role = i.role
+    return invite
   })
 }
 
 export function writeInvites(paths: SitePaths, invites: Invite[]): void {
-  const j = invites.map((i) => ({ seed: hex(i.seed), expiresAt: i.expiresAt, createdAt: i.createdAt }))
+  const j = invites.map((i) => ({
+    seed: hex(i.seed),
+    expiresAt: i.expiresAt,
+    createdAt: i.createdAt,
+    ...(i.role ? { role: i.role } : {})
+  }))
   writeFileAtomic(paths.invites, `${JSON.stringify(j, null, 2)}\n`, 0o600)
 }
 
-/** Makes a one-time invite valid for `ttlSeconds`; expired ones are dropped on the way. */
-export function createInvite(paths: SitePaths, ttlSeconds: number, now = Date.now()): Invite {
+/**
+ * Makes a one-time invite valid for `ttlSeconds` (the site that redeems it gets `role`, full by default);
+ * expired ones are dropped on the way.
+ */
+export function createInvite(paths: SitePaths, ttlSeconds: number, now = Date.now(), role?: MemberRole): Invite {
   const seed = crypto.randomBytes(32)
   const invite: Invite = {
     key: DHT.keyPair(seed).publicKey,
     seed,
     expiresAt: Math.floor(now / 1000) + ttlSeconds,
-    createdAt: now
+    createdAt: now,
+    ...(role && role !== 'full' ? { role } : {})
   }
   const live = readInvites(paths).filter((i) => i.expiresAt * 1000 > now)
   writeInvites(paths, [...live, invite])
@@ -312,7 +386,7 @@ export function createInvite(paths: SitePaths, ttlSeconds: number, now = Date.no
 // --- reports.json ------------------------------------------------------------------------------------------------
 
 export function readReports(paths: SitePaths): SignedReport[] {
-  const j = readJson(paths.reports) as null | Array<{ body: string; signature: string }>
+  const j = readJsonFile(paths.reports) as null | Array<{ body: string; signature: string }>
   if (j === null) return []
   const out: SignedReport[] = []
   for (const r of j) {

@@ -8,13 +8,17 @@
  * newest write was made; a holder that is silent shows as silent, separately.
  */
 import { ENGINES } from '../adapters/index.ts'
-import type { DatasetInfo, MemberInfo, Report } from '../protocol/index.ts'
+import type { DatasetInfo, MemberInfo, MemberRole, Report } from '../protocol/index.ts'
+import { healthReasons, memberHealth, usualHoursReason, type MemberHealth } from './health-status.ts'
 import type { CheckpointResult, DamageRecord, MeshState, VerifyResult } from './state.ts'
+import type { ContactHistory } from './usual-hours.ts'
 
 export type Verdict = 'OK' | 'WARN' | 'CRIT'
 
 /** How long a whole copy made again (a replaced file, a lost position) shows in status: a week. */
 export const NOTICE_MS = 7 * 86_400_000
+/** How long an alarm (alarms.ts) stays CRIT. */
+export const ALARM_MS = 24 * 3600_000
 
 export interface StatusThresholds {
   /** A holder behind its origin by this many seconds of writes is a warning / critical. */
@@ -31,6 +35,15 @@ export interface StatusThresholds {
    */
   captureLagWarnSeconds: number
   captureLagCritSeconds: number
+  /** A member silent this long during hours it is usually up (usual-hours.ts) is a warning. */
+  usualSilentSeconds: number
+  /** Free disk space under this share (percent) or this many MB is a warning / critical (disk.ts). */
+  diskWarnPercent: number
+  diskWarnMB: number
+  diskCritPercent: number
+  diskCritMB: number
+  /** A site on a Node.js line this many days past its end of life is a warning. */
+  nodeEolGraceDays: number
 }
 
 export const DEFAULT_THRESHOLDS: StatusThresholds = {
@@ -40,13 +53,20 @@ export const DEFAULT_THRESHOLDS: StatusThresholds = {
   silentCritSeconds: 24 * 3600,
   walWarnMB: 1024,
   captureLagWarnSeconds: 300,
-  captureLagCritSeconds: 3600
+  captureLagCritSeconds: 3600,
+  usualSilentSeconds: 900,
+  diskWarnPercent: 10,
+  diskWarnMB: 2048,
+  diskCritPercent: 2,
+  diskCritMB: 500,
+  nodeEolGraceDays: 0
 }
 
 export interface HolderStatus {
   site: string
   key: string
-  role: 'origin' | 'replica'
+  /** 'blind': a blind site, which holds the log encrypted and applies nothing (its `applied` stays 0). */
+  role: 'origin' | 'replica' | 'blind'
   /** Blocks held without a gap / applied; null when this site never reported the dataset. */
   downloaded: number | null
   applied: number | null
@@ -73,10 +93,17 @@ export interface DatasetStatus {
   engine: string
   originSite: string
   origin: string
+  /** The sites that may promote it, when its origin narrowed the policy (node/policy.ts); absent: any. */
+  promote?: string[]
   epoch: number
   log: string
   length: number
   bytes: number
+  /**
+   * When the dataset was made (ms): the oldest moment `mesh restore` can go back to, as the chain of logs is
+   * kept whole (a blind site holds only the epochs it saw, and restores nothing).
+   */
+  createdAt: number
   /** Origin commit time of the newest write, ms; null if none known. */
   lastWriteAt: number | null
   /** Sites other than the origin that hold the newest write. */
@@ -163,10 +190,14 @@ export function addWalHealth(
 export interface MemberStatus {
   site: string
   key: string
+  /** 'full', 'blind' (stores and serves the encrypted logs, reads none) or 'observer'. */
+  role: MemberRole
   self: boolean
   connected: boolean
   lastContact: number | null
   software: string | null
+  /** What the site runs and its free disk space, from its report; null from older software. */
+  health: MemberHealth | null
 }
 
 export interface SiteStatus {
@@ -191,11 +222,31 @@ export interface StatusInput {
   refused: Array<{ key: string; reason: string; at: number }>
   now: number
   thresholds: StatusThresholds
+  /**
+   * The datasets whose data key this site holds (datakeys.ts); absent: not known, and nothing is said about
+   * keys. A full member without the key of a dataset whose logs are encrypted is a warning.
+   */
+  dataKeys?: string[]
   /** The snapshots this site keeps, by dataset id (see DatasetStatus.snapshots); none when absent. */
   snapshots?: Record<string, { count: number; newestAt: number | null; damaged: string[] }>
+  /** When this site heard from each member, for usual hours (usual-hours.ts); none when absent. */
+  contacts?: ContactHistory
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
+
+/**
+ * Holding errors that are a warning, not critical: the log is still held there, and what is missing comes
+ * without anyone's action (a data key on its way) or is a known limit (no replica server, a plaintext log
+ * that a blind site does not hold).
+ */
+const WARN_ONLY = new Set(['NO_REPLICA_SERVER', 'DATA_KEY_MISSING', 'NOT_ENCRYPTED'])
+const HOLDING_HINTS: Record<string, string> = {
+  DATA_KEY_MISSING:
+    ': it comes sealed to that site from a full member that holds it once both are connected; start the ' +
+    'origin if it is off',
+  NOT_ENCRYPTED: ': move the dataset to encrypted logs with a new epoch (UPGRADE.md)'
+}
 
 /** "26 hours", "3 minutes", "40 seconds". */
 export function duration(seconds: number): string {
@@ -228,10 +279,12 @@ export function buildStatus(input: StatusInput): SiteStatus {
     return {
       site: m.site,
       key: k,
+      role: m.role ?? 'full',
       self: k === selfHex,
       connected: input.connected.has(k),
       lastContact: k === selfHex && input.running ? now : (r?.at ?? null),
-      software: r?.software ?? null
+      software: r?.software ?? null,
+      health: memberHealth(r, now)
     }
   })
   for (const m of members) {
@@ -249,6 +302,29 @@ export function buildStatus(input: StatusInput): SiteStatus {
     const silent = (now - m.lastContact) / 1000
     if (silent >= t.silentCritSeconds) add('CRIT', `${m.site} has not been heard from for ${duration(silent)}`)
     else if (silent >= t.silentWarnSeconds) add('WARN', `${m.site} has not been heard from for ${duration(silent)}`)
+    else {
+      const usual = usualHoursReason(m, input.contacts, now, t)
+      if (usual) add('WARN', usual)
+    }
+  }
+  for (const r of healthReasons(members, now, t)) add(r.level, r.text)
+
+  // Alarms a site raised (a statement it refused as forged or unsafe), from every site's signed report: CRIT
+  // while they last (alarms.ts, ALARM_MS), each once however many sites raised it.
+  const alarmsSeen = new Set<string>()
+  for (const r of input.reports) {
+    for (const n of r.notices ?? []) {
+      if (n.kind !== 'alarm' || now - n.at > ALARM_MS || alarmsSeen.has(n.text)) continue
+      alarmsSeen.add(n.text)
+      const about = n.dataset ? ` (${state.datasets.find((x) => x.id === n.dataset)?.name ?? n.dataset})` : ''
+      add('CRIT', `${r.siteName} refused${about}: ${n.text}`)
+    }
+  }
+
+  // A site that cannot send alerts (alerts.ts): a warning at every site, from its signed report.
+  for (const r of input.reports) {
+    for (const n of r.notices ?? [])
+      if (n.kind === 'alert-error') add('WARN', `${r.siteName} cannot send alerts: ${n.text}`)
   }
 
   const datasets: DatasetStatus[] = state.datasets.map((d: DatasetInfo) => {
@@ -257,24 +333,28 @@ export function buildStatus(input: StatusInput): SiteStatus {
     const holdingOf = (k: string) =>
       byKey.get(k)?.holdings.find((h) => h.dataset === d.id && hex(h.log) === logKey) ?? null
     const oh = holdingOf(originKey)
-    // The origin's own report is the truth about its log; if it is not known, the longest copy anyone holds.
+    // The log only grows: its length is the longest anyone reports. The origin's report is usually that, but a
+    // copy's newer report can be ahead of the origin's last one (it has applied blocks appended since), and a
+    // copy never shows as having applied more than the log holds.
     let length = oh?.length ?? 0
     let bytes = oh?.byteLength ?? 0
     let lastWriteAt = oh?.lastWriteAt || null
-    if (!oh) {
-      for (const m of state.members) {
-        const h = holdingOf(hex(m.key))
-        if (h && h.length > length) {
-          length = h.length
-          bytes = h.byteLength
-        }
-        if (h && h.lastWriteAt > (lastWriteAt ?? 0)) lastWriteAt = h.lastWriteAt
+    for (const m of state.members) {
+      const h = holdingOf(hex(m.key))
+      if (!h) continue
+      const known = Math.max(h.length, h.downloaded, h.applied)
+      if (known > length) {
+        length = known
+        bytes = Math.max(bytes, h.byteLength)
       }
+      if (h.lastWriteAt > (lastWriteAt ?? 0)) lastWriteAt = h.lastWriteAt
     }
-    const holders: HolderStatus[] = state.members.map((m) => {
+    // An observer holds nothing of any dataset: it is a member, never a holder.
+    const holding = state.members.filter((m) => m.role !== 'observer')
+    const holders: HolderStatus[] = holding.map((m) => {
       const k = hex(m.key)
       const h = holdingOf(k)
-      const role = k === originKey ? 'origin' : 'replica'
+      const role = k === originKey ? 'origin' : m.role === 'blind' ? 'blind' : 'replica'
       if (!h) {
         return {
           site: m.site,
@@ -289,6 +369,24 @@ export function buildStatus(input: StatusInput): SiteStatus {
           error: null,
           errorMessage: null,
           damagedBlocks: 0,
+          captureLag: null
+        }
+      }
+      if (role === 'blind') {
+        // It applies nothing: how far it holds the log is all there is to say.
+        return {
+          site: m.site,
+          key: k,
+          role,
+          downloaded: h.downloaded,
+          applied: h.applied,
+          lagEntries: Math.max(0, length - h.downloaded),
+          lagBytes: null,
+          lagSeconds: null,
+          lastContact: k === selfHex && input.running ? now : (byKey.get(k)?.at ?? null),
+          error: h.error || null,
+          errorMessage: h.errorMessage || null,
+          damagedBlocks: h.damaged,
           captureLag: null
         }
       }
@@ -315,15 +413,15 @@ export function buildStatus(input: StatusInput): SiteStatus {
       }
     })
     const heldBy = holders.filter(
-      (h) => h.role === 'replica' && h.downloaded !== null && h.downloaded >= length && length > 0
+      (h) => h.role !== 'origin' && h.downloaded !== null && h.downloaded >= length && length > 0
     ).length
 
     for (const h of holders) {
       if (h.error) {
         const what = h.role === 'origin' ? `capture of ${d.name} at ${h.site}` : `${h.site}'s copy of ${d.name}`
         add(
-          (h.role === 'origin' && h.error === 'DATABASE_LOCKED') || h.error === 'NO_REPLICA_SERVER' ? 'WARN' : 'CRIT',
-          `${what} is failing: ${h.errorMessage ?? h.error}`
+          (h.role === 'origin' && h.error === 'DATABASE_LOCKED') || WARN_ONLY.has(h.error) ? 'WARN' : 'CRIT',
+          `${what} is failing: ${h.errorMessage ?? h.error}${HOLDING_HINTS[h.error] ?? ''}`
         )
       }
       if (h.damagedBlocks > 0) {
@@ -345,6 +443,11 @@ export function buildStatus(input: StatusInput): SiteStatus {
           : 'The node is catching up; if this keeps growing, read its log for the cause'
         add(crit ? 'CRIT' : 'WARN', what + todo)
       }
+      if (h.role === 'blind' && h.downloaded === null) {
+        if (length > 0 && (now - d.createdAt) / 1000 >= t.lagWarnSeconds)
+          add('WARN', `${h.site} (blind) holds no copy of the ${d.name} log yet`)
+        continue
+      }
       if (h.role !== 'replica') continue
       if (h.applied === null) {
         if (length > 0 && (now - d.createdAt) / 1000 >= t.lagWarnSeconds)
@@ -358,6 +461,15 @@ export function buildStatus(input: StatusInput): SiteStatus {
     }
     if (state.members.length < 2)
       add('WARN', `${d.name} has no other site to protect it yet: invite one with \`mesh invite\``)
+    const selfRole = state.members.find((m) => hex(m.key) === selfHex)?.role ?? 'full'
+    if (d.encryptedFrom !== undefined && selfRole === 'full' && input.dataKeys && !input.dataKeys.includes(d.id)) {
+      add(
+        'WARN',
+        `this site has not received the data key of ${d.name} yet, so it cannot read its encrypted logs: it ` +
+          `comes sealed to this site from a full member that holds it once both are connected; start ` +
+          `${nameOf(originKey)} (or another full member) if it is off`
+      )
+    }
     const mine = state.local.find((l) => l.dataset === d.id)
     const divergences = (mine?.divergences ?? []).map((x) => ({ ...x }))
     for (const x of divergences) {
@@ -425,6 +537,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
     const copies: DatasetStatus['copies'] = []
     for (const r of input.reports) {
       for (const n of r.notices ?? []) {
+        if (n.kind === 'alarm') continue
         if (n.dataset !== d.id || now - n.at > NOTICE_MS || seen.has(`${n.at}:${n.seq}`)) continue
         seen.add(`${n.at}:${n.seq}`)
         copies.push({ site: r.siteName, kind: n.kind, at: n.at, seq: n.seq, why: n.text })
@@ -442,7 +555,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
         'WARN',
         `${what} at ${new Date(x.at).toISOString()}: the whole database was copied into the log again at position ` +
           `${x.seq} and every copy is rebuilt from it; if that was not meant, the state before it is: ` +
-          `mesh restore ${d.name} --seq ${x.seq} --to ${to}`
+          `mesh restore ${d.name} --before ${x.seq} --to ${to}`
       )
     }
 
@@ -468,7 +581,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
         `a change to ${d.name} at position ` +
           `${x.seq}${x.time ? ` (${new Date(x.time).toISOString()})` : ''} deleted or rewrote ${x.changed} ` +
           `of the ${x.before} rows of ${x.table}; if that was not meant, the state before it is: mesh ` +
-          `restore ${d.name} --seq ${x.seq} --to ${to}`
+          `restore ${d.name} --before ${x.seq} --to ${to}`
       )
     }
 
@@ -482,6 +595,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
       log: logKey,
       length,
       bytes,
+      createdAt: d.createdAt,
       lastWriteAt,
       heldBy,
       holders,

@@ -7,7 +7,7 @@ import crypto from 'hypercore-crypto'
 import { engineFor } from '../adapters/index.ts'
 import { MeshError, type DatasetInfo } from '../protocol/index.ts'
 import { offsets, resolveChain, seqOf } from './chain.ts'
-import { findDataset, restorePoint, type RestoreResult } from './history.ts'
+import { findDataset, restorePoint, type RestoreResult, type RestoreTarget } from './history.ts'
 import type { MeshNode } from './node.ts'
 import { prove } from './roles.ts'
 import { buildSnapshot, listSnapshots, prune, snapshotPosition, type SnapshotPolicy } from './snapshots.ts'
@@ -54,6 +54,8 @@ export class Upkeep {
           const chain = await resolveChain(head, (k) => node.openLog(k))
           const { length } = offsets(chain)
           if ((seqOf(chain, newest ? snapshotPosition(newest.file) : null) ?? -1) >= length) continue
+          // A snapshot is a convenience (restores can replay the log): never worth filling the disk for.
+          if (!node.health.roomForSnapshot(head.id)) continue
           const point = await restorePoint(chain, { seq: length })
           const s = await buildSnapshot(node.paths.dir, head, engineFor(head.engine), chain, point.seq, {
             now,
@@ -110,7 +112,7 @@ export class Upkeep {
    * `mesh restore` while the node runs: the node holds the log store, so it replays into the new database, as
    * a job the command follows (`job`) for its progress. The live database and the replicas are not touched.
    */
-  async startRestore(dataset: string, target: { seq?: number; at?: number }, to: string): Promise<string> {
+  async startRestore(dataset: string, target: RestoreTarget, to: string): Promise<string> {
     const node = this.node
     const head = findDataset(node.state.datasets, dataset)
     await engineFor(head.engine).checkRestoreTarget(to)
@@ -146,9 +148,24 @@ export class Upkeep {
     const engine = engineFor(head.engine)
     return node.roles.enqueue(head.id, async () => {
       const r = node.roles.replicas.get(head.id)
+      if (!r && node.roles.origins.has(head.id)) {
+        // The origin's database is what the log is made from: there is no copy here to check against it.
+        const holders = node.reports.holdersOf(head).filter((x) => x !== node.opts.site)
+        throw MeshError.USAGE(
+          `${node.opts.site} is the origin of ${head.name}: its database is the source of the log, and mesh ` +
+            'verify checks a copy against the log',
+          {
+            hint:
+              `To check every copy against this database, run mesh checkpoint ${head.name} here: each copy ` +
+              `compares itself when it applies it, and mesh status shows the result. To prove one copy equal to ` +
+              `the log, run mesh verify ${head.name} at ${holders.join(' or ') || 'a site that holds a copy'}.`
+          }
+        )
+      }
       if (!r) {
-        const origin = node.roles.origins.has(head.id) ? ' (it is the origin: verify at a site that holds a copy)' : ''
-        throw MeshError.REPLICA_NOT_READY(`${node.opts.site} holds no replica of ${head.name}${origin}`)
+        throw MeshError.REPLICA_NOT_READY(`${node.opts.site} holds no replica of ${head.name} yet`, {
+          hint: 'Wait until `mesh status` shows this site holding the dataset, then run the command again.'
+        })
       }
       await r.loop.stop()
       let scratch: { where: string; drop(): Promise<void> } | null = null

@@ -12,6 +12,7 @@
 import c from 'compact-encoding'
 import crypto from 'hypercore-crypto'
 import { MeshError } from './errors.ts'
+import { statementsMessage, type Statement } from './statements.ts'
 
 type State = { start: number; end: number; buffer: Uint8Array | null }
 
@@ -21,7 +22,7 @@ export const JOIN_PROTOCOL = 'branchmesh-join/1'
 export const CONTROL_VERSION = 1
 
 /** Message slots on the control channel, in the order they are added to the protomux channel. */
-export const ControlMessage = { members: 0, datasets: 1, report: 2 } as const
+export const ControlMessage = { members: 0, datasets: 1, report: 2, statements: 3 } as const
 /** Message slots on the join channel. */
 export const JoinMessage = { redeem: 0, welcome: 1, refuse: 2 } as const
 
@@ -38,7 +39,16 @@ export interface MemberInfo {
   key: Uint8Array
   site: string
   addedAt: number
+  /**
+   * What the member may hold: 'full' (a replica of every dataset, may promote), 'blind' (stores and serves the
+   * logs encrypted, never reads them), 'observer' (members, datasets and reports only). Kept in mesh.json;
+   * on the wire in the trailer of the members message and the welcome (TRAILER_ROLES) until the member's
+   * signed admission statement carries it. Absent means 'full'.
+   */
+  role?: MemberRole
 }
+
+export type MemberRole = 'full' | 'blind' | 'observer'
 
 /** A dataset the mesh protects and the log that carries its current epoch. */
 export interface DatasetInfo {
@@ -53,6 +63,13 @@ export interface DatasetInfo {
   /** Key of the epoch's log (a hypercore key). */
   log: Uint8Array
   createdAt: number
+  /**
+   * The first epoch whose log is encrypted (hypercore block encryption under the dataset's data key, which only
+   * full members hold; see protocol/datakey.ts): 0 for a dataset made encrypted, the next epoch for one moving to
+   * encrypted logs (`mesh encrypt`); every later epoch is encrypted too. Absent: no log of it is encrypted.
+   * Carried in the datasets message's trailer (see listTrailer).
+   */
+  encryptedFrom?: number
 }
 
 /** How far one site holds and has applied one dataset. */
@@ -112,6 +129,34 @@ export interface Report {
   software: string
   /** Optional (a trailing section, see reportEncoding); absent or empty when there is none. */
   notices?: Notice[]
+  /** Optional (the second extension, REPORT_HEALTH): versions and free disk space; absent from older software. */
+  health?: SiteHealth
+}
+
+/**
+ * What a site runs and how much disk it has left, for the owner's security and capacity view. Strings are ''
+ * when unknown. Sent with every report, so it stays small (a few short strings and one entry per disk).
+ */
+export interface SiteHealth {
+  /** branchmesh's version, e.g. '0.2.0'. */
+  branchmesh: string
+  /** Node.js's version, e.g. 'v20.19.0'. */
+  node: string
+  /** The operating system, e.g. 'Linux 6.1.0 x64'. */
+  os: string
+  /** SQLite's library version; the PostgreSQL servers' versions (comma-separated when several differ). */
+  sqlite: string
+  postgres: string
+  /** The business application's own version (config appVersion), and why it could not be read. */
+  app: string
+  appError: string
+  /**
+   * Free space where the data directory and the databases are: `what` names the place ('data directory',
+   * a dataset's name), `path` is the folder measured, bytes free to this process and the disk's size.
+   */
+  disks: Array<{ what: string; path: string; free: number; total: number }>
+  /** Snapshots this site paused for lack of disk space ('' when none are paused). */
+  paused: string
 }
 
 export interface SignedReport {
@@ -133,6 +178,12 @@ export interface Welcome {
   meshId: Uint8Array
   members: MemberInfo[]
   datasets: DatasetInfo[]
+  /**
+   * The membership statements the inviter holds, the new site's own among them (a trailing section an older
+   * joiner does not read; absent from an older inviter): what the new site shows to a member that has not
+   * heard of it yet.
+   */
+  statements?: Statement[]
 }
 
 export interface Refuse {
@@ -317,13 +368,64 @@ const notices = c.array(noticeEncoding)
  * bit order. A report with nothing to put there is written without it, byte for byte as older software
  * wrote it, and one without it (from older software) ends after `software`; older software reads a
  * report with it and ignores what follows `software` (compact-encoding does not check for trailing bytes),
- * so the report message keeps version 1. Unknown flag bits are refused (UNKNOWN_FLAGS).
+ * so the report message keeps version 1.
+ *
+ * Software before issue 17 refuses a first flags word with bits it does not know (UNKNOWN_FLAGS), and a report
+ * it cannot decode ends the whole connection (protomux destroys the stream), so that word never gets another
+ * bit. Newer sections go in a second extension after the first one's sections: `uint flags2`, then one section
+ * per bit. Older software stops after the first extension's sections and ignores the rest. When the report has
+ * a second extension, the first flags word is written even when it is 0. In the second word, each new section
+ * gets the next higher bit and comes after every older one, so a reader reads the sections it knows and
+ * ignores the bits above them (their sections come last): see UPGRADE.md.
  */
 /** Bit 0: notices (what happened to a dataset here that every site should show for a while). */
 export const REPORT_NOTICES = 1
 /** Bit 1: capture lags, `uint count` then per entry `uint holding index, uint bytes, uint milliseconds`. */
 export const REPORT_CAPTURE_LAG = 2
-const REPORT_FLAGS = REPORT_NOTICES | REPORT_CAPTURE_LAG
+/** The first bits of the first flags word, the only ones it may ever carry. */
+const REPORT_FIRST_FLAGS = REPORT_NOTICES | REPORT_CAPTURE_LAG
+/** Second extension, bit 0: health (SiteHealth: versions, free disk space, paused snapshots). */
+export const REPORT_HEALTH = 1
+
+const disk = struct<SiteHealth['disks'][number]>({
+  preencode(s, d) {
+    c.string.preencode(s, d.what)
+    c.string.preencode(s, d.path)
+    c.uint.preencode(s, d.free)
+    c.uint.preencode(s, d.total)
+  },
+  encode(s, d) {
+    c.string.encode(s, d.what)
+    c.string.encode(s, d.path)
+    c.uint.encode(s, d.free)
+    c.uint.encode(s, d.total)
+  },
+  decode(s) {
+    return { what: c.string.decode(s), path: c.string.decode(s), free: c.uint.decode(s), total: c.uint.decode(s) }
+  }
+})
+const disks = c.array(disk)
+const HEALTH_STRINGS = ['branchmesh', 'node', 'os', 'sqlite', 'postgres', 'app', 'appError', 'paused'] as const
+const healthEncoding = struct<SiteHealth>({
+  preencode(s, h) {
+    for (const k of HEALTH_STRINGS) c.string.preencode(s, h[k])
+    disks.preencode(s, h.disks)
+  },
+  encode(s, h) {
+    for (const k of HEALTH_STRINGS) c.string.encode(s, h[k])
+    disks.encode(s, h.disks)
+  },
+  decode(s) {
+    const h = {} as SiteHealth
+    for (const k of HEALTH_STRINGS) h[k] = c.string.decode(s)
+    h.disks = disks.decode(s)
+    return h
+  }
+})
+
+function reportFlags(r: Report, lags: LagEntry[]): number {
+  return (r.notices?.length ? REPORT_NOTICES : 0) | (lags.length ? REPORT_CAPTURE_LAG : 0)
+}
 
 type LagEntry = { index: number; bytes: number; ms: number }
 const lagEntry = struct<LagEntry>({
@@ -363,11 +465,15 @@ const reportEncoding = struct<Report>({
     keys.preencode(s, r.peers)
     c.string.preencode(s, r.software)
     const lags = lagsOf(r)
-    const flags = (r.notices?.length ? REPORT_NOTICES : 0) | (lags.length ? REPORT_CAPTURE_LAG : 0)
-    if (flags === 0) return
+    const flags = reportFlags(r, lags)
+    const flags2 = r.health ? REPORT_HEALTH : 0
+    if (flags === 0 && flags2 === 0) return
     c.uint.preencode(s, flags)
     if (flags & REPORT_NOTICES) notices.preencode(s, r.notices!)
     if (flags & REPORT_CAPTURE_LAG) lagEntries.preencode(s, lags)
+    if (flags2 === 0) return
+    c.uint.preencode(s, flags2)
+    if (flags2 & REPORT_HEALTH) healthEncoding.preencode(s, r.health!)
   },
   encode(s, r) {
     c.fixed32.encode(s, r.site)
@@ -377,11 +483,15 @@ const reportEncoding = struct<Report>({
     keys.encode(s, r.peers)
     c.string.encode(s, r.software)
     const lags = lagsOf(r)
-    const flags = (r.notices?.length ? REPORT_NOTICES : 0) | (lags.length ? REPORT_CAPTURE_LAG : 0)
-    if (flags === 0) return
+    const flags = reportFlags(r, lags)
+    const flags2 = r.health ? REPORT_HEALTH : 0
+    if (flags === 0 && flags2 === 0) return
     c.uint.encode(s, flags)
     if (flags & REPORT_NOTICES) notices.encode(s, r.notices!)
     if (flags & REPORT_CAPTURE_LAG) lagEntries.encode(s, lags)
+    if (flags2 === 0) return
+    c.uint.encode(s, flags2)
+    if (flags2 & REPORT_HEALTH) healthEncoding.encode(s, r.health!)
   },
   decode(s) {
     const r: Report = {
@@ -395,7 +505,7 @@ const reportEncoding = struct<Report>({
     // No extension: a report from older software.
     if (s.start >= s.end) return r
     const flags = c.uint.decode(s)
-    const unknown = flags & ~REPORT_FLAGS
+    const unknown = flags & ~REPORT_FIRST_FLAGS
     if (unknown) {
       throw MeshError.UNKNOWN_FLAGS(`a report has unknown flag bits 0x${unknown.toString(16)}`, { context: { flags } })
     }
@@ -407,6 +517,10 @@ const reportEncoding = struct<Report>({
         h.captureLag = { bytes: e.bytes, seconds: e.ms / 1000 }
       }
     }
+    // The second extension. Bits above REPORT_HEALTH are sections of newer software, after these: ignored.
+    if (s.start >= s.end) return r
+    const flags2 = c.uint.decode(s)
+    if (flags2 & REPORT_HEALTH) r.health = healthEncoding.decode(s)
     return r
   }
 })
@@ -432,8 +546,124 @@ function listMessage<T>(
   })
 }
 
-export const membersMessage = listMessage(members, 'a members message')
-export const datasetsMessage = listMessage(datasets, 'a datasets message')
+/**
+ * What follows the lists of the members and datasets messages and of the welcome (round 2): `uint flags`, then
+ * one section per flag bit that is set, in bit order. TRAILER_ROLES: one uint per member, its role
+ * (ROLE_CODES; an unknown code reads as 'observer', which is given nothing); TRAILER_ENCRYPTED: one uint per
+ * dataset, 0 when none of its logs is encrypted, else 1 + the first epoch whose log is (encryptedFrom). A
+ * message with nothing to put there is written without it, byte for byte as older software wrote it; older
+ * software reads one with it and ignores the trailer (compact-encoding does not check for trailing bytes), so
+ * the messages keep version 1. Unknown flag bits are refused.
+ *
+ * Roles travel here until signed member statements carry them (they are relayed as members are, unsigned).
+ */
+export const TRAILER_ROLES = 1
+export const TRAILER_ENCRYPTED = 2
+/** The welcome only: the signed member statements of the mesh (protocol/membership.ts), so the joiner holds them. */
+export const TRAILER_STATEMENTS = 4
+const TRAILER_FLAGS = TRAILER_ROLES | TRAILER_ENCRYPTED | TRAILER_STATEMENTS
+const ROLE_CODES: MemberRole[] = ['full', 'blind', 'observer']
+const codes = c.array(c.uint)
+
+function trailerFlags(m: MemberInfo[], d: DatasetInfo[], st?: Statement[]): number {
+  return (
+    (m.some((x) => x.role !== undefined && x.role !== 'full') ? TRAILER_ROLES : 0) |
+    (d.some((x) => x.encryptedFrom !== undefined) ? TRAILER_ENCRYPTED : 0) |
+    (st?.length ? TRAILER_STATEMENTS : 0)
+  )
+}
+
+const listTrailer = {
+  preencode(s: State, m: MemberInfo[], d: DatasetInfo[], st?: Statement[]) {
+    const flags = trailerFlags(m, d, st)
+    if (flags === 0) return
+    c.uint.preencode(s, flags)
+    if (flags & TRAILER_ROLES)
+      codes.preencode(
+        s,
+        m.map((x) => ROLE_CODES.indexOf(x.role ?? 'full'))
+      )
+    if (flags & TRAILER_ENCRYPTED)
+      codes.preencode(
+        s,
+        d.map((x) => (x.encryptedFrom === undefined ? 0 : x.encryptedFrom + 1))
+      )
+    if (flags & TRAILER_STATEMENTS) statementsMessage.preencode(s, st!)
+  },
+  encode(s: State, m: MemberInfo[], d: DatasetInfo[], st?: Statement[]) {
+    const flags = trailerFlags(m, d, st)
+    if (flags === 0) return
+    c.uint.encode(s, flags)
+    if (flags & TRAILER_ROLES)
+      codes.encode(
+        s,
+        m.map((x) => ROLE_CODES.indexOf(x.role ?? 'full'))
+      )
+    if (flags & TRAILER_ENCRYPTED)
+      codes.encode(
+        s,
+        d.map((x) => (x.encryptedFrom === undefined ? 0 : x.encryptedFrom + 1))
+      )
+    if (flags & TRAILER_STATEMENTS) statementsMessage.encode(s, st!)
+  },
+  /** Sets the roles and encryptedFrom it carries on the lists; returns the statements it carries, if any. */
+  decode(s: State, m: MemberInfo[], d: DatasetInfo[]): Statement[] | null {
+    if (s.start >= s.end) return null
+    const flags = c.uint.decode(s)
+    const unknown = flags & ~TRAILER_FLAGS
+    if (unknown) {
+      throw MeshError.UNKNOWN_FLAGS(`a control message has unknown trailer bits 0x${unknown.toString(16)}`, {
+        context: { flags }
+      })
+    }
+    if (flags & TRAILER_ROLES) {
+      const list = codes.decode(s)
+      if (list.length !== m.length) throw MeshError.BAD_ENTRY('a members message with roles for another list')
+      list.forEach((r, i) => {
+        if (r !== 0) m[i].role = ROLE_CODES[r] ?? 'observer'
+      })
+    }
+    if (flags & TRAILER_ENCRYPTED) {
+      const list = codes.decode(s)
+      if (list.length !== d.length) throw MeshError.BAD_ENTRY('a datasets message with flags for another list')
+      list.forEach((e, i) => {
+        if (e > 0) d[i].encryptedFrom = e - 1
+      })
+    }
+    return flags & TRAILER_STATEMENTS ? statementsMessage.decode(s) : null
+  }
+}
+
+/** A list message whose list is followed by the trailer (members: roles; datasets: encryptedFrom). */
+function trailedList<T>(
+  list: { preencode(s: State, v: T[]): void; encode(s: State, v: T[]): void; decode(s: State): T[] },
+  split: (v: T[]) => [MemberInfo[], DatasetInfo[]]
+) {
+  return struct<T[]>({
+    preencode(s, v) {
+      list.preencode(s, v)
+      listTrailer.preencode(s, ...split(v))
+    },
+    encode(s, v) {
+      list.encode(s, v)
+      listTrailer.encode(s, ...split(v))
+    },
+    decode(s) {
+      const v = list.decode(s)
+      listTrailer.decode(s, ...split(v))
+      return v
+    }
+  })
+}
+
+export const membersMessage = listMessage(
+  trailedList<MemberInfo>(members, (m) => [m, []]),
+  'a members message'
+)
+export const datasetsMessage = listMessage(
+  trailedList<DatasetInfo>(datasets, (d) => [[], d]),
+  'a datasets message'
+)
 
 export const reportMessage = struct<SignedReport>({
   preencode(s, m) {
@@ -495,17 +725,28 @@ export const welcomeMessage = struct<Welcome>({
     c.fixed32.preencode(s, m.meshId)
     members.preencode(s, m.members)
     datasets.preencode(s, m.datasets)
+    listTrailer.preencode(s, m.members, m.datasets, m.statements)
   },
   encode(s, m) {
     c.uint.encode(s, m.version)
     c.fixed32.encode(s, m.meshId)
     members.encode(s, m.members)
     datasets.encode(s, m.datasets)
+    listTrailer.encode(s, m.members, m.datasets, m.statements)
   },
   decode(s) {
     const version = c.uint.decode(s)
     checkVersion(version, 'a welcome')
-    return { version, meshId: c.fixed32.decode(s), members: members.decode(s), datasets: datasets.decode(s) }
+    const w: Welcome = {
+      version,
+      meshId: c.fixed32.decode(s),
+      members: members.decode(s),
+      datasets: datasets.decode(s)
+    }
+    // The trailer (round 2): roles, encrypted datasets, the statements that make the members members.
+    const statements = listTrailer.decode(s, w.members, w.datasets)
+    if (statements) w.statements = statements
+    return w
   }
 })
 
@@ -545,6 +786,8 @@ export interface ControlPayloads {
   members: MemberInfo[]
   datasets: DatasetInfo[]
   report: SignedReport
+  /** Signed statements (protocol/statements.ts): slot 3, added in round 2; older sites ignore the slot. */
+  statements: Statement[]
 }
 
 /**
@@ -554,7 +797,8 @@ export interface ControlPayloads {
 export const CONTROL_MESSAGES = [
   { name: 'members', encoding: membersMessage },
   { name: 'datasets', encoding: datasetsMessage },
-  { name: 'report', encoding: reportMessage }
+  { name: 'report', encoding: reportMessage },
+  { name: 'statements', encoding: statementsMessage }
 ] as const
 
 /** What each join message carries, by name. */
@@ -582,7 +826,17 @@ export interface JoinCode {
   seed: Uint8Array
   /** Seconds since the epoch. */
   expiresAt: number
+  /**
+   * The role the new site gets: 'blind' for `mesh invite --blind`, 'observer' for `mesh invite --observer` (both
+   * join without a database). Absent means a full member. Written after `expiresAt` as `uint flags` (JOIN_BLIND,
+   * JOIN_OBSERVER) only when set; software that knows no observer refuses an observer's code (UNKNOWN_FLAGS).
+   */
+  role?: 'blind' | 'observer'
 }
+
+const JOIN_BLIND = 1
+const JOIN_OBSERVER = 2
+const JOIN_ROLE_FLAG = { blind: JOIN_BLIND, observer: JOIN_OBSERVER } as const
 
 const JOIN_CODE_PREFIX = 'bm1-'
 
@@ -593,6 +847,7 @@ const joinCodeEncoding = struct<JoinCode>({
     c.fixed32.preencode(s, j.inviter)
     c.fixed32.preencode(s, j.seed)
     c.uint.preencode(s, j.expiresAt)
+    if (j.role) c.uint.preencode(s, JOIN_ROLE_FLAG[j.role])
   },
   encode(s, j) {
     c.uint.encode(s, CONTROL_VERSION)
@@ -600,15 +855,25 @@ const joinCodeEncoding = struct<JoinCode>({
     c.fixed32.encode(s, j.inviter)
     c.fixed32.encode(s, j.seed)
     c.uint.encode(s, j.expiresAt)
+    if (j.role) c.uint.encode(s, JOIN_ROLE_FLAG[j.role])
   },
   decode(s) {
     checkVersion(c.uint.decode(s), 'a join code')
-    return {
+    const j: JoinCode = {
       meshId: c.fixed32.decode(s),
       inviter: c.fixed32.decode(s),
       seed: c.fixed32.decode(s),
       expiresAt: c.uint.decode(s)
     }
+    const flags = s.start < s.end ? c.uint.decode(s) : 0
+    if (flags & ~(JOIN_BLIND | JOIN_OBSERVER) || flags === (JOIN_BLIND | JOIN_OBSERVER)) {
+      throw MeshError.UNKNOWN_FLAGS('this join code was made by a newer branchmesh', {
+        hint: 'Upgrade branchmesh at this site (see UPGRADE.md), then use the code again.'
+      })
+    }
+    if (flags & JOIN_BLIND) j.role = 'blind'
+    if (flags & JOIN_OBSERVER) j.role = 'observer'
+    return j
   }
 })
 

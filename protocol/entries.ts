@@ -19,6 +19,7 @@
 import c from 'compact-encoding'
 import type { State } from 'compact-encoding'
 import sodium from 'sodium-native'
+import { deflateBody, inflateBody } from './compression.ts'
 import { MeshError } from './errors.ts'
 import { rawTextState, value, type Value } from './values.ts'
 
@@ -64,17 +65,26 @@ const F_FRAG_END = 2
 // Flag bits. MORE has the same bit in every kind that can span blocks.
 const F_MORE = 1
 const F_HEADER_PARENT = 1
+/** Header: the signed promotion that started this epoch (a Statement's encoding; since branchmesh 0.3). */
+const F_HEADER_PROMOTION = 2
 const F_SNAPSHOT_FIRST = 2
 const F_SNAPSHOT_LAST = 4
 const F_TX_SOURCE = 2
 /** Transaction and snapshot entries: some value is raw TEXT (value tag 6, since branchmesh 0.2). */
 const F_RAW_TEXT = 8
+/**
+ * Schema, transaction and snapshot entries: the body is brotli-compressed (issue 16; protocol/compression.ts).
+ * Layout: a transaction's `time` first, uncompressed (peekEntry reads it), then `uint` the inflated size of
+ * the rest of the body, then the compressed rest up to the checksum.
+ */
+const F_COMPRESSED = 16
+const COMPRESSIBLE: KindName[] = ['schema', 'transaction', 'snapshot']
 
 const ALLOWED_FLAGS: Record<KindName, number> = {
-  header: F_HEADER_PARENT,
-  schema: F_MORE,
-  transaction: F_MORE | F_TX_SOURCE | F_RAW_TEXT,
-  snapshot: F_MORE | F_SNAPSHOT_FIRST | F_SNAPSHOT_LAST | F_RAW_TEXT,
+  header: F_HEADER_PARENT | F_HEADER_PROMOTION,
+  schema: F_MORE | F_COMPRESSED,
+  transaction: F_MORE | F_TX_SOURCE | F_RAW_TEXT | F_COMPRESSED,
+  snapshot: F_MORE | F_SNAPSHOT_FIRST | F_SNAPSHOT_LAST | F_RAW_TEXT | F_COMPRESSED,
   checkpoint: 0,
   fence: 0
 }
@@ -98,6 +108,11 @@ export interface HeaderEntry {
   createdAt: number
   /** The log (and its length) this one continues from, for epochs after the first. */
   parent: { key: Uint8Array; length: number } | null
+  /**
+   * The encoded signed promotion (protocol/statements.ts, kind promotion) that started this epoch, so that the
+   * log carries the proof of its own right to exist; absent in logs written before branchmesh 0.3 and in epoch 0.
+   */
+  promotion?: Uint8Array | null
 }
 
 export interface ColumnDef {
@@ -317,7 +332,7 @@ interface Body<E extends Entry> {
 }
 
 const header: Body<HeaderEntry> = {
-  flags: (e) => (e.parent ? F_HEADER_PARENT : 0),
+  flags: (e) => (e.parent ? F_HEADER_PARENT : 0) | (e.promotion ? F_HEADER_PROMOTION : 0),
   preencode(s, e) {
     c.string.preencode(s, e.dataset)
     c.string.preencode(s, e.name)
@@ -329,6 +344,7 @@ const header: Body<HeaderEntry> = {
       c.fixed32.preencode(s, e.parent.key)
       c.uint.preencode(s, e.parent.length)
     }
+    if (e.promotion) c.uint8array.preencode(s, e.promotion)
   },
   encode(s, e) {
     c.string.encode(s, e.dataset)
@@ -341,6 +357,7 @@ const header: Body<HeaderEntry> = {
       c.fixed32.encode(s, e.parent.key)
       c.uint.encode(s, e.parent.length)
     }
+    if (e.promotion) c.uint8array.encode(s, e.promotion)
   },
   decode(s, flags) {
     const e: HeaderEntry = {
@@ -356,6 +373,7 @@ const header: Body<HeaderEntry> = {
     if (flags & F_HEADER_PARENT) {
       e.parent = { key: new Uint8Array(c.fixed32.decode(s)), length: c.uint.decode(s) }
     }
+    if (flags & F_HEADER_PROMOTION) e.promotion = new Uint8Array(c.uint8array.decode(s))
     return e
   }
 }
@@ -486,8 +504,16 @@ function checksum(bytes: Uint8Array, start: number, end: number): Uint8Array {
 
 // --- public ----------------------------------------------------------------------------------------------------
 
+/**
+ * Whether to compress bodies. The protocol's default is off (its fixtures and tests write plain entries); the
+ * node's log writes compressed (node/log.ts). A body is stored compressed only where that saves bytes.
+ */
+export interface EncodeOptions {
+  compress?: boolean
+}
+
 /** Encodes an entry into one block. Throws MeshError.BAD_ENTRY for an entry that cannot be encoded. */
-export function encodeEntry(entry: Entry): Uint8Array {
+export function encodeEntry(entry: Entry, opts: EncodeOptions = {}): Uint8Array {
   const body = BODIES[entry.kind] as Body<Entry> | undefined
   if (body === undefined) throw MeshError.UNKNOWN_KIND(`cannot encode entry kind ${String(entry.kind)}`)
   try {
@@ -499,6 +525,10 @@ export function encodeEntry(entry: Entry): Uint8Array {
     const flags = body.flags(entry) | (rawTextState.seen > 0 ? F_RAW_TEXT : 0)
     if (flags & ~ALLOWED_FLAGS[entry.kind]) throw new RangeError(`raw TEXT cannot be carried by a ${entry.kind} entry`)
     const kind = Kind[entry.kind]
+    if (opts.compress && COMPRESSIBLE.includes(entry.kind)) {
+      const block = sealCompressed(kind, flags, bodySize.end, (st) => body.encode(st, entry), entry)
+      if (block !== null) return block
+    }
     const pre = (st: State) => {
       st.end += bodySize.end
     }
@@ -509,6 +539,54 @@ export function encodeEntry(entry: Entry): Uint8Array {
 }
 
 type Writer = (s: State) => void
+
+/**
+ * The block of an entry whose body compresses (F_COMPRESSED), or null when it does not save bytes. The body is
+ * encoded once into a buffer of `size` bytes; a transaction's leading time stays outside the compressed part.
+ */
+function sealCompressed(kind: number, flags: number, size: number, enc: Writer, entry: Entry): Uint8Array | null {
+  const bytes = Buffer.allocUnsafe(size)
+  const body = c.state(0, size, bytes)
+  enc(body)
+  if (body.start !== size) throw new RangeError('encoder size mismatch')
+  const keep = c.state()
+  if (entry.kind === 'transaction') c.uint.preencode(keep, entry.time)
+  const rest = bytes.subarray(keep.end)
+  const packed = deflateBody(rest)
+  if (packed === null) return null
+  const pre = (s: State) => {
+    s.end += keep.end
+    c.uint.preencode(s, rest.byteLength)
+    s.end += packed.byteLength
+  }
+  const write = (s: State) => {
+    c.raw.encode(s, bytes.subarray(0, keep.end))
+    c.uint.encode(s, rest.byteLength)
+    c.raw.encode(s, packed)
+  }
+  return seal(VERSION_OF_KIND[kind], kind, flags | F_COMPRESSED, pre, write)
+}
+
+/**
+ * The body of a compressed block inflated, with a transaction's time before it as the body decoder expects;
+ * `state` is at the body's start and ends before the checksum. Throws BAD_ENTRY (see inflateBody).
+ */
+function inflatedBody(kind: KindName, block: Uint8Array, state: State, end: number): State {
+  const at = state.start
+  let size: number
+  let keepEnd: number
+  try {
+    if (kind === 'transaction') c.uint.decode(state)
+    keepEnd = state.start
+    size = c.uint.decode(state)
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, `truncated compressed ${kind} entry`)
+  }
+  const keep = block.subarray(at, keepEnd)
+  const rest = inflateBody(block.subarray(state.start, end), size)
+  const joined = keep.byteLength === 0 ? rest : Buffer.concat([keep, rest])
+  return c.state(0, joined.byteLength, joined)
+}
 
 /** One block: version, kind, flags, the body (`pre` sizes it, `enc` writes it), the checksum. */
 function seal(version: number, kind: number, flags: number, pre: Writer, enc: Writer): Uint8Array {
@@ -551,10 +629,15 @@ export interface Fragment {
  * of blocks that ends at the first block without MORE. The fragments of an entry are slices of its encoding:
  * memory holds the entry's encoding once, plus the blocks.
  */
-export function encodeUnit(entries: Entry[], maxBlock = MAX_BLOCK_BYTES, fragmentBytes = FRAGMENT_BYTES): Uint8Array[] {
+export function encodeUnit(
+  entries: Entry[],
+  maxBlock = MAX_BLOCK_BYTES,
+  fragmentBytes = FRAGMENT_BYTES,
+  opts: EncodeOptions = {}
+): Uint8Array[] {
   const out: Uint8Array[] = []
   for (const entry of entries) {
-    const bytes = encodeEntry(entry)
+    const bytes = encodeEntry(entry, opts)
     if (bytes.byteLength <= maxBlock) {
       out.push(bytes)
       continue
@@ -677,17 +760,20 @@ export function decodeBlock(block: Uint8Array, opts: { verifyChecksum?: boolean 
       context: { flags }
     })
   }
+  // A compressed body is inflated (bounded) first; the rest reads it as a plain one.
+  const bodyState = flags & F_COMPRESSED ? inflatedBody(kind, block, state, end) : state
+  const bodyEnd = flags & F_COMPRESSED ? bodyState.end : end
   let entry: Entry
   try {
     rawTextState.allowed = (flags & F_RAW_TEXT) !== 0
-    entry = BODIES[kind].decode(state, flags)
+    entry = BODIES[kind].decode(bodyState, flags)
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, `truncated or corrupt ${kind} entry`)
   } finally {
     rawTextState.allowed = false
   }
-  if (state.start !== end) {
-    throw MeshError.BAD_ENTRY(`${end - state.start} unread bytes after a ${kind} entry`)
+  if (bodyState.start !== bodyEnd) {
+    throw MeshError.BAD_ENTRY(`${bodyEnd - bodyState.start} unread bytes after a ${kind} entry`)
   }
   return { type: 'entry', entry }
 }
@@ -744,6 +830,25 @@ export function peekEntry(block: Uint8Array): { kind: KindName; more: boolean; t
     return { kind, more, time: kind === 'transaction' ? c.uint.decode(state) : null }
   } catch {
     return fullPeek(block)
+  }
+}
+
+/**
+ * The size a compressed entry's body inflates to (what it declares, at most MAX_INFLATED_BYTES), read from the
+ * block's first bytes without inflating it; null for a block that is not a compressed entry. What a unit of
+ * compressed blocks takes in memory once read is this, not the blocks' size.
+ */
+export function peekInflated(block: Uint8Array): number | null {
+  const state = c.state(0, block.byteLength, block)
+  try {
+    if (c.uint.decode(state) !== 1) return null
+    const kind = KIND_NAMES[c.uint.decode(state)]
+    const flags = c.uint.decode(state)
+    if (kind === undefined || !(flags & F_COMPRESSED)) return null
+    if (kind === 'transaction') c.uint.decode(state)
+    return c.uint.decode(state)
+  } catch {
+    return null
   }
 }
 

@@ -194,6 +194,36 @@ export class MeshError extends Error {
       'Only sites that joined with a join code are let in. Run `mesh invite` at a member site and `mesh ' +
       'join CODE` at the new one.'
   })
+  /** A statement about the mesh's members signed by a key that may not make it (not a full member, removed). */
+  static UNKNOWN_SIGNER = factory('UNKNOWN_SIGNER', {
+    hint:
+      'Nothing was changed. If a member site relayed it, that site may be compromised: check it, and remove ' +
+      'it with `mesh remove SITE` if it is.'
+  })
+  /** A removed site's key, or a statement that would bring it back. */
+  static MEMBER_REMOVED = factory('MEMBER_REMOVED', {
+    hint:
+      'A removed site stays removed. To let the place back in, make a new site there: `mesh invite`, then ' +
+      '`mesh join`.'
+  })
+  /** A statement whose body cannot be read or does not hold together. */
+  static BAD_STATEMENT = factory('BAD_STATEMENT', {
+    hint: 'Nothing was changed. Run the same branchmesh version at every site (see UPGRADE.md).'
+  })
+  /** A site the command names is not a member. */
+  static UNKNOWN_SITE = factory('UNKNOWN_SITE', {
+    hint: '`mesh status` lists the members by name.'
+  })
+  /** The dataset's promotion policy does not name this site. */
+  static POLICY_FORBIDS = factory('POLICY_FORBIDS', {
+    hint:
+      'Promote it at one of the sites the policy names, or ask its origin to widen the policy ' +
+      '(`mesh policy DATASET --promote any`).'
+  })
+  /** Only a dataset's origin may set its promotion policy. */
+  static NOT_ORIGIN = factory('NOT_ORIGIN', {
+    hint: 'Run the command at the site `mesh status` shows as the origin of the dataset.'
+  })
   static BAD_JOIN_CODE = factory('BAD_JOIN_CODE', {
     hint: 'Ask a member site for a new code: `mesh invite --dir DIR` prints one as its last line.'
   })
@@ -210,6 +240,10 @@ export class MeshError extends Error {
   /** Another node already runs on this data directory. */
   static NODE_RUNNING = factory('NODE_RUNNING', {
     hint: 'Only one node may run per data directory. Stop the other one first, or use a different --dir.'
+  })
+  /** `mesh service`: the unit file is written (or removed) but systemd could not act on it. */
+  static SERVICE_NOT_ENABLED = factory('SERVICE_NOT_ENABLED', {
+    hint: 'Run the systemctl commands shown on a machine where systemd runs, or start the node with `mesh start`.'
   })
   static NOT_INITIALIZED = factory('NOT_INITIALIZED', {
     hint:
@@ -233,12 +267,12 @@ export class MeshError extends Error {
       'Nothing to do: this site already takes the writes of this dataset. Run `mesh promote` at the site ' +
       'that should take them.'
   })
-  /** Promotion refused: the current origin is connected and capturing. */
+  /** Promotion refused: the current origin is connected and capturing (--force does not override it). */
   static ORIGIN_HEALTHY = factory('ORIGIN_HEALTHY', {
     hint:
-      'Promote only when the origin is lost. To move the origin here on purpose (a planned switch), stop ' +
-      'the writes at the origin, wait for `mesh status` to show this site caught up, and run the command ' +
-      'again with --force.'
+      'Promote only when the origin is lost. To move the origin here on purpose (a planned switch), run ' +
+      '`mesh handover DATASET --to THIS-SITE` at the origin: it stops its writes, seals its log and hands ' +
+      'over with nothing lost.'
   })
   /** Promotion refused: another reachable site holds more of the log than this replica applied. */
   static REPLICA_BEHIND = factory('REPLICA_BEHIND', {
@@ -252,7 +286,89 @@ export class MeshError extends Error {
     hint: 'Wait until its initial copy is complete (`mesh status`), or add --force to promote a partial copy.'
   })
 
+  // --- trust: promotions and handovers (node/trust.ts) --------------------------------------------------------
+  /** A new epoch whose log carries no signed promotion. */
+  static UNSIGNED_PROMOTION = factory('UNSIGNED_PROMOTION', {
+    hint:
+      'Nothing changed here. A site announced a new epoch without a signed promotion: an older version or a ' +
+      'changed program. Check the site named; remove it from the mesh if it is not yours.'
+  })
+  /** A promotion whose statement does not hold together (signer, fields, header, epoch, key, time). */
+  static BAD_PROMOTION = factory('BAD_PROMOTION', {
+    hint:
+      'Nothing changed here. The promotion was forged or made by a changed program; check the site named and ' +
+      'remove it from the mesh if it is not yours.'
+  })
+  /** A promotion made while the origin was running and connected, without its handover. */
+  static ORIGIN_LIVE = factory('ORIGIN_LIVE', {
+    hint:
+      'Nothing changed here: the origin was running and connected when this promotion was signed, and it did ' +
+      'not hand over. For a planned switch run `mesh handover DATASET --to SITE` at the origin; if the ' +
+      'promotion is wanted anyway, accept it at each site with `mesh accept DATASET --epoch N`.'
+  })
+  /** A promotion whose branch point would drop writes a site had applied, or lies beyond the log. */
+  static BRANCH_POINT = factory('BRANCH_POINT', {
+    hint:
+      'Nothing changed here. If losing those writes is acceptable, accept the promotion at this site with ' +
+      '`mesh accept DATASET --epoch N`; otherwise promote a site that holds all of them.'
+  })
+  /** `mesh handover` did not complete: the named site did not take over in time, or cannot. */
+  static HANDOVER_FAILED = factory('HANDOVER_FAILED', {
+    hint:
+      'This site takes writes again; nothing was lost. Check with `mesh status` that the named site is ' +
+      'connected and holds the dataset, then run the command again.',
+    retryable: true
+  })
+  /** `mesh accept` named an epoch this site holds no refused or pending promotion for. */
+  static NOTHING_TO_ACCEPT = factory('NOTHING_TO_ACCEPT', {
+    hint: 'Run `mesh status` to see the refused promotions (CRIT) and their epochs.'
+  })
+
   // --- configuration and usage ----------------------------------------------------------------------------------
+  /** A full member lacks the data key of an encrypted dataset: it holds the log but cannot read it. */
+  static DATA_KEY_MISSING = factory('DATA_KEY_MISSING', {
+    hint:
+      'The key comes from a member that holds it, sealed to this site, once both are connected: start the ' +
+      'node at the dataset’s origin (or any full member) and wait. If it never comes, check that this site ' +
+      'joined as a full member (mesh status shows each member’s role).'
+  })
+  /** What a blind site cannot do: it holds the logs encrypted and never reads them. */
+  static BLIND_SITE = factory('BLIND_SITE', {
+    hint:
+      'A blind site stores and serves the logs but cannot read them, so it holds no replica and cannot take ' +
+      'over a dataset. Run the command at a full member.'
+  })
+  /** A dataset whose logs are not encrypted: a blind site does not hold it. */
+  static NOT_ENCRYPTED = factory('NOT_ENCRYPTED', {
+    hint:
+      'Logs made before encryption existed are plaintext. Move the dataset to encrypted logs with a new epoch ' +
+      '(see UPGRADE.md); the blind site holds it from then on.'
+  })
+  /** An observer (`mesh invite --observer`) holds no log and no data: it cannot do what needs one. */
+  static OBSERVER_SITE = factory('OBSERVER_SITE', {
+    hint:
+      'An observer sees the mesh (mesh status, mesh dashboard) and holds no data. Run the command at a full ' +
+      'member of the mesh.'
+  })
+  // --- dashboard -------------------------------------------------------------------------------------------
+  /** The dashboard cannot listen where it was told (the port is taken, the address is not this machine's). */
+  static DASHBOARD_LISTEN = factory('DASHBOARD_LISTEN', {
+    hint:
+      'Choose another port (config.json "dashboard": {"listen": "127.0.0.1:PORT"}, or --listen), or stop the ' +
+      'program that holds it. The node keeps replicating without its dashboard.'
+  })
+  /** A dashboard request without the right token (config.json "dashboard": {"token": ...}). */
+  static DASHBOARD_TOKEN = factory('DASHBOARD_TOKEN', {
+    hint:
+      'Open the dashboard with ?token=TOKEN once (it is kept in a cookie), or send "Authorization: Bearer TOKEN"; ' +
+      'the token is "dashboard.token" in the site\'s config.json.'
+  })
   static BAD_CONFIG = factory('BAD_CONFIG', {})
+  /** An alert or the daily summary could not be sent (SMTP server or webhook unreachable, refused, bad address). */
+  static ALERT_FAILED = factory('ALERT_FAILED', {
+    hint:
+      'Check alerts in config.json (host, port, secure, user, password, addresses, webhook url), then run ' +
+      '`mesh alerts test`.'
+  })
   static USAGE = factory('USAGE', {})
 }

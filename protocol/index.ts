@@ -19,6 +19,7 @@ export {
   type Fragment,
   type Abandon,
   type Block,
+  type EncodeOptions,
   MAX_BLOCK_BYTES,
   FRAGMENT_BYTES,
   encodeEntry,
@@ -28,8 +29,10 @@ export {
   decodeEntry,
   decodeBlock,
   peekEntry,
+  peekInflated,
   continues
 } from './entries.ts'
+export { MAX_INFLATED_BYTES } from './compression.ts'
 export { DEFAULT_BLOCK_BYTES, splitChanges, packTransaction, packSnapshot, UnitAssembler } from './units.ts'
 export {
   CONTROL_PROTOCOL,
@@ -41,15 +44,20 @@ export {
   JOIN_MESSAGES,
   REPORT_NOTICES,
   REPORT_CAPTURE_LAG,
+  TRAILER_ROLES,
+  TRAILER_ENCRYPTED,
+  REPORT_HEALTH,
   type ControlPayloads,
   type JoinPayloads,
   type Hello,
   type MemberInfo,
+  type MemberRole,
   type DatasetInfo,
   type Holding,
   type Notice,
   type Report,
   type SignedReport,
+  type SiteHealth,
   type Redeem,
   type Welcome,
   type Refuse,
@@ -68,3 +76,52 @@ export {
   encodeJoinCode,
   decodeJoinCode
 } from './control.ts'
+export {
+  StatementKind,
+  type StatementKindName,
+  STATEMENT_VERSION,
+  type Statement,
+  signStatement,
+  verifyStatement,
+  statementId,
+  statementEncoding,
+  statementsMessage,
+  encodeStatement,
+  decodeStatement
+} from './statements.ts'
+export {
+  type Promotion,
+  type Handover,
+  promotionEncoding,
+  handoverEncoding,
+  encodePromotion,
+  decodePromotion,
+  encodeHandover,
+  decodeHandover
+} from './promotion.ts'
+export {
+  type MemberBody,
+  type RemovalBody,
+  type RotationBody,
+  type PolicyBody,
+  MEMBER_PROTOCOL,
+  encodeMemberBody,
+  decodeMemberBody,
+  encodeRemovalBody,
+  decodeRemovalBody,
+  encodeRotationBody,
+  decodeRotationBody,
+  encodePolicyBody,
+  decodePolicyBody,
+  signRotationProof,
+  verifyRotationProof
+} from './membership.ts'
+export {
+  DATA_KEY_BYTES,
+  type DataKeyGrant,
+  dataKeyEncoding,
+  encodeDataKey,
+  decodeDataKey,
+  sealDataKey,
+  openDataKey
+} from './datakey.ts'

@@ -62,7 +62,9 @@ test(
       r = await promote(b, ds)
       assert.equal(r.code, 1)
       assert.equal(r.out.error.code, 'ORIGIN_HEALTHY', JSON.stringify(r.out))
-      assert.match(r.out.error.hint, /--force/)
+      assert.match(r.out.error.hint, /mesh handover/)
+      r = await promote(b, ds, ['--force'])
+      assert.equal(r.out.error.code, 'ORIGIN_HEALTHY', '--force does not override a healthy origin')
       r = await promote(b, 'no-such-dataset')
       assert.equal(r.out.error.code, 'UNKNOWN_DATASET')
       r = await promote(a, ds)
@@ -89,15 +91,19 @@ test(
         // A is lost (its node killed).
         await a.stop('SIGKILL')
         // For a few seconds A's connection still looks open at B: until A misses its heartbeats it counts as healthy.
+        let soon = ''
         await waitUntil(
           'B no longer counts A as healthy',
           async () => {
             r = await promote(b, ds)
+            if (r.out.error?.code === 'ORIGIN_HEALTHY' && soon === '') soon = r.out.error.message
             return r.out.error?.code !== 'ORIGIN_HEALTHY'
           },
           60_000,
           1000
         )
+        // Right after the crash, it says when a lost origin counts as lost, and when to try again.
+        assert.match(soon, /last report was \d+ s ago; a lost origin is seen as lost after 15 s .*try again in \d+ s/)
         assert.equal(r.out.error.code, 'REPLICA_BEHIND', JSON.stringify(r.out))
         assert.match(r.out.error.message, /applied \d+ of the \d+ entries/)
         lock.prepare('ROLLBACK').run()
@@ -183,28 +189,43 @@ test(
       assert.ok(same(c.replicaOf(a)!, bFile))
     })
 
-    await t.test('fail back to A: refused while B is healthy, done with --force; B and C follow A', async () => {
-      await waitUntil(
-        "A has B's report",
-        async () =>
-          (await a.status()).datasets.find((d) => d.name === ds)?.holders.find((h) => h.site === 'shop-b')?.applied !=
-          null,
-        30_000
-      )
-      r = await promote(a, ds)
-      assert.equal(r.out.error.code, 'ORIGIN_HEALTHY')
-      r = await promote(a, ds, ['--force'])
-      assert.equal(r.code, 0, JSON.stringify(r.out))
-      assert.equal(r.out.epoch, 2)
-      assert.equal(r.out.path, a.db)
-      write(a.db, 5, 40)
-      await waitUntil('B and C follow A again', () => same(bFile, a.db) && same(c.replicaOf(a)!, a.db), 90_000)
-      const sb = await b.status()
-      const db = sb.datasets.find((d) => d.name === ds)!
-      assert.equal(db.epoch, 2)
-      assert.equal(db.originSite, 'shop-a')
-      assert.equal(db.divergences.filter((x) => x.changes > 0).length, 0, 'B made no writes after the switch')
-    })
+    await t.test(
+      'fail back to A: refused while B is healthy, done with a handover at B; B and C follow A',
+      async () => {
+        await waitUntil(
+          "A has B's report",
+          async () =>
+            (await a.status()).datasets.find((d) => d.name === ds)?.holders.find((h) => h.site === 'shop-b')?.applied !=
+            null,
+          30_000
+        )
+        r = await promote(a, ds, ['--force'])
+        assert.equal(r.out.error.code, 'ORIGIN_HEALTHY')
+        // A handover needs the named site connected to the origin itself (A's news may reach B through C).
+        await waitUntil(
+          'B is connected to A',
+          async () => (await b.status()).members.find((m) => m.site === 'shop-a')?.connected === true,
+          60_000
+        )
+        const h = await mesh(['handover', ds, '--to', 'shop-a', '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
+        const ho = JSON.parse(h.stdout)
+        assert.equal(h.code, 0, h.stdout + h.stderr)
+        assert.equal(ho.epoch, 2)
+        assert.equal(ho.to, 'shop-a')
+        await waitUntil(
+          'A is the origin again',
+          async () => (await a.status()).datasets.find((d) => d.name === ds)?.originSite === 'shop-a',
+          30_000
+        )
+        write(a.db, 5, 40)
+        await waitUntil('B and C follow A again', () => same(bFile, a.db) && same(c.replicaOf(a)!, a.db), 90_000)
+        const sb = await b.status()
+        const db = sb.datasets.find((d) => d.name === ds)!
+        assert.equal(db.epoch, 2)
+        assert.equal(db.originSite, 'shop-a')
+        assert.equal(db.divergences.length, 0, 'a handover leaves nothing aside')
+      }
+    )
 
     await t.test('no node logged an internal error', () => {
       for (const s of [a, b, c]) {

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { dump, openBehindTheMesh, openWal, sqliteDb, sqliteOrigin } from './helpers/db.ts'
-import { mesh, meshSites, waitUntil } from './helpers/mesh.ts'
+import { mesh, meshSites, promoteOnceLost, waitUntil } from './helpers/mesh.ts'
 import { sqlitePipeline } from './helpers/pipeline.ts'
 import { Workload, prng } from './helpers/workload.ts'
 
@@ -51,7 +51,8 @@ test(
           await new Promise((r) => setTimeout(r, 300))
           const at = Date.now()
           const log = await logJson(a.dir, ds)
-          moments.push({ at, seq: log.length, state: JSON.stringify(dump(a.db)) })
+          // The moment by position is the last unit mesh log shows: restore --seq takes that SEQ as shown.
+          moments.push({ at, seq: log.units[log.units.length - 1].seq, state: JSON.stringify(dump(a.db)) })
           await new Promise((r) => setTimeout(r, 20))
         }
         for (let i = 0; i < 30; i++) work.transaction()
@@ -68,6 +69,18 @@ test(
       const shown = JSON.parse((await mesh(['log', ds, '--dir', b.dir, '--json', '--show', String(tx.seq)])).stdout)
       assert.equal(shown.units[0].seq, tx.seq)
       assert.ok(shown.units[0].changes.length > 0)
+      // Readable: table and column names, and each change as a statement with its values as SQL literals.
+      for (const c of shown.units[0].changes) {
+        assert.ok(['upsert', 'delete'].includes(c.op), JSON.stringify(c))
+        assert.match(c.table, /^[a-z_]+$/, 'a table name, not an id')
+        assert.ok(Object.keys(c.values).length > 0 && !Object.keys(c.values).some((k) => /^\d+$/.test(k)))
+        assert.match(c.sql, c.op === 'upsert' ? /^INSERT (OR REPLACE )?INTO "?[a-z_]+"? \(/ : /^DELETE FROM /)
+      }
+      const text = await mesh(['log', ds, '--dir', b.dir, '--show', String(tx.seq)])
+      assert.equal(text.code, 0, text.stderr)
+      assert.match(text.stdout, /\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d\d:\d\d/, 'local time with its offset')
+      assert.match(text.stdout, /^ {10}(INSERT (OR REPLACE )?INTO|DELETE FROM) /m)
+      assert.doesNotMatch(text.stdout, /"hex"|\[\s*\[/, 'no raw JSON arrays or hex objects')
     })
 
     await t.test('each moment is restored exactly at b, by time and by position, node running or stopped', async () => {
@@ -248,7 +261,7 @@ test(
         // a is lost, b promotes and takes writes.
         const before = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
         await a.stop('SIGKILL')
-        const p = await mesh(['promote', ds, '--dir', b.dir, '--force', '--json'], { timeoutMs: 120_000 })
+        const p = await promoteOnceLost(b.dir, ds, ['--force'])
         assert.equal(p.code, 0, p.stderr)
         const promoted = JSON.parse(p.stdout).path
         const live = openWal(promoted)
@@ -340,7 +353,7 @@ test('a mass delete is flagged in mesh status and mesh log, and the restore comm
       30_000
     )
     assert.match(reason, /1400 of the 1500 rows of customers/)
-    cmd = /mesh restore (\S+) --seq (\d+) --to (\S+)/.exec(reason)!
+    cmd = /mesh restore (\S+) --before (\d+) --to (\S+)/.exec(reason)!
     const log = JSON.parse((await mesh(['log', 'shop-a', '--dir', b.dir, '--json', '--limit', '0'])).stdout)
     const flagged = log.units.filter((u: { damage?: unknown[] }) => u.damage)
     assert.equal(flagged.length, 1)
@@ -350,7 +363,7 @@ test('a mass delete is flagged in mesh status and mesh log, and the restore comm
   await t.test('the restore command it gives, as given, brings back the state before the delete', async () => {
     // Into a folder of ours.
     const to = path.join(dir, cmd[3])
-    const r = await mesh(['restore', cmd[1], '--seq', cmd[2], '--to', to, '--dir', b.dir])
+    const r = await mesh(['restore', cmd[1], '--before', cmd[2], '--to', to, '--dir', b.dir])
     assert.equal(r.code, 0, r.stderr)
     assert.equal(JSON.stringify(dump(to)), good)
   })
@@ -389,6 +402,13 @@ test('a replica row corrupted behind the mesh: mesh verify names it, mesh repair
     assert.equal(r.code, 0, r.stderr)
     assert.equal(JSON.parse(r.stdout).ok, true)
     provenEqual = JSON.parse(r.stdout).seq
+    // At the origin there is no copy to verify: it says so, and which commands do what was asked.
+    const atOrigin = await mesh(['verify', 'shop-a', '--dir', a.dir])
+    assert.equal(atOrigin.code, 64, atOrigin.stderr)
+    assert.match(atOrigin.stderr, /shop-a is the origin of shop-a/)
+    assert.match(atOrigin.stderr, /run mesh checkpoint shop-a here/)
+    assert.match(atOrigin.stderr, /run mesh verify shop-a at shop-b/)
+    assert.doesNotMatch(atOrigin.stderr, /--force/)
   })
 
   await t.test("a change to b's copy shows at the next checkpoint, and verify says where it parted", async () => {
@@ -521,16 +541,26 @@ test(
       }
       return best === null || best.seq <= 1 ? null : best
     }
-    const found = async (target: { seq?: number; at?: number }) => {
+    const found = async (target: { seq?: number; at?: number; through?: number }) => {
       try {
-        return await restorePoint(chain, target)
+        const { seq, time } = await restorePoint(chain, target)
+        return { seq, time }
       } catch {
         return null
       }
     }
+    const lastOf = async (through: number) => (await restorePoint(chain, { through })).last
     const length = units[units.length - 1].end
     for (let seq = 0; seq <= length + 2; seq++)
       assert.deepEqual(await found({ seq }), reference({ seq }), `--seq ${seq}`)
+    // A SEQ as mesh log shows it, and any position inside that unit: the state right after the unit.
+    for (const u of units) {
+      for (let q = u.seq; q < u.end; q++) {
+        const want = u.end <= 1 ? null : u.end
+        assert.equal((await found({ through: q }))?.seq ?? null, want, `--seq ${q} (a unit ${u.seq}..${u.end})`)
+        if (want !== null) assert.equal(await lastOf(q), u.seq, `the restore of --seq ${q} names unit ${u.seq}`)
+      }
+    }
     const times = units.flatMap((u) => (u.time === null ? [] : [u.time - 1, u.time, u.time + 1]))
     for (const at of [...times, times[0] - 1000, times[times.length - 1] + 1000])
       assert.deepEqual(await found({ at }), reference({ at }), `--at ${at}`)

@@ -28,12 +28,19 @@ test(
         "A's status shows every copy caught up",
         async () => {
           const s = await a.status()
-          return s.datasets.length === 3 && s.datasets.every((d) => d.holders.every((h) => h.lagEntries === 0))
+          const own = s.datasets.find((d) => d.originSite === 'shop-a')?.holders.find((h) => h.role === 'origin')
+          return (
+            s.datasets.length === 3 &&
+            s.datasets.every((d) => d.holders.every((h) => h.lagEntries === 0)) &&
+            own?.captureLag?.bytes === 0
+          )
         },
         30_000
       )
       const s = await a.status()
       assert.equal(s.verdict, 'OK', JSON.stringify(s.reasons))
+      const own = s.datasets.find((d) => d.originSite === 'shop-a')!.holders.find((h) => h.role === 'origin')!
+      assert.deepEqual(own.captureLag, { bytes: 0, seconds: 0 }, "A's SQLite capture reports its lag: none")
       assert.equal(s.members.filter((m) => m.connected).length, 2)
       for (const d of s.datasets) {
         assert.equal(d.heldBy, 2, `${d.name} held by both other sites`)

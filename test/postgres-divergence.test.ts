@@ -8,7 +8,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { mesh, waitUntil } from './helpers/mesh.ts'
+import { promoteOnceLost, waitUntil } from './helpers/mesh.ts'
 import { twoPgSites } from './helpers/pg-mesh.ts'
 import { pgDump } from './helpers/pg.ts'
 
@@ -38,7 +38,7 @@ test('a fenced origin’s changes.sql runs as written at the new origin (GENERAT
       [],
       'shop'
     )
-    const r = await mesh(['promote', a.datasetId(), '--dir', b.dir, '--force', '--json'])
+    const r = await promoteOnceLost(b.dir, a.datasetId(), ['--force'])
     assert.equal(r.code, 0, r.stderr)
     await a.start()
     await waitUntil("a's database equals b's promoted one", () => same(a.url, b.replicaUrl(a)), 90_000, 500)

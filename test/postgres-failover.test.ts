@@ -8,7 +8,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { mesh, waitUntil } from './helpers/mesh.ts'
+import { mesh, promoteOnceLost, waitUntil } from './helpers/mesh.ts'
 import { twoPgSites } from './helpers/pg-mesh.ts'
 import { pgDump } from './helpers/pg.ts'
 import type { TestContext } from './helpers/teardown.ts'
@@ -70,7 +70,7 @@ async function failover(t: TestContext, noDecoding: boolean) {
     )
 
     id = a.datasetId()
-    const r = await mesh(['promote', id, '--dir', b.dir, '--force', '--json'])
+    const r = await promoteOnceLost(b.dir, id, ['--force'])
     assert.equal(r.code, 0, r.stderr)
     const res = JSON.parse(r.stdout)
     assert.equal(res.epoch, 1)

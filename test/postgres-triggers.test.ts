@@ -1,13 +1,17 @@
 /**
  * PostgreSQL capture with triggers (`"capture": "triggers"`), the fallback where logical decoding is not
  * allowed: on a cluster with wal_level=replica, every change reaches the replica, type for type; a
- * transaction still open while a read is acknowledged is not lost; truncates and new tables follow.
+ * transaction still open while a read is acknowledged is not lost; truncates and new tables follow; and the
+ * capture lag it reports.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import path from 'node:path'
 import pg from 'pg'
 import { PostgresTriggerCapture } from '../adapters/index.ts'
-import { pgPipeline } from './helpers/pipeline.ts'
+import { tmpDir } from './helpers/db.ts'
+import { pgCluster } from './helpers/pg.ts'
+import { captureLoop, openLog, pgPipeline } from './helpers/pipeline.ts'
 import { teardown } from './helpers/teardown.ts'
 
 test(
@@ -76,3 +80,37 @@ test(
     })
   }
 )
+
+test('trigger capture lag: the change rows the log lacks and since when, then zero once it holds them', async (t) => {
+  const cluster = await pgCluster(t, { conf: ['wal_level = replica'] })
+  const url = await cluster.createDatabase('origin')
+  await cluster.query('CREATE TABLE orders (id int PRIMARY KEY, item text)', [], 'origin')
+  const { store, log } = await openLog(path.join(tmpDir(t), 'store'))
+  const side = new PostgresTriggerCapture({ url })
+  const loop = captureLoop(side, log)
+  teardown(t, async () => {
+    await side.close()
+    await store.close()
+  })
+  await loop.prepare()
+  while ((await loop.step()) > 0);
+  assert.deepEqual(await side.lag(), { bytes: 0, seconds: 0 }, 'caught up')
+
+  await cluster.query(`INSERT INTO orders SELECT i, 'item ' || i FROM generate_series(1, 1000) i`, [], 'origin')
+  await new Promise((resolve) => setTimeout(resolve, 1100))
+  const behind = (await side.lag())!
+  const stored = await cluster.query('SELECT sum(pg_column_size(c.*)) AS b FROM _mesh.changes c', [], 'origin')
+  assert.equal(behind.bytes, Number(stored[0].b))
+  assert.ok(behind.bytes > 1000, `${behind.bytes} bytes behind`)
+  assert.ok(behind.seconds >= 1, `${behind.seconds} s behind`)
+
+  const batch = (await side.read())!
+  assert.equal(batch.rows, 1000)
+  assert.ok((await side.lag())!.bytes > 0, 'read but not in the log yet: still behind')
+  await side.ack(batch.source)
+  assert.deepEqual(await side.lag(), { bytes: 0, seconds: 0 }, 'the log holds it')
+
+  await cluster.query(`UPDATE orders SET item = 'changed' WHERE id = 1`, [], 'origin')
+  while ((await loop.step()) > 0);
+  assert.deepEqual(await side.lag(), { bytes: 0, seconds: 0 }, 'captured by the loop')
+})

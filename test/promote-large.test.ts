@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import { openWal, sqliteDb } from './helpers/db.ts'
-import { mesh, meshSites, waitUntil } from './helpers/mesh.ts'
+import { mesh, meshSites, promoteOnceLost, waitUntil } from './helpers/mesh.ts'
 
 const ROWS = 100_000
 
@@ -46,7 +46,7 @@ test(
     })
 
     await t.test('promote makes the replica file itself the live database, not a copy', async () => {
-      const r = await mesh(['promote', 'shop-a', '--dir', b.dir, '--json', '--force'])
+      const r = await promoteOnceLost(b.dir, 'shop-a', ['--force'])
       assert.equal(r.code, 0, r.stdout + r.stderr)
       const p = JSON.parse(r.stdout)
       assert.equal(p.path, file)

@@ -115,7 +115,7 @@ test('a replaced origin file is a WARN for a week at every site, with the restor
   assert.equal(warns.length, 1)
   assert.equal(warns[0].level, 'WARN')
   assert.match(warns[0].text, /the database of till at shop-a was replaced \(it is an older copy/)
-  assert.match(warns[0].text, /mesh restore till --seq 70 --to /)
+  assert.match(warns[0].text, /mesh restore till --before 70 --to /)
   const later = status({}, [{ ...n, at: now - 8 * 24 * HOUR }])
   assert.equal(later.reasons.filter((r) => /copied into the log again/.test(r.text)).length, 0)
 })

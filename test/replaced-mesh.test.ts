@@ -68,7 +68,7 @@ test(NAME, async (t) => {
             (r) =>
               r.level === 'WARN' &&
               /shop-a at shop-a was replaced/.test(r.text) &&
-              /mesh restore shop-a --seq/.test(r.text)
+              /mesh restore shop-a --before/.test(r.text)
           )
         },
         30_000
@@ -82,7 +82,7 @@ test(NAME, async (t) => {
     assert.equal(again.length, 1)
     assert.ok(again[0].seq >= seqBefore)
     const to = path.join(dir, 'before.db')
-    const r = await mesh(['restore', ds, '--seq', String(seqBefore), '--to', to, '--dir', b.dir, '--json'], {
+    const r = await mesh(['restore', ds, '--before', String(seqBefore), '--to', to, '--dir', b.dir, '--json'], {
       timeoutMs: 120_000
     })
     assert.equal(r.code, 0, r.stderr)

@@ -4,7 +4,9 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { dump, sqliteDb } from './helpers/db.ts'
+import { SqliteApply } from '../adapters/index.ts'
+import type { Entry, TableDef, Value } from '../protocol/index.ts'
+import { dump, readDb, sqliteDb, tmpDir } from './helpers/db.ts'
 import { mesh, meshSites, waitUntil } from './helpers/mesh.ts'
 import { Workload } from './helpers/workload.ts'
 
@@ -91,3 +93,102 @@ test(
     })
   }
 )
+
+const orders: TableDef = {
+  id: 1,
+  name: 'orders',
+  sql: 'CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT)',
+  columns: [
+    { name: 'id', type: 'INTEGER', notNull: false },
+    { name: 'note', type: 'TEXT', notNull: false }
+  ],
+  key: [0]
+}
+const header = {
+  kind: 'header',
+  dataset: 'guarded',
+  name: 'guarded',
+  engine: 'sqlite',
+  epoch: 0,
+  site: 'a',
+  createdAt: 0,
+  parent: null
+} as Entry
+const rows = (from: number, n: number, width = 2): Value[][] =>
+  Array.from({ length: n }, (_, i) => [BigInt(from + i), 'note'].slice(0, width) as Value[])
+const tx = (upserts: Value[][], more = false): Entry => ({
+  kind: 'transaction',
+  more,
+  time: 0,
+  changes: [{ table: 1, upserts, deletes: [] }],
+  source: null
+})
+
+/** What another program gets when it writes into `file`: null if the write went through. */
+function writeByOther(file: string): string | null {
+  const other = new Database(file, { timeout: 0 })
+  try {
+    other.prepare(`INSERT INTO orders (id, note) VALUES (-1, 'by another program')`).run()
+    return null
+  } catch (err) {
+    return (err as Error).message
+  } finally {
+    other.close()
+  }
+}
+
+test('apply lifts a large unit past the guard inside its own transaction only', async (t) => {
+  const file = path.join(tmpDir(t), 'replica.db')
+  const log = new Uint8Array(32).fill(3)
+  const pos = (length: number) => ({ log, epoch: 0, length, treeHash: null })
+  const side = new SqliteApply({ path: file, dataset: 'guarded', checkpoints: false })
+  await side.open()
+  t.after(() => side.close())
+  await side.apply({ start: 0, entries: [header] }, pos(1))
+  await side.apply(
+    { start: 1, entries: [{ kind: 'schema', more: false, tables: [orders], objects: [], reset: [] }] },
+    pos(2)
+  )
+  const guards = () =>
+    readDb(file, (db) => db.prepare(`SELECT count(*) FROM sqlite_schema WHERE name LIKE '_mesh_g1_%'`).pluck().get())
+
+  await t.test('after a large unit and after a small one the table is guarded', async () => {
+    await side.apply({ start: 2, entries: [tx(rows(0, 1000))] }, pos(3))
+    assert.match(writeByOther(file) ?? 'accepted', /branchmesh_replica_is_read_only/)
+    await side.apply({ start: 3, entries: [tx(rows(1000, 3))] }, pos(4))
+    assert.match(writeByOther(file) ?? 'accepted', /branchmesh_replica_is_read_only/)
+    assert.equal(guards(), 3)
+    assert.equal(
+      readDb(file, (db) => db.prepare('SELECT count(*) FROM orders').pluck().get()),
+      1003
+    )
+  })
+
+  await t.test('a large unit that fails leaves the guard and the rows as they were', async () => {
+    await assert.rejects(side.apply({ start: 4, entries: [tx([...rows(2000, 500), ...rows(3000, 1, 1)])] }, pos(5)))
+    assert.match(writeByOther(file) ?? 'accepted', /branchmesh_replica_is_read_only/)
+    assert.equal(guards(), 3)
+    assert.equal(
+      readDb(file, (db) => db.prepare('SELECT count(*) FROM orders').pluck().get()),
+      1003
+    )
+  })
+
+  await t.test('a unit applied in parts is guarded between its parts, after its end and after an abort', async () => {
+    assert.equal(await side.beginUnit({ start: 4, end: 6 }, pos(6)), true)
+    await side.applyPart([tx(rows(4000, 500), true)], pos(6))
+    assert.match(writeByOther(file) ?? 'accepted', /branchmesh_replica_is_read_only/)
+    await side.applyPart([tx(rows(5000, 500))], pos(6))
+    await side.commitUnit(pos(6))
+    assert.match(writeByOther(file) ?? 'accepted', /branchmesh_replica_is_read_only/)
+    assert.equal(await side.beginUnit({ start: 6, end: 7 }, pos(7)), true)
+    await side.applyPart([tx(rows(6000, 500))], pos(7))
+    await side.abortUnit()
+    assert.match(writeByOther(file) ?? 'accepted', /branchmesh_replica_is_read_only/)
+    assert.equal(guards(), 3)
+    assert.equal(
+      readDb(file, (db) => db.prepare('SELECT count(*) FROM orders').pluck().get()),
+      2003
+    )
+  })
+})

@@ -161,3 +161,14 @@ test('status: the origin’s capture lag shows in bytes and seconds; WARN past 5
   assert.equal(older.datasets[0].holders[0].captureLag, null)
   assert.equal(older.datasets[0].holders[0].lagBytes, 0)
 })
+
+test('status: a copy whose report is newer than the origin’s never shows more applied than the log holds', () => {
+  // The origin reported 100 blocks; shop-b's report, made later, has applied 104 of them.
+  const s = status({ holdings: [holding({ length: 104, downloaded: 104, applied: 104 })] })
+  const d = s.datasets[0]
+  assert.equal(d.length, 104)
+  const copy = d.holders.find((h) => h.site === 'shop-b')!
+  assert.ok(copy.applied! <= d.length, `applied ${copy.applied} of ${d.length}`)
+  assert.equal(copy.lagEntries, 0)
+  assert.equal(d.heldBy, 1)
+})

@@ -1,8 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import Corestore from 'corestore'
+import { readMeshState, sitePaths } from '../node/index.ts'
 import { openWal, readDb } from './helpers/db.ts'
 import { meshSites, waitUntil } from './helpers/mesh.ts'
 import { teardown } from './helpers/teardown.ts'
@@ -10,7 +12,7 @@ import { teardown } from './helpers/teardown.ts'
 const MARK = 'TAMPERMARK-'
 
 /** Every file in the store that holds `needle`, with the offsets. */
-function find(storeDir: string, needle: string): Array<{ file: string; at: number }> {
+function find(storeDir: string, needle: string | Uint8Array): Array<{ file: string; at: number }> {
   const out: Array<{ file: string; at: number }> = []
   for (const f of fs.readdirSync(storeDir)) {
     const buf = fs.readFileSync(path.join(storeDir, f))
@@ -42,13 +44,13 @@ test(
     const [a, b] = sites
 
     await t.test("B holds A's rows, a block of several KB among them", async () => {
-      // One transaction big enough for a block of several KB (RocksDB keeps those in a blob file).
+      // One transaction big enough for a block of several KB even compressed (RocksDB keeps those in a blob file).
       const db = openWal(a.db)
       db.exec('CREATE TABLE big (id INTEGER PRIMARY KEY, note TEXT)')
       const ins = db.prepare('INSERT INTO big (note) VALUES (?)')
       db.transaction(() => {
         for (let i = 0; i < 300; i++)
-          ins.run(`${MARK}${String(i).padStart(4, '0')}-the-quick-brown-fox-jumps-over-the-lazy-dog`)
+          ins.run(`${MARK}${String(i).padStart(4, '0')}-${crypto.randomBytes(32).toString('hex')}`)
       })()
       db.close()
       await waitUntil("B holds A's rows", () => b.holdsExactly(a))
@@ -64,12 +66,26 @@ test(
       teardown(t, () => store.close())
       await store.ready()
       await store.storage.rocks.flush()
+      // The log is encrypted (its blocks are ciphertext on disk): find the bytes of its largest block as stored,
+      // by reading it without the data key, and flip one in the middle of it. A stream cipher flips the same bit
+      // of the entry, which its checksum catches.
+      const log = readMeshState(sitePaths(b.dir)).datasets.find((d) => d.originSite === 'shop-a')!.log
+      const core = store.get({ key: Buffer.from(log) })
+      await core.ready()
+      let stored: Buffer = Buffer.alloc(0)
+      for (let i = 0; i < core.length; i++) {
+        const block = (await core.get(i, { wait: false })) as Buffer | null
+        if (block && block.byteLength > stored.byteLength) stored = block
+      }
       await store.close()
-      const hits = find(path.join(storeDir, 'db'), `${MARK}0150`)
-      assert.ok(hits.length > 0, "the row is on disk in B's store")
+      assert.ok(stored.byteLength > 4096, 'a block of several KB')
+      assert.equal(stored.includes(MARK), false, 'the block is ciphertext on disk')
+      const middle = stored.byteLength >> 1
+      const hits = find(path.join(storeDir, 'db'), stored.subarray(middle, middle + 48))
+      assert.ok(hits.length > 0, "the block is on disk in B's store")
       for (const h of hits) {
         const buf = fs.readFileSync(h.file)
-        buf[h.at + 6] ^= 0x20 // TAMPERMARK -> TAMPERmARK
+        buf[h.at + 6] ^= 0x20
         fs.writeFileSync(h.file, buf)
       }
     })

@@ -4,6 +4,7 @@
  */
 import { createRequire } from 'node:module'
 import { type Command, printError, EXIT_USAGE } from './commands/common.ts'
+import { nearest } from './suggest.ts'
 
 const require = createRequire(import.meta.url)
 const pkg = require('../package.json') as { version: string }
@@ -14,14 +15,24 @@ const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   join: () => import('./commands/join.ts'),
   start: () => import('./commands/start.ts'),
   status: () => import('./commands/status.ts'),
+  dashboard: () => import('./commands/dashboard.ts'),
   promote: () => import('./commands/promote.ts'),
+  handover: () => import('./commands/handover.ts'),
+  accept: () => import('./commands/accept.ts'),
   log: () => import('./commands/log.ts'),
   restore: () => import('./commands/restore.ts'),
   checkpoint: () => import('./commands/checkpoint.ts'),
   resync: () => import('./commands/resync.ts'),
+  encrypt: () => import('./commands/encrypt.ts'),
   verify: () => import('./commands/verify.ts'),
   repair: async () => ({ command: (await import('./commands/verify.ts')).repair }),
-  demo: () => import('./commands/demo.ts')
+  remove: () => import('./commands/remove.ts'),
+  'rotate-key': () => import('./commands/rotate-key.ts'),
+  policy: () => import('./commands/policy.ts'),
+  demo: () => import('./commands/demo.ts'),
+  dht: () => import('./commands/dht.ts'),
+  service: () => import('./commands/service.ts'),
+  alerts: () => import('./commands/alerts.ts')
 }
 
 async function usage(): Promise<string> {
@@ -41,26 +52,38 @@ Every command takes --dir DIR (default: MESH_DIR, then a per-user folder) and --
 (default: the bootstrap of the data directory's config.json, then MESH_BOOTSTRAP, then the public DHT).`
 }
 
+/** An unknown command: says so, with the closest known one when one is close. */
+function unknown(cmd: string): number {
+  const near = nearest(cmd, [...Object.keys(COMMANDS), 'help', 'version'])
+  process.stderr.write(`mesh: unknown command '${cmd}'.\n${near ? `Did you mean mesh ${near}? ` : ''}Try: mesh help\n`)
+  return EXIT_USAGE
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv
-  if (cmd === undefined || cmd === 'help' || cmd === '--help' || cmd === '-h') {
+  // `mesh` alone is a usage error: the help, and exit 64, so a script that forgot its command notices.
+  if (cmd === undefined) {
+    process.stderr.write(`${await usage()}\n`)
+    return EXIT_USAGE
+  }
+  if (cmd === 'help' || cmd === '--help' || cmd === '-h') {
     const topic = rest[0]
-    if (topic && COMMANDS[topic]) {
+    if (topic === undefined) {
+      process.stdout.write(`${await usage()}\n`)
+      return 0
+    }
+    if (COMMANDS[topic]) {
       process.stdout.write(`${(await COMMANDS[topic]()).command.usage}\n`)
       return 0
     }
-    process.stdout.write(`${await usage()}\n`)
-    return topic ? EXIT_USAGE : 0
+    return unknown(topic)
   }
   if (cmd === 'version' || cmd === '--version') {
     process.stdout.write(`${pkg.version}\n`)
     return 0
   }
   const load = COMMANDS[cmd]
-  if (!load) {
-    process.stderr.write(`mesh: unknown command '${cmd}'.\nTry: mesh help\n`)
-    return EXIT_USAGE
-  }
+  if (!load) return unknown(cmd)
   const { command } = await load()
   if (rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(`${command.usage}\n`)

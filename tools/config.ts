@@ -3,6 +3,7 @@
  * directory's config.json, then the environment, then the default. Misspelled keys in config.json are
  * rejected with the nearest known key as a hint.
  */
+import { nearest } from './suggest.ts'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -13,12 +14,16 @@ import {
   DEFAULT_THRESHOLDS,
   checkUrl,
   writeFileAtomic,
+  parseListen,
   type DamageGuard,
   type SnapshotPolicy,
   type NetworkOptions,
   type OwnDataset,
+  type AppVersionSource,
+  type AlertOptions,
   type StatusThresholds
 } from '../node/index.ts'
+import { checkAlerts } from './alerts-config.ts'
 
 export const CONFIG_FILE = 'config.json'
 
@@ -39,6 +44,23 @@ export interface SiteConfig {
   guard: DamageGuard
   /** Memory one unit may take while it is captured or applied, in MB (issue 14; default 64). */
   maxUnitMemoryMB?: number
+  /** Whether a dataset this site creates gets encrypted logs (default true; see node/datakeys.ts). */
+  encryptNewDatasets?: boolean
+  /** The business application's version: itself, a file to read or a command to run (issue 17); absent: none. */
+  appVersion?: AppVersionSource
+  /** Seconds between tries to reach an absent member, step by step (issue 16; default 1, 5, 15, 20). */
+  retrySeconds?: number[]
+  /** Alerts and the daily summary (tools/alerts-config.ts); absent: none from this site. */
+  alerts?: AlertOptions
+  /** The dashboard (node/dashboard/); absent: the node does not serve it, and charts are sampled every 5 min. */
+  dashboard?: DashboardSettings
+}
+
+/** config.json "dashboard": where the node serves it, its token (this file is 0600), how often charts sample. */
+export interface DashboardSettings {
+  listen: string | null
+  token: string | null
+  sampleSeconds: number
 }
 
 const TOP_KEYS = [
@@ -51,7 +73,12 @@ const TOP_KEYS = [
   'snapshots',
   'checkpointSeconds',
   'guard',
-  'maxUnitMemoryMB'
+  'maxUnitMemoryMB',
+  'encryptNewDatasets',
+  'appVersion',
+  'retrySeconds',
+  'alerts',
+  'dashboard'
 ] as const
 const SNAPSHOT_KEYS = Object.keys(DEFAULT_SNAPSHOTS)
 const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url', 'capture'] as const
@@ -71,31 +98,7 @@ export function resolveDir(flag: string | undefined): string {
   return path.resolve(flag ?? process.env.MESH_DIR ?? defaultDir())
 }
 
-function nearest(word: string, known: readonly string[]): string | null {
-  let best: string | null = null
-  let bestD = Infinity
-  for (const k of known) {
-    const d = editDistance(word.toLowerCase(), k.toLowerCase())
-    if (d < bestD) {
-      bestD = d
-      best = k
-    }
-  }
-  return bestD <= Math.max(2, Math.floor(word.length / 3)) ? best : null
-}
-
-function editDistance(a: string, b: string): number {
-  const dp = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array(b.length).fill(0)])
-  for (let j = 1; j <= b.length; j++) dp[0][j] = j
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      dp[i][j] = Math.min(dp[i - 1][j] + 1, dp[i][j - 1] + 1, dp[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
-    }
-  }
-  return dp[a.length][b.length]
-}
-
-function checkKeys(obj: Record<string, unknown>, known: readonly string[], where: string, file: string): void {
+export function checkKeys(obj: Record<string, unknown>, known: readonly string[], where: string, file: string): void {
   for (const k of Object.keys(obj)) {
     if (known.includes(k)) continue
     const near = nearest(k, known)
@@ -233,9 +236,12 @@ export function readConfig(dir: string): SiteConfig {
       throw MeshError.BAD_CONFIG(`${file}: "status" must be an object`)
     checkKeys(j.status as Record<string, unknown>, STATUS_KEYS, '"status"', file)
     for (const [k, v] of Object.entries(j.status as Record<string, unknown>)) {
-      if (typeof v !== 'number' || !(v > 0))
+      const unit = k.endsWith('MB') ? 'megabytes' : k.endsWith('Percent') ? 'percent' : k.endsWith('Days') ? 'days' : ''
+      // A grace of 0 days is meaningful; a threshold of 0 would never fire (or always).
+      if (typeof v !== 'number' || !(v > 0 || (unit === 'days' && v === 0)) || (unit === 'percent' && v >= 100))
         throw MeshError.BAD_CONFIG(
-          `${file}: status.${k} must be a positive number (${k.endsWith('MB') ? 'of megabytes' : 'of seconds'})`
+          `${file}: status.${k} must be a ${unit === 'days' ? 'number (0 or more)' : 'positive number'} ` +
+            `(of ${unit || 'seconds'}${unit === 'percent' ? ', under 100' : ''})`
         )
       ;(status as Record<string, number>)[k] = v
     }
@@ -283,7 +289,26 @@ export function readConfig(dir: string): SiteConfig {
     }
     maxUnitMemoryMB = j.maxUnitMemoryMB
   }
+  if (j.encryptNewDatasets !== undefined && typeof j.encryptNewDatasets !== 'boolean') {
+    throw MeshError.BAD_CONFIG(`${file}: "encryptNewDatasets" must be true or false (default true)`)
+  }
+  let appVersion = j.appVersion === undefined || j.appVersion === null ? undefined : checkAppVersion(j.appVersion, file)
+  if (appVersion && 'file' in appVersion) appVersion = { file: path.resolve(dir, appVersion.file) }
+  let retrySeconds: number[] | undefined
+  if (j.retrySeconds !== undefined) {
+    const r = j.retrySeconds
+    const ok = Array.isArray(r) && r.length >= 1 && r.length <= 4
+    if (!ok || !r.every((x: unknown) => typeof x === 'number' && x > 0 && x <= 22))
+      throw MeshError.BAD_CONFIG(
+        `${file}: "retrySeconds" must be 1 to 4 numbers of seconds, each above 0 and at most 22 ` +
+          '(default [1, 5, 15, 20]: never more than 30 s between two tries)'
+      )
+    retrySeconds = r
+  }
+  const dashboard = j.dashboard === undefined || j.dashboard === null ? undefined : checkDashboard(j.dashboard, file)
   return {
+    ...(dashboard ? { dashboard } : {}),
+    ...(j.encryptNewDatasets === false ? { encryptNewDatasets: false } : {}),
     site: j.site,
     datasets,
     bootstrap,
@@ -293,8 +318,53 @@ export function readConfig(dir: string): SiteConfig {
     snapshots,
     checkpointSeconds,
     guard,
-    maxUnitMemoryMB
+    maxUnitMemoryMB,
+    appVersion,
+    retrySeconds,
+    alerts: checkAlerts(j.alerts, file),
+    dashboard
   }
+}
+
+/** config `dashboard`: {"listen": "HOST:PORT" or null, "token": "...", "sampleSeconds": 300}. */
+function checkDashboard(v: unknown, file: string): DashboardSettings {
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw MeshError.BAD_CONFIG(`${file}: "dashboard" must be an object, e.g. {"listen": "127.0.0.1:8080"}`)
+  const o = v as Record<string, unknown>
+  checkKeys(o, ['listen', 'token', 'sampleSeconds'], '"dashboard"', file)
+  if (o.listen !== undefined && o.listen !== null) {
+    if (typeof o.listen !== 'string') throw MeshError.BAD_CONFIG(`${file}: dashboard.listen must be "HOST:PORT"`)
+    parseListen(o.listen, `${file}: dashboard.listen`)
+  }
+  if (o.token !== undefined && o.token !== null && (typeof o.token !== 'string' || o.token.length < 16)) {
+    throw MeshError.BAD_CONFIG(`${file}: dashboard.token must be a string of 16 characters or more`, {
+      hint: 'Make one with: openssl rand -hex 24'
+    })
+  }
+  if (o.sampleSeconds !== undefined && (typeof o.sampleSeconds !== 'number' || !(o.sampleSeconds >= 1)))
+    throw MeshError.BAD_CONFIG(`${file}: dashboard.sampleSeconds must be a number of seconds, 1 or more (default 300)`)
+  return {
+    listen: (o.listen as string | undefined) ?? null,
+    token: (o.token as string | undefined) ?? null,
+    sampleSeconds: (o.sampleSeconds as number | undefined) ?? 300
+  }
+}
+
+/** config `appVersion`: "1.2.3", {"file": "PATH"} or {"command": "COMMAND"}. */
+function checkAppVersion(v: unknown, file: string): AppVersionSource {
+  const hint =
+    'Give the version itself ("4.2.1"), a file whose first line is it ({"file": "/opt/shop/VERSION"}), or a ' +
+    'command that prints it ({"command": "shopapp --version"}).'
+  if (typeof v === 'string' && v.trim()) return { version: v }
+  if (typeof v === 'object' && v !== null && !Array.isArray(v)) {
+    const o = v as Record<string, unknown>
+    checkKeys(o, ['file', 'command'], '"appVersion"', file)
+    const keys = Object.keys(o)
+    if (keys.length === 1 && typeof o[keys[0]] === 'string' && (o[keys[0]] as string).trim()) {
+      return keys[0] === 'file' ? { file: o.file as string } : { command: o.command as string }
+    }
+  }
+  throw MeshError.BAD_CONFIG(`${file}: "appVersion" must be a version, {"file": ...} or {"command": ...}`, { hint })
 }
 
 /** Written with mode 0600: a PostgreSQL URL may hold a password. */
@@ -311,11 +381,16 @@ export function writeConfig(dir: string, cfg: SiteConfig): void {
     status: cfg.status,
     logLevel: cfg.logLevel
   }
-  if (cfg.replicaPostgres) j.replicaPostgres = cfg.replicaPostgres
-  if (cfg.snapshots && JSON.stringify(cfg.snapshots) !== JSON.stringify(DEFAULT_SNAPSHOTS)) j.snapshots = cfg.snapshots
-  if (cfg.checkpointSeconds !== undefined && cfg.checkpointSeconds !== 600) j.checkpointSeconds = cfg.checkpointSeconds
-  if (cfg.guard && JSON.stringify(cfg.guard) !== JSON.stringify(DEFAULT_GUARD)) j.guard = cfg.guard
-  if (cfg.maxUnitMemoryMB !== undefined && cfg.maxUnitMemoryMB !== 64) j.maxUnitMemoryMB = cfg.maxUnitMemoryMB
+  // Every key is written, defaults too, so that a person editing the file sees what can be set.
+  j.replicaPostgres = cfg.replicaPostgres ?? null
+  j.snapshots = cfg.snapshots ?? DEFAULT_SNAPSHOTS
+  j.checkpointSeconds = cfg.checkpointSeconds ?? 600
+  j.guard = cfg.guard ?? DEFAULT_GUARD
+  j.maxUnitMemoryMB = cfg.maxUnitMemoryMB ?? 64
+  if (cfg.dashboard) j.dashboard = cfg.dashboard
+  if (cfg.appVersion) j.appVersion = 'version' in cfg.appVersion ? cfg.appVersion.version : cfg.appVersion
+  if (cfg.retrySeconds !== undefined) j.retrySeconds = cfg.retrySeconds
+  if (cfg.alerts) j.alerts = cfg.alerts
   writeFileAtomic(configPath(dir), `${JSON.stringify(j, null, 2)}\n`, 0o600)
 }
 
@@ -335,11 +410,16 @@ export function networkOptions(bootstrap: string[] | null): NetworkOptions {
     return { host: b.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(b.slice(i + 1)) }
   })
   const loopback = nodes.every((n) => n.host === 'localhost' || n.host.startsWith('127.') || n.host === '::1')
+  // MESH_DIRECT=1: every node can reach every other directly (one LAN, a VPN, network namespaces on one
+  // machine), so no hole punching; as on loopback.
+  const direct = process.env.MESH_DIRECT === '1'
   return loopback
     ? {
         bootstrap: nodes.map((n) => ({ ...n, host: n.host === 'localhost' ? '127.0.0.1' : n.host })),
         host: '127.0.0.1',
         firewalled: false
       }
-    : { bootstrap: nodes }
+    : direct
+      ? { bootstrap: nodes, firewalled: false }
+      : { bootstrap: nodes }
 }

@@ -1,9 +1,14 @@
 /**
  * The logger handed to node/ and adapters/: pino, human-readable on the terminal (pino-pretty) and JSON lines
- * in the data directory's node.log. Only messages and fields the code passes are written; no key or secret
+ * in the data directory's log files. Only messages and fields the code passes are written; no key or secret
  * is ever passed to it.
+ *
+ * The files rotate by size with pino-roll (pino's own rotating destination), so that a node left running for
+ * years never fills its disk: DIR/node.1.log, node.2.log, ... up to `maxLogMB` each, the newest
+ * `keepLogs` + 1 kept, and DIR/current.log a link to the one being written.
  */
 import fs from 'node:fs'
+import { createRequire } from 'node:module'
 import path from 'node:path'
 import pino from 'pino'
 import pretty from 'pino-pretty'
@@ -16,9 +21,24 @@ export interface LoggerOptions {
   /** Print to stderr (pretty unless json is true). */
   terminal?: boolean
   json?: boolean
+  /** The size at which the log file is rotated, in MB (default 10), and how many older files are kept (4). */
+  maxLogMB?: number
+  keepLogs?: number
 }
 
-export function createLogger(opts: LoggerOptions): Logger & { flush(): void } {
+const require = createRequire(import.meta.url)
+
+type RollingStream = NodeJS.WritableStream & { flushSync(): void }
+/** pino-roll: a CommonJS module without types; resolved at run time. */
+function loadRoll(): ((o: Record<string, unknown>) => Promise<RollingStream>) | null {
+  try {
+    return require('pino-roll')
+  } catch {
+    return null
+  }
+}
+
+export async function createLogger(opts: LoggerOptions): Promise<Logger & { flush(): void }> {
   const streams: pino.StreamEntry[] = []
   if (opts.terminal !== false) {
     streams.push({
@@ -35,14 +55,24 @@ export function createLogger(opts: LoggerOptions): Logger & { flush(): void } {
           })
     })
   }
+  const roll = loadRoll()
   if (opts.dir) {
     fs.mkdirSync(opts.dir, { recursive: true })
-    streams.push({
-      level: opts.level as pino.Level,
-      stream: pino.destination({ dest: path.join(opts.dir, 'node.log'), append: true, sync: true, mode: 0o600 })
-    })
+    const stream = roll
+      ? await roll({
+          file: path.join(opts.dir, 'node'),
+          extension: '.log',
+          size: `${Math.max(1, Math.round((opts.maxLogMB ?? 10) * 1024))}k`,
+          limit: { count: opts.keepLogs ?? 4 },
+          symlink: true,
+          sync: true,
+          mode: 0o600
+        })
+      : pino.destination({ dest: path.join(opts.dir, 'node.log'), append: true, sync: true, mode: 0o600 })
+    streams.push({ level: opts.level as pino.Level, stream })
   }
   const log = pino({ level: opts.level, base: undefined }, pino.multistream(streams))
+  if (opts.dir && !roll) log.warn({ hint: 'Install the npm package pino-roll.' }, 'node.log is not rotated')
   return {
     debug: (msg, fields) => log.debug(fields ?? {}, msg),
     info: (msg, fields) => log.info(fields ?? {}, msg),

@@ -67,6 +67,8 @@ declare module 'corestore' {
     active?: boolean
     wait?: boolean
     valueEncoding?: string
+    /** Block encryption: blocks are encrypted before they are hashed, so peers without the key serve them. */
+    encryption?: { key: Uint8Array; block?: boolean }
   }
 
   export interface RocksHandle {
@@ -113,6 +115,8 @@ declare module 'hyperdht' {
     static bootstrapper(port: number, host: string, opts?: Record<string, unknown>): DHT
     readonly destroyed: boolean
     readonly bootstrapped: boolean
+    /** False while the DHT hears nothing back (dht-rpc); 'network-update' is emitted when it changes. */
+    readonly online: boolean
     ready(): Promise<void>
     fullyBootstrapped(): Promise<void>
     destroy(opts?: { force?: boolean }): Promise<void>
@@ -172,6 +176,9 @@ declare module 'hyperswarm' {
       maxPeers?: number
       firewall?: (remotePublicKey: Buffer, payload?: unknown) => boolean
       dht?: DHT
+      /** Retry steps in ms (lib/retry-timer.js; default about 1 s, 5 s, 15 s, 10 min). */
+      backoffs?: number[]
+      jitter?: number
     })
     readonly keyPair: KeyPair
     readonly dht: DHT
@@ -180,6 +187,7 @@ declare module 'hyperswarm' {
     readonly connecting: number
     join(topic: Uint8Array, opts?: { client?: boolean; server?: boolean }): PeerDiscovery
     leave(topic: Uint8Array): Promise<void>
+    topics(): Iterable<PeerDiscovery>
     joinPeer(publicKey: Uint8Array): void
     leavePeer(publicKey: Uint8Array): void
     listen(): Promise<void>

@@ -328,9 +328,12 @@ export class PostgresCapture implements CaptureSide {
    * breaks, or the pieces are not all read, the stream is closed: the next read starts a new one from the
    * position confirmed, which sends the whole transaction again (the capture loop abandons the unfinished unit).
    *
-   * It does not split a transaction that changes a table's shape or truncates one after its first piece (the
-   * schema entry goes with the first piece only): that read fails with a retryable error, and the next one reads
-   * that transaction whole. Smaller transactions, and several of them, are read with read().
+   * A transaction that changes a table's shape (ALTER TABLE, CREATE TABLE) or truncates one after its first
+   * piece is read in pieces too: the piece where that happens carries a schema entry (the tables as its rows
+   * have them; `reset`, the tables it truncated), which the unit holds just before that piece's changes, so the
+   * replica migrates or empties the table at that point of the same database transaction. As in read(), the
+   * rows of one piece all travel in the newest shape it saw (by column name). Smaller transactions, and several
+   * of them, are read with read().
    */
   async readStream(budgetBytes: number): Promise<CaptureStream | null> {
     if (this.slotMissing) throw this.slotGone()
@@ -343,15 +346,15 @@ export class PostgresCapture implements CaptureSide {
     if (first === undefined || first[0] !== 0x42 || st.pending <= above) return wholeStream(await this.take(caughtUp))
     const begin = decodeMessage(first)
     // A transaction the log holds already (a slot that went back after a crash of PostgreSQL): read() skips it.
-    // One to read whole: read() waits for all of it (it is committed), so that a read returns it.
-    if (begin.tag !== 'begin' || begin.finalLsn === this.wholeTx || begin.finalLsn < this.acked)
-      return wholeStream(await this.read())
+    if (begin.tag !== 'begin' || begin.finalLsn < this.acked) return wholeStream(await this.read())
     for (let i = 1; i <= above; i++) if (st.at(i)![0] === 0x43) return wholeStream(await this.take(caughtUp))
     // The stream holds a few pieces' worth at most, then pauses until pieces are read.
     st.draining = Math.max(10_000, 4 * above)
     this.pieceRead = true
     let relations = new Map(st.relations)
     let rows = 0
+    // Whether a piece after the first carried a schema entry: then ack() clears what is pending, as for the first.
+    let laterSchema = false
     let end: { source: Uint8Array; seq: { values: Map<string, string> } } | null = null
     const fail = async (err: unknown): Promise<never> => {
       if (this.stream === st) this.stream = null
@@ -360,7 +363,8 @@ export class PostgresCapture implements CaptureSide {
     }
     // Folds the next piece: messages from index 1 (0 is the Begin, kept until the end) up to about the budget,
     // or to the Commit. Its messages are released once folded.
-    const next = async (firstPiece: boolean): Promise<{ changes: TableChanges[]; rows: number; last: boolean }> => {
+    type Piece = { changes: TableChanges[]; rows: number; last: boolean; schema?: SchemaEntry }
+    const next = async (firstPiece: boolean): Promise<Piece> => {
       const msgs: PgMessage[] = []
       let bytes = 0
       let i = 1
@@ -388,17 +392,15 @@ export class PostgresCapture implements CaptureSide {
       }
       const close = { tag: 'commit' as const, lsn: begin.finalLsn, endLsn: commit?.endLsn ?? begin.finalLsn + 1n }
       const folded = await this.foldPiece([begin, ...msgs, { ...close, time: begin.time }], relations)
+      let schema: SchemaEntry | undefined
       if (!firstPiece && (folded.learned || folded.truncated.length > 0)) {
-        this.wholeTx = begin.finalLsn
-        return fail(
-          MeshError.DATABASE_ERROR(
-            'a transaction read in pieces changes the shape of a table or truncates one after its first piece: ' +
-              'it is read again whole',
-            { retryable: true, hint: 'Nothing to do: capture reads it again at once.' }
-          )
-        )
-      }
-      if (folded.truncated.length) {
+        // Only this piece's truncates: a reset sent again would empty rows of the pieces before.
+        const reset = folded.truncated
+          .map((oid) => this.catalog.tables.get(oid)?.def.id)
+          .filter((id): id is number => id !== undefined)
+        schema = this.catalog.entry(reset)
+        laterSchema = true
+      } else if (folded.truncated.length) {
         for (const o of folded.truncated) this.resetPending.add(o)
         this.schemaPending = true
       }
@@ -412,7 +414,7 @@ export class PostgresCapture implements CaptureSide {
         if (seq.upserts.length) changes.push(seq)
         end = { source: encodeSource(commit.endLsn), seq }
       }
-      return { changes, rows: folded.rows, last: commit !== null }
+      return { changes, rows: folded.rows, last: commit !== null, schema }
     }
     let piece: Awaited<ReturnType<typeof next>>
     try {
@@ -432,15 +434,15 @@ export class PostgresCapture implements CaptureSide {
     const schema = schemaFlag ? this.catalog.entry(reset) : null
     let done = false
     const self = this
-    async function* pieces(): AsyncGenerator<{ changes: TableChanges[]; rows: number }> {
+    async function* pieces(): AsyncGenerator<{ changes: TableChanges[]; rows: number; schema?: SchemaEntry }> {
       try {
         yield { changes: piece.changes, rows: piece.rows }
         while (!piece.last) {
           piece = await next(false)
-          yield { changes: piece.changes, rows: piece.rows }
+          yield { changes: piece.changes, rows: piece.rows, schema: piece.schema }
         }
         const e = end!
-        self.lastRead = { source: e.source, schema: schemaFlag, seq: e.seq.values }
+        self.lastRead = { source: e.source, schema: schemaFlag || laterSchema, seq: e.seq.values }
         done = true
       } finally {
         st.draining = 0
@@ -463,8 +465,6 @@ export class PostgresCapture implements CaptureSide {
     }
   }
 
-  /** A transaction whose reading in pieces failed for its shape changes (readStream): it is read whole. */
-  private wholeTx = -1n
   /** Set while readStream hands out pieces: no checkpoint then. */
   private pieceRead = false
 

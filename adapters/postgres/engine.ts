@@ -321,6 +321,22 @@ export const postgresEngine: Engine = {
 
   exampleTarget: () => 'postgres://USER@HOST/NEW_DATABASE',
 
+  async about(where) {
+    return withClient(where, 'cannot connect to read the server version', async (client) => {
+      const v = await client.query(`SELECT current_setting('server_version') AS v`)
+      // The server's data folder is this machine's disk only when the server runs here and its folder can be
+      // read (a superuser or pg_read_all_settings may see data_directory).
+      const host = new URL(where).hostname
+      let folder: string | null = null
+      if (host === '' || host === 'localhost' || host.startsWith('127.') || host === '[::1]') {
+        const d = await client.query(`SELECT current_setting('data_directory', true) AS d`).catch(() => null)
+        const dir = d?.rows[0]?.d as string | null | undefined
+        if (dir && fs.existsSync(dir)) folder = dir
+      }
+      return { version: `PostgreSQL ${String(v.rows[0].v).split(' ')[0]}`, folder }
+    })
+  },
+
   async walRetention(where, dataset, epoch) {
     const capture = new PostgresCapture({
       url: where,

@@ -23,7 +23,7 @@ import {
   type TableDef,
   type Value
 } from '../../protocol/index.ts'
-import type { CaptureBatch, CaptureSide, Logger, SnapshotChunk } from '../types.ts'
+import type { CaptureBatch, CaptureSide, CaptureStream, Logger, SnapshotChunk } from '../types.ts'
 import { silentLogger } from '../types.ts'
 import { TableIds, adoptReplica } from './adopt.ts'
 import {
@@ -98,6 +98,54 @@ function decodeSource(src: Uint8Array): string {
   return s.slice(2)
 }
 
+/** Changed keys fetched from the read's cursor at a time; their rows are read with one query per table. */
+const FETCH_KEYS = 1000
+const KEYS_CURSOR = 'mesh_changed_keys'
+
+/**
+ * Memory a row read takes in JS, near enough for a budget: an array of 8-byte slots with a header, a string a
+ * byte per character plus its header, anything else a small heap object (as SQLite capture counts it).
+ */
+function rowSize(row: Value[]): number {
+  let n = 32
+  for (const v of row)
+    n += 8 + (typeof v === 'string' ? v.length + 24 : v instanceof Uint8Array ? v.byteLength + 96 : 24)
+  return n
+}
+
+/**
+ * The rows of `def` with the keys `keys` (each key as text, in key column order) as the open snapshot has
+ * them: those present are upserts, the others deletes (their keys as the table prints them now).
+ */
+async function readKeys(
+  db: Client,
+  def: TableDef,
+  keys: string[][]
+): Promise<{ upserts: Value[][]; deletes: Value[][] }> {
+  const cols = def.columns.map((c) => quoteIdent(c.name))
+  const keyCols = def.key.map((i) => cols[i])
+  const args = def.key.map((_, j) => `$${j + 1}::text[]`).join(', ')
+  const casts = def.key.map((i, j) => `u.k${j}::${def.columns[i].type}`)
+  const from = `unnest(${args}) AS u(${def.key.map((_, j) => `k${j}`).join(', ')})`
+  const values = def.key.map((_, j) => keys.map((k) => k[j]))
+  const found = await db.query({
+    text:
+      `SELECT ${cols.join(', ')} FROM ONLY ${def.name} ` +
+      `WHERE (${keyCols.join(', ')}) IN (SELECT ${casts.join(', ')} FROM ${from})`,
+    values,
+    rowMode: 'array'
+  })
+  // Keys compare by their text as the table prints it now.
+  const present = new Set((found.rows as Value[][]).map((row) => JSON.stringify(def.key.map((i) => row[i]))))
+  const printed = await db.query({
+    text: `SELECT ${casts.map((c) => `(${c})::text`).join(', ')} FROM ${from}`,
+    values,
+    rowMode: 'array'
+  })
+  const deletes = (printed.rows as Value[][]).filter((k) => !present.has(JSON.stringify(k)))
+  return { upserts: found.rows as Value[][], deletes }
+}
+
 export class PostgresTriggerCapture implements CaptureSide {
   readonly engine = 'postgres' as const
   private readonly opts: PostgresTriggerCaptureOptions
@@ -111,7 +159,17 @@ export class PostgresTriggerCapture implements CaptureSide {
   private ackedSeq = new Map<string, string>()
   private readonly ids = new TableIds()
   private lastInstall = 0
-  private lastRead: { source: Uint8Array; sent: string; resend: number[]; seq: Map<string, string> } | null = null
+  /** The last batch read and not yet acknowledged; `readAt`: just before its snapshot was taken (see lag()). */
+  private lastRead: {
+    source: Uint8Array
+    sent: string
+    resend: number[]
+    seq: Map<string, string>
+    readAt: number
+  } | null = null
+  /** A time before which every change committed is in the log (see lag()), and the last bytes lag() measured. */
+  private coveredAt = Date.now()
+  private lagBytes = 0
 
   constructor(opts: PostgresTriggerCaptureOptions) {
     this.opts = opts
@@ -248,92 +306,172 @@ export class PostgresTriggerCapture implements CaptureSide {
   }
 
   async read(): Promise<CaptureBatch | null> {
+    const s = await this.readStream(Infinity)
+    if (s === null) return null
+    const changes: TableChanges[] = []
+    for await (const piece of s.pieces) changes.push(...piece.changes)
+    const { source, rows } = s.end()
+    return { schema: s.schema, changes, rows, time: s.time, source }
+  }
+
+  /**
+   * read() in pieces of about `budgetBytes` of rows each (issue 14), so that a transaction of millions of rows
+   * is never held whole: the read's REPEATABLE READ transaction stays open until the last piece, and the
+   * changed keys come from a cursor in that snapshot (PostgreSQL sorts them on its side), FETCH_KEYS at a time,
+   * each lot's rows read as the snapshot has them; tables sent whole (new, or truncated) are read through a
+   * cursor too. So the pieces together are exactly one state of the database, as one batch would be, and the
+   * source position is that snapshot. Sequences go with the last piece. The schema is read once, at the
+   * start: inside one snapshot it cannot change, so no piece carries one.
+   */
+  async readStream(budgetBytes: number): Promise<CaptureStream | null> {
     // New tables get their triggers (and are sent whole) within a second.
     if (Date.now() - this.lastInstall >= 1000) {
       this.lastInstall = Date.now()
       for (const oid of await this.install()) this.resend.add(oid)
     }
-    return this.run('capture failed', async (db) => {
+    const readAt = Date.now()
+    // From here to the last piece the connection is in the read's transaction: lag() keeps off it.
+    this.reading = true
+    let conn: Client | null = null
+    const planned = this.run('capture failed', async (db) => {
+      conn = db
       await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
       const snap = (await db.query('SELECT pg_current_snapshot()::text AS s')).rows[0].s as string
       await this.loadCatalog(db)
-      const changed = await db.query(
-        // Every change row this snapshot sees: ack() deletes exactly those.
-        `SELECT tbl::int8 AS tbl, key FROM (SELECT DISTINCT ON (tbl, key) tbl, key, seq FROM ` +
-          `${OWN_SCHEMA}.changes ORDER BY tbl, key, seq) c ORDER BY seq`
-      )
-      const schemaChanged = this.fingerprint() !== this.sent
+      const sent = this.fingerprint()
+      const schemaChanged = sent !== this.sent
       const resend = [...this.resend].filter((oid) => this.tables.has(oid))
-      const truncated = new Set<number>(changed.rows.filter((r) => r.key === null).map((r) => Number(r.tbl)))
-      for (const oid of truncated) if (this.tables.has(oid)) resend.push(oid)
-      const changes: TableChanges[] = []
-      let rows = 0
-      const byTable = new Map<number, string[][]>()
-      for (const r of changed.rows) {
+      // A TRUNCATE is a change row with no key: the table is sent whole.
+      const truncated = await db.query(`SELECT DISTINCT tbl::int8 AS tbl FROM ${OWN_SCHEMA}.changes WHERE key IS NULL`)
+      for (const r of truncated.rows) {
         const oid = Number(r.tbl)
-        if (r.key === null || !this.tables.has(oid) || resend.includes(oid)) continue
-        let keys = byTable.get(oid)
-        if (!keys) byTable.set(oid, (keys = []))
-        keys.push(parseTextArray(r.key))
+        if (this.tables.has(oid) && !resend.includes(oid)) resend.push(oid)
       }
-      for (const [oid, keys] of byTable) {
-        const { def } = this.tables.get(oid)!
-        const cols = def.columns.map((c) => quoteIdent(c.name))
-        const keyCols = def.key.map((i) => cols[i])
-        const args = def.key.map((_, j) => `$${j + 1}::text[]`).join(', ')
-        const casts = def.key.map((i, j) => `u.k${j}::${def.columns[i].type}`).join(', ')
-        const found = await db.query({
-          text:
-            `SELECT ${cols.join(', ')} FROM ONLY ${def.name} WHERE (${keyCols.join(', ')}) IN (SELECT ` +
-            `${casts} FROM unnest(${args}) AS u(${def.key.map((_, j) => `k${j}`).join(', ')}))`,
-          values: def.key.map((_, j) => keys.map((k) => k[j])),
-          rowMode: 'array'
-        })
-        // Keys compare by their text as the table prints it now.
-        const present = new Set((found.rows as Value[][]).map((row) => JSON.stringify(def.key.map((i) => row[i]))))
-        const printed = await db.query({
-          text: `SELECT ${casts
-            .split(', ')
-            .map((c) => `(${c})::text`)
-            .join(', ')} FROM unnest(${args}) AS u(${def.key.map((_, j) => `k${j}`).join(', ')})`,
-          values: def.key.map((_, j) => keys.map((k) => k[j])),
-          rowMode: 'array'
-        })
-        const deletes = (printed.rows as Value[][]).filter((k) => !present.has(JSON.stringify(k)))
-        changes.push({ table: def.id, upserts: found.rows as Value[][], deletes })
-        rows += found.rows.length + deletes.length
-      }
-      for (const oid of resend) {
-        const { def } = this.tables.get(oid)!
-        const all = await db.query({
-          text: `SELECT ${def.columns.map((c) => quoteIdent(c.name)).join(', ')} FROM ONLY ${def.name}`,
-          rowMode: 'array'
-        })
-        changes.push({ table: def.id, upserts: all.rows as Value[][], deletes: [] })
-        rows += all.rows.length
-      }
-      await db.query('COMMIT')
+      // Every change row this snapshot sees is acknowledged with it (those of tables not captured too).
+      const any = (await db.query(`SELECT 1 FROM ${OWN_SCHEMA}.changes LIMIT 1`)).rows.length > 0
+      // Read inside the snapshot: at least as new as any value its rows took.
       const seq = await readSequences(db)
       const seqChanges = seq.filter(([n, v]) => this.ackedSeq.get(n as string) !== v)
-      if (seqChanges.length) changes.push({ table: SEQUENCES_TABLE, upserts: seqChanges, deletes: [] })
-      if (changed.rows.length === 0 && !schemaChanged && resend.length === 0 && seqChanges.length === 0) return null
-      const source = encodeSource(snap)
-      this.lastRead = {
-        source,
-        sent: this.fingerprint(),
-        resend,
-        seq: new Map(seq.map(([n, v]) => [n as string, v as string]))
+      if (!any && !schemaChanged && resend.length === 0 && seqChanges.length === 0) {
+        await db.query('COMMIT')
+        // The snapshot saw no change row: every change committed before it is in the log.
+        if (this.lastRead === null) this.coveredAt = readAt
+        return null
       }
-      const reset = resend.map((oid) => this.tables.get(oid)!.def.id)
-      return {
-        schema: schemaChanged || reset.length ? this.schemaEntry(reset) : null,
-        changes,
-        rows,
-        time: Date.now(),
-        source
-      }
+      await db.query(
+        `DECLARE ${KEYS_CURSOR} NO SCROLL CURSOR FOR SELECT tbl::int8 AS tbl, key FROM (SELECT DISTINCT ON ` +
+          `(tbl, key) tbl, key, seq FROM ${OWN_SCHEMA}.changes WHERE key IS NOT NULL ORDER BY tbl, key, seq) c ` +
+          'ORDER BY seq'
+      )
+      return { snap, sent, schemaChanged, resend, seq, seqChanges }
     })
+    const plan = await planned.catch((err) => {
+      this.reading = false
+      throw err
+    })
+    if (plan === null) {
+      this.reading = false
+      return null
+    }
+    const { resend, seq, seqChanges, sent } = plan
+    const source = encodeSource(plan.snap)
+    const reset = resend.map((oid) => this.tables.get(oid)!.def.id)
+    const schema = plan.schemaChanged || reset.length ? this.schemaEntry(reset) : null
+    const tables = new Map(this.tables)
+    let rows = 0
+    let done = false
+    const self = this
+    // The rest of the read runs in the transaction on `conn`: a connection the session replaced meanwhile (the
+    // server ended the old one) has neither the snapshot nor the cursor, so the read ends as unreachable.
+    const inRead = async <T>(fn: (db: Client) => Promise<T>): Promise<T> => {
+      if ((await self.session.db()) !== conn)
+        throw MeshError.PG_UNREACHABLE('the connection to the origin was lost in the middle of a capture read')
+      return self.run('capture failed', fn)
+    }
+    async function* pieces(): AsyncGenerator<{ changes: TableChanges[]; rows: number }> {
+      let piece = new Map<number, TableChanges>()
+      let bytes = 0
+      let n = 0
+      const add = (id: number, upserts: Value[][], deletes: Value[][]) => {
+        let ch = piece.get(id)
+        if (!ch) piece.set(id, (ch = { table: id, upserts: [], deletes: [] }))
+        for (const r of upserts) {
+          ch.upserts.push(r)
+          bytes += rowSize(r)
+        }
+        for (const k of deletes) {
+          ch.deletes.push(k)
+          bytes += rowSize(k)
+        }
+        n += upserts.length + deletes.length
+      }
+      const out = () => {
+        const p = { changes: [...piece.values()], rows: n }
+        rows += n
+        piece = new Map()
+        bytes = 0
+        n = 0
+        return p
+      }
+      try {
+        for (;;) {
+          const lot = await inRead((db) => db.query(`FETCH ${FETCH_KEYS} FROM ${KEYS_CURSOR}`))
+          if (lot.rows.length === 0) break
+          const byTable = new Map<number, string[][]>()
+          for (const r of lot.rows) {
+            const oid = Number(r.tbl)
+            if (!tables.has(oid) || resend.includes(oid)) continue
+            let keys = byTable.get(oid)
+            if (!keys) byTable.set(oid, (keys = []))
+            keys.push(parseTextArray(r.key))
+          }
+          for (const [oid, keys] of byTable) {
+            const { def } = tables.get(oid)!
+            const found = await inRead((db) => readKeys(db, def, keys))
+            add(def.id, found.upserts, found.deletes)
+          }
+          if (bytes >= budgetBytes) yield out()
+        }
+        for (const oid of resend) {
+          const { def } = tables.get(oid)!
+          const chunks = copyTables(conn!, [def], FETCH_KEYS)
+          for (;;) {
+            const next = await inRead(() => chunks.next())
+            if (next.done) break
+            add(def.id, next.value.changes[0].upserts, [])
+            if (bytes >= budgetBytes) yield out()
+          }
+        }
+        await inRead((db) => db.query('COMMIT'))
+        if (seqChanges.length) piece.set(SEQUENCES_TABLE, { table: SEQUENCES_TABLE, upserts: seqChanges, deletes: [] })
+        yield out()
+        done = true
+        self.lastRead = {
+          source,
+          sent,
+          resend: resend,
+          seq: new Map(seq.map(([n, v]) => [n as string, v as string])),
+          readAt
+        }
+      } finally {
+        self.reading = false
+        // Pieces not all read, or a failure: the snapshot goes; nothing is acknowledged, the next read starts over.
+        if (!done) await conn!.query('ROLLBACK').catch(() => {})
+      }
+    }
+    return {
+      schema,
+      time: Date.now(),
+      pieces: pieces(),
+      end() {
+        if (!done) throw MeshError.BAD_LOG('the end of a capture read whose pieces were not all read')
+        return { source, rows }
+      }
+    }
   }
+
+  /** Set while readStream's transaction is open across awaits: nothing else may use the connection then. */
+  private reading = false
 
   async ack(source: Uint8Array): Promise<void> {
     const snap = decodeSource(source)
@@ -344,8 +482,34 @@ export class PostgresTriggerCapture implements CaptureSide {
       this.sent = this.lastRead.sent
       for (const oid of this.lastRead.resend) this.resend.delete(oid)
       this.ackedSeq = this.lastRead.seq
+      this.coveredAt = this.lastRead.readAt
       this.lastRead = null
     }
+  }
+
+  /**
+   * What the database committed that the log does not hold yet (CaptureSide.lag). `bytes`: the change rows
+   * left in _mesh.changes, as PostgreSQL stores them (acknowledging deletes the rows the log holds, and
+   * rows of transactions still open are not seen); `seconds`: since the snapshot of the last read whose whole
+   * batch the log holds (every change row left committed after it), or, before any, since capture opened: at
+   * most one read more than the oldest pending change's age. Zeros when nothing is pending. While a read in
+   * pieces holds the connection, `bytes` is the last measured.
+   */
+  async lag(): Promise<{ bytes: number; seconds: number } | null> {
+    const now = Date.now()
+    if (this.reading) return { bytes: this.lagBytes, seconds: Math.max(0, (now - this.coveredAt) / 1000) }
+    const r = await this.run('cannot measure the capture lag', (db) =>
+      db.query(
+        `SELECT count(*)::int8 AS n, coalesce(sum(pg_column_size(c.*)), 0)::int8 AS b FROM ${OWN_SCHEMA}.changes c`
+      )
+    )
+    const n = Number(r.rows[0].n)
+    this.lagBytes = Number(r.rows[0].b)
+    if (n === 0 && this.lastRead === null && this.resend.size === 0) {
+      this.coveredAt = now
+      return { bytes: 0, seconds: 0 }
+    }
+    return { bytes: this.lagBytes, seconds: Math.max(0, (now - this.coveredAt) / 1000) }
   }
 
   /**
@@ -353,7 +517,7 @@ export class PostgresTriggerCapture implements CaptureSide {
    * that sees no change row (every change it sees is in the log and acknowledged) and no new shape.
    */
   async checkpoint(): Promise<{ digest: Uint8Array; rows: number } | null> {
-    if (this.lastRead !== null || this.resend.size > 0) return null
+    if (this.lastRead !== null || this.resend.size > 0 || this.reading) return null
     try {
       return await this.session.run('cannot take a checkpoint', async (db) => {
         await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')

@@ -32,6 +32,7 @@ import {
   SEQUENCE_TABLE,
   digestTables,
   dropGuards,
+  guardTriggersSql,
   openDatabase,
   quote,
   readObjects,
@@ -50,6 +51,9 @@ export { decodeSqliteSource } from './position.ts'
 
 /** Change rows deleted by one statement of an acknowledge. */
 const ACK_DELETE_ROWS = 50_000
+
+/** lag() measures the size of at most this many pending change rows per table, and scales. */
+const LAG_SAMPLE = 10_000
 
 /** readStream reads a batch of at most this many changed keys whole, with read(). */
 const STREAM_ABOVE_ROWS = 1000
@@ -162,8 +166,17 @@ export class SqliteCapture implements CaptureSide {
   private schemaPending = true
   /** Bumped whenever the schema changes, so an acknowledged batch clears only the schema it carried. */
   private schemaGen = 0
-  /** The last batch read and not yet acknowledged. */
-  private unacked: { source: Uint8Array; schemaGen: number; sequences?: Map<string, bigint> } | null = null
+  /** The last batch read and not yet acknowledged; `readAt`: when its read began (see lag()). */
+  private unacked: {
+    source: Uint8Array
+    schemaGen: number
+    sequences?: Map<string, bigint>
+    readAt: number
+  } | null = null
+  /** When the read in progress began. */
+  private readAt = 0
+  /** A time before which every change the file committed is in the log (see lag()). */
+  private coveredAt = Date.now()
   private acked: SourcePos | null = null
   /** The `sqlite_sequence` rows the log holds (empty at start: the first read sends them all). */
   private sequencesLogged = new Map<string, bigint>()
@@ -211,7 +224,11 @@ export class SqliteCapture implements CaptureSide {
       const pre = this.probe()
       const found = opts.source ? this.compare(decodeSqliteSource(opts.source), pre) : null
       if (found) this.replaced = found
-      else this.install()
+      else {
+        this.install()
+        // A live database carries no replica guard: one a handover installed is gone if its node stopped mid-way.
+        dropGuards(this.conn)
+      }
       this.opened = opts.source !== undefined
     } catch (err) {
       this.disconnect()
@@ -911,7 +928,10 @@ export class SqliteCapture implements CaptureSide {
       throw sqliteError(err, this.path, 'cannot read')
     }
     const pending = this.unacked !== null || [...this.tables.values()].some((t) => t.reset > 0)
+    this.readAt = Date.now()
     if (dv === this.dataVersion && !this.schemaPending && !pending) {
+      // No other connection committed since the last read, whose batch the log holds.
+      this.coveredAt = this.readAt
       this.flushAck(false)
       return null
     }
@@ -928,6 +948,7 @@ export class SqliteCapture implements CaptureSide {
       throw sqliteError(err, this.path, 'cannot read changes from')
     }
     this.dataVersion = dv
+    if (batch === null) this.coveredAt = this.readAt
     this.flushAck(false)
     return batch
   }
@@ -992,7 +1013,7 @@ export class SqliteCapture implements CaptureSide {
     // failed is read again, whole, by the next read().
     const schema = this.schemaPending || reset.length > 0 ? this.schemaEntry(reset) : null
     const source = c.encode(sourceEnc, pos)
-    this.unacked = { source, schemaGen: schema ? this.schemaGen : -1, sequences: seq?.now }
+    this.unacked = { source, schemaGen: schema ? this.schemaGen : -1, sequences: seq?.now, readAt: this.readAt }
     return { schema, changes, time: Date.now(), rows, source }
   }
 
@@ -1026,6 +1047,7 @@ export class SqliteCapture implements CaptureSide {
     } catch (err) {
       throw sqliteError(err, this.path, 'cannot read')
     }
+    const readAt = Date.now()
     const plan: Array<{ t: Captured; max: number; reset: boolean }> = []
     let seq: ReturnType<SqliteCapture['sequenceChanges']> = null
     try {
@@ -1118,7 +1140,7 @@ export class SqliteCapture implements CaptureSide {
         rows += n
         yield { changes: changes.filter(nonEmpty), rows: n }
         done = true
-        self.unacked = { source, schemaGen: schema ? schemaGen : -1, sequences: seq?.now }
+        self.unacked = { source, schemaGen: schema ? schemaGen : -1, sequences: seq?.now, readAt }
         self.dataVersion = dv
       } catch (err) {
         throw sqliteError(err, self.path, 'cannot read changes from')
@@ -1194,9 +1216,65 @@ export class SqliteCapture implements CaptureSide {
     if (u !== null && Buffer.compare(Buffer.from(u.source), Buffer.from(source)) === 0) {
       if (u.schemaGen === this.schemaGen) this.schemaPending = false
       if (u.sequences) this.sequencesLogged = u.sequences
+      this.coveredAt = u.readAt
       this.unacked = null
     }
     this.acked = pos
+  }
+
+  /**
+   * What the file committed that the log does not hold yet (CaptureSide.lag). `bytes`: the change rows past
+   * the acknowledged position, as their keys take in the change tables (the change record holds keys, not
+   * rows), measured on up to LAG_SAMPLE rows per table and scaled to their number. `seconds`: since the start
+   * of the last read whose whole batch the log holds (a read sees everything committed before it began, so
+   * every change still pending committed after it), or, before any, since capture opened: at most one read
+   * more than the oldest pending change's age. Zeros when nothing is pending. Null while no file is open or it
+   * was replaced; while a read in pieces holds its transaction open, `bytes` is what that read's snapshot shows.
+   */
+  async lag(): Promise<{ bytes: number; seconds: number } | null> {
+    if (this.db === null || this.replaced !== null) return null
+    const now = Date.now()
+    let bytes = 0
+    let pending = this.unacked !== null || this.schemaPending
+    try {
+      for (const t of this.tables.values()) {
+        const max = Number((t.maxSeq.get() as bigint | null) ?? 0n)
+        if (t.reset > 0) pending = true
+        if (max <= t.mark) continue
+        pending = true
+        const n = max - t.mark
+        const sample = this.lagSample(t).get(t.mark) as { rows: number; bytes: number | null }
+        if (sample.rows > 0) bytes += Math.round(((sample.bytes ?? 0) / sample.rows) * n)
+      }
+    } catch (err) {
+      throw sqliteError(err, this.path, 'cannot read changes from')
+    }
+    if (!pending) {
+      // Read outside any transaction of ours: everything committed until now is in the log.
+      if (!this.streaming && !this.conn.inTransaction) this.coveredAt = now
+      return { bytes: 0, seconds: 0 }
+    }
+    return { bytes, seconds: Math.max(0, (now - this.coveredAt) / 1000) }
+  }
+
+  /** Per change table (for the schema it was made with): the size of up to LAG_SAMPLE pending change rows. */
+  private lagSamples = new WeakMap<Captured, Database.Statement>()
+  private lagSample(t: Captured): Database.Statement {
+    let st = this.lagSamples.get(t)
+    if (st === undefined) {
+      const size = (k: string) =>
+        `CASE typeof(${k}) WHEN 'null' THEN 0 WHEN 'integer' THEN 8 WHEN 'real' THEN 8 ` +
+        `ELSE length(CAST(${k} AS BLOB)) END`
+      const keys = Array.from({ length: t.arity }, (_, i) => size(`k${i}`)).join(' + ')
+      st = this.conn
+        .prepare(
+          `SELECT count(*) AS rows, sum(8 + ${keys}) AS bytes FROM (SELECT * FROM ${quote(changeTable(t.id))} ` +
+            `WHERE seq > ? ORDER BY seq LIMIT ${LAG_SAMPLE})`
+        )
+        .safeIntegers(false)
+      this.lagSamples.set(t, st)
+    }
+    return st
   }
 
   /** Deletes acknowledged change rows and clears acknowledged resets, at most every ackIntervalMs. */
@@ -1260,6 +1338,22 @@ export class SqliteCapture implements CaptureSide {
 
   skipped(): Array<{ table: string; reason: string }> {
     return [...this.skippedTables]
+  }
+
+  /** The replica's guard triggers (common.ts, GUARD_FUNCTION) on the captured tables, or none again. */
+  holdWrites(hold: boolean): void {
+    const db = this.conn
+    try {
+      if (!hold) {
+        dropGuards(db)
+        return
+      }
+      db.transaction(() => {
+        for (const t of this.tables.values()) for (const sql of guardTriggersSql(t.id, t.info.name)) db.exec(sql)
+      })()
+    } catch (err) {
+      throw sqliteError(err, this.path, hold ? 'cannot stop the writes to' : 'cannot allow the writes to')
+    }
   }
 
   async close(): Promise<void> {

@@ -48,6 +48,16 @@ export const sqliteEngine: Engine = {
   openApply: (where, opts) => new SqliteApply({ path: where, ...opts }),
   role: async (where) => databaseRole(where),
 
+  async about(where) {
+    const db = openDatabase(':memory:', { mustExist: false })
+    try {
+      const v = db.prepare('SELECT sqlite_version() AS v').get() as { v: string }
+      return { version: `SQLite ${v.v}`, folder: path.dirname(where) }
+    } finally {
+      db.close()
+    }
+  },
+
   replicaLocation(info, place) {
     return path.join(place.dir, `${fileSafe(info.originSite)}-${fileSafe(info.name)}-${info.id.slice(0, 8)}.db`)
   },

@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { pgReplicaUrl } from '../../adapters/postgres/engine.ts'
 import type { DatasetInfo } from '../../protocol/index.ts'
-import { MESH, mesh, testnet } from './mesh.ts'
+import { allowOldNode, MESH, mesh, testnet } from './mesh.ts'
 import { tmpDir } from './db.ts'
 import { pgDump, startCluster, type PgCluster } from './pg.ts'
 import { startNodeProcess, type Child } from './proc.ts'
@@ -72,6 +72,7 @@ export class PgSite {
   }
 
   async start(): Promise<void> {
+    allowOldNode(this.dir)
     this.node = startNodeProcess([MESH, 'start', '--dir', this.dir, '--log-json'], `the node in ${this.dir}`)
     await this.node.waitLine(/"msg":"ready"/, 60_000)
   }

@@ -33,12 +33,14 @@ export interface PipelineOptions {
   pollMs?: number
   blockBytes?: number
   unitMemoryBytes?: number
+  /** A data key: both logs opened with hypercore block encryption under it (as a dataset's at full members). */
+  dataKey?: Uint8Array
 }
 
 /** The test dataset's log (ds1, epoch 0) in a corestore at `storeDir`, made if it is not there yet. */
-export async function openLog(storeDir: string): Promise<{ store: Corestore; log: DatasetLog }> {
+export async function openLog(storeDir: string, dataKey?: Uint8Array): Promise<{ store: Corestore; log: DatasetLog }> {
   const store = new Corestore(storeDir)
-  return { store, log: await DatasetLog.writable(store, storeDir, 'ds1', 0) }
+  return { store, log: await DatasetLog.writable(store, storeDir, 'ds1', 0, dataKey ? { key: dataKey } : null) }
 }
 
 /** A capture loop from `capture` into `log`, as the first log of dataset ds1 ("shop", written at site a). */
@@ -92,12 +94,13 @@ export async function startSidesPipeline<A extends ApplySide>(
   replica: A,
   opts: PipelineOptions = {}
 ): Promise<Omit<Pipeline, 'replica'> & { replica: A }> {
-  const { store: storeA, log: originLog } = await openLog(path.join(dir, 'store-a'))
+  const { store: storeA, log: originLog } = await openLog(path.join(dir, 'store-a'), opts.dataKey)
   const storeB = new Corestore(path.join(dir, 'store-b'))
   const mem = { unitMemoryBytes: opts.unitMemoryBytes }
   const capture = captureLoop(captureSide, originLog, { pollMs: opts.pollMs ?? 5, blockBytes: opts.blockBytes, ...mem })
   await capture.start()
-  const replicaLog = await DatasetLog.byKey(storeB, path.join(dir, 'store-b'), originLog.key)
+  const encryption = opts.dataKey ? { key: opts.dataKey } : null
+  const replicaLog = await DatasetLog.byKey(storeB, path.join(dir, 'store-b'), originLog.key, encryption)
   const stop = replicateStores(storeA, storeB)
   replicaLog.core.download({ start: 0, end: -1 })
   const apply = applyLoop(replicaLog, replica, mem)

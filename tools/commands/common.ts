@@ -2,6 +2,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { MeshError } from '../../protocol/index.ts'
 import { askNode, type LocalRequest } from '../../node/index.ts'
+import { nearest } from '../suggest.ts'
 
 export interface Command {
   usage: string
@@ -28,8 +29,12 @@ export function parse<T extends NonNullable<ParseArgsConfig['options']>>(
   try {
     return parseArgs({ args, options: { ...COMMON_OPTIONS, ...options }, allowPositionals, strict: true })
   } catch (err) {
-    throw MeshError.USAGE((err as Error).message.replace(/\. To specify a positional argument.*$/s, ''), {
-      hint: `Try: mesh help ${command}`
+    const message = (err as Error).message.replace(/\. To specify a positional argument.*$/s, '')
+    // An unknown flag: the command's flag closest to it, if one is close.
+    const typo = /Unknown option '(-{1,2})([^']+)'/.exec(message)
+    const near = typo ? nearest(typo[2], Object.keys({ ...COMMON_OPTIONS, ...options })) : null
+    throw MeshError.USAGE(message, {
+      hint: `${near ? `Did you mean --${near}? ` : ''}Try: mesh help ${command}`
     })
   }
 }
@@ -38,8 +43,10 @@ export function parse<T extends NonNullable<ParseArgsConfig['options']>>(
 export function printError(err: unknown): number {
   if (err instanceof MeshError) {
     process.stderr.write(`mesh: ${err.message}\n`)
-    if (err.hint)
-      process.stderr.write(`${err.code === 'USAGE' && err.hint.startsWith('Try:') ? '' : 'What to do: '}${err.hint}\n`)
+    if (err.hint) {
+      const plain = err.code === 'USAGE' && /^(Try:|Did you mean)/.test(err.hint)
+      process.stderr.write(`${plain ? '' : 'What to do: '}${err.hint}\n`)
+    }
     return err.code === 'USAGE' ? EXIT_USAGE : EXIT_ERROR
   }
   process.stderr.write(`mesh: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`)

@@ -1,6 +1,23 @@
 import { MeshError, decodeJoinCode } from '../../protocol/index.ts'
-import { createDataDir, createSiteKey, redeemJoinCode, sitePaths, writeMeshState } from '../../node/index.ts'
-import { networkOptions, writeConfig, CONFIG_FILE } from '../config.ts'
+import {
+  createDataDir,
+  createSiteKey,
+  keepWelcome,
+  redeemJoinCode,
+  sitePaths,
+  DEFAULT_GUARD,
+  DEFAULT_SNAPSHOTS,
+  DEFAULT_THRESHOLDS
+} from '../../node/index.ts'
+import {
+  checkSiteName,
+  networkOptions,
+  resolveBootstrap,
+  resolveDir,
+  writeConfig,
+  CONFIG_FILE,
+  type SiteConfig
+} from '../config.ts'
 import { out, parse, parseDuration, type Command } from './common.ts'
 import { newSite, shownSource, SITE_OPTIONS } from './init.ts'
 
@@ -9,8 +26,23 @@ export const usage =
   `[--replica-postgres URL] [--bootstrap HOST:PORT[,...]] [--timeout 60s]
 
 Adds this site to a mesh with a join code from \`mesh invite\`, protecting one database (see mesh init for
---sqlite, --postgres, --capture and --replica-postgres). The inviting site's node must be running.
+--sqlite, --postgres, --capture and --replica-postgres). The inviting site's node must be running, or start
+within --timeout: until then the join looks for it again every few seconds.
+With a code from \`mesh invite --blind\` the site is a blind site and takes no database: it stores and
+serves every encrypted log of the mesh and can read none of them. With a code from \`mesh invite --observer\`,
+an observer, also without a database: it sees every site and dataset and holds no log and no data.
   --timeout D   how long to look for the inviting site (default 60s)`
+
+/** `shop-south` for a site's `shop` when `shop` is taken; `shop-south-2` and on when that is too. */
+export function uniqueName(name: string, site: string, taken: Set<string>): string {
+  const base = name.endsWith(`-${site}`) ? name : `${name}-${site}`
+  let candidate = base
+  for (let i = 2; taken.has(candidate); i++) candidate = `${base}-${i}`
+  return candidate
+}
+
+/** "1 member", "3 members". */
+const count = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`
 
 export const command: Command = {
   usage,
@@ -23,11 +55,16 @@ export const command: Command = {
         hint: example
       })
     const code = decodeJoinCode(positionals[0])
-    const { dir, config, setUp, undo } = await newSite(values, example)
+    const { dir, config, setUp, undo } = code.role
+      ? blindSite(
+          values,
+          `Try: mesh join bm1-... --dir DIR --site ${code.role === 'blind' ? 'offsite-box' : 'laptop'}`,
+          code.role
+        )
+      : await newSite(values, example)
     let warnings: string[] = []
+    let renamed = ''
     const { site, bootstrap, datasets } = config
-    const { name } = datasets[0]
-    const file = shownSource(datasets[0])
     const timeoutMs = parseDuration(values.timeout ?? '60s', '--timeout') * 1000
     const welcome = await createDataDir(dir, CONFIG_FILE, async () => {
       warnings = await setUp()
@@ -37,7 +74,13 @@ export const command: Command = {
         out(`Looking for the inviting site${bootstrap ? ` via ${bootstrap.join(',')}` : ' on the public DHT'}...`)
         // An expired code is refused here, before any network work, and the directory is removed again.
         const w = await redeemJoinCode({ code, site, keyPair, network: networkOptions(bootstrap), timeoutMs })
-        writeMeshState(paths, { meshId: w.meshId, members: w.members, datasets: w.datasets, local: [] })
+        // Dataset names are unique in the mesh, so that every command and hint naming one picks one dataset.
+        const taken = datasets.length > 0 ? w.datasets.find((d) => d.name === datasets[0].name) : undefined
+        if (taken) {
+          datasets[0].name = uniqueName(datasets[0].name, site, new Set(w.datasets.map((d) => d.name)))
+          renamed = `dataset name "${taken.name}" is already used in this mesh (by ${taken.originSite})`
+        }
+        keepWelcome(paths, w)
         writeConfig(dir, config)
         return w
       } catch (err) {
@@ -46,11 +89,49 @@ export const command: Command = {
         throw err
       }
     })
-    out(`Joined the mesh as ${site}: ${welcome.members.length} members, ${welcome.datasets.length} datasets to hold.`)
-    out(`It protects ${file} as dataset "${name}".`)
+    const held = `${count(welcome.members.length, 'member')}, ${count(welcome.datasets.length, 'dataset')} to hold`
+    out(`Joined the mesh as ${site}: ${held}.`)
+    const me = welcome.members.find((m) => m.site === site)
+    if (me?.role === 'blind') {
+      out('This is a blind site: it stores and serves the encrypted logs and can read none of them.')
+    } else if (me?.role === 'observer') {
+      out('This is an observer: it sees every site and dataset (mesh status, mesh dashboard) and holds no data.')
+    } else if (datasets.length > 0) {
+      if (renamed) out(`The ${renamed}, so this site's is named "${datasets[0].name}".`)
+      out(`It protects ${shownSource(datasets[0])} as dataset "${datasets[0].name}".`)
+    }
     for (const w of warnings) out(`Warning: ${w}`)
     out('')
     out(`Next: mesh start --dir ${dir}`)
     return 0
   }
+}
+
+/**
+ * A blind site's or an observer's configuration: no database of its own (it captures nothing and holds no
+ * replica), so none of the database flags applies; nothing is written yet.
+ */
+function blindSite(values: Record<string, unknown>, example: string, role: 'blind' | 'observer') {
+  const what = role === 'blind' ? 'a blind site' : 'an observer'
+  for (const flag of ['sqlite', 'postgres', 'capture', 'dataset', 'replica-postgres']) {
+    if (values[flag] !== undefined) {
+      throw MeshError.USAGE(`--${flag} does not apply: this join code is for ${what}, which holds no database`, {
+        hint: example
+      })
+    }
+  }
+  if (typeof values.site !== 'string') throw MeshError.USAGE('--site NAME is required', { hint: example })
+  const config: SiteConfig = {
+    site: checkSiteName(values.site),
+    datasets: [],
+    bootstrap: resolveBootstrap(values.bootstrap as string | undefined, null),
+    status: DEFAULT_THRESHOLDS,
+    logLevel: 'info',
+    replicaPostgres: null,
+    snapshots: { ...DEFAULT_SNAPSHOTS },
+    checkpointSeconds: 600,
+    guard: { ...DEFAULT_GUARD }
+  }
+  const none = async (): Promise<string[]> => []
+  return { dir: resolveDir(values.dir as string | undefined), config, setUp: none, undo: async () => {} }
 }

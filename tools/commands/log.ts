@@ -1,5 +1,5 @@
 import { MeshError } from '../../protocol/index.ts'
-import { offlineHistory } from '../../node/history.ts'
+import { offlineHistory, type ShownChange } from '../../node/history.ts'
 import { readMeshState, sitePaths } from '../../node/state.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { askNodeIfRunning, out, parse, type Command } from './common.ts'
@@ -7,11 +7,13 @@ import { askNodeIfRunning, out, parse, type Command } from './common.ts'
 export const usage = `mesh log DATASET --dir DIR [--from SEQ] [--limit N] [--show SEQ] [--json]
 
 The dataset's history, like git log: each unit of its chain of logs with its position (SEQ), epoch, time,
-kind, and the tables it touched with their row counts. SEQ counts blocks along the chain across epochs;
-mesh restore --seq takes it. Works whether the node runs or not.
+kind, and the tables it touched with their row counts. SEQ counts blocks along the chain across epochs,
+the same numbering in every command: mesh restore --seq SEQ gives the state right after the unit at SEQ, and
+--before SEQ the state right before it. Works whether the node runs or not.
   --from SEQ   start at this position (default: the beginning)
   --limit N    at most N units (default 50; 0 for all)
-  --show SEQ   the one unit at SEQ, with every change in full
+  --show SEQ   the one unit at SEQ, with every change in full: as SQL statements, by table and column
+               name, values as SQL literals (with --json: by column name, and the statement)
   --json       the same as one JSON object`
 
 interface LogResult {
@@ -29,9 +31,19 @@ interface LogResult {
     rows: number
     tables: Array<{ table: string; upserts: number; deletes: number }>
     note: string
-    changes?: unknown[]
+    changes?: ShownChange[]
     damage?: Array<{ table: string; changed: number; before: number; restore: string }>
   }>
+}
+
+/** "2026-11-24 11:50:03 +01:00": the local time of this machine, with its offset from UTC. */
+export function localTime(ms: number): string {
+  const d = new Date(ms)
+  const pad = (n: number) => String(n).padStart(2, '0')
+  const off = -d.getTimezoneOffset()
+  const zone = `${off >= 0 ? '+' : '-'}${pad(Math.floor(Math.abs(off) / 60))}:${pad(Math.abs(off) % 60)}`
+  const day = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`
+  return `${day} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${zone}`
 }
 
 function count(opt: string | undefined, flag: string, dflt: number): number {
@@ -87,7 +99,7 @@ export const command: Command = {
           table: x.table,
           changed: x.changed,
           before: x.before,
-          restore: `mesh restore ${log.dataset} --seq ${x.seq} --to ${log.dataset}-before-${x.seq}.db --dir ${dir}`
+          restore: `mesh restore ${log.dataset} --before ${x.seq} --to ${log.dataset}-before-${x.seq}.db --dir ${dir}`
         }))
       }
     }
@@ -100,14 +112,15 @@ export const command: Command = {
     }
     out(`${log.dataset} (${log.engine}, id ${log.id}): epoch ${log.epoch}, ${log.length} blocks along the chain`)
     for (const u of log.units) {
-      const when = u.time === null ? '-'.padEnd(24) : new Date(u.time).toISOString()
+      const when = u.time === null ? '-'.padEnd(25) : localTime(u.time)
       const touched = u.tables.map((t) => `${t.table} +${t.upserts} -${t.deletes}`).join(', ')
       const copy = u.kind === 'snapshot' && u.note ? `; ${u.note}` : ''
       const what = u.rows ? `${u.rows} rows: ${touched}${copy}` : u.note
       out(`${String(u.seq).padStart(8)}  epoch ${u.epoch}  ${when}  ${u.kind.padEnd(11)} ${what}`)
       for (const d of u.damage ?? [])
         out(`          MASS CHANGE: ${d.changed} of ${d.before} rows of ${d.table}; the state before it: ${d.restore}`)
-      if (u.changes) out(JSON.stringify(u.changes, null, 2))
+      // In full: each change as a statement of the dataset's engine, by table and column, values as literals.
+      for (const c of u.changes ?? []) out(`          ${c.sql}`)
     }
     return 0
   }

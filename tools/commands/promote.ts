@@ -11,11 +11,15 @@ without a command of its own. Prints the database file the business application 
 
 The old origin, when it comes back, stops taking writes ("fenced"): the changes it made after this point are
 kept in a folder under its data directory and named in its \`mesh status\`, never applied and never dropped.
-Running the same command at the old origin later makes it the origin again (fail back).
+To move the origin while it is running (a planned switch, or fail back), run \`mesh handover\` at the origin.
+
+The promotion is signed with this site's key and every site checks it before following (README, Trust): a
+promotion made while the origin is running and connected is refused everywhere, --force or not.
 
 Refused, with what to do, when: the origin is connected and healthy; this site applied less than another
 reachable site holds; its copy is still being made; DATASET is unknown; this site is already the origin.
-  --force  promote anyway (a planned switch, or a copy that is behind: what it lacks stays in the old log)
+  --force  promote a copy that is behind or still being made (what it lacks stays in the old log; sites that
+           applied more refuse it until a person runs \`mesh accept\` there); never against a healthy origin
   --json   print the result (or the refusal) as one JSON object
 
 The node must be running at this site (\`mesh start\`).`
@@ -61,7 +65,9 @@ export const command: Command = {
       `${p.dataset}: this site is now the origin (epoch ${p.epoch}), continuing from entry ${p.branch} ` +
         `of ${p.previousOrigin}'s log${p.forced ? ' (forced)' : ''}.`
     )
-    out(`Every other site follows it now; ${p.previousOrigin} is fenced when it comes back.`)
+    out(
+      `Every other site checks the signed promotion and follows it; ${p.previousOrigin} is fenced when it comes back.`
+    )
     out('')
     out('Point the business application at this database from now on:')
     out(`  ${p.path}`)

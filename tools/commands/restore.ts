@@ -9,18 +9,20 @@ import {
   readMeshState,
   sitePaths,
   type RestoreJob,
-  type RestoreResult
+  type RestoreResult,
+  type RestoreTarget
 } from '../../node/index.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { askNodeIfRunning, nodeError, out, parse, type Command } from './common.ts'
 
-export const usage = `mesh restore DATASET (--at TIME | --seq N) --to PATH|URL --dir DIR [--json]
+export const usage = `mesh restore DATASET (--at TIME | --seq N | --before N) --to PATH|URL --dir DIR [--json]
 
 Builds a new database exactly as DATASET was at that moment of its history, across failovers, from the logs
 this site holds. The live database, the replicas and the running node are not changed.
   --at TIME    an ISO 8601 time (2026-11-20T14:00:00Z, 2026-11-20 14:00) or "3 days ago", "2 hours ago",
                "yesterday", "now": the state after the last change committed at or before it
-  --seq N      a position from mesh log: the state after the last unit that ends at or before it
+  --seq N      a position (SEQ) from mesh log: the state right after the unit at N, that unit included
+  --before N   the state right before the unit at N (what a mass change or a replaced file undid)
   --to PATH    SQLite: a new file (never an existing one)
   --to URL     PostgreSQL: an empty database (createdb NAME first)
   --json       print the result as one JSON object`
@@ -64,18 +66,34 @@ export const command: Command = {
     const { values, positionals } = parse(
       'restore',
       args,
-      { at: { type: 'string' }, seq: { type: 'string' }, to: { type: 'string' }, json: { type: 'boolean' } },
+      {
+        at: { type: 'string' },
+        seq: { type: 'string' },
+        before: { type: 'string' },
+        to: { type: 'string' },
+        json: { type: 'boolean' }
+      },
       true
     )
     const example = 'Try: mesh restore shop --at "2 hours ago" --to /tmp/shop-2h.db --dir DIR'
     if (positionals.length !== 1) throw MeshError.USAGE('name one dataset', { hint: example })
-    if ((values.at === undefined) === (values.seq === undefined))
-      throw MeshError.USAGE('give --at TIME or --seq N', { hint: example })
+    const given = [values.at, values.seq, values.before].filter((v) => v !== undefined).length
+    if (given !== 1) throw MeshError.USAGE('give one of --at TIME, --seq N or --before N', { hint: example })
     if (!values.to)
       throw MeshError.USAGE('--to PATH|URL is required: where the restored database goes', { hint: example })
-    if (values.seq !== undefined && !/^\d+$/.test(values.seq))
-      throw MeshError.USAGE(`--seq "${values.seq}" is not a position`, { hint: 'mesh log lists the positions.' })
-    const target = values.seq !== undefined ? { seq: Number(values.seq) } : { at: parseTime(values.at!) }
+    for (const [flag, v] of [
+      ['--seq', values.seq],
+      ['--before', values.before]
+    ] as const) {
+      if (v !== undefined && !/^\d+$/.test(v))
+        throw MeshError.USAGE(`${flag} "${v}" is not a position`, { hint: 'mesh log lists the positions.' })
+    }
+    const target: RestoreTarget =
+      values.seq !== undefined
+        ? { through: Number(values.seq) }
+        : values.before !== undefined
+          ? { seq: Number(values.before) }
+          : { at: parseTime(values.at!) }
     const dir = resolveDir(values.dir)
     readConfig(dir)
     const to = /^postgres(ql)?:\/\//.test(values.to) ? values.to : path.resolve(values.to)
@@ -145,7 +163,7 @@ export const command: Command = {
     const when = result.time === null ? '' : ` (last change committed ${new Date(result.time).toISOString()})`
     const from = result.from > 0 ? `from the snapshot at position ${result.from}` : 'from the start of the history'
     out(
-      `Restored ${result.dataset} as it was at position ${result.seq}${when} into ` +
+      `Restored ${result.dataset} as it was right after the unit at position ${result.last}${when} into ` +
         `${engineFor(result.engine).shown(result.to)} in ${(result.ms / 1000).toFixed(1)} s (replayed ` +
         `${from}).`
     )

@@ -4,6 +4,7 @@ import {
   askNode,
   duration,
   engineFor,
+  sizeText,
   statusFromDisk,
   VERDICT_EXIT,
   type SiteStatus
@@ -48,27 +49,35 @@ export function formatStatus(s: SiteStatus): string {
   lines.push('Datasets')
   if (s.datasets.length === 0) lines.push('  (none yet)')
   for (const d of s.datasets) {
-    const others = d.holders.filter((h) => h.role === 'replica').length
+    const others = d.holders.filter((h) => h.role !== 'origin').length
     lines.push(
       `  ${d.name}  origin ${d.originSite}, epoch ${d.epoch}: ${d.length} entries, ${bytes(d.bytes)}, ` +
         `last write ${ago(d.lastWriteAt, now)}; latest write held by ${d.heldBy} of ${others} other ` +
         `site${others === 1 ? '' : 's'}`
     )
     for (const h of d.holders) {
-      const pos = h.applied === null ? 'holds nothing yet' : `downloaded ${h.downloaded}, applied ${h.applied}`
+      const pos =
+        h.applied === null
+          ? 'holds nothing yet'
+          : h.role === 'blind'
+            ? `holds ${h.downloaded} encrypted`
+            : `downloaded ${h.downloaded}, applied ${h.applied}`
       // At the origin, the lag is its capture's: what its database committed that its log does not hold yet.
       const lag =
         h.applied === null
           ? ''
-          : h.captureLag
-            ? `  capture lag ${bytes(h.captureLag.bytes)}, ${duration(h.captureLag.seconds)}`
-            : `  lag ${h.lagEntries} entries, ${bytes(h.lagBytes)}, ${duration(h.lagSeconds ?? 0)}`
+          : h.role === 'blind'
+            ? `  lag ${h.lagEntries} entries`
+            : h.captureLag
+              ? `  capture lag ${bytes(h.captureLag.bytes)}, ${duration(h.captureLag.seconds)}`
+              : `  lag ${h.lagEntries} entries, ${bytes(h.lagBytes)}, ${duration(h.lagSeconds ?? 0)}`
       const err = h.error ? `  ERROR ${h.error}` : ''
       const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
       lines.push(
         `    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`
       )
     }
+    if (d.promote) lines.push(`    may be promoted only by: ${d.promote.join(', ')} (its origin's policy)`)
     if (d.snapshots.count > 0) {
       lines.push(`    snapshots: ${d.snapshots.count} kept here, the newest ${ago(d.snapshots.newestAt, now)}`)
     }
@@ -95,7 +104,7 @@ export function formatStatus(s: SiteStatus): string {
     for (const x of d.damage ?? []) {
       lines.push(
         `    mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ` +
-          `${ago(x.at, now)} (the state before it: mesh restore ${d.name} --seq ${x.seq} --to FILE)`
+          `${ago(x.at, now)} (the state before it: mesh restore ${d.name} --before ${x.seq} --to FILE)`
       )
     }
     if (d.wal) {
@@ -117,7 +126,9 @@ export function formatStatus(s: SiteStatus): string {
   lines.push('Members')
   for (const m of s.members) {
     const state = m.self ? 'this site' : m.connected ? 'connected' : `last heard ${ago(m.lastContact, now)}`
-    lines.push(`  ${m.site.padEnd(16)} ${state}${m.software ? `  (${m.software})` : ''}`)
+    const role = m.role && m.role !== 'full' ? `  ${m.role}` : ''
+    lines.push(`  ${m.site.padEnd(16)} ${state}${role}${m.software ? `  (${m.software})` : ''}`)
+    lines.push(...healthLines(m))
   }
   if (s.refused.length > 0) {
     lines.push('')
@@ -125,6 +136,26 @@ export function formatStatus(s: SiteStatus): string {
     for (const r of s.refused.slice(-5)) lines.push(`  ${r.key.slice(0, 12)}  ${r.reason}  ${ago(r.at, now)}`)
   }
   return lines.join('\n')
+}
+
+/** A member's versions and free disk space, from its report (none from older software). */
+function healthLines(m: SiteStatus['members'][number]): string[] {
+  const h = m.health
+  if (!h) return []
+  const runs = [
+    `Node.js ${h.node}${h.nodePastEndOfLife ? ' (past end of life)' : ''}`,
+    h.os,
+    h.sqlite && `SQLite ${h.sqlite}`,
+    h.postgres && `PostgreSQL ${h.postgres}`,
+    h.app && `application ${h.app}`
+  ].filter(Boolean)
+  const out = [`    runs ${runs.join(', ')}`]
+  for (const d of h.disks) {
+    const pct = d.total > 0 ? Math.floor((d.free * 100) / d.total) : 0
+    out.push(`    disk of ${d.what}: ${sizeText(d.free)} free of ${sizeText(d.total)} (${pct}%)`)
+  }
+  if (h.paused) out.push('    snapshots paused (disk nearly full)')
+  return out
 }
 
 export async function readStatus(dir: string): Promise<SiteStatus> {

@@ -19,7 +19,7 @@
  * What it does not show: sales still on their way when a shop is cut off do not reach the others; after a
  * failover they end up in that shop's divergence folder like the ones made while cut off. The demo waits until
  * they have arrived before it pulls the plug, so that the divergence holds exactly the offline sales, which
- * it checks. Nor does it fail back (`mesh promote --force` at shop-east would).
+ * it checks. Nor does it fail back (`mesh handover` at shop-north would).
  *
  * Every child is stopped and the temporary folder removed, on success, on failure and on Ctrl-C. Each child
  * also stops itself if this process dies without cleaning up (its stdin, a pipe from here, closes).

@@ -1,0 +1,154 @@
+/**
+ * Bytes per row change (issue 16): the demo shop's workload (tools/demo/shop.ts, a point-of-sale application
+ * writing its own SQLite file) over a day of sales, captured into a log with and without compression, and
+ * replicated to a second corestore.
+ *
+ * Three figures per run, each divided by the number of row changes the log carries:
+ *   rows   the changed rows themselves: their values in the log's value encoding (tag, varint integers,
+ *          length-prefixed text), keys of deleted rows likewise; no entry framing. This is the anchor.
+ *   log    the bytes appended to the origin's log (blocks as stored: framing, capture position, checksum).
+ *   wire   the bytes the origin's replication stream sent to the replica for those blocks (hypercore's
+ *          messages, Merkle proofs and signatures, inside Noise; without UDP, IP and UDX headers).
+ *
+ * Capture batching decides what compression can do, because each block is compressed alone: "per sale" is a
+ * capture that keeps up with the till (one unit per sale, as `mesh start` does with its default 50 ms poll);
+ * "per 20 sales" and "per day" are a capture that reads changes less often, or a node started after the
+ * till's day (it reads the whole backlog at once). Nothing is asserted; run alone with
+ * `node --import tsx bench/bytes.ts`.
+ */
+import Corestore from 'corestore'
+import path from 'node:path'
+import { Transform, pipeline } from 'node:stream'
+import { pathToFileURL } from 'node:url'
+import c from 'compact-encoding'
+import { SqliteCapture } from '../adapters/index.ts'
+import { DatasetLog } from '../node/index.ts'
+import type { TableChanges } from '../protocol/index.ts'
+import { value } from '../protocol/values.ts'
+import { Shop } from '../tools/demo/shop.ts'
+import { tmpDir } from '../test/helpers/db.ts'
+import { captureLoop, openLog } from '../test/helpers/pipeline.ts'
+
+export interface BytesBenchOptions {
+  say?: (line: string) => void
+  /** Sales (shop transactions) in the day. */
+  sales?: number
+}
+
+interface Figures {
+  changes: number
+  rows: number
+  log: number
+  wire: number
+}
+
+function rowsSize(changes: TableChanges[]): { n: number; bytes: number } {
+  let n = 0
+  const s = c.state()
+  for (const t of changes) {
+    for (const r of [...t.upserts, ...t.deletes]) {
+      n++
+      for (const v of r) value.preencode(s, v)
+    }
+  }
+  return { n, bytes: s.end }
+}
+
+async function until(cond: () => boolean, what: string): Promise<void> {
+  const end = Date.now() + 120_000
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`bench: timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}
+
+/** One day of `sales` at a shop seeded with customers and orders, captured every `per` sales. */
+async function day(compress: boolean, sales: number, per: number): Promise<Figures> {
+  const { dir, cleanup } = tmpDir('mesh-bytes-')
+  try {
+    const file = path.join(dir, 'shop.db')
+    const shop = new Shop(file, 16)
+    shop.seed(300, 500)
+    const { store: storeA, log } = await openLog(path.join(dir, 'a'))
+    log.compress = compress
+    const capture = new SqliteCapture({ path: file, ackIntervalMs: 0 })
+    const loop = captureLoop(capture, log, { pollMs: 5 })
+    await loop.start()
+    const drain = async () => {
+      while ((await loop.step()) > 0) {}
+    }
+    await drain()
+    const storeB = new Corestore(path.join(dir, 'b'))
+    const replica = await DatasetLog.byKey(storeB, path.join(dir, 'b'), log.key)
+    let wire = 0
+    const count = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        wire += chunk.byteLength
+        done(null, chunk)
+      }
+    })
+    const sa = storeA.replicate(true)
+    const sb = storeB.replicate(false)
+    pipeline(sa, count, sb, sa, () => {})
+    replica.core.download({ start: 0, end: -1 })
+    // The day starts with the replica holding the shop's history (the snapshot), as after `mesh start`.
+    await until(() => replica.core.contiguousLength === log.length && log.length > 0, 'the snapshot')
+    const start = log.length
+    const wireAtStart = wire
+    for (let i = 1; i <= sales; i++) {
+      shop.step()
+      if (i % per === 0) await drain()
+    }
+    await drain()
+    await until(() => replica.core.contiguousLength === log.length, 'the day to replicate')
+    const f: Figures = { changes: 0, rows: 0, log: 0, wire: wire - wireAtStart }
+    for (let i = start; i < log.length; i++) f.log += ((await log.core.get(i)) as Buffer).byteLength
+    for await (const { entry } of log.entries(start, log.length)) {
+      if (entry.kind !== 'transaction') continue
+      const r = rowsSize(entry.changes)
+      f.changes += r.n
+      f.rows += r.bytes
+    }
+    await loop.stop()
+    await capture.close()
+    shop.close()
+    sa.destroy()
+    sb.destroy()
+    await storeA.close()
+    await storeB.close()
+    return f
+  } finally {
+    cleanup()
+  }
+}
+
+export async function bytesBench(opts: BytesBenchOptions = {}): Promise<Record<string, number>> {
+  const say = opts.say ?? ((s: string) => process.stdout.write(`${s}\n`))
+  const sales = opts.sales ?? 1000
+  const out: Record<string, number> = {}
+  say(`bytes per row change, the demo shop's day of ${sales} sales (anchor: the rows themselves; aim <= 0.5x)`)
+  for (const [label, per, key] of [
+    ['per sale', 1, 'Sale'],
+    ['per 20 sales', 20, 'Twenty'],
+    ['per day', sales, 'Day']
+  ] as const) {
+    const plain = await day(false, sales, per)
+    const packed = await day(true, sales, per)
+    const r = (x: number, f: Figures) => `${(x / f.changes).toFixed(1)} B (${(x / f.rows).toFixed(2)}x)`
+    say(
+      `  capture ${label}: ${packed.changes} row changes, rows ${(packed.rows / packed.changes).toFixed(1)} B; ` +
+        `log plain ${r(plain.log, plain)}, compressed ${r(packed.log, packed)}; ` +
+        `wire plain ${r(plain.wire, plain)}, compressed ${r(packed.wire, packed)}`
+    )
+    out[`bytesWireRatio${key}`] = +(packed.wire / packed.rows).toFixed(3)
+    out[`bytesWirePlainRatio${key}`] = +(plain.wire / plain.rows).toFixed(3)
+    out[`bytesLogRatio${key}`] = +(packed.log / packed.rows).toFixed(3)
+    out[`bytesLogPlainRatio${key}`] = +(plain.log / plain.rows).toFixed(3)
+  }
+  return out
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const sales = process.argv.indexOf('--sales')
+  await bytesBench({ sales: sales > 0 ? Number(process.argv[sales + 1]) : undefined })
+}

@@ -1,0 +1,61 @@
+/**
+ * Compression of an entry's body (issue 16): brotli from `node:zlib`, the only strong codec Node 20 has
+ * (zstd arrives in `node:zlib` with Node 22.15).
+ *
+ * Tuned by measurement (bench/slow.ts, the demo shop's workload): quality 5 gives the ratio of quality 6-9
+ * within a percent at a third of quality 6's time on 256 KB blocks; quality 11 gains about 10 % more at 20 to
+ * 50 times the time, which a till's PC should not spend. The window is brotli's default (4 MB): every
+ * compressed body is at most MAX_INFLATED_BYTES.
+ *
+ * What this does not do: it never compresses across blocks. Each block inflates alone, so any block can be
+ * read, verified and applied without its neighbours; the price is that a unit of one small sale (about 150
+ * bytes) barely shrinks. Larger units (many sales in one capture batch) shrink to a quarter or less.
+ *
+ * Decompression is bounded: a body declares its inflated size, which may not exceed MAX_INFLATED_BYTES, and
+ * brotli is stopped at that size; a body that inflates to more or to less is damage (BAD_ENTRY). So a crafted
+ * block can make this allocate at most MAX_INFLATED_BYTES, whatever its ratio.
+ */
+import zlib from 'node:zlib'
+import { MeshError } from './errors.ts'
+
+/** The largest body this code compresses, and so the most a compressed body may inflate to. */
+export const MAX_INFLATED_BYTES = 8 * 1024 * 1024
+
+/** Bodies shorter than this are never compressed: brotli's framing would eat what it saves. */
+export const MIN_COMPRESS_BYTES = 64
+
+const QUALITY = 5
+
+/** The body compressed, or null when that would not save at least 1/32 of it (or it is out of bounds). */
+export function deflateBody(body: Uint8Array): Buffer | null {
+  if (body.byteLength < MIN_COMPRESS_BYTES || body.byteLength > MAX_INFLATED_BYTES) return null
+  const out = zlib.brotliCompressSync(body, {
+    params: {
+      [zlib.constants.BROTLI_PARAM_QUALITY]: QUALITY,
+      [zlib.constants.BROTLI_PARAM_SIZE_HINT]: body.byteLength
+    }
+  })
+  return out.byteLength + 4 <= body.byteLength - (body.byteLength >> 5) ? out : null
+}
+
+/**
+ * Inflates a compressed body that declares `size` bytes. Throws MeshError.BAD_ENTRY when `size` exceeds the
+ * bound, when the bytes are not brotli, or when they inflate to any other size than declared; never
+ * allocates more than `size` bytes for the output.
+ */
+export function inflateBody(compressed: Uint8Array, size: number): Buffer {
+  if (size > MAX_INFLATED_BYTES) {
+    throw MeshError.BAD_ENTRY(`a compressed body declares ${size} bytes, more than the ${MAX_INFLATED_BYTES} allowed`)
+  }
+  let out: Buffer
+  try {
+    // maxOutputLength: brotli stops (RangeError) at size + 1 bytes instead of inflating on without limit.
+    out = zlib.brotliDecompressSync(compressed, { maxOutputLength: size + 1 })
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, `a compressed body does not inflate to its declared ${size} bytes`)
+  }
+  if (out.byteLength !== size) {
+    throw MeshError.BAD_ENTRY(`a compressed body inflates to ${out.byteLength} bytes, not its declared ${size}`)
+  }
+  return out
+}
