@@ -80,7 +80,12 @@ test(
       writeMarkers(home.db, 50, 100)
       writeWorkload(home.db, 7, 40)
       const branchKey = readSiteKey(sitePaths(branch.dir)).publicKey
-      await waitUntil('the blind site holds all of home’s log', async () => {
+      // A checkpoint is appended only once every write before it is in the log: the blind site must hold the
+      // log past it before home stops (capture runs on its own clock, slower on a loaded machine).
+      const cp = await mesh(['checkpoint', 'home', '--dir', home.dir, '--json'])
+      assert.equal(cp.code, 0, `mesh checkpoint failed: ${cp.stderr}`)
+      // home's own status reads its log as it is now, so its length from here on counts the checkpoint.
+      await waitUntil('the blind site holds all of home’s log, past the checkpoint', async () => {
         const s = await home.status()
         const d = s.datasets.find((x) => x.name === 'home')
         const h = d?.holders.find((x) => x.site === box.name)
@@ -259,6 +264,9 @@ test(
       const promoted = JSON.parse(p.stdout) as { epoch: number; path: string }
       assert.equal(promoted.epoch, 1)
       writeMarkers(promoted.path, 1000, 60)
+      // The markers are in the log once a checkpoint after them is: only then does the search below mean much.
+      const cp = await mesh(['checkpoint', 'home', '--dir', branch.dir, '--json'])
+      assert.equal(cp.code, 0, `mesh checkpoint failed: ${cp.stderr}`)
       await waitUntil('the blind site holds all of the epoch 1 log', async () => {
         const d = (await branch.status()).datasets.find((x) => x.name === 'home')!
         const h = d?.holders.find((x) => x.site === box.name)
