@@ -13,6 +13,7 @@
 import c from 'compact-encoding'
 import sodium from 'sodium-native'
 import { MeshError } from './errors.ts'
+import { decodeOr } from './statements.ts'
 
 type State = { start: number; end: number; buffer: Uint8Array | null }
 
@@ -62,12 +63,7 @@ export function encodeDataKey(g: DataKeyGrant): Uint8Array {
 
 /** Decodes a grant; BAD_ENTRY (or UNKNOWN_VERSION) when the bytes are not one. */
 export function decodeDataKey(bytes: Uint8Array): DataKeyGrant {
-  try {
-    return c.decode(dataKeyEncoding, bytes)
-  } catch (err) {
-    if (err instanceof MeshError) throw err
-    throw MeshError.BAD_ENTRY(`not a data key grant: ${(err as Error).message}`)
-  }
+  return decodeOr(dataKeyEncoding, bytes, 'a data key grant')
 }
 
 /** Seals a data key to a member's ed25519 node key. */

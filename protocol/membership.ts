@@ -17,6 +17,7 @@ import c from 'compact-encoding'
 import crypto from 'hypercore-crypto'
 import type { MemberRole } from './control.ts'
 import { MeshError } from './errors.ts'
+import { decodeOr } from './statements.ts'
 
 type State = { start: number; end: number; buffer: Uint8Array | null }
 
@@ -152,23 +153,14 @@ export function verifyRotationProof(meshId: Uint8Array, oldKey: Uint8Array, b: R
   }
 }
 
-function body<T>(enc: { decode(s: State): T }, bytes: Uint8Array, what: string): T {
-  try {
-    return c.decode(enc as never, bytes) as T
-  } catch (err) {
-    if (err instanceof MeshError) throw err
-    throw MeshError.BAD_ENTRY(`not ${what}: ${(err as Error).message}`)
-  }
-}
-
 export const encodeMemberBody = (m: MemberBody): Uint8Array => c.encode(memberBodyEncoding, m)
-export const decodeMemberBody = (b: Uint8Array): MemberBody => body(memberBodyEncoding, b, 'a member statement')
+export const decodeMemberBody = (b: Uint8Array): MemberBody => decodeOr(memberBodyEncoding, b, 'a member statement')
 export const encodeRemovalBody = (m: RemovalBody): Uint8Array => c.encode(removalBodyEncoding, m)
-export const decodeRemovalBody = (b: Uint8Array): RemovalBody => body(removalBodyEncoding, b, 'a removal')
+export const decodeRemovalBody = (b: Uint8Array): RemovalBody => decodeOr(removalBodyEncoding, b, 'a removal')
 export const encodeRotationBody = (m: RotationBody): Uint8Array => c.encode(rotationBodyEncoding, m)
-export const decodeRotationBody = (b: Uint8Array): RotationBody => body(rotationBodyEncoding, b, 'a key rotation')
+export const decodeRotationBody = (b: Uint8Array): RotationBody => decodeOr(rotationBodyEncoding, b, 'a key rotation')
 export const encodePolicyBody = (m: PolicyBody): Uint8Array => c.encode(policyBodyEncoding, m)
-export const decodePolicyBody = (b: Uint8Array): PolicyBody => body(policyBodyEncoding, b, 'a promotion policy')
+export const decodePolicyBody = (b: Uint8Array): PolicyBody => decodeOr(policyBodyEncoding, b, 'a promotion policy')
 
 // --- the credential channel ----------------------------------------------------------------------------------
 

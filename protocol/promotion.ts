@@ -12,7 +12,7 @@
  */
 import c from 'compact-encoding'
 import { MeshError } from './errors.ts'
-import { decodeStatement, encodeStatement, type Statement } from './statements.ts'
+import { decodeOr, decodeStatement, encodeStatement, type Statement } from './statements.ts'
 
 type State = { start: number; end: number; buffer: Uint8Array | null }
 
@@ -128,16 +128,7 @@ export const handoverEncoding = {
   }
 }
 
-function body<T>(enc: { decode(s: State): T }, bytes: Uint8Array, what: string): T {
-  try {
-    return c.decode(enc as never, bytes) as T
-  } catch (err) {
-    if (err instanceof MeshError) throw err
-    throw MeshError.BAD_ENTRY(`not ${what}: ${(err as Error).message}`)
-  }
-}
-
 export const encodePromotion = (p: Promotion): Uint8Array => c.encode(promotionEncoding, p)
-export const decodePromotion = (b: Uint8Array): Promotion => body(promotionEncoding, b, 'a promotion')
+export const decodePromotion = (b: Uint8Array): Promotion => decodeOr(promotionEncoding, b, 'a promotion')
 export const encodeHandover = (h: Handover): Uint8Array => c.encode(handoverEncoding, h)
-export const decodeHandover = (b: Uint8Array): Handover => body(handoverEncoding, b, 'a handover')
+export const decodeHandover = (b: Uint8Array): Handover => decodeOr(handoverEncoding, b, 'a handover')

@@ -167,12 +167,20 @@ export function encodeStatement(s: Statement): Uint8Array {
   return c.encode(statementEncoding, s)
 }
 
-/** Decodes a statement encodeStatement wrote; BAD_ENTRY when the bytes are not one. */
-export function decodeStatement(bytes: Uint8Array): Statement {
+/**
+ * Decodes `bytes` with `enc`, or throws BAD_ENTRY naming `what` they were meant to be (a MeshError the
+ * encoding throws itself, UNKNOWN_VERSION say, passes as it is). Every statement body decodes through it.
+ */
+export function decodeOr<T>(enc: { decode(s: State): T }, bytes: Uint8Array, what: string): T {
   try {
-    return c.decode(statementEncoding, bytes)
+    return c.decode(enc as never, bytes) as T
   } catch (err) {
     if (err instanceof MeshError) throw err
-    throw MeshError.BAD_ENTRY(`not a statement: ${(err as Error).message}`)
+    throw MeshError.BAD_ENTRY(`not ${what}: ${(err as Error).message}`)
   }
+}
+
+/** Decodes a statement encodeStatement wrote; BAD_ENTRY when the bytes are not one. */
+export function decodeStatement(bytes: Uint8Array): Statement {
+  return decodeOr(statementEncoding, bytes, 'a statement')
 }
