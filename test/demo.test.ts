@@ -9,7 +9,7 @@ test(
     'lost one when it returns, and exits 0 only when every copy equals its current origin',
   async () => {
     const before = new Set(fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith('branchmesh-demo-')))
-    const r = await mesh(['demo'], { timeoutMs: 120_000 })
+    const r = await mesh(['demo'], { timeoutMs: 240_000 })
     const all = r.stdout + r.stderr
     assert.equal(r.code, 0, all)
     // The loss: shop-east's node is killed and its till sells while cut off.

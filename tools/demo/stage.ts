@@ -10,8 +10,11 @@ import type { SiteStatus } from '../../node/index.ts'
 import type { NodeProc } from '../proc.ts'
 import type { Shop } from './shop.ts'
 
-/** The whole story must end by then (clean-up comes after, so the demo stays under about a minute). */
-const TOTAL_LIMIT_MS = 58_000
+/**
+ * The story takes about a minute; this deadline only stops one that hangs. A busy or slow PC takes longer, and
+ * a demo that fails there for time alone would tell the user something false about the mesh.
+ */
+const TOTAL_LIMIT_MS = 180_000
 
 /** The demo cannot go on: the reason, and what the process concerned printed last. */
 export class DemoFailure extends Error {
