@@ -47,8 +47,10 @@ test(
         for (let m = 0; m < 10; m++) {
           const steps = 1 + Math.floor(rand() * 40)
           for (let i = 0; i < steps; i++) work.transaction()
-          // Wait until the origin's log holds every write, then note the moment and the state.
-          await new Promise((r) => setTimeout(r, 300))
+          // Wait until the origin's log holds every write (a checkpoint goes in only after all of them), then
+          // note the moment and the state.
+          const cp = await mesh(['checkpoint', ds, '--dir', a.dir])
+          assert.equal(cp.code, 0, cp.stderr)
           const at = Date.now()
           const log = await logJson(a.dir, ds)
           // The moment by position is the last unit mesh log shows: restore --seq takes that SEQ as shown.
@@ -151,9 +153,11 @@ test(
         30_000
       )
       for (let i = 0; i < 20; i++) work.transaction()
-      await new Promise((r2) => setTimeout(r2, 300))
-      late = { at: Date.now(), state: JSON.stringify(dump(a.db)) }
+      const state = JSON.stringify(dump(a.db))
       await waitUntil("b holds all of a's log", () => b.holdsExactly(a), 60_000)
+      // The moment is taken once those writes are in the log: capture runs on its own clock (slower on a busy
+      // machine), and a moment taken before it had logged them would be a moment without them.
+      late = { at: Date.now(), state }
       const to = path.join(dir, 'late.db')
       res = await mesh(['restore', ds, '--at', new Date(late.at).toISOString(), '--to', to, '--dir', b.dir, '--json'], {
         timeoutMs: 120_000
