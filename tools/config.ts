@@ -74,7 +74,8 @@ export const MAX_BATCH_SECONDS = 86_400
  * error; `usage`: a flag (USAGE) rather than the file (BAD_CONFIG).
  */
 export function checkBatchSeconds(v: unknown, where: string, usage = false): number {
-  const n = typeof v === 'string' && /^\s*\d+(\.\d+)?\s*$/.test(v) ? Number(v) : v
+  // A flag's value is text; in config.json a number must be a JSON number.
+  const n = usage && typeof v === 'string' && /^\s*\d+(\.\d+)?\s*$/.test(v) ? Number(v) : v
   if (typeof n === 'number' && Number.isFinite(n) && n >= 0 && n <= MAX_BATCH_SECONDS) return n
   const what =
     typeof n === 'number' && n > MAX_BATCH_SECONDS
@@ -340,7 +341,9 @@ export function readConfig(dir: string): SiteConfig {
   const link = { ...DEFAULT_LINK }
   if (j.link !== undefined && j.link !== null) {
     if (typeof j.link !== 'object' || Array.isArray(j.link))
-      throw MeshError.BAD_CONFIG(`${file}: "link" must be an object, e.g. {"batchSeconds": 60}`)
+      throw MeshError.BAD_CONFIG(`${file}: "link" must be an object`, {
+        hint: 'Write it as "link": {"batchSeconds": 60} (seconds between two sends; 0: as soon as possible).'
+      })
     checkKeys(j.link as Record<string, unknown>, Object.keys(DEFAULT_LINK), '"link"', file)
     const l = j.link as Record<string, unknown>
     if (l.batchSeconds !== undefined)
