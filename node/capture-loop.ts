@@ -81,6 +81,8 @@ export class CaptureLoop extends EventEmitter {
   private readonly opts: CaptureLoopOptions
   private readonly logger: Logger
   private running = false
+  /** With batching: when the group now waiting at the source was first seen (ms), null when none. */
+  private groupSince: number | null = null
   /** Ends a wait for a group (stop, flush). */
   private wakeGroup: (() => void) | null = null
   private loop: Promise<void> | null = null
@@ -445,11 +447,21 @@ export class CaptureLoop extends EventEmitter {
     this.queue = next.catch(() => {})
     const lag = await next
     if (lag === null) return 'now'
-    if (lag.bytes === 0 && lag.seconds === 0) return 'idle'
+    if (lag.bytes === 0 && lag.seconds === 0) {
+      this.groupSince = null
+      return 'idle'
+    }
+    // The group's age counts from when this loop first saw it waiting: lag().seconds counts from when the
+    // source last had nothing waiting, which under a steady trickle is long before the group began.
+    const now = Date.now()
+    this.groupSince ??= now
     const batchMs = this.opts.batchMs ?? 0
     const closeBytes = (this.opts.unitMemoryBytes ?? DEFAULT_UNIT_MEMORY) / 16
-    const left = batchMs - lag.seconds * 1000
-    if (left <= 0 || lag.bytes >= closeBytes) return 'now'
+    const left = batchMs - (now - this.groupSince)
+    if (left <= 0 || lag.bytes >= closeBytes) {
+      this.groupSince = null
+      return 'now'
+    }
     // Looked at again at least every half second, so that a group growing fast is closed early.
     return Math.min(left, 500)
   }
