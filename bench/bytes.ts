@@ -179,7 +179,9 @@ export async function bytesBench(opts: BytesBenchOptions = {}): Promise<Record<s
     out[`bytesLogPlainRatio${key}`] = +(plain.log / plain.rows).toFixed(3)
     if (key === 'Sale' || key === 'Batch60') {
       const ratio = packed.wire / packed.rows
-      say(`    on the wire, compressed: ${ratio.toFixed(2)}x the rows (aim <= 0.5x: ${ratio <= 0.5 ? 'met' : 'MISSED'})`)
+      say(
+        `    on the wire, compressed: ${ratio.toFixed(2)}x the rows (aim <= 0.5x: ${ratio <= 0.5 ? 'met' : 'MISSED'})`
+      )
     }
   }
   return out
