@@ -104,6 +104,7 @@ export class CaptureLoop extends EventEmitter {
   /** Everything start() does before the loop: exposed so tools can capture once without a loop. */
   async prepare(): Promise<void> {
     const { capture, log } = this.opts
+    this.compressBest(log)
     // A unit the log ends inside (a crash while it was appended in parts) is closed first.
     await this.closeDangling()
     // The capture side compares its database with the log's last position before it writes to it.
@@ -223,6 +224,11 @@ export class CaptureLoop extends EventEmitter {
     const next = this.queue.then(() => this.stepNow())
     this.queue = next.catch(() => {})
     return next
+  }
+
+  /** With batching a unit is appended at most about once a batch: its body is worth brotli's best quality. */
+  private compressBest(log: DatasetLog): void {
+    if ((this.opts.batchMs ?? 0) > 0 && log.compress === true) log.compress = 'best'
   }
 
   /** Closes a unit the log ends inside (a crash or a failed append while it was appended in parts). */
@@ -426,6 +432,7 @@ export class CaptureLoop extends EventEmitter {
         if ((e.code === 'DISK_FULL' || e.code === 'IO_ERROR') && this.opts.reopenLog && this.running) {
           try {
             this.opts.log = await this.opts.reopenLog()
+            this.compressBest(this.opts.log)
           } catch (err) {
             this.logger.warn('cannot reopen the log yet', { error: (err as Error).message })
           }
