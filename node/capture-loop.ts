@@ -50,8 +50,8 @@ export interface CaptureLoopOptions {
   reopenLog?: () => Promise<DatasetLog>
   /**
    * Batching for a metered or slow link (config `link.batchSeconds`; 0 or absent: none). Changes committed at
-   * the source wait there (the SQLite change table, the PostgreSQL slot) until the oldest of them is this old,
-   * then everything committed by then is read and appended as ONE unit (one position in `mesh log`, one
+   * the source wait there (the SQLite change table, the PostgreSQL slot) until this loop has seen them waiting
+   * this long, then everything committed by then is read and appended as ONE unit (one position in `mesh log`, one
    * database transaction at every replica, one compressed body). A group is closed early when the source holds
    * about `unitMemoryBytes / 16` of it. Nothing is read before, so nothing waits in memory and nothing is
    * acknowledged before the append: a node killed while a group waits loses nothing. stop() appends it first.
