@@ -18,17 +18,13 @@
  * The aim: connected again within 30 s of coming back, every time. Run with `npm run bench -- --reconnect`,
  * or alone: `node --import tsx bench/reconnect.ts [--reconnect-minutes N] [--reconnect-only link|stop]`.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { pathToFileURL } from 'node:url'
 import Database from 'better-sqlite3'
 import { askNode, type SiteStatus } from '../node/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-const MESH = path.join(ROOT, 'tools', 'mesh.js')
-const DHT_SCRIPT = path.join(ROOT, 'bench', 'reconnect-dht.ts')
+import { DHT_SCRIPT, MESH, Net, NsProc, meshIn, sleep } from './netns.ts'
 
 export interface ReconnectBenchOptions {
   say?: (line: string) => void
@@ -43,133 +39,6 @@ export interface ReconnectBenchOptions {
 /** The node log messages about connections that the bench shows for each outage. */
 const NOTEWORTHY =
   /^(connected|disconnected|cannot reach a member|network changed|this node was frozen|member reachable)/
-
-/**
- * The sites reach each other directly over the hub (MESH_DIRECT=1: no hole punching, as on loopback in the
- * tests). With hole punching, connections between the namespaces sometimes timed out again and again (one
- * `mesh join` of six found no way through in 120 s): that measured hyperdht's hole punching, not reconnection.
- */
-const DIRECT = { ...process.env, MESH_DIRECT: '1' }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-function ip(...args: string[]): string {
-  return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
-}
-
-/** A long-running process in a namespace, with its output lines. */
-class NsProc {
-  readonly proc: ChildProcess
-  readonly lines: string[] = []
-  private readonly exited: Promise<void>
-
-  constructor(ns: string, argv: string[]) {
-    this.proc = spawn('ip', ['netns', 'exec', ns, process.execPath, ...argv], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: DIRECT
-    })
-    this.exited = new Promise((r) => this.proc.on('exit', () => r()))
-    for (const s of [this.proc.stdout!, this.proc.stderr!]) {
-      let buf = ''
-      s.on('data', (d: Buffer) => {
-        buf += d.toString()
-        const parts = buf.split('\n')
-        buf = parts.pop() ?? ''
-        this.lines.push(...parts)
-      })
-    }
-  }
-
-  async line(re: RegExp, ms: number): Promise<string> {
-    const end = Date.now() + ms
-    for (;;) {
-      const hit = this.lines.find((l) => re.test(l))
-      if (hit) return hit
-      if (Date.now() > end || this.proc.exitCode !== null) {
-        throw new Error(`bench: no line ${re} in time:\n${this.lines.slice(-20).join('\n')}`)
-      }
-      await sleep(100)
-    }
-  }
-
-  signal(sig: NodeJS.Signals): void {
-    if (this.proc.exitCode === null) this.proc.kill(sig)
-  }
-
-  async stop(): Promise<void> {
-    if (this.proc.exitCode !== null) return
-    this.signal('SIGCONT')
-    this.signal('SIGTERM')
-    const t = setTimeout(() => this.signal('SIGKILL'), 10_000)
-    await this.exited
-    clearTimeout(t)
-  }
-}
-
-/** Runs a `mesh` command in a namespace to completion. */
-function meshIn(ns: string, args: string[]): string {
-  return execFileSync('ip', ['netns', 'exec', ns, process.execPath, MESH, ...args], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'pipe'],
-    timeout: 180_000,
-    env: DIRECT
-  })
-}
-
-/** The namespaces, the hub's bridge and the slow links; `down()` removes all of it. */
-class Net {
-  readonly p = `bm${process.pid % 100000}`
-  readonly hub = `${this.p}h`
-  readonly ns: Record<'a' | 'b' | 'd', string> = { a: `${this.p}a`, b: `${this.p}b`, d: `${this.p}d` }
-  readonly addr = { a: '10.231.0.2', b: '10.231.0.3', d: '10.231.0.1' }
-  private made: string[] = []
-
-  up(kbit: number): void {
-    for (const n of [this.hub, ...Object.values(this.ns)]) {
-      ip('netns', 'add', n)
-      this.made.push(n)
-      ip('-n', n, 'link', 'set', 'lo', 'up')
-    }
-    ip('-n', this.hub, 'link', 'add', 'br0', 'type', 'bridge')
-    ip('-n', this.hub, 'link', 'set', 'br0', 'up')
-    for (const k of ['a', 'b', 'd'] as const) {
-      const outer = this.hubSide(k)
-      const inner = `${this.p}${k}1`
-      ip('link', 'add', outer, 'type', 'veth', 'peer', 'name', inner)
-      ip('link', 'set', outer, 'netns', this.hub)
-      ip('link', 'set', inner, 'netns', this.ns[k])
-      ip('-n', this.hub, 'link', 'set', outer, 'master', 'br0')
-      ip('-n', this.hub, 'link', 'set', outer, 'up')
-      ip('-n', this.ns[k], 'addr', 'add', `${this.addr[k]}/24`, 'dev', inner)
-      ip('-n', this.ns[k], 'link', 'set', inner, 'up')
-      if (k === 'd') continue
-      // A slow link each way: tbf on the site's own end and on the hub's end toward it.
-      const tbf = ['root', 'tbf', 'rate', `${kbit}kbit`, 'burst', '16kb', 'latency', '400ms']
-      execFileSync('ip', ['netns', 'exec', this.ns[k], 'tc', 'qdisc', 'add', 'dev', inner, ...tbf])
-      execFileSync('ip', ['netns', 'exec', this.hub, 'tc', 'qdisc', 'add', 'dev', outer, ...tbf])
-    }
-  }
-
-  hubSide(k: 'a' | 'b' | 'd'): string {
-    return `${this.p}${k}0`
-  }
-
-  /** Cuts (or restores) site `k`'s link at the hub: its carrier goes down at both ends. */
-  link(k: 'a' | 'b', up: boolean): void {
-    ip('-n', this.hub, 'link', 'set', this.hubSide(k), up ? 'up' : 'down')
-  }
-
-  down(): void {
-    for (const n of this.made.reverse()) {
-      try {
-        ip('netns', 'del', n)
-      } catch {
-        // already gone
-      }
-    }
-    this.made = []
-  }
-}
 
 async function status(dir: string): Promise<SiteStatus | null> {
   const r = (await askNode(dir, 'status').catch(() => null)) as { status: SiteStatus } | null
@@ -198,7 +67,7 @@ export async function reconnectBench(opts: ReconnectBenchOptions = {}): Promise<
   const say = opts.say ?? ((s: string) => process.stdout.write(`${s}\n`))
   const minutes = opts.minutes ?? 10
   const kbit = opts.kbit ?? 512
-  const net = new Net()
+  const net = new Net('bm')
   const { dir, cleanup } = tmpDir('mesh-reconnect-')
   const procs: NsProc[] = []
   const out: Record<string, number> = {}

@@ -10,6 +10,8 @@
  * bench/bytes.ts (bytes per row change for the demo shop's day, compressed and not) runs after the trickle;
  * bench/reconnect.ts (a site back after 10 minutes away, over network namespaces; needs root) only with
  * `--reconnect` (`--reconnect-minutes N` shortens the outages), last: it takes more than 20 minutes.
+ * bench/nightoff.ts (a day's sales caught up over a 64 kbit/s link, against bytes / rate; network namespaces,
+ * needs root: said and left out without it) runs after bench/bytes.ts, about 5 minutes.
  */
 import Database from 'better-sqlite3'
 import path from 'node:path'
@@ -18,6 +20,7 @@ import { tmpDir } from '../test/helpers/db.ts'
 import { startPipeline } from '../test/helpers/pipeline.ts'
 import { bigBench, bigRowsArg } from './big.ts'
 import { bytesBench } from './bytes.ts'
+import { nightOffBench } from './nightoff.ts'
 import { meshBench } from './mesh.ts'
 import { pgBench } from './postgres.ts'
 import { promoteBench } from './promote.ts'
@@ -158,6 +161,10 @@ try {
   const encryption = await encryptionBench({ say })
   // Bytes per row change, the demo shop's day, compressed and not (bench/bytes.ts).
   const bytes = await bytesBench({ say })
+  // A day's sales caught up over a 64 kbit/s link after a night off (bench/nightoff.ts; network namespaces).
+  let nightOff: Record<string, number> = {}
+  if (process.getuid?.() === 0) nightOff = await nightOffBench({ say })
+  else say('a night off over 64 kbit/s: left out, it needs root (network namespaces and tc)')
   // The replica's write guard: apply with and without it (bench/guard.ts).
   const guard = await guardBench({ say })
   // One huge transaction, capture and apply each in a process of its own: peak RSS and rows/s (bench/big.ts).
@@ -187,6 +194,7 @@ try {
         trickleP99Ms: +pct(lat, 99).toFixed(2),
         ...encryption,
         ...bytes,
+        ...nightOff,
         ...guard,
         ...big,
         ...mesh,

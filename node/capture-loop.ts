@@ -48,6 +48,15 @@ export interface CaptureLoopOptions {
    * cleared later would still stop capture.
    */
   reopenLog?: () => Promise<DatasetLog>
+  /**
+   * Batching for a metered or slow link (config `link.batchSeconds`; 0 or absent: none). Changes committed at
+   * the source wait there (the SQLite change table, the PostgreSQL slot) until this loop has seen them waiting
+   * this long, then everything committed by then is read and appended as ONE unit (one position in `mesh log`, one
+   * database transaction at every replica, one compressed body). A group is closed early when the source holds
+   * about `unitMemoryBytes / 16` of it. Nothing is read before, so nothing waits in memory and nothing is
+   * acknowledged before the append: a node killed while a group waits loses nothing. stop() appends it first.
+   */
+  batchMs?: number
 }
 
 export interface CaptureStats {
@@ -72,6 +81,10 @@ export class CaptureLoop extends EventEmitter {
   private readonly opts: CaptureLoopOptions
   private readonly logger: Logger
   private running = false
+  /** With batching: when the group now waiting at the source was first seen (ms), null when none. */
+  private groupSince: number | null = null
+  /** Ends a wait for a group (stop, flush). */
+  private wakeGroup: (() => void) | null = null
   private loop: Promise<void> | null = null
   private queue: Promise<unknown> = Promise.resolve()
 
@@ -91,6 +104,7 @@ export class CaptureLoop extends EventEmitter {
   /** Everything start() does before the loop: exposed so tools can capture once without a loop. */
   async prepare(): Promise<void> {
     const { capture, log } = this.opts
+    this.compressBest(log)
     // A unit the log ends inside (a crash while it was appended in parts) is closed first.
     await this.closeDangling()
     // The capture side compares its database with the log's last position before it writes to it.
@@ -210,6 +224,11 @@ export class CaptureLoop extends EventEmitter {
     const next = this.queue.then(() => this.stepNow())
     this.queue = next.catch(() => {})
     return next
+  }
+
+  /** With batching a unit is appended at most about once a batch: its body is worth brotli's best quality. */
+  private compressBest(log: DatasetLog): void {
+    if ((this.opts.batchMs ?? 0) > 0 && log.compress === true) log.compress = 'best'
   }
 
   /** Closes a unit the log ends inside (a crash or a failed append while it was appended in parts). */
@@ -377,6 +396,19 @@ export class CaptureLoop extends EventEmitter {
     let backoff = 100
     while (this.running) {
       try {
+        if ((this.opts.batchMs ?? 0) > 0) {
+          const due = await this.groupDue()
+          if (!this.running) break
+          if (due === 'idle') {
+            await this.maybeCheckpoint()
+            if (this.running) await this.opts.capture.wait(pollMs)
+            continue
+          }
+          if (typeof due === 'number') {
+            await this.sleepGroup(due)
+            continue
+          }
+        }
         const rows = await this.step()
         if (this.stats.lastError) {
           this.logger.info('capture recovered', { code: this.stats.lastError.code })
@@ -400,6 +432,7 @@ export class CaptureLoop extends EventEmitter {
         if ((e.code === 'DISK_FULL' || e.code === 'IO_ERROR') && this.opts.reopenLog && this.running) {
           try {
             this.opts.log = await this.opts.reopenLog()
+            this.compressBest(this.opts.log)
           } catch (err) {
             this.logger.warn('cannot reopen the log yet', { error: (err as Error).message })
           }
@@ -409,15 +442,76 @@ export class CaptureLoop extends EventEmitter {
     }
   }
 
+  /**
+   * With batching: whether the group waiting at the source is due. 'idle': nothing waits; 'now': read and
+   * append it; a number: look again after that many ms. Asked through the capture side's lag() (how old the
+   * oldest change the log lacks is, and its size), in the steps' queue; a side that cannot tell is read now.
+   */
+  private async groupDue(): Promise<'idle' | 'now' | number> {
+    const { capture } = this.opts
+    if (!capture.lag || this.resnapshotDue) return 'now'
+    const next = this.queue.then(() => capture.lag!())
+    this.queue = next.catch(() => {})
+    const lag = await next
+    if (lag === null) return 'now'
+    if (lag.bytes === 0 && lag.seconds === 0) {
+      this.groupSince = null
+      return 'idle'
+    }
+    // The group's age counts from when this loop first saw it waiting: lag().seconds counts from when the
+    // source last had nothing waiting, which under a steady trickle is long before the group began.
+    const now = Date.now()
+    this.groupSince ??= now
+    const batchMs = this.opts.batchMs ?? 0
+    const closeBytes = (this.opts.unitMemoryBytes ?? DEFAULT_UNIT_MEMORY) / 16
+    const left = batchMs - (now - this.groupSince)
+    if (left <= 0 || lag.bytes >= closeBytes) {
+      this.groupSince = null
+      return 'now'
+    }
+    // Looked at again at least every half second, so that a group growing fast is closed early.
+    return Math.min(left, 500)
+  }
+
+  private sleepGroup(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms)
+      function done() {
+        clearTimeout(timer)
+        resolve()
+      }
+      this.wakeGroup = () => {
+        this.wakeGroup = null
+        done()
+      }
+    })
+  }
+
   get active(): boolean {
     return this.running
   }
 
-  /** Stops after the current step; the source keeps whatever was not acknowledged. */
+  /**
+   * Stops after the current step; the source keeps whatever was not acknowledged. With batching, the group
+   * waiting at the source is appended first (`mesh stop`, SIGTERM): a failure to do so leaves it at the source,
+   * captured at the next start.
+   */
   async stop(): Promise<void> {
+    const flush = this.running && (this.opts.batchMs ?? 0) > 0
     this.running = false
+    this.wakeGroup?.()
     await this.loop
     this.loop = null
+    if (flush) {
+      try {
+        // A capture side may hand a backlog out in several batches (PostgreSQL: maxChanges each).
+        for (let i = 0; i < 1000 && (await this.step()) > 0; i++);
+      } catch (err) {
+        this.logger.warn('the waiting group stays at the source until the next start', {
+          error: (err as Error).message
+        })
+      }
+    }
     for (const a of this.asked.splice(0))
       a.reject(MeshError.NOT_RUNNING('capture stopped before the checkpoint was taken'))
   }

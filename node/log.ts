@@ -97,7 +97,7 @@ export class DatasetLog {
    * Whether appended entries are compressed where that saves bytes (issue 16, F_COMPRESSED; on by default).
    * A site of a version before compression cannot read them (UNKNOWN_FLAGS): see UPGRADE.md.
    */
-  compress = true
+  compress: boolean | 'best' = true
 
   /** The header this log's block 0 decoded to, once read (a chain's walk reads its parent key from it). */
   private headerRead: HeaderEntry | null = null

@@ -107,6 +107,11 @@ export interface MeshNodeOptions {
    */
   unitMemoryBytes?: number
   /**
+   * Batching for a slow or metered link (config `link.batchSeconds`, issue 16): an origin appends what its
+   * database committed at most about this often, as one unit (CaptureLoop batchMs). 0 or absent: at once.
+   */
+  batchMs?: number
+  /**
    * A PostgreSQL server URL where this site keeps its replicas of PostgreSQL datasets, one database each,
    * created by the node. Without it such a dataset's log is still held here, but not applied.
    */

@@ -217,7 +217,8 @@ export class Reports {
         error: err?.code ?? '',
         errorMessage: err?.message ?? '',
         damaged: 0,
-        captureLag
+        captureLag,
+        ...(node.opts.batchMs ? { batchSeconds: node.opts.batchMs / 1000 } : {})
       })
     }
     for (const [id, e] of roles.settleErrors) {

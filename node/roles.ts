@@ -218,6 +218,7 @@ export class Roles {
       pollMs: node.opts.pollMs ?? 50,
       checkpointMs: node.opts.checkpointMs,
       unitMemoryBytes: node.opts.unitMemoryBytes,
+      batchMs: node.opts.batchMs,
       reopenLog: async () => {
         const o = this.origins.get(info.id)!
         await o.log.close().catch(() => {})

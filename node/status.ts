@@ -108,6 +108,12 @@ export interface DatasetStatus {
   lastWriteAt: number | null
   /** Sites other than the origin that hold the newest write. */
   heldBy: number
+  /**
+   * How fine its history is: the origin's batching interval (config `link.batchSeconds`), as its report says;
+   * 0: a unit (a position in `mesh log`, a moment `mesh restore` can rebuild) per capture step, about one per
+   * transaction. With batching, a unit holds every transaction of that many seconds.
+   */
+  historyEverySeconds: number
   holders: HolderStatus[]
   /** Changes this site made as origin that a newer epoch superseded, kept in a folder for review. */
   divergences: Array<{ epoch: number; fencedBy: number; dir: string; changes: number; at: number }>
@@ -431,8 +437,10 @@ export function buildStatus(input: StatusInput): SiteStatus {
             `block${h.damagedBlocks === 1 ? '' : 's'} on disk (rejected and fetched again: check that disk)`
         )
       }
-      if (h.captureLag && h.captureLag.seconds >= t.captureLagWarnSeconds) {
-        const crit = h.captureLag.seconds >= t.captureLagCritSeconds
+      // Writes wait at the source for as long as the batching interval by design: not a lag until past it.
+      const batched = h.role === 'origin' ? (oh?.batchSeconds ?? 0) : 0
+      if (h.captureLag && h.captureLag.seconds >= t.captureLagWarnSeconds + batched) {
+        const crit = h.captureLag.seconds >= t.captureLagCritSeconds + batched
         const mb = (h.captureLag.bytes / 1048576).toFixed(1)
         const what =
           `the ${d.name} log at ${h.site} lacks writes its database committed ${duration(h.captureLag.seconds)} ago ` +
@@ -598,6 +606,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
       createdAt: d.createdAt,
       lastWriteAt,
       heldBy,
+      historyEverySeconds: oh?.batchSeconds ?? 0,
       holders,
       divergences,
       damage,

@@ -101,6 +101,12 @@ export interface Holding {
    * an engine without it, or not an origin). Carried in the report's extension (REPORT_CAPTURE_LAG).
    */
   captureLag?: { bytes: number; seconds: number } | null
+  /**
+   * At the origin: its batching interval (config `link.batchSeconds`), so every site's status can say how fine
+   * the dataset's history is ("history every 60 s"); absent or 0: a unit per capture step. Carried in the
+   * report's second extension (REPORT_BATCH).
+   */
+  batchSeconds?: number
 }
 
 /**
@@ -386,6 +392,8 @@ export const REPORT_CAPTURE_LAG = 2
 const REPORT_FIRST_FLAGS = REPORT_NOTICES | REPORT_CAPTURE_LAG
 /** Second extension, bit 0: health (SiteHealth: versions, free disk space, paused snapshots). */
 export const REPORT_HEALTH = 1
+/** Second extension, bit 1: batching, `uint count` then per entry `uint holding index, uint milliseconds`. */
+export const REPORT_BATCH = 2
 
 const disk = struct<SiteHealth['disks'][number]>({
   preencode(s, d) {
@@ -427,6 +435,36 @@ function reportFlags(r: Report, lags: LagEntry[]): number {
   return (r.notices?.length ? REPORT_NOTICES : 0) | (lags.length ? REPORT_CAPTURE_LAG : 0)
 }
 
+type BatchEntry = { index: number; ms: number }
+const batchEntries = c.array(
+  struct<BatchEntry>({
+    preencode(s, e) {
+      c.uint.preencode(s, e.index)
+      c.uint.preencode(s, e.ms)
+    },
+    encode(s, e) {
+      c.uint.encode(s, e.index)
+      c.uint.encode(s, e.ms)
+    },
+    decode(s) {
+      return { index: c.uint.decode(s), ms: c.uint.decode(s) }
+    }
+  })
+)
+
+function batchesOf(r: Report): BatchEntry[] {
+  const out: BatchEntry[] = []
+  r.holdings.forEach((h, index) => {
+    const ms = Math.round((h.batchSeconds ?? 0) * 1000)
+    if (ms > 0) out.push({ index, ms })
+  })
+  return out
+}
+
+function reportFlags2(r: Report, batches: BatchEntry[]): number {
+  return (r.health ? REPORT_HEALTH : 0) | (batches.length ? REPORT_BATCH : 0)
+}
+
 type LagEntry = { index: number; bytes: number; ms: number }
 const lagEntry = struct<LagEntry>({
   preencode(s, e) {
@@ -466,7 +504,8 @@ const reportEncoding = struct<Report>({
     c.string.preencode(s, r.software)
     const lags = lagsOf(r)
     const flags = reportFlags(r, lags)
-    const flags2 = r.health ? REPORT_HEALTH : 0
+    const batches = batchesOf(r)
+    const flags2 = reportFlags2(r, batches)
     if (flags === 0 && flags2 === 0) return
     c.uint.preencode(s, flags)
     if (flags & REPORT_NOTICES) notices.preencode(s, r.notices!)
@@ -474,6 +513,7 @@ const reportEncoding = struct<Report>({
     if (flags2 === 0) return
     c.uint.preencode(s, flags2)
     if (flags2 & REPORT_HEALTH) healthEncoding.preencode(s, r.health!)
+    if (flags2 & REPORT_BATCH) batchEntries.preencode(s, batches)
   },
   encode(s, r) {
     c.fixed32.encode(s, r.site)
@@ -484,7 +524,8 @@ const reportEncoding = struct<Report>({
     c.string.encode(s, r.software)
     const lags = lagsOf(r)
     const flags = reportFlags(r, lags)
-    const flags2 = r.health ? REPORT_HEALTH : 0
+    const batches = batchesOf(r)
+    const flags2 = reportFlags2(r, batches)
     if (flags === 0 && flags2 === 0) return
     c.uint.encode(s, flags)
     if (flags & REPORT_NOTICES) notices.encode(s, r.notices!)
@@ -492,6 +533,7 @@ const reportEncoding = struct<Report>({
     if (flags2 === 0) return
     c.uint.encode(s, flags2)
     if (flags2 & REPORT_HEALTH) healthEncoding.encode(s, r.health!)
+    if (flags2 & REPORT_BATCH) batchEntries.encode(s, batches)
   },
   decode(s) {
     const r: Report = {
@@ -517,10 +559,17 @@ const reportEncoding = struct<Report>({
         h.captureLag = { bytes: e.bytes, seconds: e.ms / 1000 }
       }
     }
-    // The second extension. Bits above REPORT_HEALTH are sections of newer software, after these: ignored.
+    // The second extension. Bits above REPORT_BATCH are sections of newer software, after these: ignored.
     if (s.start >= s.end) return r
     const flags2 = c.uint.decode(s)
     if (flags2 & REPORT_HEALTH) r.health = healthEncoding.decode(s)
+    if (flags2 & REPORT_BATCH) {
+      for (const e of batchEntries.decode(s)) {
+        const h = r.holdings[e.index]
+        if (!h) throw MeshError.BAD_ENTRY(`a report's batching names holding ${e.index} of ${r.holdings.length}`)
+        h.batchSeconds = e.ms / 1000
+      }
+    }
     return r
   }
 })

@@ -509,7 +509,8 @@ function checksum(bytes: Uint8Array, start: number, end: number): Uint8Array {
  * node's log writes compressed (node/log.ts). A body is stored compressed only where that saves bytes.
  */
 export interface EncodeOptions {
-  compress?: boolean
+  /** 'best': brotli's best quality for small bodies (deflateBody), for a log that appends rarely (batching). */
+  compress?: boolean | 'best'
 }
 
 /** Encodes an entry into one block. Throws MeshError.BAD_ENTRY for an entry that cannot be encoded. */
@@ -526,7 +527,8 @@ export function encodeEntry(entry: Entry, opts: EncodeOptions = {}): Uint8Array 
     if (flags & ~ALLOWED_FLAGS[entry.kind]) throw new RangeError(`raw TEXT cannot be carried by a ${entry.kind} entry`)
     const kind = Kind[entry.kind]
     if (opts.compress && COMPRESSIBLE.includes(entry.kind)) {
-      const block = sealCompressed(kind, flags, bodySize.end, (st) => body.encode(st, entry), entry)
+      const enc = (st: State) => body.encode(st, entry)
+      const block = sealCompressed(kind, flags, bodySize.end, enc, entry, opts.compress === 'best')
       if (block !== null) return block
     }
     const pre = (st: State) => {
@@ -544,7 +546,14 @@ type Writer = (s: State) => void
  * The block of an entry whose body compresses (F_COMPRESSED), or null when it does not save bytes. The body is
  * encoded once into a buffer of `size` bytes; a transaction's leading time stays outside the compressed part.
  */
-function sealCompressed(kind: number, flags: number, size: number, enc: Writer, entry: Entry): Uint8Array | null {
+function sealCompressed(
+  kind: number,
+  flags: number,
+  size: number,
+  enc: Writer,
+  entry: Entry,
+  best: boolean
+): Uint8Array | null {
   const bytes = Buffer.allocUnsafe(size)
   const body = c.state(0, size, bytes)
   enc(body)
@@ -552,7 +561,7 @@ function sealCompressed(kind: number, flags: number, size: number, enc: Writer, 
   const keep = c.state()
   if (entry.kind === 'transaction') c.uint.preencode(keep, entry.time)
   const rest = bytes.subarray(keep.end)
-  const packed = deflateBody(rest)
+  const packed = deflateBody(rest, best)
   if (packed === null) return null
   const pre = (s: State) => {
     s.end += keep.end

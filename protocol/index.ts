@@ -47,6 +47,7 @@ export {
   TRAILER_ROLES,
   TRAILER_ENCRYPTED,
   REPORT_HEALTH,
+  REPORT_BATCH,
   type ControlPayloads,
   type JoinPayloads,
   type Hello,

@@ -62,6 +62,23 @@ test('compressed entries round-trip, carry the flag, and keep the time where pee
   }
 })
 
+test("compress 'best' (a batching log) decodes to the same entry, never larger than the default", () => {
+  // A minute's group of a shop: small rows, a few KB of body.
+  const rows = Array.from({ length: 60 }, (_, i) => [BigInt(i + 1), `order ${i} for customer ${i % 7}`, 1795e9 + i])
+  const entry: Entry = {
+    kind: 'transaction',
+    more: false,
+    time: 1795000000000,
+    changes: [{ table: 3, upserts: rows, deletes: [[5n]] }],
+    source: new Uint8Array([1, 2, 3])
+  }
+  const usual = encodeEntry(entry, { compress: true })
+  const best = encodeEntry(entry, { compress: 'best' })
+  assert.equal(best[2] & F_COMPRESSED, F_COMPRESSED)
+  assert.ok(best.byteLength <= usual.byteLength, `${best.byteLength} > ${usual.byteLength}`)
+  assert.equal(toJSON(decodeEntry(best)), toJSON(entry))
+})
+
 test('an entry that would not shrink is written plain; only schema, transaction and snapshot shrink', () => {
   for (const [name, entry] of Object.entries(samples)) {
     const packed = encodeEntry(entry, { compress: true })

@@ -4,6 +4,7 @@ import c from 'compact-encoding'
 import crypto from 'hypercore-crypto'
 import {
   CONTROL_MESSAGES,
+  REPORT_BATCH,
   REPORT_CAPTURE_LAG,
   CONTROL_VERSION,
   ControlMessage,
@@ -177,4 +178,53 @@ test('a report carries the origin’s capture lag in an extension; one without i
   refused(flagged, 'UNKNOWN_FLAGS')
   const lagEntry = Buffer.concat([c.encode(c.uint, 1), c.encode(c.uint, 5), c.encode(c.uint, 1), c.encode(c.uint, 1)])
   refused(Buffer.concat([Buffer.from(plain.body), c.encode(c.uint, REPORT_CAPTURE_LAG), lagEntry]), 'BAD_ENTRY')
+})
+
+test('a report carries an origin’s batching after every older section; older readers stop before it', () => {
+  const kp = crypto.keyPair()
+  const h = {
+    dataset: 'ab12',
+    log: crypto.randomBytes(32),
+    epoch: 0,
+    length: 10,
+    byteLength: 999,
+    downloaded: 10,
+    applied: 10,
+    appliedBytes: 999,
+    lastWriteAt: 1,
+    appliedWriteAt: 1,
+    error: '',
+    errorMessage: '',
+    damaged: 0
+  }
+  const base: Report = {
+    site: kp.publicKey,
+    siteName: 'shop-a',
+    at: 1795300000000,
+    holdings: [{ ...h }, { ...h, dataset: 'cd34', captureLag: { bytes: 5, seconds: 1 } }],
+    peers: [],
+    software: 'branchmesh/0.1.0'
+  }
+  const batched: Report = { ...base, holdings: [{ ...h, batchSeconds: 60 }, { ...base.holdings[1] }] }
+  const signed = signReport(batched, kp.secretKey)
+  assert.deepEqual(c.decode(reportMessage, c.encode(reportMessage, signed)).report, batched)
+  // Without batching the body is what it was before (no batching section, no second flags word for it).
+  const plain = signReport(base, kp.secretKey)
+  assert.ok(Buffer.from(signed.body).subarray(0, plain.body.length).equals(Buffer.from(plain.body)))
+  assert.equal(c.decode(reportMessage, c.encode(reportMessage, plain)).report.holdings[0].batchSeconds, undefined)
+  // The section starts with the second flags word, bit 1, after the first extension's sections.
+  const tail = Buffer.from(signed.body).subarray(plain.body.length)
+  assert.equal(tail[0], REPORT_BATCH)
+  // A batching entry naming a holding that is not there is refused.
+  const bad = Buffer.concat([
+    Buffer.from(plain.body),
+    c.encode(c.uint, REPORT_BATCH),
+    c.encode(c.uint, 1),
+    c.encode(c.uint, 7),
+    c.encode(c.uint, 60_000)
+  ])
+  assert.throws(
+    () => c.decode(reportMessage, c.encode(reportMessage, { ...plain, body: bad })),
+    (e: unknown) => e instanceof MeshError && e.code === 'BAD_ENTRY'
+  )
 })

@@ -162,6 +162,38 @@ test('status: the origin’s capture lag shows in bytes and seconds; WARN past 5
   assert.equal(older.datasets[0].holders[0].lagBytes, 0)
 })
 
+test('status: an origin’s batching is the history’s granularity; its capture lag warns only past it', () => {
+  const at = (batchSeconds: number | undefined, seconds: number) =>
+    buildStatus({
+      self: b,
+      site: 'shop-b',
+      state: twoSiteState(a, b, log, now),
+      reports: [
+        {
+          site: a,
+          siteName: 'shop-a',
+          at: now,
+          holdings: [holding({ batchSeconds, captureLag: { bytes: 4000, seconds } })],
+          peers: [],
+          software: 't'
+        },
+        { site: b, siteName: 'shop-b', at: now, holdings: [holding({})], peers: [], software: 't' }
+      ],
+      connected: new Set([Buffer.from(a).toString('hex')]),
+      running: true,
+      refused: [],
+      now,
+      thresholds: DEFAULT_THRESHOLDS
+    })
+  assert.equal(at(undefined, 0).datasets[0].historyEverySeconds, 0, 'no batching: a unit per capture step')
+  // At shop-b: what shop-a's report says of its own dataset.
+  assert.equal(at(600, 0).datasets[0].historyEverySeconds, 600)
+  // A group waits at the source by design: 9 minutes of a 10-minute interval is no lag to warn of.
+  assert.equal(at(600, 540).verdict, 'OK')
+  assert.equal(at(undefined, 540).verdict, 'WARN')
+  assert.equal(at(600, 600 + DEFAULT_THRESHOLDS.captureLagWarnSeconds).verdict, 'WARN')
+})
+
 test('status: a copy whose report is newer than the origin’s never shows more applied than the log holds', () => {
   // The origin reported 100 blocks; shop-b's report, made later, has applied 104 of them.
   const s = status({ holdings: [holding({ length: 104, downloaded: 104, applied: 104 })] })

@@ -54,6 +54,37 @@ export interface SiteConfig {
   alerts?: AlertOptions
   /** The dashboard (node/dashboard/); absent: the node does not serve it, and charts are sampled every 5 min. */
   dashboard?: DashboardSettings
+  /** The link to the other sites (issue 16): batching for a slow or metered one. */
+  link?: LinkSettings
+}
+
+/** config.json "link". */
+export interface LinkSettings {
+  /** An origin appends what its database committed at most about this often, as one unit; 0: at once. */
+  batchSeconds: number
+}
+
+export const DEFAULT_LINK: LinkSettings = { batchSeconds: 0 }
+
+/** Longest batching accepted: a day (history one position a day, and a day of writes at one site only). */
+export const MAX_BATCH_SECONDS = 86_400
+
+/**
+ * A batching interval from config.json or a flag: a number of seconds from 0 to a day. `where` names it in the
+ * error; `usage`: a flag (USAGE) rather than the file (BAD_CONFIG).
+ */
+export function checkBatchSeconds(v: unknown, where: string, usage = false): number {
+  // A flag's value is text; in config.json a number must be a JSON number.
+  const n = usage && typeof v === 'string' && /^\s*\d+(\.\d+)?\s*$/.test(v) ? Number(v) : v
+  if (typeof n === 'number' && Number.isFinite(n) && n >= 0 && n <= MAX_BATCH_SECONDS) return n
+  const what =
+    typeof n === 'number' && n > MAX_BATCH_SECONDS
+      ? `${where} ${n} is longer than a day (${MAX_BATCH_SECONDS} s)`
+      : `${where} must be a number of seconds, 0 or more (got ${JSON.stringify(v)})`
+  const hint =
+    'Give 0 to send each change as soon as possible (the default), or the seconds between two sends on a ' +
+    'slow or metered link, e.g. 60.'
+  throw usage ? MeshError.USAGE(what, { hint }) : MeshError.BAD_CONFIG(what, { hint })
 }
 
 /** config.json "dashboard": where the node serves it, its token (this file is 0600), how often charts sample. */
@@ -78,7 +109,8 @@ const TOP_KEYS = [
   'appVersion',
   'retrySeconds',
   'alerts',
-  'dashboard'
+  'dashboard',
+  'link'
 ] as const
 const SNAPSHOT_KEYS = Object.keys(DEFAULT_SNAPSHOTS)
 const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url', 'capture'] as const
@@ -306,7 +338,19 @@ export function readConfig(dir: string): SiteConfig {
     retrySeconds = r
   }
   const dashboard = j.dashboard === undefined || j.dashboard === null ? undefined : checkDashboard(j.dashboard, file)
+  const link = { ...DEFAULT_LINK }
+  if (j.link !== undefined && j.link !== null) {
+    if (typeof j.link !== 'object' || Array.isArray(j.link))
+      throw MeshError.BAD_CONFIG(`${file}: "link" must be an object`, {
+        hint: 'Write it as "link": {"batchSeconds": 60} (seconds between two sends; 0: as soon as possible).'
+      })
+    checkKeys(j.link as Record<string, unknown>, Object.keys(DEFAULT_LINK), '"link"', file)
+    const l = j.link as Record<string, unknown>
+    if (l.batchSeconds !== undefined)
+      link.batchSeconds = checkBatchSeconds(l.batchSeconds, `${file}: link.batchSeconds`)
+  }
   return {
+    link,
     ...(dashboard ? { dashboard } : {}),
     ...(j.encryptNewDatasets === false ? { encryptNewDatasets: false } : {}),
     site: j.site,
@@ -387,6 +431,7 @@ export function writeConfig(dir: string, cfg: SiteConfig): void {
   j.checkpointSeconds = cfg.checkpointSeconds ?? 600
   j.guard = cfg.guard ?? DEFAULT_GUARD
   j.maxUnitMemoryMB = cfg.maxUnitMemoryMB ?? 64
+  j.link = cfg.link ?? DEFAULT_LINK
   if (cfg.dashboard) j.dashboard = cfg.dashboard
   if (cfg.appVersion) j.appVersion = 'version' in cfg.appVersion ? cfg.appVersion.version : cfg.appVersion
   if (cfg.retrySeconds !== undefined) j.retrySeconds = cfg.retrySeconds

@@ -35,6 +35,8 @@ export interface PipelineOptions {
   unitMemoryBytes?: number
   /** A data key: both logs opened with hypercore block encryption under it (as a dataset's at full members). */
   dataKey?: Uint8Array
+  /** The capture loop's batching interval (link.batchSeconds), ms. */
+  batchMs?: number
 }
 
 /** The test dataset's log (ds1, epoch 0) in a corestore at `storeDir`, made if it is not there yet. */
@@ -97,7 +99,12 @@ export async function startSidesPipeline<A extends ApplySide>(
   const { store: storeA, log: originLog } = await openLog(path.join(dir, 'store-a'), opts.dataKey)
   const storeB = new Corestore(path.join(dir, 'store-b'))
   const mem = { unitMemoryBytes: opts.unitMemoryBytes }
-  const capture = captureLoop(captureSide, originLog, { pollMs: opts.pollMs ?? 5, blockBytes: opts.blockBytes, ...mem })
+  const capture = captureLoop(captureSide, originLog, {
+    pollMs: opts.pollMs ?? 5,
+    blockBytes: opts.blockBytes,
+    batchMs: opts.batchMs,
+    ...mem
+  })
   await capture.start()
   const encryption = opts.dataKey ? { key: opts.dataKey } : null
   const replicaLog = await DatasetLog.byKey(storeB, path.join(dir, 'store-b'), originLog.key, encryption)
@@ -174,6 +181,7 @@ export async function pgPipeline(
     cluster?: ClusterOptions
     notCarried?: string[]
     unitMemoryBytes?: number
+    batchMs?: number
   }
 ) {
   const cluster: PgCluster = await pgCluster(t, opts.cluster)
@@ -183,7 +191,11 @@ export async function pgPipeline(
   await cluster.query(opts.init, [], 'origin')
   const capture = opts.capture(origin)
   const replica = new PostgresApply({ url: replicaUrl, dataset: 'ds1' })
-  const p = await sidesPipeline(t, dir, capture, replica, { pollMs: 5, unitMemoryBytes: opts.unitMemoryBytes })
+  const p = await sidesPipeline(t, dir, capture, replica, {
+    pollMs: 5,
+    unitMemoryBytes: opts.unitMemoryBytes,
+    batchMs: opts.batchMs
+  })
   const run = (sql: string) => cluster.query(sql, [], 'origin')
   const same = async (what: string) => {
     await p.settle()

@@ -15,13 +15,21 @@ import {
   DEFAULT_SNAPSHOTS,
   DEFAULT_THRESHOLDS
 } from '../../node/index.ts'
-import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE, type SiteConfig } from '../config.ts'
+import {
+  checkBatchSeconds,
+  checkSiteName,
+  resolveBootstrap,
+  resolveDir,
+  writeConfig,
+  CONFIG_FILE,
+  type SiteConfig
+} from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
 export const usage =
   `mesh init --dir DIR --site NAME (--sqlite PATH | --postgres URL) ` +
   `[--capture triggers] [--dataset NAME] [--replica-postgres URL] ` +
-  `[--bootstrap HOST:PORT[,...]]
+  `[--batch-seconds N] [--bootstrap HOST:PORT[,...]]
 
 Starts a new mesh with this site as its first member, protecting one database.
   --site NAME      this site's name, e.g. shop-north
@@ -36,6 +44,10 @@ Starts a new mesh with this site as its first member, protecting one database.
                    a PostgreSQL server where this site keeps warm copies of the other sites' PostgreSQL
                    datasets, one database each (its user needs CREATEDB); without it their logs are kept only
   --dataset NAME   the dataset's name in the mesh (default: the file's base name or the database name)
+  --batch-seconds N
+                   on a slow or metered link: send this site's changes at most every N seconds, grouped
+                   (config.json link.batchSeconds; default 0: as soon as possible); history keeps one position
+                   per group
   --bootstrap      DHT bootstrap nodes for a private network (default: the public DHT; also MESH_BOOTSTRAP)
   --dir DIR        data directory (default: MESH_DIR, then a per-user folder)`
 
@@ -50,7 +62,8 @@ export const SITE_OPTIONS = {
   postgres: { type: 'string' },
   'replica-postgres': { type: 'string' },
   capture: { type: 'string' },
-  dataset: { type: 'string' }
+  dataset: { type: 'string' },
+  'batch-seconds': { type: 'string' }
 } as const
 
 type SiteValues = {
@@ -62,6 +75,7 @@ type SiteValues = {
   capture?: string
   dataset?: string
   bootstrap?: string
+  'batch-seconds'?: string
 }
 
 /**
@@ -106,7 +120,8 @@ export async function newSite(values: SiteValues, example: string) {
     replicaPostgres,
     snapshots: { ...DEFAULT_SNAPSHOTS },
     checkpointSeconds: 600,
-    guard: { ...DEFAULT_GUARD }
+    guard: { ...DEFAULT_GUARD },
+    link: { batchSeconds: checkBatchSeconds(values['batch-seconds'] ?? 0, '--batch-seconds', true) }
   }
   if (replicaPostgres) await checkReplicaServer(replicaPostgres)
   if (values.capture && !values.postgres)

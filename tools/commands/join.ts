@@ -23,11 +23,11 @@ import { newSite, shownSource, SITE_OPTIONS } from './init.ts'
 
 export const usage =
   `mesh join CODE --dir DIR --site NAME (--sqlite PATH | --postgres URL) [--capture triggers] [--dataset NAME] ` +
-  `[--replica-postgres URL] [--bootstrap HOST:PORT[,...]] [--timeout 60s]
+  `[--replica-postgres URL] [--batch-seconds N] [--bootstrap HOST:PORT[,...]] [--timeout 60s]
 
 Adds this site to a mesh with a join code from \`mesh invite\`, protecting one database (see mesh init for
---sqlite, --postgres, --capture and --replica-postgres). The inviting site's node must be running, or start
-within --timeout: until then the join looks for it again every few seconds.
+--sqlite, --postgres, --capture, --replica-postgres and --batch-seconds). The inviting site's node must be
+running, or start within --timeout: until then the join looks for it again every few seconds.
 With a code from \`mesh invite --blind\` the site is a blind site and takes no database: it stores and
 serves every encrypted log of the mesh and can read none of them. With a code from \`mesh invite --observer\`,
 an observer, also without a database: it sees every site and dataset and holds no log and no data.
@@ -113,7 +113,7 @@ export const command: Command = {
  */
 function blindSite(values: Record<string, unknown>, example: string, role: 'blind' | 'observer') {
   const what = role === 'blind' ? 'a blind site' : 'an observer'
-  for (const flag of ['sqlite', 'postgres', 'capture', 'dataset', 'replica-postgres']) {
+  for (const flag of ['sqlite', 'postgres', 'capture', 'dataset', 'replica-postgres', 'batch-seconds']) {
     if (values[flag] !== undefined) {
       throw MeshError.USAGE(`--${flag} does not apply: this join code is for ${what}, which holds no database`, {
         hint: example

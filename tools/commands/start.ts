@@ -52,6 +52,7 @@ export const command: Command = {
       checkpointMs: cfg.checkpointSeconds * 1000,
       guard: cfg.guard,
       unitMemoryBytes: (cfg.maxUnitMemoryMB ?? 64) * 1024 * 1024,
+      batchMs: Math.round((cfg.link?.batchSeconds ?? 0) * 1000),
       encryptNewDatasets: cfg.encryptNewDatasets,
       appVersion: cfg.appVersion,
       retryMs: cfg.retrySeconds?.map((s) => Math.round(s * 1000)),

@@ -77,6 +77,12 @@ export function formatStatus(s: SiteStatus): string {
         `    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`
       )
     }
+    if (d.historyEverySeconds > 0) {
+      lines.push(
+        `    history every ${duration(d.historyEverySeconds)}: ${d.originSite} sends its changes in groups ` +
+          '(link.batchSeconds); `mesh log` and `mesh restore` have one position per group'
+      )
+    }
     if (d.promote) lines.push(`    may be promoted only by: ${d.promote.join(', ')} (its origin's policy)`)
     if (d.snapshots.count > 0) {
       lines.push(`    snapshots: ${d.snapshots.count} kept here, the newest ${ago(d.snapshots.newestAt, now)}`)
