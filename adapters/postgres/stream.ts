@@ -69,6 +69,8 @@ export class ReplicationStream {
   private firstAt = 0
   /** When the newest message arrived (ms, performance.now()). */
   private lastAt = 0
+  /** The longest wait between two messages held, since the last take() (ms). */
+  private gapMax = 0
   /** How many messages of `buf` the last take() handed over. */
   private seen = 0
   /** Commit messages in `buf`. */
@@ -166,7 +168,9 @@ export class ReplicationStream {
       if (end > this.sent) this.sent = end
       // A copy: pg's parser reuses the buffer the chunk points into.
       if (this.buf.length === 0) this.firstAt = Date.now()
-      this.lastAt = performance.now()
+      const now = performance.now()
+      if (this.buf.length > 0 && now - this.lastAt > this.gapMax) this.gapMax = now - this.lastAt
+      this.lastAt = now
       const payload = Buffer.from(b.subarray(25))
       this.buf.push(payload)
       this._received++
@@ -214,20 +218,23 @@ export class ReplicationStream {
 
   /**
    * Hands over the messages received so far (decoded as they are iterated), after gathering those that are
-   * still arriving: for as long as the stream keeps delivering (a message at least every `idleMs`), and for
-   * at most `gatherMs` after the oldest message held. A stream that has gone quiet is handed over at once.
-   * Taking again without confirm() hands over at least the same.
+   * still arriving: for as long as the stream keeps delivering, and for at most `gatherMs` after the oldest
+   * message held. The stream counts as quiet after `idleMs` without a message, or twice the longest wait between
+   * the messages held if that is longer (a steady load that arrives in bursts, as commits grouped by the server's
+   * WAL flushes do, is not cut at each pause). Taking again without confirm() hands over at least the same.
    */
   async take(gatherMs: number, idleMs = IDLE_MS): Promise<Taken> {
     // Changes that trickle in are gathered: fewer, larger units cost the log, the network and every replica
-    // less per change. Gathering stops as soon as no message came for `idleMs` (the end of a burst, such as a
-    // load that stopped), so it adds at most that much latency there, and at most `gatherMs` under load.
+    // less per change. Gathering stops as soon as the stream is quiet (the end of a burst, such as a load that
+    // stopped), so it adds that much latency there, not `gatherMs`.
     while (this.buf.length > 0 && this.buf.length < 5000 && !this.ended) {
       const left = gatherMs - (Date.now() - this.firstAt)
       const quiet = performance.now() - this.lastAt
-      if (left <= 0 || quiet >= idleMs) break
-      await this.sleep(Math.max(1, Math.min(left, idleMs - quiet)))
+      const idle = Math.max(idleMs, 2 * this.gapMax)
+      if (left <= 0 || quiet >= idle) break
+      await this.sleep(Math.max(1, Math.min(left, idle - quiet)))
     }
+    this.gapMax = 0
     this.seen = this.buf.length
     return { relations: this.rel, messages: decoded(this.buf.slice(0, this.seen)), count: this.seen }
   }
