@@ -276,9 +276,9 @@ export class CaptureLoop extends EventEmitter {
       await this.closeDangling()
       this.dangling = false
     }
-    // A part is 1/64 of the budget: the part being read, the part held, their encoding and the log's copy are in
-    // memory at once, and V8 collects the garbage of the ones before lazily (bench/big.ts measured the peak RSS:
-    // parts of 1/16 gave 330 MB for 2M rows, 1/64 255 MB, and went faster).
+    // A part is 1/64 of the budget: the part being read, the part held, the part being appended, their encoding
+    // and the log's copy are in memory at once, and V8 collects the garbage of the ones before lazily
+    // (bench/big.ts measured the peak RSS: parts of 1/16 gave 330 MB for 2M rows, 1/64 255 MB, and went faster).
     const partBytes = Math.max(64 * 1024, Math.floor((this.opts.unitMemoryBytes ?? DEFAULT_UNIT_MEMORY) / 64))
     let s: CaptureStream | null
     try {
@@ -296,16 +296,30 @@ export class CaptureLoop extends EventEmitter {
       ...schemas.map((e) => ({ ...e, more: true })),
       ...packTransaction({ schema: null, changes, time: s.time, source }, this.opts.blockBytes)
     ]
-    for await (const piece of s.pieces) {
-      if (held !== null) {
-        const entries = pack(held, null)
-        ;(entries[entries.length - 1] as TransactionEntry).more = true
-        this.dangling = true
-        await log.appendUnit(entries)
-        schemas = []
+    // A part's append (its blocks written and the log flushed) is in flight while the next piece is read; the
+    // next append starts only after it succeeded, so parts reach the log in order, and a failure ends the step
+    // as before (the unit is left dangling and the batch is read again whole).
+    let appending: Promise<number> | null = null
+    let read = false
+    try {
+      for await (const piece of s.pieces) {
+        if (held !== null) {
+          const entries = pack(held, null)
+          ;(entries[entries.length - 1] as TransactionEntry).more = true
+          this.dangling = true
+          if (appending) await appending
+          appending = log.appendUnit(entries)
+          // Handled here too: a failure while the next piece is read is no unhandled rejection (awaited later).
+          appending.catch(() => {})
+          schemas = []
+        }
+        if (piece.schema) schemas.push(piece.schema)
+        held = piece.changes
       }
-      if (piece.schema) schemas.push(piece.schema)
-      held = piece.changes
+      read = true
+    } finally {
+      // Awaited whatever happened, so nothing is left running when the step ends; a failed read keeps its error.
+      if (appending) await (read ? appending : appending.catch(() => 0))
     }
     const { source, rows } = s.end()
     const length = await log.appendUnit(pack(held ?? [], source))

@@ -18,7 +18,7 @@ import {
   decodeBlock,
   decodeEntry,
   encodeAbandon,
-  encodeUnit,
+  encodeUnitAsync,
   peekEntry,
   peekInflated,
   type Block,
@@ -169,16 +169,37 @@ export class DatasetLog {
   /** Appends one unit atomically (one hypercore batch) and makes it durable. */
   async appendUnit(entries: Entry[]): Promise<number> {
     if (entries.length === 0) return this.core.length
-    // An entry larger than a block becomes fragments (format 2): memory holds the unit's encoding once.
-    const blocks = encodeUnit(entries, MAX_BLOCK_BYTES, FRAGMENT_BYTES, { compress: this.compress })
+    // Units reach the hypercore in the order appendUnit was called, though a large body is compressed on the
+    // thread pool meanwhile (encodeUnitAsync): each waits until the one called before it was handed over.
+    const before = this.handedOver
+    let handedOver = () => {}
+    this.handedOver = new Promise<void>((resolve) => {
+      handedOver = resolve
+    })
     try {
-      const { length } = await this.core.append(blocks)
-      await syncStore(this.storeDir)
-      return length
-    } catch (err) {
-      throw ioError(err, 'cannot append to the log')
+      // An entry larger than a block becomes fragments (format 2): memory holds the unit's encoding once.
+      const blocks = await encodeUnitAsync(entries, MAX_BLOCK_BYTES, FRAGMENT_BYTES, { compress: this.compress })
+      await before
+      let appended: Promise<{ length: number }>
+      try {
+        appended = this.core.append(blocks)
+      } finally {
+        handedOver()
+      }
+      try {
+        const { length } = await appended
+        await syncStore(this.storeDir)
+        return length
+      } catch (err) {
+        throw ioError(err, 'cannot append to the log')
+      }
+    } finally {
+      handedOver()
     }
   }
+
+  /** Resolves once the last appendUnit called has handed its blocks to the hypercore (or failed before). */
+  private handedOver: Promise<void> = Promise.resolve()
 
   /**
    * The entry block `index` holds, or is a fragment of (joined from its pieces); waits for its blocks to

@@ -33,16 +33,34 @@ const QUALITY = 5
  */
 export const BEST_MAX_BYTES = 8 * 1024
 
+const params = (body: Uint8Array, best = false) => ({
+  params: {
+    [zlib.constants.BROTLI_PARAM_QUALITY]: best && body.byteLength <= BEST_MAX_BYTES ? 11 : QUALITY,
+    [zlib.constants.BROTLI_PARAM_SIZE_HINT]: body.byteLength
+  }
+})
+
+const inBounds = (body: Uint8Array) => body.byteLength >= MIN_COMPRESS_BYTES && body.byteLength <= MAX_INFLATED_BYTES
+const saves = (body: Uint8Array, out: Buffer) => out.byteLength + 4 <= body.byteLength - (body.byteLength >> 5)
+
 /** The body compressed, or null when that would not save at least 1/32 of it (or it is out of bounds). */
 export function deflateBody(body: Uint8Array, best = false): Buffer | null {
-  if (body.byteLength < MIN_COMPRESS_BYTES || body.byteLength > MAX_INFLATED_BYTES) return null
-  const out = zlib.brotliCompressSync(body, {
-    params: {
-      [zlib.constants.BROTLI_PARAM_QUALITY]: best && body.byteLength <= BEST_MAX_BYTES ? 11 : QUALITY,
-      [zlib.constants.BROTLI_PARAM_SIZE_HINT]: body.byteLength
-    }
-  })
-  return out.byteLength + 4 <= body.byteLength - (body.byteLength >> 5) ? out : null
+  if (!inBounds(body)) return null
+  const out = zlib.brotliCompressSync(body, params(body, best))
+  return saves(body, out) ? out : null
+}
+
+/**
+ * deflateBody on libuv's thread pool (the same brotli with the same parameters: the same bytes). It is no I/O:
+ * the caller's thread runs on while another core compresses.
+ */
+export function deflateBodyAsync(body: Uint8Array, best = false): Promise<Buffer | null> {
+  if (!inBounds(body)) return Promise.resolve(null)
+  return new Promise((resolve, reject) =>
+    zlib.brotliCompress(body, params(body, best), (err, out) =>
+      err ? reject(err) : resolve(saves(body, out) ? out : null)
+    )
+  )
 }
 
 /**

@@ -19,7 +19,7 @@
 import c from 'compact-encoding'
 import type { State } from 'compact-encoding'
 import sodium from 'sodium-native'
-import { deflateBody, inflateBody } from './compression.ts'
+import { deflateBody, deflateBodyAsync, inflateBody } from './compression.ts'
 import { MeshError } from './errors.ts'
 import { rawTextState, value, type Value } from './values.ts'
 
@@ -515,8 +515,49 @@ export interface EncodeOptions {
 
 /** Encodes an entry into one block. Throws MeshError.BAD_ENTRY for an entry that cannot be encoded. */
 export function encodeEntry(entry: Entry, opts: EncodeOptions = {}): Uint8Array {
+  const p = prepareEntry(entry, opts)
+  if (p instanceof Uint8Array) return p
+  let packed: Buffer | null
+  try {
+    packed = deflateBody(p.rest, opts.compress === 'best')
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
+  }
+  return p.finish(packed)
+}
+
+/**
+ * encodeEntry with a large body compressed on libuv's thread pool (zlib's asynchronous brotli, same parameters:
+ * the same bytes as encodeEntry), so the caller's thread goes on meanwhile. Small bodies are compressed here, at
+ * once: the pool's round trip would cost them more than it saves.
+ */
+export async function encodeEntryAsync(entry: Entry, opts: EncodeOptions = {}): Promise<Uint8Array> {
+  const p = prepareEntry(entry, opts)
+  if (p instanceof Uint8Array) return p
+  let packed: Buffer | null
+  try {
+    const best = opts.compress === 'best'
+    packed = p.rest.byteLength >= ASYNC_DEFLATE_BYTES ? await deflateBodyAsync(p.rest, best) : deflateBody(p.rest, best)
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
+  }
+  return p.finish(packed)
+}
+
+/** Bodies at least this large are compressed on the thread pool by encodeEntryAsync. */
+const ASYNC_DEFLATE_BYTES = 64 * 1024
+
+/**
+ * An entry's block, or, for a body to compress, the body's bytes after what stays plain (`rest`) and what makes
+ * the block from their compressed form (`finish`; null: they did not compress, the block is plain).
+ */
+function prepareEntry(
+  entry: Entry,
+  opts: EncodeOptions
+): Uint8Array | { rest: Uint8Array; finish: (packed: Buffer | null) => Uint8Array } {
   const body = BODIES[entry.kind] as Body<Entry> | undefined
   if (body === undefined) throw MeshError.UNKNOWN_KIND(`cannot encode entry kind ${String(entry.kind)}`)
+  const wrap = (err: unknown) => MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
   try {
     // The body's size first: it says whether raw TEXT is in it, which the flags must tell.
     const bodySize = c.state()
@@ -526,34 +567,43 @@ export function encodeEntry(entry: Entry, opts: EncodeOptions = {}): Uint8Array 
     const flags = body.flags(entry) | (rawTextState.seen > 0 ? F_RAW_TEXT : 0)
     if (flags & ~ALLOWED_FLAGS[entry.kind]) throw new RangeError(`raw TEXT cannot be carried by a ${entry.kind} entry`)
     const kind = Kind[entry.kind]
-    if (opts.compress && COMPRESSIBLE.includes(entry.kind)) {
-      const enc = (st: State) => body.encode(st, entry)
-      const block = sealCompressed(kind, flags, bodySize.end, enc, entry, opts.compress === 'best')
-      if (block !== null) return block
+    const plain = () => {
+      const pre = (st: State) => {
+        st.end += bodySize.end
+      }
+      return seal(VERSION_OF_KIND[kind], kind, flags, pre, (st) => body.encode(st, entry))
     }
-    const pre = (st: State) => {
-      st.end += bodySize.end
+    if (!opts.compress || !COMPRESSIBLE.includes(entry.kind)) return plain()
+    const { rest, finish } = compressible(kind, flags, bodySize.end, (st) => body.encode(st, entry), entry)
+    return {
+      rest,
+      finish: (packed) => {
+        try {
+          return (packed !== null ? finish(packed) : null) ?? plain()
+        } catch (err) {
+          throw wrap(err)
+        }
+      }
     }
-    return seal(VERSION_OF_KIND[kind], kind, flags, pre, (st) => body.encode(st, entry))
   } catch (err) {
-    throw MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
+    throw wrap(err)
   }
 }
 
 type Writer = (s: State) => void
 
 /**
- * The block of an entry whose body compresses (F_COMPRESSED), or null when it does not save bytes. The body is
- * encoded once into a buffer of `size` bytes; a transaction's leading time stays outside the compressed part.
+ * The block of an entry whose body compresses (F_COMPRESSED): the body is encoded once into a buffer of `size`
+ * bytes; a transaction's leading time stays outside the compressed part (`rest` is the part to compress).
+ * `finish` seals the block from `rest` compressed (deflateBody), or gives null when it did not compress.
  */
-function sealCompressed(
+function compressible(
   kind: number,
   flags: number,
   size: number,
   enc: Writer,
-  entry: Entry,
-  best: boolean
-): Uint8Array | null {
+  entry: Entry
+): { rest: Uint8Array; finish: (packed: Buffer | null) => Uint8Array | null } {
   const bytes = Buffer.allocUnsafe(size)
   const body = c.state(0, size, bytes)
   enc(body)
@@ -561,19 +611,21 @@ function sealCompressed(
   const keep = c.state()
   if (entry.kind === 'transaction') c.uint.preencode(keep, entry.time)
   const rest = bytes.subarray(keep.end)
-  const packed = deflateBody(rest, best)
-  if (packed === null) return null
-  const pre = (s: State) => {
-    s.end += keep.end
-    c.uint.preencode(s, rest.byteLength)
-    s.end += packed.byteLength
+  const finish = (packed: Buffer | null) => {
+    if (packed === null) return null
+    const pre = (s: State) => {
+      s.end += keep.end
+      c.uint.preencode(s, rest.byteLength)
+      s.end += packed.byteLength
+    }
+    const write = (s: State) => {
+      c.raw.encode(s, bytes.subarray(0, keep.end))
+      c.uint.encode(s, rest.byteLength)
+      c.raw.encode(s, packed)
+    }
+    return seal(VERSION_OF_KIND[kind], kind, flags | F_COMPRESSED, pre, write)
   }
-  const write = (s: State) => {
-    c.raw.encode(s, bytes.subarray(0, keep.end))
-    c.uint.encode(s, rest.byteLength)
-    c.raw.encode(s, packed)
-  }
-  return seal(VERSION_OF_KIND[kind], kind, flags | F_COMPRESSED, pre, write)
+  return { rest, finish }
 }
 
 /**
@@ -645,27 +697,41 @@ export function encodeUnit(
   opts: EncodeOptions = {}
 ): Uint8Array[] {
   const out: Uint8Array[] = []
-  for (const entry of entries) {
-    const bytes = encodeEntry(entry, opts)
-    if (bytes.byteLength <= maxBlock) {
-      out.push(bytes)
-      continue
-    }
-    const time = entry.kind === 'transaction' ? entry.time : null
-    for (let at = 0; at < bytes.byteLength; at += fragmentBytes) {
-      const end = at + fragmentBytes >= bytes.byteLength
-      out.push(
-        encodeFragment({
-          more: end ? continues(entry) : true,
-          end,
-          kind: entry.kind,
-          time,
-          bytes: bytes.subarray(at, at + fragmentBytes)
-        })
-      )
-    }
-  }
+  for (const entry of entries) blocksOf(entry, encodeEntry(entry, opts), maxBlock, fragmentBytes, out)
   return out
+}
+
+/** encodeUnit with large bodies compressed on the thread pool (encodeEntryAsync): the same blocks. */
+export async function encodeUnitAsync(
+  entries: Entry[],
+  maxBlock = MAX_BLOCK_BYTES,
+  fragmentBytes = FRAGMENT_BYTES,
+  opts: EncodeOptions = {}
+): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = []
+  for (const entry of entries) blocksOf(entry, await encodeEntryAsync(entry, opts), maxBlock, fragmentBytes, out)
+  return out
+}
+
+/** The entry's encoding as blocks: itself, or fragments when it is larger than a block. */
+function blocksOf(entry: Entry, bytes: Uint8Array, maxBlock: number, fragmentBytes: number, out: Uint8Array[]): void {
+  if (bytes.byteLength <= maxBlock) {
+    out.push(bytes)
+    return
+  }
+  const time = entry.kind === 'transaction' ? entry.time : null
+  for (let at = 0; at < bytes.byteLength; at += fragmentBytes) {
+    const end = at + fragmentBytes >= bytes.byteLength
+    out.push(
+      encodeFragment({
+        more: end ? continues(entry) : true,
+        end,
+        kind: entry.kind,
+        time,
+        bytes: bytes.subarray(at, at + fragmentBytes)
+      })
+    )
+  }
 }
 
 export function encodeFragment(f: Fragment): Uint8Array {

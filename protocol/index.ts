@@ -24,6 +24,8 @@ export {
   FRAGMENT_BYTES,
   encodeEntry,
   encodeUnit,
+  encodeUnitAsync,
+  encodeEntryAsync,
   encodeFragment,
   encodeAbandon,
   decodeEntry,

@@ -16,6 +16,7 @@ import {
   decodeEntry,
   encodeEntry,
   encodeUnit,
+  encodeUnitAsync,
   peekEntry,
   type Entry
 } from '../protocol/index.ts'
@@ -116,6 +117,36 @@ test('a compressed entry larger than a block still travels as fragments and join
   const joined = Buffer.concat(parts)
   assert.equal(joined[2] & F_COMPRESSED, F_COMPRESSED)
   assert.equal(toJSON(decodeEntry(joined)), toJSON(entry))
+})
+
+test('a large body compressed on the thread pool gives the very blocks encodeUnit gives', async () => {
+  // 300 KB of rows, one small entry and one that does not shrink: above, below and beside the pool's threshold.
+  const rows = Array.from({ length: 5000 }, (_, i) => [BigInt(i), `customer ${i % 97}`, i * 0.25, 'x'.repeat(40)])
+  const entries: Entry[] = [
+    {
+      kind: 'transaction',
+      time: 1_700_000_000_000,
+      more: true,
+      source: null,
+      changes: [{ table: 1, upserts: rows, deletes: [] }]
+    },
+    compressedSamples['transaction-compressed'],
+    {
+      kind: 'transaction',
+      time: 1,
+      more: false,
+      source: new Uint8Array([1, 2]),
+      changes: [
+        { table: 1, upserts: [[1n, new Uint8Array(zlib.brotliCompressSync(Buffer.alloc(200_000, 7)))]], deletes: [] }
+      ]
+    }
+  ]
+  for (const opts of [{ compress: true }, {}]) {
+    const sync = encodeUnit(entries, 64 * 1024, 32 * 1024, opts)
+    const pooled = await encodeUnitAsync(entries, 64 * 1024, 32 * 1024, opts)
+    const hex = (bs: Uint8Array[]) => bs.map((b) => Buffer.from(b).toString('hex'))
+    assert.deepEqual(hex(pooled), hex(sync))
+  }
 })
 
 test('a crafted block that would inflate beyond its bound is refused as BAD_ENTRY', async (t) => {

@@ -78,6 +78,28 @@ test(
       await run(`UPDATE later SET v = 'uno' WHERE id = 1`)
       await same('and followed after')
     })
+
+    await t.test('the catalogs are read again only after they changed, and every change of shape follows', async () => {
+      const side = capture as PostgresTriggerCapture
+      await same('settled')
+      // The capture loop polls every 5 ms and looks for new tables every second: none of that reads the schema.
+      const idle = side.catalogReads
+      await new Promise((r) => setTimeout(r, 1200))
+      assert.equal(side.catalogReads, idle, 'idle polls use the schema read before')
+      await run(`UPDATE later SET v = 'one again' WHERE id = 1`)
+      await same('a row change, with the schema as it was')
+      assert.equal(side.catalogReads, idle, 'a row change does not read the schema either')
+      await run(
+        `ALTER TABLE later ADD COLUMN note text DEFAULT 'none'; CREATE INDEX later_v ON later (v);
+         INSERT INTO later VALUES (3, 'three', 'a note')`
+      )
+      await same('a column, a default and an index added')
+      assert.ok(side.catalogReads > idle, 'the schema was read again')
+      await run(`ALTER TABLE later ALTER COLUMN v TYPE varchar(40); UPDATE later SET v = 'dos' WHERE id = 2`)
+      await same('a column type changed')
+      await run(`ALTER TABLE later ALTER COLUMN note SET DEFAULT 'later'; INSERT INTO later (id) VALUES (4)`)
+      await same('a default changed')
+    })
   }
 )
 

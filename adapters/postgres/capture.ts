@@ -66,7 +66,10 @@ export interface PostgresCaptureOptions {
   maxChanges?: number
   /** Compare the catalogs with what was sent at most this often while idle. */
   catalogCheckMs?: number
-  /** Gather changes that trickle in for this long before a read returns them (default 20 ms). */
+  /**
+   * Gather changes still arriving for at most this long before a read returns them (default 20 ms); a read
+   * returns at once when the stream has delivered nothing for 2 ms (ReplicationStream.take).
+   */
   gatherMs?: number
   /**
    * readStream: a transaction of more than this many messages is read in pieces (default: one per 100 bytes of

@@ -16,6 +16,9 @@ import type { RelationMessage } from './fold.ts'
 const SLOT_GONE =
   /replication slot .* does not exist|can no longer get changes from replication slot|has been invalidated/i
 
+/** take() stops gathering once the stream delivered nothing for this long (ms). */
+const IDLE_MS = 2
+
 /** Messages kept from the stream before the log holds them; past this, the stream is paused. */
 const MAX_BUFFERED = 200_000
 
@@ -64,6 +67,10 @@ export class ReplicationStream {
   private confirmed = 0n
   /** When the oldest message in `buf` arrived. */
   private firstAt = 0
+  /** When the newest message arrived (ms, performance.now()). */
+  private lastAt = 0
+  /** The longest wait between two messages held, since the last take() (ms). */
+  private gapMax = 0
   /** How many messages of `buf` the last take() handed over. */
   private seen = 0
   /** Commit messages in `buf`. */
@@ -161,6 +168,9 @@ export class ReplicationStream {
       if (end > this.sent) this.sent = end
       // A copy: pg's parser reuses the buffer the chunk points into.
       if (this.buf.length === 0) this.firstAt = Date.now()
+      const now = performance.now()
+      if (this.buf.length > 0 && now - this.lastAt > this.gapMax) this.gapMax = now - this.lastAt
+      this.lastAt = now
       const payload = Buffer.from(b.subarray(25))
       this.buf.push(payload)
       this._received++
@@ -207,15 +217,24 @@ export class ReplicationStream {
   }
 
   /**
-   * Hands over the messages received so far (decoded as they are iterated), after gathering for up to
-   * `gatherMs` those that trickle in. Taking again without confirm() hands over at least the same.
+   * Hands over the messages received so far (decoded as they are iterated), after gathering those that are
+   * still arriving: for as long as the stream keeps delivering, and for at most `gatherMs` after the oldest
+   * message held. The stream counts as quiet after `idleMs` without a message, or twice the longest wait between
+   * the messages held if that is longer (a steady load that arrives in bursts, as commits grouped by the server's
+   * WAL flushes do, is not cut at each pause). Taking again without confirm() hands over at least the same.
    */
-  async take(gatherMs: number): Promise<Taken> {
-    // Changes that trickle in are gathered for a few milliseconds: fewer, larger units cost the log, the
-    // network and every replica less per change, for at most that much more latency.
-    if (this.buf.length > 0 && this.buf.length < 5000 && Date.now() - this.firstAt < gatherMs) {
-      await new Promise((resolve) => setTimeout(resolve, gatherMs - (Date.now() - this.firstAt)))
+  async take(gatherMs: number, idleMs = IDLE_MS): Promise<Taken> {
+    // Changes that trickle in are gathered: fewer, larger units cost the log, the network and every replica
+    // less per change. Gathering stops as soon as the stream is quiet (the end of a burst, such as a load that
+    // stopped), so it adds that much latency there, not `gatherMs`.
+    while (this.buf.length > 0 && this.buf.length < 5000 && !this.ended) {
+      const left = gatherMs - (Date.now() - this.firstAt)
+      const quiet = performance.now() - this.lastAt
+      const idle = Math.max(idleMs, 2 * this.gapMax)
+      if (left <= 0 || quiet >= idle) break
+      await this.sleep(Math.max(1, Math.min(left, idle - quiet)))
     }
+    this.gapMax = 0
     this.seen = this.buf.length
     return { relations: this.rel, messages: decoded(this.buf.slice(0, this.seen)), count: this.seen }
   }

@@ -98,6 +98,36 @@ function decodeSource(src: Uint8Array): string {
   return s.slice(2)
 }
 
+/**
+ * A cheap version of the catalogs that the captured schema is read from (readTables, readObjects, the capture
+ * triggers): per catalog, its row count and the sum and the largest of its rows' xmin. Any DDL inserts,
+ * deletes or updates rows there, and an updated catalog row is a new row version with a newer xmin, so the
+ * version moves; a version that did not move means the catalogs hold what they held. So a read compares this
+ * (one query over a few thousand small rows) instead of reading the whole schema again on every poll. It may
+ * move without a schema change (VACUUM FULL of a catalog, a rolled-back DDL): that costs one catalog read.
+ * It is read in the same snapshot as the catalogs it vouches for, or before them, never after.
+ */
+const CATALOGS = [
+  'pg_class',
+  'pg_attribute',
+  'pg_attrdef',
+  'pg_type',
+  'pg_enum',
+  'pg_namespace',
+  'pg_index',
+  'pg_constraint',
+  'pg_sequence',
+  'pg_trigger'
+]
+const versionOf = (c: string) =>
+  `(SELECT count(*) || '.' || coalesce(sum(xmin::text::int8), 0) || '.' || ` +
+  `coalesce(max(xmin::text::int8), 0) FROM pg_catalog.${c})`
+const CATALOG_VERSION_SQL = `SELECT ${CATALOGS.map(versionOf).join(" || ' ' || ")} AS v`
+
+async function catalogVersion(db: Client): Promise<string> {
+  return (await db.query(CATALOG_VERSION_SQL)).rows[0].v as string
+}
+
 /** Changed keys fetched from the read's cursor at a time; their rows are read with one query per table. */
 const FETCH_KEYS = 1000
 const KEYS_CURSOR = 'mesh_changed_keys'
@@ -159,6 +189,12 @@ export class PostgresTriggerCapture implements CaptureSide {
   private ackedSeq = new Map<string, string>()
   private readonly ids = new TableIds()
   private lastInstall = 0
+  /** The catalog version (catalogVersion) the tables and objects held here were read at; '' before any. */
+  private catalogAt = ''
+  /** The catalog version install() last looked at: unchanged, no table can lack its triggers. */
+  private installedAt = ''
+  /** How often the schema was read from the catalogs, in all (the tests see that an idle poll does not). */
+  catalogReads = 0
   /** The last batch read and not yet acknowledged; `readAt`: just before its snapshot was taken (see lag()). */
   private lastRead: {
     source: Uint8Array
@@ -206,6 +242,10 @@ export class PostgresTriggerCapture implements CaptureSide {
   /** Puts the capture triggers on every table that can be captured and lacks them; returns the new ones. */
   private async install(): Promise<number[]> {
     return this.run('cannot install the capture triggers', async (db) => {
+      // Read before the tables: a DDL committed in between moves it again, and the next look reads again.
+      const version = await catalogVersion(db)
+      if (version === this.installedAt) return []
+      this.catalogReads++
       const tables = await readTables(db)
       const fresh: number[] = []
       const skipped: typeof this.skippedTables = []
@@ -242,6 +282,8 @@ export class PostgresTriggerCapture implements CaptureSide {
         }
       }
       this.skippedTables = skipped
+      // Triggers just created moved the version: looked at again next time (finds nothing new).
+      this.installedAt = fresh.length ? '' : version
       return fresh
     })
   }
@@ -252,15 +294,18 @@ export class PostgresTriggerCapture implements CaptureSide {
 
   async schema(): Promise<SchemaEntry> {
     return this.run('cannot read the schema', async (db) => {
-      await this.loadCatalog(db)
+      await this.loadCatalog(db, true)
       this.sent = this.fingerprint()
       return this.schemaEntry([])
     })
   }
 
+  /** The tables and objects as last read from the catalogs, as one string (kept with them: see loadCatalog). */
   private fingerprint(): string {
-    return JSON.stringify([[...this.tables.values()].map((t) => t.def), this.objects])
+    return this.print
   }
+
+  private print = ''
 
   private schemaEntry(reset: number[]): SchemaEntry {
     return {
@@ -272,7 +317,16 @@ export class PostgresTriggerCapture implements CaptureSide {
     }
   }
 
-  private async loadCatalog(db: Client): Promise<void> {
+  /**
+   * Reads the captured tables and objects from the catalogs, unless the catalog version is the one they were
+   * read at (`force`: read them anyway). In a transaction, the version and the catalogs are of its snapshot;
+   * outside one, the version is read first, so a DDL committed in between makes the next look read again.
+   */
+  private async loadCatalog(db: Client, force = false): Promise<void> {
+    const version = await catalogVersion(db)
+    if (!force && version === this.catalogAt) return
+    this.catalogAt = ''
+    this.catalogReads++
     const tables = await readTables(db)
     const ok = new Set(
       (await db.query(`SELECT tgrelid::int8 AS oid FROM pg_trigger WHERE tgname = $1`, [TRIGGER])).rows.map((r) =>
@@ -283,6 +337,8 @@ export class PostgresTriggerCapture implements CaptureSide {
     for (const t of tables)
       if (ok.has(t.oid)) this.tables.set(t.oid, { def: { ...toTableDef(t), id: await this.ids.of(db, t.oid) }, pg: t })
     this.objects = (await readObjects(db)).filter((o) => !o.name.startsWith(`${OWN_SCHEMA}.`))
+    this.print = JSON.stringify([[...this.tables.values()].map((t) => t.def), this.objects])
+    this.catalogAt = version
   }
 
   async *snapshot(opts: { chunkRows?: number } = {}): AsyncIterable<SnapshotChunk> {

@@ -28,7 +28,7 @@ import {
   sqliteError,
   type DB
 } from './common.ts'
-import { RawAware, bindValue } from './text.ts'
+import { RawAware, bindValue, hasRawText } from './text.ts'
 
 const META = `${OWN_PREFIX}replica`
 
@@ -64,6 +64,19 @@ interface Prepared {
   /** Whether a row with the key of this upsert row exists. */
   exists: RawAware
   count: Database.Statement
+  /** `many` rows in one INSERT OR REPLACE (rows holding no raw TEXT); null when a row is too wide for it. */
+  upsertMany: Database.Statement | null
+  many: number
+}
+
+/** Rows per multi-row upsert, and the most parameters one may take (SQLite's limit is 32,766). */
+const MANY_ROWS = 100
+const MANY_PARAMS = 30_000
+
+/** Whether rows [from, from + n) hold no raw TEXT (a multi-row upsert binds every value as it is). */
+function plainRows(rows: Value[][], from: number, n: number): boolean {
+  for (let r = from; r < from + n; r++) if (hasRawText(rows[r])) return false
+  return true
 }
 
 export class SqliteApply extends ReplicaBase implements ApplySide {
@@ -350,7 +363,23 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
         if (key.length !== kwidth) throw MeshError.BAD_LOG(`delete key of ${key.length} values for ${p.def.name}`)
         p.remove.stmt(key).run(...key.map(bindValue))
       }
-      for (const row of ch.upserts) {
+      // Rows go in `p.many` at a time, in order: one INSERT OR REPLACE of several rows does what the same
+      // statements one row each would (SQLite takes a multi-row VALUES row by row), for less per row.
+      const rows = ch.upserts
+      const args: unknown[] = p.upsertMany ? new Array(p.many * width) : []
+      for (let i = 0; i < rows.length; ) {
+        if (p.upsertMany && i + p.many <= rows.length && plainRows(rows, i, p.many)) {
+          for (let r = 0; r < p.many; r++) {
+            const row = rows[i + r]
+            if (row.length !== width)
+              throw MeshError.BAD_LOG(`row of ${row.length} values for ${p.def.name} (${width} columns)`)
+            for (let j = 0; j < width; j++) args[r * width + j] = bindValue(row[j])
+          }
+          p.upsertMany.run(args)
+          i += p.many
+          continue
+        }
+        const row = rows[i++]
         if (row.length !== width)
           throw MeshError.BAD_LOG(`row of ${row.length} values for ${p.def.name} (${width} columns)`)
         p.upsert.stmt(row).run(...row.map(bindValue))
@@ -406,7 +435,13 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     const remove = new RawAware(db, (ph) => `DELETE FROM ${t} WHERE ${where(ph)}`)
     const exists = new RawAware(db, (ph) => `SELECT 1 FROM ${t} WHERE ${where(ph)}`)
     const count = db.prepare(`SELECT count(*) FROM (SELECT 1 FROM ${t} LIMIT ?)`).pluck()
-    const p = { def, upsert, remove, exists, count }
+    const many = Math.min(MANY_ROWS, Math.floor(MANY_PARAMS / list.length))
+    const row = `(${list.map(() => '?').join(', ')})`
+    const upsertMany =
+      many > 1
+        ? db.prepare(`INSERT OR REPLACE INTO ${t} (${list.join(', ')}) VALUES ${Array(many).fill(row).join(', ')}`)
+        : null
+    const p = { def, upsert, remove, exists, count, upsertMany, many }
     this.prepared.set(id, p)
     return p
   }

@@ -75,6 +75,19 @@ function nonEmpty(ch: TableChanges): boolean {
   return ch.upserts.length > 0 || ch.deletes.length > 0
 }
 
+/** A table's rows as changes (a resend): ['again'] at the first that may hold TEXT not UTF-8, unless exact. */
+function* upsertsOf(rows: Iterable<unknown>, exact: boolean): Generator<Change> {
+  for (const r of rows as Iterable<unknown[]>) {
+    if (exact) yield ['u', exactRow(r)]
+    else if (mayHoldRawText(r)) return yield AGAIN
+    else yield ['u', r as Value[]]
+  }
+}
+
+/** One change read by SqliteCapture.changesOf. */
+type Change = ['u' | 'd', Value[]] | ['again', null]
+const AGAIN: Change = ['again', null]
+
 /** A batch read whole, as a stream of one piece. */
 function wholeStream(batch: CaptureBatch | null): CaptureStream | null {
   if (batch === null) return null
@@ -115,8 +128,14 @@ interface Captured {
   lookup: RawAware
   /** The same lookup, reading storage classes and TEXT bytes (for rows with TEXT that is not UTF-8). */
   lookupExact: RawAware
-  keys: Database.Statement
   keysExact: Database.Statement
+  /**
+   * The rows of the keys changed in a range of seq, in one join (no lookup per key): each key that is a valid
+   * key (validKey) and names a row. `gone` gives the others: keys of rows that are no longer there, and keys no
+   * row could have (a damaged change row, warned about and skipped).
+   */
+  changed: Database.Statement
+  gone: Database.Statement
   maxSeq: Database.Statement
   all: Database.Statement
   allExact: Database.Statement
@@ -667,6 +686,27 @@ export class SqliteCapture implements CaptureSide {
         : info.key.map((k, i) => `${quote(info.columns[k].name)} IS ${ph(i)}`).join(' AND ')
     const exact = exactColumns(select).join(', ')
     const kexact = exactColumns(kcols.split(', ')).join(', ')
+    // The join: DISTINCT keys of the range, each row found by its key (IS: a NULL in a key matches as
+    // lookupRow's WHERE does), valid keys only, as validKey says in SQL.
+    const distinct = `SELECT DISTINCT ${kcols} FROM ${d} WHERE seq > ? AND seq <= ?`
+    const on =
+      info.key.length === 0
+        ? `t.${info.rowidName} IS k.k0`
+        : info.key.map((k, i) => `t.${quote(info.columns[k].name)} IS k.k${i}`).join(' AND ')
+    const intKey =
+      info.key.length === 0 ||
+      (!info.withoutRowid && info.key.length === 1 && info.columns[info.key[0]].type.toUpperCase() === 'INTEGER')
+    const valid = intKey
+      ? `typeof(k.k0) = 'integer'`
+      : info.withoutRowid
+        ? info.key.map((_, i) => `k.k${i} IS NOT NULL`).join(' AND ')
+        : '1'
+    const tcols = select.map((x) => `t.${x}`).join(', ')
+    const found = `SELECT 1 FROM ${table} AS t WHERE ${on}`
+    const kk = kcols
+      .split(', ')
+      .map((k) => `k.${k}`)
+      .join(', ')
     return {
       id,
       info,
@@ -676,12 +716,47 @@ export class SqliteCapture implements CaptureSide {
       ackReset: 0,
       lookup: new RawAware(db, (ph) => `SELECT ${select.join(', ')} FROM ${table} WHERE ${where(ph)}`, { raw: true }),
       lookupExact: new RawAware(db, (ph) => `SELECT ${exact} FROM ${table} WHERE ${where(ph)}`, { raw: true }),
-      keys: db.prepare(`SELECT DISTINCT ${kcols} FROM ${d} WHERE seq > ? AND seq <= ?`).raw(true),
       keysExact: db.prepare(`SELECT DISTINCT ${kexact} FROM ${d} WHERE seq > ? AND seq <= ?`).raw(true),
+      changed: db.prepare(`SELECT ${tcols} FROM (${distinct}) AS k JOIN ${table} AS t ON ${on} WHERE ${valid}`).raw(),
+      gone: db.prepare(`SELECT ${kk} FROM (${distinct}) AS k WHERE NOT (${valid}) OR NOT EXISTS (${found})`).raw(),
       maxSeq: db.prepare(`SELECT max(seq) FROM ${d}`).pluck(),
       all: db.prepare(`SELECT ${select.join(', ')} FROM ${table}`).raw(true),
       allExact: db.prepare(`SELECT ${exact} FROM ${table}`).raw(true)
     }
+  }
+
+  /**
+   * The changes of `t` with seq in (from, to], one per key: ['u', row] for a row that is there, ['d', key] for
+   * one that is gone; a key no row can have is warned about and skipped. Without `exact`: rows and keys from
+   * one join (Captured.changed, .gone), and ['again'] as soon as a value may be TEXT that is not UTF-8 (the
+   * caller starts the table again with `exact`). With `exact`: keys read with their bytes, a lookup each.
+   */
+  private *changesOf(t: Captured, from: number, to: number, exact: boolean): Generator<Change> {
+    if (!exact) {
+      for (const row of t.changed.iterate(from, to) as Iterable<Value[]>) {
+        if (mayHoldRawText(row)) return yield AGAIN
+        yield ['u', row]
+      }
+      for (const key of t.gone.iterate(from, to) as Iterable<Value[]>) {
+        if (mayHoldRawText(key)) return yield AGAIN
+        if (this.validKey(t, key)) yield ['d', key]
+        else this.impossibleKey(t)
+      }
+      return
+    }
+    for (const key of (t.keysExact.all(from, to) as unknown[][]).map(exactRow)) {
+      if (!this.validKey(t, key)) {
+        this.impossibleKey(t)
+        continue
+      }
+      const row = this.lookupRow(t, key)
+      yield row === undefined ? ['d', key] : ['u', row]
+    }
+  }
+
+  private impossibleKey(t: Captured): void {
+    const e = MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`)
+    this.log.warn(e.message, { table: t.info.name })
   }
 
   /** The row with this key as it is now, or undefined; TEXT that is not UTF-8 kept as its bytes. */
@@ -972,29 +1047,20 @@ export class SqliteCapture implements CaptureSide {
       } else if (max > t.mark) {
         let upserts: Value[][] = []
         let deletes: Value[][] = []
-        // Keys stream from the change table; one that may be TEXT that is not UTF-8 starts the table again
-        // from keys read with their bytes.
-        let keys: Iterable<Value[]> = t.keys.iterate(t.mark, max) as Iterable<Value[]>
+        // One that may be TEXT that is not UTF-8 starts the table again with every value's bytes.
         for (let exact = false; ; exact = true) {
           let again = false
-          for (const key of keys) {
-            if (!exact && mayHoldRawText(key)) {
+          for (const [kind, v] of this.changesOf(t, t.mark, max, exact)) {
+            if (kind === 'u') upserts.push(v)
+            else if (kind === 'd') deletes.push(v)
+            else if (kind === 'again') {
               again = true
               break
             }
-            if (!this.validKey(t, key)) {
-              const e = MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`)
-              this.log.warn(e.message, { table: t.info.name })
-              continue
-            }
-            const row = this.lookupRow(t, key)
-            if (row === undefined) deletes.push(key)
-            else upserts.push(row)
           }
           if (!again) break
           upserts = []
           deletes = []
-          keys = (t.keysExact.all(t.mark, max) as unknown[][]).map(exactRow)
         }
         if (upserts.length || deletes.length) changes.push({ table: t.id, upserts, deletes })
         rows += upserts.length + deletes.length
@@ -1098,25 +1164,19 @@ export class SqliteCapture implements CaptureSide {
           changes.push(cur)
           // TEXT that is not UTF-8 (rare): the table is read again from its start with every value's bytes;
           // what went out before is sent again, which applies to the same rows (one read transaction).
-          let it = (p.reset ? t.all.iterate() : t.keys.iterate(t.mark, p.max)) as Iterable<Value[]>
           for (let exact = false; ; exact = true) {
             let again = false
-            for (const r of it) {
-              if (!exact && mayHoldRawText(r)) {
+            const it: Iterable<Change> = p.reset
+              ? upsertsOf(exact ? t.allExact.iterate() : t.all.iterate(), exact)
+              : self.changesOf(t, t.mark, p.max, exact)
+            for (const [kind, r] of it) {
+              if (kind === 'again') {
                 again = true
                 break
               }
-              if (p.reset) cur.upserts.push(r)
-              else if (!self.validKey(t, r)) {
-                const e = MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`)
-                self.log.warn(e.message, { table: t.info.name })
-                continue
-              } else {
-                const row = self.lookupRow(t, r)
-                if (row === undefined) cur.deletes.push(r)
-                else cur.upserts.push(row)
-              }
-              bytes += rowSize(cur.upserts.length > 0 ? cur.upserts[cur.upserts.length - 1] : r)
+              if (kind === 'u') cur.upserts.push(r)
+              else cur.deletes.push(r)
+              bytes += rowSize(r)
               n++
               if (bytes >= budgetBytes) {
                 rows += n
@@ -1129,10 +1189,6 @@ export class SqliteCapture implements CaptureSide {
               }
             }
             if (!again) break
-            const exactRows = p.reset ? t.allExact.iterate() : t.keysExact.iterate(t.mark, p.max)
-            it = (function* () {
-              for (const x of exactRows as Iterable<unknown[]>) yield exactRow(x)
-            })()
           }
         }
         // Last, after the rows: sqlite_sequence as the origin has it in this same read transaction.
