@@ -28,7 +28,7 @@ import { logName } from './log.ts'
 import type { MeshNode } from './node.ts'
 import type { Origin } from './roles.ts'
 import type { LocalDataset, WrittenLog } from './state.ts'
-import { fileSafe, hex, sleep } from './util.ts'
+import { count, fileSafe, hex, sleep } from './util.ts'
 
 /** What `mesh promote` did. */
 export interface PromoteResult {
@@ -126,7 +126,7 @@ export class Failover {
     }
     if (!force && applied < best.length) {
       throw MeshError.REPLICA_BEHIND(
-        `${site} applied ${applied} of the ${best.length} entries of ${head.name} that ` +
+        `${site} applied ${applied} of the ${count(best.length, 'entry', 'entries')} of ${head.name} that ` +
           `${best.site === site ? 'it holds' : `${best.site} holds`}`,
         { context: { applied, held: best.length, by: best.site } }
       )
@@ -149,7 +149,8 @@ export class Failover {
       if (!sameBytes(pos.log, h.parent.key) || pos.length !== h.parent.length) {
         await r.loop.start()
         throw MeshError.HANDOVER_FAILED(
-          `${site} stands at ${pos.length} of another log than the ${h.parent.length} entries ${head.originSite} sealed`
+          `${site} stands at ${pos.length} of another log than the ${count(h.parent.length, 'entry', 'entries')} ` +
+            `${head.originSite} sealed`
         )
       }
     }

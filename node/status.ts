@@ -12,6 +12,9 @@ import type { DatasetInfo, MemberInfo, MemberRole, Report } from '../protocol/in
 import { healthReasons, memberHealth, usualHoursReason, type MemberHealth } from './health-status.ts'
 import type { CheckpointResult, DamageRecord, MeshState, VerifyResult } from './state.ts'
 import type { ContactHistory } from './usual-hours.ts'
+import { count } from './util.ts'
+
+export { count }
 
 export type Verdict = 'OK' | 'WARN' | 'CRIT'
 
@@ -251,7 +254,7 @@ const HOLDING_HINTS: Record<string, string> = {
 /** "26 hours", "3 minutes", "40 seconds". */
 export function duration(seconds: number): string {
   const s = Math.max(0, Math.round(seconds))
-  const unit = (n: number, w: string) => `${n} ${w}${n === 1 ? '' : 's'}`
+  const unit = (n: number, w: string) => count(n, w)
   if (s < 120) return unit(s, 'second')
   if (s < 2 * 3600) return unit(Math.round(s / 60), 'minute')
   if (s < 3 * 86400) return unit(Math.round(s / 3600), 'hour')
@@ -527,7 +530,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
           `run mesh verify ${d.name}: if this copy differs from the log, mesh repair ${d.name} mends it; ` +
           `if it equals the log, the log is wrong and mesh resync ${d.name} at ${origin} mends it`
       }
-      const rows = `${checkpoint.rows} rows here, ${checkpoint.originRows} there${since}`
+      const rows = `${count(checkpoint.rows, 'row')} here, ${checkpoint.originRows} there${since}`
       const at = `the origin's checkpoint at position ${checkpoint.seq}`
       add('CRIT', `this site's copy of ${d.name} differs from ${at} (${rows}): ${mend}`)
     }
@@ -580,7 +583,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
         'WARN',
         `a change to ${d.name} at position ` +
           `${x.seq}${x.time ? ` (${new Date(x.time).toISOString()})` : ''} deleted or rewrote ${x.changed} ` +
-          `of the ${x.before} rows of ${x.table}; if that was not meant, the state before it is: mesh ` +
+          `of the ${count(x.before, 'row')} of ${x.table}; if that was not meant, the state before it is: mesh ` +
           `restore ${d.name} --before ${x.seq} --to ${to}`
       )
     }

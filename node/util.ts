@@ -9,3 +9,11 @@ export const short = (b: Uint8Array): string => hex(b).slice(0, 12)
 export const fileSafe = (s: string): string => s.replace(/[^A-Za-z0-9._-]+/g, '_')
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/**
+ * "1 entry", "3 entries", "0 rows": a number with its noun in the right form (the plural is the noun and "s"
+ * unless given). Every count a person reads goes through it, so that no output says "1 datasets".
+ */
+export function count(n: number, noun: string, plural = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : plural}`
+}

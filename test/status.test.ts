@@ -172,3 +172,50 @@ test('status: a copy whose report is newer than the origin’s never shows more 
   assert.equal(copy.lagEntries, 0)
   assert.equal(d.heldBy, 1)
 })
+
+test('status text counts in words that agree: 1 member, 1 entry, 1 other site, never "1 entries"', async () => {
+  const { formatStatus } = await import('../tools/commands/status.ts')
+  // A mesh of one site (just set up) holding no dataset, and two sites whose log holds a single entry.
+  const alone = buildStatus({
+    self: a,
+    site: 'shop-a',
+    state: { ...twoSiteState(a, b, log, now), members: [{ key: a, site: 'shop-a', addedAt: now }], datasets: [] },
+    reports: [],
+    connected: new Set(),
+    running: true,
+    refused: [],
+    now,
+    thresholds: DEFAULT_THRESHOLDS
+  })
+  assert.match(formatStatus(alone), /\(node running; 1 member, 0 connected now\)/)
+  const one = { length: 1, byteLength: 100, downloaded: 1, applied: 1, appliedBytes: 100 }
+  const reports: Report[] = [
+    { site: a, siteName: 'shop-a', at: now, holdings: [holding(one)], peers: [], software: 't' },
+    {
+      site: b,
+      siteName: 'shop-b',
+      at: now,
+      holdings: [holding({ ...one, applied: 0, damaged: 1 })],
+      peers: [],
+      software: 't'
+    }
+  ]
+  const text = formatStatus(
+    buildStatus({
+      self: a,
+      site: 'shop-a',
+      state: twoSiteState(a, b, log, now),
+      reports,
+      connected: new Set(),
+      running: true,
+      refused: [],
+      now,
+      thresholds: DEFAULT_THRESHOLDS
+    })
+  )
+  assert.match(text, /\(node running; 2 members, /)
+  assert.match(text, /epoch 0: 1 entry, 100 B, .*held by 1 of 1 other site$/m)
+  assert.match(text, /shop-b +replica +downloaded 1, applied 0 +lag 1 entry, /)
+  assert.match(text, / 1 damaged block rejected/)
+  assert.doesNotMatch(text, /\b1 (entries|members|datasets|rows|blocks|sites|other sites)\b/)
+})

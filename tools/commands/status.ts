@@ -2,6 +2,7 @@ import { MeshError } from '../../protocol/index.ts'
 import {
   addWalHealth,
   askNode,
+  count,
   duration,
   engineFor,
   sizeText,
@@ -41,8 +42,8 @@ export function formatStatus(s: SiteStatus): string {
   const lines: string[] = []
   const connected = s.members.filter((m) => m.connected).length
   lines.push(
-    `${s.verdict}: ${s.site} (node ${s.running ? 'running' : 'NOT running'}; ${s.members.length} ` +
-      `members, ${connected} connected now)`
+    `${s.verdict}: ${s.site} (node ${s.running ? 'running' : 'NOT running'}; ` +
+      `${count(s.members.length, 'member')}, ${connected} connected now)`
   )
   for (const r of s.reasons) lines.push(`  ${r.level}: ${r.text}`)
   lines.push('')
@@ -51,9 +52,9 @@ export function formatStatus(s: SiteStatus): string {
   for (const d of s.datasets) {
     const others = d.holders.filter((h) => h.role !== 'origin').length
     lines.push(
-      `  ${d.name}  origin ${d.originSite}, epoch ${d.epoch}: ${d.length} entries, ${bytes(d.bytes)}, ` +
-        `last write ${ago(d.lastWriteAt, now)}; latest write held by ${d.heldBy} of ${others} other ` +
-        `site${others === 1 ? '' : 's'}`
+      `  ${d.name}  origin ${d.originSite}, epoch ${d.epoch}: ${count(d.length, 'entry', 'entries')}, ` +
+        `${bytes(d.bytes)}, last write ${ago(d.lastWriteAt, now)}; latest write held by ${d.heldBy} of ` +
+        `${count(others, 'other site')}`
     )
     for (const h of d.holders) {
       const pos =
@@ -67,12 +68,13 @@ export function formatStatus(s: SiteStatus): string {
         h.applied === null
           ? ''
           : h.role === 'blind'
-            ? `  lag ${h.lagEntries} entries`
+            ? `  lag ${count(h.lagEntries ?? 0, 'entry', 'entries')}`
             : h.captureLag
               ? `  capture lag ${bytes(h.captureLag.bytes)}, ${duration(h.captureLag.seconds)}`
-              : `  lag ${h.lagEntries} entries, ${bytes(h.lagBytes)}, ${duration(h.lagSeconds ?? 0)}`
+              : `  lag ${count(h.lagEntries ?? 0, 'entry', 'entries')}, ${bytes(h.lagBytes)}, ` +
+                `${duration(h.lagSeconds ?? 0)}`
       const err = h.error ? `  ERROR ${h.error}` : ''
-      const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
+      const dmg = h.damagedBlocks ? `  ${count(h.damagedBlocks, 'damaged block')} rejected` : ''
       lines.push(
         `    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`
       )
@@ -84,7 +86,7 @@ export function formatStatus(s: SiteStatus): string {
     if (d.checkpoint) {
       lines.push(
         `    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at ` +
-          `position ${d.checkpoint.seq} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`
+          `position ${d.checkpoint.seq} (${count(d.checkpoint.rows, 'row')}), ${ago(d.checkpoint.at, now)}`
       )
     }
     if (d.verified) {
@@ -103,7 +105,7 @@ export function formatStatus(s: SiteStatus): string {
     }
     for (const x of d.damage ?? []) {
       lines.push(
-        `    mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ` +
+        `    mass change at position ${x.seq}: ${x.changed} of ${count(x.before, 'row')} of ${x.table}, ` +
           `${ago(x.at, now)} (the state before it: mesh restore ${d.name} --before ${x.seq} --to FILE)`
       )
     }
@@ -117,7 +119,7 @@ export function formatStatus(s: SiteStatus): string {
     }
     for (const x of d.divergences) {
       lines.push(
-        `    divergence: ${x.changes} change(s) made here in epoch ${x.epoch}, superseded by epoch ` +
+        `    divergence: ${count(x.changes, 'change')} made here in epoch ${x.epoch}, superseded by epoch ` +
           `${x.fencedBy} ${ago(x.at, now)}: ${x.dir}`
       )
     }
