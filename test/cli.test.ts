@@ -49,3 +49,19 @@ test('mesh init writes every config key the README names, with its default, and 
   const status = await mesh(['status', '--dir', site, '--json'])
   assert.equal(JSON.parse(status.stdout).site, 'shop-north', status.stderr)
 })
+
+test("the README's name of a PostgreSQL replica database is the one the node creates", async () => {
+  const { engineFor } = await import('../adapters/index.ts')
+  const readme = fs.readFileSync(new URL('../README.md', import.meta.url), 'utf8').replace(/\n\s*/g, ' ')
+  const example = /the dataset `([^`]+)` of site `([^`]+)` with id `([0-9a-f]+)` is `([^`]+)`/.exec(readme)
+  assert.ok(example, 'the README gives an example of the name')
+  const [, name, originSite, id, said] = example
+  const place = { dir: '/nowhere', server: 'postgres://mesh:secret@127.0.0.1:5432/postgres' }
+  const made = new URL(engineFor('postgres').replicaLocation({ id, name, originSite }, place))
+  assert.equal(made.pathname.slice(1), said)
+  // And the rule it states, on names that need it: lower case, other characters as one '_', at most 63.
+  const long = new URL(
+    engineFor('postgres').replicaLocation({ id, name: `Big Ledger ${'x'.repeat(80)}`, originSite: 'Shop.North' }, place)
+  ).pathname.slice(1)
+  assert.equal(long, `mesh_shop_north_big_ledger_${'x'.repeat(80)}`.slice(0, 63))
+})
