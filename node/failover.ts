@@ -108,7 +108,13 @@ export class Failover {
           `${head.originSite}, the origin of ${head.name}, is reachable and capturing: its last report was ` +
             `${Math.round(ago / 1000)} s ago; a lost origin is seen as lost after ${Math.round(lostAfter / 1000)} s ` +
             `without one: if ${head.originSite} is down, try again in ${wait} s`,
-          { context: { lastReportMs: ago, lostAfterMs: lostAfter, retryInSeconds: wait } }
+          {
+            context: { lastReportMs: ago, lostAfterMs: lostAfter, retryInSeconds: wait },
+            hint:
+              `Promote only when the origin is lost. To move ${head.name} here on purpose (a planned switch), ` +
+              `run mesh handover ${head.name} --to ${site} at ${head.originSite}: it stops its writes there, ` +
+              'seals its log and hands over with nothing lost.'
+          }
         )
       }
     }

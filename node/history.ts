@@ -16,7 +16,7 @@ import Corestore from 'corestore'
 import { datasetOfLog, encryptionWith, readDataKey } from './datakeys.ts'
 import { DatasetLog } from './log.ts'
 import { readMeshState, readSiteKey, sitePaths } from './state.ts'
-import { count } from './util.ts'
+import { count, nearest } from './util.ts'
 
 /** A point of a dataset's history to restore (see restorePoint). */
 export interface RestoreTarget {
@@ -273,8 +273,15 @@ export function findDataset(datasets: DatasetInfo[], dataset: string): DatasetIn
   }
   if (!byName[0]) {
     const known = datasets.map((d) => d.name)
+    const near = nearest(dataset, known)
     throw MeshError.UNKNOWN_DATASET(
-      `no dataset named ${dataset} in this mesh${known.length ? ` (it has ${known.join(', ')})` : ''}`
+      `no dataset named ${dataset} in this mesh ` +
+        (known.length
+          ? `(it has ${known.join(', ')})`
+          : '(this site knows none yet: a dataset is made when the node of its site first starts)'),
+      near === null
+        ? {}
+        : { hint: `Did you mean ${near}? Run \`mesh status\` to see the datasets of the mesh and their origins.` }
     )
   }
   return byName[0]

@@ -419,8 +419,15 @@ export function buildStatus(input: StatusInput): SiteStatus {
       (h) => h.role !== 'origin' && h.downloaded !== null && h.downloaded >= length && length > 0
     ).length
 
+    // A data key on its way within the first lagWarnSeconds after the dataset or the holding site appeared is a
+    // join under way (it comes sealed at the first connection to a full member that holds it), not a fault: like
+    // a copy not made yet, it is a warning only after that.
+    const keyOnItsWay = (holder: string) => {
+      const added = state.members.find((m) => hex(m.key) === holder)?.addedAt ?? 0
+      return (now - Math.max(d.createdAt, added)) / 1000 < t.lagWarnSeconds
+    }
     for (const h of holders) {
-      if (h.error) {
+      if (h.error && !(h.error === 'DATA_KEY_MISSING' && keyOnItsWay(h.key))) {
         const what = h.role === 'origin' ? `capture of ${d.name} at ${h.site}` : `${h.site}'s copy of ${d.name}`
         add(
           (h.role === 'origin' && h.error === 'DATABASE_LOCKED') || WARN_ONLY.has(h.error) ? 'WARN' : 'CRIT',
@@ -465,7 +472,13 @@ export function buildStatus(input: StatusInput): SiteStatus {
     if (state.members.length < 2)
       add('WARN', `${d.name} has no other site to protect it yet: invite one with \`mesh invite\``)
     const selfRole = state.members.find((m) => hex(m.key) === selfHex)?.role ?? 'full'
-    if (d.encryptedFrom !== undefined && selfRole === 'full' && input.dataKeys && !input.dataKeys.includes(d.id)) {
+    if (
+      d.encryptedFrom !== undefined &&
+      selfRole === 'full' &&
+      input.dataKeys &&
+      !input.dataKeys.includes(d.id) &&
+      !keyOnItsWay(selfHex)
+    ) {
       add(
         'WARN',
         `this site has not received the data key of ${d.name} yet, so it cannot read its encrypted logs: it ` +

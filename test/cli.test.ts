@@ -65,3 +65,52 @@ test("the README's name of a PostgreSQL replica database is the one the node cre
   ).pathname.slice(1)
   assert.equal(long, `mesh_shop_north_big_ledger_${'x'.repeat(80)}`.slice(0, 63))
 })
+
+test('every error for bad input says what to do: bad flags and values, a missing DIR, an unknown dataset', async (t) => {
+  const dir = tmpDir(t)
+  const db = path.join(dir, 'shop.db')
+  new Database(db).exec('CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)')
+  const site = path.join(dir, 'site')
+  const init = await mesh(['init', '--dir', site, '--site', 'north', '--sqlite', db, '--bootstrap', '127.0.0.1:9'])
+  assert.equal(init.code, 0, init.stderr)
+  const nowhere = path.join(dir, 'nowhere')
+  const cases: Array<[string[], number, string]> = [
+    [['log', '--dir', site], 64, 'USAGE'],
+    [['log', 'shop', '--dir', nowhere], 1, 'NOT_INITIALIZED'],
+    [['status', '--dir', nowhere], 3, 'NOT_INITIALIZED'],
+    [['start', '--dir', nowhere], 1, 'NOT_INITIALIZED'],
+    [['log', 'nosuch', '--dir', site], 1, 'UNKNOWN_DATASET'],
+    [['log', 'shop', '--dir', site, '--show', 'abc'], 64, 'USAGE'],
+    [['log', 'shop', '--dir', site, '--limt', '3'], 64, 'USAGE'],
+    [['restore', 'shop', '--dir', site], 64, 'USAGE'],
+    [['restore', 'shop', '--dir', site, '--seq', '3'], 64, 'USAGE'],
+    [['restore', 'shop', '--dir', site, '--at', 'nonsense', '--to', path.join(dir, 'x.db')], 64, 'USAGE'],
+    [['promote', '--dir', site], 64, 'USAGE'],
+    [['promote', 'shop', '--dir', site], 1, 'NOT_RUNNING'],
+    [['verify', 'shop', '--dir', site], 1, 'NOT_RUNNING'],
+    [['invite', '--dir', site, '--expires', '3x'], 64, 'USAGE'],
+    [['join', '--dir', path.join(dir, 'j')], 64, 'USAGE'],
+    [['join', 'bm1-garbage', '--dir', path.join(dir, 'j'), '--site', 'x', '--sqlite', db], 1, 'BAD_JOIN_CODE'],
+    [['init', '--dir', path.join(dir, 'i'), '--site', 'north'], 64, 'USAGE'],
+    [['init', '--dir', path.join(dir, 'i'), '--site', 'bad name', '--sqlite', db], 64, 'USAGE'],
+    [['init', '--dir', path.join(dir, 'i'), '--site', 'n2', '--sqlite', path.join(dir, 'missing.db')], 1, 'NOT_FOUND'],
+    [['handover', 'shop', '--dir', site], 64, 'USAGE'],
+    [['accept', 'shop', '--dir', site], 64, 'USAGE'],
+    [['remove', '--dir', site], 64, 'USAGE'],
+    [['status', '--dir'], 64, 'USAGE']
+  ]
+  for (const [args, code, what] of cases) {
+    const r = await mesh(args)
+    const said = `mesh ${args.join(' ')}: exit ${r.code}\n${r.stderr}`
+    assert.equal(r.code, code, said)
+    assert.match(r.stderr, new RegExp(`^mesh: ${what}: `, 'm'), said)
+    assert.match(
+      r.stderr,
+      /^(Try: mesh |What to do: \S|Did you mean --[a-z-]+\? Try: mesh )/m,
+      `${said}\nsays what to do`
+    )
+  }
+  // Before its node first starts, a site knows no dataset, and says so.
+  assert.match((await mesh(['log', 'shop', '--dir', site])).stderr, /knows none yet: a dataset is made when the node/)
+  assert.equal(fs.existsSync(nowhere), false, 'no command made the missing directory')
+})

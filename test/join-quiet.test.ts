@@ -61,7 +61,8 @@ class Watch {
           const r = await mesh(['status', '--dir', s.dir])
           if (r.stdout.includes('node running')) {
             this.texts++
-            if (/Refused connections/.test(r.stdout)) this.note(s, `mesh status shows: ${r.stdout}`)
+            if (/Refused connections|^ *(WARN|CRIT):|ERROR/m.test(r.stdout))
+              this.note(s, `mesh status shows: ${r.stdout}`)
           }
         }
       }

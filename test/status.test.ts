@@ -219,3 +219,38 @@ test('status text counts in words that agree: 1 member, 1 entry, 1 other site, n
   assert.match(text, / 1 damaged block rejected/)
   assert.doesNotMatch(text, /\b1 (entries|members|datasets|rows|blocks|sites|other sites)\b/)
 })
+
+test('status: a data key on its way while a site joins is no warning; one still missing an hour on is', () => {
+  const waiting = {
+    applied: 0,
+    downloaded: 0,
+    error: 'DATA_KEY_MISSING',
+    errorMessage: "DATA_KEY_MISSING: till's logs are encrypted and its data key has not reached this site yet"
+  }
+  const joinedAt = (ago: number) => {
+    const state = twoSiteState(a, b, log, now)
+    state.members[1].addedAt = now - ago
+    state.datasets[0].encryptedFrom = 0
+    return buildStatus({
+      self: b,
+      site: 'shop-b',
+      state,
+      reports: [
+        { site: a, siteName: 'shop-a', at: now, holdings: [holding({})], peers: [], software: 't' },
+        { site: b, siteName: 'shop-b', at: now, holdings: [holding(waiting)], peers: [], software: 't' }
+      ],
+      connected: new Set([Buffer.from(a).toString('hex')]),
+      running: true,
+      refused: [],
+      now,
+      thresholds: DEFAULT_THRESHOLDS,
+      dataKeys: []
+    })
+  }
+  const fresh = joinedAt(60_000)
+  assert.equal(fresh.verdict, 'OK', JSON.stringify(fresh.reasons))
+  const late = joinedAt(2 * HOUR)
+  assert.equal(late.verdict, 'WARN')
+  assert.ok(late.reasons.some((r) => /shop-b's copy of till is failing: DATA_KEY_MISSING/.test(r.text)))
+  assert.ok(late.reasons.some((r) => /this site has not received the data key of till yet/.test(r.text)))
+})

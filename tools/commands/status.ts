@@ -73,7 +73,8 @@ export function formatStatus(s: SiteStatus): string {
               ? `  capture lag ${bytes(h.captureLag.bytes)}, ${duration(h.captureLag.seconds)}`
               : `  lag ${count(h.lagEntries ?? 0, 'entry', 'entries')}, ${bytes(h.lagBytes)}, ` +
                 `${duration(h.lagSeconds ?? 0)}`
-      const err = h.error ? `  ERROR ${h.error}` : ''
+      // A data key on its way is no error of the copy (mesh status warns if it does not come).
+      const err = h.error === 'DATA_KEY_MISSING' ? '  waiting for its data key' : h.error ? `  ERROR ${h.error}` : ''
       const dmg = h.damagedBlocks ? `  ${count(h.damagedBlocks, 'damaged block')} rejected` : ''
       lines.push(
         `    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`
