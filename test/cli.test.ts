@@ -114,3 +114,17 @@ test('every error for bad input says what to do: bad flags and values, a missing
   assert.match((await mesh(['log', 'shop', '--dir', site])).stderr, /knows none yet: a dataset is made when the node/)
   assert.equal(fs.existsSync(nowhere), false, 'no command made the missing directory')
 })
+
+test('mesh log prints times in local time with the offset of the zone', async () => {
+  const { localTime } = await import('../tools/commands/log.ts')
+  const before = process.env.TZ
+  try {
+    process.env.TZ = 'Asia/Kolkata'
+    assert.equal(localTime(Date.UTC(2026, 10, 24, 12, 0, 5)), '2026-11-24 17:30:05 +05:30')
+    process.env.TZ = 'America/New_York'
+    assert.equal(localTime(Date.UTC(2026, 10, 24, 2, 0, 5)), '2026-11-23 21:00:05 -05:00')
+  } finally {
+    if (before === undefined) delete process.env.TZ
+    else process.env.TZ = before
+  }
+})
