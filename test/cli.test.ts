@@ -66,7 +66,7 @@ test("the README's name of a PostgreSQL replica database is the one the node cre
   assert.equal(long, `mesh_shop_north_big_ledger_${'x'.repeat(80)}`.slice(0, 63))
 })
 
-test('every error for bad input says what to do: bad flags and values, a missing DIR, an unknown dataset', async (t) => {
+test('every error for bad input says what to do: bad flags and values, a missing DIR, an unknown name', async (t) => {
   const dir = tmpDir(t)
   const db = path.join(dir, 'shop.db')
   new Database(db).exec('CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)')
