@@ -250,5 +250,14 @@ test('every hint that names a dataset prints a command that works, run as printe
       },
       90_000
     )
+    // A handover asked at the old origin names the site to run it at now.
+    const again = await mesh(['handover', 'shop-south', '--to', 'east', '--dir', south.dir])
+    assert.equal(again.code, 1, again.stderr)
+    assert.deepEqual(await runHints(again.stderr, south, sites), ['handover shop-south --to east @north'])
+    await waitUntil(
+      'south sees east as the origin of shop-south',
+      async () => (await statusOf(south.dir)).datasets.find((x) => x.name === 'shop-south')?.originSite === 'east',
+      90_000
+    )
   })
 })

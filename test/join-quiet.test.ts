@@ -79,15 +79,17 @@ class Watch {
 const memberNames = (dir: string) => readMeshState(sitePaths(dir)).members.map((m) => m.site)
 
 test(
-  'a site joining through one member shows no refusal or alarm at the inviter, the joiner or a member that ' +
-    'meets it before hearing of it; a stranger is still refused and shown',
+  'a site joining shows no refusal or alarm at the inviter, the joiner, a member that meets it before hearing ' +
+    'of it, or members told at once; a stranger is still refused and shown',
   async (t) => {
     const { dir, bootstrap, sites } = await meshSites(t, ['shop-a', 'shop-b'])
     const [a, b] = sites
     await converged(sites)
     const c = sqliteSite(t, dir, 'shop-c', bootstrap)
     writeWorkload(c.db, 5, 20)
-    const watch = new Watch([a, b, c])
+    const d = sqliteSite(t, dir, 'shop-d', bootstrap)
+    writeWorkload(d.db, 6, 20)
+    const watch = new Watch([a, b, c, d])
     t.after(() => watch.stop())
 
     await t.test('shop-a is off; shop-b invites shop-c, which joins and starts', async () => {
@@ -127,11 +129,21 @@ test(
       }
     })
 
-    await t.test('no site showed a refusal, an alarm, a WARN or a CRIT at any moment of the join', async () => {
+    await t.test('while every site runs, shop-d joins through shop-c, the newest member', async () => {
+      watch.step = 'shop-d joins through shop-c, all running'
+      await d.join(await c.invite())
+      await d.start()
+      await converged([a, b, c, d])
+      for (const s of [a, b, c, d]) {
+        await waitUntil(`${s.name} knows shop-d`, () => memberNames(s.dir).includes('shop-d'), 60_000)
+      }
+    })
+
+    await t.test('no site showed a refusal, an alarm, a WARN or a CRIT at any moment of the joins', async () => {
       await watch.stop()
       assert.deepEqual(watch.seen, [])
       assert.ok(watch.polls >= 10 && watch.texts >= 3, `status was read often: ${watch.polls}, ${watch.texts}`)
-      for (const s of [a, b, c]) {
+      for (const s of [a, b, c, d]) {
         assert.deepEqual(
           s.node!.lines.filter((l) => /"msg":"(refused a connection|alarm)"/.test(l)),
           [],
