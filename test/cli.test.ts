@@ -4,7 +4,8 @@ import path from 'node:path'
 import Database from 'better-sqlite3'
 import test from 'node:test'
 import { tmpDir } from './helpers/db.ts'
-import { mesh } from './helpers/mesh.ts'
+import { MESH, mesh, testnet } from './helpers/mesh.ts'
+import { nodeProcess } from './helpers/teardown.ts'
 
 test('mesh alone, an unknown command or help topic, and a mistyped flag exit 64 and say what was meant', async () => {
   const alone = await mesh([])
@@ -127,4 +128,25 @@ test('mesh log prints times in local time with the offset of the zone', async ()
     if (before === undefined) delete process.env.TZ
     else process.env.TZ = before
   }
+})
+
+test("a stopped node's status prints the command that starts it, with its --dir, and it starts the node", async (t) => {
+  const dir = tmpDir(t)
+  const db = path.join(dir, 'shop.db')
+  new Database(db).exec('CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)')
+  const site = path.join(dir, 'site')
+  const bootstrap = await testnet(t)
+  assert.equal(
+    (await mesh(['init', '--dir', site, '--site', 'north', '--sqlite', db, '--bootstrap', bootstrap])).code,
+    0
+  )
+  const off = await mesh(['status', '--dir', site])
+  assert.equal(off.code, 2, off.stderr)
+  const printed = /start it with `(mesh start[^`]*)`/.exec(off.stdout)
+  assert.ok(printed, off.stdout)
+  assert.equal(printed[1], `mesh start --dir ${site}`)
+  const node = nodeProcess(t, [MESH, ...printed[1].split(' ').slice(1), '--log-json'], 'the node started as printed')
+  await node.waitLine(/"msg":"ready"/, 60_000)
+  const on = JSON.parse((await mesh(['status', '--dir', site, '--json'])).stdout)
+  assert.equal(on.running, true)
 })

@@ -169,6 +169,13 @@ export async function readStatus(dir: string): Promise<SiteStatus> {
   } | null
   if (res?.error) throw new MeshError(res.error.code, res.error.message)
   const s = res?.status ?? statusFromDisk(dir, cfg.site, cfg.status)
+  // The command to start this site's node, as it runs here: with this --dir unless it is the default one.
+  if (dir !== resolveDir(undefined)) {
+    for (const r of s.reasons) {
+      if (r.text.startsWith(`the node at ${s.site} is not running`))
+        r.text = r.text.replace('`mesh start`', `\`mesh start --dir ${dir}\``)
+    }
+  }
   // A PostgreSQL origin's slot: asked of the server here, so it is known when the node is off.
   for (const d of cfg.datasets) {
     // Trigger capture has no slot; a slot's name carries its epoch.
