@@ -28,7 +28,7 @@ import { logName } from './log.ts'
 import type { MeshNode } from './node.ts'
 import type { Origin } from './roles.ts'
 import type { LocalDataset, WrittenLog } from './state.ts'
-import { fileSafe, hex, sleep } from './util.ts'
+import { count, fileSafe, hex, sleep } from './util.ts'
 
 /** What `mesh promote` did. */
 export interface PromoteResult {
@@ -108,7 +108,13 @@ export class Failover {
           `${head.originSite}, the origin of ${head.name}, is reachable and capturing: its last report was ` +
             `${Math.round(ago / 1000)} s ago; a lost origin is seen as lost after ${Math.round(lostAfter / 1000)} s ` +
             `without one: if ${head.originSite} is down, try again in ${wait} s`,
-          { context: { lastReportMs: ago, lostAfterMs: lostAfter, retryInSeconds: wait } }
+          {
+            context: { lastReportMs: ago, lostAfterMs: lostAfter, retryInSeconds: wait },
+            hint:
+              `Promote only when the origin is lost. To move ${head.name} here on purpose (a planned switch), ` +
+              `run mesh handover ${head.name} --to ${site} at ${head.originSite}: it stops its writes there, ` +
+              'seals its log and hands over with nothing lost.'
+          }
         )
       }
     }
@@ -126,7 +132,7 @@ export class Failover {
     }
     if (!force && applied < best.length) {
       throw MeshError.REPLICA_BEHIND(
-        `${site} applied ${applied} of the ${best.length} entries of ${head.name} that ` +
+        `${site} applied ${applied} of the ${count(best.length, 'entry', 'entries')} of ${head.name} that ` +
           `${best.site === site ? 'it holds' : `${best.site} holds`}`,
         { context: { applied, held: best.length, by: best.site } }
       )
@@ -149,7 +155,8 @@ export class Failover {
       if (!sameBytes(pos.log, h.parent.key) || pos.length !== h.parent.length) {
         await r.loop.start()
         throw MeshError.HANDOVER_FAILED(
-          `${site} stands at ${pos.length} of another log than the ${h.parent.length} entries ${head.originSite} sealed`
+          `${site} stands at ${pos.length} of another log than the ${count(h.parent.length, 'entry', 'entries')} ` +
+            `${head.originSite} sealed`
         )
       }
     }

@@ -50,8 +50,8 @@ export async function handover(
   const o = node.roles.origins.get(head.id)
   if (!o || !sameBytes(o.log.key, head.log)) {
     throw refuse(
-      `${node.opts.site} is not the origin of ${head.name}`,
-      'Run the command at the origin (`mesh status` names it).'
+      `${node.opts.site} is not the origin of ${head.name}: ${head.originSite} is`,
+      `Run mesh handover ${head.name} --to ${toSite} at ${head.originSite}.`
     )
   }
   const to = node.state.members.find((m) => m.site === toSite)
@@ -80,7 +80,7 @@ export async function handover(
     throw refuse(
       `the ${head.engine} engine cannot stop the application's writes here, so a handover could lose some`,
       'Stop the application, wait until `mesh status` shows the site caught up, stop this node, then run ' +
-        '`mesh promote` at that site.'
+        `mesh promote ${head.name} at ${toSite}.`
     )
   }
   const epoch = head.epoch + 1

@@ -16,6 +16,7 @@ import Corestore from 'corestore'
 import { datasetOfLog, encryptionWith, readDataKey } from './datakeys.ts'
 import { DatasetLog } from './log.ts'
 import { readMeshState, readSiteKey, sitePaths } from './state.ts'
+import { count, nearest } from './util.ts'
 
 /** A point of a dataset's history to restore (see restorePoint). */
 export interface RestoreTarget {
@@ -73,7 +74,7 @@ export async function* walk(
           tables.clear()
           for (const t of e.tables) tables.set(t.id, t)
           const resets = e.reset.length ? `, ${e.reset.length} reset` : ''
-          note = `${e.tables.length} table${e.tables.length === 1 ? '' : 's'}${resets}`
+          note = `${count(e.tables.length, 'table')}${resets}`
         }
         if (e.kind === 'header') {
           time = e.createdAt
@@ -83,7 +84,7 @@ export async function* walk(
           note = `${e.site} starts epoch ${e.epoch}${at}`
         }
         if (e.kind === 'fence') note = `sealed: epoch ${e.epoch} took over from position ${starts[i] + e.length}`
-        if (e.kind === 'checkpoint') note = `checkpoint of position ${starts[i] + e.length}: ${e.rows} rows`
+        if (e.kind === 'checkpoint') note = `checkpoint of position ${starts[i] + e.length}: ${count(e.rows, 'row')}`
         if (e.kind === 'snapshot' && e.first) {
           // The first whole copy is the dataset's start; any later one was made again by the origin.
           note =
@@ -272,8 +273,15 @@ export function findDataset(datasets: DatasetInfo[], dataset: string): DatasetIn
   }
   if (!byName[0]) {
     const known = datasets.map((d) => d.name)
+    const near = nearest(dataset, known)
     throw MeshError.UNKNOWN_DATASET(
-      `no dataset named ${dataset} in this mesh${known.length ? ` (it has ${known.join(', ')})` : ''}`
+      `no dataset named ${dataset} in this mesh ` +
+        (known.length
+          ? `(it has ${known.join(', ')})`
+          : '(this site knows none yet: a dataset is made when the node of its site first starts)'),
+      near === null
+        ? {}
+        : { hint: `Did you mean ${near}? Run \`mesh status\` to see the datasets of the mesh and their origins.` }
     )
   }
   return byName[0]
@@ -416,7 +424,12 @@ function shownChanges(entries: Entry[], tables: Map<number, TableDef>, dialect: 
       const def = tables.get(ch.table)
       if (def === undefined) {
         const n = ch.upserts.length + ch.deletes.length
-        out.push({ op: 'note', table: `#${ch.table}`, values: {}, sql: `-- ${n} changes of a table not defined here` })
+        out.push({
+          op: 'note',
+          table: `#${ch.table}`,
+          values: {},
+          sql: `-- ${count(n, 'change')} of a table not defined here`
+        })
         continue
       }
       const name = dialect.internal(ch.table) ? '(sequences)' : def.name

@@ -23,6 +23,7 @@ export {
 export {
   buildStatus,
   addWalHealth,
+  count,
   duration,
   DEFAULT_THRESHOLDS,
   VERDICT_EXIT,

@@ -12,6 +12,9 @@ import type { DatasetInfo, MemberInfo, MemberRole, Report } from '../protocol/in
 import { healthReasons, memberHealth, usualHoursReason, type MemberHealth } from './health-status.ts'
 import type { CheckpointResult, DamageRecord, MeshState, VerifyResult } from './state.ts'
 import type { ContactHistory } from './usual-hours.ts'
+import { count } from './util.ts'
+
+export { count }
 
 export type Verdict = 'OK' | 'WARN' | 'CRIT'
 
@@ -257,7 +260,7 @@ const HOLDING_HINTS: Record<string, string> = {
 /** "26 hours", "3 minutes", "40 seconds". */
 export function duration(seconds: number): string {
   const s = Math.max(0, Math.round(seconds))
-  const unit = (n: number, w: string) => `${n} ${w}${n === 1 ? '' : 's'}`
+  const unit = (n: number, w: string) => count(n, w)
   if (s < 120) return unit(s, 'second')
   if (s < 2 * 3600) return unit(Math.round(s / 60), 'minute')
   if (s < 3 * 86400) return unit(Math.round(s / 3600), 'hour')
@@ -422,8 +425,15 @@ export function buildStatus(input: StatusInput): SiteStatus {
       (h) => h.role !== 'origin' && h.downloaded !== null && h.downloaded >= length && length > 0
     ).length
 
+    // A data key on its way within the first lagWarnSeconds after the dataset or the holding site appeared is a
+    // join under way (it comes sealed at the first connection to a full member that holds it), not a fault: like
+    // a copy not made yet, it is a warning only after that.
+    const keyOnItsWay = (holder: string) => {
+      const added = state.members.find((m) => hex(m.key) === holder)?.addedAt ?? 0
+      return (now - Math.max(d.createdAt, added)) / 1000 < t.lagWarnSeconds
+    }
     for (const h of holders) {
-      if (h.error) {
+      if (h.error && !(h.error === 'DATA_KEY_MISSING' && keyOnItsWay(h.key))) {
         const what = h.role === 'origin' ? `capture of ${d.name} at ${h.site}` : `${h.site}'s copy of ${d.name}`
         add(
           (h.role === 'origin' && h.error === 'DATABASE_LOCKED') || WARN_ONLY.has(h.error) ? 'WARN' : 'CRIT',
@@ -470,7 +480,13 @@ export function buildStatus(input: StatusInput): SiteStatus {
     if (state.members.length < 2)
       add('WARN', `${d.name} has no other site to protect it yet: invite one with \`mesh invite\``)
     const selfRole = state.members.find((m) => hex(m.key) === selfHex)?.role ?? 'full'
-    if (d.encryptedFrom !== undefined && selfRole === 'full' && input.dataKeys && !input.dataKeys.includes(d.id)) {
+    if (
+      d.encryptedFrom !== undefined &&
+      selfRole === 'full' &&
+      input.dataKeys &&
+      !input.dataKeys.includes(d.id) &&
+      !keyOnItsWay(selfHex)
+    ) {
       add(
         'WARN',
         `this site has not received the data key of ${d.name} yet, so it cannot read its encrypted logs: it ` +
@@ -535,7 +551,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
           `run mesh verify ${d.name}: if this copy differs from the log, mesh repair ${d.name} mends it; ` +
           `if it equals the log, the log is wrong and mesh resync ${d.name} at ${origin} mends it`
       }
-      const rows = `${checkpoint.rows} rows here, ${checkpoint.originRows} there${since}`
+      const rows = `${count(checkpoint.rows, 'row')} here, ${checkpoint.originRows} there${since}`
       const at = `the origin's checkpoint at position ${checkpoint.seq}`
       add('CRIT', `this site's copy of ${d.name} differs from ${at} (${rows}): ${mend}`)
     }
@@ -588,7 +604,7 @@ export function buildStatus(input: StatusInput): SiteStatus {
         'WARN',
         `a change to ${d.name} at position ` +
           `${x.seq}${x.time ? ` (${new Date(x.time).toISOString()})` : ''} deleted or rewrote ${x.changed} ` +
-          `of the ${x.before} rows of ${x.table}; if that was not meant, the state before it is: mesh ` +
+          `of the ${count(x.before, 'row')} of ${x.table}; if that was not meant, the state before it is: mesh ` +
           `restore ${d.name} --before ${x.seq} --to ${to}`
       )
     }

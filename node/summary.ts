@@ -154,7 +154,7 @@ export function buildAlert(
     lines.push('Cleared (no longer seen):', ...cleared.map((r) => `- ${r.level} ${r.text}`), '')
     html.push('<p>Cleared (no longer seen):</p><ul>', ...cleared.map((r) => `<li>${esc(r.text)}</li>`), '</ul>')
   }
-  lines.push(`Details: mesh status --dir DIR at ${site}.`)
+  lines.push(`Details: run mesh status at ${site}, or open the dashboard.`)
   const what = raised.length
     ? `${raised.some((r) => r.level === 'CRIT') ? 'CRIT' : 'WARN'}: ${raised[0].text.slice(0, 80)}`
     : `cleared: ${cleared[0]?.text.slice(0, 80) ?? ''}`

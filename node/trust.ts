@@ -42,7 +42,7 @@ import type { Peer } from './control.ts'
 import type { LogPlace } from './log.ts'
 import type { MeshNode } from './node.ts'
 import type { Outcome } from './statements.ts'
-import { hex, short, sleep } from './util.ts'
+import { count, hex, short, sleep } from './util.ts'
 
 /** How far the clocks of two sites may disagree. */
 export const CLOCK_SKEW_MS = 30_000
@@ -331,7 +331,9 @@ export class Trust {
     // 5. The branch point is within the parent log.
     const L = p.parent.length
     const known = this.parentLength(p)
-    if (L > known) return no('BRANCH_POINT', `its branch point ${L} is beyond the ${known} entries the log has`)
+    if (L > known) {
+      return no('BRANCH_POINT', `its branch point ${L} is beyond the ${count(known, 'entry', 'entries')} the log has`)
+    }
     const wroteParent = this.wrote(p.dataset, p.parent.key)
     // 6. No site applied more than L of the parent log (the parent's origin keeps its writes as a divergence).
     if (!wroteParent) {

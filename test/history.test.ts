@@ -285,8 +285,25 @@ test(
           assert.equal(r.code, 0, r.stderr)
           assert.equal(JSON.stringify(dump(to)), m.state, `restored ${name} the promotion`)
         }
-        const epochs = new Set((await logJson(b.dir, ds)).units.map((u: { epoch: number }) => u.epoch))
-        assert.deepEqual([...epochs], [0, 1], 'the log walks both epochs')
+        const log = await logJson(b.dir, ds)
+        const units = log.units as Array<{ seq: number; end: number; epoch: number; kind: string; note: string }>
+        assert.deepEqual([...new Set(units.map((u) => u.epoch))], [0, 1], 'the log walks both epochs')
+        // One numbering: positions go on along the chain across the promotion, never from 0 again per epoch.
+        for (let i = 1; i < units.length; i++)
+          assert.ok(units[i].seq >= units[i - 1].end, `unit ${units[i].seq} after ${units[i - 1].seq}..${units[i].end}`)
+        const header = units.find((u) => u.epoch === 1)!
+        assert.equal(header.kind, 'header')
+        const from = /starts epoch 1, continuing from position (\d+)/.exec(header.note)
+        assert.ok(from, header.note)
+        assert.equal(Number(from[1]), header.seq, 'the new epoch starts where the note says, on the same count')
+        assert.equal(log.length, units[units.length - 1].end, 'the length is counted the same way')
+        // --seq takes a position of the new epoch as mesh log shows it.
+        const to = path.join(dir, 'promotion-seq.db')
+        r = await mesh(['restore', ds, '--seq', String(units[units.length - 1].seq), '--to', to, '--dir', b.dir], {
+          timeoutMs: 120_000
+        })
+        assert.equal(r.code, 0, r.stderr)
+        assert.equal(JSON.stringify(dump(to)), after.state, 'restored by position, after the promotion')
       }
     )
   }

@@ -204,3 +204,85 @@ test('status: a copy whose report is newer than the origin’s never shows more 
   assert.equal(copy.lagEntries, 0)
   assert.equal(d.heldBy, 1)
 })
+
+test('status text counts in words that agree: 1 member, 1 entry, 1 other site, never "1 entries"', async () => {
+  const { formatStatus } = await import('../tools/commands/status.ts')
+  // A mesh of one site (just set up) holding no dataset, and two sites whose log holds a single entry.
+  const alone = buildStatus({
+    self: a,
+    site: 'shop-a',
+    state: { ...twoSiteState(a, b, log, now), members: [{ key: a, site: 'shop-a', addedAt: now }], datasets: [] },
+    reports: [],
+    connected: new Set(),
+    running: true,
+    refused: [],
+    now,
+    thresholds: DEFAULT_THRESHOLDS
+  })
+  assert.match(formatStatus(alone), /\(node running; 1 member, 0 connected now\)/)
+  const one = { length: 1, byteLength: 100, downloaded: 1, applied: 1, appliedBytes: 100 }
+  const reports: Report[] = [
+    { site: a, siteName: 'shop-a', at: now, holdings: [holding(one)], peers: [], software: 't' },
+    {
+      site: b,
+      siteName: 'shop-b',
+      at: now,
+      holdings: [holding({ ...one, applied: 0, damaged: 1 })],
+      peers: [],
+      software: 't'
+    }
+  ]
+  const text = formatStatus(
+    buildStatus({
+      self: a,
+      site: 'shop-a',
+      state: twoSiteState(a, b, log, now),
+      reports,
+      connected: new Set(),
+      running: true,
+      refused: [],
+      now,
+      thresholds: DEFAULT_THRESHOLDS
+    })
+  )
+  assert.match(text, /\(node running; 2 members, /)
+  assert.match(text, /epoch 0: 1 entry, 100 B, .*held by 1 of 1 other site$/m)
+  assert.match(text, /shop-b +replica +downloaded 1, applied 0 +lag 1 entry, /)
+  assert.match(text, / 1 damaged block rejected/)
+  assert.doesNotMatch(text, /\b1 (entries|members|datasets|rows|blocks|sites|other sites)\b/)
+})
+
+test('status: a data key on its way while a site joins is no warning; one still missing an hour on is', () => {
+  const waiting = {
+    applied: 0,
+    downloaded: 0,
+    error: 'DATA_KEY_MISSING',
+    errorMessage: "DATA_KEY_MISSING: till's logs are encrypted and its data key has not reached this site yet"
+  }
+  const joinedAt = (ago: number) => {
+    const state = twoSiteState(a, b, log, now)
+    state.members[1].addedAt = now - ago
+    state.datasets[0].encryptedFrom = 0
+    return buildStatus({
+      self: b,
+      site: 'shop-b',
+      state,
+      reports: [
+        { site: a, siteName: 'shop-a', at: now, holdings: [holding({})], peers: [], software: 't' },
+        { site: b, siteName: 'shop-b', at: now, holdings: [holding(waiting)], peers: [], software: 't' }
+      ],
+      connected: new Set([Buffer.from(a).toString('hex')]),
+      running: true,
+      refused: [],
+      now,
+      thresholds: DEFAULT_THRESHOLDS,
+      dataKeys: []
+    })
+  }
+  const fresh = joinedAt(60_000)
+  assert.equal(fresh.verdict, 'OK', JSON.stringify(fresh.reasons))
+  const late = joinedAt(2 * HOUR)
+  assert.equal(late.verdict, 'WARN')
+  assert.ok(late.reasons.some((r) => /shop-b's copy of till is failing: DATA_KEY_MISSING/.test(r.text)))
+  assert.ok(late.reasons.some((r) => /this site has not received the data key of till yet/.test(r.text)))
+})

@@ -111,4 +111,7 @@ test('an alert names what was raised and cleared; a reason is the same one as it
   assert.equal(m.subject, 'branchmesh CRIT: south has not been heard from for 17 hours (+1 more)')
   assert.match(m.text, /New problems:\n- CRIT south has not been heard from for 17 hours\n/)
   assert.match(m.text, /Cleared \(no longer seen\):\n- WARN x\n/)
+  // Its pointer to the details is a command that runs as it is (no DIR to fill in).
+  assert.match(m.text, /^Details: run mesh status at north, or open the dashboard\.$/m)
+  assert.doesNotMatch(m.text, /\bDIR\b/)
 })

@@ -12,9 +12,14 @@ function el(tag, attrs, ...children) {
   return e
 }
 
+/** "1 entry", "3 entries": as node/util.ts count(). */
+function count(n, noun, plural = `${noun}s`) {
+  return `${n} ${n === 1 ? noun : plural}`
+}
+
 function duration(seconds) {
   const s = Math.max(0, Math.round(seconds))
-  const unit = (n, w) => `${n} ${w}${n === 1 ? '' : 's'}`
+  const unit = (n, w) => count(n, w)
   if (s < 120) return unit(s, 'second')
   if (s < 7200) return unit(Math.round(s / 60), 'minute')
   if (s < 3 * 86400) return unit(Math.round(s / 3600), 'hour')
@@ -77,12 +82,13 @@ function datasetCard(d, judged, now) {
     el(
       'p',
       {},
-      `${d.engine}, origin ${d.originSite}, epoch ${d.epoch}: ${d.length} entries, ${bytes(d.bytes)}, ` +
+      `${d.engine}, origin ${d.originSite}, epoch ${d.epoch}: ${count(d.length, 'entry', 'entries')}, ` +
+        `${bytes(d.bytes)}, ` +
         `last write ${ago(d.lastWriteAt, now)}`
     )
   )
   const others = d.holders.filter((h) => h.role !== 'origin').length
-  card.append(el('p', {}, `copies: the latest write is held by ${d.heldBy} of ${others} other sites`))
+  card.append(el('p', {}, `copies: the latest write is held by ${d.heldBy} of ${count(others, 'other site')}`))
   const table = el(
     'table',
     {},
@@ -97,8 +103,8 @@ function datasetCard(d, judged, now) {
       h.applied === null
         ? 'holds nothing yet'
         : h.role === 'blind'
-          ? `${h.lagEntries} entries`
-          : `${duration(h.lagSeconds || 0)}, ${h.lagEntries} entries, ${bytes(h.lagBytes)}`
+          ? count(h.lagEntries, 'entry', 'entries')
+          : `${duration(h.lagSeconds || 0)}, ${count(h.lagEntries, 'entry', 'entries')}, ${bytes(h.lagBytes)}`
     table.append(
       el(
         'tr',
@@ -160,7 +166,8 @@ function datasetCard(d, judged, now) {
       el(
         'p',
         { class: 'reason-WARN' },
-        `mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ${ago(x.at, now)}`
+        `mass change at position ${x.seq}: ${x.changed} of ${count(x.before, 'row')} of ${x.table}, ` +
+          `${ago(x.at, now)}`
       )
     )
   }
@@ -181,7 +188,8 @@ function render(view) {
   $('title').textContent = `${s.site}: the mesh as seen from here`
   const connected = s.members.filter((m) => m.connected).length
   $('meta').textContent =
-    `node ${s.running ? 'running' : 'NOT running'}; ${s.members.length} members, ${connected} connected now; ` +
+    `node ${s.running ? 'running' : 'NOT running'}; ${count(s.members.length, 'member')}, ` +
+    `${connected} connected now; ` +
     `updated ${new Date(now).toLocaleTimeString()}`
   $('reasons').replaceChildren(
     ...s.reasons.map((r) => el('li', { class: `reason-${r.level}` }, `${r.level}: ${r.text}`))

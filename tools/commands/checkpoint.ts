@@ -1,4 +1,5 @@
 import { MeshError } from '../../protocol/index.ts'
+import { count } from '../../node/util.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { askRunningNode, out, parse, type Command } from './common.ts'
 
@@ -24,7 +25,7 @@ one by itself when idle, every checkpointSeconds (config.json, default 600). The
     const c = res.checkpoint
     if (values.json) out(JSON.stringify(c))
     else {
-      out(`${c.dataset}: checkpoint of position ${c.seq} appended (${c.rows} rows).`)
+      out(`${c.dataset}: checkpoint of position ${c.seq} appended (${count(c.rows, 'row')}).`)
       out('Each copy compares its own digest when it applies it; mesh status at each site shows whether it matches.')
     }
     return 0

@@ -1,6 +1,7 @@
 import { MeshError } from '../../protocol/index.ts'
 import { offlineHistory, type ShownChange } from '../../node/history.ts'
 import { readMeshState, sitePaths } from '../../node/state.ts'
+import { count as counted } from '../../node/util.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { askNodeIfRunning, out, parse, type Command } from './common.ts'
 
@@ -110,15 +111,21 @@ export const command: Command = {
       out(JSON.stringify(log))
       return 0
     }
-    out(`${log.dataset} (${log.engine}, id ${log.id}): epoch ${log.epoch}, ${log.length} blocks along the chain`)
+    out(
+      `${log.dataset} (${log.engine}, id ${log.id}): epoch ${log.epoch}, ` +
+        `${counted(log.length, 'block')} along the chain`
+    )
     for (const u of log.units) {
       const when = u.time === null ? '-'.padEnd(25) : localTime(u.time)
       const touched = u.tables.map((t) => `${t.table} +${t.upserts} -${t.deletes}`).join(', ')
       const copy = u.kind === 'snapshot' && u.note ? `; ${u.note}` : ''
-      const what = u.rows ? `${u.rows} rows: ${touched}${copy}` : u.note
+      const what = u.rows ? `${counted(u.rows, 'row')}: ${touched}${copy}` : u.note
       out(`${String(u.seq).padStart(8)}  epoch ${u.epoch}  ${when}  ${u.kind.padEnd(11)} ${what}`)
       for (const d of u.damage ?? [])
-        out(`          MASS CHANGE: ${d.changed} of ${d.before} rows of ${d.table}; the state before it: ${d.restore}`)
+        out(
+          `          MASS CHANGE: ${d.changed} of ${counted(d.before, 'row')} of ${d.table}; ` +
+            `the state before it: ${d.restore}`
+        )
       // In full: each change as a statement of the dataset's engine, by table and column, values as literals.
       for (const c of u.changes ?? []) out(`          ${c.sql}`)
     }

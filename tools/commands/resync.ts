@@ -1,4 +1,5 @@
 import { MeshError } from '../../protocol/index.ts'
+import { count } from '../../node/util.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { askRunningNode, out, parse, type Command } from './common.ts'
 
@@ -25,7 +26,10 @@ must be running.`,
     const r = res.resync
     if (values.json) out(JSON.stringify(r))
     else {
-      out(`${r.dataset}: a fresh copy of the whole database (${r.rows} rows) appended to the log at position ${r.seq}.`)
+      out(
+        `${r.dataset}: a fresh copy of the whole database (${count(r.rows, 'row')}) appended to the log at ` +
+          `position ${r.seq}.`
+      )
       out(
         r.checkpoint === null
           ? 'The database did not go idle for a checkpoint yet; the periodic one follows. ' +

@@ -2,6 +2,7 @@ import { MeshError } from '../../protocol/index.ts'
 import {
   addWalHealth,
   askNode,
+  count,
   duration,
   engineFor,
   sizeText,
@@ -41,8 +42,8 @@ export function formatStatus(s: SiteStatus): string {
   const lines: string[] = []
   const connected = s.members.filter((m) => m.connected).length
   lines.push(
-    `${s.verdict}: ${s.site} (node ${s.running ? 'running' : 'NOT running'}; ${s.members.length} ` +
-      `members, ${connected} connected now)`
+    `${s.verdict}: ${s.site} (node ${s.running ? 'running' : 'NOT running'}; ` +
+      `${count(s.members.length, 'member')}, ${connected} connected now)`
   )
   for (const r of s.reasons) lines.push(`  ${r.level}: ${r.text}`)
   lines.push('')
@@ -51,9 +52,9 @@ export function formatStatus(s: SiteStatus): string {
   for (const d of s.datasets) {
     const others = d.holders.filter((h) => h.role !== 'origin').length
     lines.push(
-      `  ${d.name}  origin ${d.originSite}, epoch ${d.epoch}: ${d.length} entries, ${bytes(d.bytes)}, ` +
-        `last write ${ago(d.lastWriteAt, now)}; latest write held by ${d.heldBy} of ${others} other ` +
-        `site${others === 1 ? '' : 's'}`
+      `  ${d.name}  origin ${d.originSite}, epoch ${d.epoch}: ${count(d.length, 'entry', 'entries')}, ` +
+        `${bytes(d.bytes)}, last write ${ago(d.lastWriteAt, now)}; latest write held by ${d.heldBy} of ` +
+        `${count(others, 'other site')}`
     )
     for (const h of d.holders) {
       const pos =
@@ -67,12 +68,14 @@ export function formatStatus(s: SiteStatus): string {
         h.applied === null
           ? ''
           : h.role === 'blind'
-            ? `  lag ${h.lagEntries} entries`
+            ? `  lag ${count(h.lagEntries ?? 0, 'entry', 'entries')}`
             : h.captureLag
               ? `  capture lag ${bytes(h.captureLag.bytes)}, ${duration(h.captureLag.seconds)}`
-              : `  lag ${h.lagEntries} entries, ${bytes(h.lagBytes)}, ${duration(h.lagSeconds ?? 0)}`
-      const err = h.error ? `  ERROR ${h.error}` : ''
-      const dmg = h.damagedBlocks ? `  ${h.damagedBlocks} damaged block(s) rejected` : ''
+              : `  lag ${count(h.lagEntries ?? 0, 'entry', 'entries')}, ${bytes(h.lagBytes)}, ` +
+                `${duration(h.lagSeconds ?? 0)}`
+      // A data key on its way is no error of the copy (mesh status warns if it does not come).
+      const err = h.error === 'DATA_KEY_MISSING' ? '  waiting for its data key' : h.error ? `  ERROR ${h.error}` : ''
+      const dmg = h.damagedBlocks ? `  ${count(h.damagedBlocks, 'damaged block')} rejected` : ''
       lines.push(
         `    ${h.site.padEnd(16)} ${h.role.padEnd(8)} ${pos}${lag}  contact ${ago(h.lastContact, now)}${err}${dmg}`
       )
@@ -90,7 +93,7 @@ export function formatStatus(s: SiteStatus): string {
     if (d.checkpoint) {
       lines.push(
         `    checkpoint: this copy ${d.checkpoint.ok ? 'matched' : 'DIFFERS from'} the origin's at ` +
-          `position ${d.checkpoint.seq} (${d.checkpoint.rows} rows), ${ago(d.checkpoint.at, now)}`
+          `position ${d.checkpoint.seq} (${count(d.checkpoint.rows, 'row')}), ${ago(d.checkpoint.at, now)}`
       )
     }
     if (d.verified) {
@@ -109,7 +112,7 @@ export function formatStatus(s: SiteStatus): string {
     }
     for (const x of d.damage ?? []) {
       lines.push(
-        `    mass change at position ${x.seq}: ${x.changed} of ${x.before} rows of ${x.table}, ` +
+        `    mass change at position ${x.seq}: ${x.changed} of ${count(x.before, 'row')} of ${x.table}, ` +
           `${ago(x.at, now)} (the state before it: mesh restore ${d.name} --before ${x.seq} --to FILE)`
       )
     }
@@ -123,7 +126,7 @@ export function formatStatus(s: SiteStatus): string {
     }
     for (const x of d.divergences) {
       lines.push(
-        `    divergence: ${x.changes} change(s) made here in epoch ${x.epoch}, superseded by epoch ` +
+        `    divergence: ${count(x.changes, 'change')} made here in epoch ${x.epoch}, superseded by epoch ` +
           `${x.fencedBy} ${ago(x.at, now)}: ${x.dir}`
       )
     }
@@ -172,6 +175,13 @@ export async function readStatus(dir: string): Promise<SiteStatus> {
   } | null
   if (res?.error) throw new MeshError(res.error.code, res.error.message)
   const s = res?.status ?? statusFromDisk(dir, cfg.site, cfg.status)
+  // The command to start this site's node, as it runs here: with this --dir unless it is the default one.
+  if (dir !== resolveDir(undefined)) {
+    for (const r of s.reasons) {
+      if (r.text.startsWith(`the node at ${s.site} is not running`))
+        r.text = r.text.replace('`mesh start`', `\`mesh start --dir ${dir}\``)
+    }
+  }
   // A PostgreSQL origin's slot: asked of the server here, so it is known when the node is off.
   for (const d of cfg.datasets) {
     // Trigger capture has no slot; a slot's name carries its epoch.

@@ -8,7 +8,7 @@
  */
 import fs from 'node:fs'
 import Database from 'better-sqlite3'
-import { valueTag } from '../../node/index.ts'
+import { count, valueTag } from '../../node/index.ts'
 
 export interface Comparison {
   equal: boolean
@@ -20,7 +20,9 @@ export interface Comparison {
 
 /** A comparison in the words of the demo's checks. */
 export function identical(cmp: Comparison): string {
-  return cmp.equal ? `identical (${cmp.tables} tables, ${cmp.rows} rows)` : `DIFFERENT: ${cmp.difference}`
+  return cmp.equal
+    ? `identical (${count(cmp.tables, 'table')}, ${count(cmp.rows, 'row')})`
+    : `DIFFERENT: ${cmp.difference}`
 }
 
 function userTables(db: Database.Database): string[] {

@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
+import { count } from '../../node/util.ts'
 import { out } from '../commands/common.ts'
 import { compareDatabases, identical, replaySql, type Comparison } from './compare.ts'
 import { DemoFailure, Interrupted, secs, type Check, type Demo } from './stage.ts'
@@ -54,7 +55,7 @@ export async function checkCopies(demo: Demo, dark: Dark): Promise<Check[]> {
  */
 export function checkDivergence(demo: Demo, dark: Dark, offline: Offline, div: Divergence): Check[] {
   const east = demo.sites[2]
-  const did = `${offline.transactions} transactions, ${offline.rows.size} rows`
+  const did = `${count(offline.transactions, 'transaction')}, ${count(offline.rows.size, 'row')}`
   out(`   ${east.name}'s divergence folder, against what its till did while cut off (${did}):`)
   const checks = [keptRows(offline, div), replayed(dark, offline, div), beforeDb(dark, offline, div)]
   for (const c of checks) row(c, '     ', 58)
@@ -78,7 +79,7 @@ function keptRows(offline: Offline, div: Divergence): Check {
     const twice = kept.length - keptSet.size
     const ok = missing.length === 0 && extra.length === 0 && twice === 0 && ops.length === div.changes
     const detail = ok
-      ? `the same ${kept.length} rows, none missing, none extra`
+      ? `the same ${count(kept.length, 'row')}, none missing, none extra`
       : `DIFFERENT: ${ops.length} changes kept (status says ${div.changes}); ` +
         `missing ${missing.slice(0, 5).join(', ') || 'none'}; extra ${extra.slice(0, 5).join(', ') || 'none'}; ` +
         `twice ${twice}`
@@ -101,7 +102,9 @@ function replayed(dark: Dark, offline: Offline, div: Divergence): Check {
   return {
     what: 'changes.sql replayed onto its data as it went dark',
     ok: cmp.equal,
-    detail: cmp.equal ? `gives its database as the till left it (${cmp.rows} rows)` : `DIFFERENT: ${cmp.difference}`
+    detail: cmp.equal
+      ? `gives its database as the till left it (${count(cmp.rows, 'row')})`
+      : `DIFFERENT: ${cmp.difference}`
   }
 }
 
@@ -117,7 +120,9 @@ function beforeDb(dark: Dark, offline: Offline, div: Divergence): Check {
   return {
     what: 'before.db',
     ok: cmp.equal,
-    detail: cmp.equal ? `is its database as the till left it (${cmp.rows} rows)` : `DIFFERENT: ${cmp.difference}`
+    detail: cmp.equal
+      ? `is its database as the till left it (${count(cmp.rows, 'row')})`
+      : `DIFFERENT: ${cmp.difference}`
   }
 }
 
@@ -153,20 +158,20 @@ export function verdict(demo: Demo, all: Checks, offline: Offline, div: Divergen
   }
   const copies = all.copies.length
   const total = demo.shops.reduce((n, s) => n + s.stats.transactions, 0)
-  const sales = `${offline.transactions} transactions`
+  const sales = count(offline.transactions, 'transaction')
   const took = secs(Date.now() - demo.started)
   return {
     ok,
     lines: [
       "PASS: every copy of every shop's data is identical to its current origin, row by row " +
-        `(${copies} copies checked),`,
-      `      and ${east.name}'s divergence folder holds exactly the ${div.changes} rows its till changed ` +
+        `(${count(copies, 'copy', 'copies')} checked),`,
+      `      and ${east.name}'s divergence folder holds exactly the ${count(div.changes, 'row')} its till changed ` +
         `while cut off (${sales}).`,
       `      ${east.name} was lost; ${north.name} took over its data (epoch ${eb.epoch}) ` +
         'and its business kept selling there;',
       `      ${east.name} came back, was fenced, kept its offline sales aside, ` +
         `and now follows ${north.name} like ${south.name} does.`,
-      `      (${total} transactions were made while the mesh ran; took ${took}.)`
+      `      (${count(total, 'transaction')} ${total === 1 ? 'was' : 'were'} made while the mesh ran; took ${took}.)`
     ]
   }
 }

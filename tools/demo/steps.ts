@@ -8,7 +8,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import createTestnet from 'hyperdht/testnet'
-import type { PromoteResult, SiteStatus } from '../../node/index.ts'
+import { count, type PromoteResult, type SiteStatus } from '../../node/index.ts'
 import { out } from '../commands/common.ts'
 import { command as initCommand } from '../commands/init.ts'
 import { command as inviteCommand } from '../commands/invite.ts'
@@ -320,8 +320,10 @@ export async function southFollows(demo: Demo, p: PromoteResult): Promise<void> 
     `${south.name} to follow ${north.name}'s epoch ${p.epoch} of ${eb.name}`
   )
   const sv = southView!
-  const says = `${eb.name} has origin ${sv.origin}, epoch ${sv.epoch}, and it has applied ${sv.applied} of ${sv.length}`
-  out(`   ${south.name}'s node follows by itself: its status says ${says} entries.`)
+  const says =
+    `${eb.name} has origin ${sv.origin}, epoch ${sv.epoch}, and it has applied ${sv.applied} of ` +
+    count(sv.length, 'entry', 'entries')
+  out(`   ${south.name}'s node follows by itself: its status says ${says}.`)
   out('')
 }
 
@@ -352,12 +354,14 @@ export async function eastReturns(demo: Demo, offline: Offline): Promise<Diverge
   )
   const div: Divergence = fenced!
   const files = fs.existsSync(div.dir) ? fs.readdirSync(div.dir).sort() : []
-  const changes = `${div.changes} row change${div.changes === 1 ? '' : 's'}`
+  const changes = count(div.changes, 'row change')
   out(
     `   It learnt that ${north.name} took over ${eb.name} (epoch ${eb.epoch}) and was fenced: ` +
       'it stopped capturing its database,'
   )
-  out(`   and kept aside the ${changes} its till made while cut off (${offline.transactions} transactions), in`)
+  out(
+    `   and kept aside the ${changes} its till made while cut off (${count(offline.transactions, 'transaction')}), in`
+  )
   out(`     ${demo.rel(div.dir)}/  (${files.join(', ')})`)
   out(
     `   neither applied nor dropped (checked below), for someone to review and re-enter at ${north.name}; ` +

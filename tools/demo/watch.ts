@@ -3,7 +3,7 @@
  * about every second (each shop's orders and how many up-to-date copies of its data the others hold), and
  * waits until a condition on those answers holds.
  */
-import { askNode, type SiteStatus } from '../../node/index.ts'
+import { askNode, count, type SiteStatus } from '../../node/index.ts'
 import { out } from '../commands/common.ts'
 import { DemoFailure, secs, short, type Business, type Demo, type Site } from './stage.ts'
 
@@ -79,8 +79,9 @@ function describe(views: DatasetView[]): string[] {
   return views.flatMap((v) => {
     const b = v.business
     const state = `epoch ${b.epoch}, ${b.origin.alive ? 'running' : 'switched off'}`
+    const length = v.length === null ? '? entries' : count(v.length, 'entry', 'entries')
     return [
-      `${b.owner.name}'s data, at ${b.origin.name} (${state}): its log has ${v.length ?? '?'} entries`,
+      `${b.owner.name}'s data, at ${b.origin.name} (${state}): its log has ${length}`,
       ...v.copies.map((c) => `  copy at ${c.holder.name}: applied ${c.applied ?? 'nothing of this epoch yet'}`)
     ]
   })
