@@ -21,7 +21,9 @@ import {
   type OwnDataset,
   type AppVersionSource,
   type AlertOptions,
-  type StatusThresholds
+  type StatusThresholds,
+  type LinkBudget,
+  MIN_LINK_KBPS
 } from '../node/index.ts'
 import { checkAlerts } from './alerts-config.ts'
 
@@ -54,6 +56,8 @@ export interface SiteConfig {
   alerts?: AlertOptions
   /** The dashboard (node/dashboard/); absent: the node does not serve it, and charts are sampled every 5 min. */
   dashboard?: DashboardSettings
+  /** The bandwidth budget of all this site's mesh traffic, kbit/s each way (node/traffic.ts); absent: none. */
+  link?: LinkBudget
 }
 
 /** config.json "dashboard": where the node serves it, its token (this file is 0600), how often charts sample. */
@@ -78,7 +82,8 @@ const TOP_KEYS = [
   'appVersion',
   'retrySeconds',
   'alerts',
-  'dashboard'
+  'dashboard',
+  'link'
 ] as const
 const SNAPSHOT_KEYS = Object.keys(DEFAULT_SNAPSHOTS)
 const DATASET_KEYS = ['id', 'name', 'engine', 'path', 'url', 'capture'] as const
@@ -306,7 +311,9 @@ export function readConfig(dir: string): SiteConfig {
     retrySeconds = r
   }
   const dashboard = j.dashboard === undefined || j.dashboard === null ? undefined : checkDashboard(j.dashboard, file)
+  const link = j.link === undefined || j.link === null ? undefined : checkLink(j.link, file)
   return {
+    ...(link ? { link } : {}),
     ...(dashboard ? { dashboard } : {}),
     ...(j.encryptNewDatasets === false ? { encryptNewDatasets: false } : {}),
     site: j.site,
@@ -324,6 +331,55 @@ export function readConfig(dir: string): SiteConfig {
     alerts: checkAlerts(j.alerts, file),
     dashboard
   }
+}
+
+const KBPS_HINT =
+  `Give kilobits per second, ${MIN_LINK_KBPS} or more (e.g. 128 for a mesh that may use half of a 256 kbit/s ` +
+  'line), or leave it out for no limit.'
+
+/**
+ * One side of the bandwidth budget, in kbit/s: a number of at least MIN_LINK_KBPS (below it the control
+ * traffic alone, reports and keep-alives, would not fit, and replication would never end). `what` names it
+ * in the error: a flag (a usage error) or a config key.
+ */
+export function checkKbps(v: unknown, what: string, flag: boolean): number {
+  const n = flag && typeof v === 'string' && v.trim() !== '' ? Number(v) : v
+  const fail = (why: string) =>
+    flag
+      ? MeshError.USAGE(`${what} ${why}`, { hint: KBPS_HINT })
+      : MeshError.BAD_CONFIG(`${what} ${why}`, {
+          hint: KBPS_HINT
+        })
+  if (typeof n !== 'number' || !Number.isFinite(n)) throw fail(`must be a number of kbit/s, not ${JSON.stringify(v)}`)
+  if (n <= 0) throw fail(`must be above 0 (${n} would stop all of this site's mesh traffic)`)
+  if (n < MIN_LINK_KBPS) {
+    throw fail(`is ${n} kbit/s: under ${MIN_LINK_KBPS} the mesh's control traffic alone does not fit`)
+  }
+  return n
+}
+
+/** config `link`: {"upKbps": 128, "downKbps": 256}; either may be left out (no limit that way). */
+function checkLink(v: unknown, file: string): LinkBudget {
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw MeshError.BAD_CONFIG(`${file}: "link" must be an object, e.g. {"upKbps": 128, "downKbps": 128}`, {
+      hint: KBPS_HINT
+    })
+  const o = v as Record<string, unknown>
+  checkKeys(o, ['upKbps', 'downKbps'], '"link"', file)
+  const link: LinkBudget = {}
+  if (o.upKbps !== undefined && o.upKbps !== null) link.upKbps = checkKbps(o.upKbps, `${file}: link.upKbps`, false)
+  if (o.downKbps !== undefined && o.downKbps !== null) {
+    link.downKbps = checkKbps(o.downKbps, `${file}: link.downKbps`, false)
+  }
+  return link
+}
+
+/** The `--up-kbps` and `--down-kbps` of `init` and `join`; undefined when neither is given. */
+export function linkFlags(values: { 'up-kbps'?: string; 'down-kbps'?: string }): LinkBudget | undefined {
+  const link: LinkBudget = {}
+  if (values['up-kbps'] !== undefined) link.upKbps = checkKbps(values['up-kbps'], '--up-kbps', true)
+  if (values['down-kbps'] !== undefined) link.downKbps = checkKbps(values['down-kbps'], '--down-kbps', true)
+  return Object.keys(link).length ? link : undefined
 }
 
 /** config `dashboard`: {"listen": "HOST:PORT" or null, "token": "...", "sampleSeconds": 300}. */
@@ -391,6 +447,8 @@ export function writeConfig(dir: string, cfg: SiteConfig): void {
   if (cfg.appVersion) j.appVersion = 'version' in cfg.appVersion ? cfg.appVersion.version : cfg.appVersion
   if (cfg.retrySeconds !== undefined) j.retrySeconds = cfg.retrySeconds
   if (cfg.alerts) j.alerts = cfg.alerts
+  // No budget is no limit: the key is written only when one was given.
+  if (cfg.link) j.link = cfg.link
   writeFileAtomic(configPath(dir), `${JSON.stringify(j, null, 2)}\n`, 0o600)
 }
 

@@ -13,15 +13,24 @@ import {
   writeMeshState,
   DEFAULT_GUARD,
   DEFAULT_SNAPSHOTS,
-  DEFAULT_THRESHOLDS
+  DEFAULT_THRESHOLDS,
+  MIN_LINK_KBPS
 } from '../../node/index.ts'
-import { checkSiteName, resolveBootstrap, resolveDir, writeConfig, CONFIG_FILE, type SiteConfig } from '../config.ts'
+import {
+  checkSiteName,
+  linkFlags,
+  resolveBootstrap,
+  resolveDir,
+  writeConfig,
+  CONFIG_FILE,
+  type SiteConfig
+} from '../config.ts'
 import { out, parse, type Command } from './common.ts'
 
 export const usage =
   `mesh init --dir DIR --site NAME (--sqlite PATH | --postgres URL) ` +
   `[--capture triggers] [--dataset NAME] [--replica-postgres URL] ` +
-  `[--bootstrap HOST:PORT[,...]]
+  `[--bootstrap HOST:PORT[,...]] [--up-kbps N] [--down-kbps N]
 
 Starts a new mesh with this site as its first member, protecting one database.
   --site NAME      this site's name, e.g. shop-north
@@ -37,6 +46,10 @@ Starts a new mesh with this site as its first member, protecting one database.
                    datasets, one database each (its user needs CREATEDB); without it their logs are kept only
   --dataset NAME   the dataset's name in the mesh (default: the file's base name or the database name)
   --bootstrap      DHT bootstrap nodes for a private network (default: the public DHT; also MESH_BOOTSTRAP)
+  --up-kbps N, --down-kbps N
+                   the bandwidth budget of all of this site's mesh traffic, in kbit/s each way (at least
+                   ${MIN_LINK_KBPS}; config link.upKbps, link.downKbps): on a slow line, leave room for the
+                   shop's own traffic. Default: no limit
   --dir DIR        data directory (default: MESH_DIR, then a per-user folder)`
 
 function datasetName(flag: string | undefined, fallback: string): string {
@@ -50,7 +63,9 @@ export const SITE_OPTIONS = {
   postgres: { type: 'string' },
   'replica-postgres': { type: 'string' },
   capture: { type: 'string' },
-  dataset: { type: 'string' }
+  dataset: { type: 'string' },
+  'up-kbps': { type: 'string' },
+  'down-kbps': { type: 'string' }
 } as const
 
 type SiteValues = {
@@ -62,6 +77,8 @@ type SiteValues = {
   capture?: string
   dataset?: string
   bootstrap?: string
+  'up-kbps'?: string
+  'down-kbps'?: string
 }
 
 /**
@@ -97,7 +114,9 @@ export async function newSite(values: SiteValues, example: string) {
     }
   }
   const replicaPostgres = values['replica-postgres'] ?? null
+  const link = linkFlags(values)
   const config: SiteConfig = {
+    ...(link ? { link } : {}),
     site: checkSiteName(values.site),
     datasets: [dataset],
     bootstrap: resolveBootstrap(values.bootstrap, null),
