@@ -18,17 +18,14 @@
  * The aim: connected again within 30 s of coming back, every time. Run with `npm run bench -- --reconnect`,
  * or alone: `node --import tsx bench/reconnect.ts [--reconnect-minutes N] [--reconnect-only link|stop]`.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { pathToFileURL } from 'node:url'
 import Database from 'better-sqlite3'
 import { askNode, type SiteStatus } from '../node/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-const MESH = path.join(ROOT, 'tools', 'mesh.js')
-const DHT_SCRIPT = path.join(ROOT, 'bench', 'reconnect-dht.ts')
+import { DHT_SCRIPT, MESH, NsProc, ip, meshIn, removeNamespaces, sleep } from './netns.ts'
 
 export interface ReconnectBenchOptions {
   say?: (line: string) => void
@@ -43,78 +40,6 @@ export interface ReconnectBenchOptions {
 /** The node log messages about connections that the bench shows for each outage. */
 const NOTEWORTHY =
   /^(connected|disconnected|cannot reach a member|network changed|this node was frozen|member reachable)/
-
-/**
- * The sites reach each other directly over the hub (MESH_DIRECT=1: no hole punching, as on loopback in the
- * tests). With hole punching, connections between the namespaces sometimes timed out again and again (one
- * `mesh join` of six found no way through in 120 s): that measured hyperdht's hole punching, not reconnection.
- */
-const DIRECT = { ...process.env, MESH_DIRECT: '1' }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-function ip(...args: string[]): string {
-  return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
-}
-
-/** A long-running process in a namespace, with its output lines. */
-class NsProc {
-  readonly proc: ChildProcess
-  readonly lines: string[] = []
-  private readonly exited: Promise<void>
-
-  constructor(ns: string, argv: string[]) {
-    this.proc = spawn('ip', ['netns', 'exec', ns, process.execPath, ...argv], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: DIRECT
-    })
-    this.exited = new Promise((r) => this.proc.on('exit', () => r()))
-    for (const s of [this.proc.stdout!, this.proc.stderr!]) {
-      let buf = ''
-      s.on('data', (d: Buffer) => {
-        buf += d.toString()
-        const parts = buf.split('\n')
-        buf = parts.pop() ?? ''
-        this.lines.push(...parts)
-      })
-    }
-  }
-
-  async line(re: RegExp, ms: number): Promise<string> {
-    const end = Date.now() + ms
-    for (;;) {
-      const hit = this.lines.find((l) => re.test(l))
-      if (hit) return hit
-      if (Date.now() > end || this.proc.exitCode !== null) {
-        throw new Error(`bench: no line ${re} in time:\n${this.lines.slice(-20).join('\n')}`)
-      }
-      await sleep(100)
-    }
-  }
-
-  signal(sig: NodeJS.Signals): void {
-    if (this.proc.exitCode === null) this.proc.kill(sig)
-  }
-
-  async stop(): Promise<void> {
-    if (this.proc.exitCode !== null) return
-    this.signal('SIGCONT')
-    this.signal('SIGTERM')
-    const t = setTimeout(() => this.signal('SIGKILL'), 10_000)
-    await this.exited
-    clearTimeout(t)
-  }
-}
-
-/** Runs a `mesh` command in a namespace to completion. */
-function meshIn(ns: string, args: string[]): string {
-  return execFileSync('ip', ['netns', 'exec', ns, process.execPath, MESH, ...args], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'pipe'],
-    timeout: 180_000,
-    env: DIRECT
-  })
-}
 
 /** The namespaces, the hub's bridge and the slow links; `down()` removes all of it. */
 class Net {
@@ -160,13 +85,7 @@ class Net {
   }
 
   down(): void {
-    for (const n of this.made.reverse()) {
-      try {
-        ip('netns', 'del', n)
-      } catch {
-        // already gone
-      }
-    }
+    removeNamespaces(this.made.reverse())
     this.made = []
   }
 }

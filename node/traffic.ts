@@ -12,10 +12,9 @@
  * this module emits, which holds up protomux and hypercore (hypercore stops answering requests until the
  * stream drains), so memory stays bounded. A stream's `end` waits for its queue.
  *
- * What it does not do: it counts and paces the bytes of the encrypted stream, not the UDX, UDP and IP headers
- * around them (a few percent more on the wire) nor UDX's acknowledgements and retransmissions, nor the DHT's
- * own traffic (lookups and announces, a few KB every few minutes). A site whose link is exactly the budget
- * should give the budget a margin. It never slows what it receives: that is the sender's pacing, asked for in
+ * What it does not do: it paces the bytes of the encrypted stream, with each piece charged PACKET_OVERHEAD for
+ * the headers around it, but not UDX's acknowledgements and retransmissions, nor the DHT's own traffic (lookups
+ * and announces, a few KB every few minutes). A budget of exactly the line's rate leaves the shop nothing. It never slows what it receives: that is the sender's pacing, asked for in
  * the budget message; an older site, which has no such message, sends as fast as this site asks.
  *
  * Counting: bytes written to each peer (at the raw stream) and read from it (the secret stream's count of
@@ -38,6 +37,12 @@ export interface LinkBudget {
 export const MIN_LINK_KBPS = 8
 /** Largest piece written at once under a budget: about one UDX packet, so a big block never goes as a burst. */
 export const CHUNK = 1024
+/**
+ * What each piece costs on the wire beyond its bytes, charged to the buckets so that the budget holds for what
+ * the line carries: UDX (20), UDP (8), IPv4 (20) and Ethernet (14) headers, rounded up. Not counted in the
+ * per-peer figures, which are the stream's bytes.
+ */
+export const PACKET_OVERHEAD = 64
 const HOUR = 3600
 /** A peer with bytes waiting that got under a tenth of its limit over this long is a WARN in status. */
 const COLLAPSE_SECONDS = 30
@@ -89,7 +94,7 @@ class Bucket {
 
   /** A small burst: an eighth of a second of the rate, at least two pieces. */
   get burst(): number {
-    return Math.max(2 * CHUNK, this.rate / 8)
+    return Math.max(2 * (CHUNK + PACKET_OVERHEAD), this.rate / 8)
   }
 
   refill(now: number): void {
@@ -370,14 +375,15 @@ export class Traffic {
           const link = this.links[(this.rr + i) % n]
           if (link.queued === 0) continue
           const size = Math.min(CHUNK, link.headBytes())
+          const cost = size + PACKET_OVERHEAD
           link.cap?.refill(now)
-          const w = Math.max(this.site?.wait(size) ?? 0, link.cap?.wait(size) ?? 0)
+          const w = Math.max(this.site?.wait(cost) ?? 0, link.cap?.wait(cost) ?? 0)
           if (w > 0) {
             wait = Math.min(wait, w)
             continue
           }
-          if (this.site) this.site.tokens -= size
-          if (link.cap) link.cap.tokens -= size
+          if (this.site) this.site.tokens -= cost
+          if (link.cap) link.cap.tokens -= cost
           link.peer.sent.add(size, now)
           link.rawWrite(link.take(size))
           progress = true
@@ -527,6 +533,9 @@ export function addTraffic(st: SiteStatus, t: Traffic, self: Uint8Array, connect
     }
   }
   st.traffic = t.status(new Set(connected), lag, own)
+  // A guest's connection (a join code being redeemed) is counted and paced, and not shown.
+  const members = new Set(st.members.map((m) => m.key))
+  st.traffic.peers = st.traffic.peers.filter((p) => p.connected || members.has(p.key))
   for (const p of st.traffic.peers) {
     if (!p.connected || p.upLimitBps === null) continue
     const rate = t.waitingRate(p.key)
