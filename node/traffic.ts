@@ -14,8 +14,9 @@
  *
  * What it does not do: it paces the bytes of the encrypted stream, with each piece charged PACKET_OVERHEAD for
  * the headers around it, but not UDX's acknowledgements and retransmissions, nor the DHT's own traffic (lookups
- * and announces, a few KB every few minutes). A budget of exactly the line's rate leaves the shop nothing. It never slows what it receives: that is the sender's pacing, asked for in
- * the budget message; an older site, which has no such message, sends as fast as this site asks.
+ * and announces, a few KB every few minutes). A budget of exactly the line's rate leaves the shop nothing. It
+ * never slows what it receives: that is the sender's pacing, asked for in the budget message; an older site,
+ * which has no such message, sends as fast as this site asks.
  *
  * Counting: bytes written to each peer (at the raw stream) and read from it (the secret stream's count of
  * bytes read, sampled every second), per second over the last hour, and per day (kept in DIR/traffic.json so

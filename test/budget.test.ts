@@ -31,7 +31,7 @@ function peer(s: SiteStatus, site: string): PeerTrafficStatus {
   return p
 }
 
-test('a site under a budget: byte-exact replicas, the split announced, the same bytes counted at both ends', async (t) => {
+test('a site under a budget: exact copies, its split announced, the same bytes counted at both ends', async (t) => {
   const dir = tmpDir(t, 'budget-')
   const bootstrap = await testnet(t)
   const [a, b, c] = ['shop-a', 'shop-b', 'shop-c'].map((n) => sqliteSite(t, dir, n, bootstrap))

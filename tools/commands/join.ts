@@ -27,8 +27,9 @@ export const usage =
   `[--replica-postgres URL] [--bootstrap HOST:PORT[,...]] [--up-kbps N] [--down-kbps N] [--timeout 60s]
 
 Adds this site to a mesh with a join code from \`mesh invite\`, protecting one database (see mesh init for
---sqlite, --postgres, --capture, --replica-postgres, and --up-kbps and --down-kbps, the bandwidth budget). The inviting site's node must be running, or start
-within --timeout: until then the join looks for it again every few seconds.
+--sqlite, --postgres, --capture, --replica-postgres, and --up-kbps and --down-kbps, the bandwidth budget).
+The inviting site's node must be running, or start within --timeout: until then the join looks for it again
+every few seconds.
 With a code from \`mesh invite --blind\` the site is a blind site and takes no database: it stores and
 serves every encrypted log of the mesh and can read none of them. With a code from \`mesh invite --observer\`,
 an observer, also without a database: it sees every site and dataset and holds no log and no data.

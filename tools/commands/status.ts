@@ -152,7 +152,8 @@ function trafficLines(s: SiteStatus): string[] {
       ? ''
       : bytesBehind === 0
         ? '; caught up'
-        : `; ${bytes(bytesBehind)} behind, ${seconds === null ? 'not moving now' : `about ${duration(seconds)} to catch up`}`
+        : `; ${bytes(bytesBehind)} behind, ` +
+          (seconds === null ? 'not moving now' : `about ${duration(seconds)} to catch up`)
   for (const p of t.peers) {
     const dir = (what: string, m: { today: number; lastHour: number; bps: number }, lim: number | null) =>
       `${what} ${bytes(m.today)} today, ${bytes(m.lastHour)} in the last hour, now ${kbit(m.bps)} of ${limit(lim)}`
