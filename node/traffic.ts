@@ -300,8 +300,11 @@ export class Traffic {
   attach(conn: SwarmConnection, key: string, site: string): void {
     const c = conn as unknown as { rawStream?: RawStream | null; rawBytesRead?: number }
     const raw = c.rawStream
-    if (!raw || typeof raw.write !== 'function') return
+    if (!raw || typeof raw.write !== 'function' || typeof raw.end !== 'function') return
     const peer = this.peer(key, site)
+    // A new connection with no other one open: what the peer asked last time holds no more (it asks again on
+    // this one if it still has a budget).
+    if (!this.links.some((l) => l.peer === peer)) peer.budget = null
     const link = new Link(peer, c, raw, raw.write.bind(raw), raw.end.bind(raw))
     link.readSeen = c.rawBytesRead ?? 0
     if (peer.budget?.askBps) link.cap = new Bucket(peer.budget.askBps / 8, this.now())
