@@ -249,12 +249,14 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
     // Every 10-second window, one second apart.
     let worst = 0
     let windows = 0
+    const rates: Array<{ at: number; kbit: number }> = []
     for (let i = 0; i + 10 < samples.length; i++) {
       const from = samples[i]
       const to = samples[i + 10]
       const tillBytes = tillAnswers.filter((a) => a.at > from.at && a.at <= to.at).length * TILL_WIRE
       const kbit = ((to.bytes - from.bytes - tillBytes) * 8) / ((to.at - from.at) / 1000) / 1000
       worst = Math.max(worst, kbit)
+      rates.push({ at: (to.at - t0) / 1000, kbit })
       windows++
     }
     const lat = tillAnswers.map((a) => a.ms)
@@ -275,6 +277,20 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
         `halfway shop-a's status estimated ${estimate?.seconds ?? '-'} s to go, it took ` +
         `${estimate ? ((t1 - estimate.at) / 1000).toFixed(0) : '-'} s`
     )
+    const over = rates.filter((r) => r.kbit > capKbit * 1.1)
+    say(
+      `  10-second windows: median ${percentile(
+        rates.map((r) => r.kbit),
+        50
+      ).toFixed(1)} kbit/s, ${over.length} over the aim` +
+        (over.length ? ` (ending at ${over.map((r) => `${r.at.toFixed(0)} s`).join(', ')})` : '')
+    )
+    if (peer?.wire) {
+      say(
+        `  UDX to shop-b: ${(peer.wire.bytes / 1024 / 1024).toFixed(2)} MB in ${peer.wire.packets} packets, ` +
+          `${peer.wire.retransmits} sent again; the stream's own bytes: ${(peer.sent.today / 1024 / 1024).toFixed(2)} MB`
+      )
+    }
     if (peer) {
       say(
         `  shop-a's status for shop-b: sent ${(peer.sent.today / 1024 / 1024).toFixed(2)} MB today, ` +

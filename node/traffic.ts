@@ -65,6 +65,11 @@ export interface PeerTrafficStatus {
   peerBudget: { upBps: number; downBps: number } | null
   /** Bytes waiting in this site's queue for the peer (held back by the budget). */
   queued: number
+  /**
+   * What UDX says of the open connections to the peer, since each opened: bytes and packets it sent (headers,
+   * acknowledgements and retransmissions included) and how many packets it sent again; null when unknown.
+   */
+  wire: { bytes: number; packets: number; retransmits: number } | null
   /** What the peer lacks of the datasets' newest writes (from its reports), and at the current rate how long. */
   lagBytes: number | null
   catchUpSeconds: number | null
@@ -164,6 +169,9 @@ function localDay(ms: number): string {
 }
 
 interface RawStream {
+  bytesTransmitted?: number
+  packetsTransmitted?: number
+  retransmits?: number
   write(data: Uint8Array): boolean
   end(...args: unknown[]): unknown
   emit(event: string, ...args: unknown[]): boolean
@@ -453,6 +461,7 @@ export class Traffic {
         downLimitBps: down === null ? null : Math.floor(down / n),
         peerBudget: p.budget ? { upBps: p.budget.upBps, downBps: p.budget.downBps } : null,
         queued: this.links.filter((l) => l.peer === p).reduce((t, l) => t + l.queued, 0),
+        wire: wire(this.links.filter((l) => l.peer === p)),
         lagBytes,
         catchUpSeconds: eta(lagBytes, sentBps)
       })
@@ -511,6 +520,17 @@ export class Traffic {
 interface SavedTraffic {
   day: string
   peers: Record<string, { site: string; sent: number; received: number }>
+}
+
+function wire(links: Link[]): PeerTrafficStatus['wire'] {
+  const known = links.filter((l) => typeof l.raw.bytesTransmitted === 'number')
+  if (known.length === 0) return null
+  const sum = (f: (r: RawStream) => number | undefined) => known.reduce((t, l) => t + (f(l.raw) ?? 0), 0)
+  return {
+    bytes: sum((r) => r.bytesTransmitted),
+    packets: sum((r) => r.packetsTransmitted),
+    retransmits: sum((r) => r.retransmits)
+  }
 }
 
 function eta(bytes: number | null, bps: number): number | null {
