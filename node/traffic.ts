@@ -13,8 +13,9 @@
  * stream drains), so memory stays bounded. A stream's `end` waits for its queue.
  *
  * What it does not do: it paces the bytes of the encrypted stream, with each piece charged PACKET_OVERHEAD for
- * the headers around it, but not UDX's acknowledgements and retransmissions, nor the DHT's own traffic (lookups
- * and announces, a few KB every few minutes). A budget of exactly the line's rate leaves the shop nothing. It
+ * the headers around it; what UDX sent beyond that (acknowledgements, retransmissions) is charged after the
+ * fact, every second, from UDX's own counts. The DHT's own traffic (lookups and announces, a few KB every few
+ * minutes) is not counted. A budget of exactly the line's rate leaves the shop nothing. It
  * never slows what it receives: that is the sender's pacing, asked for in the budget message; an older site,
  * which has no such message, sends as fast as this site asks.
  *
@@ -44,6 +45,8 @@ export const CHUNK = 1024
  * per-peer figures, which are the stream's bytes.
  */
 export const PACKET_OVERHEAD = 64
+/** The headers under UDX's own, which its byte count leaves out: UDP, IPv4, Ethernet. */
+const IP_OVERHEAD = 42
 const HOUR = 3600
 /** A peer with bytes waiting that got under a tenth of its limit over this long is a WARN in status. */
 const COLLAPSE_SECONDS = 30
@@ -206,6 +209,10 @@ class Link {
   cap: Bucket | null = null
   /** The secret stream's count of bytes read, at the last sample. */
   readSeen = 0
+  /** UDX's counts of bytes and packets sent, at the last sample, and what the buckets were charged since. */
+  wireSeen = 0
+  packetsSeen = 0
+  charged = 0
   readonly since = Date.now()
 
   constructor(
@@ -315,6 +322,8 @@ export class Traffic {
     if (!this.links.some((l) => l.peer === peer)) peer.budget = null
     const link = new Link(peer, c, raw, raw.write.bind(raw), raw.end.bind(raw))
     link.readSeen = c.rawBytesRead ?? 0
+    link.wireSeen = raw.bytesTransmitted ?? 0
+    link.packetsSeen = raw.packetsTransmitted ?? 0
     if (peer.budget?.askBps) link.cap = new Bucket(peer.budget.askBps / 8, this.now())
     this.links.push(link)
     raw.write = (data: Uint8Array) => this.write(link, data)
@@ -396,6 +405,7 @@ export class Traffic {
           }
           if (this.site) this.site.tokens -= cost
           if (link.cap) link.cap.tokens -= cost
+          link.charged += cost
           link.peer.sent.add(size, now)
           link.rawWrite(link.take(size))
           progress = true
@@ -430,6 +440,25 @@ export class Traffic {
     const read = link.conn.rawBytesRead ?? 0
     if (read > link.readSeen) link.peer.received.add(read - link.readSeen, now)
     link.readSeen = read
+    this.chargeWire(link)
+  }
+
+  /**
+   * What UDX sent beyond what the buckets were charged (retransmissions, acknowledgements, and pieces written
+   * before a budget applied), charged now: the budget holds for what the line carries. A bucket may go below
+   * zero by up to a second of its rate; the next pieces wait until it is paid back.
+   */
+  private chargeWire(link: Link): void {
+    const bytes = link.raw.bytesTransmitted
+    const packets = link.raw.packetsTransmitted
+    if (typeof bytes !== 'number' || typeof packets !== 'number') return
+    const wire = bytes - link.wireSeen + (packets - link.packetsSeen) * IP_OVERHEAD
+    const extra = wire - link.charged
+    link.wireSeen = bytes
+    link.packetsSeen = packets
+    link.charged = 0
+    if (extra <= 0) return
+    for (const b of [this.site, link.cap]) if (b) b.tokens = Math.max(-b.rate, b.tokens - extra)
   }
 
   /**
