@@ -48,8 +48,8 @@ Starts a new mesh with this site as its first member, protecting one database.
   --bootstrap      DHT bootstrap nodes for a private network (default: the public DHT; also MESH_BOOTSTRAP)
   --up-kbps N, --down-kbps N
                    the bandwidth budget of all of this site's mesh traffic, in kbit/s each way (at least
-                   ${MIN_LINK_KBPS}; config link.upKbps, link.downKbps): on a slow line, leave room for the
-                   shop's own traffic. Default: no limit
+                   ${MIN_LINK_KBPS}; config link.upKbps, link.downKbps): on a slow line, leave room for
+                   the shop's own traffic, e.g. 128 on a 256 kbit/s line. Default: no limit
   --dir DIR        data directory (default: MESH_DIR, then a per-user folder)`
 
 function datasetName(flag: string | undefined, fallback: string): string {
