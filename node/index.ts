@@ -67,6 +67,7 @@ export type { DashboardConfig } from './dashboard/part.ts'
 export { DEFAULT_STEP_MS, readHistory, type ChartHistory } from './dashboard/history.ts'
 export {
   Traffic,
+  Meter,
   MIN_LINK_KBPS,
   kbit,
   type LinkBudget,

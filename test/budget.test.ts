@@ -11,7 +11,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import test from 'node:test'
 import c from 'compact-encoding'
-import type { PeerTrafficStatus, SiteStatus } from '../node/index.ts'
+import { Meter, type PeerTrafficStatus, type SiteStatus } from '../node/index.ts'
 import { budgetMessage, CONTROL_MESSAGES, ControlMessage } from '../protocol/index.ts'
 import { readConfig } from '../tools/config.ts'
 import { openWal, tmpDir } from './helpers/db.ts'
@@ -223,4 +223,23 @@ test('the budget message: slot 4, its fields, and what a newer site appends left
     () => c.decode(budgetMessage, other),
     (err: { code?: string }) => err.code === 'PROTOCOL_VERSION'
   )
+})
+
+test('a meter: the last 10 s, the last hour, and today from local midnight', () => {
+  const m = new Meter()
+  const noon = new Date(2026, 10, 24, 12, 0, 0).getTime()
+  m.add(1000, noon)
+  m.add(500, noon + 4_500)
+  assert.equal(m.sum(10, noon + 4_900), 1000, 'the current second is not whole yet')
+  assert.equal(m.sum(10, noon + 5_000), 1500, 'both seconds are in the last 10')
+  assert.equal(m.sum(10, noon + 15_000), 0)
+  assert.equal(m.lastHour(noon + 30 * 60_000), 1500)
+  assert.equal(m.lastHour(noon + 61 * 60_000), 0, 'an hour later the slots were reused')
+  assert.equal(m.today, 1500)
+  const late = new Date(2026, 10, 24, 23, 59, 59).getTime()
+  m.add(10, late)
+  assert.equal(m.today, 1510)
+  m.add(7, late + 2_000)
+  assert.equal(m.today, 7, 'a new day starts at local midnight')
+  assert.equal(m.lastHour(late + 2_000), 17)
 })
