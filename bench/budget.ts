@@ -288,7 +288,8 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
     if (peer?.wire) {
       say(
         `  UDX to shop-b: ${(peer.wire.bytes / 1024 / 1024).toFixed(2)} MB in ${peer.wire.packets} packets, ` +
-          `${peer.wire.retransmits} sent again; the stream's own bytes: ${(peer.sent.today / 1024 / 1024).toFixed(2)} MB`
+          `${peer.wire.retransmits} sent again; the stream's own bytes: ` +
+          `${(peer.sent.today / 1024 / 1024).toFixed(2)} MB`
       )
     }
     if (peer) {
