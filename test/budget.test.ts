@@ -110,6 +110,8 @@ test('a site under a budget: exact copies, its split announced, the same bytes c
     const text = await mesh(['status', '--dir', a.dir])
     assert.match(text.stdout, /Traffic \(budget: up 256 kbit\/s, down 512 kbit\/s\)/)
     assert.match(text.stdout, /shop-b\s+connected.*\n\s+sent .* today, .* in the last hour, now .* of 128 kbit\/s/)
+    const atB = await mesh(['status', '--dir', b.dir])
+    assert.match(atB.stdout, /shop-a\s+connected.*; its budget: up 256 kbit\/s, down 512 kbit\/s/)
     const json = JSON.parse((await mesh(['status', '--dir', b.dir, '--json'])).stdout) as SiteStatus
     const p = json.traffic!.peers.find((x) => x.site === 'shop-a')!
     assert.equal(p.connected, true)

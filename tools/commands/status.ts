@@ -157,8 +157,12 @@ function trafficLines(s: SiteStatus): string[] {
   for (const p of t.peers) {
     const dir = (what: string, m: { today: number; lastHour: number; bps: number }, lim: number | null) =>
       `${what} ${bytes(m.today)} today, ${bytes(m.lastHour)} in the last hour, now ${kbit(m.bps)} of ${limit(lim)}`
+    const theirs = p.peerBudget
+      ? `; its budget: up ${limit(p.peerBudget.upBps || null)}, down ${limit(p.peerBudget.downBps || null)}`
+      : ''
     lines.push(
-      `  ${p.site.padEnd(16)} ${p.connected ? 'connected' : 'not connected'}${eta(p.lagBytes, p.catchUpSeconds)}`
+      `  ${p.site.padEnd(16)} ${p.connected ? 'connected' : 'not connected'}` +
+        `${eta(p.lagBytes, p.catchUpSeconds)}${theirs}`
     )
     lines.push(`    ${dir('sent', p.sent, p.upLimitBps)}${p.queued ? ` (${bytes(p.queued)} waiting)` : ''}`)
     lines.push(`    ${dir('received', p.received, p.downLimitBps)}`)
