@@ -13,7 +13,8 @@
  * any, stay counted as mesh traffic, so the mesh figure errs high). The aims: in every 10-second window of the
  * catch-up the mesh's rate is at most 1.1x the cap; the till's p95 latency stays under 300 ms.
  * Then, when the line drops packets (slower than the budget, tbf with a tiny queue), another 512 KB still
- * arrives byte-exact (hypercore verifies every block), and whether status warned is printed.
+ * arrives byte-exact (hypercore verifies every block); and when the line collapses (a twentieth of the budget),
+ * how long until `mesh status` at A warns of it.
  *
  * Run with `npm run bench -- --budget` (last; about 7 minutes), or alone:
  * `node --import tsx bench/budget.ts [--budget-mb 5] [--budget-link 256] [--budget-cap 128]`.
@@ -316,15 +317,36 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
     await waitFor('the catch-up over a lossy line', () => rows(replicaAtB()) === lossTarget, 30 * 60_000)
     const same = digest(A.db) === digest(replicaAtB())
     const dropped = line.sent('a').dropped - dropped0
-    const warned = (await status(A.dir))?.reasons.some((r) => /traffic to shop-b moves at/.test(r.text)) ?? false
     say(
       `  a line that drops packets (${lossyKbit} kbit/s, a tbf queue of 5 ms; ${dropped} packets dropped): ` +
-        '512 KB in ' +
-        `${((Date.now() - t2) / 1000).toFixed(0)} s, the copy ${same ? 'byte-exact' : 'DIFFERS'}` +
-        `${warned ? ', a WARN in status' : ''}`
+        `512 KB in ${((Date.now() - t2) / 1000).toFixed(0)} s, the copy ${same ? 'byte-exact' : 'DIFFERS'}`
     )
     out.budgetLossyDropped = dropped
     out.budgetLossyExact = same ? 1 : 0
+
+    // A line that collapsed: a twentieth of the budget. Status should say so (a WARN) within a minute or so.
+    const deadKbit = Math.max(2, Math.round(capKbit / 20))
+    line.shape('a', deadKbit, '2kb', '50ms', 'change')
+    const t3 = Date.now()
+    write(256 * 1024)
+    const deadTarget = rows(A.db)
+    let warnedAfter: number | null = null
+    while (Date.now() - t3 < 120_000 && warnedAfter === null) {
+      const st = await status(A.dir)
+      if (st?.reasons.some((r) => /traffic to shop-b moves at/.test(r.text))) warnedAfter = (Date.now() - t3) / 1000
+      else await sleep(2000)
+    }
+    line.shape('a', linkKbit, '4kb', '400ms', 'change')
+    await waitFor('the catch-up once the line is back', () => rows(replicaAtB()) === deadTarget, 30 * 60_000)
+    const sameAfter = digest(A.db) === digest(replicaAtB())
+    say(
+      `  a line that collapsed (${deadKbit} kbit/s): ` +
+        (warnedAfter === null
+          ? 'NO WARN in status within 120 s'
+          : `a WARN in status after ${warnedAfter.toFixed(0)} s`) +
+        `; once it was back, the copy ${sameAfter ? 'byte-exact' : 'DIFFERS'}`
+    )
+    out.budgetCollapseWarnSeconds = warnedAfter ?? -1
     return out
   } finally {
     for (const p of procs.reverse()) await p.stop()

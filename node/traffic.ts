@@ -48,7 +48,7 @@ export const PACKET_OVERHEAD = 64
 /** The headers under UDX's own, which its byte count leaves out: UDP, IPv4, Ethernet. */
 const IP_OVERHEAD = 42
 const HOUR = 3600
-/** A peer with bytes waiting that got under a tenth of its limit over this long is a WARN in status. */
+/** A peer whose bytes waited this long without a break, getting under a tenth of its limit, is a WARN. */
 const COLLAPSE_SECONDS = 30
 
 /** Per peer, what `mesh status` shows. Rates are bits per second over the last 10 seconds. */
@@ -213,7 +213,8 @@ class Link {
   wireSeen = 0
   packetsSeen = 0
   charged = 0
-  readonly since = Date.now()
+  /** Since when bytes have waited in the queue without a break (ms), or null while it is empty. */
+  waitingSince: number | null = null
 
   constructor(
     readonly peer: PeerTraffic,
@@ -363,6 +364,7 @@ export class Traffic {
       return link.rawWrite(data)
     }
     if (data.byteLength === 0) return true
+    if (link.queued === 0) link.waitingSince = this.now()
     link.queue.push(data)
     link.queued += data.byteLength
     this.pump()
@@ -408,6 +410,7 @@ export class Traffic {
           link.charged += cost
           link.peer.sent.add(size, now)
           link.rawWrite(link.take(size))
+          if (link.queued === 0) link.waitingSince = null
           progress = true
           if (link.queued === 0 && link.endArgs) {
             const args = link.endArgs
@@ -501,12 +504,12 @@ export class Traffic {
 
   /**
    * Bits per second sent to a peer over the last COLLAPSE_SECONDS, when bytes waited for it all that time
-   * (the WARN on a rate that collapsed); null when nothing waits or its connection is younger than that.
+   * without a break (the WARN on a rate that collapsed); null otherwise.
    */
   waitingRate(key: string): number | null {
     const now = this.now()
-    const links = this.links.filter((l) => l.peer.key === key && l.queued > 0)
-    if (links.length === 0 || links.every((l) => now - l.since < COLLAPSE_SECONDS * 1000)) return null
+    const waited = (l: Link) => l.waitingSince !== null && now - l.waitingSince >= COLLAPSE_SECONDS * 1000
+    if (!this.links.some((l) => l.peer.key === key && waited(l))) return null
     return ((this.peers.get(key)?.sent.sum(COLLAPSE_SECONDS, now) ?? 0) * 8) / COLLAPSE_SECONDS
   }
 
