@@ -215,8 +215,6 @@ class Link {
   charged = 0
   /** Since when bytes have waited in the queue without a break (ms), or null while it is empty. */
   waitingSince: number | null = null
-  /** UDX said wait (its write returned false): nothing more goes to it until it drains. */
-  blocked = false
 
   constructor(
     readonly peer: PeerTraffic,
@@ -258,8 +256,6 @@ export class Traffic {
   private sampler: NodeJS.Timeout | null = null
   private pumping = false
   private again = false
-  /** A 'drain' this module emits for the secret stream, which its own listener must not take for UDX's. */
-  private emitting = false
 
   constructor(
     readonly budget: LinkBudget = {},
@@ -337,11 +333,6 @@ export class Traffic {
       link.endArgs = args
       return raw
     }
-    raw.on('drain', () => {
-      if (this.emitting || !link.blocked) return
-      link.blocked = false
-      this.pump()
-    })
     raw.on('close', () => {
       this.sampleLink(link, this.now())
       link.closed = true
@@ -405,7 +396,7 @@ export class Traffic {
         const n = this.links.length
         for (let i = 0; i < n; i++) {
           const link = this.links[(this.rr + i) % n]
-          if (link.queued === 0 || link.blocked) continue
+          if (link.queued === 0) continue
           const size = Math.min(CHUNK, link.headBytes())
           const cost = size + PACKET_OVERHEAD
           link.cap?.refill(now)
@@ -418,9 +409,7 @@ export class Traffic {
           if (link.cap) link.cap.tokens -= cost
           link.charged += cost
           link.peer.sent.add(size, now)
-          // UDX buffers what its congestion control does not send yet: on a line slower than the budget, the
-          // bytes wait here instead, where status sees them (and hypercore waits).
-          if (link.rawWrite(link.take(size)) === false) link.blocked = true
+          link.rawWrite(link.take(size))
           if (link.queued === 0) link.waitingSince = null
           progress = true
           if (link.queued === 0 && link.endArgs) {
@@ -435,20 +424,14 @@ export class Traffic {
         }
         this.rr = n ? (this.rr + 1) % n : 0
       }
-      wait = this.links.some((l) => l.queued > 0 && !l.blocked) ? wait : Number.POSITIVE_INFINITY
+      wait = this.links.some((l) => l.queued > 0) ? wait : Number.POSITIVE_INFINITY
     } while (this.again)
     this.pumping = false
     if (wait < Number.POSITIVE_INFINITY) {
       this.timer = setTimeout(() => this.pump(), Math.max(2, Math.ceil(wait)))
     }
     // Last: a drain lets the secret stream write again, which comes back here.
-    const was = this.emitting
-    this.emitting = true
-    try {
-      for (const l of drains) if (!l.closed) l.raw.emit('drain')
-    } finally {
-      this.emitting = was
-    }
+    for (const l of drains) if (!l.closed) l.raw.emit('drain')
   }
 
   private sample(): void {
