@@ -1,6 +1,6 @@
 /**
  * Network namespaces for the benches that need a real network between sites (bench/reconnect.ts,
- * bench/nightoff.ts; needs root): a hub namespace with a bridge, one namespace per site and one for the DHT
+ * bench/nightoff.ts, bench/budget.ts; needs root): a hub namespace with a bridge, one namespace per site and one for the DHT
  * test network, each joined to the hub by a veth pair; each site's link is rate-limited each way with
  * `tc ... tbf` (netem is missing on these machines: no added latency or loss). Each bench names its namespaces
  * with a prefix of its own, so that two can run at once.
@@ -9,7 +9,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 export const MESH = path.join(ROOT, 'tools', 'mesh.js')
 export const DHT_SCRIPT = path.join(ROOT, 'bench', 'reconnect-dht.ts')
 
@@ -24,6 +24,14 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 export function ip(...args: string[]): string {
   return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
+/** Runs a command inside namespace `ns` to completion; its output. */
+export function inNs(ns: string, cmd: string, args: string[]): string {
+  return execFileSync('ip', ['netns', 'exec', ns, cmd, ...args], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
 }
 
 /** A long-running process in a namespace, with its output lines. */
@@ -137,13 +145,18 @@ export class Net {
   }
 
   down(): void {
-    for (const n of this.made.reverse()) {
-      try {
-        ip('netns', 'del', n)
-      } catch {
-        // already gone
-      }
-    }
+    removeNamespaces(this.made.reverse())
     this.made = []
+  }
+}
+
+/** Removes namespaces, ignoring those already gone. */
+export function removeNamespaces(names: string[]): void {
+  for (const n of names) {
+    try {
+      ip('netns', 'del', n)
+    } catch {
+      // already gone
+    }
   }
 }

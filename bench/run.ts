@@ -12,6 +12,8 @@
  * `--reconnect` (`--reconnect-minutes N` shortens the outages), last: it takes more than 20 minutes.
  * bench/nightoff.ts (a day's sales caught up over a 64 kbit/s link, against bytes / rate; network namespaces,
  * needs root: said and left out without it) runs after bench/bytes.ts, about 5 minutes.
+ * bench/budget.ts (a 256 kbit/s line, the mesh capped at 128 kbit/s, a 5 MB catch-up with a till on the same
+ * line; network namespaces, needs root) only with `--budget` (`--budget-mb N` sizes the catch-up), after it.
  */
 import Database from 'better-sqlite3'
 import path from 'node:path'
@@ -25,6 +27,7 @@ import { meshBench } from './mesh.ts'
 import { pgBench } from './postgres.ts'
 import { promoteBench } from './promote.ts'
 import { reconnectBench } from './reconnect.ts'
+import { budgetBench } from './budget.ts'
 import { restoreBench } from './restore.ts'
 import { guardBench } from './guard.ts'
 import { encryptionBench } from './encryption.ts'
@@ -185,6 +188,11 @@ try {
   const reconnect = process.argv.includes('--reconnect')
     ? await reconnectBench({ say, minutes: minutesAt > 0 ? Number(process.argv[minutesAt + 1]) : undefined })
     : {}
+  // The bandwidth budget over a real slow line, with a till on it (bench/budget.ts; root, on demand).
+  const mbAt = process.argv.indexOf('--budget-mb')
+  const budget = process.argv.includes('--budget')
+    ? await budgetBench({ say, mb: mbAt > 0 ? Number(process.argv[mbAt + 1]) : undefined })
+    : {}
   if (json) {
     process.stdout.write(
       `${JSON.stringify({
@@ -204,7 +212,8 @@ try {
         ...promote,
         ...restore,
         ...postgres,
-        ...reconnect
+        ...reconnect,
+        ...budget
       })}\n`
     )
   }

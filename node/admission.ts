@@ -81,6 +81,8 @@ export class Admission {
       conn.destroy()
       return
     }
+    // Before anything is written to it: every connection is counted and paced (traffic.ts).
+    this.node.traffic.attach(conn, hex(key), this.memberName(key))
     const why = this.node.membership.refusal(key)
     if (why !== null) {
       this.refuse(key, why)

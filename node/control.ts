@@ -14,6 +14,7 @@ import {
   CONTROL_VERSION,
   MeshError,
   helloEncoding,
+  type Budget,
   type ControlPayloads,
   type DatasetInfo,
   type Hello
@@ -69,7 +70,8 @@ export class ControlChannel {
       members: (m) => this.onMembers(peer, m),
       datasets: (m) => this.onDatasets(peer, m),
       report: (m) => node.reports.receive(peer, m),
-      statements: (m) => void node.statements.receive(peer, m)
+      statements: (m) => void node.statements.receive(peer, m),
+      budget: (m) => this.onBudget(peer, m)
     })
     const peer: Peer = {
       conn,
@@ -118,6 +120,7 @@ export class ControlChannel {
     peer.site = hello.site || peer.site
     peer.software = hello.software
     this.peers.set(k, peer)
+    node.traffic.name(k, peer.site)
     node.logger.info('connected', { peer: peer.site, key: short(peer.key) })
     // Only now, with the hello checked, do the logs flow; to a blind site, only the encrypted ones.
     if (node.role === 'full' && node.admission.roleOf(peer.key) === 'blind') {
@@ -132,7 +135,32 @@ export class ControlChannel {
     peer.send('members', node.state.members)
     peer.send('datasets', node.state.datasets)
     node.reports.sendAllTo(peer)
+    // Every peer's share of this site's down budget changes with their number: each is told its new share.
+    this.announceBudget()
     node.emit('peer', peer.site)
+  }
+
+  /** Tells every peer this site's budget and what it asks of it (traffic.ts); nothing when there is none. */
+  announceBudget(): void {
+    const t = this.node.traffic
+    if (t.upBps === null && t.downBps === null) return
+    const peers = this.ready()
+    const b = t.announcement(peers.length)
+    for (const p of peers) p.send('budget', b)
+  }
+
+  private onBudget(peer: Peer, b: Budget): void {
+    if (!peer.ready) return
+    const first = this.node.traffic.peers.get(hex(peer.key))?.budget == null
+    this.node.traffic.onBudget(hex(peer.key), b)
+    const kbit = (bps: number) => (bps ? `${bps / 1000} kbit/s` : 'no limit')
+    const log = first ? this.node.logger.info : this.node.logger.debug
+    log.call(this.node.logger, 'peer budget', {
+      peer: peer.site,
+      up: kbit(b.upBps),
+      down: kbit(b.downBps),
+      asks: kbit(b.askBps)
+    })
   }
 
   private onClosed(peer: Peer): void {
@@ -141,6 +169,7 @@ export class ControlChannel {
       this.peers.delete(k)
       this.node.logger.info('disconnected', { peer: peer.site })
       this.node.reports.markDirty()
+      this.announceBudget()
     }
   }
 

@@ -66,3 +66,12 @@ export { addSample, buildSummary, buildAlert, sample, type DaySample } from './s
 export { Dashboard, isLoopback, parseListen, type DashboardOptions } from './dashboard/server.ts'
 export type { DashboardConfig } from './dashboard/part.ts'
 export { DEFAULT_STEP_MS, readHistory, type ChartHistory } from './dashboard/history.ts'
+export {
+  Traffic,
+  Meter,
+  MIN_LINK_KBPS,
+  kbit,
+  type LinkBudget,
+  type TrafficStatus,
+  type PeerTrafficStatus
+} from './traffic.ts'

@@ -21,6 +21,7 @@
  */
 import { EventEmitter } from 'node:events'
 import fs from 'node:fs'
+import path from 'node:path'
 import type net from 'node:net'
 import Corestore from 'corestore'
 import DHT, { type KeyPair } from 'hyperdht'
@@ -33,6 +34,7 @@ import { Alarms } from './alarms.ts'
 import { Alerts, type AlertOptions } from './alerts.ts'
 import { BlindHolder } from './blind.ts'
 import { ControlChannel } from './control.ts'
+import { addTraffic, Traffic, type LinkBudget } from './traffic.ts'
 import { DataKeys, datasetOfLog } from './datakeys.ts'
 import { Failover, type PromoteResult } from './failover.ts'
 import { handover, type HandoverResult } from './handover.ts'
@@ -134,6 +136,8 @@ export interface MeshNodeOptions {
   alerts?: AlertOptions
   /** The dashboard: where the node serves it (if anywhere) and how often its charts are sampled (dashboard/). */
   dashboard?: DashboardConfig
+  /** The bandwidth budget of all this site's mesh traffic (traffic.ts); absent: no limit. */
+  link?: LinkBudget
 }
 
 export function meshTopic(meshId: Uint8Array): Buffer {
@@ -173,6 +177,8 @@ export class MeshNode extends EventEmitter {
   readonly dashboard = new NodeDashboard(this)
   /** History reads over the logs this node holds (mesh log, mesh restore, verify's replay). */
   readonly history: History
+  /** The bandwidth budget: every connection paced and counted (traffic.ts). */
+  readonly traffic: Traffic
   /** Every log of every dataset chain this node has open, by key. */
   private readonly logs = new Map<string, DatasetLog>()
   private server: net.Server | null = null
@@ -185,6 +191,7 @@ export class MeshNode extends EventEmitter {
     this.opts = opts
     this.paths = sitePaths(opts.dir)
     this.logger = opts.logger ?? silentLogger
+    this.traffic = new Traffic(opts.link ?? {}, path.join(opts.dir, 'traffic.json'))
     this.history = new History(
       () => this.state.datasets,
       (k) => this.openLog(k),
@@ -255,6 +262,7 @@ export class MeshNode extends EventEmitter {
       if (!this.key.equals(Buffer.from(info.origin))) this.roles.settleLater(info.id)
     }
 
+    this.traffic.start()
     this.startSwarm()
 
     this.health.start()
@@ -424,7 +432,13 @@ export class MeshNode extends EventEmitter {
   // --- what the commands ask ---------------------------------------------------------------------------------
 
   async status(now = Date.now()): Promise<SiteStatus> {
-    return this.dashboard.annotate(this.policy.annotate(this.membership.annotate(await this.reports.status(now))))
+    const st = this.dashboard.annotate(this.policy.annotate(this.membership.annotate(await this.reports.status(now))))
+    return addTraffic(
+      st,
+      this.traffic,
+      this.key,
+      this.control.ready().map((p) => hex(p.key))
+    )
   }
 
   async promote(dataset: string, force: boolean): Promise<PromoteResult> {
@@ -533,6 +547,7 @@ export class MeshNode extends EventEmitter {
     this.dataKeys.close()
     this.reconnect.close()
     await this.swarm?.destroy().catch(() => {})
+    if (this.opened) this.traffic.close()
     await this.store?.close().catch(() => {})
     if (this.server) await closeLocal(this.server, this.paths.socket)
     if (this.opened) this.logger.info('node stopped', { site: this.opts.site })

@@ -12,6 +12,7 @@ import type { DatasetInfo, MemberInfo, MemberRole, Report } from '../protocol/in
 import { healthReasons, memberHealth, usualHoursReason, type MemberHealth } from './health-status.ts'
 import type { CheckpointResult, DamageRecord, MeshState, VerifyResult } from './state.ts'
 import type { ContactHistory } from './usual-hours.ts'
+import type { TrafficStatus } from './traffic.ts'
 import { count } from './util.ts'
 
 export { count }
@@ -219,6 +220,11 @@ export interface SiteStatus {
   members: MemberStatus[]
   datasets: DatasetStatus[]
   refused: Array<{ key: string; reason: string; at: number }>
+  /**
+   * Bytes moved with each peer, the rates against this site's bandwidth budget, how long each peer takes to
+   * catch up at that rate (node/traffic.ts). From the running node only: absent when it is not running.
+   */
+  traffic?: TrafficStatus
 }
 
 export interface StatusInput {

@@ -22,7 +22,7 @@ export const JOIN_PROTOCOL = 'branchmesh-join/1'
 export const CONTROL_VERSION = 1
 
 /** Message slots on the control channel, in the order they are added to the protomux channel. */
-export const ControlMessage = { members: 0, datasets: 1, report: 2, statements: 3 } as const
+export const ControlMessage = { members: 0, datasets: 1, report: 2, statements: 3, budget: 4 } as const
 /** Message slots on the join channel. */
 export const JoinMessage = { redeem: 0, welcome: 1, refuse: 2 } as const
 
@@ -830,6 +830,41 @@ export const joinHelloEncoding = struct<{ version: number }>({
   }
 })
 
+/**
+ * A site's bandwidth budget (config `link`, issue 16), announced to each connected peer when the channel opens
+ * and again whenever the number of its peers changes. Rates are in bits per second; 0 means no limit.
+ * `askBps` is what this site asks of the receiver: send me at most this much (its down budget split among its
+ * peers). Hypercore replication is request-driven, so the sender paces its side: it never writes to this
+ * connection faster than `askBps` (nor than its own up budget). `upBps` and `downBps` are the whole budget,
+ * for `mesh status`. Slot 4 (round 3): an older site has no slot 4 and protomux drops the message unread.
+ * A newer site adds fields after `askBps`; this one reads the three and leaves the rest unread (compact-encoding
+ * does not check for trailing bytes), so a budget message keeps version 1.
+ */
+export interface Budget {
+  upBps: number
+  downBps: number
+  askBps: number
+}
+
+export const budgetMessage = struct<Budget>({
+  preencode(s, m) {
+    c.uint.preencode(s, CONTROL_VERSION)
+    c.uint.preencode(s, m.upBps)
+    c.uint.preencode(s, m.downBps)
+    c.uint.preencode(s, m.askBps)
+  },
+  encode(s, m) {
+    c.uint.encode(s, CONTROL_VERSION)
+    c.uint.encode(s, m.upBps)
+    c.uint.encode(s, m.downBps)
+    c.uint.encode(s, m.askBps)
+  },
+  decode(s) {
+    checkVersion(c.uint.decode(s), 'a budget message')
+    return { upBps: c.uint.decode(s), downBps: c.uint.decode(s), askBps: c.uint.decode(s) }
+  }
+})
+
 /** What each control message carries, by name. */
 export interface ControlPayloads {
   members: MemberInfo[]
@@ -837,6 +872,8 @@ export interface ControlPayloads {
   report: SignedReport
   /** Signed statements (protocol/statements.ts): slot 3, added in round 2; older sites ignore the slot. */
   statements: Statement[]
+  /** The sender's bandwidth budget and what it asks of the receiver: slot 4, round 3. */
+  budget: Budget
 }
 
 /**
@@ -847,7 +884,8 @@ export const CONTROL_MESSAGES = [
   { name: 'members', encoding: membersMessage },
   { name: 'datasets', encoding: datasetsMessage },
   { name: 'report', encoding: reportMessage },
-  { name: 'statements', encoding: statementsMessage }
+  { name: 'statements', encoding: statementsMessage },
+  { name: 'budget', encoding: budgetMessage }
 ] as const
 
 /** What each join message carries, by name. */

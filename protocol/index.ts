@@ -53,6 +53,8 @@ export {
   type ControlPayloads,
   type JoinPayloads,
   type Hello,
+  type Budget,
+  budgetMessage,
   type MemberInfo,
   type MemberRole,
   type DatasetInfo,

@@ -21,7 +21,9 @@ import {
   type OwnDataset,
   type AppVersionSource,
   type AlertOptions,
-  type StatusThresholds
+  type StatusThresholds,
+  type LinkBudget,
+  MIN_LINK_KBPS
 } from '../node/index.ts'
 import { checkAlerts } from './alerts-config.ts'
 
@@ -54,12 +56,15 @@ export interface SiteConfig {
   alerts?: AlertOptions
   /** The dashboard (node/dashboard/); absent: the node does not serve it, and charts are sampled every 5 min. */
   dashboard?: DashboardSettings
-  /** The link to the other sites (issue 16): batching for a slow or metered one. */
+  /**
+   * The link to the other sites (issue 16): batching for a slow or metered one, and the bandwidth budget of all
+   * this site's mesh traffic, kbit/s each way (node/traffic.ts; absent: none).
+   */
   link?: LinkSettings
 }
 
 /** config.json "link". */
-export interface LinkSettings {
+export interface LinkSettings extends LinkBudget {
   /** An origin appends what its database committed at most about this often, as one unit; 0: at once. */
   batchSeconds: number
 }
@@ -338,17 +343,7 @@ export function readConfig(dir: string): SiteConfig {
     retrySeconds = r
   }
   const dashboard = j.dashboard === undefined || j.dashboard === null ? undefined : checkDashboard(j.dashboard, file)
-  const link = { ...DEFAULT_LINK }
-  if (j.link !== undefined && j.link !== null) {
-    if (typeof j.link !== 'object' || Array.isArray(j.link))
-      throw MeshError.BAD_CONFIG(`${file}: "link" must be an object`, {
-        hint: 'Write it as "link": {"batchSeconds": 60} (seconds between two sends; 0: as soon as possible).'
-      })
-    checkKeys(j.link as Record<string, unknown>, Object.keys(DEFAULT_LINK), '"link"', file)
-    const l = j.link as Record<string, unknown>
-    if (l.batchSeconds !== undefined)
-      link.batchSeconds = checkBatchSeconds(l.batchSeconds, `${file}: link.batchSeconds`)
-  }
+  const link = j.link === undefined || j.link === null ? { ...DEFAULT_LINK } : checkLink(j.link, file)
   return {
     link,
     ...(dashboard ? { dashboard } : {}),
@@ -368,6 +363,59 @@ export function readConfig(dir: string): SiteConfig {
     alerts: checkAlerts(j.alerts, file),
     dashboard
   }
+}
+
+const KBPS_HINT =
+  `Give kilobits per second, ${MIN_LINK_KBPS} or more (e.g. 128 for a mesh that may use half of a 256 kbit/s ` +
+  'line), or leave it out for no limit.'
+
+/**
+ * One side of the bandwidth budget, in kbit/s: a number of at least MIN_LINK_KBPS (below it the control
+ * traffic alone, reports and keep-alives, would not fit, and replication would never end). `what` names it
+ * in the error: a flag (a usage error) or a config key.
+ */
+export function checkKbps(v: unknown, what: string, flag: boolean): number {
+  const n = flag && typeof v === 'string' && v.trim() !== '' ? Number(v) : v
+  const fail = (why: string) =>
+    flag
+      ? MeshError.USAGE(`${what} ${why}`, { hint: KBPS_HINT })
+      : MeshError.BAD_CONFIG(`${what} ${why}`, {
+          hint: KBPS_HINT
+        })
+  if (typeof n !== 'number' || !Number.isFinite(n)) throw fail(`must be a number of kbit/s, not ${JSON.stringify(v)}`)
+  if (n <= 0) throw fail(`must be above 0 (${n} would stop all of this site's mesh traffic)`)
+  if (n < MIN_LINK_KBPS) {
+    throw fail(`is ${n} kbit/s: under ${MIN_LINK_KBPS} the mesh's control traffic alone does not fit`)
+  }
+  return n
+}
+
+/**
+ * config `link`: {"batchSeconds": 60, "upKbps": 128, "downKbps": 256}; each may be left out (batchSeconds 0:
+ * send at once; no budget: no limit that way).
+ */
+function checkLink(v: unknown, file: string): LinkSettings {
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw MeshError.BAD_CONFIG(`${file}: "link" must be an object, e.g. {"batchSeconds": 0, "upKbps": 128}`, {
+      hint: `batchSeconds: seconds between two sends (0: as soon as possible). ${KBPS_HINT}`
+    })
+  const o = v as Record<string, unknown>
+  checkKeys(o, ['batchSeconds', 'upKbps', 'downKbps'], '"link"', file)
+  const link: LinkSettings = { ...DEFAULT_LINK }
+  if (o.batchSeconds !== undefined) link.batchSeconds = checkBatchSeconds(o.batchSeconds, `${file}: link.batchSeconds`)
+  if (o.upKbps !== undefined && o.upKbps !== null) link.upKbps = checkKbps(o.upKbps, `${file}: link.upKbps`, false)
+  if (o.downKbps !== undefined && o.downKbps !== null) {
+    link.downKbps = checkKbps(o.downKbps, `${file}: link.downKbps`, false)
+  }
+  return link
+}
+
+/** The `--up-kbps` and `--down-kbps` of `init` and `join`; undefined when neither is given. */
+export function linkFlags(values: { 'up-kbps'?: string; 'down-kbps'?: string }): LinkBudget | undefined {
+  const link: LinkBudget = {}
+  if (values['up-kbps'] !== undefined) link.upKbps = checkKbps(values['up-kbps'], '--up-kbps', true)
+  if (values['down-kbps'] !== undefined) link.downKbps = checkKbps(values['down-kbps'], '--down-kbps', true)
+  return Object.keys(link).length ? link : undefined
 }
 
 /** config `dashboard`: {"listen": "HOST:PORT" or null, "token": "...", "sampleSeconds": 300}. */
@@ -431,7 +479,8 @@ export function writeConfig(dir: string, cfg: SiteConfig): void {
   j.checkpointSeconds = cfg.checkpointSeconds ?? 600
   j.guard = cfg.guard ?? DEFAULT_GUARD
   j.maxUnitMemoryMB = cfg.maxUnitMemoryMB ?? 64
-  j.link = cfg.link ?? DEFAULT_LINK
+  // batchSeconds always; a budget (upKbps, downKbps) only when one was given: none is no limit.
+  j.link = { ...DEFAULT_LINK, ...cfg.link }
   if (cfg.dashboard) j.dashboard = cfg.dashboard
   if (cfg.appVersion) j.appVersion = 'version' in cfg.appVersion ? cfg.appVersion.version : cfg.appVersion
   if (cfg.retrySeconds !== undefined) j.retrySeconds = cfg.retrySeconds

@@ -109,7 +109,8 @@ export class TestSite {
     db.close()
   }
 
-  async init(): Promise<void> {
+  /** `extra`: more flags for `mesh init` (e.g. a bandwidth budget). */
+  async init(extra: string[] = []): Promise<void> {
     const r = await mesh([
       'init',
       '--dir',
@@ -119,7 +120,8 @@ export class TestSite {
       '--sqlite',
       this.db,
       '--bootstrap',
-      this.bootstrap
+      this.bootstrap,
+      ...extra
     ])
     if (r.code !== 0) throw new Error(`mesh init failed: ${r.stderr}`)
   }
@@ -130,7 +132,7 @@ export class TestSite {
     return r.stdout.trim().split('\n').pop()!
   }
 
-  async join(code: string): Promise<void> {
+  async join(code: string, extra: string[] = []): Promise<void> {
     const r = await mesh([
       'join',
       code,
@@ -141,7 +143,8 @@ export class TestSite {
       '--sqlite',
       this.db,
       '--bootstrap',
-      this.bootstrap
+      this.bootstrap,
+      ...extra
     ])
     if (r.code !== 0) throw new Error(`mesh join failed: ${r.stderr}`)
   }

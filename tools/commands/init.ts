@@ -13,11 +13,13 @@ import {
   writeMeshState,
   DEFAULT_GUARD,
   DEFAULT_SNAPSHOTS,
-  DEFAULT_THRESHOLDS
+  DEFAULT_THRESHOLDS,
+  MIN_LINK_KBPS
 } from '../../node/index.ts'
 import {
   checkBatchSeconds,
   checkSiteName,
+  linkFlags,
   resolveBootstrap,
   resolveDir,
   writeConfig,
@@ -29,7 +31,7 @@ import { out, parse, type Command } from './common.ts'
 export const usage =
   `mesh init --dir DIR --site NAME (--sqlite PATH | --postgres URL) ` +
   `[--capture triggers] [--dataset NAME] [--replica-postgres URL] ` +
-  `[--batch-seconds N] [--bootstrap HOST:PORT[,...]]
+  `[--batch-seconds N] [--bootstrap HOST:PORT[,...]] [--up-kbps N] [--down-kbps N]
 
 Starts a new mesh with this site as its first member, protecting one database.
   --site NAME      this site's name, e.g. shop-north
@@ -49,6 +51,10 @@ Starts a new mesh with this site as its first member, protecting one database.
                    (config.json link.batchSeconds; default 0: as soon as possible); history keeps one position
                    per group
   --bootstrap      DHT bootstrap nodes for a private network (default: the public DHT; also MESH_BOOTSTRAP)
+  --up-kbps N, --down-kbps N
+                   the bandwidth budget of all of this site's mesh traffic, in kbit/s each way (at least
+                   ${MIN_LINK_KBPS}; config link.upKbps, link.downKbps): on a slow line, leave room for
+                   the shop's own traffic, e.g. 128 on a 256 kbit/s line. Default: no limit
   --dir DIR        data directory (default: MESH_DIR, then a per-user folder)`
 
 function datasetName(flag: string | undefined, fallback: string): string {
@@ -63,7 +69,9 @@ export const SITE_OPTIONS = {
   'replica-postgres': { type: 'string' },
   capture: { type: 'string' },
   dataset: { type: 'string' },
-  'batch-seconds': { type: 'string' }
+  'batch-seconds': { type: 'string' },
+  'up-kbps': { type: 'string' },
+  'down-kbps': { type: 'string' }
 } as const
 
 type SiteValues = {
@@ -76,6 +84,8 @@ type SiteValues = {
   dataset?: string
   bootstrap?: string
   'batch-seconds'?: string
+  'up-kbps'?: string
+  'down-kbps'?: string
 }
 
 /**
@@ -121,7 +131,10 @@ export async function newSite(values: SiteValues, example: string) {
     snapshots: { ...DEFAULT_SNAPSHOTS },
     checkpointSeconds: 600,
     guard: { ...DEFAULT_GUARD },
-    link: { batchSeconds: checkBatchSeconds(values['batch-seconds'] ?? 0, '--batch-seconds', true) }
+    link: {
+      batchSeconds: checkBatchSeconds(values['batch-seconds'] ?? 0, '--batch-seconds', true),
+      ...linkFlags(values)
+    }
   }
   if (replicaPostgres) await checkReplicaServer(replicaPostgres)
   if (values.capture && !values.postgres)

@@ -11,6 +11,7 @@ import {
 } from '../../node/index.ts'
 import {
   checkSiteName,
+  linkFlags,
   networkOptions,
   resolveBootstrap,
   resolveDir,
@@ -23,11 +24,13 @@ import { newSite, shownSource, SITE_OPTIONS } from './init.ts'
 
 export const usage =
   `mesh join CODE --dir DIR --site NAME (--sqlite PATH | --postgres URL) [--capture triggers] [--dataset NAME] ` +
-  `[--replica-postgres URL] [--batch-seconds N] [--bootstrap HOST:PORT[,...]] [--timeout 60s]
+  `[--replica-postgres URL] [--batch-seconds N] [--bootstrap HOST:PORT[,...]] [--up-kbps N] [--down-kbps N] ` +
+  `[--timeout 60s]
 
 Adds this site to a mesh with a join code from \`mesh invite\`, protecting one database (see mesh init for
---sqlite, --postgres, --capture, --replica-postgres and --batch-seconds). The inviting site's node must be
-running, or start within --timeout: until then the join looks for it again every few seconds.
+--sqlite, --postgres, --capture, --replica-postgres, --batch-seconds, and --up-kbps and --down-kbps, the
+bandwidth budget). The inviting site's node must be running, or start within --timeout: until then the join
+looks for it again every few seconds.
 With a code from \`mesh invite --blind\` the site is a blind site and takes no database: it stores and
 serves every encrypted log of the mesh and can read none of them. With a code from \`mesh invite --observer\`,
 an observer, also without a database: it sees every site and dataset and holds no log and no data.
@@ -122,6 +125,8 @@ function blindSite(values: Record<string, unknown>, example: string, role: 'blin
   }
   if (typeof values.site !== 'string') throw MeshError.USAGE('--site NAME is required', { hint: example })
   const config: SiteConfig = {
+    // A blind site or an observer appends nothing, so batching is none of its business; a budget still is.
+    link: { batchSeconds: 0, ...linkFlags(values as { 'up-kbps'?: string; 'down-kbps'?: string }) },
     site: checkSiteName(values.site),
     datasets: [],
     bootstrap: resolveBootstrap(values.bootstrap as string | undefined, null),

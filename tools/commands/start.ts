@@ -56,6 +56,7 @@ export const command: Command = {
       encryptNewDatasets: cfg.encryptNewDatasets,
       appVersion: cfg.appVersion,
       retryMs: cfg.retrySeconds?.map((s) => Math.round(s * 1000)),
+      link: cfg.link,
       alerts: cfg.alerts,
       dashboard
     })

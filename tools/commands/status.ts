@@ -5,6 +5,7 @@ import {
   count,
   duration,
   engineFor,
+  kbit,
   sizeText,
   statusFromDisk,
   VERDICT_EXIT,
@@ -139,12 +140,44 @@ export function formatStatus(s: SiteStatus): string {
     lines.push(`  ${m.site.padEnd(16)} ${state}${role}${m.software ? `  (${m.software})` : ''}`)
     lines.push(...healthLines(m))
   }
+  lines.push(...trafficLines(s))
   if (s.refused.length > 0) {
     lines.push('')
     lines.push('Refused connections (recent)')
     for (const r of s.refused.slice(-5)) lines.push(`  ${r.key.slice(0, 12)}  ${r.reason}  ${ago(r.at, now)}`)
   }
   return lines.join('\n')
+}
+
+/** Bytes moved with each peer and the rates against the budget (from the running node only). */
+function trafficLines(s: SiteStatus): string[] {
+  const t = s.traffic
+  if (!t) return []
+  const limit = (bps: number | null) => (bps === null ? 'no limit' : kbit(bps))
+  const lines = ['', `Traffic (budget: up ${limit(t.upBps)}, down ${limit(t.downBps)})`]
+  if (t.peers.length === 0) lines.push('  (no peer yet)')
+  const eta = (bytesBehind: number | null, seconds: number | null) =>
+    bytesBehind === null
+      ? ''
+      : bytesBehind === 0
+        ? '; caught up'
+        : `; ${bytes(bytesBehind)} behind, ` +
+          (seconds === null ? 'not moving now' : `about ${duration(seconds)} to catch up`)
+  for (const p of t.peers) {
+    const dir = (what: string, m: { today: number; lastHour: number; bps: number }, lim: number | null) =>
+      `${what} ${bytes(m.today)} today, ${bytes(m.lastHour)} in the last hour, now ${kbit(m.bps)} of ${limit(lim)}`
+    const theirs = p.peerBudget
+      ? `; its budget: up ${limit(p.peerBudget.upBps || null)}, down ${limit(p.peerBudget.downBps || null)}`
+      : ''
+    lines.push(
+      `  ${p.site.padEnd(16)} ${p.connected ? 'connected' : 'not connected'}` +
+        `${eta(p.lagBytes, p.catchUpSeconds)}${theirs}`
+    )
+    lines.push(`    ${dir('sent', p.sent, p.upLimitBps)}${p.queued ? ` (${bytes(p.queued)} waiting)` : ''}`)
+    lines.push(`    ${dir('received', p.received, p.downLimitBps)}`)
+  }
+  if (t.lagBytes > 0) lines.push(`  this site${eta(t.lagBytes, t.catchUpSeconds)}`)
+  return lines
 }
 
 /** A member's versions and free disk space, from its report (none from older software). */
