@@ -22,7 +22,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { askNode, type SiteStatus } from '../node/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 

@@ -10,8 +10,9 @@
  * bench/bytes.ts (bytes per row change for the demo shop's day, compressed and not) runs after the trickle;
  * bench/reconnect.ts (a site back after 10 minutes away, over network namespaces; needs root) only with
  * `--reconnect` (`--reconnect-minutes N` shortens the outages), last: it takes more than 20 minutes.
+ * First of all, bench/startup.ts: how fast the shipped `mesh` starts (`mesh version`, `mesh status`).
  */
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import path from 'node:path'
 import { SqliteCapture } from '../adapters/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
@@ -25,6 +26,7 @@ import { reconnectBench } from './reconnect.ts'
 import { restoreBench } from './restore.ts'
 import { guardBench } from './guard.ts'
 import { encryptionBench } from './encryption.ts'
+import { startupBench } from './startup.ts'
 
 const json = process.argv.includes('--json')
 const say = (s: string) => {
@@ -73,6 +75,8 @@ async function withTriggers(file: string): Promise<void> {
 
 const { dir, cleanup } = tmpDir('mesh-bench-')
 try {
+  // Start-up of the shipped mesh: `mesh version` and `mesh status` with a node running (bench/startup.ts).
+  const startup = await startupBench({ say })
   const ROWS = 100_000
   const ONE = 1_000
   const runs = 3
@@ -185,6 +189,10 @@ try {
         endToEndRowsPerSec: Math.round(e2e),
         trickleP50Ms: +median(lat).toFixed(2),
         trickleP99Ms: +pct(lat, 99).toFixed(2),
+        startupNodeMs: startup.nodeMs,
+        startupVersionMs: startup.versionMs,
+        startupStatusMs: startup.statusMs,
+        startupSocketMs: startup.socketMs,
         ...encryption,
         ...bytes,
         ...guard,

@@ -3,11 +3,13 @@
  * the configuration and prints.
  */
 import { createRequire } from 'node:module'
-import { type Command, printError, EXIT_USAGE } from './commands/common.ts'
+// Only what every start needs is imported here: each command's module (and all it imports) loads when it runs.
+import type { Command } from './commands/common.ts'
+import { EXIT_USAGE } from './exit.ts'
 import { nearest } from './suggest.ts'
 
 const require = createRequire(import.meta.url)
-const pkg = require('../package.json') as { version: string }
+const pkg = require('branchmesh/package.json') as { version: string }
 
 const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   init: () => import('./commands/init.ts'),
@@ -92,6 +94,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await command.run(rest)
   } catch (err) {
+    const { printError } = await import('./commands/common.ts')
     return printError(err)
   }
 }
