@@ -1,7 +1,8 @@
 /** What every command shares: flag parsing (node:util parseArgs), the data directory, printing errors. */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { MeshError } from '../../protocol/index.ts'
-import { askNode, type LocalRequest } from '../../node/index.ts'
+// Light modules only: every command imports this one (node/client.ts).
+import { MeshError } from '../../protocol/errors.ts'
+import { askNode, type LocalRequest } from '../../node/client.ts'
 import { EXIT_ERROR, EXIT_USAGE } from '../exit.ts'
 import { nearest } from '../suggest.ts'
 
