@@ -20,5 +20,4 @@ export {
   type StatusThresholds,
   type Verdict
 } from './defaults.ts'
-export { checkUrl, redactUrl } from '../adapters/postgres/url.ts'
-export { DEFAULT_GUARD, type DamageGuard } from '../adapters/types.ts'
+export { checkUrl, DEFAULT_GUARD, redactUrl, type DamageGuard } from '../adapters/client.ts'
