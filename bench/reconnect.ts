@@ -24,10 +24,12 @@ import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { askNode, type SiteStatus } from '../node/index.ts'
+import { ensureBuilt, MESH_BIN } from '../test/helpers/build.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-const MESH = path.join(ROOT, 'tools', 'mesh.js')
+/** The shipped `mesh` (compiled JavaScript, built when a source is newer). */
+const MESH = MESH_BIN
 const DHT_SCRIPT = path.join(ROOT, 'bench', 'reconnect-dht.ts')
 
 export interface ReconnectBenchOptions {
@@ -195,6 +197,7 @@ function count(file: string): number {
 }
 
 export async function reconnectBench(opts: ReconnectBenchOptions = {}): Promise<Record<string, number>> {
+  ensureBuilt()
   const say = opts.say ?? ((s: string) => process.stdout.write(`${s}\n`))
   const minutes = opts.minutes ?? 10
   const kbit = opts.kbit ?? 512
