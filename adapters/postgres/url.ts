@@ -1,4 +1,7 @@
-/** PostgreSQL connection URLs, checked and redacted. Loads no driver: the command line checks its configuration with it. */
+/**
+ * PostgreSQL connection URLs, checked and redacted. Loads no driver: the command line checks its configuration
+ * with it (adapters/client.ts).
+ */
 import { MeshError } from '../../protocol/errors.ts'
 
 /** The URL (or key=value connection string) with its password replaced, for messages and logs. */
