@@ -8,7 +8,7 @@
  * `--big-rows 200000,2000000,10000000` chooses the sizes for both engines (default 200k and 2M; 10M takes
  * minutes, and on PostgreSQL a few GB of disk for the WAL and the decoder's spill files). Nothing is asserted.
  */
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { execFileSync } from 'node:child_process'
 import path from 'node:path'
 import pg from 'pg'

@@ -12,7 +12,7 @@
  * Run alone with `node --import tsx bench/encryption.ts [--json]`; `npm run bench` runs it after the end to
  * end figure of bench/run.ts.
  */
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import crypto from 'hypercore-crypto'

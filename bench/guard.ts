@@ -5,7 +5,7 @@
  * without the guard. Median of 7 each (one run is under a second, and the machine is shared); run alone with
  * `node --import tsx bench/guard.ts`.
  */
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { SqliteApply } from '../adapters/index.ts'

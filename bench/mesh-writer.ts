@@ -9,7 +9,7 @@
  *   { cmd: 'trickle', file, count, minMs, maxMs }   -> { commits: [id, committedAt, startedAt][] }
  *   { cmd: 'bulk', file, rows }                     -> { firstId, lastId, startAt, committedAt }
  */
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { pathToFileURL } from 'node:url'
 
 export const ORDERS =

@@ -23,14 +23,14 @@
  *
  * Run alone with `node --import tsx bench/mesh.ts [--json]`; `npm run bench` runs it after bench/run.ts.
  */
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { fork, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import crypto from 'hypercore-crypto'
-import createTestnet, { type Testnet } from 'hyperdht/testnet'
+import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import type { Logger } from '../adapters/index.ts'
 import { MeshNode, createSiteKey, sitePaths, writeMeshState, type OwnDataset } from '../node/index.ts'
 import type { MemberInfo } from '../protocol/index.ts'

@@ -8,9 +8,12 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { ensureBuilt, MESH_BIN } from '../test/helpers/build.ts'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-export const MESH = path.join(ROOT, 'tools', 'mesh.js')
+/** The shipped `mesh` (compiled JavaScript, built here first when a source is newer than the build). */
+export const MESH = MESH_BIN
+ensureBuilt()
 export const DHT_SCRIPT = path.join(ROOT, 'bench', 'reconnect-dht.ts')
 
 /**

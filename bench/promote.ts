@@ -34,14 +34,14 @@
  * Run alone with `node --import tsx bench/promote.ts [--json] [--sizes 10000x3,100000]` (rows x runs);
  * `npm run bench` runs it after bench/mesh.ts.
  */
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import crypto from 'hypercore-crypto'
-import createTestnet, { type Testnet } from 'hyperdht/testnet'
+import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import type { Logger } from '../adapters/index.ts'
 import {
   DEFAULT_GUARD,
@@ -55,12 +55,14 @@ import {
   type PromoteResult
 } from '../node/index.ts'
 import type { MemberInfo } from '../protocol/index.ts'
+import { ensureBuilt, MESH_BIN } from '../test/helpers/build.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { writeConfig } from '../tools/config.ts'
 import { sleep, waitUntil } from './mesh.ts'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-const MESH = path.join(ROOT, 'tools', 'mesh.js')
+/** The shipped `mesh` (compiled JavaScript). */
+const MESH = MESH_BIN
 
 /**
  * Default sizes and runs of each. Set-up dominates the time: a 1M-row replica (about 100 MB) takes about 30 s
@@ -427,6 +429,7 @@ export async function promoteBench(opts: PromoteBenchOptions = {}): Promise<Prom
   const say = opts.say ?? (() => {})
   const sizes = opts.sizes ?? DEFAULT_SIZES
   const cliRows = opts.cliRows ?? sizes[0]?.rows ?? 0
+  if (cliRows > 0) ensureBuilt()
   const loadBefore = os.loadavg()[0]
   const started = nowMs()
   const { dir, cleanup } = tmpDir('mesh-promote-')
@@ -443,7 +446,7 @@ export async function promoteBench(opts: PromoteBenchOptions = {}): Promise<Prom
     let cliVersionMs = NaN
     let cliLoadMs = NaN
     if (cliRows > 0) {
-      // What starting the command costs by itself, best of 3: `mesh version` (node, tsx, the CLI) and
+      // What starting the command costs by itself, best of 3: `mesh version` (node and the CLI) and
       // `mesh help promote` (the same plus loading the promote command and all it imports: node/, hyperswarm...).
       const best = async (args: string[]) => {
         const xs: number[] = []

@@ -2,7 +2,7 @@
  * A DHT test network for bench/reconnect.ts, run inside a network namespace of its own: three nodes bound to
  * the address given as the first argument. Prints `bootstrap HOST:PORT,...` and runs until SIGTERM.
  */
-import createTestnet from 'hyperdht/testnet'
+import createTestnet from 'hyperdht/testnet.js'
 
 const host = process.argv[2] ?? '127.0.0.1'
 const net = await createTestnet(3, { host })

@@ -21,8 +21,9 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { askNode, type SiteStatus } from '../node/index.ts'
+import { ensureBuilt } from '../test/helpers/build.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { DHT_SCRIPT, MESH, Net, NsProc, meshIn, sleep } from './netns.ts'
 
@@ -64,6 +65,7 @@ function count(file: string): number {
 }
 
 export async function reconnectBench(opts: ReconnectBenchOptions = {}): Promise<Record<string, number>> {
+  ensureBuilt()
   const say = opts.say ?? ((s: string) => process.stdout.write(`${s}\n`))
   const minutes = opts.minutes ?? 10
   const kbit = opts.kbit ?? 512

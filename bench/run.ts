@@ -14,8 +14,9 @@
  * needs root: said and left out without it) runs after bench/bytes.ts, about 5 minutes.
  * bench/budget.ts (a 256 kbit/s line, the mesh capped at 128 kbit/s, a 5 MB catch-up with a till on the same
  * line; network namespaces, needs root) only with `--budget` (`--budget-mb N` sizes the catch-up), after it.
+ * First of all, bench/startup.ts: how fast the shipped `mesh` starts (`mesh version`, `mesh status`).
  */
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import path from 'node:path'
 import { SqliteCapture } from '../adapters/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
@@ -31,6 +32,7 @@ import { budgetBench } from './budget.ts'
 import { restoreBench } from './restore.ts'
 import { guardBench } from './guard.ts'
 import { encryptionBench } from './encryption.ts'
+import { startupBench } from './startup.ts'
 
 const json = process.argv.includes('--json')
 const say = (s: string) => {
@@ -79,6 +81,8 @@ async function withTriggers(file: string): Promise<void> {
 
 const { dir, cleanup } = tmpDir('mesh-bench-')
 try {
+  // Start-up of the shipped mesh: `mesh version` and `mesh status` with a node running (bench/startup.ts).
+  const startup = await startupBench({ say })
   const ROWS = 100_000
   const ONE = 1_000
   const runs = 3
@@ -203,6 +207,10 @@ try {
         endToEndRowsPerSec: Math.round(e2e),
         trickleP50Ms: +median(lat).toFixed(2),
         trickleP99Ms: +pct(lat, 99).toFixed(2),
+        startupNodeMs: startup.nodeMs,
+        startupVersionMs: startup.versionMs,
+        startupStatusMs: startup.statusMs,
+        startupSocketMs: startup.socketMs,
         ...encryption,
         ...bytes,
         ...nightOff,

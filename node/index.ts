@@ -1,3 +1,4 @@
+/// <reference path="../types/holepunch.d.ts" preserve="true" />
 export { DatasetLog, DEFAULT_UNIT_MEMORY, logName, syncStore } from './log.ts'
 export { CaptureLoop, type CaptureLoopOptions, type CaptureStats } from './capture-loop.ts'
 export { ApplyLoop, replayTo, type ApplyLoopOptions, type ApplyStats } from './apply-loop.ts'

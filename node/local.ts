@@ -7,8 +7,8 @@
  */
 import fs from 'node:fs'
 import net from 'node:net'
-import { MeshError } from '../protocol/index.ts'
-import { sitePaths } from './state.ts'
+import { MeshError } from '../protocol/errors.ts'
+import { sitePaths } from './paths.ts'
 
 /** What a command may ask the running node. */
 export type LocalRequest =

@@ -24,16 +24,9 @@ import type { DatasetInfo } from '../protocol/index.ts'
 import type { ChainSegment } from './chain.ts'
 import { replayTo } from './apply-loop.ts'
 import { seqOf } from './chain.ts'
+import type { SnapshotPolicy } from './defaults.ts'
 
-export interface SnapshotPolicy {
-  /** Take a snapshot when the newest is this old (seconds). */
-  everySeconds: number
-  keepDaily: number
-  keepWeekly: number
-  keepMonthly: number
-}
-
-export const DEFAULT_SNAPSHOTS: SnapshotPolicy = { everySeconds: 86_400, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 }
+export { DEFAULT_SNAPSHOTS, type SnapshotPolicy } from './defaults.ts'
 
 export interface Snapshot {
   file: string

@@ -13,7 +13,6 @@
  * the new version, never half of one.
  */
 import fs from 'node:fs'
-import path from 'node:path'
 import DHT, { type KeyPair } from 'hyperdht'
 import crypto from 'hypercore-crypto'
 import {
@@ -25,30 +24,11 @@ import {
   type SignedReport
 } from '../protocol/index.ts'
 import type { ReplicaCheckpoint } from '../adapters/types.ts'
+import { writeFileAtomic } from './files.ts'
+import type { SitePaths } from './paths.ts'
 
-export interface SitePaths {
-  dir: string
-  key: string
-  mesh: string
-  invites: string
-  reports: string
-  store: string
-  replicas: string
-  socket: string
-}
-
-export function sitePaths(dir: string): SitePaths {
-  return {
-    dir,
-    key: path.join(dir, 'site.key'),
-    mesh: path.join(dir, 'mesh.json'),
-    invites: path.join(dir, 'invites.json'),
-    reports: path.join(dir, 'reports.json'),
-    store: path.join(dir, 'store'),
-    replicas: path.join(dir, 'replicas'),
-    socket: path.join(dir, 'node.sock')
-  }
-}
+export { writeFileAtomic } from './files.ts'
+export { sitePaths, type SitePaths } from './paths.ts'
 
 export interface MeshState {
   meshId: Uint8Array
@@ -192,29 +172,6 @@ export interface Invite {
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
 const unhex = (s: string) => Buffer.from(s, 'hex')
-
-/** Writes a file atomically with the given mode. */
-export function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o644): void {
-  const tmp = `${file}.${process.pid}.tmp`
-  try {
-    const fd = fs.openSync(tmp, 'w', mode)
-    try {
-      fs.writeFileSync(fd, data)
-      fs.fsyncSync(fd)
-    } finally {
-      fs.closeSync(fd)
-    }
-    fs.chmodSync(tmp, mode)
-    fs.renameSync(tmp, file)
-  } catch (err) {
-    fs.rmSync(tmp, { force: true })
-    const e = err as NodeJS.ErrnoException
-    if (e.code === 'ENOSPC') throw MeshError.DISK_FULL(`cannot write ${file}: ${e.message}`, { cause: err })
-    if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS')
-      throw MeshError.READ_ONLY(`cannot write ${file}: ${e.message}`, { cause: err })
-    throw MeshError.IO_ERROR(`cannot write ${file}: ${e.message}`, { cause: err })
-  }
-}
 
 /** A JSON file of the data directory; null when it does not exist, BAD_CONFIG when it is damaged. */
 export function readJsonFile(file: string): unknown | null {

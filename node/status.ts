@@ -14,57 +14,16 @@ import type { CheckpointResult, DamageRecord, MeshState, VerifyResult } from './
 import type { ContactHistory } from './usual-hours.ts'
 import type { TrafficStatus } from './traffic.ts'
 import { count } from './util.ts'
+import { duration, type StatusThresholds, type Verdict } from './defaults.ts'
 
 export { count }
 
-export type Verdict = 'OK' | 'WARN' | 'CRIT'
+export { DEFAULT_THRESHOLDS, duration, VERDICT_EXIT, type StatusThresholds, type Verdict } from './defaults.ts'
 
 /** How long a whole copy made again (a replaced file, a lost position) shows in status: a week. */
 export const NOTICE_MS = 7 * 86_400_000
 /** How long an alarm (alarms.ts) stays CRIT. */
 export const ALARM_MS = 24 * 3600_000
-
-export interface StatusThresholds {
-  /** A holder behind its origin by this many seconds of writes is a warning / critical. */
-  lagWarnSeconds: number
-  lagCritSeconds: number
-  /** A member not heard from for this long is a warning / critical. Sites switched off at night are normal. */
-  silentWarnSeconds: number
-  silentCritSeconds: number
-  /** WAL a PostgreSQL origin's slot may keep on the database server's disk before it is a warning, in MB. */
-  walWarnMB: number
-  /**
-   * An origin whose log lacks writes its database committed this many seconds ago (its capture lag) is a
-   * warning / critical: until the log holds them, they exist at that site only.
-   */
-  captureLagWarnSeconds: number
-  captureLagCritSeconds: number
-  /** A member silent this long during hours it is usually up (usual-hours.ts) is a warning. */
-  usualSilentSeconds: number
-  /** Free disk space under this share (percent) or this many MB is a warning / critical (disk.ts). */
-  diskWarnPercent: number
-  diskWarnMB: number
-  diskCritPercent: number
-  diskCritMB: number
-  /** A site on a Node.js line this many days past its end of life is a warning. */
-  nodeEolGraceDays: number
-}
-
-export const DEFAULT_THRESHOLDS: StatusThresholds = {
-  lagWarnSeconds: 3600,
-  lagCritSeconds: 24 * 3600,
-  silentWarnSeconds: 16 * 3600,
-  silentCritSeconds: 24 * 3600,
-  walWarnMB: 1024,
-  captureLagWarnSeconds: 300,
-  captureLagCritSeconds: 3600,
-  usualSilentSeconds: 900,
-  diskWarnPercent: 10,
-  diskWarnMB: 2048,
-  diskCritPercent: 2,
-  diskCritMB: 500,
-  nodeEolGraceDays: 0
-}
 
 export interface HolderStatus {
   site: string
@@ -261,16 +220,6 @@ const HOLDING_HINTS: Record<string, string> = {
     ': it comes sealed to that site from a full member that holds it once both are connected; start the ' +
     'origin if it is off',
   NOT_ENCRYPTED: ': move the dataset to encrypted logs with a new epoch (UPGRADE.md)'
-}
-
-/** "26 hours", "3 minutes", "40 seconds". */
-export function duration(seconds: number): string {
-  const s = Math.max(0, Math.round(seconds))
-  const unit = (n: number, w: string) => count(n, w)
-  if (s < 120) return unit(s, 'second')
-  if (s < 2 * 3600) return unit(Math.round(s / 60), 'minute')
-  if (s < 3 * 86400) return unit(Math.round(s / 3600), 'hour')
-  return unit(Math.round(s / 86400), 'day')
 }
 
 export function buildStatus(input: StatusInput): SiteStatus {
@@ -657,5 +606,3 @@ export function buildStatus(input: StatusInput): SiteStatus {
     refused: input.refused
   }
 }
-
-export const VERDICT_EXIT: Record<Verdict, number> = { OK: 0, WARN: 1, CRIT: 2 }

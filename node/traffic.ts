@@ -28,15 +28,10 @@ import type { SwarmConnection } from 'hyperswarm'
 import type { Budget } from '../protocol/index.ts'
 import { writeFileAtomic } from './state.ts'
 import type { SiteStatus } from './status.ts'
+import { kbit, type LinkBudget, MIN_LINK_KBPS } from './defaults.ts'
 
-/** The budget of config.json `link`, in kbit/s (1000 bits per second); absent: no limit that way. */
-export interface LinkBudget {
-  upKbps?: number
-  downKbps?: number
-}
+export { kbit, type LinkBudget, MIN_LINK_KBPS }
 
-/** Below this a budget cannot carry the control traffic alone (reports, keep-alives, hypercore requests). */
-export const MIN_LINK_KBPS = 8
 /** Largest piece written at once under a budget: about one UDX packet, so a big block never goes as a burst. */
 export const CHUNK = 1024
 /**
@@ -606,9 +601,4 @@ export function addTraffic(st: SiteStatus, t: Traffic, self: Uint8Array, connect
     if (st.verdict === 'OK') st.verdict = 'WARN'
   }
   return st
-}
-
-/** "12.5 kbit/s" */
-export function kbit(bps: number): string {
-  return `${(bps / 1000).toFixed(bps < 10_000 ? 1 : 0)} kbit/s`
 }

@@ -8,7 +8,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import {
   MAX_BLOCK_BYTES,
   MeshError,

@@ -6,7 +6,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { MeshError, decodeBlock } from '../protocol/index.ts'
 import pg from 'pg'
 import { PostgresCapture, SqliteCapture } from '../adapters/index.ts'

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import test from 'node:test'
 import { tmpDir } from './helpers/db.ts'
 import { MESH, mesh, testnet } from './helpers/mesh.ts'

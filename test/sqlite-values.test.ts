@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict'
 import path from 'node:path'
 import { test } from 'node:test'
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { SqliteApply, SqliteCapture, sqliteEngine } from '../adapters/index.ts'
 import { decodeEntry, type Entry, encodeEntry, packSnapshot, packTransaction } from '../protocol/index.ts'
 import { dumpExact, sqlite3, tmpDir } from './helpers/db.ts'

@@ -11,7 +11,7 @@
  *   }
  */
 import fs from 'node:fs'
-import { MeshError } from '../protocol/index.ts'
+import { MeshError } from '../protocol/errors.ts'
 import type { AlertOptions } from '../node/index.ts'
 import { checkKeys } from './config.ts'
 

@@ -3,11 +3,12 @@
  * the configuration and prints.
  */
 import { createRequire } from 'node:module'
-import { type Command, printError, EXIT_USAGE } from './commands/common.ts'
-import { nearest } from './suggest.ts'
+// Only what every start needs is imported here: each command's module (and all it imports) loads when it runs.
+import type { Command } from './commands/common.ts'
+import { EXIT_USAGE } from './exit.ts'
 
 const require = createRequire(import.meta.url)
-const pkg = require('../package.json') as { version: string }
+const pkg = require('branchmesh/package.json') as { version: string }
 
 const COMMANDS: Record<string, () => Promise<{ command: Command }>> = {
   init: () => import('./commands/init.ts'),
@@ -53,7 +54,8 @@ Every command takes --dir DIR (default: MESH_DIR, then a per-user folder) and --
 }
 
 /** An unknown command: says so, with the closest known one when one is close. */
-function unknown(cmd: string): number {
+async function unknown(cmd: string): Promise<number> {
+  const { nearest } = await import('./suggest.ts')
   const near = nearest(cmd, [...Object.keys(COMMANDS), 'help', 'version'])
   process.stderr.write(`mesh: unknown command '${cmd}'.\n${near ? `Did you mean mesh ${near}? ` : ''}Try: mesh help\n`)
   return EXIT_USAGE
@@ -92,6 +94,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await command.run(rest)
   } catch (err) {
+    const { printError } = await import('./commands/common.ts')
     return printError(err)
   }
 }

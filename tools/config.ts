@@ -7,7 +7,8 @@ import { nearest } from './suggest.ts'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { MeshError } from '../protocol/index.ts'
+// Light modules only (node/client.ts): every command reads its configuration, `mesh status` too.
+import { MeshError } from '../protocol/errors.ts'
 import {
   DEFAULT_GUARD,
   DEFAULT_SNAPSHOTS,
@@ -17,14 +18,11 @@ import {
   parseListen,
   type DamageGuard,
   type SnapshotPolicy,
-  type NetworkOptions,
-  type OwnDataset,
-  type AppVersionSource,
-  type AlertOptions,
   type StatusThresholds,
   type LinkBudget,
   MIN_LINK_KBPS
-} from '../node/index.ts'
+} from '../node/client.ts'
+import type { NetworkOptions, OwnDataset, AppVersionSource, AlertOptions } from '../node/index.ts'
 import { checkAlerts } from './alerts-config.ts'
 
 export const CONFIG_FILE = 'config.json'

@@ -144,6 +144,12 @@ declare module 'hyperdht/testnet' {
   ): Promise<Testnet>
 }
 
+// The same file by its full name, as Node's ESM loader needs it (hyperdht has no `exports` map).
+declare module 'hyperdht/testnet.js' {
+  export * from 'hyperdht/testnet'
+  export { default } from 'hyperdht/testnet'
+}
+
 declare module 'hyperswarm' {
   import { EventEmitter } from 'node:events'
   import type DHT from 'hyperdht'

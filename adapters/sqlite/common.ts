@@ -2,7 +2,7 @@
  * What the SQLite capture and apply sides share: opening a database with clear errors, quoting, and reading
  * a table's definition.
  */
-import Database from 'better-sqlite3'
+import Database from './better-sqlite3.ts'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import { MeshError, RawText, type ColumnDef, type SchemaObject, type TableDef } from '../../protocol/index.ts'

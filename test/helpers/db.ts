@@ -2,7 +2,7 @@
  * Test helpers for SQLite files: temporary folders and connections that go when the test ends, and a
  * canonical dump that compares values by storage class and bits.
  */
-import Database from 'better-sqlite3'
+import Database from '../../adapters/sqlite/better-sqlite3.ts'
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'

@@ -5,14 +5,17 @@
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import createTestnet from 'hyperdht/testnet'
+import createTestnet from 'hyperdht/testnet.js'
 import { askNode, statusFromDisk, DEFAULT_THRESHOLDS, type SiteStatus } from '../../node/index.ts'
+import { ensureBuilt, MESH_BIN } from './build.ts'
 import { dump, openWal, tmpDir } from './db.ts'
 import { ROOT, startNodeProcess, type Child } from './proc.ts'
 import { teardown, type TestContext } from './teardown.ts'
 import { setup } from './workload.ts'
 
-export const MESH = path.join(ROOT, 'tools', 'mesh.js')
+/** The shipped `mesh` (compiled JavaScript, built here when a source is newer). */
+export const MESH = MESH_BIN
+ensureBuilt()
 
 export interface RunResult {
   code: number | null

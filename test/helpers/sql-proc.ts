@@ -4,7 +4,7 @@
  *        node --import tsx test/helpers/sql-proc.ts FILE restore FROM  (SQLite's backup API: like `.restore`)
  * Prints "done" when it has finished and closed the file.
  */
-import Database from 'better-sqlite3'
+import Database from '../../adapters/sqlite/better-sqlite3.ts'
 
 const [file, what, arg] = process.argv.slice(2)
 if (what === 'exec') {

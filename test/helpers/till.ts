@@ -4,7 +4,7 @@
  * taking writes) is counted and the till goes on. Usage: node --import tsx test/helpers/till.ts FILE PAUSE_MS
  * Runs until SIGTERM, then prints one JSON line: the skus committed, and how many writes were refused.
  */
-import Database from 'better-sqlite3'
+import Database from '../../adapters/sqlite/better-sqlite3.ts'
 
 const [file, pause] = process.argv.slice(2)
 const db = new Database(file, { timeout: 10_000 })

@@ -3,7 +3,7 @@
  * Usage: node --import tsx test/helpers/writer.ts FILE SEED COUNT [PAUSE_MS]
  * COUNT 0 means until SIGTERM. Prints "done N" with the number of committed transactions.
  */
-import Database from 'better-sqlite3'
+import Database from '../../adapters/sqlite/better-sqlite3.ts'
 import { Workload, setup } from './workload.ts'
 
 const [file, seed, count, pause] = process.argv.slice(2)

@@ -1,7 +1,9 @@
 /** What every command shares: flag parsing (node:util parseArgs), the data directory, printing errors. */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { MeshError } from '../../protocol/index.ts'
-import { askNode, type LocalRequest } from '../../node/index.ts'
+// Light modules only: every command imports this one (node/client.ts).
+import { MeshError } from '../../protocol/errors.ts'
+import { askNode, type LocalRequest } from '../../node/client.ts'
+import { EXIT_ERROR, EXIT_USAGE } from '../exit.ts'
 import { nearest } from '../suggest.ts'
 
 export interface Command {
@@ -10,8 +12,7 @@ export interface Command {
   run(args: string[]): Promise<number>
 }
 
-export const EXIT_USAGE = 64
-export const EXIT_ERROR = 1
+export { EXIT_ERROR, EXIT_USAGE }
 
 /** The flags every command takes. */
 export const COMMON_OPTIONS = {
@@ -25,7 +26,7 @@ export function parse<T extends NonNullable<ParseArgsConfig['options']>>(
   args: string[],
   options: T,
   allowPositionals = false
-) {
+): ReturnType<typeof parseArgs<{ options: typeof COMMON_OPTIONS & T; allowPositionals: boolean; strict: true }>> {
   try {
     return parseArgs({ args, options: { ...COMMON_OPTIONS, ...options }, allowPositionals, strict: true })
   } catch (err) {

@@ -6,7 +6,7 @@ import { createLogger } from '../logger.ts'
 import { parse, type Command } from './common.ts'
 
 const require = createRequire(import.meta.url)
-export const VERSION = (require('../../package.json') as { version: string }).version
+export const VERSION = (require('branchmesh/package.json') as { version: string }).version
 
 export const usage = `mesh start --dir DIR [--bootstrap HOST:PORT[,...]] [--log-level info] [--log-json]
            [--dashboard HOST:PORT]

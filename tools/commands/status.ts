@@ -1,16 +1,9 @@
-import { MeshError } from '../../protocol/index.ts'
-import {
-  addWalHealth,
-  askNode,
-  count,
-  duration,
-  engineFor,
-  kbit,
-  sizeText,
-  statusFromDisk,
-  VERDICT_EXIT,
-  type SiteStatus
-} from '../../node/index.ts'
+// Light modules only (node/client.ts): asking the running node for its status must not load the daemon's modules.
+// What only some runs need is imported then: the status saved on disk when no node runs, and the PostgreSQL
+// driver for a slot's WAL.
+import { MeshError } from '../../protocol/errors.ts'
+import { askNode, count, duration, kbit, sizeText, VERDICT_EXIT } from '../../node/client.ts'
+import type { SiteStatus } from '../../node/index.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { out, parse, printError, type Command } from './common.ts'
 
@@ -207,7 +200,7 @@ export async function readStatus(dir: string): Promise<SiteStatus> {
     error?: { code: string; message: string }
   } | null
   if (res?.error) throw new MeshError(res.error.code, res.error.message)
-  const s = res?.status ?? statusFromDisk(dir, cfg.site, cfg.status)
+  const s = res?.status ?? (await import('../../node/index.ts')).statusFromDisk(dir, cfg.site, cfg.status)
   // The command to start this site's node, as it runs here: with this --dir unless it is the default one.
   if (dir !== resolveDir(undefined)) {
     for (const r of s.reasons) {
@@ -217,10 +210,12 @@ export async function readStatus(dir: string): Promise<SiteStatus> {
   }
   // A PostgreSQL origin's slot: asked of the server here, so it is known when the node is off.
   for (const d of cfg.datasets) {
-    // Trigger capture has no slot; a slot's name carries its epoch.
+    // Only logical capture keeps a slot (trigger capture has none, nor has SQLite); a slot's name carries its epoch.
     const here = s.datasets.find((x) => x.id === d.id && x.originSite === cfg.site)
+    if (d.capture !== 'logical' || !here) continue
+    const { addWalHealth, engineFor } = await import('../../node/index.ts')
     const wal = engineFor(d.engine).walRetention
-    if (!wal || d.capture === 'triggers' || !here) continue
+    if (!wal) continue
     try {
       addWalHealth(s, d.id, await wal(d.path, d.id, here.epoch), cfg.status)
     } catch (err) {

@@ -7,7 +7,7 @@
  * BLOB bytes, NULL), in primary key order.
  */
 import fs from 'node:fs'
-import Database from 'better-sqlite3'
+import Database from '../../adapters/sqlite/better-sqlite3.ts'
 import { count, valueTag } from '../../node/index.ts'
 
 export interface Comparison {

@@ -11,9 +11,11 @@ import { command as promoteCommand } from '../commands/promote.ts'
 import { ProcError, startNode as startProc, type NodeProc } from '../proc.ts'
 import { DemoFailure, Interrupted, secs, type Business, type Demo, type Site } from './stage.ts'
 
-const MESH_JS = fileURLToPath(new URL('../mesh.js', import.meta.url))
+/** The demo's own `mesh`: dist/tools/mesh.js as built and shipped; tools/mesh.ts through tsx from the sources. */
+const FROM_SOURCE = import.meta.url.endsWith('.ts')
+const MESH_JS = fileURLToPath(new URL(FROM_SOURCE ? '../mesh.ts' : '../mesh.js', import.meta.url))
 /**
- * Each child runs tools/mesh.js behind this guard: when this process dies without stopping it (SIGKILL, a
+ * Each child runs that `mesh` behind this guard: when this process dies without stopping it (SIGKILL, a
  * crash), the child's stdin pipe closes and the child stops itself, so no node outlives the demo.
  */
 const GUARD =
@@ -111,7 +113,8 @@ export async function promote(
 export async function startNode(demo: Demo, site: Site): Promise<void> {
   const label = `the node of ${site.name}`
   const args = ['start', '--dir', site.dir, '--log-json']
-  const p = startProc(['--input-type=module', '-e', GUARD, MESH_JS, ...args], {
+  const loader = FROM_SOURCE ? ['--import', 'tsx'] : []
+  const p = startProc([...loader, '--input-type=module', '-e', GUARD, MESH_JS, ...args], {
     label,
     env: childEnv(),
     stdin: 'pipe',

@@ -5,7 +5,7 @@
  * The shop knows nothing of branchmesh: it opens its file with its own connection, in WAL mode, and writes
  * ordinary transactions (inserts, updates, deletes). The node, another process, captures them.
  */
-import Database from 'better-sqlite3'
+import Database from '../../adapters/sqlite/better-sqlite3.ts'
 import { prng } from '../prng.ts'
 
 const SCHEMA = `

@@ -5,7 +5,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import type { Testnet } from 'hyperdht/testnet'
+import type { Testnet } from 'hyperdht/testnet.js'
 import type { SiteStatus } from '../../node/index.ts'
 import type { NodeProc } from '../proc.ts'
 import type { Shop } from './shop.ts'

@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import createTestnet from 'hyperdht/testnet'
+import createTestnet from 'hyperdht/testnet.js'
 import { count, type PromoteResult, type SiteStatus } from '../../node/index.ts'
 import { out } from '../commands/common.ts'
 import { command as initCommand } from '../commands/init.ts'
