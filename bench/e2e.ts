@@ -4,7 +4,7 @@
  * Prints the median of `--runs N` (default 3) fresh pipelines, against the aim (>= 150,000 rows/s). For profiling:
  * `node --cpu-prof --import tsx bench/e2e.ts --runs 1`.
  */
-import Database from 'better-sqlite3'
+import Database from '../adapters/sqlite/better-sqlite3.ts'
 import path from 'node:path'
 import { tmpDir } from '../test/helpers/db.ts'
 import { startPipeline } from '../test/helpers/pipeline.ts'
