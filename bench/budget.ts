@@ -26,7 +26,7 @@ import { pathToFileURL } from 'node:url'
 import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { askNode, type SiteStatus } from '../node/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
-import { DHT_SCRIPT, MESH, NsProc, inNs, ip, meshIn, removeNamespaces, ROOT, sleep } from './netns.ts'
+import { MESH, NsProc, inNs, ip, meshIn, removeNamespaces, ROOT, sleep, startDht } from './netns.ts'
 
 const TILL = path.join(ROOT, 'bench', 'budget-till.ts')
 /** One till answer on the wire: 100 bytes and the TCP/IP/Ethernet headers (with timestamps). */
@@ -144,9 +144,7 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
   process.once('SIGTERM', onSignal)
   try {
     line.up(linkKbit)
-    const dht = new NsProc(line.ns.a, ['--import', 'tsx', DHT_SCRIPT, line.addr.a])
-    procs.push(dht)
-    const bootstrap = (await dht.line(/^bootstrap /, 60_000)).slice('bootstrap '.length).trim()
+    const bootstrap = await startDht(line.ns.a, line.addr.a, procs)
     const site = (k: 'a' | 'b') => ({ dir: path.join(dir, `shop-${k}`), db: path.join(dir, `shop-${k}.db`) })
     const A = site('a')
     const B = site('b')

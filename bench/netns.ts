@@ -163,3 +163,13 @@ export function removeNamespaces(names: string[]): void {
     }
   }
 }
+
+/**
+ * Starts a DHT test network inside namespace `ns`, listening on `addr`, and waits for its bootstrap address; the
+ * process is pushed to `procs` (the caller's list of what to kill on the way out) before the wait.
+ */
+export async function startDht(ns: string, addr: string, procs: NsProc[]): Promise<string> {
+  const dht = new NsProc(ns, ['--import', 'tsx', DHT_SCRIPT, addr])
+  procs.push(dht)
+  return (await dht.line(/^bootstrap /, 60_000)).slice('bootstrap '.length).trim()
+}

@@ -21,7 +21,7 @@ import { askNode, type SiteStatus } from '../node/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
 import { Shop } from '../tools/demo/shop.ts'
 import { DAY_SALES, TRADING_SECONDS } from './bytes.ts'
-import { DHT_SCRIPT, MESH, Net, NsProc, meshIn, sleep } from './netns.ts'
+import { MESH, Net, NsProc, meshIn, sleep, startDht } from './netns.ts'
 
 export interface NightOffBenchOptions {
   say?: (line: string) => void
@@ -74,9 +74,7 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
   }
   try {
     net.up(kbit)
-    const dht = new NsProc(net.ns.d, ['--import', 'tsx', DHT_SCRIPT, net.addr.d])
-    procs.push(dht)
-    const bootstrap = (await dht.line(/^bootstrap /, 60_000)).slice('bootstrap '.length).trim()
+    const bootstrap = await startDht(net.ns.d, net.addr.d, procs)
     const A = { dir: path.join(dir, 'shop-a'), db: path.join(dir, 'shop-a.db') }
     const B = { dir: path.join(dir, 'shop-b'), db: path.join(dir, 'shop-b.db') }
     const till = new Shop(A.db, 7)

@@ -25,7 +25,7 @@ import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { askNode, type SiteStatus } from '../node/index.ts'
 import { ensureBuilt } from '../test/helpers/build.ts'
 import { tmpDir } from '../test/helpers/db.ts'
-import { DHT_SCRIPT, MESH, Net, NsProc, meshIn, sleep } from './netns.ts'
+import { MESH, Net, NsProc, meshIn, sleep, startDht } from './netns.ts'
 
 export interface ReconnectBenchOptions {
   say?: (line: string) => void
@@ -87,9 +87,7 @@ export async function reconnectBench(opts: ReconnectBenchOptions = {}): Promise<
   process.once('SIGTERM', onSignal)
   try {
     net.up(kbit)
-    const dht = new NsProc(net.ns.d, ['--import', 'tsx', DHT_SCRIPT, net.addr.d])
-    procs.push(dht)
-    const bootstrap = (await dht.line(/^bootstrap /, 60_000)).slice('bootstrap '.length).trim()
+    const bootstrap = await startDht(net.ns.d, net.addr.d, procs)
     const site = (k: 'a' | 'b') => ({ dir: path.join(dir, `shop-${k}`), db: path.join(dir, `shop-${k}.db`) })
     const A = site('a')
     const B = site('b')
