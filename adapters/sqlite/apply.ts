@@ -67,6 +67,19 @@ interface Prepared {
   /** `many` rows in one INSERT OR REPLACE (rows holding no raw TEXT); null when a row is too wide for it. */
   upsertMany: Database.Statement | null
   many: number
+  /** Indexes of the key columns not declared NOT NULL (SqliteApply.replaceNullKeyGroups). */
+  nullable: number[]
+}
+
+/** A key as text, to tell keys apart: each value with its kind (bytes in hex). */
+function keyText(key: Value[]): string {
+  return key
+    .map((v) => {
+      if (v === null) return 'n'
+      if (typeof v !== 'object') return `${typeof v}:${String(v)}`
+      return `${v instanceof Uint8Array ? 'blob' : 'raw'}:${(bindValue(v) as Buffer).toString('hex')}`
+    })
+    .join(',')
 }
 
 /** Rows per multi-row upsert, and the most parameters one may take (SQLite's limit is 32,766). */
@@ -199,6 +212,7 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
   async apply(unit: Unit, position: AppliedPosition): Promise<void> {
     const m = this.meta
     this.lastAlerts = []
+    this.nullKeys.clear()
     if (unitFits(m, unit, position, { path: this.path }) === 'skip') return
     const before = { ...m }
     try {
@@ -231,9 +245,18 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
   // replica is still all-or-nothing. What it does not do: measure the unit for the mass-damage guard.
   private open_: { before: ReplicaMeta } | null = null
 
+  /**
+   * Keys holding a NULL whose rows this unit has already replaced (table id, then keyText): SQLite lets an
+   * ordinary table's PRIMARY KEY hold NULL, and such rows are all distinct, so INSERT OR REPLACE would add a
+   * row each time one is updated. Capture sends every row with such a key together (as they are at its read);
+   * apply deletes the group once per unit, then inserts what the unit carries. Emptied at each unit.
+   */
+  private nullKeys = new Map<number, Set<string>>()
+
   async beginUnit(unit: { start: number; end: number }, position: AppliedPosition): Promise<boolean> {
     if (this.open_ !== null) throw MeshError.BAD_LOG('a unit is already being applied in parts')
     this.lastAlerts = []
+    this.nullKeys.clear()
     const whole = { start: unit.start, entries: [], end: unit.end }
     if (unitFits(this.meta, whole, position, { path: this.path }) === 'skip') return false
     try {
@@ -308,7 +331,7 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
         if (entry.last) m.state = 'settling'
         return
       case 'transaction':
-        this.applyChanges(entry.changes)
+        this.applyChanges(entry.changes, true)
         if (m.state === 'settling') m.state = 'ready'
         return
       case 'checkpoint': {
@@ -349,7 +372,8 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     }
   }
 
-  private applyChanges(changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>): void {
+  /** `grouped`: rows of a transaction, where a key holding a NULL stands for all its rows (nullKeys). */
+  private applyChanges(changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>, grouped = false): void {
     for (const ch of changes) {
       if (ch.table === SEQUENCE_TABLE) {
         this.applySequences(ch)
@@ -363,6 +387,7 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
         if (key.length !== kwidth) throw MeshError.BAD_LOG(`delete key of ${key.length} values for ${p.def.name}`)
         p.remove.stmt(key).run(...key.map(bindValue))
       }
+      if (grouped && p.nullable.length > 0) this.replaceNullKeyGroups(p, ch.upserts)
       // Rows go in `p.many` at a time, in order: one INSERT OR REPLACE of several rows does what the same
       // statements one row each would (SQLite takes a multi-row VALUES row by row), for less per row.
       const rows = ch.upserts
@@ -441,9 +466,26 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
       many > 1
         ? db.prepare(`INSERT OR REPLACE INTO ${t} (${list.join(', ')}) VALUES ${Array(many).fill(row).join(', ')}`)
         : null
-    const p = { def, upsert, remove, exists, count, upsertMany, many }
+    // Key columns that may hold NULL: none in a WITHOUT ROWID table or an INTEGER PRIMARY KEY (the rowid), where
+    // SQLite refuses it, so the rows there never hold one and replaceNullKeyGroups finds nothing to do.
+    const nullable = keyless ? [] : def.key.filter((k) => !def.columns[k].notNull)
+    const p = { def, upsert, remove, exists, count, upsertMany, many, nullable }
     this.prepared.set(id, p)
     return p
+  }
+
+  /** Deletes, once per unit, the rows of each key holding a NULL among `rows`, which then insert the group. */
+  private replaceNullKeyGroups(p: Prepared, rows: Value[][]): void {
+    let done = this.nullKeys.get(p.def.id)
+    for (const row of rows) {
+      if (!p.nullable.some((k) => row[k] === null)) continue
+      const key = p.def.key.map((k) => row[k])
+      const text = keyText(key)
+      if (done?.has(text)) continue
+      if (done === undefined) this.nullKeys.set(p.def.id, (done = new Set()))
+      done.add(text)
+      p.remove.stmt(key).run(...key.map(bindValue))
+    }
   }
 
   private rowidAlias(table: string): string {

@@ -749,9 +749,22 @@ export class SqliteCapture implements CaptureSide {
         this.impossibleKey(t)
         continue
       }
-      const row = this.lookupRow(t, key)
-      yield row === undefined ? ['d', key] : ['u', row]
+      // A key holding a NULL (SQLite allows it in an ordinary table's PRIMARY KEY) may be several rows: all of
+      // them go out, and apply replaces the whole group (as the join above finds them all, with IS).
+      const rows = key.includes(null) && t.info.key.length > 0 ? this.lookupRows(t, key) : [this.lookupRow(t, key)]
+      if (rows[0] === undefined) yield ['d', key]
+      else for (const row of rows) yield ['u', row!]
     }
+  }
+
+  /** Every row with this key (one holding a NULL), as lookupRow reads one; none: [undefined]. */
+  private lookupRows(t: Captured, key: Value[]): Array<Value[] | undefined> {
+    const raw = hasRawText(key)
+    const args = raw ? key.map(bindValue) : key
+    const rows = (raw ? t.lookup.stmt(key) : t.lookup.plain).all(...args) as Value[][]
+    if (rows.length === 0) return [undefined]
+    if (!rows.some(mayHoldRawText)) return rows
+    return (t.lookupExact.stmt(key).all(...args) as unknown[][]).map(exactRow)
   }
 
   private impossibleKey(t: Captured): void {

@@ -1,0 +1,88 @@
+/**
+ * NULL in a PRIMARY KEY. SQLite lets the primary key of an ordinary (rowid) table hold NULL unless its columns
+ * are declared NOT NULL (a long-standing quirk it keeps for compatibility), and such rows are all distinct:
+ * INSERT OR REPLACE never replaces one of them. Rows are identified by their key in the log, so every row
+ * whose key holds a NULL is carried as a group: capture reads all the rows with that key, and apply replaces
+ * all of them. Each case ends with the replica's rows equal to the origin's, row for row, through real
+ * capture, a real hypercore replicated to a second store and real apply; the text-that-is-not-UTF-8 case
+ * takes capture's exact path (a lookup per key) instead of the join.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import path from 'node:path'
+import { dump, dumpExact, openWal, tmpDir } from './helpers/db.ts'
+import { teardown, type TestContext } from './helpers/teardown.ts'
+import { startPipeline } from './helpers/pipeline.ts'
+
+async function mesh(t: TestContext, schema: string) {
+  const dir = tmpDir(t, 'mesh-null-key-')
+  const file = path.join(dir, 'shop.db')
+  const db = openWal(file)
+  db.exec(schema)
+  const p = await startPipeline(dir, file)
+  teardown(t, async () => {
+    await p.close().catch(() => {})
+    db.close()
+  })
+  const replica = path.join(dir, 'replica.db')
+  const same = async (what: string) => {
+    await p.settle()
+    assert.deepEqual(dump(replica), dump(file), what)
+  }
+  return { db, p, replica, file, same }
+}
+
+test('a row whose TEXT primary key is NULL is updated, joined by a second, one deleted: the replica keeps the same rows', async (t) => {
+  const { db, same } = await mesh(t, 'CREATE TABLE items (sku TEXT PRIMARY KEY, name TEXT, price INTEGER)')
+  db.prepare('INSERT INTO items VALUES (?, ?, ?)').run('a-1', 'apple', 10)
+  db.prepare('INSERT INTO items VALUES (?, ?, ?)').run(null, 'loose item', 5)
+  await same('inserted')
+  db.prepare('UPDATE items SET price = 7 WHERE sku IS NULL').run()
+  await same('the NULL-key row updated (it was two rows at the replica)')
+  db.prepare('INSERT INTO items VALUES (?, ?, ?)').run(null, 'second loose item', 3)
+  await same('a second row with a NULL key')
+  db.transaction(() => {
+    db.prepare("UPDATE items SET price = price + 1 WHERE name = 'loose item'").run()
+    db.prepare('UPDATE items SET name = ? WHERE sku = ?').run('green apple', 'a-1')
+  })()
+  await same('one of two NULL-key rows updated, with another row in the same transaction')
+  db.prepare("DELETE FROM items WHERE name = 'loose item'").run()
+  await same('one of two NULL-key rows deleted')
+  db.prepare("UPDATE items SET sku = 'b-2' WHERE sku IS NULL").run()
+  await same('the last NULL-key row given a key')
+  assert.deepEqual(
+    db.prepare('SELECT sku, name, price FROM items ORDER BY sku').raw().all(),
+    [['a-1', 'green apple', 10], ['b-2', 'second loose item', 3]]
+  )
+})
+
+test('a composite primary key with a NULL part: rows told apart by the other part, and grouped by the NULL one', async (t) => {
+  const { db, same } = await mesh(
+    t,
+    'CREATE TABLE stock (shop TEXT, sku TEXT, qty INTEGER, PRIMARY KEY (shop, sku)); CREATE INDEX stock_qty ON stock (qty)'
+  )
+  const ins = db.prepare('INSERT INTO stock VALUES (?, ?, ?)')
+  db.transaction(() => {
+    ins.run('north', null, 1)
+    ins.run('south', null, 2)
+    ins.run('south', null, 3)
+    ins.run('south', 'x', 4)
+  })()
+  await same('inserted')
+  db.prepare("UPDATE stock SET qty = qty * 10 WHERE shop = 'south' AND sku IS NULL").run()
+  await same('both south NULL rows updated')
+  db.prepare("DELETE FROM stock WHERE shop = 'south' AND sku IS NULL AND qty = 20").run()
+  await same('one deleted')
+  db.prepare("DELETE FROM stock WHERE sku IS NULL").run()
+  await same('the rest deleted')
+})
+
+test('NULL-key rows holding TEXT that is not UTF-8 (capture reads keys one by one): the replica keeps the same bytes', async (t) => {
+  const { db, same, replica, file } = await mesh(t, 'CREATE TABLE notes (k TEXT PRIMARY KEY, body TEXT)')
+  const bad = "CAST(X'C3' || X'28' AS TEXT)" // not UTF-8
+  db.exec(`INSERT INTO notes VALUES (NULL, ${bad}), (NULL, 'plain'), ('k', 'keyed')`)
+  await same('inserted')
+  db.exec(`UPDATE notes SET body = body || ${bad} WHERE k IS NULL`)
+  await same('updated')
+  assert.deepEqual(dumpExact(replica), dumpExact(file))
+})
