@@ -86,3 +86,26 @@ test('NULL-key rows holding TEXT that is not UTF-8 (capture reads keys one by on
   await same('updated')
   assert.deepEqual(dumpExact(replica), dumpExact(file))
 })
+
+test('a large transaction read in pieces, with NULL-key rows sent before TEXT that is not UTF-8 makes capture read again: no row twice', async (t) => {
+  const dir = tmpDir(t, 'mesh-null-key-big-')
+  const file = path.join(dir, 'shop.db')
+  const db = openWal(file)
+  db.exec('CREATE TABLE notes (k TEXT PRIMARY KEY, body TEXT)')
+  // A budget of a few KB: the unit is read and applied in many pieces, the first ones out before the bad text.
+  const p = await startPipeline(dir, file, { unitMemoryBytes: 16 * 1024 })
+  teardown(t, async () => {
+    await p.close().catch(() => {})
+    db.close()
+  })
+  db.transaction(() => {
+    db.exec("INSERT INTO notes VALUES (NULL, 'first loose'), (NULL, 'second loose')")
+    const ins = db.prepare('INSERT INTO notes VALUES (?, ?)')
+    for (let i = 0; i < 3000; i++) ins.run(`k${String(i).padStart(5, '0')}`, 'x'.repeat(30))
+    db.exec("INSERT INTO notes VALUES ('zz', CAST(X'C328' AS TEXT))")
+  })()
+  await p.settle()
+  const replica = path.join(dir, 'replica.db')
+  assert.deepEqual(dumpExact(replica), dumpExact(file))
+  assert.equal(dump(replica).notes.rows.filter((r) => r.startsWith('NULL|')).length, 2)
+})

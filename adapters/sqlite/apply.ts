@@ -28,7 +28,7 @@ import {
   sqliteError,
   type DB
 } from './common.ts'
-import { RawAware, bindValue, hasRawText } from './text.ts'
+import { RawAware, bindValue, hasRawText, keyText } from './text.ts'
 
 const META = `${OWN_PREFIX}replica`
 
@@ -71,16 +71,6 @@ interface Prepared {
   nullable: number[]
 }
 
-/** A key as text, to tell keys apart: each value with its kind (bytes in hex). */
-function keyText(key: Value[]): string {
-  return key
-    .map((v) => {
-      if (v === null) return 'n'
-      if (typeof v !== 'object') return `${typeof v}:${String(v)}`
-      return `${v instanceof Uint8Array ? 'blob' : 'raw'}:${(bindValue(v) as Buffer).toString('hex')}`
-    })
-    .join(',')
-}
 
 /** Rows per multi-row upsert, and the most parameters one may take (SQLite's limit is 32,766). */
 const MANY_ROWS = 100

@@ -45,7 +45,7 @@ import {
 import type Database from 'better-sqlite3'
 import { changeTable, sameInfo, triggerNames, triggerSql } from './capture-triggers.ts'
 import { IDENTITY_BYTES, decodeSqliteSource, sourceEnc, type SourcePos } from './position.ts'
-import { RawAware, bindValue, exactColumns, exactRow, hasRawText, mayHoldRawText } from './text.ts'
+import { RawAware, bindValue, exactColumns, exactRow, hasRawText, keyText, mayHoldRawText } from './text.ts'
 
 export { decodeSqliteSource } from './position.ts'
 
@@ -87,6 +87,13 @@ function* upsertsOf(rows: Iterable<unknown>, exact: boolean): Generator<Change> 
 /** One change read by SqliteCapture.changesOf. */
 type Change = ['u' | 'd', Value[]] | ['again', null]
 const AGAIN: Change = ['again', null]
+
+/** A row's key (`key`: its column indexes) when it holds a NULL, with a text to tell keys apart; else null. */
+function keyWithNull(key: number[], row: Value[]): { key: Value[]; text: string } | null {
+  if (!key.some((k) => row[k] === null)) return null
+  const values = key.map((k) => row[k])
+  return { key: values, text: keyText(values) }
+}
 
 /** A batch read whole, as a stream of one piece. */
 function wholeStream(batch: CaptureBatch | null): CaptureStream | null {
@@ -1182,10 +1189,18 @@ export class SqliteCapture implements CaptureSide {
             const it: Iterable<Change> = p.reset
               ? upsertsOf(exact ? t.allExact.iterate() : t.all.iterate(), exact)
               : self.changesOf(t, t.mark, p.max, exact)
+            // The pass again with every value's bytes sends rows already sent: the same rows again, except that
+            // a key holding a NULL stands for a group apply would then hold twice; its delete goes first.
+            const resent = exact ? new Set<string>() : null
             for (const [kind, r] of it) {
               if (kind === 'again') {
                 again = true
                 break
+              }
+              const nullKey = resent !== null && kind === 'u' && t.info.key.length > 0 ? keyWithNull(t.info.key, r) : null
+              if (nullKey !== null && !resent!.has(nullKey.text)) {
+                resent!.add(nullKey.text)
+                cur.deletes.push(nullKey.key)
               }
               if (kind === 'u') cur.upserts.push(r)
               else cur.deletes.push(r)

@@ -39,6 +39,17 @@ export function bindValue(v: Value): unknown {
   return Buffer.from(v.buffer, v.byteOffset, v.byteLength)
 }
 
+/** A key as text, to tell keys apart: each value with its kind (bytes in hex). */
+export function keyText(key: Value[]): string {
+  return key
+    .map((v) => {
+      if (v === null) return 'n'
+      if (typeof v !== 'object') return `${typeof v}:${String(v)}`
+      return `${v instanceof Uint8Array ? 'blob' : 'raw'}:${(bindValue(v) as Buffer).toString('hex')}`
+    })
+    .join(',')
+}
+
 /** Select-list expressions that read each column's storage class and, for TEXT, its bytes (see exactRow). */
 export function exactColumns(exprs: string[]): string[] {
   const out: string[] = []
