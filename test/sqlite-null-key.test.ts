@@ -50,10 +50,10 @@ test('a row whose TEXT primary key is NULL is updated, joined by a second, one d
   await same('one of two NULL-key rows deleted')
   db.prepare("UPDATE items SET sku = 'b-2' WHERE sku IS NULL").run()
   await same('the last NULL-key row given a key')
-  assert.deepEqual(
-    db.prepare('SELECT sku, name, price FROM items ORDER BY sku').raw().all(),
-    [['a-1', 'green apple', 10], ['b-2', 'second loose item', 3]]
-  )
+  assert.deepEqual(db.prepare('SELECT sku, name, price FROM items ORDER BY sku').raw().all(), [
+    ['a-1', 'green apple', 10],
+    ['b-2', 'second loose item', 3]
+  ])
 })
 
 test('a composite primary key with a NULL part: rows told apart by the other part, and grouped by the NULL one', async (t) => {
@@ -73,7 +73,7 @@ test('a composite primary key with a NULL part: rows told apart by the other par
   await same('both south NULL rows updated')
   db.prepare("DELETE FROM stock WHERE shop = 'south' AND sku IS NULL AND qty = 20").run()
   await same('one deleted')
-  db.prepare("DELETE FROM stock WHERE sku IS NULL").run()
+  db.prepare('DELETE FROM stock WHERE sku IS NULL').run()
   await same('the rest deleted')
 })
 

@@ -71,7 +71,6 @@ interface Prepared {
   nullable: number[]
 }
 
-
 /** Rows per multi-row upsert, and the most parameters one may take (SQLite's limit is 32,766). */
 const MANY_ROWS = 100
 const MANY_PARAMS = 30_000
@@ -363,7 +362,10 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
   }
 
   /** `grouped`: rows of a transaction, where a key holding a NULL stands for all its rows (nullKeys). */
-  private applyChanges(changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>, grouped = false): void {
+  private applyChanges(
+    changes: Array<{ table: number; upserts: Value[][]; deletes: Value[][] }>,
+    grouped = false
+  ): void {
     for (const ch of changes) {
       if (ch.table === SEQUENCE_TABLE) {
         this.applySequences(ch)

@@ -1197,7 +1197,8 @@ export class SqliteCapture implements CaptureSide {
                 again = true
                 break
               }
-              const nullKey = resent !== null && kind === 'u' && t.info.key.length > 0 ? keyWithNull(t.info.key, r) : null
+              const nullKey =
+                resent !== null && kind === 'u' && t.info.key.length > 0 ? keyWithNull(t.info.key, r) : null
               if (nullKey !== null && !resent!.has(nullKey.text)) {
                 resent!.add(nullKey.text)
                 cur.deletes.push(nullKey.key)
