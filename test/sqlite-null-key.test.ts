@@ -32,7 +32,7 @@ async function mesh(t: TestContext, schema: string) {
   return { db, p, replica, file, same }
 }
 
-test('a row whose TEXT primary key is NULL is updated, joined by a second, one deleted: the replica keeps the same rows', async (t) => {
+test('a NULL TEXT key: updated, joined by a second, one deleted: the replica keeps the same rows', async (t) => {
   const { db, same } = await mesh(t, 'CREATE TABLE items (sku TEXT PRIMARY KEY, name TEXT, price INTEGER)')
   db.prepare('INSERT INTO items VALUES (?, ?, ?)').run('a-1', 'apple', 10)
   db.prepare('INSERT INTO items VALUES (?, ?, ?)').run(null, 'loose item', 5)
@@ -56,10 +56,11 @@ test('a row whose TEXT primary key is NULL is updated, joined by a second, one d
   ])
 })
 
-test('a composite primary key with a NULL part: rows told apart by the other part, and grouped by the NULL one', async (t) => {
+test('a composite key with a NULL part: told apart by the other part, grouped by the NULL one', async (t) => {
   const { db, same } = await mesh(
     t,
-    'CREATE TABLE stock (shop TEXT, sku TEXT, qty INTEGER, PRIMARY KEY (shop, sku)); CREATE INDEX stock_qty ON stock (qty)'
+    'CREATE TABLE stock (shop TEXT, sku TEXT, qty INTEGER, PRIMARY KEY (shop, sku)); ' +
+      'CREATE INDEX stock_qty ON stock (qty)'
   )
   const ins = db.prepare('INSERT INTO stock VALUES (?, ?, ?)')
   db.transaction(() => {
@@ -77,7 +78,8 @@ test('a composite primary key with a NULL part: rows told apart by the other par
   await same('the rest deleted')
 })
 
-test('NULL-key rows holding TEXT that is not UTF-8 (capture reads keys one by one): the replica keeps the same bytes', async (t) => {
+// Capture reads keys one by one (its exact path) when TEXT is not UTF-8.
+test('NULL-key rows holding TEXT that is not UTF-8: the replica keeps the same bytes', async (t) => {
   const { db, same, replica, file } = await mesh(t, 'CREATE TABLE notes (k TEXT PRIMARY KEY, body TEXT)')
   const bad = "CAST(X'C3' || X'28' AS TEXT)" // not UTF-8
   db.exec(`INSERT INTO notes VALUES (NULL, ${bad}), (NULL, 'plain'), ('k', 'keyed')`)
@@ -87,7 +89,8 @@ test('NULL-key rows holding TEXT that is not UTF-8 (capture reads keys one by on
   assert.deepEqual(dumpExact(replica), dumpExact(file))
 })
 
-test('a large transaction read in pieces, with NULL-key rows sent before TEXT that is not UTF-8 makes capture read again: no row twice', async (t) => {
+// The NULL-key rows go out in the first pieces, before TEXT that is not UTF-8 makes capture read the table again.
+test('a large transaction in pieces, read again for TEXT that is not UTF-8: no NULL-key row twice', async (t) => {
   const dir = tmpDir(t, 'mesh-null-key-big-')
   const file = path.join(dir, 'shop.db')
   const db = openWal(file)
