@@ -143,6 +143,28 @@ export class Failover {
       )
     }
     await r.loop.stop()
+    // What the promotion keeps must be in the database for good before anything names it (the new log's
+    // parent, the saved state): a PostgreSQL replica commits asynchronously, so its last units are flushed,
+    // and its position read back (a server that restarted unseen may have lost them).
+    const believed = r.loop.stats.applied
+    try {
+      await r.side.flush?.()
+    } catch (err) {
+      await r.loop.start()
+      throw err
+    }
+    if (r.loop.appliedOnHead() < believed) {
+      const now = r.loop.appliedOnHead()
+      await r.loop.start()
+      throw MeshError.REPLICA_BEHIND(
+        `${site}'s replica database restarted and lost the last ${believed - now} entries it had applied of ` +
+          `${head.name} (it stands at ${now}); they are being applied again from the log`,
+        {
+          context: { applied: now, held: believed, by: site },
+          hint: 'Run the command again in a few seconds, once `mesh status` shows them applied.'
+        }
+      )
+    }
     const pos = r.side.position()
     if (pos === null) {
       await r.loop.start()
