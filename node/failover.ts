@@ -68,13 +68,23 @@ export class Failover {
       return r !== undefined && sameBytes(r.log.key, h.parent.key) && r.loop.stats.applied >= h.parent.length
     }
     const end = s.at + TAKEOVER_MS
-    while (!applied()) {
-      if (Date.now() > end || node.closing) {
-        throw MeshError.HANDOVER_FAILED(`${node.opts.site} did not apply the ${h.parent.length} sealed entries in time`)
+    for (;;) {
+      while (!applied()) {
+        if (Date.now() > end || node.closing) {
+          throw MeshError.HANDOVER_FAILED(
+            `${node.opts.site} did not apply the ${h.parent.length} sealed entries in time`
+          )
+        }
+        await sleep(50)
       }
-      await sleep(50)
+      try {
+        return await node.roles.enqueue(h.dataset, () => this.promoteNow(h.dataset, false, s))
+      } catch (err) {
+        // The replica's database lost its last units in a restart (promoteNow's flush found it): they are applied
+        // again, then the handover goes on.
+        if ((err as MeshError).code !== 'REPLICA_BEHIND' || Date.now() > end || node.closing) throw err
+      }
     }
-    return node.roles.enqueue(h.dataset, () => this.promoteNow(h.dataset, false, s))
   }
 
   /** See promote(); with `handover`, the old origin's consent for this site to start the epoch at its seal. */
