@@ -182,6 +182,10 @@ export function unitEnd(unit: Unit): number {
  * Contract:
  * - apply(unit, position) applies every entry of one unit and records `position` in one database
  *   transaction: after a crash the replica holds either all of the unit and the new position, or none of it.
+ *   The commit need not be durable when it returns (PostgreSQL commits asynchronously): a crash of the
+ *   database server may lose the last units together with their position, and the side then says so with a
+ *   retryable REPLICA_REWOUND once it reconnects; the node applies them again from its log. flush() makes
+ *   them durable where something must rely on them.
  * - A unit that ends at or before the recorded length is skipped (applying is idempotent by position); a
  *   unit that does not start at the recorded length (a gap) or comes from another log than the recorded one
  *   throws MeshError.LOG_MISMATCH.
@@ -209,6 +213,12 @@ export interface ApplySide {
   alerts(): DamageAlert[]
   /** The last origin checkpoint this replica compared itself with, or null. */
   checkpoint(): ReplicaCheckpoint | null
+  /**
+   * Makes everything applied so far durable and reads position() back from the database, where apply()
+   * commits asynchronously (PostgreSQL): called before anything acts on position() beyond applying (a
+   * promotion, verify). Absent where every commit is durable already (SQLite).
+   */
+  flush?(): Promise<void>
   /** Whether a program other than branchmesh wrote to the replica (where the engine can tell). */
   writtenByOthers?(): boolean
   /** The replica was just proven equal to the log (verify, repair): writes by others before now no longer count. */

@@ -31,7 +31,7 @@
  * restart: the origin's node restarted under pgbench with a 24 MB backlog (as in the trial of issue 14):
  * capture's catch-up rate against steady capture's, in WAL bytes per second (see `restart`).
  *
- * Run alone with `node --import tsx bench/postgres.ts [--json] [--pg-seconds N] [--only restart]`; `npm run
+ * Run alone with `node --import tsx bench/postgres.ts [--json] [--pg-seconds N] [--only restart|main]`; `npm run
  * bench` runs it last.
  */
 import { spawn } from 'node:child_process'
@@ -59,8 +59,11 @@ export interface PgBenchOptions {
   scale?: number
   /** The capture loop's longest idle wait; default 50 (what `mesh start` uses). */
   pollMs?: number
-  /** Run one scenario only: 'restart' (`--only restart`), the node restarted under pgbench. */
-  only?: 'restart'
+  /**
+   * Run part of it: 'restart' (`--only restart`), the node restarted under pgbench; 'main' (`--only main`),
+   * alone, native and branchmesh without the restart scenario.
+   */
+  only?: 'restart' | 'main'
 }
 
 export type PgBenchSummary = Record<string, number | boolean>
@@ -259,6 +262,31 @@ function cpuWatch(originPids: number[] = [], replicaPids: number[] = []): () => 
   }
 }
 
+/**
+ * With BENCH_PG_PROFILE=FILE, a CPU profile of this process (V8's sampling profiler, node:inspector) while
+ * pgbench runs with branchmesh, written to FILE (open it in Chrome's DevTools): where capture, the log and apply
+ * spend their CPU. Nothing otherwise.
+ */
+async function profileThisProcess(): Promise<{ stop(): Promise<void> }> {
+  const file = process.env.BENCH_PG_PROFILE
+  if (!file) return { stop: async () => {} }
+  const { Session } = await import('node:inspector/promises')
+  const session = new Session()
+  session.connect()
+  await session.post('Profiler.enable')
+  await session.post('Profiler.start')
+  return {
+    async stop() {
+      const { profile } = await session.post('Profiler.stop')
+      fs.writeFileSync(file, JSON.stringify(profile))
+      session.disconnect()
+    }
+  }
+}
+
+/** BENCH_PG_GATHER_MS: capture's gatherMs for a trial (default: capture's own, what `mesh start` uses). */
+const GATHER_MS = process.env.BENCH_PG_GATHER_MS ? Number(process.env.BENCH_PG_GATHER_MS) : undefined
+
 const walLsn = async (c: PgCluster) =>
   (await c.query('SELECT pg_current_wal_lsn()::text AS lsn', [], DB))[0].lsn as string
 const walSince = async (c: PgCluster, lsn: string) =>
@@ -431,7 +459,8 @@ async function branchmesh(
     const capture = new PostgresCapture({
       url: origin.url(DB),
       slot: 'branchmesh_bench',
-      publication: 'branchmesh_bench'
+      publication: 'branchmesh_bench',
+      ...(GATHER_MS !== undefined ? { gatherMs: GATHER_MS } : {})
     })
     const apply = new PostgresApply({ url: replicaUrl, dataset: 'ds1' })
     const c0 = nowMs()
@@ -474,14 +503,15 @@ async function branchmesh(
       slotRestartLagBytes: NaN,
       slotConfirmedLagBytes: NaN
     }
-    const read = capture.read.bind(capture)
-    capture.read = async () => {
+    // The capture loop reads with readStream where the side has it (read() only inside it, for whole batches).
+    const readStream = capture.readStream.bind(capture)
+    capture.readStream = async (budget) => {
       const s = nowMs()
-      const b = await read()
+      const st = await readStream(budget)
       d.readMs += nowMs() - s
       d.reads++
-      if (b === null) d.emptyReads++
-      return b
+      if (st === null) d.emptyReads++
+      return st
     }
     const ack = capture.ack.bind(capture)
     capture.ack = async (source) => {
@@ -541,7 +571,9 @@ async function branchmesh(
       }
     })()
     const lsn = await walLsn(origin)
+    const profile = await profileThisProcess()
     const { run, cpu } = await measuredRun(origin, seconds, captureBackends, applyBackends)
+    await profile.stop()
     sampling = false
     const cu = await catchUp(o, poller, run.endMs, Math.max(300_000, seconds * 20_000))
     await sampled.catch(() => {})
@@ -950,9 +982,20 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
         `${cpuS(b.cpu.originMs)} s, this process (decode, fold, log, replication, apply client, the polls) ` +
         `${cpuS(b.cpu.selfMs)} s, apply's backend at the replica ${cpuS(b.cpu.replicaMs)} s; ${wal(b)}`
     )
+    // CPU per transaction replicated: steadier than TPS on a shared machine (it does not count waiting for CPU).
+    const perKTx = (ms: number, s: Scenario) => (ms / s.run.transactions) * 1000
+    const cpuN = perKTx(n.cpu.originMs + n.cpu.replicaMs, n)
+    const cpuB = perKTx(b.cpu.originMs + b.cpu.selfMs + b.cpu.replicaMs, b)
+    const cpuBOrigin = perKTx(b.cpu.originMs, b)
+    say(
+      `    CPU ms per 1000 pgbench transactions replicated: native ${f0(cpuN)} (walsender + apply worker), ` +
+        `branchmesh ${f0(cpuB)} (${ratio(cpuB / cpuN)}; of it at the origin's PostgreSQL ${f0(cpuBOrigin)}, ` +
+        `this process ${f0(perKTx(b.cpu.selfMs, b))}, the replica's backend ${f0(perKTx(b.cpu.replicaMs, b))})` +
+        `${GATHER_MS !== undefined ? `; capture gatherMs ${GATHER_MS}` : ''}`
+    )
     if ([a, n, b].some((s) => s.run.failed > 0))
       say(`  pgbench failed transactions: alone ${a.run.failed}, native ${n.run.failed}, branchmesh ${b.run.failed}`)
-    const re = sayRestart(await restart(clusters, seconds, scale, pollMs), say)
+    const re = opts.only === 'main' ? {} : sayRestart(await restart(clusters, seconds, scale, pollMs), say)
     say(
       `  set-up (not measured): alone ${(a.setupMs / 1000).toFixed(1)} s, native ` +
         `${(n.setupMs / 1000).toFixed(1)} s, branchmesh ${(b.setupMs / 1000).toFixed(1)} s; this benchmark ` +
@@ -997,6 +1040,8 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
       pgBranchmeshProcessCpuMs: Math.round(b.cpu.selfMs),
       pgApplyBackendCpuMs: Math.round(b.cpu.replicaMs),
       pgSlotRestartLagBytes: Math.round(d.slotRestartLagBytes),
+      pgNativeCpuMsPerKTx: Math.round(cpuN),
+      pgBranchmeshCpuMsPerKTx: Math.round(cpuB),
       ...re,
       pgBenchSeconds: Math.round((nowMs() - started) / 1000)
     }
@@ -1008,8 +1053,8 @@ export async function pgBench(opts: PgBenchOptions): Promise<PgBenchSummary> {
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const json = process.argv.includes('--json')
   const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : undefined
-  if (only !== undefined && only !== 'restart') {
-    throw new Error(`bench: --only takes restart, not ${only}. Try: --only restart`)
+  if (only !== undefined && only !== 'restart' && only !== 'main') {
+    throw new Error(`bench: --only takes restart or main, not ${only}. Try: --only main`)
   }
   const summary = await pgBench({ json, only })
   if (json) process.stdout.write(`${JSON.stringify(summary)}\n`)

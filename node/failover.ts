@@ -68,13 +68,23 @@ export class Failover {
       return r !== undefined && sameBytes(r.log.key, h.parent.key) && r.loop.stats.applied >= h.parent.length
     }
     const end = s.at + TAKEOVER_MS
-    while (!applied()) {
-      if (Date.now() > end || node.closing) {
-        throw MeshError.HANDOVER_FAILED(`${node.opts.site} did not apply the ${h.parent.length} sealed entries in time`)
+    for (;;) {
+      while (!applied()) {
+        if (Date.now() > end || node.closing) {
+          throw MeshError.HANDOVER_FAILED(
+            `${node.opts.site} did not apply the ${h.parent.length} sealed entries in time`
+          )
+        }
+        await sleep(50)
       }
-      await sleep(50)
+      try {
+        return await node.roles.enqueue(h.dataset, () => this.promoteNow(h.dataset, false, s))
+      } catch (err) {
+        // The replica's database lost its last units in a restart (promoteNow's flush found it): they are applied
+        // again, then the handover goes on.
+        if ((err as MeshError).code !== 'REPLICA_BEHIND' || Date.now() > end || node.closing) throw err
+      }
     }
-    return node.roles.enqueue(h.dataset, () => this.promoteNow(h.dataset, false, s))
   }
 
   /** See promote(); with `handover`, the old origin's consent for this site to start the epoch at its seal. */
@@ -143,6 +153,28 @@ export class Failover {
       )
     }
     await r.loop.stop()
+    // What the promotion keeps must be in the database for good before anything names it (the new log's
+    // parent, the saved state): a PostgreSQL replica commits asynchronously, so its last units are flushed,
+    // and its position read back (a server that restarted unseen may have lost them).
+    const believed = r.loop.stats.applied
+    try {
+      await r.side.flush?.()
+    } catch (err) {
+      await r.loop.start()
+      throw err
+    }
+    if (r.loop.appliedOnHead() < believed) {
+      const now = r.loop.appliedOnHead()
+      await r.loop.start()
+      throw MeshError.REPLICA_BEHIND(
+        `${site}'s replica database restarted and lost the last ${believed - now} entries it had applied of ` +
+          `${head.name} (it stands at ${now}); they are being applied again from the log`,
+        {
+          context: { applied: now, held: believed, by: site },
+          hint: 'Run the command again in a few seconds, once `mesh status` shows them applied.'
+        }
+      )
+    }
     const pos = r.side.position()
     if (pos === null) {
       await r.loop.start()

@@ -380,6 +380,8 @@ export class History {
     })
     try {
       await replayTo(chain, point.seq, side, { logger: this.logger, progress: opts.progress })
+      // A restore is done when it says so: what it applied is on disk, not only committed (ApplySide.flush).
+      await side.flush?.()
     } finally {
       await side.close()
     }

@@ -170,6 +170,8 @@ export class Upkeep {
       await r.loop.stop()
       let scratch: { where: string; drop(): Promise<void> } | null = null
       try {
+        // The position verify compares at must be where the database stands for good (see ApplySide.flush).
+        await r.side.flush?.()
         const pos = r.side.position()
         if (pos === null) throw MeshError.REPLICA_NOT_READY(`${node.opts.site} has applied nothing of ${head.name} yet`)
         const seq = seqOf(r.chain, pos)

@@ -176,6 +176,14 @@ export class MeshError extends Error {
   static BAD_LOG = factory('BAD_LOG', {
     hint: 'The log does not follow the format. Report it; the replica is left at its last good position.'
   })
+  /**
+   * A PostgreSQL replica's server restarted and lost its last asynchronous commits: the replica stands before
+   * where the node had seen it, and those units are applied again from the log.
+   */
+  static REPLICA_REWOUND = factory('REPLICA_REWOUND', {
+    hint: 'Nothing to do: the node applies those entries again from its log, which it holds durably.',
+    retryable: true
+  })
   static BAD_REPLICA = factory('BAD_REPLICA', {
     hint: 'The replica database is not one branchmesh made. Point the replica at a new file.'
   })

@@ -26,7 +26,8 @@ import {
   type SchemaObject,
   type TableChanges,
   type TableDef,
-  type Value
+  type Value,
+  sameBytes
 } from '../../protocol/index.ts'
 import type { AppliedPosition, ApplySide, DamageGuard, Logger, ReplicaState, Unit } from '../types.ts'
 import { guardCountLimit, headerFits, unitChanges, unitFits } from '../position.ts'
@@ -128,9 +129,10 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     this.client = client
     try {
       await client.query('SET session_replication_role = replica').catch(() => {})
-      // A unit and its position commit together, so a server crash that loses the last commits loses their
-      // positions too, and the node applies them again from the log: no need to wait for each flush (as
-      // PostgreSQL's own subscriptions do not).
+      // Asynchronous commit, as PostgreSQL's own subscriptions apply: a unit and its position commit together,
+      // so a crash of the server that loses the last commits loses their positions too, and the node applies
+      // them again from its log (see reconnect()). What must outlive such a crash (promote, verify) calls
+      // flush() first.
       await client.query('SET synchronous_commit = off')
       const own = await client.query(`SELECT to_regclass($1) IS NOT NULL AS has`, [META])
       if (own.rows[0].has !== 't') {
@@ -214,8 +216,69 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
     )
   }
 
+  /**
+   * Opens the connection again after it was lost, and reads the position back from the database. Commits are
+   * asynchronous (see open()): a crash of the replica's server may have lost the last units with their
+   * position, and the database then stands before where this side stood. That is not an error of the log:
+   * a retryable REPLICA_REWOUND, after which the apply loop asks position() again and applies those units
+   * from the log. A database ahead of this side (a COMMIT whose answer was lost) needs nothing: its units
+   * are skipped.
+   */
+  private async reconnect(): Promise<void> {
+    const had = this.meta
+    await this.open()
+    if (had === undefined || had.log === null) return
+    const now = this.meta
+    if (now.log !== null && sameBytes(now.log, had.log) && now.length >= had.length) return
+    const lost = now.log !== null && sameBytes(now.log, had.log) ? had.length - now.length : null
+    this.log.warn('the replica database lost its last applied units in a restart; applying them again from the log', {
+      url: redactUrl(this.url),
+      was: had.length,
+      now: now.length,
+      epoch: now.epoch
+    })
+    throw MeshError.REPLICA_REWOUND(
+      `the replica database ${redactUrl(this.url)} restarted and stands at ${now.log === null ? 'its start' : now.length}, ` +
+        `before the ${lost === null ? 'position' : `${lost} entries`} it had applied (its last commits, asynchronous, ` +
+        'were lost with the server): they are applied again from the log',
+      { context: { url: redactUrl(this.url), was: had.length, now: now.length } }
+    )
+  }
+
+  /**
+   * Makes everything applied so far durable, and reads the position back from the database: one transaction
+   * that writes the position row and commits synchronously (its commit waits for the WAL to be flushed up to
+   * it, so every earlier asynchronous commit is flushed too). After a crash of the server that lost commits,
+   * position() is then where the database really stands. Called before a promotion or a verify acts on
+   * position(). A replica that applied nothing has nothing to flush.
+   */
+  async flush(): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        if (this.client === null) await this.open()
+        const db = this.conn
+        await db.query('BEGIN')
+        await db.query('SET LOCAL synchronous_commit = on')
+        await db.query(`UPDATE ${META} SET length = length`)
+        await db.query('COMMIT')
+        this.meta = await this.loadMeta()
+        return
+      } catch (err) {
+        await this.client?.query('ROLLBACK').catch(() => {})
+        const e = pgError(err, this.url, 'cannot flush the replica')
+        if (e.code === 'PG_UNREACHABLE') {
+          await this.client?.end().catch(() => {})
+          this.client = null
+          // A connection that broke while idle (the server restarted): once more on a new one.
+          if (attempt === 0) continue
+        }
+        throw e
+      }
+    }
+  }
+
   async apply(unit: Unit, position: AppliedPosition): Promise<void> {
-    if (this.client === null) await this.open()
+    if (this.client === null) await this.reconnect()
     this.lastAlerts = []
     const m = this.meta
     if (unitFits(m, unit, position, { url: redactUrl(this.url) }) === 'skip') return
@@ -251,7 +314,7 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
   private inParts: { before: ReplicaMeta } | null = null
 
   async beginUnit(unit: { start: number; end: number }, position: AppliedPosition): Promise<boolean> {
-    if (this.client === null) await this.open()
+    if (this.client === null) await this.reconnect()
     if (this.inParts !== null) throw MeshError.BAD_LOG('a unit is already being applied in parts')
     this.lastAlerts = []
     const whole = { start: unit.start, entries: [], end: unit.end }

@@ -36,6 +36,12 @@ export interface PgCluster {
    * and no pg_dump); it never falls back to another PostgreSQL's program.
    */
   run(program: string, args: string[], opts?: { timeoutMs?: number }): string
+  /**
+   * A crash of the server: `pg_ctl stop -m immediate` (every server process ends at once, nothing is flushed
+   * or checkpointed), its data kept; restart() starts it again on the same port (it recovers from its WAL).
+   */
+  crash(): void
+  restart(): void
   stop(): Promise<void>
 }
 
@@ -377,6 +383,12 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<PgCluster
         timeoutMs: runOpts.timeoutMs,
         env: { PGHOST: '127.0.0.1', PGPORT: String(port), PGUSER: 'postgres' }
       })
+    },
+    crash() {
+      runAs(bin, 'pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop'])
+    },
+    restart() {
+      runAs(bin, 'pg_ctl', ['-D', data, '-l', log, '-w', '-t', '60', 'start'])
     },
     async stop() {
       if (stopped) return
