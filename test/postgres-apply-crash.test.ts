@@ -33,7 +33,7 @@ async function burst(site: PgSite, from: number, n: number): Promise<void> {
 const same = async (a: PgSite, b: PgSite) =>
   JSON.stringify(await pgDump(b.replicaUrl(a))) === JSON.stringify(await pgDump(a.url))
 
-test('a PostgreSQL replica whose server crashes after a burst of applied units is completed from the log', async (t) => {
+test('a PostgreSQL replica whose server crashes after a burst of applied units is completed again', async (t) => {
   const { a, b } = await twoPgSites(t)
   const lost = /the replica database lost its last applied units/
 

@@ -238,8 +238,9 @@ export class PostgresApply extends ReplicaBase implements ApplySide {
       epoch: now.epoch
     })
     throw MeshError.REPLICA_REWOUND(
-      `the replica database ${redactUrl(this.url)} restarted and stands at ${now.log === null ? 'its start' : now.length}, ` +
-        `before the ${lost === null ? 'position' : `${lost} entries`} it had applied (its last commits, asynchronous, ` +
+      `the replica database ${redactUrl(this.url)} restarted and stands at ` +
+        `${now.log === null ? 'its start' : now.length}, before the ` +
+        `${lost === null ? 'position' : `${lost} entries`} it had applied (its last commits, asynchronous, ` +
         'were lost with the server): they are applied again from the log',
       { context: { url: redactUrl(this.url), was: had.length, now: now.length } }
     )

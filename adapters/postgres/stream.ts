@@ -220,7 +220,8 @@ export class ReplicationStream {
    * Hands over the messages received so far (decoded as they are iterated), after gathering those that are
    * still arriving: for as long as the stream keeps delivering, and for at most `gatherMs` after the oldest
    * message held arrived or the last confirm(), whichever is later (confirm() restarts the window: under a
-   * steady load a take gathers for about `gatherMs`, which keeps units few). The stream counts as quiet after `idleMs` without a message, or twice the longest wait between
+   * steady load a take gathers for about `gatherMs`, which keeps units few). The stream counts as quiet after
+   * `idleMs` without a message, or twice the longest wait between
    * the messages held if that is longer (a steady load that arrives in bursts, as commits grouped by the server's
    * WAL flushes do, is not cut at each pause). Taking again without confirm() hands over at least the same.
    */
