@@ -59,7 +59,8 @@ export async function nodesBench(rows: number, runs: number): Promise<NodesRun[]
       const c0 = process.cpuUsage()
       let last = 0
       app.transaction(() => {
-        for (let i = 0; i < rows; i++) last = Number(ins.run(`customer ${i % 5000}`, i * 0.25, 'x'.repeat(40)).lastInsertRowid)
+        for (let i = 0; i < rows; i++)
+          last = Number(ins.run(`customer ${i % 5000}`, i * 0.25, 'x'.repeat(40)).lastInsertRowid)
       })()
       const c = process.cpuUsage(c0)
       const appCpu = (c.user + c.system) / 1e6

@@ -55,11 +55,12 @@ for (let r = 0; r < runs; r++) {
   }
 }
 const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-process.stdout.write(
-  `end to end, ${ROWS} rows in one transaction: median ${Math.round(med(rates))} rows/s ` +
-    `(runs: ${rates.map((x) => Math.round(x)).join(', ')}; aim >= 150000); CPU ${med(cpus).toFixed(2)} s ` +
-    `(runs: ${cpus.map((x) => x.toFixed(2)).join(', ')}), ${Math.round(ROWS / med(cpus))} rows per CPU second\n`
-)
+if (runs > 0)
+  process.stdout.write(
+    `end to end, ${ROWS} rows in one transaction: median ${Math.round(med(rates))} rows/s ` +
+      `(runs: ${rates.map((x) => Math.round(x)).join(', ')}; aim >= 150000); CPU ${med(cpus).toFixed(2)} s ` +
+      `(runs: ${cpus.map((x) => x.toFixed(2)).join(', ')}), ${Math.round(ROWS / med(cpus))} rows per CPU second\n`
+  )
 if (nodesRuns > 0) {
   const got = await nodesBench(ROWS, nodesRuns)
   const rate = got.map((g) => g.rowsPerSec)

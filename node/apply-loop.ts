@@ -249,7 +249,9 @@ export class ApplyLoop extends EventEmitter {
       let i = start
       for (;;) {
         if (seg.end !== null && i >= seg.end) {
-          throw MeshError.BAD_LOG(`a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`)
+          throw MeshError.BAD_LOG(
+            `a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`
+          )
         }
         const it = await log.arrived(i)
         if (it === null) {

@@ -68,7 +68,9 @@ test('a 100,000-row transaction above the budget is appended and applied in part
   assert.deepEqual(dump(path.join(dir, 'replica.db')), dump(file))
 })
 
-test('a large unit is applied as it arrives, before its writer appended the rest, and shows only whole', { timeout: 120_000 }, async (t) => {
+test('a large unit is applied as it arrives, before its writer appended the rest, and shows only whole', {
+  timeout: 120_000
+}, async (t) => {
   const { dir, file, db } = sqliteOrigin(t)
   db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, tag BLOB)')
   bulk(db, 10)
