@@ -356,6 +356,7 @@ export class DatasetLog {
    * gone on from, so a unit that arrives block by block is not read again from its start each time.
    */
   async scan(start: number, from?: UnitScan): Promise<UnitScan> {
+    if (from !== undefined && from.end !== null) return from
     let bytes = from?.bytes ?? 0
     for (let i = from?.next ?? start; i < this.core.length; i++) {
       const raw = await this.block(i, { wait: false })
