@@ -40,8 +40,8 @@ const TAG_BLOB = 5
 const TAG_RAW_TEXT = 6
 
 /**
- * entries.ts's link to the RAW_TEXT flag. `seen` counts raw TEXT values preencoded (or encoded) since entries.ts reset it
- * (the encoder sets the flag from it); `allowed` is set while decoding an entry that has the flag. Encoding
+ * entries.ts's link to the RAW_TEXT flag. `seen` counts raw TEXT values preencoded (or encoded) since entries.ts
+ * reset it (the encoder sets the flag from it); `allowed` is set while decoding an entry that has the flag. Encoding
  * and decoding are synchronous, so one module-level record is enough.
  */
 export const rawTextState = { seen: 0, allowed: false }

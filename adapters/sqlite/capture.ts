@@ -702,6 +702,7 @@ export class SqliteCapture implements CaptureSide {
         ? info.key.map((_, i) => `k.k${i} IS NOT NULL`).join(' AND ')
         : '1'
     const tcols = select.map((x) => `t.${x}`).join(', ')
+    const intKeyName = info.key.length === 0 ? info.rowidName : quote(info.columns[info.key[0]].name)
     const found = `SELECT 1 FROM ${table} AS t WHERE ${on}`
     const kk = kcols
       .split(', ')
@@ -718,12 +719,12 @@ export class SqliteCapture implements CaptureSide {
       lookupExact: new RawAware(db, (ph) => `SELECT ${exact} FROM ${table} WHERE ${where(ph)}`, { raw: true }),
       keysExact: db.prepare(`SELECT DISTINCT ${kexact} FROM ${d} WHERE seq > ? AND seq <= ?`).raw(true),
       // An integer key (rowid): the keys as an IN list, each row found by its rowid, in key order (SQLite builds
-      // the list once; measured about a fifth less CPU than the DISTINCT join for 200k keys). Integer keys
-      // only, as `valid` says; each key once either way.
+      // the list once; measured about 7% less CPU than the DISTINCT join for 200k keys). Integer keys only, as
+      // `valid` says; each key once either way.
       changed: db
         .prepare(
           intKey
-            ? `SELECT ${tcols} FROM ${table} AS t WHERE t.${info.key.length === 0 ? info.rowidName : quote(info.columns[info.key[0]].name)} ` +
+            ? `SELECT ${tcols} FROM ${table} AS t WHERE t.${intKeyName} ` +
                 `IN (SELECT k0 FROM ${d} WHERE seq > ? AND seq <= ? AND typeof(k0) = 'integer')`
             : `SELECT ${tcols} FROM (${distinct}) AS k JOIN ${table} AS t ON ${on} WHERE ${valid}`
         )
