@@ -2,15 +2,21 @@
  * End to end alone (the part of bench/run.ts): 200,000 rows in one SQLite transaction, commit -> applied at a
  * replica in the same process (capture -> log -> hypercore replication -> apply; test/helpers/pipeline.ts).
  * Prints the median of `--runs N` (default 3) fresh pipelines, against the aim (>= 150,000 rows/s). For profiling:
- * `node --cpu-prof --import tsx bench/e2e.ts --runs 1`.
+ * `node --cpu-prof --import tsx bench/e2e.ts --runs 1 --nodes-runs 0`.
+ *
+ * Then the same through two node processes (bench/e2e-nodes.ts: site a's `mesh start` captures, site b's
+ * replicates over hyperswarm and applies), `--nodes-runs N` (default: as many as --runs; 0: not at all).
  */
 import Database from '../adapters/sqlite/better-sqlite3.ts'
 import path from 'node:path'
 import { tmpDir } from '../test/helpers/db.ts'
 import { startPipeline } from '../test/helpers/pipeline.ts'
+import { nodesBench } from './e2e-nodes.ts'
 
 const at = process.argv.indexOf('--runs')
 const runs = at > 0 ? Number(process.argv[at + 1]) : 3
+const atNodes = process.argv.indexOf('--nodes-runs')
+const nodesRuns = atNodes > 0 ? Number(process.argv[atNodes + 1]) : runs
 const ROWS = 200_000
 const rates: number[] = []
 /** CPU seconds of this process (all its threads) from the insert until applied: less at the mercy of other load. */
@@ -49,8 +55,21 @@ for (let r = 0; r < runs; r++) {
   }
 }
 const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-process.stdout.write(
-  `end to end, ${ROWS} rows in one transaction: median ${Math.round(med(rates))} rows/s ` +
-    `(runs: ${rates.map((x) => Math.round(x)).join(', ')}; aim >= 150000); CPU ${med(cpus).toFixed(2)} s ` +
-    `(runs: ${cpus.map((x) => x.toFixed(2)).join(', ')}), ${Math.round(ROWS / med(cpus))} rows per CPU second\n`
-)
+if (runs > 0)
+  process.stdout.write(
+    `end to end, ${ROWS} rows in one transaction: median ${Math.round(med(rates))} rows/s ` +
+      `(runs: ${rates.map((x) => Math.round(x)).join(', ')}; aim >= 150000); CPU ${med(cpus).toFixed(2)} s ` +
+      `(runs: ${cpus.map((x) => x.toFixed(2)).join(', ')}), ${Math.round(ROWS / med(cpus))} rows per CPU second\n`
+  )
+if (nodesRuns > 0) {
+  const got = await nodesBench(ROWS, nodesRuns)
+  const rate = got.map((g) => g.rowsPerSec)
+  const f2 = (x: number) => x.toFixed(2)
+  process.stdout.write(
+    `through two node processes (a's mesh start -> hyperswarm -> b's mesh start), ${ROWS} rows in one ` +
+      `transaction: median ${Math.round(med(rate))} rows/s (runs: ${rate.map((x) => Math.round(x)).join(', ')}; ` +
+      `aim >= 150000); CPU s origin node ${f2(med(got.map((g) => g.cpu.origin)))}, replica node ` +
+      `${f2(med(got.map((g) => g.cpu.replica)))}, inserting application ${f2(med(got.map((g) => g.cpu.app)))} ` +
+      `(runs: ${got.map((g) => `${f2(g.cpu.origin)}+${f2(g.cpu.replica)}+${f2(g.cpu.app)}`).join(', ')})\n`
+  )
+}

@@ -9,11 +9,17 @@
  * at the unit before it, with the error kept for `mesh status`; it does not guess past it.
  */
 import { EventEmitter } from 'node:events'
-import { MeshError, sameBytes, type Entry } from '../protocol/index.ts'
+import { MeshError, continues, sameBytes, type Entry } from '../protocol/index.ts'
 import { locate, offsets, type ChainSegment, type Segment } from './chain.ts'
 import type { ApplySide, Logger } from '../adapters/index.ts'
 import { silentLogger, unitEnd } from '../adapters/index.ts'
-import { DEFAULT_UNIT_MEMORY, type DatasetLog } from './log.ts'
+import { DEFAULT_UNIT_MEMORY, type DatasetLog, type UnitScan } from './log.ts'
+
+/**
+ * How long a unit applied as it arrives (applyArriving) may wait for its next block with its database
+ * transaction open: a writer appends a part every few milliseconds while it captures a large transaction.
+ */
+export const ARRIVING_STALL_MS = 5000
 
 export interface ApplyLoopOptions {
   segments: Segment[]
@@ -129,8 +135,18 @@ export class ApplyLoop extends EventEmitter {
       // Not here yet: looking again once it is (the rest of the unit may arrive before unit() below reads it).
       if (this.apply.beginUnit && first === null) return n
       if (first?.more) {
-        const ext = await seg.log.extent(next)
-        if (ext === null) return n
+        // Gone on from where the last look at this unit stopped: a large unit arrives block by block.
+        const same = this.scanned !== null && this.scanned.log === seg.log && this.scanned.start === next
+        const ext = await seg.log.scan(next, same ? this.scanned!.scan : undefined)
+        this.scanned = { log: seg.log, start: next, scan: ext }
+        if (ext.end === null) {
+          // Still arriving: a unit already past the size applied in parts is applied as its blocks come.
+          if (ext.bytes > this.unitMemoryBytes / 8 && (await this.applyArriving(seg, next))) {
+            n++
+            continue
+          }
+          return n
+        }
         // A unit's rows take two to three times their encoding in memory, and more until V8 collects them.
         if (ext.bytes > this.unitMemoryBytes / 8 && !ext.abandoned) {
           await this.applyInParts(seg, next, ext.end)
@@ -204,6 +220,93 @@ export class ApplyLoop extends EventEmitter {
         throw err
       }
     }
+    this.unitApplied(seg, time)
+  }
+
+  /**
+   * A unit still arriving whose blocks here already exceed the size that is applied in parts (an eighth of
+   * the memory budget: so it would be applied in parts anyway, and the mass-damage guard measures neither) is
+   * applied as its blocks arrive, in parts inside one database transaction, while its writer is still
+   * appending the rest: the replica's work overlaps the origin's. True once committed. False, with the replica
+   * as it was (the transaction rolled back), when the loop stops, when the unit turns out abandoned (the normal
+   * path then skips it), or when no block came for ARRIVING_STALL_MS: the transaction is not held open for a
+   * writer that stalled or a slow link, and that unit is then applied only once it is all here.
+   */
+  private async applyArriving(seg: Segment, start: number): Promise<boolean> {
+    const apply = this.apply
+    const log = seg.log
+    const here = `${Buffer.from(log.key).toString('hex')}:${start}`
+    if (!this.running || !apply.beginUnit || this.stalled === here) return false
+    // Its end is not known yet: begun as [start, start + 1), checked and committed with its real end.
+    const begun = { log: log.key, epoch: seg.epoch, length: start + 1, treeHash: new Uint8Array(32) }
+    if (!(await apply.beginUnit({ start, end: start + 1 }, begun))) return false
+    let time: number | null = null
+    try {
+      const partBytes = Math.max(64 * 1024, Math.floor(this.unitMemoryBytes / 64))
+      let part: Entry[] = []
+      let bytes = 0
+      let lastArrival = Date.now()
+      let i = start
+      for (;;) {
+        if (seg.end !== null && i >= seg.end) {
+          throw MeshError.BAD_LOG(
+            `a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`
+          )
+        }
+        const it = await log.arrived(i)
+        if (it === null) {
+          const waited = Date.now() - lastArrival
+          if (!this.running || waited >= ARRIVING_STALL_MS) {
+            if (this.running) this.stalled = here
+            await apply.abortUnit!()
+            return false
+          }
+          // What is held is applied while the next block is on its way.
+          if (part.length > 0) {
+            await apply.applyPart!(part, begun)
+            part = []
+            bytes = 0
+          }
+          await this.idle(ARRIVING_STALL_MS - waited)
+          continue
+        }
+        lastArrival = Date.now()
+        if (it.entry === null) {
+          await apply.abortUnit!()
+          return false
+        }
+        const e = it.entry
+        if (e.kind !== 'schema' && e.kind !== 'transaction' && e.kind !== 'snapshot') {
+          throw MeshError.BAD_LOG(`a ${e.kind} entry inside an unfinished unit`, { context: { block: i } })
+        }
+        if (e.kind === 'transaction') time = Math.max(time ?? 0, e.time)
+        part.push(e)
+        bytes += it.bytes
+        i = it.next
+        if (!continues(e)) break
+        if (bytes >= partBytes) {
+          await apply.applyPart!(part, begun)
+          part = []
+          bytes = 0
+        }
+      }
+      await apply.applyPart!(part, begun)
+      await apply.commitUnit!({ log: log.key, epoch: seg.epoch, length: i, treeHash: await log.treeHash(i) })
+    } catch (err) {
+      await apply.abortUnit?.()
+      throw err
+    }
+    this.unitApplied(seg, time)
+    return true
+  }
+
+  /** How much of the unit at `start` the last look found here. */
+  private scanned: { log: DatasetLog; start: number; scan: UnitScan } | null = null
+
+  /** The unit applyArriving gave up on for a stall (log key and start), applied only once it is all here. */
+  private stalled: string | null = null
+
+  private unitApplied(seg: Segment, time: number | null): void {
     this.stats.units++
     this.stats.applied = this.appliedOnHead()
     this.stats.lastAppliedAt = Date.now()

@@ -68,6 +68,14 @@ function ioError(err: unknown, doing: string): MeshError {
 }
 
 /** fsyncs the RocksDB write-ahead log files of a corestore kept at `storeDir`. */
+/** How much of a unit is here (DatasetLog.scan). */
+export interface UnitScan {
+  next: number
+  bytes: number
+  end: number | null
+  abandoned: boolean
+}
+
 export async function syncStore(storeDir: string): Promise<void> {
   const dbDir = path.join(storeDir, 'db')
   let names: string[]
@@ -338,19 +346,42 @@ export class DatasetLog {
    * here, or the log ends inside it. `abandoned`: its writer closed it unfinished (an abandon block).
    */
   async extent(start: number): Promise<{ end: number; bytes: number; abandoned: boolean } | null> {
-    let bytes = 0
-    for (let i = start; i < this.core.length; i++) {
+    const s = await this.scan(start)
+    return s.end === null ? null : { end: s.end, bytes: s.bytes, abandoned: s.abandoned }
+  }
+
+  /**
+   * extent() that says how far it got: `next`, the first block of the unit not here yet, and `bytes`, the size
+   * of those before it; `end` null until the unit is all here. `from`, an earlier scan of the same unit, is
+   * gone on from, so a unit that arrives block by block is not read again from its start each time.
+   */
+  async scan(start: number, from?: UnitScan): Promise<UnitScan> {
+    if (from !== undefined && from.end !== null) return from
+    let bytes = from?.bytes ?? 0
+    for (let i = from?.next ?? start; i < this.core.length; i++) {
       const raw = await this.block(i, { wait: false })
-      if (raw === null) return null
+      if (raw === null) return { next: i, bytes, end: null, abandoned: false }
       // A compressed block takes its inflated size in memory once read: that is what a budget weighs.
       bytes += Math.max(raw.byteLength, peekInflated(raw) ?? 0)
       const p = this.decode(i, raw, peekEntry)
       if (p.more) continue
       const abandoned =
         p.time === null && p.kind === 'transaction' && this.decode(i, raw, decodeBlock).type === 'abandon'
-      return { end: i + 1, bytes, abandoned }
+      return { next: i + 1, bytes, end: i + 1, abandoned }
     }
-    return null
+    return { next: this.core.length, bytes, end: null, abandoned: false }
+  }
+
+  /**
+   * The entry at block `index` (fragments joined) when all its blocks are here, with the block after it and
+   * its encoded size; `entry` null for an abandon block (its writer closed the unit unfinished); null when a
+   * block of it has not arrived yet.
+   */
+  async arrived(index: number): Promise<{ entry: Entry | null; next: number; bytes: number } | null> {
+    if (index >= this.core.length) return null
+    const it = await this.item(index, { wait: false })
+    if (it === null) return null
+    return { entry: it.block.type === 'abandon' ? null : it.block.entry, next: it.next, bytes: it.bytes }
   }
 
   /** The entries of blocks [start, end), one at a time (fragments joined), with their encoded size. */

@@ -559,22 +559,35 @@ function prepareEntry(
   if (body === undefined) throw MeshError.UNKNOWN_KIND(`cannot encode entry kind ${String(entry.kind)}`)
   const wrap = (err: unknown) => MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
   try {
-    // The body's size first: it says whether raw TEXT is in it, which the flags must tell.
+    // The body's bytes, or at least its size, first: it says whether raw TEXT is in it, which the flags must tell.
+    let bodyBytes = ONE_PASS.has(entry.kind) ? encodeOnce(body, entry) : null
     const bodySize = c.state()
-    rawTextState.seen = 0
-    body.preencode(bodySize, entry)
+    if (bodyBytes === null) {
+      rawTextState.seen = 0
+      body.preencode(bodySize, entry)
+    } else bodySize.end = bodyBytes.byteLength
     // Only transaction and snapshot entries hold values; their flag tells older software it cannot read them.
     const flags = body.flags(entry) | (rawTextState.seen > 0 ? F_RAW_TEXT : 0)
     if (flags & ~ALLOWED_FLAGS[entry.kind]) throw new RangeError(`raw TEXT cannot be carried by a ${entry.kind} entry`)
     const kind = Kind[entry.kind]
+    const write = (st: State) => {
+      if (bodyBytes !== null) c.raw.encode(st, bodyBytes)
+      else body.encode(st, entry)
+    }
     const plain = () => {
       const pre = (st: State) => {
         st.end += bodySize.end
       }
-      return seal(VERSION_OF_KIND[kind], kind, flags, pre, (st) => body.encode(st, entry))
+      return seal(VERSION_OF_KIND[kind], kind, flags, pre, write)
     }
     if (!opts.compress || !COMPRESSIBLE.includes(entry.kind)) return plain()
-    const { rest, finish } = compressible(kind, flags, bodySize.end, (st) => body.encode(st, entry), entry)
+    if (bodyBytes === null) {
+      bodyBytes = Buffer.allocUnsafe(bodySize.end)
+      const st = c.state(0, bodySize.end, bodyBytes)
+      body.encode(st, entry)
+      if (st.start !== bodySize.end) throw new RangeError('encoder size mismatch')
+    }
+    const { rest, finish } = compressible(kind, flags, bodyBytes, entry)
     return {
       rest,
       finish: (packed) => {
@@ -590,24 +603,50 @@ function prepareEntry(
   }
 }
 
+/**
+ * Kinds whose body is written in one pass (encodeOnce): the ones that carry rows, nearly all of a log's bytes.
+ * The others are sized first (preencode), then written.
+ */
+const ONE_PASS = new Set<KindName>(['transaction', 'snapshot'])
+
+/** encodeOnce's buffer: a body up to this size is written once into it and copied out. */
+const ONCE_BYTES = 1024 * 1024
+let onceBuffer: Buffer | null = null
+
+/**
+ * The body's bytes, written once into a scratch buffer without sizing them first (rawTextState.seen counted on
+ * the way), or null when they do not fit in it or an encoder refused a value: the caller then sizes and writes
+ * them as for any other kind (the same bytes; a refused value refused again, with its error).
+ */
+function encodeOnce(body: Body<Entry>, entry: Entry): Buffer | null {
+  onceBuffer ??= Buffer.allocUnsafe(ONCE_BYTES)
+  const st = c.state(0, ONCE_BYTES, onceBuffer)
+  rawTextState.seen = 0
+  try {
+    body.encode(st, entry)
+  } catch (err) {
+    // Out of room (a write past the end) or a value no encoder takes: see above.
+    if (err instanceof RangeError) return null
+    throw err
+  }
+  // Typed-array writes past the end are dropped, not thrown: the position says whether all of it fitted.
+  if (st.start > ONCE_BYTES) return null
+  return Buffer.from(onceBuffer.subarray(0, st.start))
+}
+
 type Writer = (s: State) => void
 
 /**
- * The block of an entry whose body compresses (F_COMPRESSED): the body is encoded once into a buffer of `size`
- * bytes; a transaction's leading time stays outside the compressed part (`rest` is the part to compress).
- * `finish` seals the block from `rest` compressed (deflateBody), or gives null when it did not compress.
+ * The block of an entry whose body compresses (F_COMPRESSED), from the body's `bytes`: a transaction's leading
+ * time stays outside the compressed part (`rest` is the part to compress). `finish` seals the block from
+ * `rest` compressed (deflateBody), or gives null when it did not compress.
  */
 function compressible(
   kind: number,
   flags: number,
-  size: number,
-  enc: Writer,
+  bytes: Uint8Array,
   entry: Entry
 ): { rest: Uint8Array; finish: (packed: Buffer | null) => Uint8Array | null } {
-  const bytes = Buffer.allocUnsafe(size)
-  const body = c.state(0, size, bytes)
-  enc(body)
-  if (body.start !== size) throw new RangeError('encoder size mismatch')
   const keep = c.state()
   if (entry.kind === 'transaction') c.uint.preencode(keep, entry.time)
   const rest = bytes.subarray(keep.end)

@@ -68,6 +68,95 @@ test('a 100,000-row transaction above the budget is appended and applied in part
   assert.deepEqual(dump(path.join(dir, 'replica.db')), dump(file))
 })
 
+test('a large unit is applied as it arrives, before its writer appended the rest, and shows only whole', {
+  timeout: 120_000
+}, async (t) => {
+  const { dir, file, db } = sqliteOrigin(t)
+  db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, tag BLOB)')
+  bulk(db, 10)
+  const p = await sqlitePipeline(t, dir, file, { unitMemoryBytes: BUDGET })
+  await p.settle()
+  const reader = new Database(path.join(dir, 'replica.db'), { readonly: true })
+  teardown(t, () => reader.close())
+  // The unit's last part is held back until the replica has applied a part of it: with a replica that waited
+  // for the whole unit this would never end (the test's timeout fails it).
+  let partApplied: () => void = () => {}
+  const applying = new Promise<void>((resolve) => (partApplied = resolve))
+  teardown(t, () => partApplied())
+  const seen: number[] = []
+  const applyPart = p.replica.applyPart.bind(p.replica)
+  p.replica.applyPart = async (entries, position) => {
+    await applyPart(entries, position)
+    seen.push(reader.prepare('SELECT count(*) FROM items').pluck().get() as number)
+    partApplied()
+  }
+  let heldBack = false
+  const append = p.originLog.appendUnit.bind(p.originLog)
+  p.originLog.appendUnit = async (entries) => {
+    const last = entries[entries.length - 1]
+    if (last.kind === 'transaction' && !last.more && last.changes.length > 0) {
+      heldBack = true
+      await applying
+    }
+    return append(entries)
+  }
+  bulk(db, 60_000, 10)
+  await p.settle()
+  assert.ok(heldBack, 'the unit was appended in parts')
+  assert.ok(seen.length > 1, `${seen.length} parts applied`)
+  assert.deepEqual([...new Set(seen)], [10], 'no part was visible before the unit committed')
+  assert.deepEqual(dump(path.join(dir, 'replica.db')), dump(file))
+})
+
+test('a unit applied as it arrives whose writer stalls is rolled back, not held open; applied once all here', {
+  timeout: 120_000
+}, async (t) => {
+  const { dir, file, db } = sqliteOrigin(t)
+  db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, tag BLOB)')
+  bulk(db, 10)
+  const p = await sqlitePipeline(t, dir, file, { unitMemoryBytes: BUDGET })
+  await p.settle()
+  const replicaFile = path.join(dir, 'replica.db')
+  const reader = new Database(replicaFile, { readonly: true })
+  teardown(t, () => reader.close())
+  // Another program's connection, that waits for no lock: it can take the write lock only while no transaction
+  // of the replica's is open.
+  const other = new Database(replicaFile, { timeout: 0 })
+  teardown(t, () => other.close())
+  const unlocked = () => {
+    try {
+      other.exec('BEGIN IMMEDIATE')
+      other.exec('ROLLBACK')
+      return true
+    } catch {
+      return false
+    }
+  }
+  let parts = 0
+  const applyPart = p.replica.applyPart.bind(p.replica)
+  p.replica.applyPart = async (entries, position) => {
+    await applyPart(entries, position)
+    parts++
+  }
+  // The writer stalls before the unit's last part (as a busy or stopped origin would) until released.
+  let release: () => void = () => {}
+  const released = new Promise<void>((resolve) => (release = resolve))
+  teardown(t, () => release())
+  const append = p.originLog.appendUnit.bind(p.originLog)
+  p.originLog.appendUnit = async (entries) => {
+    const last = entries[entries.length - 1]
+    if (last.kind === 'transaction' && !last.more && last.changes.length > 0) await released
+    return append(entries)
+  }
+  bulk(db, 60_000, 10)
+  // Once the replica has begun the unit, its transaction holds the write lock; after the stall it must not.
+  while (!(parts > 0 && unlocked())) await new Promise((r) => setTimeout(r, 50))
+  assert.equal(reader.prepare('SELECT count(*) FROM items').pluck().get(), 10, 'nothing of the unit shows')
+  release()
+  await p.settle()
+  assert.deepEqual(dump(replicaFile), dump(file))
+})
+
 test('an append that fails mid-unit: the unit is closed as abandoned, read again, applied once', async (t) => {
   const { dir, file, db } = sqliteOrigin(t)
   db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, tag BLOB)')

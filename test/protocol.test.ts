@@ -5,6 +5,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import c from 'compact-encoding'
 import {
+  FORMAT_VERSION,
   MeshError,
   decodeEntry,
   encodeEntry,
@@ -38,6 +39,18 @@ test('golden fixtures of every shipped format version still decode to what they 
     }
   }
   assert.ok(n >= Object.keys(samples).length)
+})
+
+test("today's encoder writes the current format's fixtures byte for byte (the log's bytes did not change)", () => {
+  const dir = path.join(fixtures, `format-${FORMAT_VERSION}`)
+  let n = 0
+  for (const [name, entry] of Object.entries(samples)) {
+    const file = path.join(dir, `${name}.bin`)
+    if (!fs.existsSync(file)) continue
+    assert.deepEqual(Buffer.from(encodeEntry(entry)), fs.readFileSync(file), name)
+    n++
+  }
+  assert.ok(n >= 8, `${n} fixtures compared`)
 })
 
 function expectCode(fn: () => unknown, code: string) {
