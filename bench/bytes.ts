@@ -36,6 +36,8 @@ export interface BytesBenchOptions {
   say?: (line: string) => void
   /** Sales (shop transactions) in the day. */
   sales?: number
+  /** Only these cases (their keys: Sale, Batch60, Batch300, Twenty, Day); all by default. */
+  only?: string[]
 }
 
 interface Figures {
@@ -173,6 +175,7 @@ export async function bytesBench(opts: BytesBenchOptions = {}): Promise<Record<s
     ['per 20 sales', { per: 20 }, 'Twenty'],
     ['per day', { per: sales }, 'Day']
   ] as const) {
+    if (opts.only && !opts.only.includes(key)) continue
     const plain = await day(false, sales, how)
     const packed = await day(true, sales, how)
     const r = (x: number, f: Figures) => `${(x / f.changes).toFixed(1)} B (${(x / f.rows).toFixed(2)}x)`
@@ -197,5 +200,9 @@ export async function bytesBench(opts: BytesBenchOptions = {}): Promise<Record<s
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const sales = process.argv.indexOf('--sales')
-  await bytesBench({ sales: sales > 0 ? Number(process.argv[sales + 1]) : undefined })
+  const only = process.argv.indexOf('--only')
+  await bytesBench({
+    sales: sales > 0 ? Number(process.argv[sales + 1]) : undefined,
+    only: only > 0 ? process.argv[only + 1].split(',') : undefined
+  })
 }
