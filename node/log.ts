@@ -199,12 +199,27 @@ export class DatasetLog {
         ;({ opts, lead } = await this.dictionaryStep())
       }
       // An entry larger than a block becomes fragments (format 2): memory holds the unit's encoding once.
-      const blocks = await encodeUnitAsync(entries, MAX_BLOCK_BYTES, FRAGMENT_BYTES, opts)
+      let blocks = await encodeUnitAsync(entries, MAX_BLOCK_BYTES, FRAGMENT_BYTES, opts)
       await before
+      if (lead.length > 0 && this.core.length !== this.dictionaries.current?.seq) {
+        // A block went in without appendUnit meanwhile (none does once capture runs): the new dictionary would
+        // not be at the block its entries name. Without it, then.
+        this.dictionaries.forget()
+        lead = []
+        blocks = await encodeUnitAsync(entries, MAX_BLOCK_BYTES, FRAGMENT_BYTES, { compress: this.compress })
+      }
       let appended: Promise<{ length: number }>
       try {
         appended = this.core.append(lead.length > 0 ? [...lead, ...blocks] : blocks)
-        this.lastAppend = appended.catch(() => {})
+        // The next unit waits for this: if the new dictionary did not make it into the log, it is forgotten
+        // before the next unit could name it.
+        const withDictionary = lead.length > 0
+        this.lastAppend = appended.then(
+          () => {},
+          () => {
+            if (withDictionary) this.dictionaries.forget()
+          }
+        )
       } finally {
         handedOver()
       }
@@ -213,7 +228,6 @@ export class DatasetLog {
         await syncStore(this.storeDir)
         return length
       } catch (err) {
-        if (lead.length > 0) this.dictionaries.forget()
         throw ioError(err, 'cannot append to the log')
       }
     } finally {

@@ -260,6 +260,12 @@ test(
     await a.init(['--batch-seconds', '1'])
     await a.start()
     await b.join(await a.invite())
+    // Snapshots at b every second (the default is daily): a restore replays from the nearest one before its
+    // moment, whose units name a dictionary block before the snapshot.
+    const cfgFile = path.join(b.dir, 'config.json')
+    const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'))
+    cfg.snapshots = { everySeconds: 1, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 }
+    fs.writeFileSync(cfgFile, JSON.stringify(cfg))
     await b.start()
     await waitUntil("b holds a's initial copy", () => b.holdsExactly(a), 90_000)
 
@@ -302,7 +308,9 @@ test(
         timeoutMs: 120_000
       })
       assert.equal(r.code, 0, r.stderr)
-      assert.equal(JSON.stringify(dump(to)), m.state, `restored exactly at SEQ ${m.seq}`)
+      const from = JSON.parse(r.stdout).from
+      assert.ok(from > 0, `replayed from a snapshot: ${r.stdout}`)
+      assert.equal(JSON.stringify(dump(to)), m.state, `restored exactly at SEQ ${m.seq} from ${from}`)
     }
     const v = await mesh(['verify', a.name, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
     assert.equal(v.code, 0, `${v.stdout}${v.stderr}`)
