@@ -13,7 +13,8 @@
  * Capture batching decides what compression can do. Without batching each block is compressed alone; with it
  * (compress "best"), a group's body is also compressed against a dictionary block that the log holds (format 3,
  * node/dictionary.ts: the last 16 KB of recent bodies, refreshed every 160 KB of them; the dictionary blocks are
- * counted in log and wire like every other block). "per sale" is a capture that keeps up with the till (one unit per sale, as `mesh start` does with its default 50 ms poll);
+ * counted in log and wire like every other block). "per sale" is a capture that keeps up with the till (one
+ * unit per sale, as `mesh start` does with its default 50 ms poll);
  * "with link.batchSeconds 60" (and 300) is the capture loop itself with that batching (issue 16 item 3), the
  * till selling at the pace of the demo shop's day as the issue counts it (DAY_SALES over TRADING_SECONDS), on
  * a clock 100 times faster with the interval shortened as much, so each group holds a minute's sales;
@@ -196,7 +197,7 @@ export async function bytesBench(opts: BytesBenchOptions = {}): Promise<Record<s
     if (key === 'Sale' || key === 'Batch60' || key === 'Batch300') {
       const ratio = packed.wire / packed.rows
       say(
-        `    on the wire, compressed: ${ratio.toFixed(2)}x the rows (aim <= 0.5x: ${ratio <= 0.5 ? 'met' : 'MISSED'})`
+        `    on the wire, compressed: ${ratio.toFixed(3)}x the rows (aim <= 0.5x: ${ratio <= 0.5 ? 'met' : 'MISSED'})`
       )
     }
   }

@@ -260,8 +260,7 @@ test(
     await a.init(['--batch-seconds', '1'])
     await a.start()
     await b.join(await a.invite())
-    // Snapshots at b every second (the default is daily): a restore replays from the nearest one before its
-    // moment, whose units name a dictionary block before the snapshot.
+    // Snapshots at b every second (the default is daily) until one is taken after the second dictionary.
     const cfgFile = path.join(b.dir, 'config.json')
     const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'))
     cfg.snapshots = { everySeconds: 1, keepDaily: 14, keepWeekly: 8, keepMonthly: 12 }
@@ -276,23 +275,29 @@ test(
     }
     const dictionaries = (us: Awaited<ReturnType<typeof units>>) =>
       us.filter((u) => /compression dictionary/.test(u.note)).map((u) => u.seq)
+    /** About 5 KB of body: sales spread over a little more than the batching second. */
+    const aGroup = async () => {
+      for (let i = 0; i < 40; i++) {
+        shop.step()
+        if (i % 10 === 9) await new Promise((r) => setTimeout(r, 300))
+      }
+    }
     /** Trades in groups until `mesh log` at b shows `n` dictionaries, then a few groups more; the state and its SEQ. */
     const tradeUntil = async (n: number) => {
+      let heldAt = 0
       for (let g = 0; ; g++) {
         assert.ok(g < 200, `no ${n} dictionaries after ${g} groups`)
-        // About 5 KB of body a group: sales spread over a little more than the batching second.
-        for (let i = 0; i < 40; i++) {
-          shop.step()
-          if (i % 10 === 9) await new Promise((r) => setTimeout(r, 300))
-        }
+        await aGroup()
         if (g % 5 !== 4) continue
         await waitUntil("b holds exactly a's rows", () => b.holdsExactly(a), 90_000)
+        heldAt = Date.now()
         if (dictionaries(await units()).length >= n) break
       }
       for (let i = 0; i < 60; i++) shop.step()
       await waitUntil("b holds exactly a's rows", () => b.holdsExactly(a), 90_000)
       const us = await units()
-      return { state: JSON.stringify(dump(a.db)), seq: us[us.length - 1].seq, dictionaries: dictionaries(us) }
+      const seq = us[us.length - 1].seq
+      return { state: JSON.stringify(dump(a.db)), seq, dictionaries: dictionaries(us), heldAt }
     }
     const first = await tradeUntil(1)
     const second = await tradeUntil(2)
@@ -302,14 +307,41 @@ test(
       'and the second after the next'
     )
 
-    for (const [i, m] of [first, second].entries()) {
+    // A snapshot at b after the second dictionary (taken after b held it), then no more: the third moment is
+    // restored from it, replaying units that name the dictionary block before it.
+    await waitUntil(
+      'b took a snapshot after the second dictionary',
+      async () => {
+        const st = JSON.parse((await mesh(['status', '--dir', b.dir, '--json'])).stdout)
+        return (st.datasets.find((d: { name: string }) => d.name === a.name)?.snapshots.newestAt ?? 0) > second.heldAt
+      },
+      60_000
+    )
+    await b.stop()
+    cfg.snapshots.everySeconds = 86_400
+    fs.writeFileSync(cfgFile, JSON.stringify(cfg))
+    await b.start()
+    for (let g = 0; g < 4; g++) await aGroup()
+    await waitUntil("b holds exactly a's rows", () => b.holdsExactly(a), 90_000)
+    const us = await units()
+    const third = {
+      state: JSON.stringify(dump(a.db)),
+      seq: us[us.length - 1].seq,
+      dictionaries: dictionaries(us),
+      heldAt: 0
+    }
+    assert.deepEqual(third.dictionaries, second.dictionaries, 'no dictionary since the second')
+
+    for (const [i, m] of [first, second, third].entries()) {
       const to = path.join(dir, `restored-${i}.db`)
       const r = await mesh(['restore', a.name, '--seq', String(m.seq), '--to', to, '--dir', b.dir, '--json'], {
         timeoutMs: 120_000
       })
       assert.equal(r.code, 0, r.stderr)
       const from = JSON.parse(r.stdout).from
-      assert.ok(from > 0, `replayed from a snapshot: ${r.stdout}`)
+      const d2 = second.dictionaries[1]
+      if (i === 2) assert.ok(from > d2 && from <= m.seq, `replayed from a snapshot after block ${d2}: ${r.stdout}`)
+      t.diagnostic(`moment ${i}: SEQ ${m.seq}, replayed from ${from}; dictionaries at ${m.dictionaries.join(', ')}`)
       assert.equal(JSON.stringify(dump(to)), m.state, `restored exactly at SEQ ${m.seq} from ${from}`)
     }
     const v = await mesh(['verify', a.name, '--dir', b.dir, '--json'], { timeoutMs: 120_000 })
