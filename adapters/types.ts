@@ -170,6 +170,11 @@ export interface Unit {
    * and applying it changes nothing but the position.
    */
   abandoned?: boolean
+  /**
+   * A compression dictionary block (format 3): entries is empty, applying it changes nothing but the position;
+   * later blocks of the log are compressed against it.
+   */
+  dictionary?: boolean
 }
 
 export function unitEnd(unit: Unit): number {

@@ -69,6 +69,7 @@ export async function* walk(
       const counts = new Map<number, { upserts: number; deletes: number }>()
       let time: number | null = null
       let note = u.abandoned ? 'abandoned by its writer: applied as nothing' : ''
+      if (u.dictionary) note = 'compression dictionary for the blocks after it'
       for (const e of u.entries) {
         if (e.kind === 'schema') {
           tables.clear()

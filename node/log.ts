@@ -18,15 +18,20 @@ import {
   decodeBlock,
   decodeEntry,
   encodeAbandon,
+  encodeDictionary,
   encodeUnitAsync,
+  peekDictionary,
   peekEntry,
   peekInflated,
   type Block,
+  type Dictionary,
+  type EncodeOptions,
   type Entry,
   type HeaderEntry,
   UnitAssembler
 } from '../protocol/index.ts'
 import type { Unit } from '../adapters/index.ts'
+import { DictionaryWriter } from './dictionary.ts'
 
 /**
  * The memory a unit may take while it is captured or applied, by default (issue 14): above it, the capture and
@@ -107,6 +112,13 @@ export class DatasetLog {
    */
   compress: boolean | 'best' = true
 
+  /** With compress 'best': the dictionary blocks this log writes (format 3; node/dictionary.ts). */
+  private readonly dictionaries = new DictionaryWriter()
+  /** The dictionary block last read: the blocks that follow one name the same block for a while. */
+  private dictionaryRead: Dictionary | null = null
+  /** The last append handed to the hypercore, settled (with compress 'best' a unit waits for it: see appendUnit). */
+  private lastAppend: Promise<unknown> = Promise.resolve()
+
   /** The header this log's block 0 decoded to, once read (a chain's walk reads its parent key from it). */
   private headerRead: HeaderEntry | null = null
 
@@ -185,12 +197,37 @@ export class DatasetLog {
       handedOver = resolve
     })
     try {
+      let opts: EncodeOptions = { compress: this.compress }
+      let lead: Uint8Array[] = []
+      if (this.compress === 'best') {
+        // Compressed against a dictionary block (format 3), whose block number must be known: this unit waits
+        // until the one before it is in the log. A batching log appends about once a batch, so nothing is lost.
+        await before
+        await this.lastAppend
+        ;({ opts, lead } = await this.dictionaryStep())
+      }
       // An entry larger than a block becomes fragments (format 2): memory holds the unit's encoding once.
-      const blocks = await encodeUnitAsync(entries, MAX_BLOCK_BYTES, FRAGMENT_BYTES, { compress: this.compress })
+      let blocks = await encodeUnitAsync(entries, MAX_BLOCK_BYTES, FRAGMENT_BYTES, opts)
       await before
+      if (lead.length > 0 && this.core.length !== this.dictionaries.current?.seq) {
+        // A block went in without appendUnit meanwhile (none does once capture runs): the new dictionary would
+        // not be at the block its entries name. Without it, then.
+        this.dictionaries.forget()
+        lead = []
+        blocks = await encodeUnitAsync(entries, MAX_BLOCK_BYTES, FRAGMENT_BYTES, { compress: this.compress })
+      }
       let appended: Promise<{ length: number }>
       try {
-        appended = this.core.append(blocks)
+        appended = this.core.append(lead.length > 0 ? [...lead, ...blocks] : blocks)
+        // The next unit waits for this: if the new dictionary did not make it into the log, it is forgotten
+        // before the next unit could name it.
+        const withDictionary = lead.length > 0
+        this.lastAppend = appended.then(
+          () => {},
+          () => {
+            if (withDictionary) this.dictionaries.forget()
+          }
+        )
       } finally {
         handedOver()
       }
@@ -204,6 +241,23 @@ export class DatasetLog {
     } finally {
       handedOver()
     }
+  }
+
+  /**
+   * With compress 'best', before a unit is encoded: a new dictionary block to append just before it when one is
+   * due (node/dictionary.ts) and the log is at a unit boundary, and the options that compress the unit against the
+   * current dictionary and collect its bodies for the next.
+   */
+  private async dictionaryStep(): Promise<{ opts: EncodeOptions; lead: Uint8Array[] }> {
+    const w = this.dictionaries
+    const lead: Uint8Array[] = []
+    const content = w.due()
+    // Block 0 is the header; a dictionary never goes inside a unit (a large one is appended in parts).
+    if (content !== null && this.core.length > 0 && !(await this.peek(this.core.length - 1))?.more) {
+      lead.push(encodeDictionary(content))
+      w.use({ seq: this.core.length, bytes: content })
+    }
+    return { opts: { compress: 'best', dictionary: w.current, onBody: (b) => w.add(b) }, lead }
   }
 
   /** Resolves once the last appendUnit called has handed its blocks to the hypercore (or failed before). */
@@ -228,15 +282,15 @@ export class DatasetLog {
     index: number,
     opts: { wait?: boolean; timeout?: number }
   ): Promise<{ block: Exclude<Block, { type: 'fragment' }>; first: number; next: number; bytes: number } | null> {
-    const raw = await this.block(index, opts)
-    if (raw === null) return null
-    const b = this.decode(index, raw, decodeBlock)
+    const b = await this.blockAt(index, opts)
+    if (b === null) return null
     if (b.type !== 'fragment') {
+      const raw = b.raw
       return { block: b, first: index, next: index + 1, bytes: Math.max(raw.byteLength, peekInflated(raw) ?? 0) }
     }
     let first = index
     while (first > 0) {
-      const p = await this.read(first - 1, opts, decodeBlock)
+      const p = await this.blockAt(first - 1, opts)
       if (p === null || p.type !== 'fragment' || p.fragment.end) break
       first--
     }
@@ -244,10 +298,10 @@ export class DatasetLog {
     let size = 0
     for (let i = first; ; i++) {
       if (i >= this.core.length && opts.wait === false) return null
-      const p = i === index ? b : await this.read(i, opts, decodeBlock)
+      const p = i === index ? b : await this.blockAt(i, opts)
       if (p === null) return null
       if (p.type === 'abandon') return { block: p, first: i, next: i + 1, bytes: 0 }
-      if (p.type === 'entry') {
+      if (p.type !== 'fragment') {
         throw MeshError.BAD_LOG(`block ${i} interrupts the fragments of an entry that begins at block ${first}`, {
           context: { block: i }
         })
@@ -271,6 +325,52 @@ export class DatasetLog {
       }
       return { block: { type: 'entry', entry }, first, next: i + 1, bytes: size }
     }
+  }
+
+  /**
+   * Block `index` decoded, with its bytes; a block compressed against a dictionary (format 3) is decoded with the
+   * dictionary block it names, read first (one block, cached). Null when either is absent (wait false).
+   */
+  private async blockAt(
+    index: number,
+    opts: { wait?: boolean; timeout?: number }
+  ): Promise<(Block & { raw: Buffer }) | null> {
+    const raw = await this.block(index, opts)
+    if (raw === null) return null
+    const seq = peekDictionary(raw)
+    const dictionary = seq === null ? null : await this.dictionaryAt(index, seq, opts)
+    if (seq !== null && dictionary === null) return null
+    return { ...this.decode(index, raw, (b) => decodeBlock(b, { dictionary })), raw }
+  }
+
+  /**
+   * The dictionary block `seq` that block `index` names. BAD_ENTRY when it is not a dictionary block before
+   * `index` (a crafted or damaged block cannot make a reader follow it anywhere else); null when absent (wait false).
+   */
+  private async dictionaryAt(
+    index: number,
+    seq: number,
+    opts: { wait?: boolean; timeout?: number }
+  ): Promise<Dictionary | null> {
+    if (seq >= index) {
+      throw MeshError.BAD_ENTRY(`block ${index} names block ${seq} as its dictionary, which does not come before it`, {
+        context: { block: index }
+      })
+    }
+    if (this.dictionaryRead?.seq === seq) return this.dictionaryRead
+    const raw = await this.block(seq, opts)
+    if (raw === null) return null
+    const d = this.decode(seq, raw, peekEntry).kind === 'dictionary' ? this.decode(seq, raw, decodeBlock) : null
+    if (d === null || d.type !== 'dictionary') {
+      throw MeshError.BAD_ENTRY(
+        `block ${index} names block ${seq} as its dictionary, which is not a dictionary block`,
+        {
+          context: { block: index }
+        }
+      )
+    }
+    this.dictionaryRead = { seq, bytes: d.dictionary.bytes }
+    return this.dictionaryRead
   }
 
   /** One block's kind, unit continuation and time, without decoding its rows (see peekEntry); null if absent. */
@@ -335,6 +435,11 @@ export class DatasetLog {
       i = it.next
       // Its writer stopped inside this unit and closed it (format 2): none of it counts.
       if (it.block.type === 'abandon') return { start, entries: [], end: i, abandoned: true }
+      // A compression dictionary (format 3) is a unit of its own that holds no entry.
+      if (it.block.type === 'dictionary') {
+        if (it.first !== start) throw MeshError.BAD_LOG(`a dictionary block at ${it.first} inside the unit at ${start}`)
+        return { start, entries: [], end: i, dictionary: true }
+      }
       const done = asm.push(it.block.entry)
       if (done) return { start, entries: done, end: i }
     }
@@ -374,14 +479,16 @@ export class DatasetLog {
 
   /**
    * The entry at block `index` (fragments joined) when all its blocks are here, with the block after it and
-   * its encoded size; `entry` null for an abandon block (its writer closed the unit unfinished); null when a
-   * block of it has not arrived yet.
+   * its encoded size; `entry` null for an abandon block (its writer closed the unit unfinished) or a
+   * dictionary; null when a block of it has not arrived yet.
    */
   async arrived(index: number): Promise<{ entry: Entry | null; next: number; bytes: number } | null> {
     if (index >= this.core.length) return null
     const it = await this.item(index, { wait: false })
     if (it === null) return null
-    return { entry: it.block.type === 'abandon' ? null : it.block.entry, next: it.next, bytes: it.bytes }
+    // A compression dictionary (format 3) is a unit of its own, never inside one: as an abandon block, the
+    // caller gives the unit up here, and the path that waits for whole units reads it.
+    return { entry: it.block.type === 'entry' ? it.block.entry : null, next: it.next, bytes: it.bytes }
   }
 
   /** The entries of blocks [start, end), one at a time (fragments joined), with their encoded size. */
@@ -390,7 +497,8 @@ export class DatasetLog {
       const it = await this.item(i, { wait: false })
       if (it === null) throw MeshError.BAD_LOG(`block ${i} of the log went missing while it was read`)
       if (it.block.type === 'abandon') throw MeshError.BAD_LOG(`an abandon block at ${i} inside a unit read in parts`)
-      yield { entry: it.block.entry, bytes: it.bytes }
+      // A compression dictionary (format 3) holds no entry.
+      if (it.block.type === 'entry') yield { entry: it.block.entry, bytes: it.bytes }
       i = it.next
     }
   }
@@ -430,6 +538,7 @@ export class DatasetLog {
         continue
       }
       i = it.first
+      if (it.block.type === 'dictionary') continue
       const e = it.block.entry
       if (e.kind === 'transaction' && !e.more) return { source: e.source, snapshotDone: true }
       if (e.kind === 'snapshot') return { source: null, snapshotDone: e.last }

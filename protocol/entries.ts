@@ -19,19 +19,29 @@
 import c from 'compact-encoding'
 import type { State } from 'compact-encoding'
 import sodium from 'sodium-native'
-import { deflateBody, deflateBodyAsync, inflateBody } from './compression.ts'
+import {
+  BEST_MAX_BYTES,
+  deflateBody,
+  deflateBodyAsync,
+  deflateDictionary,
+  deflateWithDictionary,
+  inflateBody,
+  inflateDictionary,
+  inflateWithDictionary
+} from './compression.ts'
 import { MeshError } from './errors.ts'
 import { rawTextState, value, type Value } from './values.ts'
 
-export const FORMAT_VERSION = 2
+export const FORMAT_VERSION = 3
 
 /**
  * The version a block is written with is the lowest that can express it: every entry of the kinds format 1
  * had is still written as version 1 (its layout did not change), so a 0.1 node reads every log that uses none
  * of version 2's additions; a fragment or abandon block is version 2, which a 0.1 node refuses
- * (UNKNOWN_VERSION) instead of misreading. See UPGRADE.md, format 2.
+ * (UNKNOWN_VERSION) instead of misreading. See UPGRADE.md, format 2. A dictionary block is version 3 (UPGRADE.md,
+ * format 3), which a node of format 2 refuses the same way.
  */
-const VERSION_OF_KIND = [1, 1, 1, 1, 1, 1, 2, 2]
+const VERSION_OF_KIND = [1, 1, 1, 1, 1, 1, 2, 2, 3]
 
 /**
  * Largest block this code writes. Hypercore refuses a block above 15 MB (MAX_SUGGESTED_BLOCK_SIZE); an entry
@@ -59,6 +69,12 @@ const KIND_NAMES: KindName[] = ['header', 'schema', 'transaction', 'snapshot', '
  */
 const K_FRAGMENT = 6
 const K_ABANDON = 7
+/**
+ * A compression dictionary (format 3): bytes that later blocks of the same log are compressed against
+ * (F_DICTIONARY). Layout: `uint` its size (1 to MAX_DICTIONARY_BYTES), then the bytes brotli-compressed. It is a
+ * unit of its own, that holds no entry: readers pass over it as over an empty unit.
+ */
+const K_DICTIONARY = 8
 /** Fragment flags: MORE (the unit goes on after this block) as in every spanning kind; END: the entry's last piece. */
 const F_FRAG_END = 2
 
@@ -78,13 +94,21 @@ const F_RAW_TEXT = 8
  * the rest of the body, then the compressed rest up to the checksum.
  */
 const F_COMPRESSED = 16
+/**
+ * Schema, transaction and snapshot entries (format 3): the body is raw deflate primed with the content of the
+ * dictionary block that the entry names (protocol/compression.ts). Layout: a transaction's `time` first, then
+ * `uint` the inflated size of the rest of the body (at most BEST_MAX_BYTES), `uint` the block number of the
+ * dictionary in the same log (before this block), then the compressed rest up to the checksum. Never with
+ * F_COMPRESSED. A reader fetches that one block first (node/log.ts): a block depends on no other.
+ */
+const F_DICTIONARY = 32
 const COMPRESSIBLE: KindName[] = ['schema', 'transaction', 'snapshot']
 
 const ALLOWED_FLAGS: Record<KindName, number> = {
   header: F_HEADER_PARENT | F_HEADER_PROMOTION,
-  schema: F_MORE | F_COMPRESSED,
-  transaction: F_MORE | F_TX_SOURCE | F_RAW_TEXT | F_COMPRESSED,
-  snapshot: F_MORE | F_SNAPSHOT_FIRST | F_SNAPSHOT_LAST | F_RAW_TEXT | F_COMPRESSED,
+  schema: F_MORE | F_COMPRESSED | F_DICTIONARY,
+  transaction: F_MORE | F_TX_SOURCE | F_RAW_TEXT | F_COMPRESSED | F_DICTIONARY,
+  snapshot: F_MORE | F_SNAPSHOT_FIRST | F_SNAPSHOT_LAST | F_RAW_TEXT | F_COMPRESSED | F_DICTIONARY,
   checkpoint: 0,
   fence: 0
 }
@@ -511,6 +535,22 @@ function checksum(bytes: Uint8Array, start: number, end: number): Uint8Array {
 export interface EncodeOptions {
   /** 'best': brotli's best quality for small bodies (deflateBody), for a log that appends rarely (batching). */
   compress?: boolean | 'best'
+  /**
+   * With compress 'best': a dictionary block of the log being written (format 3), at block `seq` before the
+   * blocks being encoded. A small body is compressed against it where that is smaller than brotli alone.
+   */
+  dictionary?: Dictionary | null
+  /**
+   * Called with each body small enough to be compressed against a dictionary (at most BEST_MAX_BYTES, its bytes
+   * before compression), so that a writer builds its next dictionary from bodies like the ones that will use it.
+   */
+  onBody?: (body: Uint8Array) => void
+}
+
+/** A dictionary block's content, and the block it is at in its log. */
+export interface Dictionary {
+  seq: number
+  bytes: Uint8Array
 }
 
 /** Encodes an entry into one block. Throws MeshError.BAD_ENTRY for an entry that cannot be encoded. */
@@ -523,7 +563,22 @@ export function encodeEntry(entry: Entry, opts: EncodeOptions = {}): Uint8Array 
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
   }
-  return p.finish(packed)
+  return p.finish(packed, againstDictionary(p.rest, packed, opts))
+}
+
+/** The body compressed against the options' dictionary when that is smaller than `packed` (brotli's), or null. */
+function againstDictionary(rest: Uint8Array, packed: Buffer | null, opts: EncodeOptions): Buffer | null {
+  if (opts.compress !== 'best' || !opts.dictionary) return null
+  let d: Buffer | null
+  try {
+    d = deflateWithDictionary(rest, opts.dictionary.bytes)
+  } catch (err) {
+    throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'cannot compress a body against a dictionary')
+  }
+  // The dictionary's block number costs a few bytes more in the block.
+  const ref = c.state()
+  c.uint.preencode(ref, opts.dictionary.seq)
+  return d !== null && (packed === null || d.byteLength + ref.end < packed.byteLength) ? d : null
 }
 
 /**
@@ -541,7 +596,7 @@ export async function encodeEntryAsync(entry: Entry, opts: EncodeOptions = {}): 
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
   }
-  return p.finish(packed)
+  return p.finish(packed, againstDictionary(p.rest, packed, opts))
 }
 
 /** Bodies at least this large are compressed on the thread pool by encodeEntryAsync. */
@@ -554,7 +609,7 @@ const ASYNC_DEFLATE_BYTES = 64 * 1024
 function prepareEntry(
   entry: Entry,
   opts: EncodeOptions
-): Uint8Array | { rest: Uint8Array; finish: (packed: Buffer | null) => Uint8Array } {
+): Uint8Array | { rest: Uint8Array; finish: (packed: Buffer | null, dict: Buffer | null) => Uint8Array } {
   const body = BODIES[entry.kind] as Body<Entry> | undefined
   if (body === undefined) throw MeshError.UNKNOWN_KIND(`cannot encode entry kind ${String(entry.kind)}`)
   const wrap = (err: unknown) => MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
@@ -588,10 +643,12 @@ function prepareEntry(
       if (st.start !== bodySize.end) throw new RangeError('encoder size mismatch')
     }
     const { rest, finish } = compressible(kind, flags, bodyBytes, entry)
+    if (rest.byteLength <= BEST_MAX_BYTES) opts.onBody?.(rest)
     return {
       rest,
-      finish: (packed) => {
+      finish: (packed, dict) => {
         try {
+          if (dict !== null && opts.dictionary) return finish(dict, opts.dictionary.seq) ?? plain()
           return (packed !== null ? finish(packed) : null) ?? plain()
         } catch (err) {
           throw wrap(err)
@@ -639,51 +696,83 @@ type Writer = (s: State) => void
 /**
  * The block of an entry whose body compresses (F_COMPRESSED), from the body's `bytes`: a transaction's leading
  * time stays outside the compressed part (`rest` is the part to compress). `finish` seals the block from
- * `rest` compressed (deflateBody), or gives null when it did not compress.
+ * `rest` compressed (deflateBody), or gives null when it did not compress; with `dictionary`, from `rest`
+ * compressed against the dictionary at that block (F_DICTIONARY).
  */
 function compressible(
   kind: number,
   flags: number,
   bytes: Uint8Array,
   entry: Entry
-): { rest: Uint8Array; finish: (packed: Buffer | null) => Uint8Array | null } {
+): { rest: Uint8Array; finish: (packed: Buffer | null, dictionary?: number) => Uint8Array | null } {
   const keep = c.state()
   if (entry.kind === 'transaction') c.uint.preencode(keep, entry.time)
   const rest = bytes.subarray(keep.end)
-  const finish = (packed: Buffer | null) => {
+  const finish = (packed: Buffer | null, dictionary?: number) => {
     if (packed === null) return null
     const pre = (s: State) => {
       s.end += keep.end
       c.uint.preencode(s, rest.byteLength)
+      if (dictionary !== undefined) c.uint.preencode(s, dictionary)
       s.end += packed.byteLength
     }
     const write = (s: State) => {
       c.raw.encode(s, bytes.subarray(0, keep.end))
       c.uint.encode(s, rest.byteLength)
+      if (dictionary !== undefined) c.uint.encode(s, dictionary)
       c.raw.encode(s, packed)
     }
-    return seal(VERSION_OF_KIND[kind], kind, flags | F_COMPRESSED, pre, write)
+    const how = dictionary !== undefined ? F_DICTIONARY : F_COMPRESSED
+    return seal(VERSION_OF_KIND[kind], kind, flags | how, pre, write)
   }
   return { rest, finish }
 }
 
 /**
  * The body of a compressed block inflated, with a transaction's time before it as the body decoder expects;
- * `state` is at the body's start and ends before the checksum. Throws BAD_ENTRY (see inflateBody).
+ * `state` is at the body's start and ends before the checksum. Throws BAD_ENTRY (see inflateBody); with
+ * F_DICTIONARY, also when `dictionary` is not the one the block names (the log's reader fetches that one).
  */
-function inflatedBody(kind: KindName, block: Uint8Array, state: State, end: number): State {
+function inflatedBody(
+  kind: KindName,
+  flags: number,
+  block: Uint8Array,
+  state: State,
+  end: number,
+  dictionary: Dictionary | null
+): State {
   const at = state.start
   let size: number
   let keepEnd: number
+  let seq = -1
   try {
     if (kind === 'transaction') c.uint.decode(state)
     keepEnd = state.start
     size = c.uint.decode(state)
+    if (flags & F_DICTIONARY) seq = c.uint.decode(state)
   } catch (err) {
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, `truncated compressed ${kind} entry`)
   }
   const keep = block.subarray(at, keepEnd)
-  const rest = inflateBody(block.subarray(state.start, end), size)
+  let rest: Buffer
+  if (flags & F_DICTIONARY) {
+    if (flags & F_COMPRESSED)
+      throw MeshError.BAD_ENTRY(`a ${kind} entry is flagged compressed both alone and against a dictionary`)
+    if (dictionary === null) {
+      throw MeshError.BAD_ENTRY(
+        `a ${kind} entry is compressed against the dictionary at block ${seq}, which was not given`,
+        {
+          context: { dictionary: seq }
+        }
+      )
+    }
+    if (dictionary.seq !== seq) {
+      throw MeshError.BAD_ENTRY(
+        `a ${kind} entry names the dictionary at block ${seq}, not the one at ${dictionary.seq}`
+      )
+    }
+    rest = inflateWithDictionary(block.subarray(state.start, end), size, dictionary.bytes)
+  } else rest = inflateBody(block.subarray(state.start, end), size)
   const joined = keep.byteLength === 0 ? rest : Buffer.concat([keep, rest])
   return c.state(0, joined.byteLength, joined)
 }
@@ -802,17 +891,41 @@ export function encodeAbandon(a: Abandon): Uint8Array {
   return seal(VERSION_OF_KIND[K_ABANDON], K_ABANDON, 0, pre, (s) => c.uint.encode(s, a.start))
 }
 
+/**
+ * A compression dictionary block (format 3; see K_DICTIONARY). `bytes` is its content, which entries later in
+ * the log that name this block (F_DICTIONARY) are compressed against.
+ */
+export function encodeDictionary(bytes: Uint8Array): Uint8Array {
+  const packed = deflateDictionary(bytes)
+  const pre = (s: State) => {
+    c.uint.preencode(s, bytes.byteLength)
+    s.end += packed.byteLength
+  }
+  const enc = (s: State) => {
+    c.uint.encode(s, bytes.byteLength)
+    c.raw.encode(s, packed)
+  }
+  return seal(VERSION_OF_KIND[K_DICTIONARY], K_DICTIONARY, 0, pre, enc)
+}
+
 export type Block =
   | { type: 'entry'; entry: Entry }
   | { type: 'fragment'; fragment: Fragment }
   | { type: 'abandon'; abandon: Abandon }
+  | { type: 'dictionary'; dictionary: { bytes: Uint8Array } }
+
+export interface DecodeOptions {
+  verifyChecksum?: boolean
+  /** The dictionary block the entry names, for an entry compressed against one (F_DICTIONARY; see peekDictionary). */
+  dictionary?: Dictionary | null
+}
 
 /**
  * Decodes one block of any kind. Returns a well-formed block or throws a MeshError (BAD_ENTRY,
  * UNKNOWN_VERSION, UNKNOWN_KIND, UNKNOWN_FLAGS); it never throws anything else and never returns a partly
  * read entry.
  */
-export function decodeBlock(block: Uint8Array, opts: { verifyChecksum?: boolean } = {}): Block {
+export function decodeBlock(block: Uint8Array, opts: DecodeOptions = {}): Block {
   if (!(block instanceof Uint8Array)) throw MeshError.BAD_ENTRY('a block must be bytes')
   if (block.byteLength < 3 + CHECKSUM_BYTES) {
     throw MeshError.BAD_ENTRY(`block of ${block.byteLength} bytes is too short to be an entry`)
@@ -866,6 +979,19 @@ export function decodeBlock(block: Uint8Array, opts: { verifyChecksum?: boolean 
     if (state.start !== end) throw MeshError.BAD_ENTRY(`${end - state.start} unread bytes after an abandon block`)
     return { type: 'abandon', abandon: { start } }
   }
+  if (version === 3 && kindNo === K_DICTIONARY) {
+    if (flags !== 0) {
+      const bits = flags.toString(16)
+      throw MeshError.UNKNOWN_FLAGS(`dictionary block has unknown flag bits 0x${bits}`, { context: { flags } })
+    }
+    let size: number
+    try {
+      size = c.uint.decode(state)
+    } catch (err) {
+      throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'truncated dictionary block')
+    }
+    return { type: 'dictionary', dictionary: { bytes: inflateDictionary(block.subarray(state.start, end), size) } }
+  }
   const kind = VERSION_OF_KIND[kindNo] === 1 ? KIND_NAMES[kindNo] : undefined
   if (kind === undefined) throw MeshError.UNKNOWN_KIND(`entry kind ${kindNo} is unknown`, { context: { kind: kindNo } })
   const unknown = flags & ~ALLOWED_FLAGS[kind]
@@ -875,8 +1001,9 @@ export function decodeBlock(block: Uint8Array, opts: { verifyChecksum?: boolean 
     })
   }
   // A compressed body is inflated (bounded) first; the rest reads it as a plain one.
-  const bodyState = flags & F_COMPRESSED ? inflatedBody(kind, block, state, end) : state
-  const bodyEnd = flags & F_COMPRESSED ? bodyState.end : end
+  const packed = (flags & (F_COMPRESSED | F_DICTIONARY)) !== 0
+  const bodyState = packed ? inflatedBody(kind, flags, block, state, end, opts.dictionary ?? null) : state
+  const bodyEnd = packed ? bodyState.end : end
   let entry: Entry
   try {
     rawTextState.allowed = (flags & F_RAW_TEXT) !== 0
@@ -920,10 +1047,17 @@ function decodeFragmentBody(state: State, flags: number, end: number): Fragment 
  * UNKNOWN_VERSION, UNKNOWN_KIND, UNKNOWN_FLAGS); it never throws anything else and never returns a partly
  * read entry. A fragment or abandon block is BAD_ENTRY here: the log's reader (node/log.ts) handles them.
  */
-export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean } = {}): Entry {
+export function decodeEntry(block: Uint8Array, opts: DecodeOptions = {}): Entry {
   const b = decodeBlock(block, opts)
   if (b.type !== 'entry') throw MeshError.BAD_ENTRY(`a ${b.type} block is not a whole entry`)
   return b.entry
+}
+
+/** What peekEntry tells of a block; kind 'dictionary' for a dictionary block (format 3), which holds no entry. */
+export interface Peek {
+  kind: KindName | 'dictionary'
+  more: boolean
+  time: number | null
 }
 
 /**
@@ -931,7 +1065,7 @@ export function decodeEntry(block: Uint8Array, opts: { verifyChecksum?: boolean 
  * continues in the next block, and its time (a transaction's commit time, a header's creation time; null for
  * the rest). The body is decoded only for a header (a small block). Damage is found when the block is applied.
  */
-export function peekEntry(block: Uint8Array): { kind: KindName; more: boolean; time: number | null } {
+export function peekEntry(block: Uint8Array): Peek {
   const state = c.state(0, block.byteLength, block)
   try {
     const version = c.uint.decode(state)
@@ -958,8 +1092,28 @@ export function peekInflated(block: Uint8Array): number | null {
     if (c.uint.decode(state) !== 1) return null
     const kind = KIND_NAMES[c.uint.decode(state)]
     const flags = c.uint.decode(state)
-    if (kind === undefined || !(flags & F_COMPRESSED)) return null
+    if (kind === undefined || !(flags & (F_COMPRESSED | F_DICTIONARY))) return null
     if (kind === 'transaction') c.uint.decode(state)
+    return c.uint.decode(state)
+  } catch {
+    return null
+  }
+}
+
+/**
+ * The block number of the dictionary a block is compressed against (F_DICTIONARY, format 3), read from its first
+ * bytes; null for any other block. A reader fetches and decodes that block (it must be a dictionary block before
+ * this one) and passes it to decodeBlock. A block too damaged to tell is null here, and BAD_ENTRY when decoded.
+ */
+export function peekDictionary(block: Uint8Array): number | null {
+  const state = c.state(0, block.byteLength, block)
+  try {
+    if (c.uint.decode(state) !== 1) return null
+    const kind = KIND_NAMES[c.uint.decode(state)]
+    const flags = c.uint.decode(state)
+    if (kind === undefined || !(flags & F_DICTIONARY) || !COMPRESSIBLE.includes(kind)) return null
+    if (kind === 'transaction') c.uint.decode(state)
+    c.uint.decode(state)
     return c.uint.decode(state)
   } catch {
     return null
@@ -970,10 +1124,11 @@ export function peekInflated(block: Uint8Array): number | null {
  * The same by decoding the whole block (which throws what decodeBlock throws). A fragment answers for the
  * entry it carries; an abandon block ends a unit that has no time.
  */
-function fullPeek(block: Uint8Array): { kind: KindName; more: boolean; time: number | null } {
+function fullPeek(block: Uint8Array): Peek {
   const b = decodeBlock(block)
   if (b.type === 'fragment') return { kind: b.fragment.kind, more: b.fragment.more, time: b.fragment.time }
   if (b.type === 'abandon') return { kind: 'transaction', more: false, time: null }
+  if (b.type === 'dictionary') return { kind: 'dictionary', more: false, time: null }
   const e = b.entry
   return {
     kind: e.kind,

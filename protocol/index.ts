@@ -32,9 +32,14 @@ export {
   decodeBlock,
   peekEntry,
   peekInflated,
+  peekDictionary,
+  encodeDictionary,
+  type Dictionary,
+  type DecodeOptions,
+  type Peek,
   continues
 } from './entries.ts'
-export { MAX_INFLATED_BYTES } from './compression.ts'
+export { MAX_INFLATED_BYTES, MAX_DICTIONARY_BYTES } from './compression.ts'
 export { DEFAULT_BLOCK_BYTES, splitChanges, packTransaction, packSnapshot, UnitAssembler } from './units.ts'
 export {
   CONTROL_PROTOCOL,
