@@ -34,7 +34,7 @@ import { Alarms } from './alarms.ts'
 import { Alerts, type AlertOptions } from './alerts.ts'
 import { BlindHolder } from './blind.ts'
 import { ControlChannel } from './control.ts'
-import { addTraffic, Traffic, type LinkBudget } from './traffic.ts'
+import { addTraffic, lossyText, Traffic, type LinkBudget } from './traffic.ts'
 import { DataKeys, datasetOfLog } from './datakeys.ts'
 import { Failover, type PromoteResult } from './failover.ts'
 import { handover, type HandoverResult } from './handover.ts'
@@ -191,7 +191,10 @@ export class MeshNode extends EventEmitter {
     this.opts = opts
     this.paths = sitePaths(opts.dir)
     this.logger = opts.logger ?? silentLogger
-    this.traffic = new Traffic(opts.link ?? {}, path.join(opts.dir, 'traffic.json'))
+    this.traffic = new Traffic(opts.link ?? {}, path.join(opts.dir, 'traffic.json'), Date.now, (site, lossy, l) => {
+      if (lossy) this.logger.warn('a lossy link', { peer: site, text: lossyText(site, l) })
+      else this.logger.info('the lossy link recovered', { peer: site, packets: l.packets, resent: l.resent })
+    })
     this.history = new History(
       () => this.state.datasets,
       (k) => this.openLog(k),

@@ -28,9 +28,9 @@ import type { SwarmConnection } from 'hyperswarm'
 import type { Budget } from '../protocol/index.ts'
 import { writeFileAtomic } from './state.ts'
 import type { SiteStatus } from './status.ts'
-import { kbit, type LinkBudget, MIN_LINK_KBPS } from './defaults.ts'
+import { kbit, type LinkBudget, lossText, MIN_LINK_KBPS } from './defaults.ts'
 
-export { kbit, type LinkBudget, MIN_LINK_KBPS }
+export { kbit, type LinkBudget, lossText, MIN_LINK_KBPS }
 
 /** Largest piece written at once under a budget: about one UDX packet, so a big block never goes as a burst. */
 export const CHUNK = 1024
@@ -45,6 +45,16 @@ const IP_OVERHEAD = 42
 const HOUR = 3600
 /** A peer whose bytes waited this long without a break, getting under a tenth of its limit, is a WARN. */
 const COLLAPSE_SECONDS = 30
+/** The window of the loss figures: packets UDX sent to a peer, sent again, and its retransmission timeouts. */
+export const LOSS_SECONDS = 60
+/**
+ * A WARN (LOSSY_LINK) once this share of the packets sent to a peer over the last minute were sent again, with
+ * at least LOSS_MIN_PACKETS sent (fewer say nothing); cleared when the share falls under LOSS_CLEAR_SHARE, or
+ * the link falls quiet, or the connection closes.
+ */
+export const LOSS_WARN_SHARE = 0.1
+export const LOSS_CLEAR_SHARE = 0.05
+export const LOSS_MIN_PACKETS = 200
 
 /** Per peer, what `mesh status` shows. Rates are bits per second over the last 10 seconds. */
 export interface PeerTrafficStatus {
@@ -68,6 +78,12 @@ export interface PeerTrafficStatus {
    * acknowledgements and retransmissions included) and how many packets it sent again; null when unknown.
    */
   wire: { bytes: number; packets: number; retransmits: number } | null
+  /**
+   * The last minute (LOSS_SECONDS) on the open connections to the peer, from UDX: packets sent, those sent again
+   * (lost, or their acknowledgement was), and retransmission timeouts (nothing acknowledged for a whole timeout);
+   * `lossy`: the LOSSY_LINK WARN is up for this peer. Null when UDX does not tell.
+   */
+  loss: { packets: number; resent: number; timeouts: number; lossy: boolean } | null
   /** What the peer lacks of the datasets' newest writes (from its reports), and at the current rate how long. */
   lagBytes: number | null
   catchUpSeconds: number | null
@@ -170,6 +186,7 @@ interface RawStream {
   bytesTransmitted?: number
   packetsTransmitted?: number
   retransmits?: number
+  rtoCount?: number
   write(data: Uint8Array): boolean
   end(...args: unknown[]): unknown
   emit(event: string, ...args: unknown[]): boolean
@@ -183,6 +200,8 @@ class PeerTraffic {
   readonly received = new Meter()
   /** What it asked of this site (bits/s; 0 = no limit) and its own budget, from its budget message. */
   budget: Budget | null = null
+  /** The LOSSY_LINK WARN is up (raised at LOSS_WARN_SHARE, cleared under LOSS_CLEAR_SHARE). */
+  lossy = false
 
   constructor(
     readonly key: string,
@@ -210,6 +229,14 @@ class Link {
   charged = 0
   /** Since when bytes have waited in the queue without a break (ms), or null while it is empty. */
   waitingSince: number | null = null
+  /**
+   * UDX's packets sent, sent again and retransmission timeouts, per second, for the loss figures; and its
+   * counters at the last sample (its retransmission count is 16 bits and its timeout count 8: they wrap).
+   */
+  readonly lossPackets = new Meter()
+  readonly lossResent = new Meter()
+  readonly lossTimeouts = new Meter()
+  lossSeen: { packets: number; resent: number; timeouts: number } | null = null
 
   constructor(
     readonly peer: PeerTraffic,
@@ -255,7 +282,13 @@ export class Traffic {
   constructor(
     readonly budget: LinkBudget = {},
     private readonly file: string | null = null,
-    private readonly now: () => number = Date.now
+    private readonly now: () => number = Date.now,
+    /** Hears when a peer's LOSSY_LINK WARN is raised (true) or cleared, with the last minute's figures. */
+    private readonly onLoss?: (
+      site: string,
+      lossy: boolean,
+      figures: { packets: number; resent: number; timeouts: number }
+    ) => void
   ) {
     this.site = budget.upKbps ? new Bucket((budget.upKbps * 1000) / 8, now()) : null
   }
@@ -320,6 +353,7 @@ export class Traffic {
     link.readSeen = c.rawBytesRead ?? 0
     link.wireSeen = raw.bytesTransmitted ?? 0
     link.packetsSeen = raw.packetsTransmitted ?? 0
+    this.sampleLoss(link, this.now())
     if (peer.budget?.askBps) link.cap = new Bucket(peer.budget.askBps / 8, this.now())
     this.links.push(link)
     raw.write = (data: Uint8Array) => this.write(link, data)
@@ -432,13 +466,56 @@ export class Traffic {
   private sample(): void {
     const now = this.now()
     for (const l of this.links) this.sampleLink(l, now)
+    this.judgeLoss(now)
   }
 
   private sampleLink(link: Link, now: number): void {
     const read = link.conn.rawBytesRead ?? 0
     if (read > link.readSeen) link.peer.received.add(read - link.readSeen, now)
     link.readSeen = read
+    this.sampleLoss(link, now)
     this.chargeWire(link)
+  }
+
+  /** Adds what UDX sent, sent again and timed out since the last sample to the link's loss figures. */
+  private sampleLoss(link: Link, now: number): void {
+    const r = link.raw
+    if (typeof r.packetsTransmitted !== 'number' || typeof r.retransmits !== 'number') return
+    const cur = { packets: r.packetsTransmitted, resent: r.retransmits, timeouts: r.rtoCount ?? 0 }
+    const seen = link.lossSeen
+    link.lossSeen = cur
+    if (!seen) return
+    link.lossPackets.add(Math.max(0, cur.packets - seen.packets), now)
+    link.lossResent.add((cur.resent - seen.resent + 0x10000) % 0x10000, now)
+    link.lossTimeouts.add((cur.timeouts - seen.timeouts + 0x100) % 0x100, now)
+  }
+
+  /** The last minute's loss figures over the peer's open connections; null when UDX does not tell. */
+  private loss(peer: PeerTraffic, now: number): { packets: number; resent: number; timeouts: number } | null {
+    const links = this.links.filter((l) => l.peer === peer && l.lossSeen !== null)
+    if (links.length === 0) return null
+    const sum = (f: (l: Link) => Meter) => links.reduce((t, l) => t + f(l).sum(LOSS_SECONDS, now), 0)
+    return {
+      packets: sum((l) => l.lossPackets),
+      resent: sum((l) => l.lossResent),
+      timeouts: sum((l) => l.lossTimeouts)
+    }
+  }
+
+  /**
+   * Raises or clears each peer's LOSSY_LINK WARN from the last minute's figures (every second, from the
+   * sampler); `onLoss` hears of each change.
+   */
+  private judgeLoss(now: number): void {
+    for (const p of this.peers.values()) {
+      const l = this.loss(p, now)
+      const share = l && l.packets > 0 ? l.resent / l.packets : 0
+      const busy = l !== null && l.packets >= LOSS_MIN_PACKETS
+      const lossy = p.lossy ? busy && share >= LOSS_CLEAR_SHARE : busy && share >= LOSS_WARN_SHARE
+      if (lossy === p.lossy) continue
+      p.lossy = lossy
+      this.onLoss?.(p.site, lossy, l ?? { packets: 0, resent: 0, timeouts: 0 })
+    }
   }
 
   /**
@@ -489,6 +566,7 @@ export class Traffic {
         peerBudget: p.budget ? { upBps: p.budget.upBps, downBps: p.budget.downBps } : null,
         queued: this.links.filter((l) => l.peer === p).reduce((t, l) => t + l.queued, 0),
         wire: wire(this.links.filter((l) => l.peer === p)),
+        loss: lossFigures(this.loss(p, now), p.lossy),
         lagBytes,
         catchUpSeconds: eta(lagBytes, sentBps)
       })
@@ -560,16 +638,35 @@ function wire(links: Link[]): PeerTrafficStatus['wire'] {
   }
 }
 
+function lossFigures(
+  l: { packets: number; resent: number; timeouts: number } | null,
+  lossy: boolean
+): PeerTrafficStatus['loss'] {
+  return l ? { ...l, lossy } : null
+}
+
 function eta(bytes: number | null, bps: number): number | null {
   if (bytes === null) return null
   if (bytes === 0) return 0
   return bps > 0 ? Math.round((bytes * 8) / bps) : null
 }
 
+/** The LOSSY_LINK WARN: what it means and what to do. */
+export function lossyText(site: string, l: { packets: number; resent: number; timeouts: number }): string {
+  const timeouts = l.timeouts ? ` and ${l.timeouts} retransmission timeout${l.timeouts === 1 ? '' : 's'}` : ''
+  return (
+    `LOSSY_LINK: the link to ${site} drops packets: ${lossText(l)} of the ${l.packets} packets sent to it in the ` +
+    `last minute were sent again${timeouts}. Replication goes on, more slowly; nothing damaged is applied (every ` +
+    'block is verified). Check the line (cable, Wi-Fi, modem, a line shared with heavy traffic), or lower ' +
+    'link.upKbps under what the line really carries'
+  )
+}
+
 /**
  * Adds the traffic figures to the running node's status: per peer, bytes today and in the last hour, the
  * rate against the limit, and how long until it has caught up at that rate (its lag in bytes, from the
- * datasets' holders); a WARN for a peer whose rate collapsed while bytes waited for it (a link that drops
+ * datasets' holders); a WARN for a peer whose link drops packets (LOSSY_LINK, from UDX's retransmissions over
+ * the last minute), and one for a peer whose rate collapsed while bytes waited for it (a link that drops
  * packets, or one shared with more traffic than the budget allows for).
  */
 export function addTraffic(st: SiteStatus, t: Traffic, self: Uint8Array, connected: string[]): SiteStatus {
@@ -588,6 +685,10 @@ export function addTraffic(st: SiteStatus, t: Traffic, self: Uint8Array, connect
   const members = new Set(st.members.map((m) => m.key))
   st.traffic.peers = st.traffic.peers.filter((p) => p.connected || members.has(p.key))
   for (const p of st.traffic.peers) {
+    if (p.connected && p.loss?.lossy) {
+      st.reasons.push({ level: 'WARN', text: lossyText(p.site, p.loss) })
+      if (st.verdict === 'OK') st.verdict = 'WARN'
+    }
     if (!p.connected || p.upLimitBps === null) continue
     const rate = t.waitingRate(p.key)
     if (rate === null || rate >= p.upLimitBps / 10) continue
