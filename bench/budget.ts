@@ -26,7 +26,7 @@ import { pathToFileURL } from 'node:url'
 import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { askNode, type SiteStatus } from '../node/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
-import { MESH, NsProc, inNs, ip, meshIn, removeNamespaces, ROOT, sleep, startDht } from './netns.ts'
+import { MESH, NsProc, meshIn, ROOT, SlowLine, sleep, startDht } from './netns.ts'
 
 const TILL = path.join(ROOT, 'bench', 'budget-till.ts')
 /** One till answer on the wire: 100 bytes and the TCP/IP/Ethernet headers (with timestamps). */
@@ -40,48 +40,6 @@ export interface BudgetBenchOptions {
   /** The line's rate, and the mesh's cap, kbit/s. */
   linkKbit?: number
   capKbit?: number
-}
-
-/** Two namespaces joined by a veth pair with tbf at both ends; `down()` removes them. */
-class SlowLine {
-  readonly p = `bmb${process.pid % 100000}`
-  readonly ns = { a: `${this.p}a`, b: `${this.p}b` }
-  readonly dev = { a: `${this.p}a0`, b: `${this.p}b0` }
-  readonly addr = { a: '10.233.0.1', b: '10.233.0.2' }
-  private made: string[] = []
-
-  up(kbit: number): void {
-    for (const n of Object.values(this.ns)) {
-      ip('netns', 'add', n)
-      this.made.push(n)
-      ip('-n', n, 'link', 'set', 'lo', 'up')
-    }
-    ip('link', 'add', this.dev.a, 'type', 'veth', 'peer', 'name', this.dev.b)
-    for (const k of ['a', 'b'] as const) {
-      ip('link', 'set', this.dev[k], 'netns', this.ns[k])
-      ip('-n', this.ns[k], 'addr', 'add', `${this.addr[k]}/24`, 'dev', this.dev[k])
-      ip('-n', this.ns[k], 'link', 'set', this.dev[k], 'up')
-      this.shape(k, kbit, '4kb', '400ms')
-    }
-  }
-
-  /** tbf at `k`'s end: its rate, bucket, and how long a packet may wait in its queue before it is dropped. */
-  shape(k: 'a' | 'b', kbit: number, burst: string, latency: string, verb = 'add'): void {
-    const tbf = ['root', 'tbf', 'rate', `${kbit}kbit`, 'burst', burst, 'latency', latency]
-    inNs(this.ns[k], 'tc', ['qdisc', verb, 'dev', this.dev[k], ...tbf])
-  }
-
-  /** Bytes and packets dropped that `k`'s end of the line has sent so far (the tbf's count). */
-  sent(k: 'a' | 'b'): { bytes: number; dropped: number } {
-    const text = inNs(this.ns[k], 'tc', ['-s', 'qdisc', 'show', 'dev', this.dev[k]])
-    const m = /Sent (\d+) bytes \d+ pkt \(dropped (\d+)/.exec(text)
-    return { bytes: Number(m?.[1] ?? 0), dropped: Number(m?.[2] ?? 0) }
-  }
-
-  down(): void {
-    removeNamespaces(this.made.reverse())
-    this.made = []
-  }
 }
 
 async function status(dir: string): Promise<SiteStatus | null> {
@@ -130,7 +88,7 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
   const mb = opts.mb ?? 5
   const linkKbit = opts.linkKbit ?? 256
   const capKbit = opts.capKbit ?? 128
-  const line = new SlowLine()
+  const line = new SlowLine('bmb')
   const { dir, cleanup } = tmpDir('mesh-budget-')
   const procs: NsProc[] = []
   const out: Record<string, number> = {}

@@ -440,7 +440,8 @@ export class MeshNode extends EventEmitter {
       st,
       this.traffic,
       this.key,
-      this.control.ready().map((p) => hex(p.key))
+      this.control.ready().map((p) => hex(p.key)),
+      (log) => this.logs.get(log)?.core ?? null
     )
   }
 

@@ -26,6 +26,7 @@
 import fs from 'node:fs'
 import type { SwarmConnection } from 'hyperswarm'
 import type { Budget } from '../protocol/index.ts'
+import { heldByPeers, heldHere } from './held.ts'
 import { writeFileAtomic } from './state.ts'
 import type { SiteStatus } from './status.ts'
 import { kbit, type LinkBudget, lossText, MIN_LINK_KBPS } from './defaults.ts'
@@ -49,12 +50,23 @@ const COLLAPSE_SECONDS = 30
 export const LOSS_SECONDS = 60
 /**
  * A WARN (LOSSY_LINK) once this share of the packets sent to a peer over the last minute were sent again, with
- * at least LOSS_MIN_PACKETS sent (fewer say nothing); cleared when the share falls under LOSS_CLEAR_SHARE, or
+ * at least LOSS_MIN_PACKETS sent (fewer say nothing) and packets sent again in LOSS_MIN_SECONDS different seconds
+ * (one burst says nothing); cleared when the share falls under LOSS_CLEAR_SHARE, or
  * the link falls quiet, or the connection closes.
  */
 export const LOSS_WARN_SHARE = 0.1
 export const LOSS_CLEAR_SHARE = 0.05
 export const LOSS_MIN_PACKETS = 200
+/** ... and with packets sent again in at least this many different seconds of that minute. */
+export const LOSS_MIN_SECONDS = 10
+
+interface LossFigures {
+  packets: number
+  resent: number
+  timeouts: number
+  /** Seconds of the window in which packets were sent again (on the open connection that had most). */
+  lossySeconds: number
+}
 
 /** Per peer, what `mesh status` shows. Rates are bits per second over the last 10 seconds. */
 export interface PeerTrafficStatus {
@@ -84,7 +96,11 @@ export interface PeerTrafficStatus {
    * `lossy`: the LOSSY_LINK WARN is up for this peer. Null when UDX does not tell.
    */
   loss: { packets: number; resent: number; timeouts: number; lossy: boolean } | null
-  /** What the peer lacks of the datasets' newest writes (from its reports), and at the current rate how long. */
+  /**
+   * What the peer lacks of the datasets' newest writes (from its reports: applied bytes), and how long until it
+   * has received what it still lacks (what hypercore says it holds, often more than it applied), at the rate it
+   * gets now, capped by the budget; null: not moving.
+   */
   lagBytes: number | null
   catchUpSeconds: number | null
 }
@@ -147,6 +163,14 @@ export class Meter {
     let t = 0
     for (let i = 1; i <= Math.min(seconds, HOUR - 1); i++) t += this.ring[(this.second - i + HOUR) % HOUR]
     return t
+  }
+
+  /** How many of the last `seconds` whole seconds had anything added. */
+  seconds(seconds: number, now: number): number {
+    this.advance(now)
+    let n = 0
+    for (let i = 1; i <= Math.min(seconds, HOUR - 1); i++) if (this.ring[(this.second - i + HOUR) % HOUR] > 0) n++
+    return n
   }
 
   lastHour(now: number): number {
@@ -231,7 +255,7 @@ class Link {
   waitingSince: number | null = null
   /**
    * UDX's packets sent, sent again and retransmission timeouts, per second, for the loss figures; and its
-   * counters at the last sample (its retransmission count is 16 bits and its timeout count 8: they wrap).
+   * counters at the last sample.
    */
   readonly lossPackets = new Meter()
   readonly lossResent = new Meter()
@@ -485,20 +509,24 @@ export class Traffic {
     const seen = link.lossSeen
     link.lossSeen = cur
     if (!seen) return
-    link.lossPackets.add(Math.max(0, cur.packets - seen.packets), now)
-    link.lossResent.add((cur.resent - seen.resent + 0x10000) % 0x10000, now)
-    link.lossTimeouts.add((cur.timeouts - seen.timeouts + 0x100) % 0x100, now)
+    // A count that went down wrapped (16 bits of retransmissions, 8 of timeouts read by udx-native) or was
+    // reset: that second counts nothing rather than a wrong figure.
+    const up = (a: number, b: number) => (a >= b ? a - b : 0)
+    link.lossPackets.add(up(cur.packets, seen.packets), now)
+    link.lossResent.add(up(cur.resent, seen.resent), now)
+    link.lossTimeouts.add(up(cur.timeouts, seen.timeouts), now)
   }
 
   /** The last minute's loss figures over the peer's open connections; null when UDX does not tell. */
-  private loss(peer: PeerTraffic, now: number): { packets: number; resent: number; timeouts: number } | null {
+  private loss(peer: PeerTraffic, now: number): LossFigures | null {
     const links = this.links.filter((l) => l.peer === peer && l.lossSeen !== null)
     if (links.length === 0) return null
     const sum = (f: (l: Link) => Meter) => links.reduce((t, l) => t + f(l).sum(LOSS_SECONDS, now), 0)
     return {
       packets: sum((l) => l.lossPackets),
       resent: sum((l) => l.lossResent),
-      timeouts: sum((l) => l.lossTimeouts)
+      timeouts: sum((l) => l.lossTimeouts),
+      lossySeconds: Math.max(...links.map((l) => l.lossResent.seconds(LOSS_SECONDS, now)))
     }
   }
 
@@ -511,7 +539,10 @@ export class Traffic {
       const l = this.loss(p, now)
       const share = l && l.packets > 0 ? l.resent / l.packets : 0
       const busy = l !== null && l.packets >= LOSS_MIN_PACKETS
-      const lossy = p.lossy ? busy && share >= LOSS_CLEAR_SHARE : busy && share >= LOSS_WARN_SHARE
+      // Raised on losses that last: packets sent again in LOSS_MIN_SECONDS different seconds or more, so that one
+      // burst (a peer's event loop held up past a timeout, which makes UDX send its window again) is no WARN.
+      const lasting = l !== null && l.lossySeconds >= LOSS_MIN_SECONDS
+      const lossy = p.lossy ? busy && share >= LOSS_CLEAR_SHARE : busy && lasting && share >= LOSS_WARN_SHARE
       if (lossy === p.lossy) continue
       p.lossy = lossy
       this.onLoss?.(p.site, lossy, l ?? { packets: 0, resent: 0, timeouts: 0 })
@@ -540,7 +571,13 @@ export class Traffic {
    * The figures for `mesh status`: each peer's, with what it lacks (`lag`, bytes by key, from the datasets'
    * status) and this site's own lack (`ownLag`).
    */
-  status(connected: Set<string>, lag: Map<string, number>, ownLag: number): TrafficStatus {
+  status(
+    connected: Set<string>,
+    lag: Map<string, number>,
+    ownLag: number,
+    left: Map<string, number> = lag,
+    ownLeft = ownLag
+  ): TrafficStatus {
     const now = this.now()
     const n = Math.max(1, connected.size)
     const up = this.upBps
@@ -568,11 +605,13 @@ export class Traffic {
         wire: wire(this.links.filter((l) => l.peer === p)),
         loss: lossFigures(this.loss(p, now), p.lossy),
         lagBytes,
-        catchUpSeconds: eta(lagBytes, sentBps)
+        // What it still has to receive, at the rate it gets now (never above what the budget lets it have).
+        catchUpSeconds: eta(left.get(p.key) ?? lagBytes, upLimit === null ? sentBps : Math.min(sentBps, upLimit))
       })
     }
     peers.sort((a, b) => a.site.localeCompare(b.site))
-    return { upBps: up, downBps: down, peers, lagBytes: ownLag, catchUpSeconds: eta(ownLag, receiving) }
+    const inBps = down === null ? receiving : Math.min(receiving, down)
+    return { upBps: up, downBps: down, peers, lagBytes: ownLag, catchUpSeconds: eta(ownLeft, inBps) }
   }
 
   /**
@@ -638,11 +677,8 @@ function wire(links: Link[]): PeerTrafficStatus['wire'] {
   }
 }
 
-function lossFigures(
-  l: { packets: number; resent: number; timeouts: number } | null,
-  lossy: boolean
-): PeerTrafficStatus['loss'] {
-  return l ? { ...l, lossy } : null
+function lossFigures(l: LossFigures | null, lossy: boolean): PeerTrafficStatus['loss'] {
+  return l ? { packets: l.packets, resent: l.resent, timeouts: l.timeouts, lossy } : null
 }
 
 function eta(bytes: number | null, bps: number): number | null {
@@ -669,18 +705,37 @@ export function lossyText(site: string, l: { packets: number; resent: number; ti
  * the last minute), and one for a peer whose rate collapsed while bytes waited for it (a link that drops
  * packets, or one shared with more traffic than the budget allows for).
  */
-export function addTraffic(st: SiteStatus, t: Traffic, self: Uint8Array, connected: string[]): SiteStatus {
+export function addTraffic(
+  st: SiteStatus,
+  t: Traffic,
+  self: Uint8Array,
+  connected: string[],
+  coreOf: (log: string) => unknown = () => null
+): SiteStatus {
   const me = Buffer.from(self).toString('hex')
   const lag = new Map<string, number>()
+  const left = new Map<string, number>()
   let own = 0
+  let ownLeft = 0
+  const add = (m: Map<string, number>, k: string, n: number) => m.set(k, (m.get(k) ?? 0) + n)
   for (const d of st.datasets) {
+    const core = coreOf(d.log)
+    const held = core ? heldByPeers(core) : new Map<string, number>()
     for (const h of d.holders) {
       if (h.role === 'origin' || h.lagBytes === null) continue
-      if (h.key === me) own += h.lagBytes
-      else lag.set(h.key, (lag.get(h.key) ?? 0) + h.lagBytes)
+      // What is left to receive: what the log holds beyond what the holder has of it, never above its lag.
+      const have = h.key === me ? (core ? heldHere(core) : null) : (held.get(h.key) ?? null)
+      const toReceive = have === null ? h.lagBytes : Math.min(h.lagBytes, Math.max(0, d.bytes - have))
+      if (h.key === me) {
+        own += h.lagBytes
+        ownLeft += toReceive
+      } else {
+        add(lag, h.key, h.lagBytes)
+        add(left, h.key, toReceive)
+      }
     }
   }
-  st.traffic = t.status(new Set(connected), lag, own)
+  st.traffic = t.status(new Set(connected), lag, own, left, ownLeft)
   // A guest's connection (a join code being redeemed) is counted and paced, and not shown.
   const members = new Set(st.members.map((m) => m.key))
   st.traffic.peers = st.traffic.peers.filter((p) => p.connected || members.has(p.key))
