@@ -184,16 +184,19 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
     const t0 = Date.now()
     write(mb * 1024 * 1024)
     const target = rows(A.db)
-    let estimate = null as { at: number; seconds: number | null } | null
+    // shop-a's estimate of shop-b's catch-up, early (a tenth of the way by time as the cap allows it, once the
+    // 10-second rate has settled) and halfway; set against how long it really took from then.
+    const marks = [0.1, 0.5]
+    const estimates: Array<{ mark: number; at: number; seconds: number | null; lagBytes: number | null }> = []
     await waitFor(
       'the catch-up',
       async () => {
         const have = rows(replicaAtB())
-        // Halfway by time as the cap allows it (the rows arrive in bursts: blocks come in parallel, not in order).
-        if (estimate === null && Date.now() - t0 >= (ideal * 1000) / 2) {
+        const mark = marks[estimates.length]
+        if (mark !== undefined && Date.now() - t0 >= ideal * 1000 * mark) {
           const s = await status(A.dir)
           const p = s?.traffic?.peers.find((x) => x.site === 'shop-b')
-          estimate = { at: Date.now(), seconds: p?.catchUpSeconds ?? null }
+          estimates.push({ mark, at: Date.now(), seconds: p?.catchUpSeconds ?? null, lagBytes: p?.lagBytes ?? null })
         }
         return have === target
       },
@@ -229,11 +232,17 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
         `max ${Math.max(...lat)} ms over ${lat.length} requests (aim: p95 < 300 ms) ` +
         `${percentile(lat, 95) < 300 ? 'MET' : 'MISSED'}; idle line: p95 ${percentile(idle, 95)} ms`
     )
-    say(
-      `  catch-up of ${mb} MB: ${catchUpS.toFixed(0)} s (the cap alone allows ${ideal.toFixed(0)} s); at ` +
-        `halfway shop-a's status estimated ${estimate?.seconds ?? '-'} s to go, it took ` +
-        `${estimate ? ((t1 - estimate.at) / 1000).toFixed(0) : '-'} s`
-    )
+    say(`  catch-up of ${mb} MB: ${catchUpS.toFixed(0)} s (the cap alone allows ${ideal.toFixed(0)} s)`)
+    for (const e of estimates) {
+      const took = (t1 - e.at) / 1000
+      say(
+        `  at ${((e.at - t0) / 1000).toFixed(0)} s (${e.mark * 100}% of the cap's time) shop-a's status estimated ` +
+          `${e.seconds ?? '-'} s to go (shop-b ${((e.lagBytes ?? 0) / 1024 / 1024).toFixed(2)} MB behind in bytes ` +
+          `applied); it took ${took.toFixed(0)} s` +
+          (e.seconds ? ` (estimate / real: ${(e.seconds / took).toFixed(2)})` : '')
+      )
+      out[`budgetEstimate${e.mark * 100}Ratio`] = e.seconds ? +(e.seconds / took).toFixed(2) : -1
+    }
     const over = rates.filter((r) => r.kbit > capKbit * 1.1)
     say(
       `  10-second windows: median ${percentile(
@@ -270,15 +279,47 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
     const t2 = Date.now()
     write(512 * 1024)
     const lossTarget = rows(A.db)
-    await waitFor('the catch-up over a lossy line', () => rows(replicaAtB()) === lossTarget, 30 * 60_000)
+    // Meanwhile, shop-a's status: when it first says LOSSY_LINK, and the worst share of packets sent again.
+    const lossy = (s: SiteStatus | null) => s?.reasons.some((r) => r.text.startsWith('LOSSY_LINK:')) ?? false
+    let lossyAfter = null as number | null
+    let worstShare = 0
+    await waitFor(
+      'the catch-up over a lossy line',
+      async () => {
+        const s = await status(A.dir)
+        const l = s?.traffic?.peers.find((x) => x.site === 'shop-b')?.loss
+        if (l && l.packets > 0) worstShare = Math.max(worstShare, l.resent / l.packets)
+        if (lossyAfter === null && lossy(s)) lossyAfter = (Date.now() - t2) / 1000
+        return rows(replicaAtB()) === lossTarget
+      },
+      30 * 60_000
+    )
     const same = digest(A.db) === digest(replicaAtB())
     const dropped = line.sent('a').dropped - dropped0
     say(
       `  a line that drops packets (${lossyKbit} kbit/s, a tbf queue of 5 ms; ${dropped} packets dropped): ` +
-        `512 KB in ${((Date.now() - t2) / 1000).toFixed(0)} s, the copy ${same ? 'byte-exact' : 'DIFFERS'}`
+        `512 KB in ${((Date.now() - t2) / 1000).toFixed(0)} s, the copy ${same ? 'byte-exact' : 'DIFFERS'}; ` +
+        (lossyAfter === null ? 'NO LOSSY_LINK WARN' : `LOSSY_LINK at shop-a after ${lossyAfter.toFixed(0)} s`) +
+        `, at worst ${(worstShare * 100).toFixed(0)}% of the last minute's packets sent again`
     )
     out.budgetLossyDropped = dropped
     out.budgetLossyExact = same ? 1 : 0
+    out.budgetLossyWarnSeconds = lossyAfter ?? -1
+    // The line mended: how long until the WARN clears (a minute of figures rolls over).
+    line.shape('a', linkKbit, '4kb', '400ms', 'change')
+    const t2b = Date.now()
+    let clearedAfter: number | null = null
+    while (Date.now() - t2b < 180_000 && clearedAfter === null) {
+      if (!lossy(await status(A.dir))) clearedAfter = (Date.now() - t2b) / 1000
+      else await sleep(1000)
+    }
+    say(
+      '  the line mended: ' +
+        (clearedAfter === null
+          ? 'LOSSY_LINK still up after 180 s'
+          : `LOSSY_LINK cleared after ${clearedAfter.toFixed(0)} s`)
+    )
+    out.budgetLossyClearSeconds = clearedAfter ?? -1
 
     // A line that collapsed: a twentieth of the budget. Status should say so (a WARN) within a minute or so.
     const deadKbit = Math.max(2, Math.round(capKbit / 20))
