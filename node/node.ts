@@ -289,6 +289,8 @@ export class MeshNode extends EventEmitter {
   private startSwarm(): void {
     const net = this.opts.network
     this.dht = new DHT({ bootstrap: net.bootstrap, host: net.host, firewalled: net.firewalled, keyPair: this.keyPair })
+    // The DHT's own bytes, counted apart in the site's traffic.
+    this.traffic.watchDht(this.dht)
     this.swarm = new Hyperswarm({
       keyPair: this.keyPair,
       dht: this.dht,

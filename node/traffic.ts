@@ -15,8 +15,9 @@
  * What it does not do: it paces the bytes of the encrypted stream, with each piece charged PACKET_OVERHEAD for
  * the headers around it; what UDX sent beyond that (acknowledgements, retransmissions) is charged after the
  * fact, every second, from UDX's own counts. The DHT's own traffic (lookups and announces, a few KB every few
- * minutes) is not counted. A budget of exactly the line's rate leaves the shop nothing. It
- * never slows what it receives: that is the sender's pacing, asked for in the budget message; an older site,
+ * minutes, more for a site that answers other DHT nodes) is counted apart (the messages its sockets send; what
+ * the UDX instance received beyond the connections) and charged to the site's bucket after the fact, not paced.
+ * A budget of exactly the line's rate leaves the shop nothing. It never slows what it receives: that is the sender's pacing, asked for in the budget message; an older site,
  * which has no such message, sends as fast as this site asks.
  *
  * Counting: bytes written to each peer (at the raw stream) and read from it (the secret stream's count of
@@ -110,6 +111,14 @@ export interface TrafficStatus {
   upBps: number | null
   downBps: number | null
   peers: PeerTrafficStatus[]
+  /**
+   * What the DHT moved (lookups, announces, answering other nodes, and the set-up of each connection before the
+   * node counts it): the UDX sockets' bytes beyond the connections'; null before the DHT is up.
+   */
+  dht: {
+    sent: { today: number; lastHour: number; bps: number }
+    received: { today: number; lastHour: number; bps: number }
+  } | null
   /** What this site lacks, and how long it takes at the rate it receives now (null: not receiving). */
   lagBytes: number
   catchUpSeconds: number | null
@@ -208,6 +217,7 @@ function localDay(ms: number): string {
 
 interface RawStream {
   bytesTransmitted?: number
+  bytesReceived?: number
   packetsTransmitted?: number
   retransmits?: number
   rtoCount?: number
@@ -247,6 +257,8 @@ class Link {
   cap: Bucket | null = null
   /** The secret stream's count of bytes read, at the last sample. */
   readSeen = 0
+  /** UDX's count of bytes received, at the last sample (for the DHT's share of what the instance received). */
+  udxRxSeen = 0
   /** UDX's counts of bytes and packets sent, at the last sample, and what the buckets were charged since. */
   wireSeen = 0
   packetsSeen = 0
@@ -302,6 +314,16 @@ export class Traffic {
   private sampler: NodeJS.Timeout | null = null
   private pumping = false
   private again = false
+  /** The DHT, its UDX instance (under every connection too), and its counts at the last sample. */
+  private dht: { udx?: unknown; io?: DhtIo } | null = null
+  private udx: UdxCounts | null = null
+  /** Bytes and datagrams the DHT's sockets sent as messages since the last sample. */
+  private dhtOut = { bytes: 0, packets: 0 }
+  /** The instance's count of bytes received at the last sample, and the connections' share since. */
+  private udxRxSeen = 0
+  private streamsRx = 0
+  readonly dhtSent = new Meter()
+  readonly dhtReceived = new Meter()
 
   constructor(
     readonly budget: LinkBudget = {},
@@ -323,6 +345,52 @@ export class Traffic {
 
   get downBps(): number | null {
     return this.budget.downKbps ? Math.round(this.budget.downKbps * 1000) : null
+  }
+
+  /**
+   * Counts the DHT's own traffic from now on, charged to the site's budget: what its UDX sockets send as
+   * messages (udx-native counts no byte of those: each socket's `send` and `trySend` are counted here, those of
+   * sockets made later too, such as hole punching's), and what its UDX instance receives beyond the connections
+   * (that count has every datagram). Called again with the new DHT when it is made anew.
+   */
+  watchDht(dht: unknown): void {
+    const d = dht as { udx?: UdxCounts & { createSocket?: (...a: unknown[]) => unknown }; io?: DhtIo } | null
+    const u = d?.udx
+    if (!u || typeof u.bytesReceived !== 'number') return
+    this.sample()
+    this.dht = d
+    this.udx = u
+    this.udxRxSeen = u.bytesReceived
+    this.streamsRx = 0
+    this.dhtOut = { bytes: 0, packets: 0 }
+    if (typeof u.createSocket === 'function') {
+      const make = u.createSocket.bind(u)
+      u.createSocket = (...args: unknown[]) => {
+        const sock = make(...args)
+        this.countSends(sock)
+        return sock
+      }
+    }
+    this.countSends(d.io?.serverSocket)
+    this.countSends(d.io?.clientSocket)
+  }
+
+  /** Counts the bytes of each message `sock` sends (once per socket). */
+  private countSends(sock: unknown): void {
+    const s = sock as Record<string | symbol, unknown> | null | undefined
+    if (!s || s[COUNTED]) return
+    s[COUNTED] = true
+    for (const m of ['send', 'trySend']) {
+      const f = s[m]
+      if (typeof f !== 'function') continue
+      s[m] = (buf: Uint8Array | undefined, ...rest: unknown[]) => {
+        if (this.dht && this.dht.udx === this.udx) {
+          this.dhtOut.bytes += buf?.byteLength ?? 0
+          this.dhtOut.packets++
+        }
+        return f.call(s, buf, ...rest)
+      }
+    }
   }
 
   /** Samples what each connection read, every second; saves today's figures every minute. */
@@ -377,6 +445,7 @@ export class Traffic {
     link.readSeen = c.rawBytesRead ?? 0
     link.wireSeen = raw.bytesTransmitted ?? 0
     link.packetsSeen = raw.packetsTransmitted ?? 0
+    link.udxRxSeen = raw.bytesReceived ?? 0
     this.sampleLoss(link, this.now())
     if (peer.budget?.askBps) link.cap = new Bucket(peer.budget.askBps / 8, this.now())
     this.links.push(link)
@@ -490,13 +559,38 @@ export class Traffic {
   private sample(): void {
     const now = this.now()
     for (const l of this.links) this.sampleLink(l, now)
+    this.sampleDht(now)
     this.judgeLoss(now)
+  }
+
+  /** The DHT's share of what UDX moved since the last sample: all of it less the connections'. */
+  private sampleDht(now: number): void {
+    const u = this.udx
+    if (!u) return
+    // Sockets the DHT made again (a new port after a network change) are counted from now on.
+    this.countSends(this.dht?.io?.serverSocket)
+    this.countSends(this.dht?.io?.clientSocket)
+    const tx = this.dhtOut.bytes
+    const packets = this.dhtOut.packets
+    const rx = Math.max(0, u.bytesReceived - this.udxRxSeen - this.streamsRx)
+    this.dhtOut = { bytes: 0, packets: 0 }
+    this.udxRxSeen = u.bytesReceived
+    this.streamsRx = 0
+    this.dhtSent.add(tx, now)
+    this.dhtReceived.add(rx, now)
+    // What the line carried for it, charged to the site's budget (as UDX's extra is, in chargeWire).
+    if (this.site && tx > 0) this.site.tokens = Math.max(-this.site.rate, this.site.tokens - tx - packets * IP_OVERHEAD)
   }
 
   private sampleLink(link: Link, now: number): void {
     const read = link.conn.rawBytesRead ?? 0
     if (read > link.readSeen) link.peer.received.add(read - link.readSeen, now)
     link.readSeen = read
+    const rx = link.raw.bytesReceived
+    if (typeof rx === 'number') {
+      this.streamsRx += Math.max(0, rx - link.udxRxSeen)
+      link.udxRxSeen = rx
+    }
     this.sampleLoss(link, now)
     this.chargeWire(link)
   }
@@ -611,7 +705,13 @@ export class Traffic {
     }
     peers.sort((a, b) => a.site.localeCompare(b.site))
     const inBps = down === null ? receiving : Math.min(receiving, down)
-    return { upBps: up, downBps: down, peers, lagBytes: ownLag, catchUpSeconds: eta(ownLeft, inBps) }
+    const meter = (m: Meter) => ({
+      today: m.today,
+      lastHour: m.lastHour(now),
+      bps: Math.round((m.sum(10, now) / 10) * 8)
+    })
+    const dht = this.udx ? { sent: meter(this.dhtSent), received: meter(this.dhtReceived) } : null
+    return { upBps: up, downBps: down, peers, dht, lagBytes: ownLag, catchUpSeconds: eta(ownLeft, inBps) }
   }
 
   /**
@@ -635,6 +735,10 @@ export class Traffic {
       return // none yet, or unreadable: today's figures start at 0
     }
     if (j.day !== localDay(this.now()) || typeof j.peers !== 'object' || j.peers === null) return
+    if (j.dht) {
+      this.dhtSent.restore(j.day, this.dhtSent.today + (Number(j.dht.sent) || 0))
+      this.dhtReceived.restore(j.day, this.dhtReceived.today + (Number(j.dht.received) || 0))
+    }
     for (const [key, s] of Object.entries(j.peers)) {
       const p = this.peer(key, s.site ?? '')
       p.sent.restore(j.day, p.sent.today + (Number(s.sent) || 0))
@@ -654,7 +758,11 @@ export class Traffic {
       }
     }
     try {
-      writeFileAtomic(this.file, `${JSON.stringify({ day, peers })}\n`)
+      const dht = {
+        sent: this.dhtSent.dayName === day ? this.dhtSent.today : 0,
+        received: this.dhtReceived.dayName === day ? this.dhtReceived.today : 0
+      }
+      writeFileAtomic(this.file, `${JSON.stringify({ day, peers, dht })}\n`)
     } catch {
       // a full disk: the figures live on in memory
     }
@@ -664,7 +772,21 @@ export class Traffic {
 interface SavedTraffic {
   day: string
   peers: Record<string, { site: string; sent: number; received: number }>
+  /** The DHT's own bytes today (absent in files from before it was counted). */
+  dht?: { sent: number; received: number }
 }
+
+interface UdxCounts {
+  bytesReceived: number
+}
+
+interface DhtIo {
+  serverSocket?: unknown
+  clientSocket?: unknown
+}
+
+/** Marks a UDX socket whose sends are counted. */
+const COUNTED = Symbol('branchmesh.dhtCounted')
 
 function wire(links: Link[]): PeerTrafficStatus['wire'] {
   const known = links.filter((l) => typeof l.raw.bytesTransmitted === 'number')

@@ -176,6 +176,13 @@ function trafficLines(s: SiteStatus): string[] {
       )
     }
   }
+  if (t.dht) {
+    const m = (x: { today: number; lastHour: number; bps: number }) =>
+      `${bytes(x.today)} today, ${bytes(x.lastHour)} in the last hour, now ${kbit(x.bps)}`
+    lines.push(
+      `  the DHT (lookups, announces, connection set-up): sent ${m(t.dht.sent)}; received ${m(t.dht.received)}`
+    )
+  }
   if (t.lagBytes > 0) lines.push(`  this site${eta(t.lagBytes, t.catchUpSeconds)}`)
   return lines
 }
