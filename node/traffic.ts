@@ -17,8 +17,9 @@
  * fact, every second, from UDX's own counts. The DHT's own traffic (lookups and announces, a few KB every few
  * minutes, more for a site that answers other DHT nodes) is counted apart (the messages its sockets send; what
  * the UDX instance received beyond the connections) and charged to the site's bucket after the fact, not paced.
- * A budget of exactly the line's rate leaves the shop nothing. It never slows what it receives: that is the sender's pacing, asked for in the budget message; an older site,
- * which has no such message, sends as fast as this site asks.
+ * A budget of exactly the line's rate leaves the shop nothing. It never slows what it receives: that is the
+ * sender's pacing, asked for in the budget message; an older site, which has no such message, sends as fast as
+ * this site asks.
  *
  * Counting: bytes written to each peer (at the raw stream) and read from it (the secret stream's count of
  * bytes read, sampled every second), per second over the last hour, and per day (kept in DIR/traffic.json so
@@ -52,8 +53,8 @@ export const LOSS_SECONDS = 60
 /**
  * A WARN (LOSSY_LINK) once this share of the packets sent to a peer over the last minute were sent again, with
  * at least LOSS_MIN_PACKETS sent (fewer say nothing) and packets sent again in LOSS_MIN_SECONDS different seconds
- * (one burst says nothing); cleared when the share falls under LOSS_CLEAR_SHARE, or
- * the link falls quiet, or the connection closes.
+ * (one burst says nothing); cleared when the share falls under LOSS_CLEAR_SHARE, or the link falls quiet, or the
+ * connection closes.
  */
 export const LOSS_WARN_SHARE = 0.1
 export const LOSS_CLEAR_SHARE = 0.05
@@ -112,8 +113,9 @@ export interface TrafficStatus {
   downBps: number | null
   peers: PeerTrafficStatus[]
   /**
-   * What the DHT moved (lookups, announces, answering other nodes, and the set-up of each connection before the
-   * node counts it): the UDX sockets' bytes beyond the connections'; null before the DHT is up.
+   * What the DHT moved (lookups, announces, answering other nodes, hole punching): the messages its sockets sent,
+   * and what its UDX instance received beyond the connections (the set-up of each connection before the node
+   * counts it included); null before the DHT is up.
    */
   dht: {
     sent: { today: number; lastHour: number; bps: number }
@@ -563,7 +565,7 @@ export class Traffic {
     this.judgeLoss(now)
   }
 
-  /** The DHT's share of what UDX moved since the last sample: all of it less the connections'. */
+  /** The DHT's bytes since the last sample: the messages its sockets sent; all UDX received less the connections'. */
   private sampleDht(now: number): void {
     const u = this.udx
     if (!u) return
