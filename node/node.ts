@@ -34,6 +34,7 @@ import { Alarms } from './alarms.ts'
 import { Alerts, type AlertOptions } from './alerts.ts'
 import { BlindHolder } from './blind.ts'
 import { ControlChannel } from './control.ts'
+import { Uploads } from './held.ts'
 import { addTraffic, lossyText, Traffic, type LinkBudget } from './traffic.ts'
 import { DataKeys, datasetOfLog } from './datakeys.ts'
 import { Failover, type PromoteResult } from './failover.ts'
@@ -179,6 +180,8 @@ export class MeshNode extends EventEmitter {
   readonly history: History
   /** The bandwidth budget: every connection paced and counted (traffic.ts). */
   readonly traffic: Traffic
+  /** The blocks of each log uploaded to each peer: what a peer still has to receive, for its catch-up estimate. */
+  private readonly uploads = new Uploads()
   /** Every log of every dataset chain this node has open, by key. */
   private readonly logs = new Map<string, DatasetLog>()
   private server: net.Server | null = null
@@ -428,6 +431,7 @@ export class MeshNode extends EventEmitter {
   /** Keeps a log open for the node's life: downloading all of it (so this site can serve it), status updated. */
   private keepOpen(log: DatasetLog): DatasetLog {
     this.logs.set(hex(log.key), log)
+    this.uploads.watch(hex(log.key), log.core)
     log.core.download({ start: 0, end: -1 })
     log.core.on('append', () => this.reports.markDirty())
     log.core.on('download', () => this.reports.markDirty())
@@ -443,7 +447,8 @@ export class MeshNode extends EventEmitter {
       this.traffic,
       this.key,
       this.control.ready().map((p) => hex(p.key)),
-      (log) => this.logs.get(log)?.core ?? null
+      (log) => this.logs.get(log)?.core ?? null,
+      this.uploads
     )
   }
 

@@ -28,7 +28,7 @@
 import fs from 'node:fs'
 import type { SwarmConnection } from 'hyperswarm'
 import type { Budget } from '../protocol/index.ts'
-import { heldByPeers, heldHere } from './held.ts'
+import { heldHere, type Uploads } from './held.ts'
 import { writeFileAtomic } from './state.ts'
 import type { SiteStatus } from './status.ts'
 import { kbit, type LinkBudget, lossText, MIN_LINK_KBPS } from './defaults.ts'
@@ -834,7 +834,8 @@ export function addTraffic(
   t: Traffic,
   self: Uint8Array,
   connected: string[],
-  coreOf: (log: string) => unknown = () => null
+  coreOf: (log: string) => unknown = () => null,
+  uploads: Uploads | null = null
 ): SiteStatus {
   const me = Buffer.from(self).toString('hex')
   const lag = new Map<string, number>()
@@ -844,7 +845,7 @@ export function addTraffic(
   const add = (m: Map<string, number>, k: string, n: number) => m.set(k, (m.get(k) ?? 0) + n)
   for (const d of st.datasets) {
     const core = coreOf(d.log)
-    const held = core ? heldByPeers(core) : new Map<string, number>()
+    const held = core && uploads ? uploads.heldByPeers(d.log, core) : new Map<string, number>()
     for (const h of d.holders) {
       if (h.role === 'origin' || h.lagBytes === null) continue
       // What is left to receive: what the log holds beyond what the holder has of it, never above its lag.
