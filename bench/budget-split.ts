@@ -235,7 +235,8 @@ export async function splitBench(opts: SplitBenchOptions = {}): Promise<Record<s
       out[`splitShare_${k}`] = +share.toFixed(3)
     }
     say(
-      `  total on shop-a's line: ${totalKbit.toFixed(1)} kbit/s (aim: <= ${(capKbit * 1.1).toFixed(1)}, 1.1x the cap) ` +
+      `  total on shop-a's line: ${totalKbit.toFixed(1)} kbit/s ` +
+        `(aim: <= ${(capKbit * 1.1).toFixed(1)}, 1.1x the cap) ` +
         `${totalKbit <= capKbit * 1.1 ? 'MET' : 'MISSED'}; the streams' own bytes ${kbitOf(sum).toFixed(1)} kbit/s; ` +
         `${firstDone} done first, after ${secs.toFixed(0)} s, the other ${((t2 - t1) / 1000).toFixed(0)} s later`
     )

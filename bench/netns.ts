@@ -1,7 +1,7 @@
 /**
  * Network namespaces for the benches that need a real network between sites (bench/reconnect.ts,
- * bench/nightoff.ts, bench/budget.ts, test/lossy-link.test.ts; needs root): a hub namespace with a bridge, one namespace per site and
- * one for the DHT test network, each joined to the hub by a veth pair; each site's link is rate-limited each
+ * bench/nightoff.ts, bench/budget.ts, test/lossy-link.test.ts; needs root): a hub namespace with a bridge, one
+ * namespace per site and one for the DHT test network, each joined to the hub by a veth pair; each site's link is rate-limited each
  * way with `tc ... tbf` (netem is missing on these machines: no added latency or loss). Each bench names its
  * namespaces with a prefix of its own, so that two can run at once.
  */
