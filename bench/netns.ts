@@ -1,9 +1,10 @@
 /**
  * Network namespaces for the benches that need a real network between sites (bench/reconnect.ts,
  * bench/nightoff.ts, bench/budget.ts, test/lossy-link.test.ts; needs root): a hub namespace with a bridge, one
- * namespace per site and one for the DHT test network, each joined to the hub by a veth pair; each site's link is rate-limited each
- * way with `tc ... tbf` (netem is missing on these machines: no added latency or loss). Each bench names its
- * namespaces with a prefix of its own, so that two can run at once.
+ * namespace per site and one for the DHT test network, each joined to the hub by a veth pair; each site's link
+ * is rate-limited each way with `tc ... tbf` (netem is missing on these machines: no added latency or loss);
+ * or two namespaces joined by one veth pair (SlowLine). Each bench names its namespaces with a prefix of its own,
+ * so that two can run at once.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import path from 'node:path'
