@@ -278,7 +278,7 @@ class Link {
 
   constructor(
     readonly peer: PeerTraffic,
-    readonly conn: { rawBytesRead?: number },
+    readonly conn: { rawBytesRead?: number; _writableState?: { buffered?: number } },
     readonly raw: RawStream,
     readonly rawWrite: (b: Uint8Array) => boolean,
     readonly rawEnd: (...args: unknown[]) => unknown
@@ -727,6 +727,19 @@ export class Traffic {
     return ((this.peers.get(key)?.sent.sum(COLLAPSE_SECONDS, now) ?? 0) * 8) / COLLAPSE_SECONDS
   }
 
+  /**
+   * Bytes on their way to the peer `key` that have not reached UDX: in this site's queue (the budget's) and in
+   * the secret streams' write buffers above it, where hypercore's answers wait when the line is slow.
+   */
+  unsent(key: string): number {
+    let n = 0
+    for (const l of this.links) {
+      if (l.peer.key !== key) continue
+      n += l.queued + (l.conn._writableState?.buffered ?? 0)
+    }
+    return n
+  }
+
   /** Today's figures as the last run saved them: every peer of them, connected or not. */
   private load(): void {
     if (!this.file) return
@@ -842,6 +855,8 @@ export function addTraffic(
   const left = new Map<string, number>()
   let own = 0
   let ownLeft = 0
+  // A block hypercore uploaded may still wait in the streams' buffers: it is still to receive.
+  const unsent = (k: string) => t.unsent(k)
   const add = (m: Map<string, number>, k: string, n: number) => m.set(k, (m.get(k) ?? 0) + n)
   for (const d of st.datasets) {
     const core = coreOf(d.log)
@@ -860,6 +875,7 @@ export function addTraffic(
       }
     }
   }
+  for (const [k, n] of left) left.set(k, Math.min(lag.get(k) ?? n, n + unsent(k)))
   st.traffic = t.status(new Set(connected), lag, own, left, ownLeft)
   // A guest's connection (a join code being redeemed) is counted and paced, and not shown.
   const members = new Set(st.members.map((m) => m.key))
