@@ -8,8 +8,9 @@
  * them only for blocks this site wants or the log's last blocks, so a site that holds the whole log hears of
  * little) and what this site uploaded to it (counted here from hypercore's 'upload' events; hypercore uploads a
  * block when it answers the request, before it leaves the streams' buffers: the bytes still in them are added
- * back, node/traffic.ts). This site holds what its core's bitfield says. A hypercore without those internals gives null, and the estimate falls back to the
- * lag in applied bytes. Bytes are estimated in proportion to blocks held.
+ * back, node/traffic.ts). This site holds what its core's bitfield says. A hypercore without those internals
+ * gives null, and the estimate falls back to the lag in applied bytes. Bytes are estimated in proportion to
+ * blocks held.
  */
 import { hex } from './util.ts'
 
