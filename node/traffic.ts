@@ -28,12 +28,15 @@
 import fs from 'node:fs'
 import type { SwarmConnection } from 'hyperswarm'
 import type { Budget } from '../protocol/index.ts'
+import { DhtTraffic } from './dht-traffic.ts'
 import { heldHere, type Uploads } from './held.ts'
 import { writeFileAtomic } from './state.ts'
 import type { SiteStatus } from './status.ts'
 import { kbit, type LinkBudget, lossText, MIN_LINK_KBPS } from './defaults.ts'
+import { judgeLoss, LinkLoss, type LossFigures, lossyText, type UdxLossCounts } from './loss.ts'
+import { Meter, localDay } from './meter.ts'
 
-export { kbit, type LinkBudget, lossText, MIN_LINK_KBPS }
+export { kbit, type LinkBudget, lossText, lossyText, Meter, MIN_LINK_KBPS }
 
 /** Largest piece written at once under a budget: about one UDX packet, so a big block never goes as a burst. */
 export const CHUNK = 1024
@@ -45,31 +48,8 @@ export const CHUNK = 1024
 export const PACKET_OVERHEAD = 64
 /** The headers under UDX's own, which its byte count leaves out: UDP, IPv4, Ethernet. */
 const IP_OVERHEAD = 42
-const HOUR = 3600
 /** A peer whose bytes waited this long without a break, getting under a tenth of its limit, is a WARN. */
 const COLLAPSE_SECONDS = 30
-/** The window of the loss figures: packets UDX sent to a peer, sent again, and its retransmission timeouts. */
-export const LOSS_SECONDS = 60
-/**
- * A WARN (LOSSY_LINK) once this share of the packets sent to a peer over the last minute were sent again, with
- * at least LOSS_MIN_PACKETS sent (fewer say nothing) and packets sent again in LOSS_MIN_SECONDS different seconds
- * (one burst says nothing); cleared when the share falls under LOSS_CLEAR_SHARE, or the link falls quiet, or the
- * connection closes.
- */
-export const LOSS_WARN_SHARE = 0.1
-export const LOSS_CLEAR_SHARE = 0.05
-export const LOSS_MIN_PACKETS = 200
-/** ... and with packets sent again in at least this many different seconds of that minute. */
-export const LOSS_MIN_SECONDS = 10
-
-interface LossFigures {
-  packets: number
-  resent: number
-  timeouts: number
-  /** Seconds of the window in which packets were sent again (on the open connection that had most). */
-  lossySeconds: number
-}
-
 /** Per peer, what `mesh status` shows. Rates are bits per second over the last 10 seconds. */
 export interface PeerTrafficStatus {
   site: string
@@ -93,7 +73,7 @@ export interface PeerTrafficStatus {
    */
   wire: { bytes: number; packets: number; retransmits: number } | null
   /**
-   * The last minute (LOSS_SECONDS) on the open connections to the peer, from UDX: packets sent, those sent again
+   * The last minute (node/loss.ts) on the open connections to the peer, from UDX: packets sent, those sent again
    * (lost, or their acknowledgement was), and retransmission timeouts (nothing acknowledged for a whole timeout);
    * `lossy`: the LOSSY_LINK WARN is up for this peer. Null when UDX does not tell.
    */
@@ -155,74 +135,9 @@ class Bucket {
   }
 }
 
-/** Bytes per second over the last hour (one slot per second), and today's total. */
-export class Meter {
-  private readonly ring = new Float64Array(HOUR)
-  private second = 0
-  today = 0
-  private day = ''
-
-  add(n: number, now: number): void {
-    this.advance(now)
-    this.ring[this.second % HOUR] += n
-    this.today += n
-  }
-
-  /** Bytes in the last `seconds` whole seconds (the current one not included). */
-  sum(seconds: number, now: number): number {
-    this.advance(now)
-    let t = 0
-    for (let i = 1; i <= Math.min(seconds, HOUR - 1); i++) t += this.ring[(this.second - i + HOUR) % HOUR]
-    return t
-  }
-
-  /** How many of the last `seconds` whole seconds had anything added. */
-  seconds(seconds: number, now: number): number {
-    this.advance(now)
-    let n = 0
-    for (let i = 1; i <= Math.min(seconds, HOUR - 1); i++) if (this.ring[(this.second - i + HOUR) % HOUR] > 0) n++
-    return n
-  }
-
-  lastHour(now: number): number {
-    return this.sum(HOUR - 1, now) + this.ring[this.second % HOUR]
-  }
-
-  /** Today's figure as kept across a restart (see Traffic.load). */
-  restore(day: string, bytes: number): void {
-    this.day = day
-    this.today = bytes
-  }
-
-  get dayName(): string {
-    return this.day
-  }
-
-  private advance(now: number): void {
-    const s = Math.floor(now / 1000)
-    const day = localDay(now)
-    if (day !== this.day) {
-      this.day = day
-      this.today = 0
-    }
-    if (s <= this.second) return
-    const steps = Math.min(HOUR, s - this.second)
-    for (let i = 1; i <= steps; i++) this.ring[(this.second + i) % HOUR] = 0
-    this.second = s
-  }
-}
-
-function localDay(ms: number): string {
-  const d = new Date(ms)
-  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`
-}
-
-interface RawStream {
+interface RawStream extends UdxLossCounts {
   bytesTransmitted?: number
   bytesReceived?: number
-  packetsTransmitted?: number
-  retransmits?: number
-  rtoCount?: number
   write(data: Uint8Array): boolean
   end(...args: unknown[]): unknown
   emit(event: string, ...args: unknown[]): boolean
@@ -236,7 +151,7 @@ class PeerTraffic {
   readonly received = new Meter()
   /** What it asked of this site (bits/s; 0 = no limit) and its own budget, from its budget message. */
   budget: Budget | null = null
-  /** The LOSSY_LINK WARN is up (raised at LOSS_WARN_SHARE, cleared under LOSS_CLEAR_SHARE). */
+  /** The LOSSY_LINK WARN is up (node/loss.ts). */
   lossy = false
 
   constructor(
@@ -267,14 +182,8 @@ class Link {
   charged = 0
   /** Since when bytes have waited in the queue without a break (ms), or null while it is empty. */
   waitingSince: number | null = null
-  /**
-   * UDX's packets sent, sent again and retransmission timeouts, per second, for the loss figures; and its
-   * counters at the last sample.
-   */
-  readonly lossPackets = new Meter()
-  readonly lossResent = new Meter()
-  readonly lossTimeouts = new Meter()
-  lossSeen: { packets: number; resent: number; timeouts: number } | null = null
+  /** UDX's packets sent, sent again and retransmission timeouts, per second (node/loss.ts). */
+  readonly loss = new LinkLoss()
 
   constructor(
     readonly peer: PeerTraffic,
@@ -316,16 +225,8 @@ export class Traffic {
   private sampler: NodeJS.Timeout | null = null
   private pumping = false
   private again = false
-  /** The DHT, its UDX instance (under every connection too), and its counts at the last sample. */
-  private dht: { udx?: unknown; io?: DhtIo } | null = null
-  private udx: UdxCounts | null = null
-  /** Bytes and datagrams the DHT's sockets sent as messages since the last sample. */
-  private dhtOut = { bytes: 0, packets: 0 }
-  /** The instance's count of bytes received at the last sample, and the connections' share since. */
-  private udxRxSeen = 0
-  private streamsRx = 0
-  readonly dhtSent = new Meter()
-  readonly dhtReceived = new Meter()
+  /** The DHT's own bytes (node/dht-traffic.ts). */
+  readonly dht = new DhtTraffic()
 
   constructor(
     readonly budget: LinkBudget = {},
@@ -349,50 +250,10 @@ export class Traffic {
     return this.budget.downKbps ? Math.round(this.budget.downKbps * 1000) : null
   }
 
-  /**
-   * Counts the DHT's own traffic from now on, charged to the site's budget: what its UDX sockets send as
-   * messages (udx-native counts no byte of those: each socket's `send` and `trySend` are counted here, those of
-   * sockets made later too, such as hole punching's), and what its UDX instance receives beyond the connections
-   * (that count has every datagram). Called again with the new DHT when it is made anew.
-   */
+  /** Counts the DHT's own traffic from now on, charged to the site's budget (node/dht-traffic.ts). */
   watchDht(dht: unknown): void {
-    const d = dht as { udx?: UdxCounts & { createSocket?: (...a: unknown[]) => unknown }; io?: DhtIo } | null
-    const u = d?.udx
-    if (!u || typeof u.bytesReceived !== 'number') return
     this.sample()
-    this.dht = d
-    this.udx = u
-    this.udxRxSeen = u.bytesReceived
-    this.streamsRx = 0
-    this.dhtOut = { bytes: 0, packets: 0 }
-    if (typeof u.createSocket === 'function') {
-      const make = u.createSocket.bind(u)
-      u.createSocket = (...args: unknown[]) => {
-        const sock = make(...args)
-        this.countSends(sock)
-        return sock
-      }
-    }
-    this.countSends(d.io?.serverSocket)
-    this.countSends(d.io?.clientSocket)
-  }
-
-  /** Counts the bytes of each message `sock` sends (once per socket). */
-  private countSends(sock: unknown): void {
-    const s = sock as Record<string | symbol, unknown> | null | undefined
-    if (!s || s[COUNTED]) return
-    s[COUNTED] = true
-    for (const m of ['send', 'trySend']) {
-      const f = s[m]
-      if (typeof f !== 'function') continue
-      s[m] = (buf: Uint8Array | undefined, ...rest: unknown[]) => {
-        if (this.dht && this.dht.udx === this.udx) {
-          this.dhtOut.bytes += buf?.byteLength ?? 0
-          this.dhtOut.packets++
-        }
-        return f.call(s, buf, ...rest)
-      }
-    }
+    this.dht.watch(dht)
   }
 
   /** Samples what each connection read, every second; saves today's figures every minute. */
@@ -448,7 +309,7 @@ export class Traffic {
     link.wireSeen = raw.bytesTransmitted ?? 0
     link.packetsSeen = raw.packetsTransmitted ?? 0
     link.udxRxSeen = raw.bytesReceived ?? 0
-    this.sampleLoss(link, this.now())
+    link.loss.sample(raw, this.now())
     if (peer.budget?.askBps) link.cap = new Bucket(peer.budget.askBps / 8, this.now())
     this.links.push(link)
     raw.write = (data: Uint8Array) => this.write(link, data)
@@ -565,23 +426,10 @@ export class Traffic {
     this.judgeLoss(now)
   }
 
-  /** The DHT's bytes since the last sample: the messages its sockets sent; all UDX received less the connections'. */
+  /** What the DHT moved since the last sample; what it sent charged to the site's budget (as in chargeWire). */
   private sampleDht(now: number): void {
-    const u = this.udx
-    if (!u) return
-    // Sockets the DHT made again (a new port after a network change) are counted from now on.
-    this.countSends(this.dht?.io?.serverSocket)
-    this.countSends(this.dht?.io?.clientSocket)
-    const tx = this.dhtOut.bytes
-    const packets = this.dhtOut.packets
-    const rx = Math.max(0, u.bytesReceived - this.udxRxSeen - this.streamsRx)
-    this.dhtOut = { bytes: 0, packets: 0 }
-    this.udxRxSeen = u.bytesReceived
-    this.streamsRx = 0
-    this.dhtSent.add(tx, now)
-    this.dhtReceived.add(rx, now)
-    // What the line carried for it, charged to the site's budget (as UDX's extra is, in chargeWire).
-    if (this.site && tx > 0) this.site.tokens = Math.max(-this.site.rate, this.site.tokens - tx - packets * IP_OVERHEAD)
+    const wire = this.dht.sample(now, IP_OVERHEAD)
+    if (this.site && wire > 0) this.site.tokens = Math.max(-this.site.rate, this.site.tokens - wire)
   }
 
   private sampleLink(link: Link, now: number): void {
@@ -590,40 +438,19 @@ export class Traffic {
     link.readSeen = read
     const rx = link.raw.bytesReceived
     if (typeof rx === 'number') {
-      this.streamsRx += Math.max(0, rx - link.udxRxSeen)
+      this.dht.streamReceived(Math.max(0, rx - link.udxRxSeen))
       link.udxRxSeen = rx
     }
-    this.sampleLoss(link, now)
+    link.loss.sample(link.raw, now)
     this.chargeWire(link)
-  }
-
-  /** Adds what UDX sent, sent again and timed out since the last sample to the link's loss figures. */
-  private sampleLoss(link: Link, now: number): void {
-    const r = link.raw
-    if (typeof r.packetsTransmitted !== 'number' || typeof r.retransmits !== 'number') return
-    const cur = { packets: r.packetsTransmitted, resent: r.retransmits, timeouts: r.rtoCount ?? 0 }
-    const seen = link.lossSeen
-    link.lossSeen = cur
-    if (!seen) return
-    // A count that went down wrapped (16 bits of retransmissions, 8 of timeouts read by udx-native) or was
-    // reset: that second counts nothing rather than a wrong figure.
-    const up = (a: number, b: number) => (a >= b ? a - b : 0)
-    link.lossPackets.add(up(cur.packets, seen.packets), now)
-    link.lossResent.add(up(cur.resent, seen.resent), now)
-    link.lossTimeouts.add(up(cur.timeouts, seen.timeouts), now)
   }
 
   /** The last minute's loss figures over the peer's open connections; null when UDX does not tell. */
   private loss(peer: PeerTraffic, now: number): LossFigures | null {
-    const links = this.links.filter((l) => l.peer === peer && l.lossSeen !== null)
-    if (links.length === 0) return null
-    const sum = (f: (l: Link) => Meter) => links.reduce((t, l) => t + f(l).sum(LOSS_SECONDS, now), 0)
-    return {
-      packets: sum((l) => l.lossPackets),
-      resent: sum((l) => l.lossResent),
-      timeouts: sum((l) => l.lossTimeouts),
-      lossySeconds: Math.max(...links.map((l) => l.lossResent.seconds(LOSS_SECONDS, now)))
-    }
+    return LinkLoss.of(
+      this.links.filter((l) => l.peer === peer).map((l) => l.loss),
+      now
+    )
   }
 
   /**
@@ -633,12 +460,7 @@ export class Traffic {
   private judgeLoss(now: number): void {
     for (const p of this.peers.values()) {
       const l = this.loss(p, now)
-      const share = l && l.packets > 0 ? l.resent / l.packets : 0
-      const busy = l !== null && l.packets >= LOSS_MIN_PACKETS
-      // Raised on losses that last: packets sent again in LOSS_MIN_SECONDS different seconds or more, so that one
-      // burst (a peer's event loop held up past a timeout, which makes UDX send its window again) is no WARN.
-      const lasting = l !== null && l.lossySeconds >= LOSS_MIN_SECONDS
-      const lossy = p.lossy ? busy && share >= LOSS_CLEAR_SHARE : busy && lasting && share >= LOSS_WARN_SHARE
+      const lossy = judgeLoss(p.lossy, l)
       if (lossy === p.lossy) continue
       p.lossy = lossy
       this.onLoss?.(p.site, lossy, l ?? { packets: 0, resent: 0, timeouts: 0 })
@@ -699,7 +521,9 @@ export class Traffic {
         peerBudget: p.budget ? { upBps: p.budget.upBps, downBps: p.budget.downBps } : null,
         queued: this.links.filter((l) => l.peer === p).reduce((t, l) => t + l.queued, 0),
         wire: wire(this.links.filter((l) => l.peer === p)),
-        loss: lossFigures(this.loss(p, now), p.lossy),
+        loss: ((l) => (l ? { packets: l.packets, resent: l.resent, timeouts: l.timeouts, lossy: p.lossy } : null))(
+          this.loss(p, now)
+        ),
         lagBytes,
         // What it still has to receive, at the rate it gets now (never above what the budget lets it have).
         catchUpSeconds: eta(left.get(p.key) ?? lagBytes, upLimit === null ? sentBps : Math.min(sentBps, upLimit))
@@ -712,7 +536,7 @@ export class Traffic {
       lastHour: m.lastHour(now),
       bps: Math.round((m.sum(10, now) / 10) * 8)
     })
-    const dht = this.udx ? { sent: meter(this.dhtSent), received: meter(this.dhtReceived) } : null
+    const dht = this.dht.watching ? { sent: meter(this.dht.sent), received: meter(this.dht.received) } : null
     return { upBps: up, downBps: down, peers, dht, lagBytes: ownLag, catchUpSeconds: eta(ownLeft, inBps) }
   }
 
@@ -751,8 +575,8 @@ export class Traffic {
     }
     if (j.day !== localDay(this.now()) || typeof j.peers !== 'object' || j.peers === null) return
     if (j.dht) {
-      this.dhtSent.restore(j.day, this.dhtSent.today + (Number(j.dht.sent) || 0))
-      this.dhtReceived.restore(j.day, this.dhtReceived.today + (Number(j.dht.received) || 0))
+      this.dht.sent.restore(j.day, this.dht.sent.today + (Number(j.dht.sent) || 0))
+      this.dht.received.restore(j.day, this.dht.received.today + (Number(j.dht.received) || 0))
     }
     for (const [key, s] of Object.entries(j.peers)) {
       const p = this.peer(key, s.site ?? '')
@@ -774,8 +598,8 @@ export class Traffic {
     }
     try {
       const dht = {
-        sent: this.dhtSent.dayName === day ? this.dhtSent.today : 0,
-        received: this.dhtReceived.dayName === day ? this.dhtReceived.today : 0
+        sent: this.dht.sent.dayName === day ? this.dht.sent.today : 0,
+        received: this.dht.received.dayName === day ? this.dht.received.today : 0
       }
       writeFileAtomic(this.file, `${JSON.stringify({ day, peers, dht })}\n`)
     } catch {
@@ -791,18 +615,6 @@ interface SavedTraffic {
   dht?: { sent: number; received: number }
 }
 
-interface UdxCounts {
-  bytesReceived: number
-}
-
-interface DhtIo {
-  serverSocket?: unknown
-  clientSocket?: unknown
-}
-
-/** Marks a UDX socket whose sends are counted. */
-const COUNTED = Symbol('branchmesh.dhtCounted')
-
 function wire(links: Link[]): PeerTrafficStatus['wire'] {
   const known = links.filter((l) => typeof l.raw.bytesTransmitted === 'number')
   if (known.length === 0) return null
@@ -814,25 +626,10 @@ function wire(links: Link[]): PeerTrafficStatus['wire'] {
   }
 }
 
-function lossFigures(l: LossFigures | null, lossy: boolean): PeerTrafficStatus['loss'] {
-  return l ? { packets: l.packets, resent: l.resent, timeouts: l.timeouts, lossy } : null
-}
-
 function eta(bytes: number | null, bps: number): number | null {
   if (bytes === null) return null
   if (bytes === 0) return 0
   return bps > 0 ? Math.round((bytes * 8) / bps) : null
-}
-
-/** The LOSSY_LINK WARN: what it means and what to do. */
-export function lossyText(site: string, l: { packets: number; resent: number; timeouts: number }): string {
-  const timeouts = l.timeouts ? ` and ${l.timeouts} retransmission timeout${l.timeouts === 1 ? '' : 's'}` : ''
-  return (
-    `LOSSY_LINK: the link to ${site} drops packets: ${lossText(l)} of the ${l.packets} packets sent to it in the ` +
-    `last minute were sent again${timeouts}. Replication goes on, more slowly; nothing damaged is applied (every ` +
-    'block is verified). Check the line (cable, Wi-Fi, modem, a line shared with heavy traffic), or lower ' +
-    'link.upKbps under what the line really carries'
-  )
 }
 
 /**
