@@ -21,7 +21,8 @@ export const LOSS_SECONDS = 60
  */
 export const LOSS_WARN_SHARE = 0.1
 export const LOSS_CLEAR_SHARE = 0.05
-export const LOSS_MIN_PACKETS = 200
+/** Low enough for a line down to a few kbit/s (under a hundred packets a minute get through). */
+export const LOSS_MIN_PACKETS = 50
 /** ... and with packets sent again in at least this many different seconds of that minute. */
 export const LOSS_MIN_SECONDS = 10
 

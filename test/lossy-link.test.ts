@@ -82,7 +82,7 @@ test('a link that drops packets: a LOSSY_LINK WARN at the sending site, and an e
   line.shape('a', LINE_KBIT, '2kb', '5ms', 'change')
   // 320 KB of random bytes (incompressible), in transactions of 16 KB: shop-a sends faster than the line
   // carries (no budget), and the tbf drops what does not fit in its few milliseconds of queue. Enough for 20 s
-  // or more on the line: the WARN needs 200 packets and losses in 10 different seconds.
+  // or more on the line: the WARN needs 50 packets and losses in 10 different seconds.
   const db = openWal(A.db)
   const ins = db.prepare('INSERT INTO notes (body) VALUES (?)')
   for (let i = 0; i < 320; i += 16) {
