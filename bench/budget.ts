@@ -13,10 +13,11 @@
  * any, stay counted as mesh traffic, so the mesh figure errs high). The aims: in every 10-second window of the
  * catch-up the mesh's rate is at most 1.1x the cap; the till's p95 latency stays under 300 ms.
  * Then, when the line drops packets (slower than the budget, tbf with a tiny queue), another 512 KB still
- * arrives byte-exact (hypercore verifies every block); and when the line collapses (a twentieth of the budget),
- * how long until `mesh status` at A warns of it.
+ * arrives byte-exact (hypercore verifies every block), how long until `mesh status` at A says LOSSY_LINK and,
+ * once the line is mended, until it clears; and when the line collapses (a twentieth of the budget), how long until
+ * `mesh status` at A warns of it.
  *
- * Run with `npm run bench -- --budget` (last; about 7 minutes), or alone:
+ * Run with `npm run bench -- --budget` (last; about 10 minutes, then bench/budget-split.ts), or alone:
  * `node --import tsx bench/budget.ts [--budget-mb 5] [--budget-link 256] [--budget-cap 128]`.
  */
 import crypto from 'node:crypto'
@@ -26,7 +27,7 @@ import { pathToFileURL } from 'node:url'
 import Database from '../adapters/sqlite/better-sqlite3.ts'
 import { askNode, type SiteStatus } from '../node/index.ts'
 import { tmpDir } from '../test/helpers/db.ts'
-import { MESH, NsProc, inNs, ip, meshIn, removeNamespaces, ROOT, sleep, startDht } from './netns.ts'
+import { MESH, NsProc, meshIn, ROOT, SlowLine, sleep, startDht } from './netns.ts'
 
 const TILL = path.join(ROOT, 'bench', 'budget-till.ts')
 /** One till answer on the wire: 100 bytes and the TCP/IP/Ethernet headers (with timestamps). */
@@ -40,48 +41,6 @@ export interface BudgetBenchOptions {
   /** The line's rate, and the mesh's cap, kbit/s. */
   linkKbit?: number
   capKbit?: number
-}
-
-/** Two namespaces joined by a veth pair with tbf at both ends; `down()` removes them. */
-class SlowLine {
-  readonly p = `bmb${process.pid % 100000}`
-  readonly ns = { a: `${this.p}a`, b: `${this.p}b` }
-  readonly dev = { a: `${this.p}a0`, b: `${this.p}b0` }
-  readonly addr = { a: '10.233.0.1', b: '10.233.0.2' }
-  private made: string[] = []
-
-  up(kbit: number): void {
-    for (const n of Object.values(this.ns)) {
-      ip('netns', 'add', n)
-      this.made.push(n)
-      ip('-n', n, 'link', 'set', 'lo', 'up')
-    }
-    ip('link', 'add', this.dev.a, 'type', 'veth', 'peer', 'name', this.dev.b)
-    for (const k of ['a', 'b'] as const) {
-      ip('link', 'set', this.dev[k], 'netns', this.ns[k])
-      ip('-n', this.ns[k], 'addr', 'add', `${this.addr[k]}/24`, 'dev', this.dev[k])
-      ip('-n', this.ns[k], 'link', 'set', this.dev[k], 'up')
-      this.shape(k, kbit, '4kb', '400ms')
-    }
-  }
-
-  /** tbf at `k`'s end: its rate, bucket, and how long a packet may wait in its queue before it is dropped. */
-  shape(k: 'a' | 'b', kbit: number, burst: string, latency: string, verb = 'add'): void {
-    const tbf = ['root', 'tbf', 'rate', `${kbit}kbit`, 'burst', burst, 'latency', latency]
-    inNs(this.ns[k], 'tc', ['qdisc', verb, 'dev', this.dev[k], ...tbf])
-  }
-
-  /** Bytes and packets dropped that `k`'s end of the line has sent so far (the tbf's count). */
-  sent(k: 'a' | 'b'): { bytes: number; dropped: number } {
-    const text = inNs(this.ns[k], 'tc', ['-s', 'qdisc', 'show', 'dev', this.dev[k]])
-    const m = /Sent (\d+) bytes \d+ pkt \(dropped (\d+)/.exec(text)
-    return { bytes: Number(m?.[1] ?? 0), dropped: Number(m?.[2] ?? 0) }
-  }
-
-  down(): void {
-    removeNamespaces(this.made.reverse())
-    this.made = []
-  }
 }
 
 async function status(dir: string): Promise<SiteStatus | null> {
@@ -130,7 +89,7 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
   const mb = opts.mb ?? 5
   const linkKbit = opts.linkKbit ?? 256
   const capKbit = opts.capKbit ?? 128
-  const line = new SlowLine()
+  const line = new SlowLine('bmb')
   const { dir, cleanup } = tmpDir('mesh-budget-')
   const procs: NsProc[] = []
   const out: Record<string, number> = {}
@@ -226,16 +185,19 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
     const t0 = Date.now()
     write(mb * 1024 * 1024)
     const target = rows(A.db)
-    let estimate = null as { at: number; seconds: number | null } | null
+    // shop-a's estimate of shop-b's catch-up, early (a tenth of the way by time as the cap allows it, once the
+    // 10-second rate has settled) and halfway; set against how long it really took from then.
+    const marks = [0.1, 0.5]
+    const estimates: Array<{ mark: number; at: number; seconds: number | null; lagBytes: number | null }> = []
     await waitFor(
       'the catch-up',
       async () => {
         const have = rows(replicaAtB())
-        // Halfway by time as the cap allows it (the rows arrive in bursts: blocks come in parallel, not in order).
-        if (estimate === null && Date.now() - t0 >= (ideal * 1000) / 2) {
+        const mark = marks[estimates.length]
+        if (mark !== undefined && Date.now() - t0 >= ideal * 1000 * mark) {
           const s = await status(A.dir)
           const p = s?.traffic?.peers.find((x) => x.site === 'shop-b')
-          estimate = { at: Date.now(), seconds: p?.catchUpSeconds ?? null }
+          estimates.push({ mark, at: Date.now(), seconds: p?.catchUpSeconds ?? null, lagBytes: p?.lagBytes ?? null })
         }
         return have === target
       },
@@ -271,11 +233,17 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
         `max ${Math.max(...lat)} ms over ${lat.length} requests (aim: p95 < 300 ms) ` +
         `${percentile(lat, 95) < 300 ? 'MET' : 'MISSED'}; idle line: p95 ${percentile(idle, 95)} ms`
     )
-    say(
-      `  catch-up of ${mb} MB: ${catchUpS.toFixed(0)} s (the cap alone allows ${ideal.toFixed(0)} s); at ` +
-        `halfway shop-a's status estimated ${estimate?.seconds ?? '-'} s to go, it took ` +
-        `${estimate ? ((t1 - estimate.at) / 1000).toFixed(0) : '-'} s`
-    )
+    say(`  catch-up of ${mb} MB: ${catchUpS.toFixed(0)} s (the cap alone allows ${ideal.toFixed(0)} s)`)
+    for (const e of estimates) {
+      const took = (t1 - e.at) / 1000
+      say(
+        `  at ${((e.at - t0) / 1000).toFixed(0)} s (${e.mark * 100}% of the cap's time) shop-a's status estimated ` +
+          `${e.seconds ?? '-'} s to go (shop-b ${((e.lagBytes ?? 0) / 1024 / 1024).toFixed(2)} MB behind in bytes ` +
+          `applied); it took ${took.toFixed(0)} s` +
+          (e.seconds ? ` (estimate / real: ${(e.seconds / took).toFixed(2)})` : '')
+      )
+      out[`budgetEstimate${e.mark * 100}Ratio`] = e.seconds ? +(e.seconds / took).toFixed(2) : -1
+    }
     const over = rates.filter((r) => r.kbit > capKbit * 1.1)
     say(
       `  10-second windows: median ${percentile(
@@ -312,15 +280,47 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
     const t2 = Date.now()
     write(512 * 1024)
     const lossTarget = rows(A.db)
-    await waitFor('the catch-up over a lossy line', () => rows(replicaAtB()) === lossTarget, 30 * 60_000)
+    // Meanwhile, shop-a's status: when it first says LOSSY_LINK, and the worst share of packets sent again.
+    const lossy = (s: SiteStatus | null) => s?.reasons.some((r) => r.text.startsWith('LOSSY_LINK:')) ?? false
+    let lossyAfter = null as number | null
+    let worstShare = 0
+    await waitFor(
+      'the catch-up over a lossy line',
+      async () => {
+        const s = await status(A.dir)
+        const l = s?.traffic?.peers.find((x) => x.site === 'shop-b')?.loss
+        if (l && l.packets > 0) worstShare = Math.max(worstShare, l.resent / l.packets)
+        if (lossyAfter === null && lossy(s)) lossyAfter = (Date.now() - t2) / 1000
+        return rows(replicaAtB()) === lossTarget
+      },
+      30 * 60_000
+    )
     const same = digest(A.db) === digest(replicaAtB())
     const dropped = line.sent('a').dropped - dropped0
     say(
       `  a line that drops packets (${lossyKbit} kbit/s, a tbf queue of 5 ms; ${dropped} packets dropped): ` +
-        `512 KB in ${((Date.now() - t2) / 1000).toFixed(0)} s, the copy ${same ? 'byte-exact' : 'DIFFERS'}`
+        `512 KB in ${((Date.now() - t2) / 1000).toFixed(0)} s, the copy ${same ? 'byte-exact' : 'DIFFERS'}; ` +
+        (lossyAfter === null ? 'NO LOSSY_LINK WARN' : `LOSSY_LINK at shop-a after ${lossyAfter.toFixed(0)} s`) +
+        `, at worst ${(worstShare * 100).toFixed(0)}% of the last minute's packets sent again`
     )
     out.budgetLossyDropped = dropped
     out.budgetLossyExact = same ? 1 : 0
+    out.budgetLossyWarnSeconds = lossyAfter ?? -1
+    // The line mended: how long until the WARN clears (a minute of figures rolls over).
+    line.shape('a', linkKbit, '4kb', '400ms', 'change')
+    const t2b = Date.now()
+    let clearedAfter: number | null = null
+    while (Date.now() - t2b < 180_000 && clearedAfter === null) {
+      if (!lossy(await status(A.dir))) clearedAfter = (Date.now() - t2b) / 1000
+      else await sleep(1000)
+    }
+    say(
+      '  the line mended: ' +
+        (clearedAfter === null
+          ? 'LOSSY_LINK still up after 180 s'
+          : `LOSSY_LINK cleared after ${clearedAfter.toFixed(0)} s`)
+    )
+    out.budgetLossyClearSeconds = clearedAfter ?? -1
 
     // A line that collapsed: a twentieth of the budget. Status should say so (a WARN) within a minute or so.
     const deadKbit = Math.max(2, Math.round(capKbit / 20))
@@ -328,11 +328,16 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
     const t3 = Date.now()
     write(256 * 1024)
     const deadTarget = rows(A.db)
+    // Either WARN: the collapsed rate (the node's own queue) or LOSSY_LINK (UDX's packets sent again).
     let warnedAfter: number | null = null
+    let warnedWith = ''
     while (Date.now() - t3 < 120_000 && warnedAfter === null) {
       const st = await status(A.dir)
-      if (st?.reasons.some((r) => /traffic to shop-b moves at/.test(r.text))) warnedAfter = (Date.now() - t3) / 1000
-      else await sleep(2000)
+      const r = st?.reasons.find((x) => /traffic to shop-b moves at|^LOSSY_LINK: the link to shop-b/.test(x.text))
+      if (r) {
+        warnedAfter = (Date.now() - t3) / 1000
+        warnedWith = r.text.startsWith('LOSSY_LINK') ? 'LOSSY_LINK' : 'the collapsed rate'
+      } else await sleep(2000)
     }
     line.shape('a', linkKbit, '4kb', '400ms', 'change')
     await waitFor('the catch-up once the line is back', () => rows(replicaAtB()) === deadTarget, 30 * 60_000)
@@ -341,7 +346,7 @@ export async function budgetBench(opts: BudgetBenchOptions = {}): Promise<Record
       `  a line that collapsed (${deadKbit} kbit/s): ` +
         (warnedAfter === null
           ? 'NO WARN in status within 120 s'
-          : `a WARN in status after ${warnedAfter.toFixed(0)} s`) +
+          : `a WARN in status after ${warnedAfter.toFixed(0)} s (${warnedWith})`) +
         `; once it was back, the copy ${sameAfter ? 'byte-exact' : 'DIFFERS'}`
     )
     out.budgetCollapseWarnSeconds = warnedAfter ?? -1

@@ -1,9 +1,10 @@
 /**
  * Network namespaces for the benches that need a real network between sites (bench/reconnect.ts,
- * bench/nightoff.ts, bench/budget.ts; needs root): a hub namespace with a bridge, one namespace per site and
- * one for the DHT test network, each joined to the hub by a veth pair; each site's link is rate-limited each
- * way with `tc ... tbf` (netem is missing on these machines: no added latency or loss). Each bench names its
- * namespaces with a prefix of its own, so that two can run at once.
+ * bench/nightoff.ts, bench/budget.ts, test/lossy-link.test.ts; needs root): a hub namespace with a bridge, one
+ * namespace per site and one for the DHT test network, each joined to the hub by a veth pair; each site's link
+ * is rate-limited each way with `tc ... tbf` (netem is missing on these machines: no added latency or loss);
+ * or two namespaces joined by one veth pair (SlowLine). Each bench names its namespaces with a prefix of its own,
+ * so that two can run at once.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import path from 'node:path'
@@ -145,6 +146,56 @@ export class Net {
   /** Cuts (or restores) site `k`'s link at the hub: its carrier goes down at both ends. */
   link(k: 'a' | 'b', up: boolean): void {
     ip('-n', this.hub, 'link', 'set', this.hubSide(k), up ? 'up' : 'down')
+  }
+
+  down(): void {
+    removeNamespaces(this.made.reverse())
+    this.made = []
+  }
+}
+
+/** Two namespaces joined by a veth pair with tbf at both ends; `down()` removes them. */
+export class SlowLine {
+  readonly p: string
+  readonly ns: Record<'a' | 'b', string>
+  readonly dev: Record<'a' | 'b', string>
+  readonly addr = { a: '10.233.0.1', b: '10.233.0.2' }
+  private made: string[] = []
+
+  /** `prefix`: the caller's own (bmb: the budget bench, bml: the lossy-link test), then this process's id. */
+  constructor(prefix: string) {
+    this.p = `${prefix}${process.pid % 100000}`
+    this.ns = { a: `${this.p}a`, b: `${this.p}b` }
+    this.dev = { a: `${this.p}a0`, b: `${this.p}b0` }
+  }
+
+  /** Both namespaces and the line, `kbit` each way (a tbf of 4 KB, 400 ms: a clean slow line). */
+  up(kbit: number): void {
+    for (const n of Object.values(this.ns)) {
+      ip('netns', 'add', n)
+      this.made.push(n)
+      ip('-n', n, 'link', 'set', 'lo', 'up')
+    }
+    ip('link', 'add', this.dev.a, 'type', 'veth', 'peer', 'name', this.dev.b)
+    for (const k of ['a', 'b'] as const) {
+      ip('link', 'set', this.dev[k], 'netns', this.ns[k])
+      ip('-n', this.ns[k], 'addr', 'add', `${this.addr[k]}/24`, 'dev', this.dev[k])
+      ip('-n', this.ns[k], 'link', 'set', this.dev[k], 'up')
+      this.shape(k, kbit, '4kb', '400ms')
+    }
+  }
+
+  /** tbf at `k`'s end: its rate, bucket, and how long a packet may wait in its queue before it is dropped. */
+  shape(k: 'a' | 'b', kbit: number, burst: string, latency: string, verb = 'add'): void {
+    const tbf = ['root', 'tbf', 'rate', `${kbit}kbit`, 'burst', burst, 'latency', latency]
+    inNs(this.ns[k], 'tc', ['qdisc', verb, 'dev', this.dev[k], ...tbf])
+  }
+
+  /** Bytes and packets dropped that `k`'s end of the line has sent so far (the tbf's count). */
+  sent(k: 'a' | 'b'): { bytes: number; dropped: number } {
+    const text = inNs(this.ns[k], 'tc', ['-s', 'qdisc', 'show', 'dev', this.dev[k]])
+    const m = /Sent (\d+) bytes \d+ pkt \(dropped (\d+)/.exec(text)
+    return { bytes: Number(m?.[1] ?? 0), dropped: Number(m?.[2] ?? 0) }
   }
 
   down(): void {

@@ -13,7 +13,8 @@
  * bench/nightoff.ts (a day's sales caught up over a 64 kbit/s link, against bytes / rate; network namespaces,
  * needs root: said and left out without it) runs after bench/bytes.ts, about 5 minutes.
  * bench/budget.ts (a 256 kbit/s line, the mesh capped at 128 kbit/s, a 5 MB catch-up with a till on the same
- * line; network namespaces, needs root) only with `--budget` (`--budget-mb N` sizes the catch-up), after it.
+ * line; network namespaces, needs root) only with `--budget` (`--budget-mb N` sizes the catch-up), after it,
+ * then bench/budget-split.ts (one capped site serving two peers at once).
  * First of all, bench/startup.ts: how fast the shipped `mesh` starts (`mesh version`, `mesh status`).
  */
 import Database from '../adapters/sqlite/better-sqlite3.ts'
@@ -29,6 +30,7 @@ import { pgBench } from './postgres.ts'
 import { promoteBench } from './promote.ts'
 import { reconnectBench } from './reconnect.ts'
 import { budgetBench } from './budget.ts'
+import { splitBench } from './budget-split.ts'
 import { restoreBench } from './restore.ts'
 import { guardBench } from './guard.ts'
 import { encryptionBench } from './encryption.ts'
@@ -197,6 +199,8 @@ try {
   const budget = process.argv.includes('--budget')
     ? await budgetBench({ say, mb: mbAt > 0 ? Number(process.argv[mbAt + 1]) : undefined })
     : {}
+  // The budget's even split between two busy peers (bench/budget-split.ts; root, with --budget).
+  const split = process.argv.includes('--budget') ? await splitBench({ say }) : {}
   if (json) {
     process.stdout.write(
       `${JSON.stringify({
@@ -221,7 +225,8 @@ try {
         ...restore,
         ...postgres,
         ...reconnect,
-        ...budget
+        ...budget,
+        ...split
       })}\n`
     )
   }

@@ -17,6 +17,7 @@ export {
   DEFAULT_THRESHOLDS,
   duration,
   kbit,
+  lossText,
   MIN_LINK_KBPS,
   VERDICT_EXIT,
   type LinkBudget,

@@ -79,6 +79,13 @@ export interface LinkBudget {
 /** Below this a budget cannot carry the control traffic alone (reports, keep-alives, hypercore requests). */
 export const MIN_LINK_KBPS = 8
 
+/** The share of packets sent again, as a whole percent for people ("12%", "under 1%", "0%"). */
+export function lossText(l: { packets: number; resent: number }): string {
+  if (l.packets === 0 || l.resent === 0) return '0%'
+  const pct = (l.resent * 100) / l.packets
+  return pct < 1 ? 'under 1%' : `${Math.round(pct)}%`
+}
+
 /** "12.5 kbit/s" */
 export function kbit(bps: number): string {
   return `${(bps / 1000).toFixed(bps < 10_000 ? 1 : 0)} kbit/s`

@@ -34,7 +34,8 @@ import { Alarms } from './alarms.ts'
 import { Alerts, type AlertOptions } from './alerts.ts'
 import { BlindHolder } from './blind.ts'
 import { ControlChannel } from './control.ts'
-import { addTraffic, Traffic, type LinkBudget } from './traffic.ts'
+import { Uploads } from './held.ts'
+import { addTraffic, lossyText, Traffic, type LinkBudget } from './traffic.ts'
 import { DataKeys, datasetOfLog } from './datakeys.ts'
 import { Failover, type PromoteResult } from './failover.ts'
 import { handover, type HandoverResult } from './handover.ts'
@@ -179,6 +180,8 @@ export class MeshNode extends EventEmitter {
   readonly history: History
   /** The bandwidth budget: every connection paced and counted (traffic.ts). */
   readonly traffic: Traffic
+  /** The blocks of each log uploaded to each peer: what a peer still has to receive, for its catch-up estimate. */
+  private readonly uploads = new Uploads()
   /** Every log of every dataset chain this node has open, by key. */
   private readonly logs = new Map<string, DatasetLog>()
   private server: net.Server | null = null
@@ -191,7 +194,10 @@ export class MeshNode extends EventEmitter {
     this.opts = opts
     this.paths = sitePaths(opts.dir)
     this.logger = opts.logger ?? silentLogger
-    this.traffic = new Traffic(opts.link ?? {}, path.join(opts.dir, 'traffic.json'))
+    this.traffic = new Traffic(opts.link ?? {}, path.join(opts.dir, 'traffic.json'), Date.now, (site, lossy, l) => {
+      if (lossy) this.logger.warn('a lossy link', { peer: site, text: lossyText(site, l) })
+      else this.logger.info('the lossy link recovered', { peer: site, packets: l.packets, resent: l.resent })
+    })
     this.history = new History(
       () => this.state.datasets,
       (k) => this.openLog(k),
@@ -286,6 +292,8 @@ export class MeshNode extends EventEmitter {
   private startSwarm(): void {
     const net = this.opts.network
     this.dht = new DHT({ bootstrap: net.bootstrap, host: net.host, firewalled: net.firewalled, keyPair: this.keyPair })
+    // The DHT's own bytes, counted apart in the site's traffic.
+    this.traffic.watchDht(this.dht)
     this.swarm = new Hyperswarm({
       keyPair: this.keyPair,
       dht: this.dht,
@@ -423,6 +431,7 @@ export class MeshNode extends EventEmitter {
   /** Keeps a log open for the node's life: downloading all of it (so this site can serve it), status updated. */
   private keepOpen(log: DatasetLog): DatasetLog {
     this.logs.set(hex(log.key), log)
+    this.uploads.watch(hex(log.key), log.core)
     log.core.download({ start: 0, end: -1 })
     log.core.on('append', () => this.reports.markDirty())
     log.core.on('download', () => this.reports.markDirty())
@@ -437,7 +446,9 @@ export class MeshNode extends EventEmitter {
       st,
       this.traffic,
       this.key,
-      this.control.ready().map((p) => hex(p.key))
+      this.control.ready().map((p) => hex(p.key)),
+      (log) => this.logs.get(log)?.core ?? null,
+      this.uploads
     )
   }
 

@@ -15,9 +15,11 @@
  * What it does not do: it paces the bytes of the encrypted stream, with each piece charged PACKET_OVERHEAD for
  * the headers around it; what UDX sent beyond that (acknowledgements, retransmissions) is charged after the
  * fact, every second, from UDX's own counts. The DHT's own traffic (lookups and announces, a few KB every few
- * minutes) is not counted. A budget of exactly the line's rate leaves the shop nothing. It
- * never slows what it receives: that is the sender's pacing, asked for in the budget message; an older site,
- * which has no such message, sends as fast as this site asks.
+ * minutes, more for a site that answers other DHT nodes) is counted apart (the messages its sockets send; what
+ * the UDX instance received beyond the connections) and charged to the site's bucket after the fact, not paced.
+ * A budget of exactly the line's rate leaves the shop nothing. It never slows what it receives: that is the
+ * sender's pacing, asked for in the budget message; an older site, which has no such message, sends as fast as
+ * this site asks.
  *
  * Counting: bytes written to each peer (at the raw stream) and read from it (the secret stream's count of
  * bytes read, sampled every second), per second over the last hour, and per day (kept in DIR/traffic.json so
@@ -26,11 +28,15 @@
 import fs from 'node:fs'
 import type { SwarmConnection } from 'hyperswarm'
 import type { Budget } from '../protocol/index.ts'
+import { DhtTraffic } from './dht-traffic.ts'
+import { heldHere, type Uploads } from './held.ts'
 import { writeFileAtomic } from './state.ts'
 import type { SiteStatus } from './status.ts'
-import { kbit, type LinkBudget, MIN_LINK_KBPS } from './defaults.ts'
+import { kbit, type LinkBudget, lossText, MIN_LINK_KBPS } from './defaults.ts'
+import { judgeLoss, LinkLoss, type LossFigures, lossyText, type UdxLossCounts } from './loss.ts'
+import { Meter, localDay } from './meter.ts'
 
-export { kbit, type LinkBudget, MIN_LINK_KBPS }
+export { kbit, type LinkBudget, lossText, lossyText, Meter, MIN_LINK_KBPS }
 
 /** Largest piece written at once under a budget: about one UDX packet, so a big block never goes as a burst. */
 export const CHUNK = 1024
@@ -42,10 +48,8 @@ export const CHUNK = 1024
 export const PACKET_OVERHEAD = 64
 /** The headers under UDX's own, which its byte count leaves out: UDP, IPv4, Ethernet. */
 const IP_OVERHEAD = 42
-const HOUR = 3600
 /** A peer whose bytes waited this long without a break, getting under a tenth of its limit, is a WARN. */
 const COLLAPSE_SECONDS = 30
-
 /** Per peer, what `mesh status` shows. Rates are bits per second over the last 10 seconds. */
 export interface PeerTrafficStatus {
   site: string
@@ -68,7 +72,17 @@ export interface PeerTrafficStatus {
    * acknowledgements and retransmissions included) and how many packets it sent again; null when unknown.
    */
   wire: { bytes: number; packets: number; retransmits: number } | null
-  /** What the peer lacks of the datasets' newest writes (from its reports), and at the current rate how long. */
+  /**
+   * The last minute (node/loss.ts) on the open connections to the peer, from UDX: packets sent, those sent again
+   * (lost, or their acknowledgement was), and retransmission timeouts (nothing acknowledged for a whole timeout);
+   * `lossy`: the LOSSY_LINK WARN is up for this peer. Null when UDX does not tell.
+   */
+  loss: { packets: number; resent: number; timeouts: number; lossy: boolean } | null
+  /**
+   * What the peer lacks of the datasets' newest writes (from its reports: applied bytes), and how long until it
+   * has received what it still lacks (what hypercore says it holds, often more than it applied), at the rate it
+   * gets now, capped by the budget; null: not moving.
+   */
   lagBytes: number | null
   catchUpSeconds: number | null
 }
@@ -78,6 +92,15 @@ export interface TrafficStatus {
   upBps: number | null
   downBps: number | null
   peers: PeerTrafficStatus[]
+  /**
+   * What the DHT moved (lookups, announces, answering other nodes, hole punching): the messages its sockets sent,
+   * and what its UDX instance received beyond the connections (the set-up of each connection before the node
+   * counts it included); null before the DHT is up.
+   */
+  dht: {
+    sent: { today: number; lastHour: number; bps: number }
+    received: { today: number; lastHour: number; bps: number }
+  } | null
   /** What this site lacks, and how long it takes at the rate it receives now (null: not receiving). */
   lagBytes: number
   catchUpSeconds: number | null
@@ -112,64 +135,9 @@ class Bucket {
   }
 }
 
-/** Bytes per second over the last hour (one slot per second), and today's total. */
-export class Meter {
-  private readonly ring = new Float64Array(HOUR)
-  private second = 0
-  today = 0
-  private day = ''
-
-  add(n: number, now: number): void {
-    this.advance(now)
-    this.ring[this.second % HOUR] += n
-    this.today += n
-  }
-
-  /** Bytes in the last `seconds` whole seconds (the current one not included). */
-  sum(seconds: number, now: number): number {
-    this.advance(now)
-    let t = 0
-    for (let i = 1; i <= Math.min(seconds, HOUR - 1); i++) t += this.ring[(this.second - i + HOUR) % HOUR]
-    return t
-  }
-
-  lastHour(now: number): number {
-    return this.sum(HOUR - 1, now) + this.ring[this.second % HOUR]
-  }
-
-  /** Today's figure as kept across a restart (see Traffic.load). */
-  restore(day: string, bytes: number): void {
-    this.day = day
-    this.today = bytes
-  }
-
-  get dayName(): string {
-    return this.day
-  }
-
-  private advance(now: number): void {
-    const s = Math.floor(now / 1000)
-    const day = localDay(now)
-    if (day !== this.day) {
-      this.day = day
-      this.today = 0
-    }
-    if (s <= this.second) return
-    const steps = Math.min(HOUR, s - this.second)
-    for (let i = 1; i <= steps; i++) this.ring[(this.second + i) % HOUR] = 0
-    this.second = s
-  }
-}
-
-function localDay(ms: number): string {
-  const d = new Date(ms)
-  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`
-}
-
-interface RawStream {
+interface RawStream extends UdxLossCounts {
   bytesTransmitted?: number
-  packetsTransmitted?: number
-  retransmits?: number
+  bytesReceived?: number
   write(data: Uint8Array): boolean
   end(...args: unknown[]): unknown
   emit(event: string, ...args: unknown[]): boolean
@@ -183,6 +151,8 @@ class PeerTraffic {
   readonly received = new Meter()
   /** What it asked of this site (bits/s; 0 = no limit) and its own budget, from its budget message. */
   budget: Budget | null = null
+  /** The LOSSY_LINK WARN is up (node/loss.ts). */
+  lossy = false
 
   constructor(
     readonly key: string,
@@ -204,16 +174,20 @@ class Link {
   cap: Bucket | null = null
   /** The secret stream's count of bytes read, at the last sample. */
   readSeen = 0
+  /** UDX's count of bytes received, at the last sample (for the DHT's share of what the instance received). */
+  udxRxSeen = 0
   /** UDX's counts of bytes and packets sent, at the last sample, and what the buckets were charged since. */
   wireSeen = 0
   packetsSeen = 0
   charged = 0
   /** Since when bytes have waited in the queue without a break (ms), or null while it is empty. */
   waitingSince: number | null = null
+  /** UDX's packets sent, sent again and retransmission timeouts, per second (node/loss.ts). */
+  readonly loss = new LinkLoss()
 
   constructor(
     readonly peer: PeerTraffic,
-    readonly conn: { rawBytesRead?: number },
+    readonly conn: { rawBytesRead?: number; _writableState?: { buffered?: number } },
     readonly raw: RawStream,
     readonly rawWrite: (b: Uint8Array) => boolean,
     readonly rawEnd: (...args: unknown[]) => unknown
@@ -251,11 +225,19 @@ export class Traffic {
   private sampler: NodeJS.Timeout | null = null
   private pumping = false
   private again = false
+  /** The DHT's own bytes (node/dht-traffic.ts). */
+  readonly dht = new DhtTraffic()
 
   constructor(
     readonly budget: LinkBudget = {},
     private readonly file: string | null = null,
-    private readonly now: () => number = Date.now
+    private readonly now: () => number = Date.now,
+    /** Hears when a peer's LOSSY_LINK WARN is raised (true) or cleared, with the last minute's figures. */
+    private readonly onLoss?: (
+      site: string,
+      lossy: boolean,
+      figures: { packets: number; resent: number; timeouts: number }
+    ) => void
   ) {
     this.site = budget.upKbps ? new Bucket((budget.upKbps * 1000) / 8, now()) : null
   }
@@ -266,6 +248,12 @@ export class Traffic {
 
   get downBps(): number | null {
     return this.budget.downKbps ? Math.round(this.budget.downKbps * 1000) : null
+  }
+
+  /** Counts the DHT's own traffic from now on, charged to the site's budget (node/dht-traffic.ts). */
+  watchDht(dht: unknown): void {
+    this.sample()
+    this.dht.watch(dht)
   }
 
   /** Samples what each connection read, every second; saves today's figures every minute. */
@@ -320,6 +308,8 @@ export class Traffic {
     link.readSeen = c.rawBytesRead ?? 0
     link.wireSeen = raw.bytesTransmitted ?? 0
     link.packetsSeen = raw.packetsTransmitted ?? 0
+    link.udxRxSeen = raw.bytesReceived ?? 0
+    link.loss.sample(raw, this.now())
     if (peer.budget?.askBps) link.cap = new Bucket(peer.budget.askBps / 8, this.now())
     this.links.push(link)
     raw.write = (data: Uint8Array) => this.write(link, data)
@@ -432,13 +422,49 @@ export class Traffic {
   private sample(): void {
     const now = this.now()
     for (const l of this.links) this.sampleLink(l, now)
+    this.sampleDht(now)
+    this.judgeLoss(now)
+  }
+
+  /** What the DHT moved since the last sample; what it sent charged to the site's budget (as in chargeWire). */
+  private sampleDht(now: number): void {
+    const wire = this.dht.sample(now, IP_OVERHEAD)
+    if (this.site && wire > 0) this.site.tokens = Math.max(-this.site.rate, this.site.tokens - wire)
   }
 
   private sampleLink(link: Link, now: number): void {
     const read = link.conn.rawBytesRead ?? 0
     if (read > link.readSeen) link.peer.received.add(read - link.readSeen, now)
     link.readSeen = read
+    const rx = link.raw.bytesReceived
+    if (typeof rx === 'number') {
+      this.dht.streamReceived(Math.max(0, rx - link.udxRxSeen))
+      link.udxRxSeen = rx
+    }
+    link.loss.sample(link.raw, now)
     this.chargeWire(link)
+  }
+
+  /** The last minute's loss figures over the peer's open connections; null when UDX does not tell. */
+  private loss(peer: PeerTraffic, now: number): LossFigures | null {
+    return LinkLoss.of(
+      this.links.filter((l) => l.peer === peer).map((l) => l.loss),
+      now
+    )
+  }
+
+  /**
+   * Raises or clears each peer's LOSSY_LINK WARN from the last minute's figures (every second, from the
+   * sampler); `onLoss` hears of each change.
+   */
+  private judgeLoss(now: number): void {
+    for (const p of this.peers.values()) {
+      const l = this.loss(p, now)
+      const lossy = judgeLoss(p.lossy, l)
+      if (lossy === p.lossy) continue
+      p.lossy = lossy
+      this.onLoss?.(p.site, lossy, l ?? { packets: 0, resent: 0, timeouts: 0 })
+    }
   }
 
   /**
@@ -463,7 +489,13 @@ export class Traffic {
    * The figures for `mesh status`: each peer's, with what it lacks (`lag`, bytes by key, from the datasets'
    * status) and this site's own lack (`ownLag`).
    */
-  status(connected: Set<string>, lag: Map<string, number>, ownLag: number): TrafficStatus {
+  status(
+    connected: Set<string>,
+    lag: Map<string, number>,
+    ownLag: number,
+    left: Map<string, number> = lag,
+    ownLeft = ownLag
+  ): TrafficStatus {
     const now = this.now()
     const n = Math.max(1, connected.size)
     const up = this.upBps
@@ -489,12 +521,23 @@ export class Traffic {
         peerBudget: p.budget ? { upBps: p.budget.upBps, downBps: p.budget.downBps } : null,
         queued: this.links.filter((l) => l.peer === p).reduce((t, l) => t + l.queued, 0),
         wire: wire(this.links.filter((l) => l.peer === p)),
+        loss: ((l) => (l ? { packets: l.packets, resent: l.resent, timeouts: l.timeouts, lossy: p.lossy } : null))(
+          this.loss(p, now)
+        ),
         lagBytes,
-        catchUpSeconds: eta(lagBytes, sentBps)
+        // What it still has to receive, at the rate it gets now (never above what the budget lets it have).
+        catchUpSeconds: eta(left.get(p.key) ?? lagBytes, upLimit === null ? sentBps : Math.min(sentBps, upLimit))
       })
     }
     peers.sort((a, b) => a.site.localeCompare(b.site))
-    return { upBps: up, downBps: down, peers, lagBytes: ownLag, catchUpSeconds: eta(ownLag, receiving) }
+    const inBps = down === null ? receiving : Math.min(receiving, down)
+    const meter = (m: Meter) => ({
+      today: m.today,
+      lastHour: m.lastHour(now),
+      bps: Math.round((m.sum(10, now) / 10) * 8)
+    })
+    const dht = this.dht.watching ? { sent: meter(this.dht.sent), received: meter(this.dht.received) } : null
+    return { upBps: up, downBps: down, peers, dht, lagBytes: ownLag, catchUpSeconds: eta(ownLeft, inBps) }
   }
 
   /**
@@ -508,6 +551,19 @@ export class Traffic {
     return ((this.peers.get(key)?.sent.sum(COLLAPSE_SECONDS, now) ?? 0) * 8) / COLLAPSE_SECONDS
   }
 
+  /**
+   * Bytes on their way to the peer `key` that have not reached UDX: in this site's queue (the budget's) and in
+   * the secret streams' write buffers above it, where hypercore's answers wait when the line is slow.
+   */
+  unsent(key: string): number {
+    let n = 0
+    for (const l of this.links) {
+      if (l.peer.key !== key) continue
+      n += l.queued + (l.conn._writableState?.buffered ?? 0)
+    }
+    return n
+  }
+
   /** Today's figures as the last run saved them: every peer of them, connected or not. */
   private load(): void {
     if (!this.file) return
@@ -518,6 +574,10 @@ export class Traffic {
       return // none yet, or unreadable: today's figures start at 0
     }
     if (j.day !== localDay(this.now()) || typeof j.peers !== 'object' || j.peers === null) return
+    if (j.dht) {
+      this.dht.sent.restore(j.day, this.dht.sent.today + (Number(j.dht.sent) || 0))
+      this.dht.received.restore(j.day, this.dht.received.today + (Number(j.dht.received) || 0))
+    }
     for (const [key, s] of Object.entries(j.peers)) {
       const p = this.peer(key, s.site ?? '')
       p.sent.restore(j.day, p.sent.today + (Number(s.sent) || 0))
@@ -537,7 +597,11 @@ export class Traffic {
       }
     }
     try {
-      writeFileAtomic(this.file, `${JSON.stringify({ day, peers })}\n`)
+      const dht = {
+        sent: this.dht.sent.dayName === day ? this.dht.sent.today : 0,
+        received: this.dht.received.dayName === day ? this.dht.received.today : 0
+      }
+      writeFileAtomic(this.file, `${JSON.stringify({ day, peers, dht })}\n`)
     } catch {
       // a full disk: the figures live on in memory
     }
@@ -547,6 +611,8 @@ export class Traffic {
 interface SavedTraffic {
   day: string
   peers: Record<string, { site: string; sent: number; received: number }>
+  /** The DHT's own bytes today (absent in files from before it was counted). */
+  dht?: { sent: number; received: number }
 }
 
 function wire(links: Link[]): PeerTrafficStatus['wire'] {
@@ -569,25 +635,53 @@ function eta(bytes: number | null, bps: number): number | null {
 /**
  * Adds the traffic figures to the running node's status: per peer, bytes today and in the last hour, the
  * rate against the limit, and how long until it has caught up at that rate (its lag in bytes, from the
- * datasets' holders); a WARN for a peer whose rate collapsed while bytes waited for it (a link that drops
+ * datasets' holders); a WARN for a peer whose link drops packets (LOSSY_LINK, from UDX's retransmissions over
+ * the last minute), and one for a peer whose rate collapsed while bytes waited for it (a link that drops
  * packets, or one shared with more traffic than the budget allows for).
  */
-export function addTraffic(st: SiteStatus, t: Traffic, self: Uint8Array, connected: string[]): SiteStatus {
+export function addTraffic(
+  st: SiteStatus,
+  t: Traffic,
+  self: Uint8Array,
+  connected: string[],
+  coreOf: (log: string) => unknown = () => null,
+  uploads: Uploads | null = null
+): SiteStatus {
   const me = Buffer.from(self).toString('hex')
   const lag = new Map<string, number>()
+  const left = new Map<string, number>()
   let own = 0
+  let ownLeft = 0
+  // A block hypercore uploaded may still wait in the streams' buffers: it is still to receive.
+  const unsent = (k: string) => t.unsent(k)
+  const add = (m: Map<string, number>, k: string, n: number) => m.set(k, (m.get(k) ?? 0) + n)
   for (const d of st.datasets) {
+    const core = coreOf(d.log)
+    const held = core && uploads ? uploads.heldByPeers(d.log, core) : new Map<string, number>()
     for (const h of d.holders) {
       if (h.role === 'origin' || h.lagBytes === null) continue
-      if (h.key === me) own += h.lagBytes
-      else lag.set(h.key, (lag.get(h.key) ?? 0) + h.lagBytes)
+      // What is left to receive: what the log holds beyond what the holder has of it, never above its lag.
+      const have = h.key === me ? (core ? heldHere(core) : null) : (held.get(h.key) ?? null)
+      const toReceive = have === null ? h.lagBytes : Math.min(h.lagBytes, Math.max(0, d.bytes - have))
+      if (h.key === me) {
+        own += h.lagBytes
+        ownLeft += toReceive
+      } else {
+        add(lag, h.key, h.lagBytes)
+        add(left, h.key, toReceive)
+      }
     }
   }
-  st.traffic = t.status(new Set(connected), lag, own)
+  for (const [k, n] of left) left.set(k, Math.min(lag.get(k) ?? n, n + unsent(k)))
+  st.traffic = t.status(new Set(connected), lag, own, left, ownLeft)
   // A guest's connection (a join code being redeemed) is counted and paced, and not shown.
   const members = new Set(st.members.map((m) => m.key))
   st.traffic.peers = st.traffic.peers.filter((p) => p.connected || members.has(p.key))
   for (const p of st.traffic.peers) {
+    if (p.connected && p.loss?.lossy) {
+      st.reasons.push({ level: 'WARN', text: lossyText(p.site, p.loss) })
+      if (st.verdict === 'OK') st.verdict = 'WARN'
+    }
     if (!p.connected || p.upLimitBps === null) continue
     const rate = t.waitingRate(p.key)
     if (rate === null || rate >= p.upLimitBps / 10) continue

@@ -112,11 +112,18 @@ test('a site under a budget: exact copies, its split announced, the same bytes c
     assert.match(text.stdout, /shop-b\s+connected.*\n\s+sent .* today, .* in the last hour, now .* of 128 kbit\/s/)
     const atB = await mesh(['status', '--dir', b.dir])
     assert.match(atB.stdout, /shop-a\s+connected.*; its budget: up 256 kbit\/s, down 512 kbit\/s/)
+    assert.match(atB.stdout, /the DHT \(lookups, announces, connection set-up\): sent .* today/)
     const json = JSON.parse((await mesh(['status', '--dir', b.dir, '--json'])).stdout) as SiteStatus
     const p = json.traffic!.peers.find((x) => x.site === 'shop-a')!
     assert.equal(p.connected, true)
     assert.equal(p.lagBytes, 0, 'shop-a, the only origin of new rows here, is caught up')
     assert.equal(p.catchUpSeconds, 0)
+    // The DHT's own bytes, apart from the peers': shop-b looked up the mesh and announced itself on it.
+    const dht = json.traffic!.dht
+    assert.ok(dht && dht.sent.today > 0 && dht.received.today > 0, `the DHT's traffic: ${JSON.stringify(dht)}`)
+    assert.ok(dht.sent.lastHour <= dht.sent.today)
+    // A clean loopback mesh: no packet worth a WARN sent again.
+    assert.equal(p.loss?.lossy, false, JSON.stringify(p.loss))
   })
 
   await t.test("today's figures survive a restart of the node", async () => {

@@ -2,7 +2,7 @@
 // What only some runs need is imported then: the status saved on disk when no node runs, and the PostgreSQL
 // driver for a slot's WAL.
 import { MeshError } from '../../protocol/errors.ts'
-import { askNode, count, duration, kbit, sizeText, VERDICT_EXIT } from '../../node/client.ts'
+import { askNode, count, duration, kbit, lossText, sizeText, VERDICT_EXIT } from '../../node/client.ts'
 import type { SiteStatus } from '../../node/index.ts'
 import { readConfig, resolveDir } from '../config.ts'
 import { out, parse, printError, type Command } from './common.ts'
@@ -168,6 +168,20 @@ function trafficLines(s: SiteStatus): string[] {
     )
     lines.push(`    ${dir('sent', p.sent, p.upLimitBps)}${p.queued ? ` (${bytes(p.queued)} waiting)` : ''}`)
     lines.push(`    ${dir('received', p.received, p.downLimitBps)}`)
+    if (p.loss && p.loss.packets > 0) {
+      const t = p.loss.timeouts
+      lines.push(
+        `    last minute: ${count(p.loss.packets, 'packet')} sent, ${lossText(p.loss)} sent again` +
+          `${t ? `, ${count(t, 'retransmission timeout')}` : ''}${p.loss.lossy ? ' (LOSSY_LINK)' : ''}`
+      )
+    }
+  }
+  if (t.dht) {
+    const m = (x: { today: number; lastHour: number; bps: number }) =>
+      `${bytes(x.today)} today, ${bytes(x.lastHour)} in the last hour, now ${kbit(x.bps)}`
+    lines.push(
+      `  the DHT (lookups, announces, connection set-up): sent ${m(t.dht.sent)}; received ${m(t.dht.received)}`
+    )
   }
   if (t.lagBytes > 0) lines.push(`  this site${eta(t.lagBytes, t.catchUpSeconds)}`)
   return lines
