@@ -32,7 +32,8 @@ async function abandonBlocks(log: DatasetLog): Promise<number> {
   return n
 }
 
-test('a 100,000-row transaction above the budget is appended and applied in parts, all-or-nothing', async (t) => {
+/** A table of 10 rows at an origin, applied at its replica through a pipeline, and a reader of the replica. */
+async function arriving(t: Parameters<typeof sqliteOrigin>[0]) {
   const { dir, file, db } = sqliteOrigin(t)
   db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, tag BLOB)')
   bulk(db, 10)
@@ -40,6 +41,11 @@ test('a 100,000-row transaction above the budget is appended and applied in part
   await p.settle()
   const reader = new Database(path.join(dir, 'replica.db'), { readonly: true })
   teardown(t, () => reader.close())
+  return { dir, file, db, p, reader }
+}
+
+test('a 100,000-row transaction above the budget is appended and applied in parts, all-or-nothing', async (t) => {
+  const { dir, file, db, p, reader } = await arriving(t)
   // Between two parts, another connection sees the replica as it was before the unit.
   const seen: number[] = []
   const applyPart = p.replica.applyPart.bind(p.replica)
@@ -71,13 +77,7 @@ test('a 100,000-row transaction above the budget is appended and applied in part
 test('a large unit is applied as it arrives, before its writer appended the rest, and shows only whole', {
   timeout: 120_000
 }, async (t) => {
-  const { dir, file, db } = sqliteOrigin(t)
-  db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, tag BLOB)')
-  bulk(db, 10)
-  const p = await sqlitePipeline(t, dir, file, { unitMemoryBytes: BUDGET })
-  await p.settle()
-  const reader = new Database(path.join(dir, 'replica.db'), { readonly: true })
-  teardown(t, () => reader.close())
+  const { dir, file, db, p, reader } = await arriving(t)
   // The unit's last part is held back until the replica has applied a part of it: with a replica that waited
   // for the whole unit this would never end (the test's timeout fails it).
   let partApplied: () => void = () => {}
@@ -111,14 +111,8 @@ test('a large unit is applied as it arrives, before its writer appended the rest
 test('a unit applied as it arrives whose writer stalls is rolled back, not held open; applied once all here', {
   timeout: 120_000
 }, async (t) => {
-  const { dir, file, db } = sqliteOrigin(t)
-  db.exec('CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, tag BLOB)')
-  bulk(db, 10)
-  const p = await sqlitePipeline(t, dir, file, { unitMemoryBytes: BUDGET })
-  await p.settle()
+  const { dir, file, db, p, reader } = await arriving(t)
   const replicaFile = path.join(dir, 'replica.db')
-  const reader = new Database(replicaFile, { readonly: true })
-  teardown(t, () => reader.close())
   // Another program's connection, that waits for no lock: it can take the write lock only while no transaction
   // of the replica's is open.
   const other = new Database(replicaFile, { timeout: 0 })
