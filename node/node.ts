@@ -197,6 +197,8 @@ export class MeshNode extends EventEmitter {
     this.traffic = new Traffic(opts.link ?? {}, path.join(opts.dir, 'traffic.json'), Date.now, (site, lossy, l) => {
       if (lossy) this.logger.warn('a lossy link', { peer: site, text: lossyText(site, l) })
       else this.logger.info('the lossy link recovered', { peer: site, packets: l.packets, resent: l.resent })
+      // Every site's status says so too (a notice in this site's report).
+      this.reports.markDirty()
     })
     this.history = new History(
       () => this.state.datasets,

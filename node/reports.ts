@@ -172,7 +172,7 @@ export class Reports {
         holdings: await this.holdings(),
         peers: node.control.ready().map((p) => p.key),
         software: node.opts.software,
-        notices: [...this.notices(), ...node.alarms.notices(), ...node.alerts.notices()],
+        notices: [...this.notices(), ...node.alarms.notices(), ...node.alerts.notices(), ...this.linkNotices()],
         health: node.health.report()
       },
       node.keyPair.secretKey
@@ -180,6 +180,12 @@ export class Reports {
     this.signed.set(hex(node.key), report)
     this.scheduleSave()
     return report
+  }
+
+  /** This site's lossy links (node/traffic.ts): a WARN at every site while they last. */
+  private linkNotices(): Notice[] {
+    const at = Date.now()
+    return this.node.traffic.lossyLinks().map((l) => ({ dataset: '', kind: 'link', at, seq: 0, text: l.text }))
   }
 
   /** The whole copies this site appended again as an origin in the last week, for every site to show. */

@@ -24,6 +24,8 @@ export { DEFAULT_THRESHOLDS, duration, VERDICT_EXIT, type StatusThresholds, type
 export const NOTICE_MS = 7 * 86_400_000
 /** How long an alarm (alarms.ts) stays CRIT. */
 export const ALARM_MS = 24 * 3600_000
+/** How long a site's report of a lossy link counts (reports are sent again at least every heartbeat). */
+export const LINK_NOTICE_MS = 5 * 60_000
 
 export interface HolderStatus {
   site: string
@@ -285,10 +287,14 @@ export function buildStatus(input: StatusInput): SiteStatus {
     }
   }
 
-  // A site that cannot send alerts (alerts.ts): a warning at every site, from its signed report.
+  // A site that cannot send alerts (alerts.ts), or whose link to a peer drops packets (traffic.ts): a warning at
+  // every site, from its signed report. A link's notice counts while the report is recent: a site that went
+  // silent says nothing of its links any more (its silence is the warning then).
   for (const r of input.reports) {
-    for (const n of r.notices ?? [])
+    for (const n of r.notices ?? []) {
       if (n.kind === 'alert-error') add('WARN', `${r.siteName} cannot send alerts: ${n.text}`)
+      if (n.kind === 'link' && now - n.at < LINK_NOTICE_MS) add('WARN', `${r.siteName}: ${n.text}`)
+    }
   }
 
   const datasets: DatasetStatus[] = state.datasets.map((d: DatasetInfo) => {

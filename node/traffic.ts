@@ -454,6 +454,20 @@ export class Traffic {
   }
 
   /**
+   * The LOSSY_LINK WARNs up now, each with the last minute's figures: carried in this site's report (notices of
+   * kind 'link'), so that every site's status, and the alerts of whichever site sends them, say so too.
+   */
+  lossyLinks(): Array<{ site: string; text: string }> {
+    const now = this.now()
+    const out: Array<{ site: string; text: string }> = []
+    for (const p of this.peers.values()) {
+      const l = p.lossy ? this.loss(p, now) : null
+      if (l) out.push({ site: p.site, text: lossyText(p.site, l) })
+    }
+    return out
+  }
+
+  /**
    * Raises or clears each peer's LOSSY_LINK WARN from the last minute's figures (every second, from the
    * sampler); `onLoss` hears of each change.
    */
@@ -677,6 +691,9 @@ export function addTraffic(
   // A guest's connection (a join code being redeemed) is counted and paced, and not shown.
   const members = new Set(st.members.map((m) => m.key))
   st.traffic.peers = st.traffic.peers.filter((p) => p.connected || members.has(p.key))
+  // This site's own LOSSY_LINK notices (its report, through buildStatus) give way to the live figures here.
+  const ownNotice = `${st.site}: LOSSY_LINK: `
+  st.reasons = st.reasons.filter((r) => !r.text.startsWith(ownNotice))
   for (const p of st.traffic.peers) {
     if (p.connected && p.loss?.lossy) {
       st.reasons.push({ level: 'WARN', text: lossyText(p.site, p.loss) })

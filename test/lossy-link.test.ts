@@ -1,7 +1,7 @@
 /**
  * A link that drops packets (issue 16): `mesh status` at the sending site says so (the LOSSY_LINK WARN, from
- * what UDX sent again over the last minute), and nothing damaged is ever applied: the copy ends equal to the
- * origin, row for row.
+ * what UDX sent again over the last minute), every other site's too (from its signed report), and nothing
+ * damaged is ever applied: the copy ends equal to the origin, row for row.
  *
  * A real line, not a simulation: two network namespaces (`bml<pid>a`, `bml<pid>b`) joined by a veth pair, with
  * `tc ... tbf` at shop-a's end at 128 kbit/s and a queue of a few milliseconds, so that what UDX sends beyond the
@@ -110,6 +110,21 @@ test('a link that drops packets: a LOSSY_LINK WARN at the sending site, and an e
   assert.match(reason, /the link to shop-b drops packets: \d+% of the \d+ packets sent to it in the last minute/)
   assert.match(reason, /nothing damaged is applied/)
   assert.match(reason, /check the line.*or lower link\.upKbps/i)
+  assert.equal(
+    st.reasons.filter((r) => r.text.includes('LOSSY_LINK: the link to shop-b')).length,
+    1,
+    `said once at shop-a (its own report's notice gives way to the live figures): ${JSON.stringify(st.reasons)}`
+  )
+  // Every site says so, from shop-a's signed report: so the alerts of whichever site sends them do too.
+  await waitUntil(
+    "shop-b's status warns that shop-a's link to shop-b drops packets",
+    async () =>
+      (await status(B.dir)).reasons.some(
+        (r) => r.level === 'WARN' && r.text.startsWith('shop-a: LOSSY_LINK: the link to shop-b drops packets')
+      ),
+    60_000,
+    500
+  )
   const p = st.traffic?.peers.find((x) => x.site === 'shop-b')
   assert.ok(p?.loss, `shop-a's status has loss figures for shop-b: ${JSON.stringify(st.traffic)}`)
   assert.equal(p.loss.lossy, true)
