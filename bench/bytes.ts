@@ -196,9 +196,14 @@ export async function bytesBench(opts: BytesBenchOptions = {}): Promise<Record<s
     out[`bytesLogPlainRatio${key}`] = +(plain.log / plain.rows).toFixed(3)
     if (key === 'Sale' || key === 'Batch60' || key === 'Batch300') {
       const ratio = packed.wire / packed.rows
-      say(
-        `    on the wire, compressed: ${ratio.toFixed(3)}x the rows (aim <= 0.5x: ${ratio <= 0.5 ? 'met' : 'MISSED'})`
-      )
+      // The aim is over a whole day: dictionaries pay for themselves over it, so a shorter run is no verdict.
+      const verdict =
+        sales >= DAY_SALES
+          ? ratio <= 0.5
+            ? 'met'
+            : 'MISSED'
+          : `no verdict: ${sales} of the day's ${DAY_SALES} sales; \`--sales ${DAY_SALES} --only ${key}\` for it`
+      say(`    on the wire, compressed: ${ratio.toFixed(3)}x the rows (aim <= 0.5x over a day: ${verdict})`)
     }
   }
   return out
