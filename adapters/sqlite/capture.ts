@@ -55,9 +55,8 @@ import {
 } from './capture-identity.ts'
 import { changeTable, sameInfo, triggerNames, triggerSql } from './capture-triggers.ts'
 import { type Planned, STREAM_ABOVE_ROWS, piecesOf, wholeStream } from './capture-pieces.ts'
-import { type Captured, changesOf, prepareTable, readAll } from './captured-table.ts'
+import { type Captured, changesOf, pagesOf, prepareTable, readAll } from './captured-table.ts'
 import { IDENTITY_BYTES, decodeSqliteSource, sourceEnc, type SourcePos } from './position.ts'
-import { RawAware, bindValue, exactColumns, exactRow, mayHoldRawText } from './text.ts'
 
 export { decodeSqliteSource } from './position.ts'
 
@@ -570,52 +569,7 @@ export class SqliteCapture implements CaptureSide {
     }
     this.sequencesLogged = new Map()
     for (const t of tables) {
-      // Pages in short read transactions: no long lock on the origin. Rows changed while this runs are in
-      // the change table, so the first batch after the snapshot makes the replica exact. Rowid tables page by
-      // rowid, which is never NULL (a declared key may hold NULLs in legacy SQLite tables).
-      const { info } = t
-      const cols = info.columns.map((col) => quote(col.name))
-      const byRowid = info.rowidName !== null
-      const order = byRowid ? [info.rowidName!] : info.key.map((i) => quote(info.columns[i].name))
-      const select = [...(byRowid ? [info.rowidName!] : []), ...cols]
-      const strip = byRowid && info.key.length > 0 ? 1 : 0
-      const pageKey = byRowid ? [0] : info.key
-      const from = quote(info.name)
-      const orderBy = order.join(', ')
-      // A page is read in the plain form, and again in the exact form (TEXT bytes) when it holds U+FFFD; the
-      // key it continues from may then be raw TEXT, bound by a variant that casts it back.
-      const pageSql = (cols: string, after: boolean) => (ph: (i: number) => string) =>
-        after
-          ? `SELECT ${cols} FROM ${from} WHERE (${orderBy}) > (${order.map((_, i) => ph(i)).join(', ')}) ` +
-            `ORDER BY ${orderBy} LIMIT ${ph(order.length)}`
-          : `SELECT ${cols} FROM ${from} ORDER BY ${orderBy} LIMIT ${ph(0)}`
-      const exactCols = exactColumns(select).join(', ')
-      const first = new RawAware(this.conn, pageSql(select.join(', '), false), { raw: true })
-      const next = new RawAware(this.conn, pageSql(select.join(', '), true), { raw: true })
-      const firstExact = new RawAware(this.conn, pageSql(exactCols, false), { raw: true })
-      const nextExact = new RawAware(this.conn, pageSql(exactCols, true), { raw: true })
-      const readPage = (last: Value[] | null): Value[][] => {
-        const args: Value[] = last === null ? [BigInt(chunkRows)] : [...last, BigInt(chunkRows)]
-        const bound = args.map(bindValue)
-        const rows = (last === null ? first : next).stmt(args).all(...bound) as Value[][]
-        if (!rows.some(mayHoldRawText)) return rows
-        return ((last === null ? firstExact : nextExact).stmt(args).all(...bound) as unknown[][]).map(exactRow)
-      }
-      let last: Value[] | null = null
-      for (;;) {
-        let page: Value[][]
-        try {
-          page = this.conn.transaction(readPage)(last)
-        } catch (err) {
-          throw sqliteError(err, this.path, `cannot read table ${info.name} of`)
-        }
-        if (page.length === 0) break
-        const tail = page[page.length - 1]
-        last = pageKey.map((i) => tail[i])
-        const rows = strip ? page.map((r) => r.slice(strip)) : page
-        yield { changes: [{ table: t.id, upserts: rows, deletes: [] }], rows: rows.length }
-        if (page.length < chunkRows) break
-      }
+      yield* pagesOf(() => this.conn, this.path, t, chunkRows)
     }
   }
 

@@ -1,13 +1,14 @@
 /**
  * Reading one captured table: the statements prepared for it (prepareTable), and its changes in a range of its
  * change table (changesOf) or all its rows (readAll, upsertsOf), with TEXT that is not UTF-8 kept as its bytes.
- * Each runs in the caller's read transaction; none moves a mark (SqliteCapture.ack does).
+ * Each runs in the caller's read transaction; none moves a mark (SqliteCapture.ack does). A snapshot's pages of
+ * a table (pagesOf) each take a read transaction of their own.
  */
 import type Database from 'better-sqlite3'
 import { MeshError, type Value } from '../../protocol/index.ts'
-import type { Logger } from '../types.ts'
+import type { Logger, SnapshotChunk } from '../types.ts'
 import { changeTable } from './capture-triggers.ts'
-import { quote, type DB, type TableInfo } from './common.ts'
+import { quote, sqliteError, type DB, type TableInfo } from './common.ts'
 import { RawAware, bindValue, exactColumns, exactRow, hasRawText, mayHoldRawText } from './text.ts'
 
 /** A captured table: its change table's position and the statements that read it. */
@@ -187,4 +188,57 @@ function validKey(t: Captured, key: Value[]): boolean {
     return typeof key[0] === 'bigint'
   }
   return true
+}
+
+/**
+ * A snapshot's chunks of one table, of `chunkRows` rows each, every page read in a read transaction of its own
+ * on `conn()` (the capture's connection, asked for at each page).
+ */
+export function* pagesOf(conn: () => DB, path: string, t: Captured, chunkRows: number): Generator<SnapshotChunk> {
+  // Pages in short read transactions: no long lock on the origin. Rows changed while this runs are in
+  // the change table, so the first batch after the snapshot makes the replica exact. Rowid tables page by
+  // rowid, which is never NULL (a declared key may hold NULLs in legacy SQLite tables).
+  const { info } = t
+  const cols = info.columns.map((col) => quote(col.name))
+  const byRowid = info.rowidName !== null
+  const order = byRowid ? [info.rowidName!] : info.key.map((i) => quote(info.columns[i].name))
+  const select = [...(byRowid ? [info.rowidName!] : []), ...cols]
+  const strip = byRowid && info.key.length > 0 ? 1 : 0
+  const pageKey = byRowid ? [0] : info.key
+  const from = quote(info.name)
+  const orderBy = order.join(', ')
+  // A page is read in the plain form, and again in the exact form (TEXT bytes) when it holds U+FFFD; the
+  // key it continues from may then be raw TEXT, bound by a variant that casts it back.
+  const pageSql = (cols: string, after: boolean) => (ph: (i: number) => string) =>
+    after
+      ? `SELECT ${cols} FROM ${from} WHERE (${orderBy}) > (${order.map((_, i) => ph(i)).join(', ')}) ` +
+        `ORDER BY ${orderBy} LIMIT ${ph(order.length)}`
+      : `SELECT ${cols} FROM ${from} ORDER BY ${orderBy} LIMIT ${ph(0)}`
+  const exactCols = exactColumns(select).join(', ')
+  const first = new RawAware(conn(), pageSql(select.join(', '), false), { raw: true })
+  const next = new RawAware(conn(), pageSql(select.join(', '), true), { raw: true })
+  const firstExact = new RawAware(conn(), pageSql(exactCols, false), { raw: true })
+  const nextExact = new RawAware(conn(), pageSql(exactCols, true), { raw: true })
+  const readPage = (last: Value[] | null): Value[][] => {
+    const args: Value[] = last === null ? [BigInt(chunkRows)] : [...last, BigInt(chunkRows)]
+    const bound = args.map(bindValue)
+    const rows = (last === null ? first : next).stmt(args).all(...bound) as Value[][]
+    if (!rows.some(mayHoldRawText)) return rows
+    return ((last === null ? firstExact : nextExact).stmt(args).all(...bound) as unknown[][]).map(exactRow)
+  }
+  let last: Value[] | null = null
+  for (;;) {
+    let page: Value[][]
+    try {
+      page = conn().transaction(readPage)(last)
+    } catch (err) {
+      throw sqliteError(err, path, `cannot read table ${info.name} of`)
+    }
+    if (page.length === 0) break
+    const tail = page[page.length - 1]
+    last = pageKey.map((i) => tail[i])
+    const rows = strip ? page.map((r) => r.slice(strip)) : page
+    yield { changes: [{ table: t.id, upserts: rows, deletes: [] }], rows: rows.length }
+    if (page.length < chunkRows) break
+  }
 }
