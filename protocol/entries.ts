@@ -20,15 +20,18 @@ import c from 'compact-encoding'
 import type { State } from 'compact-encoding'
 import sodium from 'sodium-native'
 import {
-  BEST_MAX_BYTES,
-  deflateBody,
-  deflateBodyAsync,
-  deflateDictionary,
-  deflateWithDictionary,
-  inflateBody,
-  inflateDictionary,
-  inflateWithDictionary
-} from './compression.ts'
+  againstDictionary,
+  COMPRESSIBLE,
+  compressedBody,
+  decodeDictionaryBody,
+  type Dictionary,
+  dictionaryBody,
+  F_COMPRESSED,
+  F_DICTIONARY,
+  inflatedBody,
+  type Writer
+} from './compressed-body.ts'
+import { BEST_MAX_BYTES, deflateBody, deflateBodyAsync } from './compression.ts'
 import { MeshError } from './errors.ts'
 import { rawTextState, value, type Value } from './values.ts'
 
@@ -71,8 +74,8 @@ const K_FRAGMENT = 6
 const K_ABANDON = 7
 /**
  * A compression dictionary (format 3): bytes that later blocks of the same log are compressed against
- * (F_DICTIONARY). Layout: `uint` its size (1 to MAX_DICTIONARY_BYTES), then the bytes brotli-compressed. It is a
- * unit of its own, that holds no entry: readers pass over it as over an empty unit.
+ * (F_DICTIONARY). Layout: compressed-body.ts (dictionaryBody). It is a unit of its own, that holds no entry:
+ * readers pass over it as over an empty unit.
  */
 const K_DICTIONARY = 8
 /** Fragment flags: MORE (the unit goes on after this block) as in every spanning kind; END: the entry's last piece. */
@@ -88,21 +91,8 @@ const F_SNAPSHOT_LAST = 4
 const F_TX_SOURCE = 2
 /** Transaction and snapshot entries: some value is raw TEXT (value tag 6, since branchmesh 0.2). */
 const F_RAW_TEXT = 8
-/**
- * Schema, transaction and snapshot entries: the body is brotli-compressed (issue 16; protocol/compression.ts).
- * Layout: a transaction's `time` first, uncompressed (peekEntry reads it), then `uint` the inflated size of
- * the rest of the body, then the compressed rest up to the checksum.
- */
-const F_COMPRESSED = 16
-/**
- * Schema, transaction and snapshot entries (format 3): the body is raw deflate primed with the content of the
- * dictionary block that the entry names (protocol/compression.ts). Layout: a transaction's `time` first, then
- * `uint` the inflated size of the rest of the body (at most BEST_MAX_BYTES), `uint` the block number of the
- * dictionary in the same log (before this block), then the compressed rest up to the checksum. Never with
- * F_COMPRESSED. A reader fetches that one block first (node/log.ts): a block depends on no other.
- */
-const F_DICTIONARY = 32
-const COMPRESSIBLE: KindName[] = ['schema', 'transaction', 'snapshot']
+// F_COMPRESSED (16) and F_DICTIONARY (32), on schema, transaction and snapshot entries (COMPRESSIBLE): the body
+// is compressed; its layout is compressed-body.ts's.
 
 const ALLOWED_FLAGS: Record<KindName, number> = {
   header: F_HEADER_PARENT | F_HEADER_PROMOTION,
@@ -547,11 +537,7 @@ export interface EncodeOptions {
   onBody?: (body: Uint8Array) => void
 }
 
-/** A dictionary block's content, and the block it is at in its log. */
-export interface Dictionary {
-  seq: number
-  bytes: Uint8Array
-}
+export type { Dictionary }
 
 /** Encodes an entry into one block. Throws MeshError.BAD_ENTRY for an entry that cannot be encoded. */
 export function encodeEntry(entry: Entry, opts: EncodeOptions = {}): Uint8Array {
@@ -564,21 +550,6 @@ export function encodeEntry(entry: Entry, opts: EncodeOptions = {}): Uint8Array 
     throw MeshError.wrap(err, MeshError.BAD_ENTRY, `cannot encode ${entry.kind} entry`)
   }
   return p.finish(packed, againstDictionary(p.rest, packed, opts))
-}
-
-/** The body compressed against the options' dictionary when that is smaller than `packed` (brotli's), or null. */
-function againstDictionary(rest: Uint8Array, packed: Buffer | null, opts: EncodeOptions): Buffer | null {
-  if (opts.compress !== 'best' || !opts.dictionary) return null
-  let d: Buffer | null
-  try {
-    d = deflateWithDictionary(rest, opts.dictionary.bytes)
-  } catch (err) {
-    throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'cannot compress a body against a dictionary')
-  }
-  // The dictionary's block number costs a few bytes more in the block.
-  const ref = c.state()
-  c.uint.preencode(ref, opts.dictionary.seq)
-  return d !== null && (packed === null || d.byteLength + ref.end < packed.byteLength) ? d : null
 }
 
 /**
@@ -691,13 +662,9 @@ function encodeOnce(body: Body<Entry>, entry: Entry): Buffer | null {
   return Buffer.from(onceBuffer.subarray(0, st.start))
 }
 
-type Writer = (s: State) => void
-
 /**
- * The block of an entry whose body compresses (F_COMPRESSED), from the body's `bytes`: a transaction's leading
- * time stays outside the compressed part (`rest` is the part to compress). `finish` seals the block from
- * `rest` compressed (deflateBody), or gives null when it did not compress; with `dictionary`, from `rest`
- * compressed against the dictionary at that block (F_DICTIONARY).
+ * The block of an entry whose body compresses (F_COMPRESSED), from the body's `bytes` (see compressedBody):
+ * `finish` seals the block from `rest` compressed, or gives null when it did not compress.
  */
 function compressible(
   kind: number,
@@ -705,76 +672,14 @@ function compressible(
   bytes: Uint8Array,
   entry: Entry
 ): { rest: Uint8Array; finish: (packed: Buffer | null, dictionary?: number) => Uint8Array | null } {
-  const keep = c.state()
-  if (entry.kind === 'transaction') c.uint.preencode(keep, entry.time)
-  const rest = bytes.subarray(keep.end)
-  const finish = (packed: Buffer | null, dictionary?: number) => {
-    if (packed === null) return null
-    const pre = (s: State) => {
-      s.end += keep.end
-      c.uint.preencode(s, rest.byteLength)
-      if (dictionary !== undefined) c.uint.preencode(s, dictionary)
-      s.end += packed.byteLength
+  const { rest, finish } = compressedBody(bytes, entry)
+  return {
+    rest,
+    finish: (packed, dictionary) => {
+      const body = finish(packed, dictionary)
+      return body === null ? null : seal(VERSION_OF_KIND[kind], kind, flags | body.how, body.pre, body.write)
     }
-    const write = (s: State) => {
-      c.raw.encode(s, bytes.subarray(0, keep.end))
-      c.uint.encode(s, rest.byteLength)
-      if (dictionary !== undefined) c.uint.encode(s, dictionary)
-      c.raw.encode(s, packed)
-    }
-    const how = dictionary !== undefined ? F_DICTIONARY : F_COMPRESSED
-    return seal(VERSION_OF_KIND[kind], kind, flags | how, pre, write)
   }
-  return { rest, finish }
-}
-
-/**
- * The body of a compressed block inflated, with a transaction's time before it as the body decoder expects;
- * `state` is at the body's start and ends before the checksum. Throws BAD_ENTRY (see inflateBody); with
- * F_DICTIONARY, also when `dictionary` is not the one the block names (the log's reader fetches that one).
- */
-function inflatedBody(
-  kind: KindName,
-  flags: number,
-  block: Uint8Array,
-  state: State,
-  end: number,
-  dictionary: Dictionary | null
-): State {
-  const at = state.start
-  let size: number
-  let keepEnd: number
-  let seq = -1
-  try {
-    if (kind === 'transaction') c.uint.decode(state)
-    keepEnd = state.start
-    size = c.uint.decode(state)
-    if (flags & F_DICTIONARY) seq = c.uint.decode(state)
-  } catch (err) {
-    throw MeshError.wrap(err, MeshError.BAD_ENTRY, `truncated compressed ${kind} entry`)
-  }
-  const keep = block.subarray(at, keepEnd)
-  let rest: Buffer
-  if (flags & F_DICTIONARY) {
-    if (flags & F_COMPRESSED)
-      throw MeshError.BAD_ENTRY(`a ${kind} entry is flagged compressed both alone and against a dictionary`)
-    if (dictionary === null) {
-      throw MeshError.BAD_ENTRY(
-        `a ${kind} entry is compressed against the dictionary at block ${seq}, which was not given`,
-        {
-          context: { dictionary: seq }
-        }
-      )
-    }
-    if (dictionary.seq !== seq) {
-      throw MeshError.BAD_ENTRY(
-        `a ${kind} entry names the dictionary at block ${seq}, not the one at ${dictionary.seq}`
-      )
-    }
-    rest = inflateWithDictionary(block.subarray(state.start, end), size, dictionary.bytes)
-  } else rest = inflateBody(block.subarray(state.start, end), size)
-  const joined = keep.byteLength === 0 ? rest : Buffer.concat([keep, rest])
-  return c.state(0, joined.byteLength, joined)
 }
 
 /** One block: version, kind, flags, the body (`pre` sizes it, `enc` writes it), the checksum. */
@@ -896,16 +801,8 @@ export function encodeAbandon(a: Abandon): Uint8Array {
  * the log that name this block (F_DICTIONARY) are compressed against.
  */
 export function encodeDictionary(bytes: Uint8Array): Uint8Array {
-  const packed = deflateDictionary(bytes)
-  const pre = (s: State) => {
-    c.uint.preencode(s, bytes.byteLength)
-    s.end += packed.byteLength
-  }
-  const enc = (s: State) => {
-    c.uint.encode(s, bytes.byteLength)
-    c.raw.encode(s, packed)
-  }
-  return seal(VERSION_OF_KIND[K_DICTIONARY], K_DICTIONARY, 0, pre, enc)
+  const { pre, write } = dictionaryBody(bytes)
+  return seal(VERSION_OF_KIND[K_DICTIONARY], K_DICTIONARY, 0, pre, write)
 }
 
 export type Block =
@@ -980,17 +877,7 @@ export function decodeBlock(block: Uint8Array, opts: DecodeOptions = {}): Block 
     return { type: 'abandon', abandon: { start } }
   }
   if (version === 3 && kindNo === K_DICTIONARY) {
-    if (flags !== 0) {
-      const bits = flags.toString(16)
-      throw MeshError.UNKNOWN_FLAGS(`dictionary block has unknown flag bits 0x${bits}`, { context: { flags } })
-    }
-    let size: number
-    try {
-      size = c.uint.decode(state)
-    } catch (err) {
-      throw MeshError.wrap(err, MeshError.BAD_ENTRY, 'truncated dictionary block')
-    }
-    return { type: 'dictionary', dictionary: { bytes: inflateDictionary(block.subarray(state.start, end), size) } }
+    return { type: 'dictionary', dictionary: { bytes: decodeDictionaryBody(flags, block, state, end) } }
   }
   const kind = VERSION_OF_KIND[kindNo] === 1 ? KIND_NAMES[kindNo] : undefined
   if (kind === undefined) throw MeshError.UNKNOWN_KIND(`entry kind ${kindNo} is unknown`, { context: { kind: kindNo } })

@@ -7,12 +7,11 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import crypto from 'hypercore-crypto'
 import parsePrometheus from 'parse-prometheus-text-format'
-import { buildStatus, DEFAULT_THRESHOLDS } from '../node/index.ts'
 import { dailyChart, emptyHistory, KEEP_MS, lagChart, sample } from '../node/dashboard/history.ts'
 import { DashboardMetrics } from '../node/dashboard/metrics.ts'
 import { dashboardView, names } from '../node/dashboard/view.ts'
 import { decodeJoinCode, encodeJoinCode, type Holding } from '../protocol/index.ts'
-import { twoSiteState } from './helpers/status.ts'
+import { holdingsOf, shopAStatus } from './helpers/status.ts'
 
 const HOUR = 3600_000
 const DAY = 86_400_000
@@ -21,55 +20,28 @@ const a = crypto.keyPair().publicKey
 const b = crypto.keyPair().publicKey
 const log = crypto.randomBytes(32)
 
-function holding(over: Partial<Holding>): Holding {
-  return {
-    dataset: 'd1',
-    log,
-    epoch: 0,
-    length: 100,
-    byteLength: 10_000,
-    downloaded: 100,
-    applied: 100,
-    appliedBytes: 10_000,
-    lastWriteAt: t0 - HOUR,
-    appliedWriteAt: t0 - HOUR,
-    error: '',
-    errorMessage: '',
-    damaged: 0,
-    ...over
-  }
-}
+const holding = holdingsOf(log, t0)
 
 /** shop-a's view at `now`: shop-b holds `b` of till's log (shop-a's dataset), its report `bAt`. */
 function statusAt(now: number, bHolding: Partial<Holding>, bAt = now, length = 100, bytes = 10_000) {
-  return buildStatus({
-    self: a,
-    site: 'shop-a',
-    state: twoSiteState(a, b, log, now),
-    reports: [
-      {
-        site: a,
-        siteName: 'shop-a',
-        at: now,
-        holdings: [holding({ length, byteLength: bytes, applied: length, appliedBytes: bytes, lastWriteAt: now })],
-        peers: [],
-        software: 't'
-      },
-      {
-        site: b,
-        siteName: 'shop-b',
-        at: bAt,
-        holdings: [holding({ length, byteLength: bytes, ...bHolding })],
-        peers: [],
-        software: 't'
-      }
-    ],
-    connected: new Set(),
-    running: true,
-    refused: [],
-    now,
-    thresholds: DEFAULT_THRESHOLDS
-  })
+  return shopAStatus(a, b, log, now, [
+    {
+      site: a,
+      siteName: 'shop-a',
+      at: now,
+      holdings: [holding({ length, byteLength: bytes, applied: length, appliedBytes: bytes, lastWriteAt: now })],
+      peers: [],
+      software: 't'
+    },
+    {
+      site: b,
+      siteName: 'shop-b',
+      at: bAt,
+      holdings: [holding({ length, byteLength: bytes, ...bHolding })],
+      peers: [],
+      software: 't'
+    }
+  ])
 }
 
 test('history: one lag sample per step, bytes applied per day, nothing older than 30 days', () => {

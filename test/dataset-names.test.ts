@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import test from 'node:test'
+import test, { type TestContext } from 'node:test'
 import type { SiteStatus } from '../node/index.ts'
 import { openBehindTheMesh, openWal, tmpDir } from './helpers/db.ts'
 import { hintCommands } from './helpers/hints.ts'
@@ -9,7 +9,18 @@ import { allowOldNode, MESH, mesh, testnet, waitUntil } from './helpers/mesh.ts'
 import { nodeProcess } from './helpers/teardown.ts'
 import { setup, writeWorkload } from './helpers/workload.ts'
 
-test('three shops whose files are all shop.db get three dataset names, and commands naming them work', async (t) => {
+/** A site of these tests: its name, its database (till/shop.db: the same file name at every site), its mesh folder. */
+interface Shop {
+  name: string
+  db: string
+  dir: string
+}
+
+/**
+ * Three shops, north, south and east, whose databases are all named shop.db (20 rows of workload each), and
+ * north's mesh made (mesh init) on a local test network; no node started yet.
+ */
+async function threeShops(t: TestContext): Promise<{ bootstrap: string; sites: Shop[] }> {
   const root = tmpDir(t)
   const bootstrap = await testnet(t)
   const sites = ['north', 'south', 'east'].map((name) => {
@@ -21,11 +32,7 @@ test('three shops whose files are all shop.db get three dataset names, and comma
     writeWorkload(db, name.length, 20)
     return { name, db, dir: path.join(root, name, 'mesh') }
   })
-  const start = (s: (typeof sites)[0]) => {
-    const p = nodeProcess(t, [MESH, 'start', '--dir', s.dir, '--log-json'], `the node at ${s.name}`)
-    return p.waitLine(/"msg":"ready"/, 60_000)
-  }
-  const [north, ...others] = sites
+  const north = sites[0]
   const init = await mesh([
     'init',
     '--dir',
@@ -38,13 +45,33 @@ test('three shops whose files are all shop.db get three dataset names, and comma
     bootstrap
   ])
   assert.equal(init.code, 0, init.stderr)
+  return { bootstrap, sites }
+}
+
+/** Joins `s` to north's mesh with an invite made at north; what mesh join printed. */
+async function joinNorth(north: Shop, s: Shop, bootstrap: string): Promise<string> {
+  const code = (await mesh(['invite', '--dir', north.dir])).stdout.trim().split('\n').pop()!
+  const j = await mesh(['join', code, '--dir', s.dir, '--site', s.name, '--sqlite', s.db, '--bootstrap', bootstrap])
+  assert.equal(j.code, 0, j.stderr)
+  return j.stdout
+}
+
+async function statusOf(dir: string): Promise<SiteStatus> {
+  const r = await mesh(['status', '--dir', dir, '--json'])
+  return JSON.parse(r.stdout) as SiteStatus
+}
+
+test('three shops whose files are all shop.db get three dataset names, and commands naming them work', async (t) => {
+  const { bootstrap, sites } = await threeShops(t)
+  const start = (s: Shop) => {
+    const p = nodeProcess(t, [MESH, 'start', '--dir', s.dir, '--log-json'], `the node at ${s.name}`)
+    return p.waitLine(/"msg":"ready"/, 60_000)
+  }
+  const [north, ...others] = sites
   await start(north)
   const said: string[] = []
   for (const s of others) {
-    const code = (await mesh(['invite', '--dir', north.dir])).stdout.trim().split('\n').pop()!
-    const j = await mesh(['join', code, '--dir', s.dir, '--site', s.name, '--sqlite', s.db, '--bootstrap', bootstrap])
-    assert.equal(j.code, 0, j.stderr)
-    said.push(j.stdout)
+    said.push(await joinNorth(north, s, bootstrap))
     await start(s)
   }
   assert.match(
@@ -54,10 +81,6 @@ test('three shops whose files are all shop.db get three dataset names, and comma
   assert.match(said[1], /as dataset "shop-east"/)
 
   // Every site knows three datasets by three names, and holds the other two.
-  const statusOf = async (dir: string) => {
-    const r = await mesh(['status', '--dir', dir, '--json'])
-    return JSON.parse(r.stdout) as SiteStatus
-  }
   await waitUntil(
     'every site holds the two other datasets',
     async () => {
@@ -125,44 +148,18 @@ async function runHints(
 }
 
 test('every hint that names a dataset prints a command that works, run as printed', async (t) => {
-  const root = tmpDir(t)
-  const bootstrap = await testnet(t)
-  const sites = ['north', 'south', 'east'].map((name) => {
-    fs.mkdirSync(path.join(root, name, 'till'), { recursive: true })
-    const db = path.join(root, name, 'till', 'shop.db')
-    const h = openWal(db)
-    setup(h)
-    h.close()
-    writeWorkload(db, name.length, 20)
-    return { name, db, dir: path.join(root, name, 'mesh') }
-  })
+  const { bootstrap, sites } = await threeShops(t)
   const [north, south, east] = sites
-  const init = await mesh([
-    'init',
-    '--dir',
-    north.dir,
-    '--site',
-    'north',
-    '--sqlite',
-    north.db,
-    '--bootstrap',
-    bootstrap
-  ])
-  assert.equal(init.code, 0, init.stderr)
-  const start = async (s: (typeof sites)[0]) => {
+  const start = async (s: Shop) => {
     allowOldNode(s.dir)
     const p = nodeProcess(t, [MESH, 'start', '--dir', s.dir, '--log-json'], `the node at ${s.name}`)
     await p.waitLine(/"msg":"ready"/, 60_000)
   }
   await start(north)
   for (const s of [south, east]) {
-    const code = (await mesh(['invite', '--dir', north.dir])).stdout.trim().split('\n').pop()!
-    const j = await mesh(['join', code, '--dir', s.dir, '--site', s.name, '--sqlite', s.db, '--bootstrap', bootstrap])
-    assert.equal(j.code, 0, j.stderr)
+    await joinNorth(north, s, bootstrap)
     await start(s)
   }
-  const statusOf = async (dir: string) =>
-    JSON.parse((await mesh(['status', '--dir', dir, '--json'])).stdout) as SiteStatus
   await waitUntil(
     'every site holds every dataset, and knows every holder',
     async () => {

@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import crypto from 'hypercore-crypto'
-import { twoSiteState } from './helpers/status.ts'
+import { holdingsOf, shopAStatus, twoSiteState } from './helpers/status.ts'
 import { buildStatus, DEFAULT_THRESHOLDS, VERDICT_EXIT } from '../node/index.ts'
 import type { Holding, Report } from '../protocol/index.ts'
 
@@ -13,41 +13,14 @@ const a = crypto.keyPair().publicKey
 const b = crypto.keyPair().publicKey
 const log = crypto.randomBytes(32)
 
-function holding(over: Partial<Holding>): Holding {
-  return {
-    dataset: 'd1',
-    log,
-    epoch: 0,
-    length: 100,
-    byteLength: 10_000,
-    downloaded: 100,
-    applied: 100,
-    appliedBytes: 10_000,
-    lastWriteAt: now - HOUR,
-    appliedWriteAt: now - HOUR,
-    error: '',
-    errorMessage: '',
-    damaged: 0,
-    ...over
-  }
-}
+const holding = holdingsOf(log, now)
 
 function status(bReport: Partial<Report> & { holdings: Holding[] }, thresholds = DEFAULT_THRESHOLDS) {
   const reports: Report[] = [
     { site: a, siteName: 'shop-a', at: now, holdings: [holding({})], peers: [], software: 't' },
     { site: b, siteName: 'shop-b', at: now, peers: [], software: 't', ...bReport }
   ]
-  return buildStatus({
-    self: a,
-    site: 'shop-a',
-    state: twoSiteState(a, b, log, now),
-    reports,
-    connected: new Set(),
-    running: true,
-    refused: [],
-    now,
-    thresholds
-  })
+  return shopAStatus(a, b, log, now, reports, thresholds)
 }
 
 test('status: a caught-up mesh is OK, exit 0', () => {
@@ -232,19 +205,7 @@ test('status text counts in words that agree: 1 member, 1 entry, 1 other site, n
       software: 't'
     }
   ]
-  const text = formatStatus(
-    buildStatus({
-      self: a,
-      site: 'shop-a',
-      state: twoSiteState(a, b, log, now),
-      reports,
-      connected: new Set(),
-      running: true,
-      refused: [],
-      now,
-      thresholds: DEFAULT_THRESHOLDS
-    })
-  )
+  const text = formatStatus(shopAStatus(a, b, log, now, reports))
   assert.match(text, /\(node running; 2 members, /)
   assert.match(text, /epoch 0: 1 entry, 100 B, .*held by 1 of 1 other site$/m)
   assert.match(text, /shop-b +replica +downloaded 1, applied 0 +lag 1 entry, /)

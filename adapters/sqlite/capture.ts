@@ -43,9 +43,20 @@ import {
   type TableInfo
 } from './common.ts'
 import type Database from 'better-sqlite3'
+import {
+  compareFile,
+  fileAt,
+  probeFile,
+  readCounters,
+  replacedError,
+  type Counters,
+  type FileId,
+  type Replaced
+} from './capture-identity.ts'
 import { changeTable, sameInfo, triggerNames, triggerSql } from './capture-triggers.ts'
+import { type Planned, STREAM_ABOVE_ROWS, piecesOf, wholeStream } from './capture-pieces.ts'
+import { type Captured, changesOf, pagesOf, prepareTable, readAll } from './captured-table.ts'
 import { IDENTITY_BYTES, decodeSqliteSource, sourceEnc, type SourcePos } from './position.ts'
-import { RawAware, bindValue, exactColumns, exactRow, hasRawText, keyText, mayHoldRawText } from './text.ts'
 
 export { decodeSqliteSource } from './position.ts'
 
@@ -54,59 +65,6 @@ const ACK_DELETE_ROWS = 50_000
 
 /** lag() measures the size of at most this many pending change rows per table, and scales. */
 const LAG_SAMPLE = 10_000
-
-/** readStream reads a batch of at most this many changed keys whole, with read(). */
-const STREAM_ABOVE_ROWS = 1000
-
-/**
- * Memory a row read takes in JS, near enough for a budget: an array of 8-byte slots with a header, a string a
- * byte per character (two for non-Latin-1: not told apart here) plus its header, a BLOB its bytes plus a
- * Buffer, a number or bigint a heap object.
- */
-function rowSize(row: Value[]): number {
-  let n = 32
-  for (const v of row) {
-    n += 8 + (typeof v === 'string' ? v.length + 24 : v instanceof Uint8Array ? v.byteLength + 96 : 24)
-  }
-  return n
-}
-
-function nonEmpty(ch: TableChanges): boolean {
-  return ch.upserts.length > 0 || ch.deletes.length > 0
-}
-
-/** A table's rows as changes (a resend): ['again'] at the first that may hold TEXT not UTF-8, unless exact. */
-function* upsertsOf(rows: Iterable<unknown>, exact: boolean): Generator<Change> {
-  for (const r of rows as Iterable<unknown[]>) {
-    if (exact) yield ['u', exactRow(r)]
-    else if (mayHoldRawText(r)) return yield AGAIN
-    else yield ['u', r as Value[]]
-  }
-}
-
-/** One change read by SqliteCapture.changesOf. */
-type Change = ['u' | 'd', Value[]] | ['again', null]
-const AGAIN: Change = ['again', null]
-
-/** A row's key (`key`: its column indexes) when it holds a NULL, with a text to tell keys apart; else null. */
-function keyWithNull(key: number[], row: Value[]): { key: Value[]; text: string } | null {
-  if (!key.some((k) => row[k] === null)) return null
-  const values = key.map((k) => row[k])
-  return { key: values, text: keyText(values) }
-}
-
-/** A batch read whole, as a stream of one piece. */
-function wholeStream(batch: CaptureBatch | null): CaptureStream | null {
-  if (batch === null) return null
-  return {
-    schema: batch.schema,
-    time: batch.time,
-    pieces: (async function* () {
-      yield { changes: batch.changes, rows: batch.rows }
-    })(),
-    end: () => ({ source: batch.source, rows: batch.rows })
-  }
-}
 
 /** Layout version of the tables and triggers capture installs in the origin database. */
 const CAPTURE_LAYOUT = 1
@@ -119,61 +77,6 @@ export interface SqliteCaptureOptions {
   busyTimeoutMs?: number
   /** Delete acknowledged change rows at most this often, to keep writes to the origin rare. */
   ackIntervalMs?: number
-}
-
-interface Captured {
-  id: number
-  info: TableInfo
-  /** Number of key columns in the change table (1 for rowid identity). */
-  arity: number
-  /** Highest change-table seq already covered by a read (not necessarily acknowledged). */
-  mark: number
-  /** Reset generation pending in _mesh_tables (0: none): the next read resends the table in full. */
-  reset: number
-  /** Reset generation already resent by a snapshot, to clear in _mesh_tables at the next acknowledge. */
-  ackReset: number
-  lookup: RawAware
-  /** The same lookup, reading storage classes and TEXT bytes (for rows with TEXT that is not UTF-8). */
-  lookupExact: RawAware
-  keysExact: Database.Statement
-  /**
-   * The rows of the keys changed in a range of seq, in one join (no lookup per key): each key that is a valid
-   * key (validKey) and names a row. `gone` gives the others: keys of rows that are no longer there, and keys no
-   * row could have (a damaged change row, warned about and skipped).
-   */
-  changed: Database.Statement
-  gone: Database.Statement
-  maxSeq: Database.Statement
-  all: Database.Statement
-  allExact: Database.Statement
-}
-
-const TABLE_EXISTS = "SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?"
-const OLDER = 'it is an older copy of the captured file (a backup restored over it)'
-
-/**
- * What a file says about its own capture state, read without writing: whether branchmesh ever captured it,
- * its identity and counters, each change table's highest seq, and its user tables. Compared with a position
- * (from the log, or what this capture last read) it tells the file captured so far from another one.
- */
-interface Probe {
-  captured: boolean
-  identity: string | null
-  resets: number
-  nextTable: number
-  /** Table id -> max(seq) of its change table (0 when empty), for the change tables that exist. */
-  seqs: Map<number, number>
-  /** The user tables of the file (read when asked). */
-  names: () => string[]
-}
-
-/** A replacement found, not yet acted on: why, and whether the file is an older copy of the captured one. */
-interface Replaced {
-  why: string
-  sameFile: boolean
-  names: string[]
-  /** Counters the fresh capture state must start above, so that no old position matches it. */
-  floor: { resets: number; nextTable: number }
 }
 
 export class SqliteCapture implements CaptureSide {
@@ -210,9 +113,9 @@ export class SqliteCapture implements CaptureSide {
   private ackedApplied: SourcePos | null = null
   private lastAckWrite = 0
   /** The file the connection has open, to notice another one put at the path. */
-  private file: { dev: number; ino: number } | null = null
+  private file: FileId | null = null
   /** The open file's identity and capture counters, as this capture last wrote or read them. */
-  private counters: { identity: string | null; resets: number; nextTable: number } = {
+  private counters: Counters = {
     identity: null,
     resets: 0,
     nextTable: 0
@@ -247,8 +150,8 @@ export class SqliteCapture implements CaptureSide {
     if (this.db !== null) return
     this.connect()
     try {
-      const pre = this.probe()
-      const found = opts.source ? this.compare(decodeSqliteSource(opts.source), pre) : null
+      const pre = probeFile(this.conn)
+      const found = opts.source ? compareFile(decodeSqliteSource(opts.source), pre) : null
       if (found) this.replaced = found
       else {
         this.install()
@@ -358,75 +261,6 @@ export class SqliteCapture implements CaptureSide {
     })
   }
 
-  /** Reads the file's capture state without writing (see Probe). */
-  private probe(): Probe {
-    const db = this.conn
-    const has = (name: string) => (db.prepare(TABLE_EXISTS).pluck().get(name) as bigint) > 0n
-    const names = () => {
-      const { tables, skipped } = readTables(db)
-      return [...tables.map((t) => t.name), ...skipped.map((t) => t.table)]
-    }
-    return db.transaction((): Probe => {
-      if (!has(`${OWN_PREFIX}meta`)) {
-        return { captured: false, identity: null, resets: 0, nextTable: 0, seqs: new Map(), names }
-      }
-      const rows = db.prepare(`SELECT k, v FROM ${OWN_PREFIX}meta`).all() as Array<{ k: string; v: unknown }>
-      const meta = new Map(rows.map((r) => [r.k, r.v]))
-      const seqs = new Map<number, number>()
-      if (has(`${OWN_PREFIX}tables`)) {
-        for (const id of db.prepare(`SELECT id FROM ${OWN_PREFIX}tables`).pluck().all() as bigint[]) {
-          if (!has(changeTable(Number(id)))) continue
-          const d = quote(changeTable(Number(id)))
-          const max = db.prepare(`SELECT max(seq) FROM ${d}`).pluck().get() as bigint | null
-          seqs.set(Number(id), Number(max ?? 0n))
-        }
-      }
-      const identity = meta.get('identity')
-      return {
-        captured: true,
-        identity: typeof identity === 'string' ? identity : null,
-        resets: Number(meta.get('reset') ?? 0n),
-        nextTable: Number(meta.get('next_table') ?? 0n),
-        seqs,
-        names
-      }
-    })()
-  }
-
-  /**
-   * Whether the file is the one a position was read from. Its identity tells another file; its counters and
-   * change-table numbering, which only grow in a live file, tell an older copy of the same file (a backup
-   * restored over it). An older copy equal to the position in every number holds the same captured state, so
-   * it needs nothing. Returns what was found, or null.
-   */
-  private compare(pos: SourcePos, p: Probe): Replaced | null {
-    const floor = {
-      resets: pos.resets,
-      nextTable: Math.max(pos.nextTable, ...pos.tables.map((t) => t.id + 1))
-    }
-    const hexId = pos.identity ? Buffer.from(pos.identity).toString('hex') : null
-    const found = (why: string, sameFile: boolean): Replaced => ({ why, sameFile, names: p.names(), floor })
-    if (!p.captured) {
-      return found(
-        'it holds no capture state: it was deleted and created again, or replaced by a file that was never captured',
-        false
-      )
-    }
-    if (hexId !== null && p.identity !== hexId) {
-      return found('it is another file than the one captured (its capture identity differs)', false)
-    }
-    if (p.resets < pos.resets || p.nextTable < pos.nextTable) {
-      return found(`${OLDER}: its capture counters went back`, true)
-    }
-    for (const t of pos.tables) {
-      const seq = p.seqs.get(t.id)
-      if (seq !== undefined && seq < t.seq) {
-        return found(`${OLDER}: change numbering went back (table id ${t.id}: ${seq} < ${t.seq})`, true)
-      }
-    }
-    return null
-  }
-
   /** What this capture has read so far, as a position: the yardstick for the file it has open. */
   private current(): SourcePos {
     return {
@@ -435,17 +269,6 @@ export class SqliteCapture implements CaptureSide {
       nextTable: this.counters.nextTable,
       tables: [...this.tables.values()].map((t) => ({ id: t.id, seq: t.mark, reset: 0 }))
     }
-  }
-
-  /** The SOURCE_RESET a replacement is reported with; the capture loop checks `tables` before it copies. */
-  private replacedError(r: Replaced): MeshError {
-    return MeshError.SOURCE_RESET(`the database file ${this.path} was replaced: ${r.why}`, {
-      hint:
-        'If that was meant (a backup restored, the file made again), nothing to do: the whole database is copied ' +
-        'into the log again and every copy rebuilt from it; the state before stays in history ' +
-        '(mesh log, mesh restore).',
-      context: { path: this.path, replaced: r.why, tables: r.sameFile ? undefined : r.names }
-    })
   }
 
   /**
@@ -630,7 +453,7 @@ export class SqliteCapture implements CaptureSide {
           if (prev) prev.mark = 0
         }
         keep.add(id)
-        this.tables.set(id, this.prepareTable(id, t, reset, this.tables.get(id)?.mark ?? 0))
+        this.tables.set(id, prepareTable(this.conn, id, t, reset, this.tables.get(id)?.mark ?? 0))
       }
       for (const row of rows) {
         const id = Number(row.id)
@@ -648,18 +471,7 @@ export class SqliteCapture implements CaptureSide {
     this.schemaVersion = Number(db.pragma('schema_version', { simple: true }))
     this.schemaPending = true
     this.schemaGen++
-    this.loadCounters()
-  }
-
-  private loadCounters(): void {
-    const rows = this.conn.prepare(`SELECT k, v FROM ${OWN_PREFIX}meta`).all() as Array<{ k: string; v: unknown }>
-    const meta = new Map(rows.map((r) => [r.k, r.v]))
-    const identity = meta.get('identity')
-    this.counters = {
-      identity: typeof identity === 'string' ? identity : null,
-      resets: Number(meta.get('reset') ?? 0n),
-      nextTable: Number(meta.get('next_table') ?? 0n)
-    }
+    this.counters = readCounters(this.conn)
   }
 
   /**
@@ -677,135 +489,6 @@ export class SqliteCapture implements CaptureSide {
     const cols = this.conn.prepare(`PRAGMA main.table_info(${quote(changeTable(id))})`).all() as Array<{ name: string }>
     if (cols.length === 0 || cols[0].name !== 'seq') return -1
     return cols.length - 1
-  }
-
-  private prepareTable(id: number, info: TableInfo, reset: number, mark: number): Captured {
-    const db = this.conn
-    const table = quote(info.name)
-    const d = quote(changeTable(id))
-    const arity = info.key.length === 0 ? 1 : info.key.length
-    const kcols = Array.from({ length: arity }, (_, i) => `k${i}`).join(', ')
-    const cols = info.columns.map((col) => quote(col.name))
-    const select = info.key.length === 0 ? [info.rowidName!, ...cols] : cols
-    const where = (ph: (i: number) => string) =>
-      info.key.length === 0
-        ? `${info.rowidName} = ${ph(0)}`
-        : info.key.map((k, i) => `${quote(info.columns[k].name)} IS ${ph(i)}`).join(' AND ')
-    const exact = exactColumns(select).join(', ')
-    const kexact = exactColumns(kcols.split(', ')).join(', ')
-    // The join: DISTINCT keys of the range, each row found by its key (IS: a NULL in a key matches as
-    // lookupRow's WHERE does), valid keys only, as validKey says in SQL.
-    const distinct = `SELECT DISTINCT ${kcols} FROM ${d} WHERE seq > ? AND seq <= ?`
-    const on =
-      info.key.length === 0
-        ? `t.${info.rowidName} IS k.k0`
-        : info.key.map((k, i) => `t.${quote(info.columns[k].name)} IS k.k${i}`).join(' AND ')
-    const intKey =
-      info.key.length === 0 ||
-      (!info.withoutRowid && info.key.length === 1 && info.columns[info.key[0]].type.toUpperCase() === 'INTEGER')
-    const valid = intKey
-      ? `typeof(k.k0) = 'integer'`
-      : info.withoutRowid
-        ? info.key.map((_, i) => `k.k${i} IS NOT NULL`).join(' AND ')
-        : '1'
-    const tcols = select.map((x) => `t.${x}`).join(', ')
-    const intKeyName = info.key.length === 0 ? info.rowidName : quote(info.columns[info.key[0]].name)
-    const found = `SELECT 1 FROM ${table} AS t WHERE ${on}`
-    const kk = kcols
-      .split(', ')
-      .map((k) => `k.${k}`)
-      .join(', ')
-    return {
-      id,
-      info,
-      arity,
-      mark,
-      reset,
-      ackReset: 0,
-      lookup: new RawAware(db, (ph) => `SELECT ${select.join(', ')} FROM ${table} WHERE ${where(ph)}`, { raw: true }),
-      lookupExact: new RawAware(db, (ph) => `SELECT ${exact} FROM ${table} WHERE ${where(ph)}`, { raw: true }),
-      keysExact: db.prepare(`SELECT DISTINCT ${kexact} FROM ${d} WHERE seq > ? AND seq <= ?`).raw(true),
-      // An integer key (rowid): the keys as an IN list, each row found by its rowid, in key order (SQLite builds
-      // the list once; measured about 7% less CPU than the DISTINCT join for 200k keys). Integer keys only, as
-      // `valid` says; each key once either way.
-      changed: db
-        .prepare(
-          intKey
-            ? `SELECT ${tcols} FROM ${table} AS t WHERE t.${intKeyName} ` +
-                `IN (SELECT k0 FROM ${d} WHERE seq > ? AND seq <= ? AND typeof(k0) = 'integer')`
-            : `SELECT ${tcols} FROM (${distinct}) AS k JOIN ${table} AS t ON ${on} WHERE ${valid}`
-        )
-        .raw(),
-      gone: db.prepare(`SELECT ${kk} FROM (${distinct}) AS k WHERE NOT (${valid}) OR NOT EXISTS (${found})`).raw(),
-      maxSeq: db.prepare(`SELECT max(seq) FROM ${d}`).pluck(),
-      all: db.prepare(`SELECT ${select.join(', ')} FROM ${table}`).raw(true),
-      allExact: db.prepare(`SELECT ${exact} FROM ${table}`).raw(true)
-    }
-  }
-
-  /**
-   * The changes of `t` with seq in (from, to], one per key: ['u', row] for a row that is there, ['d', key] for
-   * one that is gone; a key no row can have is warned about and skipped. Without `exact`: rows and keys from
-   * one join (Captured.changed, .gone), and ['again'] as soon as a value may be TEXT that is not UTF-8 (the
-   * caller starts the table again with `exact`). With `exact`: keys read with their bytes, a lookup each.
-   */
-  private *changesOf(t: Captured, from: number, to: number, exact: boolean): Generator<Change> {
-    if (!exact) {
-      for (const row of t.changed.iterate(from, to) as Iterable<Value[]>) {
-        if (mayHoldRawText(row)) return yield AGAIN
-        yield ['u', row]
-      }
-      for (const key of t.gone.iterate(from, to) as Iterable<Value[]>) {
-        if (mayHoldRawText(key)) return yield AGAIN
-        if (this.validKey(t, key)) yield ['d', key]
-        else this.impossibleKey(t)
-      }
-      return
-    }
-    for (const key of (t.keysExact.all(from, to) as unknown[][]).map(exactRow)) {
-      if (!this.validKey(t, key)) {
-        this.impossibleKey(t)
-        continue
-      }
-      // A key holding a NULL (SQLite allows it in an ordinary table's PRIMARY KEY) may be several rows: all of
-      // them go out, and apply replaces the whole group (as the join above finds them all, with IS).
-      const rows = key.includes(null) && t.info.key.length > 0 ? this.lookupRows(t, key) : [this.lookupRow(t, key)]
-      if (rows[0] === undefined) yield ['d', key]
-      else for (const row of rows) yield ['u', row!]
-    }
-  }
-
-  /** Every row with this key (one holding a NULL), as lookupRow reads one; none: [undefined]. */
-  private lookupRows(t: Captured, key: Value[]): Array<Value[] | undefined> {
-    const raw = hasRawText(key)
-    const args = raw ? key.map(bindValue) : key
-    const rows = (raw ? t.lookup.stmt(key) : t.lookup.plain).all(...args) as Value[][]
-    if (rows.length === 0) return [undefined]
-    if (!rows.some(mayHoldRawText)) return rows
-    return (t.lookupExact.stmt(key).all(...args) as unknown[][]).map(exactRow)
-  }
-
-  private impossibleKey(t: Captured): void {
-    const e = MeshError.CORRUPT_CHANGE(`change row for table ${t.info.name} holds an impossible key`)
-    this.log.warn(e.message, { table: t.info.name })
-  }
-
-  /** The row with this key as it is now, or undefined; TEXT that is not UTF-8 kept as its bytes. */
-  private lookupRow(t: Captured, key: Value[]): Value[] | undefined {
-    // Keys come from the change table as better-sqlite3 values (bytes as Buffers): bound as they are, unless raw.
-    const raw = hasRawText(key)
-    const args = raw ? key.map(bindValue) : key
-    const row = (raw ? t.lookup.stmt(key) : t.lookup.plain).get(...args) as Value[] | undefined
-    if (row === undefined || !mayHoldRawText(row)) return row
-    const exact = t.lookupExact.stmt(key).get(...args) as unknown[] | undefined
-    return exact === undefined ? undefined : exactRow(exact)
-  }
-
-  /** Every row of the table (a resend); TEXT that is not UTF-8 kept as its bytes. */
-  private readAll(t: Captured): Value[][] {
-    const all = t.all.all() as Value[][]
-    if (!all.some(mayHoldRawText)) return all
-    return (t.allExact.all() as unknown[][]).map(exactRow)
   }
 
   /**
@@ -843,14 +526,14 @@ export class SqliteCapture implements CaptureSide {
       this.replaced = null
       await this.open({ source })
     }
-    if (this.replaced) throw this.replacedError(this.replaced)
+    if (this.replaced) throw replacedError(this.path, this.replaced)
     if (source === null) return
     if (!this.opened) {
-      const found = this.compare(decodeSqliteSource(source), this.probe())
+      const found = compareFile(decodeSqliteSource(source), probeFile(this.conn))
       this.opened = true
       if (found) {
         this.replaced = found
-        throw this.replacedError(found)
+        throw replacedError(this.path, found)
       }
     }
     this.acknowledge(source)
@@ -886,57 +569,12 @@ export class SqliteCapture implements CaptureSide {
     }
     this.sequencesLogged = new Map()
     for (const t of tables) {
-      // Pages in short read transactions: no long lock on the origin. Rows changed while this runs are in
-      // the change table, so the first batch after the snapshot makes the replica exact. Rowid tables page by
-      // rowid, which is never NULL (a declared key may hold NULLs in legacy SQLite tables).
-      const { info } = t
-      const cols = info.columns.map((col) => quote(col.name))
-      const byRowid = info.rowidName !== null
-      const order = byRowid ? [info.rowidName!] : info.key.map((i) => quote(info.columns[i].name))
-      const select = [...(byRowid ? [info.rowidName!] : []), ...cols]
-      const strip = byRowid && info.key.length > 0 ? 1 : 0
-      const pageKey = byRowid ? [0] : info.key
-      const from = quote(info.name)
-      const orderBy = order.join(', ')
-      // A page is read in the plain form, and again in the exact form (TEXT bytes) when it holds U+FFFD; the
-      // key it continues from may then be raw TEXT, bound by a variant that casts it back.
-      const pageSql = (cols: string, after: boolean) => (ph: (i: number) => string) =>
-        after
-          ? `SELECT ${cols} FROM ${from} WHERE (${orderBy}) > (${order.map((_, i) => ph(i)).join(', ')}) ` +
-            `ORDER BY ${orderBy} LIMIT ${ph(order.length)}`
-          : `SELECT ${cols} FROM ${from} ORDER BY ${orderBy} LIMIT ${ph(0)}`
-      const exactCols = exactColumns(select).join(', ')
-      const first = new RawAware(this.conn, pageSql(select.join(', '), false), { raw: true })
-      const next = new RawAware(this.conn, pageSql(select.join(', '), true), { raw: true })
-      const firstExact = new RawAware(this.conn, pageSql(exactCols, false), { raw: true })
-      const nextExact = new RawAware(this.conn, pageSql(exactCols, true), { raw: true })
-      const readPage = (last: Value[] | null): Value[][] => {
-        const args: Value[] = last === null ? [BigInt(chunkRows)] : [...last, BigInt(chunkRows)]
-        const bound = args.map(bindValue)
-        const rows = (last === null ? first : next).stmt(args).all(...bound) as Value[][]
-        if (!rows.some(mayHoldRawText)) return rows
-        return ((last === null ? firstExact : nextExact).stmt(args).all(...bound) as unknown[][]).map(exactRow)
-      }
-      let last: Value[] | null = null
-      for (;;) {
-        let page: Value[][]
-        try {
-          page = this.conn.transaction(readPage)(last)
-        } catch (err) {
-          throw sqliteError(err, this.path, `cannot read table ${info.name} of`)
-        }
-        if (page.length === 0) break
-        const tail = page[page.length - 1]
-        last = pageKey.map((i) => tail[i])
-        const rows = strip ? page.map((r) => r.slice(strip)) : page
-        yield { changes: [{ table: t.id, upserts: rows, deletes: [] }], rows: rows.length }
-        if (page.length < chunkRows) break
-      }
+      yield* pagesOf(() => this.conn, this.path, t, chunkRows)
     }
   }
 
   async read(): Promise<CaptureBatch | null> {
-    const at = this.db === null ? 'other' : this.fileAtPath()
+    const at = this.db === null ? 'other' : fileAt(this.path, this.file)
     if (at !== 'same') {
       // The writes the old file took before it went are read from it first: the connection still holds it.
       if (!this.drained && this.db !== null && this.replaced === null) {
@@ -955,20 +593,8 @@ export class SqliteCapture implements CaptureSide {
       this.drained = false
       this.switchFile()
     }
-    if (this.replaced) throw this.replacedError(this.replaced)
+    if (this.replaced) throw replacedError(this.path, this.replaced)
     return this.readOpen()
-  }
-
-  /** Whether the path still names the file the connection has open. */
-  private fileAtPath(): 'same' | 'other' | 'gone' {
-    let st: fs.Stats
-    try {
-      st = fs.statSync(this.path)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'gone'
-      throw sqliteError(err, this.path, 'cannot look at')
-    }
-    return this.file !== null && st.dev === this.file.dev && st.ino === this.file.ino ? 'same' : 'other'
   }
 
   /**
@@ -995,10 +621,10 @@ export class SqliteCapture implements CaptureSide {
         }
       )
     }
-    const found = this.compare(known, this.probe())
+    const found = compareFile(known, probeFile(this.conn))
     if (found) {
       this.replaced = found
-      throw this.replacedError(found)
+      throw replacedError(this.path, found)
     }
     this.replaced = null
     this.install()
@@ -1015,10 +641,10 @@ export class SqliteCapture implements CaptureSide {
   private freshDataVersion(): number {
     const dv = Number(this.conn.pragma('data_version', { simple: true }))
     if (dv !== this.dataVersion) {
-      const found = this.compare(this.current(), this.probe())
+      const found = compareFile(this.current(), probeFile(this.conn))
       if (found) {
         this.replaced = found
-        throw this.replacedError(found)
+        throw replacedError(this.path, found)
       }
       this.syncSchema(false)
     }
@@ -1070,7 +696,7 @@ export class SqliteCapture implements CaptureSide {
       const max = Number((t.maxSeq.get() as bigint | null) ?? 0n)
       const to = Math.max(max, t.mark)
       if (t.reset > 0) {
-        const all = this.readAll(t)
+        const all = readAll(t)
         changes.push({ table: t.id, upserts: all, deletes: [] })
         reset.push(t.id)
         rows += all.length
@@ -1081,7 +707,7 @@ export class SqliteCapture implements CaptureSide {
         // One that may be TEXT that is not UTF-8 starts the table again with every value's bytes.
         for (let exact = false; ; exact = true) {
           let again = false
-          for (const [kind, v] of this.changesOf(t, t.mark, max, exact)) {
+          for (const [kind, v] of changesOf(t, t.mark, max, exact, this.log)) {
             if (kind === 'u') upserts.push(v)
             else if (kind === 'd') deletes.push(v)
             else if (kind === 'again') {
@@ -1125,7 +751,7 @@ export class SqliteCapture implements CaptureSide {
    */
   async readStream(budgetBytes: number): Promise<CaptureStream | null> {
     // A file that went or was replaced, and a replacement already found: read() says what happened.
-    if (this.db === null || this.replaced !== null || this.fileAtPath() !== 'same')
+    if (this.db === null || this.replaced !== null || fileAt(this.path, this.file) !== 'same')
       return wholeStream(await this.read())
     const db = this.conn
     let upper = 0
@@ -1145,7 +771,7 @@ export class SqliteCapture implements CaptureSide {
       throw sqliteError(err, this.path, 'cannot read')
     }
     const readAt = Date.now()
-    const plan: Array<{ t: Captured; max: number; reset: boolean }> = []
+    const plan: Planned[] = []
     let seq: ReturnType<SqliteCapture['sequenceChanges']> = null
     try {
       // The schema is checked inside the read transaction (a VACUUM renumbers rowids): sync and begin again.
@@ -1185,56 +811,10 @@ export class SqliteCapture implements CaptureSide {
     this.streaming = true
     async function* pieces(): AsyncGenerator<{ changes: TableChanges[]; rows: number }> {
       try {
-        let changes: TableChanges[] = []
-        let bytes = 0
-        let n = 0
-        for (const p of plan) {
-          const { t } = p
-          if (!p.reset && p.max <= t.mark) continue
-          let cur: TableChanges = { table: t.id, upserts: [], deletes: [] }
-          changes.push(cur)
-          // TEXT that is not UTF-8 (rare): the table is read again from its start with every value's bytes;
-          // what went out before is sent again, which applies to the same rows (one read transaction).
-          for (let exact = false; ; exact = true) {
-            let again = false
-            const it: Iterable<Change> = p.reset
-              ? upsertsOf(exact ? t.allExact.iterate() : t.all.iterate(), exact)
-              : self.changesOf(t, t.mark, p.max, exact)
-            // The pass again with every value's bytes sends rows already sent: the same rows again, except that
-            // a key holding a NULL stands for a group apply would then hold twice; its delete goes first.
-            const resent = exact ? new Set<string>() : null
-            for (const [kind, r] of it) {
-              if (kind === 'again') {
-                again = true
-                break
-              }
-              const nullKey =
-                resent !== null && kind === 'u' && t.info.key.length > 0 ? keyWithNull(t.info.key, r) : null
-              if (nullKey !== null && !resent!.has(nullKey.text)) {
-                resent!.add(nullKey.text)
-                cur.deletes.push(nullKey.key)
-              }
-              if (kind === 'u') cur.upserts.push(r)
-              else cur.deletes.push(r)
-              bytes += rowSize(r)
-              n++
-              if (bytes >= budgetBytes) {
-                rows += n
-                yield { changes: changes.filter(nonEmpty), rows: n }
-                changes = []
-                cur = { table: t.id, upserts: [], deletes: [] }
-                changes.push(cur)
-                bytes = 0
-                n = 0
-              }
-            }
-            if (!again) break
-          }
+        for (const piece of piecesOf(plan, budgetBytes, seq, self.log)) {
+          rows += piece.rows
+          yield piece
         }
-        // Last, after the rows: sqlite_sequence as the origin has it in this same read transaction.
-        if (seq !== null) changes.push({ table: SEQUENCE_TABLE, upserts: seq.changes[0], deletes: seq.changes[1] })
-        rows += n
-        yield { changes: changes.filter(nonEmpty), rows: n }
         done = true
         self.unacked = { source, schemaGen: schema ? schemaGen : -1, sequences: seq?.now, readAt }
         self.dataVersion = dv
@@ -1281,16 +861,6 @@ export class SqliteCapture implements CaptureSide {
     } catch (err) {
       throw sqliteError(err, this.path, 'cannot take a checkpoint of')
     }
-  }
-
-  private validKey(t: Captured, key: Value[]): boolean {
-    if (key.length !== t.arity) return false
-    if (t.info.key.length === 0) return typeof key[0] === 'bigint'
-    if (t.info.withoutRowid) return key.every((k) => k !== null)
-    if (t.info.key.length === 1 && t.info.columns[t.info.key[0]].type.toUpperCase() === 'INTEGER') {
-      return typeof key[0] === 'bigint'
-    }
-    return true
   }
 
   async ack(source: Uint8Array): Promise<void> {
