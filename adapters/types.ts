@@ -49,6 +49,19 @@ export interface CaptureStream {
   end(): { source: Uint8Array; rows: number }
 }
 
+/** A batch read whole, as a stream of one piece (a side's readStream for a batch too small to read in pieces). */
+export function wholeStream(batch: CaptureBatch | null): CaptureStream | null {
+  if (batch === null) return null
+  return {
+    schema: batch.schema,
+    time: batch.time,
+    pieces: (async function* () {
+      yield { changes: batch.changes, rows: batch.rows }
+    })(),
+    end: () => ({ source: batch.source, rows: batch.rows })
+  }
+}
+
 /** A piece of the initial snapshot of the existing data. */
 export interface SnapshotChunk {
   changes: TableChanges[]

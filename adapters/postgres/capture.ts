@@ -34,7 +34,7 @@
  */
 import { MeshError, sameBytes, type SchemaEntry, type TableChanges, type Value } from '../../protocol/index.ts'
 import type { CaptureBatch, CaptureSide, CaptureStream, Logger, SnapshotChunk } from '../types.ts'
-import { silentLogger } from '../types.ts'
+import { silentLogger, wholeStream } from '../types.ts'
 import {
   OWN_SCHEMA,
   SEQUENCES_TABLE,
@@ -76,19 +76,6 @@ export interface PostgresCaptureOptions {
    * the budget, at least 1000); smaller ones are read whole, with read().
    */
   streamAboveMessages?: number
-}
-
-/** A batch read whole, as a stream of one piece. */
-function wholeStream(batch: CaptureBatch | null): CaptureStream | null {
-  if (batch === null) return null
-  return {
-    schema: batch.schema,
-    time: batch.time,
-    pieces: (async function* () {
-      yield { changes: batch.changes, rows: batch.rows }
-    })(),
-    end: () => ({ source: batch.source, rows: batch.rows })
-  }
 }
 
 /** JS memory a pgoutput message takes once decoded and folded, per byte of it, near enough for a budget. */

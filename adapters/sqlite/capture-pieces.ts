@@ -1,10 +1,10 @@
 /**
  * Reading a large batch in pieces (issue 14; SqliteCapture.readStream holds the read transaction open across
  * them): how a row's memory is counted against the budget, and the pieces themselves. A small batch is read whole
- * and handed out as one piece (wholeStream).
+ * and handed out as one piece (wholeStream, adapters/types.ts).
  */
 import type { TableChanges, Value } from '../../protocol/index.ts'
-import type { CaptureBatch, CaptureStream, Logger } from '../types.ts'
+import type { Logger } from '../types.ts'
 import { type Captured, type Change, changesOf, upsertsOf } from './captured-table.ts'
 import { SEQUENCE_TABLE } from './common.ts'
 import { keyText } from './text.ts'
@@ -34,19 +34,6 @@ function keyWithNull(key: number[], row: Value[]): { key: Value[]; text: string 
   if (!key.some((k) => row[k] === null)) return null
   const values = key.map((k) => row[k])
   return { key: values, text: keyText(values) }
-}
-
-/** A batch read whole, as a stream of one piece. */
-export function wholeStream(batch: CaptureBatch | null): CaptureStream | null {
-  if (batch === null) return null
-  return {
-    schema: batch.schema,
-    time: batch.time,
-    pieces: (async function* () {
-      yield { changes: batch.changes, rows: batch.rows }
-    })(),
-    end: () => ({ source: batch.source, rows: batch.rows })
-  }
 }
 
 /** What a read in pieces reads of one table: up to change seq `max`, or all of it (`reset`). */

@@ -26,7 +26,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import { MeshError, type SchemaEntry, type SchemaObject, type TableChanges, type Value } from '../../protocol/index.ts'
 import type { CaptureBatch, CaptureSide, CaptureStream, Logger, SnapshotChunk } from '../types.ts'
-import { silentLogger } from '../types.ts'
+import { silentLogger, wholeStream } from '../types.ts'
 import {
   OWN_PREFIX,
   SEQUENCE_TABLE,
@@ -54,7 +54,7 @@ import {
   type Replaced
 } from './capture-identity.ts'
 import { changeTable, sameInfo, triggerNames, triggerSql } from './capture-triggers.ts'
-import { type Planned, STREAM_ABOVE_ROWS, piecesOf, wholeStream } from './capture-pieces.ts'
+import { type Planned, STREAM_ABOVE_ROWS, piecesOf } from './capture-pieces.ts'
 import { type Captured, changesOf, pagesOf, prepareTable, readAll } from './captured-table.ts'
 import { IDENTITY_BYTES, decodeSqliteSource, sourceEnc, type SourcePos } from './position.ts'
 
