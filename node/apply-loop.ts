@@ -11,7 +11,7 @@
 import { EventEmitter } from 'node:events'
 import { MeshError, continues, sameBytes, type Entry } from '../protocol/index.ts'
 import { locate, offsets, type ChainSegment, type Segment } from './chain.ts'
-import type { ApplySide, Logger } from '../adapters/index.ts'
+import type { AppliedPosition, ApplySide, Logger } from '../adapters/index.ts'
 import { silentLogger, unitEnd } from '../adapters/index.ts'
 import { DEFAULT_UNIT_MEMORY, type DatasetLog, type UnitScan } from './log.ts'
 
@@ -159,10 +159,7 @@ export class ApplyLoop extends EventEmitter {
       const unit = await seg.log.unit(next, { wait: false })
       if (unit === null) return n
       const length = unitEnd(unit)
-      if (seg.end !== null && length > seg.end)
-        throw MeshError.BAD_LOG(
-          `a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`
-        )
+      if (seg.end !== null && length > seg.end) throw pastBranch(seg)
       if (next === 0) {
         const header = unit.entries[0]
         if (header.kind !== 'header') throw MeshError.BAD_LOG('the log does not start with a header')
@@ -190,30 +187,17 @@ export class ApplyLoop extends EventEmitter {
    */
   private async applyInParts(seg: Segment, start: number, end: number): Promise<void> {
     const apply = this.apply
-    if (seg.end !== null && end > seg.end) {
-      const where = `the point (${seg.end}) where the next epoch branched off`
-      throw MeshError.BAD_LOG(`a unit of epoch ${seg.epoch} runs past ${where}`)
-    }
+    if (seg.end !== null && end > seg.end) throw pastBranch(seg)
     const position = { log: seg.log.key, epoch: seg.epoch, length: end, treeHash: await seg.log.treeHash(end) }
     let time: number | null = null
     if (await apply.beginUnit!({ start, end }, position)) {
       try {
-        // 1/64: a part's blocks, its decoded rows (two to three times their encoding) and the garbage of the parts
-        // before, which V8 collects lazily, are in memory at once; bench/big.ts measured the peak RSS.
-        const partBytes = Math.max(64 * 1024, Math.floor(this.unitMemoryBytes / 64))
-        let part: Entry[] = []
-        let bytes = 0
-        for await (const { entry, bytes: b } of seg.log.entries(start, end)) {
+        const parts = this.parts(position)
+        for await (const { entry, bytes } of seg.log.entries(start, end)) {
           if (entry.kind === 'transaction') time = Math.max(time ?? 0, entry.time)
-          part.push(entry)
-          bytes += b
-          if (bytes >= partBytes) {
-            await apply.applyPart!(part, position)
-            part = []
-            bytes = 0
-          }
+          await parts.add(entry, bytes)
         }
-        await apply.applyPart!(part, position)
+        await parts.flush()
         await apply.commitUnit!(position)
       } catch (err) {
         await apply.abortUnit?.()
@@ -242,17 +226,11 @@ export class ApplyLoop extends EventEmitter {
     if (!(await apply.beginUnit({ start, end: start + 1 }, begun))) return false
     let time: number | null = null
     try {
-      const partBytes = Math.max(64 * 1024, Math.floor(this.unitMemoryBytes / 64))
-      let part: Entry[] = []
-      let bytes = 0
+      const parts = this.parts(begun)
       let lastArrival = Date.now()
       let i = start
       for (;;) {
-        if (seg.end !== null && i >= seg.end) {
-          throw MeshError.BAD_LOG(
-            `a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`
-          )
-        }
+        if (seg.end !== null && i >= seg.end) throw pastBranch(seg)
         const it = await log.arrived(i)
         if (it === null) {
           const waited = Date.now() - lastArrival
@@ -262,11 +240,7 @@ export class ApplyLoop extends EventEmitter {
             return false
           }
           // What is held is applied while the next block is on its way.
-          if (part.length > 0) {
-            await apply.applyPart!(part, begun)
-            part = []
-            bytes = 0
-          }
+          if (parts.held > 0) await parts.flush()
           await this.idle(ARRIVING_STALL_MS - waited)
           continue
         }
@@ -280,17 +254,11 @@ export class ApplyLoop extends EventEmitter {
           throw MeshError.BAD_LOG(`a ${e.kind} entry inside an unfinished unit`, { context: { block: i } })
         }
         if (e.kind === 'transaction') time = Math.max(time ?? 0, e.time)
-        part.push(e)
-        bytes += it.bytes
+        await parts.add(e, it.bytes)
         i = it.next
         if (!continues(e)) break
-        if (bytes >= partBytes) {
-          await apply.applyPart!(part, begun)
-          part = []
-          bytes = 0
-        }
       }
-      await apply.applyPart!(part, begun)
+      await parts.flush()
       await apply.commitUnit!({ log: log.key, epoch: seg.epoch, length: i, treeHash: await log.treeHash(i) })
     } catch (err) {
       await apply.abortUnit?.()
@@ -298,6 +266,40 @@ export class ApplyLoop extends EventEmitter {
     }
     this.unitApplied(seg, time)
     return true
+  }
+
+  /**
+   * A unit's entries gathered into parts of about 1/64 of the memory budget, each handed to the apply side's
+   * applyPart as it fills (flush(): the rest, possibly none). 1/64: a part's blocks, its decoded rows (two to
+   * three times their encoding) and the garbage of the parts before, which V8 collects lazily, are in memory
+   * at once; bench/big.ts measured the peak RSS.
+   */
+  private parts(position: AppliedPosition): {
+    held: number
+    add(e: Entry, bytes: number): Promise<void>
+    flush(): Promise<void>
+  } {
+    const apply = this.apply
+    const partBytes = Math.max(64 * 1024, Math.floor(this.unitMemoryBytes / 64))
+    let part: Entry[] = []
+    let bytes = 0
+    const flush = async () => {
+      const p = part
+      part = []
+      bytes = 0
+      await apply.applyPart!(p, position)
+    }
+    return {
+      get held() {
+        return part.length
+      },
+      async add(e, b) {
+        part.push(e)
+        bytes += b
+        if (bytes >= partBytes) await flush()
+      },
+      flush
+    }
   }
 
   /** How much of the unit at `start` the last look found here. */
@@ -416,4 +418,11 @@ export async function replayTo(
         hint: 'Wait until `mesh status` shows the log downloaded here.'
       })
   }
+}
+
+/** A unit that runs past the point where the next epoch's log branched off this one. */
+function pastBranch(seg: Segment): MeshError {
+  return MeshError.BAD_LOG(
+    `a unit of epoch ${seg.epoch} runs past the point (${seg.end}) where the next epoch branched off`
+  )
 }
