@@ -53,7 +53,14 @@ import {
   type FileId,
   type Replaced
 } from './capture-identity.ts'
-import { changeTable, sameInfo, triggerNames, triggerSql } from './capture-triggers.ts'
+import {
+  changeTable,
+  conflictTriggerNames,
+  conflictTriggers,
+  sameInfo,
+  triggerNames,
+  triggerSql
+} from './capture-triggers.ts'
 import { type Planned, STREAM_ABOVE_ROWS, piecesOf } from './capture-pieces.ts'
 import { type Captured, changesOf, pagesOf, prepareTable, readAll } from './captured-table.ts'
 import { IDENTITY_BYTES, decodeSqliteSource, sourceEnc, type SourcePos } from './position.ts'
@@ -433,7 +440,20 @@ export class SqliteCapture implements CaptureSide {
               BigInt(reset),
               BigInt(id)
             )
-          } else if (vacuumed && t.key.length === 0 && !t.withoutRowid && reset === 0) {
+          } else {
+            // Capture set up by a version without the REPLACE-conflict triggers (conflictTriggers) gets them
+            // now, with no resend: the change table and its pending keys stay. The stored info is brought up to
+            // date, so that a UNIQUE index created later counts as a change of the table (resent).
+            const conflict = conflictTriggers(id, t)
+            if (conflict.some((c) => !triggers.has(c.name))) {
+              for (const n of conflictTriggerNames(id)) db.exec(`DROP TRIGGER IF EXISTS ${quote(n)}`)
+              for (const c of conflict) db.exec(c.sql)
+            }
+            if (row.info !== JSON.stringify(t)) {
+              db.prepare(`UPDATE ${OWN_PREFIX}tables SET info = ? WHERE id = ?`).run(JSON.stringify(t), BigInt(id))
+            }
+          }
+          if (!install && vacuumed && t.key.length === 0 && !t.withoutRowid && reset === 0) {
             // Keyed by rowid, which a VACUUM may have renumbered: resent in full, in this transaction.
             reset = nextReset()
             db.prepare(`UPDATE ${OWN_PREFIX}tables SET reset = ? WHERE id = ?`).run(BigInt(reset), BigInt(id))
@@ -442,7 +462,8 @@ export class SqliteCapture implements CaptureSide {
           }
         }
         if (install) {
-          for (const n of triggerNames(id)) db.exec(`DROP TRIGGER IF EXISTS ${quote(n)}`)
+          for (const n of [...triggerNames(id), ...conflictTriggerNames(id)])
+            db.exec(`DROP TRIGGER IF EXISTS ${quote(n)}`)
           db.exec(`DROP TABLE IF EXISTS ${quote(changeTable(id))}`)
           const arity = t.key.length === 0 ? 1 : t.key.length
           const cols = Array.from({ length: arity }, (_, i) => `k${i}`).join(', ')
@@ -458,7 +479,8 @@ export class SqliteCapture implements CaptureSide {
       for (const row of rows) {
         const id = Number(row.id)
         if (keep.has(id)) continue
-        for (const n of triggerNames(id)) db.exec(`DROP TRIGGER IF EXISTS ${quote(n)}`)
+        for (const n of [...triggerNames(id), ...conflictTriggerNames(id)])
+          db.exec(`DROP TRIGGER IF EXISTS ${quote(n)}`)
         db.exec(`DROP TABLE IF EXISTS ${quote(changeTable(id))}`)
         db.prepare(`DELETE FROM ${OWN_PREFIX}tables WHERE id = ?`).run(BigInt(id))
         this.tables.delete(id)

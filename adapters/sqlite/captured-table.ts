@@ -72,9 +72,7 @@ export function prepareTable(db: DB, id: number, info: TableInfo, reset: number,
     info.key.length === 0
       ? `t.${info.rowidName} IS k.k0`
       : info.key.map((k, i) => `t.${quote(info.columns[k].name)} IS k.k${i}`).join(' AND ')
-  const intKey =
-    info.key.length === 0 ||
-    (!info.withoutRowid && info.key.length === 1 && info.columns[info.key[0]].type.toUpperCase() === 'INTEGER')
+  const intKey = info.key.length === 0 || info.rowidKey === true
   const valid = intKey
     ? `typeof(k.k0) = 'integer'`
     : info.withoutRowid
@@ -184,9 +182,7 @@ function validKey(t: Captured, key: Value[]): boolean {
   if (key.length !== t.arity) return false
   if (t.info.key.length === 0) return typeof key[0] === 'bigint'
   if (t.info.withoutRowid) return key.every((k) => k !== null)
-  if (t.info.key.length === 1 && t.info.columns[t.info.key[0]].type.toUpperCase() === 'INTEGER') {
-    return typeof key[0] === 'bigint'
-  }
+  if (t.info.rowidKey === true) return typeof key[0] === 'bigint'
   return true
 }
 

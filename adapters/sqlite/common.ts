@@ -140,6 +140,27 @@ export interface TableInfo {
    * null for WITHOUT ROWID tables. Tables with no declared key use it as their identity.
    */
   rowidName: string | null
+  /**
+   * Whether the key is the rowid itself (an INTEGER PRIMARY KEY), so it only ever holds integers. Not so for
+   * `INTEGER PRIMARY KEY DESC` written as a column constraint (a quirk SQLite keeps): that column is an ordinary
+   * key with integer affinity that may hold TEXT, REAL or NULL, and was once taken for the rowid by its type
+   * alone, so capture skipped such rows as impossible keys and they never reached a replica. Absent in
+   * TableInfo stored by older versions (only compared through sameInfo, which ignores it).
+   */
+  rowidKey?: boolean
+  /**
+   * The table's UNIQUE indexes other than its primary key, each as its columns with their collations (sorted by
+   * index name); an index on an expression is left out (see triggerSql). Absent in TableInfo stored by versions
+   * before it existed.
+   */
+  unique?: UniqueIndex[]
+}
+
+/** One UNIQUE index over plain columns: `columns[i]` compared under `collations[i]`. */
+export interface UniqueIndex {
+  name: string
+  columns: string[]
+  collations: string[]
 }
 
 export interface UncapturableTable {
@@ -213,13 +234,46 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
         continue
       }
     }
+    // A declared key that is not the rowid has an index of its own (origin 'pk'); the rowid's alias has none.
+    const indexes = db
+      .prepare(`PRAGMA main.index_list(${quote(t.name)})`)
+      .safeIntegers(false)
+      .all() as Array<{
+      name: string
+      unique: number
+      origin: string
+    }>
+    const rowidKey =
+      t.wr !== 1 &&
+      pk.length === 1 &&
+      columns[pk[0]].type.toUpperCase() === 'INTEGER' &&
+      !indexes.some((i) => i.origin === 'pk')
+    const unique: UniqueIndex[] = []
+    for (const ix of indexes.filter((i) => i.unique === 1 && i.origin !== 'pk')) {
+      const cols = (
+        db
+          .prepare(`PRAGMA main.index_xinfo(${quote(ix.name)})`)
+          .safeIntegers(false)
+          .all() as Array<{
+          cid: number
+          name: string | null
+          coll: string
+          key: number
+        }>
+      ).filter((c) => c.key === 1)
+      if (cols.some((c) => c.cid < 0 || c.name === null)) continue
+      unique.push({ name: ix.name, columns: cols.map((c) => c.name!), collations: cols.map((c) => c.coll) })
+    }
+    unique.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     tables.push({
       name: t.name,
       sql: sqlOf.get(t.name) ?? '',
       columns,
       key: pk,
       withoutRowid: t.wr === 1,
-      rowidName
+      rowidName,
+      rowidKey,
+      unique
     })
   }
   tables.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
