@@ -217,3 +217,39 @@ test('capture triggers for REPLACE conflicts dropped behind its back come back (
   db.exec("BEGIN; INSERT OR REPLACE INTO c VALUES (3, 'a', 3); DELETE FROM c WHERE id = 3; COMMIT")
   await same('replaced, then deleted')
 })
+
+test("a PRIMARY KEY whose collation is not its column's: keys compared as the key's index compares them", async (t) => {
+  const dir = tmpDir(t, 'mesh-edges-')
+  const file = path.join(dir, 'shop.db')
+  const db = openWal(file)
+  db.exec(
+    'CREATE TABLE bin (k TEXT COLLATE NOCASE, v, PRIMARY KEY (k COLLATE BINARY)) WITHOUT ROWID; ' +
+      'CREATE TABLE nc (k TEXT, v, PRIMARY KEY (k COLLATE NOCASE)); ' +
+      'CREATE TABLE ncw (k TEXT, v, PRIMARY KEY (k COLLATE NOCASE)) WITHOUT ROWID'
+  )
+  // Three keys equal under NOCASE, 6,000 rows before capture starts: the snapshot's pages of 5,000 rows end
+  // between two of them, and a page that went on from the last key under NOCASE skipped the others.
+  const ins = db.prepare('INSERT INTO bin VALUES (?, ?)')
+  db.transaction(() => {
+    for (let i = 0; i < 2000; i++) for (const k of ['ab', 'Ab', 'AB']) ins.run(`${k}${i}`, i)
+  })()
+  db.exec("INSERT INTO nc VALUES ('a', 1), ('b', 2); INSERT INTO ncw VALUES ('a', 1), ('b', 2)")
+  const p = await startPipeline(dir, file)
+  teardown(t, async () => {
+    await p.close().catch(() => {})
+    db.close()
+  })
+  const replica = path.join(dir, 'replica.db')
+  const same = async (what: string) => {
+    await p.settle()
+    assert.deepEqual(dumpExact(replica, { rowids: true }), dumpExact(file, { rowids: true }), what)
+  }
+  await same('the snapshot')
+  db.exec("DELETE FROM bin WHERE k = 'Ab7'; UPDATE bin SET v = -1 WHERE k = 'AB8'")
+  await same('one of three keys equal under NOCASE deleted, another updated')
+  db.exec(
+    "BEGIN; INSERT OR REPLACE INTO nc VALUES ('A', 3); DELETE FROM nc WHERE k = 'A'; " +
+      "INSERT OR REPLACE INTO ncw VALUES ('B', 3); DELETE FROM ncw WHERE k = 'B'; COMMIT"
+  )
+  await same('a key replaced by one equal under the NOCASE key, then deleted')
+})

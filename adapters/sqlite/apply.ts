@@ -22,6 +22,8 @@ import {
   digestTables,
   dropGuardSql,
   guardTriggersSql,
+  keyCollationsOf,
+  keyColumns,
   openDatabase,
   quote,
   readTables,
@@ -445,8 +447,10 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     const rowid = keyless ? this.rowidAlias(def.name) : ''
     const list = keyless ? [rowid, ...cols] : cols
     // Placeholders come from ph(i), so a row or key holding raw TEXT gets a statement that casts it back.
+    // Keys compared under the PRIMARY KEY's collations, as capture compares them (keyColumns).
+    const keyCols = keyless ? [] : keyColumns({ ...def, keyCollations: keyCollationsOf(db, def.name, def.key.length) })
     const where = (ph: (i: number) => string) =>
-      keyless ? `${rowid} = ${ph(0)}` : def.key.map((k, i) => `${quote(def.columns[k].name)} IS ${ph(i)}`).join(' AND ')
+      keyless ? `${rowid} = ${ph(0)}` : keyCols.map((c, i) => `${c} IS ${ph(i)}`).join(' AND ')
     const values = (ph: (i: number) => string) => list.map((_, i) => ph(i)).join(', ')
     const upsert = new RawAware(db, (ph) => `INSERT OR REPLACE INTO ${t} (${list.join(', ')}) VALUES (${values(ph)})`)
     const remove = new RawAware(db, (ph) => `DELETE FROM ${t} WHERE ${where(ph)}`)

@@ -154,6 +154,53 @@ export interface TableInfo {
    * before it existed.
    */
   unique?: UniqueIndex[]
+  /**
+   * The collation of each key column in its PRIMARY KEY index (key order), where there is one (not for the
+   * rowid): `PRIMARY KEY (k COLLATE NOCASE)` may differ from the column's own collation, and two keys are the
+   * same row exactly when that index says so. Every comparison of keys (capture's lookups, a snapshot's pages,
+   * apply's deletes) uses it (keyColumns). Absent in TableInfo stored by older versions.
+   */
+  keyCollations?: string[]
+}
+
+/**
+ * The key columns of `t` as SQL, each with its PRIMARY KEY collation (TableInfo.keyCollations), prefixed by
+ * `alias.` if given. Comparing `col IS ?` alone would use the column's collation: with
+ * `k TEXT, PRIMARY KEY (k COLLATE NOCASE)` a row 'a' replaced by 'A' and deleted stayed at a replica, and with
+ * `k TEXT COLLATE NOCASE, PRIMARY KEY (k COLLATE BINARY)` deleting row 'A' deleted row 'a' too.
+ */
+export function keyColumns(
+  t: { columns: Array<{ name: string }>; key: number[]; keyCollations?: string[] },
+  alias = ''
+): string[] {
+  return t.key.map((k, i) => {
+    const col = `${alias ? `${alias}.` : ''}${quote(t.columns[k].name)}`
+    const coll = t.keyCollations?.[i]
+    return coll === undefined ? col : `${col} COLLATE ${quote(coll)}`
+  })
+}
+
+/** The collations of the PRIMARY KEY index of `table` (see TableInfo.keyCollations), or undefined. */
+export function keyCollationsOf(db: DB, table: string, keyLength: number): string[] | undefined {
+  const indexes = db
+    .prepare(`PRAGMA main.index_list(${quote(table)})`)
+    .safeIntegers(false)
+    .all() as Array<{
+    name: string
+    origin: string
+  }>
+  const pk = indexes.find((i) => i.origin === 'pk')
+  if (pk === undefined) return undefined
+  const cols = (
+    db
+      .prepare(`PRAGMA main.index_xinfo(${quote(pk.name)})`)
+      .safeIntegers(false)
+      .all() as Array<{
+      coll: string
+      key: number
+    }>
+  ).filter((c) => c.key === 1)
+  return cols.length === keyLength ? cols.map((c) => c.coll) : undefined
 }
 
 /** One UNIQUE index over plain columns: `columns[i]` compared under `collations[i]`. */
@@ -273,7 +320,8 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
       withoutRowid: t.wr === 1,
       rowidName,
       rowidKey,
-      unique
+      unique,
+      keyCollations: pk.length > 0 ? keyCollationsOf(db, t.name, pk.length) : undefined
     })
   }
   tables.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
@@ -329,7 +377,7 @@ export function digestTables(db: DB, tables: TableInfo[]): { digest: Uint8Array;
     const cols = t.columns.map((c) => quote(c.name))
     const keyless = t.key.length === 0
     const select = keyless ? [t.rowidName!, ...cols] : cols
-    const order = keyless ? [t.rowidName!] : t.key.map((i) => cols[i])
+    const order = keyless ? [t.rowidName!] : keyColumns(t)
     h.update(`table ${t.name}\n`)
     const from = `FROM ${quote(t.name)} ORDER BY ${order.join(', ')}`
     const stmt = db.prepare(`SELECT ${select.join(', ')} ${from}`).raw(true)
