@@ -4,8 +4,10 @@
  * Each unit, with the replica's new applied position, is written in one synchronous better-sqlite3
  * transaction (no await inside), so a crash leaves either all of a unit or none of it.
  *
- * Rows are written with INSERT OR REPLACE. That mirrors what the origin did when a REPLACE conflict deleted
- * a row without firing its delete trigger, and it makes a unit converge whatever the order of its rows.
+ * Rows are written with INSERT OR REPLACE, which makes a unit converge whatever the order of its rows. The
+ * rows a REPLACE conflict deleted at the origin (no delete trigger fires) arrive as deletes: capture records
+ * their keys with BEFORE triggers (conflictTriggers in capture-triggers.ts); the replica's own conflicts, when
+ * the new row still conflicts, only remove what those deletes remove anyway.
  *
  * What it does not do: run the origin's triggers. They are kept in the replica's metadata and not created,
  * because the rows they would write arrive through the log anyway; promotion creates them. Foreign keys are
