@@ -153,6 +153,28 @@ test('schema changes while capturing: created in the writing transaction, droppe
   await same('a UNIQUE index created, and a REPLACE through it, in one transaction')
 })
 
+test('a table renamed and a new one created under its name in one transaction (an archive rotation)', async (t) => {
+  const { db, same } = await mesh(
+    t,
+    'CREATE TABLE sales (id INTEGER PRIMARY KEY, v); CREATE TABLE x (k TEXT PRIMARY KEY, v); ' +
+      'CREATE TABLE y (k TEXT PRIMARY KEY, v)'
+  )
+  db.exec(
+    "INSERT INTO sales VALUES (1, 'old'), (2, 'old'); INSERT INTO x VALUES ('x', 1); INSERT INTO y VALUES ('y', 2)"
+  )
+  await same('inserted')
+  db.exec(
+    'BEGIN; ALTER TABLE sales RENAME TO sales_2025; CREATE TABLE sales (id INTEGER PRIMARY KEY, v); ' +
+      "INSERT INTO sales VALUES (9, 'new'); COMMIT"
+  )
+  await same('rotated (the replica kept the old rows under the new table)')
+  db.exec("INSERT INTO sales VALUES (10, 'new'); UPDATE sales_2025 SET v = 'archived'; DELETE FROM sales WHERE id = 9")
+  await same('both written afterwards')
+  db.exec('BEGIN; ALTER TABLE x RENAME TO tmp; ALTER TABLE y RENAME TO x; ALTER TABLE tmp RENAME TO y; COMMIT')
+  db.exec("INSERT INTO x VALUES ('x2', 3); INSERT INTO y VALUES ('y2', 4)")
+  await same('two tables of the same definition swapped names')
+})
+
 test('NOCASE keys, keys of mixed storage classes, REAL keys', async (t) => {
   const { db, same } = await mesh(
     t,

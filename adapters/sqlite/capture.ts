@@ -373,12 +373,18 @@ export class SqliteCapture implements CaptureSide {
         reset: bigint
       }>
       const byName = new Map(rows.map((r) => [r.name, r]))
-      const triggers = new Set(
-        db
-          .prepare(`SELECT name FROM main.sqlite_schema WHERE type = 'trigger' AND name LIKE '${OWN_PREFIX}t%'`)
-          .pluck()
-          .all() as string[]
+      // Each capture trigger and the table it is on: a trigger follows its table through ALTER TABLE RENAME.
+      const triggerOn = new Map(
+        (
+          db
+            .prepare(
+              `SELECT name, tbl_name FROM main.sqlite_schema WHERE type = 'trigger' AND name LIKE '${OWN_PREFIX}t%'`
+            )
+            .raw()
+            .all() as Array<[string, string]>
+        ).map(([n, tbl]) => [n, tbl])
       )
+      const triggers = new Set(triggerOn.keys())
       const changeTables = new Set(
         db
           .prepare(`SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name LIKE '${OWN_PREFIX}d%'`)
@@ -420,10 +426,19 @@ export class SqliteCapture implements CaptureSide {
         } else {
           id = Number(row.id)
           const old = JSON.parse(row.info) as TableInfo
-          const present = triggerNames(id).every((n) => triggers.has(n)) && changeTables.has(changeTable(id))
+          // A table renamed and another created under its old name with the same definition (an archive
+          // rotation: `ALTER TABLE a RENAME TO a_old; CREATE TABLE a (...)`) in one capture step: the triggers of
+          // this id went along to the renamed table, so the new one had none and kept the old rows at a replica.
+          // Triggers on another table count as missing here, and the table is captured and resent afresh.
+          const moved = triggerNames(id).some((n) => triggerOn.has(n) && triggerOn.get(n) !== t.name)
+          const present = !moved && triggerNames(id).every((n) => triggers.has(n)) && changeTables.has(changeTable(id))
           const arityOk = present && this.changeTableArity(id) === (t.key.length || 1)
           if (!sameInfo(old, t) || !present || !arityOk) {
-            if (present && arityOk) {
+            if (moved) {
+              this.log.info('table renamed and a new one created under its name: both are resent in full', {
+                table: t.name
+              })
+            } else if (present && arityOk) {
               this.log.info('table definition changed: it is resent in full', { table: t.name })
             } else {
               this.log.warn(
