@@ -62,7 +62,7 @@ test('tables that cannot be captured are named with the reason; the rest replica
   const { dir, file, db } = sqliteOrigin(t)
   db.exec(
     'CREATE TABLE a (id INTEGER PRIMARY KEY, v); CREATE VIRTUAL TABLE docs USING fts5(body); INSERT ' +
-      "INTO docs VALUES ('hello')"
+      "INTO docs VALUES ('hello'); CREATE TABLE _mesh_notes (v)"
   )
   const logger = memoryLogger()
   const side = new SqliteCapture({ path: file, logger })
@@ -70,6 +70,9 @@ test('tables that cannot be captured are named with the reason; the rest replica
   const skipped = side.skipped()
   assert.ok(skipped.some((s) => s.table === 'docs' && /virtual table/.test(s.reason)))
   assert.ok(skipped.some((s) => s.table === 'docs_data' && /shadow table of docs/.test(s.reason)))
+  // A user table that takes branchmesh's own prefix is named too (it was left out without a word).
+  assert.ok(skipped.some((s) => s.table === '_mesh_notes' && /_mesh_/.test(s.reason)))
+  assert.ok(!skipped.some((s) => s.table === '_mesh_meta' || s.table === '_mesh_tables'))
   assert.ok(logger.lines.some((l) => l.level === 'warn' && l.msg.startsWith('CANNOT_CAPTURE: table docs')))
   await side.close()
 

@@ -126,6 +126,9 @@ export function openDatabase(path: string, opts: OpenOptions): DB {
   return db
 }
 
+/** branchmesh's own tables: capture's state and change tables, a replica's bookkeeping. */
+const OWN_TABLE = new RegExp(`^${OWN_PREFIX}(meta|tables|replica|d[0-9]+)$`)
+
 /** A user table as capture and apply see it. */
 export interface TableInfo {
   name: string
@@ -234,7 +237,17 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
   const tables: TableInfo[] = []
   const skipped: UncapturableTable[] = []
   for (const t of list) {
-    if (t.name.startsWith('sqlite_') || t.name.startsWith(OWN_PREFIX)) continue
+    if (t.name.startsWith('sqlite_')) continue
+    if (t.name.startsWith(OWN_PREFIX)) {
+      // Not captured, and before it was not said: a user table that happens to take branchmesh's prefix is named.
+      if (!OWN_TABLE.test(t.name)) {
+        skipped.push({
+          table: t.name,
+          reason: `its name starts with ${OWN_PREFIX}, which branchmesh keeps for its own tables: rename it`
+        })
+      }
+      continue
+    }
     if (t.type === 'view') continue
     if (t.type === 'virtual') {
       skipped.push({
