@@ -450,7 +450,9 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     const list = keyless ? [rowid, ...cols] : cols
     // Placeholders come from ph(i), so a row or key holding raw TEXT gets a statement that casts it back.
     // Keys compared under the PRIMARY KEY's collations, as capture compares them (keyColumns).
-    const keyCols = keyless ? [] : keyColumns({ ...def, keyCollations: keyCollationsOf(db, def.name, def.key.length) })
+    const keyCols = keyless
+      ? []
+      : keyColumns({ ...def, keyCollations: keyCollationsOf(db, def.name, def.sql, def.key.length) })
     const where = (ph: (i: number) => string) =>
       keyless ? `${rowid} = ${ph(0)}` : keyCols.map((c, i) => `${c} IS ${ph(i)}`).join(' AND ')
     const values = (ph: (i: number) => string) => list.map((_, i) => ph(i)).join(', ')

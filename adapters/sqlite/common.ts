@@ -158,9 +158,9 @@ export interface TableInfo {
    */
   unique?: UniqueIndex[]
   /**
-   * The collation of each key column in its PRIMARY KEY index (key order), where there is one (not for the
-   * rowid): `PRIMARY KEY (k COLLATE NOCASE)` may differ from the column's own collation, and two keys are the
-   * same row exactly when that index says so. Every comparison of keys (capture's lookups, a snapshot's pages,
+   * The collation of each key column in its PRIMARY KEY index (key order), where the PRIMARY KEY clause names
+   * one (keyCollationsOf; else undefined): `PRIMARY KEY (k COLLATE NOCASE)` may differ from the column's own
+   * collation, and two keys are the same row exactly when that index says so. Every comparison of keys (capture's lookups, a snapshot's pages,
    * apply's deletes) uses it (keyColumns). Absent in TableInfo stored by older versions.
    */
   keyCollations?: string[]
@@ -183,8 +183,16 @@ export function keyColumns(
   })
 }
 
-/** The collations of the PRIMARY KEY index of `table` (see TableInfo.keyCollations), or undefined. */
-export function keyCollationsOf(db: DB, table: string, keyLength: number): string[] | undefined {
+/**
+ * The collations of the PRIMARY KEY index of `table` (see TableInfo.keyCollations), or undefined where they
+ * cannot differ from the columns' own: only a PRIMARY KEY written as a table constraint can name a collation of
+ * its own (`PRIMARY KEY (k COLLATE NOCASE)`), and only then is it looked up (from the key's index). Elsewhere no
+ * COLLATE is written, which matters beyond taste: SQLite does not seek an index for a row value comparison
+ * whose terms carry COLLATE, so a snapshot's pages of a composite key would each scan the table from its start.
+ */
+export function keyCollationsOf(db: DB, table: string, sql: string, keyLength: number): string[] | undefined {
+  const clause = /PRIMARY\s+KEY\s*\(([^)]*)\)/i.exec(sql)
+  if (keyLength === 0 || clause === null || !/\bCOLLATE\b/i.test(clause[1])) return undefined
   const indexes = db
     .prepare(`PRAGMA main.index_list(${quote(table)})`)
     .safeIntegers(false)
@@ -334,7 +342,7 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
       rowidName,
       rowidKey,
       unique,
-      keyCollations: pk.length > 0 ? keyCollationsOf(db, t.name, pk.length) : undefined
+      keyCollations: keyCollationsOf(db, t.name, sqlOf.get(t.name) ?? '', pk.length)
     })
   }
   tables.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
