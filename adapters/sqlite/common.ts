@@ -160,8 +160,9 @@ export interface TableInfo {
   /**
    * The collation of each key column in its PRIMARY KEY index (key order), where the PRIMARY KEY clause names
    * one (keyCollationsOf; else undefined): `PRIMARY KEY (k COLLATE NOCASE)` may differ from the column's own
-   * collation, and two keys are the same row exactly when that index says so. Every comparison of keys (capture's lookups, a snapshot's pages,
-   * apply's deletes) uses it (keyColumns). Absent in TableInfo stored by older versions.
+   * collation, and two keys are the same row exactly when that index says so. Every comparison of keys
+   * (capture's lookups, a snapshot's pages, apply's deletes) uses it (keyColumns). Absent in TableInfo stored
+   * by older versions.
    */
   keyCollations?: string[]
 }
