@@ -1,9 +1,11 @@
 /**
  * SQLite edge cases, each through real capture, a real hypercore replicated to a second store and real apply,
  * ending with the replica's rows equal to the origin's byte for byte (storage class and bytes of every value,
- * rowids of tables without a key). Two of them lost rows before their fix: rows a REPLACE conflict deleted
- * through a UNIQUE index other than the key (SQLite fires no delete trigger for them), and the rows of an
- * `INTEGER PRIMARY KEY DESC` column whose key is not an integer (that column is not the rowid).
+ * rowids of tables without a key). Four of them diverged before their fix: rows a REPLACE conflict deleted
+ * through a UNIQUE index other than the key or through an explicit rowid (SQLite fires no delete trigger for
+ * them); the rows of an `INTEGER PRIMARY KEY DESC` column whose key is not an integer (that column is not the
+ * rowid); keys of a PRIMARY KEY whose collation is not its column's; and a table renamed with a new one created
+ * under its old name in one capture step (an archive rotation). The others cover what no other test did.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
