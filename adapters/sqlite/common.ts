@@ -165,6 +165,8 @@ export interface TableInfo {
    * by older versions.
    */
   keyCollations?: string[]
+  /** UNIQUE indexes on an expression, which the REPLACE-conflict triggers do not cover (capture warns). */
+  expressionUnique?: string[]
 }
 
 /**
@@ -318,6 +320,7 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
       columns[pk[0]].type.toUpperCase() === 'INTEGER' &&
       !indexes.some((i) => i.origin === 'pk')
     const unique: UniqueIndex[] = []
+    const expressionUnique: string[] = []
     for (const ix of indexes.filter((i) => i.unique === 1 && i.origin !== 'pk')) {
       const cols = (
         db
@@ -330,6 +333,8 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
           key: number
         }>
       ).filter((c) => c.key === 1)
+      // A rowid in the index (cid -1) conflicts only where the key does; an expression (cid -2) is not covered.
+      if (cols.some((c) => c.cid === -2)) expressionUnique.push(ix.name)
       if (cols.some((c) => c.cid < 0 || c.name === null)) continue
       unique.push({ name: ix.name, columns: cols.map((c) => c.name!), collations: cols.map((c) => c.coll) })
     }
@@ -343,7 +348,8 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
       rowidName,
       rowidKey,
       unique,
-      keyCollations: keyCollationsOf(db, t.name, sqlOf.get(t.name) ?? '', pk.length)
+      keyCollations: keyCollationsOf(db, t.name, sqlOf.get(t.name) ?? '', pk.length),
+      ...(expressionUnique.length > 0 ? { expressionUnique } : {})
     })
   }
   tables.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
