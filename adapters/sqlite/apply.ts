@@ -4,8 +4,10 @@
  * Each unit, with the replica's new applied position, is written in one synchronous better-sqlite3
  * transaction (no await inside), so a crash leaves either all of a unit or none of it.
  *
- * Rows are written with INSERT OR REPLACE. That mirrors what the origin did when a REPLACE conflict deleted
- * a row without firing its delete trigger, and it makes a unit converge whatever the order of its rows.
+ * Rows are written with INSERT OR REPLACE, which makes a unit converge whatever the order of its rows. The
+ * rows a REPLACE conflict deleted at the origin (no delete trigger fires) arrive as deletes: capture records
+ * their keys with BEFORE triggers (conflictTriggers in capture-triggers.ts); the replica's own conflicts, when
+ * the new row still conflicts, only remove what those deletes remove anyway.
  *
  * What it does not do: run the origin's triggers. They are kept in the replica's metadata and not created,
  * because the rows they would write arrive through the log anyway; promotion creates them. Foreign keys are
@@ -22,6 +24,8 @@ import {
   digestTables,
   dropGuardSql,
   guardTriggersSql,
+  keyCollationsOf,
+  keyColumns,
   openDatabase,
   quote,
   readTables,
@@ -445,8 +449,12 @@ export class SqliteApply extends ReplicaBase implements ApplySide {
     const rowid = keyless ? this.rowidAlias(def.name) : ''
     const list = keyless ? [rowid, ...cols] : cols
     // Placeholders come from ph(i), so a row or key holding raw TEXT gets a statement that casts it back.
+    // Keys compared under the PRIMARY KEY's collations, as capture compares them (keyColumns).
+    const keyCols = keyless
+      ? []
+      : keyColumns({ ...def, keyCollations: keyCollationsOf(db, def.name, def.sql, def.key.length) })
     const where = (ph: (i: number) => string) =>
-      keyless ? `${rowid} = ${ph(0)}` : def.key.map((k, i) => `${quote(def.columns[k].name)} IS ${ph(i)}`).join(' AND ')
+      keyless ? `${rowid} = ${ph(0)}` : keyCols.map((c, i) => `${c} IS ${ph(i)}`).join(' AND ')
     const values = (ph: (i: number) => string) => list.map((_, i) => ph(i)).join(', ')
     const upsert = new RawAware(db, (ph) => `INSERT OR REPLACE INTO ${t} (${list.join(', ')}) VALUES (${values(ph)})`)
     const remove = new RawAware(db, (ph) => `DELETE FROM ${t} WHERE ${where(ph)}`)

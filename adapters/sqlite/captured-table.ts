@@ -8,7 +8,7 @@ import type Database from 'better-sqlite3'
 import { MeshError, type Value } from '../../protocol/index.ts'
 import type { Logger, SnapshotChunk } from '../types.ts'
 import { changeTable } from './capture-triggers.ts'
-import { quote, sqliteError, type DB, type TableInfo } from './common.ts'
+import { keyColumns, quote, sqliteError, type DB, type TableInfo } from './common.ts'
 import { RawAware, bindValue, exactColumns, exactRow, hasRawText, mayHoldRawText } from './text.ts'
 
 /** A captured table: its change table's position and the statements that read it. */
@@ -62,7 +62,9 @@ export function prepareTable(db: DB, id: number, info: TableInfo, reset: number,
   const where = (ph: (i: number) => string) =>
     info.key.length === 0
       ? `${info.rowidName} = ${ph(0)}`
-      : info.key.map((k, i) => `${quote(info.columns[k].name)} IS ${ph(i)}`).join(' AND ')
+      : keyColumns(info)
+          .map((c, i) => `${c} IS ${ph(i)}`)
+          .join(' AND ')
   const exact = exactColumns(select).join(', ')
   const kexact = exactColumns(kcols.split(', ')).join(', ')
   // The join: DISTINCT keys of the range, each row found by its key (IS: a NULL in a key matches as
@@ -71,10 +73,10 @@ export function prepareTable(db: DB, id: number, info: TableInfo, reset: number,
   const on =
     info.key.length === 0
       ? `t.${info.rowidName} IS k.k0`
-      : info.key.map((k, i) => `t.${quote(info.columns[k].name)} IS k.k${i}`).join(' AND ')
-  const intKey =
-    info.key.length === 0 ||
-    (!info.withoutRowid && info.key.length === 1 && info.columns[info.key[0]].type.toUpperCase() === 'INTEGER')
+      : keyColumns(info, 't')
+          .map((c, i) => `${c} IS k.k${i}`)
+          .join(' AND ')
+  const intKey = info.key.length === 0 || info.rowidKey === true
   const valid = intKey
     ? `typeof(k.k0) = 'integer'`
     : info.withoutRowid
@@ -184,9 +186,7 @@ function validKey(t: Captured, key: Value[]): boolean {
   if (key.length !== t.arity) return false
   if (t.info.key.length === 0) return typeof key[0] === 'bigint'
   if (t.info.withoutRowid) return key.every((k) => k !== null)
-  if (t.info.key.length === 1 && t.info.columns[t.info.key[0]].type.toUpperCase() === 'INTEGER') {
-    return typeof key[0] === 'bigint'
-  }
+  if (t.info.rowidKey === true) return typeof key[0] === 'bigint'
   return true
 }
 
@@ -201,7 +201,7 @@ export function* pagesOf(conn: () => DB, path: string, t: Captured, chunkRows: n
   const { info } = t
   const cols = info.columns.map((col) => quote(col.name))
   const byRowid = info.rowidName !== null
-  const order = byRowid ? [info.rowidName!] : info.key.map((i) => quote(info.columns[i].name))
+  const order = byRowid ? [info.rowidName!] : keyColumns(info)
   const select = [...(byRowid ? [info.rowidName!] : []), ...cols]
   const strip = byRowid && info.key.length > 0 ? 1 : 0
   const pageKey = byRowid ? [0] : info.key

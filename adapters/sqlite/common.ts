@@ -126,6 +126,9 @@ export function openDatabase(path: string, opts: OpenOptions): DB {
   return db
 }
 
+/** branchmesh's own tables: capture's state and change tables, a replica's bookkeeping. */
+const OWN_TABLE = new RegExp(`^${OWN_PREFIX}(meta|tables|replica|d[0-9]+)$`)
+
 /** A user table as capture and apply see it. */
 export interface TableInfo {
   name: string
@@ -140,6 +143,85 @@ export interface TableInfo {
    * null for WITHOUT ROWID tables. Tables with no declared key use it as their identity.
    */
   rowidName: string | null
+  /**
+   * Whether the key is the rowid itself (an INTEGER PRIMARY KEY), so it only ever holds integers. Not so for
+   * `INTEGER PRIMARY KEY DESC` written as a column constraint (a quirk SQLite keeps): that column is an ordinary
+   * key with integer affinity that may hold TEXT, REAL or NULL, and was once taken for the rowid by its type
+   * alone, so capture skipped such rows as impossible keys and they never reached a replica. Absent in
+   * TableInfo stored by older versions (only compared through sameInfo, which ignores it).
+   */
+  rowidKey?: boolean
+  /**
+   * The table's UNIQUE indexes other than its primary key, each as its columns with their collations (sorted by
+   * index name); an index on an expression is left out (see triggerSql). Absent in TableInfo stored by versions
+   * before it existed.
+   */
+  unique?: UniqueIndex[]
+  /**
+   * The collation of each key column in its PRIMARY KEY index (key order), where the PRIMARY KEY clause names
+   * one (keyCollationsOf; else undefined): `PRIMARY KEY (k COLLATE NOCASE)` may differ from the column's own
+   * collation, and two keys are the same row exactly when that index says so. Every comparison of keys
+   * (capture's lookups, a snapshot's pages, apply's deletes) uses it (keyColumns). Absent in TableInfo stored
+   * by older versions.
+   */
+  keyCollations?: string[]
+  /** UNIQUE indexes on an expression, which the REPLACE-conflict triggers do not cover (capture warns). */
+  expressionUnique?: string[]
+}
+
+/**
+ * The key columns of `t` as SQL, each with its PRIMARY KEY collation (TableInfo.keyCollations), prefixed by
+ * `alias.` if given. Comparing `col IS ?` alone would use the column's collation: with
+ * `k TEXT, PRIMARY KEY (k COLLATE NOCASE)` a row 'a' replaced by 'A' and deleted stayed at a replica, and with
+ * `k TEXT COLLATE NOCASE, PRIMARY KEY (k COLLATE BINARY)` deleting row 'A' deleted row 'a' too.
+ */
+export function keyColumns(
+  t: { columns: Array<{ name: string }>; key: number[]; keyCollations?: string[] },
+  alias = ''
+): string[] {
+  return t.key.map((k, i) => {
+    const col = `${alias ? `${alias}.` : ''}${quote(t.columns[k].name)}`
+    const coll = t.keyCollations?.[i]
+    return coll === undefined ? col : `${col} COLLATE ${quote(coll)}`
+  })
+}
+
+/**
+ * The collations of the PRIMARY KEY index of `table` (see TableInfo.keyCollations), or undefined where they
+ * cannot differ from the columns' own: only a PRIMARY KEY written as a table constraint can name a collation of
+ * its own (`PRIMARY KEY (k COLLATE NOCASE)`), and only then is it looked up (from the key's index). Elsewhere no
+ * COLLATE is written, which matters beyond taste: SQLite does not seek an index for a row value comparison
+ * whose terms carry COLLATE, so a snapshot's pages of a composite key would each scan the table from its start.
+ */
+export function keyCollationsOf(db: DB, table: string, sql: string, keyLength: number): string[] | undefined {
+  const clause = /PRIMARY\s+KEY\s*\(([^)]*)\)/i.exec(sql)
+  if (keyLength === 0 || clause === null || !/\bCOLLATE\b/i.test(clause[1])) return undefined
+  const indexes = db
+    .prepare(`PRAGMA main.index_list(${quote(table)})`)
+    .safeIntegers(false)
+    .all() as Array<{
+    name: string
+    origin: string
+  }>
+  const pk = indexes.find((i) => i.origin === 'pk')
+  if (pk === undefined) return undefined
+  const cols = (
+    db
+      .prepare(`PRAGMA main.index_xinfo(${quote(pk.name)})`)
+      .safeIntegers(false)
+      .all() as Array<{
+      coll: string
+      key: number
+    }>
+  ).filter((c) => c.key === 1)
+  return cols.length === keyLength ? cols.map((c) => c.coll) : undefined
+}
+
+/** One UNIQUE index over plain columns: `columns[i]` compared under `collations[i]`. */
+export interface UniqueIndex {
+  name: string
+  columns: string[]
+  collations: string[]
 }
 
 export interface UncapturableTable {
@@ -166,7 +248,17 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
   const tables: TableInfo[] = []
   const skipped: UncapturableTable[] = []
   for (const t of list) {
-    if (t.name.startsWith('sqlite_') || t.name.startsWith(OWN_PREFIX)) continue
+    if (t.name.startsWith('sqlite_')) continue
+    if (t.name.startsWith(OWN_PREFIX)) {
+      // Not captured, and before it was not said: a user table that happens to take branchmesh's prefix is named.
+      if (!OWN_TABLE.test(t.name)) {
+        skipped.push({
+          table: t.name,
+          reason: `its name starts with ${OWN_PREFIX}, which branchmesh keeps for its own tables: rename it`
+        })
+      }
+      continue
+    }
     if (t.type === 'view') continue
     if (t.type === 'virtual') {
       skipped.push({
@@ -213,13 +305,51 @@ export function readTables(db: DB): { tables: TableInfo[]; skipped: Uncapturable
         continue
       }
     }
+    // A declared key that is not the rowid has an index of its own (origin 'pk'); the rowid's alias has none.
+    const indexes = db
+      .prepare(`PRAGMA main.index_list(${quote(t.name)})`)
+      .safeIntegers(false)
+      .all() as Array<{
+      name: string
+      unique: number
+      origin: string
+    }>
+    const rowidKey =
+      t.wr !== 1 &&
+      pk.length === 1 &&
+      columns[pk[0]].type.toUpperCase() === 'INTEGER' &&
+      !indexes.some((i) => i.origin === 'pk')
+    const unique: UniqueIndex[] = []
+    const expressionUnique: string[] = []
+    for (const ix of indexes.filter((i) => i.unique === 1 && i.origin !== 'pk')) {
+      const cols = (
+        db
+          .prepare(`PRAGMA main.index_xinfo(${quote(ix.name)})`)
+          .safeIntegers(false)
+          .all() as Array<{
+          cid: number
+          name: string | null
+          coll: string
+          key: number
+        }>
+      ).filter((c) => c.key === 1)
+      // A rowid in the index (cid -1) conflicts only where the key does; an expression (cid -2) is not covered.
+      if (cols.some((c) => c.cid === -2)) expressionUnique.push(ix.name)
+      if (cols.some((c) => c.cid < 0 || c.name === null)) continue
+      unique.push({ name: ix.name, columns: cols.map((c) => c.name!), collations: cols.map((c) => c.coll) })
+    }
+    unique.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     tables.push({
       name: t.name,
       sql: sqlOf.get(t.name) ?? '',
       columns,
       key: pk,
       withoutRowid: t.wr === 1,
-      rowidName
+      rowidName,
+      rowidKey,
+      unique,
+      keyCollations: keyCollationsOf(db, t.name, sqlOf.get(t.name) ?? '', pk.length),
+      ...(expressionUnique.length > 0 ? { expressionUnique } : {})
     })
   }
   tables.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
@@ -275,7 +405,7 @@ export function digestTables(db: DB, tables: TableInfo[]): { digest: Uint8Array;
     const cols = t.columns.map((c) => quote(c.name))
     const keyless = t.key.length === 0
     const select = keyless ? [t.rowidName!, ...cols] : cols
-    const order = keyless ? [t.rowidName!] : t.key.map((i) => cols[i])
+    const order = keyless ? [t.rowidName!] : keyColumns(t)
     h.update(`table ${t.name}\n`)
     const from = `FROM ${quote(t.name)} ORDER BY ${order.join(', ')}`
     const stmt = db.prepare(`SELECT ${select.join(', ')} ${from}`).raw(true)
