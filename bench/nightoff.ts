@@ -8,8 +8,10 @@
  * A is set up with `mesh init --batch-seconds` (default 60, `--nightoff-batch N`; 0 for none). The day runs on a
  * faster clock (`speed`, default 300: 10 hours of trading in 2 minutes, the batching interval divided by as
  * much), so the log holds the units a real day would. The clock starts when B is connected again (reconnecting
- * is bench/reconnect.ts's business). Also shown: the bytes the link carried toward B (tc's counter: IP, UDP,
- * hypercore's messages and proofs) against the log's, and when B's copy had applied all of it.
+ * is bench/reconnect.ts's business). Also shown: the bytes and packets the link carried toward B (tc's counter:
+ * IP, UDP, hypercore's messages and proofs) against the log's, and when B's copy had applied all of it; what
+ * each tbf dropped (toward B at A's end and at the hub's, toward A likewise); and what UDX says each site sent
+ * the other on the connection, packets sent again included (from `mesh status`, the peer's `wire` figures).
  *
  * Run with `npm run bench -- --nightoff`, or alone: `node --import tsx bench/nightoff.ts [--nightoff-kbit N]
  * [--nightoff-batch N] [--nightoff-sales N]`.
@@ -40,11 +42,16 @@ async function status(dir: string): Promise<SiteStatus | null> {
   return r?.status ?? null
 }
 
-/** Bytes the qdisc on `dev` in namespace `ns` has sent. */
-function sent(ns: string, dev: string): number {
+/** What the qdisc on `dev` in namespace `ns` has sent (bytes, packets) and dropped (packets) so far. */
+function sent(ns: string, dev: string): { bytes: number; packets: number; dropped: number } {
   const text = execFileSync('ip', ['netns', 'exec', ns, 'tc', '-s', 'qdisc', 'show', 'dev', dev], { encoding: 'utf8' })
-  const m = /Sent (\d+) bytes/.exec(text)
-  return m ? Number(m[1]) : 0
+  const m = /Sent (\d+) bytes (\d+) pkt \(dropped (\d+)/.exec(text)
+  return { bytes: Number(m?.[1] ?? 0), packets: Number(m?.[2] ?? 0), dropped: Number(m?.[3] ?? 0) }
+}
+
+/** What UDX says a site sent to the peer `site` on the open connection (null when it does not tell). */
+async function wireTo(dir: string, site: string) {
+  return (await status(dir))?.traffic?.peers.find((p) => p.site === site)?.wire ?? null
 }
 
 export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Record<string, number>> {
@@ -137,7 +144,15 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
     )
 
     // B comes back.
-    const wire0 = sent(net.hub, net.hubSide('b'))
+    // Toward B: A's uplink (its own end), then the hub's end toward B; toward A (B's requests, acknowledgements)
+    // likewise. Each tbf drops what waits in its queue longer than its latency.
+    const links = () => ({
+      aUp: sent(net.ns.a, `${net.p}a1`),
+      toB: sent(net.hub, net.hubSide('b')),
+      bUp: sent(net.ns.b, `${net.p}b1`),
+      toA: sent(net.hub, net.hubSide('a'))
+    })
+    const l0 = links()
     nodeB = await start('b', B.dir)
     await waitFor(
       'B connected to A',
@@ -150,7 +165,11 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
     const heldS = (Date.now() - c0) / 1000
     await waitFor('B applying the day', async () => (await atB()).applied >= day.length, 3_600_000, 50)
     const appliedS = (Date.now() - c0) / 1000
-    const wire = sent(net.hub, net.hubSide('b')) - wire0
+    const l1 = links()
+    const wire = l1.toB.bytes - l0.toB.bytes
+    const packets = l1.toB.packets - l0.toB.packets
+    const dropped = (k: keyof typeof l0) => l1[k].dropped - l0[k].dropped
+    const [aToB, bToA] = [await wireTo(A.dir, 'shop-b'), await wireTo(B.dir, 'shop-a')]
     const ideal = (logBytes * 8) / (kbit * 1000)
     const ratio = heldS / ideal
     say(
@@ -160,12 +179,25 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
     )
     say(
       `  the link carried ${(wire / 1024).toFixed(0)} KB toward B meanwhile, ${(wire / logBytes).toFixed(2)}x the ` +
-        `log's bytes; at the link's rate that is ${((wire * 8) / (kbit * 1000)).toFixed(1)} s`
+        `log's bytes; at the link's rate that is ${((wire * 8) / (kbit * 1000)).toFixed(1)} s; ${packets} packets ` +
+        `(${(wire / packets).toFixed(0)} bytes each), ${((wire - logBytes) / units).toFixed(0)} bytes a unit ` +
+        `besides the log's`
     )
+    say(
+      `  tbf dropped toward B ${dropped('aUp')} at A's end, ${dropped('toB')} at the hub's; toward A ` +
+        `${dropped('bUp')} at B's end, ${dropped('toA')} at the hub's; toward A the link carried ` +
+        `${((l1.toA.bytes - l0.toA.bytes) / 1024).toFixed(0)} KB in ${l1.toA.packets - l0.toA.packets} packets`
+    )
+    const udx = (w: typeof aToB) =>
+      w ? `${(w.bytes / 1024).toFixed(0)} KB, ${w.packets} packets, ${w.retransmits} sent again` : 'unknown'
+    say(`  UDX on the connection: A sent B ${udx(aToB)}; B sent A ${udx(bToA)}`)
     return {
       nightOffUnits: units,
       nightOffLogBytes: logBytes,
       nightOffWireBytes: wire,
+      nightOffWirePackets: packets,
+      nightOffDropped: dropped('aUp') + dropped('toB'),
+      nightOffResent: aToB?.retransmits ?? -1,
       nightOffSeconds: +heldS.toFixed(1),
       nightOffAppliedSeconds: +appliedS.toFixed(1),
       nightOffIdealSeconds: +ideal.toFixed(1),
