@@ -29,6 +29,11 @@ const { MerkleTree } = require('hypercore/lib/merkle-tree') as {
   MerkleTree: { byteOffset(state: unknown, index: number): Promise<number> }
 }
 
+/** Reports sent for changes that keep coming: at most one in this long (ms). */
+const REPORT_GAP_MS = 1000
+/** With an up budget, changes are reported at most as often as keeps reports under this share of it. */
+const REPORT_SHARE = 0.05
+
 export class Reports {
   /** The newest signed report of every site, this one included, by key (hex). */
   readonly signed = new Map<string, SignedReport>()
@@ -56,14 +61,34 @@ export class Reports {
     return this.heardAt.get(hex(key)) ?? 0
   }
 
-  /** Something this site reports changed: send a new report soon (at most every 100 ms). */
+  /**
+   * Something this site reports changed: send a new report soon, 100 ms after the first change, and while changes
+   * keep coming (a catch-up's progress, a busy origin's appends) at most once a second, or less often where the
+   * budget is small (reportGapMs). A report every 100 ms took 40 % of a 64 kbit/s uplink during a catch-up.
+   */
   markDirty(): void {
     this.dirty = true
     if (this.timer || this.node.closing) return
+    const wait = Math.max(100, this.lastSentAt + this.reportGapMs() - Date.now())
     this.timer = setTimeout(() => {
       this.timer = null
       if (this.dirty) this.send()
-    }, 100)
+    }, wait)
+  }
+
+  private lastSentAt = 0
+  /** The bytes of this site's last report as sent (body and signature). */
+  private lastBytes = 0
+
+  /**
+   * The least time between two reports sent for changes (the heartbeat sends regardless): a second, or as long as
+   * it takes for the report, sent to every connected peer, to use REPORT_SHARE of the site's up budget.
+   */
+  private reportGapMs(): number {
+    const up = this.node.traffic.upBps
+    if (!up) return REPORT_GAP_MS
+    const bits = this.lastBytes * 8 * Math.max(1, this.node.control.ready().length)
+    return Math.max(REPORT_GAP_MS, Math.round((bits * 1000) / (up * REPORT_SHARE)))
   }
 
   /** A report from a peer: kept and relayed when it is a member's, correctly signed, and newer than the one held. */
@@ -145,6 +170,8 @@ export class Reports {
   private send(): void {
     if (this.node.closing) return
     this.dirty = false
+    this.lastSentAt = Date.now()
+    this.node.logger.debug('report sent', { peers: this.node.control.ready().length })
     this.build()
       .then((r) => this.node.control.broadcast((p) => p.send('report', r)))
       .catch((err) => this.node.logger.warn('cannot build a report', { error: (err as Error).message }))
@@ -178,6 +205,7 @@ export class Reports {
       node.keyPair.secretKey
     )
     this.signed.set(hex(node.key), report)
+    this.lastBytes = report.body.byteLength + report.signature.byteLength
     this.scheduleSave()
     return report
   }
