@@ -14,7 +14,8 @@
  * the other on the connection, packets sent again included (from `mesh status`, the peer's `wire` figures).
  *
  * Run with `npm run bench -- --nightoff`, or alone: `node --import tsx bench/nightoff.ts [--nightoff-kbit N]
- * [--nightoff-batch N] [--nightoff-sales N]`.
+ * [--nightoff-batch N] [--nightoff-sales N] [--nightoff-budget KBIT]`. `npm run bench` runs it twice: without a
+ * budget, and with the budget set to the line's rate.
  */
 import { execFileSync } from 'node:child_process'
 import path from 'node:path'
@@ -35,6 +36,11 @@ export interface NightOffBenchOptions {
   sales?: number
   /** How much faster than a real day the day runs. */
   speed?: number
+  /**
+   * Both sites' bandwidth budget, link.upKbps and link.downKbps (kbit/s); none by default. A shop on a slow line
+   * sets it to the line's rate: the node then paces what it sends and joins small messages into full packets.
+   */
+  budget?: number
 }
 
 async function status(dir: string): Promise<SiteStatus | null> {
@@ -60,6 +66,7 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
   const batchSeconds = opts.batchSeconds ?? 60
   const sales = opts.sales ?? DAY_SALES
   const speed = opts.speed ?? 300
+  const budget = opts.budget ? ['--up-kbps', String(opts.budget), '--down-kbps', String(opts.budget)] : []
   const net = new Net('bmn')
   const { dir, cleanup } = tmpDir('mesh-nightoff-')
   const procs: NsProc[] = []
@@ -91,7 +98,8 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
     const batch = String(batchSeconds / speed)
     meshIn(net.ns.a, [
       ...['init', '--dir', A.dir, '--site', 'shop-a', '--sqlite', A.db],
-      ...['--bootstrap', bootstrap, '--batch-seconds', batch]
+      ...['--bootstrap', bootstrap, '--batch-seconds', batch],
+      ...budget
     ])
     const start = async (k: 'a' | 'b', d: string) => {
       const p = new NsProc(net.ns[k], [MESH, 'start', '--dir', d, '--log-json'])
@@ -102,7 +110,7 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
     await start('a', A.dir)
     const code = meshIn(net.ns.a, ['invite', '--dir', A.dir]).trim().split('\n').pop()!
     const joinArgs = ['--dir', B.dir, '--site', 'shop-b', '--sqlite', B.db, '--bootstrap', bootstrap]
-    meshIn(net.ns.b, ['join', code, ...joinArgs, '--timeout', '120s'])
+    meshIn(net.ns.b, ['join', code, ...joinArgs, '--timeout', '120s', ...budget])
     let nodeB = await start('b', B.dir)
     // A's dataset as B's status shows it: the log's length, and how far B holds and applied it.
     const atB = async () => {
@@ -140,7 +148,8 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
     const changes = till.stats.inserts + till.stats.updates + till.stats.deletes
     say(
       `a night off over ${kbit} kbit/s: the day's ${sales} sales (${changes} row changes as the till counts them) ` +
-        `at A with link.batchSeconds ${batchSeconds} are ${units} units, ${(logBytes / 1024).toFixed(0)} KB of log`
+        `at A with link.batchSeconds ${batchSeconds} are ${units} units, ${(logBytes / 1024).toFixed(0)} KB of log; ` +
+        `budget ${opts.budget ? `${opts.budget} kbit/s each way at both sites` : 'none'}`
     )
 
     // B comes back.
@@ -221,6 +230,7 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   await nightOffBench({
     kbit: arg('--nightoff-kbit'),
     batchSeconds: arg('--nightoff-batch'),
-    sales: arg('--nightoff-sales')
+    sales: arg('--nightoff-sales'),
+    budget: arg('--nightoff-budget')
   })
 }
