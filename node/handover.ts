@@ -18,6 +18,9 @@ import { findDataset } from './history.ts'
 import type { MeshNode } from './node.ts'
 import { HANDOVER_MIN_MS, Trust } from './trust.ts'
 
+/** How long a handover waits for the named site's report to show its copy (ms). */
+const REPORT_WAIT_MS = 2500
+
 export interface HandoverResult {
   dataset: string
   /** The epoch the named site started. */
@@ -67,10 +70,16 @@ export async function handover(
       'Start its node, wait until `mesh status` shows it, and run the command again.'
     )
   }
-  const holds = node.reports.signed
-    .get(Buffer.from(to.key).toString('hex'))
-    ?.report.holdings.some((h) => h.dataset === head.id && sameBytes(h.log, head.log) && h.error === '')
-  if (!holds) {
+  const holds = () =>
+    node.reports.signed
+      .get(Buffer.from(to.key).toString('hex'))
+      ?.report.holdings.some((h) => h.dataset === head.id && sameBytes(h.log, head.log) && h.error === '')
+  // Its copy may be newer than its last report: a site reports changes at most once a second while they keep
+  // coming (node/reports.ts). Waited for a little longer than that before refusing.
+  for (const until = Date.now() + REPORT_WAIT_MS; !holds() && Date.now() < until; ) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  if (!holds()) {
     throw refuse(
       `${toSite} holds no working copy of ${head.name}`,
       'Wait until `mesh status` shows it holding the dataset.'
