@@ -45,7 +45,16 @@ test(
     })
 
     await t.test('a named site that does not take over in time: the handover fails, A takes writes again', async () => {
-      // C's node freezes (SIGSTOP): its connection and last report still look fine to A for a while.
+      // C's node freezes (SIGSTOP): its connection and last report still look fine to A for a while. That report
+      // must show C's copy first (what the handover checks; a site reports changes at most once a second).
+      await waitUntil(
+        "A's status shows C holding the dataset",
+        async () =>
+          (await a.status()).datasets
+            .find((d) => d.name === ds)
+            ?.holders.some((h) => h.site === 'shop-c' && h.applied !== null && h.applied > 0 && !h.error) ?? false,
+        30_000
+      )
       const pid = c.node!.proc.pid!
       process.kill(pid, 'SIGSTOP')
       let h: Awaited<ReturnType<typeof mesh>>
