@@ -29,7 +29,7 @@ const { MerkleTree } = require('hypercore/lib/merkle-tree') as {
   MerkleTree: { byteOffset(state: unknown, index: number): Promise<number> }
 }
 
-/** Reports sent for changes that keep coming: at most one in this long (ms). */
+/** Under an up budget, reports sent for changes that keep coming: at most one in this long (ms). */
 const REPORT_GAP_MS = 1000
 /** With an up budget, changes are reported at most as often as keeps reports under this share of it. */
 const REPORT_SHARE = 0.05
@@ -62,9 +62,10 @@ export class Reports {
   }
 
   /**
-   * Something this site reports changed: send a new report soon, 100 ms after the first change, and while changes
-   * keep coming (a catch-up's progress, a busy origin's appends) at most once a second, or less often where the
-   * budget is small (reportGapMs). A report every 100 ms took 40 % of a 64 kbit/s uplink during a catch-up.
+   * Something this site reports changed: send a new report soon, 100 ms after the first change; under a budget
+   * (link.upKbps), while changes keep coming (a catch-up's progress, a busy origin's appends), at most once a
+   * second, or less often where the budget is small (reportGapMs). A report every 100 ms took 40 % of a 64 kbit/s
+   * uplink during a catch-up.
    */
   markDirty(): void {
     this.dirty = true
@@ -81,12 +82,15 @@ export class Reports {
   private lastBytes = 0
 
   /**
-   * The least time between two reports sent for changes (the heartbeat sends regardless): a second, or as long as
-   * it takes for the report, sent to every connected peer, to use REPORT_SHARE of the site's up budget.
+   * The least time between two reports sent for changes (the heartbeat sends regardless): 100 ms without an up
+   * budget; with one, a second, or as long as it takes for the report, sent to every connected peer, to use
+   * REPORT_SHARE of the budget.
    */
   private reportGapMs(): number {
     const up = this.node.traffic.upBps
-    if (!up) return REPORT_GAP_MS
+    // Without a budget the line is taken to be fast: every change is reported within 100 ms, as commands that
+    // read other sites' reports right after a change (handover, verify's hints) expect.
+    if (!up) return 100
     const bits = this.lastBytes * 8 * Math.max(1, this.node.control.ready().length)
     return Math.max(REPORT_GAP_MS, Math.round((bits * 1000) / (up * REPORT_SHARE)))
   }
