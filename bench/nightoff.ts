@@ -170,11 +170,14 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
       50
     )
     const c0 = Date.now()
+    const dhtAtB = async () => (await status(B.dir))?.traffic?.dht?.received.today ?? 0
+    const dht0 = await dhtAtB()
     await waitFor('B holding the day', async () => (await atB()).downloaded >= day.length, 3_600_000, 50)
     const heldS = (Date.now() - c0) / 1000
     await waitFor('B applying the day', async () => (await atB()).applied >= day.length, 3_600_000, 50)
     const appliedS = (Date.now() - c0) / 1000
     const l1 = links()
+    const dhtIn = (await dhtAtB()) - dht0
     const wire = l1.toB.bytes - l0.toB.bytes
     const packets = l1.toB.packets - l0.toB.packets
     const dropped = (k: keyof typeof l0) => l1[k].dropped - l0[k].dropped
@@ -190,7 +193,7 @@ export async function nightOffBench(opts: NightOffBenchOptions = {}): Promise<Re
       `  the link carried ${(wire / 1024).toFixed(0)} KB toward B meanwhile, ${(wire / logBytes).toFixed(2)}x the ` +
         `log's bytes; at the link's rate that is ${((wire * 8) / (kbit * 1000)).toFixed(1)} s; ${packets} packets ` +
         `(${(wire / packets).toFixed(0)} bytes each), ${((wire - logBytes) / units).toFixed(0)} bytes a unit ` +
-        `besides the log's`
+        `besides the log's; B's DHT received ${(dhtIn / 1024).toFixed(1)} KB of it (its own count)`
     )
     say(
       `  tbf dropped toward B ${dropped('aUp')} at A's end, ${dropped('toB')} at the hub's; toward A ` +

@@ -50,6 +50,8 @@ export const PACKET_OVERHEAD = 64
 const IP_OVERHEAD = 42
 /** Under a budget, the longest that less than a packet's worth waits for more to join it (ms; see holdMs). */
 const HOLD_MS = 200
+/** The most a bucket keeps of what accrued while bytes waited for it (ms of its rate; see Bucket). */
+const LATE_CREDIT_MS = 1000
 /** A peer whose bytes waited this long without a break, getting under a tenth of its limit, is a WARN. */
 const COLLAPSE_SECONDS = 30
 /** Per peer, what `mesh status` shows. Rates are bits per second over the last 10 seconds. */
@@ -108,10 +110,20 @@ export interface TrafficStatus {
   catchUpSeconds: number | null
 }
 
-/** A token bucket in bytes. */
-class Bucket {
+/**
+ * A token bucket in bytes. While bytes wait for it (`backlogged`), it keeps up to a second of its rate
+ * (LATE_CREDIT_MS) instead of its burst: the timer that sends the next piece can fire hundreds of milliseconds
+ * late on a busy PC or a virtual machine whose host takes its CPU away (seen here: 10 ms timers 500-1300 ms
+ * late, several times a minute), and a bucket capped at its burst lost all that time, so the line stood idle
+ * while bytes waited; a night off over 64 kbit/s under a budget at the line's rate took 2.7-3.5x the ideal
+ * instead of 1.4x. What was kept goes at once when the pump runs again, a burst of at most what the line
+ * would have carried meanwhile.
+ */
+export class Bucket {
   tokens: number
   private last: number
+  /** Bytes waited for this bucket at the last pump: what accrues since is kept beyond the burst. */
+  backlogged = false
 
   constructor(
     readonly rate: number,
@@ -127,7 +139,8 @@ class Bucket {
   }
 
   refill(now: number): void {
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate)
+    const cap = this.backlogged ? Math.max(this.burst, (this.rate * LATE_CREDIT_MS) / 1000) : this.burst
+    this.tokens = Math.min(cap, this.tokens + (Math.max(0, now - this.last) / 1000) * this.rate)
     this.last = now
   }
 
@@ -434,6 +447,9 @@ export class Traffic {
       }
       wait = this.links.some((l) => l.queued > 0) ? wait : Number.POSITIVE_INFINITY
     } while (this.again)
+    // Bytes still waiting keep their buckets' credit for the time until the pump runs again (Bucket).
+    if (this.site) this.site.backlogged = this.links.some((l) => l.queued > 0)
+    for (const l of this.links) if (l.cap) l.cap.backlogged = l.queued > 0
     this.pumping = false
     if (wait < Number.POSITIVE_INFINITY) {
       this.timer = setTimeout(() => this.pump(), Math.max(2, Math.ceil(wait)))
