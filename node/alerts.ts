@@ -140,7 +140,7 @@ export class Alerts {
     for (const r of this.node.reports.signed.values()) {
       if (r.report.notices?.some((n) => n.kind === 'alerts')) can.add(hex(r.report.site))
     }
-    return chooseSender(s.members, can, this.opts?.sender, takeover, now)
+    return chooseSender(s.members, can, this.opts?.sender, takeover, now, this.startedAt)
   }
 
   /** One look at the verdict: sends what changed (if this site is the sender), and the daily summary when due. */
@@ -301,17 +301,22 @@ export class Alerts {
 /**
  * The site that sends (pure, the same at every site that sees the same members): among those that can (`can`,
  * keys) and were heard from within `takeoverMs`, not blind, the one `named`, else an observer, else the lowest key.
+ * A site cannot hear anyone while it is off: for its first `takeoverMs` after `startedAt` it counts every site that
+ * can send as heard from, so a restart after a long stop does not make it take over (and send a second message)
+ * before it has reconnected.
  */
 export function chooseSender(
   members: MemberStatus[],
   can: Set<string>,
   named: string | undefined,
   takeoverMs: number,
-  now: number
+  now: number,
+  startedAt = 0
 ): string | null {
+  const heard = (m: MemberStatus) => (m.lastContact === null ? startedAt : Math.max(m.lastContact, startedAt))
   const alive = members
     .filter((m) => m.role !== 'blind' && can.has(m.key))
-    .filter((m) => m.self || m.connected || (m.lastContact !== null && now - m.lastContact < takeoverMs))
+    .filter((m) => m.self || m.connected || now - heard(m) < takeoverMs)
     .sort((a, b) => (a.key < b.key ? -1 : 1))
   const pick = alive.find((m) => m.site === named) ?? alive.find((m) => m.role === 'observer') ?? alive[0]
   return pick?.site ?? null

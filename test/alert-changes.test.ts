@@ -82,4 +82,9 @@ test('one sender, alike everywhere: the named one, else an observer, else the lo
   assert.equal(pick('north', all, silent), 'south')
   assert.equal(pick(undefined, all, [m('vault', 'a0', 'blind', 0), ...members.slice(0, 2)]), 'south', 'never blind')
   assert.equal(pick(undefined, new Set()), null, 'no site can send')
+  // Just started after a long stop: nobody could be heard meanwhile, so the named one still sends until this site
+  // has been up for the takeover time.
+  const started = (ago: number) => chooseSender(silent, all, 'north', 300_000, NOW, NOW - ago)
+  assert.equal(started(1000), 'north', 'a second after the start: the named one')
+  assert.equal(started(300_000), 'south', 'up for the takeover time and still not heard: the next takes over')
 })

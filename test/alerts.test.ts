@@ -284,7 +284,7 @@ test('one site sends: the named sender, and when it falls silent another takes o
   const a = sqliteSite(t, root, 'shop-a', bootstrap)
   const b = sqliteSite(t, root, 'shop-b', bootstrap)
   const status = { silentWarnSeconds: 5, silentCritSeconds: 5, usualSilentSeconds: 86400 }
-  const common = { sender: 'shop-b', checkSeconds: 1, takeoverSeconds: 3 }
+  const common = { sender: 'shop-b', checkSeconds: 1, takeoverSeconds: 10 }
   await a.init()
   // shop-a emails, shop-b posts to the webhook: which channel a message comes by says which site sent it.
   editConfig(a.dir, (cfg) => {
