@@ -52,7 +52,8 @@ export interface AlertOptions {
 }
 
 /** A reason; `told`: this site sent it as raised (false: another site, the sender then, did). */
-export type Reason = { level: Verdict; text: string; told?: boolean }
+/** A reason; `told` false: recorded as sent by another site, `at` when this site recorded it so (ms). */
+export type Reason = { level: Verdict; text: string; told?: boolean; at?: number }
 
 interface AlertState {
   /** The reasons last sent as raised (and not sent as cleared since), by key. */
@@ -87,6 +88,8 @@ export class Alerts {
   /** An address in alerts.email that is not one (found at start). */
   private badAddress: string | null = null
   private readonly startedAt = Date.now()
+  /** The site that sent at the last check, as this site saw it (null before the first). */
+  private lastSender: string | null = null
 
   constructor(private readonly node: MeshNode) {}
 
@@ -150,8 +153,14 @@ export class Alerts {
     try {
       const s = await this.node.reports.status(now)
       this.count(s, now)
-      const sender = this.configured && this.sender(s, now) === this.node.opts.site
-      await this.sendChanges(s, now, sender)
+      const name = this.sender(s, now)
+      const sender = this.configured && name === this.node.opts.site
+      // Taking over from a site that fell silent: what it may not have sent since it was last heard from.
+      const from = sender && this.lastSender !== null && this.lastSender !== name ? this.lastSender : null
+      this.lastSender = name
+      const since = from === null ? null : (s.members.find((m) => m.site === from)?.lastContact ?? 0)
+      // Not sent (a failure, the hourly limit): taken over again at the next check, so it is tried again.
+      if (!(await this.sendChanges(s, now, sender, since)) && from !== null) this.lastSender = from
       // A summary that could not be sent is tried again every 10 minutes (the failure is a WARN meanwhile).
       if (sender && this.dailyDue(now) && now - this.dailyTriedAt >= 600_000) {
         this.dailyTriedAt = now
@@ -217,15 +226,21 @@ export class Alerts {
    * over. A clearing is sent by the site that sent the raise, sender or not (a sender that hands over as its
    * problem goes away, e.g. the silent sender coming back, still says it cleared; no one else says it again).
    */
-  private async sendChanges(s: SiteStatus, now: number, sender: boolean): Promise<void> {
+  /** Sends what changed; false when something was to go and did not (a failure, or the hourly limit). */
+  private async sendChanges(s: SiteStatus, now: number, sender: boolean, takeover: number | null): Promise<boolean> {
     const active = this.state.active
-    const { raised, cleared, seen, missed } = diffReasons(active, this.seenOnce, this.missedOnce, s.reasons, sender)
+    const d = diffReasons(active, this.seenOnce, this.missedOnce, s.reasons, sender, now)
+    const { cleared, seen, missed } = d
+    const raised = takeover === null ? d.raised : [...d.raised, ...untoldSince(active, takeover)]
     this.seenOnce = seen
     this.missedOnce = missed
-    if (!raised.length && !cleared.length) return this.save()
+    if (!raised.length && !cleared.length) {
+      this.save()
+      return true
+    }
     this.state.sent = this.state.sent.filter((t) => now - t < 3600_000)
     // Over the limit: nothing is marked sent, so what changed goes out together in the next message allowed.
-    if (this.state.sent.length >= (this.opts?.maxPerHour ?? 6)) return
+    if (this.state.sent.length >= (this.opts?.maxPerHour ?? 6)) return false
     this.state.sent.push(now)
     this.save()
     const plain = (r: Reason) => ({ level: r.level, text: r.text })
@@ -235,11 +250,12 @@ export class Alerts {
       raised: raised.map(plain),
       cleared: cleared.map(plain)
     }).catch(() => null)
-    if (!res) return
+    if (!res) return false
     for (const r of raised) active[reasonKey(r)] = { ...plain(r), told: true }
     for (const r of cleared) delete active[reasonKey(r)]
     this.save()
     this.node.logger.info('alert sent', { raised: raised.length, cleared: cleared.length, to: res.sent })
+    return true
   }
 
   /**
@@ -323,6 +339,16 @@ export function chooseSender(
 }
 
 /**
+ * The reasons a site that takes over sends as raised (pure): those it recorded as sent by another (`told` false)
+ * since the site that sent before was last heard from (`since`, ms), which that site may never have sent. A
+ * reason raised while the sender was already silent, before the takeover time had passed, would otherwise be
+ * told by nobody.
+ */
+export function untoldSince(active: Record<string, Reason>, since: number): Reason[] {
+  return Object.values(active).filter((r) => r.told === false && (r.at ?? 0) >= since)
+}
+
+/**
  * One check's changes (pure): the reasons to send as raised (seen in this check and the one before, and not
  * active) and as cleared (active, and missing from this check and the one before), and the keys seen / missed
  * now for the next check. A site that is not the sender (`sender` false) records raises in `active` as told by
@@ -333,7 +359,8 @@ export function diffReasons(
   seenOnce: Set<string>,
   missedOnce: Set<string>,
   reasons: Array<{ level: Verdict; text: string }>,
-  sender: boolean
+  sender: boolean,
+  now = 0
 ): { raised: Reason[]; cleared: Reason[]; seen: Set<string>; missed: Set<string> } {
   const current = new Map<string, Reason>()
   for (const r of reasons) if (r.level !== 'OK') current.set(reasonKey(r), r)
@@ -355,7 +382,7 @@ export function diffReasons(
   for (const r of cleared) if (!r.told) delete active[reasonKey(r)]
   cleared = cleared.filter((r) => r.told)
   if (!sender) {
-    for (const r of raised) active[reasonKey(r)] = { ...r, told: false }
+    for (const r of raised) active[reasonKey(r)] = { ...r, told: false, at: now }
     raised = []
   }
   return { raised, cleared, seen, missed }

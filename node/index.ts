@@ -62,7 +62,16 @@ export {
 export { diskLevel, measureDisks, sizeText, snapshotRoom, type DiskSpace } from './disk.ts'
 export { recordContact, usuallyUp, readContacts, type ContactHistory } from './usual-hours.ts'
 export type { MemberHealth } from './health-status.ts'
-export { chooseSender, dailyDue, diffReasons, localDay, reasonKey, type AlertOptions, type Reason } from './alerts.ts'
+export {
+  chooseSender,
+  dailyDue,
+  diffReasons,
+  localDay,
+  reasonKey,
+  untoldSince,
+  type AlertOptions,
+  type Reason
+} from './alerts.ts'
 export { addSample, buildSummary, buildAlert, sample, type DaySample } from './summary.ts'
 export { Dashboard, isLoopback, parseListen, type DashboardOptions } from './dashboard/server.ts'
 export type { DashboardConfig } from './dashboard/part.ts'

@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { chooseSender, diffReasons, type Reason } from '../node/index.ts'
+import { chooseSender, diffReasons, type Reason, reasonKey, untoldSince } from '../node/index.ts'
 
 const silent = (h: number) => ({ level: 'CRIT' as const, text: `south has not been heard from for ${h} hours` })
 const disk = { level: 'WARN' as const, text: 'north has 1.2 GB free of 100.0 GB: free some space there' }
@@ -87,4 +87,29 @@ test('one sender, alike everywhere: the named one, else an observer, else the lo
   const started = (ago: number) => chooseSender(silent, all, 'north', 300_000, NOW, NOW - ago)
   assert.equal(started(1000), 'north', 'a second after the start: the named one')
   assert.equal(started(300_000), 'south', 'up for the takeover time and still not heard: the next takes over')
+})
+
+test('a site that takes over sends what the silent sender may never have sent', () => {
+  // shop-b sent; it was last heard from at 1000. shop-a recorded two reasons as told by shop-b: one at 900, while
+  // shop-b was alive (it sent it), one at 5000, when shop-b was already silent (nobody sent it).
+  const active: Record<string, Reason> = {}
+  const disk = { level: 'WARN' as const, text: 'shop-c: disk 91 % full' }
+  const silent = { level: 'CRIT' as const, text: 'shop-b has not been heard from for 6 s' }
+  let seen = new Set<string>()
+  for (const now of [800, 900]) seen = diffReasons(active, seen, new Set(), [disk], false, now).seen
+  for (const now of [4900, 5000]) seen = diffReasons(active, seen, new Set(), [disk, silent], false, now).seen
+  assert.deepEqual(
+    Object.values(active).map((r) => [r.text, r.told, r.at]),
+    [
+      [disk.text, false, 900],
+      [silent.text, false, 5000]
+    ]
+  )
+  assert.deepEqual(
+    untoldSince(active, 1000).map((r) => r.text),
+    [silent.text],
+    'only what came after shop-b was last heard from'
+  )
+  active[reasonKey(silent)] = { ...silent, told: true }
+  assert.deepEqual(untoldSince(active, 1000), [], 'once sent, not again')
 })
