@@ -1,25 +1,15 @@
 /**
  * A site's bandwidth budget (config `link`, issue 16) and the bytes it moves with each peer.
  *
- * Pacing. Every connection's raw stream (the UDX stream under hyperswarm's NoiseSecretStream) has its `write`
- * replaced: bytes go into a queue per connection, and one scheduler for the whole site writes them out in
- * pieces of at most CHUNK bytes (about one UDX packet), taking tokens from the site's bucket (`upKbps`) and
- * from the connection's own bucket (what the peer asked of this site: its `downKbps` split among its peers,
- * announced in the control channel's budget message). The scheduler serves the connections with bytes
- * waiting in turn, one piece each, so a site with several busy peers splits its budget evenly among them and
- * one busy peer gets all of it. Nothing is dropped and the order of the bytes is kept: when a queue holds more
- * than about a quarter second of its rate, `write` returns false and the secret stream waits for the 'drain'
- * this module emits, which holds up protomux and hypercore (hypercore stops answering requests until the
- * stream drains), so memory stays bounded. A stream's `end` waits for its queue.
- *
- * What it does not do: it paces the bytes of the encrypted stream, with each piece charged PACKET_OVERHEAD for
- * the headers around it; what UDX sent beyond that (acknowledgements, retransmissions) is charged after the
- * fact, every second, from UDX's own counts. The DHT's own traffic (lookups and announces, a few KB every few
- * minutes, more for a site that answers other DHT nodes) is counted apart (the messages its sockets send; what
- * the UDX instance received beyond the connections) and charged to the site's bucket after the fact, not paced.
- * A budget of exactly the line's rate leaves the shop nothing. It never slows what it receives: that is the
- * sender's pacing, asked for in the budget message; an older site, which has no such message, sends as fast as
- * this site asks.
+ * Pacing (node/pacer.ts): every connection's raw stream goes through the site's pacer, which writes what waits
+ * as the site's budget and the peer's ask allow. It paces the bytes of the encrypted stream, with each piece
+ * charged PACKET_OVERHEAD for the headers around it; what UDX sent beyond that (acknowledgements,
+ * retransmissions) is charged after the fact, every second, from UDX's own counts. The DHT's own traffic
+ * (lookups and announces, a few KB every few minutes, more for a site that answers other DHT nodes) is counted
+ * apart (the messages its sockets send; what the UDX instance received beyond the connections) and charged to
+ * the site's bucket after the fact, not paced. A budget of exactly the line's rate leaves the shop nothing. It
+ * never slows what it receives: that is the sender's pacing, asked for in the budget message; an older site,
+ * which has no such message, sends as fast as this site asks.
  *
  * Counting: bytes written to each peer (at the raw stream) and read from it (the secret stream's count of
  * bytes read, sampled every second), per second over the last hour, and per day (kept in DIR/traffic.json so
@@ -33,27 +23,22 @@ import { heldHere, type Uploads } from './held.ts'
 import { writeFileAtomic } from './state.ts'
 import type { SiteStatus } from './status.ts'
 import { kbit, type LinkBudget, lossText, MIN_LINK_KBPS } from './defaults.ts'
-import { judgeLoss, LinkLoss, type LossFigures, lossyText, type UdxLossCounts } from './loss.ts'
+import { judgeLoss, LinkLoss, type LossFigures, lossyText } from './loss.ts'
 import { Meter, localDay } from './meter.ts'
+import { Pacer, PacedLink, type RawStream } from './pacer.ts'
 
 export { kbit, type LinkBudget, lossText, lossyText, Meter, MIN_LINK_KBPS }
 
-/** Largest piece written at once under a budget: about one UDX packet, so a big block never goes as a burst. */
-export const CHUNK = 1024
-/**
- * What each piece costs on the wire beyond its bytes, charged to the buckets so that the budget holds for what
- * the line carries: UDX (20), UDP (8), IPv4 (20) and Ethernet (14) headers, rounded up. Not counted in the
- * per-peer figures, which are the stream's bytes.
- */
-export const PACKET_OVERHEAD = 64
 /** The headers under UDX's own, which its byte count leaves out: UDP, IPv4, Ethernet. */
 const IP_OVERHEAD = 42
-/** Under a budget, the longest that less than a packet's worth waits for more to join it (ms; see holdMs). */
-const HOLD_MS = 200
-/** The most a bucket keeps of what accrued while bytes waited for it (ms of its rate; see Bucket). */
-const LATE_CREDIT_MS = 1000
 /** A peer whose bytes waited this long without a break, getting under a tenth of its limit, is a WARN. */
 const COLLAPSE_SECONDS = 30
+/**
+ * On a paced connection, how long this site's outgoing protomux messages are held to go out together as one
+ * batch (ms). A batch of hypercore's requests is answered by one batch (protomux replies to a batch with a
+ * batch), so the answers travel in full packets with one frame's header where each answer had its own.
+ */
+const BATCH_MS = 100
 /** Per peer, what `mesh status` shows. Rates are bits per second over the last 10 seconds. */
 export interface PeerTrafficStatus {
   site: string
@@ -110,56 +95,6 @@ export interface TrafficStatus {
   catchUpSeconds: number | null
 }
 
-/**
- * A token bucket in bytes. While bytes wait for it (`backlogged`), it keeps up to a second of its rate
- * (LATE_CREDIT_MS) instead of its burst: the timer that sends the next piece can fire hundreds of milliseconds
- * late on a busy PC or a virtual machine whose host takes its CPU away (seen here: 10 ms timers 500-1300 ms
- * late, several times a minute), and a bucket capped at its burst lost all that time, so the line stood idle
- * while bytes waited; a night off over 64 kbit/s under a budget at the line's rate took 2.7-3.5x the ideal
- * instead of 1.4x. What was kept goes at once when the pump runs again, a burst of at most what the line
- * would have carried meanwhile.
- */
-export class Bucket {
-  tokens: number
-  private last: number
-  /** Bytes waited for this bucket at the last pump: what accrues since is kept beyond the burst. */
-  backlogged = false
-
-  constructor(
-    readonly rate: number,
-    now: number
-  ) {
-    this.tokens = this.burst
-    this.last = now
-  }
-
-  /** A small burst: an eighth of a second of the rate, at least two pieces. */
-  get burst(): number {
-    return Math.max(2 * (CHUNK + PACKET_OVERHEAD), this.rate / 8)
-  }
-
-  refill(now: number): void {
-    const cap = this.backlogged ? Math.max(this.burst, (this.rate * LATE_CREDIT_MS) / 1000) : this.burst
-    this.tokens = Math.min(cap, this.tokens + (Math.max(0, now - this.last) / 1000) * this.rate)
-    this.last = now
-  }
-
-  /** Milliseconds until `n` bytes may go. */
-  wait(n: number): number {
-    return this.tokens >= n ? 0 : ((n - this.tokens) / this.rate) * 1000
-  }
-}
-
-interface RawStream extends UdxLossCounts {
-  bytesTransmitted?: number
-  bytesReceived?: number
-  write(data: Uint8Array): boolean
-  end(...args: unknown[]): unknown
-  emit(event: string, ...args: unknown[]): boolean
-  on(event: string, fn: (...args: unknown[]) => void): unknown
-  destroyed?: boolean
-}
-
 /** One peer's figures, kept across its reconnections. */
 class PeerTraffic {
   readonly sent = new Meter()
@@ -175,18 +110,8 @@ class PeerTraffic {
   ) {}
 }
 
-/** One connection's queue. */
-class Link {
-  readonly queue: Uint8Array[] = []
-  /** Bytes of the head buffer already written. */
-  offset = 0
-  queued = 0
-  /** `write` returned false: a 'drain' is owed once the queue is low. */
-  owesDrain = false
-  endArgs: unknown[] | null = null
-  closed = false
-  /** The peer's ask, as a bucket; null: it asked for no limit. */
-  cap: Bucket | null = null
+/** One connection: its queue (the pacer's) and what it moved. */
+class Link extends PacedLink {
   /** The secret stream's count of bytes read, at the last sample. */
   readSeen = 0
   /** UDX's count of bytes received, at the last sample (for the DHT's share of what the instance received). */
@@ -195,64 +120,25 @@ class Link {
   wireSeen = 0
   packetsSeen = 0
   charged = 0
-  /** Since when bytes have waited in the queue without a break (ms), or null while it is empty. */
-  waitingSince: number | null = null
   /** UDX's packets sent, sent again and retransmission timeouts, per second (node/loss.ts). */
   readonly loss = new LinkLoss()
+  /** This site holds the connection's protomux corked for the batch under way (Traffic.batch). */
+  corked = false
 
   constructor(
     readonly peer: PeerTraffic,
-    readonly conn: { rawBytesRead?: number; _writableState?: { buffered?: number } },
-    readonly raw: RawStream,
-    readonly rawWrite: (b: Uint8Array) => boolean,
-    readonly rawEnd: (...args: unknown[]) => unknown
-  ) {}
-
-  /** Bytes of queue above which `write` says wait: a quarter second at the rate that applies. */
-  highWater(siteRate: number | null): number {
-    const rate = Math.min(siteRate ?? Number.POSITIVE_INFINITY, this.cap?.rate ?? Number.POSITIVE_INFINITY)
-    return Math.max(2 * CHUNK, rate / 4)
-  }
-
-  /**
-   * The next `n` bytes queued (or all of them, if fewer), joined from as many buffers as they span: small messages
-   * waiting for the budget (hypercore's requests and data, a few hundred bytes each) go out together, one packet
-   * where each would have been a packet of its own with its 62 bytes of headers.
-   */
-  take(n: number): Uint8Array {
-    const head = this.queue[0]
-    if (head.byteLength - this.offset >= n || this.queue.length === 1) return this.takeFrom(head, n)
-    const out = new Uint8Array(Math.min(n, this.queued))
-    let filled = 0
-    while (filled < out.byteLength) {
-      const piece = this.takeFrom(this.queue[0], out.byteLength - filled)
-      out.set(piece, filled)
-      filled += piece.byteLength
-    }
-    return out
-  }
-
-  private takeFrom(head: Uint8Array, n: number): Uint8Array {
-    const piece = head.subarray(this.offset, this.offset + n)
-    this.offset += piece.byteLength
-    this.queued -= piece.byteLength
-    if (this.offset >= head.byteLength) {
-      this.queue.shift()
-      this.offset = 0
-    }
-    return piece
+    readonly conn: { rawBytesRead?: number; _writableState?: { buffered?: number }; userData?: unknown },
+    raw: RawStream
+  ) {
+    super(raw, raw.write.bind(raw), raw.end.bind(raw))
   }
 }
 
 export class Traffic {
   readonly peers = new Map<string, PeerTraffic>()
-  private links: Link[] = []
-  private readonly site: Bucket | null
-  private rr = 0
-  private timer: NodeJS.Timeout | null = null
+  private readonly pacer: Pacer<Link>
+  private batcher: NodeJS.Timeout | null = null
   private sampler: NodeJS.Timeout | null = null
-  private pumping = false
-  private again = false
   /** The DHT's own bytes (node/dht-traffic.ts). */
   readonly dht = new DhtTraffic()
 
@@ -267,7 +153,10 @@ export class Traffic {
       figures: { packets: number; resent: number; timeouts: number }
     ) => void
   ) {
-    this.site = budget.upKbps ? new Bucket((budget.upKbps * 1000) / 8, now()) : null
+    this.pacer = new Pacer<Link>(budget.upKbps ? (budget.upKbps * 1000) / 8 : null, now, (link, bytes, cost, at) => {
+      link.charged += cost
+      link.peer.sent.add(bytes, at)
+    })
   }
 
   get upBps(): number | null {
@@ -296,9 +185,11 @@ export class Traffic {
   }
 
   close(): void {
+    if (this.batcher) clearInterval(this.batcher)
+    this.batcher = null
     if (this.sampler) clearInterval(this.sampler)
-    if (this.timer) clearTimeout(this.timer)
-    this.sampler = this.timer = null
+    this.pacer.close()
+    this.sampler = null
     this.sample()
     this.save()
   }
@@ -313,11 +204,8 @@ export class Traffic {
   onBudget(key: string, b: Budget): void {
     const peer = this.peer(key, '')
     peer.budget = b
-    for (const l of this.links) {
-      if (l.peer !== peer) continue
-      l.cap = b.askBps > 0 ? new Bucket(b.askBps / 8, this.now()) : null
-    }
-    this.pump()
+    for (const l of this.links) if (l.peer === peer) this.pacer.setCap(l, b.askBps / 8)
+    this.pacer.pump()
   }
 
   /**
@@ -332,27 +220,51 @@ export class Traffic {
     // A new connection with no other one open: what the peer asked last time holds no more (it asks again on
     // this one if it still has a budget).
     if (!this.links.some((l) => l.peer === peer)) peer.budget = null
-    const link = new Link(peer, c, raw, raw.write.bind(raw), raw.end.bind(raw))
+    const link = new Link(peer, c, raw)
     link.readSeen = c.rawBytesRead ?? 0
     link.wireSeen = raw.bytesTransmitted ?? 0
     link.packetsSeen = raw.packetsTransmitted ?? 0
     link.udxRxSeen = raw.bytesReceived ?? 0
     link.loss.sample(raw, this.now())
-    if (peer.budget?.askBps) link.cap = new Bucket(peer.budget.askBps / 8, this.now())
-    this.links.push(link)
-    raw.write = (data: Uint8Array) => this.write(link, data)
-    raw.end = (...args: unknown[]) => {
-      if (link.queued === 0 || link.closed) return link.rawEnd(...args)
-      link.endArgs = args
-      return raw
+    if (peer.budget?.askBps) this.pacer.setCap(link, peer.budget.askBps / 8)
+    this.pacer.add(link)
+    // A batch held when the connection is ended goes first.
+    const s = conn as unknown as { end(...args: unknown[]): unknown }
+    const end = s.end.bind(s)
+    s.end = (...args: unknown[]) => {
+      this.flush(link)
+      return end(...args)
     }
     raw.on('close', () => {
       this.sampleLink(link, this.now())
-      link.closed = true
-      link.queue.length = 0
-      link.queued = 0
-      this.links = this.links.filter((l) => l !== link)
+      this.flush(link)
+      this.pacer.remove(link)
     })
+    if (!this.batcher) {
+      this.batcher = setInterval(() => this.batch(), BATCH_MS)
+      this.batcher.unref()
+    }
+  }
+
+  /**
+   * Every BATCH_MS: what each paced connection's protomux held goes out as one batch, and the next batch begins.
+   * Only where a budget applies (this site's, or the peer's ask): a line slow enough to need one gains a third of
+   * each small message's cost back (its frame, its share of a packet), and a 100 ms wait is a few packets' time.
+   */
+  private batch(): void {
+    for (const l of this.links) {
+      this.flush(l)
+      const mux = l.conn.userData as { isProtomux?: boolean; cork(): void } | undefined
+      if (l.closed || !(this.pacer.site || l.cap) || !mux?.isProtomux) continue
+      mux.cork()
+      l.corked = true
+    }
+  }
+
+  private flush(l: Link): void {
+    if (!l.corked) return
+    l.corked = false
+    ;(l.conn.userData as { uncork(): void }).uncork()
   }
 
   /** Names the peer behind a key once its hello told it. */
@@ -370,102 +282,9 @@ export class Traffic {
     return p
   }
 
-  private write(link: Link, data: Uint8Array): boolean {
-    if (link.closed) return link.rawWrite(data)
-    if (link.queued === 0 && !this.site && !link.cap) {
-      link.peer.sent.add(data.byteLength, this.now())
-      return link.rawWrite(data)
-    }
-    if (data.byteLength === 0) return true
-    if (link.queued === 0) link.waitingSince = this.now()
-    link.queue.push(data)
-    link.queued += data.byteLength
-    this.pump()
-    if (link.queued > link.highWater(this.site?.rate ?? null)) {
-      link.owesDrain = true
-      return false
-    }
-    return true
-  }
-
-  /** Writes what the buckets allow, one piece per waiting connection in turn; then waits for tokens. */
-  private pump(): void {
-    if (this.pumping) {
-      this.again = true
-      return
-    }
-    this.pumping = true
-    if (this.timer) clearTimeout(this.timer)
-    this.timer = null
-    const drains: Link[] = []
-    let wait = Number.POSITIVE_INFINITY
-    do {
-      this.again = false
-      const now = this.now()
-      this.site?.refill(now)
-      let progress = true
-      while (progress) {
-        progress = false
-        const n = this.links.length
-        for (let i = 0; i < n; i++) {
-          const link = this.links[(this.rr + i) % n]
-          if (link.queued === 0) continue
-          const size = Math.min(CHUNK, link.queued)
-          // Less than a packet's worth under a budget: held a little from when its oldest byte came (holdMs), so
-          // that more joins it in one packet.
-          const held = link.waitingSince === null ? 0 : now - link.waitingSince
-          const hold = this.holdMs(link)
-          if (size < CHUNK && held < hold) {
-            wait = Math.min(wait, hold - held)
-            continue
-          }
-          const cost = size + PACKET_OVERHEAD
-          link.cap?.refill(now)
-          const w = Math.max(this.site?.wait(cost) ?? 0, link.cap?.wait(cost) ?? 0)
-          if (w > 0) {
-            wait = Math.min(wait, w)
-            continue
-          }
-          if (this.site) this.site.tokens -= cost
-          if (link.cap) link.cap.tokens -= cost
-          link.charged += cost
-          link.peer.sent.add(size, now)
-          link.rawWrite(link.take(size))
-          if (link.queued === 0) link.waitingSince = null
-          progress = true
-          if (link.queued === 0 && link.endArgs) {
-            const args = link.endArgs
-            link.endArgs = null
-            link.rawEnd(...args)
-          }
-          if (link.owesDrain && link.queued <= link.highWater(this.site?.rate ?? null) / 2) {
-            link.owesDrain = false
-            drains.push(link)
-          }
-        }
-        this.rr = n ? (this.rr + 1) % n : 0
-      }
-      wait = this.links.some((l) => l.queued > 0) ? wait : Number.POSITIVE_INFINITY
-    } while (this.again)
-    // Bytes still waiting keep their buckets' credit for the time until the pump runs again (Bucket).
-    if (this.site) this.site.backlogged = this.links.some((l) => l.queued > 0)
-    for (const l of this.links) if (l.cap) l.cap.backlogged = l.queued > 0
-    this.pumping = false
-    if (wait < Number.POSITIVE_INFINITY) {
-      this.timer = setTimeout(() => this.pump(), Math.max(2, Math.ceil(wait)))
-    }
-    // Last: a drain lets the secret stream write again, which comes back here.
-    for (const l of drains) if (!l.closed) l.raw.emit('drain')
-  }
-
-  /**
-   * How long less than a packet's worth may wait for more to join it (ms): the time the budget takes to send one
-   * packet (a packet's 62 bytes of headers were 15 % of a catch-up at 64 kbit/s, where a packet takes 136 ms),
-   * at most HOLD_MS; 0 without a budget.
-   */
-  private holdMs(link: Link): number {
-    const rate = Math.min(this.site?.rate ?? Number.POSITIVE_INFINITY, link.cap?.rate ?? Number.POSITIVE_INFINITY)
-    return Number.isFinite(rate) ? Math.min(HOLD_MS, ((CHUNK + PACKET_OVERHEAD) / rate) * 1000) : 0
+  /** The connections open now. */
+  private get links(): Link[] {
+    return this.pacer.links
   }
 
   private sample(): void {
@@ -478,7 +297,7 @@ export class Traffic {
   /** What the DHT moved since the last sample; what it sent charged to the site's budget (as in chargeWire). */
   private sampleDht(now: number): void {
     const wire = this.dht.sample(now, IP_OVERHEAD)
-    if (this.site && wire > 0) this.site.tokens = Math.max(-this.site.rate, this.site.tokens - wire)
+    if (wire > 0) this.pacer.site?.charge(wire)
   }
 
   private sampleLink(link: Link, now: number): void {
@@ -545,7 +364,8 @@ export class Traffic {
     link.packetsSeen = packets
     link.charged = 0
     if (extra <= 0) return
-    for (const b of [this.site, link.cap]) if (b) b.tokens = Math.max(-b.rate, b.tokens - extra)
+    this.pacer.site?.charge(extra)
+    link.cap?.charge(extra)
   }
 
   /**

@@ -12,7 +12,7 @@ import path from 'node:path'
 import test from 'node:test'
 import c from 'compact-encoding'
 import { Meter, type PeerTrafficStatus, type SiteStatus } from '../node/index.ts'
-import { Bucket } from '../node/traffic.ts'
+import { Bucket, CHUNK, pieceSize } from '../node/pacer.ts'
 import { budgetMessage, CONTROL_MESSAGES, ControlMessage } from '../protocol/index.ts'
 import { readConfig } from '../tools/config.ts'
 import { openWal, tmpDir } from './helpers/db.ts'
@@ -271,4 +271,17 @@ test('a budget keeps what accrued while bytes waited and the pump ran late, and 
   b.backlogged = false
   b.refill(4100)
   assert.equal(b.tokens, b.burst, 'once nothing waits, back to the burst')
+})
+
+test('a piece is one full UDX packet: its payload at the MTU the stream has probed', () => {
+  // libudx starts a stream at 1200 bytes a packet and probes up to 1500; 48 bytes of them are UDX, UDP and IPv4
+  // headers (68 over IPv6).
+  assert.equal(pieceSize(1200, 4), 1152)
+  assert.equal(pieceSize(1500, 4), 1452)
+  assert.equal(pieceSize(1500, 6), 1432)
+  assert.equal(pieceSize(9000, 4), 1452, 'never above a 1500-byte packet, what libudx probes to at most')
+  assert.equal(pieceSize(undefined, undefined), CHUNK, 'a stream that does not say: 1 KB, under any MTU UDX uses')
+  // Every piece fits the bucket's burst, or it could never go.
+  const b = new Bucket(1000, 0)
+  assert.ok(b.burst >= pieceSize(1500, 4) + 64)
 })

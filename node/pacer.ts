@@ -1,0 +1,322 @@
+/**
+ * Budget pacing (issue 16): what a site writes to its peers goes out no faster than its budget allows.
+ *
+ * Every connection's raw stream (the UDX stream under hyperswarm's NoiseSecretStream) has its `write` replaced
+ * (node/traffic.ts attaches it): bytes go into a queue per connection, and one scheduler for the whole site
+ * writes them out in pieces of one UDX packet's payload at most, taking tokens from the site's bucket (`upKbps`)
+ * and from the connection's own bucket (what the peer asked of this site: its `downKbps` split among its peers,
+ * announced in the control channel's budget message). The scheduler serves the connections with bytes waiting in
+ * turn, one piece each, so a site with several busy peers splits its budget evenly among them and one busy peer
+ * gets all of it. Nothing is dropped and the order of the bytes is kept: when a queue holds more than about a
+ * quarter second of its rate, `write` returns false and the secret stream waits for the 'drain' this module
+ * emits, which holds up protomux and hypercore (hypercore stops answering requests until the stream drains), so
+ * memory stays bounded. A stream's `end` waits for its queue.
+ *
+ * Each piece is charged PACKET_OVERHEAD for the headers around it; what UDX sent beyond that (acknowledgements,
+ * retransmissions) and the DHT's own traffic are charged after the fact (`charge`), by node/traffic.ts.
+ */
+import type { UdxLossCounts } from './loss.ts'
+
+/** A piece's size when the stream does not say its MTU: a little under UDX's first packet size (1200). */
+export const CHUNK = 1024
+/**
+ * What each piece costs on the wire beyond its bytes, charged to the buckets so that the budget holds for what
+ * the line carries: UDX (20), UDP (8), IPv4 (20) and Ethernet (14) headers, rounded up. Not counted in the
+ * per-peer figures, which are the stream's bytes.
+ */
+export const PACKET_OVERHEAD = 64
+/** Under a budget, the longest that less than a packet's worth waits for more to join it (ms; see holdMs). */
+const HOLD_MS = 200
+/** The most a bucket keeps of what accrued while bytes waited for it (ms of its rate; see Bucket). */
+const LATE_CREDIT_MS = 1000
+/** UDX, UDP and IP headers inside a UDX packet's MTU (libudx: UDX_IPV4_HEADER_SIZE, UDX_IPV6_HEADER_SIZE). */
+const UDX_IPV4_HEADERS = 20 + 8 + 20
+const UDX_IPV6_HEADERS = 20 + 8 + 40
+/** The largest piece: a 1500-byte packet's payload over IPv4 (libudx's UDX_MTU_MAX). */
+const MAX_PIECE = 1500 - UDX_IPV4_HEADERS
+
+/**
+ * The bytes one UDX packet carries on a stream whose MTU is `mtu` (the packet with its UDX, UDP and IP headers;
+ * libudx starts at 1200 and probes up to 1500) to a peer of IP `family`: the size of a piece, so that each
+ * piece is one full packet. 1,452 bytes once the MTU is 1500 where a fixed 1 KB piece left a third of each
+ * packet's room unused, each packet with its 62 bytes of headers. CHUNK when the stream does not say.
+ */
+export function pieceSize(mtu: number | undefined, family: number | undefined): number {
+  if (typeof mtu !== 'number' || !Number.isFinite(mtu) || mtu <= 0) return CHUNK
+  const payload = mtu - (family === 6 ? UDX_IPV6_HEADERS : UDX_IPV4_HEADERS)
+  return Math.max(512, Math.min(MAX_PIECE, payload))
+}
+
+/**
+ * A token bucket in bytes. While bytes wait for it (`backlogged`), it keeps up to a second of its rate
+ * (LATE_CREDIT_MS) instead of its burst: the timer that sends the next piece can fire hundreds of milliseconds
+ * late on a busy PC or a virtual machine whose host takes its CPU away (seen here: 10 ms timers 500-1300 ms
+ * late, several times a minute), and a bucket capped at its burst lost all that time, so the line stood idle
+ * while bytes waited; a night off over 64 kbit/s under a budget at the line's rate took 2.7-3.5x the ideal
+ * instead of 1.4x. What was kept goes at once when the pump runs again, a burst of at most what the line
+ * would have carried meanwhile.
+ */
+export class Bucket {
+  tokens: number
+  private last: number
+  /** Bytes waited for this bucket at the last pump: what accrues since is kept beyond the burst. */
+  backlogged = false
+
+  constructor(
+    readonly rate: number,
+    now: number
+  ) {
+    this.tokens = this.burst
+    this.last = now
+  }
+
+  /** A small burst: an eighth of a second of the rate, at least two 1 KB pieces and never less than one full one. */
+  get burst(): number {
+    return Math.max(2 * (CHUNK + PACKET_OVERHEAD), MAX_PIECE + PACKET_OVERHEAD, this.rate / 8)
+  }
+
+  refill(now: number): void {
+    const cap = this.backlogged ? Math.max(this.burst, (this.rate * LATE_CREDIT_MS) / 1000) : this.burst
+    this.tokens = Math.min(cap, this.tokens + (Math.max(0, now - this.last) / 1000) * this.rate)
+    this.last = now
+  }
+
+  /** Milliseconds until `n` bytes may go. */
+  wait(n: number): number {
+    return this.tokens >= n ? 0 : ((n - this.tokens) / this.rate) * 1000
+  }
+
+  /** Bytes that went out unpaced (acknowledgements, retransmissions, the DHT): paid back from what comes next. */
+  charge(n: number): void {
+    this.tokens = Math.max(-this.rate, this.tokens - n)
+  }
+}
+
+/** The raw stream's parts the pacer and the counting use (udx-native's UDXStream). */
+export interface RawStream extends UdxLossCounts {
+  bytesTransmitted?: number
+  bytesReceived?: number
+  mtu?: number
+  remoteFamily?: number
+  write(data: Uint8Array): boolean
+  end(...args: unknown[]): unknown
+  emit(event: string, ...args: unknown[]): boolean
+  on(event: string, fn: (...args: unknown[]) => void): unknown
+  destroyed?: boolean
+}
+
+/** One connection's queue. */
+export class PacedLink {
+  readonly queue: Uint8Array[] = []
+  /** Bytes of the head buffer already written. */
+  offset = 0
+  queued = 0
+  /** `write` returned false: a 'drain' is owed once the queue is low. */
+  owesDrain = false
+  endArgs: unknown[] | null = null
+  closed = false
+  /** The peer's ask, as a bucket; null: it asked for no limit. */
+  cap: Bucket | null = null
+  /** Since when bytes have waited in the queue without a break (ms), or null while it is empty. */
+  waitingSince: number | null = null
+
+  constructor(
+    readonly raw: RawStream,
+    readonly rawWrite: (b: Uint8Array) => boolean,
+    readonly rawEnd: (...args: unknown[]) => unknown
+  ) {}
+
+  /** The most one piece holds now: one UDX packet's payload (the stream's MTU grows as UDX probes it). */
+  get piece(): number {
+    return pieceSize(this.raw.mtu, this.raw.remoteFamily)
+  }
+
+  /** Bytes of queue above which `write` says wait: a quarter second at the rate that applies. */
+  highWater(siteRate: number | null): number {
+    const rate = Math.min(siteRate ?? Number.POSITIVE_INFINITY, this.cap?.rate ?? Number.POSITIVE_INFINITY)
+    return Math.max(2 * this.piece, rate / 4)
+  }
+
+  /**
+   * The next `n` bytes queued (or all of them, if fewer), joined from as many buffers as they span: small messages
+   * waiting for the budget (hypercore's requests and data, a few hundred bytes each) go out together, one packet
+   * where each would have been a packet of its own with its 62 bytes of headers.
+   */
+  take(n: number): Uint8Array {
+    const head = this.queue[0]
+    if (head.byteLength - this.offset >= n || this.queue.length === 1) return this.takeFrom(head, n)
+    const out = new Uint8Array(Math.min(n, this.queued))
+    let filled = 0
+    while (filled < out.byteLength) {
+      const piece = this.takeFrom(this.queue[0], out.byteLength - filled)
+      out.set(piece, filled)
+      filled += piece.byteLength
+    }
+    return out
+  }
+
+  private takeFrom(head: Uint8Array, n: number): Uint8Array {
+    const piece = head.subarray(this.offset, this.offset + n)
+    this.offset += piece.byteLength
+    this.queued -= piece.byteLength
+    if (this.offset >= head.byteLength) {
+      this.queue.shift()
+      this.offset = 0
+    }
+    return piece
+  }
+
+  /** The connection closed: what waits is dropped with it. */
+  drop(): void {
+    this.closed = true
+    this.queue.length = 0
+    this.queued = 0
+  }
+}
+
+/**
+ * The site's scheduler: the site's bucket, the connections' queues, and the timer that writes what waits as the
+ * buckets allow. `onSent` hears each piece written (its bytes and what the buckets were charged for it; 0 when no
+ * budget applies and the bytes went straight through).
+ */
+export class Pacer<L extends PacedLink> {
+  /** The site's up budget as a bucket; null: none. */
+  readonly site: Bucket | null
+  links: L[] = []
+  private rr = 0
+  private timer: NodeJS.Timeout | null = null
+  private pumping = false
+  private again = false
+
+  constructor(
+    upBytesPerSecond: number | null,
+    private readonly now: () => number,
+    private readonly onSent: (link: L, bytes: number, cost: number, now: number) => void
+  ) {
+    this.site = upBytesPerSecond ? new Bucket(upBytesPerSecond, now()) : null
+  }
+
+  /** Paces `link` from now on: its raw stream's write and end go through the queue. */
+  add(link: L): void {
+    this.links.push(link)
+    link.raw.write = (data: Uint8Array) => this.write(link, data)
+    link.raw.end = (...args: unknown[]) => {
+      if (link.queued === 0 || link.closed) return link.rawEnd(...args)
+      link.endArgs = args
+      return link.raw
+    }
+  }
+
+  remove(link: L): void {
+    link.drop()
+    this.links = this.links.filter((l) => l !== link)
+  }
+
+  /** The peer behind `link` asked for at most `bytesPerSecond` (0: no limit). */
+  setCap(link: L, bytesPerSecond: number): void {
+    link.cap = bytesPerSecond > 0 ? new Bucket(bytesPerSecond, this.now()) : null
+  }
+
+  close(): void {
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = null
+  }
+
+  private write(link: L, data: Uint8Array): boolean {
+    if (link.closed) return link.rawWrite(data)
+    if (link.queued === 0 && !this.site && !link.cap) {
+      this.onSent(link, data.byteLength, 0, this.now())
+      return link.rawWrite(data)
+    }
+    if (data.byteLength === 0) return true
+    if (link.queued === 0) link.waitingSince = this.now()
+    link.queue.push(data)
+    link.queued += data.byteLength
+    this.pump()
+    if (link.queued > link.highWater(this.site?.rate ?? null)) {
+      link.owesDrain = true
+      return false
+    }
+    return true
+  }
+
+  /** Writes what the buckets allow, one piece per waiting connection in turn; then waits for tokens. */
+  pump(): void {
+    if (this.pumping) {
+      this.again = true
+      return
+    }
+    this.pumping = true
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = null
+    const drains: L[] = []
+    let wait = Number.POSITIVE_INFINITY
+    do {
+      this.again = false
+      const now = this.now()
+      this.site?.refill(now)
+      let progress = true
+      while (progress) {
+        progress = false
+        const n = this.links.length
+        for (let i = 0; i < n; i++) {
+          const link = this.links[(this.rr + i) % n]
+          if (link.queued === 0) continue
+          const full = link.piece
+          const size = Math.min(full, link.queued)
+          // Less than a packet's worth under a budget: held a little from when its oldest byte came (holdMs), so
+          // that more joins it in one packet.
+          const held = link.waitingSince === null ? 0 : now - link.waitingSince
+          const hold = this.holdMs(link, full)
+          if (size < full && held < hold) {
+            wait = Math.min(wait, hold - held)
+            continue
+          }
+          const cost = size + PACKET_OVERHEAD
+          link.cap?.refill(now)
+          const w = Math.max(this.site?.wait(cost) ?? 0, link.cap?.wait(cost) ?? 0)
+          if (w > 0) {
+            wait = Math.min(wait, w)
+            continue
+          }
+          if (this.site) this.site.tokens -= cost
+          if (link.cap) link.cap.tokens -= cost
+          this.onSent(link, size, cost, now)
+          link.rawWrite(link.take(size))
+          if (link.queued === 0) link.waitingSince = null
+          progress = true
+          if (link.queued === 0 && link.endArgs) {
+            const args = link.endArgs
+            link.endArgs = null
+            link.rawEnd(...args)
+          }
+          if (link.owesDrain && link.queued <= link.highWater(this.site?.rate ?? null) / 2) {
+            link.owesDrain = false
+            drains.push(link)
+          }
+        }
+        this.rr = n ? (this.rr + 1) % n : 0
+      }
+      wait = this.links.some((l) => l.queued > 0) ? wait : Number.POSITIVE_INFINITY
+    } while (this.again)
+    // Bytes still waiting keep their buckets' credit for the time until the pump runs again (Bucket).
+    if (this.site) this.site.backlogged = this.links.some((l) => l.queued > 0)
+    for (const l of this.links) if (l.cap) l.cap.backlogged = l.queued > 0
+    this.pumping = false
+    if (wait < Number.POSITIVE_INFINITY) {
+      this.timer = setTimeout(() => this.pump(), Math.max(2, Math.ceil(wait)))
+    }
+    // Last: a drain lets the secret stream write again, which comes back here.
+    for (const l of drains) if (!l.closed) l.raw.emit('drain')
+  }
+
+  /**
+   * How long less than a packet's worth may wait for more to join it (ms): the time the budget takes to send one
+   * full packet (a packet's 62 bytes of headers were 15 % of a catch-up at 64 kbit/s, where a 1 KB packet takes
+   * 136 ms), at most HOLD_MS; 0 without a budget.
+   */
+  private holdMs(link: L, piece: number): number {
+    const rate = Math.min(this.site?.rate ?? Number.POSITIVE_INFINITY, link.cap?.rate ?? Number.POSITIVE_INFINITY)
+    return Number.isFinite(rate) ? Math.min(HOLD_MS, ((piece + PACKET_OVERHEAD) / rate) * 1000) : 0
+  }
+}
