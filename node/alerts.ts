@@ -155,12 +155,19 @@ export class Alerts {
       this.count(s, now)
       const name = this.sender(s, now)
       const sender = this.configured && name === this.node.opts.site
-      // Taking over from a site that fell silent: what it may not have sent since it was last heard from.
+      // Taking over from a site that fell silent: what it may not have sent since it was last heard from (its
+      // last report's time, on its clock: what it sent between that report and falling silent goes again, a
+      // duplicate rather than a loss). A sender no longer a member (removed): nothing is sent again.
       const from = sender && this.lastSender !== null && this.lastSender !== name ? this.lastSender : null
-      this.lastSender = name
-      const since = from === null ? null : (s.members.find((m) => m.site === from)?.lastContact ?? 0)
-      // Not sent (a failure, the hourly limit): taken over again at the next check, so it is tried again.
-      if (!(await this.sendChanges(s, now, sender, since)) && from !== null) this.lastSender = from
+      const since = from === null ? null : (s.members.find((m) => m.site === from)?.lastContact ?? null)
+      let done = false
+      try {
+        done = await this.sendChanges(s, now, sender, since)
+      } finally {
+        // Not sent (a failure, the hourly limit, a full disk): taken over again at the next check, so it is
+        // tried again.
+        this.lastSender = done || from === null ? name : from
+      }
       // A summary that could not be sent is tried again every 10 minutes (the failure is a WARN meanwhile).
       if (sender && this.dailyDue(now) && now - this.dailyTriedAt >= 600_000) {
         this.dailyTriedAt = now

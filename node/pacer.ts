@@ -29,22 +29,24 @@ export const PACKET_OVERHEAD = 64
 const HOLD_MS = 200
 /** The most a bucket keeps of what accrued while bytes waited for it (ms of its rate; see Bucket). */
 const LATE_CREDIT_MS = 1000
-/** UDX, UDP and IP headers inside a UDX packet's MTU (libudx: UDX_IPV4_HEADER_SIZE, UDX_IPV6_HEADER_SIZE). */
-const UDX_IPV4_HEADERS = 20 + 8 + 20
-const UDX_IPV6_HEADERS = 20 + 8 + 40
-/** The largest piece: a 1500-byte packet's payload over IPv4 (libudx's UDX_MTU_MAX). */
-const MAX_PIECE = 1500 - UDX_IPV4_HEADERS
+/**
+ * UDX, UDP and IP headers inside a UDX packet's MTU as libudx counts them for a socket bound to '::' (libudx's
+ * UDX_IPV6_HEADER_SIZE): the DHT binds its socket dual-stack, and libudx then reaches an IPv4 peer at its
+ * v4-mapped IPv6 address and leaves room for IPv6's headers, whatever the stream's remoteFamily says.
+ */
+const UDX_HEADERS = 20 + 8 + 40
+/** The largest piece: a 1500-byte packet's payload (libudx's UDX_MTU_MAX). */
+const MAX_PIECE = 1500 - UDX_HEADERS
 
 /**
  * The bytes one UDX packet carries on a stream whose MTU is `mtu` (the packet with its UDX, UDP and IP headers;
- * libudx starts at 1200 and probes up to 1500) to a peer of IP `family`: the size of a piece, so that each
- * piece is one full packet. 1,452 bytes once the MTU is 1500 where a fixed 1 KB piece left a third of each
+ * libudx starts at 1200 and probes up to 1500): the size of a piece, so that each piece is one full packet and
+ * never a packet and a runt. 1,432 bytes once the MTU is 1500, where a fixed 1 KB piece left a third of each
  * packet's room unused, each packet with its 62 bytes of headers. CHUNK when the stream does not say.
  */
-export function pieceSize(mtu: number | undefined, family: number | undefined): number {
+export function pieceSize(mtu: number | undefined): number {
   if (typeof mtu !== 'number' || !Number.isFinite(mtu) || mtu <= 0) return CHUNK
-  const payload = mtu - (family === 6 ? UDX_IPV6_HEADERS : UDX_IPV4_HEADERS)
-  return Math.max(512, Math.min(MAX_PIECE, payload))
+  return Math.max(512, Math.min(MAX_PIECE, mtu - UDX_HEADERS))
 }
 
 /**
@@ -59,8 +61,8 @@ export function pieceSize(mtu: number | undefined, family: number | undefined): 
 export class Bucket {
   tokens: number
   private last: number
-  /** Bytes waited for this bucket at the last pump: what accrues since is kept beyond the burst. */
-  backlogged = false
+  /** A piece waited for this bucket's tokens at the last pump: what accrues since is kept beyond the burst. */
+  private backlogged = false
 
   constructor(
     readonly rate: number,
@@ -81,6 +83,15 @@ export class Bucket {
     this.last = now
   }
 
+  /**
+   * Whether a piece waits for this bucket's tokens now. From the moment one does, what accrues is kept beyond
+   * the burst (refilled first, so that an idle spell before is not credited).
+   */
+  waiting(yes: boolean, now: number): void {
+    if (yes && !this.backlogged) this.refill(now)
+    this.backlogged = yes
+  }
+
   /** Milliseconds until `n` bytes may go. */
   wait(n: number): number {
     return this.tokens >= n ? 0 : ((n - this.tokens) / this.rate) * 1000
@@ -97,7 +108,6 @@ export interface RawStream extends UdxLossCounts {
   bytesTransmitted?: number
   bytesReceived?: number
   mtu?: number
-  remoteFamily?: number
   write(data: Uint8Array): boolean
   end(...args: unknown[]): unknown
   emit(event: string, ...args: unknown[]): boolean
@@ -119,6 +129,8 @@ export class PacedLink {
   cap: Bucket | null = null
   /** Since when bytes have waited in the queue without a break (ms), or null while it is empty. */
   waitingSince: number | null = null
+  /** A piece waited for `cap`'s tokens at the last pump. */
+  capWaited = false
 
   constructor(
     readonly raw: RawStream,
@@ -128,7 +140,7 @@ export class PacedLink {
 
   /** The most one piece holds now: one UDX packet's payload (the stream's MTU grows as UDX probes it). */
   get piece(): number {
-    return pieceSize(this.raw.mtu, this.raw.remoteFamily)
+    return pieceSize(this.raw.mtu)
   }
 
   /** Bytes of queue above which `write` says wait: a quarter second at the rate that applies. */
@@ -251,9 +263,13 @@ export class Pacer<L extends PacedLink> {
     this.timer = null
     const drains: L[] = []
     let wait = Number.POSITIVE_INFINITY
+    let siteWaited = false
+    let now = this.now()
     do {
       this.again = false
-      const now = this.now()
+      now = this.now()
+      siteWaited = false
+      for (const l of this.links) l.capWaited = false
       this.site?.refill(now)
       let progress = true
       while (progress) {
@@ -274,9 +290,12 @@ export class Pacer<L extends PacedLink> {
           }
           const cost = size + PACKET_OVERHEAD
           link.cap?.refill(now)
-          const w = Math.max(this.site?.wait(cost) ?? 0, link.cap?.wait(cost) ?? 0)
-          if (w > 0) {
-            wait = Math.min(wait, w)
+          const ws = this.site?.wait(cost) ?? 0
+          const wc = link.cap?.wait(cost) ?? 0
+          if (ws > 0 || wc > 0) {
+            wait = Math.min(wait, Math.max(ws, wc))
+            if (ws > 0) siteWaited = true
+            if (wc > 0) link.capWaited = true
             continue
           }
           if (this.site) this.site.tokens -= cost
@@ -299,9 +318,9 @@ export class Pacer<L extends PacedLink> {
       }
       wait = this.links.some((l) => l.queued > 0) ? wait : Number.POSITIVE_INFINITY
     } while (this.again)
-    // Bytes still waiting keep their buckets' credit for the time until the pump runs again (Bucket).
-    if (this.site) this.site.backlogged = this.links.some((l) => l.queued > 0)
-    for (const l of this.links) if (l.cap) l.cap.backlogged = l.queued > 0
+    // A bucket a piece waits for keeps its credit for the time until the pump runs again (Bucket).
+    this.site?.waiting(siteWaited, now)
+    for (const l of this.links) l.cap?.waiting(l.capWaited, now)
     this.pumping = false
     if (wait < Number.POSITIVE_INFINITY) {
       this.timer = setTimeout(() => this.pump(), Math.max(2, Math.ceil(wait)))

@@ -122,8 +122,8 @@ class Link extends PacedLink {
   charged = 0
   /** UDX's packets sent, sent again and retransmission timeouts, per second (node/loss.ts). */
   readonly loss = new LinkLoss()
-  /** This site holds the connection's protomux corked for the batch under way (Traffic.batch). */
-  corked = false
+  /** The connection's protomux while this site holds it corked for the batch under way (Traffic.batch). */
+  corked: { uncork(): void } | null = null
 
   constructor(
     readonly peer: PeerTraffic,
@@ -187,6 +187,7 @@ export class Traffic {
   close(): void {
     if (this.batcher) clearInterval(this.batcher)
     this.batcher = null
+    for (const l of this.links) this.flush(l)
     if (this.sampler) clearInterval(this.sampler)
     this.pacer.close()
     this.sampler = null
@@ -205,6 +206,7 @@ export class Traffic {
     const peer = this.peer(key, '')
     peer.budget = b
     for (const l of this.links) if (l.peer === peer) this.pacer.setCap(l, b.askBps / 8)
+    if (b.askBps > 0) this.batching()
     this.pacer.pump()
   }
 
@@ -240,10 +242,14 @@ export class Traffic {
       this.flush(link)
       this.pacer.remove(link)
     })
-    if (!this.batcher) {
-      this.batcher = setInterval(() => this.batch(), BATCH_MS)
-      this.batcher.unref()
-    }
+    if (this.pacer.site || link.cap) this.batching()
+  }
+
+  /** Starts the batches (once a budget applies to a connection: this site's, or a peer's ask). */
+  private batching(): void {
+    if (this.batcher) return
+    this.batcher = setInterval(() => this.batch(), BATCH_MS)
+    this.batcher.unref()
   }
 
   /**
@@ -252,19 +258,23 @@ export class Traffic {
    * each small message's cost back (its frame, its share of a packet), and a 100 ms wait is a few packets' time.
    */
   private batch(): void {
+    const rate = this.pacer.site?.rate ?? null
     for (const l of this.links) {
       this.flush(l)
-      const mux = l.conn.userData as { isProtomux?: boolean; cork(): void } | undefined
-      if (l.closed || !(this.pacer.site || l.cap) || !mux?.isProtomux) continue
+      const mux = l.conn.userData as { isProtomux?: boolean; drained?: boolean; cork(): void; uncork(): void } | null
+      if (l.closed || !(this.pacer.site || l.cap) || mux?.isProtomux !== true) continue
+      // A corked protomux takes every message without a word of backpressure: while the queue is full (hypercore
+      // is told to wait), messages go one by one, and wait as they should.
+      if (mux.drained === false || l.queued > l.highWater(rate)) continue
       mux.cork()
-      l.corked = true
+      l.corked = mux
     }
   }
 
   private flush(l: Link): void {
-    if (!l.corked) return
-    l.corked = false
-    ;(l.conn.userData as { uncork(): void }).uncork()
+    const mux = l.corked
+    l.corked = null
+    mux?.uncork()
   }
 
   /** Names the peer behind a key once its hello told it. */

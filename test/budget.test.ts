@@ -12,7 +12,7 @@ import path from 'node:path'
 import test from 'node:test'
 import c from 'compact-encoding'
 import { Meter, type PeerTrafficStatus, type SiteStatus } from '../node/index.ts'
-import { Bucket, CHUNK, pieceSize } from '../node/pacer.ts'
+import { Bucket, CHUNK, PacedLink, Pacer, pieceSize } from '../node/pacer.ts'
 import { budgetMessage, CONTROL_MESSAGES, ControlMessage } from '../protocol/index.ts'
 import { readConfig } from '../tools/config.ts'
 import { openWal, tmpDir } from './helpers/db.ts'
@@ -263,25 +263,87 @@ test('a budget keeps what accrued while bytes waited and the pump ran late, and 
   b.refill(700)
   assert.equal(b.tokens, b.burst, 'nothing waited: an idle bucket keeps no more than its burst')
   b.tokens = 0
-  b.backlogged = true
+  b.waiting(true, 700)
   b.refill(1400)
-  assert.equal(b.tokens, 5600, 'bytes waited: the 700 ms the pump was late are kept, beyond the burst')
+  assert.equal(b.tokens, 5600, 'a piece waited: the 700 ms the pump was late are kept, beyond the burst')
   b.refill(4000)
   assert.equal(b.tokens, 8000, 'at most a second of the rate')
-  b.backlogged = false
+  b.waiting(false, 4000)
   b.refill(4100)
   assert.equal(b.tokens, b.burst, 'once nothing waits, back to the burst')
+  // An idle spell before a piece waits is not credited: only what accrues from then on.
+  b.refill(20_000)
+  b.tokens = 0
+  b.refill(20_000)
+  b.waiting(true, 30_000)
+  assert.equal(b.tokens, b.burst, 'ten idle seconds are worth the burst, not a second of the rate')
+})
+
+/** A raw stream's stand-in for the pacer's arithmetic: it records what the pacer writes, and the events. */
+function sink() {
+  const written: Uint8Array[] = []
+  const events: string[] = []
+  const raw = {
+    mtu: 1500,
+    write(b: Uint8Array) {
+      written.push(b)
+      return true
+    },
+    end() {},
+    emit(e: string) {
+      events.push(e)
+      return true
+    },
+    on() {}
+  }
+  const bytes = () => written.reduce((n, b) => n + b.byteLength, 0)
+  return { raw, written, events, bytes, link: new PacedLink(raw, raw.write.bind(raw), raw.end.bind(raw)) }
+}
+
+test('the pacer: a piece waits for tokens, the burst at most goes at once, order kept, drain owed and given', () => {
+  let t = 0
+  const a = sink()
+  const b = sink()
+  const pacer = new Pacer<PacedLink>(
+    8000,
+    () => t,
+    () => {}
+  )
+  const burst = new Bucket(8000, 0).burst
+  try {
+    pacer.add(a.link)
+    pacer.add(b.link)
+    // shop-a's peer asked for 1000 bytes a second: for ten seconds its bytes wait for its own cap, not the site's.
+    pacer.setCap(a.link, 1000)
+    const data = new Uint8Array(20_000).map((_, i) => i % 251)
+    assert.equal(a.raw.write(data), false, 'more than a quarter second of the rate waits: the writer is told to wait')
+    for (; t < 10_000; t += 250) pacer.pump()
+    assert.ok(a.bytes() <= 10_000 + burst, `${a.bytes()} bytes to a peer that asked for 1000 a second`)
+    // Ten seconds in which no piece waited for the site's bucket are worth its burst, not a second of its rate.
+    b.raw.write(data)
+    assert.ok(b.bytes() <= burst, `${b.bytes()} bytes went to the other peer at once: no more than the burst`)
+    assert.ok(
+      b.written.every((x) => x.byteLength <= pieceSize(1500)),
+      'one packet a piece'
+    )
+    const start = t
+    for (; b.link.queued > 0; t += 250) pacer.pump()
+    assert.deepEqual(Buffer.concat(b.written), Buffer.from(data), 'every byte, in order')
+    assert.ok(t - start >= ((20_000 - burst) / 8000) * 1000 - 250, `20 KB in ${t - start} ms: no faster than the rate`)
+    assert.deepEqual(b.events, ['drain'], 'the writer was told once it could write again')
+  } finally {
+    pacer.close()
+  }
 })
 
 test('a piece is one full UDX packet: its payload at the MTU the stream has probed', () => {
-  // libudx starts a stream at 1200 bytes a packet and probes up to 1500; 48 bytes of them are UDX, UDP and IPv4
-  // headers (68 over IPv6).
-  assert.equal(pieceSize(1200, 4), 1152)
-  assert.equal(pieceSize(1500, 4), 1452)
-  assert.equal(pieceSize(1500, 6), 1432)
-  assert.equal(pieceSize(9000, 4), 1452, 'never above a 1500-byte packet, what libudx probes to at most')
-  assert.equal(pieceSize(undefined, undefined), CHUNK, 'a stream that does not say: 1 KB, under any MTU UDX uses')
+  // libudx starts a stream at 1200 bytes a packet and probes up to 1500; 68 bytes of them are UDX, UDP and IP
+  // headers as libudx counts them on the DHT's dual-stack socket (IPv6's, even to an IPv4 peer).
+  assert.equal(pieceSize(1200), 1132)
+  assert.equal(pieceSize(1500), 1432)
+  assert.equal(pieceSize(9000), 1432, 'never above a 1500-byte packet, what libudx probes to at most')
+  assert.equal(pieceSize(undefined), CHUNK, 'a stream that does not say: 1 KB, under any MTU UDX uses')
   // Every piece fits the bucket's burst, or it could never go.
   const b = new Bucket(1000, 0)
-  assert.ok(b.burst >= pieceSize(1500, 4) + 64)
+  assert.ok(b.burst >= pieceSize(1500) + 64)
 })
