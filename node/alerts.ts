@@ -51,8 +51,10 @@ export interface AlertOptions {
   takeoverSeconds?: number
 }
 
-/** A reason; `told`: this site sent it as raised (false: another site, the sender then, did). */
-/** A reason; `told` false: recorded as sent by another site, `at` when this site recorded it so (ms). */
+/**
+ * A reason; `told`: this site sent it as raised (false: another site, the sender then, did); `at`: when this site
+ * recorded it as told by another (ms).
+ */
 export type Reason = { level: Verdict; text: string; told?: boolean; at?: number }
 
 interface AlertState {
@@ -230,10 +232,11 @@ export class Alerts {
   /**
    * What changed since the last check. The sender sends what was raised. A site that is not the sender takes
    * what was raised as told (the sender told it) without sending, so that it does not tell it again when it takes
-   * over. A clearing is sent by the site that sent the raise, sender or not (a sender that hands over as its
-   * problem goes away, e.g. the silent sender coming back, still says it cleared; no one else says it again).
+   * over, except what was raised since the sender it takes over from was last heard from (`takeover`, ms:
+   * untoldSince). A clearing is sent by the site that sent the raise, sender or not (a sender that hands over as
+   * its problem goes away, e.g. the silent sender coming back, still says it cleared; no one else says it again).
+   * False when something was to go and did not (a failure, or the hourly limit).
    */
-  /** Sends what changed; false when something was to go and did not (a failure, or the hourly limit). */
   private async sendChanges(s: SiteStatus, now: number, sender: boolean, takeover: number | null): Promise<boolean> {
     const active = this.state.active
     const d = diffReasons(active, this.seenOnce, this.missedOnce, s.reasons, sender, now)

@@ -14,6 +14,9 @@
  *
  * Each piece is charged PACKET_OVERHEAD for the headers around it; what UDX sent beyond that (acknowledgements,
  * retransmissions) and the DHT's own traffic are charged after the fact (`charge`), by node/traffic.ts.
+ *
+ * Batching: on a paced connection the site's own protomux messages are held for BATCH_MS and go as one batch
+ * (Pacer.batch).
  */
 import type { UdxLossCounts } from './loss.ts'
 
@@ -29,6 +32,12 @@ export const PACKET_OVERHEAD = 64
 const HOLD_MS = 200
 /** The most a bucket keeps of what accrued while bytes waited for it (ms of its rate; see Bucket). */
 const LATE_CREDIT_MS = 1000
+/**
+ * On a paced connection, how long this site's outgoing protomux messages are held to go out together as one
+ * batch (ms). A batch of hypercore's requests is answered by one batch (protomux replies to a batch with a
+ * batch), so the answers travel in full packets with one frame's header where each answer had its own.
+ */
+const BATCH_MS = 100
 /**
  * UDX, UDP and IP headers inside a UDX packet's MTU as libudx counts them for a socket bound to '::' (libudx's
  * UDX_IPV6_HEADER_SIZE): the DHT binds its socket dual-stack, and libudx then reaches an IPv4 peer at its
@@ -115,6 +124,14 @@ export interface RawStream extends UdxLossCounts {
   destroyed?: boolean
 }
 
+/** The parts of a connection's protomux (its `userData`) that batching uses. */
+interface Mux {
+  isProtomux?: boolean
+  drained?: boolean
+  cork(): void
+  uncork(): void
+}
+
 /** One connection's queue. */
 export class PacedLink {
   readonly queue: Uint8Array[] = []
@@ -131,11 +148,15 @@ export class PacedLink {
   waitingSince: number | null = null
   /** A piece waited for `cap`'s tokens at the last pump. */
   capWaited = false
+  /** The connection's protomux while the pacer holds it corked for the batch under way (Pacer.batch). */
+  corked: Mux | null = null
 
+  /** `conn`: the secret stream over `raw`, whose protomux (`userData`) batching corks; its `end` flushes first. */
   constructor(
     readonly raw: RawStream,
     readonly rawWrite: (b: Uint8Array) => boolean,
-    readonly rawEnd: (...args: unknown[]) => unknown
+    readonly rawEnd: (...args: unknown[]) => unknown,
+    readonly conn: { userData?: unknown; end?(...args: unknown[]): unknown } = {}
   ) {}
 
   /** The most one piece holds now: one UDX packet's payload (the stream's MTU grows as UDX probes it). */
@@ -199,6 +220,7 @@ export class Pacer<L extends PacedLink> {
   private timer: NodeJS.Timeout | null = null
   private pumping = false
   private again = false
+  private batcher: NodeJS.Timeout | null = null
 
   constructor(
     upBytesPerSecond: number | null,
@@ -208,7 +230,10 @@ export class Pacer<L extends PacedLink> {
     this.site = upBytesPerSecond ? new Bucket(upBytesPerSecond, now()) : null
   }
 
-  /** Paces `link` from now on: its raw stream's write and end go through the queue. */
+  /**
+   * Paces `link` from now on: its raw stream's write and end go through the queue, and a batch held when the
+   * connection is ended goes first.
+   */
   add(link: L): void {
     this.links.push(link)
     link.raw.write = (data: Uint8Array) => this.write(link, data)
@@ -217,9 +242,18 @@ export class Pacer<L extends PacedLink> {
       link.endArgs = args
       return link.raw
     }
+    const end = link.conn.end?.bind(link.conn)
+    if (end) {
+      link.conn.end = (...args: unknown[]) => {
+        this.flush(link)
+        return end(...args)
+      }
+    }
+    if (this.site || link.cap) this.batching()
   }
 
   remove(link: L): void {
+    this.flush(link)
     link.drop()
     this.links = this.links.filter((l) => l !== link)
   }
@@ -227,11 +261,46 @@ export class Pacer<L extends PacedLink> {
   /** The peer behind `link` asked for at most `bytesPerSecond` (0: no limit). */
   setCap(link: L, bytesPerSecond: number): void {
     link.cap = bytesPerSecond > 0 ? new Bucket(bytesPerSecond, this.now()) : null
+    if (link.cap) this.batching()
   }
 
   close(): void {
     if (this.timer) clearTimeout(this.timer)
-    this.timer = null
+    if (this.batcher) clearInterval(this.batcher)
+    this.timer = this.batcher = null
+    for (const l of this.links) this.flush(l)
+  }
+
+  /** Starts the batches (once a budget applies to a connection: this site's, or a peer's ask). */
+  private batching(): void {
+    if (this.batcher) return
+    this.batcher = setInterval(() => this.batch(), BATCH_MS)
+    this.batcher.unref()
+  }
+
+  /**
+   * Every BATCH_MS: what each paced connection's protomux held goes out as one batch, and the next batch begins.
+   * Only where a budget applies (this site's, or the peer's ask): a line slow enough to need one gains a third of
+   * each small message's cost back (its frame, its share of a packet), and a 100 ms wait is a few packets' time.
+   */
+  private batch(): void {
+    const rate = this.site?.rate ?? null
+    for (const l of this.links) {
+      this.flush(l)
+      const mux = l.conn.userData as Mux | null | undefined
+      if (l.closed || !(this.site || l.cap) || mux?.isProtomux !== true) continue
+      // A corked protomux takes every message without a word of backpressure: while the queue is full (hypercore
+      // is told to wait), messages go one by one, and wait as they should.
+      if (mux.drained === false || l.queued > l.highWater(rate)) continue
+      mux.cork()
+      l.corked = mux
+    }
+  }
+
+  private flush(l: L): void {
+    const mux = l.corked
+    l.corked = null
+    mux?.uncork()
   }
 
   private write(link: L, data: Uint8Array): boolean {

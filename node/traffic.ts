@@ -33,12 +33,6 @@ export { kbit, type LinkBudget, lossText, lossyText, Meter, MIN_LINK_KBPS }
 const IP_OVERHEAD = 42
 /** A peer whose bytes waited this long without a break, getting under a tenth of its limit, is a WARN. */
 const COLLAPSE_SECONDS = 30
-/**
- * On a paced connection, how long this site's outgoing protomux messages are held to go out together as one
- * batch (ms). A batch of hypercore's requests is answered by one batch (protomux replies to a batch with a
- * batch), so the answers travel in full packets with one frame's header where each answer had its own.
- */
-const BATCH_MS = 100
 /** Per peer, what `mesh status` shows. Rates are bits per second over the last 10 seconds. */
 export interface PeerTrafficStatus {
   site: string
@@ -122,22 +116,24 @@ class Link extends PacedLink {
   charged = 0
   /** UDX's packets sent, sent again and retransmission timeouts, per second (node/loss.ts). */
   readonly loss = new LinkLoss()
-  /** The connection's protomux while this site holds it corked for the batch under way (Traffic.batch). */
-  corked: { uncork(): void } | null = null
 
   constructor(
     readonly peer: PeerTraffic,
-    readonly conn: { rawBytesRead?: number; _writableState?: { buffered?: number }; userData?: unknown },
+    override readonly conn: {
+      rawBytesRead?: number
+      _writableState?: { buffered?: number }
+      userData?: unknown
+      end?(...args: unknown[]): unknown
+    },
     raw: RawStream
   ) {
-    super(raw, raw.write.bind(raw), raw.end.bind(raw))
+    super(raw, raw.write.bind(raw), raw.end.bind(raw), conn)
   }
 }
 
 export class Traffic {
   readonly peers = new Map<string, PeerTraffic>()
   private readonly pacer: Pacer<Link>
-  private batcher: NodeJS.Timeout | null = null
   private sampler: NodeJS.Timeout | null = null
   /** The DHT's own bytes (node/dht-traffic.ts). */
   readonly dht = new DhtTraffic()
@@ -185,9 +181,6 @@ export class Traffic {
   }
 
   close(): void {
-    if (this.batcher) clearInterval(this.batcher)
-    this.batcher = null
-    for (const l of this.links) this.flush(l)
     if (this.sampler) clearInterval(this.sampler)
     this.pacer.close()
     this.sampler = null
@@ -206,7 +199,6 @@ export class Traffic {
     const peer = this.peer(key, '')
     peer.budget = b
     for (const l of this.links) if (l.peer === peer) this.pacer.setCap(l, b.askBps / 8)
-    if (b.askBps > 0) this.batching()
     this.pacer.pump()
   }
 
@@ -230,51 +222,10 @@ export class Traffic {
     link.loss.sample(raw, this.now())
     if (peer.budget?.askBps) this.pacer.setCap(link, peer.budget.askBps / 8)
     this.pacer.add(link)
-    // A batch held when the connection is ended goes first.
-    const s = conn as unknown as { end(...args: unknown[]): unknown }
-    const end = s.end.bind(s)
-    s.end = (...args: unknown[]) => {
-      this.flush(link)
-      return end(...args)
-    }
     raw.on('close', () => {
       this.sampleLink(link, this.now())
-      this.flush(link)
       this.pacer.remove(link)
     })
-    if (this.pacer.site || link.cap) this.batching()
-  }
-
-  /** Starts the batches (once a budget applies to a connection: this site's, or a peer's ask). */
-  private batching(): void {
-    if (this.batcher) return
-    this.batcher = setInterval(() => this.batch(), BATCH_MS)
-    this.batcher.unref()
-  }
-
-  /**
-   * Every BATCH_MS: what each paced connection's protomux held goes out as one batch, and the next batch begins.
-   * Only where a budget applies (this site's, or the peer's ask): a line slow enough to need one gains a third of
-   * each small message's cost back (its frame, its share of a packet), and a 100 ms wait is a few packets' time.
-   */
-  private batch(): void {
-    const rate = this.pacer.site?.rate ?? null
-    for (const l of this.links) {
-      this.flush(l)
-      const mux = l.conn.userData as { isProtomux?: boolean; drained?: boolean; cork(): void; uncork(): void } | null
-      if (l.closed || !(this.pacer.site || l.cap) || mux?.isProtomux !== true) continue
-      // A corked protomux takes every message without a word of backpressure: while the queue is full (hypercore
-      // is told to wait), messages go one by one, and wait as they should.
-      if (mux.drained === false || l.queued > l.highWater(rate)) continue
-      mux.cork()
-      l.corked = mux
-    }
-  }
-
-  private flush(l: Link): void {
-    const mux = l.corked
-    l.corked = null
-    mux?.uncork()
   }
 
   /** Names the peer behind a key once its hello told it. */
